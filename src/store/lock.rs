@@ -1,0 +1,1 @@
+//! OS file lock next to the store.
