@@ -4,9 +4,6 @@
 //! manifests stay interchangeable with it. Parsing an unknown string is an error that lists
 //! the valid values.
 
-use std::fmt;
-use std::str::FromStr;
-
 /// A string that is not one of an enum's values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {kind} `{value}`: expected one of {}", .expected.join(", "))]
@@ -19,6 +16,10 @@ pub struct UnknownVariant {
     pub expected: Vec<String>,
 }
 
+/// Declares a string enum with Display, FromStr (errors list the valid values), serde and
+/// schemars impls. Used by other modules for their own string enums.
+#[macro_export]
+#[doc(hidden)]
 macro_rules! string_enum {
     (
         $(#[$meta:meta])*
@@ -42,18 +43,18 @@ macro_rules! string_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownVariant;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::taxonomy::UnknownVariant;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $( $s => Ok($name::$variant), )+
-                    _ => Err(UnknownVariant {
+                    _ => Err($crate::taxonomy::UnknownVariant {
                         kind: $kind,
                         value: s.to_owned(),
                         expected: $name::ALL
@@ -76,7 +77,7 @@ macro_rules! string_enum {
                 struct V;
                 impl serde::de::Visitor<'_> for V {
                     type Value = $name;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    fn expecting(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                         write!(f, "a {} string", $kind)
                     }
                     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
@@ -102,7 +103,7 @@ macro_rules! string_enum {
     };
 }
 
-string_enum! {
+crate::string_enum! {
     /// The base model family a model is compatible with.
     BaseModelType, "base model type" {
         Any = "any",
@@ -116,7 +117,7 @@ string_enum! {
     }
 }
 
-string_enum! {
+crate::string_enum! {
     /// What kind of model a record describes.
     ModelType, "model type" {
         Main = "main",
@@ -136,7 +137,7 @@ string_enum! {
     }
 }
 
-string_enum! {
+crate::string_enum! {
     /// How a model's weights are laid out on disk.
     ModelFormat, "model format" {
         Diffusers = "diffusers",
@@ -154,7 +155,7 @@ string_enum! {
     }
 }
 
-string_enum! {
+crate::string_enum! {
     /// Variant of a main model: ordinary, inpainting or depth-conditioned.
     ModelVariantType, "model variant" {
         Normal = "normal",
@@ -163,7 +164,7 @@ string_enum! {
     }
 }
 
-string_enum! {
+crate::string_enum! {
     /// The file variant of a Hugging Face diffusers repo (`diffusion_pytorch_model.fp16.safetensors`).
     ModelRepoVariant, "repo variant" {
         Default = "",
@@ -175,7 +176,7 @@ string_enum! {
     }
 }
 
-string_enum! {
+crate::string_enum! {
     /// The scheduler's prediction type.
     SchedulerPredictionType, "prediction type" {
         Epsilon = "epsilon",
@@ -184,7 +185,7 @@ string_enum! {
     }
 }
 
-string_enum! {
+crate::string_enum! {
     /// A component of a main (pipeline) model.
     SubModelType, "submodel type" {
         UNet = "unet",
