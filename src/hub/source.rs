@@ -1,0 +1,468 @@
+//! Model sources: the seed's `LocalModelSource`, `URLModelSource` and `HFModelSource`, and the
+//! `heuristic_import` string forms.
+//!
+//! | form | source |
+//! |---|---|
+//! | an existing path, or one starting with `/`, `./`, `../`, `~/` | local |
+//! | `owner/name` | HF repo, default variant |
+//! | `owner/name:fp16` | HF repo, variant |
+//! | `owner/name:fp16:vae` | variant + subfolder |
+//! | `owner/name::vae` | subfolder, default variant |
+//! | `owner/name::path/to/file.safetensors` | one file of the repo |
+//! | `owner/name@revision…` | any of the above at a branch, tag or commit (modelsync's extension) |
+//! | `http://…`, `https://…` | URL (HF `/blob/` URLs become `/resolve/`) |
+//!
+//! Formatting a parsed source and parsing it again gives the same source (`inplace` and tokens
+//! are not part of the string form). InvokeAI's own formatter drops the subfolder when a variant
+//! is present (`repo:fp16::vae`); ours writes `repo:fp16:vae`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::taxonomy::ModelRepoVariant;
+
+/// A source string that is none of the accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// Empty string.
+    #[error("empty model source")]
+    Empty,
+    /// Not a path, repo id or URL.
+    #[error(
+        "`{0}` is not a model source: expected an existing local path, a Hugging Face repo id (owner/name, owner/name:fp16, owner/name:fp16:vae, owner/name::vae, owner/name::path/file.safetensors) or an http(s) URL"
+    )]
+    Unrecognised(String),
+    /// A bad part of a repo id.
+    #[error("invalid Hugging Face source `{source_str}`: {reason}")]
+    BadRepo { source_str: String, reason: String },
+    /// A URL that does not parse.
+    #[error("invalid URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// An access token. Never printed, logged or serialised: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token string (trimmed). Empty strings are no token.
+    pub fn new(s: impl Into<String>) -> Option<Self> {
+        let s = s.into().trim().to_owned();
+        if s.is_empty() { None } else { Some(Self(s)) }
+    }
+
+    /// The secret itself, for the `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A path on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalModelSource {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// Register it where it is instead of copying it into `models_dir`.
+    pub inplace: bool,
+}
+
+/// An http(s) URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlModelSource {
+    /// The URL (HF `/blob/` already rewritten to `/resolve/`).
+    pub url: reqwest::Url,
+    /// Bearer token for the URL's host.
+    pub access_token: Option<Token>,
+}
+
+/// A Hugging Face repo, or part of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HfModelSource {
+    /// `owner/name`.
+    pub repo_id: String,
+    /// File variant to select (`None`: the default files).
+    pub variant: Option<ModelRepoVariant>,
+    /// A folder of the repo, or one file (`path/to/file.safetensors`).
+    pub subfolder: Option<String>,
+    /// Branch, tag or commit (`None`: `main`).
+    pub revision: Option<String>,
+    /// Token for gated or private repos.
+    pub access_token: Option<Token>,
+}
+
+impl HfModelSource {
+    /// The revision to ask for.
+    pub fn revision_or_main(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
+
+    /// When the subfolder names a single file (its last component has an extension), that file.
+    pub fn single_file(&self) -> Option<&str> {
+        let sub = self.subfolder.as_deref()?;
+        let last = sub.rsplit('/').next().unwrap_or(sub);
+        match last.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => Some(sub),
+            _ => None,
+        }
+    }
+}
+
+/// Any model source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A local path.
+    Local(LocalModelSource),
+    /// An http(s) URL.
+    Url(UrlModelSource),
+    /// A Hugging Face repo id.
+    Hf(HfModelSource),
+}
+
+impl ModelSource {
+    /// Parses a source string, resolving relative local paths against the current directory.
+    pub fn parse(s: &str) -> Result<Self, SourceError> {
+        Self::parse_in(s, Path::new("."))
+    }
+
+    /// Parses a source string; relative local paths are resolved against `base_dir` (the
+    /// manifest's folder) and tested for existence there. The order is the seed's: an existing
+    /// path, then a repo id, then a URL — with URLs recognised by their scheme first so that
+    /// `https://…` is never taken for a path.
+    pub fn parse_in(s: &str, base_dir: &Path) -> Result<Self, SourceError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(SourceError::Empty);
+        }
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return parse_url(s).map(|url| {
+                Self::Url(UrlModelSource {
+                    url,
+                    access_token: None,
+                })
+            });
+        }
+        let expanded = expand_home(s);
+        let candidate = if expanded.is_absolute() {
+            expanded.clone()
+        } else {
+            base_dir.join(&expanded)
+        };
+        let looks_local = s.starts_with('/')
+            || s.starts_with("./")
+            || s.starts_with("../")
+            || s.starts_with("~/")
+            || s == "."
+            || s == ".."
+            || s.contains('\\');
+        if looks_local || candidate.exists() {
+            return Ok(Self::Local(LocalModelSource {
+                path: candidate,
+                inplace: false,
+            }));
+        }
+        parse_hf(s).map(Self::Hf)
+    }
+
+    /// The canonical string form (no token, no `inplace`).
+    pub fn canonical(&self) -> String {
+        self.to_string()
+    }
+
+    /// The access token, if any.
+    pub fn access_token(&self) -> Option<&Token> {
+        match self {
+            Self::Local(_) => None,
+            Self::Url(u) => u.access_token.as_ref(),
+            Self::Hf(h) => h.access_token.as_ref(),
+        }
+    }
+
+    /// Sets the access token (ignored for local sources).
+    pub fn set_access_token(&mut self, token: Option<Token>) {
+        match self {
+            Self::Local(_) => {}
+            Self::Url(u) => u.access_token = token,
+            Self::Hf(h) => h.access_token = token,
+        }
+    }
+
+    /// The record's `source_type`.
+    pub fn source_type(&self) -> crate::config::ModelSourceType {
+        match self {
+            Self::Local(_) => crate::config::ModelSourceType::Path,
+            Self::Url(_) => crate::config::ModelSourceType::Url,
+            Self::Hf(_) => crate::config::ModelSourceType::HfRepoId,
+        }
+    }
+}
+
+fn expand_home(s: &str) -> PathBuf {
+    if let Some(rest) = s.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    PathBuf::from(s)
+}
+
+fn parse_url(s: &str) -> Result<reqwest::Url, SourceError> {
+    let mut url = reqwest::Url::parse(s).map_err(|e| SourceError::BadUrl {
+        url: s.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if url.host_str().is_none() {
+        return Err(SourceError::BadUrl {
+            url: s.to_owned(),
+            reason: "no host".into(),
+        });
+    }
+    let is_hf = url
+        .host_str()
+        .is_some_and(|h| h == "huggingface.co" || h == "hf.co" || h.ends_with(".huggingface.co"));
+    if is_hf {
+        // /{owner}/{name}/blob/{rev}/{path} → /{owner}/{name}/resolve/{rev}/{path}
+        let segs: Vec<String> = url
+            .path_segments()
+            .map(|p| p.map(str::to_owned).collect())
+            .unwrap_or_default();
+        if segs.len() >= 5 && segs[2] == "blob" {
+            let mut new = segs.clone();
+            new[2] = "resolve".to_owned();
+            url.set_path(&new.join("/"));
+        }
+    }
+    Ok(url)
+}
+
+fn valid_repo_part(p: &str) -> bool {
+    !p.is_empty()
+        && p != "."
+        && p != ".."
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn parse_hf(s: &str) -> Result<HfModelSource, SourceError> {
+    let bad = |reason: &str| SourceError::BadRepo {
+        source_str: s.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (head, rest) = match s.split_once(':') {
+        Some((h, r)) => (h, Some(r)),
+        None => (s, None),
+    };
+    let (repo_id, revision) = match head.split_once('@') {
+        Some((r, rev)) if !rev.is_empty() => (r, Some(rev.to_owned())),
+        Some(_) => return Err(bad("empty revision after `@`")),
+        None => (head, None),
+    };
+    let mut parts = repo_id.split('/');
+    let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(SourceError::Unrecognised(s.to_owned()));
+    };
+    if !valid_repo_part(owner) || !valid_repo_part(name) {
+        return Err(SourceError::Unrecognised(s.to_owned()));
+    }
+    let (variant, subfolder) = match rest {
+        None => (None, None),
+        Some(r) => {
+            let (v, sub) = match r.split_once(':') {
+                Some((v, sub)) => (v, Some(sub)),
+                None => (r, None),
+            };
+            let variant = if v.is_empty() {
+                None
+            } else {
+                Some(
+                    v.parse::<ModelRepoVariant>()
+                        .map_err(|e| bad(&e.to_string()))?,
+                )
+            };
+            let subfolder = match sub {
+                None => None,
+                Some(sub) => {
+                    let sub = sub.trim_matches('/');
+                    if sub.is_empty() {
+                        return Err(bad("empty subfolder after `::`"));
+                    }
+                    if sub.contains(':')
+                        || sub.contains('\\')
+                        || sub
+                            .split('/')
+                            .any(|c| c.is_empty() || c == "." || c == "..")
+                    {
+                        return Err(bad("the subfolder must be a relative path inside the repo"));
+                    }
+                    Some(sub.to_owned())
+                }
+            };
+            (
+                variant.filter(|v| *v != ModelRepoVariant::Default),
+                subfolder,
+            )
+        }
+    };
+    Ok(HfModelSource {
+        repo_id: repo_id.to_owned(),
+        variant,
+        subfolder,
+        revision,
+        access_token: None,
+    })
+}
+
+impl fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(l) => write!(f, "{}", l.path.display()),
+            Self::Url(u) => write!(f, "{}", u.url),
+            Self::Hf(h) => {
+                f.write_str(&h.repo_id)?;
+                if let Some(rev) = &h.revision {
+                    write!(f, "@{rev}")?;
+                }
+                match (&h.variant, &h.subfolder) {
+                    (None, None) => Ok(()),
+                    (Some(v), None) => write!(f, ":{v}"),
+                    (Some(v), Some(s)) => write!(f, ":{v}:{s}"),
+                    (None, Some(s)) => write!(f, "::{s}"),
+                }
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for ModelSource {
+    type Err = SourceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hf(s: &str) -> HfModelSource {
+        match ModelSource::parse_in(s, Path::new("/nonexistent-base")).unwrap() {
+            ModelSource::Hf(h) => h,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_form_round_trips() {
+        for s in [
+            "runwayml/stable-diffusion-v1-5",
+            "runwayml/stable-diffusion-v1-5:fp16",
+            "runwayml/stable-diffusion-v1-5:fp16:vae",
+            "runwayml/stable-diffusion-v1-5::vae",
+            "owner/name::path/to/file.safetensors",
+            "owner/name@v1.0:fp16:text_encoder_2",
+            "owner/name@0123abcd",
+            "https://example.invalid/api/download/models/123?type=Model",
+            "/abs/path/model.safetensors",
+        ] {
+            let parsed = ModelSource::parse_in(s, Path::new("/nonexistent-base")).unwrap();
+            assert_eq!(parsed.to_string(), s);
+            assert_eq!(
+                ModelSource::parse_in(&parsed.to_string(), Path::new("/nonexistent-base")).unwrap(),
+                parsed
+            );
+        }
+    }
+
+    #[test]
+    fn hf_parts() {
+        let h = hf("owner/name:fp16:vae");
+        assert_eq!(h.variant, Some(ModelRepoVariant::Fp16));
+        assert_eq!(h.subfolder.as_deref(), Some("vae"));
+        assert_eq!(h.single_file(), None);
+        let h = hf("owner/name::unet/diffusion_pytorch_model.fp16.safetensors");
+        assert_eq!(h.variant, None);
+        assert_eq!(
+            h.single_file(),
+            Some("unet/diffusion_pytorch_model.fp16.safetensors")
+        );
+        assert_eq!(hf("owner/name").revision_or_main(), "main");
+        assert_eq!(hf("owner/name@dev").revision_or_main(), "dev");
+    }
+
+    #[test]
+    fn blob_urls_become_resolve() {
+        let s = ModelSource::parse("https://huggingface.co/owner/name/blob/main/model.safetensors")
+            .unwrap();
+        assert_eq!(
+            s.to_string(),
+            "https://huggingface.co/owner/name/resolve/main/model.safetensors"
+        );
+        let s = ModelSource::parse("https://example.invalid/owner/name/blob/main/x").unwrap();
+        assert_eq!(
+            s.to_string(),
+            "https://example.invalid/owner/name/blob/main/x"
+        );
+    }
+
+    #[test]
+    fn local_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lora.safetensors"), b"x").unwrap();
+        match ModelSource::parse_in("lora.safetensors", dir.path()).unwrap() {
+            ModelSource::Local(l) => assert_eq!(l.path, dir.path().join("lora.safetensors")),
+            other => panic!("{other:?}"),
+        }
+        // A relative path that exists and looks like owner/name is still local (seed order).
+        std::fs::create_dir_all(dir.path().join("owner/name")).unwrap();
+        assert!(matches!(
+            ModelSource::parse_in("owner/name", dir.path()).unwrap(),
+            ModelSource::Local(_)
+        ));
+        assert!(matches!(
+            ModelSource::parse_in("./missing.ckpt", dir.path()).unwrap(),
+            ModelSource::Local(_)
+        ));
+    }
+
+    #[test]
+    fn bad_sources() {
+        let base = Path::new("/nonexistent-base");
+        assert_eq!(ModelSource::parse_in("  ", base), Err(SourceError::Empty));
+        for s in [
+            "justaname",
+            "a/b/c",
+            "owner/name:fp8",
+            "owner/name::",
+            "owner/name::../etc",
+            "owner/na me",
+            "owner/name@:fp16",
+            "https://",
+        ] {
+            let e = ModelSource::parse_in(s, base).unwrap_err();
+            assert!(!e.to_string().is_empty(), "{s}");
+        }
+        let e = ModelSource::parse_in("owner/name:fp8", base)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fp16"), "{e}");
+    }
+
+    #[test]
+    fn tokens_never_show() {
+        let t = Token::new("hf_secret").unwrap();
+        assert_eq!(format!("{t} {t:?}"), "*** Token(***)");
+        assert!(Token::new("  ").is_none());
+    }
+}
