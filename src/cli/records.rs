@@ -15,7 +15,7 @@ use crate::store::{self, RecordStore, StoreError};
 use crate::taxonomy::{BaseModelType, ModelFormat, ModelType};
 
 /// How long `remove` waits for another process that is changing the store.
-const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+const LOCK_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Characters of the key shown in tables; `show` and `remove` accept any unique prefix.
 const SHORT_KEY: usize = 8;
@@ -59,7 +59,10 @@ pub struct RemoveArgs {
 
 /// Opens the store for a query. A store that does not exist yet is not created by a query:
 /// `None` (no records).
-fn open_for_query(ctx: &Context) -> anyhow::Result<(PathBuf, PathBuf, Option<Box<dyn RecordStore>>)> {
+/// (models_dir, database, the store if it exists).
+type QueryStore = (PathBuf, PathBuf, Option<Box<dyn RecordStore>>);
+
+fn open_for_query(ctx: &Context) -> anyhow::Result<QueryStore> {
     let (models_dir, database) = ctx.store_paths()?;
     if !database.exists() {
         tracing::info!("no record store at {} yet", database.display());
@@ -70,6 +73,10 @@ fn open_for_query(ctx: &Context) -> anyhow::Result<(PathBuf, PathBuf, Option<Box
 }
 
 /// `list`: the records matching every filter, as a table or a JSON array.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the command signature every cli fn shares"
+)]
 pub fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<Status> {
     let model_type = a
         .model_type
@@ -144,10 +151,18 @@ pub fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<Status> {
 }
 
 /// `show`: one record by key, name or unique key prefix.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the command signature every cli fn shares"
+)]
 pub fn show(ctx: &Context, a: ShowArgs) -> anyhow::Result<Status> {
     let (models_dir, database, store) = open_for_query(ctx)?;
     let Some(store) = store else {
-        bail!("no model `{}`: there is no record store at {} yet", a.model, database.display());
+        bail!(
+            "no model `{}`: there is no record store at {} yet",
+            a.model,
+            database.display()
+        );
     };
     let record = find(store.as_ref(), &a.model, true)?;
     if ctx.output == OutputFormat::Json {
@@ -186,10 +201,18 @@ pub fn show(ctx: &Context, a: ShowArgs) -> anyhow::Result<Status> {
 
 /// `remove`: deletes a record (by key or unique key prefix), and with `--delete-files` its
 /// files, which must lie inside models_dir.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the command signature every cli fn shares"
+)]
 pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
     let (models_dir, database) = ctx.store_paths()?;
     if !database.exists() {
-        bail!("no model `{}`: there is no record store at {}", a.key, database.display());
+        bail!(
+            "no model `{}`: there is no record store at {}",
+            a.key,
+            database.display()
+        );
     }
     let _lock = StoreLock::acquire(&database, LOCK_TIMEOUT, |holder| {
         if !ctx.quiet {
@@ -206,9 +229,14 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
         let target = record.resolved_path(&models_dir);
         match std::fs::symlink_metadata(&target) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!("{} does not exist; removing only the record", target.display());
+                tracing::warn!(
+                    "{} does not exist; removing only the record",
+                    target.display()
+                );
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", target.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect {}", target.display()));
+            }
             Ok(md) => {
                 check_inside(&models_dir, &target)?;
                 if md.is_dir() {
@@ -216,7 +244,9 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
                 } else {
                     std::fs::remove_file(&target)
                 }
-                .with_context(|| format!("cannot delete {}; the record was kept", target.display()))?;
+                .with_context(|| {
+                    format!("cannot delete {}; the record was kept", target.display())
+                })?;
                 deleted = Some(target);
             }
         }
@@ -248,13 +278,20 @@ fn check_inside(models_dir: &Path, target: &Path) -> anyhow::Result<()> {
             target.display()
         )
     };
-    let root = models_dir
-        .canonicalize()
-        .map_err(|e| refuse(&format!("models folder {} is not accessible: {e}", models_dir.display())))?;
+    let root = models_dir.canonicalize().map_err(|e| {
+        refuse(&format!(
+            "models folder {} is not accessible: {e}",
+            models_dir.display()
+        ))
+    })?;
     let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
         return Err(refuse("it has no parent folder"));
     };
-    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
     let real = parent
         .canonicalize()
         .map_err(|e| refuse(&format!("cannot resolve its folder: {e}")))?
@@ -287,7 +324,10 @@ fn find(store: &dyn RecordStore, query: &str, by_name: bool) -> anyhow::Result<A
         match named.len() {
             0 => {}
             1 => return Ok(named.into_iter().next().expect("one element")),
-            n => bail!("{n} models are named `{query}`: {}; use a key", describe(&named)),
+            n => bail!(
+                "{n} models are named `{query}`: {}; use a key",
+                describe(&named)
+            ),
         }
     }
     if query.len() >= 4 {
@@ -299,7 +339,10 @@ fn find(store: &dyn RecordStore, query: &str, by_name: bool) -> anyhow::Result<A
         match prefixed.len() {
             0 => {}
             1 => return Ok(prefixed.remove(0)),
-            n => bail!("{n} models have keys starting with `{query}`: {}", describe(&prefixed)),
+            n => bail!(
+                "{n} models have keys starting with `{query}`: {}",
+                describe(&prefixed)
+            ),
         }
     }
     let what = if by_name { "key or name" } else { "key" };

@@ -58,9 +58,10 @@ impl LockHolder {
         let program = args
             .next()
             .map(|a| {
-                Path::new(&a)
-                    .file_name()
-                    .map_or_else(|| a.to_string_lossy().into_owned(), |n| n.to_string_lossy().into_owned())
+                Path::new(&a).file_name().map_or_else(
+                    || a.to_string_lossy().into_owned(),
+                    |n| n.to_string_lossy().into_owned(),
+                )
             })
             .unwrap_or_default();
         let command = std::iter::once(program)
@@ -230,7 +231,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let db2 = db.clone();
         let waiter = std::thread::spawn(move || {
-            StoreLock::acquire(&db2, Duration::from_secs(60), |h| {
+            StoreLock::acquire(&db2, Duration::from_mins(1), |h| {
                 let _ = tx.send(h.clone());
             })
             .map(|_| ())
@@ -249,7 +250,10 @@ mod tests {
             command: Some("modelsync apply".into()),
             since: Some("2025-01-01T00:00:00Z".into()),
         };
-        assert_eq!(h.to_string(), "pid 7 (modelsync apply) since 2025-01-01T00:00:00Z");
+        assert_eq!(
+            h.to_string(),
+            "pid 7 (modelsync apply) since 2025-01-01T00:00:00Z"
+        );
         assert_eq!(LockHolder::default().to_string(), "another process");
     }
 }

@@ -101,7 +101,10 @@ pub fn mtime_ns(t: SystemTime) -> i128 {
 
 /// A change to a record: a whole new config or a sparse dict of fields to merge.
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant, reason = "built once per update; boxing would only add noise at call sites")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per update; boxing would only add noise at call sites"
+)]
 pub enum ConfigChange {
     /// Replace the record (its key must match).
     Full(AnyModelConfig),

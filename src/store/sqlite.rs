@@ -148,7 +148,8 @@ impl SqliteStore {
             reason,
         };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
-        conn.pragma_update(None, "foreign_keys", true).map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(sql)?;
 
         // Everything up to the migration only reads, so a refused file stays as it was.
         let user_version: i64 = conn
@@ -234,7 +235,9 @@ impl SqliteStore {
     ) -> Result<Vec<AnyModelConfig>, StoreError> {
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_map(params, |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
         for row in rows {
@@ -255,17 +258,14 @@ impl SqliteStore {
             .map_err(|e| self.sql(e))?;
         match row {
             Some((k, json)) => self.decode(k, &json),
-            None => Err(StoreError::UnknownModel(format!("no model with key `{key}`"))),
+            None => Err(StoreError::UnknownModel(format!(
+                "no model with key `{key}`"
+            ))),
         }
     }
 
     /// `DuplicateModel` when another record than `key` already uses `path`.
-    fn check_path_free(
-        &self,
-        conn: &Connection,
-        key: &str,
-        path: &str,
-    ) -> Result<(), StoreError> {
+    fn check_path_free(&self, conn: &Connection, key: &str, path: &str) -> Result<(), StoreError> {
         let other: Option<(String, String)> = conn
             .query_row(
                 "SELECT key, name FROM models WHERE path = ?1 AND key <> ?2",
@@ -324,10 +324,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn begin<'c>(
-        &self,
-        conn: &'c mut Connection,
-    ) -> Result<rusqlite::Transaction<'c>, StoreError> {
+    fn begin<'c>(&self, conn: &'c mut Connection) -> Result<rusqlite::Transaction<'c>, StoreError> {
         // IMMEDIATE takes the write lock up front, so the duplicate checks and the write see
         // the same database even with other processes writing.
         conn.transaction_with_behavior(TransactionBehavior::Immediate)
@@ -384,9 +381,11 @@ impl RecordStore for SqliteStore {
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         let taken: bool = tx
-            .query_row("SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)", [key], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)",
+                [key],
+                |r| r.get(0),
+            )
             .map_err(|e| self.sql(e))?;
         if taken {
             return Err(StoreError::DuplicateModel(format!(
@@ -416,7 +415,9 @@ impl RecordStore for SqliteStore {
             .execute("DELETE FROM models WHERE key = ?1", [key])
             .map_err(|e| self.sql(e))?;
         if n == 0 {
-            return Err(StoreError::UnknownModel(format!("no model with key `{key}`")));
+            return Err(StoreError::UnknownModel(format!(
+                "no model with key `{key}`"
+            )));
         }
         Ok(())
     }
@@ -428,9 +429,11 @@ impl RecordStore for SqliteStore {
 
     fn exists(&self, key: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
-        conn.query_row("SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)", [key], |r| {
-            r.get(0)
-        })
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)",
+            [key],
+            |r| r.get(0),
+        )
         .map_err(|e| self.sql(e))
     }
 
@@ -479,7 +482,7 @@ impl RecordStore for SqliteStore {
                      GROUP BY key HAVING count(*) = ?2)
                  ORDER BY name, key"
             ),
-            params![json, wanted.len() as i64],
+            params![json, i64::try_from(wanted.len()).unwrap_or(i64::MAX)],
         )
     }
 
@@ -496,12 +499,16 @@ impl RecordStore for SqliteStore {
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         let known: bool = tx
-            .query_row("SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)", [key], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)",
+                [key],
+                |r| r.get(0),
+            )
             .map_err(|e| self.sql(e))?;
         if !known {
-            return Err(StoreError::UnknownModel(format!("no model with key `{key}`")));
+            return Err(StoreError::UnknownModel(format!(
+                "no model with key `{key}`"
+            )));
         }
         tx.execute("DELETE FROM model_files WHERE key = ?1", [key])
             .map_err(|e| self.sql(e))?;
@@ -513,12 +520,10 @@ impl RecordStore for SqliteStore {
                 )
                 .map_err(|e| self.sql(e))?;
             for f in files {
-                let size = i64::try_from(f.size).map_err(|e| {
-                    self.sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-                })?;
-                let mtime = i64::try_from(f.mtime_ns).map_err(|e| {
-                    self.sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-                })?;
+                let size = i64::try_from(f.size)
+                    .map_err(|e| self.sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+                let mtime = i64::try_from(f.mtime_ns)
+                    .map_err(|e| self.sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
                 stmt.execute(params![key, f.relative_path, size, mtime, f.sha256])
                     .map_err(|e| self.sql(e))?;
             }

@@ -30,7 +30,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigChange, apply_change, ModelFile, RecordStore, STORE_VERSION, StoreError};
+use super::{ConfigChange, ModelFile, RecordStore, STORE_VERSION, StoreError, apply_change};
 use crate::config::{AnyModelConfig, InvalidModelConfig};
 use crate::taxonomy::{BaseModelType, ModelType};
 
@@ -157,11 +157,6 @@ impl YamlStore {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
-        let path = path.to_path_buf();
-        move |source| StoreError::Io { path, source }
-    }
-
     fn wrong(&self, reason: impl Into<String>) -> StoreError {
         StoreError::WrongKind {
             path: self.path.clone(),
@@ -178,13 +173,13 @@ impl YamlStore {
                 *st = State::default();
                 return Ok(false);
             }
-            Err(e) => return Err(self.io(&self.path)(e)),
+            Err(e) => return Err(io(&self.path)(e)),
         };
         let stamp = Stamp::of(&md);
         if st.stamp.as_ref() == Some(&stamp) {
             return Ok(true);
         }
-        let bytes = std::fs::read(&self.path).map_err(self.io(&self.path))?;
+        let bytes = std::fs::read(&self.path).map_err(io(&self.path))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             *st = State::default();
             return Ok(false);
@@ -198,7 +193,10 @@ impl YamlStore {
         Ok(true)
     }
 
-    #[allow(clippy::type_complexity, reason = "private; the two halves of the state")]
+    #[allow(
+        clippy::type_complexity,
+        reason = "private; the two halves of the state"
+    )]
     fn parse(
         &self,
         bytes: &[u8],
@@ -210,7 +208,9 @@ impl YamlStore {
         StoreError,
     > {
         if bytes.contains(&0) {
-            return Err(self.wrong("not a YAML store (the file is binary; an SQLite store needs a .db/.sqlite name)"));
+            return Err(self.wrong(
+                "not a YAML store (the file is binary; an SQLite store needs a .db/.sqlite name)",
+            ));
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|e| self.wrong(format!("not a YAML store (not UTF-8 text: {e})")))?;
@@ -284,8 +284,8 @@ impl YamlStore {
             .truncate(false)
             .write(true)
             .open(&self.write_lock_path)
-            .map_err(self.io(&self.write_lock_path))?;
-        lock_file.lock().map_err(self.io(&self.write_lock_path))?;
+            .map_err(io(&self.write_lock_path))?;
+        lock_file.lock().map_err(io(&self.write_lock_path))?;
         // Someone else may have written since our last read; the stamp check can miss a
         // rewrite of equal size within one mtime tick, so read unconditionally here.
         st.stamp = None;
@@ -328,23 +328,23 @@ impl YamlStore {
             .prefix(".modelsync-store.")
             .suffix(".tmp")
             .tempfile_in(&dir)
-            .map_err(self.io(&dir))?;
+            .map_err(io(&dir))?;
         tmp.write_all(text.as_bytes())
             .and_then(|()| tmp.as_file().sync_all())
-            .map_err(self.io(tmp.path()))?;
+            .map_err(io(tmp.path()))?;
         if let Ok(md) = std::fs::metadata(&self.path) {
             // Keep the permissions the user gave the store (the temp file starts as 0600).
             let _ = tmp.as_file().set_permissions(md.permissions());
         }
         let file = tmp
             .persist(&self.path)
-            .map_err(|e| self.io(&self.path)(e.error))?;
+            .map_err(|e| io(&self.path)(e.error))?;
         #[cfg(unix)]
         if let Ok(d) = File::open(&dir) {
             // Make the rename itself durable.
             let _ = d.sync_all();
         }
-        let md = file.metadata().map_err(self.io(&self.path))?;
+        let md = file.metadata().map_err(io(&self.path))?;
         Ok(Stamp::of(&md))
     }
 
@@ -367,6 +367,12 @@ impl YamlStore {
     }
 }
 
+/// Maps an I/O error on `path` to a store error.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { path, source }
+}
+
 /// `a.b.c` → numbers, for comparing store versions.
 fn parse_version(v: &str) -> Option<Vec<u64>> {
     v.split('.').map(|p| p.trim().parse().ok()).collect()
@@ -381,7 +387,11 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 }
 
 fn check_path_free(st: &State, key: &str, path: &str) -> Result<(), StoreError> {
-    match st.models.values().find(|m| m.path() == path && m.key() != key) {
+    match st
+        .models
+        .values()
+        .find(|m| m.path() == path && m.key() != key)
+    {
         Some(other) => Err(StoreError::DuplicateModel(format!(
             "path `{path}` is already used by model `{}` ({})",
             other.name(),
@@ -429,7 +439,9 @@ impl RecordStore for YamlStore {
     fn del_model(&self, key: &str) -> Result<(), StoreError> {
         self.mutate(|st| {
             if st.models.remove(key).is_none() {
-                return Err(StoreError::UnknownModel(format!("no model with key `{key}`")));
+                return Err(StoreError::UnknownModel(format!(
+                    "no model with key `{key}`"
+                )));
             }
             st.files.remove(key);
             Ok(())
@@ -473,7 +485,9 @@ impl RecordStore for YamlStore {
     fn set_model_files(&self, key: &str, files: &[ModelFile]) -> Result<(), StoreError> {
         self.mutate(|st| {
             if !st.models.contains_key(key) {
-                return Err(StoreError::UnknownModel(format!("no model with key `{key}`")));
+                return Err(StoreError::UnknownModel(format!(
+                    "no model with key `{key}`"
+                )));
             }
             // Same rule as the SQLite table's primary key: one entry per path, the last wins.
             let files: Vec<ModelFile> = files
