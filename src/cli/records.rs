@@ -83,19 +83,19 @@ pub fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<Status> {
         .as_deref()
         .map(str::parse::<ModelType>)
         .transpose()
-        .context("--type")?;
+        .map_err(|e| anyhow::anyhow!("--type: {e}"))?;
     let base = a
         .base
         .as_deref()
         .map(str::parse::<BaseModelType>)
         .transpose()
-        .context("--base")?;
+        .map_err(|e| anyhow::anyhow!("--base: {e}"))?;
     let format = a
         .format
         .as_deref()
         .map(str::parse::<ModelFormat>)
         .transpose()
-        .context("--format")?;
+        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     let (_, database, store) = open_for_query(ctx)?;
     let records = match store {
         None => Vec::new(),

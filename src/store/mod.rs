@@ -40,6 +40,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The store file parses as a store but its content is invalid (hand-edited or damaged).
+    #[error("{path}: damaged store: {reason}")]
+    Damaged { path: PathBuf, reason: String },
     /// A stored record no longer parses (hand-edited or damaged store).
     #[error("{path}: record `{key}` is damaged: {reason}")]
     CorruptRecord {

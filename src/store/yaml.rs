@@ -240,10 +240,12 @@ impl YamlStore {
                 format!("unsupported store version `{version}` (this modelsync reads {STORE_VERSION})")
             }));
         }
-        let doc: DocIn = serde_saphyr::from_str(text).map_err(|e| StoreError::CorruptRecord {
-            path: self.path.clone(),
-            key: "?".into(),
-            reason: e.to_string(),
+        let doc: DocIn = serde_saphyr::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            StoreError::Damaged {
+                path: self.path.clone(),
+                reason: msg.strip_prefix("error: ").unwrap_or(&msg).to_owned(),
+            }
         })?;
         let mut models = BTreeMap::new();
         let mut paths: BTreeMap<String, String> = BTreeMap::new();

@@ -629,7 +629,7 @@ fn wrong_kind_files_are_refused_untouched(file: &str) {
         assert!(
             matches!(
                 e,
-                StoreError::WrongKind { .. } | StoreError::CorruptRecord { .. }
+                StoreError::WrongKind { .. } | StoreError::Damaged { .. }
             ),
             "{what}: {e:?}"
         );
