@@ -355,3 +355,36 @@ fn shipped_example_store_lists_and_stays_unchanged() {
         "a query takes no write lock"
     );
 }
+
+#[test]
+fn remove_waits_for_the_store_lock_and_names_the_holder() {
+    use std::io::BufRead;
+    let d = tmp();
+    drop(setup(d.path(), "modelsync.db"));
+    let db = d.path().join("models/modelsync.db");
+    let held =
+        modelsync::store::lock::StoreLock::acquire(&db, std::time::Duration::ZERO, |_| {}).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modelsync"))
+        .args(["remove", K_SD15])
+        .current_dir(d.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(
+        first.contains("waiting for the lock on models/modelsync.db held by pid")
+            && first.contains(&std::process::id().to_string()),
+        "{first}"
+    );
+    // Still waiting: the record is there.
+    assert!(store::open(&db).unwrap().exists(K_SD15).unwrap());
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), format!("removed sd15 ({K_SD15})\n"));
+}

@@ -627,10 +627,7 @@ fn wrong_kind_files_are_refused_untouched(file: &str) {
             "{what}: error does not name the file: {msg}"
         );
         assert!(
-            matches!(
-                e,
-                StoreError::WrongKind { .. } | StoreError::Damaged { .. }
-            ),
+            matches!(e, StoreError::WrongKind { .. } | StoreError::Damaged { .. }),
             "{what}: {e:?}"
         );
         assert_eq!(
