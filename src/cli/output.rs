@@ -62,3 +62,69 @@ pub fn print_error(ctx: &Context, e: &anyhow::Error) {
         eprintln!("  caused by: {cause}");
     }
 }
+
+/// Writes `rows` as left-aligned columns under `headers`, two spaces apart. The last column is
+/// not padded, so long paths do not drag trailing blanks along.
+pub fn write_table(
+    out: &mut impl std::io::Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut dyn std::io::Write, cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            if i + 1 < widths.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                text.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(out, &mut headers.iter().copied())?;
+    for row in rows {
+        line(out, &mut row.iter().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+/// Writes one JSON document (pretty, newline-terminated) to stdout.
+pub fn print_json(value: &serde_json::Value) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_align_on_the_widest_cell() {
+        let mut out = Vec::new();
+        write_table(
+            &mut out,
+            &["KEY", "NAME", "PATH"],
+            &[
+                vec!["ab".into(), "a-long-name".into(), "x".into()],
+                vec!["abcdef".into(), "n".into(), "y/z".into()],
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "KEY     NAME         PATH\nab      a-long-name  x\nabcdef  n            y/z\n"
+        );
+    }
+}

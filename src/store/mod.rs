@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::config::{AnyModelConfig, InvalidModelConfig};
+use crate::config::{AnyModelConfig, InvalidModelConfig, now_micros};
 use crate::taxonomy::{BaseModelType, ModelType};
 
 pub mod lock;
@@ -39,6 +39,23 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+    },
+    /// The store file parses as a store but its content is invalid (hand-edited or damaged).
+    #[error("{path}: damaged store: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+    /// A stored record no longer parses (hand-edited or damaged store).
+    #[error("{path}: record `{key}` is damaged: {reason}")]
+    CorruptRecord {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    /// Creating or upgrading the SQLite schema failed.
+    #[error("database {path}: schema migration failed: {source}")]
+    Migration {
+        path: PathBuf,
+        #[source]
+        source: rusqlite_migration::Error,
     },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
@@ -78,14 +95,19 @@ impl ModelFile {
 
 /// Nanoseconds since the Unix epoch (negative before it).
 pub fn mtime_ns(t: SystemTime) -> i128 {
+    // A u128 of nanoseconds overflows i128 only ~5e21 years from the epoch.
     match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
+        Ok(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
+        Err(e) => i128::try_from(e.duration().as_nanos()).map_or(i128::MIN, |n| -n),
     }
 }
 
 /// A change to a record: a whole new config or a sparse dict of fields to merge.
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per update; boxing would only add noise at call sites"
+)]
 pub enum ConfigChange {
     /// Replace the record (its key must match).
     Full(AnyModelConfig),
@@ -189,5 +211,30 @@ pub fn open(path: &Path) -> Result<Box<dyn RecordStore>, StoreError> {
             path: path.to_path_buf(),
             reason: "unknown store kind: use a .db/.sqlite file for SQLite or a .yaml/.yml file for the YAML store".into(),
         }),
+    }
+}
+
+/// The record an update produces: a sparse merge, or a full replacement that keeps the key
+/// and creation time. Either way `updated_at` moves.
+pub(crate) fn apply_change(
+    old: &AnyModelConfig,
+    change: ConfigChange,
+) -> Result<AnyModelConfig, StoreError> {
+    match change {
+        ConfigChange::Sparse(fields) => Ok(old.merged(&fields)?),
+        ConfigChange::Full(mut new) => {
+            if new.key() != old.key() {
+                return Err(InvalidModelConfig::Parse(format!(
+                    "field `key` cannot be changed (record `{}`, update says `{}`)",
+                    old.key(),
+                    new.key()
+                ))
+                .into());
+            }
+            let c = new.common_mut();
+            c.created_at = old.common().created_at;
+            c.updated_at = now_micros();
+            Ok(new)
+        }
     }
 }

@@ -1,71 +1,557 @@
-//! Placeholder until issue #2's store lands.
-#![allow(clippy::missing_const_for_fn, unused_variables)]
+//! The SQLite record store (the seed's `ModelRecordServiceSQL`).
+//!
+//! Each record is kept whole as JSON in `models.config`, next to indexed copies of the
+//! fields the searches use, so a search never parses JSON. Tags live in `model_tags` and file
+//! fingerprints in `model_files`; both go with their record (`ON DELETE CASCADE`).
+//!
+//! The schema is created and upgraded by [`rusqlite_migration`]; its version is SQLite's
+//! `user_version`, and `application_id` marks the file as a modelsync store. Opening checks
+//! both *before* anything is written, so a foreign database, a file that is not SQLite at all
+//! or a store written by a newer modelsync is refused untouched.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use super::{ConfigChange, ModelFile, RecordStore, StoreError};
-use crate::config::AnyModelConfig;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite_migration::{M, Migrations};
+
+use super::{ConfigChange, ModelFile, RecordStore, StoreError, apply_change};
+use crate::config::{AnyModelConfig, InvalidModelConfig};
 use crate::taxonomy::{BaseModelType, ModelType};
 
-/// Placeholder.
+/// `PRAGMA application_id` of a modelsync store: "MSYN" in ASCII.
+pub const APPLICATION_ID: i32 = 0x4d53_594e;
+
+/// How long a write waits for another connection's write to finish before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Schema version 1: records as JSON plus the columns the seed's searches need.
+const V1: &str = "
+CREATE TABLE models (
+    key    TEXT NOT NULL PRIMARY KEY,
+    name   TEXT NOT NULL,
+    type   TEXT NOT NULL,
+    base   TEXT NOT NULL,
+    format TEXT NOT NULL,
+    path   TEXT NOT NULL UNIQUE,
+    hash   TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    config TEXT NOT NULL
+);
+CREATE INDEX models_name ON models (name);
+CREATE INDEX models_base_type ON models (base, type);
+CREATE INDEX models_hash ON models (hash);
+PRAGMA application_id = 1297307982;
+";
+
+/// Schema version 2: manifest ownership columns, a tag table and file fingerprints. Existing
+/// records are backfilled from their JSON.
+const V2: &str = "
+ALTER TABLE models ADD COLUMN managed_entry TEXT;
+ALTER TABLE models ADD COLUMN spec_hash TEXT;
+UPDATE models SET
+    managed_entry = json_extract(config, '$.managed.entry'),
+    spec_hash = json_extract(config, '$.managed.spec_hash');
+CREATE INDEX models_managed_entry ON models (managed_entry);
+CREATE INDEX models_source ON models (source);
+CREATE INDEX models_format ON models (format);
+CREATE TABLE model_tags (
+    key TEXT NOT NULL REFERENCES models (key) ON DELETE CASCADE,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (key, tag)
+) WITHOUT ROWID;
+CREATE INDEX model_tags_tag ON model_tags (tag);
+INSERT OR IGNORE INTO model_tags (key, tag)
+    SELECT models.key, t.value FROM models, json_each(models.config, '$.tags') AS t
+    WHERE t.type = 'text';
+CREATE TABLE model_files (
+    key           TEXT NOT NULL REFERENCES models (key) ON DELETE CASCADE,
+    relative_path TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    mtime_ns      INTEGER NOT NULL,
+    sha256        TEXT,
+    PRIMARY KEY (key, relative_path)
+) WITHOUT ROWID;
+";
+
+const MIGRATION_SLICE: &[M<'static>] = &[M::up(V1), M::up(V2)];
+const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_SLICE);
+
+/// The schema version this build creates and reads.
+pub const SCHEMA_VERSION: usize = MIGRATION_SLICE.len();
+
+/// The first 16 bytes of every SQLite 3 database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+const COLUMNS: &str = "key, config";
+
+/// A record store in one SQLite database (WAL mode, so readers never wait for a writer).
+///
+/// The connection sits behind a mutex, so one `SqliteStore` can be shared by threads; several
+/// stores (processes) on the same file coordinate through SQLite's own locking.
 #[derive(Debug)]
 pub struct SqliteStore {
+    conn: Mutex<Connection>,
     path: PathBuf,
 }
 
-fn todo_err(p: &Path) -> StoreError {
-    StoreError::WrongKind {
-        path: p.to_path_buf(),
-        reason: "not implemented yet".into(),
+impl SqliteStore {
+    /// Opens the database at `path`, creating and initialising it (and its folder) when
+    /// missing, migrating an older schema. Refuses, without writing to it, a file that is not
+    /// SQLite, a database that is not a modelsync store, or a newer schema.
+    pub fn from_db_file(path: &Path) -> Result<Self, StoreError> {
+        check_header(path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::init(conn, path.to_path_buf())
+    }
+
+    /// Uses an already opened connection (the seed's `from_connection`), for keeping the
+    /// records inside an application's own database. Same checks and migrations as
+    /// [`SqliteStore::from_db_file`].
+    pub fn from_connection(conn: Connection) -> Result<Self, StoreError> {
+        let path = match conn.path() {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(":memory:"),
+        };
+        Self::init(conn, path)
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        Ok(usize::try_from(v).unwrap_or(0))
+    }
+
+    fn init(mut conn: Connection, path: PathBuf) -> Result<Self, StoreError> {
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let wrong = |reason: String| StoreError::WrongKind {
+            path: path.clone(),
+            reason,
+        };
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(sql)?;
+
+        // Everything up to the migration only reads, so a refused file stays as it was.
+        let user_version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        let app_id: i32 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(sql)?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        if user_version == 0 {
+            if tables > 0 {
+                return Err(wrong(
+                    "an SQLite database that is not a modelsync store (it has tables but no modelsync schema version)".into(),
+                ));
+            }
+        } else {
+            if app_id != APPLICATION_ID {
+                return Err(wrong(format!(
+                    "an SQLite database that is not a modelsync store (application_id {app_id:#x}, expected {APPLICATION_ID:#x})"
+                )));
+            }
+            let newer = usize::try_from(user_version).map_or(true, |v| v > SCHEMA_VERSION);
+            if newer {
+                return Err(wrong(format!(
+                    "store schema version {user_version} is newer than this modelsync supports ({SCHEMA_VERSION}); upgrade modelsync"
+                )));
+            }
+        }
+
+        // WAL is persistent; setting it on an in-memory database answers "memory", also fine.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        MIGRATIONS
+            .to_latest(&mut conn)
+            .map_err(|source| StoreError::Migration {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the guard cannot leave a half-done write behind: every write
+        // is one SQLite transaction, rolled back when its guard drops.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn decode(&self, key: String, json: &str) -> Result<AnyModelConfig, StoreError> {
+        serde_json::from_str::<serde_json::Value>(json)
+            .map_err(|e| e.to_string())
+            .and_then(|v| AnyModelConfig::from_json(v).map_err(|e| e.to_string()))
+            .map_err(|reason| StoreError::CorruptRecord {
+                path: self.path.clone(),
+                key,
+                reason,
+            })
+    }
+
+    fn query(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<AnyModelConfig>, StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, json) = row.map_err(|e| self.sql(e))?;
+            out.push(self.decode(key, &json)?);
+        }
+        Ok(out)
+    }
+
+    fn load(&self, conn: &Connection, key: &str) -> Result<AnyModelConfig, StoreError> {
+        let row: Option<(String, String)> = conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM models WHERE key = ?1"),
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        match row {
+            Some((k, json)) => self.decode(k, &json),
+            None => Err(StoreError::UnknownModel(format!(
+                "no model with key `{key}`"
+            ))),
+        }
+    }
+
+    /// `DuplicateModel` when another record than `key` already uses `path`.
+    fn check_path_free(&self, conn: &Connection, key: &str, path: &str) -> Result<(), StoreError> {
+        let other: Option<(String, String)> = conn
+            .query_row(
+                "SELECT key, name FROM models WHERE path = ?1 AND key <> ?2",
+                [path, key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        match other {
+            Some((k, name)) => Err(StoreError::DuplicateModel(format!(
+                "path `{path}` is already used by model `{name}` ({k})"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the row and the tags of `config` (insert or replace).
+    fn write(&self, conn: &Connection, config: &AnyModelConfig) -> Result<(), StoreError> {
+        let c = config.common();
+        let json = config.to_json().to_string();
+        let (entry, spec) = c
+            .managed
+            .as_ref()
+            .map_or((None, None), |m| (Some(&m.entry), Some(&m.spec_hash)));
+        conn.execute(
+            "INSERT INTO models (key, name, type, base, format, path, hash, source, config, managed_entry, spec_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (key) DO UPDATE SET
+                name = excluded.name, type = excluded.type, base = excluded.base,
+                format = excluded.format, path = excluded.path, hash = excluded.hash,
+                source = excluded.source, config = excluded.config,
+                managed_entry = excluded.managed_entry, spec_hash = excluded.spec_hash",
+            params![
+                c.key,
+                c.name,
+                config.model_type().as_str(),
+                c.base.as_str(),
+                config.format().as_str(),
+                c.path,
+                c.hash,
+                c.source,
+                json,
+                entry,
+                spec
+            ],
+        )
+        .map_err(|e| self.sql(e))?;
+        conn.execute("DELETE FROM model_tags WHERE key = ?1", [&c.key])
+            .map_err(|e| self.sql(e))?;
+        let mut stmt = conn
+            .prepare_cached("INSERT OR IGNORE INTO model_tags (key, tag) VALUES (?1, ?2)")
+            .map_err(|e| self.sql(e))?;
+        for tag in &c.tags {
+            stmt.execute([&c.key, tag]).map_err(|e| self.sql(e))?;
+        }
+        Ok(())
+    }
+
+    fn begin<'c>(&self, conn: &'c mut Connection) -> Result<rusqlite::Transaction<'c>, StoreError> {
+        // IMMEDIATE takes the write lock up front, so the duplicate checks and the write see
+        // the same database even with other processes writing.
+        conn.transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql(e))
     }
 }
 
-impl SqliteStore {
-    /// Placeholder.
-    pub fn from_db_file(path: &Path) -> Result<Self, StoreError> {
-        Err(todo_err(path))
+/// Refuses an existing, non-empty file that does not start with SQLite's magic bytes, before
+/// SQLite gets to open (and possibly write) it.
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut head = Vec::with_capacity(16);
+    file.by_ref()
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if head.is_empty() || head == SQLITE_MAGIC {
+        return Ok(());
     }
+    let looks_yaml = head.iter().all(|b| b.is_ascii() && *b != 0);
+    Err(StoreError::WrongKind {
+        path: path.to_path_buf(),
+        reason: if looks_yaml {
+            "not an SQLite database (it looks like text; a YAML store needs a .yaml/.yml name)"
+                .into()
+        } else {
+            "not an SQLite database".into()
+        },
+    })
 }
 
 impl RecordStore for SqliteStore {
-    fn add_model(&self, key: &str, config: AnyModelConfig) -> Result<AnyModelConfig, StoreError> {
-        Err(todo_err(&self.path))
+    fn add_model(
+        &self,
+        key: &str,
+        mut config: AnyModelConfig,
+    ) -> Result<AnyModelConfig, StoreError> {
+        if key.is_empty() {
+            return Err(InvalidModelConfig::Missing("key").into());
+        }
+        key.clone_into(&mut config.common_mut().key);
+        let mut conn = self.conn();
+        let tx = self.begin(&mut conn)?;
+        let taken: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)",
+                [key],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        if taken {
+            return Err(StoreError::DuplicateModel(format!(
+                "a model with key `{key}` already exists"
+            )));
+        }
+        self.check_path_free(&tx, key, config.path())?;
+        self.write(&tx, &config)?;
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(config)
     }
+
     fn update_model(&self, key: &str, change: ConfigChange) -> Result<AnyModelConfig, StoreError> {
-        Err(todo_err(&self.path))
+        let mut conn = self.conn();
+        let tx = self.begin(&mut conn)?;
+        let old = self.load(&tx, key)?;
+        let new = apply_change(&old, change)?;
+        self.check_path_free(&tx, key, new.path())?;
+        self.write(&tx, &new)?;
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(new)
     }
+
     fn del_model(&self, key: &str) -> Result<(), StoreError> {
-        Err(todo_err(&self.path))
+        let conn = self.conn();
+        let n = conn
+            .execute("DELETE FROM models WHERE key = ?1", [key])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(StoreError::UnknownModel(format!(
+                "no model with key `{key}`"
+            )));
+        }
+        Ok(())
     }
+
     fn get_model(&self, key: &str) -> Result<AnyModelConfig, StoreError> {
-        Err(todo_err(&self.path))
+        let conn = self.conn();
+        self.load(&conn, key)
     }
+
     fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        Err(todo_err(&self.path))
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)",
+            [key],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.sql(e))
     }
+
     fn search_by_path(&self, path: &str) -> Result<Vec<AnyModelConfig>, StoreError> {
-        Err(todo_err(&self.path))
+        let conn = self.conn();
+        self.query(
+            &conn,
+            &format!("SELECT {COLUMNS} FROM models WHERE path = ?1 ORDER BY name, key"),
+            [path],
+        )
     }
+
     fn search_by_name(
         &self,
         name: Option<&str>,
         base: Option<BaseModelType>,
         model_type: Option<ModelType>,
     ) -> Result<Vec<AnyModelConfig>, StoreError> {
-        Err(todo_err(&self.path))
+        let conn = self.conn();
+        // NULL parameters disable their criterion, so one cached statement serves every combination.
+        self.query(
+            &conn,
+            &format!(
+                "SELECT {COLUMNS} FROM models
+                 WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR base = ?2) AND (?3 IS NULL OR type = ?3)
+                 ORDER BY name, key"
+            ),
+            params![name, base.map(BaseModelType::as_str), model_type.map(ModelType::as_str)],
+        )
     }
+
     fn search_by_tag(&self, tags: &[String]) -> Result<Vec<AnyModelConfig>, StoreError> {
-        Err(todo_err(&self.path))
+        let mut wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return self.all_models();
+        }
+        let conn = self.conn();
+        let json = serde_json::Value::from(wanted.clone()).to_string();
+        self.query(
+            &conn,
+            &format!(
+                "SELECT {COLUMNS} FROM models WHERE key IN (
+                     SELECT key FROM model_tags WHERE tag IN (SELECT value FROM json_each(?1))
+                     GROUP BY key HAVING count(*) = ?2)
+                 ORDER BY name, key"
+            ),
+            params![json, i64::try_from(wanted.len()).unwrap_or(i64::MAX)],
+        )
     }
+
     fn search_by_hash(&self, hash: &str) -> Result<Vec<AnyModelConfig>, StoreError> {
-        Err(todo_err(&self.path))
+        let conn = self.conn();
+        self.query(
+            &conn,
+            &format!("SELECT {COLUMNS} FROM models WHERE hash = ?1 ORDER BY name, key"),
+            [hash],
+        )
     }
+
     fn set_model_files(&self, key: &str, files: &[ModelFile]) -> Result<(), StoreError> {
-        Err(todo_err(&self.path))
+        let mut conn = self.conn();
+        let tx = self.begin(&mut conn)?;
+        let known: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM models WHERE key = ?1)",
+                [key],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        if !known {
+            return Err(StoreError::UnknownModel(format!(
+                "no model with key `{key}`"
+            )));
+        }
+        tx.execute("DELETE FROM model_files WHERE key = ?1", [key])
+            .map_err(|e| self.sql(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO model_files (key, relative_path, size, mtime_ns, sha256)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(|e| self.sql(e))?;
+            for f in files {
+                let size = i64::try_from(f.size)
+                    .map_err(|e| self.sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+                let mtime = i64::try_from(f.mtime_ns)
+                    .map_err(|e| self.sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+                stmt.execute(params![key, f.relative_path, size, mtime, f.sha256])
+                    .map_err(|e| self.sql(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.sql(e))
     }
+
     fn model_files(&self, key: &str) -> Result<Vec<ModelFile>, StoreError> {
-        Err(todo_err(&self.path))
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT relative_path, size, mtime_ns, sha256 FROM model_files
+                 WHERE key = ?1 ORDER BY relative_path",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([key], |r| {
+                Ok(ModelFile {
+                    relative_path: r.get(0)?,
+                    size: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    mtime_ns: i128::from(r.get::<_, i64>(2)?),
+                    sha256: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
+
     fn location(&self) -> &Path {
         &self.path
     }

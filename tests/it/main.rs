@@ -1,0 +1,6 @@
+//! The integration-test binary: one module per area, shared helpers in `support`.
+
+mod support;
+
+mod cli_records;
+mod store;

@@ -1,0 +1,68 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code, reason = "each area uses a different subset")]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use modelsync::AnyModelConfig;
+use serde_json::json;
+
+/// A fresh temporary folder, removed on drop.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temp dir")
+}
+
+/// A record from a JSON dict, panicking on invalid test data.
+pub fn record(value: serde_json::Value) -> AnyModelConfig {
+    AnyModelConfig::from_json(value).expect("valid test record")
+}
+
+/// A LoRA record with the given name and path.
+pub fn lora(name: &str, path: &str) -> AnyModelConfig {
+    record(json!({
+        "name": name, "type": "lora", "format": "lycoris", "base": "sd-1",
+        "path": path, "hash": format!("blake3:{name}"), "source": path,
+    }))
+}
+
+/// A main checkpoint record.
+pub fn main_ckpt(name: &str, base: &str, path: &str, tags: &[&str]) -> AnyModelConfig {
+    record(json!({
+        "name": name, "type": "main", "format": "checkpoint", "base": base,
+        "path": path, "hash": format!("blake3:{name}"), "tags": tags,
+        "source": "runwayml/stable-diffusion-v1-5", "source_type": "hf_repo_id",
+    }))
+}
+
+/// Runs the real `modelsync` binary in `cwd` with `args`.
+pub fn modelsync(cwd: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_modelsync"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("MODELSYNC_FILE")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the modelsync binary runs")
+}
+
+/// Stdout of a finished command as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr of a finished command as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The names of the entries of a folder, sorted.
+pub fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("readable dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    v
+}
