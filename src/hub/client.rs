@@ -6,6 +6,7 @@
 //! LFS `302` itself instead of from the CDN.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap};
@@ -54,7 +55,9 @@ pub enum HubError {
         reason: &'static str,
     },
     /// 401/404 `RepoNotFound`: missing, or private and the token (if any) has no access.
-    #[error("repository `{repo}` not found on {endpoint}, or it is private and needs a token with access ({auth})")]
+    #[error(
+        "repository `{repo}` not found on {endpoint}, or it is private and needs a token with access ({auth})"
+    )]
     RepoNotFound {
         /// The repo.
         repo: String,
@@ -84,7 +87,9 @@ pub enum HubError {
         path: String,
     },
     /// 401/403 `GatedRepo`.
-    #[error("`{repo}` is a gated repository and downloading `{path}` at `{revision}` was refused (HTTP {status}): {auth}; {hint}")]
+    #[error(
+        "`{repo}` is a gated repository and downloading `{path}` at `{revision}` was refused (HTTP {status}): {auth}; {hint}"
+    )]
     Gated {
         /// The repo.
         repo: String,
@@ -112,7 +117,9 @@ pub enum HubError {
         message: String,
     },
     /// 429 after every retry.
-    #[error("rate limited by {url} (HTTP 429) after {attempts} attempts; last Retry-After: {retry_after:?} s")]
+    #[error(
+        "rate limited by {url} (HTTP 429) after {attempts} attempts; last Retry-After: {retry_after:?} s"
+    )]
     RateLimited {
         /// The URL (no query).
         url: String,
@@ -191,9 +198,9 @@ impl HubOptions {
             endpoint,
             offline: false,
             max_retries: 4,
-            max_retry_wait: Duration::from_secs(60),
+            max_retry_wait: Duration::from_mins(1),
             retry_base_delay: Duration::from_millis(250),
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_mins(1),
             user_agent: format!("modelsync/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -270,8 +277,10 @@ pub struct HubClient {
 
 /// The endpoint chain: `settings.hf_endpoint` → `HF_ENDPOINT` → <https://huggingface.co>.
 pub fn resolve_endpoint(settings: Option<&str>, env: &HubEnv) -> Result<Url, HubError> {
-    let (value, origin) = match (settings.map(str::trim).filter(|s| !s.is_empty()), &env.endpoint)
-    {
+    let (value, origin) = match (
+        settings.map(str::trim).filter(|s| !s.is_empty()),
+        &env.endpoint,
+    ) {
         (Some(s), _) => (s.to_owned(), "settings.hf_endpoint"),
         (None, Some(e)) => (e.trim().to_owned(), "HF_ENDPOINT"),
         (None, None) => (DEFAULT_ENDPOINT.to_owned(), "the default"),
@@ -306,11 +315,13 @@ fn is_hex(s: &str, len: usize) -> bool {
 fn encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || (keep_slash && b == b'/')
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/')
         {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
@@ -618,18 +629,20 @@ impl HubClient {
             .await?;
         let repo_id = info.id.clone();
         validate_repo_id(&repo_id)?;
-        let commit = info
-            .sha
-            .clone()
-            .filter(|s| is_hex(s, 40))
-            .ok_or_else(|| HubError::BadResponse {
-                url: format!("{}/api/models/{}", self.base, src.repo_id),
-                reason: "the model info has no commit sha".into(),
-            })?;
+        let commit =
+            info.sha
+                .clone()
+                .filter(|s| is_hex(s, 40))
+                .ok_or_else(|| HubError::BadResponse {
+                    url: format!("{}/api/models/{}", self.base, src.repo_id),
+                    reason: "the model info has no commit sha".into(),
+                })?;
         let listing = self.list_files(&repo_id, &commit, auth).await?;
         let files = select_files(&repo_id, &listing, filter)?;
-        if info.gated.is_gated() || info.private {
-            self.file_head(&repo_id, &commit, &files[0].file.path, auth)
+        if (info.gated.is_gated() || info.private)
+            && let Some(first) = files.first()
+        {
+            self.file_head(&repo_id, &commit, &first.file.path, auth)
                 .await?;
         }
         let downloads = files
@@ -665,7 +678,7 @@ impl HubClient {
             path: Some(&spec.repo_path),
             auth,
         };
-        self.map_error(&spec.url, status, error_code, body, None, &ctx)
+        self.map_error(&spec.url, status, error_code, body, &ctx)
     }
 
     async fn get_json(&self, url: &Url, ctx: &Ctx<'_>) -> Result<JsonPage, HubError> {
@@ -718,14 +731,7 @@ impl HubClient {
             let headers = resp.headers().clone();
             let code = header_str(&headers, "x-error-code");
             let body = resp.text().await.unwrap_or_default();
-            return Err(self.map_error(
-                &url,
-                status.as_u16(),
-                code.as_deref(),
-                &body,
-                Some(&headers),
-                ctx,
-            ));
+            return Err(self.map_error(&url, status.as_u16(), code.as_deref(), &body, ctx));
         }
         Err(HubError::TooManyRedirects { url: show(&url) })
     }
@@ -760,8 +766,8 @@ impl HubClient {
                 source: e.without_url(),
             })?;
             let status = resp.status();
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                || matches!(status.as_u16(), 502..=504);
+            let retryable =
+                status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 502..=504);
             if !retryable || attempt > self.opts.max_retries {
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     return Err(HubError::RateLimited {
@@ -791,7 +797,6 @@ impl HubClient {
         status: u16,
         code: Option<&str>,
         body: &str,
-        _headers: Option<&HeaderMap>,
         ctx: &Ctx<'_>,
     ) -> HubError {
         let message = server_message(body);
@@ -854,7 +859,10 @@ impl HubClient {
 }
 
 fn revision_of_resolve_url(url: &Url) -> String {
-    let segs: Vec<&str> = url.path_segments().map(Iterator::collect).unwrap_or_default();
+    let segs: Vec<&str> = url
+        .path_segments()
+        .map(Iterator::collect)
+        .unwrap_or_default();
     segs.iter()
         .position(|s| *s == "resolve")
         .and_then(|i| segs.get(i + 1))
@@ -940,9 +948,7 @@ fn next_link(h: &HeaderMap, base: &Url) -> Option<Url> {
                 let p = p.trim().replace(' ', "");
                 p == "rel=\"next\"" || p == "rel=next"
             });
-            if is_next
-                && let Some(t) = target.strip_prefix('<').and_then(|t| t.strip_suffix('>'))
-            {
+            if is_next && let Some(t) = target.strip_prefix('<').and_then(|t| t.strip_suffix('>')) {
                 return base.join(t).ok();
             }
         }
@@ -1019,7 +1025,10 @@ mod tests {
         let c = HubClient::with_options(o).unwrap();
         let a = ResolvedToken::anonymous();
         let e = c.model_info("o/n", None, &a).await.unwrap_err();
-        assert!(matches!(e, HubError::Offline { .. }) && e.to_string().contains("o/n"), "{e}");
+        assert!(
+            matches!(e, HubError::Offline { .. }) && e.to_string().contains("o/n"),
+            "{e}"
+        );
         assert!(matches!(
             c.list_files("o/n", "main", &a).await,
             Err(HubError::Offline { .. })

@@ -125,7 +125,9 @@ fn is_hex(s: &str, len: usize) -> bool {
 }
 
 fn opt_str(v: &serde_json::Value, k: &str) -> Option<String> {
-    v.get(k).and_then(serde_json::Value::as_str).map(str::to_owned)
+    v.get(k)
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
 }
 
 fn lfs_from(repo: &str, path: &str, v: &serde_json::Value) -> Result<Option<LfsInfo>, WireError> {
@@ -192,10 +194,7 @@ impl ModelInfo {
                 .get("private")
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false),
-            gated: v
-                .get("gated")
-                .map(Gated::from_wire)
-                .unwrap_or_default(),
+            gated: v.get("gated").map(Gated::from_wire).unwrap_or_default(),
             tags,
             author: opt_str(v, "author"),
             card_data: v.get("cardData").filter(|c| !c.is_null()).cloned(),
@@ -208,9 +207,9 @@ impl ModelInfo {
 
 /// Parses one page of the tree of `repo`: files only (directories are implied by paths).
 pub fn tree_page_from_wire(repo: &str, v: &serde_json::Value) -> Result<Vec<RepoFile>, WireError> {
-    let list = v.as_array().ok_or_else(|| {
-        WireError::Shape(format!("the tree of `{repo}` is not a JSON array"))
-    })?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| WireError::Shape(format!("the tree of `{repo}` is not a JSON array")))?;
     let mut out = Vec::with_capacity(list.len());
     for e in list {
         let path = opt_str(e, "path")

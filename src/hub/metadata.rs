@@ -98,11 +98,10 @@ impl HuggingFaceMetadata {
             .rsplit_once('/')
             .map_or(info.id.as_str(), |(_, n)| n)
             .to_owned();
-        let author = info.author.clone().or_else(|| {
-            info.id
-                .split_once('/')
-                .map(|(o, _)| o.to_owned())
-        });
+        let author = info
+            .author
+            .clone()
+            .or_else(|| info.id.split_once('/').map(|(o, _)| o.to_owned()));
         Self {
             id: info.id.clone(),
             name,

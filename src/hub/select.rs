@@ -199,8 +199,10 @@ fn classify(rel: &str) -> (Family, Role) {
         Family::OpenVino
     } else if ext == "msgpack" || lname.contains("flax_model") {
         Family::Flax
-    } else if matches!(ext, "h5" | "gguf" | "ot" | "tflite" | "mlmodel" | "mlpackage")
-        || lname.starts_with("tf_model")
+    } else if matches!(
+        ext,
+        "h5" | "gguf" | "ot" | "tflite" | "mlmodel" | "mlpackage"
+    ) || lname.starts_with("tf_model")
     {
         Family::Foreign
     } else {
@@ -500,6 +502,10 @@ fn select_tree(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "repo paths in these listings are lowercase"
+)]
 mod tests {
     use super::*;
 
@@ -740,13 +746,20 @@ mod tests {
             "{onnx:?}"
         );
         // Folders with weights but no onnx file are dropped whole.
-        assert!(!onnx.iter().any(|p| p.starts_with("vae/") || p.starts_with("vae_1_0/")));
+        assert!(
+            !onnx
+                .iter()
+                .any(|p| p.starts_with("vae/") || p.starts_with("vae_1_0/"))
+        );
         assert!(onnx.contains(&"tokenizer/vocab.json".to_owned()));
 
         let ov = sel(SDXL, &variant(ModelRepoVariant::OpenVino));
         assert!(ov.contains(&"unet/openvino_model.xml".to_owned()));
         assert!(ov.contains(&"unet/openvino_model.bin".to_owned()));
-        assert!(!ov.iter().any(|p| p.ends_with(".onnx") || p.ends_with(".safetensors")));
+        assert!(
+            !ov.iter()
+                .any(|p| p.ends_with(".onnx") || p.ends_with(".safetensors"))
+        );
 
         let flax = sel(SDXL, &variant(ModelRepoVariant::Flax));
         assert!(flax.contains(&"unet/diffusion_flax_model.msgpack".to_owned()));
@@ -872,8 +885,10 @@ mod tests {
 
     #[test]
     fn include_exclude_globs() {
-        let f = variant(ModelRepoVariant::Fp16)
-            .with_globs(vec!["*.safetensors".into()], vec!["safety_checker/**".into()]);
+        let f = variant(ModelRepoVariant::Fp16).with_globs(
+            vec!["*.safetensors".into()],
+            vec!["safety_checker/**".into()],
+        );
         assert_eq!(
             sel(SD15, &f),
             vec![

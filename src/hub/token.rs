@@ -39,7 +39,11 @@ impl HubEnv {
     /// Reads the variables of this process.
     pub fn from_process() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let path = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let path = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         Self {
             endpoint: var("HF_ENDPOINT"),
             token: var("HF_TOKEN").and_then(Token::new),

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use modelsync::hub::{
-    ExpectedHash, FileFilter, HubClient, HubEnv, HubError, HubOptions, ModelSource,
-    ResolvedToken, Token, TokenSource, resolve_token,
+    ExpectedHash, FileFilter, HubClient, HubEnv, HubError, HubOptions, ModelSource, ResolvedToken,
+    Token, TokenSource, resolve_token,
 };
 use modelsync::taxonomy::ModelRepoVariant;
 
-use crate::support::hub_server::{Fault, FakeFile, FakeRepo, Host, HubServer, Target};
+use crate::support::hub_server::{FakeFile, FakeRepo, Fault, Host, HubServer, Target};
 
 fn client(hub: &HubServer) -> HubClient {
     let mut o = HubOptions::new(hub.endpoint_url());
@@ -34,24 +34,48 @@ fn sd15(id: &str) -> FakeRepo {
             "license:creativeml-openrail-m",
             "diffusers:StableDiffusionPipeline",
         ])
-        .file("model_index.json", br#"{"_class_name": "StableDiffusionPipeline"}"#.to_vec())
+        .file(
+            "model_index.json",
+            br#"{"_class_name": "StableDiffusionPipeline"}"#.to_vec(),
+        )
         .file("README.md", b"# sd".to_vec())
         .file(".gitattributes", b"*.safetensors filter=lfs".to_vec())
-        .file("scheduler/scheduler_config.json", b"{\"beta_start\": 0.00085}".to_vec())
-        .file("text_encoder/config.json", b"{\"hidden_size\": 768}".to_vec())
+        .file(
+            "scheduler/scheduler_config.json",
+            b"{\"beta_start\": 0.00085}".to_vec(),
+        )
+        .file(
+            "text_encoder/config.json",
+            b"{\"hidden_size\": 768}".to_vec(),
+        )
         .file("text_encoder/model.safetensors", weights("te32", 400))
         .file("text_encoder/model.fp16.safetensors", weights("te16", 200))
         .file("text_encoder/pytorch_model.bin", weights("tebin", 400))
         .file("tokenizer/vocab.json", b"{\"a\": 1}".to_vec())
         .file("tokenizer/merges.txt", b"#version: 0.2\na b\n".to_vec())
         .file("unet/config.json", b"{\"sample_size\": 64}".to_vec())
-        .file("unet/diffusion_pytorch_model.safetensors", weights("unet32", 1000))
-        .file("unet/diffusion_pytorch_model.fp16.safetensors", weights("unet16", 500))
+        .file(
+            "unet/diffusion_pytorch_model.safetensors",
+            weights("unet32", 1000),
+        )
+        .file(
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            weights("unet16", 500),
+        )
         .file("unet/diffusion_pytorch_model.bin", weights("unetbin", 1000))
-        .file("unet/diffusion_pytorch_model.non_ema.safetensors", weights("nonema", 1000))
+        .file(
+            "unet/diffusion_pytorch_model.non_ema.safetensors",
+            weights("nonema", 1000),
+        )
         .file("vae/config.json", b"{\"latent_channels\": 4}".to_vec())
-        .file("vae/diffusion_pytorch_model.safetensors", weights("vae32", 300))
-        .file("vae/diffusion_pytorch_model.fp16.safetensors", weights("vae16", 150))
+        .file(
+            "vae/diffusion_pytorch_model.safetensors",
+            weights("vae32", 300),
+        )
+        .file(
+            "vae/diffusion_pytorch_model.fp16.safetensors",
+            weights("vae16", 150),
+        )
         .file("v1-5-pruned-emaonly.ckpt", weights("ckpt", 2000))
         .file("v1-5-pruned-emaonly.safetensors", weights("single", 2000))
         .file("sample.png", weights("png", 50))
@@ -72,7 +96,10 @@ async fn info_and_paginated_tree() {
     let c = client(&hub);
     let info = c.model_info("owner/sd15", None, &anon()).await.unwrap();
     assert_eq!(info.id, "owner/sd15");
-    assert_eq!(info.sha.as_deref(), Some(hub.commit("owner/sd15", "main").as_str()));
+    assert_eq!(
+        info.sha.as_deref(),
+        Some(hub.commit("owner/sd15", "main").as_str())
+    );
     assert!(!info.private && !info.gated.is_gated());
     assert!(info.tags.contains(&"diffusers".to_owned()));
     assert_eq!(info.author.as_deref(), Some("owner"));
@@ -84,7 +111,10 @@ async fn info_and_paginated_tree() {
         .unwrap();
     assert_eq!(unet.size, Some(500));
     let lfs = unet.lfs.as_ref().unwrap();
-    assert_eq!(lfs.sha256, modelsync::hub::sha256_hex(&weights("unet16", 500)));
+    assert_eq!(
+        lfs.sha256,
+        modelsync::hub::sha256_hex(&weights("unet16", 500))
+    );
 
     let files = c.list_files("owner/sd15", "main", &anon()).await.unwrap();
     assert_eq!(files.len(), 21, "every file across all pages");
@@ -97,7 +127,10 @@ async fn info_and_paginated_tree() {
     assert_eq!(tree_calls, 9);
     let cfg = files.iter().find(|f| f.path == "unet/config.json").unwrap();
     assert!(cfg.lfs.is_none());
-    assert_eq!(cfg.oid, modelsync::hub::git_blob_sha1(b"{\"sample_size\": 64}"));
+    assert_eq!(
+        cfg.oid,
+        modelsync::hub::git_blob_sha1(b"{\"sample_size\": 64}")
+    );
     let w = files
         .iter()
         .find(|f| f.path == "vae/diffusion_pytorch_model.fp16.safetensors")
@@ -110,8 +143,14 @@ async fn info_and_paginated_tree() {
 
     // A branch and a commit as the revision.
     hub.add_repo(sd15("owner/sd15b").branch("dev", vec![FakeFile::small("only.txt", "x")]));
-    let dev = c.model_info("owner/sd15b", Some("dev"), &anon()).await.unwrap();
-    assert_eq!(dev.sha.as_deref(), Some(hub.commit("owner/sd15b", "dev").as_str()));
+    let dev = c
+        .model_info("owner/sd15b", Some("dev"), &anon())
+        .await
+        .unwrap();
+    assert_eq!(
+        dev.sha.as_deref(),
+        Some(hub.commit("owner/sd15b", "dev").as_str())
+    );
     let at_commit = c
         .list_files("owner/sd15b", &hub.commit("owner/sd15b", "dev"), &anon())
         .await
@@ -149,29 +188,60 @@ async fn error_codes_map_to_errors_naming_repo_revision_and_path() {
     let reader = ResolvedToken::from_entry(Token::new("hf_reader").unwrap());
 
     // Missing repo: 401 without a token, 404 with one.
-    match c.model_info("owner/missing", None, &nobody).await.unwrap_err() {
+    match c
+        .model_info("owner/missing", None, &nobody)
+        .await
+        .unwrap_err()
+    {
         HubError::RepoNotFound { status, repo, .. } => {
             assert_eq!((status, repo.as_str()), (401, "owner/missing"));
         }
         e => panic!("{e}"),
     }
-    let e = c.model_info("owner/missing", None, &stranger).await.unwrap_err();
-    assert!(matches!(e, HubError::RepoNotFound { status: 404, .. }), "{e}");
+    let e = c
+        .model_info("owner/missing", None, &stranger)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, HubError::RepoNotFound { status: 404, .. }),
+        "{e}"
+    );
     assert!(!e.to_string().contains("hf_stranger"));
 
     // Private: hidden without access, visible with it.
-    let e = c.model_info("owner/secret", None, &nobody).await.unwrap_err();
-    assert!(matches!(e, HubError::RepoNotFound { status: 401, .. }), "{e}");
-    let e = c.list_files("owner/secret", "main", &stranger).await.unwrap_err();
-    assert!(matches!(e, HubError::RepoNotFound { status: 404, .. }), "{e}");
+    let e = c
+        .model_info("owner/secret", None, &nobody)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, HubError::RepoNotFound { status: 401, .. }),
+        "{e}"
+    );
+    let e = c
+        .list_files("owner/secret", "main", &stranger)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, HubError::RepoNotFound { status: 404, .. }),
+        "{e}"
+    );
     let info = c.model_info("owner/secret", None, &reader).await.unwrap();
     assert!(info.private);
 
     // Unknown revision.
-    let e = c.model_info("owner/public", Some("v9"), &nobody).await.unwrap_err();
+    let e = c
+        .model_info("owner/public", Some("v9"), &nobody)
+        .await
+        .unwrap_err();
     assert!(matches!(e, HubError::RevisionNotFound { .. }), "{e}");
-    assert!(e.to_string().contains("owner/public") && e.to_string().contains("v9"), "{e}");
-    let e = c.list_files("owner/public", "nope", &nobody).await.unwrap_err();
+    assert!(
+        e.to_string().contains("owner/public") && e.to_string().contains("v9"),
+        "{e}"
+    );
+    let e = c
+        .list_files("owner/public", "nope", &nobody)
+        .await
+        .unwrap_err();
     assert!(matches!(e, HubError::RevisionNotFound { .. }), "{e}");
 
     // Missing file.
@@ -182,13 +252,18 @@ async fn error_codes_map_to_errors_naming_repo_revision_and_path() {
     assert!(matches!(e, HubError::EntryNotFound { .. }), "{e}");
     let msg = e.to_string();
     assert!(
-        msg.contains("owner/public") && msg.contains("main") && msg.contains("unet/missing.safetensors"),
+        msg.contains("owner/public")
+            && msg.contains("main")
+            && msg.contains("unet/missing.safetensors"),
         "{msg}"
     );
 
     // Some other status.
     hub.fail_next(Target::Hub, 1, Fault::Status(500));
-    let e = c.model_info("owner/public", None, &nobody).await.unwrap_err();
+    let e = c
+        .model_info("owner/public", None, &nobody)
+        .await
+        .unwrap_err();
     assert!(matches!(e, HubError::Http { status: 500, .. }), "{e}");
 }
 
@@ -205,7 +280,13 @@ async fn rate_limit_and_5xx_are_retried_a_bounded_number_of_times() {
     hub.clear_log();
     hub.fail_next(Target::Hub, 1, Fault::Status(503));
     hub.fail_next(Target::Hub, 1, Fault::Status(502));
-    assert_eq!(c.list_files("owner/sd15", "main", &anon()).await.unwrap().len(), 21);
+    assert_eq!(
+        c.list_files("owner/sd15", "main", &anon())
+            .await
+            .unwrap()
+            .len(),
+        21
+    );
 
     hub.clear_log();
     hub.fail_next(Target::Hub, 100, Fault::RateLimit { retry_after: 0 });
@@ -214,7 +295,11 @@ async fn rate_limit_and_5xx_are_retried_a_bounded_number_of_times() {
         HubError::RateLimited { attempts, .. } => assert_eq!(*attempts, 5),
         other => panic!("{other}"),
     }
-    assert_eq!(hub.hub_requests().len(), 5, "1 try + 4 retries, then give up");
+    assert_eq!(
+        hub.hub_requests().len(),
+        5,
+        "1 try + 4 retries, then give up"
+    );
 }
 
 #[tokio::test]
@@ -224,7 +309,10 @@ async fn file_head_reads_the_302_without_following_it() {
     let c = client(&hub);
     let commit = hub.commit("owner/sd15", "main");
     let path = "unet/diffusion_pytorch_model.fp16.safetensors";
-    let head = c.file_head("owner/sd15", "main", path, &anon()).await.unwrap();
+    let head = c
+        .file_head("owner/sd15", "main", path, &anon())
+        .await
+        .unwrap();
     let sha = modelsync::hub::sha256_hex(&weights("unet16", 500));
     assert!(head.is_lfs);
     assert_eq!(head.linked_etag.as_deref(), Some(sha.as_str()));
@@ -252,7 +340,11 @@ async fn file_head_reads_the_302_without_following_it() {
         )))
     );
     assert_eq!(head.size, Some(19));
-    assert!(head.location.path().starts_with("/api/resolve-cache/models/owner/sd15/"));
+    assert!(
+        head.location
+            .path()
+            .starts_with("/api/resolve-cache/models/owner/sd15/")
+    );
     let last = hub.hub_requests().pop().unwrap();
     assert_eq!(last.method, "HEAD");
     assert_eq!(last.header("accept-encoding"), Some("identity"));
@@ -306,7 +398,10 @@ async fn fp16_plan_downloads_verify_and_never_send_the_token_to_the_cdn() {
         ]
     );
     assert_eq!(plan.commit, hub.commit("owner/sd15", "main"));
-    assert_eq!(plan.total_bytes(), plan.files.iter().map(|f| f.file.size).sum::<u64>());
+    assert_eq!(
+        plan.total_bytes(),
+        plan.files.iter().map(|f| f.file.size).sum::<u64>()
+    );
     assert_eq!(plan.token_source, TokenSource::Entry);
     assert_eq!(plan.metadata.id, "owner/sd15");
     assert_eq!(
@@ -320,25 +415,34 @@ async fn fp16_plan_downloads_verify_and_never_send_the_token_to_the_cdn() {
         .find(|d| d.repo_path == "unet/diffusion_pytorch_model.fp16.safetensors")
         .unwrap();
     assert!(matches!(unet.expected, ExpectedHash::Sha256(_)));
-    assert!(unet.url.path().contains(&plan.commit), "pinned to the commit");
-    let cfg = plan.downloads.iter().find(|d| d.repo_path == "unet/config.json").unwrap();
+    assert!(
+        unet.url.path().contains(&plan.commit),
+        "pinned to the commit"
+    );
+    let cfg = plan
+        .downloads
+        .iter()
+        .find(|d| d.repo_path == "unet/config.json")
+        .unwrap();
     assert!(matches!(cfg.expected, ExpectedHash::GitBlobSha1(_)));
     assert_eq!(cfg.dest, std::path::Path::new("unet").join("config.json"));
 
     hub.clear_log();
     for d in &plan.downloads {
-        fetch(d).await.unwrap_or_else(|e| panic!("{}: {e}", d.repo_path));
+        fetch(d)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", d.repo_path));
     }
     let cdn = hub.cdn_requests();
     assert_eq!(cdn.len(), 3, "the three LFS weights came from the CDN");
     assert!(cdn.iter().all(|r| !r.authorization), "{cdn:?}");
     assert!(hub.hub_requests().iter().all(|r| r.authorization));
     // Text came gzip-compressed and chunked, and still verified.
-    assert!(
-        hub.hub_requests()
-            .iter()
-            .any(|r| r.path.ends_with("/merges.txt") && r.header("accept-encoding").is_some_and(|a| a.contains("gzip")))
-    );
+    assert!(hub.hub_requests().iter().any(|r| {
+        r.path.ends_with("/merges.txt")
+            && r.header("accept-encoding")
+                .is_some_and(|a| a.contains("gzip"))
+    }));
     // Metadata round trip.
     let json = plan.metadata.to_json();
     assert!(!json.contains("hf_granted"));
@@ -348,7 +452,10 @@ async fn fp16_plan_downloads_verify_and_never_send_the_token_to_the_cdn() {
     );
 
     // A corrupted LFS body fails verification.
-    hub.corrupt_lfs("owner/sd15", "unet/diffusion_pytorch_model.fp16.safetensors");
+    hub.corrupt_lfs(
+        "owner/sd15",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    );
     let e = fetch(unet).await.unwrap_err();
     assert!(e.contains("hash mismatch"), "{e}");
 }
@@ -373,8 +480,14 @@ async fn gated_without_token_says_which_sources_were_tried() {
     assert!(matches!(e, HubError::Gated { status: 401, .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("owner/gated"), "{msg}");
-    assert!(msg.contains("the entry's token") && msg.contains("HF_TOKEN"), "{msg}");
-    assert!(msg.contains(&home.path().join("token").display().to_string()), "{msg}");
+    assert!(
+        msg.contains("the entry's token") && msg.contains("HF_TOKEN"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&home.path().join("token").display().to_string()),
+        "{msg}"
+    );
 
     // A token without access (from HF_TOKEN): 403, names the source, never the value.
     let env_tok = HubEnv {
@@ -387,12 +500,18 @@ async fn gated_without_token_says_which_sources_were_tried() {
         .unwrap_err();
     assert!(matches!(e, HubError::Gated { status: 403, .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("HF_TOKEN") && !msg.contains("hf_wrong_secret"), "{msg}");
+    assert!(
+        msg.contains("HF_TOKEN") && !msg.contains("hf_wrong_secret"),
+        "{msg}"
+    );
 
     // The token file holds a granted token.
     std::fs::write(home.path().join("token"), "hf_granted\n").unwrap();
     let auth = resolve_token(None, &env);
-    assert_eq!(auth.source, TokenSource::TokenFile(home.path().join("token")));
+    assert_eq!(
+        auth.source,
+        TokenSource::TokenFile(home.path().join("token"))
+    );
     let plan = c.plan_source(&src, &filter, &auth).await.unwrap();
     for d in &plan.downloads {
         fetch(d).await.unwrap();
@@ -407,11 +526,23 @@ async fn gated_without_token_says_which_sources_were_tried() {
 
 #[tokio::test]
 async fn hostile_listings_are_refused() {
-    for bad in ["../../etc/evil.json", "/abs/evil.json", "a\\..\\evil.json", "a//b.json"] {
+    for bad in [
+        "../../etc/evil.json",
+        "/abs/evil.json",
+        "a\\..\\evil.json",
+        "a//b.json",
+    ] {
         let hub = HubServer::start();
-        hub.add_repo(FakeRepo::new("owner/evil").file("config.json", b"{}".to_vec()).small_file(bad, b"x".to_vec()));
+        hub.add_repo(
+            FakeRepo::new("owner/evil")
+                .file("config.json", b"{}".to_vec())
+                .small_file(bad, b"x".to_vec()),
+        );
         let c = client(&hub);
-        let e = c.list_files("owner/evil", "main", &anon()).await.unwrap_err();
+        let e = c
+            .list_files("owner/evil", "main", &anon())
+            .await
+            .unwrap_err();
         assert!(matches!(e, HubError::UnsafePath(_)), "{bad}: {e}");
         assert!(e.to_string().contains("owner/evil"), "{e}");
         let e = c.model_info("owner/evil", None, &anon()).await.unwrap_err();
@@ -442,6 +573,10 @@ async fn offline_mode_makes_no_request() {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "the emulator's paths are lowercase"
+)]
 async fn variant_subfolder_single_file_and_globs_against_the_listing() {
     let hub = HubServer::start();
     hub.add_repo(sd15("owner/sd15"));
@@ -462,8 +597,15 @@ async fn variant_subfolder_single_file_and_globs_against_the_listing() {
     let p = plan("owner/sd15", vec![], vec![]).await.unwrap();
     let d = dests(&p);
     assert!(d.contains(&"unet/diffusion_pytorch_model.safetensors".to_owned()));
-    assert!(!d.iter().any(|x| x.contains("fp16") || x.contains("non_ema") || x.ends_with(".bin")
-        || x.ends_with(".ckpt") || x.ends_with(".png") || x.starts_with("v1-5")), "{d:?}");
+    assert!(
+        !d.iter().any(|x| x.contains("fp16")
+            || x.contains("non_ema")
+            || x.ends_with(".bin")
+            || x.ends_with(".ckpt")
+            || x.ends_with(".png")
+            || x.starts_with("v1-5")),
+        "{d:?}"
+    );
 
     // A variant the repo does not have falls back to the default files.
     let onnx = plan("owner/sd15:onnx", vec![], vec![]).await.unwrap();
@@ -471,18 +613,29 @@ async fn variant_subfolder_single_file_and_globs_against_the_listing() {
 
     // Subfolder: only that folder, relative to it.
     let p = plan("owner/sd15:fp16:vae", vec![], vec![]).await.unwrap();
-    assert_eq!(dests(&p), vec!["config.json", "diffusion_pytorch_model.fp16.safetensors"]);
+    assert_eq!(
+        dests(&p),
+        vec!["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    );
 
     // Single file.
-    let p = plan("owner/sd15::v1-5-pruned-emaonly.ckpt", vec![], vec![]).await.unwrap();
+    let p = plan("owner/sd15::v1-5-pruned-emaonly.ckpt", vec![], vec![])
+        .await
+        .unwrap();
     assert_eq!(dests(&p), vec!["v1-5-pruned-emaonly.ckpt"]);
-    let e = plan("owner/sd15::nope/file.safetensors", vec![], vec![]).await.unwrap_err();
+    let e = plan("owner/sd15::nope/file.safetensors", vec![], vec![])
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("nope/file.safetensors"), "{e}");
 
     // Globs.
-    let p = plan("owner/sd15:fp16", vec!["*.safetensors".into()], vec!["text_encoder/*".into()])
-        .await
-        .unwrap();
+    let p = plan(
+        "owner/sd15:fp16",
+        vec!["*.safetensors".into()],
+        vec!["text_encoder/*".into()],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         dests(&p),
         vec![
@@ -491,7 +644,10 @@ async fn variant_subfolder_single_file_and_globs_against_the_listing() {
         ]
     );
     assert_eq!(p.metadata.files.len(), 2);
-    assert_eq!(ModelRepoVariant::Fp16, hf("owner/sd15:fp16").variant.unwrap());
+    assert_eq!(
+        ModelRepoVariant::Fp16,
+        hf("owner/sd15:fp16").variant.unwrap()
+    );
 }
 
 #[tokio::test]
@@ -501,16 +657,52 @@ async fn emulator_serves_ranges_and_url_downloads() {
     let c = client(&hub);
     let commit = hub.commit("owner/sd15", "main");
     let url = c
-        .resolve_url("owner/sd15", &commit, "vae/diffusion_pytorch_model.fp16.safetensors")
+        .resolve_url(
+            "owner/sd15",
+            &commit,
+            "vae/diffusion_pytorch_model.fp16.safetensors",
+        )
         .unwrap();
     let http = reqwest::Client::new();
-    let r = http.get(url.clone()).header("range", "bytes=100-").send().await.unwrap();
+    let r = http
+        .get(url.clone())
+        .header("range", "bytes=100-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 100-149/150");
-    assert_eq!(r.bytes().await.unwrap().to_vec(), weights("vae16", 150)[100..].to_vec());
-    let r = http.get(url).header("range", "bytes=150-").send().await.unwrap();
+    assert_eq!(
+        r.bytes().await.unwrap().to_vec(),
+        weights("vae16", 150)[100..].to_vec()
+    );
+    let r = http
+        .get(url)
+        .header("range", "bytes=150-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */150");
+
+    // Text files: gzip, chunked, no Content-Length, when the client accepts gzip.
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let txt = c
+        .resolve_url("owner/sd15", &commit, "tokenizer/merges.txt")
+        .unwrap();
+    let r = raw
+        .get(txt)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the 307 to resolve-cache was followed");
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert!(r.headers().get("content-length").is_none());
+    let gz = r.bytes().await.unwrap();
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
+    assert_eq!(plain, "#version: 0.2\na b\n");
 
     let u = hub.add_url_download("123", "detail.safetensors", b"lora".to_vec());
     let r = http.get(&u).send().await.unwrap();

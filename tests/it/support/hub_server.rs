@@ -54,6 +54,7 @@
 #![allow(dead_code, reason = "shared by several test modules; each uses a part")]
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -142,8 +143,19 @@ impl FakeFile {
         let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
         let lfs = matches!(
             ext,
-            "safetensors" | "bin" | "ckpt" | "pt" | "pth" | "onnx" | "onnx_data" | "pb"
-                | "msgpack" | "h5" | "gguf" | "png" | "model"
+            "safetensors"
+                | "bin"
+                | "ckpt"
+                | "pt"
+                | "pth"
+                | "onnx"
+                | "onnx_data"
+                | "pb"
+                | "msgpack"
+                | "h5"
+                | "gguf"
+                | "png"
+                | "model"
         );
         Self {
             path: path.to_owned(),
@@ -337,7 +349,7 @@ struct UrlDownload {
 }
 
 #[derive(Default)]
-struct State {
+struct Emu {
     hub_addr: Option<SocketAddr>,
     cdn_addr: Option<SocketAddr>,
     repos: Vec<StoredRepo>,
@@ -354,9 +366,9 @@ struct State {
     log: Vec<LoggedRequest>,
 }
 
-type Shared = Arc<Mutex<State>>;
+type Shared = Arc<Mutex<Emu>>;
 
-fn lock(s: &Shared) -> MutexGuard<'_, State> {
+fn lock(s: &Shared) -> MutexGuard<'_, Emu> {
     // A panicking test thread must not take every later assertion down with it.
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -380,12 +392,12 @@ impl HubServer {
         cdn_std.set_nonblocking(true).expect("nonblocking");
         let hub_addr = hub_std.local_addr().expect("hub addr");
         let cdn_addr = cdn_std.local_addr().expect("cdn addr");
-        let state: Shared = Arc::new(Mutex::new(State {
+        let state: Shared = Arc::new(Mutex::new(Emu {
             hub_addr: Some(hub_addr),
             cdn_addr: Some(cdn_addr),
             page_size: 1000,
             gzip: true,
-            ..State::default()
+            ..Emu::default()
         }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
@@ -522,7 +534,12 @@ impl HubServer {
 
     /// A Civitai-style download: `GET {endpoint}/api/download/models/{id}` → 307 to the CDN,
     /// whose answer names the file in `Content-Disposition`. Returns the download URL.
-    pub fn add_url_download(&self, id: &str, filename: &str, content: impl Into<Vec<u8>>) -> String {
+    pub fn add_url_download(
+        &self,
+        id: &str,
+        filename: &str,
+        content: impl Into<Vec<u8>>,
+    ) -> String {
         lock(&self.state).url_downloads.insert(
             id.to_owned(),
             UrlDownload {
@@ -612,7 +629,7 @@ impl Req {
     }
 }
 
-fn take_fault(st: &mut State, host: Host) -> Option<Fault> {
+fn take_fault(st: &mut Emu, host: Host) -> Option<Fault> {
     let idx = st.faults.iter().position(|(t, n, _)| {
         *n > 0
             && match t {
@@ -645,7 +662,7 @@ fn fault_response(f: Fault) -> Response {
     }
 }
 
-async fn handle(st: Shared, host: Host, req: Request) -> Response {
+fn handle(st: &Shared, host: Host, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let r = Req {
         method: parts.method.clone(),
@@ -654,7 +671,7 @@ async fn handle(st: Shared, host: Host, req: Request) -> Response {
         headers: parts.headers.clone(),
     };
     let idx = {
-        let mut s = lock(&st);
+        let mut s = lock(st);
         s.log.push(LoggedRequest {
             host,
             method: r.method.to_string(),
@@ -675,26 +692,26 @@ async fn handle(st: Shared, host: Host, req: Request) -> Response {
         });
         s.log.len() - 1
     };
-    let fault = take_fault(&mut lock(&st), host);
+    let fault = take_fault(&mut lock(st), host);
     let resp = match fault {
         Some(f) => fault_response(f),
         None => match host {
-            Host::Hub => route_hub(&st, &r),
-            Host::Cdn => route_cdn(&st, &r),
+            Host::Hub => route_hub(st, &r),
+            Host::Cdn => route_cdn(st, &r),
         },
     };
-    if let Some(entry) = lock(&st).log.get_mut(idx) {
+    if let Some(entry) = lock(st).log.get_mut(idx) {
         entry.status = resp.status().as_u16();
     }
     resp
 }
 
 async fn hub_handler(State(st): State<Shared>, req: Request) -> Response {
-    handle(st, Host::Hub, req).await
+    handle(&st, Host::Hub, req)
 }
 
 async fn cdn_handler(State(st): State<Shared>, req: Request) -> Response {
-    handle(st, Host::Cdn, req).await
+    handle(&st, Host::Cdn, req)
 }
 
 fn text(status: StatusCode, body: &str) -> Response {
@@ -760,7 +777,7 @@ fn encode_path(s: &str) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
@@ -779,7 +796,7 @@ enum Access {
 }
 
 /// Private repos: 401 without token, 404 with a token lacking access (both `RepoNotFound`).
-fn check_read(st: &State, repo: &FakeRepo, token: Option<&str>) -> Access {
+fn check_read(st: &Emu, repo: &FakeRepo, token: Option<&str>) -> Access {
     if !repo.private {
         return Access::Ok;
     }
@@ -798,14 +815,14 @@ fn check_read(st: &State, repo: &FakeRepo, token: Option<&str>) -> Access {
     }
 }
 
-fn granted(st: &State, token: &str, repo: &str) -> bool {
+fn granted(st: &Emu, token: &str, repo: &str) -> bool {
     st.grants
         .get(token)
         .is_some_and(|r| r.contains(&repo.to_ascii_lowercase()))
 }
 
 /// Gated downloads: 401 without token, 403 with a token lacking access (`GatedRepo`).
-fn check_download(st: &State, repo: &FakeRepo, token: Option<&str>) -> Access {
+fn check_download(st: &Emu, repo: &FakeRepo, token: Option<&str>) -> Access {
     if let Access::Denied(r) = check_read(st, repo, token) {
         return Access::Denied(r);
     }
@@ -838,32 +855,42 @@ fn repo_not_found(token: Option<&str>) -> Response {
 
 /// Finds the repo named by `owner/name`; a wrong case gets a 307 to the same URL with the
 /// canonical id (built by `rebuild`).
+#[allow(clippy::result_large_err, reason = "the error is the answer to send")]
 fn find_repo<'a>(
-    st: &'a State,
+    st: &'a Emu,
     owner: &str,
     name: &str,
     token: Option<&str>,
     rebuild: &dyn Fn(&str) -> String,
 ) -> Result<&'a StoredRepo, Response> {
     let id = format!("{owner}/{name}");
-    let Some(r) = st.repos.iter().find(|r| r.repo.id.eq_ignore_ascii_case(&id)) else {
+    let Some(r) = st
+        .repos
+        .iter()
+        .find(|r| r.repo.id.eq_ignore_ascii_case(&id))
+    else {
         return Err(repo_not_found(token));
     };
     if let Access::Denied(resp) = check_read(st, &r.repo, token) {
         return Err(resp);
     }
     if r.repo.id != id {
-        return Err(redirect(StatusCode::TEMPORARY_REDIRECT, &rebuild(&r.repo.id)));
+        return Err(redirect(
+            StatusCode::TEMPORARY_REDIRECT,
+            &rebuild(&r.repo.id),
+        ));
     }
     Ok(r)
 }
 
+#[allow(clippy::result_large_err, reason = "the error is the answer to send")]
 fn resolve_rev<'a>(r: &'a StoredRepo, rev: &str) -> Result<(&'a str, &'a [FakeFile]), Response> {
-    let commit = r
-        .refs
-        .get(rev)
-        .map(String::as_str)
-        .or_else(|| r.commits.keys().find(|c| c.as_str() == rev).map(String::as_str));
+    let commit = r.refs.get(rev).map(String::as_str).or_else(|| {
+        r.commits
+            .keys()
+            .find(|c| c.as_str() == rev)
+            .map(String::as_str)
+    });
     match commit.and_then(|c| r.commits.get_key_value(c)) {
         Some((c, files)) => Ok((c.as_str(), files.as_slice())),
         None => Err(error(
@@ -887,11 +914,13 @@ fn route_hub(st: &Shared, r: &Req) -> Response {
     let segs: Vec<String> = raw.iter().map(|p| decode(p)).collect();
     let token = r.token();
     let token = token.as_deref();
-    if s.html_pages.iter().any(|p| *p == r.path) {
+    if s.html_pages.contains(&r.path) {
         return Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-            .body(Body::from("<!doctype html><html><body>Log in</body></html>"))
+            .body(Body::from(
+                "<!doctype html><html><body>Log in</body></html>",
+            ))
             .expect("response");
     }
     let seg = |i: usize| segs.get(i).map(String::as_str);
@@ -927,12 +956,20 @@ fn route_hub(st: &Shared, r: &Req) -> Response {
                 return repo_not_found(token);
             };
             let Some(files) = repo.commits.get(&segs[5]) else {
-                return error(StatusCode::NOT_FOUND, Some("RevisionNotFound"), "Invalid rev id");
+                return error(
+                    StatusCode::NOT_FOUND,
+                    Some("RevisionNotFound"),
+                    "Invalid rev id",
+                );
             };
             let path = segs[6..].join("/");
             match files.iter().find(|f| f.path == path && !f.lfs) {
                 Some(f) => serve_small(&s, f, &segs[5], r),
-                None => error(StatusCode::NOT_FOUND, Some("EntryNotFound"), "Entry not found"),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    Some("EntryNotFound"),
+                    "Entry not found",
+                ),
             }
         }
         (Some("api"), Some("download")) if segs.len() == 4 && segs[2] == "models" => {
@@ -948,7 +985,8 @@ fn route_hub(st: &Shared, r: &Req) -> Response {
         }
         _ if segs.len() >= 5 && segs[2] == "resolve" => {
             let rest: Vec<&str> = raw[2..].to_vec();
-            let rebuild = |id: &str| with_query(&format!("/{id}/{}", rest.join("/")), r.query.as_deref());
+            let rebuild =
+                |id: &str| with_query(&format!("/{id}/{}", rest.join("/")), r.query.as_deref());
             let repo = match find_repo(&s, &segs[0], &segs[1], token, &rebuild) {
                 Ok(repo) => repo,
                 Err(resp) => return resp,
@@ -959,12 +997,13 @@ fn route_hub(st: &Shared, r: &Req) -> Response {
     }
 }
 
-fn info(s: &State, repo: &StoredRepo, rev: &str, r: &Req) -> Response {
+fn info(s: &Emu, repo: &StoredRepo, rev: &str, r: &Req) -> Response {
     let (commit, files) = match resolve_rev(repo, rev) {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let blobs = query_param(r.query.as_deref(), "blobs").is_some_and(|v| v == "true" || v == "True");
+    let blobs =
+        query_param(r.query.as_deref(), "blobs").is_some_and(|v| v == "true" || v == "True");
     let siblings: Vec<serde_json::Value> = files
         .iter()
         .map(|f| {
@@ -1004,7 +1043,7 @@ fn info(s: &State, repo: &StoredRepo, rev: &str, r: &Req) -> Response {
     }))
 }
 
-fn tree(s: &State, repo: &StoredRepo, rev: &str, prefix: &str, r: &Req) -> Response {
+fn tree(s: &Emu, repo: &StoredRepo, rev: &str, prefix: &str, r: &Req) -> Response {
     let (_commit, files) = match resolve_rev(repo, rev) {
         Ok(x) => x,
         Err(resp) => return resp,
@@ -1076,14 +1115,16 @@ fn tree(s: &State, repo: &StoredRepo, rev: &str, prefix: &str, r: &Req) -> Respo
             .collect();
         q.push(format!("cursor={end}"));
         let link = format!("<http://{hub}{}?{}>; rel=\"next\"", r.path, q.join("&"));
-        resp.headers_mut()
-            .insert(header::LINK, HeaderValue::from_str(&link).expect("link header"));
+        resp.headers_mut().insert(
+            header::LINK,
+            HeaderValue::from_str(&link).expect("link header"),
+        );
     }
     resp
 }
 
 fn resolve(
-    s: &State,
+    s: &Emu,
     repo: &StoredRepo,
     rev: &str,
     path: &str,
@@ -1147,14 +1188,17 @@ fn is_text(path: &str) -> bool {
     matches!(ext, "json" | "txt" | "md" | "yaml" | "yml" | "py")
 }
 
-fn serve_small(s: &State, f: &FakeFile, commit: &str, r: &Req) -> Response {
+fn serve_small(s: &Emu, f: &FakeFile, commit: &str, r: &Req) -> Response {
     let mut resp = serve_bytes(&f.content, r, s.gzip && is_text(&f.path));
     let h = resp.headers_mut();
     h.insert(
         header::ETAG,
         HeaderValue::from_str(&format!("\"{}\"", f.oid())).expect("etag"),
     );
-    h.insert("x-repo-commit", HeaderValue::from_str(commit).expect("commit"));
+    h.insert(
+        "x-repo-commit",
+        HeaderValue::from_str(commit).expect("commit"),
+    );
     resp
 }
 
