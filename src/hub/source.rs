@@ -240,7 +240,7 @@ fn parse_url(s: &str) -> Result<reqwest::Url, SourceError> {
             .unwrap_or_default();
         if segs.len() >= 5 && segs[2] == "blob" {
             let mut new = segs.clone();
-            new[2] = "resolve".to_owned();
+            "resolve".clone_into(&mut new[2]);
             url.set_path(&new.join("/"));
         }
     }

@@ -3,4 +3,5 @@
 mod support;
 
 mod cli_records;
+mod hub;
 mod store;

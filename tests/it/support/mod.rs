@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each area uses a different subset")]
 
+pub mod hub_server;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
