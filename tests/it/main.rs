@@ -1,0 +1,2 @@
+mod manifest;
+mod plan;
