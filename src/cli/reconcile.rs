@@ -73,7 +73,7 @@ pub struct GcArgs {
 
 /// The starter manifest `init` writes after its `$schema` line. It parses as is (a test
 /// checks) and declares nothing, so a first `apply` downloads nothing.
-const STARTER: &str = r#"# Models this machine should have. `modelsync diff` shows what `modelsync apply` would do.
+const STARTER: &str = r"# Models this machine should have. `modelsync diff` shows what `modelsync apply` would do.
 # Strings may use ${VAR} and ${VAR:-default}; relative paths are relative to this file.
 version: 1
 settings:
@@ -94,7 +94,7 @@ models: []
   #   source: ./loras/detail.safetensors
   #   inplace: true                             # register where it is, do not copy
   #   config: { type: lora, base: sd-1 }
-"#;
+";
 
 /// The schema file `init` writes next to the manifest, and the `$schema` comment's target.
 const SCHEMA_FILE: &str = "models.schema.json";
@@ -108,6 +108,10 @@ pub fn schema_comment() -> String {
 /// `init`: writes a starter manifest at `-f` (refusing to overwrite one without `--force`)
 /// and the JSON Schema beside it as `models.schema.json` (always rewritten: it is generated,
 /// and matches this modelsync), so editors validate offline.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "every command takes its parsed arguments by value"
+)]
 pub fn init(ctx: &Context, a: InitArgs) -> anyhow::Result<Status> {
     let path = &ctx.manifest_path;
     if path.exists() && !a.force {
@@ -147,6 +151,14 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     tmp.write_all(text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
+    // Temp files are created 0600; a manifest is meant to be read by others.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

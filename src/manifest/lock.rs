@@ -220,6 +220,14 @@ impl LockFile {
             .tempfile_in(dir)
             .map_err(io)?;
         tmp.write_all(text.as_bytes()).map_err(io)?;
+        // Temp files are created 0600; a lock is meant to be shared like the manifest.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(io)?;
+        }
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
@@ -306,22 +314,38 @@ mod tests {
         assert_eq!(back.entries["alpha"].total_size(), 1_000_000_000_000);
         assert_eq!(back.to_yaml(&path).unwrap(), text);
         // Nothing but the lock is left in the folder.
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("models.lock")]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
     }
 
     #[test]
     fn bad_locks_say_where() {
         let p = Path::new("models.lock");
         let e = LockFile::parse("version: 1\nentries:\n  a:\n    sorce: x\n", p).unwrap_err();
-        assert!(e.to_string().starts_with("models.lock:4:5: unknown field `sorce`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("models.lock:4:5: unknown field `sorce`"),
+            "{e}"
+        );
         let e = LockFile::parse("version: 2\n", p).unwrap_err();
         assert!(e.to_string().contains("format version 2"), "{e}");
     }
 
     #[test]
     fn lock_path_is_next_to_the_manifest() {
-        assert_eq!(lock_path_for(Path::new("/a/models.yaml")), PathBuf::from("/a/models.lock"));
+        assert_eq!(
+            lock_path_for(Path::new("/a/models.yaml")),
+            PathBuf::from("/a/models.lock")
+        );
         assert_eq!(lock_path_for(Path::new("ci.yml")), PathBuf::from("ci.lock"));
     }
 }

@@ -115,17 +115,13 @@ fn display_diagnostics(d: &[Diagnostic]) -> String {
 crate::string_enum! {
     /// Whether an entry may install pickle files (`.ckpt`, `.pt`, `.bin`) that the scanner
     /// flags as unsafe.
+    #[derive(Default)]
     UnsafePickle, "unsafe_pickle policy" {
         /// Refuse them (the default).
+        #[default]
         Deny = "deny",
         /// Install them anyway.
         Allow = "allow",
-    }
-}
-
-impl Default for UnsafePickle {
-    fn default() -> Self {
-        Self::Deny
     }
 }
 
@@ -218,7 +214,7 @@ pub struct Settings {
 /// Default `settings.max_parallel_downloads`.
 pub const DEFAULT_PARALLEL_DOWNLOADS: usize = 5;
 /// Default `settings.lock_timeout` and `settings.watch_interval`.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_mins(5);
 
 impl Settings {
     /// The defaults, for a manifest in `base_dir` (or for no manifest, with `.`).

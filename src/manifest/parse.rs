@@ -293,7 +293,8 @@ impl<'a> Cx<'a> {
     fn new(path: &Path, lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
         let parent = parent.unwrap_or_else(|| Path::new("."));
-        let base_dir = std::path::absolute(parent).map_or_else(|_| parent.to_path_buf(), |p| normalize(&p));
+        let base_dir =
+            std::path::absolute(parent).map_or_else(|_| parent.to_path_buf(), |p| normalize(&p));
         Self {
             file: path.display().to_string(),
             base_dir,
@@ -314,8 +315,7 @@ impl<'a> Cx<'a> {
         if self.diags.is_empty() {
             Ok(value)
         } else {
-            self.diags
-                .sort_by_key(|d| (d.loc.line, d.loc.column));
+            self.diags.sort_by_key(|d| (d.loc.line, d.loc.column));
             Err(ManifestError::Invalid(self.diags))
         }
     }
@@ -328,8 +328,9 @@ impl<'a> Cx<'a> {
             return Err(ManifestError::Invalid(vec![Diagnostic {
                 file: self.file.clone(),
                 loc: Loc::default(),
-                message: "the manifest is empty: expected at least `version: 1` and a `models:` list"
-                    .into(),
+                message:
+                    "the manifest is empty: expected at least `version: 1` and a `models:` list"
+                        .into(),
             }]));
         }
         serde_saphyr::from_str::<ManifestFile>(text).map_err(|e| {
@@ -485,7 +486,9 @@ impl<'a> Cx<'a> {
             } else {
                 self.err(
                     sp.loc(),
-                    format!("invalid `cache.device` `{v}`: expected one of auto, cpu, cuda, cuda:N, mps"),
+                    format!(
+                        "invalid `cache.device` `{v}`: expected one of auto, cpu, cuda, cuda:N, mps"
+                    ),
                 );
             }
         }
@@ -493,13 +496,19 @@ impl<'a> Cx<'a> {
     }
 
     /// Validates one entry; `None` when it has errors (they are recorded).
-    #[allow(clippy::too_many_lines, reason = "one check after another, in field order")]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one check after another, in field order"
+    )]
     fn entry(&mut self, sp: &Sp<EntryFile>, settings: &Settings) -> Option<ModelEntry> {
         let before = self.diags.len();
         let raw = sp.value();
         let name = self.text(&raw.name, "name").unwrap_or_default();
         if name.trim().is_empty() {
-            self.err(raw.name.loc(), "`name` is empty: every entry needs a unique name");
+            self.err(
+                raw.name.loc(),
+                "`name` is empty: every entry needs a unique name",
+            );
         } else if name.trim() != name || name.chars().any(char::is_control) {
             self.err(
                 raw.name.loc(),
@@ -507,7 +516,10 @@ impl<'a> Cx<'a> {
             );
         }
         let src_text = self.text(&raw.source, "source");
-        let mut source = match src_text.as_deref().map(|s| ModelSource::parse_in(s, &self.base_dir)) {
+        let mut source = match src_text
+            .as_deref()
+            .map(|s| ModelSource::parse_in(s, &self.base_dir))
+        {
             Some(Ok(ModelSource::Local(mut l))) => {
                 // `./x` and `x` must give one canonical string, or the spec hash would differ.
                 l.path = normalize(&l.path);
@@ -540,7 +552,13 @@ impl<'a> Cx<'a> {
         {
             let want = Some(*v.value()).filter(|v| *v != ModelRepoVariant::Default);
             if h.variant.is_some() && h.variant != want {
-                self.err(v.loc(), format!("`variant` {} contradicts the variant in `source`", v.value()));
+                self.err(
+                    v.loc(),
+                    format!(
+                        "`variant` {} contradicts the variant in `source`",
+                        v.value()
+                    ),
+                );
             }
             h.variant = want;
         }
@@ -552,11 +570,19 @@ impl<'a> Cx<'a> {
             let sub = text.trim_matches('/');
             if sub.is_empty()
                 || sub.contains(['\\', ':'])
-                || sub.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                || sub
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
             {
-                self.err(v.loc(), format!("`subfolder` `{text}` must be a relative path inside the repo"));
+                self.err(
+                    v.loc(),
+                    format!("`subfolder` `{text}` must be a relative path inside the repo"),
+                );
             } else if h.subfolder.as_deref().is_some_and(|s| s != sub) {
-                self.err(v.loc(), format!("`subfolder` `{sub}` contradicts the subfolder in `source`"));
+                self.err(
+                    v.loc(),
+                    format!("`subfolder` `{sub}` contradicts the subfolder in `source`"),
+                );
             } else {
                 h.subfolder = Some(sub.to_owned());
             }
@@ -566,10 +592,17 @@ impl<'a> Cx<'a> {
             && let Some(text) = self.text(v, "revision")
             && let Some(ModelSource::Hf(h)) = &mut source
         {
-            if text.is_empty() || text.contains(|c: char| c.is_whitespace() || c == ':' || c == '@') {
-                self.err(v.loc(), format!("`revision` `{text}` is not a branch, tag or commit"));
+            if text.is_empty() || text.contains(|c: char| c.is_whitespace() || c == ':' || c == '@')
+            {
+                self.err(
+                    v.loc(),
+                    format!("`revision` `{text}` is not a branch, tag or commit"),
+                );
             } else if h.revision.as_deref().is_some_and(|r| r != text) {
-                self.err(v.loc(), format!("`revision` `{text}` contradicts the `@revision` in `source`"));
+                self.err(
+                    v.loc(),
+                    format!("`revision` `{text}` contradicts the `@revision` in `source`"),
+                );
             } else {
                 h.revision = Some(text);
             }
@@ -582,13 +615,13 @@ impl<'a> Cx<'a> {
             h.variant = settings.variant;
         }
         let mut globs = [Vec::new(), Vec::new()];
-        for (list, field, out) in [
-            (&raw.include, "include", 0),
-            (&raw.exclude, "exclude", 1),
-        ] {
+        for (list, field, out) in [(&raw.include, "include", 0), (&raw.exclude, "exclude", 1)] {
             for item in list.iter().flatten() {
                 if kind == Some("URL") {
-                    self.err(item.loc(), format!("`{field}` does not apply to a URL source (one file)"));
+                    self.err(
+                        item.loc(),
+                        format!("`{field}` does not apply to a URL source (one file)"),
+                    );
                     break;
                 }
                 if let Some(g) = self.text(item, field) {
@@ -740,7 +773,10 @@ fn check_dest(s: &str) -> Result<PathBuf, &'static str> {
     if out.as_os_str().is_empty() {
         return Err("names models_dir itself: expected a path inside it");
     }
-    let first = out.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned());
+    let first = out
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
     if matches!(first.as_deref(), Some(".tmp" | ".cache")) {
         return Err("is inside a folder modelsync reserves (.tmp, .cache)");
     }
@@ -759,7 +795,10 @@ fn check_hash(s: &str) -> Result<(), String> {
         return Err(format!("expected `algo:hex` with algo one of {}", algos()));
     };
     if algo.parse::<HashAlgorithm>().is_err() {
-        return Err(format!("unknown algorithm `{algo}`: expected one of {}", algos()));
+        return Err(format!(
+            "unknown algorithm `{algo}`: expected one of {}",
+            algos()
+        ));
     }
     if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("the digest after `:` must be hexadecimal".into());
@@ -850,7 +889,10 @@ mod tests {
 
     #[test]
     fn dest_rules() {
-        assert_eq!(check_dest("loras/a.safetensors").unwrap(), PathBuf::from("loras/a.safetensors"));
+        assert_eq!(
+            check_dest("loras/a.safetensors").unwrap(),
+            PathBuf::from("loras/a.safetensors")
+        );
         assert_eq!(check_dest("./x/./y").unwrap(), PathBuf::from("x/y"));
         for bad in ["/etc/x", "../x", "a/../../b", "", ".", ".tmp/x", "~/x"] {
             assert!(check_dest(bad).is_err(), "{bad}");

@@ -11,8 +11,7 @@ pub const SCHEMA_REPO_PATH: &str = "schemas/models.schema.json";
 
 /// The schema as a JSON value.
 pub fn json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(ManifestFile))
-        .unwrap_or(serde_json::Value::Null)
+    serde_json::to_value(schemars::schema_for!(ManifestFile)).unwrap_or(serde_json::Value::Null)
 }
 
 /// The schema as the checked-in file holds it: pretty JSON ending in a newline.
@@ -31,12 +30,18 @@ mod tests {
         assert_eq!(s["required"], serde_json::json!(["version"]));
         let entry = &s["$defs"]["EntryFile"];
         assert_eq!(entry["additionalProperties"], false);
-        assert!(entry["properties"]["source"]["description"]
-            .as_str()
-            .unwrap()
-            .contains("owner/name"));
+        assert!(
+            entry["properties"]["source"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("owner/name")
+        );
         assert_eq!(
-            s["$defs"]["SettingsFile"]["properties"]["variant"]["anyOf"][0]["enum"]
+            s["$defs"]["SettingsFile"]["properties"]["variant"]["anyOf"][0]["$ref"],
+            "#/$defs/ModelRepoVariant"
+        );
+        assert_eq!(
+            s["$defs"]["ModelRepoVariant"]["enum"]
                 .as_array()
                 .map(Vec::len),
             Some(6)

@@ -112,9 +112,12 @@ impl InventoryRecord {
 
     /// Recorded files whose fingerprint changed or cannot be read.
     pub fn changed_files(&self) -> impl Iterator<Item = &FileState> {
-        self.files
-            .iter()
-            .filter(|f| matches!(f.status, FileStatus::Changed { .. } | FileStatus::Unreadable { .. }))
+        self.files.iter().filter(|f| {
+            matches!(
+                f.status,
+                FileStatus::Changed { .. } | FileStatus::Unreadable { .. }
+            )
+        })
     }
 
     /// Whether the model's path exists and every recorded file is as recorded.
@@ -207,7 +210,7 @@ pub fn observe(store: &dyn RecordStore, models_dir: &Path) -> Result<Inventory, 
 fn compare(path: &Path, f: &ModelFile) -> FileStatus {
     match std::fs::metadata(path) {
         Ok(md) => {
-            let mtime_ns = md.modified().map(crate::store::mtime_ns).unwrap_or(i128::MIN);
+            let mtime_ns = md.modified().map_or(i128::MIN, crate::store::mtime_ns);
             if md.len() == f.size && mtime_ns == f.mtime_ns {
                 FileStatus::Ok
             } else {
@@ -244,10 +247,8 @@ fn dir_state(models_dir: &Path, store_file: &Path) -> Result<DirState, Inventory
             source,
         })?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with('.')
-            || store_name
-                .as_deref()
-                .is_some_and(|s| name.starts_with(s));
+        let ours =
+            name.starts_with('.') || store_name.as_deref().is_some_and(|s| name.starts_with(s));
         if !ours {
             return Ok(DirState::Present);
         }
@@ -263,7 +264,10 @@ mod tests {
     fn dir_states() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("modelsync.db");
-        assert_eq!(dir_state(&dir.path().join("nope"), &db).unwrap(), DirState::Missing);
+        assert_eq!(
+            dir_state(&dir.path().join("nope"), &db).unwrap(),
+            DirState::Missing
+        );
         assert_eq!(dir_state(dir.path(), &db).unwrap(), DirState::Empty);
         std::fs::write(&db, b"").unwrap();
         std::fs::write(dir.path().join("modelsync.db-wal"), b"").unwrap();
@@ -281,7 +285,10 @@ mod tests {
         let fp = ModelFile::fingerprint(&p, "").unwrap();
         assert_eq!(compare(&p, &fp), FileStatus::Ok);
         std::fs::write(&p, b"weights, changed").unwrap();
-        assert!(matches!(compare(&p, &fp), FileStatus::Changed { size: 16, .. }));
+        assert!(matches!(
+            compare(&p, &fp),
+            FileStatus::Changed { size: 16, .. }
+        ));
         std::fs::remove_file(&p).unwrap();
         assert_eq!(compare(&p, &fp), FileStatus::Missing);
     }

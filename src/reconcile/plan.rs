@@ -312,7 +312,10 @@ pub fn plan(
     for r in &inventory.records {
         match r.entry() {
             Some(entry) => managed.entry(entry).or_default().push(r),
-            None => unmanaged_by_source.entry(r.source.as_str()).or_default().push(r),
+            None => unmanaged_by_source
+                .entry(r.source.as_str())
+                .or_default()
+                .push(r),
         }
     }
 
@@ -320,7 +323,9 @@ pub fn plan(
     let mut extra = Vec::new();
     let mut adopted: HashSet<&str> = HashSet::new();
     for entry in manifest.models.iter().filter(|e| selected(&e.name)) {
-        let records = managed.get(entry.name.as_str()).map_or(&[][..], Vec::as_slice);
+        let records = managed
+            .get(entry.name.as_str())
+            .map_or(&[][..], Vec::as_slice);
         // Several records claiming one entry (an interrupted replace): keep the best one, the
         // others go the way of records whose entry left.
         let primary = records
@@ -435,16 +440,20 @@ fn plan_new<'r>(
     opts: &PlanOptions<'_>,
 ) -> PlannedAction {
     let canonical = entry.canonical_source();
-    let candidate = unmanaged
-        .get(canonical.as_str())
-        .and_then(|rs| rs.iter().find(|r| r.is_intact() && !adopted.contains(r.key.as_str())));
+    let candidate = unmanaged.get(canonical.as_str()).and_then(|rs| {
+        rs.iter()
+            .find(|r| r.is_intact() && !adopted.contains(r.key.as_str()))
+    });
     if let Some(r) = candidate {
         if opts.adopt {
             adopted.insert(r.key.as_str());
             let mut a = action(
                 entry,
                 ActionKind::Adopt,
-                format!("unmanaged record `{}` has the same source; taking it over", r.name),
+                format!(
+                    "unmanaged record `{}` has the same source; taking it over",
+                    r.name
+                ),
             );
             a.key = Some(r.key.clone());
             return a;
@@ -470,7 +479,10 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
         a.key = Some(r.key.clone());
         a
     };
-    let stored = r.managed.as_ref().and_then(|m| SpecHash::parse(&m.spec_hash));
+    let stored = r
+        .managed
+        .as_ref()
+        .and_then(|m| SpecHash::parse(&m.spec_hash));
     let Some(stored) = stored else {
         let mut a = action(
             entry,
@@ -538,7 +550,11 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
     }
     if let Some(d) = damage {
         let mut a = action(entry, ActionKind::Repair, d);
-        a.files = missing.iter().chain(&changed).map(|s| (*s).to_owned()).collect();
+        a.files = missing
+            .iter()
+            .chain(&changed)
+            .map(|s| (*s).to_owned())
+            .collect();
         a.fetch_bytes = if entry.inplace {
             Some(0)
         } else if r.files.is_empty() {

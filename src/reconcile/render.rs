@@ -32,7 +32,13 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
                 ]
             })
             .collect();
-        let width = |i: usize| cells.iter().map(|c| c[i].chars().count()).max().unwrap_or(0);
+        let width = |i: usize| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        };
         let w = [width(0), width(1), width(2), width(3), width(4)];
         for c in &cells {
             let line = format!(

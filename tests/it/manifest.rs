@@ -92,9 +92,17 @@ models:
         e.canonical_source(),
         "runwayml/stable-diffusion-v1-5@main:fp16:vae"
     );
-    assert_eq!(e.token().map(|t| t.expose()), Some("hf_secret_value"));
+    assert_eq!(
+        e.token().map(modelsync::hub::source::Token::expose),
+        Some("hf_secret_value")
+    );
     assert_eq!(e.dest.as_deref(), Some(Path::new("vaes/sd15")));
-    assert_eq!(e.config.model_type.map(|t| t.as_str()), Some("vae"));
+    assert_eq!(
+        e.config
+            .model_type
+            .map(modelsync::taxonomy::ModelType::as_str),
+        Some("vae")
+    );
     assert_eq!((e.loc.line, e.loc.column), (14, 5));
     assert!(!e.is_pinned());
     // An empty token is no token.
@@ -121,19 +129,23 @@ fn unknown_keys_point_at_the_key_and_list_the_expected_ones() {
     assert!(e.ends_with("did you mean `models_dir`?"), "{e}");
 
     let e = error("version: 1\nmodel:\n  - name: a\n");
-    assert!(e.starts_with("models.yaml:2:1: unknown field `model`"), "{e}");
+    assert!(
+        e.starts_with("models.yaml:2:1: unknown field `model`"),
+        "{e}"
+    );
 
     let e = error(&entries(
         "  - name: a\n    source: o/n\n    config: { type: lora, bass: sd-1 }\n",
     ));
-    assert!(e.starts_with("models.yaml:5:27: unknown field `bass`"), "{e}");
+    assert!(
+        e.starts_with("models.yaml:5:27: unknown field `bass`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_types_and_values_say_what_was_expected() {
-    let e = error(&entries(
-        "  - name: a\n    source: o/n\n    variant: fp8\n",
-    ));
+    let e = error(&entries("  - name: a\n    source: o/n\n    variant: fp8\n"));
     assert_eq!(
         e,
         r#"models.yaml:5:14: invalid repo variant `fp8`: expected one of "", fp16, fp32, onnx, openvino, flax"#
@@ -142,27 +154,30 @@ fn wrong_types_and_values_say_what_was_expected() {
         "  - name: a\n    source: o/n\n    config: { base: sd-9 }\n",
     ));
     assert!(
-        e.starts_with("models.yaml:5:21: invalid base model type `sd-9`: expected one of any, sd-1"),
+        e.starts_with(
+            "models.yaml:5:21: invalid base model type `sd-9`: expected one of any, sd-1"
+        ),
         "{e}"
     );
     let e = error("version: 1\nsettings:\n  max_parallel_downloads: many\n");
-    assert_eq!(
-        e,
-        "models.yaml:3:27: expected a whole number (0 or more)"
-    );
+    assert_eq!(e, "models.yaml:3:27: expected a whole number (0 or more)");
     let e = error("version: 1\nsettings:\n  hash_algorithm: md5\n");
     assert_eq!(
         e,
         "models.yaml:3:19: invalid hash algorithm `md5`: expected one of blake3, blake3_single, sha256, imohash"
     );
-    let e = error(&entries("  - name: a\n    source: o/n\n    unsafe_pickle: maybe\n"));
+    let e = error(&entries(
+        "  - name: a\n    source: o/n\n    unsafe_pickle: maybe\n",
+    ));
     assert_eq!(
         e,
         "models.yaml:5:20: invalid unsafe_pickle policy `maybe`: expected one of deny, allow"
     );
     let e = error(&entries("  - source: o/n\n"));
     assert_eq!(e, "models.yaml:3:5: missing field `name`");
-    let e = error(&entries("  - name: a\n    source: o/n\n    preload: perhaps\n"));
+    let e = error(&entries(
+        "  - name: a\n    source: o/n\n    preload: perhaps\n",
+    ));
     assert!(e.starts_with("models.yaml:5:14: "), "{e}");
     let e = error("version: 1\nversion: 1\n");
     assert_eq!(e, "models.yaml:2:1: duplicate key `version`");
@@ -234,7 +249,9 @@ fn source_specific_fields_are_checked() {
         "models.yaml:5:14: `variant` fp32 contradicts the variant in `source`"
     );
     assert_eq!(
-        error(&entries("  - name: a\n    source: owner/name@v1\n    revision: v2\n")),
+        error(&entries(
+            "  - name: a\n    source: owner/name@v1\n    revision: v2\n"
+        )),
         "models.yaml:5:15: `revision` `v2` contradicts the `@revision` in `source`"
     );
     let e = error(&entries("  - name: a\n    source: justaname\n"));
@@ -259,7 +276,9 @@ fn globs_sizes_durations_hashes_and_urls_are_validated() {
     );
     let e = error("version: 1\nsettings:\n  cache:\n    ram: 8XB\n");
     assert!(
-        e.starts_with("models.yaml:4:10: `cache.ram`: invalid size `8XB`: expected a number of bytes"),
+        e.starts_with(
+            "models.yaml:4:10: `cache.ram`: invalid size `8XB`: expected a number of bytes"
+        ),
         "{e}"
     );
     let e = error("version: 1\nsettings:\n  lock_timeout: soon\n");
@@ -290,8 +309,10 @@ fn globs_sizes_durations_hashes_and_urls_are_validated() {
     );
     // Every size form of the docs is accepted.
     for size in ["8GB", "8GiB", "512MiB", "1024"] {
-        let m = parse(&format!("version: 1\nsettings:\n  cache: {{ ram: {size} }}\nmodels: []\n"))
-            .unwrap();
+        let m = parse(&format!(
+            "version: 1\nsettings:\n  cache: {{ ram: {size} }}\nmodels: []\n"
+        ))
+        .unwrap();
         assert!(m.settings.cache.ram.unwrap() > 0, "{size}");
     }
 }
@@ -299,11 +320,15 @@ fn globs_sizes_durations_hashes_and_urls_are_validated() {
 #[test]
 fn dest_must_stay_inside_models_dir() {
     assert_eq!(
-        error(&entries("  - name: a\n    source: o/n\n    dest: /etc/passwd\n")),
+        error(&entries(
+            "  - name: a\n    source: o/n\n    dest: /etc/passwd\n"
+        )),
         "models.yaml:5:11: `dest` `/etc/passwd` must be relative to models_dir, not absolute"
     );
     assert_eq!(
-        error(&entries("  - name: a\n    source: o/n\n    dest: loras/../../x\n")),
+        error(&entries(
+            "  - name: a\n    source: o/n\n    dest: loras/../../x\n"
+        )),
         "models.yaml:5:11: `dest` `loras/../../x` must stay inside models_dir (no `..`)"
     );
     assert_eq!(
@@ -333,9 +358,9 @@ fn all_problems_are_reported_at_once_in_file_order() {
 
 #[test]
 fn interpolation_expands_defaults_and_escapes_keeping_locations() {
-    let m = parse(&format!(
-        "version: 1\nsettings:\n  models_dir: ${{MODELS_ROOT}}/sd\n  database: ${{DB:-/var/lib/ms.db}}\nmodels:\n  - name: a\n    source: o/n\n    description: \"costs $$${{PRICE}} and $5\"\n    tags: [\"${{TAG:-default-tag}}\"]\n"
-    ))
+    let m = parse(
+        "version: 1\nsettings:\n  models_dir: ${MODELS_ROOT}/sd\n  database: ${DB:-/var/lib/ms.db}\nmodels:\n  - name: a\n    source: o/n\n    description: \"costs $$${PRICE} and $5\"\n    tags: [\"${TAG:-default-tag}\"]\n",
+    )
     .unwrap();
     assert_eq!(m.settings.models_dir, PathBuf::from("/srv/models/sd"));
     assert_eq!(m.settings.database, Some(PathBuf::from("/var/lib/ms.db")));
@@ -346,7 +371,9 @@ fn interpolation_expands_defaults_and_escapes_keeping_locations() {
     assert_eq!(m.models[0].tags, ["default-tag"]);
 
     assert_eq!(
-        error(&entries("  - name: a\n    source: o/n\n    token: ${NOT_SET}\n")),
+        error(&entries(
+            "  - name: a\n    source: o/n\n    token: ${NOT_SET}\n"
+        )),
         "models.yaml:5:12: in `token`: environment variable `NOT_SET` is not set (write `${NOT_SET:-default}` for a default, `$${` for a literal `${`)"
     );
     assert_eq!(
@@ -392,8 +419,13 @@ fn relative_paths_resolve_against_the_manifest_folder() {
     let s = manifest::load_settings(&path).unwrap();
     assert_eq!(s.models_dir, dir.path().join("models"));
     // A missing file names itself.
-    let e = manifest::load(&dir.path().join("nope.yaml")).unwrap_err().to_string();
-    assert!(e.starts_with("cannot read manifest ") && e.contains("nope.yaml"), "{e}");
+    let e = manifest::load(&dir.path().join("nope.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("cannot read manifest ") && e.contains("nope.yaml"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -406,10 +438,7 @@ fn spec_hash_separates_source_and_record_changes_and_ignores_tokens() {
     };
     let h0 = spec("");
     assert_eq!(h0.source.len(), 64);
-    assert_eq!(
-        manifest::SpecHash::parse(&h0.to_string()),
-        Some(h0.clone())
-    );
+    assert_eq!(manifest::SpecHash::parse(&h0.to_string()), Some(h0.clone()));
     // Tokens never reach the hash.
     assert_eq!(spec("    token: ${HF_TOKEN}\n"), h0);
     // Record-level.
@@ -442,7 +471,10 @@ fn spec_hash_separates_source_and_record_changes_and_ignores_tokens() {
     .unwrap();
     assert_eq!(reordered.models[0].spec_hash, h0);
     // The token is in memory only: not in Debug output.
-    let m = parse(&entries("  - name: a\n    source: o/n\n    token: ${HF_TOKEN}\n")).unwrap();
+    let m = parse(&entries(
+        "  - name: a\n    source: o/n\n    token: ${HF_TOKEN}\n",
+    ))
+    .unwrap();
     assert!(!format!("{m:?}").contains("hf_secret_value"));
 }
 
@@ -505,7 +537,9 @@ fn store_paths_read_the_manifest_and_flags_win() {
         all.extend_from_slice(args);
         all.push("list");
         let cli = modelsync::cli::Cli::try_parse_from(all).unwrap();
-        modelsync::cli::Context::new(&cli.global).store_paths().unwrap()
+        modelsync::cli::Context::new(&cli.global)
+            .store_paths()
+            .unwrap()
     };
     // An unset variable in an entry does not stop commands that need only the settings.
     assert_eq!(
@@ -521,15 +555,49 @@ fn store_paths_read_the_manifest_and_flags_win() {
         (dir.path().join("m"), PathBuf::from("/y.db"))
     );
     // The full manifest does need it.
-    let cli = modelsync::cli::Cli::try_parse_from(["modelsync", "-f", path.to_str().unwrap(), "diff"]).unwrap();
-    let e = modelsync::cli::Context::new(&cli.global).load_manifest().unwrap_err();
-    assert!(format!("{e:#}").contains("MODELSYNC_TEST_NEVER_SET"), "{e:#}");
+    let cli =
+        modelsync::cli::Cli::try_parse_from(["modelsync", "-f", path.to_str().unwrap(), "diff"])
+            .unwrap();
+    let e = modelsync::cli::Context::new(&cli.global)
+        .load_manifest()
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("MODELSYNC_TEST_NEVER_SET"),
+        "{e:#}"
+    );
     // No manifest: the defaults, and a hint from load_manifest.
-    let cli = modelsync::cli::Cli::try_parse_from(["modelsync", "-f", "/nonexistent/models.yaml", "diff"]).unwrap();
+    let cli = modelsync::cli::Cli::try_parse_from([
+        "modelsync",
+        "-f",
+        "/nonexistent/models.yaml",
+        "diff",
+    ])
+    .unwrap();
     let ctx = modelsync::cli::Context::new(&cli.global);
     assert_eq!(
         ctx.store_paths().unwrap(),
-        (PathBuf::from("models"), PathBuf::from("models/modelsync.db"))
+        (
+            PathBuf::from("models"),
+            PathBuf::from("models/modelsync.db")
+        )
     );
-    assert!(ctx.load_manifest().unwrap_err().to_string().contains("modelsync init"));
+    assert!(
+        ctx.load_manifest()
+            .unwrap_err()
+            .to_string()
+            .contains("modelsync init")
+    );
+}
+
+#[test]
+fn schema_command_prints_the_checked_in_schema() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelsync"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        manifest::schema::json_schema_string()
+    );
 }

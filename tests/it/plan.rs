@@ -1,6 +1,7 @@
 //! The pure plan against hand-built inventories, and its renderings.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use modelsync::config::Managed;
@@ -175,7 +176,10 @@ fn converged_state_is_unchanged() {
     assert_eq!(p.actions[1].key.as_deref(), Some("k2"));
     assert_eq!(render_text(&p, false), "No changes: 3 model(s) in sync.\n");
     let verbose = render_text(&p, true);
-    assert!(verbose.starts_with("=  sd15  runwayml/stable-diffusion-v1-5:fp16  in sync"), "{verbose}");
+    assert!(
+        verbose.starts_with("=  sd15  runwayml/stable-diffusion-v1-5:fp16  in sync"),
+        "{verbose}"
+    );
 }
 
 #[test]
@@ -204,7 +208,11 @@ fn record_level_change_updates_and_source_level_change_replaces() {
     );
     assert_eq!(p.actions[0].fetch_bytes, Some(0));
     assert_eq!(p.actions[1].fetch_bytes, Some(334_000_000));
-    assert!(p.actions[1].reason.starts_with("source options changed"), "{}", p.actions[1].reason);
+    assert!(
+        p.actions[1].reason.starts_with("source options changed"),
+        "{}",
+        p.actions[1].reason
+    );
     assert_eq!(
         p.actions[2].reason,
         "source changed: /data/lora.safetensors → /data/lora-v2.safetensors"
@@ -219,7 +227,11 @@ fn record_level_change_updates_and_source_level_change_replaces() {
     let p = plan(&fp32, &inv, &PlanOptions::default()).unwrap();
     assert_eq!(p.actions[0].action, ActionKind::Replace);
     assert_eq!(p.actions[0].fetch_bytes, None);
-    assert!(p.actions[0].reason.contains(":fp16 → runwayml/stable-diffusion-v1-5:fp32"));
+    assert!(
+        p.actions[0]
+            .reason
+            .contains(":fp16 → runwayml/stable-diffusion-v1-5:fp32")
+    );
 }
 
 #[test]
@@ -278,7 +290,10 @@ fn changed_inplace_files_are_rehashed_not_fetched() {
     let a = p.action("lora").unwrap();
     assert_eq!(a.action, ActionKind::Repair);
     assert_eq!(a.fetch_bytes, Some(0));
-    assert_eq!(a.reason, "1 file changed (inplace: re-hash, nothing to fetch)");
+    assert_eq!(
+        a.reason,
+        "1 file changed (inplace: re-hash, nothing to fetch)"
+    );
 }
 
 #[test]
@@ -328,7 +343,10 @@ fn refresh_upgrades_unpinned_revisions_that_moved() {
             ("nolock", ActionKind::Upgrade),
         ])
     );
-    assert_eq!(p.actions[0].reason, "main moved upstream: aaaaaaa → bbbbbbb");
+    assert_eq!(
+        p.actions[0].reason,
+        "main moved upstream: aaaaaaa → bbbbbbb"
+    );
     assert_eq!(p.actions[0].fetch_bytes, Some(1_500_000_000));
     assert_eq!(
         p.actions[3].reason,
@@ -359,7 +377,10 @@ fn entries_that_left_are_orphaned_or_deleted_with_prune_and_unmanaged_are_listed
         old.reason,
         "entry `old` left the manifest; kept (apply --prune deletes it)"
     );
-    assert!(!p.has_changes(), "orphaned records are reported, not changed");
+    assert!(
+        !p.has_changes(),
+        "orphaned records are reported, not changed"
+    );
     assert_eq!(p.unmanaged.len(), 1);
     assert_eq!(p.unmanaged[0].key, "k8");
     assert_eq!(
@@ -397,7 +418,11 @@ fn adopt_takes_over_an_intact_unmanaged_record_with_the_same_source() {
     let p = plan(&m, &inv, &PlanOptions::default()).unwrap();
     let vae = p.action("vae").unwrap();
     assert_eq!(vae.action, ActionKind::Install);
-    assert!(vae.reason.contains("--adopt takes it over"), "{}", vae.reason);
+    assert!(
+        vae.reason.contains("--adopt takes it over"),
+        "{}",
+        vae.reason
+    );
     assert_eq!(p.unmanaged.len(), 1);
 
     let p = plan(
@@ -488,7 +513,10 @@ fn only_limits_entries_and_deletions() {
         },
     )
     .unwrap_err();
-    assert_eq!(e.to_string(), "--only: no entry named `nope` in the manifest");
+    assert_eq!(
+        e.to_string(),
+        "--only: no entry named `nope` in the manifest"
+    );
 }
 
 #[test]
@@ -566,7 +594,10 @@ fn json_shape_is_as_documented() {
     assert!(a["spec_hash"].as_str().unwrap().starts_with("src:"));
     assert_eq!(v["totals"]["repair"], 1);
     assert_eq!(v["totals"]["unchanged"], 2);
-    assert_eq!(v["disk"], serde_json::json!({"free_bytes": 1000, "required_bytes": 200, "fits": true}));
+    assert_eq!(
+        v["disk"],
+        serde_json::json!({"free_bytes": 1000, "required_bytes": 200, "fits": true})
+    );
     assert_eq!(v["unmanaged"], serde_json::json!([]));
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, ["actions", "unmanaged", "totals", "disk"]);
@@ -575,9 +606,10 @@ fn json_shape_is_as_documented() {
 #[test]
 fn plans_ten_thousand_entries() {
     // Correctness at scale (speed is measured by the bench script, not asserted here).
-    let body: String = (0..10_000)
-        .map(|i| format!("  - name: m{i}\n    source: owner/model-{i}\n"))
-        .collect();
+    let mut body = String::new();
+    for i in 0..10_000 {
+        writeln!(body, "  - name: m{i}\n    source: owner/model-{i}").unwrap();
+    }
     let m = manifest(&body);
     let recs: Vec<InventoryRecord> = (0..10_000)
         .map(|i| record(&format!("k{i}"), &m, &format!("m{i}")))
