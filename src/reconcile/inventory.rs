@@ -260,6 +260,132 @@ fn dir_state(models_dir: &Path, store_file: &Path) -> Result<DirState, Inventory
 mod tests {
     use super::*;
 
+    /// A store in memory: enough of the trait for `observe` (the real stores have their own
+    /// suite; this one keeps observe's test independent of them).
+    struct MemStore {
+        location: PathBuf,
+        records: Vec<crate::AnyModelConfig>,
+        files: std::collections::HashMap<String, Vec<ModelFile>>,
+    }
+
+    impl RecordStore for MemStore {
+        fn add_model(
+            &self,
+            _: &str,
+            _: crate::AnyModelConfig,
+        ) -> Result<crate::AnyModelConfig, StoreError> {
+            unimplemented!("observe only reads")
+        }
+        fn update_model(
+            &self,
+            _: &str,
+            _: crate::store::ConfigChange,
+        ) -> Result<crate::AnyModelConfig, StoreError> {
+            unimplemented!("observe only reads")
+        }
+        fn del_model(&self, _: &str) -> Result<(), StoreError> {
+            unimplemented!("observe only reads")
+        }
+        fn get_model(&self, key: &str) -> Result<crate::AnyModelConfig, StoreError> {
+            self.records
+                .iter()
+                .find(|r| r.key() == key)
+                .cloned()
+                .ok_or_else(|| StoreError::UnknownModel(key.into()))
+        }
+        fn exists(&self, key: &str) -> Result<bool, StoreError> {
+            Ok(self.records.iter().any(|r| r.key() == key))
+        }
+        fn search_by_path(&self, _: &str) -> Result<Vec<crate::AnyModelConfig>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn search_by_name(
+            &self,
+            _: Option<&str>,
+            _: Option<crate::taxonomy::BaseModelType>,
+            _: Option<crate::taxonomy::ModelType>,
+        ) -> Result<Vec<crate::AnyModelConfig>, StoreError> {
+            Ok(self.records.clone())
+        }
+        fn search_by_tag(&self, _: &[String]) -> Result<Vec<crate::AnyModelConfig>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn search_by_hash(&self, _: &str) -> Result<Vec<crate::AnyModelConfig>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn set_model_files(&self, _: &str, _: &[ModelFile]) -> Result<(), StoreError> {
+            unimplemented!("observe only reads")
+        }
+        fn model_files(&self, key: &str) -> Result<Vec<ModelFile>, StoreError> {
+            Ok(self.files.get(key).cloned().unwrap_or_default())
+        }
+        fn location(&self) -> &Path {
+            &self.location
+        }
+    }
+
+    #[test]
+    fn observe_reads_records_and_compares_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(models.join("k1")).unwrap();
+        std::fs::write(models.join("k1/a.safetensors"), b"aaaa").unwrap();
+        std::fs::write(models.join("k1/b.safetensors"), b"bb").unwrap();
+        std::fs::write(models.join("single.safetensors"), b"s").unwrap();
+        let fp = |p: &str, rel: &str| ModelFile::fingerprint(&models.join(p), rel).unwrap();
+        let k1_files = vec![
+            fp("k1/a.safetensors", "a.safetensors"),
+            fp("k1/b.safetensors", "b.safetensors"),
+            ModelFile {
+                relative_path: "gone.json".into(),
+                size: 3,
+                mtime_ns: 0,
+                sha256: None,
+            },
+        ];
+        let single = vec![fp("single.safetensors", "")];
+        std::fs::write(models.join("k1/b.safetensors"), b"changed").unwrap();
+        let rec = |key: &str, path: &str, entry: Option<&str>| {
+            let mut v = serde_json::json!({"key": key, "name": key, "type": "lora", "format": "lycoris",
+                "base": "sd-1", "path": path, "hash": "blake3:00", "source": "owner/x"});
+            if let Some(e) = entry {
+                v["managed"] = serde_json::json!({"entry": e, "spec_hash": "src:x;rec:y"});
+            }
+            crate::AnyModelConfig::from_json(v).unwrap()
+        };
+        let store = MemStore {
+            location: models.join("modelsync.db"),
+            records: vec![
+                rec("k1", "k1", Some("one")),
+                rec("k2", "single.safetensors", None),
+                rec("k3", "/nonexistent/elsewhere.safetensors", Some("three")),
+            ],
+            files: [("k1".to_owned(), k1_files), ("k2".to_owned(), single)].into(),
+        };
+        let inv = observe(&store, &models).unwrap();
+        assert_eq!(inv.models_dir_state, DirState::Present);
+        assert!(!inv.volume_suspect());
+        let k1 = &inv.records[0];
+        assert_eq!(k1.entry(), Some("one"));
+        assert_eq!(k1.resolved_path, models.join("k1"));
+        assert!(k1.in_models_dir && k1.path_exists && !k1.is_intact());
+        let states: Vec<_> = k1.files.iter().map(|f| &f.status).collect();
+        assert_eq!(states[0], &FileStatus::Ok);
+        assert!(matches!(states[1], FileStatus::Changed { size: 7, .. }));
+        assert_eq!(states[2], &FileStatus::Missing);
+        let k2 = &inv.records[1];
+        assert!(k2.managed.is_none() && k2.is_intact());
+        let k3 = &inv.records[2];
+        assert!(!k3.in_models_dir && !k3.path_exists);
+
+        // The same store against an empty folder: the volume is suspect.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let inv = observe(&store, &empty).unwrap();
+        assert_eq!(inv.models_dir_state, DirState::Empty);
+        assert!(inv.volume_suspect());
+    }
+
     #[test]
     fn dir_states() {
         let dir = tempfile::tempdir().unwrap();
