@@ -601,3 +601,26 @@ fn schema_command_prints_the_checked_in_schema() {
         manifest::schema::json_schema_string()
     );
 }
+
+#[test]
+fn lock_drops_entries_that_left_and_ignores_entries_of_another_source() {
+    let m = parse(&entries(
+        "  - name: a\n    source: o/a\n  - name: b\n    source: o/b:fp16\n",
+    ))
+    .unwrap();
+    let mut lock = manifest::LockFile::new();
+    for (name, source) in [("a", "o/a"), ("b", "o/b"), ("gone", "o/gone")] {
+        lock.entries.insert(
+            name.into(),
+            manifest::LockEntry {
+                source: source.into(),
+                ..manifest::LockEntry::default()
+            },
+        );
+    }
+    assert_eq!(lock.retain_manifest(&m), ["gone"]);
+    assert_eq!(lock.entries.len(), 2);
+    assert!(lock.entry_for(&m.models[0]).is_some());
+    // `b` now asks for the fp16 files: the lock entry describes something else.
+    assert!(lock.entry_for(&m.models[1]).is_none());
+}
