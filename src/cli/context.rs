@@ -3,6 +3,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
+
+use crate::manifest::{self, Manifest};
+
 use super::{ColorChoice, GlobalArgs, OutputFormat};
 
 /// Settings every command receives, resolved from global flags, the environment and (where a
@@ -52,17 +56,54 @@ impl Context {
     }
 
     /// The models folder and database for commands that work on the store. Flags win; then
-    /// the manifest's settings when the manifest exists; else `./models` and
-    /// `<models_dir>/modelsync.db`.
+    /// the manifest's settings when the manifest file exists (only its `settings` are
+    /// checked, so an unset `${HF_TOKEN}` in an entry does not stop `list`); else `./models`
+    /// and `<models_dir>/modelsync.db`.
     pub fn store_paths(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let settings = if self.models_dir_flag.is_some() && self.database_flag.is_some() {
+            None
+        } else if self.manifest_path.is_file() {
+            Some(manifest::load_settings(&self.manifest_path).with_context(|| {
+                format!(
+                    "reading settings from {} (pass --models-dir and --database to do without it)",
+                    self.manifest_path.display()
+                )
+            })?)
+        } else {
+            None
+        };
         let models_dir = self
             .models_dir_flag
             .clone()
+            .or_else(|| settings.as_ref().map(|s| s.models_dir.clone()))
             .unwrap_or_else(|| PathBuf::from("models"));
+        // A manifest's explicit database wins over the default; the default follows the
+        // effective models_dir, so `--models-dir X` alone means `X/modelsync.db`.
         let database = self
             .database_flag
             .clone()
+            .or_else(|| settings.as_ref().and_then(|s| s.database.clone()))
             .unwrap_or_else(|| models_dir.join("modelsync.db"));
         Ok((models_dir, database))
+    }
+
+    /// Loads and validates the manifest (`-f`), with `--models-dir` / `--database` applied
+    /// over its settings. A missing file is an error with a hint to run `modelsync init`.
+    pub fn load_manifest(&self) -> anyhow::Result<Manifest> {
+        let path = &self.manifest_path;
+        if !path.exists() {
+            anyhow::bail!(
+                "no manifest at {}\nhint: run `modelsync init` to write a starter one, or pass -f PATH (env MODELSYNC_FILE)",
+                path.display()
+            );
+        }
+        let mut m = manifest::load(path)?;
+        if let Some(d) = &self.models_dir_flag {
+            m.settings.models_dir.clone_from(d);
+        }
+        if let Some(d) = &self.database_flag {
+            m.settings.database = Some(d.clone());
+        }
+        Ok(m)
     }
 }

@@ -1,8 +1,13 @@
 //! `init`, `diff`, `apply`, `status`, `verify`, `gc`, `schema`.
 
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context as _;
 use clap::Args;
 
-use super::{Context, Status, not_implemented};
+use super::{Context, OutputFormat, Status, not_implemented};
+use crate::manifest;
 
 /// `init`.
 #[derive(Debug, Args)]
@@ -66,8 +71,97 @@ pub struct GcArgs {
     pub yes: bool,
 }
 
-pub fn init(_ctx: &Context, _a: InitArgs) -> anyhow::Result<Status> {
-    Err(not_implemented("init"))
+/// The starter manifest `init` writes after its `$schema` line. It parses as is (a test
+/// checks) and declares nothing, so a first `apply` downloads nothing.
+const STARTER: &str = r"# Models this machine should have. `modelsync diff` shows what `modelsync apply` would do.
+# Strings may use ${VAR} and ${VAR:-default}; relative paths are relative to this file.
+version: 1
+settings:
+  models_dir: models
+  # database: models/modelsync.db    # .db/.sqlite: SQLite; .yaml/.yml: YAML file store
+  # variant: fp16                    # default Hugging Face repo variant
+  # hash_algorithm: blake3           # blake3 | blake3_single | sha256 | imohash
+  # prune: false                     # delete managed models that left this file
+  # max_parallel_downloads: 5
+  # cache: { ram: 8GiB, vram: 16GiB, device: auto }
+models: []
+  # - name: sd15
+  #   source: runwayml/stable-diffusion-v1-5   # repo id, owner/name:fp16, owner/name::vae, URL or local path
+  #   variant: fp16
+  #   token: ${HF_TOKEN:-}                      # never stored
+  #   tags: [sfw]
+  # - name: detail-lora
+  #   source: ./loras/detail.safetensors
+  #   inplace: true                             # register where it is, do not copy
+  #   config: { type: lora, base: sd-1 }
+";
+
+/// The schema file `init` writes next to the manifest, and the `$schema` comment's target.
+const SCHEMA_FILE: &str = "models.schema.json";
+
+/// The first line of a manifest `init` writes: yaml-language-server (VS Code's YAML
+/// extension and others) validates and completes against the schema file beside it.
+pub fn schema_comment() -> String {
+    format!("# yaml-language-server: $schema=./{SCHEMA_FILE}")
+}
+
+/// `init`: writes a starter manifest at `-f` (refusing to overwrite one without `--force`)
+/// and the JSON Schema beside it as `models.schema.json` (always rewritten: it is generated,
+/// and matches this modelsync), so editors validate offline.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "every command takes its parsed arguments by value"
+)]
+pub fn init(ctx: &Context, a: InitArgs) -> anyhow::Result<Status> {
+    let path = &ctx.manifest_path;
+    if path.exists() && !a.force {
+        anyhow::bail!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        );
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let schema_path = dir.join(SCHEMA_FILE);
+    write_atomic(&schema_path, &manifest::schema::json_schema_string())?;
+    write_atomic(path, &format!("{}\n{STARTER}", schema_comment()))?;
+    if ctx.output == OutputFormat::Json {
+        let doc = serde_json::json!({"manifest": path, "schema": schema_path});
+        writeln!(std::io::stdout(), "{doc}")?;
+    } else if !ctx.quiet {
+        writeln!(
+            std::io::stdout(),
+            "Wrote {} and {}.\nNext: add models to it, then run `modelsync diff` and `modelsync apply`.",
+            path.display(),
+            schema_path.display()
+        )?;
+    }
+    Ok(Status::Success)
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    // Temp files are created 0600; a manifest is meant to be read by others.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 pub fn diff(_ctx: &Context, _a: DiffArgs) -> anyhow::Result<Status> {
@@ -90,6 +184,8 @@ pub fn gc(_ctx: &Context, _a: GcArgs) -> anyhow::Result<Status> {
     Err(not_implemented("gc"))
 }
 
+/// `schema`: prints the manifest JSON Schema (the content of `schemas/models.schema.json`).
 pub fn schema(_ctx: &Context) -> anyhow::Result<Status> {
-    Err(not_implemented("schema"))
+    std::io::stdout().write_all(manifest::schema::json_schema_string().as_bytes())?;
+    Ok(Status::Success)
 }

@@ -4,4 +4,6 @@ mod support;
 
 mod cli_records;
 mod hub;
+mod manifest;
+mod plan;
 mod store;

@@ -1,0 +1,336 @@
+//! The `models.yaml` manifest and the `models.lock` lock file: types, parsing, `${VAR}`
+//! interpolation, semantic checks and the JSON Schema.
+//!
+//! Parsing goes in two steps. [`parse`] deserialises the file into its wire types (which keep
+//! every value's line and column and from which `schemas/models.schema.json` is generated),
+//! then validates it into a [`Manifest`]: variables interpolated, paths resolved against the
+//! manifest's folder, sources parsed, sizes, durations, globs and destinations checked, and
+//! each entry's [`SpecHash`] computed. Every error is a [`Diagnostic`] that reads
+//! `models.yaml:12:5: unknown field `sorce`, expected one of …`.
+//!
+//! ```no_run
+//! let manifest = modelsync::manifest::load(std::path::Path::new("models.yaml"))?;
+//! for entry in &manifest.models {
+//!     println!("{} ← {}", entry.name, entry.source);
+//! }
+//! # Ok::<(), modelsync::manifest::ManifestError>(())
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::HashAlgorithm;
+use crate::hub::source::{ModelSource, Token};
+use crate::taxonomy::{
+    BaseModelType, ModelFormat, ModelRepoVariant, ModelType, ModelVariantType,
+    SchedulerPredictionType,
+};
+
+pub mod interpolate;
+pub mod lock;
+pub mod parse;
+pub mod schema;
+mod spec;
+
+pub use lock::{LockEntry, LockError, LockFile, LockedFile};
+pub use parse::{load, load_settings, parse_str};
+pub use spec::SpecHash;
+
+/// The manifest format version this build reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// A position in the manifest file (1-based; `0:0` when unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Loc {
+    /// Line, from 1.
+    pub line: u64,
+    /// Column, from 1.
+    pub column: u64,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// One problem in a manifest, with the place it was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// The manifest file as the user named it.
+    pub file: String,
+    /// Where in it (`0:0` when the whole file is meant).
+    pub loc: Loc,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.loc.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.loc, self.message)
+        }
+    }
+}
+
+/// Errors of loading a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {}: {source}", path.display())]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not parse or does not validate. Displayed one diagnostic per line.
+    #[error("{}", display_diagnostics(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ManifestError {
+    /// The diagnostics, when the manifest was read but is invalid.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Self::Read { .. } => &[],
+            Self::Invalid(d) => d,
+        }
+    }
+}
+
+fn display_diagnostics(d: &[Diagnostic]) -> String {
+    d.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+crate::string_enum! {
+    /// Whether an entry may install pickle files (`.ckpt`, `.pt`, `.bin`) that the scanner
+    /// flags as unsafe.
+    #[derive(Default)]
+    UnsafePickle, "unsafe_pickle policy" {
+        /// Refuse them (the default).
+        #[default]
+        Deny = "deny",
+        /// Install them anyway.
+        Allow = "allow",
+    }
+}
+
+/// Fields of the record that override what the probe finds (`config:` of an entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigOverrides {
+    /// Model type (`main`, `vae`, `lora`, `embedding` …).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<ModelType>,
+    /// Base model family (`sd-1`, `sdxl`, `flux` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseModelType>,
+    /// Weight layout (`diffusers`, `checkpoint` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ModelFormat>,
+    /// Main-model variant: `normal`, `inpaint` or `depth` (not the repo file variant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<ModelVariantType>,
+    /// Scheduler prediction type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_type: Option<SchedulerPredictionType>,
+    /// Upcast attention to fp32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upcast_attention: Option<bool>,
+    /// A VAE (record key or name) to use instead of the built-in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
+    /// Legacy config YAML of a checkpoint, relative to models_dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_path: Option<String>,
+    /// Trigger phrases (LoRAs, embeddings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_phrases: Option<Vec<String>>,
+}
+
+impl ConfigOverrides {
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `settings.cache`: budgets of the load cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Host-memory budget in bytes (`None`: the loader's default).
+    pub ram: Option<u64>,
+    /// Device-memory budget in bytes (`None`: the loader's default).
+    pub vram: Option<u64>,
+    /// `auto`, `cpu`, `cuda`, `cuda:N` or `mps`.
+    pub device: String,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            ram: None,
+            vram: None,
+            device: "auto".to_owned(),
+        }
+    }
+}
+
+/// The manifest's `settings`, validated, paths resolved against the manifest's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Where models are installed (default `<manifest folder>/models`).
+    pub models_dir: PathBuf,
+    /// The record store, when the manifest names one; see [`Settings::database_path`].
+    pub database: Option<PathBuf>,
+    /// Default HF repo variant for entries that name none (`None`: the repo's default files).
+    pub variant: Option<ModelRepoVariant>,
+    /// Content hash algorithm of new records.
+    pub hash_algorithm: HashAlgorithm,
+    /// Delete managed models whose entries left the manifest.
+    pub prune: bool,
+    /// Downloads at once (≥ 1).
+    pub max_parallel_downloads: usize,
+    /// Hugging Face endpoint (`None`: env `HF_ENDPOINT`, else `https://huggingface.co`).
+    pub hf_endpoint: Option<String>,
+    /// How long `apply` waits for another process's store lock (default 5m).
+    pub lock_timeout: Duration,
+    /// How often `watch` resyncs without a manifest change (default 5m).
+    pub watch_interval: Duration,
+    /// Load cache budgets.
+    pub cache: CacheSettings,
+}
+
+/// Default `settings.max_parallel_downloads`.
+pub const DEFAULT_PARALLEL_DOWNLOADS: usize = 5;
+/// Default `settings.lock_timeout` and `settings.watch_interval`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_mins(5);
+
+impl Settings {
+    /// The defaults, for a manifest in `base_dir` (or for no manifest, with `.`).
+    pub fn defaults(base_dir: &Path) -> Self {
+        Self {
+            models_dir: base_dir.join("models"),
+            database: None,
+            variant: None,
+            hash_algorithm: HashAlgorithm::default(),
+            prune: false,
+            max_parallel_downloads: DEFAULT_PARALLEL_DOWNLOADS,
+            hf_endpoint: None,
+            lock_timeout: DEFAULT_INTERVAL,
+            watch_interval: DEFAULT_INTERVAL,
+            cache: CacheSettings::default(),
+        }
+    }
+
+    /// The record store: `settings.database`, else `<models_dir>/modelsync.db`.
+    pub fn database_path(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.models_dir.join("modelsync.db"))
+    }
+}
+
+/// One validated `models:` entry.
+///
+/// `source` is complete: the entry's `variant`, `subfolder` and `revision` (and the default
+/// `settings.variant` for Hugging Face repos) are merged into it, its access token is set, and
+/// local paths are absolute. `source.canonical()` is what records and the lock store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// The entry's identity, unique in the manifest.
+    pub name: String,
+    /// The source, complete (see above).
+    pub source: ModelSource,
+    /// Globs over repo (or local folder) files to take; empty: all.
+    pub include: Vec<String>,
+    /// Globs over repo (or local folder) files to leave out.
+    pub exclude: Vec<String>,
+    /// Register a local source where it is instead of copying it.
+    pub inplace: bool,
+    /// Install path relative to `models_dir`, normalised (`None`: `<key>/…`).
+    pub dest: Option<PathBuf>,
+    /// Expected content hash `algo:hex`; a mismatch fails the install.
+    pub hash: Option<String>,
+    /// Warm into the load cache after apply / in watch.
+    pub preload: bool,
+    /// Record tags, as written.
+    pub tags: Vec<String>,
+    /// Record description.
+    pub description: Option<String>,
+    /// Probe overrides.
+    pub config: ConfigOverrides,
+    /// Whether unsafe pickles may be installed.
+    pub unsafe_pickle: UnsafePickle,
+    /// Hash of the normalised spec, as stored in `Managed.spec_hash`.
+    pub spec_hash: SpecHash,
+    /// Where the entry starts in the manifest (for messages that point at it).
+    pub loc: Loc,
+}
+
+impl ModelEntry {
+    /// The canonical source string (no token, no `inplace`).
+    pub fn canonical_source(&self) -> String {
+        self.source.canonical()
+    }
+
+    /// The access token, kept in memory only.
+    pub fn token(&self) -> Option<&Token> {
+        self.source.access_token()
+    }
+
+    /// The requested revision when this is a Hugging Face source.
+    pub fn revision(&self) -> Option<&str> {
+        match &self.source {
+            ModelSource::Hf(h) => h.revision.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the revision pins a commit (40 hex digits), so upstream can never move it.
+    /// Non-hub sources count as pinned: there is nothing to refresh.
+    pub fn is_pinned(&self) -> bool {
+        match &self.source {
+            ModelSource::Hf(h) => h
+                .revision
+                .as_deref()
+                .is_some_and(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit())),
+            _ => true,
+        }
+    }
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// Its folder, absolute: relative paths in it resolve against this.
+    pub base_dir: PathBuf,
+    /// Settings, defaults filled in.
+    pub settings: Settings,
+    /// Entries in file order.
+    pub models: Vec<ModelEntry>,
+}
+
+impl Manifest {
+    /// The entry with this name.
+    pub fn entry(&self, name: &str) -> Option<&ModelEntry> {
+        self.models.iter().find(|e| e.name == name)
+    }
+
+    /// The lock file next to the manifest: `models.yaml` → `models.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        lock::lock_path_for(&self.path)
+    }
+}

@@ -1,0 +1,621 @@
+//! The plan: a pure function of the manifest, the inventory and options. No I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::inventory::{DirState, FileStatus, Inventory, InventoryRecord};
+use crate::manifest::{LockFile, Manifest, ModelEntry, SpecHash};
+
+/// Inputs of [`plan`] besides the manifest and the inventory.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions<'a> {
+    /// Delete managed records whose entries left the manifest (`--prune` or `settings.prune`).
+    pub prune: bool,
+    /// Take over an unmanaged record with the same canonical source instead of installing.
+    pub adopt: bool,
+    /// Only these entry names (`--only`); empty: all. Deletions are limited to them too.
+    pub only: Vec<String>,
+    /// The lock file, for resolved commits and file sizes.
+    pub lock: Option<&'a LockFile>,
+    /// `--refresh`: entry name → the commit its (unpinned) revision points at upstream now.
+    pub upstream_commits: BTreeMap<String, String>,
+    /// Entry name → bytes the entry would fetch, when the caller asked (hub metadata, or the
+    /// size of a local source). Wins over the lock's sizes.
+    pub remote_sizes: BTreeMap<String, u64>,
+    /// Free bytes on models_dir's file system, when the caller measured them.
+    pub free_bytes: Option<u64>,
+    /// Headroom the fetch needs besides the files themselves. Downloads stage in
+    /// `models_dir/.tmp/` on the same file system and are renamed into place, so a finished
+    /// file costs nothing extra; this covers what the caller wants kept free.
+    pub staging_bytes: u64,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// models_dir is missing or empty while the store has records in it.
+    #[error(
+        "models folder {} is {} but the store has {records} model(s) in it: is the volume mounted? Nothing was planned (no repair, no delete); mount it or point --models-dir at the right folder",
+        models_dir.display(),
+        if *.missing { "missing" } else { "empty" }
+    )]
+    VolumeNotMounted {
+        /// The folder.
+        models_dir: PathBuf,
+        /// Missing (true) or empty (false).
+        missing: bool,
+        /// Records that live inside it.
+        records: usize,
+    },
+    /// `--only` named entries the manifest does not have.
+    #[error("--only: no entry named {} in the manifest", .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
+    UnknownEntries(Vec<String>),
+}
+
+/// What happens to one entry (or one managed record whose entry left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// No record for the entry: fetch and install.
+    Install,
+    /// An unmanaged record with the same source becomes the entry's (no fetch).
+    Adopt,
+    /// Record, spec and files as wanted.
+    Unchanged,
+    /// Only record-level fields changed: rewrite the record (no fetch).
+    Update,
+    /// Source-level fields changed: install anew, then remove the old record and files.
+    Replace,
+    /// Files missing or changed: fetch them again (inplace: re-hash).
+    Repair,
+    /// The unpinned revision moved upstream: fetch the new commit.
+    Upgrade,
+    /// A managed record whose entry left the manifest, with prune: remove it and its files.
+    Delete,
+    /// The same without prune: reported, kept.
+    Orphaned,
+    /// Cannot converge without the user (an inplace source that vanished).
+    Error,
+}
+
+impl ActionKind {
+    /// The symbol in the diff table.
+    pub const fn symbol(self) -> &'static str {
+        match self {
+            Self::Install => "+",
+            Self::Adopt => "⇐",
+            Self::Unchanged => "=",
+            Self::Update => "~",
+            Self::Replace => "-/+",
+            Self::Repair => "!",
+            Self::Upgrade => "↑",
+            Self::Delete => "-",
+            Self::Orphaned => "?",
+            Self::Error => "✗",
+        }
+    }
+
+    /// Whether `apply` would change something (what `diff --exit-code` reports as pending).
+    pub const fn is_change(self) -> bool {
+        !matches!(self, Self::Unchanged | Self::Orphaned | Self::Error)
+    }
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedAction {
+    /// What happens.
+    pub action: ActionKind,
+    /// The entry name (for delete/orphaned: the entry that once owned the record).
+    pub name: String,
+    /// The canonical source: the entry's, or for delete/orphaned the record's.
+    pub source: String,
+    /// The existing record involved (all but install).
+    pub key: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+    /// Bytes to fetch; `None`: unknown (no lock entry and no hub metadata).
+    pub fetch_bytes: Option<u64>,
+    /// Repair: the recorded files (relative paths) that are missing or changed.
+    pub files: Vec<String>,
+    /// The spec hash the record must carry afterwards (entry actions; `None` for
+    /// delete/orphaned).
+    pub spec_hash: Option<String>,
+}
+
+/// A record no manifest entry owns (from `import`): listed, never touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnmanagedRecord {
+    /// Record key.
+    pub key: String,
+    /// Record name.
+    pub name: String,
+    /// Its source.
+    pub source: String,
+    /// Its stored path.
+    pub path: String,
+}
+
+/// Counts per action and bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Entries to install.
+    pub install: usize,
+    /// Records to adopt.
+    pub adopt: usize,
+    /// Entries in sync.
+    pub unchanged: usize,
+    /// Records to update.
+    pub update: usize,
+    /// Entries to replace.
+    pub replace: usize,
+    /// Entries to repair.
+    pub repair: usize,
+    /// Entries to upgrade.
+    pub upgrade: usize,
+    /// Records to delete.
+    pub delete: usize,
+    /// Records orphaned (kept).
+    pub orphaned: usize,
+    /// Entries that cannot converge.
+    pub error: usize,
+    /// Unmanaged records.
+    pub unmanaged: usize,
+    /// Bytes to fetch, over the actions whose size is known.
+    pub fetch_bytes: u64,
+    /// Fetching actions whose size is unknown.
+    pub unknown_sizes: usize,
+}
+
+impl Totals {
+    fn count(&mut self, a: &PlannedAction) {
+        let slot = match a.action {
+            ActionKind::Install => &mut self.install,
+            ActionKind::Adopt => &mut self.adopt,
+            ActionKind::Unchanged => &mut self.unchanged,
+            ActionKind::Update => &mut self.update,
+            ActionKind::Replace => &mut self.replace,
+            ActionKind::Repair => &mut self.repair,
+            ActionKind::Upgrade => &mut self.upgrade,
+            ActionKind::Delete => &mut self.delete,
+            ActionKind::Orphaned => &mut self.orphaned,
+            ActionKind::Error => &mut self.error,
+        };
+        *slot += 1;
+        match a.fetch_bytes {
+            Some(b) => self.fetch_bytes = self.fetch_bytes.saturating_add(b),
+            None => self.unknown_sizes += 1,
+        }
+    }
+}
+
+/// The free-disk check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskCheck {
+    /// Free bytes on models_dir's file system, when measured.
+    pub free_bytes: Option<u64>,
+    /// Known bytes to fetch plus staging headroom (0 when nothing is fetched).
+    pub required_bytes: u64,
+    /// False when `required_bytes` exceeds `free_bytes` (CLI exit 3). True when free space
+    /// was not measured. Sizes that are unknown are not counted.
+    pub fits: bool,
+}
+
+/// What `apply` would do: one action per manifest entry (in manifest order), then the
+/// managed records whose entries left (by name), plus the unmanaged records, totals and the
+/// free-disk check.
+///
+/// `-o json` prints this with serde; the shape is stable:
+///
+/// ```json
+/// {
+///   "actions": [
+///     {"action": "install", "name": "sd15", "source": "runwayml/stable-diffusion-v1-5:fp16",
+///      "key": null, "reason": "not installed", "fetch_bytes": 2132856404, "files": [],
+///      "spec_hash": "src:…;rec:…"},
+///     {"action": "repair", "name": "vae", "source": "…", "key": "3f2a…",
+///      "reason": "1 file missing", "fetch_bytes": 334643238,
+///      "files": ["diffusion_pytorch_model.safetensors"], "spec_hash": "src:…;rec:…"},
+///     {"action": "orphaned", "name": "old", "source": "…", "key": "9c1e…",
+///      "reason": "entry `old` left the manifest; kept (apply --prune deletes it)",
+///      "fetch_bytes": 0, "files": [], "spec_hash": null}
+///   ],
+///   "unmanaged": [{"key": "…", "name": "myvae", "source": "/x/vae.safetensors", "path": "…"}],
+///   "totals": {"install": 1, "adopt": 0, "unchanged": 0, "update": 0, "replace": 0,
+///              "repair": 1, "upgrade": 0, "delete": 0, "orphaned": 1, "error": 0,
+///              "unmanaged": 1, "fetch_bytes": 2467499642, "unknown_sizes": 0},
+///   "disk": {"free_bytes": 61000000000, "required_bytes": 2467499642, "fits": true}
+/// }
+/// ```
+///
+/// `action` is one of `install`, `adopt`, `unchanged`, `update`, `replace`, `repair`,
+/// `upgrade`, `delete`, `orphaned`, `error`; `fetch_bytes` is `null` when unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Entry actions in manifest order, then delete/orphaned by name.
+    pub actions: Vec<PlannedAction>,
+    /// Records no entry owns.
+    pub unmanaged: Vec<UnmanagedRecord>,
+    /// Counts and bytes.
+    pub totals: Totals,
+    /// Free-disk check.
+    pub disk: DiskCheck,
+}
+
+impl Plan {
+    /// Whether `apply` would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.actions.iter().any(|a| a.action.is_change())
+    }
+
+    /// Whether some entry cannot converge.
+    pub fn has_errors(&self) -> bool {
+        self.totals.error > 0
+    }
+
+    /// Whether the fetch fits on disk.
+    pub fn fits(&self) -> bool {
+        self.disk.fits
+    }
+
+    /// The action for an entry name.
+    pub fn action(&self, name: &str) -> Option<&PlannedAction> {
+        self.actions.iter().find(|a| a.name == name)
+    }
+
+    /// The actions that change something, in plan order.
+    pub fn changes(&self) -> impl Iterator<Item = &PlannedAction> {
+        self.actions.iter().filter(|a| a.action.is_change())
+    }
+}
+
+/// Plans: compares each manifest entry with the records the inventory holds.
+///
+/// Per entry, in this order of precedence: no managed record → install (or adopt, with
+/// `opts.adopt`, an intact unmanaged record whose source equals the entry's canonical
+/// source); source-level spec changed → replace; an inplace source gone → error; the unpinned
+/// revision moved (`opts.upstream_commits` vs the lock's resolved commit) → upgrade; files
+/// missing or changed → repair; record-level spec changed → update; else unchanged. Managed
+/// records whose entries left → delete with `opts.prune`, else orphaned.
+///
+/// Refuses to plan at all when models_dir is missing or empty while the store has records in
+/// it (an unmounted volume), so nothing is repaired or deleted in that state.
+pub fn plan(
+    manifest: &Manifest,
+    inventory: &Inventory,
+    opts: &PlanOptions<'_>,
+) -> Result<Plan, PlanError> {
+    if inventory.volume_suspect() {
+        return Err(PlanError::VolumeNotMounted {
+            models_dir: inventory.models_dir.clone(),
+            missing: inventory.models_dir_state == DirState::Missing,
+            records: inventory.records.iter().filter(|r| r.in_models_dir).count(),
+        });
+    }
+    let names: HashSet<&str> = manifest.models.iter().map(|e| e.name.as_str()).collect();
+    let unknown: Vec<String> = opts
+        .only
+        .iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(PlanError::UnknownEntries(unknown));
+    }
+    let only: HashSet<&str> = opts.only.iter().map(String::as_str).collect();
+    let selected = |name: &str| only.is_empty() || only.contains(name);
+
+    let mut managed: HashMap<&str, Vec<&InventoryRecord>> = HashMap::new();
+    let mut unmanaged_by_source: HashMap<&str, Vec<&InventoryRecord>> = HashMap::new();
+    for r in &inventory.records {
+        match r.entry() {
+            Some(entry) => managed.entry(entry).or_default().push(r),
+            None => unmanaged_by_source
+                .entry(r.source.as_str())
+                .or_default()
+                .push(r),
+        }
+    }
+
+    let mut actions = Vec::with_capacity(manifest.models.len());
+    let mut extra = Vec::new();
+    let mut adopted: HashSet<&str> = HashSet::new();
+    for entry in manifest.models.iter().filter(|e| selected(&e.name)) {
+        let records = managed
+            .get(entry.name.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        // Several records claiming one entry (an interrupted replace): keep the best one, the
+        // others go the way of records whose entry left.
+        let primary = records
+            .iter()
+            .copied()
+            .max_by_key(|r| (spec_matches(r, entry), r.is_intact()));
+        for r in records {
+            if primary.is_some_and(|p| p.key != r.key) {
+                extra.push(leftover(
+                    r,
+                    opts.prune,
+                    &format!("another record of entry `{}`", entry.name),
+                ));
+            }
+        }
+        let action = match primary {
+            Some(r) => plan_existing(entry, r, opts),
+            None => plan_new(entry, &unmanaged_by_source, &mut adopted, opts),
+        };
+        actions.push(action);
+    }
+    let mut gone: Vec<&InventoryRecord> = inventory
+        .records
+        .iter()
+        .filter(|r| r.entry().is_some_and(|e| !names.contains(e) && selected(e)))
+        .collect();
+    gone.sort_by(|a, b| (a.entry(), &a.key).cmp(&(b.entry(), &b.key)));
+    for r in gone {
+        let entry = r.entry().unwrap_or_default();
+        extra.push(leftover(
+            r,
+            opts.prune,
+            &format!("entry `{entry}` left the manifest"),
+        ));
+    }
+    actions.extend(extra);
+
+    let unmanaged: Vec<UnmanagedRecord> = inventory
+        .records
+        .iter()
+        .filter(|r| r.managed.is_none() && !adopted.contains(r.key.as_str()))
+        .map(|r| UnmanagedRecord {
+            key: r.key.clone(),
+            name: r.name.clone(),
+            source: r.source.clone(),
+            path: r.path.clone(),
+        })
+        .collect();
+
+    let mut totals = Totals {
+        unmanaged: unmanaged.len(),
+        ..Totals::default()
+    };
+    for a in &actions {
+        totals.count(a);
+    }
+    let required_bytes = if totals.fetch_bytes == 0 {
+        0
+    } else {
+        totals.fetch_bytes.saturating_add(opts.staging_bytes)
+    };
+    let disk = DiskCheck {
+        free_bytes: opts.free_bytes,
+        required_bytes,
+        fits: opts.free_bytes.is_none_or(|f| required_bytes <= f),
+    };
+    Ok(Plan {
+        actions,
+        unmanaged,
+        totals,
+        disk,
+    })
+}
+
+fn spec_matches(r: &InventoryRecord, e: &ModelEntry) -> bool {
+    r.managed
+        .as_ref()
+        .and_then(|m| SpecHash::parse(&m.spec_hash))
+        .is_some_and(|s| s.source == e.spec_hash.source)
+}
+
+fn action(entry: &ModelEntry, kind: ActionKind, reason: impl Into<String>) -> PlannedAction {
+    PlannedAction {
+        action: kind,
+        name: entry.name.clone(),
+        source: entry.canonical_source(),
+        key: None,
+        reason: reason.into(),
+        fetch_bytes: Some(0),
+        files: Vec::new(),
+        spec_hash: Some(entry.spec_hash.to_string()),
+    }
+}
+
+/// Bytes the entry would fetch in full: the caller's measurement, else the lock's sizes (when
+/// the lock was written for this source), else zero for an inplace source, else unknown.
+fn full_size(entry: &ModelEntry, opts: &PlanOptions<'_>) -> Option<u64> {
+    if entry.inplace {
+        return Some(0);
+    }
+    opts.remote_sizes.get(&entry.name).copied().or_else(|| {
+        opts.lock
+            .and_then(|l| l.entry_for(entry))
+            .map(crate::manifest::LockEntry::total_size)
+    })
+}
+
+fn plan_new<'r>(
+    entry: &ModelEntry,
+    unmanaged: &HashMap<&str, Vec<&'r InventoryRecord>>,
+    adopted: &mut HashSet<&'r str>,
+    opts: &PlanOptions<'_>,
+) -> PlannedAction {
+    let canonical = entry.canonical_source();
+    let candidate = unmanaged.get(canonical.as_str()).and_then(|rs| {
+        rs.iter()
+            .find(|r| r.is_intact() && !adopted.contains(r.key.as_str()))
+    });
+    if let Some(r) = candidate {
+        if opts.adopt {
+            adopted.insert(r.key.as_str());
+            let mut a = action(
+                entry,
+                ActionKind::Adopt,
+                format!(
+                    "unmanaged record `{}` has the same source; taking it over",
+                    r.name
+                ),
+            );
+            a.key = Some(r.key.clone());
+            return a;
+        }
+        let mut a = action(
+            entry,
+            ActionKind::Install,
+            format!(
+                "not installed (unmanaged record `{}` has the same source; --adopt takes it over)",
+                r.name
+            ),
+        );
+        a.fetch_bytes = full_size(entry, opts);
+        return a;
+    }
+    let mut a = action(entry, ActionKind::Install, "not installed");
+    a.fetch_bytes = full_size(entry, opts);
+    a
+}
+
+fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>) -> PlannedAction {
+    let with_key = |mut a: PlannedAction| {
+        a.key = Some(r.key.clone());
+        a
+    };
+    let stored = r
+        .managed
+        .as_ref()
+        .and_then(|m| SpecHash::parse(&m.spec_hash));
+    let Some(stored) = stored else {
+        let mut a = action(
+            entry,
+            ActionKind::Replace,
+            "the record's spec hash is unreadable (written by another version?)",
+        );
+        a.fetch_bytes = full_size(entry, opts);
+        return with_key(a);
+    };
+    let canonical = entry.canonical_source();
+    if stored.source != entry.spec_hash.source {
+        let reason = if r.source == canonical {
+            "source options changed (include, exclude, dest, hash, inplace or unsafe_pickle)"
+                .to_owned()
+        } else {
+            format!("source changed: {} → {canonical}", r.source)
+        };
+        let mut a = action(entry, ActionKind::Replace, reason);
+        a.fetch_bytes = full_size(entry, opts);
+        return with_key(a);
+    }
+    let missing: Vec<&str> = r
+        .missing_files()
+        .map(|f| f.recorded.relative_path.as_str())
+        .collect();
+    let changed: Vec<&str> = r
+        .changed_files()
+        .map(|f| f.recorded.relative_path.as_str())
+        .collect();
+    if entry.inplace && !r.path_exists {
+        return with_key(action(
+            entry,
+            ActionKind::Error,
+            format!(
+                "inplace source {} is gone: restore it or remove the entry",
+                r.resolved_path.display()
+            ),
+        ));
+    }
+    let damage = damage_words(r, missing.len(), changed.len());
+    if !entry.is_pinned()
+        && let Some(now) = opts.upstream_commits.get(&entry.name)
+    {
+        let locked = opts
+            .lock
+            .and_then(|l| l.entry_for(entry))
+            .and_then(|l| l.resolved_commit.as_deref());
+        if locked != Some(now.as_str()) {
+            let rev = entry.revision().unwrap_or("main");
+            let mut reason = match locked {
+                Some(old) => format!("{rev} moved upstream: {} → {}", short(old), short(now)),
+                None => format!(
+                    "{rev} is at {} upstream; the installed commit is unknown (no lock entry)",
+                    short(now)
+                ),
+            };
+            if let Some(d) = &damage {
+                reason.push_str("; also ");
+                reason.push_str(d);
+            }
+            let mut a = action(entry, ActionKind::Upgrade, reason);
+            a.fetch_bytes = opts.remote_sizes.get(&entry.name).copied();
+            return with_key(a);
+        }
+    }
+    if let Some(d) = damage {
+        let mut a = action(entry, ActionKind::Repair, d);
+        a.files = missing
+            .iter()
+            .chain(&changed)
+            .map(|s| (*s).to_owned())
+            .collect();
+        a.fetch_bytes = if entry.inplace {
+            Some(0)
+        } else if r.files.is_empty() {
+            full_size(entry, opts).or(Some(r.file_size))
+        } else {
+            Some(
+                r.files
+                    .iter()
+                    .filter(|f| f.status != FileStatus::Ok)
+                    .map(|f| f.recorded.size)
+                    .sum(),
+            )
+        };
+        if entry.inplace {
+            a.reason.push_str(" (inplace: re-hash, nothing to fetch)");
+        }
+        return with_key(a);
+    }
+    if stored.record != entry.spec_hash.record {
+        return with_key(action(
+            entry,
+            ActionKind::Update,
+            "record fields changed (description, tags, config, preload)",
+        ));
+    }
+    with_key(action(entry, ActionKind::Unchanged, "in sync"))
+}
+
+/// "2 files missing, 1 changed", "model path missing", or `None` when intact.
+fn damage_words(r: &InventoryRecord, missing: usize, changed: usize) -> Option<String> {
+    let files = |n: usize| if n == 1 { "file" } else { "files" };
+    match (missing, changed) {
+        (0, 0) if r.path_exists => None,
+        (0, 0) => Some(format!("model path {} missing", r.resolved_path.display())),
+        (m, 0) => Some(format!("{m} {} missing", files(m))),
+        (0, c) => Some(format!("{c} {} changed", files(c))),
+        (m, c) => Some(format!("{m} {} missing, {c} changed", files(m))),
+    }
+}
+
+fn leftover(r: &InventoryRecord, prune: bool, why: &str) -> PlannedAction {
+    let (kind, reason) = if prune {
+        (ActionKind::Delete, why.to_owned())
+    } else {
+        (
+            ActionKind::Orphaned,
+            format!("{why}; kept (apply --prune deletes it)"),
+        )
+    };
+    PlannedAction {
+        action: kind,
+        name: r.entry().unwrap_or(&r.name).to_owned(),
+        source: r.source.clone(),
+        key: Some(r.key.clone()),
+        reason,
+        fetch_bytes: Some(0),
+        files: Vec::new(),
+        spec_hash: None,
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
+}
