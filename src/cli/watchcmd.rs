@@ -20,7 +20,7 @@ pub struct WatchArgs {
 }
 
 pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
-    let config = watch_config(ctx, &a)?;
+    let config = watch_config(ctx, a)?;
     // TODO(#6): plug the reconciler in. It implements `crate::watch::Converger`; then:
     //
     //     let converger = std::sync::Arc::new(crate::reconcile::<its converger>::open(ctx)?);
@@ -34,14 +34,12 @@ pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
 }
 
 /// The validated settings of `watch` (the manifest is `-f`).
-fn watch_config(ctx: &Context, a: &WatchArgs) -> anyhow::Result<WatchConfig> {
+fn watch_config(ctx: &Context, a: WatchArgs) -> anyhow::Result<WatchConfig> {
+    let WatchArgs { interval, listen } = a;
     let mut config = WatchConfig::new(&ctx.manifest_path);
-    config.interval = crate::units::parse_duration(&a.interval).context("--interval")?;
-    config.listen = a.listen.parse::<SocketAddr>().with_context(|| {
-        format!(
-            "--listen `{}`: expected IP:PORT, for example 127.0.0.1:9090 or 0.0.0.0:9090",
-            a.listen
-        )
+    config.interval = crate::units::parse_duration(&interval).context("--interval")?;
+    config.listen = listen.parse::<SocketAddr>().with_context(|| {
+        format!("--listen `{listen}`: expected IP:PORT, for example 127.0.0.1:9090 or 0.0.0.0:9090")
     })?;
     config.validate().context("watch settings")?;
     Ok(config)
@@ -59,7 +57,7 @@ mod tests {
         let Command::Watch(a) = cli.command else {
             anyhow::bail!("not watch");
         };
-        watch_config(&ctx, &a)
+        watch_config(&ctx, a)
     }
 
     #[test]

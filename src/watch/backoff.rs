@@ -18,7 +18,7 @@ impl Default for BackoffConfig {
     fn default() -> Self {
         Self {
             base: Duration::from_secs(5),
-            max: Duration::from_secs(600),
+            max: Duration::from_mins(10),
             jitter: 0.2,
         }
     }
@@ -74,7 +74,7 @@ mod tests {
     fn cfg(jitter: f64) -> BackoffConfig {
         BackoffConfig {
             base: Duration::from_secs(2),
-            max: Duration::from_secs(60),
+            max: Duration::from_mins(1),
             jitter,
         }
     }
@@ -84,7 +84,7 @@ mod tests {
         let b = cfg(0.0);
         let got: Vec<u64> = (0..9).map(|n| b.delay(n, 0.5).as_secs()).collect();
         assert_eq!(got, [0, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(b.delay(u32::MAX, 0.0), Duration::from_secs(60));
+        assert_eq!(b.delay(u32::MAX, 0.0), Duration::from_mins(1));
     }
 
     #[test]
@@ -97,7 +97,10 @@ mod tests {
             let u = j.next_unit();
             assert!((0.0..1.0).contains(&u));
             let d = b.delay(10, u);
-            assert!(d >= Duration::from_secs(30) && d <= Duration::from_secs(60), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(30) && d <= Duration::from_mins(1),
+                "{d:?}"
+            );
         }
     }
 

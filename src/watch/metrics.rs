@@ -92,7 +92,11 @@ pub(crate) fn render(st: &WatchState, cache: &[DeviceUsage]) -> String {
         "Entry reconciles finished, by result (success, failure, cancelled).",
     );
     for (i, r) in ["success", "failure", "cancelled"].iter().enumerate() {
-        let _ = writeln!(o, "modelsync_reconcile_runs_total{{result=\"{r}\"}} {}", c.runs[i]);
+        let _ = writeln!(
+            o,
+            "modelsync_reconcile_runs_total{{result=\"{r}\"}} {}",
+            c.runs[i]
+        );
     }
 
     family(
@@ -113,8 +117,16 @@ pub(crate) fn render(st: &WatchState, cache: &[DeviceUsage]) -> String {
         "modelsync_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
         c.duration_count
     );
-    let _ = writeln!(o, "modelsync_reconcile_duration_seconds_sum {}", c.duration_sum);
-    let _ = writeln!(o, "modelsync_reconcile_duration_seconds_count {}", c.duration_count);
+    let _ = writeln!(
+        o,
+        "modelsync_reconcile_duration_seconds_sum {}",
+        c.duration_sum
+    );
+    let _ = writeln!(
+        o,
+        "modelsync_reconcile_duration_seconds_count {}",
+        c.duration_count
+    );
 
     family(
         &mut o,
@@ -198,7 +210,11 @@ pub(crate) fn render(st: &WatchState, cache: &[DeviceUsage]) -> String {
         "Manifest re-reads, by result (changed, unchanged, error).",
     );
     for (i, r) in ["changed", "unchanged", "error"].iter().enumerate() {
-        let _ = writeln!(o, "modelsync_manifest_reloads_total{{result=\"{r}\"}} {}", c.reloads[i]);
+        let _ = writeln!(
+            o,
+            "modelsync_manifest_reloads_total{{result=\"{r}\"}} {}",
+            c.reloads[i]
+        );
     }
 
     family(
@@ -207,7 +223,11 @@ pub(crate) fn render(st: &WatchState, cache: &[DeviceUsage]) -> String {
         "gauge",
         "1 while the latest manifest content is rejected and the previous desired state is kept.",
     );
-    let _ = writeln!(o, "modelsync_manifest_error {}", u8::from(st.manifest.error.is_some()));
+    let _ = writeln!(
+        o,
+        "modelsync_manifest_error {}",
+        u8::from(st.manifest.error.is_some())
+    );
 
     family(
         &mut o,
@@ -228,7 +248,7 @@ mod tests {
         let mut c = Counters::default();
         c.record_run(RunResult::Success, Duration::from_millis(70));
         c.record_run(RunResult::Failure, Duration::from_secs(2));
-        c.record_run(RunResult::Cancelled, Duration::from_secs(7200));
+        c.record_run(RunResult::Cancelled, Duration::from_hours(2));
         assert_eq!(c.runs, [1, 1, 1]);
         assert_eq!(c.buckets[0], 0); // 0.05
         assert_eq!(c.buckets[1], 1); // 0.1

@@ -222,7 +222,7 @@ impl WatchConfig {
     pub fn new(manifest_path: impl Into<PathBuf>) -> Self {
         Self {
             manifest_path: manifest_path.into(),
-            interval: Duration::from_secs(300),
+            interval: Duration::from_mins(5),
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             debounce: Duration::from_millis(500),
             backoff: BackoffConfig::default(),
@@ -409,6 +409,11 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("backoff"));
         let mut c = ok;
         c.concurrency = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("concurrency"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("concurrency")
+        );
     }
 }

@@ -312,7 +312,9 @@ impl<C: Converger> Runner<C> {
                 let started = Instant::now();
                 let result = conv.reconcile_entry(&d, &task_name, cancel.clone()).await;
                 let preload = match &result {
-                    Ok(o) if want_preload && (o.changed || !preloaded) && !cancel.is_cancelled() => {
+                    Ok(o)
+                        if want_preload && (o.changed || !preloaded) && !cancel.is_cancelled() =>
+                    {
                         Some(conv.preload_entry(&d, &task_name, cancel.clone()).await)
                     }
                     _ => None,
@@ -443,10 +445,12 @@ impl<C: Converger> Runner<C> {
         }
         self.fs_watch = None;
         self.server_stop.cancel();
-        if let Some(mut server) = self.server.take() {
-            if tokio::time::timeout(SERVER_GRACE, &mut server).await.is_err() {
-                server.abort();
-            }
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(SERVER_GRACE, &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
         }
         tracing::info!("watch stopped");
     }

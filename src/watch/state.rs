@@ -1,6 +1,7 @@
 //! The watcher's shared state: what the loop records and what the HTTP endpoints read.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -251,11 +252,7 @@ impl WatchState {
             reasons.push("shutting down".to_owned());
         }
         if !self.manifest.loaded {
-            let why = self
-                .manifest
-                .error
-                .as_deref()
-                .unwrap_or("not read yet");
+            let why = self.manifest.error.as_deref().unwrap_or("not read yet");
             reasons.push(format!(
                 "manifest {}: no valid desired state yet ({why})",
                 self.manifest_path.display()
@@ -269,7 +266,7 @@ impl WatchState {
                     e.phase().as_str()
                 );
                 if let Some(err) = &e.last_error {
-                    r.push_str(&format!(", last error: {err}"));
+                    let _ = write!(r, ", last error: {err}");
                 }
                 reasons.push(r);
             } else if e.spec.preload && !e.preloaded {
@@ -398,8 +395,10 @@ mod tests {
         assert!(r.reasons[0].contains("no valid desired state"), "{r:?}");
 
         st.manifest.loaded = true;
-        st.entries.insert("a".into(), EntryState::new(spec("a", false), 0));
-        st.entries.insert("b".into(), EntryState::new(spec("b", true), 1));
+        st.entries
+            .insert("a".into(), EntryState::new(spec("a", false), 0));
+        st.entries
+            .insert("b".into(), EntryState::new(spec("b", true), 1));
         let r = st.readiness();
         assert_eq!(r.reasons.len(), 2, "{r:?}");
 

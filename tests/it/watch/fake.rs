@@ -204,7 +204,7 @@ impl Fake {
                 }
             }
             Mode::Stubborn => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+                tokio::time::sleep(Duration::from_hours(1)).await;
                 self.materialize(&e.name)
             }
             Mode::Gated => {
@@ -259,7 +259,13 @@ impl Converger for Fake {
                 }
             }
             if out.iter().any(|o| o.name == e.name) {
-                return Err(format!("{}: line {}: duplicate entry {}", path.display(), i + 1, e.name).into());
+                return Err(format!(
+                    "{}: line {}: duplicate entry {}",
+                    path.display(),
+                    i + 1,
+                    e.name
+                )
+                .into());
             }
             out.push(e);
         }

@@ -32,8 +32,16 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn has_ext(path: &Path, exts: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
 fn is_modelsync(program: &str) -> bool {
-    Path::new(program).file_name().is_some_and(|n| n == "modelsync")
+    Path::new(program)
+        .file_name()
+        .is_some_and(|n| n == "modelsync")
 }
 
 /// Finds containers anywhere in a document (Pod specs of Deployments, DaemonSets, Jobs …).
@@ -50,7 +58,9 @@ fn collect_containers(v: &Value, origin: &str, out: &mut Vec<Invocation>) {
                         if !image.contains("modelsync") {
                             continue;
                         }
-                        std::iter::once("modelsync".to_owned()).chain(args).collect()
+                        std::iter::once("modelsync".to_owned())
+                            .chain(args)
+                            .collect()
                     } else {
                         command.into_iter().chain(args).collect()
                     };
@@ -110,7 +120,8 @@ fn dockerfile_invocation(text: &str) -> Invocation {
 fn check_flags(inv: &Invocation) -> String {
     let root = Cli::command();
     let sub_name = inv.argv.iter().skip(1).find(|a| !a.starts_with('-'));
-    let sub_name = sub_name.unwrap_or_else(|| panic!("{}: no subcommand in {:?}", inv.origin, inv.argv));
+    let sub_name =
+        sub_name.unwrap_or_else(|| panic!("{}: no subcommand in {:?}", inv.origin, inv.argv));
     let Some(sub) = root.find_subcommand(sub_name) else {
         panic!("{}: `modelsync {sub_name}` is not a subcommand", inv.origin);
     };
@@ -170,8 +181,10 @@ fn probe_port(container: &Value, probe: &Value) -> u16 {
         .flatten()
         .find(|p| p["name"] == name)
         .and_then(|p| p["containerPort"].as_u64())
-        .map(|n| u16::try_from(n).expect("port fits"))
-        .unwrap_or_else(|| panic!("probe port `{name}` is not a named container port"))
+        .map_or_else(
+            || panic!("probe port `{name}` is not a named container port"),
+            |n| u16::try_from(n).expect("port fits"),
+        )
 }
 
 #[test]
@@ -186,9 +199,13 @@ fn examples_parse_and_use_real_flags() {
         .collect::<Vec<_>>();
     entries.sort();
     for path in &entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         let text = std::fs::read_to_string(path).expect("readable example");
-        if name.ends_with(".yaml") || name.ends_with(".yml") {
+        if has_ext(path, &["yaml", "yml"]) {
             yaml_files += 1;
             let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
                 .unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"));
@@ -202,7 +219,7 @@ fn examples_parse_and_use_real_flags() {
                 }
                 if doc["kind"] == "ConfigMap" {
                     for (file, body) in doc["data"].as_object().into_iter().flatten() {
-                        if file.ends_with(".yaml") {
+                        if has_ext(Path::new(file), &["yaml", "yml"]) {
                             let inner: Result<Value, _> =
                                 serde_saphyr::from_str(body.as_str().unwrap_or_default());
                             assert!(inner.is_ok(), "{name}: data.{file} is not YAML: {inner:?}");
@@ -212,54 +229,76 @@ fn examples_parse_and_use_real_flags() {
                 collect_containers(doc, &format!("{name} document {i}"), &mut invocations);
             }
         } else if name == "Dockerfile" {
-            let froms = text.lines().filter(|l| l.trim_start().starts_with("FROM ")).count();
+            let froms = text
+                .lines()
+                .filter(|l| l.trim_start().starts_with("FROM "))
+                .count();
             assert!(froms >= 2, "the Dockerfile must be multi-stage");
             let user = text
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("USER "))
-                .last()
+                .next_back()
                 .expect("the Dockerfile sets USER");
             let uid = user.split(':').next().unwrap_or_default();
-            assert!(uid != "root" && uid != "0", "the runtime user must not be root");
+            assert!(
+                uid != "root" && uid != "0",
+                "the runtime user must not be root"
+            );
             invocations.push(dockerfile_invocation(&text));
         }
     }
-    assert!(yaml_files >= 3 && documents >= 3, "{yaml_files} YAML files, {documents} documents");
+    assert!(
+        yaml_files >= 3 && documents >= 3,
+        "{yaml_files} YAML files, {documents} documents"
+    );
 
     let mut subcommands = Vec::new();
     let mut watch_containers = 0;
     for inv in &invocations {
         let sub = check_flags(inv);
-        if sub == "watch" {
-            if let Some(c) = &inv.container {
-                watch_containers += 1;
-                let port = listen_port(&inv.argv);
-                for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
-                    let p = c.get(probe).unwrap_or_else(|| panic!("{}: no {probe}", inv.origin));
-                    let got = p["httpGet"]["path"].as_str().unwrap_or_default();
-                    assert_eq!(got, path, "{}: {probe} path", inv.origin);
-                    assert!(modelsync::watch::ROUTES.contains(&got));
-                    assert_eq!(probe_port(c, p), port, "{}: {probe} port vs --listen", inv.origin);
-                }
-                assert!(
-                    c["resources"]["requests"].is_object(),
-                    "{}: no resource requests",
-                    inv.origin
-                );
-                assert!(
-                    !inv.argv.iter().any(|a| a.starts_with("127.0.0.1")),
-                    "{}: a probe cannot reach a loopback listener",
+        if sub == "watch"
+            && let Some(c) = &inv.container
+        {
+            watch_containers += 1;
+            let port = listen_port(&inv.argv);
+            for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+                let p = c
+                    .get(probe)
+                    .unwrap_or_else(|| panic!("{}: no {probe}", inv.origin));
+                let got = p["httpGet"]["path"].as_str().unwrap_or_default();
+                assert_eq!(got, path, "{}: {probe} path", inv.origin);
+                assert!(modelsync::watch::ROUTES.contains(&got));
+                assert_eq!(
+                    probe_port(c, p),
+                    port,
+                    "{}: {probe} port vs --listen",
                     inv.origin
                 );
             }
+            assert!(
+                c["resources"]["requests"].is_object(),
+                "{}: no resource requests",
+                inv.origin
+            );
+            assert!(
+                !inv.argv.iter().any(|a| a.starts_with("127.0.0.1")),
+                "{}: a probe cannot reach a loopback listener",
+                inv.origin
+            );
         }
         subcommands.push(sub);
     }
-    assert!(watch_containers >= 1, "no watch container found: {invocations:#?}");
-    let apply_locked = invocations
-        .iter()
-        .any(|i| i.argv.get(1).is_some_and(|s| s == "apply") && i.argv.iter().any(|a| a == "--locked"));
-    assert!(apply_locked, "no init container runs `apply --locked`: {invocations:#?}");
+    assert!(
+        watch_containers >= 1,
+        "no watch container found: {invocations:#?}"
+    );
+    let apply_locked = invocations.iter().any(|i| {
+        i.argv.get(1).is_some_and(|s| s == "apply") && i.argv.iter().any(|a| a == "--locked")
+    });
+    assert!(
+        apply_locked,
+        "no init container runs `apply --locked`: {invocations:#?}"
+    );
     assert!(subcommands.len() >= 3, "{subcommands:?}");
 }
 
@@ -267,9 +306,17 @@ fn examples_parse_and_use_real_flags() {
 fn flag_check_catches_unknown_flags() {
     let bad = Invocation {
         origin: "test".into(),
-        argv: vec!["modelsync".into(), "watch".into(), "--port".into(), "9090".into()],
+        argv: vec![
+            "modelsync".into(),
+            "watch".into(),
+            "--port".into(),
+            "9090".into(),
+        ],
         container: None,
     };
     let caught = std::panic::catch_unwind(|| check_flags(&bad));
-    assert!(caught.is_err(), "--port is not a watch flag and must be reported");
+    assert!(
+        caught.is_err(),
+        "--port is not a watch flag and must be reported"
+    );
 }

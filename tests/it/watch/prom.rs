@@ -116,15 +116,15 @@ fn family_of<'a>(name: &'a str, families: &BTreeMap<String, Family>) -> Option<&
         return Some(name);
     }
     for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            if let Some(f) = families.get(base) {
-                let ok = match suffix {
-                    "_bucket" => f.kind == "histogram",
-                    _ => f.kind == "histogram" || f.kind == "summary",
-                };
-                if ok {
-                    return Some(base);
-                }
+        if let Some(base) = name.strip_suffix(suffix)
+            && let Some(f) = families.get(base)
+        {
+            let ok = match suffix {
+                "_bucket" => f.kind == "histogram",
+                _ => f.kind == "histogram" || f.kind == "summary",
+            };
+            if ok {
+                return Some(base);
             }
         }
     }
@@ -179,14 +179,14 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
             if f.kind != "untyped" {
                 return Err(at("second TYPE".into()));
             }
-            f.kind = kind.to_owned();
+            kind.clone_into(&mut f.kind);
             continue;
         }
         if line.starts_with('#') {
             continue;
         }
         let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
+            .find(['{', ' '])
             .ok_or_else(|| at("sample without a value".into()))?;
         let name = &line[..name_end];
         if !valid_metric_name(name) {
@@ -219,10 +219,13 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
             current = Some(fam.clone());
         }
         let f = exp.families.get_mut(&fam).expect("family looked up above");
-        if f.samples.iter().any(|s| s.name == name && s.labels == labels) {
+        if f.samples
+            .iter()
+            .any(|s| s.name == name && s.labels == labels)
+        {
             return Err(at("duplicate sample".into()));
         }
-        if f.kind == "counter" && !(value >= 0.0) {
+        if f.kind == "counter" && (value.is_nan() || value < 0.0) {
             return Err(at("negative or NaN counter".into()));
         }
         if f.kind == "histogram" && name.ends_with("_bucket") && !labels.contains_key("le") {
