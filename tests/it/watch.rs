@@ -702,3 +702,72 @@ async fn busy_port_is_a_clear_error() {
     assert!(matches!(err, WatchError::Listen { .. }), "{err:?}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+/// The CLI's path: `block_on_watch` owns its runtime and stops on a real SIGTERM sent to this
+/// process. Its signal handler is installed before the server binds, so once `/healthz`
+/// answers the signal is caught (not fatal) and must end the loop.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_block_on_watch_cleanly() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let manifest = tmp.path().join("models.yaml");
+    std::fs::write(&manifest, "slow slow\nfast\n").expect("manifest");
+    // A free port for the server (block_on_watch does not report the one it bound).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut config = test_config(&manifest);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let fake = Arc::new(Fake::new(tmp.path().join("models")));
+    let runner_fake = Arc::clone(&fake);
+    let runner = std::thread::spawn(move || modelsync::watch::block_on_watch(config, runner_fake));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        fake.wait_for("slow running", REAL_LIMIT, |f| f.count("slow") >= 1)
+            .await;
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let deadline = tokio::time::Instant::now() + REAL_LIMIT;
+        loop {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client");
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // SAFETY: kill(2) on our own pid with a signal the watcher's runtime handles.
+    let rc = unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill failed");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(runner.join());
+    });
+    let result = rx
+        .recv_timeout(REAL_LIMIT)
+        .expect("block_on_watch returns after SIGTERM")
+        .expect("watch thread did not panic");
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        fake.cancelled_cleanly(),
+        ["slow"],
+        "the running reconcile was told to stop"
+    );
+    assert!(fake.overlaps().is_empty());
+}
