@@ -7,3 +7,4 @@ mod hub;
 mod manifest;
 mod plan;
 mod store;
+mod watch;
