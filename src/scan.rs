@@ -356,11 +356,10 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
         return GlobalClass::Dangerous;
     }
     let full = format!("{module}.{name}");
-    if DANGEROUS_MODULES.iter().any(|d| {
-        module == *d
-            || module.starts_with(&format!("{d}."))
-            || full == *d
-    }) {
+    if DANGEROUS_MODULES
+        .iter()
+        .any(|d| module == *d || module.starts_with(&format!("{d}.")) || full == *d)
+    {
         return GlobalClass::Dangerous;
     }
     if DANGEROUS_NAMES
@@ -469,7 +468,9 @@ fn read_zip(
                 .map_err(|e| e.to_string())
         });
         if let Err(reason) = read {
-            out.report.problems.push(format!("{member_label}: {reason}"));
+            out.report
+                .problems
+                .push(format!("{member_label}: {reason}"));
             continue;
         }
         let is_main = data_pkl.as_deref() == Some(name.as_str());
@@ -596,9 +597,10 @@ pub fn scan_path(path: &Path) -> Result<ScanReport, ScanError> {
             }
         }
     } else {
-        let label = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let label = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         scan_file(path, &label, &mut report)?;
     }
     report.finish();
@@ -636,7 +638,10 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(classify("torch._utils", "_rebuild_tensor_v2"), GlobalClass::Safe);
+        assert_eq!(
+            classify("torch._utils", "_rebuild_tensor_v2"),
+            GlobalClass::Safe
+        );
         assert_eq!(classify("collections", "OrderedDict"), GlobalClass::Safe);
         assert_eq!(classify("posix", "system"), GlobalClass::Dangerous);
         assert_eq!(classify("os.path", "join"), GlobalClass::Dangerous);
@@ -646,7 +651,10 @@ mod tests {
         assert_eq!(classify("?", "?"), GlobalClass::Dangerous);
         assert_eq!(classify("ossify", "x"), GlobalClass::Unknown);
         assert_eq!(
-            classify("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
+            classify(
+                "pytorch_lightning.callbacks.model_checkpoint",
+                "ModelCheckpoint"
+            ),
             GlobalClass::Unknown
         );
     }

@@ -41,7 +41,11 @@ pub struct ScanArgs {
     pub path: PathBuf,
 }
 
-fn print_probe_text(out: &mut impl Write, path: &std::path::Path, r: &ProbeResult) -> std::io::Result<()> {
+fn print_probe_text(
+    out: &mut impl Write,
+    path: &std::path::Path,
+    r: &ProbeResult,
+) -> std::io::Result<()> {
     writeln!(out, "{}", path.display())?;
     writeln!(out, "  type:       {}", r.model_type)?;
     writeln!(out, "  base:       {}", r.base)?;
@@ -60,7 +64,11 @@ fn print_probe_text(out: &mut impl Write, path: &std::path::Path, r: &ProbeResul
         writeln!(out, "  upcast_attention: true")?;
     }
     if let Some(rv) = r.repo_variant {
-        let s = if rv.as_str().is_empty() { "(default)" } else { rv.as_str() };
+        let s = if rv.as_str().is_empty() {
+            "(default)"
+        } else {
+            rv.as_str()
+        };
         writeln!(out, "  repo_variant: {s}")?;
     }
     if let Some(c) = &r.config_path {
@@ -134,7 +142,11 @@ pub fn hash(ctx: &Context, a: HashArgs) -> anyhow::Result<Status> {
     Ok(Status::Success)
 }
 
-fn print_scan_text(out: &mut impl Write, path: &std::path::Path, r: &ScanReport) -> std::io::Result<()> {
+fn print_scan_text(
+    out: &mut impl Write,
+    path: &std::path::Path,
+    r: &ScanReport,
+) -> std::io::Result<()> {
     writeln!(
         out,
         "{}: {} ({} file{} scanned)",
@@ -144,7 +156,14 @@ fn print_scan_text(out: &mut impl Write, path: &std::path::Path, r: &ScanReport)
         if r.files_scanned == 1 { "" } else { "s" }
     )?;
     for g in &r.globals {
-        writeln!(out, "  {:<9} {}.{}  in {}", g.class, g.module, g.name, g.file)?;
+        writeln!(
+            out,
+            "  {:<9} {}.{}  in {}",
+            g.class.as_str(),
+            g.module,
+            g.name,
+            g.file
+        )?;
     }
     for p in &r.problems {
         writeln!(out, "  problem: {p}")?;

@@ -86,28 +86,40 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
             f.model_type = T::TextualInversion;
             f.format = F::EmbeddingFolder;
             f.strong = true;
-            f.evidence.insert(0, format!("file `{name}`: embedding folder"));
+            f.evidence
+                .insert(0, format!("file `{name}`: embedding folder"));
             return Ok(f);
         }
     }
-    for name in ["pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin"] {
+    for name in [
+        "pytorch_lora_weights.safetensors",
+        "pytorch_lora_weights.bin",
+    ] {
         let p = dir.join(name);
         if p.is_file() {
             let mut f = probe_weight_file(&p)?;
-            f.evidence.insert(0, format!("file `{name}`: diffusers LoRA folder"));
+            f.evidence
+                .insert(0, format!("file `{name}`: diffusers LoRA folder"));
             f.model_type = T::Lora;
             f.format = F::Diffusers;
             f.strong = true;
             return Ok(f);
         }
     }
-    for name in ["ip_adapter.safetensors", "ip_adapter.bin", "ip-adapter.safetensors", "ip-adapter.bin"] {
+    for name in [
+        "ip_adapter.safetensors",
+        "ip_adapter.bin",
+        "ip-adapter.safetensors",
+        "ip-adapter.bin",
+    ] {
         let p = dir.join(name);
         if p.is_file() {
             let mut f = probe_weight_file(&p)?;
-            f.evidence.insert(0, format!("file `{name}`: IP-Adapter folder"));
+            f.evidence
+                .insert(0, format!("file `{name}`: IP-Adapter folder"));
             if let Ok(enc) = std::fs::read_to_string(dir.join("image_encoder.txt")) {
-                f.evidence.push(format!("image_encoder.txt names `{}`", enc.trim()));
+                f.evidence
+                    .push(format!("image_encoder.txt names `{}`", enc.trim()));
             }
             f.model_type = T::IpAdapter;
             f.format = F::InvokeAI;
@@ -120,7 +132,8 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
         && class_name(&cfg).as_deref() == Some("T5EncoderModel")
     {
         let mut f = Finding::new(T::T5Encoder, B::Any, F::T5Encoder);
-        f.evidence.push("text_encoder_2/config.json: T5EncoderModel → t5_encoder".into());
+        f.evidence
+            .push("text_encoder_2/config.json: T5EncoderModel → t5_encoder".into());
         return Ok(f);
     }
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -145,7 +158,11 @@ fn repo_variant(dir: &Path) -> Option<RV> {
         return None;
     }
     let first = tags[0];
-    Some(if tags.iter().all(|t| *t == first) { first } else { RV::Default })
+    Some(if tags.iter().all(|t| *t == first) {
+        first
+    } else {
+        RV::Default
+    })
 }
 
 fn collect_variant_tags(dir: &Path, depth: u8, out: &mut Vec<RV>) {
@@ -197,9 +214,15 @@ fn submodel_type(name: &str) -> Option<S> {
 }
 
 fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Finding, ProbeError> {
-    let class = index.get("_class_name").and_then(Value::as_str).unwrap_or("").to_owned();
+    let class = index
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let mut f = Finding::new(T::Main, B::Unknown, F::Diffusers);
-    f.evidence.push(format!("model_index.json: pipeline `{class}` → main diffusers"));
+    f.evidence.push(format!(
+        "model_index.json: pipeline `{class}` → main diffusers"
+    ));
     let is = |p: &str| class.starts_with(p);
     if is("Flux") {
         f.base = B::Flux;
@@ -217,9 +240,12 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
             if let Some(w) = u(&cfg, "cross_attention_dim") {
                 if let Some(b) = base_from_context(w) {
                     f.base = b;
-                    f.evidence.push(format!("{comp}/config.json cross_attention_dim {w} → {b}"));
+                    f.evidence
+                        .push(format!("{comp}/config.json cross_attention_dim {w} → {b}"));
                 } else {
-                    f.evidence.push(format!("{comp}/config.json cross_attention_dim {w} matches no known base"));
+                    f.evidence.push(format!(
+                        "{comp}/config.json cross_attention_dim {w} matches no known base"
+                    ));
                 }
             }
         }
@@ -231,7 +257,8 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 (_, 5) => V::Depth,
                 _ => V::Normal,
             };
-            f.evidence.push(format!("{comp}/config.json in_channels {c} → {v}"));
+            f.evidence
+                .push(format!("{comp}/config.json in_channels {c} → {v}"));
             f.variant = Some(v);
         }
         if let Some(up) = cfg.get("upcast_attention").and_then(Value::as_bool) {
@@ -248,7 +275,8 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         }
     }
     if class.contains("Inpaint") && f.variant != Some(V::Inpaint) && f.base != B::Flux {
-        f.evidence.push(format!("`{class}` is an inpainting pipeline"));
+        f.evidence
+            .push(format!("`{class}` is an inpainting pipeline"));
     }
     if class.contains("Depth2Img") {
         f.variant = Some(V::Depth);
@@ -258,7 +286,10 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         f.variant = Some(V::Normal);
     }
     if f.base == B::Unknown {
-        f.evidence.push("no unet/transformer config with a known cross_attention_dim: base not determinable".into());
+        f.evidence.push(
+            "no unet/transformer config with a known cross_attention_dim: base not determinable"
+                .into(),
+        );
     }
     if let Some(s) = read_json(&dir.join("scheduler").join("scheduler_config.json"))? {
         match s.get("prediction_type").and_then(Value::as_str) {
@@ -285,8 +316,17 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         let model_type = match st {
             S::UNet | S::Transformer => T::Main,
             S::Vae | S::VaeDecoder | S::VaeEncoder => T::Vae,
-            S::TextEncoder | S::TextEncoder2 | S::TextEncoder3 | S::Tokenizer | S::Tokenizer2 | S::Tokenizer3 => {
-                if cls.starts_with("T5") { T::T5Encoder } else { T::ClipEmbed }
+            S::TextEncoder
+            | S::TextEncoder2
+            | S::TextEncoder3
+            | S::Tokenizer
+            | S::Tokenizer2
+            | S::Tokenizer3 => {
+                if cls.starts_with("T5") {
+                    T::T5Encoder
+                } else {
+                    T::ClipEmbed
+                }
             }
             S::Scheduler | S::SafetyChecker => T::Unknown,
         };
@@ -295,7 +335,8 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
             SubmodelDefinition {
                 path_or_prefix: name.clone(),
                 model_type,
-                variant: matches!(st, S::UNet | S::Transformer).then_some(f.variant.unwrap_or_default()),
+                variant: matches!(st, S::UNet | S::Transformer)
+                    .then_some(f.variant.unwrap_or_default()),
             },
         );
     }
@@ -304,7 +345,8 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
     }
     f.repo_variant = repo_variant(dir);
     if let Some(rv) = f.repo_variant {
-        f.evidence.push(format!("weight file names → repo variant `{rv}`"));
+        f.evidence
+            .push(format!("weight file names → repo variant `{rv}`"));
     }
     Ok(f)
 }
@@ -329,16 +371,34 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
         }
     } else if latent == Some(16) {
         if near(scaling, 1.5305) {
-            Some((B::StableDiffusion3, "16 latent channels, scaling_factor 1.5305".to_owned()))
+            Some((
+                B::StableDiffusion3,
+                "16 latent channels, scaling_factor 1.5305".to_owned(),
+            ))
         } else {
-            Some((B::Flux, format!("16 latent channels, scaling_factor {}", scaling.unwrap_or(f64::NAN))))
+            Some((
+                B::Flux,
+                format!(
+                    "16 latent channels, scaling_factor {}",
+                    scaling.unwrap_or(f64::NAN)
+                ),
+            ))
         }
     } else if near(scaling, 0.13025) {
         Some((B::StableDiffusionXL, "scaling_factor 0.13025".to_owned()))
     } else if near(scaling, 0.18215) && sample == Some(768) {
-        Some((B::StableDiffusion2, "scaling_factor 0.18215, sample_size 768".to_owned()))
+        Some((
+            B::StableDiffusion2,
+            "scaling_factor 0.18215, sample_size 768".to_owned(),
+        ))
     } else if near(scaling, 0.18215) {
-        Some((B::StableDiffusion1, format!("scaling_factor 0.18215, sample_size {}", sample.unwrap_or(0))))
+        Some((
+            B::StableDiffusion1,
+            format!(
+                "scaling_factor 0.18215, sample_size {}",
+                sample.unwrap_or(0)
+            ),
+        ))
     } else {
         None
     };
@@ -354,7 +414,11 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
     }
 }
 
-fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> Result<Finding, ProbeError> {
+fn component(
+    dir: &Path,
+    class: &str,
+    cfg: &serde_json::Map<String, Value>,
+) -> Result<Finding, ProbeError> {
     let mut f = match class {
         "AutoencoderKL" | "AutoencoderTiny" => {
             let mut f = Finding::new(T::Vae, B::Unknown, F::Diffusers);
@@ -364,7 +428,8 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> R
         }
         "UNet2DConditionModel" => {
             let mut f = Finding::new(T::Main, B::Unknown, F::Diffusers);
-            f.evidence.push("config.json `UNet2DConditionModel`: a bare UNet component → main".into());
+            f.evidence
+                .push("config.json `UNet2DConditionModel`: a bare UNet component → main".into());
             if let Some(w) = u(cfg, "cross_attention_dim")
                 && let Some(b) = base_from_context(w)
             {
@@ -377,19 +442,33 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> R
                 _ => V::Normal,
             };
             f.variant = Some(v);
-            f.upcast_attention = cfg.get("upcast_attention").and_then(Value::as_bool).unwrap_or(false);
+            f.upcast_attention = cfg
+                .get("upcast_attention")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             f
         }
         "FluxTransformer2DModel" | "SD3Transformer2DModel" => {
-            let b = if class.starts_with("Flux") { B::Flux } else { B::StableDiffusion3 };
+            let b = if class.starts_with("Flux") {
+                B::Flux
+            } else {
+                B::StableDiffusion3
+            };
             let mut f = Finding::new(T::Main, b, F::Diffusers);
-            f.variant = Some(if u(cfg, "in_channels") == Some(384) { V::Inpaint } else { V::Normal });
-            f.evidence.push(format!("config.json `{class}`: a bare transformer component → main {b}"));
+            f.variant = Some(if u(cfg, "in_channels") == Some(384) {
+                V::Inpaint
+            } else {
+                V::Normal
+            });
+            f.evidence.push(format!(
+                "config.json `{class}`: a bare transformer component → main {b}"
+            ));
             f
         }
         "ControlNetModel" | "FluxControlNetModel" | "SD3ControlNetModel" => {
             let mut f = Finding::new(T::ControlNet, B::Unknown, F::Diffusers);
-            f.evidence.push(format!("config.json `{class}` → controlnet"));
+            f.evidence
+                .push(format!("config.json `{class}` → controlnet"));
             if class.starts_with("Flux") {
                 f.base = B::Flux;
             } else if class.starts_with("SD3") {
@@ -400,13 +479,15 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> R
                 f.base = b;
                 f.evidence.push(format!("cross_attention_dim {w} → {b}"));
             } else {
-                f.evidence.push("cross_attention_dim missing or unknown: base not determinable".into());
+                f.evidence
+                    .push("cross_attention_dim missing or unknown: base not determinable".into());
             }
             f
         }
         "T2IAdapter" => {
             let mut f = Finding::new(T::T2IAdapter, B::Unknown, F::Diffusers);
-            f.evidence.push("config.json `T2IAdapter` → t2i_adapter".into());
+            f.evidence
+                .push("config.json `T2IAdapter` → t2i_adapter".into());
             match cfg.get("adapter_type").and_then(Value::as_str) {
                 Some(a @ "full_adapter_xl") => {
                     f.base = B::StableDiffusionXL;
@@ -416,35 +497,43 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> R
                     f.base = B::StableDiffusion1;
                     f.evidence.push(format!("adapter_type `{a}` → sd-1"));
                 }
-                other => f.evidence.push(format!("adapter_type {other:?}: base not determinable")),
+                other => f
+                    .evidence
+                    .push(format!("adapter_type {other:?}: base not determinable")),
             }
             f
         }
         "CLIPVisionModelWithProjection" | "CLIPVisionModel" => {
             let mut f = Finding::new(T::ClipVision, B::Any, F::Diffusers);
-            f.evidence.push(format!("config.json `{class}` → clip_vision"));
+            f.evidence
+                .push(format!("config.json `{class}` → clip_vision"));
             f
         }
         "CLIPTextModel" | "CLIPTextModelWithProjection" => {
             let mut f = Finding::new(T::ClipEmbed, B::Any, F::Diffusers);
-            f.evidence.push(format!("config.json `{class}` → clip_embed"));
+            f.evidence
+                .push(format!("config.json `{class}` → clip_embed"));
             f
         }
         "T5EncoderModel" => {
             let mut f = Finding::new(T::T5Encoder, B::Any, F::T5Encoder);
-            f.evidence.push("config.json `T5EncoderModel` → t5_encoder".into());
+            f.evidence
+                .push("config.json `T5EncoderModel` → t5_encoder".into());
             f
         }
         other => {
             let mut f = Finding::unknown(F::Diffusers);
-            f.evidence.push(format!("config.json class `{other}` is not a model class modelsync knows"));
+            f.evidence.push(format!(
+                "config.json class `{other}` is not a model class modelsync knows"
+            ));
             return Ok(f);
         }
     };
     if f.format == F::Diffusers {
         f.repo_variant = repo_variant(dir);
         if let Some(rv) = f.repo_variant {
-            f.evidence.push(format!("weight file names → repo variant `{rv}`"));
+            f.evidence
+                .push(format!("weight file names → repo variant `{rv}`"));
         }
     }
     Ok(f)

@@ -27,7 +27,12 @@ impl<'a> R<'a> {
             .ok()
             .and_then(|n| self.pos.checked_add(n))
             .filter(|&e| e <= self.d.len())
-            .ok_or_else(|| format!("truncated header at byte {} (needs {n} more bytes)", self.pos))?;
+            .ok_or_else(|| {
+                format!(
+                    "truncated header at byte {} (needs {n} more bytes)",
+                    self.pos
+                )
+            })?;
         let s = &self.d[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -88,12 +93,16 @@ fn parse(data: &[u8]) -> Result<StateDict, String> {
     }
     let version = r.u32()?;
     if !(2..=3).contains(&version) {
-        return Err(format!("unsupported GGUF version {version} (2 and 3 are read)"));
+        return Err(format!(
+            "unsupported GGUF version {version} (2 and 3 are read)"
+        ));
     }
     let n_tensors = r.u64()?;
     let n_kv = r.u64()?;
     if n_tensors > MAX_TENSORS || n_kv > MAX_KV {
-        return Err(format!("implausible counts: {n_tensors} tensors, {n_kv} metadata entries"));
+        return Err(format!(
+            "implausible counts: {n_tensors} tensors, {n_kv} metadata entries"
+        ));
     }
     let mut sd = StateDict::default();
     for _ in 0..n_kv {

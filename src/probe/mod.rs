@@ -264,10 +264,12 @@ where
 }
 
 fn string_override(key: &str, v: &serde_json::Value) -> Result<String, ProbeError> {
-    v.as_str().map(str::to_owned).ok_or_else(|| ProbeError::Override {
-        key: key.to_owned(),
-        reason: format!("expected a string, got {v}"),
-    })
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ProbeError::Override {
+            key: key.to_owned(),
+            reason: format!("expected a string, got {v}"),
+        })
 }
 
 fn apply_overrides(
@@ -288,10 +290,17 @@ fn apply_overrides(
                     evidence: r.evidence.first().cloned().unwrap_or_default(),
                 });
             }
-            r.evidence.push(format!("type `{hint}` from config override (probed `{}`)", r.model_type));
+            r.evidence.push(format!(
+                "type `{hint}` from config override (probed `{}`)",
+                r.model_type
+            ));
             r.model_type = hint;
             if !o.contains_key("format") && !CONFIG_CLASSES.contains(&(hint, r.format)) {
-                let preferred = if is_dir { ModelFormat::Diffusers } else { ModelFormat::Checkpoint };
+                let preferred = if is_dir {
+                    ModelFormat::Diffusers
+                } else {
+                    ModelFormat::Checkpoint
+                };
                 let valid: Vec<ModelFormat> = CONFIG_CLASSES
                     .iter()
                     .filter(|(t, _)| *t == hint)
@@ -309,7 +318,9 @@ fn apply_overrides(
     if let Some(v) = o.get("base") {
         let b: BaseModelType = parse_override("base", v)?;
         if !r.base_candidates.is_empty() {
-            r.evidence.push(format!("base `{b}` from config override settles the ambiguity"));
+            r.evidence.push(format!(
+                "base `{b}` from config override settles the ambiguity"
+            ));
             r.base_candidates.clear();
         }
         r.base = b;
@@ -352,7 +363,12 @@ fn apply_overrides(
             .map(|(_, f)| f.as_str())
             .collect();
         return Err(ProbeError::Override {
-            key: if o.contains_key("format") { "format" } else { "type" }.into(),
+            key: if o.contains_key("format") {
+                "format"
+            } else {
+                "type"
+            }
+            .into(),
             reason: format!(
                 "no model class for type `{}` with format `{}`; valid formats: {}",
                 r.model_type,
@@ -454,7 +470,9 @@ pub(crate) fn probe_weight_file(path: &Path) -> Result<Finding, ProbeError> {
         .unwrap_or_default();
 
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        let label = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let label = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let c = scan::read_pickle_file(path, &label)?;
         if c.zip_without_data_pkl {
             return Err(ProbeError::NotTorchZip(path.to_path_buf()));
@@ -470,15 +488,22 @@ pub(crate) fn probe_weight_file(path: &Path) -> Result<Finding, ProbeError> {
     let looks_safetensors = head.len() >= 9 && head[8] == b'{';
     if ext == "safetensors" || ext == "sft" || looks_safetensors {
         use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(0)).map_err(ProbeError::io(path))?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(ProbeError::io(path))?;
         let sd = safetensors::read_header(path, &mut file, len)?;
         let mut f = rules::classify(&sd, rules::Container::Safetensors);
-        f.evidence.push(format!("safetensors header: {} tensors", sd.tensors.len()));
+        f.evidence
+            .push(format!("safetensors header: {} tensors", sd.tensors.len()));
         return Ok(f);
     }
-    let pickle_ext = matches!(ext.as_str(), "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle");
+    let pickle_ext = matches!(
+        ext.as_str(),
+        "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle"
+    );
     if head.first() == Some(&0x80) || pickle_ext {
-        let label = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let label = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let c = scan::read_pickle_file(path, &label)?;
         return pickle_finding(path, c, "pickle");
     }
@@ -500,7 +525,10 @@ fn pickle_finding(path: &Path, c: scan::PickleContents, what: &str) -> Result<Fi
         let reason = if dangerous.is_empty() {
             reason
         } else {
-            format!("{reason}; it also imports dangerous globals: {}", dangerous.join(", "))
+            format!(
+                "{reason}; it also imports dangerous globals: {}",
+                dangerous.join(", ")
+            )
         };
         return Err(ProbeError::Pickle {
             path: path.to_path_buf(),
@@ -518,8 +546,10 @@ fn pickle_finding(path: &Path, c: scan::PickleContents, what: &str) -> Result<Fi
         );
     }
     let mut f = rules::classify(&sd, rules::Container::Pickle);
-    f.evidence.push(format!("{what}: {} tensors", sd.tensors.len()));
-    f.evidence.push(format!("pickle scan: {}", c.report.verdict));
+    f.evidence
+        .push(format!("{what}: {} tensors", sd.tensors.len()));
+    f.evidence
+        .push(format!("pickle scan: {}", c.report.verdict));
     f.pickle_scan = Some(c.report);
     Ok(f)
 }
@@ -552,8 +582,7 @@ mod tests {
             };
             let mut raw = r.to_raw_config();
             raw.path = Some("/m".into());
-            let c = AnyModelConfig::from_raw(&raw)
-                .unwrap_or_else(|e| panic!("{t}.{f}: {e}"));
+            let c = AnyModelConfig::from_raw(&raw).unwrap_or_else(|e| panic!("{t}.{f}: {e}"));
             let (ckpt, main, diffusers) = field_groups(t, f);
             assert_eq!(c.checkpoint_fields().is_some(), ckpt, "{t}.{f}");
             assert_eq!(c.main_fields().is_some(), main, "{t}.{f}");

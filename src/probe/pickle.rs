@@ -291,7 +291,10 @@ impl Machine {
         }
     }
 
-    #[allow(clippy::match_same_arms, reason = "one arm per opcode reads like the spec")]
+    #[allow(
+        clippy::match_same_arms,
+        reason = "one arm per opcode reads like the spec"
+    )]
     fn step(&mut self, op: u8, c: &mut Cursor<'_>, at: usize) -> Result<Step, PickleFault> {
         match op {
             0x80 => {
@@ -655,9 +658,10 @@ impl Machine {
     pub(crate) fn tensors(&self, root: usize) -> Vec<(String, Vec<u64>, &'static str)> {
         let mut root = root;
         if let Some(Node::Dict(pairs)) = self.nodes.get(root)
-            && let Some(&(_, v)) = pairs
-                .iter()
-                .find(|(k, v)| self.str_of(*k) == Some("state_dict") && matches!(self.nodes.get(*v), Some(Node::Dict(_))))
+            && let Some(&(_, v)) = pairs.iter().find(|(k, v)| {
+                self.str_of(*k) == Some("state_dict")
+                    && matches!(self.nodes.get(*v), Some(Node::Dict(_)))
+            })
         {
             root = v;
         }
@@ -725,7 +729,11 @@ mod tests {
         assert_eq!(end, p.len());
         let t = m.tensors(root);
         assert_eq!(t, vec![("w".to_owned(), vec![2, 3], "F16")]);
-        assert!(m.globals.iter().any(|(a, b)| a == "torch" && b == "HalfStorage"));
+        assert!(
+            m.globals
+                .iter()
+                .any(|(a, b)| a == "torch" && b == "HalfStorage")
+        );
     }
 
     #[test]

@@ -136,7 +136,8 @@ fn gguf(sd: &StateDict) -> Finding {
     {
         f.format = F::GgufQuantized;
         if let Some(a) = arch {
-            f.evidence.push(format!("gguf general.architecture = `{a}`"));
+            f.evidence
+                .push(format!("gguf general.architecture = `{a}`"));
         }
         return f;
     }
@@ -144,7 +145,8 @@ fn gguf(sd: &StateDict) -> Finding {
     f.evidence.push(format!(
         "GGUF file with {} tensors; no diffusion-model layout recognised{}",
         sd.tensors.len(),
-        arch.map(|a| format!(" (general.architecture = `{a}`)")).unwrap_or_default()
+        arch.map(|a| format!(" (general.architecture = `{a}`)"))
+            .unwrap_or_default()
     ));
     f
 }
@@ -153,15 +155,16 @@ fn control_lora(sd: &StateDict, _: Container) -> Option<Finding> {
     let k = first_with_prefix(sd, "lora_controlnet")?.to_owned();
     let mut f = Finding::new(T::ControlLora, B::Unknown, F::Lycoris);
     f.evidence.push(format!("key `{k}`: control LoRA"));
-    if let Some(w) = any_key(sd, |k| k.starts_with("input_blocks.") && k.ends_with("attn2.to_k.down"))
-        .and_then(|k| dim(sd, k, 1))
-        .or_else(|| {
-            any_key(sd, |k| k.contains("attn2.to_k.weight")).and_then(|k| dim(sd, k, 1))
-        })
+    if let Some(w) = any_key(sd, |k| {
+        k.starts_with("input_blocks.") && k.ends_with("attn2.to_k.down")
+    })
+    .and_then(|k| dim(sd, k, 1))
+    .or_else(|| any_key(sd, |k| k.contains("attn2.to_k.weight")).and_then(|k| dim(sd, k, 1)))
         && let Some(b) = base_from_context(w)
     {
         f.base = b;
-        f.evidence.push(format!("attention context width {w} → {b}"));
+        f.evidence
+            .push(format!("attention context width {w} → {b}"));
     } else if let Some((b, why)) = base_from_metadata(sd) {
         f.base = b;
         f.evidence.push(why);
@@ -173,13 +176,21 @@ fn control_lora(sd: &StateDict, _: Container) -> Option<Finding> {
 
 /// LoRA input width of a module whose weight key is `k` (kohya, peft, LoHa, LoKr layouts).
 fn lora_in_width(sd: &StateDict, k: &str) -> Option<u64> {
-    for suffix in [".lora_down.weight", ".lora_A.weight", ".lora.down.weight", ".hada_w1_b", ".hada_w2_b"] {
+    for suffix in [
+        ".lora_down.weight",
+        ".lora_A.weight",
+        ".lora.down.weight",
+        ".hada_w1_b",
+        ".hada_w2_b",
+    ] {
         if k.ends_with(suffix) {
             return dim(sd, k, 1);
         }
     }
     // LoKr: W = kron(w1, w2); in = w1.cols * w2.cols, each possibly factored into _a @ _b.
-    let module = k.strip_suffix(".lokr_w1").or_else(|| k.strip_suffix(".lokr_w1_b"))?;
+    let module = k
+        .strip_suffix(".lokr_w1")
+        .or_else(|| k.strip_suffix(".lokr_w1_b"))?;
     let cols = |name: &str| {
         dim(sd, &format!("{module}.{name}"), 1)
             .or_else(|| dim(sd, &format!("{module}.{name}_b"), 1))
@@ -204,7 +215,8 @@ fn is_lora_key(k: &str) -> bool {
 fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     let k = any_key(sd, is_lora_key)?.to_owned();
     let kohya = sd.tensors.keys().any(|k| k.starts_with("lora_"));
-    let format = if kohya || any_key(sd, |k| k.contains(".hada_") || k.contains(".lokr_")).is_some() {
+    let format = if kohya || any_key(sd, |k| k.contains(".hada_") || k.contains(".lokr_")).is_some()
+    {
         F::Lycoris
     } else {
         F::Diffusers
@@ -219,7 +231,8 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     } else {
         "peft/diffusers LoRA"
     };
-    f.evidence.push(format!("key `{k}`: {style} → lora.{format}"));
+    f.evidence
+        .push(format!("key `{k}`: {style} → lora.{format}"));
 
     // Flux and SD3 by block names (kohya, diffusers and ComfyUI spellings).
     if let Some(k) = any_key(sd, |k| {
@@ -230,23 +243,32 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
             || k.contains("double_blocks.")
     }) {
         f.base = B::Flux;
-        f.evidence.push(format!("key `{k}`: flux transformer blocks → flux"));
+        f.evidence
+            .push(format!("key `{k}`: flux transformer blocks → flux"));
         return Some(f);
     }
-    if let Some(k) = any_key(sd, |k| k.starts_with("lora_unet_joint_blocks_") || k.contains("joint_blocks.")) {
+    if let Some(k) = any_key(sd, |k| {
+        k.starts_with("lora_unet_joint_blocks_") || k.contains("joint_blocks.")
+    }) {
         f.base = B::StableDiffusion3;
-        f.evidence.push(format!("key `{k}`: MMDiT joint blocks → sd-3"));
+        f.evidence
+            .push(format!("key `{k}`: MMDiT joint blocks → sd-3"));
         return Some(f);
     }
     // SDXL has two text encoders.
-    if let Some(k) = any_key(sd, |k| k.starts_with("lora_te2_") || k.starts_with("text_encoder_2.") || k.starts_with("lora_te1_")) {
+    if let Some(k) = any_key(sd, |k| {
+        k.starts_with("lora_te2_") || k.starts_with("text_encoder_2.") || k.starts_with("lora_te1_")
+    }) {
         f.base = B::StableDiffusionXL;
-        f.evidence.push(format!("key `{k}`: second text encoder → sdxl"));
+        f.evidence
+            .push(format!("key `{k}`: second text encoder → sdxl"));
         return Some(f);
     }
     // UNet cross-attention key projection: its input width is the context width.
     let attn_k = |k: &str| {
-        (k.contains("attn2_to_k.") || k.contains("attn2.to_k.") || k.contains("attn2.processor.to_k"))
+        (k.contains("attn2_to_k.")
+            || k.contains("attn2.to_k.")
+            || k.contains("attn2.processor.to_k"))
             && !k.contains("to_k_ip")
     };
     if let Some((k, w)) = sd
@@ -257,7 +279,8 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         && let Some(b) = base_from_context(w)
     {
         f.base = b;
-        f.evidence.push(format!("key `{k}`: context width {w} → {b}"));
+        f.evidence
+            .push(format!("key `{k}`: context width {w} → {b}"));
         return Some(f);
     }
     // Text encoder only: width of the token embedding space.
@@ -265,20 +288,25 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         .tensors
         .keys()
         .filter(|k| {
-            (k.starts_with("lora_te_") || k.starts_with("text_encoder.")) && (k.contains("k_proj") || k.contains("q_proj"))
+            (k.starts_with("lora_te_") || k.starts_with("text_encoder."))
+                && (k.contains("k_proj") || k.contains("q_proj"))
         })
         .find_map(|k| lora_in_width(sd, k).map(|w| (k, w)))
         && let Some(b) = base_from_token_width(w).filter(|b| *b != B::StableDiffusionXL)
     {
         f.base = b;
-        f.evidence.push(format!("key `{k}`: text-encoder width {w} → {b}"));
+        f.evidence
+            .push(format!("key `{k}`: text-encoder width {w} → {b}"));
         return Some(f);
     }
     if let Some((b, why)) = base_from_metadata(sd) {
         f.base = b;
         f.evidence.push(why);
     } else {
-        f.evidence.push("base not determinable: no cross-attention or text-encoder widths and no base metadata".into());
+        f.evidence.push(
+            "base not determinable: no cross-attention or text-encoder widths and no base metadata"
+                .into(),
+        );
     }
     Some(f)
 }
@@ -286,22 +314,28 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
 fn ip_adapter(sd: &StateDict, _: Container) -> Option<Finding> {
     if let Some(k) = any_key(sd, |k| k.contains("ip_adapter_double_stream")) {
         let mut f = Finding::new(T::IpAdapter, B::Flux, F::Checkpoint);
-        f.evidence.push(format!("key `{k}`: XLabs flux IP-Adapter → flux"));
+        f.evidence
+            .push(format!("key `{k}`: XLabs flux IP-Adapter → flux"));
         return Some(f);
     }
     if !(has_prefix(sd, "image_proj.") && has_prefix(sd, "ip_adapter.")) {
         return None;
     }
     let mut f = Finding::new(T::IpAdapter, B::Unknown, F::Checkpoint);
-    f.evidence.push("keys `image_proj.*` and `ip_adapter.*`: IP-Adapter".into());
-    if let Some(k) = any_key(sd, |k| k.starts_with("ip_adapter.") && k.ends_with("to_k_ip.weight"))
-        && let Some(w) = dim(sd, k, 1)
+    f.evidence
+        .push("keys `image_proj.*` and `ip_adapter.*`: IP-Adapter".into());
+    if let Some(k) = any_key(sd, |k| {
+        k.starts_with("ip_adapter.") && k.ends_with("to_k_ip.weight")
+    }) && let Some(w) = dim(sd, k, 1)
         && let Some(b) = base_from_context(w).filter(|b| *b != B::StableDiffusionXLRefiner)
     {
         f.base = b;
-        f.evidence.push(format!("key `{k}`: context width {w} → {b}"));
+        f.evidence
+            .push(format!("key `{k}`: context width {w} → {b}"));
     } else {
-        f.evidence.push("base not determinable: no `ip_adapter.*.to_k_ip.weight` of a known width".into());
+        f.evidence.push(
+            "base not determinable: no `ip_adapter.*.to_k_ip.weight` of a known width".into(),
+        );
     }
     Some(f)
 }
@@ -317,9 +351,14 @@ fn controlnet(sd: &StateDict, _: Container) -> Option<Finding> {
     .to_owned();
     let mut f = Finding::new(T::ControlNet, B::Unknown, F::Checkpoint);
     f.evidence.push(format!("key `{marker}`: ControlNet"));
-    if let Some(k) = any_key(sd, |k| k.starts_with("double_blocks.") || k.starts_with("transformer_blocks.0.attn.add_k_proj") || k.starts_with("single_transformer_blocks.")) {
+    if let Some(k) = any_key(sd, |k| {
+        k.starts_with("double_blocks.")
+            || k.starts_with("transformer_blocks.0.attn.add_k_proj")
+            || k.starts_with("single_transformer_blocks.")
+    }) {
         f.base = B::Flux;
-        f.evidence.push(format!("key `{k}`: flux transformer blocks → flux"));
+        f.evidence
+            .push(format!("key `{k}`: flux transformer blocks → flux"));
         return Some(f);
     }
     if let Some(k) = any_key(sd, |k| k.contains("attn2.to_k.weight"))
@@ -327,9 +366,11 @@ fn controlnet(sd: &StateDict, _: Container) -> Option<Finding> {
         && let Some(b) = base_from_context(w).filter(|b| *b != B::StableDiffusionXLRefiner)
     {
         f.base = b;
-        f.evidence.push(format!("key `{k}`: context width {w} → {b}"));
+        f.evidence
+            .push(format!("key `{k}`: context width {w} → {b}"));
     } else {
-        f.evidence.push("base not determinable: no cross-attention key of a known width".into());
+        f.evidence
+            .push("base not determinable: no cross-attention key of a known width".into());
     }
     Some(f)
 }
@@ -352,7 +393,12 @@ fn textual_inversion(sd: &StateDict, _: Container) -> Option<Finding> {
         // diffusers' learned_embeds: {"<token>": [width]} — one small 1-D or 2-D tensor.
         let (k, t) = sd.tensors.iter().next()?;
         let small = t.shape.len() <= 2 && t.shape.iter().product::<u64>() <= 1280 * 128;
-        if !small || t.shape.last().and_then(|w| base_from_token_width(*w)).is_none() {
+        if !small
+            || t.shape
+                .last()
+                .and_then(|w| base_from_token_width(*w))
+                .is_none()
+        {
             return None;
         }
         (k.clone(), false)
@@ -360,11 +406,17 @@ fn textual_inversion(sd: &StateDict, _: Container) -> Option<Finding> {
         return None;
     };
     f.strong = strong;
-    let width = sd.tensors.get(&key).and_then(|t| t.shape.last().copied()).unwrap_or(0);
+    let width = sd
+        .tensors
+        .get(&key)
+        .and_then(|t| t.shape.last().copied())
+        .unwrap_or(0);
     match base_from_token_width(width) {
         Some(b) => {
             f.base = b;
-            f.evidence.push(format!("key `{key}`: embedding vectors of width {width} → {b}"));
+            f.evidence.push(format!(
+                "key `{key}`: embedding vectors of width {width} → {b}"
+            ));
         }
         None => f.evidence.push(format!(
             "key `{key}`: embedding of width {width}, which matches no known text encoder"
@@ -381,24 +433,34 @@ fn main_sd(sd: &StateDict, container: Container) -> Option<Finding> {
             || k.starts_with("conditioner.embedders.")
     })?
     .to_owned();
-    if has_prefix(sd, "model.diffusion_model.double_blocks.") || has_prefix(sd, "model.diffusion_model.joint_blocks.") {
+    if has_prefix(sd, "model.diffusion_model.double_blocks.")
+        || has_prefix(sd, "model.diffusion_model.joint_blocks.")
+    {
         return None;
     }
     let mut f = Finding::new(T::Main, B::Unknown, container_format(container));
-    f.evidence.push(format!("key `{marker}`: Stable Diffusion checkpoint → main"));
-    let attn = sd
-        .tensors
-        .iter()
-        .find(|(k, t)| k.starts_with("model.diffusion_model.input_blocks.") && k.ends_with("attn2.to_k.weight") && t.shape.len() == 2);
+    f.evidence.push(format!(
+        "key `{marker}`: Stable Diffusion checkpoint → main"
+    ));
+    let attn = sd.tensors.iter().find(|(k, t)| {
+        k.starts_with("model.diffusion_model.input_blocks.")
+            && k.ends_with("attn2.to_k.weight")
+            && t.shape.len() == 2
+    });
     match attn.map(|(k, t)| (k, t.shape[1])) {
         Some((k, w)) => match base_from_context(w) {
             Some(b) => {
                 f.base = b;
-                f.evidence.push(format!("key `{k}`: context width {w} → {b}"));
+                f.evidence
+                    .push(format!("key `{k}`: context width {w} → {b}"));
             }
-            None => f.evidence.push(format!("key `{k}`: context width {w} matches no known base")),
+            None => f.evidence.push(format!(
+                "key `{k}`: context width {w} matches no known base"
+            )),
         },
-        None => f.evidence.push(format!("no `{P_}input_blocks.*.attn2.to_k.weight`: base not determinable")),
+        None => f.evidence.push(format!(
+            "no `{P_}input_blocks.*.attn2.to_k.weight`: base not determinable"
+        )),
     }
     let conv_in = format!("{P_}input_blocks.0.0.weight");
     f.variant = Some(V::Normal);
@@ -409,7 +471,8 @@ fn main_sd(sd: &StateDict, container: Container) -> Option<Finding> {
             _ => V::Normal,
         };
         f.variant = Some(v);
-        f.evidence.push(format!("`{conv_in}` has {c} input channels → {v}"));
+        f.evidence
+            .push(format!("`{conv_in}` has {c} input channels → {v}"));
     }
     f.prediction_type = Some(P::Epsilon);
     if f.base == B::StableDiffusion2 && f.variant == Some(V::Normal) {
@@ -427,12 +490,15 @@ fn main_sd(sd: &StateDict, container: Container) -> Option<Finding> {
 }
 
 fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
-    let prefix = ["", "model.diffusion_model."]
-        .into_iter()
-        .find(|p| sd.tensors.contains_key(&format!("{p}double_blocks.0.img_attn.qkv.weight"))
-            || has_prefix(sd, &format!("{p}double_blocks.0.")))?;
+    let prefix = ["", "model.diffusion_model."].into_iter().find(|p| {
+        sd.tensors
+            .contains_key(&format!("{p}double_blocks.0.img_attn.qkv.weight"))
+            || has_prefix(sd, &format!("{p}double_blocks.0."))
+    })?;
     let mut f = Finding::new(T::Main, B::Flux, container_format(container));
-    f.evidence.push(format!("keys `{prefix}double_blocks.*`: flux transformer → main flux"));
+    f.evidence.push(format!(
+        "keys `{prefix}double_blocks.*`: flux transformer → main flux"
+    ));
     let dev = has_prefix(sd, &format!("{prefix}guidance_in."));
     let img_in = format!("{prefix}img_in.weight");
     let in_ch = dim(sd, &img_in, 1);
@@ -459,31 +525,44 @@ fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
     }
     if let Some(k) = any_key(sd, |k| k.contains("bitsandbytes__nf4")) {
         f.format = F::BnbQuantizedNf4b;
-        f.evidence.push(format!("key `{k}`: bitsandbytes NF4 → bnb_quantized_nf4b"));
+        f.evidence
+            .push(format!("key `{k}`: bitsandbytes NF4 → bnb_quantized_nf4b"));
     }
     Some(f)
 }
 
 fn main_sd3(sd: &StateDict, container: Container) -> Option<Finding> {
-    let k = any_key(sd, |k| k.starts_with("joint_blocks.0.") || k.starts_with("model.diffusion_model.joint_blocks.0."))?.to_owned();
+    let k = any_key(sd, |k| {
+        k.starts_with("joint_blocks.0.") || k.starts_with("model.diffusion_model.joint_blocks.0.")
+    })?
+    .to_owned();
     let mut f = Finding::new(T::Main, B::StableDiffusion3, container_format(container));
     f.variant = Some(V::Normal);
-    f.evidence.push(format!("key `{k}`: MMDiT joint blocks → main sd-3"));
+    f.evidence
+        .push(format!("key `{k}`: MMDiT joint blocks → main sd-3"));
     Some(f)
 }
 
 fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
-    let (enc, dec) = ["", "first_stage_model.", "vae."].into_iter().find_map(|p| {
-        let e = format!("{p}encoder.conv_in.weight");
-        let d = format!("{p}decoder.conv_in.weight");
-        (sd.tensors.contains_key(&e) || sd.tensors.contains_key(&d)).then_some((e, d))
-    })?;
+    let (enc, dec) = ["", "first_stage_model.", "vae."]
+        .into_iter()
+        .find_map(|p| {
+            let e = format!("{p}encoder.conv_in.weight");
+            let d = format!("{p}decoder.conv_in.weight");
+            (sd.tensors.contains_key(&e) || sd.tensors.contains_key(&d)).then_some((e, d))
+        })?;
     let mut f = Finding::new(T::Vae, B::Unknown, F::Checkpoint);
-    f.evidence.push(format!("key `{}`: autoencoder → vae", if sd.tensors.contains_key(&dec) { &dec } else { &enc }));
+    f.evidence.push(format!(
+        "key `{}`: autoencoder → vae",
+        if sd.tensors.contains_key(&dec) {
+            &dec
+        } else {
+            &enc
+        }
+    ));
     // decoder.conv_in takes the latent channels; encoder.conv_out gives 2× them (mean+logvar).
-    let latent = dim(sd, &dec, 1).or_else(|| {
-        dim(sd, &enc.replace("conv_in", "conv_out"), 0).map(|c| c / 2)
-    });
+    let latent =
+        dim(sd, &dec, 1).or_else(|| dim(sd, &enc.replace("conv_in", "conv_out"), 0).map(|c| c / 2));
     if let Some((b, why)) = base_from_metadata(sd) {
         f.base = b;
         f.evidence.push(why);
@@ -502,7 +581,9 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
                 "4 latent channels: the SD 1.x/2.x and SDXL VAEs share this layout — ambiguous between sd-1 and sdxl; set config.base".into(),
             );
         }
-        Some(c) => f.evidence.push(format!("{c} latent channels: no known base")),
+        Some(c) => f
+            .evidence
+            .push(format!("{c} latent channels: no known base")),
         None => f.evidence.push("latent channels not determinable".into()),
     }
     Some(f)
@@ -517,12 +598,27 @@ fn unknown(sd: &StateDict, container: Container) -> Finding {
         .take(5)
         .map(|(k, t)| format!("`{k}` {:?}", t.shape))
         .collect();
-    f.evidence.push(format!("{n} tensors, none matching a known layout; first: {}", sample.join(", ")));
+    f.evidence.push(format!(
+        "{n} tensors, none matching a known layout; first: {}",
+        sample.join(", ")
+    ));
     let hints: [(&str, &str); 4] = [
-        ("encoder.block.0.layer.0.SelfAttention", "a T5 encoder (modelsync records T5 encoders as folders)"),
-        ("text_model.encoder.layers.", "a CLIP text encoder (recorded as clip_embed folders)"),
-        ("vision_model.encoder.layers.", "a CLIP vision encoder (recorded as clip_vision folders)"),
-        ("down_blocks.0.", "a diffusers component saved as a single file"),
+        (
+            "encoder.block.0.layer.0.SelfAttention",
+            "a T5 encoder (modelsync records T5 encoders as folders)",
+        ),
+        (
+            "text_model.encoder.layers.",
+            "a CLIP text encoder (recorded as clip_embed folders)",
+        ),
+        (
+            "vision_model.encoder.layers.",
+            "a CLIP vision encoder (recorded as clip_vision folders)",
+        ),
+        (
+            "down_blocks.0.",
+            "a diffusers component saved as a single file",
+        ),
     ];
     for (needle, what) in hints {
         if let Some(k) = any_key(sd, |k| k.contains(needle)) {

@@ -18,11 +18,17 @@ fn bad(path: &Path, reason: impl Into<String>) -> ProbeError {
 }
 
 /// Parses the header of the safetensors file at `path` (`file_len` bytes long).
-pub(crate) fn read_header(path: &Path, file: &mut File, file_len: u64) -> Result<StateDict, ProbeError> {
+pub(crate) fn read_header(
+    path: &Path,
+    file: &mut File,
+    file_len: u64,
+) -> Result<StateDict, ProbeError> {
     if file_len < 8 {
         return Err(bad(
             path,
-            format!("truncated header: the file has {file_len} bytes, fewer than the 8-byte length prefix"),
+            format!(
+                "truncated header: the file has {file_len} bytes, fewer than the 8-byte length prefix"
+            ),
         ));
     }
     let mut len = [0u8; 8];
@@ -61,12 +67,8 @@ enum Entry {
 
 /// Parses header JSON into tensors and `__metadata__`.
 pub(crate) fn parse_header_json(path: &Path, buf: &[u8]) -> Result<StateDict, ProbeError> {
-    let raw: BTreeMap<String, Entry> = serde_json::from_slice(buf).map_err(|e| {
-        bad(
-            path,
-            format!("header is not valid safetensors JSON: {e}"),
-        )
-    })?;
+    let raw: BTreeMap<String, Entry> = serde_json::from_slice(buf)
+        .map_err(|e| bad(path, format!("header is not valid safetensors JSON: {e}")))?;
     let mut sd = StateDict::default();
     for (k, v) in raw {
         match v {

@@ -26,26 +26,68 @@ fn known_answers() {
     write(&abc, b"abc");
     write(&big, &vector_input(102_400));
     let cases = [
-        (&empty, HashAlgorithm::Blake3, "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"),
-        (&abc, HashAlgorithm::Blake3, "blake3:6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"),
-        (&big, HashAlgorithm::Blake3, "blake3:bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085"),
-        (&big, HashAlgorithm::Blake3Single, "blake3:bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085"),
-        (&empty, HashAlgorithm::Sha256, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-        (&abc, HashAlgorithm::Sha256, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
-        (&big, HashAlgorithm::Sha256, "sha256:74588b7f0bcc354ac14d9cf199fa3a20c05f0c7293b9075b2f2e146e718de800"),
+        (
+            &empty,
+            HashAlgorithm::Blake3,
+            "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+        ),
+        (
+            &abc,
+            HashAlgorithm::Blake3,
+            "blake3:6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85",
+        ),
+        (
+            &big,
+            HashAlgorithm::Blake3,
+            "blake3:bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085",
+        ),
+        (
+            &big,
+            HashAlgorithm::Blake3Single,
+            "blake3:bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085",
+        ),
+        (
+            &empty,
+            HashAlgorithm::Sha256,
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ),
+        (
+            &abc,
+            HashAlgorithm::Sha256,
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ),
+        (
+            &big,
+            HashAlgorithm::Sha256,
+            "sha256:74588b7f0bcc354ac14d9cf199fa3a20c05f0c7293b9075b2f2e146e718de800",
+        ),
     ];
     for (p, algo, want) in cases {
-        assert_eq!(hash_path(p, algo).unwrap(), want, "{algo} of {}", p.display());
+        assert_eq!(
+            hash_path(p, algo).unwrap(),
+            want,
+            "{algo} of {}",
+            p.display()
+        );
     }
-    assert_eq!(sha256_file(&abc).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        sha256_file(&abc).unwrap(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
 }
 
 #[test]
 fn folder_hash_ignores_folder_name_and_configs_but_not_weights() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("model-a");
-    write(&a.join("unet/diffusion_pytorch_model.safetensors"), b"unet weights");
-    write(&a.join("vae/diffusion_pytorch_model.safetensors"), b"vae weights");
+    write(
+        &a.join("unet/diffusion_pytorch_model.safetensors"),
+        b"unet weights",
+    );
+    write(
+        &a.join("vae/diffusion_pytorch_model.safetensors"),
+        b"vae weights",
+    );
     write(&a.join("model_index.json"), b"{}");
     for algo in HashAlgorithm::ALL {
         let h1 = hash_path(&a, *algo).unwrap();
@@ -56,11 +98,21 @@ fn folder_hash_ignores_folder_name_and_configs_but_not_weights() {
         assert_eq!(hash_path(&b, *algo).unwrap(), h1, "{algo}: folder rename");
         write(&b.join("model_index.json"), b"{\"edited\": true}");
         write(&b.join(".cache/x.safetensors"), b"hidden");
-        assert_eq!(hash_path(&b, *algo).unwrap(), h1, "{algo}: config edit / hidden file");
+        assert_eq!(
+            hash_path(&b, *algo).unwrap(),
+            h1,
+            "{algo}: config edit / hidden file"
+        );
 
-        write(&b.join("vae/diffusion_pytorch_model.safetensors"), b"vae weightz");
+        write(
+            &b.join("vae/diffusion_pytorch_model.safetensors"),
+            b"vae weightz",
+        );
         assert_ne!(hash_path(&b, *algo).unwrap(), h1, "{algo}: weight byte");
-        write(&b.join("vae/diffusion_pytorch_model.safetensors"), b"vae weights");
+        write(
+            &b.join("vae/diffusion_pytorch_model.safetensors"),
+            b"vae weights",
+        );
         assert_eq!(hash_path(&b, *algo).unwrap(), h1);
 
         fs::rename(b.join("vae"), b.join("vae2")).unwrap();
@@ -93,7 +145,11 @@ fn imohash_samples_large_files() {
         let mut d = data.clone();
         d[at] ^= 1;
         write(&p, &d);
-        assert_ne!(hash_path(&p, HashAlgorithm::Imohash).unwrap(), h, "byte {at}");
+        assert_ne!(
+            hash_path(&p, HashAlgorithm::Imohash).unwrap(),
+            h,
+            "byte {at}"
+        );
     }
     // Small files are hashed whole.
     let s = dir.path().join("small.bin");
@@ -110,7 +166,9 @@ fn errors_name_the_path() {
     assert!(matches!(e, HashError::NotFound(_)), "{e}");
     let d = dir.path().join("docs");
     write(&d.join("README.md"), b"x");
-    let e = hash_path(&d, HashAlgorithm::Sha256).unwrap_err().to_string();
+    let e = hash_path(&d, HashAlgorithm::Sha256)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("docs") && e.contains("no weight files"), "{e}");
 }
 
@@ -121,6 +179,12 @@ fn cli_hash() {
     write(&p, b"abc");
     let s = p.display().to_string();
     assert_eq!(run(["modelsync", "hash", &s]), Status::Success);
-    assert_eq!(run(["modelsync", "hash", &s, "--algo", "sha256", "-o", "json"]), Status::Success);
-    assert_eq!(run(["modelsync", "hash", &s, "--algo", "md5"]), Status::Error);
+    assert_eq!(
+        run(["modelsync", "hash", &s, "--algo", "sha256", "-o", "json"]),
+        Status::Success
+    );
+    assert_eq!(
+        run(["modelsync", "hash", &s, "--algo", "md5"]),
+        Status::Error
+    );
 }

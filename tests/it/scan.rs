@@ -13,15 +13,29 @@ use crate::support::probe_fixtures as fx;
 fn torch_saves_are_clean() {
     let dir = tempfile::tempdir().unwrap();
     fx::corpus(dir.path());
-    for f in ["sd15-zip.ckpt", "sd2-inpaint-legacy.ckpt", "control_sd15_canny.pth", "ti-sd2.pt", "lora-sd1.pt"] {
+    for f in [
+        "sd15-zip.ckpt",
+        "sd2-inpaint-legacy.ckpt",
+        "control_sd15_canny.pth",
+        "ti-sd2.pt",
+        "lora-sd1.pt",
+    ] {
         let r = scan_path(&dir.path().join(f)).unwrap();
         assert_eq!(r.verdict, ScanVerdict::Clean, "{f}: {r:?}");
         assert_eq!(r.files_scanned, 1);
         assert!(r.globals.iter().all(|g| g.class == GlobalClass::Safe));
-        assert!(r.globals.iter().any(|g| g.module == "collections" && g.name == "OrderedDict"), "{f}");
+        assert!(
+            r.globals
+                .iter()
+                .any(|g| g.module == "collections" && g.name == "OrderedDict"),
+            "{f}"
+        );
     }
     let r = scan_path(&dir.path().join("sd15.safetensors")).unwrap();
-    assert_eq!((r.verdict, r.files_scanned, r.globals.len()), (ScanVerdict::Clean, 1, 0));
+    assert_eq!(
+        (r.verdict, r.files_scanned, r.globals.len()),
+        (ScanVerdict::Clean, 1, 0)
+    );
     let r = scan_path(&dir.path().join("flux1-dev-Q8_0.gguf")).unwrap();
     assert_eq!((r.verdict, r.files_scanned), (ScanVerdict::Clean, 1));
 }
@@ -31,10 +45,17 @@ fn os_system_is_dangerous_and_not_executed() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("pwned");
     let p = dir.path().join("evil.pt");
-    fs::write(&p, fx::malicious_system(&format!("touch {}", marker.display()))).unwrap();
+    fs::write(
+        &p,
+        fx::malicious_system(&format!("touch {}", marker.display())),
+    )
+    .unwrap();
     let r = scan_path(&p).unwrap();
     assert_eq!(r.verdict, ScanVerdict::Dangerous);
-    let bad: Vec<_> = r.dangerous().map(|g| format!("{}.{}", g.module, g.name)).collect();
+    let bad: Vec<_> = r
+        .dangerous()
+        .map(|g| format!("{}.{}", g.module, g.name))
+        .collect();
     assert_eq!(bad, vec!["posix.system"]);
     assert_eq!(r.globals[0].file, "evil.pt");
     assert!(!marker.exists(), "the payload ran");
@@ -47,7 +68,11 @@ fn stack_global_eval_is_dangerous() {
     fs::write(&p, fx::malicious_eval("__import__('os').system('true')")).unwrap();
     let r = scan_path(&p).unwrap();
     assert_eq!(r.verdict, ScanVerdict::Dangerous);
-    assert!(r.dangerous().any(|g| g.module == "builtins" && g.name == "eval"), "{r:?}");
+    assert!(
+        r.dangerous()
+            .any(|g| g.module == "builtins" && g.name == "eval"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -55,13 +80,22 @@ fn every_pkl_in_a_zip_is_scanned() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("sneaky.ckpt");
     let payload = fx::malicious_system("id");
-    fx::torch_zip(&p, "archive", &fx::od(&[("w", fx::t(&[2, 2]))]), &[("extra/hidden.pkl", &payload)]);
+    fx::torch_zip(
+        &p,
+        "archive",
+        &fx::od(&[("w", fx::t(&[2, 2]))]),
+        &[("extra/hidden.pkl", &payload)],
+    );
     let r = scan_path(&p).unwrap();
     assert_eq!(r.verdict, ScanVerdict::Dangerous);
     let g = r.dangerous().next().unwrap();
     assert_eq!(g.file, "sneaky.ckpt:archive/extra/hidden.pkl");
     // The main data.pkl globals are listed too, under their own member name.
-    assert!(r.globals.iter().any(|g| g.file == "sneaky.ckpt:archive/data.pkl" && g.class == GlobalClass::Safe));
+    assert!(
+        r.globals
+            .iter()
+            .any(|g| g.file == "sneaky.ckpt:archive/data.pkl" && g.class == GlobalClass::Safe)
+    );
 }
 
 #[test]
@@ -92,7 +126,11 @@ fn unknown_imports_and_broken_pickles_are_suspicious() {
     fs::write(&p, [0x80, 2, b'}', b'(', b'X', 0xff, 0, 0, 0]).unwrap();
     let r = scan_path(&p).unwrap();
     assert_eq!(r.verdict, ScanVerdict::Suspicious);
-    assert!(r.problems[0].contains("broken.pt") && r.problems[0].contains("more bytes"), "{:?}", r.problems);
+    assert!(
+        r.problems[0].contains("broken.pt") && r.problems[0].contains("more bytes"),
+        "{:?}",
+        r.problems
+    );
 
     // A dangerous import before the break still counts: Python would have run it already.
     let p = dir.path().join("broken-evil.pt");
@@ -129,7 +167,12 @@ fn not_a_zip_directory_is_an_error() {
     f.write_all(b"PK\x03\x04 garbage garbage").unwrap();
     let e = scan_path(&p).unwrap_err().to_string();
     assert!(e.contains("corrupt.ckpt") && e.contains("zip"), "{e}");
-    assert!(scan_path(&dir.path().join("missing")).unwrap_err().to_string().contains("no such file"));
+    assert!(
+        scan_path(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string()
+            .contains("no such file")
+    );
 }
 
 #[test]
@@ -142,6 +185,12 @@ fn cli_exit_codes() {
     let s = |p: &std::path::Path| p.display().to_string();
     assert_eq!(run(["modelsync", "scan", &s(&clean)]), Status::Success);
     assert_eq!(run(["modelsync", "scan", &s(&evil)]), Status::Pending);
-    assert_eq!(run(["modelsync", "scan", "-o", "json", &s(&evil)]), Status::Pending);
-    assert_eq!(run(["modelsync", "scan", &s(&dir.path().join("missing"))]), Status::Error);
+    assert_eq!(
+        run(["modelsync", "scan", "-o", "json", &s(&evil)]),
+        Status::Pending
+    );
+    assert_eq!(
+        run(["modelsync", "scan", &s(&dir.path().join("missing"))]),
+        Status::Error
+    );
 }

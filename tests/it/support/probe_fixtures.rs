@@ -63,11 +63,22 @@ pub fn t(shape: &[u64]) -> Py {
 }
 
 pub fn od(items: &[(&str, Py)]) -> Py {
-    Py::OrderedDict(items.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(), false)
+    Py::OrderedDict(
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        false,
+    )
 }
 
 pub fn dict(items: &[(&str, Py)]) -> Py {
-    Py::Dict(items.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
+    Py::Dict(
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
 }
 
 /// CPython's protocol-2 pickler, as far as torch.save exercises it.
@@ -91,7 +102,13 @@ fn elt_size(storage: &str) -> u64 {
 
 impl Pickler {
     pub fn new(legacy: bool) -> Self {
-        let mut p = Self { out: Vec::new(), memo: HashMap::new(), next: 0, storages: Vec::new(), legacy };
+        let mut p = Self {
+            out: Vec::new(),
+            memo: HashMap::new(),
+            next: 0,
+            storages: Vec::new(),
+            legacy,
+        };
         p.out.extend_from_slice(&[0x80, 2]);
         p
     }
@@ -113,7 +130,9 @@ impl Pickler {
     }
 
     fn get(&mut self, key: &str) -> bool {
-        let Some(&idx) = self.memo.get(key) else { return false };
+        let Some(&idx) = self.memo.get(key) else {
+            return false;
+        };
         if idx < 256 {
             self.out.extend_from_slice(&[b'h', idx as u8]);
         } else {
@@ -129,7 +148,8 @@ impl Pickler {
             return;
         }
         self.out.push(b'c');
-        self.out.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
         self.put(Some(key));
     }
 
@@ -293,15 +313,16 @@ pub fn torch_zip(path: &Path, archive: &str, obj: &Py, extra: &[(&str, &[u8])]) 
     let (pkl, storages) = p.finish();
     let f = fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     z.start_file(format!("{archive}/data.pkl"), opts).unwrap();
     z.write_all(&pkl).unwrap();
     z.start_file(format!("{archive}/byteorder"), opts).unwrap();
     z.write_all(b"little").unwrap();
     for (key, numel, elt) in &storages {
         z.start_file(format!("{archive}/data/{key}"), opts).unwrap();
-        z.write_all(&vec![0u8; (numel * elt).min(1 << 16) as usize]).unwrap();
+        z.write_all(&vec![0u8; (numel * elt).min(1 << 16) as usize])
+            .unwrap();
     }
     for (name, data) in extra {
         z.start_file(format!("{archive}/{name}"), opts).unwrap();
@@ -309,8 +330,10 @@ pub fn torch_zip(path: &Path, archive: &str, obj: &Py, extra: &[(&str, &[u8])]) 
     }
     z.start_file(format!("{archive}/version"), opts).unwrap();
     z.write_all(b"3\n").unwrap();
-    z.start_file(format!("{archive}/.data/serialization_id"), opts).unwrap();
-    z.write_all(b"1234567890123456789012345678901234567890").unwrap();
+    z.start_file(format!("{archive}/.data/serialization_id"), opts)
+        .unwrap();
+    z.write_all(b"1234567890123456789012345678901234567890")
+        .unwrap();
     z.finish().unwrap();
 }
 
@@ -319,14 +342,23 @@ pub fn torch_zip(path: &Path, archive: &str, obj: &Py, extra: &[(&str, &[u8])]) 
 pub fn torch_legacy(path: &Path, obj: &Py) {
     let mut out = Vec::new();
     // MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
-    out.extend_from_slice(&[0x80, 2, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.']);
+    out.extend_from_slice(&[
+        0x80, 2, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+    ]);
     // PROTOCOL_VERSION = 1001
     out.extend_from_slice(&[0x80, 2, b'M', 0xe9, 0x03, b'.']);
     let mut p = Pickler::new(false);
     p.value(&dict(&[
         ("protocol_version", Py::Int(1001)),
         ("little_endian", Py::Bool(true)),
-        ("type_sizes", dict(&[("short", Py::Int(2)), ("int", Py::Int(4)), ("long", Py::Int(4))])),
+        (
+            "type_sizes",
+            dict(&[
+                ("short", Py::Int(2)),
+                ("int", Py::Int(4)),
+                ("long", Py::Int(4)),
+            ]),
+        ),
     ]));
     out.extend_from_slice(&p.finish().0);
     let mut p = Pickler::new(true);
@@ -424,7 +456,12 @@ pub fn gguf(path: &Path, kv: &[(&str, &str)], tensors: &[(&str, &[u64])]) {
     }
     let len = out.len() as u64 + offset;
     fs::write(path, &out).unwrap();
-    fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -486,7 +523,14 @@ fn scheduler(prediction: Option<&str>, class: &str) -> Value {
 }
 
 /// A diffusers pipeline folder; `variant` names the weight files (`fp16` → `*.fp16.safetensors`).
-fn pipeline(dir: &Path, index: &Value, unet: Option<&Value>, transformer: Option<&Value>, sched: &Value, variant: &str) {
+fn pipeline(
+    dir: &Path,
+    index: &Value,
+    unet: Option<&Value>,
+    transformer: Option<&Value>,
+    sched: &Value,
+    variant: &str,
+) {
     write_json(&dir.join("model_index.json"), index);
     if let Some(u) = unet {
         write_json(&dir.join("unet/config.json"), u);
@@ -495,7 +539,11 @@ fn pipeline(dir: &Path, index: &Value, unet: Option<&Value>, transformer: Option
         write_json(&dir.join("transformer/config.json"), t);
     }
     write_json(&dir.join("scheduler/scheduler_config.json"), sched);
-    let v = if variant.is_empty() { String::new() } else { format!(".{variant}") };
+    let v = if variant.is_empty() {
+        String::new()
+    } else {
+        format!(".{variant}")
+    };
     let obj = index.as_object().unwrap();
     for (name, val) in obj {
         if name.starts_with('_') || val.get(0).is_none_or(Value::is_null) {
@@ -503,11 +551,21 @@ fn pipeline(dir: &Path, index: &Value, unet: Option<&Value>, transformer: Option
         }
         match name.as_str() {
             "unet" | "vae" | "transformer" => {
-                touch(&dir.join(name).join(format!("diffusion_pytorch_model{v}.safetensors")), format!("{name} weights").as_bytes());
+                touch(
+                    &dir.join(name)
+                        .join(format!("diffusion_pytorch_model{v}.safetensors")),
+                    format!("{name} weights").as_bytes(),
+                );
             }
             n if n.starts_with("text_encoder") => {
-                write_json(&dir.join(name).join("config.json"), &json!({"architectures": [val[1]]}));
-                touch(&dir.join(name).join(format!("model{v}.safetensors")), format!("{name} weights").as_bytes());
+                write_json(
+                    &dir.join(name).join("config.json"),
+                    &json!({"architectures": [val[1]]}),
+                );
+                touch(
+                    &dir.join(name).join(format!("model{v}.safetensors")),
+                    format!("{name} weights").as_bytes(),
+                );
             }
             n if n.starts_with("tokenizer") => {
                 touch(&dir.join(name).join("vocab.json"), b"{}");
@@ -535,7 +593,15 @@ fn case(
     base: &'static str,
     format: &'static str,
 ) -> Case {
-    Case { name, path, model_type, base, format, variant: None, prediction: None }
+    Case {
+        name,
+        path,
+        model_type,
+        base,
+        format,
+        variant: None,
+        prediction: None,
+    }
 }
 
 impl Case {
@@ -548,122 +614,405 @@ impl Case {
 
 const DM: &str = "model.diffusion_model.";
 
-fn sd_main_keys(context: u64, in_ch: u64, attn_block: &str, text: (&'static str, u64)) -> Vec<(String, Vec<u64>)> {
-    let width = if context == 2048 || context == 1280 { 640 } else { 320 };
+fn sd_main_keys(
+    context: u64,
+    in_ch: u64,
+    attn_block: &str,
+    text: (&'static str, u64),
+) -> Vec<(String, Vec<u64>)> {
+    let width = if context == 2048 || context == 1280 {
+        640
+    } else {
+        320
+    };
     vec![
-        (format!("{DM}input_blocks.0.0.weight"), vec![320, in_ch, 3, 3]),
+        (
+            format!("{DM}input_blocks.0.0.weight"),
+            vec![320, in_ch, 3, 3],
+        ),
         (format!("{DM}input_blocks.0.0.bias"), vec![320]),
-        (format!("{DM}input_blocks.{attn_block}.1.transformer_blocks.0.attn2.to_k.weight"), vec![width, context]),
-        (format!("{DM}input_blocks.{attn_block}.1.transformer_blocks.0.attn2.to_v.weight"), vec![width, context]),
+        (
+            format!("{DM}input_blocks.{attn_block}.1.transformer_blocks.0.attn2.to_k.weight"),
+            vec![width, context],
+        ),
+        (
+            format!("{DM}input_blocks.{attn_block}.1.transformer_blocks.0.attn2.to_v.weight"),
+            vec![width, context],
+        ),
         (format!("{DM}out.2.weight"), vec![4, 320, 3, 3]),
-        ("first_stage_model.decoder.conv_in.weight".to_owned(), vec![512, 4, 3, 3]),
-        ("first_stage_model.encoder.conv_in.weight".to_owned(), vec![128, 3, 3, 3]),
+        (
+            "first_stage_model.decoder.conv_in.weight".to_owned(),
+            vec![512, 4, 3, 3],
+        ),
+        (
+            "first_stage_model.encoder.conv_in.weight".to_owned(),
+            vec![128, 3, 3, 3],
+        ),
         (text.0.to_owned(), vec![49408, text.1]),
     ]
 }
 
 fn st(path: &Path, keys: &[(String, Vec<u64>)], meta: Option<Value>) {
-    let v: Vec<(&str, &[u64])> = keys.iter().map(|(k, s)| (k.as_str(), s.as_slice())).collect();
+    let v: Vec<(&str, &[u64])> = keys
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.as_slice()))
+        .collect();
     safetensors(path, &v, meta);
 }
 
 fn py_od(keys: &[(String, Vec<u64>)]) -> Py {
-    Py::OrderedDict(keys.iter().map(|(k, s)| (k.clone(), Py::Tensor(s.clone(), "HalfStorage"))).collect(), true)
+    Py::OrderedDict(
+        keys.iter()
+            .map(|(k, s)| (k.clone(), Py::Tensor(s.clone(), "HalfStorage")))
+            .collect(),
+        true,
+    )
 }
 
 /// Builds every positive fixture under `root`; returns the expectations.
 pub fn corpus(root: &Path) -> Vec<Case> {
     let p = |n: &str| root.join(n);
     let mut cases = Vec::new();
-    const SD1_TEXT: (&str, u64) = ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", 768);
+    const SD1_TEXT: (&str, u64) = (
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+        768,
+    );
     const SD2_TEXT: (&str, u64) = ("cond_stage_model.model.token_embedding.weight", 1024);
     const XL_TEXT: (&str, u64) = ("conditioner.embedders.1.model.token_embedding.weight", 1280);
     const REF_TEXT: (&str, u64) = ("conditioner.embedders.0.model.token_embedding.weight", 1280);
 
     // --- main checkpoints (safetensors) ---
-    st(&p("sd15.safetensors"), &sd_main_keys(768, 4, "1", SD1_TEXT), None);
-    cases.push(case("sd15", p("sd15.safetensors"), "main", "sd-1", "checkpoint").main("normal", Some("epsilon")));
-    st(&p("sd15-inpainting.safetensors"), &sd_main_keys(768, 9, "1", SD1_TEXT), None);
-    cases.push(case("sd15 inpaint", p("sd15-inpainting.safetensors"), "main", "sd-1", "checkpoint").main("inpaint", Some("epsilon")));
-    st(&p("sd21.safetensors"), &sd_main_keys(1024, 4, "1", SD2_TEXT), None);
-    cases.push(case("sd21", p("sd21.safetensors"), "main", "sd-2", "checkpoint").main("normal", Some("v_prediction")));
-    st(&p("sd2-depth.safetensors"), &sd_main_keys(1024, 5, "1", SD2_TEXT), None);
-    cases.push(case("sd2 depth", p("sd2-depth.safetensors"), "main", "sd-2", "checkpoint").main("depth", Some("epsilon")));
-    st(&p("sdxl.safetensors"), &sd_main_keys(2048, 4, "4", XL_TEXT), None);
-    cases.push(case("sdxl", p("sdxl.safetensors"), "main", "sdxl", "checkpoint").main("normal", Some("epsilon")));
-    st(&p("sdxl-inpaint.safetensors"), &sd_main_keys(2048, 9, "4", XL_TEXT), None);
-    cases.push(case("sdxl inpaint", p("sdxl-inpaint.safetensors"), "main", "sdxl", "checkpoint").main("inpaint", Some("epsilon")));
-    st(&p("sdxl-refiner.safetensors"), &sd_main_keys(1280, 4, "4", REF_TEXT), None);
-    cases.push(case("sdxl refiner", p("sdxl-refiner.safetensors"), "main", "sdxl-refiner", "checkpoint").main("normal", Some("epsilon")));
+    st(
+        &p("sd15.safetensors"),
+        &sd_main_keys(768, 4, "1", SD1_TEXT),
+        None,
+    );
+    cases.push(
+        case("sd15", p("sd15.safetensors"), "main", "sd-1", "checkpoint")
+            .main("normal", Some("epsilon")),
+    );
+    st(
+        &p("sd15-inpainting.safetensors"),
+        &sd_main_keys(768, 9, "1", SD1_TEXT),
+        None,
+    );
+    cases.push(
+        case(
+            "sd15 inpaint",
+            p("sd15-inpainting.safetensors"),
+            "main",
+            "sd-1",
+            "checkpoint",
+        )
+        .main("inpaint", Some("epsilon")),
+    );
+    st(
+        &p("sd21.safetensors"),
+        &sd_main_keys(1024, 4, "1", SD2_TEXT),
+        None,
+    );
+    cases.push(
+        case("sd21", p("sd21.safetensors"), "main", "sd-2", "checkpoint")
+            .main("normal", Some("v_prediction")),
+    );
+    st(
+        &p("sd2-depth.safetensors"),
+        &sd_main_keys(1024, 5, "1", SD2_TEXT),
+        None,
+    );
+    cases.push(
+        case(
+            "sd2 depth",
+            p("sd2-depth.safetensors"),
+            "main",
+            "sd-2",
+            "checkpoint",
+        )
+        .main("depth", Some("epsilon")),
+    );
+    st(
+        &p("sdxl.safetensors"),
+        &sd_main_keys(2048, 4, "4", XL_TEXT),
+        None,
+    );
+    cases.push(
+        case("sdxl", p("sdxl.safetensors"), "main", "sdxl", "checkpoint")
+            .main("normal", Some("epsilon")),
+    );
+    st(
+        &p("sdxl-inpaint.safetensors"),
+        &sd_main_keys(2048, 9, "4", XL_TEXT),
+        None,
+    );
+    cases.push(
+        case(
+            "sdxl inpaint",
+            p("sdxl-inpaint.safetensors"),
+            "main",
+            "sdxl",
+            "checkpoint",
+        )
+        .main("inpaint", Some("epsilon")),
+    );
+    st(
+        &p("sdxl-refiner.safetensors"),
+        &sd_main_keys(1280, 4, "4", REF_TEXT),
+        None,
+    );
+    cases.push(
+        case(
+            "sdxl refiner",
+            p("sdxl-refiner.safetensors"),
+            "main",
+            "sdxl-refiner",
+            "checkpoint",
+        )
+        .main("normal", Some("epsilon")),
+    );
 
     // --- main checkpoints (pickles): zip save with nested state_dict, legacy pickle ---
-    let keys = sd_main_keys(768, 4, "1", ("cond_stage_model.transformer.text_model.embeddings.position_embedding.weight", 768));
-    let keys: Vec<_> = keys.into_iter().map(|(k, s)| if k.contains("position_embedding") { (k, vec![77, 768]) } else { (k, s) }).collect();
+    let keys = sd_main_keys(
+        768,
+        4,
+        "1",
+        (
+            "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
+            768,
+        ),
+    );
+    let keys: Vec<_> = keys
+        .into_iter()
+        .map(|(k, s)| {
+            if k.contains("position_embedding") {
+                (k, vec![77, 768])
+            } else {
+                (k, s)
+            }
+        })
+        .collect();
     torch_zip(
         &p("sd15-zip.ckpt"),
         "archive",
-        &dict(&[("epoch", Py::Int(6)), ("global_step", Py::Int(840_000)), ("state_dict", py_od(&keys))]),
+        &dict(&[
+            ("epoch", Py::Int(6)),
+            ("global_step", Py::Int(840_000)),
+            ("state_dict", py_od(&keys)),
+        ]),
         &[],
     );
-    cases.push(case("sd15 torch zip ckpt", p("sd15-zip.ckpt"), "main", "sd-1", "checkpoint").main("normal", Some("epsilon")));
-    let keys2: Vec<_> = sd_main_keys(1024, 9, "1", ("cond_stage_model.model.positional_embedding", 1024))
-        .into_iter()
-        .map(|(k, s)| if k.contains("positional_embedding") { (k, vec![77, 1024]) } else { (k, s) })
-        .collect();
-    torch_legacy(&p("sd2-inpaint-legacy.ckpt"), &dict(&[("global_step", Py::Int(200_000)), ("state_dict", py_od(&keys2))]));
-    cases.push(case("sd2 inpaint legacy ckpt", p("sd2-inpaint-legacy.ckpt"), "main", "sd-2", "checkpoint").main("inpaint", Some("epsilon")));
+    cases.push(
+        case(
+            "sd15 torch zip ckpt",
+            p("sd15-zip.ckpt"),
+            "main",
+            "sd-1",
+            "checkpoint",
+        )
+        .main("normal", Some("epsilon")),
+    );
+    let keys2: Vec<_> = sd_main_keys(
+        1024,
+        9,
+        "1",
+        ("cond_stage_model.model.positional_embedding", 1024),
+    )
+    .into_iter()
+    .map(|(k, s)| {
+        if k.contains("positional_embedding") {
+            (k, vec![77, 1024])
+        } else {
+            (k, s)
+        }
+    })
+    .collect();
+    torch_legacy(
+        &p("sd2-inpaint-legacy.ckpt"),
+        &dict(&[
+            ("global_step", Py::Int(200_000)),
+            ("state_dict", py_od(&keys2)),
+        ]),
+    );
+    cases.push(
+        case(
+            "sd2 inpaint legacy ckpt",
+            p("sd2-inpaint-legacy.ckpt"),
+            "main",
+            "sd-2",
+            "checkpoint",
+        )
+        .main("inpaint", Some("epsilon")),
+    );
 
     // --- flux / sd3 ---
     let flux = |guidance: bool, in_ch: u64, prefix: &str| {
         let mut k = vec![
-            (format!("{prefix}double_blocks.0.img_attn.qkv.weight"), vec![9216, 3072]),
-            (format!("{prefix}double_blocks.0.img_attn.norm.key_norm.scale"), vec![128]),
-            (format!("{prefix}single_blocks.0.linear1.weight"), vec![21504, 3072]),
+            (
+                format!("{prefix}double_blocks.0.img_attn.qkv.weight"),
+                vec![9216, 3072],
+            ),
+            (
+                format!("{prefix}double_blocks.0.img_attn.norm.key_norm.scale"),
+                vec![128],
+            ),
+            (
+                format!("{prefix}single_blocks.0.linear1.weight"),
+                vec![21504, 3072],
+            ),
             (format!("{prefix}img_in.weight"), vec![3072, in_ch]),
             (format!("{prefix}txt_in.weight"), vec![3072, 4096]),
         ];
         if guidance {
-            k.push((format!("{prefix}guidance_in.in_layer.weight"), vec![3072, 256]));
+            k.push((
+                format!("{prefix}guidance_in.in_layer.weight"),
+                vec![3072, 256],
+            ));
         }
         k
     };
     st(&p("flux1-dev.safetensors"), &flux(true, 64, ""), None);
-    cases.push(case("flux dev", p("flux1-dev.safetensors"), "main", "flux", "checkpoint").main("normal", None));
+    cases.push(
+        case(
+            "flux dev",
+            p("flux1-dev.safetensors"),
+            "main",
+            "flux",
+            "checkpoint",
+        )
+        .main("normal", None),
+    );
     st(&p("flux1-schnell.safetensors"), &flux(false, 64, DM), None);
-    cases.push(case("flux schnell (comfy prefix)", p("flux1-schnell.safetensors"), "main", "flux", "checkpoint").main("normal", None));
+    cases.push(
+        case(
+            "flux schnell (comfy prefix)",
+            p("flux1-schnell.safetensors"),
+            "main",
+            "flux",
+            "checkpoint",
+        )
+        .main("normal", None),
+    );
     st(&p("flux1-fill-dev.safetensors"), &flux(true, 384, ""), None);
-    cases.push(case("flux fill", p("flux1-fill-dev.safetensors"), "main", "flux", "checkpoint").main("inpaint", None));
+    cases.push(
+        case(
+            "flux fill",
+            p("flux1-fill-dev.safetensors"),
+            "main",
+            "flux",
+            "checkpoint",
+        )
+        .main("inpaint", None),
+    );
     let mut nf4 = flux(true, 64, "");
-    nf4.push(("double_blocks.0.img_attn.qkv.weight.quant_state.bitsandbytes__nf4".into(), vec![128]));
+    nf4.push((
+        "double_blocks.0.img_attn.qkv.weight.quant_state.bitsandbytes__nf4".into(),
+        vec![128],
+    ));
     st(&p("flux1-dev-nf4.safetensors"), &nf4, None);
-    cases.push(case("flux nf4", p("flux1-dev-nf4.safetensors"), "main", "flux", "bnb_quantized_nf4b").main("normal", None));
+    cases.push(
+        case(
+            "flux nf4",
+            p("flux1-dev-nf4.safetensors"),
+            "main",
+            "flux",
+            "bnb_quantized_nf4b",
+        )
+        .main("normal", None),
+    );
     st(
         &p("sd3.5-medium.safetensors"),
         &[
-            (format!("{DM}joint_blocks.0.context_block.attn.qkv.weight"), vec![4608, 1536]),
+            (
+                format!("{DM}joint_blocks.0.context_block.attn.qkv.weight"),
+                vec![4608, 1536],
+            ),
             (format!("{DM}x_embedder.proj.weight"), vec![1536, 16, 2, 2]),
         ],
         None,
     );
-    cases.push(case("sd3", p("sd3.5-medium.safetensors"), "main", "sd-3", "checkpoint").main("normal", None));
+    cases.push(
+        case(
+            "sd3",
+            p("sd3.5-medium.safetensors"),
+            "main",
+            "sd-3",
+            "checkpoint",
+        )
+        .main("normal", None),
+    );
 
     // --- gguf ---
     let fk = flux(true, 64, "");
     let fk: Vec<(&str, &[u64])> = fk.iter().map(|(k, s)| (k.as_str(), s.as_slice())).collect();
-    gguf(&p("flux1-dev-Q8_0.gguf"), &[("general.architecture", "flux"), ("general.quantization_version", "2")], &fk);
-    cases.push(case("flux gguf", p("flux1-dev-Q8_0.gguf"), "main", "flux", "gguf_quantized").main("normal", None));
+    gguf(
+        &p("flux1-dev-Q8_0.gguf"),
+        &[
+            ("general.architecture", "flux"),
+            ("general.quantization_version", "2"),
+        ],
+        &fk,
+    );
+    cases.push(
+        case(
+            "flux gguf",
+            p("flux1-dev-Q8_0.gguf"),
+            "main",
+            "flux",
+            "gguf_quantized",
+        )
+        .main("normal", None),
+    );
 
     // --- vae ---
-    safetensors(&p("flux-ae.safetensors"), &[("decoder.conv_in.weight", &[512, 16, 3, 3]), ("encoder.conv_in.weight", &[128, 3, 3, 3]), ("encoder.conv_out.weight", &[32, 512, 3, 3])], None);
-    cases.push(case("flux vae", p("flux-ae.safetensors"), "vae", "flux", "checkpoint"));
+    safetensors(
+        &p("flux-ae.safetensors"),
+        &[
+            ("decoder.conv_in.weight", &[512, 16, 3, 3]),
+            ("encoder.conv_in.weight", &[128, 3, 3, 3]),
+            ("encoder.conv_out.weight", &[32, 512, 3, 3]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "flux vae",
+        p("flux-ae.safetensors"),
+        "vae",
+        "flux",
+        "checkpoint",
+    ));
     safetensors(
         &p("sdxl_vae_spec.safetensors"),
-        &[("decoder.conv_in.weight", &[512, 4, 3, 3]), ("encoder.conv_in.weight", &[128, 3, 3, 3])],
+        &[
+            ("decoder.conv_in.weight", &[512, 4, 3, 3]),
+            ("encoder.conv_in.weight", &[128, 3, 3, 3]),
+        ],
         Some(json!({"modelspec.architecture": "stable-diffusion-xl-v1-base/vae"})),
     );
-    cases.push(case("sdxl vae with modelspec", p("sdxl_vae_spec.safetensors"), "vae", "sdxl", "checkpoint"));
-    torch_zip(&p("vae-ft-mse.pt"), "vae-ft-mse", &dict(&[("state_dict", py_od(&[("decoder.conv_in.weight".into(), vec![512, 4, 3, 3]), ("encoder.conv_in.weight".into(), vec![128, 3, 3, 3])]))]), &[]);
-    cases.push(case("sd vae (ambiguous, pickle)", p("vae-ft-mse.pt"), "vae", "unknown", "checkpoint"));
+    cases.push(case(
+        "sdxl vae with modelspec",
+        p("sdxl_vae_spec.safetensors"),
+        "vae",
+        "sdxl",
+        "checkpoint",
+    ));
+    torch_zip(
+        &p("vae-ft-mse.pt"),
+        "vae-ft-mse",
+        &dict(&[(
+            "state_dict",
+            py_od(&[
+                ("decoder.conv_in.weight".into(), vec![512, 4, 3, 3]),
+                ("encoder.conv_in.weight".into(), vec![128, 3, 3, 3]),
+            ]),
+        )]),
+        &[],
+    );
+    cases.push(case(
+        "sd vae (ambiguous, pickle)",
+        p("vae-ft-mse.pt"),
+        "vae",
+        "unknown",
+        "checkpoint",
+    ));
 
     // --- lora / lycoris ---
     let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k";
@@ -673,64 +1022,232 @@ pub fn corpus(root: &Path) -> Vec<Case> {
             (&format!("{k}.lora_down.weight"), &[4, 768]),
             (&format!("{k}.lora_up.weight"), &[320, 4]),
             (&format!("{k}.alpha"), &[]),
-            ("lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight", &[4, 768]),
+            (
+                "lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight",
+                &[4, 768],
+            ),
         ],
         Some(json!({"ss_base_model_version": "sd_v1", "ss_network_module": "networks.lora"})),
     );
-    cases.push(case("kohya lora sd-1", p("lora-sd1.safetensors"), "lora", "sd-1", "lycoris"));
-    safetensors(&p("lora-sd2.safetensors"), &[(&format!("{k}.lora_down.weight"), &[8, 1024]), (&format!("{k}.lora_up.weight"), &[320, 8])], None);
-    cases.push(case("kohya lora sd-2", p("lora-sd2.safetensors"), "lora", "sd-2", "lycoris"));
+    cases.push(case(
+        "kohya lora sd-1",
+        p("lora-sd1.safetensors"),
+        "lora",
+        "sd-1",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-sd2.safetensors"),
+        &[
+            (&format!("{k}.lora_down.weight"), &[8, 1024]),
+            (&format!("{k}.lora_up.weight"), &[320, 8]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "kohya lora sd-2",
+        p("lora-sd2.safetensors"),
+        "lora",
+        "sd-2",
+        "lycoris",
+    ));
     let kx = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k";
     safetensors(
         &p("lora-sdxl.safetensors"),
         &[
             (&format!("{kx}.lora_down.weight"), &[16, 2048]),
             (&format!("{kx}.lora_up.weight"), &[640, 16]),
-            ("lora_te1_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight", &[16, 768]),
-            ("lora_te2_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight", &[16, 1280]),
+            (
+                "lora_te1_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight",
+                &[16, 768],
+            ),
+            (
+                "lora_te2_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight",
+                &[16, 1280],
+            ),
         ],
         None,
     );
-    cases.push(case("kohya lora sdxl", p("lora-sdxl.safetensors"), "lora", "sdxl", "lycoris"));
-    safetensors(&p("lora-unet-only-sdxl.safetensors"), &[(&format!("{kx}.lora_down.weight"), &[16, 2048]), (&format!("{kx}.lora_up.weight"), &[640, 16])], None);
-    cases.push(case("kohya lora sdxl unet only (width 2048)", p("lora-unet-only-sdxl.safetensors"), "lora", "sdxl", "lycoris"));
-    safetensors(&p("lora-te-sd2.safetensors"), &[("lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight", &[4, 1024])], None);
-    cases.push(case("kohya lora text-encoder only sd-2", p("lora-te-sd2.safetensors"), "lora", "sd-2", "lycoris"));
+    cases.push(case(
+        "kohya lora sdxl",
+        p("lora-sdxl.safetensors"),
+        "lora",
+        "sdxl",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-unet-only-sdxl.safetensors"),
+        &[
+            (&format!("{kx}.lora_down.weight"), &[16, 2048]),
+            (&format!("{kx}.lora_up.weight"), &[640, 16]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "kohya lora sdxl unet only (width 2048)",
+        p("lora-unet-only-sdxl.safetensors"),
+        "lora",
+        "sdxl",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-te-sd2.safetensors"),
+        &[(
+            "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
+            &[4, 1024],
+        )],
+        None,
+    );
+    cases.push(case(
+        "kohya lora text-encoder only sd-2",
+        p("lora-te-sd2.safetensors"),
+        "lora",
+        "sd-2",
+        "lycoris",
+    ));
     safetensors(
         &p("lora-ff-meta.safetensors"),
-        &[("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2.lora_down.weight", &[8, 5120])],
+        &[(
+            "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2.lora_down.weight",
+            &[8, 5120],
+        )],
         Some(json!({"ss_base_model_version": "sdxl_base_v1-0"})),
     );
-    cases.push(case("kohya lora base from metadata", p("lora-ff-meta.safetensors"), "lora", "sdxl", "lycoris"));
+    cases.push(case(
+        "kohya lora base from metadata",
+        p("lora-ff-meta.safetensors"),
+        "lora",
+        "sdxl",
+        "lycoris",
+    ));
     safetensors(
         &p("lora-peft-sdxl.safetensors"),
         &[
-            ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight", &[4, 2048]),
-            ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight", &[640, 4]),
+            (
+                "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight",
+                &[4, 2048],
+            ),
+            (
+                "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight",
+                &[640, 4],
+            ),
         ],
         None,
     );
-    cases.push(case("peft lora sdxl", p("lora-peft-sdxl.safetensors"), "lora", "sdxl", "diffusers"));
-    safetensors(&p("lora-flux.safetensors"), &[("lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", &[16, 3072]), ("lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight", &[9216, 16])], None);
-    cases.push(case("kohya lora flux", p("lora-flux.safetensors"), "lora", "flux", "lycoris"));
-    safetensors(&p("lora-flux-peft.safetensors"), &[("transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight", &[16, 3072])], None);
-    cases.push(case("peft lora flux", p("lora-flux-peft.safetensors"), "lora", "flux", "diffusers"));
-    safetensors(&p("lokr-sd1.safetensors"), &[(&format!("{k}.lokr_w1"), &[4, 8]), (&format!("{k}.lokr_w2"), &[80, 96]), (&format!("{k}.alpha"), &[])], None);
-    cases.push(case("lokr sd-1 (8×96)", p("lokr-sd1.safetensors"), "lora", "sd-1", "lycoris"));
+    cases.push(case(
+        "peft lora sdxl",
+        p("lora-peft-sdxl.safetensors"),
+        "lora",
+        "sdxl",
+        "diffusers",
+    ));
     safetensors(
-        &p("loha-sdxl.safetensors"),
-        &[(&format!("{kx}.hada_w1_a"), &[640, 8]), (&format!("{kx}.hada_w1_b"), &[8, 2048]), (&format!("{kx}.hada_w2_a"), &[640, 8]), (&format!("{kx}.hada_w2_b"), &[8, 2048])],
+        &p("lora-flux.safetensors"),
+        &[
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+                &[16, 3072],
+            ),
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight",
+                &[9216, 16],
+            ),
+        ],
         None,
     );
-    cases.push(case("loha sdxl", p("loha-sdxl.safetensors"), "lora", "sdxl", "lycoris"));
-    torch_zip(&p("lora-sd1.pt"), "archive", &od(&[(&format!("{k}.lora_down.weight"), t(&[4, 768])), (&format!("{k}.lora_up.weight"), t(&[320, 4]))]), &[]);
-    cases.push(case("kohya lora sd-1 (pickle)", p("lora-sd1.pt"), "lora", "sd-1", "lycoris"));
+    cases.push(case(
+        "kohya lora flux",
+        p("lora-flux.safetensors"),
+        "lora",
+        "flux",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-flux-peft.safetensors"),
+        &[(
+            "transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight",
+            &[16, 3072],
+        )],
+        None,
+    );
+    cases.push(case(
+        "peft lora flux",
+        p("lora-flux-peft.safetensors"),
+        "lora",
+        "flux",
+        "diffusers",
+    ));
+    safetensors(
+        &p("lokr-sd1.safetensors"),
+        &[
+            (&format!("{k}.lokr_w1"), &[4, 8]),
+            (&format!("{k}.lokr_w2"), &[80, 96]),
+            (&format!("{k}.alpha"), &[]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "lokr sd-1 (8×96)",
+        p("lokr-sd1.safetensors"),
+        "lora",
+        "sd-1",
+        "lycoris",
+    ));
+    safetensors(
+        &p("loha-sdxl.safetensors"),
+        &[
+            (&format!("{kx}.hada_w1_a"), &[640, 8]),
+            (&format!("{kx}.hada_w1_b"), &[8, 2048]),
+            (&format!("{kx}.hada_w2_a"), &[640, 8]),
+            (&format!("{kx}.hada_w2_b"), &[8, 2048]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "loha sdxl",
+        p("loha-sdxl.safetensors"),
+        "lora",
+        "sdxl",
+        "lycoris",
+    ));
+    torch_zip(
+        &p("lora-sd1.pt"),
+        "archive",
+        &od(&[
+            (&format!("{k}.lora_down.weight"), t(&[4, 768])),
+            (&format!("{k}.lora_up.weight"), t(&[320, 4])),
+        ]),
+        &[],
+    );
+    cases.push(case(
+        "kohya lora sd-1 (pickle)",
+        p("lora-sd1.pt"),
+        "lora",
+        "sd-1",
+        "lycoris",
+    ));
 
     // --- textual inversion ---
     safetensors(&p("ti-sd1.safetensors"), &[("emb_params", &[2, 768])], None);
-    cases.push(case("embedding sd-1", p("ti-sd1.safetensors"), "embedding", "sd-1", "embedding_file"));
-    safetensors(&p("ti-sdxl.safetensors"), &[("clip_g", &[4, 1280]), ("clip_l", &[4, 768])], None);
-    cases.push(case("embedding sdxl", p("ti-sdxl.safetensors"), "embedding", "sdxl", "embedding_file"));
+    cases.push(case(
+        "embedding sd-1",
+        p("ti-sd1.safetensors"),
+        "embedding",
+        "sd-1",
+        "embedding_file",
+    ));
+    safetensors(
+        &p("ti-sdxl.safetensors"),
+        &[("clip_g", &[4, 1280]), ("clip_l", &[4, 768])],
+        None,
+    );
+    cases.push(case(
+        "embedding sdxl",
+        p("ti-sdxl.safetensors"),
+        "embedding",
+        "sdxl",
+        "embedding_file",
+    ));
     torch_zip(
         &p("ti-sd2.pt"),
         "archive",
@@ -742,47 +1259,140 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         ]),
         &[],
     );
-    cases.push(case("embedding sd-2 (A1111 .pt)", p("ti-sd2.pt"), "embedding", "sd-2", "embedding_file"));
+    cases.push(case(
+        "embedding sd-2 (A1111 .pt)",
+        p("ti-sd2.pt"),
+        "embedding",
+        "sd-2",
+        "embedding_file",
+    ));
     torch_legacy(&p("ti-xlclipg.bin"), &dict(&[("<tok>", t(&[1280]))]));
-    cases.push(case("embedding single vector 1280 (legacy)", p("ti-xlclipg.bin"), "embedding", "sdxl", "embedding_file"));
+    cases.push(case(
+        "embedding single vector 1280 (legacy)",
+        p("ti-xlclipg.bin"),
+        "embedding",
+        "sdxl",
+        "embedding_file",
+    ));
 
     // --- controlnet ---
     torch_legacy(
         &p("control_sd15_canny.pth"),
         &od(&[
             ("control_model.input_hint_block.0.weight", t(&[16, 3, 3, 3])),
-            ("control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", t(&[320, 768])),
+            (
+                "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                t(&[320, 768]),
+            ),
         ]),
     );
-    cases.push(case("controlnet sd-1 (legacy pickle)", p("control_sd15_canny.pth"), "controlnet", "sd-1", "checkpoint"));
+    cases.push(case(
+        "controlnet sd-1 (legacy pickle)",
+        p("control_sd15_canny.pth"),
+        "controlnet",
+        "sd-1",
+        "checkpoint",
+    ));
     safetensors(
         &p("controlnet-sdxl.safetensors"),
         &[
             ("controlnet_cond_embedding.conv_in.weight", &[16, 3, 3, 3]),
-            ("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight", &[640, 2048]),
+            (
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                &[640, 2048],
+            ),
             ("controlnet_down_blocks.0.weight", &[320, 320, 1, 1]),
         ],
         None,
     );
-    cases.push(case("controlnet sdxl (diffusers single file)", p("controlnet-sdxl.safetensors"), "controlnet", "sdxl", "checkpoint"));
-    safetensors(&p("controlnet-sd2.safetensors"), &[("control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", &[320, 1024]), ("control_model.input_hint_block.0.weight", &[16, 3, 3, 3])], None);
-    cases.push(case("controlnet sd-2", p("controlnet-sd2.safetensors"), "controlnet", "sd-2", "checkpoint"));
+    cases.push(case(
+        "controlnet sdxl (diffusers single file)",
+        p("controlnet-sdxl.safetensors"),
+        "controlnet",
+        "sdxl",
+        "checkpoint",
+    ));
+    safetensors(
+        &p("controlnet-sd2.safetensors"),
+        &[
+            (
+                "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                &[320, 1024],
+            ),
+            ("control_model.input_hint_block.0.weight", &[16, 3, 3, 3]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "controlnet sd-2",
+        p("controlnet-sd2.safetensors"),
+        "controlnet",
+        "sd-2",
+        "checkpoint",
+    ));
 
     // --- ip adapter ---
-    safetensors(&p("ip-adapter_sd15.safetensors"), &[("image_proj.proj.weight", &[3072, 1024]), ("ip_adapter.1.to_k_ip.weight", &[320, 768]), ("ip_adapter.1.to_v_ip.weight", &[320, 768])], None);
-    cases.push(case("ip-adapter sd-1", p("ip-adapter_sd15.safetensors"), "ip_adapter", "sd-1", "checkpoint"));
-    safetensors(&p("flux-ip-adapter.safetensors"), &[("double_blocks.0.processor.ip_adapter_double_stream_k_proj.weight", &[3072, 4096])], None);
-    cases.push(case("ip-adapter flux (xlabs)", p("flux-ip-adapter.safetensors"), "ip_adapter", "flux", "checkpoint"));
+    safetensors(
+        &p("ip-adapter_sd15.safetensors"),
+        &[
+            ("image_proj.proj.weight", &[3072, 1024]),
+            ("ip_adapter.1.to_k_ip.weight", &[320, 768]),
+            ("ip_adapter.1.to_v_ip.weight", &[320, 768]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "ip-adapter sd-1",
+        p("ip-adapter_sd15.safetensors"),
+        "ip_adapter",
+        "sd-1",
+        "checkpoint",
+    ));
+    safetensors(
+        &p("flux-ip-adapter.safetensors"),
+        &[(
+            "double_blocks.0.processor.ip_adapter_double_stream_k_proj.weight",
+            &[3072, 4096],
+        )],
+        None,
+    );
+    cases.push(case(
+        "ip-adapter flux (xlabs)",
+        p("flux-ip-adapter.safetensors"),
+        "ip_adapter",
+        "flux",
+        "checkpoint",
+    ));
 
     // --- diffusers pipelines ---
     let d = p("stable-diffusion-v1-5");
-    pipeline(&d, &sd_model_index("StableDiffusionPipeline", &[]), Some(&sd15_unet_config()), None, &scheduler(Some("epsilon"), "PNDMScheduler"), "fp16");
-    cases.push(case("sd15 diffusers (fp16)", d, "main", "sd-1", "diffusers").main("normal", Some("epsilon")));
+    pipeline(
+        &d,
+        &sd_model_index("StableDiffusionPipeline", &[]),
+        Some(&sd15_unet_config()),
+        None,
+        &scheduler(Some("epsilon"), "PNDMScheduler"),
+        "fp16",
+    );
+    cases.push(
+        case("sd15 diffusers (fp16)", d, "main", "sd-1", "diffusers")
+            .main("normal", Some("epsilon")),
+    );
     let d = p("stable-diffusion-inpainting");
     let mut u = sd15_unet_config();
     u["in_channels"] = json!(9);
-    pipeline(&d, &sd_model_index("StableDiffusionInpaintPipeline", &[]), Some(&u), None, &scheduler(None, "DDIMScheduler"), "");
-    cases.push(case("sd15 inpaint diffusers", d, "main", "sd-1", "diffusers").main("inpaint", Some("epsilon")));
+    pipeline(
+        &d,
+        &sd_model_index("StableDiffusionInpaintPipeline", &[]),
+        Some(&u),
+        None,
+        &scheduler(None, "DDIMScheduler"),
+        "",
+    );
+    cases.push(
+        case("sd15 inpaint diffusers", d, "main", "sd-1", "diffusers")
+            .main("inpaint", Some("epsilon")),
+    );
     let d = p("stable-diffusion-2-1");
     let mut u = sd15_unet_config();
     u["cross_attention_dim"] = json!(1024);
@@ -790,8 +1400,17 @@ pub fn corpus(root: &Path) -> Vec<Case> {
     u["use_linear_projection"] = json!(true);
     u["upcast_attention"] = json!(true);
     u["sample_size"] = json!(96);
-    pipeline(&d, &sd_model_index("StableDiffusionPipeline", &[]), Some(&u), None, &scheduler(Some("v_prediction"), "DDIMScheduler"), "");
-    cases.push(case("sd21 diffusers", d, "main", "sd-2", "diffusers").main("normal", Some("v_prediction")));
+    pipeline(
+        &d,
+        &sd_model_index("StableDiffusionPipeline", &[]),
+        Some(&u),
+        None,
+        &scheduler(Some("v_prediction"), "DDIMScheduler"),
+        "",
+    );
+    cases.push(
+        case("sd21 diffusers", d, "main", "sd-2", "diffusers").main("normal", Some("v_prediction")),
+    );
     let d = p("stable-diffusion-xl-base-1.0");
     let mut u = sd15_unet_config();
     u["cross_attention_dim"] = json!(2048);
@@ -802,13 +1421,29 @@ pub fn corpus(root: &Path) -> Vec<Case> {
     u["sample_size"] = json!(128);
     let idx = sd_model_index(
         "StableDiffusionXLPipeline",
-        &[("text_encoder_2", json!(["transformers", "CLIPTextModelWithProjection"])), ("tokenizer_2", json!(["transformers", "CLIPTokenizer"])), ("scheduler", json!(["diffusers", "EulerDiscreteScheduler"]))],
+        &[
+            (
+                "text_encoder_2",
+                json!(["transformers", "CLIPTextModelWithProjection"]),
+            ),
+            ("tokenizer_2", json!(["transformers", "CLIPTokenizer"])),
+            ("scheduler", json!(["diffusers", "EulerDiscreteScheduler"])),
+        ],
     );
     let mut idx = idx;
     idx.as_object_mut().unwrap().remove("safety_checker");
     idx.as_object_mut().unwrap().remove("feature_extractor");
-    pipeline(&d, &idx, Some(&u), None, &scheduler(Some("epsilon"), "EulerDiscreteScheduler"), "fp16");
-    cases.push(case("sdxl diffusers", d, "main", "sdxl", "diffusers").main("normal", Some("epsilon")));
+    pipeline(
+        &d,
+        &idx,
+        Some(&u),
+        None,
+        &scheduler(Some("epsilon"), "EulerDiscreteScheduler"),
+        "fp16",
+    );
+    cases.push(
+        case("sdxl diffusers", d, "main", "sdxl", "diffusers").main("normal", Some("epsilon")),
+    );
     let d = p("stable-diffusion-xl-refiner-1.0");
     let mut u = sd15_unet_config();
     u["cross_attention_dim"] = json!(1280);
@@ -816,11 +1451,35 @@ pub fn corpus(root: &Path) -> Vec<Case> {
     u["projection_class_embeddings_input_dim"] = json!(2560);
     let mut idx = sd_model_index(
         "StableDiffusionXLImg2ImgPipeline",
-        &[("text_encoder", json!([null, null])), ("tokenizer", json!([null, null])), ("text_encoder_2", json!(["transformers", "CLIPTextModelWithProjection"])), ("tokenizer_2", json!(["transformers", "CLIPTokenizer"]))],
+        &[
+            ("text_encoder", json!([null, null])),
+            ("tokenizer", json!([null, null])),
+            (
+                "text_encoder_2",
+                json!(["transformers", "CLIPTextModelWithProjection"]),
+            ),
+            ("tokenizer_2", json!(["transformers", "CLIPTokenizer"])),
+        ],
     );
     idx.as_object_mut().unwrap().remove("safety_checker");
-    pipeline(&d, &idx, Some(&u), None, &scheduler(Some("epsilon"), "EulerDiscreteScheduler"), "");
-    cases.push(case("sdxl refiner diffusers", d, "main", "sdxl-refiner", "diffusers").main("normal", Some("epsilon")));
+    pipeline(
+        &d,
+        &idx,
+        Some(&u),
+        None,
+        &scheduler(Some("epsilon"), "EulerDiscreteScheduler"),
+        "",
+    );
+    cases.push(
+        case(
+            "sdxl refiner diffusers",
+            d,
+            "main",
+            "sdxl-refiner",
+            "diffusers",
+        )
+        .main("normal", Some("epsilon")),
+    );
     let d = p("FLUX.1-dev");
     let idx = json!({
         "_class_name": "FluxPipeline", "_diffusers_version": "0.30.0.dev0",
@@ -865,59 +1524,155 @@ pub fn corpus(root: &Path) -> Vec<Case> {
     cn["conditioning_embedding_out_channels"] = json!([16, 32, 96, 256]);
     write_json(&d.join("config.json"), &cn);
     touch(&d.join("diffusion_pytorch_model.fp16.safetensors"), b"cn");
-    cases.push(case("controlnet sd-1 diffusers", d, "controlnet", "sd-1", "diffusers"));
+    cases.push(case(
+        "controlnet sd-1 diffusers",
+        d,
+        "controlnet",
+        "sd-1",
+        "diffusers",
+    ));
     let d = p("t2i-adapter-canny-sdxl-1.0");
-    write_json(&d.join("config.json"), &json!({"_class_name": "T2IAdapter", "_diffusers_version": "0.20.0.dev0", "adapter_type": "full_adapter_xl", "channels": [320, 640, 1280, 1280], "downscale_factor": 16, "in_channels": 1, "num_res_blocks": 2}));
+    write_json(
+        &d.join("config.json"),
+        &json!({"_class_name": "T2IAdapter", "_diffusers_version": "0.20.0.dev0", "adapter_type": "full_adapter_xl", "channels": [320, 640, 1280, 1280], "downscale_factor": 16, "in_channels": 1, "num_res_blocks": 2}),
+    );
     touch(&d.join("diffusion_pytorch_model.safetensors"), b"t2i");
-    cases.push(case("t2i adapter sdxl", d, "t2i_adapter", "sdxl", "diffusers"));
+    cases.push(case(
+        "t2i adapter sdxl",
+        d,
+        "t2i_adapter",
+        "sdxl",
+        "diffusers",
+    ));
     let d = p("t2iadapter_canny_sd15v2");
-    write_json(&d.join("config.json"), &json!({"_class_name": "T2IAdapter", "adapter_type": "full_adapter", "channels": [320, 640, 1280, 1280], "in_channels": 1, "num_res_blocks": 2}));
+    write_json(
+        &d.join("config.json"),
+        &json!({"_class_name": "T2IAdapter", "adapter_type": "full_adapter", "channels": [320, 640, 1280, 1280], "in_channels": 1, "num_res_blocks": 2}),
+    );
     touch(&d.join("diffusion_pytorch_model.bin"), b"t2i");
-    cases.push(case("t2i adapter sd-1", d, "t2i_adapter", "sd-1", "diffusers"));
+    cases.push(case(
+        "t2i adapter sd-1",
+        d,
+        "t2i_adapter",
+        "sd-1",
+        "diffusers",
+    ));
     let d = p("clip-vit-h-image-encoder");
-    write_json(&d.join("config.json"), &json!({"architectures": ["CLIPVisionModelWithProjection"], "hidden_size": 1280, "projection_dim": 1024, "model_type": "clip_vision_model"}));
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["CLIPVisionModelWithProjection"], "hidden_size": 1280, "projection_dim": 1024, "model_type": "clip_vision_model"}),
+    );
     touch(&d.join("model.safetensors"), b"clipv");
     cases.push(case("clip vision", d, "clip_vision", "any", "diffusers"));
     let d = p("clip-vit-large-text");
-    write_json(&d.join("config.json"), &json!({"architectures": ["CLIPTextModel"], "hidden_size": 768, "model_type": "clip_text_model"}));
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["CLIPTextModel"], "hidden_size": 768, "model_type": "clip_text_model"}),
+    );
     touch(&d.join("model.safetensors"), b"clipt");
     cases.push(case("clip embed", d, "clip_embed", "any", "diffusers"));
     let d = p("t5-v1_1-xxl");
-    write_json(&d.join("text_encoder_2/config.json"), &json!({"architectures": ["T5EncoderModel"], "d_model": 4096, "model_type": "t5"}));
+    write_json(
+        &d.join("text_encoder_2/config.json"),
+        &json!({"architectures": ["T5EncoderModel"], "d_model": 4096, "model_type": "t5"}),
+    );
     touch(&d.join("text_encoder_2/model.safetensors"), b"t5");
     touch(&d.join("tokenizer_2/spiece.model"), b"spm");
-    cases.push(case("t5 encoder (InvokeAI layout)", d, "t5_encoder", "any", "t5_encoder"));
+    cases.push(case(
+        "t5 encoder (InvokeAI layout)",
+        d,
+        "t5_encoder",
+        "any",
+        "t5_encoder",
+    ));
     let d = p("t5-encoder-plain");
-    write_json(&d.join("config.json"), &json!({"architectures": ["T5EncoderModel"], "d_model": 4096}));
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["T5EncoderModel"], "d_model": 4096}),
+    );
     touch(&d.join("model.safetensors"), b"t5");
-    cases.push(case("t5 encoder (config.json)", d, "t5_encoder", "any", "t5_encoder"));
+    cases.push(case(
+        "t5 encoder (config.json)",
+        d,
+        "t5_encoder",
+        "any",
+        "t5_encoder",
+    ));
 
     // --- embedding, LoRA and IP-Adapter folders ---
     let d = p("cat-toy");
     fs::create_dir_all(&d).unwrap();
-    torch_zip(&d.join("learned_embeds.bin"), "learned_embeds", &dict(&[("<cat-toy>", t(&[768]))]), &[]);
-    cases.push(case("embedding folder sd-1", d, "embedding", "sd-1", "embedding_folder"));
+    torch_zip(
+        &d.join("learned_embeds.bin"),
+        "learned_embeds",
+        &dict(&[("<cat-toy>", t(&[768]))]),
+        &[],
+    );
+    cases.push(case(
+        "embedding folder sd-1",
+        d,
+        "embedding",
+        "sd-1",
+        "embedding_folder",
+    ));
     let d = p("lora-diffusers-sd1");
     fs::create_dir_all(&d).unwrap();
     safetensors(
         &d.join("pytorch_lora_weights.safetensors"),
-        &[("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.down.weight", &[4, 768]), ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.down.weight", &[4, 768])],
+        &[
+            (
+                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.down.weight",
+                &[4, 768],
+            ),
+            (
+                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.down.weight",
+                &[4, 768],
+            ),
+        ],
         None,
     );
-    cases.push(case("lora diffusers folder sd-1", d, "lora", "sd-1", "diffusers"));
+    cases.push(case(
+        "lora diffusers folder sd-1",
+        d,
+        "lora",
+        "sd-1",
+        "diffusers",
+    ));
     let d = p("ip_adapter_sdxl");
     fs::create_dir_all(&d).unwrap();
     torch_zip(
         &d.join("ip_adapter.bin"),
         "archive",
         &dict(&[
-            ("image_proj", od(&[("proj.weight", t(&[8192, 1280])), ("norm.weight", t(&[2048]))])),
-            ("ip_adapter", od(&[("1.to_k_ip.weight", t(&[640, 2048])), ("1.to_v_ip.weight", t(&[640, 2048]))])),
+            (
+                "image_proj",
+                od(&[
+                    ("proj.weight", t(&[8192, 1280])),
+                    ("norm.weight", t(&[2048])),
+                ]),
+            ),
+            (
+                "ip_adapter",
+                od(&[
+                    ("1.to_k_ip.weight", t(&[640, 2048])),
+                    ("1.to_v_ip.weight", t(&[640, 2048])),
+                ]),
+            ),
         ]),
         &[],
     );
-    fs::write(d.join("image_encoder.txt"), "ip_adapter_sdxl_image_encoder\n").unwrap();
-    cases.push(case("ip-adapter folder sdxl", d, "ip_adapter", "sdxl", "invokeai"));
+    fs::write(
+        d.join("image_encoder.txt"),
+        "ip_adapter_sdxl_image_encoder\n",
+    )
+    .unwrap();
+    cases.push(case(
+        "ip-adapter folder sdxl",
+        d,
+        "ip_adapter",
+        "sdxl",
+        "invokeai",
+    ));
 
     cases
 }
