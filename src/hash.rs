@@ -23,8 +23,10 @@ use sha2::{Digest, Sha256};
 
 crate::string_enum! {
     /// A content hash algorithm. Results are strings `algo:hex`.
+    #[derive(Default)]
     HashAlgorithm, "hash algorithm" {
         /// BLAKE3, multi-threaded over a memory map (the default).
+        #[default]
         Blake3 = "blake3",
         /// BLAKE3 on one thread (for comparison and small machines).
         Blake3Single = "blake3_single",
@@ -32,12 +34,6 @@ crate::string_enum! {
         Sha256 = "sha256",
         /// imohash-style sampled hash: constant time per file.
         Imohash = "imohash",
-    }
-}
-
-impl Default for HashAlgorithm {
-    fn default() -> Self {
-        Self::Blake3
     }
 }
 

@@ -444,7 +444,11 @@ fn read_zip(
     })?;
     let names: Vec<String> = zip
         .file_names()
-        .filter(|n| n.ends_with(".pkl"))
+        .filter(|n| {
+            Path::new(n)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("pkl"))
+        })
         .map(str::to_owned)
         .collect();
     // torch writes `<archive name>/data.pkl`; the archive name is the file stem by default.

@@ -94,11 +94,12 @@ fn print_probe_text(
 }
 
 pub fn probe(ctx: &Context, a: ProbeArgs) -> anyhow::Result<Status> {
+    let ProbeArgs { paths } = a;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut results = Vec::with_capacity(a.paths.len());
+    let mut results = Vec::with_capacity(paths.len());
     let mut status = Status::Success;
-    for (i, path) in a.paths.iter().enumerate() {
+    for (i, path) in paths.iter().enumerate() {
         match probe_path(path) {
             Ok(r) => match ctx.output {
                 OutputFormat::Json => results.push(r),
@@ -109,7 +110,7 @@ pub fn probe(ctx: &Context, a: ProbeArgs) -> anyhow::Result<Status> {
                     print_probe_text(&mut out, path, &r)?;
                 }
             },
-            Err(e) if a.paths.len() == 1 => return Err(e.into()),
+            Err(e) if paths.len() == 1 => return Err(e.into()),
             Err(e) => {
                 super::output::print_error(ctx, &anyhow::Error::from(e));
                 status = Status::Error;
@@ -117,7 +118,7 @@ pub fn probe(ctx: &Context, a: ProbeArgs) -> anyhow::Result<Status> {
         }
     }
     if ctx.output == OutputFormat::Json {
-        if a.paths.len() == 1 && results.len() == 1 {
+        if paths.len() == 1 && results.len() == 1 {
             serde_json::to_writer_pretty(&mut out, &results[0])?;
         } else {
             serde_json::to_writer_pretty(&mut out, &results)?;
@@ -129,15 +130,16 @@ pub fn probe(ctx: &Context, a: ProbeArgs) -> anyhow::Result<Status> {
 }
 
 pub fn hash(ctx: &Context, a: HashArgs) -> anyhow::Result<Status> {
-    let algo: HashAlgorithm = a.algo.parse().context("--algo")?;
-    let h = hash_path(&a.path, algo)?;
+    let HashArgs { path, algo } = a;
+    let algo: HashAlgorithm = algo.parse().context("--algo")?;
+    let h = hash_path(&path, algo)?;
     let mut out = std::io::stdout().lock();
     match ctx.output {
         OutputFormat::Json => {
-            let doc = serde_json::json!({"path": a.path, "algorithm": algo, "hash": h});
+            let doc = serde_json::json!({"path": path, "algorithm": algo, "hash": h});
             writeln!(out, "{doc}")?;
         }
-        OutputFormat::Text => writeln!(out, "{h}  {}", a.path.display())?,
+        OutputFormat::Text => writeln!(out, "{h}  {}", path.display())?,
     }
     Ok(Status::Success)
 }
@@ -172,17 +174,18 @@ fn print_scan_text(
 }
 
 pub fn scan(ctx: &Context, a: ScanArgs) -> anyhow::Result<Status> {
-    let r = scan_path(&a.path)?;
+    let ScanArgs { path } = a;
+    let r = scan_path(&path)?;
     let mut out = std::io::stdout().lock();
     match ctx.output {
         OutputFormat::Json => {
             let mut doc = serde_json::to_value(&r)?;
             if let Some(o) = doc.as_object_mut() {
-                o.insert("path".into(), serde_json::json!(a.path));
+                o.insert("path".into(), serde_json::json!(path));
             }
             writeln!(out, "{doc}")?;
         }
-        OutputFormat::Text => print_scan_text(&mut out, &a.path, &r)?,
+        OutputFormat::Text => print_scan_text(&mut out, &path, &r)?,
     }
     Ok(match r.verdict {
         ScanVerdict::Clean => Status::Success,

@@ -77,7 +77,7 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
     if let Some(cfg) = read_json(&dir.join("config.json"))?
         && let Some(class) = class_name(&cfg)
     {
-        return component(dir, &class, &cfg);
+        return Ok(component(dir, &class, &cfg));
     }
     for name in ["learned_embeds.safetensors", "learned_embeds.bin"] {
         let p = dir.join(name);
@@ -181,32 +181,44 @@ fn collect_variant_tags(dir: &Path, depth: u8, out: &mut Vec<RV>) {
             }
             continue;
         }
-        let tag = if name == "flax_model.msgpack" || name == "diffusion_flax_model.msgpack" {
-            Some(RV::Flax)
-        } else if name.ends_with(".onnx") {
-            Some(RV::Onnx)
-        } else if name.starts_with("openvino_model") {
-            Some(RV::OpenVino)
-        } else if let Some(stem) = name
-            .strip_suffix(".safetensors")
-            .or_else(|| name.strip_suffix(".bin"))
-        {
-            if name.ends_with(".index.json") {
-                None
-            } else if stem.ends_with(".fp16") || stem.contains(".fp16-") {
-                Some(RV::Fp16)
-            } else if stem.ends_with(".fp32") {
-                Some(RV::Fp32)
-            } else {
-                Some(RV::Default)
-            }
-        } else {
-            None
-        };
+        let tag = file_variant(&name);
         if let Some(t) = tag {
             out.push(t);
         }
     }
+}
+
+/// The repo variant a weight file name carries: `model.fp16.safetensors` → fp16,
+/// `model.fp16-00001-of-00002.safetensors` → fp16, `model.safetensors` → default.
+fn file_variant(name: &str) -> Option<RV> {
+    let p = Path::new(name);
+    let ext = p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if name == "flax_model.msgpack" || name == "diffusion_flax_model.msgpack" {
+        return Some(RV::Flax);
+    }
+    if name.starts_with("openvino_model") {
+        return Some(RV::OpenVino);
+    }
+    match ext.as_str() {
+        "onnx" => return Some(RV::Onnx),
+        "safetensors" | "bin" => {}
+        _ => return None,
+    }
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    // The variant is the stem's last dot-separated part, before any shard suffix.
+    let tag = stem
+        .rsplit_once('.')
+        .map(|(_, t)| t.split('-').next().unwrap_or(t))
+        .unwrap_or_default();
+    Some(match tag {
+        "fp16" => RV::Fp16,
+        "fp32" => RV::Fp32,
+        _ => RV::Default,
+    })
 }
 
 fn submodel_type(name: &str) -> Option<S> {
@@ -236,8 +248,10 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         let Some(cfg) = read_json(&dir.join(comp).join("config.json"))? else {
             continue;
         };
-        if f.base == B::Unknown {
-            if let Some(w) = u(&cfg, "cross_attention_dim") {
+        if f.base == B::Unknown
+            && let Some(w) = u(&cfg, "cross_attention_dim")
+        {
+            {
                 if let Some(b) = base_from_context(w) {
                     f.base = b;
                     f.evidence
@@ -402,23 +416,18 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
     } else {
         None
     };
-    match decided {
-        Some((b, why)) => {
-            f.base = b;
-            f.evidence.push(format!("{why} → {b}"));
-        }
-        None => {
-            f.base_candidates = vec![B::StableDiffusion1, B::StableDiffusionXL];
-            f.evidence.push("VAE config does not tell sd-1 from sdxl: ambiguous between sd-1 and sdxl; set config.base".into());
-        }
+    if let Some((b, why)) = decided {
+        f.base = b;
+        f.evidence.push(format!("{why} → {b}"));
+    } else {
+        f.base_candidates = vec![B::StableDiffusion1, B::StableDiffusionXL];
+        f.evidence.push(
+            "VAE config does not tell sd-1 from sdxl: ambiguous between sd-1 and sdxl; set config.base".into(),
+        );
     }
 }
 
-fn component(
-    dir: &Path,
-    class: &str,
-    cfg: &serde_json::Map<String, Value>,
-) -> Result<Finding, ProbeError> {
+fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> Finding {
     let mut f = match class {
         "AutoencoderKL" | "AutoencoderTiny" => {
             let mut f = Finding::new(T::Vae, B::Unknown, F::Diffusers);
@@ -526,7 +535,7 @@ fn component(
             f.evidence.push(format!(
                 "config.json class `{other}` is not a model class modelsync knows"
             ));
-            return Ok(f);
+            return f;
         }
     };
     if f.format == F::Diffusers {
@@ -536,5 +545,5 @@ fn component(
                 .push(format!("weight file names → repo variant `{rv}`"));
         }
     }
-    Ok(f)
+    f
 }

@@ -330,7 +330,7 @@ impl Machine {
                 self.push_node(Node::Bool, at)?;
             }
             b'J' => {
-                let v = c.u32()? as i32;
+                let v = i32::from_le_bytes(c.u32()?.to_le_bytes());
                 self.push_node(Node::Int(i64::from(v)), at)?;
             }
             b'K' => {
@@ -704,7 +704,7 @@ impl Machine {
 }
 
 fn pairs(items: &[usize], at: usize) -> Result<Vec<(usize, usize)>, PickleFault> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(fault(at, "odd number of items for a dict"));
     }
     Ok(items.chunks_exact(2).map(|p| (p[0], p[1])).collect())

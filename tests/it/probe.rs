@@ -7,12 +7,15 @@ use modelsync::AnyModelConfig;
 use modelsync::cli::{Status, run};
 use modelsync::probe::{ProbeError, probe, probe_with_overrides};
 use modelsync::scan::ScanVerdict;
-use modelsync::taxonomy::{BaseModelType, ModelType, SubModelType};
+use modelsync::taxonomy::{
+    BaseModelType, ModelRepoVariant, ModelType, ModelVariantType, SchedulerPredictionType,
+    SubModelType,
+};
 use serde_json::json;
 
 use crate::support::probe_fixtures::{self as fx, Py};
 
-fn overrides(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+fn overrides(v: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     v.as_object().unwrap().clone()
 }
 
@@ -33,8 +36,8 @@ fn every_fixture_is_identified() {
             r.model_type.as_str(),
             r.base.as_str(),
             r.format.as_str(),
-            r.variant.map(|v| v.as_str()),
-            r.prediction_type.map(|p| p.as_str()),
+            r.variant.map(ModelVariantType::as_str),
+            r.prediction_type.map(SchedulerPredictionType::as_str),
         );
         let want = (c.model_type, c.base, c.format, c.variant, c.prediction);
         if got != want {
@@ -129,7 +132,7 @@ fn diffusers_folders_report_repo_variant_and_submodels() {
     let dir = tempfile::tempdir().unwrap();
     fx::corpus(dir.path());
     let r = probe(&dir.path().join("stable-diffusion-v1-5")).unwrap();
-    assert_eq!(r.repo_variant.map(|v| v.as_str()), Some("fp16"));
+    assert_eq!(r.repo_variant.map(ModelRepoVariant::as_str), Some("fp16"));
     let subs = r.submodels.unwrap();
     for s in [
         SubModelType::UNet,
@@ -144,7 +147,7 @@ fn diffusers_folders_report_repo_variant_and_submodels() {
     assert_eq!(subs[&SubModelType::UNet].path_or_prefix, "unet");
 
     let r = probe(&dir.path().join("stable-diffusion-2-1")).unwrap();
-    assert_eq!(r.repo_variant.map(|v| v.as_str()), Some(""));
+    assert_eq!(r.repo_variant.map(ModelRepoVariant::as_str), Some(""));
     assert!(r.upcast_attention);
 
     let r = probe(&dir.path().join("stable-diffusion-xl-refiner-1.0")).unwrap();
@@ -187,7 +190,7 @@ fn ambiguous_vae_is_settled_by_a_base_override() {
         r.evidence
     );
 
-    let r = probe_with_overrides(&path, &overrides(json!({"base": "sdxl"}))).unwrap();
+    let r = probe_with_overrides(&path, &overrides(&json!({"base": "sdxl"}))).unwrap();
     assert_eq!(r.base, BaseModelType::StableDiffusionXL);
     assert!(!r.base_is_ambiguous());
     assert!(r.base_candidates.is_empty());
@@ -200,7 +203,7 @@ fn overrides_win_and_type_conflicts_are_errors() {
     let sd2 = dir.path().join("sd21.safetensors");
     let r = probe_with_overrides(
         &sd2,
-        &overrides(json!({"prediction_type": "epsilon", "upcast_attention": false, "name": "sd2 base", "description": "d", "variant": "inpaint", "tags": ["ignored"]})),
+        &overrides(&json!({"prediction_type": "epsilon", "upcast_attention": false, "name": "sd2 base", "description": "d", "variant": "inpaint", "tags": ["ignored"]})),
     )
     .unwrap();
     assert_eq!(r.prediction_type.unwrap().as_str(), "epsilon");
@@ -210,7 +213,7 @@ fn overrides_win_and_type_conflicts_are_errors() {
     assert_eq!(r.variant.unwrap().as_str(), "inpaint");
 
     let lora = dir.path().join("lora-sd1.safetensors");
-    let e = probe_with_overrides(&lora, &overrides(json!({"type": "main"}))).unwrap_err();
+    let e = probe_with_overrides(&lora, &overrides(&json!({"type": "main"}))).unwrap_err();
     assert!(matches!(e, ProbeError::TypeConflict { .. }));
     let msg = e.to_string();
     assert!(
@@ -219,17 +222,17 @@ fn overrides_win_and_type_conflicts_are_errors() {
     );
 
     // Same type: fine.
-    assert!(probe_with_overrides(&lora, &overrides(json!({"type": "lora"}))).is_ok());
+    assert!(probe_with_overrides(&lora, &overrides(&json!({"type": "lora"}))).is_ok());
 
-    let e = probe_with_overrides(&lora, &overrides(json!({"base": "sd-9"})))
+    let e = probe_with_overrides(&lora, &overrides(&json!({"base": "sd-9"})))
         .unwrap_err()
         .to_string();
     assert!(e.contains("`base`") && e.contains("sd-9"), "{e}");
-    let e = probe_with_overrides(&lora, &overrides(json!({"format": "gguf_quantized"})))
+    let e = probe_with_overrides(&lora, &overrides(&json!({"format": "gguf_quantized"})))
         .unwrap_err()
         .to_string();
     assert!(e.contains("valid formats: lycoris, diffusers"), "{e}");
-    let e = probe_with_overrides(&lora, &overrides(json!({"upcast_attention": "yes"})))
+    let e = probe_with_overrides(&lora, &overrides(&json!({"upcast_attention": "yes"})))
         .unwrap_err()
         .to_string();
     assert!(e.contains("upcast_attention"), "{e}");
@@ -258,7 +261,7 @@ fn type_hint_names_an_unknown_file() {
     );
     let r = probe_with_overrides(
         &p,
-        &overrides(json!({"type": "spandrel_image_to_image", "base": "any"})),
+        &overrides(&json!({"type": "spandrel_image_to_image", "base": "any"})),
     )
     .unwrap();
     assert_eq!(r.model_type, ModelType::SpandrelImageToImage);

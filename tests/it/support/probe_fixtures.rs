@@ -31,7 +31,7 @@ pub fn safetensors(path: &Path, tensors: &[(&str, &[u64])], metadata: Option<Val
         offset += n;
     }
     let mut text = serde_json::to_string(&Value::Object(header)).unwrap();
-    while (text.len() + 8) % 8 != 0 {
+    while !(text.len() + 8).is_multiple_of(8) {
         text.push(' ');
     }
     let mut f = fs::File::create(path).unwrap();
@@ -193,14 +193,14 @@ impl Pickler {
             }
             1..=3 => {
                 for &x in v {
-                    self.int(x as i64);
+                    self.int(i64::try_from(x).unwrap());
                 }
                 self.out.push(0x84 + v.len() as u8);
             }
             _ => {
                 self.out.push(b'(');
                 for &x in v {
-                    self.int(x as i64);
+                    self.int(i64::try_from(x).unwrap());
                 }
                 self.out.push(b't');
             }
@@ -275,7 +275,7 @@ impl Pickler {
                 self.global("torch", storage);
                 self.string(&key);
                 self.string("cpu");
-                self.int(numel as i64);
+                self.int(i64::try_from(numel).unwrap());
                 if self.legacy {
                     self.out.push(b'N');
                 }
@@ -451,7 +451,7 @@ pub fn gguf(path: &Path, kv: &[(&str, &str)], tensors: &[(&str, &[u64])]) {
         offset += shape.iter().product::<u64>();
         offset = offset.div_ceil(32) * 32;
     }
-    while out.len() % 32 != 0 {
+    while !out.len().is_multiple_of(32) {
         out.push(0);
     }
     let len = out.len() as u64 + offset;
@@ -671,8 +671,6 @@ fn py_od(keys: &[(String, Vec<u64>)]) -> Py {
 
 /// Builds every positive fixture under `root`; returns the expectations.
 pub fn corpus(root: &Path) -> Vec<Case> {
-    let p = |n: &str| root.join(n);
-    let mut cases = Vec::new();
     const SD1_TEXT: (&str, u64) = (
         "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
         768,
@@ -680,6 +678,8 @@ pub fn corpus(root: &Path) -> Vec<Case> {
     const SD2_TEXT: (&str, u64) = ("cond_stage_model.model.token_embedding.weight", 1024);
     const XL_TEXT: (&str, u64) = ("conditioner.embedders.1.model.token_embedding.weight", 1280);
     const REF_TEXT: (&str, u64) = ("conditioner.embedders.0.model.token_embedding.weight", 1280);
+    let p = |n: &str| root.join(n);
+    let mut cases = Vec::new();
 
     // --- main checkpoints (safetensors) ---
     st(
