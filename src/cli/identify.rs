@@ -6,13 +6,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 use clap::Args;
 
 use super::{Context, OutputFormat, Status};
 use crate::hash::{HashAlgorithm, hash_path};
-use crate::probe::{ProbeResult, probe as probe_path};
+use crate::probe::{ProbeError, ProbeResult, probe as probe_path};
 use crate::scan::{GlobalClass, ScanReport, ScanVerdict, scan_path};
 use crate::units::HumanBytes;
 
@@ -93,14 +94,61 @@ fn print_probe_text(
     Ok(())
 }
 
+/// Probes every path, on all cores when there are several; results keep the input order.
+fn probe_all(paths: &[PathBuf]) -> Vec<Result<ProbeResult, ProbeError>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(paths.len());
+    if workers <= 1 {
+        return paths.iter().map(|p| probe_path(p)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<Result<ProbeResult, ProbeError>>> = Vec::new();
+    slots.resize_with(paths.len(), || None);
+    let done: Vec<Vec<(usize, Result<ProbeResult, ProbeError>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(p) = paths.get(i) else { break };
+                        mine.push((i, probe_path(p)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for (i, r) in done.into_iter().flatten() {
+        slots[i] = Some(r);
+    }
+    slots
+        .into_iter()
+        .zip(paths)
+        .map(|(r, p)| {
+            r.unwrap_or_else(|| {
+                Err(ProbeError::Io {
+                    path: p.clone(),
+                    source: std::io::Error::other("probe worker panicked"),
+                })
+            })
+        })
+        .collect()
+}
+
 pub fn probe(ctx: &Context, a: ProbeArgs) -> anyhow::Result<Status> {
     let ProbeArgs { paths } = a;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut results = Vec::with_capacity(paths.len());
     let mut status = Status::Success;
-    for (i, path) in paths.iter().enumerate() {
-        match probe_path(path) {
+    for (i, (path, r)) in paths.iter().zip(probe_all(&paths)).enumerate() {
+        match r {
             Ok(r) => match ctx.output {
                 OutputFormat::Json => results.push(r),
                 OutputFormat::Text => {

@@ -261,7 +261,7 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     }) {
         f.base = B::StableDiffusionXL;
         f.evidence
-            .push(format!("key `{k}`: second text encoder → sdxl"));
+            .push(format!("key `{k}`: SDXL text-encoder prefix → sdxl"));
         return Some(f);
     }
     // UNet cross-attention key projection: its input width is the context width.
