@@ -3,6 +3,8 @@
 #![allow(dead_code, reason = "each area uses a different subset")]
 
 pub mod hub_server;
+pub mod probe_fixtures;
+
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
