@@ -113,6 +113,9 @@ struct Entry {
     control: Option<watch::Sender<Control>>,
     /// `start_job` arrived while a pause was taking effect.
     restart_after_stop: bool,
+    /// False between a terminal status and the end of its event's delivery: waiters return
+    /// only once the handlers of the final event have run.
+    settled: bool,
 }
 
 #[derive(Default)]
@@ -229,6 +232,7 @@ impl DownloadQueue {
                     job,
                     control: None,
                     restart_after_stop: false,
+                    settled: true,
                 },
             );
             snap
@@ -281,6 +285,14 @@ impl DownloadQueue {
     /// Enqueues an idle or paused job. Starting a job that is already enqueued or running does
     /// nothing; a finished job cannot be started again.
     pub fn start_job(&self, id: JobId) -> Result<(), DownloadError> {
+        self.enqueue(id)?;
+        self.inner.schedule();
+        Ok(())
+    }
+
+    /// Marks a job enqueued without scheduling, so `start_all` can enqueue everything before
+    /// the first pick (else the first job submitted would win over a lower priority).
+    fn enqueue(&self, id: JobId) -> Result<(), DownloadError> {
         let event = {
             let mut st = self.inner.lock();
             let e = st.jobs.get_mut(&id).ok_or(DownloadError::UnknownJobId(id))?;
@@ -314,7 +326,6 @@ impl DownloadQueue {
         if let Some((ev, handlers)) = event {
             self.inner.emit(ev, &handlers);
         }
-        self.inner.schedule();
         Ok(())
     }
 
@@ -363,6 +374,7 @@ impl DownloadQueue {
                 DownloadJobStatus::Idle | DownloadJobStatus::Enqueued | DownloadJobStatus::Paused => {
                     e.job.status = DownloadJobStatus::Cancelled;
                     e.job.job_ended = Some(SystemTime::now());
+                    e.settled = false;
                     if !e.job.preserve_partial_downloads
                         && let Some(p) = partial_target(&e.job)
                     {
@@ -377,6 +389,7 @@ impl DownloadQueue {
         self.inner.bump();
         if let Some((ev, handlers)) = event {
             self.inner.emit(ev, &handlers);
+            self.inner.settle(id);
         }
         Ok(())
     }
@@ -394,8 +407,9 @@ impl DownloadQueue {
     /// Starts every idle or paused job.
     pub fn start_all(&self) {
         for id in self.non_terminal_ids() {
-            let _ = self.start_job(id);
+            let _ = self.enqueue(id);
         }
+        self.inner.schedule();
     }
 
     /// Pauses every enqueued or running job.
@@ -417,10 +431,11 @@ impl DownloadQueue {
         let mut rx = self.inner.changed.subscribe();
         loop {
             let busy = self.inner.lock().jobs.values().any(|e| {
-                matches!(
-                    e.job.status,
-                    DownloadJobStatus::Enqueued | DownloadJobStatus::Running
-                )
+                !e.settled
+                    || matches!(
+                        e.job.status,
+                        DownloadJobStatus::Enqueued | DownloadJobStatus::Running
+                    )
             });
             if !busy {
                 return;
@@ -441,7 +456,7 @@ impl DownloadQueue {
                 {
                     let st = self.inner.lock();
                     let e = st.jobs.get(&id).ok_or(DownloadError::UnknownJobId(id))?;
-                    if e.job.status.is_terminal() {
+                    if e.job.status.is_terminal() && e.settled {
                         return Ok(e.job.snapshot());
                     }
                 }
@@ -510,6 +525,13 @@ impl Inner {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn settle(&self, id: JobId) {
+        if let Some(e) = self.lock().jobs.get_mut(&id) {
+            e.settled = true;
+        }
+        self.bump();
     }
 
     fn bump(&self) {
@@ -681,6 +703,7 @@ impl Inner {
                 return;
             };
             e.control = None;
+            e.settled = false;
             let j = &mut e.job;
             if path.is_some() {
                 j.download_path.clone_from(&path);
@@ -731,6 +754,7 @@ impl Inner {
         };
         self.bump();
         self.emit(event, &handlers);
+        self.settle(id);
         self.schedule();
     }
 }

@@ -1,0 +1,2 @@
+mod download;
+mod support;
