@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::download::{AccessToken, DownloadEvent, DownloadJob, DownloadQueue, DownloadQueueConfig};
+use crate::download::{
+    AccessToken, DownloadEvent, DownloadJob, DownloadQueue, DownloadQueueConfig,
+};
 use crate::events::{Event, NullReporter, Reporter};
 
 use super::{Context, Status};
@@ -50,7 +52,10 @@ impl Reporter for Bar {
                 self.0.set_length(job.total_bytes);
             }
             self.0.set_position(job.bytes);
-            if !matches!(ev, DownloadEvent::Running { .. } | DownloadEvent::Enqueued { .. }) {
+            if !matches!(
+                ev,
+                DownloadEvent::Running { .. } | DownloadEvent::Enqueued { .. }
+            ) {
                 self.0.finish_and_clear();
             }
         }

@@ -2,6 +2,7 @@
 //! beside the destination, resume with `Range`, parallel byte ranges for large files, retries,
 //! verification, and the atomic rename.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -112,7 +113,7 @@ impl Fetch {
             if state_path(p).exists() {
                 return match self.probe().await? {
                     Probe::Ranges { total, meta } => {
-                        self.check_html(&meta, p)?;
+                        Self::check_html(&meta, p)?;
                         self.ranged(p, total).await
                     }
                     Probe::Full(resp, meta) => {
@@ -135,15 +136,14 @@ impl Fetch {
         }
         match self.probe().await? {
             Probe::Ranges { total, meta } => {
-                let p = match path {
-                    Some(p) => p,
-                    None => {
-                        let p = self.resolve_name(&meta)?;
-                        self.set_path(&p);
-                        p
-                    }
+                let p = if let Some(p) = path {
+                    p
+                } else {
+                    let p = self.resolve_name(&meta)?;
+                    self.set_path(&p);
+                    p
                 };
-                self.check_html(&meta, &p)?;
+                Self::check_html(&meta, &p)?;
                 if total >= self.cfg.parallel_threshold {
                     self.ranged(&p, total).await
                 } else {
@@ -163,7 +163,7 @@ impl Fetch {
                 let (resp, meta) = self.send(Some((0, Some(0)))).await?;
                 match resp.status().as_u16() {
                     206 => {
-                        let cr = self.content_range(resp.headers(), &meta.url)?;
+                        let cr = Self::content_range(resp.headers(), &meta.url)?;
                         let total = cr.total.ok_or_else(|| DownloadError::Protocol {
                             url: redact_url(&meta.url),
                             what: "206 answer without the total size in Content-Range".into(),
@@ -185,7 +185,10 @@ impl Fetch {
 
     /// GET with our own redirect handling: the bearer token goes only to the source's origin
     /// (scheme, host, port) and is dropped for good once a redirect leaves it.
-    async fn send(&self, range: Option<(u64, Option<u64>)>) -> Result<(Response, Meta), DownloadError> {
+    async fn send(
+        &self,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<(Response, Meta), DownloadError> {
         let origin = self.url.origin();
         let mut url = self.url.clone();
         let mut same_origin = true;
@@ -231,9 +234,7 @@ impl Fetch {
             }
             let h = resp.headers();
             let text = |name: header::HeaderName| {
-                h.get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
+                h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
             };
             let meta = Meta {
                 content_type: text(header::CONTENT_TYPE),
@@ -249,7 +250,7 @@ impl Fetch {
         })
     }
 
-    fn content_range(&self, h: &HeaderMap, url: &Url) -> Result<ContentRange, DownloadError> {
+    fn content_range(h: &HeaderMap, url: &Url) -> Result<ContentRange, DownloadError> {
         h.get(header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_content_range)
@@ -262,7 +263,11 @@ impl Fetch {
     /// The file name from `Content-Disposition`, else from the URL path, inside the
     /// destination directory. A hostile name is reduced to its last component or refused.
     fn resolve_name(&self, meta: &Meta) -> Result<PathBuf, DownloadError> {
-        let (raw, origin) = match meta.disposition.as_deref().and_then(content_disposition_filename) {
+        let (raw, origin) = match meta
+            .disposition
+            .as_deref()
+            .and_then(content_disposition_filename)
+        {
             Some(n) => (n, "Content-Disposition"),
             None => (url_file_name(&self.url).unwrap_or_default(), "the URL path"),
         };
@@ -275,7 +280,7 @@ impl Fetch {
         Ok(self.destination.join(name))
     }
 
-    fn check_html(&self, meta: &Meta, path: &Path) -> Result<(), DownloadError> {
+    fn check_html(meta: &Meta, path: &Path) -> Result<(), DownloadError> {
         let html = meta.content_type.as_deref().is_some_and(|ct| {
             ct.trim_start()
                 .get(..9)
@@ -365,7 +370,7 @@ impl Fetch {
         };
         let (start, total) = match resp.status().as_u16() {
             206 => {
-                let cr = self.content_range(resp.headers(), &meta.url)?;
+                let cr = Self::content_range(resp.headers(), &meta.url)?;
                 if cr.start != offset && cr.start != 0 {
                     return Err(DownloadError::Protocol {
                         url: redact_url(&meta.url),
@@ -377,7 +382,9 @@ impl Fetch {
             200 => (0, resp.content_length()),
             416 if offset > 0 => {
                 // The part may already be whole (we died between the last byte and the rename).
-                let total = self.content_range(resp.headers(), &meta.url).ok().and_then(|c| c.total);
+                let total = Self::content_range(resp.headers(), &meta.url)
+                    .ok()
+                    .and_then(|c| c.total);
                 let p = path.clone().unwrap_or_else(|| self.destination.clone());
                 if total == Some(offset) {
                     self.progress.total.store(offset, Ordering::Relaxed);
@@ -394,16 +401,15 @@ impl Fetch {
             }
             _ => return Err(status_error(&resp, &meta)),
         };
-        let p = match path {
-            Some(p) => p.clone(),
-            None => {
-                let p = self.resolve_name(&meta)?;
-                self.set_path(&p);
-                *path = Some(p.clone());
-                p
-            }
+        let p = if let Some(p) = path {
+            p.clone()
+        } else {
+            let p = self.resolve_name(&meta)?;
+            self.set_path(&p);
+            *path = Some(p.clone());
+            p
         };
-        self.check_html(&meta, &p)?;
+        Self::check_html(&meta, &p)?;
         if let Some(t) = total {
             self.check_expected_size(&p, t)?;
             self.progress.total.store(t, Ordering::Relaxed);
@@ -411,7 +417,8 @@ impl Fetch {
         }
         let part = part_path(&p);
         let dir = parent_dir(&p);
-        std::fs::create_dir_all(&dir).map_err(|e| DownloadError::io("creating directory", &dir, e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DownloadError::io("creating directory", &dir, e))?;
         let file = if start == 0 {
             File::create(&part)
         } else {
@@ -499,7 +506,8 @@ impl Fetch {
         self.progress.total.store(total, Ordering::Relaxed);
         self.check_space(&parent_dir(p), total - state.done_bytes())?;
         let dir = parent_dir(p);
-        std::fs::create_dir_all(&dir).map_err(|e| DownloadError::io("creating directory", &dir, e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DownloadError::io("creating directory", &dir, e))?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -574,7 +582,7 @@ impl Fetch {
         let (mut resp, meta) = self.send(Some((from, Some(r.end - 1)))).await?;
         match resp.status().as_u16() {
             206 => {
-                let cr = self.content_range(resp.headers(), &meta.url)?;
+                let cr = Self::content_range(resp.headers(), &meta.url)?;
                 let total = lock(&shared.state).total;
                 if cr.start != from || cr.total.is_some_and(|t| t != total) {
                     return Err(DownloadError::Protocol {
@@ -614,7 +622,9 @@ impl Fetch {
             w.push(&chunk[..take])?;
             left -= take as u64;
             *progressed = true;
-            self.progress.bytes.fetch_add(take as u64, Ordering::Relaxed);
+            self.progress
+                .bytes
+                .fetch_add(take as u64, Ordering::Relaxed);
         }
         w.flush()?;
         if left > 0 {
@@ -868,10 +878,18 @@ fn status_error(resp: &Response, meta: &Meta) -> DownloadError {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     let mut message = match status {
-        401 if meta.token_sent => "authentication failed: the server rejected the access token".to_owned(),
-        401 => "authentication required: this file needs an access token and none was sent".to_owned(),
-        403 => "access denied: the access token does not grant access to this file (gated or private?)".to_owned(),
-        404 => "not found: no file at this URL (check the repository, revision and file name)".to_owned(),
+        401 if meta.token_sent => {
+            "authentication failed: the server rejected the access token".to_owned()
+        }
+        401 => {
+            "authentication required: this file needs an access token and none was sent".to_owned()
+        }
+        403 => {
+            "access denied: the access token does not grant access to this file (gated or private?)"
+                .to_owned()
+        }
+        404 => "not found: no file at this URL (check the repository, revision and file name)"
+            .to_owned(),
         429 => "rate limited by the server".to_owned(),
         s if s >= 500 => "server error".to_owned(),
         _ => resp
@@ -881,7 +899,7 @@ fn status_error(resp: &Response, meta: &Meta) -> DownloadError {
             .to_owned(),
     };
     if let Some(code) = h.get("x-error-code").and_then(|v| v.to_str().ok()) {
-        message.push_str(&format!(" ({code})"));
+        let _ = write!(message, " ({code})");
     }
     DownloadError::HttpStatus {
         url: redact_url(&meta.url),
@@ -996,12 +1014,12 @@ async fn hash_file(path: PathBuf, kind: HashKind) -> Result<String, DownloadErro
 }
 
 /// sha256 state after the first `n` bytes of a partial file (to continue a resumed stream).
-async fn hash_prefix(path: PathBuf, n: u64) -> Result<sha2::Sha256, DownloadError> {
+async fn hash_prefix(path: PathBuf, len: u64) -> Result<sha2::Sha256, DownloadError> {
     let p2 = path.clone();
     tokio::task::spawn_blocking(move || -> std::io::Result<sha2::Sha256> {
         let f = File::open(&p2)?;
         let mut h = sha2::Sha256::new();
-        let mut r = f.take(n);
+        let mut r = f.take(len);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let k = r.read(&mut buf)?;
@@ -1039,7 +1057,7 @@ mod tests {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
-            max_retry_after: Duration::from_secs(60),
+            max_retry_after: Duration::from_mins(1),
         };
         for n in 1..10 {
             let d = backoff(&p, n);
@@ -1051,7 +1069,9 @@ mod tests {
     #[test]
     fn git_blob_sha1_matches_git() {
         // `printf 'hello\n' | git hash-object --stdin`
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, b"hello\n").unwrap();

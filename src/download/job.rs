@@ -287,11 +287,17 @@ impl fmt::Debug for DownloadJob {
             .field("error", &self.error.as_ref().map(ToString::to_string))
             .field("bytes", &self.bytes)
             .field("total_bytes", &self.total_bytes)
-            .field("access_token", &self.access_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("expected_size", &self.expected_size)
             .field("expected_sha256", &self.expected_sha256)
             .field("expected_git_sha1", &self.expected_git_sha1)
-            .field("preserve_partial_downloads", &self.preserve_partial_downloads)
+            .field(
+                "preserve_partial_downloads",
+                &self.preserve_partial_downloads,
+            )
             .field("event_handlers", &self.event_handlers.len())
             .finish_non_exhaustive()
     }

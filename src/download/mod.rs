@@ -23,7 +23,9 @@ pub mod queue;
 mod state;
 
 pub use error::DownloadError;
-pub use job::{AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, HandlerError, JobId};
+pub use job::{
+    AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, HandlerError, JobId,
+};
 pub use queue::{DownloadQueue, DownloadQueueConfig, RetryPolicy};
 
 use std::io;
@@ -37,33 +39,33 @@ pub enum DownloadEvent {
     /// The job was put on the queue.
     Enqueued {
         /// The job.
-        job: DownloadJob,
+        job: Box<DownloadJob>,
     },
     /// The job is running: sent when it starts, about every 1 % of its bytes, and at least
     /// every 2 s while it runs.
     Running {
         /// The job, with `bytes` / `total_bytes` filled in.
-        job: DownloadJob,
+        job: Box<DownloadJob>,
     },
     /// The job was paused; its partial file is kept.
     Paused {
         /// The job.
-        job: DownloadJob,
+        job: Box<DownloadJob>,
     },
     /// The job finished and its file is at `job.download_path`.
     Completed {
         /// The job.
-        job: DownloadJob,
+        job: Box<DownloadJob>,
     },
     /// The job failed; `job.error` says why.
     Error {
         /// The job.
-        job: DownloadJob,
+        job: Box<DownloadJob>,
     },
     /// The job was cancelled.
     Cancelled {
         /// The job.
-        job: DownloadJob,
+        job: Box<DownloadJob>,
     },
 }
 
@@ -118,7 +120,10 @@ pub fn available_space(path: &Path) -> io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let st = unsafe { st.assume_init() };
-    #[allow(clippy::unnecessary_cast, reason = "the field types differ between platforms")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "the field types differ between platforms"
+    )]
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 

@@ -160,7 +160,8 @@ mod tests {
 
     #[test]
     fn redaction_drops_query_userinfo_and_fragment() {
-        let u = Url::parse("https://user:pw@cdn.example:8443/a/b.bin?X-Amz-Signature=s3cr3t#f").unwrap();
+        let u = Url::parse("https://user:pw@cdn.example:8443/a/b.bin?X-Amz-Signature=s3cr3t#f")
+            .unwrap();
         assert_eq!(redact_url(&u), "https://cdn.example:8443/a/b.bin");
         assert_eq!(redact_url_str("not a url?token=abc"), "not a url");
         assert_eq!(redact_url_str("ht!tp://u:p@h/x?y"), "ht!tp://h/x");
@@ -194,7 +195,10 @@ mod tests {
     fn hostile_names_are_reduced_or_refused() {
         assert_eq!(sanitize_file_name("../../x").unwrap(), "x");
         assert_eq!(sanitize_file_name("/etc/passwd").unwrap(), "passwd");
-        assert_eq!(sanitize_file_name(r"C:\Windows\evil.dll").unwrap(), "evil.dll");
+        assert_eq!(
+            sanitize_file_name(r"C:\Windows\evil.dll").unwrap(),
+            "evil.dll"
+        );
         assert!(sanitize_file_name("").is_err());
         assert!(sanitize_file_name("..").is_err());
         assert!(sanitize_file_name(".").is_err());

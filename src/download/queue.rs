@@ -38,7 +38,7 @@ impl Default for RetryPolicy {
             max_attempts: 6,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
-            max_retry_after: Duration::from_secs(300),
+            max_retry_after: Duration::from_mins(5),
         }
     }
 }
@@ -159,7 +159,10 @@ enum Outcome {
 impl DownloadQueue {
     /// A queue that reports every event to `reporter`. Must be called inside a tokio runtime:
     /// jobs run on it.
-    pub fn new(config: DownloadQueueConfig, reporter: Arc<dyn Reporter>) -> Result<Self, DownloadError> {
+    pub fn new(
+        config: DownloadQueueConfig,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Self, DownloadError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| DownloadError::Setup {
             what: format!("the download queue must be created inside a tokio runtime: {e}"),
         })?;
@@ -208,7 +211,11 @@ impl DownloadQueue {
 
     /// Submits a job; with `start` it is enqueued at once, else it stays idle until
     /// [`Self::start_job`]. Returns the job with its id.
-    pub fn submit_download_job(&self, mut job: DownloadJob, start: bool) -> Result<DownloadJob, DownloadError> {
+    pub fn submit_download_job(
+        &self,
+        mut job: DownloadJob,
+        start: bool,
+    ) -> Result<DownloadJob, DownloadError> {
         let url = Url::parse(&job.source).map_err(|e| DownloadError::InvalidUrl {
             url: redact_url_str(&job.source),
             reason: e.to_string(),
@@ -247,7 +254,10 @@ impl DownloadQueue {
 
     /// Creates and submits a job fetching `source` into `destdir`, as `filename` when given
     /// (one plain file name), else under the name the server gives.
-    #[allow(clippy::too_many_arguments, reason = "mirrors the seed's create_download_job")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "mirrors the seed's create_download_job"
+    )]
     pub fn create_download_job(
         &self,
         source: &str,
@@ -258,22 +268,19 @@ impl DownloadQueue {
         access_token: Option<AccessToken>,
         event_handlers: Vec<DownloadEventHandler>,
     ) -> Result<DownloadJob, DownloadError> {
-        let destination = match filename {
-            Some(name) => {
-                check_caller_file_name(name).map_err(|reason| DownloadError::UnsafeFileName {
-                    url: redact_url_str(source),
-                    name: name.to_owned(),
-                    origin: "the caller",
-                    reason,
-                })?;
-                destdir.join(name)
-            }
-            None => {
-                // An existing directory is what tells the job to take the server's name.
-                std::fs::create_dir_all(destdir)
-                    .map_err(|e| DownloadError::io("creating directory", destdir, e))?;
-                destdir.to_path_buf()
-            }
+        let destination = if let Some(name) = filename {
+            check_caller_file_name(name).map_err(|reason| DownloadError::UnsafeFileName {
+                url: redact_url_str(source),
+                name: name.to_owned(),
+                origin: "the caller",
+                reason,
+            })?;
+            destdir.join(name)
+        } else {
+            // An existing directory is what tells the job to take the server's name.
+            std::fs::create_dir_all(destdir)
+                .map_err(|e| DownloadError::io("creating directory", destdir, e))?;
+            destdir.to_path_buf()
         };
         let mut job = DownloadJob::new(source, destination)
             .with_priority(priority)
@@ -295,11 +302,19 @@ impl DownloadQueue {
     fn enqueue(&self, id: JobId) -> Result<(), DownloadError> {
         let event = {
             let mut st = self.inner.lock();
-            let e = st.jobs.get_mut(&id).ok_or(DownloadError::UnknownJobId(id))?;
+            let e = st
+                .jobs
+                .get_mut(&id)
+                .ok_or(DownloadError::UnknownJobId(id))?;
             match e.job.status {
                 DownloadJobStatus::Idle => {
                     e.job.status = DownloadJobStatus::Enqueued;
-                    Some((DownloadEvent::Enqueued { job: e.job.snapshot() }, e.job.event_handlers.clone()))
+                    Some((
+                        DownloadEvent::Enqueued {
+                            job: Box::new(e.job.snapshot()),
+                        },
+                        e.job.event_handlers.clone(),
+                    ))
                 }
                 // The seed's sequence after a pause is paused → running: no second enqueued.
                 DownloadJobStatus::Paused => {
@@ -307,7 +322,10 @@ impl DownloadQueue {
                     None
                 }
                 DownloadJobStatus::Running => {
-                    if e.control.as_ref().is_some_and(|c| *c.borrow() == Control::Pause) {
+                    if e.control
+                        .as_ref()
+                        .is_some_and(|c| *c.borrow() == Control::Pause)
+                    {
                         e.restart_after_stop = true;
                     }
                     None
@@ -324,7 +342,7 @@ impl DownloadQueue {
         };
         self.inner.bump();
         if let Some((ev, handlers)) = event {
-            self.inner.emit(ev, &handlers);
+            self.inner.emit(&ev, &handlers);
         }
         Ok(())
     }
@@ -334,7 +352,10 @@ impl DownloadQueue {
     pub fn pause_job(&self, id: JobId) -> Result<(), DownloadError> {
         let event = {
             let mut st = self.inner.lock();
-            let e = st.jobs.get_mut(&id).ok_or(DownloadError::UnknownJobId(id))?;
+            let e = st
+                .jobs
+                .get_mut(&id)
+                .ok_or(DownloadError::UnknownJobId(id))?;
             e.restart_after_stop = false;
             match e.job.status {
                 DownloadJobStatus::Running => {
@@ -345,14 +366,19 @@ impl DownloadQueue {
                 }
                 DownloadJobStatus::Enqueued => {
                     e.job.status = DownloadJobStatus::Paused;
-                    Some((DownloadEvent::Paused { job: e.job.snapshot() }, e.job.event_handlers.clone()))
+                    Some((
+                        DownloadEvent::Paused {
+                            job: Box::new(e.job.snapshot()),
+                        },
+                        e.job.event_handlers.clone(),
+                    ))
                 }
                 _ => None,
             }
         };
         self.inner.bump();
         if let Some((ev, handlers)) = event {
-            self.inner.emit(ev, &handlers);
+            self.inner.emit(&ev, &handlers);
         }
         Ok(())
     }
@@ -362,7 +388,10 @@ impl DownloadQueue {
     pub fn cancel_job(&self, id: JobId) -> Result<(), DownloadError> {
         let event = {
             let mut st = self.inner.lock();
-            let e = st.jobs.get_mut(&id).ok_or(DownloadError::UnknownJobId(id))?;
+            let e = st
+                .jobs
+                .get_mut(&id)
+                .ok_or(DownloadError::UnknownJobId(id))?;
             e.restart_after_stop = false;
             match e.job.status {
                 DownloadJobStatus::Running => {
@@ -371,7 +400,9 @@ impl DownloadQueue {
                     }
                     None
                 }
-                DownloadJobStatus::Idle | DownloadJobStatus::Enqueued | DownloadJobStatus::Paused => {
+                DownloadJobStatus::Idle
+                | DownloadJobStatus::Enqueued
+                | DownloadJobStatus::Paused => {
                     e.job.status = DownloadJobStatus::Cancelled;
                     e.job.job_ended = Some(SystemTime::now());
                     e.settled = false;
@@ -381,14 +412,19 @@ impl DownloadQueue {
                         http::remove_partial(&p);
                         e.job.bytes = 0;
                     }
-                    Some((DownloadEvent::Cancelled { job: e.job.snapshot() }, e.job.event_handlers.clone()))
+                    Some((
+                        DownloadEvent::Cancelled {
+                            job: Box::new(e.job.snapshot()),
+                        },
+                        e.job.event_handlers.clone(),
+                    ))
                 }
                 _ => None,
             }
         };
         self.inner.bump();
         if let Some((ev, handlers)) = event {
-            self.inner.emit(ev, &handlers);
+            self.inner.emit(&ev, &handlers);
             self.inner.settle(id);
         }
         Ok(())
@@ -449,7 +485,11 @@ impl DownloadQueue {
     /// Waits until the job is completed, failed or cancelled and returns it; with a timeout,
     /// gives up with [`DownloadError::Timeout`]. A paused job is not finished: without a
     /// timeout this waits until someone starts or cancels it.
-    pub async fn wait_for_job(&self, id: JobId, timeout: Option<Duration>) -> Result<DownloadJob, DownloadError> {
+    pub async fn wait_for_job(
+        &self,
+        id: JobId,
+        timeout: Option<Duration>,
+    ) -> Result<DownloadJob, DownloadError> {
         let mut rx = self.inner.changed.subscribe();
         let wait = async {
             loop {
@@ -475,7 +515,10 @@ impl DownloadQueue {
 
     /// Submits, starts and waits for one job; returns the downloaded file. The install
     /// service's one-call path.
-    pub async fn download(&self, job: DownloadJob) -> Result<std::path::PathBuf, Arc<DownloadError>> {
+    pub async fn download(
+        &self,
+        job: DownloadJob,
+    ) -> Result<std::path::PathBuf, Arc<DownloadError>> {
         let job = self.submit_download_job(job, true).map_err(Arc::new)?;
         let done = self.wait_for_job(job.id, None).await.map_err(Arc::new)?;
         done.result().map(Path::to_path_buf)
@@ -540,7 +583,7 @@ impl Inner {
 
     /// Reports an event, then runs the job's handlers and the queue's. Never called with the
     /// state lock held, so handlers may call back into the queue.
-    fn emit(&self, event: DownloadEvent, handlers: &[DownloadEventHandler]) {
+    fn emit(&self, event: &DownloadEvent, handlers: &[DownloadEventHandler]) {
         self.reporter.report(&Event::Download(event.clone()));
         let _ = self.events.send(event.clone());
         let job = event.job();
@@ -548,10 +591,18 @@ impl Inner {
             match std::panic::catch_unwind(AssertUnwindSafe(|| h.call(job))) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(job = job.id, event = event.name(), "download event handler failed: {e}");
+                    tracing::warn!(
+                        job = job.id,
+                        event = event.name(),
+                        "download event handler failed: {e}"
+                    );
                 }
                 Err(_) => {
-                    tracing::warn!(job = job.id, event = event.name(), "download event handler panicked");
+                    tracing::warn!(
+                        job = job.id,
+                        event = event.name(),
+                        "download event handler panicked"
+                    );
                 }
             }
         }
@@ -592,7 +643,8 @@ impl Inner {
         self.bump();
         for (id, rx) in starts {
             let inner = self.clone();
-            self.runtime.spawn(async move { inner.run_job(id, rx).await });
+            self.runtime
+                .spawn(async move { inner.run_job(id, rx).await });
         }
     }
 
@@ -625,7 +677,12 @@ impl Inner {
             return;
         };
         tracing::info!(job = id, source = %redact_url_str(&snapshot.source), "download started");
-        self.emit(DownloadEvent::Running { job: snapshot }, &handlers);
+        self.emit(
+            &DownloadEvent::Running {
+                job: Box::new(snapshot),
+            },
+            &handlers,
+        );
 
         let outcome = match fetch {
             Err(e) => Outcome::Done(Err(DownloadError::InvalidUrl {
@@ -684,7 +741,7 @@ impl Inner {
                     if let (true, Some(job)) = (due || percent, snap) {
                         last_bytes = bytes;
                         last_time = Instant::now();
-                        self.emit(DownloadEvent::Running { job }, handlers);
+                        self.emit(&DownloadEvent::Running { job: Box::new(job) }, handlers);
                     }
                 }
             }
@@ -717,7 +774,9 @@ impl Inner {
                     j.total_bytes = j.bytes;
                     j.job_ended = Some(SystemTime::now());
                     tracing::info!(job = id, path = %j.download_path.as_deref().unwrap_or(Path::new("")).display(), "download completed");
-                    DownloadEvent::Completed { job: j.snapshot() }
+                    DownloadEvent::Completed {
+                        job: Box::new(j.snapshot()),
+                    }
                 }
                 Outcome::Done(Err(err)) => {
                     tracing::warn!(job = id, "download failed: {err}");
@@ -728,7 +787,9 @@ impl Inner {
                         http::remove_partial(p);
                     }
                     j.bytes = path.as_deref().map_or(0, http::partial_len);
-                    DownloadEvent::Error { job: j.snapshot() }
+                    DownloadEvent::Error {
+                        job: Box::new(j.snapshot()),
+                    }
                 }
                 Outcome::Paused => {
                     j.bytes = path.as_deref().map_or(0, http::partial_len);
@@ -738,7 +799,9 @@ impl Inner {
                     } else {
                         j.status = DownloadJobStatus::Paused;
                     }
-                    DownloadEvent::Paused { job: j.snapshot() }
+                    DownloadEvent::Paused {
+                        job: Box::new(j.snapshot()),
+                    }
                 }
                 Outcome::Cancelled => {
                     j.status = DownloadJobStatus::Cancelled;
@@ -747,13 +810,15 @@ impl Inner {
                         http::remove_partial(p);
                     }
                     j.bytes = path.as_deref().map_or(0, http::partial_len);
-                    DownloadEvent::Cancelled { job: j.snapshot() }
+                    DownloadEvent::Cancelled {
+                        job: Box::new(j.snapshot()),
+                    }
                 }
             };
             (ev, e.job.event_handlers.clone())
         };
         self.bump();
-        self.emit(event, &handlers);
+        self.emit(&event, &handlers);
         self.settle(id);
         self.schedule();
     }

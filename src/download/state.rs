@@ -51,7 +51,9 @@ impl RangedState {
             });
         }
         let rest = total - prefix;
-        let n = u64::from(parts.max(1)).min(rest.div_ceil(min_range.max(1))).max(1);
+        let n = u64::from(parts.max(1))
+            .min(rest.div_ceil(min_range.max(1)))
+            .max(1);
         let size = rest.div_ceil(n);
         let mut start = prefix;
         while start < total {
@@ -71,7 +73,10 @@ impl RangedState {
     }
 
     pub fn done_bytes(&self) -> u64 {
-        self.ranges.iter().map(|r| r.done.min(r.end - r.start)).sum()
+        self.ranges
+            .iter()
+            .map(|r| r.done.min(r.end - r.start))
+            .sum()
     }
 
     /// Ranges must tile `[0, total)` in order, with `done` inside each.
@@ -131,7 +136,14 @@ mod tests {
         assert!(s.is_consistent());
         assert_eq!(s.ranges[3].end, 1000);
         let s = RangedState::split(1000, 300, 4, 1);
-        assert_eq!(s.ranges[0], RangeState { start: 0, end: 300, done: 300 });
+        assert_eq!(
+            s.ranges[0],
+            RangeState {
+                start: 0,
+                end: 300,
+                done: 300
+            }
+        );
         assert!(s.is_consistent());
         assert_eq!(s.done_bytes(), 300);
         let s = RangedState::split(1000, 0, 8, 400);

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use modelsync::download::{
-    AccessToken, DownloadError, DownloadEvent, DownloadEventHandler, DownloadJob, DownloadJobStatus,
-    DownloadQueue, DownloadQueueConfig, RetryPolicy,
+    AccessToken, DownloadError, DownloadEvent, DownloadEventHandler, DownloadJob,
+    DownloadJobStatus, DownloadQueue, DownloadQueueConfig, RetryPolicy,
 };
 use modelsync::events::{Event, Recorder};
 use sha2::Digest as _;
 
-use crate::support::fileserver::{FileServer, FileSpec};
+use crate::support::fileserver::{FileServer, FileSpec, Seen};
 
 fn data(n: usize, seed: u64) -> Vec<u8> {
     // xorshift: incompressible enough, reproducible.
@@ -86,7 +86,9 @@ fn names(rec: &Recorder, id: u64) -> Vec<&'static str> {
 
 async fn run_one(q: &DownloadQueue, job: DownloadJob) -> DownloadJob {
     let job = q.submit_download_job(job, true).unwrap();
-    q.wait_for_job(job.id, Some(Duration::from_secs(60))).await.unwrap()
+    q.wait_for_job(job.id, Some(Duration::from_mins(1)))
+        .await
+        .unwrap()
 }
 
 fn err_of(job: &DownloadJob) -> String {
@@ -143,26 +145,73 @@ async fn directory_destination_takes_content_disposition_then_url_name() {
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = queue(ranged_cfg());
     let a = q
-        .create_download_job(&srv.url("/api/download/models/123"), dir.path(), None, true, 10, None, vec![])
+        .create_download_job(
+            &srv.url("/api/download/models/123"),
+            dir.path(),
+            None,
+            true,
+            10,
+            None,
+            vec![],
+        )
         .unwrap();
     let b = q
-        .create_download_job(&srv.url("/files/plain.ckpt?download=true"), dir.path(), None, true, 10, None, vec![])
+        .create_download_job(
+            &srv.url("/files/plain.ckpt?download=true"),
+            dir.path(),
+            None,
+            true,
+            10,
+            None,
+            vec![],
+        )
         .unwrap();
     let c = q
-        .create_download_job(&srv.url("/files/plain.ckpt"), dir.path(), Some("forced.bin"), true, 10, None, vec![])
+        .create_download_job(
+            &srv.url("/files/plain.ckpt"),
+            dir.path(),
+            Some("forced.bin"),
+            true,
+            10,
+            None,
+            vec![],
+        )
         .unwrap();
     q.join().await;
     let a = q.id_to_job(a.id).unwrap();
-    assert_eq!(a.download_path, Some(dir.path().join("civitai model.safetensors")), "{a:?}");
+    assert_eq!(
+        a.download_path,
+        Some(dir.path().join("civitai model.safetensors")),
+        "{a:?}"
+    );
     let b = q.id_to_job(b.id).unwrap();
-    assert_eq!(b.download_path, Some(dir.path().join("plain.ckpt")), "{b:?}");
+    assert_eq!(
+        b.download_path,
+        Some(dir.path().join("plain.ckpt")),
+        "{b:?}"
+    );
     let c = q.id_to_job(c.id).unwrap();
-    assert_eq!(c.download_path, Some(dir.path().join("forced.bin")), "{c:?}");
+    assert_eq!(
+        c.download_path,
+        Some(dir.path().join("forced.bin")),
+        "{c:?}"
+    );
     for p in [&a, &b, &c] {
-        assert_eq!(std::fs::read(p.download_path.as_ref().unwrap()).unwrap(), body);
+        assert_eq!(
+            std::fs::read(p.download_path.as_ref().unwrap()).unwrap(),
+            body
+        );
     }
     assert!(matches!(
-        q.create_download_job(&srv.url("/files/plain.ckpt"), dir.path(), Some("../x"), true, 10, None, vec![]),
+        q.create_download_job(
+            &srv.url("/files/plain.ckpt"),
+            dir.path(),
+            Some("../x"),
+            true,
+            10,
+            None,
+            vec![]
+        ),
         Err(DownloadError::UnsafeFileName { .. })
     ));
 }
@@ -187,16 +236,13 @@ async fn hostile_content_disposition_names_are_sanitised_or_refused() {
         spec.content_disposition = Some((*cd).to_owned());
         srv.add(&path, spec);
         let job = run_one(&q, DownloadJob::new(srv.url(&path), &dir)).await;
-        match want {
-            Some(name) => {
-                assert_eq!(job.status, DownloadJobStatus::Completed, "{cd}: {job:?}");
-                assert_eq!(job.download_path, Some(dir.join(name)));
-                assert_eq!(std::fs::read(dir.join(name)).unwrap(), b"payload");
-            }
-            None => {
-                let e = err_of(&job);
-                assert!(e.contains("refusing file name"), "{e}");
-            }
+        if let Some(name) = want {
+            assert_eq!(job.status, DownloadJobStatus::Completed, "{cd}: {job:?}");
+            assert_eq!(job.download_path, Some(dir.join(name)));
+            assert_eq!(std::fs::read(dir.join(name)).unwrap(), b"payload");
+        } else {
+            let e = err_of(&job);
+            assert!(e.contains("refusing file name"), "{e}");
         }
     }
     // Nothing escaped the destination folder.
@@ -221,10 +267,15 @@ async fn lower_priority_runs_first_with_one_slot() {
     for (i, prio) in [30, 10, 20].into_iter().enumerate() {
         let path = format!("/p{i}.bin");
         srv.add(&path, FileSpec::new(data(20_000, i as u64)));
-        let job = DownloadJob::new(srv.url(&path), dir.path().join(format!("p{i}.bin"))).with_priority(prio);
+        let job = DownloadJob::new(srv.url(&path), dir.path().join(format!("p{i}.bin")))
+            .with_priority(prio);
         ids.push((prio, q.submit_download_job(job, false).unwrap().id));
     }
-    assert!(q.list_jobs().iter().all(|j| j.status == DownloadJobStatus::Idle));
+    assert!(
+        q.list_jobs()
+            .iter()
+            .all(|j| j.status == DownloadJobStatus::Idle)
+    );
     q.start_all();
     q.join().await;
     let mut by_seq: Vec<_> = q
@@ -252,7 +303,10 @@ async fn lower_priority_runs_first_with_one_slot() {
     assert_eq!(completed, vec![10, 20, 30]);
     q.prune_jobs();
     assert!(q.list_jobs().is_empty());
-    assert!(matches!(q.id_to_job(ids[0].1), Err(DownloadError::UnknownJobId(_))));
+    assert!(matches!(
+        q.id_to_job(ids[0].1),
+        Err(DownloadError::UnknownJobId(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -271,14 +325,23 @@ async fn pause_then_resume_continues_from_the_partial() {
             true,
         )
         .unwrap();
-    until("the first 256 KiB", || q.id_to_job(job.id).unwrap().bytes >= 262_144).await;
+    until("the first 256 KiB", || {
+        q.id_to_job(job.id).unwrap().bytes >= 262_144
+    })
+    .await;
     q.pause_job(job.id).unwrap();
-    until("paused", || q.id_to_job(job.id).unwrap().status == DownloadJobStatus::Paused).await;
+    until("paused", || {
+        q.id_to_job(job.id).unwrap().status == DownloadJobStatus::Paused
+    })
+    .await;
     let part = dir.path().join("p.bin.part");
     assert_eq!(std::fs::metadata(&part).unwrap().len(), 262_144);
     assert_eq!(q.id_to_job(job.id).unwrap().bytes, 262_144);
     q.start_job(job.id).unwrap();
-    let done = q.wait_for_job(job.id, Some(Duration::from_secs(60))).await.unwrap();
+    let done = q
+        .wait_for_job(job.id, Some(Duration::from_mins(1)))
+        .await
+        .unwrap();
     assert_eq!(done.status, DownloadJobStatus::Completed, "{done:?}");
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     let seen = srv.seen("/p.bin");
@@ -309,15 +372,24 @@ async fn cancel_removes_the_partial_unless_preserved() {
                 true,
             )
             .unwrap();
-        until("some bytes", || q.id_to_job(job.id).unwrap().bytes >= 100_000).await;
+        until("some bytes", || {
+            q.id_to_job(job.id).unwrap().bytes >= 100_000
+        })
+        .await;
         q.cancel_job(job.id).unwrap();
-        let done = q.wait_for_job(job.id, Some(Duration::from_secs(30))).await.unwrap();
+        let done = q
+            .wait_for_job(job.id, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
         assert_eq!(done.status, DownloadJobStatus::Cancelled);
         assert_eq!(names(&rec, job.id).last(), Some(&"cancelled"));
         assert!(!dest.exists());
         assert_eq!(dir.path().join("c.bin.part").exists(), preserve);
         // A finished job cannot start again.
-        assert!(matches!(q.start_job(job.id), Err(DownloadError::InvalidState { .. })));
+        assert!(matches!(
+            q.start_job(job.id),
+            Err(DownloadError::InvalidState { .. })
+        ));
     }
 }
 
@@ -331,7 +403,11 @@ async fn resumes_after_a_dropped_connection() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("d.bin");
     let (q, _) = queue(cfg());
-    let job = run_one(&q, DownloadJob::new(srv.url("/d.bin"), &dest).with_sha256(Some(sha256_hex(&body)))).await;
+    let job = run_one(
+        &q,
+        DownloadJob::new(srv.url("/d.bin"), &dest).with_sha256(Some(sha256_hex(&body))),
+    )
+    .await;
     assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     let seen = srv.seen("/d.bin");
@@ -364,15 +440,42 @@ async fn retries_5xx_and_429_then_gives_up_with_the_last_cause() {
     srv.add("/always.bin", always);
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = queue(cfg());
-    let a = run_one(&q, DownloadJob::new(srv.url("/500.bin"), dir.path().join("a"))).await;
-    assert_eq!(a.status, DownloadJobStatus::Completed, "{a:?}");
-    assert_eq!(srv.seen("/500.bin").iter().map(|s| s.status).collect::<Vec<_>>(), vec![500, 500, 200]);
-    let b = run_one(&q, DownloadJob::new(srv.url("/429.bin"), dir.path().join("b"))).await;
-    assert_eq!(b.status, DownloadJobStatus::Completed, "{b:?}");
-    assert_eq!(srv.seen("/429.bin").iter().map(|s| s.status).collect::<Vec<_>>(), vec![429, 200]);
-    let c = run_one(&q, DownloadJob::new(srv.url("/always.bin"), dir.path().join("c"))).await;
-    let e = err_of(&c);
-    assert!(e.contains("gave up after 4 attempts") && e.contains("HTTP 500"), "{e}");
+    let ok500 = run_one(
+        &q,
+        DownloadJob::new(srv.url("/500.bin"), dir.path().join("a")),
+    )
+    .await;
+    assert_eq!(ok500.status, DownloadJobStatus::Completed, "{ok500:?}");
+    assert_eq!(
+        srv.seen("/500.bin")
+            .iter()
+            .map(|s| s.status)
+            .collect::<Vec<_>>(),
+        vec![500, 500, 200]
+    );
+    let ok429 = run_one(
+        &q,
+        DownloadJob::new(srv.url("/429.bin"), dir.path().join("b")),
+    )
+    .await;
+    assert_eq!(ok429.status, DownloadJobStatus::Completed, "{ok429:?}");
+    assert_eq!(
+        srv.seen("/429.bin")
+            .iter()
+            .map(|s| s.status)
+            .collect::<Vec<_>>(),
+        vec![429, 200]
+    );
+    let gave_up = run_one(
+        &q,
+        DownloadJob::new(srv.url("/always.bin"), dir.path().join("c")),
+    )
+    .await;
+    let e = err_of(&gave_up);
+    assert!(
+        e.contains("gave up after 4 attempts") && e.contains("HTTP 500"),
+        "{e}"
+    );
     assert_eq!(srv.seen("/always.bin").len(), 4);
     assert!(!dir.path().join("c").exists() && !dir.path().join("c.part").exists());
 }
@@ -405,7 +508,11 @@ async fn multi_range_download_equals_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.bin");
     let (q, rec) = queue(ranged_cfg());
-    let job = run_one(&q, DownloadJob::new(srv.url("/big.bin"), &dest).with_sha256(Some(sha256_hex(&body)))).await;
+    let job = run_one(
+        &q,
+        DownloadJob::new(srv.url("/big.bin"), &dest).with_sha256(Some(sha256_hex(&body))),
+    )
+    .await;
     assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert!(leftovers(dir.path()).is_empty());
@@ -441,12 +548,19 @@ async fn multi_range_resumes_a_dropped_range_and_a_single_stream_partial() {
     // A single-stream partial of the right bytes is kept as a done prefix.
     std::fs::write(dir.path().join("r.bin.part"), &body[..300_000]).unwrap();
     let (q, _) = queue(ranged_cfg());
-    let job = run_one(&q, DownloadJob::new(srv.url("/r.bin"), &dest).with_sha256(Some(sha256_hex(&body)))).await;
+    let job = run_one(
+        &q,
+        DownloadJob::new(srv.url("/r.bin"), &dest).with_sha256(Some(sha256_hex(&body))),
+    )
+    .await;
     assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     for s in srv.seen("/r.bin") {
         let r = s.range.unwrap();
-        assert!(r == "bytes=0-0" || !r.starts_with("bytes=0-"), "re-fetched the prefix: {r}");
+        assert!(
+            r == "bytes=0-0" || !r.starts_with("bytes=0-"),
+            "re-fetched the prefix: {r}"
+        );
     }
 }
 
@@ -466,7 +580,14 @@ async fn a_killed_process_resumes_every_range_without_refetching() {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_modelsync"));
         c.args(["fetch", &srv.url("/k.bin")])
             .arg(d)
-            .args(["--connections", "4", "--threshold", "1MiB", "--no-sync", "--no-progress"])
+            .args([
+                "--connections",
+                "4",
+                "--threshold",
+                "1MiB",
+                "--no-sync",
+                "--no-progress",
+            ])
             .args(["--sha256", &sha256_hex(&body)])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -489,17 +610,32 @@ async fn a_killed_process_resumes_every_range_without_refetching() {
     let before = srv.seen("/k.bin").len();
     hang.store(false, Ordering::SeqCst);
     let out = fetch(&dest).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), dest.display().to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        dest.display().to_string()
+    );
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert!(!state.exists());
     let second: Vec<_> = srv.seen("/k.bin").into_iter().skip(before).collect();
     for s in &second {
         let r = s.range.as_deref().unwrap();
-        let from: u64 = r["bytes=".len()..].split('-').next().unwrap().parse().unwrap();
-        assert!(r == "bytes=0-0" || from >= 3 * mib, "completed range re-fetched: {r}");
+        let from: u64 = r["bytes=".len()..]
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            r == "bytes=0-0" || from >= 3 * mib,
+            "completed range re-fetched: {r}"
+        );
     }
-    let sent: u64 = second.iter().map(|s| s.sent()).sum();
+    let sent: u64 = second.iter().map(Seen::sent).sum();
     assert!(sent <= mib + 1, "second run fetched {sent} bytes");
 }
 
@@ -522,9 +658,16 @@ async fn hash_mismatch_is_an_error_and_nothing_is_promoted() {
         )
         .await;
         let e = err_of(&job);
-        assert!(e.contains("sha256 mismatch") && e.contains(&sha256_hex(&body)), "{e}");
+        assert!(
+            e.contains("sha256 mismatch") && e.contains(&sha256_hex(&body)),
+            "{e}"
+        );
         assert!(!dest.exists());
-        assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
     }
 }
 
@@ -539,18 +682,25 @@ async fn git_blob_sha1_and_size_are_verified() {
     let good = hex::encode(h.finalize());
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = queue(cfg());
-    let ok = run_one(&q, DownloadJob::new(srv.url("/config.json"), dir.path().join("a.json")).with_git_sha1(Some(good))).await;
+    let ok = run_one(
+        &q,
+        DownloadJob::new(srv.url("/config.json"), dir.path().join("a.json"))
+            .with_git_sha1(Some(good)),
+    )
+    .await;
     assert_eq!(ok.status, DownloadJobStatus::Completed, "{ok:?}");
     let bad = run_one(
         &q,
-        DownloadJob::new(srv.url("/config.json"), dir.path().join("b.json")).with_git_sha1(Some("0".repeat(40))),
+        DownloadJob::new(srv.url("/config.json"), dir.path().join("b.json"))
+            .with_git_sha1(Some("0".repeat(40))),
     )
     .await;
     assert!(err_of(&bad).contains("git sha1 mismatch"));
     assert!(!dir.path().join("b.json").exists());
     let size = run_one(
         &q,
-        DownloadJob::new(srv.url("/config.json"), dir.path().join("c.json")).with_expected_size(Some(7)),
+        DownloadJob::new(srv.url("/config.json"), dir.path().join("c.json"))
+            .with_expected_size(Some(7)),
     )
     .await;
     assert!(err_of(&size).contains("size mismatch"));
@@ -573,21 +723,30 @@ async fn auth_errors_name_the_url_but_never_the_token() {
     for (token, status, says) in cases {
         let job = run_one(
             &q,
-            DownloadJob::new(&url, dir.path().join("p.bin")).with_access_token(token.map(AccessToken::from)),
+            DownloadJob::new(&url, dir.path().join("p.bin"))
+                .with_access_token(token.map(AccessToken::from)),
         )
         .await;
         let e = err_of(&job);
-        assert!(e.contains(&format!("HTTP {status}")) && e.contains(says), "{e}");
+        assert!(
+            e.contains(&format!("HTTP {status}")) && e.contains(says),
+            "{e}"
+        );
         assert!(e.contains(&srv.url("/private.bin")), "{e}");
         assert!(!e.contains("BADTOKEN") && !e.contains("SIGSECRET"), "{e}");
         assert_eq!(job.error.as_ref().unwrap().http_status(), Some(status));
     }
-    let missing = run_one(&q, DownloadJob::new(srv.url("/nope.bin"), dir.path().join("n.bin"))).await;
+    let missing = run_one(
+        &q,
+        DownloadJob::new(srv.url("/nope.bin"), dir.path().join("n.bin")),
+    )
+    .await;
     let e = err_of(&missing);
     assert!(e.contains("HTTP 404") && e.contains("/nope.bin"), "{e}");
     let good = run_one(
         &q,
-        DownloadJob::new(&url, dir.path().join("p.bin")).with_access_token(Some("hf_GOODTOKEN".into())),
+        DownloadJob::new(&url, dir.path().join("p.bin"))
+            .with_access_token(Some("hf_GOODTOKEN".into())),
     )
     .await;
     assert_eq!(good.status, DownloadJobStatus::Completed);
@@ -620,12 +779,23 @@ async fn the_token_is_not_sent_to_a_redirect_host() {
         assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
         assert_eq!(std::fs::read(dir.path().join("m.bin")).unwrap(), body);
     }
-    for s in hub.seen("/old/name.bin").iter().chain(&hub.seen("/repo/resolve/main/model.bin")) {
-        assert_eq!(s.authorization.as_deref(), Some("Bearer hf_TOKEN"), "same host keeps the token");
+    for s in hub
+        .seen("/old/name.bin")
+        .iter()
+        .chain(&hub.seen("/repo/resolve/main/model.bin"))
+    {
+        assert_eq!(
+            s.authorization.as_deref(),
+            Some("Bearer hf_TOKEN"),
+            "same host keeps the token"
+        );
     }
     let cdn_seen = cdn.seen("/blob/abc");
     assert!(!cdn_seen.is_empty());
-    assert!(cdn_seen.iter().all(|s| s.authorization.is_none()), "{cdn_seen:?}");
+    assert!(
+        cdn_seen.iter().all(|s| s.authorization.is_none()),
+        "{cdn_seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -638,10 +808,21 @@ async fn html_instead_of_a_model_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     for config in [cfg(), ranged_cfg()] {
         let (q, _) = queue(config);
-        let job = run_one(&q, DownloadJob::new(srv.url("/model.safetensors"), dir.path().join("m.safetensors"))).await;
+        let job = run_one(
+            &q,
+            DownloadJob::new(
+                srv.url("/model.safetensors"),
+                dir.path().join("m.safetensors"),
+            ),
+        )
+        .await;
         assert!(err_of(&job).contains("HTML page instead of the file `m.safetensors`"));
         assert!(!dir.path().join("m.safetensors").exists());
-        let page = run_one(&q, DownloadJob::new(srv.url("/page.html"), dir.path().join("page.html"))).await;
+        let page = run_one(
+            &q,
+            DownloadJob::new(srv.url("/page.html"), dir.path().join("page.html")),
+        )
+        .await;
         assert_eq!(page.status, DownloadJobStatus::Completed);
     }
 }
@@ -655,14 +836,25 @@ async fn wait_for_job_times_out() {
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = queue(cfg());
     let job = q
-        .submit_download_job(DownloadJob::new(srv.url("/slow.bin"), dir.path().join("s")), true)
+        .submit_download_job(
+            DownloadJob::new(srv.url("/slow.bin"), dir.path().join("s")),
+            true,
+        )
         .unwrap();
-    let r = q.wait_for_job(job.id, Some(Duration::from_millis(50))).await;
-    assert!(matches!(r, Err(DownloadError::Timeout { id, .. }) if id == job.id), "{r:?}");
+    let r = q
+        .wait_for_job(job.id, Some(Duration::from_millis(50)))
+        .await;
+    assert!(
+        matches!(r, Err(DownloadError::Timeout { id, .. }) if id == job.id),
+        "{r:?}"
+    );
     q.cancel_all();
     let done = q.wait_for_job(job.id, None).await.unwrap();
     assert_eq!(done.status, DownloadJobStatus::Cancelled);
-    assert!(matches!(q.wait_for_job(999, None).await, Err(DownloadError::UnknownJobId(999))));
+    assert!(matches!(
+        q.wait_for_job(999, None).await,
+        Err(DownloadError::UnknownJobId(999))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -705,18 +897,33 @@ async fn partial_edge_cases_416_200_and_disk_space() {
     let (q, _) = queue(cfg());
     // A whole .part (killed before the rename): 416 → promoted without a byte re-sent.
     std::fs::write(dir.path().join("a.bin.part"), &body).unwrap();
-    let a = run_one(&q, DownloadJob::new(srv.url("/e.bin"), dir.path().join("a.bin")).with_sha256(Some(sha256_hex(&body)))).await;
+    let a = run_one(
+        &q,
+        DownloadJob::new(srv.url("/e.bin"), dir.path().join("a.bin"))
+            .with_sha256(Some(sha256_hex(&body))),
+    )
+    .await;
     assert_eq!(a.status, DownloadJobStatus::Completed, "{a:?}");
     assert_eq!(srv.seen("/e.bin")[0].status, 416);
     assert_eq!(srv.bytes_sent("/e.bin"), 0);
     // A server without ranges answers 200: start over, garbage prefix discarded.
     std::fs::write(dir.path().join("b.bin.part"), b"garbage").unwrap();
-    let b = run_one(&q, DownloadJob::new(srv.url("/nr.bin"), dir.path().join("b.bin")).with_sha256(Some(sha256_hex(&body)))).await;
+    let b = run_one(
+        &q,
+        DownloadJob::new(srv.url("/nr.bin"), dir.path().join("b.bin"))
+            .with_sha256(Some(sha256_hex(&body))),
+    )
+    .await;
     assert_eq!(b.status, DownloadJobStatus::Completed, "{b:?}");
     assert_eq!(std::fs::read(dir.path().join("b.bin")).unwrap(), body);
     // Known size larger than the disk: fails before any request.
     let before = srv.seen("/e.bin").len();
-    let c = run_one(&q, DownloadJob::new(srv.url("/e.bin"), dir.path().join("c.bin")).with_expected_size(Some(1 << 60))).await;
+    let c = run_one(
+        &q,
+        DownloadJob::new(srv.url("/e.bin"), dir.path().join("c.bin"))
+            .with_expected_size(Some(1 << 60)),
+    )
+    .await;
     assert!(err_of(&c).contains("not enough disk space"));
     assert_eq!(srv.seen("/e.bin").len(), before);
     // Bad URLs are refused at submission.
@@ -725,4 +932,3 @@ async fn partial_edge_cases_416_200_and_disk_space() {
         Err(DownloadError::InvalidUrl { .. })
     ));
 }
-

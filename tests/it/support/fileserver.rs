@@ -1,7 +1,10 @@
 //! A real HTTP file server on 127.0.0.1 (axum) with `Range` support and fault injection, for
 //! download tests: drop the connection after N bytes, 500 / 429 on the first K requests,
 //! stall, throttle, flip a byte, redirect, require a token, any headers.
-#![allow(dead_code, reason = "each test module uses a different part of the helper")]
+#![allow(
+    dead_code,
+    reason = "each test module uses a different part of the helper"
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -103,7 +106,11 @@ impl FileServer {
     }
 
     pub fn add(&self, path: &str, spec: FileSpec) {
-        self.state.files.lock().unwrap().insert(path.to_owned(), spec);
+        self.state
+            .files
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), spec);
     }
 
     /// Every request to `path`, in order.
@@ -150,7 +157,13 @@ async fn serve(State(st): State<Arc<ServerState>>, req: Request) -> Response {
         *n += 1;
         *n
     };
-    let resp = answer(spec, n, range.as_deref(), authorization.as_deref(), sent.clone());
+    let resp = answer(
+        spec,
+        n,
+        range.as_deref(),
+        authorization.as_deref(),
+        sent.clone(),
+    );
     st.seen.lock().unwrap().push(Seen {
         path,
         range,
@@ -164,8 +177,10 @@ async fn serve(State(st): State<Arc<ServerState>>, req: Request) -> Response {
 fn status(code: u16, body: &str) -> Response {
     let mut r = Response::new(Body::from(body.to_owned()));
     *r.status_mut() = StatusCode::from_u16(code).unwrap();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -197,8 +212,10 @@ fn answer(
     }
     if n <= spec.fail_first + spec.rate_limit_first.0 {
         let mut r = status(429, r#"{"error":"slow down"}"#);
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(spec.rate_limit_first.1));
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(spec.rate_limit_first.1),
+        );
         return r;
     }
     let len = spec.data.len() as u64;
@@ -228,7 +245,14 @@ fn answer(
         .as_ref()
         .filter(|(from, _, on)| start >= *from && on.load(Ordering::SeqCst))
         .map(|(_, after, _)| *after);
-    let body = body_stream(spec.clone(), start, end, drop_at, stall_at.or(hang_at), sent);
+    let body = body_stream(
+        spec.clone(),
+        start,
+        end,
+        drop_at,
+        stall_at.or(hang_at),
+        sent,
+    );
     let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(code).unwrap();
     let hm = r.headers_mut();
@@ -248,7 +272,10 @@ fn answer(
         .unwrap_or_else(|| "application/octet-stream".into());
     hm.insert(header::CONTENT_TYPE, HeaderValue::from_str(&ct).unwrap());
     if let Some(cd) = &spec.content_disposition {
-        hm.insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(cd).unwrap());
+        hm.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_str(cd).unwrap(),
+        );
     }
     r
 }
@@ -273,10 +300,7 @@ fn body_stream(
                 // Let the connection flush what it holds, so the client really received
                 // the bytes before the break.
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                return Some((
-                    Err(std::io::Error::other("injected connection drop")),
-                    end,
-                ));
+                return Some((Err(std::io::Error::other("injected connection drop")), end));
             }
             if pos >= end {
                 return None;
