@@ -3,6 +3,7 @@
 mod support;
 
 mod cli_records;
+mod download;
 mod hash;
 mod hub;
 mod manifest;

@@ -2,8 +2,10 @@
 
 #![allow(dead_code, reason = "each area uses a different subset")]
 
+pub mod fileserver;
 pub mod hub_server;
 pub mod probe_fixtures;
+
 
 
 use std::path::{Path, PathBuf};
