@@ -3,5 +3,6 @@
 mod support;
 
 mod cli_records;
+mod download;
 mod hub;
 mod store;

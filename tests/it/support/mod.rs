@@ -2,7 +2,9 @@
 
 #![allow(dead_code, reason = "each area uses a different subset")]
 
+pub mod fileserver;
 pub mod hub_server;
+
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
