@@ -4,5 +4,8 @@ mod support;
 
 mod cli_records;
 mod download;
+mod hash;
 mod hub;
+mod probe;
+mod scan;
 mod store;

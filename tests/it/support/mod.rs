@@ -4,6 +4,8 @@
 
 pub mod fileserver;
 pub mod hub_server;
+pub mod probe_fixtures;
+
 
 
 use std::path::{Path, PathBuf};
