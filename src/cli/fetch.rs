@@ -16,10 +16,10 @@ use super::{Context, Status};
 /// `fetch`.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// The http(s) URL.
-    pub url: String,
-    /// Destination file, or an existing directory (then the server names the file).
-    pub dest: PathBuf,
+    /// The http(s) URL(s), then the destination: a file, or an existing directory (then the
+    /// server names each file; required with several URLs).
+    #[arg(required = true, num_args = 2.., value_name = "URL... DEST")]
+    pub args: Vec<String>,
     /// Expected sha256 (hex).
     #[arg(long)]
     pub sha256: Option<String>,
@@ -32,6 +32,9 @@ pub struct FetchArgs {
     /// Bearer token.
     #[arg(long, env = "MODELSYNC_FETCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Jobs running at once (with several URLs).
+    #[arg(long)]
+    pub parallel: Option<usize>,
     /// Skip the fsync before the rename.
     #[arg(long)]
     pub no_sync: bool,
@@ -78,20 +81,40 @@ pub fn fetch(ctx: &Context, a: FetchArgs) -> anyhow::Result<Status> {
     } else {
         Arc::new(NullReporter)
     };
-    let path = rt.block_on(async {
+    let mut args = a.args;
+    let dest = PathBuf::from(args.pop().unwrap_or_default());
+    if args.len() > 1 && !dest.is_dir() {
+        anyhow::bail!(
+            "with several URLs the destination must be an existing directory: {}",
+            dest.display()
+        );
+    }
+    let paths = rt.block_on(async {
         let defaults = DownloadQueueConfig::default();
         let cfg = DownloadQueueConfig {
             connections_per_file: a.connections.unwrap_or(defaults.connections_per_file),
             parallel_threshold: a.threshold.unwrap_or(defaults.parallel_threshold),
             sync_before_rename: !a.no_sync,
+            max_parallel_dl: a.parallel.unwrap_or(defaults.max_parallel_dl),
             ..defaults
         };
         let queue = DownloadQueue::new(cfg, reporter)?;
-        let job = DownloadJob::new(a.url, a.dest)
-            .with_sha256(a.sha256)
-            .with_access_token(a.token.map(AccessToken::new));
-        anyhow::Ok(queue.download(job).await?)
+        let mut ids = Vec::new();
+        for url in args {
+            let job = DownloadJob::new(url, dest.clone())
+                .with_sha256(a.sha256.clone())
+                .with_access_token(a.token.clone().map(AccessToken::new));
+            ids.push(queue.submit_download_job(job, true)?.id);
+        }
+        let mut paths = Vec::new();
+        for id in ids {
+            let job = queue.wait_for_job(id, None).await?;
+            paths.push(job.result()?.to_path_buf());
+        }
+        anyhow::Ok(paths)
     })?;
-    println!("{}", path.display());
+    for p in paths {
+        println!("{}", p.display());
+    }
     Ok(Status::Success)
 }
