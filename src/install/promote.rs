@@ -203,6 +203,20 @@ pub(crate) fn promote(
 }
 
 fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<(), InstallError> {
+    // Safety first: a dangerous pickle is refused whatever else it is.
+    if let Some(scan) = &probed.pickle_scan
+        && scan.verdict == ScanVerdict::Dangerous
+        && !allow_pickle
+    {
+        return Err(InstallError::DangerousPickle {
+            path: path.to_path_buf(),
+            globals: scan
+                .dangerous()
+                .map(|g| format!("{}.{} in {}", g.module, g.name, g.file))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     if probed.model_type == ModelType::Unknown {
         return Err(InstallError::UnknownModel {
             path: path.to_path_buf(),
@@ -220,19 +234,6 @@ fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<
                 .base_candidates
                 .iter()
                 .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-    if let Some(scan) = &probed.pickle_scan
-        && scan.verdict == ScanVerdict::Dangerous
-        && !allow_pickle
-    {
-        return Err(InstallError::DangerousPickle {
-            path: path.to_path_buf(),
-            globals: scan
-                .dangerous()
-                .map(|g| format!("{}.{} in {}", g.module, g.name, g.file))
                 .collect::<Vec<_>>()
                 .join(", "),
         });
