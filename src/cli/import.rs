@@ -50,7 +50,8 @@ pub fn parse_config(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
         if k.is_empty() {
             anyhow::bail!("--config `{kv}`: empty key");
         }
-        let value = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+        let value =
+            serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.to_owned()));
         map.insert(k.to_owned(), value);
     }
     Ok(map)
@@ -156,6 +157,10 @@ impl Reporter for Bars {
     }
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the command signature every cli fn shares"
+)]
 pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
     let (models_dir, database) = ctx.store_paths()?;
     let mut config = parse_config(&a.config)?;
@@ -166,7 +171,10 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
     match &mut source {
         ModelSource::Local(l) => l.inplace = a.inplace,
         _ if a.inplace => {
-            anyhow::bail!("--inplace applies to local paths only; `{}` is remote", a.source)
+            anyhow::bail!(
+                "--inplace applies to local paths only; `{}` is remote",
+                a.source
+            )
         }
         _ => {}
     }

@@ -1,5 +1,10 @@
 //! The install service against the Hub emulator, real files and a real SQLite store.
 
+#![allow(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "file names here are the tests' own, all lowercase"
+)]
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -71,13 +76,19 @@ fn vae_config() -> Vec<u8> {
 /// A tiny SD-1 diffusers repo; `fp16` adds `.fp16.` weights beside the default ones.
 fn sd15_repo(id: &str, fp16: bool) -> FakeRepo {
     let mut r = FakeRepo::new(id)
-        .tags(&["diffusers", "license:creativeml-openrail-m", "text-to-image"])
+        .tags(&[
+            "diffusers",
+            "license:creativeml-openrail-m",
+            "text-to-image",
+        ])
         .file("model_index.json", model_index())
         .file("README.md", b"# sd".to_vec())
         .file(
             "scheduler/scheduler_config.json",
-            serde_json::to_vec(&json!({"_class_name": "PNDMScheduler", "prediction_type": "epsilon"}))
-                .unwrap(),
+            serde_json::to_vec(
+                &json!({"_class_name": "PNDMScheduler", "prediction_type": "epsilon"}),
+            )
+            .unwrap(),
         )
         .file(
             "text_encoder/config.json",
@@ -185,7 +196,10 @@ fn no_config() -> Map<String, Value> {
 }
 
 fn cfg(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
+    match v {
+        Value::Object(m) => m,
+        other => panic!("not an object: {other}"),
+    }
 }
 
 impl Env {
@@ -199,7 +213,12 @@ impl Env {
 
     async fn install_ok(&self, source: &str, config: Map<String, Value>) -> AnyModelConfig {
         let job = self.import(source, config).await;
-        assert!(job.complete(), "{source}: {:?} {:?}", job.error_type, job.error);
+        assert!(
+            job.complete(),
+            "{source}: {:?} {:?}",
+            job.error_type,
+            job.error
+        );
         job.config_out.unwrap()
     }
 
@@ -308,7 +327,11 @@ async fn hf_fp16_variant_installs_exactly_the_fp16_weights_and_configs() {
     assert_eq!(rec.model_type(), ModelType::Main);
     assert_eq!(rec.format(), ModelFormat::Diffusers);
     assert_eq!(rec.base(), BaseModelType::StableDiffusion1);
-    assert_eq!(rec.path(), rec.key(), "a folder model lives at models_dir/<key>");
+    assert_eq!(
+        rec.path(),
+        rec.key(),
+        "a folder model lives at models_dir/<key>"
+    );
     let c = rec.common();
     assert_eq!(c.source, "owner/sd15:fp16");
     assert_eq!(c.source_type, ModelSourceType::HfRepoId);
@@ -348,9 +371,15 @@ async fn hf_fp16_variant_installs_exactly_the_fp16_weights_and_configs() {
         .iter()
         .find(|f| f.relative_path == "unet/diffusion_pytorch_model.fp16.safetensors")
         .unwrap();
-    assert_eq!(unet.sha256.as_deref(), Some(sha(&weights("unet16", 500)).as_str()));
+    assert_eq!(
+        unet.sha256.as_deref(),
+        Some(sha(&weights("unet16", 500)).as_str())
+    );
     let outcome = job.outcome.unwrap();
-    assert_eq!(outcome.commit.as_deref(), Some(env.hub.commit("owner/sd15", "main").as_str()));
+    assert_eq!(
+        outcome.commit.as_deref(),
+        Some(env.hub.commit("owner/sd15", "main").as_str())
+    );
     assert_eq!(outcome.files.len(), 9);
     // The staging dir is gone.
     assert!(Env::files_under(&env.models.join(".tmp")).is_empty());
@@ -365,7 +394,11 @@ async fn hf_default_variant_and_missing_variant_fallback() {
     let on_disk = Env::files_under(&env.models.join(rec.key()));
     assert!(on_disk.contains(&"unet/diffusion_pytorch_model.safetensors".to_owned()));
     assert!(!on_disk.iter().any(|f| f.contains(".fp16.")), "{on_disk:?}");
-    assert!(!on_disk.iter().any(|f| f.ends_with("pruned-emaonly.safetensors")));
+    assert!(
+        !on_disk
+            .iter()
+            .any(|f| f.ends_with("pruned-emaonly.safetensors"))
+    );
 
     // fp16 asked, the repo has none: the default files.
     let rec = env.install_ok("owner/plain:fp16", no_config()).await;
@@ -390,7 +423,10 @@ async fn hf_subfolder_single_file_and_globs() {
     );
 
     let vae32 = env
-        .install_ok("owner/sd15::vae", cfg(json!({"base": "sd-1", "name": "vae32"})))
+        .install_ok(
+            "owner/sd15::vae",
+            cfg(json!({"base": "sd-1", "name": "vae32"})),
+        )
         .await;
     assert_eq!(
         Env::files_under(&env.models.join(vae32.key())),
@@ -407,7 +443,10 @@ async fn hf_subfolder_single_file_and_globs() {
     let files = env.store().model_files(lora.key()).unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].relative_path, "");
-    assert_eq!(files[0].sha256.as_deref(), Some(sha(&lora_bytes()).as_str()));
+    assert_eq!(
+        files[0].sha256.as_deref(),
+        Some(sha(&lora_bytes()).as_str())
+    );
 
     // include/exclude through the request options.
     let req = InstallRequest::new(ModelSource::parse("owner/sd15:fp16").unwrap(), no_config())
@@ -417,7 +456,10 @@ async fn hf_subfolder_single_file_and_globs() {
         });
     let out = env.mgr.install().install(req).await.unwrap();
     let on_disk = Env::files_under(&out.path);
-    assert!(!on_disk.iter().any(|f| f.starts_with("text_encoder/")), "{on_disk:?}");
+    assert!(
+        !on_disk.iter().any(|f| f.starts_with("text_encoder/")),
+        "{on_disk:?}"
+    );
     assert!(on_disk.contains(&"unet/diffusion_pytorch_model.fp16.safetensors".to_owned()));
 }
 
@@ -463,7 +505,8 @@ async fn gated_repo_needs_a_token_that_is_never_stored() {
 async fn corrupted_lfs_body_registers_and_promotes_nothing() {
     let env = setup();
     env.hub.add_repo(loras_repo("owner/loras"));
-    env.hub.corrupt_lfs("owner/loras", "loras/detail.safetensors");
+    env.hub
+        .corrupt_lfs("owner/loras", "loras/detail.safetensors");
     let job = env
         .import("owner/loras::loras/detail.safetensors", no_config())
         .await;
@@ -475,7 +518,9 @@ async fn corrupted_lfs_body_registers_and_promotes_nothing() {
     // No verified file and no partial left in staging.
     let staged = Env::files_under(&env.models.join(".tmp"));
     assert!(
-        !staged.iter().any(|f| f.ends_with(".safetensors") || f.ends_with(".part")),
+        !staged
+            .iter()
+            .any(|f| f.ends_with(".safetensors") || f.ends_with(".part")),
         "{staged:?}"
     );
 }
@@ -490,7 +535,10 @@ async fn url_named_by_content_disposition_and_html_refused() {
         .add_url_download("63006", "detail-tweaker.safetensors", lora_bytes());
     let rec = env.install_ok(&url, no_config()).await;
     assert_eq!(rec.model_type(), ModelType::Lora);
-    assert_eq!(rec.path(), format!("{}/detail-tweaker.safetensors", rec.key()));
+    assert_eq!(
+        rec.path(),
+        format!("{}/detail-tweaker.safetensors", rec.key())
+    );
     assert_eq!(rec.common().source, url);
     assert_eq!(rec.common().source_type, ModelSourceType::Url);
     assert_eq!(rec.name(), "detail-tweaker");
@@ -519,9 +567,15 @@ async fn local_copy_vs_inplace_and_the_three_deletes() {
 
     // Copy (hardlink on the same filesystem) into models_dir/<key>/.
     let copied = env
-        .install_ok(src.to_str().unwrap(), cfg(json!({"name": "copied", "tags": ["x"]})))
+        .install_ok(
+            src.to_str().unwrap(),
+            cfg(json!({"name": "copied", "tags": ["x"]})),
+        )
         .await;
-    assert_eq!(copied.path(), format!("{}/mylora.safetensors", copied.key()));
+    assert_eq!(
+        copied.path(),
+        format!("{}/mylora.safetensors", copied.key())
+    );
     assert_eq!(copied.name(), "copied");
     assert_eq!(copied.common().tags, vec!["x".to_owned()]);
     let installed = env.models.join(copied.path());
@@ -534,7 +588,9 @@ async fn local_copy_vs_inplace_and_the_three_deletes() {
     if let ModelSource::Local(l) = &mut source {
         l.inplace = true;
     }
-    let job = svc.import_model(source, cfg(json!({"name": "inplace"}))).unwrap();
+    let job = svc
+        .import_model(source, cfg(json!({"name": "inplace"})))
+        .unwrap();
     assert!(job.inplace);
     let job = svc.wait_for_job(job.id, None).await.unwrap();
     let inplace = job.config_out.unwrap();
@@ -544,18 +600,21 @@ async fn local_copy_vs_inplace_and_the_three_deletes() {
     let gone = svc.delete(copied.key()).unwrap();
     assert_eq!(gone.as_deref(), Some(installed.as_path()));
     assert!(!installed.exists());
-    assert!(!env.models.join(copied.key()).exists(), "empty <key>/ removed");
+    assert!(
+        !env.models.join(copied.key()).exists(),
+        "empty <key>/ removed"
+    );
     // delete: outside → only the record goes.
     assert_eq!(svc.delete(inplace.key()).unwrap(), None);
     assert!(src.exists());
     assert!(!env.store().exists(inplace.key()).unwrap());
 
     // unregister: the record goes, files stay (inside or out).
-    let again = svc.install_path(&src, no_config()).unwrap();
+    let again = svc.install_path(&src, &no_config()).unwrap();
     svc.unregister(again.key()).unwrap();
     assert!(env.models.join(again.path()).exists());
     // unconditionally_delete: outside files go too.
-    let reg = svc.register_path(&src, no_config()).unwrap();
+    let reg = svc.register_path(&src, &no_config()).unwrap();
     assert_eq!(Path::new(reg.path()), src.canonicalize().unwrap());
     svc.unconditionally_delete(reg.key()).unwrap();
     assert!(!src.exists());
@@ -567,9 +626,18 @@ async fn dangerous_pickle_refused_unless_allowed_and_hash_checked() {
     let env = setup();
     let evil = env.dir.path().join("evil.ckpt");
     let marker = env.dir.path().join("pwned");
-    fs::write(&evil, fx::malicious_system(&format!("touch {}", marker.display()))).unwrap();
+    fs::write(
+        &evil,
+        fx::malicious_system(&format!("touch {}", marker.display())),
+    )
+    .unwrap();
     let job = env.import(evil.to_str().unwrap(), no_config()).await;
-    assert_eq!(job.error_type.as_deref(), Some("DangerousPickle"), "{:?}", job.error);
+    assert_eq!(
+        job.error_type.as_deref(),
+        Some("DangerousPickle"),
+        "{:?}",
+        job.error
+    );
     assert!(job.error.unwrap().contains("unsafe_pickle"));
     assert!(env.promoted().is_empty());
 
@@ -585,12 +653,15 @@ async fn dangerous_pickle_refused_unless_allowed_and_hash_checked() {
 
     // Expected hash: a mismatch installs nothing; the right one installs with `dest`.
     let src = write_lora(&env.dir.path().join("in"), "h.safetensors");
-    let bad = InstallRequest::new(ModelSource::parse(src.to_str().unwrap()).unwrap(), no_config())
-        .with_options(InstallOptions {
-            expected_hash: Some(format!("blake3:{}", "0".repeat(64))),
-            dest: Some("loras/h.safetensors".into()),
-            ..InstallOptions::default()
-        });
+    let bad = InstallRequest::new(
+        ModelSource::parse(src.to_str().unwrap()).unwrap(),
+        no_config(),
+    )
+    .with_options(InstallOptions {
+        expected_hash: Some(format!("blake3:{}", "0".repeat(64))),
+        dest: Some("loras/h.safetensors".into()),
+        ..InstallOptions::default()
+    });
     let e = env.mgr.install().install(bad.clone()).await.unwrap_err();
     assert!(
         matches!(&e, InstallError::JobFailed { error_type, .. } if error_type == "HashMismatch"),
@@ -608,8 +679,14 @@ async fn dangerous_pickle_refused_unless_allowed_and_hash_checked() {
     let out = env.mgr.install().install(good).await.unwrap();
     assert_eq!(out.record.path(), "loras/h.safetensors");
     assert_eq!(out.record.common().hash, right);
-    assert_eq!(out.record.common().managed.as_ref().unwrap().entry, "detail");
-    assert_eq!(out.files[0].sha256.as_deref(), Some(sha(&lora_bytes()).as_str()));
+    assert_eq!(
+        out.record.common().managed.as_ref().unwrap().entry,
+        "detail"
+    );
+    assert_eq!(
+        out.files[0].sha256.as_deref(),
+        Some(sha(&lora_bytes()).as_str())
+    );
 }
 
 // ------------------------------------------------------------------------------------ events, jobs
@@ -684,7 +761,8 @@ async fn concurrent_imports_of_one_source_are_one_job_and_cancel_works() {
     assert_eq!(a.id, b.id);
     assert_eq!(svc.list_jobs().len(), 1);
     assert_eq!(
-        svc.get_job_by_source("owner/loras::loras/detail.safetensors").len(),
+        svc.get_job_by_source("owner/loras::loras/detail.safetensors")
+            .len(),
         1
     );
     let c = svc
@@ -699,7 +777,10 @@ async fn concurrent_imports_of_one_source_are_one_job_and_cancel_works() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     svc.cancel_job(c.id).unwrap();
-    let all = svc.wait_for_installs(Some(Duration::from_secs(30))).await.unwrap();
+    let all = svc
+        .wait_for_installs(Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(
         all["owner/loras::loras/detail.safetensors"].status,
@@ -710,7 +791,9 @@ async fn concurrent_imports_of_one_source_are_one_job_and_cancel_works() {
         InstallStatus::Cancelled
     );
     assert_eq!(
-        install_events(&env.rec, c.id).last().map(InstallEvent::name),
+        install_events(&env.rec, c.id)
+            .last()
+            .map(InstallEvent::name),
         Some("model_install_cancelled")
     );
     assert_eq!(env.store().all_models().unwrap().len(), 1);
@@ -727,7 +810,9 @@ async fn concurrent_imports_of_one_source_are_one_job_and_cancel_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_and_cache_reuses_and_times_out() {
     let env = setup();
-    let url = env.hub.add_url_download("77", "cached.bin", weights("cache", 5000));
+    let url = env
+        .hub
+        .add_url_download("77", "cached.bin", weights("cache", 5000));
     let svc = env.mgr.install();
     let p = svc.download_and_cache(&url, None, None).await.unwrap();
     assert!(p.starts_with(env.models.join(".cache")));
@@ -736,9 +821,14 @@ async fn download_and_cache_reuses_and_times_out() {
     env.hub.clear_log();
     let again = svc.download_and_cache(&url, None, None).await.unwrap();
     assert_eq!(again, p);
-    assert!(env.hub.requests().is_empty(), "the cached file was fetched again");
+    assert!(
+        env.hub.requests().is_empty(),
+        "the cached file was fetched again"
+    );
 
-    let slow = env.hub.add_url_download("78", "slow.bin", weights("slow", 20_000));
+    let slow = env
+        .hub
+        .add_url_download("78", "slow.bin", weights("slow", 20_000));
     env.hub.set_cdn_throttle(256, Duration::from_millis(50));
     let e = svc
         .download_and_cache(&slow, None, Some(Duration::from_millis(200)))
@@ -858,7 +948,10 @@ fn cli_import_prints_the_record_and_keeps_the_token_out_of_logs() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("name:"), "{stdout}");
     assert!(stdout.contains("detail"), "{stdout}");
-    assert!(stdout.contains("type:") && stdout.contains("lora"), "{stdout}");
+    assert!(
+        stdout.contains("type:") && stdout.contains("lora"),
+        "{stdout}"
+    );
     for text in [&stdout, &stderr] {
         assert!(!text.contains(secret), "{text}");
     }
@@ -867,7 +960,12 @@ fn cli_import_prints_the_record_and_keeps_the_token_out_of_logs() {
     let out = cli(
         dir.path(),
         &hub,
-        &["-o", "json", "import", "owner/gated::loras/other.safetensors"],
+        &[
+            "-o",
+            "json",
+            "import",
+            "owner/gated::loras/other.safetensors",
+        ],
         Some(secret),
     )
     .output()
@@ -911,9 +1009,7 @@ fn cli_import_killed_mid_download_resumes_cleanly() {
     let mut saw_part = false;
     for _ in 0..500 {
         if tmp.exists()
-            && Env::files_under(&tmp)
-                .iter()
-                .any(|f| f.ends_with(".part"))
+            && Env::files_under(&tmp).iter().any(|f| f.ends_with(".part"))
             && Env::files_under(&tmp).iter().any(|f| {
                 f.ends_with(".part") && fs::metadata(tmp.join(f)).is_ok_and(|m| m.len() >= 1 << 20)
             })
@@ -941,7 +1037,11 @@ fn cli_import_killed_mid_download_resumes_cleanly() {
     )
     .output()
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // It resumed: the CDN was asked for a range that does not start at 0.
     let resumed = hub.cdn_requests().iter().any(|r| {
         r.header("range")
@@ -953,5 +1053,9 @@ fn cli_import_killed_mid_download_resumes_cleanly() {
     assert_eq!(all.len(), 1);
     let path = all[0].resolved_path(&dir.path().join("models"));
     assert_eq!(fs::read(path).unwrap(), big);
-    assert!(Env::files_under(&tmp).is_empty(), "{:?}", Env::files_under(&tmp));
+    assert!(
+        Env::files_under(&tmp).is_empty(),
+        "{:?}",
+        Env::files_under(&tmp)
+    );
 }
