@@ -177,6 +177,7 @@ pub(crate) fn promote(
             key: key.clone(),
             target: target.clone(),
             moved_from: staged.moved_from.clone(),
+            files: files.clone(),
         })?;
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)

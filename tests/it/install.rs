@@ -877,8 +877,28 @@ async fn startup_recovery_rolls_back_unrecorded_promotions_and_drops_stale_stagi
     )
     .unwrap();
 
+    // A crash between the record and its fingerprints: the intent has them.
+    let src = write_lora(&env.dir.path().join("r"), "r.safetensors");
+    let done = env.mgr.install().install_path(&src, &no_config()).unwrap();
+    let fps = env.store().model_files(done.key()).unwrap();
+    env.store().set_model_files(done.key(), &[]).unwrap();
+    let finished = models.join(".tmp/done1");
+    fs::create_dir_all(&finished).unwrap();
+    fs::write(
+        finished.join("intent.json"),
+        serde_json::to_vec(&json!({
+            "key": done.key(), "target": models.join(done.path()), "moved_from": "files/r.safetensors",
+            "files": fps,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+
     let mgr = build_manager(&models, &env.hub, hub_env(env.dir.path()), &env.rec);
     let report = mgr.recovery();
+    assert_eq!(mgr.store().model_files(done.key()).unwrap(), fps);
+    assert!(!finished.exists());
+    assert!(models.join(done.path()).exists());
     assert_eq!(report.rolled_back, vec![target.clone()]);
     assert!(!target.exists());
     assert_eq!(fs::read(staging.join("files/w.safetensors")).unwrap(), b"w");
