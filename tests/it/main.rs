@@ -6,6 +6,7 @@ mod cli_records;
 mod download;
 mod hash;
 mod hub;
+mod install;
 mod manifest;
 mod plan;
 mod probe;

@@ -8,6 +8,7 @@ pub mod probe_fixtures;
 
 
 
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
