@@ -204,12 +204,20 @@ crate::string_enum! {
     }
 }
 
+#[allow(
+    clippy::derivable_impls,
+    reason = "the enum is declared by string_enum!, which derives no Default"
+)]
 impl Default for ModelVariantType {
     fn default() -> Self {
         Self::Normal
     }
 }
 
+#[allow(
+    clippy::derivable_impls,
+    reason = "the enum is declared by string_enum!, which derives no Default"
+)]
 impl Default for ModelRepoVariant {
     fn default() -> Self {
         Self::Default

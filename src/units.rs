@@ -108,8 +108,8 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_mins(5));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_hours(1));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(
             parse_duration("soon")
