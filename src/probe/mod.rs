@@ -146,7 +146,7 @@ impl ProbeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TensorInfo {
     pub shape: Vec<u64>,
-    pub dtype: String,
+    pub dtype: std::borrow::Cow<'static, str>,
 }
 
 /// Tensor names with shapes, plus string metadata (safetensors `__metadata__`, GGUF kv).
@@ -443,7 +443,7 @@ impl ProbeResult {
 fn dtype_summary(sd: &StateDict) -> String {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for t in sd.tensors.values() {
-        *counts.entry(t.dtype.as_str()).or_default() += 1;
+        *counts.entry(t.dtype.as_ref()).or_default() += 1;
     }
     if counts.is_empty() {
         return String::new();
@@ -581,7 +581,7 @@ fn pickle_finding(path: &Path, c: scan::PickleContents, what: &str) -> Result<Fi
             name,
             TensorInfo {
                 shape,
-                dtype: dtype.to_owned(),
+                dtype: dtype.into(),
             },
         );
     }
