@@ -130,7 +130,7 @@ fn parse(data: &[u8]) -> Result<StateDict, String> {
             name,
             TensorInfo {
                 shape,
-                dtype: format!("ggml_type_{ggml_type}"),
+                dtype: format!("ggml_type_{ggml_type}").into(),
             },
         );
     }

@@ -146,7 +146,7 @@ impl ProbeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TensorInfo {
     pub shape: Vec<u64>,
-    pub dtype: String,
+    pub dtype: std::borrow::Cow<'static, str>,
 }
 
 /// Tensor names with shapes, plus string metadata (safetensors `__metadata__`, GGUF kv).
@@ -215,7 +215,12 @@ pub fn probe_with_overrides(
 ) -> Result<ProbeResult, ProbeError> {
     let meta = std::fs::metadata(path).map_err(ProbeError::io(path))?;
     let (finding, file_size) = if meta.is_dir() {
-        (folder::probe_folder(path)?, folder_size(path))
+        let mut f = folder::probe_folder(path)?;
+        // Any pickle in the folder (pytorch_model.bin, learned_embeds.bin …) runs on load.
+        if has_pickle_files(path, 0) {
+            f.pickle_scan = Some(scan::scan_path(path)?);
+        }
+        (f, folder_size(path))
     } else {
         (probe_weight_file(path)?, meta.len())
     };
@@ -434,6 +439,38 @@ impl ProbeResult {
     }
 }
 
+/// ` (dtypes: F16 ×570, F32 ×6)` — what the weights are stored as.
+fn dtype_summary(sd: &StateDict) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in sd.tensors.values() {
+        *counts.entry(t.dtype.as_ref()).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return String::new();
+    }
+    let mut v: Vec<(&str, usize)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = v.iter().take(4).map(|(d, n)| format!("{d} ×{n}")).collect();
+    format!(" (dtypes: {})", parts.join(", "))
+}
+
+/// Whether a folder holds files that are (or may be) pickles.
+fn has_pickle_files(dir: &Path, depth: u8) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.filter_map(Result::ok).any(|e| {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            return depth < 4 && has_pickle_files(&p, depth + 1);
+        }
+        p.extension()
+            .and_then(|x| x.to_str())
+            .map(str::to_ascii_lowercase)
+            .is_some_and(|x| matches!(x.as_str(), "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle"))
+    })
+}
+
 fn folder_size(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
@@ -492,8 +529,11 @@ pub(crate) fn probe_weight_file(path: &Path) -> Result<Finding, ProbeError> {
             .map_err(ProbeError::io(path))?;
         let sd = safetensors::read_header(path, &mut file, len)?;
         let mut f = rules::classify(&sd, rules::Container::Safetensors);
-        f.evidence
-            .push(format!("safetensors header: {} tensors", sd.tensors.len()));
+        f.evidence.push(format!(
+            "safetensors header: {} tensors{}",
+            sd.tensors.len(),
+            dtype_summary(&sd)
+        ));
         return Ok(f);
     }
     let pickle_ext = matches!(
@@ -541,13 +581,16 @@ fn pickle_finding(path: &Path, c: scan::PickleContents, what: &str) -> Result<Fi
             name,
             TensorInfo {
                 shape,
-                dtype: dtype.to_owned(),
+                dtype: dtype.into(),
             },
         );
     }
     let mut f = rules::classify(&sd, rules::Container::Pickle);
-    f.evidence
-        .push(format!("{what}: {} tensors", sd.tensors.len()));
+    f.evidence.push(format!(
+        "{what}: {} tensors{}",
+        sd.tensors.len(),
+        dtype_summary(&sd)
+    ));
     f.evidence
         .push(format!("pickle scan: {}", c.report.verdict));
     f.pickle_scan = Some(c.report);

@@ -736,6 +736,32 @@ mod tests {
         );
     }
 
+    /// Truncations and byte flips of a real torch pickle: errors, never panics.
+    #[test]
+    fn mangled_input_never_panics() {
+        let mut p = vec![0x80, 2, b'}', b'q', 0, b'X', 1, 0, 0, 0, b'w'];
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nHalfStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00K\x02K\x03\x86K\x03K\x01\x86\x89ccollections\nOrderedDict\n)RtRs.");
+        for cut in 0..p.len() {
+            let mut m = Machine::default();
+            let _ = m.run(&p[..cut], 0);
+        }
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            let mut q = p.clone();
+            for _ in 0..3 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = (seed % q.len() as u64) as usize;
+                q[at] = (seed >> 32) as u8;
+            }
+            let mut m = Machine::default();
+            if let Ok((root, _)) = m.run(&q, 0) {
+                let _ = m.tensors(root);
+            }
+        }
+    }
+
     #[test]
     fn faults_name_the_offset() {
         let mut m = Machine::default();

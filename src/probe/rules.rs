@@ -195,7 +195,7 @@ fn lora_in_width(sd: &StateDict, k: &str) -> Option<u64> {
         dim(sd, &format!("{module}.{name}"), 1)
             .or_else(|| dim(sd, &format!("{module}.{name}_b"), 1))
     };
-    Some(cols("lokr_w1")? * cols("lokr_w2")?)
+    cols("lokr_w1")?.checked_mul(cols("lokr_w2")?)
 }
 
 fn is_lora_key(k: &str) -> bool {
@@ -392,7 +392,11 @@ fn textual_inversion(sd: &StateDict, _: Container) -> Option<Finding> {
     } else if sd.tensors.len() == 1 {
         // diffusers' learned_embeds: {"<token>": [width]} — one small 1-D or 2-D tensor.
         let (k, t) = sd.tensors.iter().next()?;
-        let small = t.shape.len() <= 2 && t.shape.iter().product::<u64>() <= 1280 * 128;
+        let small = t.shape.len() <= 2
+            && t.shape
+                .iter()
+                .try_fold(1u64, |a, d| a.checked_mul(*d))
+                .is_some_and(|n| n <= 1280 * 128);
         if !small
             || t.shape
                 .last()

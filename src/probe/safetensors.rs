@@ -55,8 +55,9 @@ pub(crate) fn read_header(
 
 /// One tensor entry; unknown fields are ignored, missing ones are errors.
 #[derive(serde::Deserialize)]
-struct TensorEntry {
-    dtype: String,
+struct TensorEntry<'a> {
+    #[serde(borrow)]
+    dtype: std::borrow::Cow<'a, str>,
     shape: Vec<u64>,
     #[allow(dead_code, reason = "required for a well-formed entry, not used")]
     data_offsets: (u64, u64),
@@ -94,13 +95,25 @@ impl<'de> serde::de::Visitor<'de> for HeaderVisitor {
                     key,
                     TensorInfo {
                         shape: e.shape,
-                        dtype: e.dtype,
+                        dtype: intern_dtype(&e.dtype),
                     },
                 );
             }
         }
         Ok(sd)
     }
+}
+
+/// The dtype as a shared static string for the safetensors dtypes (no allocation per tensor).
+fn intern_dtype(d: &str) -> std::borrow::Cow<'static, str> {
+    const KNOWN: &[&str] = &[
+        "F16", "BF16", "F32", "F64", "I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64", "BOOL",
+        "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == d)
+        .map_or_else(|| d.to_owned().into(), |k| (*k).into())
 }
 
 /// Parses header JSON into tensors and `__metadata__`.

@@ -128,6 +128,25 @@ fn pickle_checkpoints_carry_a_clean_scan() {
 }
 
 #[test]
+fn folders_with_pickles_are_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    let r = probe(&dir.path().join("ip_adapter_sdxl")).unwrap();
+    assert_eq!(r.pickle_scan.unwrap().verdict, ScanVerdict::Clean);
+    let sd = dir.path().join("stable-diffusion-v1-5");
+    assert!(
+        probe(&sd).unwrap().pickle_scan.is_none(),
+        "safetensors only"
+    );
+    fs::write(sd.join("safety_checker.bin"), fx::malicious_system("id")).unwrap();
+    let r = probe(&sd).unwrap();
+    assert_eq!(r.model_type, ModelType::Main);
+    let s = r.pickle_scan.unwrap();
+    assert_eq!(s.verdict, ScanVerdict::Dangerous);
+    assert_eq!(s.dangerous().next().unwrap().file, "safety_checker.bin");
+}
+
+#[test]
 fn diffusers_folders_report_repo_variant_and_submodels() {
     let dir = tempfile::tempdir().unwrap();
     fx::corpus(dir.path());
