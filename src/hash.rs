@@ -1,9 +1,32 @@
-//! Content hashing of model files and folders. Issue #3 fills in the algorithms.
+//! Content hashing of model files and folders.
+//!
+//! Results are strings `algo:hex`. A folder's hash combines its weight files (see
+//! [`WEIGHT_EXTENSIONS`]) in sorted relative-path order: each contributes its relative path and
+//! its own digest, so renaming the folder changes nothing, while any byte of any weight file,
+//! or renaming/moving a weight file inside the folder, does. Config and tokenizer files are
+//! not part of the hash (editing a README must not make a model "changed").
+//!
+//! `blake3` and `blake3_single` compute the same digest (one is multi-threaded over a memory
+//! map, the other single-threaded), so both report `blake3:…` and compare equal.
+//!
+//! `imohash` samples instead of reading everything: files under 128 KiB are hashed whole;
+//! larger ones contribute three 16 KiB samples (start, middle, end). The samples are hashed
+//! with BLAKE3 into 16 bytes whose first bytes are then replaced by the file size as an
+//! unsigned LEB128 varint — imohash's layout with BLAKE3 in place of murmur3. It costs three
+//! reads per file whatever its size, so use it only where speed beats certainty.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 crate::string_enum! {
     /// A content hash algorithm. Results are strings `algo:hex`.
+    #[derive(Default)]
     HashAlgorithm, "hash algorithm" {
         /// BLAKE3, multi-threaded over a memory map (the default).
+        #[default]
         Blake3 = "blake3",
         /// BLAKE3 on one thread (for comparison and small machines).
         Blake3Single = "blake3_single",
@@ -14,8 +37,197 @@ crate::string_enum! {
     }
 }
 
-impl Default for HashAlgorithm {
-    fn default() -> Self {
-        Self::Blake3
+impl HashAlgorithm {
+    /// The prefix of result strings (`blake3_single` shares `blake3`'s: same digest).
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Self::Blake3 | Self::Blake3Single => "blake3",
+            Self::Sha256 => "sha256",
+            Self::Imohash => "imohash",
+        }
     }
+}
+
+/// Extensions (lowercase) of the files a folder hash includes.
+pub const WEIGHT_EXTENSIONS: &[&str] = &[
+    "safetensors",
+    "bin",
+    "ckpt",
+    "pt",
+    "pth",
+    "gguf",
+    "onnx",
+    "msgpack",
+    "h5",
+    "pb",
+    "pkl",
+    "xml",
+];
+
+/// imohash: files under this size are hashed whole.
+const IMO_THRESHOLD: u64 = 128 * 1024;
+/// imohash: bytes per sample.
+const IMO_SAMPLE: usize = 16 * 1024;
+
+/// Hashing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// The path does not exist.
+    #[error("{0}: no such file or folder")]
+    NotFound(PathBuf),
+    /// Reading failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A folder without any weight file has no content hash.
+    #[error("{0}: folder holds no weight files ({exts})", exts = WEIGHT_EXTENSIONS.join(", "))]
+    NoWeightFiles(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HashError + '_ {
+    move |source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            HashError::NotFound(path.to_path_buf())
+        } else {
+            HashError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// Hashes a file or folder; returns `algo:hex`.
+pub fn hash_path(path: &Path, algo: HashAlgorithm) -> Result<String, HashError> {
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    let hex = if meta.is_dir() {
+        hash_folder(path, algo)?
+    } else {
+        hex::encode(file_digest(path, algo)?)
+    };
+    Ok(format!("{}:{hex}", algo.prefix()))
+}
+
+/// Plain lowercase hex SHA-256 of a file (download verification against hub LFS hashes).
+pub fn sha256_file(path: &Path) -> Result<String, HashError> {
+    Ok(hex::encode(file_digest(path, HashAlgorithm::Sha256)?))
+}
+
+fn file_digest(path: &Path, algo: HashAlgorithm) -> Result<Vec<u8>, HashError> {
+    match algo {
+        HashAlgorithm::Blake3 => {
+            let mut h = blake3::Hasher::new();
+            h.update_mmap_rayon(path).map_err(io_err(path))?;
+            Ok(h.finalize().as_bytes().to_vec())
+        }
+        HashAlgorithm::Blake3Single => {
+            let mut h = blake3::Hasher::new();
+            h.update_mmap(path).map_err(io_err(path))?;
+            Ok(h.finalize().as_bytes().to_vec())
+        }
+        HashAlgorithm::Sha256 => {
+            let mut f = File::open(path).map_err(io_err(path))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(io_err(path))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(h.finalize().to_vec())
+        }
+        HashAlgorithm::Imohash => imohash(path),
+    }
+}
+
+fn imohash(path: &Path) -> Result<Vec<u8>, HashError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let size = f.metadata().map_err(io_err(path))?.len();
+    let mut h = blake3::Hasher::new();
+    if size < IMO_THRESHOLD {
+        let mut buf = Vec::with_capacity(size as usize);
+        f.read_to_end(&mut buf).map_err(io_err(path))?;
+        h.update(&buf);
+    } else {
+        let mut buf = vec![0u8; IMO_SAMPLE];
+        for offset in [0, size / 2, size - IMO_SAMPLE as u64] {
+            f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+            f.read_exact(&mut buf).map_err(io_err(path))?;
+            h.update(&buf);
+        }
+    }
+    let mut out = h.finalize().as_bytes()[..16].to_vec();
+    let mut v = size;
+    let mut i = 0;
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out[i] = byte;
+            break;
+        }
+        out[i] = byte | 0x80;
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn hash_folder(root: &Path, algo: HashAlgorithm) -> Result<String, HashError> {
+    let mut files = Vec::new();
+    weight_files(root, root, &mut files)?;
+    if files.is_empty() {
+        return Err(HashError::NoWeightFiles(root.to_path_buf()));
+    }
+    files.sort();
+    let mut lines = String::new();
+    for rel in &files {
+        let d = file_digest(&root.join(rel), algo)?;
+        lines.push_str(rel);
+        lines.push('\0');
+        lines.push_str(&hex::encode(d));
+        lines.push('\n');
+    }
+    Ok(match algo {
+        HashAlgorithm::Sha256 => hex::encode(Sha256::digest(lines.as_bytes())),
+        _ => blake3::hash(lines.as_bytes()).to_hex().to_string(),
+    })
+}
+
+/// Relative `/`-joined paths of weight files under `dir`; hidden entries are skipped, symlinked
+/// files followed, symlinked folders not.
+fn weight_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), HashError> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let p = entry.path();
+        let ft = entry.file_type().map_err(io_err(&p))?;
+        if ft.is_dir() {
+            weight_files(root, &p, out)?;
+            continue;
+        }
+        if !(ft.is_file() || (ft.is_symlink() && p.is_file())) {
+            continue;
+        }
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        if WEIGHT_EXTENSIONS.contains(&ext.as_str()) {
+            let rel = p.strip_prefix(root).unwrap_or(&p);
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push(parts.join("/"));
+        }
+    }
+    Ok(())
 }

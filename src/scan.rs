@@ -1,1 +1,665 @@
-//! Not yet implemented; see the issues.
+//! Pickle safety scan, in the spirit of picklescan / modelscan.
+//!
+//! Loading a pickle runs whatever callables it imports, so a `.ckpt` from the internet can run
+//! `os.system`. This module lists every global a pickle imports — without executing anything —
+//! and classifies each against an allow-list (tensor and storage rebuilds, `OrderedDict`, numpy
+//! array reconstruction …) and a deny-list (`os`, `subprocess`, `builtins.eval` …).
+//!
+//! Verdicts: [`ScanVerdict::Dangerous`] when any import is on the deny-list;
+//! [`ScanVerdict::Suspicious`] when an import is on neither list or a pickle could not be
+//! followed to its end; [`ScanVerdict::Clean`] otherwise. Safetensors and GGUF files hold no
+//! code and are clean without further reading.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::probe::pickle::{LEGACY_MAGIC_PICKLE, Machine};
+
+/// Largest `.pkl` member of a zip archive we read (torch's `data.pkl` is a few MB at most).
+const MAX_PKL_MEMBER: u64 = 512 << 20;
+
+crate::string_enum! {
+    /// How an imported global is judged.
+    GlobalClass, "global class" {
+        /// On the allow-list: tensor rebuilds, containers, numpy arrays.
+        Safe = "safe",
+        /// On neither list: may be harmless (Lightning callbacks) but cannot be vouched for.
+        Unknown = "unknown",
+        /// On the deny-list: can run commands, import code, open files or sockets.
+        Dangerous = "dangerous",
+    }
+}
+
+crate::string_enum! {
+    /// The overall result of a scan.
+    ScanVerdict, "scan verdict" {
+        /// Only allow-listed imports (or no pickles at all).
+        Clean = "clean",
+        /// Imports on neither list, or a pickle that could not be read to its end.
+        Suspicious = "suspicious",
+        /// At least one deny-listed import.
+        Dangerous = "dangerous",
+    }
+}
+
+/// One global imported by a pickle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PickleGlobal {
+    /// Module, e.g. `torch._utils`. `?` when the target was computed at load time.
+    pub module: String,
+    /// Attribute, e.g. `_rebuild_tensor_v2`.
+    pub name: String,
+    /// The file (relative to the scanned folder) and, for zip archives, `:member`.
+    pub file: String,
+    /// The judgement.
+    pub class: GlobalClass,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScanReport {
+    /// Worst finding.
+    pub verdict: ScanVerdict,
+    /// Every distinct (file, module, name) imported, in stream order.
+    pub globals: Vec<PickleGlobal>,
+    /// Files looked at (safetensors/GGUF count, other non-weight files do not).
+    pub files_scanned: usize,
+    /// Pickles that could not be followed to their end, and why.
+    pub problems: Vec<String>,
+}
+
+impl Default for ScanReport {
+    fn default() -> Self {
+        Self {
+            verdict: ScanVerdict::Clean,
+            globals: Vec::new(),
+            files_scanned: 0,
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl ScanReport {
+    /// The deny-listed imports.
+    pub fn dangerous(&self) -> impl Iterator<Item = &PickleGlobal> {
+        self.globals
+            .iter()
+            .filter(|g| g.class == GlobalClass::Dangerous)
+    }
+
+    fn add_global(&mut self, file: &str, module: &str, name: &str) {
+        if self
+            .globals
+            .iter()
+            .any(|g| g.file == file && g.module == module && g.name == name)
+        {
+            return;
+        }
+        self.globals.push(PickleGlobal {
+            module: module.to_owned(),
+            name: name.to_owned(),
+            file: file.to_owned(),
+            class: classify(module, name),
+        });
+    }
+
+    fn finish(&mut self) {
+        self.verdict = if self.dangerous().next().is_some() {
+            ScanVerdict::Dangerous
+        } else if !self.problems.is_empty()
+            || self.globals.iter().any(|g| g.class != GlobalClass::Safe)
+        {
+            ScanVerdict::Suspicious
+        } else {
+            ScanVerdict::Clean
+        };
+    }
+}
+
+/// A scan that could not be done at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The path does not exist.
+    #[error("{0}: no such file or folder")]
+    NotFound(PathBuf),
+    /// Reading failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A zip archive's directory is unreadable.
+    #[error("{path}: not a readable zip archive: {reason}")]
+    Zip { path: PathBuf, reason: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
+    move |source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Modules whose every attribute is dangerous (matched as the module or a parent package).
+const DANGEROUS_MODULES: &[&str] = &[
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "runpy",
+    "socket",
+    "shutil",
+    "webbrowser",
+    "pty",
+    "commands",
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "marshal",
+    "importlib",
+    "imp",
+    "ctypes",
+    "multiprocessing",
+    "code",
+    "codeop",
+    "pdb",
+    "bdb",
+    "timeit",
+    "platform",
+    "signal",
+    "asyncio",
+    "requests",
+    "httpx",
+    "aiohttp",
+    "urllib",
+    "urllib2",
+    "http",
+    "httplib",
+    "ftplib",
+    "telnetlib",
+    "smtplib",
+    "tempfile",
+    "glob",
+    "pathlib",
+    "io",
+    "_io",
+    "operator",
+    "functools",
+    "torch.hub",
+    "torch.load",
+];
+
+/// Dangerous attributes of otherwise harmless modules.
+const DANGEROUS_NAMES: &[(&str, &[&str])] = &[
+    (
+        "builtins",
+        &[
+            "eval",
+            "exec",
+            "execfile",
+            "compile",
+            "open",
+            "getattr",
+            "setattr",
+            "delattr",
+            "__import__",
+            "globals",
+            "locals",
+            "vars",
+            "input",
+            "breakpoint",
+            "exit",
+            "quit",
+            "help",
+            "memoryview",
+        ],
+    ),
+    (
+        "__builtin__",
+        &[
+            "eval",
+            "exec",
+            "execfile",
+            "compile",
+            "open",
+            "file",
+            "getattr",
+            "setattr",
+            "delattr",
+            "__import__",
+            "globals",
+            "locals",
+            "vars",
+            "input",
+            "raw_input",
+            "apply",
+            "reload",
+        ],
+    ),
+    ("torch", &["load", "save"]),
+    ("torch.serialization", &["load", "_load"]),
+    ("numpy", &["load", "fromfile"]),
+    ("numpy.testing._private.utils", &["runstring"]),
+];
+
+/// The allow-list.
+const SAFE_NAMES: &[(&str, &[&str])] = &[
+    (
+        "torch._utils",
+        &[
+            "_rebuild_tensor",
+            "_rebuild_tensor_v2",
+            "_rebuild_tensor_v3",
+            "_rebuild_parameter",
+            "_rebuild_parameter_with_state",
+            "_rebuild_qtensor",
+            "_rebuild_sparse_tensor",
+            "_rebuild_device_tensor_from_numpy",
+            "_rebuild_meta_tensor_no_storage",
+            "_rebuild_wrapper_subclass",
+            "_rebuild_nested_tensor",
+        ],
+    ),
+    (
+        "torch",
+        &[
+            "FloatStorage",
+            "HalfStorage",
+            "BFloat16Storage",
+            "DoubleStorage",
+            "LongStorage",
+            "IntStorage",
+            "ShortStorage",
+            "CharStorage",
+            "ByteStorage",
+            "BoolStorage",
+            "ComplexFloatStorage",
+            "ComplexDoubleStorage",
+            "QInt8Storage",
+            "QUInt8Storage",
+            "QInt32Storage",
+            "Float8_e4m3fnStorage",
+            "Float8_e5m2Storage",
+            "Size",
+            "device",
+            "float16",
+            "float32",
+            "float64",
+            "bfloat16",
+            "int8",
+            "uint8",
+            "int16",
+            "int32",
+            "int64",
+            "bool",
+            "per_tensor_affine",
+            "strided",
+            "sparse_coo",
+        ],
+    ),
+    ("torch.storage", &["UntypedStorage", "TypedStorage"]),
+    ("collections", &["OrderedDict", "defaultdict", "deque"]),
+    ("numpy", &["ndarray", "dtype"]),
+    ("numpy.core.multiarray", &["_reconstruct", "scalar"]),
+    ("numpy._core.multiarray", &["_reconstruct", "scalar"]),
+    ("_codecs", &["encode"]),
+    (
+        "builtins",
+        &[
+            "set",
+            "frozenset",
+            "dict",
+            "list",
+            "tuple",
+            "int",
+            "float",
+            "complex",
+            "bool",
+            "str",
+            "bytes",
+            "bytearray",
+            "slice",
+            "range",
+        ],
+    ),
+    (
+        "__builtin__",
+        &[
+            "set",
+            "frozenset",
+            "dict",
+            "list",
+            "tuple",
+            "int",
+            "long",
+            "float",
+            "complex",
+            "bool",
+            "str",
+            "unicode",
+            "bytearray",
+            "slice",
+        ],
+    ),
+];
+
+/// Judges one import.
+pub fn classify(module: &str, name: &str) -> GlobalClass {
+    if module == "?" {
+        // Computed import target (STACK_GLOBAL of non-constant strings) or the copyreg
+        // extension registry: only an attacker has a reason to do that.
+        return GlobalClass::Dangerous;
+    }
+    let full = format!("{module}.{name}");
+    if DANGEROUS_MODULES
+        .iter()
+        .any(|d| module == *d || module.starts_with(&format!("{d}.")) || full == *d)
+    {
+        return GlobalClass::Dangerous;
+    }
+    if DANGEROUS_NAMES
+        .iter()
+        .any(|(m, names)| *m == module && names.contains(&name))
+    {
+        return GlobalClass::Dangerous;
+    }
+    if SAFE_NAMES
+        .iter()
+        .any(|(m, names)| *m == module && names.contains(&name))
+    {
+        return GlobalClass::Safe;
+    }
+    GlobalClass::Unknown
+}
+
+/// What the pickles of one file hold: the tensors of its state dict and the imports.
+#[derive(Debug, Default)]
+pub(crate) struct PickleContents {
+    /// (name, shape, dtype) of each tensor of the main object (nested `state_dict` unwrapped).
+    pub tensors: Vec<(String, Vec<u64>, &'static str)>,
+    /// The scan of this file alone (labels relative to `label`).
+    pub report: ScanReport,
+    /// Zip archive without a `*/data.pkl`: not a torch save.
+    pub zip_without_data_pkl: bool,
+    /// The main object's pickle could not be followed.
+    pub main_fault: Option<String>,
+}
+
+/// Whether a file starts like a zip archive.
+fn is_zip(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06")
+}
+
+/// Runs the pickles of a torch file (zip save or legacy/plain pickle) through the machine.
+/// `label` names the file in the report.
+pub(crate) fn read_pickle_file(path: &Path, label: &str) -> Result<PickleContents, ScanError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut head = [0u8; 4];
+    let n = read_up_to(&mut file, &mut head).map_err(io_err(path))?;
+    let mut out = PickleContents::default();
+    out.report.files_scanned = 1;
+    if is_zip(&head[..n]) {
+        read_zip(path, file, label, &mut out)?;
+    } else {
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len == 0 {
+            out.main_fault = Some("empty file".into());
+            out.report.problems.push(format!("{label}: empty file"));
+        } else {
+            // SAFETY: read-only map; a concurrent truncation could fault, as with any mmap
+            // reader — model files are not rewritten in place by modelsync.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+            read_stream(&map, label, true, &mut out);
+        }
+    }
+    out.report.finish();
+    Ok(out)
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn read_zip(
+    path: &Path,
+    file: File,
+    label: &str,
+    out: &mut PickleContents,
+) -> Result<(), ScanError> {
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| ScanError::Zip {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let names: Vec<String> = zip
+        .file_names()
+        .filter(|n| {
+            Path::new(n)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("pkl"))
+        })
+        .map(str::to_owned)
+        .collect();
+    // torch writes `<archive name>/data.pkl`; the archive name is the file stem by default.
+    let data_pkl = names
+        .iter()
+        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+        .cloned();
+    out.zip_without_data_pkl = data_pkl.is_none();
+    for name in &names {
+        let member_label = format!("{label}:{name}");
+        let mut buf = Vec::new();
+        let read = zip.by_name(name).map_err(|e| e.to_string()).and_then(|m| {
+            if m.size() > MAX_PKL_MEMBER {
+                return Err(format!(
+                    "{} bytes, more than the {MAX_PKL_MEMBER} read",
+                    m.size()
+                ));
+            }
+            m.take(MAX_PKL_MEMBER)
+                .read_to_end(&mut buf)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(reason) = read {
+            out.report
+                .problems
+                .push(format!("{member_label}: {reason}"));
+            continue;
+        }
+        let is_main = data_pkl.as_deref() == Some(name.as_str());
+        read_stream(&buf, &member_label, is_main, out);
+    }
+    Ok(())
+}
+
+/// Follows every pickle in `data`: torch's legacy layout (magic, protocol, sys info, object,
+/// storage keys, raw storages) or a plain pickle, plus any pickles stacked right after it
+/// (a known trick to hide a payload behind a harmless first pickle).
+fn read_stream(data: &[u8], label: &str, is_main: bool, out: &mut PickleContents) {
+    let legacy = data.starts_with(LEGACY_MAGIC_PICKLE);
+    // In the legacy layout the object is the 4th pickle and a 5th lists storage keys.
+    let (main_index, max_pickles) = if legacy { (3, 5) } else { (0, usize::MAX) };
+    let mut machine = Machine::default();
+    let mut pos = 0;
+    let mut index = 0;
+    while pos < data.len() && index < max_pickles {
+        if index > main_index && !legacy && data[pos] != 0x80 {
+            break;
+        }
+        machine.globals.clear();
+        let result = machine.run(data, pos);
+        for (m, n) in &machine.globals {
+            out.report.add_global(label, m, n);
+        }
+        match result {
+            Ok((root, end)) => {
+                if is_main && index == main_index {
+                    out.tensors = machine.tensors(root);
+                }
+                pos = end;
+            }
+            Err(f) => {
+                let msg = format!("{label}: pickle {} unreadable {f}", index + 1);
+                if is_main && index <= main_index {
+                    out.main_fault = Some(msg.clone());
+                }
+                out.report.problems.push(msg);
+                return;
+            }
+        }
+        index += 1;
+    }
+}
+
+/// Whether a file's first bytes say it holds no pickles (safetensors or GGUF).
+fn is_code_free(head: &[u8], len: u64) -> bool {
+    if head.starts_with(b"GGUF") {
+        return true;
+    }
+    if head.len() >= 9 {
+        let mut l = [0u8; 8];
+        l.copy_from_slice(&head[..8]);
+        let n = u64::from_le_bytes(l);
+        return head[8] == b'{' && n.checked_add(8).is_some_and(|e| e <= len);
+    }
+    false
+}
+
+/// Extensions of files a folder scan reads.
+const SCANNED_EXTENSIONS: &[&str] = &[
+    "ckpt",
+    "pt",
+    "pth",
+    "bin",
+    "pkl",
+    "pickle",
+    "joblib",
+    "safetensors",
+    "gguf",
+    "dat",
+    "data",
+    "npy",
+    "npz",
+    "zip",
+];
+
+fn scan_file(path: &Path, label: &str, report: &mut ScanReport) -> Result<(), ScanError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    let mut head = [0u8; 9];
+    let n = read_up_to(&mut f, &mut head).map_err(io_err(path))?;
+    if is_code_free(&head[..n], len) {
+        report.files_scanned += 1;
+        return Ok(());
+    }
+    drop(f);
+    let c = read_pickle_file(path, label)?;
+    report.files_scanned += c.report.files_scanned;
+    for g in c.report.globals {
+        report.add_global(&g.file, &g.module, &g.name);
+    }
+    report.problems.extend(c.report.problems);
+    Ok(())
+}
+
+/// Scans a file or every weight/pickle file under a folder. Nothing is ever executed.
+pub fn scan_path(path: &Path) -> Result<ScanReport, ScanError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ScanError::NotFound(path.to_path_buf())
+        } else {
+            ScanError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    })?;
+    let mut report = ScanReport::default();
+    if meta.is_dir() {
+        let mut files = Vec::new();
+        collect_files(path, path, &mut files)?;
+        files.sort();
+        for rel in files {
+            let ext = Path::new(&rel)
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .unwrap_or_default();
+            if SCANNED_EXTENSIONS.contains(&ext.as_str()) {
+                scan_file(&path.join(&rel), &rel, &mut report)?;
+            }
+        }
+    } else {
+        let label = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        scan_file(path, &label, &mut report)?;
+    }
+    report.finish();
+    Ok(report)
+}
+
+/// Relative paths (`/`-separated) of the regular files under `dir`, skipping hidden entries.
+/// Symlinked files are followed; symlinked folders are not (no cycles).
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), ScanError> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let p = entry.path();
+        let ft = entry.file_type().map_err(io_err(&p))?;
+        if ft.is_dir() {
+            collect_files(root, &p, out)?;
+        } else if ft.is_file() || (ft.is_symlink() && p.is_file()) {
+            let rel = p.strip_prefix(root).unwrap_or(&p);
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push(parts.join("/"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(
+            classify("torch._utils", "_rebuild_tensor_v2"),
+            GlobalClass::Safe
+        );
+        assert_eq!(classify("collections", "OrderedDict"), GlobalClass::Safe);
+        assert_eq!(classify("posix", "system"), GlobalClass::Dangerous);
+        assert_eq!(classify("os.path", "join"), GlobalClass::Dangerous);
+        assert_eq!(classify("builtins", "eval"), GlobalClass::Dangerous);
+        assert_eq!(classify("builtins", "set"), GlobalClass::Safe);
+        assert_eq!(classify("torch", "load"), GlobalClass::Dangerous);
+        assert_eq!(classify("?", "?"), GlobalClass::Dangerous);
+        assert_eq!(classify("ossify", "x"), GlobalClass::Unknown);
+        assert_eq!(
+            classify(
+                "pytorch_lightning.callbacks.model_checkpoint",
+                "ModelCheckpoint"
+            ),
+            GlobalClass::Unknown
+        );
+    }
+}

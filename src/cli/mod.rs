@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod context;
+mod fetch;
 mod identify;
 mod import;
 mod loadcmd;
@@ -136,6 +137,9 @@ pub enum Command {
     Schema,
     /// Remove stale partial downloads, the download cache and orphan files (dry run unless --yes).
     Gc(reconcile::GcArgs),
+    /// Download one URL through the queue (for tests and benchmarks).
+    #[command(hide = true)]
+    Fetch(fetch::FetchArgs),
 }
 
 /// Entry point of the binary.
@@ -180,6 +184,7 @@ where
         Command::Load(a) => loadcmd::load(&ctx, a),
         Command::Schema => reconcile::schema(&ctx),
         Command::Gc(a) => reconcile::gc(&ctx, a),
+        Command::Fetch(a) => fetch::fetch(&ctx, a),
     };
     match result {
         Ok(status) => status,

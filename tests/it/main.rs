@@ -3,7 +3,11 @@
 mod support;
 
 mod cli_records;
+mod download;
+mod hash;
 mod hub;
 mod manifest;
 mod plan;
+mod probe;
+mod scan;
 mod store;

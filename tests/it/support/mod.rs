@@ -2,7 +2,11 @@
 
 #![allow(dead_code, reason = "each area uses a different subset")]
 
+pub mod fileserver;
 pub mod hub_server;
+pub mod probe_fixtures;
+
+
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

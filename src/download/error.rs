@@ -1,0 +1,224 @@
+//! Download errors. Every URL in a message is redacted (no user info, query or fragment), so a
+//! signed URL or a token never reaches a log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::units::HumanBytes;
+
+use super::job::{DownloadJobStatus, JobId};
+
+/// What went wrong with a download or a queue call.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// No job with this id was submitted to this queue (or it was pruned).
+    #[error("unknown download job id {0}")]
+    UnknownJobId(JobId),
+    /// `wait_for_job` gave up.
+    #[error("timed out after {timeout:?} waiting for download job {id}")]
+    Timeout {
+        /// The job.
+        id: JobId,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The job cannot do what was asked in its current state.
+    #[error("download job {id} is {status}; cannot {action} it")]
+    InvalidState {
+        /// The job.
+        id: JobId,
+        /// Its status.
+        status: DownloadJobStatus,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The source is not an http(s) URL.
+    #[error("invalid download URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given (redacted when it parses).
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with an error status.
+    #[error("{url}: HTTP {status}: {message}")]
+    HttpStatus {
+        /// The URL (redacted).
+        url: String,
+        /// The status code.
+        status: u16,
+        /// What it means for the user.
+        message: String,
+        /// `Retry-After`, for 429 and 503.
+        retry_after: Option<Duration>,
+    },
+    /// The connection failed or broke mid-body.
+    #[error("{url}: connection failed: {cause}")]
+    Connection {
+        /// The URL (redacted).
+        url: String,
+        /// The transport error and its causes.
+        cause: String,
+    },
+    /// No bytes arrived for the stall timeout.
+    #[error("{url}: no data received for {timeout:?}")]
+    Stalled {
+        /// The URL (redacted).
+        url: String,
+        /// The stall timeout.
+        timeout: Duration,
+    },
+    /// The body ended before the announced length.
+    #[error("{url}: the body ended after {got} of {expected} bytes")]
+    Truncated {
+        /// The URL (redacted).
+        url: String,
+        /// Bytes expected in this response.
+        expected: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// Every attempt failed.
+    #[error("{url}: gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// The URL (redacted).
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last cause.
+        #[source]
+        last: Box<DownloadError>,
+    },
+    /// An HTML page came back where a file was expected (usually a login or error page).
+    #[error(
+        "{url}: the server answered an HTML page instead of the file `{name}` (a login page or an error page?)"
+    )]
+    HtmlInsteadOfFile {
+        /// The URL (redacted).
+        url: String,
+        /// The file name we were fetching.
+        name: String,
+    },
+    /// The server's answer does not follow HTTP as we rely on it (bad `Content-Range`, …).
+    #[error("{url}: {what}")]
+    Protocol {
+        /// The URL (redacted).
+        url: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// Too many redirects, or a redirect without a usable `Location`.
+    #[error("{url}: {what}")]
+    Redirect {
+        /// The URL (redacted) that redirected.
+        url: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// A file name from the server or the caller is unsafe.
+    #[error("{url}: refusing file name {name:?} from {origin}: {reason}")]
+    UnsafeFileName {
+        /// The URL (redacted).
+        url: String,
+        /// The name.
+        name: String,
+        /// Where it came from (`Content-Disposition`, the URL path, the caller).
+        origin: &'static str,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The size differs from the expected one.
+    #[error("{url}: size mismatch for {path}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// The URL (redacted).
+        url: String,
+        /// The destination.
+        path: PathBuf,
+        /// Expected size.
+        expected: u64,
+        /// Actual size.
+        actual: u64,
+    },
+    /// The content hash differs from the expected one.
+    #[error("{url}: {algorithm} mismatch for {path}: expected {expected}, got {actual}")]
+    HashMismatch {
+        /// The URL (redacted).
+        url: String,
+        /// The destination.
+        path: PathBuf,
+        /// `sha256` or `git sha1`.
+        algorithm: &'static str,
+        /// Expected digest.
+        expected: String,
+        /// Actual digest.
+        actual: String,
+    },
+    /// Not enough free space for the file.
+    #[error(
+        "not enough disk space in {path}: the download needs {} more but only {} is available",
+        HumanBytes(*needed),
+        HumanBytes(*available)
+    )]
+    InsufficientSpace {
+        /// The destination folder.
+        path: PathBuf,
+        /// Bytes still to write.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
+    /// The queue could not be set up (no tokio runtime, no HTTP client).
+    #[error("{what}")]
+    Setup {
+        /// What failed.
+        what: String,
+    },
+    /// A local file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DownloadError {
+    /// Whether another attempt may succeed: connection problems, stalls, truncated bodies,
+    /// 5xx, 408 and 429.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connection { .. } | Self::Stalled { .. } | Self::Truncated { .. } => true,
+            Self::HttpStatus { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+
+    /// The server's `Retry-After`, when it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::HttpStatus { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status behind this error, if any (looking through retries).
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Self::HttpStatus { status, .. } => Some(*status),
+            Self::RetriesExhausted { last, .. } => last.http_status(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

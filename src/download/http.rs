@@ -1,0 +1,1081 @@
+//! One download over HTTP: redirects (the token stays on the original host), a `.part` file
+//! beside the destination, resume with `Range`, parallel byte ranges for large files, retries,
+//! verification, and the atomic rename.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Response, Url};
+use sha1::Digest as _;
+
+use super::error::DownloadError;
+use super::job::AccessToken;
+use super::names::{content_disposition_filename, redact_url, sanitize_file_name, url_file_name};
+use super::queue::{DownloadQueueConfig, RetryPolicy};
+use super::state::{RangedState, part_path, state_path};
+
+const MAX_REDIRECTS: usize = 10;
+/// Bytes buffered per stream before a write: fewer syscalls, and a pause loses nothing because
+/// the writers flush on drop.
+const WRITE_BUF: usize = 1 << 20;
+
+/// Progress shared between a running download and the queue's job driver.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Bytes received so far (on disk or in a write buffer).
+    pub bytes: AtomicU64,
+    /// Total size, once known (0 until then).
+    pub total: AtomicU64,
+    /// The destination file, once its name is known.
+    pub path: Mutex<Option<PathBuf>>,
+}
+
+impl Progress {
+    pub fn path(&self) -> Option<PathBuf> {
+        lock(&self.path).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Everything one download needs.
+pub(crate) struct Fetch {
+    pub client: reqwest::Client,
+    pub cfg: Arc<DownloadQueueConfig>,
+    pub url: Url,
+    pub token: Option<AccessToken>,
+    pub destination: PathBuf,
+    pub known_path: Option<PathBuf>,
+    pub expected_size: Option<u64>,
+    pub expected_sha256: Option<String>,
+    pub expected_git_sha1: Option<String>,
+    pub progress: Arc<Progress>,
+}
+
+/// Headers of a final (non-redirect) answer that matter to us.
+struct Meta {
+    url: Url,
+    token_sent: bool,
+    content_type: Option<String>,
+    disposition: Option<String>,
+}
+
+enum Probe {
+    /// 206: the server serves ranges; the file has `total` bytes.
+    Ranges { total: u64, meta: Meta },
+    /// 200: the server ignored `Range`; this is the whole body.
+    Full(Response, Meta),
+    /// 416 to `bytes=0-0`: an empty file.
+    Empty,
+}
+
+struct ContentRange {
+    start: u64,
+    total: Option<u64>,
+}
+
+impl Fetch {
+    fn url_str(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn set_path(&self, p: &Path) {
+        *lock(&self.progress.path) = Some(p.to_path_buf());
+    }
+
+    /// Runs the download to the end; returns the promoted file.
+    pub async fn run(&self) -> Result<PathBuf, DownloadError> {
+        let dest_is_dir = self.destination.is_dir();
+        if let Some(size) = self.expected_size {
+            let dir = if dest_is_dir {
+                self.destination.clone()
+            } else {
+                parent_dir(&self.destination)
+            };
+            self.check_space(&dir, size)?;
+        }
+        let path = if dest_is_dir {
+            self.known_path.clone()
+        } else {
+            Some(self.destination.clone())
+        };
+        if let Some(p) = &path {
+            self.set_path(p);
+            if state_path(p).exists() {
+                return match self.probe().await? {
+                    Probe::Ranges { total, meta } => {
+                        Self::check_html(&meta, p)?;
+                        self.ranged(p, total).await
+                    }
+                    Probe::Full(resp, meta) => {
+                        remove_quietly(&state_path(p));
+                        self.single(path.clone(), Some((resp, meta))).await
+                    }
+                    Probe::Empty => {
+                        remove_quietly(&state_path(p));
+                        self.single(path.clone(), None).await
+                    }
+                };
+            }
+        }
+        let small = self.cfg.connections_per_file <= 1
+            || self
+                .expected_size
+                .is_some_and(|s| s < self.cfg.parallel_threshold);
+        if small {
+            return self.single(path, None).await;
+        }
+        match self.probe().await? {
+            Probe::Ranges { total, meta } => {
+                let p = if let Some(p) = path {
+                    p
+                } else {
+                    let p = self.resolve_name(&meta)?;
+                    self.set_path(&p);
+                    p
+                };
+                Self::check_html(&meta, &p)?;
+                if total >= self.cfg.parallel_threshold {
+                    self.ranged(&p, total).await
+                } else {
+                    self.single(Some(p), None).await
+                }
+            }
+            Probe::Full(resp, meta) => self.single(path, Some((resp, meta))).await,
+            Probe::Empty => self.single(path, None).await,
+        }
+    }
+
+    /// Asks for the first byte: tells the size and whether ranges work, in one round trip.
+    async fn probe(&self) -> Result<Probe, DownloadError> {
+        let mut attempts = Attempts::new(&self.cfg.retry);
+        loop {
+            let r = async {
+                let (resp, meta) = self.send(Some((0, Some(0)))).await?;
+                match resp.status().as_u16() {
+                    206 => {
+                        let cr = Self::content_range(resp.headers(), &meta.url)?;
+                        let total = cr.total.ok_or_else(|| DownloadError::Protocol {
+                            url: redact_url(&meta.url),
+                            what: "206 answer without the total size in Content-Range".into(),
+                        })?;
+                        Ok(Probe::Ranges { total, meta })
+                    }
+                    200 => Ok(Probe::Full(resp, meta)),
+                    416 => Ok(Probe::Empty),
+                    _ => Err(status_error(&resp, &meta)),
+                }
+            }
+            .await;
+            match r {
+                Ok(p) => return Ok(p),
+                Err(e) => attempts.failed(e, false, &self.url_str()).await?,
+            }
+        }
+    }
+
+    /// GET with our own redirect handling: the bearer token goes only to the source's origin
+    /// (scheme, host, port) and is dropped for good once a redirect leaves it.
+    async fn send(
+        &self,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<(Response, Meta), DownloadError> {
+        let origin = self.url.origin();
+        let mut url = self.url.clone();
+        let mut same_origin = true;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self
+                .client
+                .get(url.clone())
+                .header(header::ACCEPT_ENCODING, "identity");
+            if let Some((a, b)) = range {
+                let v = match b {
+                    Some(b) => format!("bytes={a}-{b}"),
+                    None => format!("bytes={a}-"),
+                };
+                req = req.header(header::RANGE, v);
+            }
+            let token_sent = same_origin && self.token.is_some();
+            if let (true, Some(t)) = (token_sent, &self.token) {
+                req = req.bearer_auth(t.expose());
+            }
+            let resp = req.send().await.map_err(|e| conn_error(&url, e))?;
+            if matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+                let bad = |what: &str| DownloadError::Redirect {
+                    url: redact_url(&url),
+                    what: what.to_owned(),
+                };
+                let loc = resp
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| bad("redirect without a usable Location header"))?;
+                let next = url
+                    .join(loc)
+                    .map_err(|e| bad(&format!("redirect to an invalid URL: {e}")))?;
+                if !matches!(next.scheme(), "http" | "https") {
+                    return Err(bad("redirect to a URL that is not http(s)"));
+                }
+                if next.origin() != origin {
+                    same_origin = false;
+                }
+                tracing::debug!(from = %redact_url(&url), to = %redact_url(&next), "following redirect");
+                url = next;
+                continue;
+            }
+            let h = resp.headers();
+            let text = |name: header::HeaderName| {
+                h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+            };
+            let meta = Meta {
+                content_type: text(header::CONTENT_TYPE),
+                disposition: text(header::CONTENT_DISPOSITION),
+                url,
+                token_sent,
+            };
+            return Ok((resp, meta));
+        }
+        Err(DownloadError::Redirect {
+            url: self.url_str(),
+            what: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    fn content_range(h: &HeaderMap, url: &Url) -> Result<ContentRange, DownloadError> {
+        h.get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_content_range)
+            .ok_or_else(|| DownloadError::Protocol {
+                url: redact_url(url),
+                what: "missing or malformed Content-Range header".into(),
+            })
+    }
+
+    /// The file name from `Content-Disposition`, else from the URL path, inside the
+    /// destination directory. A hostile name is reduced to its last component or refused.
+    fn resolve_name(&self, meta: &Meta) -> Result<PathBuf, DownloadError> {
+        let (raw, origin) = match meta
+            .disposition
+            .as_deref()
+            .and_then(content_disposition_filename)
+        {
+            Some(n) => (n, "Content-Disposition"),
+            None => (url_file_name(&self.url).unwrap_or_default(), "the URL path"),
+        };
+        let name = sanitize_file_name(&raw).map_err(|reason| DownloadError::UnsafeFileName {
+            url: self.url_str(),
+            name: raw.clone(),
+            origin,
+            reason,
+        })?;
+        Ok(self.destination.join(name))
+    }
+
+    fn check_html(meta: &Meta, path: &Path) -> Result<(), DownloadError> {
+        let html = meta.content_type.as_deref().is_some_and(|ct| {
+            ct.trim_start()
+                .get(..9)
+                .is_some_and(|p| p.eq_ignore_ascii_case("text/html"))
+        });
+        let html_target = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
+        if html && !html_target {
+            return Err(DownloadError::HtmlInsteadOfFile {
+                url: redact_url(&meta.url),
+                name: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_space(&self, dir: &Path, needed: u64) -> Result<(), DownloadError> {
+        if !self.cfg.check_disk_space || needed == 0 {
+            return Ok(());
+        }
+        let available = super::available_space(dir)
+            .map_err(|e| DownloadError::io("checking free space in", dir, e))?;
+        if available < needed {
+            return Err(DownloadError::InsufficientSpace {
+                path: dir.to_path_buf(),
+                needed,
+                available,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_expected_size(&self, path: &Path, total: u64) -> Result<(), DownloadError> {
+        match self.expected_size {
+            Some(exp) if exp != total => Err(DownloadError::SizeMismatch {
+                url: self.url_str(),
+                path: path.to_path_buf(),
+                expected: exp,
+                actual: total,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    // ---------------------------------------------------------------- single stream
+
+    async fn single(
+        &self,
+        mut path: Option<PathBuf>,
+        mut first: Option<(Response, Meta)>,
+    ) -> Result<PathBuf, DownloadError> {
+        let mut attempts = Attempts::new(&self.cfg.retry);
+        loop {
+            let mut progressed = false;
+            match self
+                .single_attempt(&mut path, first.take(), &mut progressed)
+                .await
+            {
+                Ok(done) => return self.finish(&done.0, done.1, done.2).await,
+                Err(e) => attempts.failed(e, progressed, &self.url_str()).await?,
+            }
+        }
+    }
+
+    /// One request; on success the `.part` holds the whole body. Returns the destination, the
+    /// size and the streamed sha256 (when one is expected).
+    async fn single_attempt(
+        &self,
+        path: &mut Option<PathBuf>,
+        first: Option<(Response, Meta)>,
+        progressed: &mut bool,
+    ) -> Result<(PathBuf, u64, Option<String>), DownloadError> {
+        let mut offset = path
+            .as_deref()
+            .map_or(0, |p| file_len(&part_path(p)).unwrap_or(0));
+        let (mut resp, meta) = match first {
+            Some(f) => {
+                offset = 0;
+                f
+            }
+            None => self.send((offset > 0).then_some((offset, None))).await?,
+        };
+        let (start, total) = match resp.status().as_u16() {
+            206 => {
+                let cr = Self::content_range(resp.headers(), &meta.url)?;
+                if cr.start != offset && cr.start != 0 {
+                    return Err(DownloadError::Protocol {
+                        url: redact_url(&meta.url),
+                        what: format!("asked for bytes from {offset}, got bytes from {}", cr.start),
+                    });
+                }
+                (cr.start, cr.total)
+            }
+            200 => (0, resp.content_length()),
+            416 if offset > 0 => {
+                // The part may already be whole (we died between the last byte and the rename).
+                let total = Self::content_range(resp.headers(), &meta.url)
+                    .ok()
+                    .and_then(|c| c.total);
+                let p = path.clone().unwrap_or_else(|| self.destination.clone());
+                if total == Some(offset) {
+                    self.progress.total.store(offset, Ordering::Relaxed);
+                    self.progress.bytes.store(offset, Ordering::Relaxed);
+                    return Ok((p, offset, None));
+                }
+                // Otherwise the part does not fit the file: drop it; the retry starts over.
+                remove_quietly(&part_path(&p));
+                return Err(DownloadError::Truncated {
+                    url: redact_url(&meta.url),
+                    expected: total.unwrap_or(0),
+                    got: offset,
+                });
+            }
+            _ => return Err(status_error(&resp, &meta)),
+        };
+        let p = if let Some(p) = path {
+            p.clone()
+        } else {
+            let p = self.resolve_name(&meta)?;
+            self.set_path(&p);
+            *path = Some(p.clone());
+            p
+        };
+        Self::check_html(&meta, &p)?;
+        if let Some(t) = total {
+            self.check_expected_size(&p, t)?;
+            self.progress.total.store(t, Ordering::Relaxed);
+            self.check_space(&parent_dir(&p), t.saturating_sub(start))?;
+        }
+        let part = part_path(&p);
+        let dir = parent_dir(&p);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DownloadError::io("creating directory", &dir, e))?;
+        let file = if start == 0 {
+            File::create(&part)
+        } else {
+            std::fs::OpenOptions::new().append(true).open(&part)
+        }
+        .map_err(|e| DownloadError::io("opening", &part, e))?;
+        let mut sha = match (&self.expected_sha256, start) {
+            (None, _) => None,
+            (Some(_), 0) => Some(sha2::Sha256::new()),
+            (Some(_), n) => Some(hash_prefix(part.clone(), n).await?),
+        };
+        self.progress.bytes.store(start, Ordering::Relaxed);
+        let mut writer = PartWriter {
+            file,
+            path: part.clone(),
+            buf: Vec::with_capacity(WRITE_BUF),
+        };
+        let mut got = 0u64;
+        while let Some(chunk) = self.next_chunk(&mut resp, &meta.url).await? {
+            if let Some(h) = &mut sha {
+                h.update(&chunk);
+            }
+            writer.write(&chunk)?;
+            got += chunk.len() as u64;
+            *progressed = true;
+            self.progress
+                .bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        writer.flush()?;
+        drop(writer);
+        let len = start + got;
+        if let Some(t) = total
+            && len != t
+        {
+            return Err(DownloadError::Truncated {
+                url: redact_url(&meta.url),
+                expected: t - start,
+                got,
+            });
+        }
+        Ok((p, len, sha.map(|h| hex::encode(h.finalize()))))
+    }
+
+    async fn next_chunk(
+        &self,
+        resp: &mut Response,
+        url: &Url,
+    ) -> Result<Option<bytes::Bytes>, DownloadError> {
+        match tokio::time::timeout(self.cfg.stall_timeout, resp.chunk()).await {
+            Err(_) => Err(DownloadError::Stalled {
+                url: redact_url(url),
+                timeout: self.cfg.stall_timeout,
+            }),
+            Ok(Err(e)) => Err(conn_error(url, e)),
+            Ok(Ok(c)) => Ok(c),
+        }
+    }
+
+    // ---------------------------------------------------------------- parallel ranges
+
+    async fn ranged(&self, p: &Path, total: u64) -> Result<PathBuf, DownloadError> {
+        self.check_expected_size(p, total)?;
+        let part = part_path(p);
+        let sp = state_path(p);
+        let part_len = file_len(&part);
+        let state = match RangedState::load(&sp) {
+            Some(s) if s.total == total && part_len == Some(total) => s,
+            _ => {
+                // A single-stream partial (no sidecar) is a done prefix; a sidecar we cannot
+                // trust means the bytes cannot be trusted either.
+                let prefix = if sp.exists() {
+                    0
+                } else {
+                    part_len.filter(|&n| n <= total).unwrap_or(0)
+                };
+                RangedState::split(
+                    total,
+                    prefix,
+                    self.cfg.connections_per_file,
+                    self.cfg.min_range_size,
+                )
+            }
+        };
+        self.progress.total.store(total, Ordering::Relaxed);
+        self.check_space(&parent_dir(p), total - state.done_bytes())?;
+        let dir = parent_dir(p);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DownloadError::io("creating directory", &dir, e))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)
+            .map_err(|e| DownloadError::io("opening", &part, e))?;
+        file.set_len(total)
+            .map_err(|e| DownloadError::io("sizing", &part, e))?;
+        self.progress
+            .bytes
+            .store(state.done_bytes(), Ordering::Relaxed);
+        let todo: Vec<usize> = (0..state.ranges.len())
+            .filter(|&i| !state.ranges[i].is_complete())
+            .collect();
+        let shared = Arc::new(Ranged {
+            file,
+            part,
+            state_path: sp,
+            state: Mutex::new(state),
+        });
+        shared.save()?;
+        let guard = SaveOnDrop(Some(shared.clone()));
+        {
+            let workers = todo.into_iter().map(|i| self.range_worker(&shared, i));
+            let all = futures_util::future::try_join_all(workers);
+            tokio::pin!(all);
+            let mut tick = tokio::time::interval(self.cfg.state_save_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    r = &mut all => { r?; break; }
+                    _ = tick.tick() => {
+                        if let Err(e) = shared.save() {
+                            tracing::warn!("{e}");
+                        }
+                    }
+                }
+            }
+        }
+        shared.save()?;
+        drop(guard);
+        drop(shared);
+        self.finish(p, total, None).await
+    }
+
+    async fn range_worker(&self, shared: &Arc<Ranged>, i: usize) -> Result<(), DownloadError> {
+        let mut attempts = Attempts::new(&self.cfg.retry);
+        loop {
+            let r = lock(&shared.state).ranges[i];
+            if r.is_complete() {
+                break;
+            }
+            let mut progressed = false;
+            match self.range_attempt(shared, i, &mut progressed).await {
+                Ok(()) => break,
+                Err(e) => attempts.failed(e, progressed, &self.url_str()).await?,
+            }
+        }
+        // Completed ranges are saved at once, so a kill right after never re-fetches them.
+        shared.save()
+    }
+
+    async fn range_attempt(
+        &self,
+        shared: &Arc<Ranged>,
+        i: usize,
+        progressed: &mut bool,
+    ) -> Result<(), DownloadError> {
+        let r = lock(&shared.state).ranges[i];
+        let from = r.next_offset();
+        let (mut resp, meta) = self.send(Some((from, Some(r.end - 1)))).await?;
+        match resp.status().as_u16() {
+            206 => {
+                let cr = Self::content_range(resp.headers(), &meta.url)?;
+                let total = lock(&shared.state).total;
+                if cr.start != from || cr.total.is_some_and(|t| t != total) {
+                    return Err(DownloadError::Protocol {
+                        url: redact_url(&meta.url),
+                        what: format!(
+                            "asked for bytes {from}-{} of {total}, got a range starting at {} of {:?} (did the file change?)",
+                            r.end - 1,
+                            cr.start,
+                            cr.total
+                        ),
+                    });
+                }
+            }
+            200 | 416 => {
+                return Err(DownloadError::Protocol {
+                    url: redact_url(&meta.url),
+                    what: format!(
+                        "the server stopped honouring Range requests (HTTP {})",
+                        resp.status().as_u16()
+                    ),
+                });
+            }
+            _ => return Err(status_error(&resp, &meta)),
+        }
+        let mut w = RangeWriter {
+            shared: shared.clone(),
+            index: i,
+            offset: from,
+            buf: Vec::with_capacity(WRITE_BUF),
+        };
+        let mut left = r.end - from;
+        while left > 0 {
+            let Some(chunk) = self.next_chunk(&mut resp, &meta.url).await? else {
+                break;
+            };
+            let take = (chunk.len() as u64).min(left) as usize;
+            w.push(&chunk[..take])?;
+            left -= take as u64;
+            *progressed = true;
+            self.progress
+                .bytes
+                .fetch_add(take as u64, Ordering::Relaxed);
+        }
+        w.flush()?;
+        if left > 0 {
+            return Err(DownloadError::Truncated {
+                url: redact_url(&meta.url),
+                expected: r.end - from,
+                got: r.end - from - left,
+            });
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- verify and promote
+
+    /// Verifies the `.part` (size, sha256, git sha1) and renames it into place. On a mismatch
+    /// the partial is removed: those bytes are wrong, resuming them would keep them wrong.
+    async fn finish(
+        &self,
+        p: &Path,
+        len: u64,
+        streamed_sha256: Option<String>,
+    ) -> Result<PathBuf, DownloadError> {
+        let part = part_path(p);
+        let reject = |e: DownloadError| {
+            remove_quietly(&part);
+            remove_quietly(&state_path(p));
+            e
+        };
+        let actual_len = file_len(&part).unwrap_or(0);
+        if actual_len != len {
+            return Err(reject(DownloadError::SizeMismatch {
+                url: self.url_str(),
+                path: p.to_path_buf(),
+                expected: len,
+                actual: actual_len,
+            }));
+        }
+        if let Err(e) = self.check_expected_size(p, len) {
+            return Err(reject(e));
+        }
+        if let Some(expected) = &self.expected_sha256 {
+            let actual = match streamed_sha256 {
+                Some(s) => s,
+                None => hash_file(part.clone(), HashKind::Sha256).await?,
+            };
+            if &actual != expected {
+                return Err(reject(DownloadError::HashMismatch {
+                    url: self.url_str(),
+                    path: p.to_path_buf(),
+                    algorithm: "sha256",
+                    expected: expected.clone(),
+                    actual,
+                }));
+            }
+        }
+        if let Some(expected) = &self.expected_git_sha1 {
+            let actual = hash_file(part.clone(), HashKind::GitSha1(len)).await?;
+            if &actual != expected {
+                return Err(reject(DownloadError::HashMismatch {
+                    url: self.url_str(),
+                    path: p.to_path_buf(),
+                    algorithm: "git sha1",
+                    expected: expected.clone(),
+                    actual,
+                }));
+            }
+        }
+        if self.cfg.sync_before_rename {
+            let part2 = part.clone();
+            tokio::task::spawn_blocking(move || File::open(&part2).and_then(|f| f.sync_all()))
+                .await
+                .map_err(|e| DownloadError::io("syncing", &part, std::io::Error::other(e)))?
+                .map_err(|e| DownloadError::io("syncing", &part, e))?;
+        }
+        std::fs::rename(&part, p).map_err(|e| DownloadError::io("renaming into place", p, e))?;
+        remove_quietly(&state_path(p));
+        self.progress.bytes.store(len, Ordering::Relaxed);
+        self.progress.total.store(len, Ordering::Relaxed);
+        Ok(p.to_path_buf())
+    }
+}
+
+/// Appends to a single-stream `.part` through a buffer that is flushed on drop, so a paused or
+/// cancelled download keeps every byte it received.
+struct PartWriter {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+}
+
+impl PartWriter {
+    fn write(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_BUF {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DownloadError> {
+        if !self.buf.is_empty() {
+            self.file
+                .write_all(&self.buf)
+                .map_err(|e| DownloadError::io("writing", &self.path, e))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PartWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// A multi-range download's shared file and state.
+struct Ranged {
+    file: File,
+    part: PathBuf,
+    state_path: PathBuf,
+    state: Mutex<RangedState>,
+}
+
+impl Ranged {
+    fn save(&self) -> Result<(), DownloadError> {
+        // Held while writing so concurrent saves do not interleave on the temp file.
+        let st = lock(&self.state);
+        st.save(&self.state_path)
+            .map_err(|e| DownloadError::io("saving download state", &self.state_path, e))
+    }
+}
+
+/// Saves the range state when a download stops early (pause, cancel, error).
+struct SaveOnDrop(Option<Arc<Ranged>>);
+
+impl Drop for SaveOnDrop {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take()
+            && r.state_path.exists()
+        {
+            let _ = r.save();
+        }
+    }
+}
+
+/// Writes one range at its offsets; `done` advances only after the bytes are written.
+struct RangeWriter {
+    shared: Arc<Ranged>,
+    index: usize,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl RangeWriter {
+    fn push(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_BUF {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DownloadError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.shared
+            .file
+            .write_all_at(&self.buf, self.offset)
+            .map_err(|e| DownloadError::io("writing", &self.shared.part, e))?;
+        let n = self.buf.len() as u64;
+        self.offset += n;
+        lock(&self.shared.state).ranges[self.index].done += n;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Drop for RangeWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// Counts failed attempts and waits between them.
+pub(crate) struct Attempts<'a> {
+    policy: &'a RetryPolicy,
+    failures: u32,
+}
+
+impl<'a> Attempts<'a> {
+    pub fn new(policy: &'a RetryPolicy) -> Self {
+        Self {
+            policy,
+            failures: 0,
+        }
+    }
+
+    /// Returns the error when it is final; otherwise sleeps (backoff with jitter, or the
+    /// server's Retry-After) and returns Ok for another attempt. An attempt that moved bytes
+    /// resets the count: a link that drops every few GB still finishes.
+    pub async fn failed(
+        &mut self,
+        e: DownloadError,
+        progressed: bool,
+        url: &str,
+    ) -> Result<(), DownloadError> {
+        if !e.is_retryable() {
+            return Err(e);
+        }
+        if progressed {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        if self.failures >= self.policy.max_attempts {
+            return Err(DownloadError::RetriesExhausted {
+                url: url.to_owned(),
+                attempts: self.failures,
+                last: Box::new(e),
+            });
+        }
+        let delay = match e.retry_after() {
+            Some(d) => d.min(self.policy.max_retry_after),
+            None => backoff(self.policy, self.failures),
+        };
+        tracing::debug!(attempt = self.failures, ?delay, "retrying after: {e}");
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+/// Exponential backoff with "equal jitter": half fixed, half random, capped.
+pub(crate) fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
+    let exp = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+    let base = policy
+        .initial_backoff
+        .saturating_mul(exp)
+        .min(policy.max_backoff);
+    let half = base / 2;
+    let r = getrandom::u64().unwrap_or(0) % 1000;
+    half + half.mul_f64(r as f64 / 1000.0)
+}
+
+fn status_error(resp: &Response, meta: &Meta) -> DownloadError {
+    let status = resp.status().as_u16();
+    let h = resp.headers();
+    let retry_after = h
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut message = match status {
+        401 if meta.token_sent => {
+            "authentication failed: the server rejected the access token".to_owned()
+        }
+        401 => {
+            "authentication required: this file needs an access token and none was sent".to_owned()
+        }
+        403 => {
+            "access denied: the access token does not grant access to this file (gated or private?)"
+                .to_owned()
+        }
+        404 => "not found: no file at this URL (check the repository, revision and file name)"
+            .to_owned(),
+        429 => "rate limited by the server".to_owned(),
+        s if s >= 500 => "server error".to_owned(),
+        _ => resp
+            .status()
+            .canonical_reason()
+            .unwrap_or("unexpected status")
+            .to_owned(),
+    };
+    if let Some(code) = h.get("x-error-code").and_then(|v| v.to_str().ok()) {
+        let _ = write!(message, " ({code})");
+    }
+    DownloadError::HttpStatus {
+        url: redact_url(&meta.url),
+        status,
+        message,
+        retry_after,
+    }
+}
+
+fn conn_error(url: &Url, e: reqwest::Error) -> DownloadError {
+    // reqwest's messages embed the full URL; drop it and walk the causes ourselves.
+    let e = e.without_url();
+    let mut cause = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        cause.push_str(": ");
+        cause.push_str(&s.to_string());
+        src = s.source();
+    }
+    DownloadError::Connection {
+        url: redact_url(url),
+        cause,
+    }
+}
+
+fn parse_content_range(v: &str) -> Option<ContentRange> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    let start = match range.trim() {
+        "*" => 0,
+        r => r.split_once('-')?.0.trim().parse().ok()?,
+    };
+    Some(ContentRange { start, total })
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn file_len(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+fn remove_quietly(p: &Path) {
+    if let Err(e) = std::fs::remove_file(p)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("could not remove {}: {e}", p.display());
+    }
+}
+
+/// Removes a destination's partial file and range state.
+pub(crate) fn remove_partial(dest: &Path) {
+    remove_quietly(&part_path(dest));
+    remove_quietly(&state_path(dest));
+}
+
+/// Bytes on disk for a destination's partial download.
+pub(crate) fn partial_len(dest: &Path) -> u64 {
+    if let Some(s) = RangedState::load(&state_path(dest)) {
+        return s.done_bytes();
+    }
+    file_len(&part_path(dest)).unwrap_or(0)
+}
+
+enum HashKind {
+    Sha256,
+    GitSha1(u64),
+}
+
+async fn hash_file(path: PathBuf, kind: HashKind) -> Result<String, DownloadError> {
+    let p2 = path.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut f = File::open(&p2)?;
+        let mut buf = vec![0u8; 1 << 20];
+        match kind {
+            HashKind::Sha256 => {
+                let mut h = sha2::Sha256::new();
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                Ok(hex::encode(h.finalize()))
+            }
+            HashKind::GitSha1(len) => {
+                let mut h = sha1::Sha1::new();
+                h.update(format!("blob {len}\0").as_bytes());
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                Ok(hex::encode(h.finalize()))
+            }
+        }
+    })
+    .await
+    .map_err(|e| DownloadError::io("hashing", &path, std::io::Error::other(e)))?
+    .map_err(|e| DownloadError::io("hashing", &path, e))
+}
+
+/// sha256 state after the first `n` bytes of a partial file (to continue a resumed stream).
+async fn hash_prefix(path: PathBuf, len: u64) -> Result<sha2::Sha256, DownloadError> {
+    let p2 = path.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<sha2::Sha256> {
+        let f = File::open(&p2)?;
+        let mut h = sha2::Sha256::new();
+        let mut r = f.take(len);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = r.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+        }
+        Ok(h)
+    })
+    .await
+    .map_err(|e| DownloadError::io("hashing", &path, std::io::Error::other(e)))?
+    .map_err(|e| DownloadError::io("hashing", &path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_forms() {
+        let c = parse_content_range("bytes 100-199/1000").unwrap();
+        assert_eq!((c.start, c.total), (100, Some(1000)));
+        let c = parse_content_range("bytes */1000").unwrap();
+        assert_eq!(c.total, Some(1000));
+        let c = parse_content_range("bytes 0-0/*").unwrap();
+        assert_eq!(c.total, None);
+        assert!(parse_content_range("items 0-1/2").is_none());
+        assert!(parse_content_range("bytes x-1/2").is_none());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_retry_after: Duration::from_mins(1),
+        };
+        for n in 1..10 {
+            let d = backoff(&p, n);
+            let base = Duration::from_millis(100 * 2u64.pow(n - 1)).min(Duration::from_secs(1));
+            assert!(d >= base / 2 && d <= base, "{n}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn git_blob_sha1_matches_git() {
+        // `printf 'hello\n' | git hash-object --stdin`
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"hello\n").unwrap();
+        let h = rt.block_on(hash_file(p, HashKind::GitSha1(6))).unwrap();
+        assert_eq!(h, "ce013625030ba8dba906f756967f9e9ca394464a");
+    }
+}

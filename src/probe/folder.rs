@@ -1,0 +1,549 @@
+//! Identification of folders: diffusers pipelines and components, embedding, LoRA and
+//! IP-Adapter folders. Only JSON configs and file names are read, plus the header of one
+//! weight file where the base is decided by widths (embedding and LoRA folders).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{Finding, ProbeError, probe_weight_file};
+use crate::config::SubmodelDefinition;
+use crate::taxonomy::{
+    BaseModelType as B, ModelFormat as F, ModelRepoVariant as RV, ModelType as T,
+    ModelVariantType as V, SchedulerPredictionType as P, SubModelType as S,
+};
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Map<String, Value>>, ProbeError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ProbeError::io(path)(e)),
+    };
+    match serde_json::from_slice::<Value>(&text) {
+        Ok(Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(ProbeError::Config {
+            path: path.to_path_buf(),
+            reason: "not a JSON object".into(),
+        }),
+        Err(e) => Err(ProbeError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn u(cfg: &serde_json::Map<String, Value>, key: &str) -> Option<u64> {
+    match cfg.get(key)? {
+        Value::Number(n) => n.as_u64(),
+        // Some configs give a per-block list; the first entry is representative.
+        Value::Array(a) => a.first().and_then(Value::as_u64),
+        _ => None,
+    }
+}
+
+fn f64_of(cfg: &serde_json::Map<String, Value>, key: &str) -> Option<f64> {
+    cfg.get(key).and_then(Value::as_f64)
+}
+
+/// The class a config names: diffusers' `_class_name` or transformers' `architectures[0]`.
+fn class_name(cfg: &serde_json::Map<String, Value>) -> Option<String> {
+    cfg.get("_class_name")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            cfg.get("architectures")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+        })
+        .map(str::to_owned)
+}
+
+fn base_from_context(width: u64) -> Option<B> {
+    match width {
+        768 => Some(B::StableDiffusion1),
+        1024 => Some(B::StableDiffusion2),
+        2048 => Some(B::StableDiffusionXL),
+        1280 => Some(B::StableDiffusionXLRefiner),
+        _ => None,
+    }
+}
+
+/// Identifies a folder; `Ok(None)` when nothing in it is recognised.
+pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
+    if let Some(index) = read_json(&dir.join("model_index.json"))? {
+        return pipeline(dir, &index);
+    }
+    if let Some(cfg) = read_json(&dir.join("config.json"))?
+        && let Some(class) = class_name(&cfg)
+    {
+        return Ok(component(dir, &class, &cfg));
+    }
+    for name in ["learned_embeds.safetensors", "learned_embeds.bin"] {
+        let p = dir.join(name);
+        if p.is_file() {
+            let mut f = probe_weight_file(&p)?;
+            f.model_type = T::TextualInversion;
+            f.format = F::EmbeddingFolder;
+            f.strong = true;
+            f.evidence
+                .insert(0, format!("file `{name}`: embedding folder"));
+            return Ok(f);
+        }
+    }
+    for name in [
+        "pytorch_lora_weights.safetensors",
+        "pytorch_lora_weights.bin",
+    ] {
+        let p = dir.join(name);
+        if p.is_file() {
+            let mut f = probe_weight_file(&p)?;
+            f.evidence
+                .insert(0, format!("file `{name}`: diffusers LoRA folder"));
+            f.model_type = T::Lora;
+            f.format = F::Diffusers;
+            f.strong = true;
+            return Ok(f);
+        }
+    }
+    for name in [
+        "ip_adapter.safetensors",
+        "ip_adapter.bin",
+        "ip-adapter.safetensors",
+        "ip-adapter.bin",
+    ] {
+        let p = dir.join(name);
+        if p.is_file() {
+            let mut f = probe_weight_file(&p)?;
+            f.evidence
+                .insert(0, format!("file `{name}`: IP-Adapter folder"));
+            if let Ok(enc) = std::fs::read_to_string(dir.join("image_encoder.txt")) {
+                f.evidence
+                    .push(format!("image_encoder.txt names `{}`", enc.trim()));
+            }
+            f.model_type = T::IpAdapter;
+            f.format = F::InvokeAI;
+            f.strong = true;
+            return Ok(f);
+        }
+    }
+    // InvokeAI's T5 encoder layout: text_encoder_2/ + tokenizer_2/.
+    if let Some(cfg) = read_json(&dir.join("text_encoder_2").join("config.json"))?
+        && class_name(&cfg).as_deref() == Some("T5EncoderModel")
+    {
+        let mut f = Finding::new(T::T5Encoder, B::Any, F::T5Encoder);
+        f.evidence
+            .push("text_encoder_2/config.json: T5EncoderModel → t5_encoder".into());
+        return Ok(f);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(ProbeError::io(dir))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut f = Finding::unknown(F::Unknown);
+    f.evidence.push(format!(
+        "folder without model_index.json, config.json with a class name, learned_embeds.*, pytorch_lora_weights.* or ip_adapter.*; it holds: {}",
+        if names.is_empty() { "nothing".to_owned() } else { names.into_iter().take(20).collect::<Vec<_>>().join(", ") }
+    ));
+    Ok(f)
+}
+
+/// The file variant from weight file names (`*.fp16.safetensors` …) anywhere under `dir`.
+fn repo_variant(dir: &Path) -> Option<RV> {
+    let mut tags = Vec::new();
+    collect_variant_tags(dir, 0, &mut tags);
+    if tags.is_empty() {
+        return None;
+    }
+    let first = tags[0];
+    Some(if tags.iter().all(|t| *t == first) {
+        first
+    } else {
+        RV::Default
+    })
+}
+
+fn collect_variant_tags(dir: &Path, depth: u8, out: &mut Vec<RV>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            if depth < 2 {
+                collect_variant_tags(&p, depth + 1, out);
+            }
+            continue;
+        }
+        let tag = file_variant(&name);
+        if let Some(t) = tag {
+            out.push(t);
+        }
+    }
+}
+
+/// The repo variant a weight file name carries: `model.fp16.safetensors` → fp16,
+/// `model.fp16-00001-of-00002.safetensors` → fp16, `model.safetensors` → default.
+fn file_variant(name: &str) -> Option<RV> {
+    let p = Path::new(name);
+    let ext = p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if name == "flax_model.msgpack" || name == "diffusion_flax_model.msgpack" {
+        return Some(RV::Flax);
+    }
+    if name.starts_with("openvino_model") {
+        return Some(RV::OpenVino);
+    }
+    match ext.as_str() {
+        "onnx" => return Some(RV::Onnx),
+        "safetensors" | "bin" => {}
+        _ => return None,
+    }
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    // The variant is the stem's last dot-separated part, before any shard suffix.
+    let tag = stem
+        .rsplit_once('.')
+        .map(|(_, t)| t.split('-').next().unwrap_or(t))
+        .unwrap_or_default();
+    Some(match tag {
+        "fp16" => RV::Fp16,
+        "fp32" => RV::Fp32,
+        _ => RV::Default,
+    })
+}
+
+fn submodel_type(name: &str) -> Option<S> {
+    name.parse::<S>().ok()
+}
+
+fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Finding, ProbeError> {
+    let class = index
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let mut f = Finding::new(T::Main, B::Unknown, F::Diffusers);
+    f.evidence.push(format!(
+        "model_index.json: pipeline `{class}` → main diffusers"
+    ));
+    let is = |p: &str| class.starts_with(p);
+    if is("Flux") {
+        f.base = B::Flux;
+        f.evidence.push(format!("`{class}` → flux"));
+    } else if is("StableDiffusion3") {
+        f.base = B::StableDiffusion3;
+        f.evidence.push(format!("`{class}` → sd-3"));
+    }
+    // The denoiser's config decides the SD family and the variant.
+    for comp in ["unet", "transformer"] {
+        let Some(cfg) = read_json(&dir.join(comp).join("config.json"))? else {
+            continue;
+        };
+        if f.base == B::Unknown
+            && let Some(w) = u(&cfg, "cross_attention_dim")
+        {
+            {
+                if let Some(b) = base_from_context(w) {
+                    f.base = b;
+                    f.evidence
+                        .push(format!("{comp}/config.json cross_attention_dim {w} → {b}"));
+                } else {
+                    f.evidence.push(format!(
+                        "{comp}/config.json cross_attention_dim {w} matches no known base"
+                    ));
+                }
+            }
+        }
+        if let Some(c) = u(&cfg, "in_channels") {
+            let v = match (f.base, c) {
+                (B::Flux, 384) => V::Inpaint,
+                (B::Flux | B::StableDiffusion3, _) => V::Normal,
+                (_, 9) => V::Inpaint,
+                (_, 5) => V::Depth,
+                _ => V::Normal,
+            };
+            f.evidence
+                .push(format!("{comp}/config.json in_channels {c} → {v}"));
+            f.variant = Some(v);
+        }
+        if let Some(up) = cfg.get("upcast_attention").and_then(Value::as_bool) {
+            f.upcast_attention = up;
+        }
+        if f.base == B::Flux {
+            let guidance = cfg.get("guidance_embeds").and_then(Value::as_bool);
+            if let Some(g) = guidance {
+                f.evidence.push(format!(
+                    "transformer guidance_embeds {g} → flux {}",
+                    if g { "dev" } else { "schnell" }
+                ));
+            }
+        }
+    }
+    if class.contains("Inpaint") && f.variant != Some(V::Inpaint) && f.base != B::Flux {
+        f.evidence
+            .push(format!("`{class}` is an inpainting pipeline"));
+    }
+    if class.contains("Depth2Img") {
+        f.variant = Some(V::Depth);
+        f.evidence.push(format!("`{class}` → depth"));
+    }
+    if f.variant.is_none() {
+        f.variant = Some(V::Normal);
+    }
+    if f.base == B::Unknown {
+        f.evidence.push(
+            "no unet/transformer config with a known cross_attention_dim: base not determinable"
+                .into(),
+        );
+    }
+    if let Some(s) = read_json(&dir.join("scheduler").join("scheduler_config.json"))? {
+        match s.get("prediction_type").and_then(Value::as_str) {
+            Some(p) => match p.parse::<P>() {
+                Ok(p) => {
+                    f.prediction_type = Some(p);
+                    f.evidence.push(format!("scheduler prediction_type `{p}`"));
+                }
+                Err(e) => f.evidence.push(format!("scheduler: {e}")),
+            },
+            None if f.base != B::Flux && f.base != B::StableDiffusion3 => {
+                f.prediction_type = Some(P::Epsilon);
+            }
+            None => {}
+        }
+    }
+    let mut subs = BTreeMap::new();
+    for (name, v) in index {
+        let Some(arr) = v.as_array() else { continue };
+        let cls = arr.get(1).and_then(Value::as_str);
+        let (Some(st), Some(cls)) = (submodel_type(name), cls) else {
+            continue;
+        };
+        let model_type = match st {
+            S::UNet | S::Transformer => T::Main,
+            S::Vae | S::VaeDecoder | S::VaeEncoder => T::Vae,
+            S::TextEncoder
+            | S::TextEncoder2
+            | S::TextEncoder3
+            | S::Tokenizer
+            | S::Tokenizer2
+            | S::Tokenizer3 => {
+                if cls.starts_with("T5") {
+                    T::T5Encoder
+                } else {
+                    T::ClipEmbed
+                }
+            }
+            S::Scheduler | S::SafetyChecker => T::Unknown,
+        };
+        subs.insert(
+            st,
+            SubmodelDefinition {
+                path_or_prefix: name.clone(),
+                model_type,
+                variant: matches!(st, S::UNet | S::Transformer)
+                    .then_some(f.variant.unwrap_or_default()),
+            },
+        );
+    }
+    if !subs.is_empty() {
+        f.submodels = Some(subs);
+    }
+    f.repo_variant = repo_variant(dir);
+    if let Some(rv) = f.repo_variant {
+        f.evidence
+            .push(format!("weight file names → repo variant `{rv}`"));
+    }
+    Ok(f)
+}
+
+fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &mut Finding) {
+    let latent = u(cfg, "latent_channels");
+    let scaling = f64_of(cfg, "scaling_factor");
+    let sample = u(cfg, "sample_size");
+    let near = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-6);
+    let folder = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let decided = if class == "AutoencoderTiny" {
+        // Tiny autoencoders share one config; their canonical repo names tell them apart.
+        match folder.as_str() {
+            "taesd" => Some((B::StableDiffusion1, "folder name `taesd`".to_owned())),
+            "taesdxl" => Some((B::StableDiffusionXL, "folder name `taesdxl`".to_owned())),
+            "taesd3" => Some((B::StableDiffusion3, "folder name `taesd3`".to_owned())),
+            "taef1" => Some((B::Flux, "folder name `taef1`".to_owned())),
+            _ => None,
+        }
+    } else if latent == Some(16) {
+        if near(scaling, 1.5305) {
+            Some((
+                B::StableDiffusion3,
+                "16 latent channels, scaling_factor 1.5305".to_owned(),
+            ))
+        } else {
+            Some((
+                B::Flux,
+                format!(
+                    "16 latent channels, scaling_factor {}",
+                    scaling.unwrap_or(f64::NAN)
+                ),
+            ))
+        }
+    } else if near(scaling, 0.13025) {
+        Some((B::StableDiffusionXL, "scaling_factor 0.13025".to_owned()))
+    } else if near(scaling, 0.18215) && sample == Some(768) {
+        Some((
+            B::StableDiffusion2,
+            "scaling_factor 0.18215, sample_size 768".to_owned(),
+        ))
+    } else if near(scaling, 0.18215) {
+        Some((
+            B::StableDiffusion1,
+            format!(
+                "scaling_factor 0.18215, sample_size {}",
+                sample.unwrap_or(0)
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((b, why)) = decided {
+        f.base = b;
+        f.evidence.push(format!("{why} → {b}"));
+    } else {
+        f.base_candidates = vec![B::StableDiffusion1, B::StableDiffusionXL];
+        f.evidence.push(
+            "VAE config does not tell sd-1 from sdxl: ambiguous between sd-1 and sdxl; set config.base".into(),
+        );
+    }
+}
+
+fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> Finding {
+    let mut f = match class {
+        "AutoencoderKL" | "AutoencoderTiny" => {
+            let mut f = Finding::new(T::Vae, B::Unknown, F::Diffusers);
+            f.evidence.push(format!("config.json `{class}` → vae"));
+            vae_base(dir, class, cfg, &mut f);
+            f
+        }
+        "UNet2DConditionModel" => {
+            let mut f = Finding::new(T::Main, B::Unknown, F::Diffusers);
+            f.evidence
+                .push("config.json `UNet2DConditionModel`: a bare UNet component → main".into());
+            if let Some(w) = u(cfg, "cross_attention_dim")
+                && let Some(b) = base_from_context(w)
+            {
+                f.base = b;
+                f.evidence.push(format!("cross_attention_dim {w} → {b}"));
+            }
+            let v = match u(cfg, "in_channels") {
+                Some(9) => V::Inpaint,
+                Some(5) => V::Depth,
+                _ => V::Normal,
+            };
+            f.variant = Some(v);
+            f.upcast_attention = cfg
+                .get("upcast_attention")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            f
+        }
+        "FluxTransformer2DModel" | "SD3Transformer2DModel" => {
+            let b = if class.starts_with("Flux") {
+                B::Flux
+            } else {
+                B::StableDiffusion3
+            };
+            let mut f = Finding::new(T::Main, b, F::Diffusers);
+            f.variant = Some(if u(cfg, "in_channels") == Some(384) {
+                V::Inpaint
+            } else {
+                V::Normal
+            });
+            f.evidence.push(format!(
+                "config.json `{class}`: a bare transformer component → main {b}"
+            ));
+            f
+        }
+        "ControlNetModel" | "FluxControlNetModel" | "SD3ControlNetModel" => {
+            let mut f = Finding::new(T::ControlNet, B::Unknown, F::Diffusers);
+            f.evidence
+                .push(format!("config.json `{class}` → controlnet"));
+            if class.starts_with("Flux") {
+                f.base = B::Flux;
+            } else if class.starts_with("SD3") {
+                f.base = B::StableDiffusion3;
+            } else if let Some(w) = u(cfg, "cross_attention_dim")
+                && let Some(b) = base_from_context(w)
+            {
+                f.base = b;
+                f.evidence.push(format!("cross_attention_dim {w} → {b}"));
+            } else {
+                f.evidence
+                    .push("cross_attention_dim missing or unknown: base not determinable".into());
+            }
+            f
+        }
+        "T2IAdapter" => {
+            let mut f = Finding::new(T::T2IAdapter, B::Unknown, F::Diffusers);
+            f.evidence
+                .push("config.json `T2IAdapter` → t2i_adapter".into());
+            match cfg.get("adapter_type").and_then(Value::as_str) {
+                Some(a @ "full_adapter_xl") => {
+                    f.base = B::StableDiffusionXL;
+                    f.evidence.push(format!("adapter_type `{a}` → sdxl"));
+                }
+                Some(a @ ("full_adapter" | "light_adapter")) => {
+                    f.base = B::StableDiffusion1;
+                    f.evidence.push(format!("adapter_type `{a}` → sd-1"));
+                }
+                other => f
+                    .evidence
+                    .push(format!("adapter_type {other:?}: base not determinable")),
+            }
+            f
+        }
+        "CLIPVisionModelWithProjection" | "CLIPVisionModel" => {
+            let mut f = Finding::new(T::ClipVision, B::Any, F::Diffusers);
+            f.evidence
+                .push(format!("config.json `{class}` → clip_vision"));
+            f
+        }
+        "CLIPTextModel" | "CLIPTextModelWithProjection" => {
+            let mut f = Finding::new(T::ClipEmbed, B::Any, F::Diffusers);
+            f.evidence
+                .push(format!("config.json `{class}` → clip_embed"));
+            f
+        }
+        "T5EncoderModel" => {
+            let mut f = Finding::new(T::T5Encoder, B::Any, F::T5Encoder);
+            f.evidence
+                .push("config.json `T5EncoderModel` → t5_encoder".into());
+            f
+        }
+        other => {
+            let mut f = Finding::unknown(F::Diffusers);
+            f.evidence.push(format!(
+                "config.json class `{other}` is not a model class modelsync knows"
+            ));
+            return f;
+        }
+    };
+    if f.format == F::Diffusers {
+        f.repo_variant = repo_variant(dir);
+        if let Some(rv) = f.repo_variant {
+            f.evidence
+                .push(format!("weight file names → repo variant `{rv}`"));
+        }
+    }
+    f
+}

@@ -1,0 +1,592 @@
+//! Model identification from headers and configs alone — weights are never loaded.
+//!
+//! [`probe`] takes a file or folder and says what it is: type, base, format, variant,
+//! prediction type, repo variant, submodels, a default name, and the evidence behind each
+//! decision. Single files are read by content, not extension:
+//!
+//! - safetensors: only the header (8-byte little-endian length + JSON, at most 100 MB);
+//! - torch zip saves and legacy pickles (`.ckpt .pt .pth .bin`): the pickle opcodes are
+//!   followed by an inert machine ([`pickle`]) that yields tensor names, shapes and dtypes,
+//!   and the same pass feeds the safety scan ([`ProbeResult::pickle_scan`]);
+//! - GGUF: header metadata and tensor infos.
+//!
+//! Folders: diffusers pipelines (`model_index.json`) and components (`config.json`),
+//! embedding folders (`learned_embeds.*`), LoRA folders (`pytorch_lora_weights.*`),
+//! IP-Adapter folders (`ip_adapter.*`). The rules live in `rules` (files) and `folder`.
+//!
+//! Overrides ([`probe_with_overrides`]) are the manifest entry's `config` dict: its values win
+//! over probed ones, except that a `type` contradicting strong evidence is an error.
+
+mod folder;
+pub(crate) mod gguf;
+pub(crate) mod pickle;
+mod rules;
+mod safetensors;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{CONFIG_CLASSES, RawConfig, SubmodelDefinition};
+use crate::scan::{self, ScanError, ScanReport};
+use crate::taxonomy::{
+    BaseModelType, ModelFormat, ModelRepoVariant, ModelType, ModelVariantType,
+    SchedulerPredictionType, SubModelType,
+};
+
+pub use safetensors::MAX_HEADER as MAX_SAFETENSORS_HEADER;
+
+/// What a probe found. Serialises as the `-o json` shape of `modelsync probe`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeResult {
+    /// Model type (`unknown` when no rule matched).
+    #[serde(rename = "type")]
+    pub model_type: ModelType,
+    /// Base model (`unknown` when not determinable; see `base_candidates`).
+    pub base: BaseModelType,
+    /// On-disk format.
+    pub format: ModelFormat,
+    /// normal / inpaint / depth (main models).
+    pub variant: Option<ModelVariantType>,
+    /// Scheduler prediction type (main models).
+    pub prediction_type: Option<SchedulerPredictionType>,
+    /// Whether attention must be upcast (sd-2 v-prediction models).
+    pub upcast_attention: bool,
+    /// File variant of a diffusers folder, from its weight file names.
+    pub repo_variant: Option<ModelRepoVariant>,
+    /// Components of a diffusers pipeline.
+    pub submodels: Option<BTreeMap<SubModelType, SubmodelDefinition>>,
+    /// Default name: the file stem or folder name (or the override).
+    pub name: String,
+    /// Default description (`<base> <type> model <name>`, or the override).
+    pub description: Option<String>,
+    /// Bytes on disk (a folder: all its files).
+    pub file_size: u64,
+    /// InvokeAI's legacy config name for checkpoints where it matters (flux: `flux-dev`,
+    /// `flux-schnell`, `flux-dev-fill`), or the override.
+    pub config_path: Option<String>,
+    /// When `base` is `unknown` because the weights fit several bases equally (SD 1.x vs SDXL
+    /// VAEs), the candidates; a `base` override settles it.
+    pub base_candidates: Vec<BaseModelType>,
+    /// Why: which key, width or config value decided each field.
+    pub evidence: Vec<String>,
+    /// Pickle safety scan of pickle checkpoints (None for safetensors, GGUF, folders without
+    /// pickles). The installer refuses `dangerous` unless the entry allows it.
+    pub pickle_scan: Option<ScanReport>,
+}
+
+/// A probe that could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The path does not exist.
+    #[error("{0}: no such file or folder")]
+    NotFound(PathBuf),
+    /// Reading failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A zero-byte file.
+    #[error("{0}: empty file")]
+    EmptyFile(PathBuf),
+    /// A safetensors header that cannot be read.
+    #[error("{path}: bad safetensors header: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    /// A GGUF header that cannot be read.
+    #[error("{path}: bad GGUF header: {reason}")]
+    Gguf { path: PathBuf, reason: String },
+    /// A pickle whose main object cannot be followed.
+    #[error("{path}: unreadable pickle: {reason}")]
+    Pickle { path: PathBuf, reason: String },
+    /// A zip archive without `<name>/data.pkl`.
+    #[error("{0}: zip archive is not a torch save (no `<name>/data.pkl` inside)")]
+    NotTorchZip(PathBuf),
+    /// A config JSON in a folder that cannot be read.
+    #[error("{path}: bad config: {reason}")]
+    Config { path: PathBuf, reason: String },
+    /// Reading the pickles for the scan failed.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// The `type` override contradicts what the weights say.
+    #[error(
+        "{path}: config says type `{hint}` but the files are a `{probed}` model ({evidence}); remove the type override or fix the source"
+    )]
+    TypeConflict {
+        path: PathBuf,
+        hint: ModelType,
+        probed: ModelType,
+        evidence: String,
+    },
+    /// An override value that does not parse, or an impossible (type, format) pair.
+    #[error("config override `{key}`: {reason}")]
+    Override { key: String, reason: String },
+}
+
+impl ProbeError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProbeError + '_ {
+        move |source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ProbeError::NotFound(path.to_path_buf())
+            } else {
+                ProbeError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        }
+    }
+}
+
+/// One tensor's shape (torch order) and dtype.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TensorInfo {
+    pub shape: Vec<u64>,
+    pub dtype: String,
+}
+
+/// Tensor names with shapes, plus string metadata (safetensors `__metadata__`, GGUF kv).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StateDict {
+    pub tensors: BTreeMap<String, TensorInfo>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What the rules decided, before name, size and overrides.
+#[derive(Debug, Clone)]
+pub(crate) struct Finding {
+    pub model_type: ModelType,
+    pub base: BaseModelType,
+    pub format: ModelFormat,
+    pub variant: Option<ModelVariantType>,
+    pub prediction_type: Option<SchedulerPredictionType>,
+    pub upcast_attention: bool,
+    pub repo_variant: Option<ModelRepoVariant>,
+    pub submodels: Option<BTreeMap<SubModelType, SubmodelDefinition>>,
+    pub config_path: Option<String>,
+    pub base_candidates: Vec<BaseModelType>,
+    pub evidence: Vec<String>,
+    pub pickle_scan: Option<ScanReport>,
+    /// Whether the type rests on unmistakable keys (a type override may not contradict it).
+    pub strong: bool,
+}
+
+impl Finding {
+    pub(crate) fn new(model_type: ModelType, base: BaseModelType, format: ModelFormat) -> Self {
+        Self {
+            model_type,
+            base,
+            format,
+            variant: None,
+            prediction_type: None,
+            upcast_attention: false,
+            repo_variant: None,
+            submodels: None,
+            config_path: None,
+            base_candidates: Vec::new(),
+            evidence: Vec::new(),
+            pickle_scan: None,
+            strong: model_type != ModelType::Unknown,
+        }
+    }
+
+    pub(crate) fn unknown(format: ModelFormat) -> Self {
+        Self::new(ModelType::Unknown, BaseModelType::Unknown, format)
+    }
+}
+
+/// Identifies a model file or folder. Never loads weights; bad input is an error, never a panic.
+pub fn probe(path: &Path) -> Result<ProbeResult, ProbeError> {
+    probe_with_overrides(path, &serde_json::Map::new())
+}
+
+/// [`probe`], then the manifest entry's `config` dict applied on top: `type`, `base`,
+/// `format`, `variant`, `prediction_type`, `upcast_attention`, `repo_variant`, `name`,
+/// `description`, `config_path` win over probed values (other keys are the installer's and
+/// are ignored here). A `type` that contradicts strong evidence is an error naming both; a
+/// `base` settles an ambiguous VAE.
+pub fn probe_with_overrides(
+    path: &Path,
+    overrides: &serde_json::Map<String, serde_json::Value>,
+) -> Result<ProbeResult, ProbeError> {
+    let meta = std::fs::metadata(path).map_err(ProbeError::io(path))?;
+    let (finding, file_size) = if meta.is_dir() {
+        (folder::probe_folder(path)?, folder_size(path))
+    } else {
+        (probe_weight_file(path)?, meta.len())
+    };
+    let name = if meta.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    }
+    .map_or_else(|| "model".to_owned(), |n| n.to_string_lossy().into_owned());
+    let mut r = ProbeResult {
+        model_type: finding.model_type,
+        base: finding.base,
+        format: finding.format,
+        variant: finding.variant,
+        prediction_type: finding.prediction_type,
+        upcast_attention: finding.upcast_attention,
+        repo_variant: finding.repo_variant,
+        submodels: finding.submodels,
+        name,
+        description: None,
+        file_size,
+        config_path: finding.config_path,
+        base_candidates: finding.base_candidates,
+        evidence: finding.evidence,
+        pickle_scan: finding.pickle_scan,
+    };
+    apply_overrides(path, &mut r, finding.strong, meta.is_dir(), overrides)?;
+    if r.description.is_none() {
+        r.description = Some(format!("{} {} model {}", r.base, r.model_type, r.name));
+    }
+    Ok(r)
+}
+
+fn parse_override<T: std::str::FromStr>(key: &str, v: &serde_json::Value) -> Result<T, ProbeError>
+where
+    T::Err: std::fmt::Display,
+{
+    let s = v.as_str().ok_or_else(|| ProbeError::Override {
+        key: key.to_owned(),
+        reason: format!("expected a string, got {v}"),
+    })?;
+    s.parse::<T>().map_err(|e| ProbeError::Override {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn string_override(key: &str, v: &serde_json::Value) -> Result<String, ProbeError> {
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ProbeError::Override {
+            key: key.to_owned(),
+            reason: format!("expected a string, got {v}"),
+        })
+}
+
+fn apply_overrides(
+    path: &Path,
+    r: &mut ProbeResult,
+    strong: bool,
+    is_dir: bool,
+    o: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ProbeError> {
+    if let Some(v) = o.get("type") {
+        let hint: ModelType = parse_override("type", v)?;
+        if hint != r.model_type {
+            if strong {
+                return Err(ProbeError::TypeConflict {
+                    path: path.to_path_buf(),
+                    hint,
+                    probed: r.model_type,
+                    evidence: r.evidence.first().cloned().unwrap_or_default(),
+                });
+            }
+            r.evidence.push(format!(
+                "type `{hint}` from config override (probed `{}`)",
+                r.model_type
+            ));
+            r.model_type = hint;
+            if !o.contains_key("format") && !CONFIG_CLASSES.contains(&(hint, r.format)) {
+                let preferred = if is_dir {
+                    ModelFormat::Diffusers
+                } else {
+                    ModelFormat::Checkpoint
+                };
+                let valid: Vec<ModelFormat> = CONFIG_CLASSES
+                    .iter()
+                    .filter(|(t, _)| *t == hint)
+                    .map(|(_, f)| *f)
+                    .collect();
+                if let Some(f) = valid.iter().find(|f| **f == preferred).or(valid.first()) {
+                    r.format = *f;
+                }
+            }
+        }
+    }
+    if let Some(v) = o.get("format") {
+        r.format = parse_override("format", v)?;
+    }
+    if let Some(v) = o.get("base") {
+        let b: BaseModelType = parse_override("base", v)?;
+        if !r.base_candidates.is_empty() {
+            r.evidence.push(format!(
+                "base `{b}` from config override settles the ambiguity"
+            ));
+            r.base_candidates.clear();
+        }
+        r.base = b;
+    }
+    if let Some(v) = o.get("variant") {
+        r.variant = Some(parse_override("variant", v)?);
+    }
+    if let Some(v) = o.get("prediction_type") {
+        r.prediction_type = Some(parse_override("prediction_type", v)?);
+    }
+    if let Some(v) = o.get("repo_variant") {
+        r.repo_variant = Some(parse_override("repo_variant", v)?);
+    }
+    if let Some(v) = o.get("upcast_attention") {
+        r.upcast_attention = v.as_bool().ok_or_else(|| ProbeError::Override {
+            key: "upcast_attention".into(),
+            reason: format!("expected true or false, got {v}"),
+        })?;
+    }
+    if let Some(v) = o.get("name") {
+        let n = string_override("name", v)?;
+        if n.trim().is_empty() {
+            return Err(ProbeError::Override {
+                key: "name".into(),
+                reason: "must not be empty".into(),
+            });
+        }
+        r.name = n;
+    }
+    if let Some(v) = o.get("description") {
+        r.description = Some(string_override("description", v)?);
+    }
+    if let Some(v) = o.get("config_path") {
+        r.config_path = Some(string_override("config_path", v)?);
+    }
+    if r.model_type != ModelType::Unknown && !CONFIG_CLASSES.contains(&(r.model_type, r.format)) {
+        let valid: Vec<&str> = CONFIG_CLASSES
+            .iter()
+            .filter(|(t, _)| *t == r.model_type)
+            .map(|(_, f)| f.as_str())
+            .collect();
+        return Err(ProbeError::Override {
+            key: if o.contains_key("format") {
+                "format"
+            } else {
+                "type"
+            }
+            .into(),
+            reason: format!(
+                "no model class for type `{}` with format `{}`; valid formats: {}",
+                r.model_type,
+                r.format,
+                valid.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Which class-specific field groups a (type, format) class has, mirroring
+/// `config::any_model_config!` (a unit test checks the two agree for every class).
+fn field_groups(t: ModelType, f: ModelFormat) -> (bool, bool, bool) {
+    use ModelFormat as F;
+    use ModelType as T;
+    // (checkpoint, main, diffusers)
+    match (t, f) {
+        (T::Main, F::Checkpoint | F::BnbQuantizedNf4b | F::GgufQuantized) => (true, true, false),
+        (T::Main, F::Diffusers | F::Onnx | F::Olive) => (false, true, true),
+        (T::Vae | T::ControlNet, F::Checkpoint) => (true, false, false),
+        (T::Vae | T::ControlNet | T::ClipVision | T::ClipEmbed | T::T2IAdapter, F::Diffusers) => {
+            (false, false, true)
+        }
+        _ => (false, false, false),
+    }
+}
+
+impl ProbeResult {
+    /// The record fields a probe decides: type, format, base, name, description, file_size and
+    /// exactly the class-specific fields the (type, format) class allows. The installer adds
+    /// path, hash and source and calls [`crate::AnyModelConfig::from_raw`].
+    pub fn to_raw_config(&self) -> RawConfig {
+        let (ckpt, main, diffusers) = field_groups(self.model_type, self.format);
+        let mut raw = RawConfig {
+            name: Some(self.name.clone()),
+            model_type: Some(self.model_type),
+            format: Some(self.format),
+            base: Some(self.base),
+            description: self.description.clone(),
+            file_size: Some(self.file_size),
+            ..RawConfig::default()
+        };
+        if ckpt {
+            raw.config_path.clone_from(&self.config_path);
+        }
+        if main {
+            raw.variant = Some(self.variant.unwrap_or_default());
+            raw.prediction_type = self.prediction_type;
+            raw.upcast_attention = Some(self.upcast_attention);
+        }
+        if diffusers {
+            raw.repo_variant = self.repo_variant;
+            raw.submodels.clone_from(&self.submodels);
+        }
+        raw
+    }
+
+    /// Whether the base is still undecided between candidates (the installer asks for
+    /// `config.base`).
+    pub fn base_is_ambiguous(&self) -> bool {
+        self.base == BaseModelType::Unknown && !self.base_candidates.is_empty()
+    }
+}
+
+fn folder_size(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(ft) if ft.is_dir() => folder_size(&e.path()),
+            Ok(_) => std::fs::metadata(e.path()).map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Identifies one weight file by its content.
+pub(crate) fn probe_weight_file(path: &Path) -> Result<Finding, ProbeError> {
+    let mut file = File::open(path).map_err(ProbeError::io(path))?;
+    let len = file.metadata().map_err(ProbeError::io(path))?.len();
+    if len == 0 {
+        return Err(ProbeError::EmptyFile(path.to_path_buf()));
+    }
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]).map_err(ProbeError::io(path))? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let head = &head[..n];
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        let label = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let c = scan::read_pickle_file(path, &label)?;
+        if c.zip_without_data_pkl {
+            return Err(ProbeError::NotTorchZip(path.to_path_buf()));
+        }
+        return pickle_finding(path, c, "torch zip save");
+    }
+    if head.starts_with(b"GGUF") {
+        // SAFETY: read-only map of a file modelsync does not modify while probing.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(ProbeError::io(path))?;
+        let sd = gguf::read_header(path, &map)?;
+        return Ok(rules::classify(&sd, rules::Container::Gguf));
+    }
+    let looks_safetensors = head.len() >= 9 && head[8] == b'{';
+    if ext == "safetensors" || ext == "sft" || looks_safetensors {
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(ProbeError::io(path))?;
+        let sd = safetensors::read_header(path, &mut file, len)?;
+        let mut f = rules::classify(&sd, rules::Container::Safetensors);
+        f.evidence
+            .push(format!("safetensors header: {} tensors", sd.tensors.len()));
+        return Ok(f);
+    }
+    let pickle_ext = matches!(
+        ext.as_str(),
+        "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle"
+    );
+    if head.first() == Some(&0x80) || pickle_ext {
+        let label = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let c = scan::read_pickle_file(path, &label)?;
+        return pickle_finding(path, c, "pickle");
+    }
+    let mut f = Finding::unknown(ModelFormat::Unknown);
+    f.evidence.push(format!(
+        "not a safetensors, GGUF, torch zip or pickle file (first bytes {})",
+        hex::encode(&head[..head.len().min(8)])
+    ));
+    Ok(f)
+}
+
+fn pickle_finding(path: &Path, c: scan::PickleContents, what: &str) -> Result<Finding, ProbeError> {
+    if let Some(reason) = c.main_fault {
+        let dangerous: Vec<String> = c
+            .report
+            .dangerous()
+            .map(|g| format!("{}.{}", g.module, g.name))
+            .collect();
+        let reason = if dangerous.is_empty() {
+            reason
+        } else {
+            format!(
+                "{reason}; it also imports dangerous globals: {}",
+                dangerous.join(", ")
+            )
+        };
+        return Err(ProbeError::Pickle {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
+    let mut sd = StateDict::default();
+    for (name, shape, dtype) in c.tensors {
+        sd.tensors.insert(
+            name,
+            TensorInfo {
+                shape,
+                dtype: dtype.to_owned(),
+            },
+        );
+    }
+    let mut f = rules::classify(&sd, rules::Container::Pickle);
+    f.evidence
+        .push(format!("{what}: {} tensors", sd.tensors.len()));
+    f.evidence
+        .push(format!("pickle scan: {}", c.report.verdict));
+    f.pickle_scan = Some(c.report);
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AnyModelConfig;
+
+    /// The field-group table above must match config.rs for every class.
+    #[test]
+    fn to_raw_config_fits_every_class() {
+        for &(t, f) in CONFIG_CLASSES {
+            let r = ProbeResult {
+                model_type: t,
+                base: BaseModelType::StableDiffusion1,
+                format: f,
+                variant: Some(ModelVariantType::Inpaint),
+                prediction_type: Some(SchedulerPredictionType::Epsilon),
+                upcast_attention: true,
+                repo_variant: Some(ModelRepoVariant::Fp16),
+                submodels: Some(BTreeMap::new()),
+                name: "m".into(),
+                description: None,
+                file_size: 1,
+                config_path: Some("flux-dev".into()),
+                base_candidates: vec![],
+                evidence: vec![],
+                pickle_scan: None,
+            };
+            let mut raw = r.to_raw_config();
+            raw.path = Some("/m".into());
+            let c = AnyModelConfig::from_raw(&raw).unwrap_or_else(|e| panic!("{t}.{f}: {e}"));
+            let (ckpt, main, diffusers) = field_groups(t, f);
+            assert_eq!(c.checkpoint_fields().is_some(), ckpt, "{t}.{f}");
+            assert_eq!(c.main_fields().is_some(), main, "{t}.{f}");
+            assert_eq!(c.diffusers_fields().is_some(), diffusers, "{t}.{f}");
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! Probe: one fixture per (type, base) rule, negatives, overrides, record conversion, CLI.
+
+use std::fs;
+use std::path::Path;
+
+use modelsync::AnyModelConfig;
+use modelsync::cli::{Status, run};
+use modelsync::probe::{ProbeError, probe, probe_with_overrides};
+use modelsync::scan::ScanVerdict;
+use modelsync::taxonomy::{
+    BaseModelType, ModelRepoVariant, ModelType, ModelVariantType, SchedulerPredictionType,
+    SubModelType,
+};
+use serde_json::json;
+
+use crate::support::probe_fixtures::{self as fx, Py};
+
+fn overrides(v: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    v.as_object().unwrap().clone()
+}
+
+#[test]
+fn every_fixture_is_identified() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = fx::corpus(dir.path());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let r = match probe(&c.path) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{}: error {e}", c.name));
+                continue;
+            }
+        };
+        let got = (
+            r.model_type.as_str(),
+            r.base.as_str(),
+            r.format.as_str(),
+            r.variant.map(ModelVariantType::as_str),
+            r.prediction_type.map(SchedulerPredictionType::as_str),
+        );
+        let want = (c.model_type, c.base, c.format, c.variant, c.prediction);
+        if got != want {
+            failures.push(format!(
+                "{}: got {got:?}, want {want:?}; evidence: {:?}",
+                c.name, r.evidence
+            ));
+        }
+        assert!(!r.evidence.is_empty(), "{}: no evidence", c.name);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_fixture_becomes_a_valid_record() {
+    let dir = tempfile::tempdir().unwrap();
+    for c in fx::corpus(dir.path()) {
+        let r = probe(&c.path).unwrap();
+        let mut raw = r.to_raw_config();
+        raw.path = Some(c.path.display().to_string());
+        raw.hash = Some("blake3:00".into());
+        let rec = AnyModelConfig::from_raw(&raw).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        assert_eq!(rec.model_type(), r.model_type, "{}", c.name);
+        assert_eq!(rec.format(), r.format, "{}", c.name);
+        assert_eq!(rec.base(), r.base, "{}", c.name);
+        assert_eq!(rec.common().file_size, r.file_size, "{}", c.name);
+    }
+}
+
+#[test]
+fn evidence_names_the_deciding_key_and_width() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    let r = probe(&dir.path().join("sdxl-refiner.safetensors")).unwrap();
+    let e = r.evidence.join("\n");
+    assert!(
+        e.contains("attn2.to_k.weight") && e.contains("1280 → sdxl-refiner"),
+        "{e}"
+    );
+    assert_eq!(r.name, "sdxl-refiner");
+    assert!(
+        r.file_size > 20_000_000,
+        "sparse data region counts: {}",
+        r.file_size
+    );
+    assert_eq!(
+        r.description.as_deref(),
+        Some("sdxl-refiner main model sdxl-refiner")
+    );
+
+    let r = probe(&dir.path().join("flux1-dev.safetensors")).unwrap();
+    assert_eq!(r.config_path.as_deref(), Some("flux-dev"));
+    let r = probe(&dir.path().join("flux1-schnell.safetensors")).unwrap();
+    assert_eq!(r.config_path.as_deref(), Some("flux-schnell"));
+    let r = probe(&dir.path().join("flux1-fill-dev.safetensors")).unwrap();
+    assert_eq!(r.config_path.as_deref(), Some("flux-dev-fill"));
+
+    let r = probe(&dir.path().join("sd21.safetensors")).unwrap();
+    assert!(r.upcast_attention);
+}
+
+#[test]
+fn pickle_checkpoints_carry_a_clean_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    for f in [
+        "sd15-zip.ckpt",
+        "sd2-inpaint-legacy.ckpt",
+        "control_sd15_canny.pth",
+        "ti-sd2.pt",
+    ] {
+        let r = probe(&dir.path().join(f)).unwrap();
+        let scan = r.pickle_scan.unwrap_or_else(|| panic!("{f}: no scan"));
+        assert_eq!(scan.verdict, ScanVerdict::Clean, "{f}: {scan:?}");
+        assert!(
+            scan.globals.iter().any(|g| g.name == "_rebuild_tensor_v2"),
+            "{f}"
+        );
+    }
+    let r = probe(&dir.path().join("sd15.safetensors")).unwrap();
+    assert!(r.pickle_scan.is_none());
+}
+
+#[test]
+fn diffusers_folders_report_repo_variant_and_submodels() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    let r = probe(&dir.path().join("stable-diffusion-v1-5")).unwrap();
+    assert_eq!(r.repo_variant.map(ModelRepoVariant::as_str), Some("fp16"));
+    let subs = r.submodels.unwrap();
+    for s in [
+        SubModelType::UNet,
+        SubModelType::Vae,
+        SubModelType::TextEncoder,
+        SubModelType::Tokenizer,
+        SubModelType::Scheduler,
+    ] {
+        assert!(subs.contains_key(&s), "{s} missing");
+    }
+    assert_eq!(subs[&SubModelType::Vae].model_type, ModelType::Vae);
+    assert_eq!(subs[&SubModelType::UNet].path_or_prefix, "unet");
+
+    let r = probe(&dir.path().join("stable-diffusion-2-1")).unwrap();
+    assert_eq!(r.repo_variant.map(ModelRepoVariant::as_str), Some(""));
+    assert!(r.upcast_attention);
+
+    let r = probe(&dir.path().join("stable-diffusion-xl-refiner-1.0")).unwrap();
+    let subs = r.submodels.unwrap();
+    assert!(
+        !subs.contains_key(&SubModelType::TextEncoder),
+        "null components are not submodels"
+    );
+    assert!(subs.contains_key(&SubModelType::TextEncoder2));
+
+    let r = probe(&dir.path().join("FLUX.1-dev")).unwrap();
+    let subs = r.submodels.unwrap();
+    assert_eq!(
+        subs[&SubModelType::TextEncoder2].model_type,
+        ModelType::T5Encoder
+    );
+    assert_eq!(subs[&SubModelType::Transformer].model_type, ModelType::Main);
+}
+
+#[test]
+fn ambiguous_vae_is_settled_by_a_base_override() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    let path = dir.path().join("vae-ft-mse.pt");
+    let r = probe(&path).unwrap();
+    assert_eq!(r.base, BaseModelType::Unknown);
+    assert!(r.base_is_ambiguous());
+    assert_eq!(
+        r.base_candidates,
+        vec![
+            BaseModelType::StableDiffusion1,
+            BaseModelType::StableDiffusionXL
+        ]
+    );
+    assert!(
+        r.evidence
+            .join(" ")
+            .contains("ambiguous between sd-1 and sdxl"),
+        "{:?}",
+        r.evidence
+    );
+
+    let r = probe_with_overrides(&path, &overrides(&json!({"base": "sdxl"}))).unwrap();
+    assert_eq!(r.base, BaseModelType::StableDiffusionXL);
+    assert!(!r.base_is_ambiguous());
+    assert!(r.base_candidates.is_empty());
+}
+
+#[test]
+fn overrides_win_and_type_conflicts_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    let sd2 = dir.path().join("sd21.safetensors");
+    let r = probe_with_overrides(
+        &sd2,
+        &overrides(&json!({"prediction_type": "epsilon", "upcast_attention": false, "name": "sd2 base", "description": "d", "variant": "inpaint", "tags": ["ignored"]})),
+    )
+    .unwrap();
+    assert_eq!(r.prediction_type.unwrap().as_str(), "epsilon");
+    assert!(!r.upcast_attention);
+    assert_eq!(r.name, "sd2 base");
+    assert_eq!(r.description.as_deref(), Some("d"));
+    assert_eq!(r.variant.unwrap().as_str(), "inpaint");
+
+    let lora = dir.path().join("lora-sd1.safetensors");
+    let e = probe_with_overrides(&lora, &overrides(&json!({"type": "main"}))).unwrap_err();
+    assert!(matches!(e, ProbeError::TypeConflict { .. }));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("type `main`") && msg.contains("`lora`"),
+        "{msg}"
+    );
+
+    // Same type: fine.
+    assert!(probe_with_overrides(&lora, &overrides(&json!({"type": "lora"}))).is_ok());
+
+    let e = probe_with_overrides(&lora, &overrides(&json!({"base": "sd-9"})))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`base`") && e.contains("sd-9"), "{e}");
+    let e = probe_with_overrides(&lora, &overrides(&json!({"format": "gguf_quantized"})))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("valid formats: lycoris, diffusers"), "{e}");
+    let e = probe_with_overrides(&lora, &overrides(&json!({"upcast_attention": "yes"})))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("upcast_attention"), "{e}");
+}
+
+#[test]
+fn type_hint_names_an_unknown_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mystery.safetensors");
+    fx::safetensors(
+        &p,
+        &[
+            ("net.0.weight", &[64, 3, 3, 3]),
+            ("net.2.weight", &[64, 64, 3, 3]),
+        ],
+        None,
+    );
+    let r = probe(&p).unwrap();
+    assert_eq!(r.model_type, ModelType::Unknown);
+    assert!(
+        r.evidence
+            .iter()
+            .any(|e| e.contains("`net.0.weight` [64, 3, 3, 3]")),
+        "{:?}",
+        r.evidence
+    );
+    let r = probe_with_overrides(
+        &p,
+        &overrides(&json!({"type": "spandrel_image_to_image", "base": "any"})),
+    )
+    .unwrap();
+    assert_eq!(r.model_type, ModelType::SpandrelImageToImage);
+    assert_eq!(r.format.as_str(), "checkpoint");
+    let mut raw = r.to_raw_config();
+    raw.path = Some("x".into());
+    AnyModelConfig::from_raw(&raw).unwrap();
+}
+
+#[test]
+fn unknown_layouts_are_results_with_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t5.safetensors");
+    fx::safetensors(
+        &p,
+        &[(
+            "encoder.block.0.layer.0.SelfAttention.q.weight",
+            &[4096, 4096],
+        )],
+        None,
+    );
+    let r = probe(&p).unwrap();
+    assert_eq!(r.model_type, ModelType::Unknown);
+    assert!(
+        r.evidence.iter().any(|e| e.contains("T5 encoder")),
+        "{:?}",
+        r.evidence
+    );
+
+    let p = dir.path().join("llama.gguf");
+    fx::gguf(
+        &p,
+        &[("general.architecture", "llama")],
+        &[("blk.0.attn_q.weight", &[4096, 4096])],
+    );
+    let r = probe(&p).unwrap();
+    assert_eq!(r.model_type, ModelType::Unknown);
+    assert_eq!(r.format.as_str(), "gguf_quantized");
+    assert!(
+        r.evidence.iter().any(|e| e.contains("llama")),
+        "{:?}",
+        r.evidence
+    );
+
+    let d = dir.path().join("just-docs");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("README.md"), "hi").unwrap();
+    let r = probe(&d).unwrap();
+    assert_eq!(r.model_type, ModelType::Unknown);
+    assert!(r.evidence[0].contains("README.md"), "{:?}", r.evidence);
+
+    let p = dir.path().join("random.dat");
+    fs::write(&p, b"\x01\x02\x03 not a model at all").unwrap();
+    let r = probe(&p).unwrap();
+    assert_eq!(r.model_type, ModelType::Unknown);
+    assert!(
+        r.evidence[0].contains("not a safetensors"),
+        "{:?}",
+        r.evidence
+    );
+}
+
+fn write_header(path: &Path, declared: u64, body: &[u8]) {
+    let mut v = declared.to_le_bytes().to_vec();
+    v.extend_from_slice(body);
+    fs::write(path, v).unwrap();
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+
+    fs::write(p("trunc.safetensors"), b"abcd").unwrap();
+    let e = probe(&p("trunc.safetensors")).unwrap_err().to_string();
+    assert!(
+        e.contains("trunc.safetensors") && e.contains("truncated header"),
+        "{e}"
+    );
+
+    write_header(&p("past-eof.safetensors"), 1000, b"{\"a\":");
+    let e = probe(&p("past-eof.safetensors")).unwrap_err().to_string();
+    assert!(
+        e.contains("header length 1000 bytes runs past the end of the file (13 bytes"),
+        "{e}"
+    );
+
+    let big = p("huge-header.safetensors");
+    write_header(&big, 200_000_000, b"{");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(300_000_000)
+        .unwrap();
+    let e = probe(&big).unwrap_err().to_string();
+    assert!(e.contains("exceeds the 100000000-byte limit"), "{e}");
+
+    write_header(&p("notjson.safetensors"), 10, b"not json!!");
+    let e = probe(&p("notjson.safetensors")).unwrap_err().to_string();
+    assert!(
+        e.contains("notjson.safetensors") && e.contains("not valid safetensors JSON"),
+        "{e}"
+    );
+
+    write_header(&p("badentry.safetensors"), 16, br#"{"w": [1, 2, 3]}"#);
+    let e = probe(&p("badentry.safetensors")).unwrap_err().to_string();
+    assert!(e.contains("bad safetensors header"), "{e}");
+
+    fs::write(p("empty.ckpt"), b"").unwrap();
+    let e = probe(&p("empty.ckpt")).unwrap_err();
+    assert!(matches!(e, ProbeError::EmptyFile(_)), "{e}");
+
+    let zp = p("notes.zip.ckpt");
+    {
+        let mut z = zip::ZipWriter::new(fs::File::create(&zp).unwrap());
+        z.start_file("hello.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut z, b"hello").unwrap();
+        z.finish().unwrap();
+    }
+    let e = probe(&zp).unwrap_err().to_string();
+    assert!(e.contains("not a torch save"), "{e}");
+
+    // A pickle cut in the middle of the state dict.
+    let full = p("full.ckpt");
+    fx::torch_legacy(&full, &fx::od(&[("w", fx::t(&[4, 4]))]));
+    let bytes = fs::read(&full).unwrap();
+    fs::write(p("cut.ckpt"), &bytes[..60]).unwrap();
+    let e = probe(&p("cut.ckpt")).unwrap_err().to_string();
+    assert!(
+        e.contains("cut.ckpt") && e.contains("unreadable pickle"),
+        "{e}"
+    );
+
+    fs::write(
+        p("bad.gguf"),
+        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
+    )
+    .unwrap();
+    let e = probe(&p("bad.gguf")).unwrap_err().to_string();
+    assert!(e.contains("bad GGUF header"), "{e}");
+
+    let d = p("badcfg");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("model_index.json"), b"{ nope").unwrap();
+    let e = probe(&d).unwrap_err().to_string();
+    assert!(
+        e.contains("model_index.json") && e.contains("bad config"),
+        "{e}"
+    );
+
+    let e = probe(&p("nope.safetensors")).unwrap_err();
+    assert!(matches!(e, ProbeError::NotFound(_)), "{e}");
+}
+
+#[test]
+fn dangerous_pickle_probe_reports_the_scan_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let p = dir.path().join("evil.ckpt");
+    fs::write(
+        &p,
+        fx::malicious_system(&format!("touch {}", marker.display())),
+    )
+    .unwrap();
+    let r = probe(&p).unwrap();
+    assert_eq!(r.model_type, ModelType::Unknown);
+    let s = r.pickle_scan.unwrap();
+    assert_eq!(s.verdict, ScanVerdict::Dangerous);
+    assert!(!marker.exists(), "the payload ran");
+}
+
+#[test]
+fn nested_non_state_dict_pickles_flatten() {
+    // {'model': {'ip_adapter': …}} style nesting flattens with dots.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nested.pt");
+    fx::torch_zip(
+        &p,
+        "nested",
+        &fx::dict(&[
+            (
+                "image_proj",
+                fx::od(&[("proj.weight", fx::t(&[3072, 1024]))]),
+            ),
+            (
+                "ip_adapter",
+                fx::od(&[("1.to_k_ip.weight", fx::t(&[320, 768]))]),
+            ),
+            ("meta", Py::Str("x".into())),
+        ]),
+        &[],
+    );
+    let r = probe(&p).unwrap();
+    assert_eq!(
+        (r.model_type, r.base),
+        (ModelType::IpAdapter, BaseModelType::StableDiffusion1),
+        "{:?}",
+        r.evidence
+    );
+}
+
+#[test]
+fn cli_probe_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    let f = dir.path().join("sd15.safetensors").display().to_string();
+    assert_eq!(run(["modelsync", "probe", &f]), Status::Success);
+    assert_eq!(
+        run(["modelsync", "probe", "-o", "json", &f]),
+        Status::Success
+    );
+    let g = dir
+        .path()
+        .join("lora-sd1.safetensors")
+        .display()
+        .to_string();
+    assert_eq!(
+        run(["modelsync", "probe", &f, &g, "-o", "json"]),
+        Status::Success
+    );
+    let missing = dir.path().join("missing.safetensors").display().to_string();
+    assert_eq!(run(["modelsync", "probe", &missing]), Status::Error);
+    assert_eq!(run(["modelsync", "probe", &f, &missing]), Status::Error);
+}
+
+#[test]
+fn probe_result_json_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    let r = probe(&dir.path().join("sd15-zip.ckpt")).unwrap();
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["type"], "main");
+    assert_eq!(v["base"], "sd-1");
+    assert_eq!(v["format"], "checkpoint");
+    assert_eq!(v["variant"], "normal");
+    assert_eq!(v["pickle_scan"]["verdict"], "clean");
+    assert!(v["evidence"].as_array().unwrap().len() >= 2);
+}
+
+/// Writes the fixture corpus to `$MODELSYNC_FIXTURE_DIR` for manual runs of the CLI
+/// (`cargo test --test it write_fixture_corpus -- --ignored`).
+#[test]
+#[ignore = "writes to a caller-chosen folder"]
+fn write_fixture_corpus() {
+    let dir = std::env::var_os("MODELSYNC_FIXTURE_DIR").expect("set MODELSYNC_FIXTURE_DIR");
+    fs::create_dir_all(&dir).unwrap();
+    let cases = fx::corpus(Path::new(&dir));
+    assert!(!cases.is_empty());
+}

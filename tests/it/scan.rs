@@ -1,0 +1,196 @@
+//! Pickle safety scan: clean torch saves, payloads by GLOBAL, STACK_GLOBAL, hidden members and
+//! stacked pickles — and nothing ever runs.
+
+use std::fs;
+use std::io::Write;
+
+use modelsync::cli::{Status, run};
+use modelsync::scan::{GlobalClass, ScanVerdict, scan_path};
+
+use crate::support::probe_fixtures as fx;
+
+#[test]
+fn torch_saves_are_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::corpus(dir.path());
+    for f in [
+        "sd15-zip.ckpt",
+        "sd2-inpaint-legacy.ckpt",
+        "control_sd15_canny.pth",
+        "ti-sd2.pt",
+        "lora-sd1.pt",
+    ] {
+        let r = scan_path(&dir.path().join(f)).unwrap();
+        assert_eq!(r.verdict, ScanVerdict::Clean, "{f}: {r:?}");
+        assert_eq!(r.files_scanned, 1);
+        assert!(r.globals.iter().all(|g| g.class == GlobalClass::Safe));
+        assert!(
+            r.globals
+                .iter()
+                .any(|g| g.module == "collections" && g.name == "OrderedDict"),
+            "{f}"
+        );
+    }
+    let r = scan_path(&dir.path().join("sd15.safetensors")).unwrap();
+    assert_eq!(
+        (r.verdict, r.files_scanned, r.globals.len()),
+        (ScanVerdict::Clean, 1, 0)
+    );
+    let r = scan_path(&dir.path().join("flux1-dev-Q8_0.gguf")).unwrap();
+    assert_eq!((r.verdict, r.files_scanned), (ScanVerdict::Clean, 1));
+}
+
+#[test]
+fn os_system_is_dangerous_and_not_executed() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let p = dir.path().join("evil.pt");
+    fs::write(
+        &p,
+        fx::malicious_system(&format!("touch {}", marker.display())),
+    )
+    .unwrap();
+    let r = scan_path(&p).unwrap();
+    assert_eq!(r.verdict, ScanVerdict::Dangerous);
+    let bad: Vec<_> = r
+        .dangerous()
+        .map(|g| format!("{}.{}", g.module, g.name))
+        .collect();
+    assert_eq!(bad, vec!["posix.system"]);
+    assert_eq!(r.globals[0].file, "evil.pt");
+    assert!(!marker.exists(), "the payload ran");
+}
+
+#[test]
+fn stack_global_eval_is_dangerous() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("evil4.bin");
+    fs::write(&p, fx::malicious_eval("__import__('os').system('true')")).unwrap();
+    let r = scan_path(&p).unwrap();
+    assert_eq!(r.verdict, ScanVerdict::Dangerous);
+    assert!(
+        r.dangerous()
+            .any(|g| g.module == "builtins" && g.name == "eval"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn every_pkl_in_a_zip_is_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("sneaky.ckpt");
+    let payload = fx::malicious_system("id");
+    fx::torch_zip(
+        &p,
+        "archive",
+        &fx::od(&[("w", fx::t(&[2, 2]))]),
+        &[("extra/hidden.pkl", &payload)],
+    );
+    let r = scan_path(&p).unwrap();
+    assert_eq!(r.verdict, ScanVerdict::Dangerous);
+    let g = r.dangerous().next().unwrap();
+    assert_eq!(g.file, "sneaky.ckpt:archive/extra/hidden.pkl");
+    // The main data.pkl globals are listed too, under their own member name.
+    assert!(
+        r.globals
+            .iter()
+            .any(|g| g.file == "sneaky.ckpt:archive/data.pkl" && g.class == GlobalClass::Safe)
+    );
+}
+
+#[test]
+fn a_payload_stacked_after_a_clean_pickle_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("stacked.pkl");
+    let mut clean = fx::Pickler::new(false);
+    clean.value(&fx::dict(&[("a", fx::Py::Int(1))]));
+    let mut bytes = clean.finish().0;
+    bytes.extend_from_slice(&fx::malicious_system("id"));
+    fs::write(&p, bytes).unwrap();
+    let r = scan_path(&p).unwrap();
+    assert_eq!(r.verdict, ScanVerdict::Dangerous, "{r:?}");
+}
+
+#[test]
+fn unknown_imports_and_broken_pickles_are_suspicious() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("lightning.ckpt");
+    let mut v = vec![0x80, 2];
+    v.extend_from_slice(b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n)\x81.");
+    fs::write(&p, v).unwrap();
+    let r = scan_path(&p).unwrap();
+    assert_eq!(r.verdict, ScanVerdict::Suspicious);
+    assert_eq!(r.globals[0].class, GlobalClass::Unknown);
+
+    let p = dir.path().join("broken.pt");
+    fs::write(&p, [0x80, 2, b'}', b'(', b'X', 0xff, 0, 0, 0]).unwrap();
+    let r = scan_path(&p).unwrap();
+    assert_eq!(r.verdict, ScanVerdict::Suspicious);
+    assert!(
+        r.problems[0].contains("broken.pt") && r.problems[0].contains("more bytes"),
+        "{:?}",
+        r.problems
+    );
+
+    // A dangerous import before the break still counts: Python would have run it already.
+    let p = dir.path().join("broken-evil.pt");
+    let mut v = fx::malicious_system("id");
+    v.truncate(v.len() - 3);
+    fs::write(&p, v).unwrap();
+    assert_eq!(scan_path(&p).unwrap().verdict, ScanVerdict::Dangerous);
+}
+
+#[test]
+fn folders_scan_weight_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("model");
+    fs::create_dir_all(d.join("sub")).unwrap();
+    fx::safetensors(&d.join("a.safetensors"), &[("w", &[2])], None);
+    fx::torch_legacy(&d.join("sub/b.bin"), &fx::od(&[("w", fx::t(&[2]))]));
+    fs::write(d.join("config.json"), b"{}").unwrap();
+    fs::write(d.join("README.md"), b"# import os").unwrap();
+    let r = scan_path(&d).unwrap();
+    assert_eq!((r.verdict, r.files_scanned), (ScanVerdict::Clean, 2));
+    assert!(r.globals.iter().all(|g| g.file == "sub/b.bin"));
+
+    fs::write(d.join("sub/evil.pkl"), fx::malicious_system("id")).unwrap();
+    let r = scan_path(&d).unwrap();
+    assert_eq!(r.verdict, ScanVerdict::Dangerous);
+    assert_eq!(r.dangerous().next().unwrap().file, "sub/evil.pkl");
+}
+
+#[test]
+fn not_a_zip_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("corrupt.ckpt");
+    let mut f = fs::File::create(&p).unwrap();
+    f.write_all(b"PK\x03\x04 garbage garbage").unwrap();
+    let e = scan_path(&p).unwrap_err().to_string();
+    assert!(e.contains("corrupt.ckpt") && e.contains("zip"), "{e}");
+    assert!(
+        scan_path(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string()
+            .contains("no such file")
+    );
+}
+
+#[test]
+fn cli_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean.ckpt");
+    fx::torch_legacy(&clean, &fx::od(&[("w", fx::t(&[2]))]));
+    let evil = dir.path().join("evil.ckpt");
+    fs::write(&evil, fx::malicious_system("id")).unwrap();
+    let s = |p: &std::path::Path| p.display().to_string();
+    assert_eq!(run(["modelsync", "scan", &s(&clean)]), Status::Success);
+    assert_eq!(run(["modelsync", "scan", &s(&evil)]), Status::Pending);
+    assert_eq!(
+        run(["modelsync", "scan", "-o", "json", &s(&evil)]),
+        Status::Pending
+    );
+    assert_eq!(
+        run(["modelsync", "scan", &s(&dir.path().join("missing"))]),
+        Status::Error
+    );
+}

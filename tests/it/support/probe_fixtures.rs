@@ -1,0 +1,1678 @@
+//! Builds the probe/scan fixture corpus into a temp dir at test time: safetensors files with
+//! the key names and shapes of real architectures (data regions sparse), torch zip saves and
+//! legacy pickles written opcode by opcode the way CPython's pickler (protocol 2) writes them
+//! for `torch.save`, GGUF headers, and diffusers folders with real config values.
+
+#![allow(dead_code, reason = "each test module uses a subset")]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// safetensors
+
+/// Writes a safetensors file: a real header, the data region as a sparse hole.
+pub fn safetensors(path: &Path, tensors: &[(&str, &[u64])], metadata: Option<Value>) {
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), m);
+    }
+    let mut offset = 0u64;
+    for (name, shape) in tensors {
+        let n: u64 = shape.iter().product::<u64>() * 2;
+        header.insert(
+            (*name).to_owned(),
+            json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + n]}),
+        );
+        offset += n;
+    }
+    let mut text = serde_json::to_string(&Value::Object(header)).unwrap();
+    while !(text.len() + 8).is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.set_len(8 + text.len() as u64 + offset).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// pickles
+
+/// A value to pickle.
+#[derive(Clone)]
+pub enum Py {
+    Int(i64),
+    Str(String),
+    Bool(bool),
+    None,
+    /// A plain dict (EMPTY_DICT + SETITEMS).
+    Dict(Vec<(String, Py)>),
+    /// `collections.OrderedDict` (REDUCE + SETITEMS), optionally with torch's `_metadata` BUILD.
+    OrderedDict(Vec<(String, Py)>, bool),
+    /// A tensor: shape and torch storage class (`HalfStorage` …).
+    Tensor(Vec<u64>, &'static str),
+}
+
+pub fn t(shape: &[u64]) -> Py {
+    Py::Tensor(shape.to_vec(), "HalfStorage")
+}
+
+pub fn od(items: &[(&str, Py)]) -> Py {
+    Py::OrderedDict(
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        false,
+    )
+}
+
+pub fn dict(items: &[(&str, Py)]) -> Py {
+    Py::Dict(
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+}
+
+/// CPython's protocol-2 pickler, as far as torch.save exercises it.
+pub struct Pickler {
+    pub out: Vec<u8>,
+    memo: HashMap<String, u32>,
+    next: u32,
+    /// Storage (key, numel, element size) in order of first use.
+    pub storages: Vec<(String, u64, u64)>,
+    legacy: bool,
+}
+
+fn elt_size(storage: &str) -> u64 {
+    match storage {
+        "FloatStorage" | "IntStorage" => 4,
+        "DoubleStorage" | "LongStorage" => 8,
+        "ByteStorage" | "CharStorage" | "BoolStorage" => 1,
+        _ => 2,
+    }
+}
+
+impl Pickler {
+    pub fn new(legacy: bool) -> Self {
+        let mut p = Self {
+            out: Vec::new(),
+            memo: HashMap::new(),
+            next: 0,
+            storages: Vec::new(),
+            legacy,
+        };
+        p.out.extend_from_slice(&[0x80, 2]);
+        p
+    }
+
+    /// BINPUT/LONG_BINPUT the top of the stack at the next memo index; `key` lets later
+    /// references become BINGETs (strings, globals), as CPython's memo does by identity.
+    fn put(&mut self, key: Option<String>) {
+        let idx = self.next;
+        self.next += 1;
+        if let Some(k) = key {
+            self.memo.insert(k, idx);
+        }
+        if idx < 256 {
+            self.out.extend_from_slice(&[b'q', idx as u8]);
+        } else {
+            self.out.push(b'r');
+            self.out.extend_from_slice(&idx.to_le_bytes());
+        }
+    }
+
+    fn get(&mut self, key: &str) -> bool {
+        let Some(&idx) = self.memo.get(key) else {
+            return false;
+        };
+        if idx < 256 {
+            self.out.extend_from_slice(&[b'h', idx as u8]);
+        } else {
+            self.out.push(b'j');
+            self.out.extend_from_slice(&idx.to_le_bytes());
+        }
+        true
+    }
+
+    pub fn global(&mut self, module: &str, name: &str) {
+        let key = format!("g:{module}.{name}");
+        if self.get(&key) {
+            return;
+        }
+        self.out.push(b'c');
+        self.out
+            .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        self.put(Some(key));
+    }
+
+    pub fn string(&mut self, s: &str) {
+        let key = format!("s:{s}");
+        if self.get(&key) {
+            return;
+        }
+        self.out.push(b'X');
+        self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(s.as_bytes());
+        self.put(Some(key));
+    }
+
+    pub fn int(&mut self, v: i64) {
+        if (0..256).contains(&v) {
+            self.out.extend_from_slice(&[b'K', v as u8]);
+        } else if (0..65536).contains(&v) {
+            self.out.push(b'M');
+            self.out.extend_from_slice(&(v as u16).to_le_bytes());
+        } else if i32::try_from(v).is_ok() {
+            self.out.push(b'J');
+            self.out.extend_from_slice(&(v as i32).to_le_bytes());
+        } else {
+            let b = v.to_le_bytes();
+            self.out.extend_from_slice(&[0x8a, 8]);
+            self.out.extend_from_slice(&b);
+        }
+    }
+
+    fn anon_put(&mut self) {
+        self.put(None);
+    }
+
+    /// A tuple of ints (sizes, strides), memoized like CPython does.
+    fn int_tuple(&mut self, v: &[u64]) {
+        match v.len() {
+            0 => {
+                self.out.push(b')');
+                return;
+            }
+            1..=3 => {
+                for &x in v {
+                    self.int(i64::try_from(x).unwrap());
+                }
+                self.out.push(0x84 + v.len() as u8);
+            }
+            _ => {
+                self.out.push(b'(');
+                for &x in v {
+                    self.int(i64::try_from(x).unwrap());
+                }
+                self.out.push(b't');
+            }
+        }
+        self.anon_put();
+    }
+
+    fn items(&mut self, items: &[(String, Py)]) {
+        for chunk in items.chunks(1000) {
+            if chunk.len() == 1 {
+                self.string(&chunk[0].0);
+                self.value(&chunk[0].1);
+                self.out.push(b's');
+            } else {
+                self.out.push(b'(');
+                for (k, v) in chunk {
+                    self.string(k);
+                    self.value(v);
+                }
+                self.out.push(b'u');
+            }
+        }
+    }
+
+    fn empty_ordered_dict(&mut self) {
+        self.global("collections", "OrderedDict");
+        self.out.push(b')');
+        self.out.push(b'R');
+        self.anon_put();
+    }
+
+    pub fn value(&mut self, v: &Py) {
+        match v {
+            Py::Int(i) => self.int(*i),
+            Py::Str(s) => self.string(s),
+            Py::Bool(b) => self.out.push(if *b { 0x88 } else { 0x89 }),
+            Py::None => self.out.push(b'N'),
+            Py::Dict(items) => {
+                self.out.push(b'}');
+                self.anon_put();
+                self.items(items);
+            }
+            Py::OrderedDict(items, with_metadata) => {
+                self.empty_ordered_dict();
+                self.items(items);
+                if *with_metadata {
+                    // state = {'_metadata': OrderedDict([('', {'version': 1})])}
+                    self.out.push(b'}');
+                    self.anon_put();
+                    self.string("_metadata");
+                    self.empty_ordered_dict();
+                    self.string("");
+                    self.out.push(b'}');
+                    self.anon_put();
+                    self.string("version");
+                    self.int(1);
+                    self.out.push(b's');
+                    self.out.push(b's');
+                    self.out.push(b's');
+                    self.out.push(b'b');
+                }
+            }
+            Py::Tensor(shape, storage) => {
+                let numel: u64 = shape.iter().product();
+                let key = self.storages.len().to_string();
+                self.storages.push((key.clone(), numel, elt_size(storage)));
+                self.global("torch._utils", "_rebuild_tensor_v2");
+                self.out.push(b'(');
+                // persistent id
+                self.out.push(b'(');
+                self.string("storage");
+                self.global("torch", storage);
+                self.string(&key);
+                self.string("cpu");
+                self.int(i64::try_from(numel).unwrap());
+                if self.legacy {
+                    self.out.push(b'N');
+                }
+                self.out.push(b't');
+                self.anon_put();
+                self.out.push(b'Q');
+                self.int(0);
+                self.int_tuple(shape);
+                let mut stride = vec![1u64; shape.len()];
+                for i in (0..shape.len().saturating_sub(1)).rev() {
+                    stride[i] = stride[i + 1] * shape[i + 1];
+                }
+                self.int_tuple(&stride);
+                self.out.push(0x89);
+                self.empty_ordered_dict();
+                self.out.push(b't');
+                self.anon_put();
+                self.out.push(b'R');
+                self.anon_put();
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> (Vec<u8>, Vec<(String, u64, u64)>) {
+        self.out.push(b'.');
+        (self.out, self.storages)
+    }
+}
+
+/// `torch.save(obj, path)` (zip format): `<archive>/data.pkl`, `byteorder`, `data/<key>`,
+/// `version`, `.data/serialization_id`, stored uncompressed.
+pub fn torch_zip(path: &Path, archive: &str, obj: &Py, extra: &[(&str, &[u8])]) {
+    let mut p = Pickler::new(false);
+    p.value(obj);
+    let (pkl, storages) = p.finish();
+    let f = fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file(format!("{archive}/data.pkl"), opts).unwrap();
+    z.write_all(&pkl).unwrap();
+    z.start_file(format!("{archive}/byteorder"), opts).unwrap();
+    z.write_all(b"little").unwrap();
+    for (key, numel, elt) in &storages {
+        z.start_file(format!("{archive}/data/{key}"), opts).unwrap();
+        z.write_all(&vec![0u8; (numel * elt).min(1 << 16) as usize])
+            .unwrap();
+    }
+    for (name, data) in extra {
+        z.start_file(format!("{archive}/{name}"), opts).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.start_file(format!("{archive}/version"), opts).unwrap();
+    z.write_all(b"3\n").unwrap();
+    z.start_file(format!("{archive}/.data/serialization_id"), opts)
+        .unwrap();
+    z.write_all(b"1234567890123456789012345678901234567890")
+        .unwrap();
+    z.finish().unwrap();
+}
+
+/// `torch.save(obj, path, _use_new_zipfile_serialization=False)`: magic, protocol, sys info,
+/// the object, the storage keys, then each storage as 8-byte numel + raw bytes.
+pub fn torch_legacy(path: &Path, obj: &Py) {
+    let mut out = Vec::new();
+    // MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
+    out.extend_from_slice(&[
+        0x80, 2, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+    ]);
+    // PROTOCOL_VERSION = 1001
+    out.extend_from_slice(&[0x80, 2, b'M', 0xe9, 0x03, b'.']);
+    let mut p = Pickler::new(false);
+    p.value(&dict(&[
+        ("protocol_version", Py::Int(1001)),
+        ("little_endian", Py::Bool(true)),
+        (
+            "type_sizes",
+            dict(&[
+                ("short", Py::Int(2)),
+                ("int", Py::Int(4)),
+                ("long", Py::Int(4)),
+            ]),
+        ),
+    ]));
+    out.extend_from_slice(&p.finish().0);
+    let mut p = Pickler::new(true);
+    p.value(obj);
+    let (pkl, storages) = p.finish();
+    out.extend_from_slice(&pkl);
+    // storage keys list
+    let mut p = Pickler::new(false);
+    p.out.push(b']');
+    p.anon_put();
+    if !storages.is_empty() {
+        p.out.push(b'(');
+        for (k, _, _) in &storages {
+            p.string(k);
+        }
+        p.out.push(b'e');
+    }
+    out.extend_from_slice(&p.finish().0);
+    for (_, numel, elt) in &storages {
+        out.extend_from_slice(&numel.to_le_bytes());
+        out.extend(std::iter::repeat_n(0u8, (numel * elt) as usize));
+    }
+    fs::write(path, out).unwrap();
+}
+
+/// A pickle that calls `posix.system(cmd)` on load (protocol 2, GLOBAL).
+pub fn malicious_system(cmd: &str) -> Vec<u8> {
+    let mut v = vec![0x80, 2];
+    v.extend_from_slice(b"cposix\nsystem\nq\x00X");
+    v.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
+    v.extend_from_slice(cmd.as_bytes());
+    v.extend_from_slice(b"q\x01\x85q\x02Rq\x03.");
+    v
+}
+
+/// A pickle that calls `builtins.eval(src)` through STACK_GLOBAL (protocol 4 with a frame).
+pub fn malicious_eval(src: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for s in ["builtins", "eval"] {
+        body.push(0x8c);
+        body.push(s.len() as u8);
+        body.extend_from_slice(s.as_bytes());
+        body.push(0x94);
+    }
+    body.push(0x93);
+    body.push(0x94);
+    body.push(0x8c);
+    body.push(src.len() as u8);
+    body.extend_from_slice(src.as_bytes());
+    body.push(0x94);
+    body.extend_from_slice(&[0x85, 0x94, b'R', 0x94, b'.']);
+    let mut v = vec![0x80, 4, 0x95];
+    v.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    v.extend_from_slice(&body);
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF
+
+fn gguf_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A GGUF v3 file: string metadata, tensor infos (torch-order shapes, written reversed), and
+/// a sparse data region.
+pub fn gguf(path: &Path, kv: &[(&str, &str)], tensors: &[(&str, &[u64])]) {
+    let mut out = b"GGUF".to_vec();
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(kv.len() as u64 + 1).to_le_bytes());
+    for (k, v) in kv {
+        gguf_str(&mut out, k);
+        out.extend_from_slice(&8u32.to_le_bytes());
+        gguf_str(&mut out, v);
+    }
+    gguf_str(&mut out, "general.file_type");
+    out.extend_from_slice(&4u32.to_le_bytes());
+    out.extend_from_slice(&8u32.to_le_bytes());
+    let mut offset = 0u64;
+    for (name, shape) in tensors {
+        gguf_str(&mut out, name);
+        out.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&8u32.to_le_bytes()); // Q8_0
+        out.extend_from_slice(&offset.to_le_bytes());
+        offset += shape.iter().product::<u64>();
+        offset = offset.div_ceil(32) * 32;
+    }
+    while !out.len().is_multiple_of(32) {
+        out.push(0);
+    }
+    let len = out.len() as u64 + offset;
+    fs::write(path, &out).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// diffusers folders
+
+pub fn write_json(path: &Path, v: &Value) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+}
+
+fn touch(path: &Path, bytes: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+/// SD 1.5's unet/config.json (runwayml/stable-diffusion-v1-5).
+pub fn sd15_unet_config() -> Value {
+    json!({
+        "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.6.0",
+        "act_fn": "silu", "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": false,
+        "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+        "out_channels": 4, "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    })
+}
+
+fn sd_model_index(class: &str, extra: &[(&str, Value)]) -> Value {
+    let mut v = json!({
+        "_class_name": class, "_diffusers_version": "0.6.0",
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]
+    });
+    for (k, val) in extra {
+        v[*k] = val.clone();
+    }
+    v
+}
+
+fn scheduler(prediction: Option<&str>, class: &str) -> Value {
+    let mut v = json!({
+        "_class_name": class, "_diffusers_version": "0.6.0",
+        "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+        "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+        "steps_offset": 1, "trained_betas": null, "clip_sample": false
+    });
+    if let Some(p) = prediction {
+        v["prediction_type"] = json!(p);
+    }
+    v
+}
+
+/// A diffusers pipeline folder; `variant` names the weight files (`fp16` → `*.fp16.safetensors`).
+fn pipeline(
+    dir: &Path,
+    index: &Value,
+    unet: Option<&Value>,
+    transformer: Option<&Value>,
+    sched: &Value,
+    variant: &str,
+) {
+    write_json(&dir.join("model_index.json"), index);
+    if let Some(u) = unet {
+        write_json(&dir.join("unet/config.json"), u);
+    }
+    if let Some(t) = transformer {
+        write_json(&dir.join("transformer/config.json"), t);
+    }
+    write_json(&dir.join("scheduler/scheduler_config.json"), sched);
+    let v = if variant.is_empty() {
+        String::new()
+    } else {
+        format!(".{variant}")
+    };
+    let obj = index.as_object().unwrap();
+    for (name, val) in obj {
+        if name.starts_with('_') || val.get(0).is_none_or(Value::is_null) {
+            continue;
+        }
+        match name.as_str() {
+            "unet" | "vae" | "transformer" => {
+                touch(
+                    &dir.join(name)
+                        .join(format!("diffusion_pytorch_model{v}.safetensors")),
+                    format!("{name} weights").as_bytes(),
+                );
+            }
+            n if n.starts_with("text_encoder") => {
+                write_json(
+                    &dir.join(name).join("config.json"),
+                    &json!({"architectures": [val[1]]}),
+                );
+                touch(
+                    &dir.join(name).join(format!("model{v}.safetensors")),
+                    format!("{name} weights").as_bytes(),
+                );
+            }
+            n if n.starts_with("tokenizer") => {
+                touch(&dir.join(name).join("vocab.json"), b"{}");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One fixture: a path and what probe must say about it.
+pub struct Case {
+    pub name: &'static str,
+    pub path: PathBuf,
+    pub model_type: &'static str,
+    pub base: &'static str,
+    pub format: &'static str,
+    pub variant: Option<&'static str>,
+    pub prediction: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    path: PathBuf,
+    model_type: &'static str,
+    base: &'static str,
+    format: &'static str,
+) -> Case {
+    Case {
+        name,
+        path,
+        model_type,
+        base,
+        format,
+        variant: None,
+        prediction: None,
+    }
+}
+
+impl Case {
+    fn main(mut self, variant: &'static str, prediction: Option<&'static str>) -> Self {
+        self.variant = Some(variant);
+        self.prediction = prediction;
+        self
+    }
+}
+
+const DM: &str = "model.diffusion_model.";
+
+fn sd_main_keys(
+    context: u64,
+    in_ch: u64,
+    attn_block: &str,
+    text: (&'static str, u64),
+) -> Vec<(String, Vec<u64>)> {
+    let width = if context == 2048 || context == 1280 {
+        640
+    } else {
+        320
+    };
+    vec![
+        (
+            format!("{DM}input_blocks.0.0.weight"),
+            vec![320, in_ch, 3, 3],
+        ),
+        (format!("{DM}input_blocks.0.0.bias"), vec![320]),
+        (
+            format!("{DM}input_blocks.{attn_block}.1.transformer_blocks.0.attn2.to_k.weight"),
+            vec![width, context],
+        ),
+        (
+            format!("{DM}input_blocks.{attn_block}.1.transformer_blocks.0.attn2.to_v.weight"),
+            vec![width, context],
+        ),
+        (format!("{DM}out.2.weight"), vec![4, 320, 3, 3]),
+        (
+            "first_stage_model.decoder.conv_in.weight".to_owned(),
+            vec![512, 4, 3, 3],
+        ),
+        (
+            "first_stage_model.encoder.conv_in.weight".to_owned(),
+            vec![128, 3, 3, 3],
+        ),
+        (text.0.to_owned(), vec![49408, text.1]),
+    ]
+}
+
+fn st(path: &Path, keys: &[(String, Vec<u64>)], meta: Option<Value>) {
+    let v: Vec<(&str, &[u64])> = keys
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.as_slice()))
+        .collect();
+    safetensors(path, &v, meta);
+}
+
+fn py_od(keys: &[(String, Vec<u64>)]) -> Py {
+    Py::OrderedDict(
+        keys.iter()
+            .map(|(k, s)| (k.clone(), Py::Tensor(s.clone(), "HalfStorage")))
+            .collect(),
+        true,
+    )
+}
+
+/// Builds every positive fixture under `root`; returns the expectations.
+pub fn corpus(root: &Path) -> Vec<Case> {
+    const SD1_TEXT: (&str, u64) = (
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+        768,
+    );
+    const SD2_TEXT: (&str, u64) = ("cond_stage_model.model.token_embedding.weight", 1024);
+    const XL_TEXT: (&str, u64) = ("conditioner.embedders.1.model.token_embedding.weight", 1280);
+    const REF_TEXT: (&str, u64) = ("conditioner.embedders.0.model.token_embedding.weight", 1280);
+    let p = |n: &str| root.join(n);
+    let mut cases = Vec::new();
+
+    // --- main checkpoints (safetensors) ---
+    st(
+        &p("sd15.safetensors"),
+        &sd_main_keys(768, 4, "1", SD1_TEXT),
+        None,
+    );
+    cases.push(
+        case("sd15", p("sd15.safetensors"), "main", "sd-1", "checkpoint")
+            .main("normal", Some("epsilon")),
+    );
+    st(
+        &p("sd15-inpainting.safetensors"),
+        &sd_main_keys(768, 9, "1", SD1_TEXT),
+        None,
+    );
+    cases.push(
+        case(
+            "sd15 inpaint",
+            p("sd15-inpainting.safetensors"),
+            "main",
+            "sd-1",
+            "checkpoint",
+        )
+        .main("inpaint", Some("epsilon")),
+    );
+    st(
+        &p("sd21.safetensors"),
+        &sd_main_keys(1024, 4, "1", SD2_TEXT),
+        None,
+    );
+    cases.push(
+        case("sd21", p("sd21.safetensors"), "main", "sd-2", "checkpoint")
+            .main("normal", Some("v_prediction")),
+    );
+    st(
+        &p("sd2-depth.safetensors"),
+        &sd_main_keys(1024, 5, "1", SD2_TEXT),
+        None,
+    );
+    cases.push(
+        case(
+            "sd2 depth",
+            p("sd2-depth.safetensors"),
+            "main",
+            "sd-2",
+            "checkpoint",
+        )
+        .main("depth", Some("epsilon")),
+    );
+    st(
+        &p("sdxl.safetensors"),
+        &sd_main_keys(2048, 4, "4", XL_TEXT),
+        None,
+    );
+    cases.push(
+        case("sdxl", p("sdxl.safetensors"), "main", "sdxl", "checkpoint")
+            .main("normal", Some("epsilon")),
+    );
+    st(
+        &p("sdxl-inpaint.safetensors"),
+        &sd_main_keys(2048, 9, "4", XL_TEXT),
+        None,
+    );
+    cases.push(
+        case(
+            "sdxl inpaint",
+            p("sdxl-inpaint.safetensors"),
+            "main",
+            "sdxl",
+            "checkpoint",
+        )
+        .main("inpaint", Some("epsilon")),
+    );
+    st(
+        &p("sdxl-refiner.safetensors"),
+        &sd_main_keys(1280, 4, "4", REF_TEXT),
+        None,
+    );
+    cases.push(
+        case(
+            "sdxl refiner",
+            p("sdxl-refiner.safetensors"),
+            "main",
+            "sdxl-refiner",
+            "checkpoint",
+        )
+        .main("normal", Some("epsilon")),
+    );
+
+    // --- main checkpoints (pickles): zip save with nested state_dict, legacy pickle ---
+    let keys = sd_main_keys(
+        768,
+        4,
+        "1",
+        (
+            "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
+            768,
+        ),
+    );
+    let keys: Vec<_> = keys
+        .into_iter()
+        .map(|(k, s)| {
+            if k.contains("position_embedding") {
+                (k, vec![77, 768])
+            } else {
+                (k, s)
+            }
+        })
+        .collect();
+    torch_zip(
+        &p("sd15-zip.ckpt"),
+        "archive",
+        &dict(&[
+            ("epoch", Py::Int(6)),
+            ("global_step", Py::Int(840_000)),
+            ("state_dict", py_od(&keys)),
+        ]),
+        &[],
+    );
+    cases.push(
+        case(
+            "sd15 torch zip ckpt",
+            p("sd15-zip.ckpt"),
+            "main",
+            "sd-1",
+            "checkpoint",
+        )
+        .main("normal", Some("epsilon")),
+    );
+    let keys2: Vec<_> = sd_main_keys(
+        1024,
+        9,
+        "1",
+        ("cond_stage_model.model.positional_embedding", 1024),
+    )
+    .into_iter()
+    .map(|(k, s)| {
+        if k.contains("positional_embedding") {
+            (k, vec![77, 1024])
+        } else {
+            (k, s)
+        }
+    })
+    .collect();
+    torch_legacy(
+        &p("sd2-inpaint-legacy.ckpt"),
+        &dict(&[
+            ("global_step", Py::Int(200_000)),
+            ("state_dict", py_od(&keys2)),
+        ]),
+    );
+    cases.push(
+        case(
+            "sd2 inpaint legacy ckpt",
+            p("sd2-inpaint-legacy.ckpt"),
+            "main",
+            "sd-2",
+            "checkpoint",
+        )
+        .main("inpaint", Some("epsilon")),
+    );
+
+    // --- flux / sd3 ---
+    let flux = |guidance: bool, in_ch: u64, prefix: &str| {
+        let mut k = vec![
+            (
+                format!("{prefix}double_blocks.0.img_attn.qkv.weight"),
+                vec![9216, 3072],
+            ),
+            (
+                format!("{prefix}double_blocks.0.img_attn.norm.key_norm.scale"),
+                vec![128],
+            ),
+            (
+                format!("{prefix}single_blocks.0.linear1.weight"),
+                vec![21504, 3072],
+            ),
+            (format!("{prefix}img_in.weight"), vec![3072, in_ch]),
+            (format!("{prefix}txt_in.weight"), vec![3072, 4096]),
+        ];
+        if guidance {
+            k.push((
+                format!("{prefix}guidance_in.in_layer.weight"),
+                vec![3072, 256],
+            ));
+        }
+        k
+    };
+    st(&p("flux1-dev.safetensors"), &flux(true, 64, ""), None);
+    cases.push(
+        case(
+            "flux dev",
+            p("flux1-dev.safetensors"),
+            "main",
+            "flux",
+            "checkpoint",
+        )
+        .main("normal", None),
+    );
+    st(&p("flux1-schnell.safetensors"), &flux(false, 64, DM), None);
+    cases.push(
+        case(
+            "flux schnell (comfy prefix)",
+            p("flux1-schnell.safetensors"),
+            "main",
+            "flux",
+            "checkpoint",
+        )
+        .main("normal", None),
+    );
+    st(&p("flux1-fill-dev.safetensors"), &flux(true, 384, ""), None);
+    cases.push(
+        case(
+            "flux fill",
+            p("flux1-fill-dev.safetensors"),
+            "main",
+            "flux",
+            "checkpoint",
+        )
+        .main("inpaint", None),
+    );
+    let mut nf4 = flux(true, 64, "");
+    nf4.push((
+        "double_blocks.0.img_attn.qkv.weight.quant_state.bitsandbytes__nf4".into(),
+        vec![128],
+    ));
+    st(&p("flux1-dev-nf4.safetensors"), &nf4, None);
+    cases.push(
+        case(
+            "flux nf4",
+            p("flux1-dev-nf4.safetensors"),
+            "main",
+            "flux",
+            "bnb_quantized_nf4b",
+        )
+        .main("normal", None),
+    );
+    st(
+        &p("sd3.5-medium.safetensors"),
+        &[
+            (
+                format!("{DM}joint_blocks.0.context_block.attn.qkv.weight"),
+                vec![4608, 1536],
+            ),
+            (format!("{DM}x_embedder.proj.weight"), vec![1536, 16, 2, 2]),
+        ],
+        None,
+    );
+    cases.push(
+        case(
+            "sd3",
+            p("sd3.5-medium.safetensors"),
+            "main",
+            "sd-3",
+            "checkpoint",
+        )
+        .main("normal", None),
+    );
+
+    // --- gguf ---
+    let fk = flux(true, 64, "");
+    let fk: Vec<(&str, &[u64])> = fk.iter().map(|(k, s)| (k.as_str(), s.as_slice())).collect();
+    gguf(
+        &p("flux1-dev-Q8_0.gguf"),
+        &[
+            ("general.architecture", "flux"),
+            ("general.quantization_version", "2"),
+        ],
+        &fk,
+    );
+    cases.push(
+        case(
+            "flux gguf",
+            p("flux1-dev-Q8_0.gguf"),
+            "main",
+            "flux",
+            "gguf_quantized",
+        )
+        .main("normal", None),
+    );
+
+    // --- vae ---
+    safetensors(
+        &p("flux-ae.safetensors"),
+        &[
+            ("decoder.conv_in.weight", &[512, 16, 3, 3]),
+            ("encoder.conv_in.weight", &[128, 3, 3, 3]),
+            ("encoder.conv_out.weight", &[32, 512, 3, 3]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "flux vae",
+        p("flux-ae.safetensors"),
+        "vae",
+        "flux",
+        "checkpoint",
+    ));
+    safetensors(
+        &p("sdxl_vae_spec.safetensors"),
+        &[
+            ("decoder.conv_in.weight", &[512, 4, 3, 3]),
+            ("encoder.conv_in.weight", &[128, 3, 3, 3]),
+        ],
+        Some(json!({"modelspec.architecture": "stable-diffusion-xl-v1-base/vae"})),
+    );
+    cases.push(case(
+        "sdxl vae with modelspec",
+        p("sdxl_vae_spec.safetensors"),
+        "vae",
+        "sdxl",
+        "checkpoint",
+    ));
+    torch_zip(
+        &p("vae-ft-mse.pt"),
+        "vae-ft-mse",
+        &dict(&[(
+            "state_dict",
+            py_od(&[
+                ("decoder.conv_in.weight".into(), vec![512, 4, 3, 3]),
+                ("encoder.conv_in.weight".into(), vec![128, 3, 3, 3]),
+            ]),
+        )]),
+        &[],
+    );
+    cases.push(case(
+        "sd vae (ambiguous, pickle)",
+        p("vae-ft-mse.pt"),
+        "vae",
+        "unknown",
+        "checkpoint",
+    ));
+
+    // --- lora / lycoris ---
+    let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k";
+    safetensors(
+        &p("lora-sd1.safetensors"),
+        &[
+            (&format!("{k}.lora_down.weight"), &[4, 768]),
+            (&format!("{k}.lora_up.weight"), &[320, 4]),
+            (&format!("{k}.alpha"), &[]),
+            (
+                "lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight",
+                &[4, 768],
+            ),
+        ],
+        Some(json!({"ss_base_model_version": "sd_v1", "ss_network_module": "networks.lora"})),
+    );
+    cases.push(case(
+        "kohya lora sd-1",
+        p("lora-sd1.safetensors"),
+        "lora",
+        "sd-1",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-sd2.safetensors"),
+        &[
+            (&format!("{k}.lora_down.weight"), &[8, 1024]),
+            (&format!("{k}.lora_up.weight"), &[320, 8]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "kohya lora sd-2",
+        p("lora-sd2.safetensors"),
+        "lora",
+        "sd-2",
+        "lycoris",
+    ));
+    let kx = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k";
+    safetensors(
+        &p("lora-sdxl.safetensors"),
+        &[
+            (&format!("{kx}.lora_down.weight"), &[16, 2048]),
+            (&format!("{kx}.lora_up.weight"), &[640, 16]),
+            (
+                "lora_te1_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight",
+                &[16, 768],
+            ),
+            (
+                "lora_te2_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight",
+                &[16, 1280],
+            ),
+        ],
+        None,
+    );
+    cases.push(case(
+        "kohya lora sdxl",
+        p("lora-sdxl.safetensors"),
+        "lora",
+        "sdxl",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-unet-only-sdxl.safetensors"),
+        &[
+            (&format!("{kx}.lora_down.weight"), &[16, 2048]),
+            (&format!("{kx}.lora_up.weight"), &[640, 16]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "kohya lora sdxl unet only (width 2048)",
+        p("lora-unet-only-sdxl.safetensors"),
+        "lora",
+        "sdxl",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-te-sd2.safetensors"),
+        &[(
+            "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
+            &[4, 1024],
+        )],
+        None,
+    );
+    cases.push(case(
+        "kohya lora text-encoder only sd-2",
+        p("lora-te-sd2.safetensors"),
+        "lora",
+        "sd-2",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-ff-meta.safetensors"),
+        &[(
+            "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2.lora_down.weight",
+            &[8, 5120],
+        )],
+        Some(json!({"ss_base_model_version": "sdxl_base_v1-0"})),
+    );
+    cases.push(case(
+        "kohya lora base from metadata",
+        p("lora-ff-meta.safetensors"),
+        "lora",
+        "sdxl",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-peft-sdxl.safetensors"),
+        &[
+            (
+                "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight",
+                &[4, 2048],
+            ),
+            (
+                "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight",
+                &[640, 4],
+            ),
+        ],
+        None,
+    );
+    cases.push(case(
+        "peft lora sdxl",
+        p("lora-peft-sdxl.safetensors"),
+        "lora",
+        "sdxl",
+        "diffusers",
+    ));
+    safetensors(
+        &p("lora-flux.safetensors"),
+        &[
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+                &[16, 3072],
+            ),
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight",
+                &[9216, 16],
+            ),
+        ],
+        None,
+    );
+    cases.push(case(
+        "kohya lora flux",
+        p("lora-flux.safetensors"),
+        "lora",
+        "flux",
+        "lycoris",
+    ));
+    safetensors(
+        &p("lora-flux-peft.safetensors"),
+        &[(
+            "transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight",
+            &[16, 3072],
+        )],
+        None,
+    );
+    cases.push(case(
+        "peft lora flux",
+        p("lora-flux-peft.safetensors"),
+        "lora",
+        "flux",
+        "diffusers",
+    ));
+    safetensors(
+        &p("lokr-sd1.safetensors"),
+        &[
+            (&format!("{k}.lokr_w1"), &[4, 8]),
+            (&format!("{k}.lokr_w2"), &[80, 96]),
+            (&format!("{k}.alpha"), &[]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "lokr sd-1 (8×96)",
+        p("lokr-sd1.safetensors"),
+        "lora",
+        "sd-1",
+        "lycoris",
+    ));
+    safetensors(
+        &p("loha-sdxl.safetensors"),
+        &[
+            (&format!("{kx}.hada_w1_a"), &[640, 8]),
+            (&format!("{kx}.hada_w1_b"), &[8, 2048]),
+            (&format!("{kx}.hada_w2_a"), &[640, 8]),
+            (&format!("{kx}.hada_w2_b"), &[8, 2048]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "loha sdxl",
+        p("loha-sdxl.safetensors"),
+        "lora",
+        "sdxl",
+        "lycoris",
+    ));
+    torch_zip(
+        &p("lora-sd1.pt"),
+        "archive",
+        &od(&[
+            (&format!("{k}.lora_down.weight"), t(&[4, 768])),
+            (&format!("{k}.lora_up.weight"), t(&[320, 4])),
+        ]),
+        &[],
+    );
+    cases.push(case(
+        "kohya lora sd-1 (pickle)",
+        p("lora-sd1.pt"),
+        "lora",
+        "sd-1",
+        "lycoris",
+    ));
+
+    // --- textual inversion ---
+    safetensors(&p("ti-sd1.safetensors"), &[("emb_params", &[2, 768])], None);
+    cases.push(case(
+        "embedding sd-1",
+        p("ti-sd1.safetensors"),
+        "embedding",
+        "sd-1",
+        "embedding_file",
+    ));
+    safetensors(
+        &p("ti-sdxl.safetensors"),
+        &[("clip_g", &[4, 1280]), ("clip_l", &[4, 768])],
+        None,
+    );
+    cases.push(case(
+        "embedding sdxl",
+        p("ti-sdxl.safetensors"),
+        "embedding",
+        "sdxl",
+        "embedding_file",
+    ));
+    torch_zip(
+        &p("ti-sd2.pt"),
+        "archive",
+        &dict(&[
+            ("string_to_token", dict(&[("*", Py::Int(265))])),
+            ("string_to_param", dict(&[("*", t(&[3, 1024]))])),
+            ("name", Py::Str("my-style".into())),
+            ("step", Py::Int(3000)),
+        ]),
+        &[],
+    );
+    cases.push(case(
+        "embedding sd-2 (A1111 .pt)",
+        p("ti-sd2.pt"),
+        "embedding",
+        "sd-2",
+        "embedding_file",
+    ));
+    torch_legacy(&p("ti-xlclipg.bin"), &dict(&[("<tok>", t(&[1280]))]));
+    cases.push(case(
+        "embedding single vector 1280 (legacy)",
+        p("ti-xlclipg.bin"),
+        "embedding",
+        "sdxl",
+        "embedding_file",
+    ));
+
+    // --- controlnet ---
+    torch_legacy(
+        &p("control_sd15_canny.pth"),
+        &od(&[
+            ("control_model.input_hint_block.0.weight", t(&[16, 3, 3, 3])),
+            (
+                "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                t(&[320, 768]),
+            ),
+        ]),
+    );
+    cases.push(case(
+        "controlnet sd-1 (legacy pickle)",
+        p("control_sd15_canny.pth"),
+        "controlnet",
+        "sd-1",
+        "checkpoint",
+    ));
+    safetensors(
+        &p("controlnet-sdxl.safetensors"),
+        &[
+            ("controlnet_cond_embedding.conv_in.weight", &[16, 3, 3, 3]),
+            (
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                &[640, 2048],
+            ),
+            ("controlnet_down_blocks.0.weight", &[320, 320, 1, 1]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "controlnet sdxl (diffusers single file)",
+        p("controlnet-sdxl.safetensors"),
+        "controlnet",
+        "sdxl",
+        "checkpoint",
+    ));
+    safetensors(
+        &p("controlnet-sd2.safetensors"),
+        &[
+            (
+                "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                &[320, 1024],
+            ),
+            ("control_model.input_hint_block.0.weight", &[16, 3, 3, 3]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "controlnet sd-2",
+        p("controlnet-sd2.safetensors"),
+        "controlnet",
+        "sd-2",
+        "checkpoint",
+    ));
+
+    // --- ip adapter ---
+    safetensors(
+        &p("ip-adapter_sd15.safetensors"),
+        &[
+            ("image_proj.proj.weight", &[3072, 1024]),
+            ("ip_adapter.1.to_k_ip.weight", &[320, 768]),
+            ("ip_adapter.1.to_v_ip.weight", &[320, 768]),
+        ],
+        None,
+    );
+    cases.push(case(
+        "ip-adapter sd-1",
+        p("ip-adapter_sd15.safetensors"),
+        "ip_adapter",
+        "sd-1",
+        "checkpoint",
+    ));
+    safetensors(
+        &p("flux-ip-adapter.safetensors"),
+        &[(
+            "double_blocks.0.processor.ip_adapter_double_stream_k_proj.weight",
+            &[3072, 4096],
+        )],
+        None,
+    );
+    cases.push(case(
+        "ip-adapter flux (xlabs)",
+        p("flux-ip-adapter.safetensors"),
+        "ip_adapter",
+        "flux",
+        "checkpoint",
+    ));
+
+    // --- diffusers pipelines ---
+    let d = p("stable-diffusion-v1-5");
+    pipeline(
+        &d,
+        &sd_model_index("StableDiffusionPipeline", &[]),
+        Some(&sd15_unet_config()),
+        None,
+        &scheduler(Some("epsilon"), "PNDMScheduler"),
+        "fp16",
+    );
+    cases.push(
+        case("sd15 diffusers (fp16)", d, "main", "sd-1", "diffusers")
+            .main("normal", Some("epsilon")),
+    );
+    let d = p("stable-diffusion-inpainting");
+    let mut u = sd15_unet_config();
+    u["in_channels"] = json!(9);
+    pipeline(
+        &d,
+        &sd_model_index("StableDiffusionInpaintPipeline", &[]),
+        Some(&u),
+        None,
+        &scheduler(None, "DDIMScheduler"),
+        "",
+    );
+    cases.push(
+        case("sd15 inpaint diffusers", d, "main", "sd-1", "diffusers")
+            .main("inpaint", Some("epsilon")),
+    );
+    let d = p("stable-diffusion-2-1");
+    let mut u = sd15_unet_config();
+    u["cross_attention_dim"] = json!(1024);
+    u["attention_head_dim"] = json!([5, 10, 20, 20]);
+    u["use_linear_projection"] = json!(true);
+    u["upcast_attention"] = json!(true);
+    u["sample_size"] = json!(96);
+    pipeline(
+        &d,
+        &sd_model_index("StableDiffusionPipeline", &[]),
+        Some(&u),
+        None,
+        &scheduler(Some("v_prediction"), "DDIMScheduler"),
+        "",
+    );
+    cases.push(
+        case("sd21 diffusers", d, "main", "sd-2", "diffusers").main("normal", Some("v_prediction")),
+    );
+    let d = p("stable-diffusion-xl-base-1.0");
+    let mut u = sd15_unet_config();
+    u["cross_attention_dim"] = json!(2048);
+    u["block_out_channels"] = json!([320, 640, 1280]);
+    u["addition_embed_type"] = json!("text_time");
+    u["projection_class_embeddings_input_dim"] = json!(2816);
+    u["transformer_layers_per_block"] = json!([1, 2, 10]);
+    u["sample_size"] = json!(128);
+    let idx = sd_model_index(
+        "StableDiffusionXLPipeline",
+        &[
+            (
+                "text_encoder_2",
+                json!(["transformers", "CLIPTextModelWithProjection"]),
+            ),
+            ("tokenizer_2", json!(["transformers", "CLIPTokenizer"])),
+            ("scheduler", json!(["diffusers", "EulerDiscreteScheduler"])),
+        ],
+    );
+    let mut idx = idx;
+    idx.as_object_mut().unwrap().remove("safety_checker");
+    idx.as_object_mut().unwrap().remove("feature_extractor");
+    pipeline(
+        &d,
+        &idx,
+        Some(&u),
+        None,
+        &scheduler(Some("epsilon"), "EulerDiscreteScheduler"),
+        "fp16",
+    );
+    cases.push(
+        case("sdxl diffusers", d, "main", "sdxl", "diffusers").main("normal", Some("epsilon")),
+    );
+    let d = p("stable-diffusion-xl-refiner-1.0");
+    let mut u = sd15_unet_config();
+    u["cross_attention_dim"] = json!(1280);
+    u["block_out_channels"] = json!([384, 768, 1536, 1536]);
+    u["projection_class_embeddings_input_dim"] = json!(2560);
+    let mut idx = sd_model_index(
+        "StableDiffusionXLImg2ImgPipeline",
+        &[
+            ("text_encoder", json!([null, null])),
+            ("tokenizer", json!([null, null])),
+            (
+                "text_encoder_2",
+                json!(["transformers", "CLIPTextModelWithProjection"]),
+            ),
+            ("tokenizer_2", json!(["transformers", "CLIPTokenizer"])),
+        ],
+    );
+    idx.as_object_mut().unwrap().remove("safety_checker");
+    pipeline(
+        &d,
+        &idx,
+        Some(&u),
+        None,
+        &scheduler(Some("epsilon"), "EulerDiscreteScheduler"),
+        "",
+    );
+    cases.push(
+        case(
+            "sdxl refiner diffusers",
+            d,
+            "main",
+            "sdxl-refiner",
+            "diffusers",
+        )
+        .main("normal", Some("epsilon")),
+    );
+    let d = p("FLUX.1-dev");
+    let idx = json!({
+        "_class_name": "FluxPipeline", "_diffusers_version": "0.30.0.dev0",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]
+    });
+    let tr = json!({
+        "_class_name": "FluxTransformer2DModel", "_diffusers_version": "0.30.0.dev0",
+        "attention_head_dim": 128, "guidance_embeds": true, "in_channels": 64, "joint_attention_dim": 4096,
+        "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38, "patch_size": 1, "pooled_projection_dim": 768
+    });
+    let sched = json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_shift": 0.5, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": true});
+    pipeline(&d, &idx, None, Some(&tr), &sched, "");
+    cases.push(case("flux dev diffusers", d, "main", "flux", "diffusers").main("normal", None));
+
+    // --- diffusers components ---
+    let vae_cfg = |scaling: f64, sample: u64, latent: u64| {
+        json!({"_class_name": "AutoencoderKL", "_diffusers_version": "0.20.0.dev0", "act_fn": "silu",
+               "block_out_channels": [128, 256, 512, 512], "in_channels": 3, "latent_channels": latent,
+               "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": sample,
+               "scaling_factor": scaling, "force_upcast": true})
+    };
+    let d = p("sdxl-vae");
+    write_json(&d.join("config.json"), &vae_cfg(0.13025, 1024, 4));
+    touch(&d.join("diffusion_pytorch_model.safetensors"), b"vae");
+    cases.push(case("sdxl vae diffusers", d, "vae", "sdxl", "diffusers"));
+    let d = p("sd-vae-ft-mse");
+    write_json(&d.join("config.json"), &vae_cfg(0.18215, 256, 4));
+    touch(&d.join("diffusion_pytorch_model.bin"), b"vae");
+    cases.push(case("sd-1 vae diffusers", d, "vae", "sd-1", "diffusers"));
+    let d = p("flux-vae");
+    let mut fv = vae_cfg(0.3611, 1024, 16);
+    fv["shift_factor"] = json!(0.1159);
+    write_json(&d.join("config.json"), &fv);
+    touch(&d.join("diffusion_pytorch_model.safetensors"), b"vae");
+    cases.push(case("flux vae diffusers", d, "vae", "flux", "diffusers"));
+    let d = p("sd-controlnet-canny");
+    let mut cn = sd15_unet_config();
+    cn["_class_name"] = json!("ControlNetModel");
+    cn["conditioning_embedding_out_channels"] = json!([16, 32, 96, 256]);
+    write_json(&d.join("config.json"), &cn);
+    touch(&d.join("diffusion_pytorch_model.fp16.safetensors"), b"cn");
+    cases.push(case(
+        "controlnet sd-1 diffusers",
+        d,
+        "controlnet",
+        "sd-1",
+        "diffusers",
+    ));
+    let d = p("t2i-adapter-canny-sdxl-1.0");
+    write_json(
+        &d.join("config.json"),
+        &json!({"_class_name": "T2IAdapter", "_diffusers_version": "0.20.0.dev0", "adapter_type": "full_adapter_xl", "channels": [320, 640, 1280, 1280], "downscale_factor": 16, "in_channels": 1, "num_res_blocks": 2}),
+    );
+    touch(&d.join("diffusion_pytorch_model.safetensors"), b"t2i");
+    cases.push(case(
+        "t2i adapter sdxl",
+        d,
+        "t2i_adapter",
+        "sdxl",
+        "diffusers",
+    ));
+    let d = p("t2iadapter_canny_sd15v2");
+    write_json(
+        &d.join("config.json"),
+        &json!({"_class_name": "T2IAdapter", "adapter_type": "full_adapter", "channels": [320, 640, 1280, 1280], "in_channels": 1, "num_res_blocks": 2}),
+    );
+    touch(&d.join("diffusion_pytorch_model.bin"), b"t2i");
+    cases.push(case(
+        "t2i adapter sd-1",
+        d,
+        "t2i_adapter",
+        "sd-1",
+        "diffusers",
+    ));
+    let d = p("clip-vit-h-image-encoder");
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["CLIPVisionModelWithProjection"], "hidden_size": 1280, "projection_dim": 1024, "model_type": "clip_vision_model"}),
+    );
+    touch(&d.join("model.safetensors"), b"clipv");
+    cases.push(case("clip vision", d, "clip_vision", "any", "diffusers"));
+    let d = p("clip-vit-large-text");
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["CLIPTextModel"], "hidden_size": 768, "model_type": "clip_text_model"}),
+    );
+    touch(&d.join("model.safetensors"), b"clipt");
+    cases.push(case("clip embed", d, "clip_embed", "any", "diffusers"));
+    let d = p("t5-v1_1-xxl");
+    write_json(
+        &d.join("text_encoder_2/config.json"),
+        &json!({"architectures": ["T5EncoderModel"], "d_model": 4096, "model_type": "t5"}),
+    );
+    touch(&d.join("text_encoder_2/model.safetensors"), b"t5");
+    touch(&d.join("tokenizer_2/spiece.model"), b"spm");
+    cases.push(case(
+        "t5 encoder (InvokeAI layout)",
+        d,
+        "t5_encoder",
+        "any",
+        "t5_encoder",
+    ));
+    let d = p("t5-encoder-plain");
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["T5EncoderModel"], "d_model": 4096}),
+    );
+    touch(&d.join("model.safetensors"), b"t5");
+    cases.push(case(
+        "t5 encoder (config.json)",
+        d,
+        "t5_encoder",
+        "any",
+        "t5_encoder",
+    ));
+
+    // --- embedding, LoRA and IP-Adapter folders ---
+    let d = p("cat-toy");
+    fs::create_dir_all(&d).unwrap();
+    torch_zip(
+        &d.join("learned_embeds.bin"),
+        "learned_embeds",
+        &dict(&[("<cat-toy>", t(&[768]))]),
+        &[],
+    );
+    cases.push(case(
+        "embedding folder sd-1",
+        d,
+        "embedding",
+        "sd-1",
+        "embedding_folder",
+    ));
+    let d = p("lora-diffusers-sd1");
+    fs::create_dir_all(&d).unwrap();
+    safetensors(
+        &d.join("pytorch_lora_weights.safetensors"),
+        &[
+            (
+                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.down.weight",
+                &[4, 768],
+            ),
+            (
+                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.down.weight",
+                &[4, 768],
+            ),
+        ],
+        None,
+    );
+    cases.push(case(
+        "lora diffusers folder sd-1",
+        d,
+        "lora",
+        "sd-1",
+        "diffusers",
+    ));
+    let d = p("ip_adapter_sdxl");
+    fs::create_dir_all(&d).unwrap();
+    torch_zip(
+        &d.join("ip_adapter.bin"),
+        "archive",
+        &dict(&[
+            (
+                "image_proj",
+                od(&[
+                    ("proj.weight", t(&[8192, 1280])),
+                    ("norm.weight", t(&[2048])),
+                ]),
+            ),
+            (
+                "ip_adapter",
+                od(&[
+                    ("1.to_k_ip.weight", t(&[640, 2048])),
+                    ("1.to_v_ip.weight", t(&[640, 2048])),
+                ]),
+            ),
+        ]),
+        &[],
+    );
+    fs::write(
+        d.join("image_encoder.txt"),
+        "ip_adapter_sdxl_image_encoder\n",
+    )
+    .unwrap();
+    cases.push(case(
+        "ip-adapter folder sdxl",
+        d,
+        "ip_adapter",
+        "sdxl",
+        "invokeai",
+    ));
+
+    cases
+}
