@@ -13,6 +13,7 @@ pub mod hash;
 pub mod hub;
 pub mod install;
 pub mod load;
+pub mod manager;
 pub mod manifest;
 pub mod probe;
 pub mod reconcile;

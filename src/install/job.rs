@@ -68,11 +68,18 @@ pub struct ModelInstallJob {
     pub error_type: Option<String>,
     /// The full error message with its causes.
     pub error: Option<String>,
+    /// What a completed install produced (record, path, commit, files for `models.lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<super::request::InstallOutcome>,
     #[serde(skip)]
     pub(crate) parsed_source: Option<ModelSource>,
 }
 
 impl ModelInstallJob {
+    /// The parsed source (without its token).
+    pub fn model_source(&self) -> Option<&ModelSource> {
+        self.parsed_source.as_ref()
+    }
     /// Waiting to start.
     pub fn waiting(&self) -> bool {
         self.status == InstallStatus::Waiting

@@ -1,5 +1,26 @@
 //! The install service (the seed's ModelInstallService). Issue #5.
+//!
+//! - [`job`]: [`ModelInstallJob`], [`InstallStatus`], [`InstallEvent`].
+//! - [`service`]: [`ModelInstallService`] — imports as background jobs, register / install /
+//!   delete, `download_and_cache`.
+//! - [`request`]: [`InstallRequest`] / [`InstallOptions`] (what a manifest entry can ask) and
+//!   [`InstallOutcome`] (what `models.lock` records).
+//! - [`staging`]: the transaction's scratch space and start-up recovery.
+//! - `remote` / `local` / `promote`: fetching, copying, and the serial probe → hash → rename →
+//!   record half.
 
+mod error;
 mod job;
+mod local;
+mod promote;
+mod remote;
+pub mod request;
+pub mod service;
+pub mod staging;
 
+pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
+pub use promote::UNSAFE_PICKLE;
+pub use request::{InstallOptions, InstallOutcome, InstallRequest, InstalledFile};
+pub use service::{InstallConfig, ModelInstallService, job_outcome, record_source};
+pub use staging::RecoveryReport;

@@ -1,0 +1,494 @@
+//! The serial half of an install: probe → hash → check → intent → rename into place → record.
+//! Runs under the service's lane (one at a time), on a blocking thread.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::config::{AnyModelConfig, ModelSourceType, new_key};
+use crate::hash::{self, HashAlgorithm};
+use crate::probe::{self, ProbeResult};
+use crate::scan::ScanVerdict;
+use crate::store::{ModelFile, RecordStore};
+use crate::taxonomy::ModelType;
+
+use super::error::InstallError;
+use super::request::{InstallOptions, InstallOutcome, InstalledFile};
+use super::staging::{Intent, Staging, remove_empty_parents, sync_dir};
+
+/// Config keys the installer owns: a caller cannot set them through the config dict.
+const INSTALLER_FIELDS: &[&str] = &[
+    "path",
+    "hash",
+    "source",
+    "source_type",
+    "source_api_response",
+    "created_at",
+    "updated_at",
+    "managed",
+    "file_size",
+];
+
+/// The config key that lets a dangerous pickle in. Never stored.
+pub const UNSAFE_PICKLE: &str = "unsafe_pickle";
+
+/// Checks a config dict before anything is fetched: known keys, valid values, no
+/// installer-owned keys. Returns the dict without `unsafe_pickle` and whether it allowed.
+pub(crate) fn check_config(config: &Map<String, Value>) -> Result<(Map<String, Value>, bool), InstallError> {
+    let mut clean = config.clone();
+    let allow = match clean.remove(UNSAFE_PICKLE) {
+        None => false,
+        Some(Value::String(s)) if s == "allow" => true,
+        Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) if s == "refuse" => false,
+        Some(other) => {
+            return Err(InstallError::InvalidConfig {
+                key: UNSAFE_PICKLE.into(),
+                reason: format!("expected \"allow\" or \"refuse\", got {other}"),
+            });
+        }
+    };
+    for k in clean.keys() {
+        if INSTALLER_FIELDS.contains(&k.as_str()) {
+            return Err(InstallError::InvalidConfig {
+                key: k.clone(),
+                reason: "set by the installer; it cannot be overridden (use the `dest` / `hash` install options for paths and hashes)".into(),
+            });
+        }
+    }
+    serde_json::from_value::<crate::config::RawConfig>(Value::Object(clean.clone())).map_err(
+        |e| InstallError::InvalidConfig {
+            key: e
+                .to_string()
+                .split('`')
+                .nth(1)
+                .unwrap_or("config")
+                .to_owned(),
+            reason: e.to_string(),
+        },
+    )?;
+    Ok((clean, allow))
+}
+
+/// Everything known about a model before it is promoted.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The model file or folder (in staging, or in place).
+    pub model_path: PathBuf,
+    /// The staging dir, unless registered in place.
+    pub staging: Option<Staging>,
+    /// Relative to the staging dir: where `model_path` is (`files` or `files/<name>`).
+    pub moved_from: String,
+    /// Whether the model is a single file.
+    pub single_file: bool,
+    /// Canonical source for the record.
+    pub source: String,
+    /// Its type.
+    pub source_type: ModelSourceType,
+    /// HF metadata for `source_api_response`.
+    pub metadata: Option<Value>,
+    /// Tags from the source.
+    pub tags: Vec<String>,
+    /// Resolved commit.
+    pub commit: Option<String>,
+    /// Known sha256 by path relative to the model folder (single file: its name).
+    pub sha256: HashMap<String, String>,
+    /// Bytes downloaded.
+    pub downloaded: u64,
+}
+
+/// The service-level settings promotion needs.
+pub(crate) struct PromoteCtx<'a> {
+    pub models_dir: &'a Path,
+    pub store: &'a dyn RecordStore,
+    pub hash_algorithm: HashAlgorithm,
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
+/// Probes, hashes, checks, promotes and registers a staged model.
+pub(crate) fn promote(
+    ctx: &PromoteCtx<'_>,
+    staged: &Staged,
+    config: &Map<String, Value>,
+    opts: &InstallOptions,
+) -> Result<InstallOutcome, InstallError> {
+    let (config, allow_pickle) = check_config(config)?;
+    let path = &staged.model_path;
+    let probed = probe::probe_with_overrides(path, &config).map_err(|error| InstallError::Probe {
+        path: path.clone(),
+        error,
+    })?;
+    check_probe(path, &probed, allow_pickle)?;
+    let algo = opts.hash_algorithm.unwrap_or(ctx.hash_algorithm);
+    let content_hash = hash::hash_path(path, algo).map_err(|error| InstallError::Hash {
+        path: path.clone(),
+        error,
+    })?;
+    if let Some(expected) = &opts.expected_hash {
+        check_expected_hash(path, expected, algo, &content_hash)?;
+    }
+    let key = match config.get("key").and_then(Value::as_str) {
+        Some(k) if !k.is_empty() => k.to_owned(),
+        _ => new_key(),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = match &staged.staging {
+        None => path.clone(),
+        Some(_) => match &opts.dest {
+            Some(dest) => ctx.models_dir.join(check_dest(dest)?),
+            None if staged.single_file => ctx.models_dir.join(&key).join(&file_name),
+            None => ctx.models_dir.join(&key),
+        },
+    };
+    if staged.staging.is_some() && fs::symlink_metadata(&target).is_ok() {
+        return Err(InstallError::TargetExists { path: target });
+    }
+    let stored_path = stored_path(ctx.models_dir, &target);
+    if !ctx.store.search_by_path(&stored_path)?.is_empty() {
+        return Err(InstallError::Store(crate::store::StoreError::DuplicateModel(format!(
+            "a record already points at {stored_path}"
+        ))));
+    }
+    let (files, installed) = fingerprints(path, staged, opts, algo, &content_hash)?;
+    let record = build_record(&probed, &config, staged, opts, &key, &stored_path, &content_hash)?;
+
+    if (ctx.cancelled)() {
+        return Err(InstallError::Cancelled(staged.source.clone()));
+    }
+    // From here on a crash is covered by the intent (see staging.rs).
+    if let Some(staging) = &staged.staging {
+        staging.write_intent(&Intent {
+            key: key.clone(),
+            target: target.clone(),
+            moved_from: staged.moved_from.clone(),
+        })?;
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| InstallError::io("creating folder", parent, e))?;
+        }
+        fs::rename(path, &target).map_err(|e| InstallError::io("moving into place", &target, e))?;
+        if let Some(parent) = target.parent() {
+            sync_dir(parent);
+        }
+    }
+    let undo = |e: InstallError| -> InstallError {
+        if staged.staging.is_some() && fs::rename(&target, path).is_ok() {
+            remove_empty_parents(ctx.models_dir, &target);
+        }
+        e
+    };
+    let written = ctx.store.add_model(&key, record).map_err(|e| undo(e.into()))?;
+    if let Err(e) = ctx.store.set_model_files(&key, &files) {
+        let _ = ctx.store.del_model(&key);
+        return Err(undo(e.into()));
+    }
+    if let Some(staging) = &staged.staging {
+        // Best effort: a leftover is removed by the next start-up recovery.
+        let _ = staging.remove();
+    }
+    Ok(InstallOutcome {
+        key,
+        record: written,
+        path: target,
+        source: staged.source.clone(),
+        commit: staged.commit.clone(),
+        files: installed,
+        downloaded_bytes: staged.downloaded,
+    })
+}
+
+fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<(), InstallError> {
+    if probed.model_type == ModelType::Unknown {
+        return Err(InstallError::UnknownModel {
+            path: path.to_path_buf(),
+            evidence: if probed.evidence.is_empty() {
+                "no rule matched".into()
+            } else {
+                probed.evidence.join("; ")
+            },
+        });
+    }
+    if probed.base_is_ambiguous() {
+        return Err(InstallError::AmbiguousBase {
+            path: path.to_path_buf(),
+            candidates: probed
+                .base_candidates
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    if let Some(scan) = &probed.pickle_scan
+        && scan.verdict == ScanVerdict::Dangerous
+        && !allow_pickle
+    {
+        return Err(InstallError::DangerousPickle {
+            path: path.to_path_buf(),
+            globals: scan
+                .dangerous()
+                .map(|g| format!("{}.{} in {}", g.module, g.name, g.file))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(())
+}
+
+fn check_expected_hash(
+    path: &Path,
+    expected: &str,
+    algo: HashAlgorithm,
+    actual: &str,
+) -> Result<(), InstallError> {
+    let Some((prefix, _)) = expected.split_once(':') else {
+        return Err(InstallError::InvalidOption {
+            option: "hash",
+            reason: format!("`{expected}` is not `algorithm:hex`"),
+        });
+    };
+    let actual = if prefix == algo.prefix() {
+        actual.to_owned()
+    } else {
+        let other: HashAlgorithm = prefix.parse().map_err(|e| InstallError::InvalidOption {
+            option: "hash",
+            reason: format!("`{expected}`: {e}"),
+        })?;
+        hash::hash_path(path, other).map_err(|error| InstallError::Hash {
+            path: path.to_path_buf(),
+            error,
+        })?
+    };
+    if actual.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(InstallError::HashMismatch {
+            path: path.to_path_buf(),
+            expected: expected.to_owned(),
+            actual,
+        })
+    }
+}
+
+/// A `dest` must be a relative path below `models_dir` and not inside its scratch folders.
+pub(crate) fn check_dest(dest: &Path) -> Result<PathBuf, InstallError> {
+    let bad = |reason: &str| InstallError::InvalidOption {
+        option: "dest",
+        reason: format!("`{}` {reason}", dest.display()),
+    };
+    if dest.as_os_str().is_empty() {
+        return Err(bad("is empty"));
+    }
+    if dest.is_absolute() {
+        return Err(bad("must be relative to models_dir"));
+    }
+    let mut comps = dest.components().peekable();
+    if let Some(Component::Normal(first)) = comps.peek()
+        && (first == &std::ffi::OsStr::new(super::staging::STAGING_DIR)
+            || first == &std::ffi::OsStr::new(super::staging::CACHE_DIR))
+    {
+        return Err(bad("is inside a scratch folder of models_dir"));
+    }
+    if dest
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(bad("must stay inside models_dir (no `..`)"));
+    }
+    Ok(dest.to_path_buf())
+}
+
+/// The record's path: relative to `models_dir` when inside it, else absolute.
+pub(crate) fn stored_path(models_dir: &Path, target: &Path) -> String {
+    let lexical = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    for (m, t) in [
+        (lexical(models_dir), lexical(target)),
+        (absolute(models_dir), absolute(target)),
+    ] {
+        if let Ok(rel) = t.strip_prefix(&m)
+            && !rel.as_os_str().is_empty()
+        {
+            return rel.to_string_lossy().into_owned();
+        }
+    }
+    absolute(target).to_string_lossy().into_owned()
+}
+
+/// An absolute, symlink-resolved form where possible (the folder part), else lexically
+/// absolute.
+pub(crate) fn absolute(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    if let (Some(parent), Some(name)) = (p.parent(), p.file_name())
+        && let Ok(c) = if parent.as_os_str().is_empty() {
+            Path::new(".").canonicalize()
+        } else {
+            parent.canonicalize()
+        }
+    {
+        return c.join(name);
+    }
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn fingerprints(
+    path: &Path,
+    staged: &Staged,
+    opts: &InstallOptions,
+    algo: HashAlgorithm,
+    content_hash: &str,
+) -> Result<(Vec<ModelFile>, Vec<InstalledFile>), InstallError> {
+    let mut files = Vec::new();
+    let mut installed = Vec::new();
+    let mut list: Vec<(PathBuf, String)> = Vec::new();
+    if path.is_dir() {
+        walk(path, path, &mut list)?;
+    } else {
+        list.push((path.to_path_buf(), String::new()));
+    }
+    list.sort_by(|a, b| a.1.cmp(&b.1));
+    for (abs, rel) in list {
+        let mut fp = ModelFile::fingerprint(&abs, rel.clone())
+            .map_err(|e| InstallError::io("reading", &abs, e))?;
+        let lock_name = if rel.is_empty() {
+            abs.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            rel.clone()
+        };
+        let mut sha = staged.sha256.get(&lock_name).cloned();
+        if sha.is_none() && rel.is_empty() && algo == HashAlgorithm::Sha256 {
+            sha = content_hash.strip_prefix("sha256:").map(str::to_owned);
+        }
+        if sha.is_none() && opts.sha256_for_lock {
+            sha = Some(hash::sha256_file(&abs).map_err(|error| InstallError::Hash {
+                path: abs.clone(),
+                error,
+            })?);
+        }
+        fp.sha256.clone_from(&sha);
+        installed.push(InstalledFile {
+            path: lock_name,
+            size: fp.size,
+            sha256: sha,
+        });
+        files.push(fp);
+    }
+    Ok((files, installed))
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<(), InstallError> {
+    let rd = fs::read_dir(dir).map_err(|e| InstallError::io("reading", dir, e))?;
+    for e in rd {
+        let e = e.map_err(|e| InstallError::io("reading", dir, e))?;
+        let p = e.path();
+        let ft = e.file_type().map_err(|err| InstallError::io("reading", &p, err))?;
+        if ft.is_dir() {
+            walk(root, &p, out)?;
+        } else {
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((p, rel));
+        }
+    }
+    Ok(())
+}
+
+fn build_record(
+    probed: &ProbeResult,
+    config: &Map<String, Value>,
+    staged: &Staged,
+    opts: &InstallOptions,
+    key: &str,
+    stored_path: &str,
+    content_hash: &str,
+) -> Result<AnyModelConfig, InstallError> {
+    let mut raw = probed.to_raw_config();
+    raw.key = Some(key.to_owned());
+    raw.path = Some(stored_path.to_owned());
+    raw.hash = Some(content_hash.to_owned());
+    raw.source = Some(staged.source.clone());
+    raw.source_type = Some(staged.source_type);
+    raw.source_api_response.clone_from(&staged.metadata);
+    raw.managed.clone_from(&opts.managed);
+    let mut v = serde_json::to_value(&raw).map_err(|e| InstallError::InvalidConfig {
+        key: "config".into(),
+        reason: e.to_string(),
+    })?;
+    let obj = v.as_object_mut().ok_or_else(|| InstallError::InvalidConfig {
+        key: "config".into(),
+        reason: "the record is not an object".into(),
+    })?;
+    let mut tags: Vec<String> = staged.tags.clone();
+    for (k, val) in config {
+        if k == "tags" {
+            if let Some(arr) = val.as_array() {
+                for t in arr.iter().filter_map(Value::as_str) {
+                    if !tags.iter().any(|x| x == t) {
+                        tags.push(t.to_owned());
+                    }
+                }
+            }
+            continue;
+        }
+        if val.is_null() {
+            obj.remove(k);
+        } else {
+            obj.insert(k.clone(), val.clone());
+        }
+    }
+    obj.insert("tags".into(), Value::from(tags));
+    AnyModelConfig::from_json(v).map_err(|e| InstallError::InvalidConfig {
+        key: "config".into(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_checks() {
+        let c = json!({"name": "x", "unsafe_pickle": "allow", "base": "sd-1"});
+        let (clean, allow) = check_config(c.as_object().unwrap()).unwrap();
+        assert!(allow);
+        assert!(!clean.contains_key("unsafe_pickle"));
+        let e = check_config(json!({"path": "/x"}).as_object().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("`path`"), "{e}");
+        let e = check_config(json!({"colour": "red"}).as_object().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = check_config(json!({"base": "sd-9"}).as_object().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("sd-9"), "{e}");
+    }
+
+    #[test]
+    fn dest_must_stay_inside() {
+        assert!(check_dest(Path::new("loras/a.safetensors")).is_ok());
+        for bad in ["/abs", "../x", "a/../../x", ".tmp/x", ""] {
+            assert!(check_dest(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stored_paths_are_relative_inside_models_dir() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("m/k")).unwrap();
+        assert_eq!(stored_path(&d.path().join("m"), &d.path().join("m/k")), "k");
+        let out = stored_path(&d.path().join("m"), &d.path().join("other"));
+        assert!(Path::new(&out).is_absolute());
+    }
+}

@@ -1,0 +1,98 @@
+//! What a caller (the reconciler's `apply`, the CLI) asks of one install, and what it gets
+//! back for `models.lock`.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{AnyModelConfig, Managed};
+use crate::hash::HashAlgorithm;
+use crate::hub::{ModelSource, Token};
+
+/// Options beyond the seed's `(source, config)`: what a manifest entry can say.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Install path relative to `models_dir` (the manifest's `dest`). Default:
+    /// `<key>/` for folders, `<key>/<file name>` for single files. Ignored for in-place local
+    /// sources.
+    pub dest: Option<PathBuf>,
+    /// Expected content hash `algo:hex` (the manifest's `hash`). A mismatch is an error and
+    /// nothing is registered or promoted.
+    pub expected_hash: Option<String>,
+    /// Algorithm of the record's `hash` (default: the service's).
+    pub hash_algorithm: Option<HashAlgorithm>,
+    /// Ownership to put on the record (`apply` sets it; `import` leaves it empty).
+    pub managed: Option<Managed>,
+    /// Globs over repo paths (HF sources).
+    pub include: Vec<String>,
+    /// Globs over repo paths (HF sources).
+    pub exclude: Vec<String>,
+    /// Token for this install (wins over one on the source; the Hub chain follows).
+    pub access_token: Option<Token>,
+    /// Compute the sha256 of files whose sha256 the source did not tell (non-LFS Hub files,
+    /// URL and local files) so [`InstallOutcome::files`] is complete for a lockfile. Costs a
+    /// read of those files.
+    pub sha256_for_lock: bool,
+}
+
+/// One install: source, config overrides (the seed's `config` dict) and options.
+#[derive(Debug, Clone)]
+pub struct InstallRequest {
+    /// Where the model comes from (its token, if any, is used and never stored).
+    pub source: ModelSource,
+    /// Overrides of probed fields and extra record fields (`name`, `description`, `tags`,
+    /// `base`, …). `unsafe_pickle: "allow"` lets a dangerous pickle in; it never reaches the
+    /// record.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// The rest.
+    pub options: InstallOptions,
+}
+
+impl InstallRequest {
+    /// A request without options.
+    pub fn new(source: ModelSource, config: serde_json::Map<String, serde_json::Value>) -> Self {
+        Self {
+            source,
+            config,
+            options: InstallOptions::default(),
+        }
+    }
+
+    /// Sets the options.
+    #[must_use]
+    pub fn with_options(mut self, options: InstallOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// One installed file, as `models.lock` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstalledFile {
+    /// Path relative to the model's path (`""` when the model is a single file).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256 (hex) when known: Hub LFS files always, others with
+    /// [`InstallOptions::sha256_for_lock`].
+    pub sha256: Option<String>,
+}
+
+/// What a completed install produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallOutcome {
+    /// The record's key.
+    pub key: String,
+    /// The record as written.
+    pub record: AnyModelConfig,
+    /// The model's location on disk (absolute).
+    pub path: PathBuf,
+    /// The canonical source string (no token).
+    pub source: String,
+    /// The resolved commit (HF sources).
+    pub commit: Option<String>,
+    /// Every file of the model.
+    pub files: Vec<InstalledFile>,
+    /// Bytes downloaded by this install (0 for local sources and fully resumed downloads).
+    pub downloaded_bytes: u64,
+}

@@ -1,0 +1,878 @@
+//! [`ModelInstallService`]: the seed's ModelInstallService — jobs, events, register / install /
+//! delete, and `download_and_cache`.
+//!
+//! Threading: `import_model` returns at once with a job snapshot; a tokio task per job fetches
+//! (remote files in parallel through the download queue), then the serial half (probe, hash,
+//! promote, register) runs on a blocking thread under one lane mutex, so records are written
+//! one at a time. Install events go to the reporter while the job table is locked, so their
+//! order per job is exactly downloading… → running → completed | error | cancelled.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::config::{AnyModelConfig, ModelSourceType};
+use crate::download::{DownloadJob, DownloadQueue, JobId};
+use crate::events::{Event, Reporter};
+use crate::hash::HashAlgorithm;
+use crate::hub::{HubClient, HubEnv, ModelSource, Token};
+use crate::store::RecordStore;
+use crate::taxonomy::ModelRepoVariant;
+
+use super::error::InstallError;
+use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
+use super::local::{is_inside, link_or_copy, remove_path};
+use super::promote::{PromoteCtx, Staged, absolute, check_config, check_dest, promote};
+use super::remote;
+use super::request::{InstallOptions, InstallOutcome, InstallRequest};
+use super::staging::{
+    DEFAULT_STALE_AFTER, RecoveryReport, Staging, StagingKind, recover, staging_id,
+};
+
+/// Settings of the install service.
+#[derive(Debug, Clone)]
+pub struct InstallConfig {
+    /// Where models live (`models_dir`); staging is `models_dir/.tmp`, the download cache
+    /// `models_dir/.cache`.
+    pub models_dir: PathBuf,
+    /// Algorithm of record hashes (default blake3).
+    pub hash_algorithm: HashAlgorithm,
+    /// The Hub client (endpoint and offline mode).
+    pub hub: HubClient,
+    /// Where tokens come from after the caller's (`HF_TOKEN`, the token file).
+    pub hub_env: HubEnv,
+    /// Variant for HF sources that name none (the manifest's `settings.variant`); `None`: the
+    /// default (unlabelled) files.
+    pub default_variant: Option<ModelRepoVariant>,
+    /// Refuse to start downloads that do not fit on the disk (default true).
+    pub check_disk_space: bool,
+    /// Staging dirs untouched for longer are removed at start-up (default 7 days).
+    pub stale_after: Duration,
+}
+
+impl InstallConfig {
+    /// Settings for `models_dir` with the Hub configured from the process environment
+    /// (`HF_ENDPOINT`, `HF_HUB_OFFLINE`, `HF_TOKEN`, the token file) and `settings_endpoint`
+    /// (the manifest's `hf_endpoint`) first.
+    pub fn from_env(
+        models_dir: impl Into<PathBuf>,
+        settings_endpoint: Option<&str>,
+    ) -> Result<Self, InstallError> {
+        let env = HubEnv::from_process();
+        let hub = HubClient::from_env(settings_endpoint, &env).map_err(|error| {
+            InstallError::Hub {
+                source_str: "settings".into(),
+                error,
+            }
+        })?;
+        Ok(Self::new(models_dir, hub, env))
+    }
+
+    /// Settings with an explicit Hub client and environment.
+    pub fn new(models_dir: impl Into<PathBuf>, hub: HubClient, hub_env: HubEnv) -> Self {
+        Self {
+            models_dir: models_dir.into(),
+            hash_algorithm: HashAlgorithm::default(),
+            hub,
+            hub_env,
+            default_variant: None,
+            check_disk_space: true,
+            stale_after: DEFAULT_STALE_AFTER,
+        }
+    }
+}
+
+/// Cancellation of one job.
+#[derive(Debug)]
+pub(crate) struct Cancel {
+    tx: watch::Sender<bool>,
+}
+
+impl Cancel {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            tx: watch::channel(false).0,
+        })
+    }
+    pub(crate) fn is_set(&self) -> bool {
+        *self.tx.borrow()
+    }
+    fn set(&self) {
+        self.tx.send_replace(true);
+    }
+    /// Resolves once cancelled.
+    pub(crate) async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+struct Entry {
+    job: ModelInstallJob,
+    /// Staging id: two imports with the same one are the same install.
+    dedup: String,
+    cancel: Arc<Cancel>,
+    /// Download job id → index into `job.parts`.
+    downloads: HashMap<JobId, usize>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    next_id: InstallJobId,
+    map: BTreeMap<InstallJobId, Entry>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: InstallConfig,
+    pub(crate) store: Arc<dyn RecordStore>,
+    pub(crate) queue: DownloadQueue,
+    reporter: Arc<dyn Reporter>,
+    jobs: Mutex<Jobs>,
+    changed: watch::Sender<u64>,
+    lane: Mutex<()>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The install service. Cheap to clone; clones share jobs and the lane.
+#[derive(Clone)]
+pub struct ModelInstallService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ModelInstallService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelInstallService")
+            .field("models_dir", &self.inner.cfg.models_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The source string a record and a job show: the canonical form, with user info and
+/// secret-looking query parameters (`token`, `key`, `sig`, `auth`…) removed from URLs.
+pub fn record_source(source: &ModelSource) -> String {
+    match source {
+        ModelSource::Local(l) => absolute(&l.path).display().to_string(),
+        ModelSource::Url(u) => {
+            let mut url = u.url.clone();
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_fragment(None);
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| {
+                    let k = k.to_ascii_lowercase();
+                    !["token", "key", "sig", "auth", "secret", "signature", "password"]
+                        .iter()
+                        .any(|s| k.contains(s))
+                })
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            url.to_string()
+        }
+        ModelSource::Hf(_) => source.canonical(),
+    }
+}
+
+impl ModelInstallService {
+    /// A service over `store` that downloads through `queue` and reports to `reporter`. Must
+    /// be called inside a tokio runtime (jobs run on it). Call [`Self::start`] once, under the
+    /// store lock, before the first install.
+    pub fn new(
+        cfg: InstallConfig,
+        store: Arc<dyn RecordStore>,
+        queue: DownloadQueue,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Self, InstallError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            InstallError::Setup(format!(
+                "the install service must be created inside a tokio runtime: {e}"
+            ))
+        })?;
+        std::fs::create_dir_all(&cfg.models_dir)
+            .map_err(|e| InstallError::io("creating models folder", &cfg.models_dir, e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                queue,
+                reporter,
+                jobs: Mutex::new(Jobs {
+                    next_id: 1,
+                    map: BTreeMap::new(),
+                }),
+                changed: watch::channel(0).0,
+                lane: Mutex::new(()),
+                runtime,
+            }),
+        })
+    }
+
+    /// Start-up recovery (the seed's `start`): rolls back promotions that never got their
+    /// record and removes staging dirs that cannot resume (rules in [`super::staging`]).
+    /// The caller must hold the store lock.
+    pub fn start(&self) -> Result<RecoveryReport, InstallError> {
+        let _lane = lock(&self.inner.lane);
+        recover(
+            &self.inner.cfg.models_dir,
+            self.inner.store.as_ref(),
+            self.inner.cfg.stale_after,
+        )
+    }
+
+    /// The settings (the seed's `app_config`).
+    pub fn app_config(&self) -> &InstallConfig {
+        &self.inner.cfg
+    }
+
+    /// The record store (the seed's `record_store`).
+    pub fn record_store(&self) -> &Arc<dyn RecordStore> {
+        &self.inner.store
+    }
+
+    /// The download queue.
+    pub fn download_queue(&self) -> &DownloadQueue {
+        &self.inner.queue
+    }
+
+    /// The reporter events go to (the seed's `event_bus`).
+    pub fn event_bus(&self) -> &Arc<dyn Reporter> {
+        &self.inner.reporter
+    }
+
+    /// `models_dir`.
+    pub fn models_dir(&self) -> &Path {
+        &self.inner.cfg.models_dir
+    }
+
+    // ------------------------------------------------------------------ imports
+
+    /// The seed's `heuristic_import`: parses `source` (local path, HF repo id forms, URL;
+    /// relative paths against the current directory) and imports it.
+    pub fn heuristic_import(
+        &self,
+        source: &str,
+        config: Map<String, Value>,
+        access_token: Option<Token>,
+    ) -> Result<ModelInstallJob, InstallError> {
+        let mut src = ModelSource::parse(source)?;
+        if access_token.is_some() {
+            src.set_access_token(access_token);
+        }
+        self.import_model(src, config)
+    }
+
+    /// The seed's `import_model`: starts an install in the background and returns its job.
+    /// An install of the same source and selection that is still running is returned instead
+    /// of a second one.
+    pub fn import_model(
+        &self,
+        source: ModelSource,
+        config: Map<String, Value>,
+    ) -> Result<ModelInstallJob, InstallError> {
+        self.submit(InstallRequest::new(source, config))
+    }
+
+    /// [`Self::import_model`] with install options (the reconciler's entry point).
+    pub fn submit(&self, request: InstallRequest) -> Result<ModelInstallJob, InstallError> {
+        let mut request = request;
+        check_config(&request.config)?;
+        if let Some(dest) = &request.options.dest {
+            check_dest(dest)?;
+        }
+        if let ModelSource::Local(l) = &request.source
+            && !l.path.exists()
+        {
+            return Err(InstallError::NotFound(l.path.clone()));
+        }
+        if let ModelSource::Hf(h) = &mut request.source
+            && h.variant.is_none()
+        {
+            h.variant = self.inner.cfg.default_variant.filter(|v| *v != ModelRepoVariant::Default);
+        }
+        let source_str = record_source(&request.source);
+        let dedup = dedup_key(&request);
+        let (job, cancel) = {
+            let mut jobs = lock(&self.inner.jobs);
+            if let Some(e) = jobs
+                .map
+                .values()
+                .find(|e| e.dedup == dedup && !e.job.in_terminal_state())
+            {
+                return Ok(e.job.clone());
+            }
+            let id = jobs.next_id;
+            jobs.next_id += 1;
+            let inplace = matches!(&request.source, ModelSource::Local(l) if l.inplace);
+            let job = ModelInstallJob {
+                id,
+                status: InstallStatus::Waiting,
+                config_in: request.config.clone(),
+                config_out: None,
+                inplace,
+                source: source_str,
+                local_path: match &request.source {
+                    ModelSource::Local(l) => Some(l.path.clone()),
+                    _ => None,
+                },
+                bytes: 0,
+                total_bytes: 0,
+                parts: Vec::new(),
+                error_type: None,
+                error: None,
+                outcome: None,
+                parsed_source: Some(strip_token(&request.source)),
+            };
+            let cancel = Cancel::new();
+            jobs.map.insert(
+                id,
+                Entry {
+                    job: job.clone(),
+                    dedup,
+                    cancel: cancel.clone(),
+                    downloads: HashMap::new(),
+                },
+            );
+            (job, cancel)
+        };
+        self.inner.bump();
+        let inner = self.inner.clone();
+        let id = job.id;
+        self.inner.runtime.spawn(async move {
+            let result = run_job(&inner, id, &request, &cancel).await;
+            inner.finish(id, result, &cancel);
+        });
+        Ok(job)
+    }
+
+    /// Submits `request`, waits for it and returns what it produced (an errored or cancelled
+    /// job becomes an error).
+    pub async fn install(&self, request: InstallRequest) -> Result<InstallOutcome, InstallError> {
+        let job = self.submit(request)?;
+        let job = self.wait_for_job(job.id, None).await?;
+        job_outcome(&job)
+    }
+
+    // ------------------------------------------------------------------ jobs
+
+    /// Waits until no job is waiting, downloading or running; returns the jobs by source. A
+    /// timeout that runs out is an error.
+    pub async fn wait_for_installs(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<BTreeMap<String, ModelInstallJob>, InstallError> {
+        let mut rx = self.inner.changed.subscribe();
+        let wait = async {
+            loop {
+                {
+                    let jobs = lock(&self.inner.jobs);
+                    if jobs.map.values().all(|e| e.job.in_terminal_state()) {
+                        return jobs
+                            .map
+                            .values()
+                            .map(|e| (e.job.source.clone(), e.job.clone()))
+                            .collect();
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return BTreeMap::new();
+                }
+            }
+        };
+        match timeout {
+            None => Ok(wait.await),
+            Some(t) => tokio::time::timeout(t, wait)
+                .await
+                .map_err(|_| InstallError::Timeout {
+                    what: "the installs to finish".into(),
+                    timeout: t,
+                }),
+        }
+    }
+
+    /// Waits until the job is completed, errored or cancelled and returns it.
+    pub async fn wait_for_job(
+        &self,
+        id: InstallJobId,
+        timeout: Option<Duration>,
+    ) -> Result<ModelInstallJob, InstallError> {
+        let mut rx = self.inner.changed.subscribe();
+        let wait = async {
+            loop {
+                {
+                    let jobs = lock(&self.inner.jobs);
+                    let e = jobs.map.get(&id).ok_or(InstallError::UnknownJob(id))?;
+                    if e.job.in_terminal_state() {
+                        return Ok(e.job.clone());
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Err(InstallError::UnknownJob(id));
+                }
+            }
+        };
+        match timeout {
+            None => wait.await,
+            Some(t) => tokio::time::timeout(t, wait)
+                .await
+                .map_err(|_| InstallError::Timeout {
+                    what: format!("install job {id}"),
+                    timeout: t,
+                })?,
+        }
+    }
+
+    /// Every job, in id order.
+    pub fn list_jobs(&self) -> Vec<ModelInstallJob> {
+        lock(&self.inner.jobs)
+            .map
+            .values()
+            .map(|e| e.job.clone())
+            .collect()
+    }
+
+    /// The jobs of a source (its canonical string, or any string that parses to it).
+    pub fn get_job_by_source(&self, source: &str) -> Vec<ModelInstallJob> {
+        let canonical = ModelSource::parse(source)
+            .map(|s| record_source(&s))
+            .unwrap_or_else(|_| source.to_owned());
+        lock(&self.inner.jobs)
+            .map
+            .values()
+            .filter(|e| e.job.source == canonical || e.job.source == source)
+            .map(|e| e.job.clone())
+            .collect()
+    }
+
+    /// One job.
+    pub fn get_job_by_id(&self, id: InstallJobId) -> Result<ModelInstallJob, InstallError> {
+        lock(&self.inner.jobs)
+            .map
+            .get(&id)
+            .map(|e| e.job.clone())
+            .ok_or(InstallError::UnknownJob(id))
+    }
+
+    /// Cancels a job: its downloads stop and its staging is removed; a job already promoting
+    /// its files finishes. Cancelling a finished job does nothing.
+    pub fn cancel_job(&self, id: InstallJobId) -> Result<(), InstallError> {
+        let (cancel, downloads) = {
+            let jobs = lock(&self.inner.jobs);
+            let e = jobs.map.get(&id).ok_or(InstallError::UnknownJob(id))?;
+            if e.job.in_terminal_state() {
+                return Ok(());
+            }
+            (e.cancel.clone(), e.downloads.keys().copied().collect::<Vec<_>>())
+        };
+        cancel.set();
+        for d in downloads {
+            let _ = self.inner.queue.cancel_job(d);
+        }
+        Ok(())
+    }
+
+    /// Forgets completed, errored and cancelled jobs.
+    pub fn prune_jobs(&self) {
+        lock(&self.inner.jobs)
+            .map
+            .retain(|_, e| !e.job.in_terminal_state());
+        self.inner.bump();
+    }
+
+    // ------------------------------------------------------------------ direct paths
+
+    /// Registers the model at `path` where it is (nothing moves); returns the record.
+    pub fn register_path(
+        &self,
+        path: &Path,
+        config: Map<String, Value>,
+    ) -> Result<AnyModelConfig, InstallError> {
+        self.register_path_with(path, &config, &InstallOptions::default())
+            .map(|o| o.record)
+    }
+
+    /// [`Self::register_path`] with options.
+    pub fn register_path_with(
+        &self,
+        path: &Path,
+        config: &Map<String, Value>,
+        opts: &InstallOptions,
+    ) -> Result<InstallOutcome, InstallError> {
+        let staged = local_staged(path, None)?;
+        let _lane = lock(&self.inner.lane);
+        promote(&self.inner.promote_ctx(&|| false), &staged, config, opts)
+    }
+
+    /// Installs the model at `path` into `models_dir/<key>/` (hardlinked when on the same
+    /// filesystem, else copied), then registers it; returns the record.
+    pub fn install_path(
+        &self,
+        path: &Path,
+        config: Map<String, Value>,
+    ) -> Result<AnyModelConfig, InstallError> {
+        self.install_path_with(path, &config, &InstallOptions::default())
+            .map(|o| o.record)
+    }
+
+    /// [`Self::install_path`] with options.
+    pub fn install_path_with(
+        &self,
+        path: &Path,
+        config: &Map<String, Value>,
+        opts: &InstallOptions,
+    ) -> Result<InstallOutcome, InstallError> {
+        check_config(config)?;
+        let src = ModelSource::Local(crate::hub::LocalModelSource {
+            path: path.to_path_buf(),
+            inplace: false,
+        });
+        let staging = Staging::new(&self.inner.cfg.models_dir, &stage_id(&src, opts));
+        let _lane = lock(&self.inner.lane);
+        let staged = stage_local_copy(path, staging)?;
+        let result = promote(&self.inner.promote_ctx(&|| false), &staged, config, opts);
+        if result.is_err()
+            && let Some(s) = &staged.staging
+        {
+            let _ = s.remove();
+        }
+        result
+    }
+
+    /// Removes the record (the seed's `unregister`); files stay.
+    pub fn unregister(&self, key: &str) -> Result<(), InstallError> {
+        let _lane = lock(&self.inner.lane);
+        self.inner.store.del_model(key)?;
+        Ok(())
+    }
+
+    /// Removes the record and, when they lie inside `models_dir`, its files. Returns the path
+    /// deleted, if any.
+    pub fn delete(&self, key: &str) -> Result<Option<PathBuf>, InstallError> {
+        self.delete_impl(key, false)
+    }
+
+    /// Removes the record and its files wherever they are. Returns the path deleted, if any.
+    pub fn unconditionally_delete(&self, key: &str) -> Result<Option<PathBuf>, InstallError> {
+        self.delete_impl(key, true)
+    }
+
+    fn delete_impl(&self, key: &str, anywhere: bool) -> Result<Option<PathBuf>, InstallError> {
+        let _lane = lock(&self.inner.lane);
+        let models_dir = &self.inner.cfg.models_dir;
+        let record = self.inner.store.get_model(key)?;
+        let target = record.resolved_path(models_dir);
+        let inside = is_inside(models_dir, &target);
+        let mut deleted = None;
+        if (inside || anywhere) && remove_path(&target)? {
+            if inside {
+                super::staging::remove_empty_parents(models_dir, &target);
+            }
+            deleted = Some(target);
+        }
+        self.inner.store.del_model(key)?;
+        Ok(deleted)
+    }
+
+    /// Downloads a URL into `models_dir/.cache/<id>/` and returns the file, or returns the
+    /// cached file without downloading when it is already there. Nothing is probed or
+    /// registered. A timeout that runs out cancels the download and is an error.
+    pub async fn download_and_cache(
+        &self,
+        source: &str,
+        access_token: Option<Token>,
+        timeout: Option<Duration>,
+    ) -> Result<PathBuf, InstallError> {
+        remote::download_and_cache(&self.inner, source, access_token, timeout).await
+    }
+}
+
+/// What a finished job produced, or why not.
+pub fn job_outcome(job: &ModelInstallJob) -> Result<InstallOutcome, InstallError> {
+    match (&job.status, &job.outcome) {
+        (InstallStatus::Completed, Some(o)) => Ok(o.clone()),
+        (InstallStatus::Cancelled, _) => Err(InstallError::Cancelled(job.source.clone())),
+        _ => Err(InstallError::JobFailed {
+            source_str: job.source.clone(),
+            error_type: job.error_type.clone().unwrap_or_default(),
+            error: job.error.clone().unwrap_or_default(),
+        }),
+    }
+}
+
+fn strip_token(s: &ModelSource) -> ModelSource {
+    let mut s = s.clone();
+    s.set_access_token(None);
+    s
+}
+
+fn selection(opts: &InstallOptions) -> Vec<String> {
+    let mut v = vec![format!("include={}", opts.include.join("\u{1f}"))];
+    v.push(format!("exclude={}", opts.exclude.join("\u{1f}")));
+    v.push(format!(
+        "dest={}",
+        opts.dest.as_deref().map(Path::to_string_lossy).unwrap_or_default()
+    ));
+    v
+}
+
+fn stage_id(source: &ModelSource, opts: &InstallOptions) -> String {
+    let sel = selection(opts);
+    let refs: Vec<&str> = sel.iter().map(String::as_str).collect();
+    staging_id(&source.canonical(), &refs)
+}
+
+fn dedup_key(req: &InstallRequest) -> String {
+    let inplace = matches!(&req.source, ModelSource::Local(l) if l.inplace);
+    format!("{}{}", stage_id(&req.source, &req.options), if inplace { "+inplace" } else { "" })
+}
+
+fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Staged, InstallError> {
+    let md = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            InstallError::NotFound(path.to_path_buf())
+        } else {
+            InstallError::io("reading", path, e)
+        }
+    })?;
+    Ok(Staged {
+        model_path: absolute(path),
+        staging,
+        moved_from: String::new(),
+        single_file: !md.is_dir(),
+        source: absolute(path).display().to_string(),
+        source_type: ModelSourceType::Path,
+        metadata: None,
+        tags: Vec::new(),
+        commit: None,
+        sha256: HashMap::new(),
+        downloaded: 0,
+    })
+}
+
+fn stage_local_copy(path: &Path, staging: Staging) -> Result<Staged, InstallError> {
+    let mut staged = local_staged(path, None)?;
+    staging.prepare(&staged.source, StagingKind::Local, None)?;
+    let (model_path, moved_from) = if staged.single_file {
+        let name = path
+            .file_name()
+            .ok_or_else(|| InstallError::NotFound(path.to_path_buf()))?;
+        let name_str = name.to_string_lossy().into_owned();
+        (staging.files().join(name), format!("files/{name_str}"))
+    } else {
+        // `files` exists (prepare made it); the copy goes into it.
+        (staging.files(), "files".to_owned())
+    };
+    if let Err(e) = link_or_copy(path, &model_path) {
+        let _ = staging.remove();
+        return Err(e);
+    }
+    staged.model_path = model_path;
+    staged.moved_from = moved_from;
+    staged.staging = Some(staging);
+    Ok(staged)
+}
+
+async fn run_job(
+    inner: &Arc<Inner>,
+    id: InstallJobId,
+    req: &InstallRequest,
+    cancel: &Arc<Cancel>,
+) -> Result<InstallOutcome, InstallError> {
+    let staged = match &req.source {
+        ModelSource::Local(l) if l.inplace => local_staged(&l.path, None)?,
+        ModelSource::Local(l) => {
+            let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
+            let path = l.path.clone();
+            tokio::task::spawn_blocking(move || stage_local_copy(&path, staging))
+                .await
+                .map_err(|e| InstallError::Setup(format!("staging worker failed: {e}")))??
+        }
+        ModelSource::Hf(h) => {
+            let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
+            remote::fetch_hf(inner, id, h, &req.options, staging, cancel).await?
+        }
+        ModelSource::Url(u) => {
+            let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
+            remote::fetch_url(inner, id, u, &req.options, staging, cancel).await?
+        }
+    };
+    if cancel.is_set() {
+        return Err(InstallError::Cancelled(staged.source.clone()));
+    }
+    inner.update(id, |job| {
+        job.status = InstallStatus::Running;
+        if let Some(s) = &staged.staging {
+            job.local_path = Some(s.files());
+        }
+        Some(InstallEvent::ModelInstallRunning {
+            id,
+            source: job.source.clone(),
+        })
+    });
+    let inner2 = inner.clone();
+    let config = req.config.clone();
+    let opts = req.options.clone();
+    let cancel2 = cancel.clone();
+    let staged = Arc::new(staged);
+    let staged2 = staged.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _lane = lock(&inner2.lane);
+        let cancelled = || cancel2.is_set();
+        promote(&inner2.promote_ctx(&cancelled), &staged2, &config, &opts)
+    })
+    .await
+    .map_err(|e| InstallError::Setup(format!("install worker failed: {e}")))?;
+    if result.is_err()
+        && let Some(s) = &staged.staging
+        && (cancel.is_set() || s.meta().is_some_and(|m| m.kind == StagingKind::Local))
+    {
+        let _ = s.remove();
+    }
+    result
+}
+
+impl Inner {
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn promote_ctx<'a>(&'a self, cancelled: &'a dyn Fn() -> bool) -> PromoteCtx<'a> {
+        PromoteCtx {
+            models_dir: &self.cfg.models_dir,
+            store: self.store.as_ref(),
+            hash_algorithm: self.cfg.hash_algorithm,
+            cancelled,
+        }
+    }
+
+    /// Applies `f` to a job and reports the event it returns, under the job table's lock so
+    /// events of one job keep their order.
+    pub(crate) fn update(
+        &self,
+        id: InstallJobId,
+        f: impl FnOnce(&mut ModelInstallJob) -> Option<InstallEvent>,
+    ) {
+        {
+            let mut jobs = lock(&self.jobs);
+            let Some(e) = jobs.map.get_mut(&id) else {
+                return;
+            };
+            if let Some(ev) = f(&mut e.job) {
+                self.reporter.report(&Event::Install(ev));
+            }
+        }
+        self.bump();
+    }
+
+    /// Registers the download parts of a job before they start.
+    pub(crate) fn set_parts(
+        &self,
+        id: InstallJobId,
+        local_path: PathBuf,
+        parts: Vec<InstallPart>,
+        done_bytes: u64,
+    ) {
+        self.update(id, |job| {
+            job.status = InstallStatus::Downloading;
+            job.total_bytes = parts.iter().map(|p| p.total_bytes).sum();
+            job.bytes = done_bytes;
+            job.parts = parts;
+            job.local_path = Some(local_path.clone());
+            Some(downloading_event(job, local_path))
+        });
+    }
+
+    /// Links a download job to a part of an install job (for cancel and progress).
+    pub(crate) fn link_download(&self, id: InstallJobId, download: JobId, part: usize) {
+        if let Some(e) = lock(&self.jobs).map.get_mut(&id) {
+            e.downloads.insert(download, part);
+        }
+    }
+
+    /// Progress of one download of an install job.
+    pub(crate) fn on_download(&self, id: InstallJobId, part: usize, dj: &DownloadJob) {
+        self.update(id, |job| {
+            if job.status != InstallStatus::Downloading {
+                return None;
+            }
+            let p = job.parts.get_mut(part)?;
+            p.bytes = dj.bytes.max(p.bytes.min(p.total_bytes));
+            if p.total_bytes == 0 {
+                p.total_bytes = dj.total_bytes;
+            }
+            if let Some(dp) = &dj.download_path {
+                p.local_path.clone_from(dp);
+            }
+            job.bytes = job.parts.iter().map(|p| p.bytes).sum();
+            job.total_bytes = job.parts.iter().map(|p| p.total_bytes).sum();
+            let lp = job.local_path.clone().unwrap_or_default();
+            Some(downloading_event(job, lp))
+        });
+    }
+
+    fn finish(
+        &self,
+        id: InstallJobId,
+        result: Result<InstallOutcome, InstallError>,
+        cancel: &Arc<Cancel>,
+    ) {
+        self.update(id, |job| match result {
+            Ok(outcome) => {
+                job.status = InstallStatus::Completed;
+                job.config_out = Some(outcome.record.clone());
+                job.local_path = Some(outcome.path.clone());
+                let ev = InstallEvent::ModelInstallCompleted {
+                    id,
+                    source: job.source.clone(),
+                    total_bytes: job.total_bytes,
+                    key: outcome.key.clone(),
+                };
+                job.outcome = Some(outcome);
+                Some(ev)
+            }
+            Err(e) if cancel.is_set() || matches!(e, InstallError::Cancelled(_)) => {
+                let _ = e;
+                job.status = InstallStatus::Cancelled;
+                Some(InstallEvent::ModelInstallCancelled {
+                    id,
+                    source: job.source.clone(),
+                })
+            }
+            Err(e) => {
+                job.status = InstallStatus::Error;
+                job.error_type = Some(e.error_type().to_owned());
+                job.error = Some(e.full_message());
+                tracing::debug!("install of {} failed: {}", job.source, e.full_message());
+                Some(InstallEvent::ModelInstallError {
+                    id,
+                    source: job.source.clone(),
+                    error_type: e.error_type().to_owned(),
+                    error: e.full_message(),
+                })
+            }
+        });
+    }
+}
+
+fn downloading_event(job: &ModelInstallJob, local_path: PathBuf) -> InstallEvent {
+    InstallEvent::ModelInstallDownloading {
+        id: job.id,
+        source: job.source.clone(),
+        local_path,
+        bytes: job.bytes,
+        total_bytes: job.total_bytes,
+        parts: job.parts.clone(),
+    }
+}
