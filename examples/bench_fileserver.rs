@@ -40,7 +40,10 @@ async fn serve(State(root): State<Arc<PathBuf>>, req: Request) -> Response {
         .and_then(|v| v.split_once('-'))
         .map(|(a, b)| {
             let a: u64 = a.parse().unwrap_or(u64::MAX);
-            let b: u64 = b.parse().unwrap_or(len.saturating_sub(1)).min(len.saturating_sub(1));
+            let b: u64 = b
+                .parse()
+                .unwrap_or(len.saturating_sub(1))
+                .min(len.saturating_sub(1));
             (a, b)
         });
     let (code, start, end) = match range {
@@ -68,7 +71,10 @@ async fn serve(State(root): State<Arc<PathBuf>>, req: Request) -> Response {
             Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), (f, left - n as u64)))
+                Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(buf)),
+                    (f, left - n as u64),
+                ))
             }
             Err(e) => Some((Err(e), (f, 0))),
         }
@@ -105,6 +111,9 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind 127.0.0.1");
-    println!("listening on http://{}", listener.local_addr().expect("local address"));
+    println!(
+        "listening on http://{}",
+        listener.local_addr().expect("local address")
+    );
     axum::serve(listener, app).await.expect("serve");
 }

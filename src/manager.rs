@@ -42,9 +42,8 @@ impl ModelManager {
         reporter: Arc<dyn Reporter>,
     ) -> Result<Self, InstallError> {
         let store: Arc<dyn RecordStore> = Arc::from(store::open(database)?);
-        let queue = DownloadQueue::new(queue, reporter.clone()).map_err(|e| {
-            InstallError::Setup(format!("cannot start the download queue: {e}"))
-        })?;
+        let queue = DownloadQueue::new(queue, reporter.clone())
+            .map_err(|e| InstallError::Setup(format!("cannot start the download queue: {e}")))?;
         Self::from_parts(install, store, queue, reporter)
     }
 

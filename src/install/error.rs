@@ -92,9 +92,7 @@ pub enum InstallError {
         evidence: String,
     },
     /// The base is ambiguous.
-    #[error(
-        "{path}: the base model is ambiguous (one of {candidates}); pass `base` in the config"
-    )]
+    #[error("{path}: the base model is ambiguous (one of {candidates}); pass `base` in the config")]
     AmbiguousBase {
         /// The model path.
         path: PathBuf,
@@ -121,7 +119,9 @@ pub enum InstallError {
         error: HashError,
     },
     /// The content hash is not the expected one.
-    #[error("{path}: content hash mismatch: expected {expected}, got {actual}; nothing was installed")]
+    #[error(
+        "{path}: content hash mismatch: expected {expected}, got {actual}; nothing was installed"
+    )]
     HashMismatch {
         /// The model path (in staging).
         path: PathBuf,

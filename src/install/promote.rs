@@ -36,7 +36,9 @@ pub const UNSAFE_PICKLE: &str = "unsafe_pickle";
 
 /// Checks a config dict before anything is fetched: known keys, valid values, no
 /// installer-owned keys. Returns the dict without `unsafe_pickle` and whether it allowed.
-pub(crate) fn check_config(config: &Map<String, Value>) -> Result<(Map<String, Value>, bool), InstallError> {
+pub(crate) fn check_config(
+    config: &Map<String, Value>,
+) -> Result<(Map<String, Value>, bool), InstallError> {
     let mut clean = config.clone();
     let allow = match clean.remove(UNSAFE_PICKLE) {
         None => false,
@@ -116,10 +118,11 @@ pub(crate) fn promote(
 ) -> Result<InstallOutcome, InstallError> {
     let (config, allow_pickle) = check_config(config)?;
     let path = &staged.model_path;
-    let probed = probe::probe_with_overrides(path, &config).map_err(|error| InstallError::Probe {
-        path: path.clone(),
-        error,
-    })?;
+    let probed =
+        probe::probe_with_overrides(path, &config).map_err(|error| InstallError::Probe {
+            path: path.clone(),
+            error,
+        })?;
     check_probe(path, &probed, allow_pickle)?;
     let algo = opts.hash_algorithm.unwrap_or(ctx.hash_algorithm);
     let content_hash = hash::hash_path(path, algo).map_err(|error| InstallError::Hash {
@@ -150,12 +153,22 @@ pub(crate) fn promote(
     }
     let stored_path = stored_path(ctx.models_dir, &target);
     if !ctx.store.search_by_path(&stored_path)?.is_empty() {
-        return Err(InstallError::Store(crate::store::StoreError::DuplicateModel(format!(
-            "a record already points at {stored_path}"
-        ))));
+        return Err(InstallError::Store(
+            crate::store::StoreError::DuplicateModel(format!(
+                "a record already points at {stored_path}"
+            )),
+        ));
     }
     let (files, installed) = fingerprints(path, staged, opts, algo, &content_hash)?;
-    let record = build_record(&probed, &config, staged, opts, &key, &stored_path, &content_hash)?;
+    let record = build_record(
+        &probed,
+        &config,
+        staged,
+        opts,
+        &key,
+        &stored_path,
+        &content_hash,
+    )?;
 
     if (ctx.cancelled)() {
         return Err(InstallError::Cancelled(staged.source.clone()));
@@ -182,7 +195,10 @@ pub(crate) fn promote(
         }
         e
     };
-    let written = ctx.store.add_model(&key, record).map_err(|e| undo(e.into()))?;
+    let written = ctx
+        .store
+        .add_model(&key, record)
+        .map_err(|e| undo(e.into()))?;
     if let Err(e) = ctx.store.set_model_files(&key, &files) {
         let _ = ctx.store.del_model(&key);
         return Err(undo(e.into()));
@@ -389,7 +405,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<(),
     for e in rd {
         let e = e.map_err(|e| InstallError::io("reading", dir, e))?;
         let p = e.path();
-        let ft = e.file_type().map_err(|err| InstallError::io("reading", &p, err))?;
+        let ft = e
+            .file_type()
+            .map_err(|err| InstallError::io("reading", &p, err))?;
         if ft.is_dir() {
             walk(root, &p, out)?;
         } else {
@@ -427,10 +445,12 @@ fn build_record(
         key: "config".into(),
         reason: e.to_string(),
     })?;
-    let obj = v.as_object_mut().ok_or_else(|| InstallError::InvalidConfig {
-        key: "config".into(),
-        reason: "the record is not an object".into(),
-    })?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| InstallError::InvalidConfig {
+            key: "config".into(),
+            reason: "the record is not an object".into(),
+        })?;
     let mut tags: Vec<String> = staged.tags.clone();
     for (k, val) in config {
         if k == "tags" {

@@ -64,7 +64,8 @@ pub(crate) async fn fetch_hf(
         opts.access_token.as_ref().or(src.access_token.as_ref()),
         &inner.cfg.hub_env,
     );
-    let filter = FileFilter::from_source(src).with_globs(opts.include.clone(), opts.exclude.clone());
+    let filter =
+        FileFilter::from_source(src).with_globs(opts.include.clone(), opts.exclude.clone());
     let plan = tokio::select! {
         p = inner.cfg.hub.plan_source(src, &filter, &token) => p.map_err(hub_err)?,
         () = cancel.wait() => return Err(InstallError::Cancelled(source_str)),
@@ -99,7 +100,11 @@ pub(crate) async fn fetch_hf(
             part: InstallPart {
                 source: redact_url_str(spec.url.as_str()),
                 local_path: dest.clone(),
-                bytes: if done { spec.size } else { len_of(&part_of(&dest)).min(spec.size) },
+                bytes: if done {
+                    spec.size
+                } else {
+                    len_of(&part_of(&dest)).min(spec.size)
+                },
                 total_bytes: spec.size,
             },
             done,
@@ -150,7 +155,11 @@ pub(crate) async fn fetch_url(
         part: InstallPart {
             source: redact_url_str(src.url.as_str()),
             local_path: dest.clone(),
-            bytes: if done { len_of(&dest) } else { len_of(&part_of(&dest)) },
+            bytes: if done {
+                len_of(&dest)
+            } else {
+                len_of(&part_of(&dest))
+            },
             total_bytes: if done { len_of(&dest) } else { 0 },
         },
         done,
@@ -259,13 +268,14 @@ async fn run_downloads(
         if cancel.is_set() {
             break;
         }
-        let submitted = inner
-            .queue
-            .submit_download_job(job, false)
-            .map_err(|e| InstallError::Download {
-                source_str: source_str.to_owned(),
-                error: Arc::new(e),
-            })?;
+        let submitted =
+            inner
+                .queue
+                .submit_download_job(job, false)
+                .map_err(|e| InstallError::Download {
+                    source_str: source_str.to_owned(),
+                    error: Arc::new(e),
+                })?;
         inner.link_download(id, submitted.id, i);
         ids.push(submitted.id);
     }
@@ -351,10 +361,13 @@ pub(crate) async fn download_and_cache(
     };
     let job = inner.queue.submit_download_job(job, true).map_err(err)?;
     match inner.queue.wait_for_job(job.id, timeout).await {
-        Ok(done) => done.result().map(Path::to_path_buf).map_err(|e| InstallError::Download {
-            source_str: record_source(&src),
-            error: e,
-        }),
+        Ok(done) => done
+            .result()
+            .map(Path::to_path_buf)
+            .map_err(|e| InstallError::Download {
+                source_str: record_source(&src),
+                error: e,
+            }),
         Err(DownloadError::Timeout { timeout, .. }) => {
             let _ = inner.queue.cancel_job(job.id);
             Err(InstallError::Timeout {

@@ -63,12 +63,11 @@ impl InstallConfig {
         settings_endpoint: Option<&str>,
     ) -> Result<Self, InstallError> {
         let env = HubEnv::from_process();
-        let hub = HubClient::from_env(settings_endpoint, &env).map_err(|error| {
-            InstallError::Hub {
+        let hub =
+            HubClient::from_env(settings_endpoint, &env).map_err(|error| InstallError::Hub {
                 source_str: "settings".into(),
                 error,
-            }
-        })?;
+            })?;
         Ok(Self::new(models_dir, hub, env))
     }
 
@@ -169,9 +168,17 @@ pub fn record_source(source: &ModelSource) -> String {
                 .query_pairs()
                 .filter(|(k, _)| {
                     let k = k.to_ascii_lowercase();
-                    !["token", "key", "sig", "auth", "secret", "signature", "password"]
-                        .iter()
-                        .any(|s| k.contains(s))
+                    ![
+                        "token",
+                        "key",
+                        "sig",
+                        "auth",
+                        "secret",
+                        "signature",
+                        "password",
+                    ]
+                    .iter()
+                    .any(|s| k.contains(s))
                 })
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
@@ -300,7 +307,11 @@ impl ModelInstallService {
         if let ModelSource::Hf(h) = &mut request.source
             && h.variant.is_none()
         {
-            h.variant = self.inner.cfg.default_variant.filter(|v| *v != ModelRepoVariant::Default);
+            h.variant = self
+                .inner
+                .cfg
+                .default_variant
+                .filter(|v| *v != ModelRepoVariant::Default);
         }
         let source_str = record_source(&request.source);
         let dedup = dedup_key(&request);
@@ -474,7 +485,10 @@ impl ModelInstallService {
             if e.job.in_terminal_state() {
                 return Ok(());
             }
-            (e.cancel.clone(), e.downloads.keys().copied().collect::<Vec<_>>())
+            (
+                e.cancel.clone(),
+                e.downloads.keys().copied().collect::<Vec<_>>(),
+            )
         };
         cancel.set();
         for d in downloads {
@@ -622,7 +636,10 @@ fn selection(opts: &InstallOptions) -> Vec<String> {
     v.push(format!("exclude={}", opts.exclude.join("\u{1f}")));
     v.push(format!(
         "dest={}",
-        opts.dest.as_deref().map(Path::to_string_lossy).unwrap_or_default()
+        opts.dest
+            .as_deref()
+            .map(Path::to_string_lossy)
+            .unwrap_or_default()
     ));
     v
 }
@@ -635,7 +652,11 @@ fn stage_id(source: &ModelSource, opts: &InstallOptions) -> String {
 
 fn dedup_key(req: &InstallRequest) -> String {
     let inplace = matches!(&req.source, ModelSource::Local(l) if l.inplace);
-    format!("{}{}", stage_id(&req.source, &req.options), if inplace { "+inplace" } else { "" })
+    format!(
+        "{}{}",
+        stage_id(&req.source, &req.options),
+        if inplace { "+inplace" } else { "" }
+    )
 }
 
 fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Staged, InstallError> {

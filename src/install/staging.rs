@@ -147,7 +147,10 @@ impl Staging {
         fs::create_dir_all(self.files())
             .map_err(|e| InstallError::io("creating staging folder", self.files(), e))?;
         if !keep {
-            write_synced(&self.meta_path(), &serde_json::to_vec_pretty(&want).unwrap_or_default())?;
+            write_synced(
+                &self.meta_path(),
+                &serde_json::to_vec_pretty(&want).unwrap_or_default(),
+            )?;
         }
         Ok(())
     }
@@ -253,9 +256,7 @@ pub fn recover(
             // An unreadable intent: the rename never happened (the intent is synced first).
             let _ = fs::remove_file(staging.intent_path());
         }
-        let resumable = staging
-            .meta()
-            .is_some_and(|m| m.kind != StagingKind::Local)
+        let resumable = staging.meta().is_some_and(|m| m.kind != StagingKind::Local)
             && newest_file(&staging.files())
                 .is_some_and(|t| t.elapsed().unwrap_or_default() <= stale_after);
         if resumable {

@@ -6,8 +6,6 @@ pub mod fileserver;
 pub mod hub_server;
 pub mod probe_fixtures;
 
-
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
