@@ -697,12 +697,22 @@ async fn reinstall(
 fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result<(), String> {
     let Some(key) = key else { return Ok(()) };
     let svc = cx.manager.install();
+    let models_dir = cx.manager.models_dir();
+    let old_path = cx
+        .manager
+        .store()
+        .get_model(key)
+        .ok()
+        .map(|r| r.resolved_path(models_dir));
     let r = if inplace {
         // An inplace model's files are the user's: forget the record, keep the files.
         svc.unregister(key)
     } else {
         svc.delete(key).map(|_| ())
     };
+    if !inplace && let Some(p) = old_path {
+        remove_empty_parents(&p, models_dir);
+    }
     match r {
         Ok(()) => Ok(()),
         Err(crate::install::InstallError::Store(StoreError::UnknownModel(_))) => Ok(()),
@@ -710,6 +720,18 @@ fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result
             "removing the old record {key}: {}",
             e.full_message()
         )),
+    }
+}
+
+/// A single-file model lives in `<key>/<file>`; once the file is gone, so should its folder
+/// be (else `status` reports it as an orphan). Only empty folders inside models_dir go.
+fn remove_empty_parents(path: &Path, models_dir: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == models_dir || !d.starts_with(models_dir) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
     }
 }
 

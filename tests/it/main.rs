@@ -2,6 +2,7 @@
 
 mod support;
 
+mod apply;
 mod cli_records;
 mod download;
 mod hash;

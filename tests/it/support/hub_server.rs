@@ -21,6 +21,7 @@
 //! hub.fail_next(Target::Hub, 2, Fault::Status(503))
 //! hub.fail_next(Target::Any, 1, Fault::RateLimit { retry_after: 0 })
 //! hub.corrupt_lfs("owner/sd15", "unet/…safetensors") // the CDN serves it with one byte flipped
+//! hub.set_throttle(4096, Duration::from_millis(5)) // CDN bodies trickle out (fault tests)
 //! hub.add_url_download("123", "detail.safetensors", bytes) // Civitai-style /api/download/models/123
 //! hub.add_html_page("/login")                   // a 200 text/html page (not a model)
 //! hub.requests() / hub.hub_requests() / hub.cdn_requests() / hub.clear_log()
@@ -364,6 +365,8 @@ struct Emu {
     html_pages: Vec<String>,
     gzip: bool,
     log: Vec<LoggedRequest>,
+    /// CDN bodies go out `chunk` bytes at a time, `delay` apart (slow downloads for fault tests).
+    throttle: Option<(usize, std::time::Duration)>,
 }
 
 type Shared = Arc<Mutex<Emu>>;
@@ -505,6 +508,10 @@ impl HubServer {
     }
 
     /// Whether text files may be gzip-compressed (default true).
+    pub fn set_throttle(&self, chunk: usize, delay: std::time::Duration) {
+        lock(&self.state).throttle = Some((chunk.max(1), delay));
+    }
+
     pub fn set_gzip(&self, on: bool) {
         lock(&self.state).gzip = on;
     }
@@ -1202,6 +1209,32 @@ fn serve_small(s: &Emu, f: &FakeFile, commit: &str, r: &Req) -> Response {
     resp
 }
 
+/// The same response with its body sent `chunk` bytes at a time, `delay` apart.
+fn throttle(resp: Response, chunk: usize, delay: std::time::Duration) -> Response {
+    let (parts, body) = resp.into_parts();
+    let stream = futures_util::stream::unfold(
+        (Some(body), axum::body::Bytes::new(), 0usize),
+        move |(body, data, off)| async move {
+            let data = match body {
+                Some(b) => axum::body::to_bytes(b, usize::MAX).await.ok()?,
+                None => data,
+            };
+            if off >= data.len() {
+                return None;
+            }
+            if off > 0 {
+                tokio::time::sleep(delay).await;
+            }
+            let end = (off + chunk).min(data.len());
+            Some((
+                Ok::<_, std::io::Error>(data.slice(off..end)),
+                (None, data, end),
+            ))
+        },
+    );
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
 /// Serves `content` honouring `Range` and (when `gzip_ok` and asked) gzip, chunked.
 fn serve_bytes(content: &[u8], r: &Req, gzip_ok: bool) -> Response {
     let len = content.len() as u64;
@@ -1286,6 +1319,11 @@ fn route_cdn(st: &Shared, r: &Req) -> Response {
                 body[i] ^= 0xff;
             }
             let mut resp = serve_bytes(&body, r, false);
+            if let Some((chunk, delay)) = s.throttle
+                && r.method != Method::HEAD
+            {
+                resp = throttle(resp, chunk, delay);
+            }
             // A CDN ETag: not the sha256.
             let etag = format!("\"cdn-{}\"", &git_sha1(sha.as_bytes())[..16]);
             resp.headers_mut()
