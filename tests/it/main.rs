@@ -4,6 +4,7 @@ mod support;
 
 mod apply;
 mod cli_records;
+mod diff;
 mod download;
 mod hash;
 mod hub;
@@ -11,4 +12,5 @@ mod manifest;
 mod plan;
 mod probe;
 mod scan;
+mod status;
 mod store;

@@ -312,7 +312,7 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<Status> {
                 action_name(d.action),
                 d.reason
             )?;
-            for f in &d.files {
+            for f in d.files.iter().filter(|f| !f.is_empty()) {
                 writeln!(out, "    {f}")?;
             }
         }
@@ -347,9 +347,10 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<Status> {
         if r.drifted {
             writeln!(
                 out,
-                "Drift: {} entr{} differ, {} orphan path(s); {} in sync. `modelsync diff` shows the plan, `modelsync gc` lists what it would remove.",
+                "Drift: {} entr{} differ{}, {} orphan path(s); {} in sync. `modelsync diff` shows the plan, `modelsync gc` lists what it would remove.",
                 r.drift.len(),
                 if r.drift.len() == 1 { "y" } else { "ies" },
+                if r.drift.len() == 1 { "s" } else { "" },
                 r.orphan_paths.len(),
                 r.in_sync
             )?;
