@@ -33,7 +33,11 @@ fn diff_shows_the_plan_with_sizes_and_exit_codes() {
     );
     assert!(out.contains(" free"), "{out}");
     // Sizes came from metadata: no file body was fetched, nothing was created.
-    assert!(body_requests(&w.hub).is_empty(), "{:?}", body_requests(&w.hub));
+    assert!(
+        body_requests(&w.hub).is_empty(),
+        "{:?}",
+        body_requests(&w.hub)
+    );
     assert!(!w.models().exists());
     assert_exit(&w.run(&["diff", "--exit-code"]), 2);
 
@@ -65,7 +69,11 @@ fn diff_works_offline_with_unknown_sizes() {
         .output()
         .unwrap();
     assert_exit(&o, 2);
-    assert!(stdout(&o).contains("(+ 1 of unknown size)"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("(+ 1 of unknown size)"),
+        "{}",
+        stdout(&o)
+    );
     assert!(stderr(&o).contains("offline"), "{}", stderr(&o));
     assert!(w.hub.requests().is_empty());
 
@@ -97,7 +105,11 @@ fn diff_refresh_sees_a_moved_revision() {
     let out = stdout(&o);
     assert!(out.contains("↑  hub-lora"), "{out}");
     assert!(
-        out.contains(&format!("main moved upstream: {} → {}", &old[..7], &new[..7])),
+        out.contains(&format!(
+            "main moved upstream: {} → {}",
+            &old[..7],
+            &new[..7]
+        )),
         "{out}"
     );
     assert!(out.contains("1 to upgrade"), "{out}");

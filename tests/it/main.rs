@@ -6,6 +6,7 @@ mod apply;
 mod cli_records;
 mod diff;
 mod download;
+mod faults;
 mod hash;
 mod hub;
 mod manifest;

@@ -105,8 +105,16 @@ fn the_quick_start_example_applies_offline() {
     };
     let o = run(&["apply", "--preload"]);
     assert_exit(&o, 0);
-    assert!(stdout(&o).contains("Apply complete: 3 change(s)"), "{}", stdout(&o));
-    assert!(stderr(&o).contains("preload tiny-sd15: skipped"), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Apply complete: 3 change(s)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("preload tiny-sd15: skipped"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(&["diff", "--exit-code"]);
     assert_exit(&o, 0);
     assert!(stdout(&o).contains("No changes: 3 model(s) in sync."));
@@ -126,7 +134,10 @@ fn the_quick_start_example_applies_offline() {
 
 #[test]
 fn the_huggingface_example_parses() {
-    let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/huggingface.yaml"));
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/huggingface.yaml"
+    ));
     let text = std::fs::read_to_string(path).unwrap();
     let env = |var: &str| (var == "HF_TOKEN").then(|| "hf_example".to_owned());
     let m = modelsync::manifest::parse_str(&text, path, &env).unwrap();
