@@ -45,7 +45,7 @@ pub enum InstallError {
         source_str: String,
         /// The Hub error.
         #[source]
-        error: HubError,
+        error: Box<HubError>,
     },
     /// A download failed.
     #[error("{source_str}: download failed: {error}")]
@@ -79,7 +79,7 @@ pub enum InstallError {
         path: PathBuf,
         /// The probe's error.
         #[source]
-        error: ProbeError,
+        error: Box<ProbeError>,
     },
     /// The probe ran but found no known model.
     #[error(
@@ -116,7 +116,7 @@ pub enum InstallError {
         path: PathBuf,
         /// The cause.
         #[source]
-        error: HashError,
+        error: Box<HashError>,
     },
     /// The content hash is not the expected one.
     #[error(
@@ -138,7 +138,7 @@ pub enum InstallError {
     },
     /// The record store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -180,6 +180,12 @@ pub enum InstallError {
         /// The full message.
         error: String,
     },
+}
+
+impl From<StoreError> for InstallError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(Box::new(e))
+    }
 }
 
 impl InstallError {

@@ -41,9 +41,8 @@ pub(crate) fn check_config(
 ) -> Result<(Map<String, Value>, bool), InstallError> {
     let mut clean = config.clone();
     let allow = match clean.remove(UNSAFE_PICKLE) {
-        None => false,
+        None | Some(Value::Bool(false)) => false,
         Some(Value::String(s)) if s == "allow" => true,
-        Some(Value::Bool(false)) => false,
         Some(Value::String(s)) if s == "refuse" => false,
         Some(other) => {
             return Err(InstallError::InvalidConfig {
@@ -121,13 +120,13 @@ pub(crate) fn promote(
     let probed =
         probe::probe_with_overrides(path, &config).map_err(|error| InstallError::Probe {
             path: path.clone(),
-            error,
+            error: Box::new(error),
         })?;
     check_probe(path, &probed, allow_pickle)?;
     let algo = opts.hash_algorithm.unwrap_or(ctx.hash_algorithm);
     let content_hash = hash::hash_path(path, algo).map_err(|error| InstallError::Hash {
         path: path.clone(),
-        error,
+        error: Box::new(error),
     })?;
     if let Some(expected) = &opts.expected_hash {
         check_expected_hash(path, expected, algo, &content_hash)?;
@@ -153,11 +152,10 @@ pub(crate) fn promote(
     }
     let stored_path = stored_path(ctx.models_dir, &target);
     if !ctx.store.search_by_path(&stored_path)?.is_empty() {
-        return Err(InstallError::Store(
-            crate::store::StoreError::DuplicateModel(format!(
-                "a record already points at {stored_path}"
-            )),
-        ));
+        return Err(crate::store::StoreError::DuplicateModel(format!(
+            "a record already points at {stored_path}"
+        ))
+        .into());
     }
     let (files, installed) = fingerprints(path, staged, opts, algo, &content_hash)?;
     let record = build_record(
@@ -179,6 +177,7 @@ pub(crate) fn promote(
             key: key.clone(),
             target: target.clone(),
             moved_from: staged.moved_from.clone(),
+            files: files.clone(),
         })?;
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)
@@ -219,6 +218,20 @@ pub(crate) fn promote(
 }
 
 fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<(), InstallError> {
+    // Safety first: a dangerous pickle is refused whatever else it is.
+    if let Some(scan) = &probed.pickle_scan
+        && scan.verdict == ScanVerdict::Dangerous
+        && !allow_pickle
+    {
+        return Err(InstallError::DangerousPickle {
+            path: path.to_path_buf(),
+            globals: scan
+                .dangerous()
+                .map(|g| format!("{}.{} in {}", g.module, g.name, g.file))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     if probed.model_type == ModelType::Unknown {
         return Err(InstallError::UnknownModel {
             path: path.to_path_buf(),
@@ -236,19 +249,6 @@ fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<
                 .base_candidates
                 .iter()
                 .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-    if let Some(scan) = &probed.pickle_scan
-        && scan.verdict == ScanVerdict::Dangerous
-        && !allow_pickle
-    {
-        return Err(InstallError::DangerousPickle {
-            path: path.to_path_buf(),
-            globals: scan
-                .dangerous()
-                .map(|g| format!("{}.{} in {}", g.module, g.name, g.file))
                 .collect::<Vec<_>>()
                 .join(", "),
         });
@@ -277,7 +277,7 @@ fn check_expected_hash(
         })?;
         hash::hash_path(path, other).map_err(|error| InstallError::Hash {
             path: path.to_path_buf(),
-            error,
+            error: Box::new(error),
         })?
     };
     if actual.eq_ignore_ascii_case(expected) {
@@ -386,7 +386,7 @@ fn fingerprints(
         if sha.is_none() && opts.sha256_for_lock {
             sha = Some(hash::sha256_file(&abs).map_err(|error| InstallError::Hash {
                 path: abs.clone(),
-                error,
+                error: Box::new(error),
             })?);
         }
         fp.sha256.clone_from(&sha);

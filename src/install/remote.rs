@@ -58,7 +58,7 @@ pub(crate) async fn fetch_hf(
     let source_str = ModelSource::Hf(src.clone()).canonical();
     let hub_err = |error| InstallError::Hub {
         source_str: source_str.clone(),
-        error,
+        error: Box::new(error),
     };
     let token = resolve_token(
         opts.access_token.as_ref().or(src.access_token.as_ref()),

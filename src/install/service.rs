@@ -66,7 +66,7 @@ impl InstallConfig {
         let hub =
             HubClient::from_env(settings_endpoint, &env).map_err(|error| InstallError::Hub {
                 source_str: "settings".into(),
-                error,
+                error: Box::new(error),
             })?;
         Ok(Self::new(models_dir, hub, env))
     }
@@ -456,9 +456,8 @@ impl ModelInstallService {
 
     /// The jobs of a source (its canonical string, or any string that parses to it).
     pub fn get_job_by_source(&self, source: &str) -> Vec<ModelInstallJob> {
-        let canonical = ModelSource::parse(source)
-            .map(|s| record_source(&s))
-            .unwrap_or_else(|_| source.to_owned());
+        let canonical =
+            ModelSource::parse(source).map_or_else(|_| source.to_owned(), |s| record_source(&s));
         lock(&self.inner.jobs)
             .map
             .values()
@@ -511,9 +510,9 @@ impl ModelInstallService {
     pub fn register_path(
         &self,
         path: &Path,
-        config: Map<String, Value>,
+        config: &Map<String, Value>,
     ) -> Result<AnyModelConfig, InstallError> {
-        self.register_path_with(path, &config, &InstallOptions::default())
+        self.register_path_with(path, config, &InstallOptions::default())
             .map(|o| o.record)
     }
 
@@ -534,9 +533,9 @@ impl ModelInstallService {
     pub fn install_path(
         &self,
         path: &Path,
-        config: Map<String, Value>,
+        config: &Map<String, Value>,
     ) -> Result<AnyModelConfig, InstallError> {
-        self.install_path_with(path, &config, &InstallOptions::default())
+        self.install_path_with(path, config, &InstallOptions::default())
             .map(|o| o.record)
     }
 

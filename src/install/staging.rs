@@ -12,7 +12,8 @@
 //! staging dir. [`recover`] (at start-up, under the store lock) makes "killed at any moment"
 //! safe:
 //!
-//! - `intent.json` and a record with its key: the install finished; the staging dir goes.
+//! - `intent.json` and a record with its key: the install finished (its file fingerprints are
+//!   written from the intent if the crash came between the two writes); the staging dir goes.
 //! - `intent.json` and no record: the promotion is rolled back — the promoted path is renamed
 //!   back into `files/` (or removed if that is impossible), so no file without a record stays
 //!   in `models_dir` and the next run resumes from complete files.
@@ -75,6 +76,10 @@ pub struct Intent {
     pub target: PathBuf,
     /// Where it came from, relative to the staging dir (`files` or `files/<name>`).
     pub moved_from: String,
+    /// The fingerprints the record gets: a crash between writing the record and its
+    /// fingerprints is finished by recovery from here.
+    #[serde(default)]
+    pub files: Vec<crate::store::ModelFile>,
 }
 
 /// The staging dir id for a source and its selection: 16 hex characters of a sha256.
@@ -246,6 +251,9 @@ pub fn recover(
             .and_then(|b| serde_json::from_slice::<Intent>(&b).ok())
         {
             if store.exists(&intent.key)? {
+                if store.model_files(&intent.key)?.is_empty() && !intent.files.is_empty() {
+                    store.set_model_files(&intent.key, &intent.files)?;
+                }
                 staging.remove()?;
                 report.removed.push(path);
                 continue;

@@ -715,7 +715,11 @@ fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result
     }
     match r {
         Ok(()) => Ok(()),
-        Err(crate::install::InstallError::Store(StoreError::UnknownModel(_))) => Ok(()),
+        Err(crate::install::InstallError::Store(e))
+            if matches!(*e, StoreError::UnknownModel(_)) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(format!(
             "removing the old record {key}: {}",
             e.full_message()

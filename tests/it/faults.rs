@@ -50,7 +50,7 @@ fn apply_survives_kill_9_at_random_moments() {
     w.local_lora("a.safetensors", 1);
     w.local_lora("b.safetensors", 2);
     // About 100 KB per file in 8 KB chunks 20 ms apart: each download takes ~250 ms.
-    w.hub.set_throttle(8 * 1024, Duration::from_millis(20));
+    w.hub.set_cdn_throttle(8 * 1024, Duration::from_millis(20));
     let mut rng = Lcg(0x5eed);
     let started = Instant::now();
     let mut killed_mid_run = 0;

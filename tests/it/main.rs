@@ -9,6 +9,7 @@ mod download;
 mod faults;
 mod hash;
 mod hub;
+mod install;
 mod manifest;
 mod plan;
 mod probe;

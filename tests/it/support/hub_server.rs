@@ -21,7 +21,6 @@
 //! hub.fail_next(Target::Hub, 2, Fault::Status(503))
 //! hub.fail_next(Target::Any, 1, Fault::RateLimit { retry_after: 0 })
 //! hub.corrupt_lfs("owner/sd15", "unet/…safetensors") // the CDN serves it with one byte flipped
-//! hub.set_throttle(4096, Duration::from_millis(5)) // CDN bodies trickle out (fault tests)
 //! hub.add_url_download("123", "detail.safetensors", bytes) // Civitai-style /api/download/models/123
 //! hub.add_html_page("/login")                   // a 200 text/html page (not a model)
 //! hub.requests() / hub.hub_requests() / hub.cdn_requests() / hub.clear_log()
@@ -364,9 +363,9 @@ struct Emu {
     url_downloads: HashMap<String, UrlDownload>,
     html_pages: Vec<String>,
     gzip: bool,
-    log: Vec<LoggedRequest>,
-    /// CDN bodies go out `chunk` bytes at a time, `delay` apart (slow downloads for fault tests).
+    /// CDN bodies go out `chunk` bytes at a time with `delay` between chunks.
     throttle: Option<(usize, std::time::Duration)>,
+    log: Vec<LoggedRequest>,
 }
 
 type Shared = Arc<Mutex<Emu>>;
@@ -508,12 +507,14 @@ impl HubServer {
     }
 
     /// Whether text files may be gzip-compressed (default true).
-    pub fn set_throttle(&self, chunk: usize, delay: std::time::Duration) {
-        lock(&self.state).throttle = Some((chunk.max(1), delay));
-    }
-
     pub fn set_gzip(&self, on: bool) {
         lock(&self.state).gzip = on;
+    }
+
+    /// Slows CDN bodies (LFS files, URL downloads) down: `chunk` bytes, then `delay`, and so
+    /// on. For tests that must catch a download in the middle (kill, cancel, timeout).
+    pub fn set_cdn_throttle(&self, chunk: usize, delay: std::time::Duration) {
+        lock(&self.state).throttle = Some((chunk.max(1), delay));
     }
 
     /// Answers the next `n` requests to `target` with `fault`.
@@ -1196,7 +1197,7 @@ fn is_text(path: &str) -> bool {
 }
 
 fn serve_small(s: &Emu, f: &FakeFile, commit: &str, r: &Req) -> Response {
-    let mut resp = serve_bytes(&f.content, r, s.gzip && is_text(&f.path));
+    let mut resp = serve_bytes(&f.content, r, s.gzip && is_text(&f.path), None);
     let h = resp.headers_mut();
     h.insert(
         header::ETAG,
@@ -1209,34 +1210,13 @@ fn serve_small(s: &Emu, f: &FakeFile, commit: &str, r: &Req) -> Response {
     resp
 }
 
-/// The same response with its body sent `chunk` bytes at a time, `delay` apart.
-fn throttle(resp: Response, chunk: usize, delay: std::time::Duration) -> Response {
-    let (parts, body) = resp.into_parts();
-    let stream = futures_util::stream::unfold(
-        (Some(body), axum::body::Bytes::new(), 0usize),
-        move |(body, data, off)| async move {
-            let data = match body {
-                Some(b) => axum::body::to_bytes(b, usize::MAX).await.ok()?,
-                None => data,
-            };
-            if off >= data.len() {
-                return None;
-            }
-            if off > 0 {
-                tokio::time::sleep(delay).await;
-            }
-            let end = (off + chunk).min(data.len());
-            Some((
-                Ok::<_, std::io::Error>(data.slice(off..end)),
-                (None, data, end),
-            ))
-        },
-    );
-    Response::from_parts(parts, Body::from_stream(stream))
-}
-
 /// Serves `content` honouring `Range` and (when `gzip_ok` and asked) gzip, chunked.
-fn serve_bytes(content: &[u8], r: &Req, gzip_ok: bool) -> Response {
+fn serve_bytes(
+    content: &[u8],
+    r: &Req,
+    gzip_ok: bool,
+    throttle: Option<(usize, std::time::Duration)>,
+) -> Response {
     let len = content.len() as u64;
     if let Some(range) = r.range() {
         let parsed = range.strip_prefix("bytes=").and_then(|spec| {
@@ -1267,7 +1247,7 @@ fn serve_bytes(content: &[u8], r: &Req, gzip_ok: bool) -> Response {
             .header(header::CONTENT_LENGTH, slice.len())
             .header(header::ACCEPT_RANGES, "bytes")
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Body::from(slice))
+            .body(body_of(slice, throttle))
             .expect("response");
     }
     if gzip_ok && r.accepts_gzip() && r.method != Method::HEAD {
@@ -1294,9 +1274,28 @@ fn serve_bytes(content: &[u8], r: &Req, gzip_ok: bool) -> Response {
         .body(if r.method == Method::HEAD {
             Body::empty()
         } else {
-            Body::from(content.to_vec())
+            body_of(content.to_vec(), throttle)
         })
         .expect("response")
+}
+
+/// A body, sent whole or (throttled) a chunk at a time.
+fn body_of(bytes: Vec<u8>, throttle: Option<(usize, std::time::Duration)>) -> Body {
+    let Some((chunk, delay)) = throttle else {
+        return Body::from(bytes);
+    };
+    let chunks: Vec<Vec<u8>> = bytes.chunks(chunk).map(<[u8]>::to_vec).collect();
+    let stream = futures_util::stream::unfold(
+        (chunks.into_iter(), true),
+        move |(mut it, first)| async move {
+            let next = it.next()?;
+            if !first {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, std::io::Error>(next), (it, false)))
+        },
+    );
+    Body::from_stream(stream)
 }
 
 fn route_cdn(st: &Shared, r: &Req) -> Response {
@@ -1318,12 +1317,7 @@ fn route_cdn(st: &Shared, r: &Req) -> Response {
                 let i = body.len() / 2;
                 body[i] ^= 0xff;
             }
-            let mut resp = serve_bytes(&body, r, false);
-            if let Some((chunk, delay)) = s.throttle
-                && r.method != Method::HEAD
-            {
-                resp = throttle(resp, chunk, delay);
-            }
+            let mut resp = serve_bytes(&body, r, false, s.throttle);
             // A CDN ETag: not the sha256.
             let etag = format!("\"cdn-{}\"", &git_sha1(sha.as_bytes())[..16]);
             resp.headers_mut()
@@ -1334,7 +1328,7 @@ fn route_cdn(st: &Shared, r: &Req) -> Response {
             let Some(d) = s.url_downloads.get(&segs[1]) else {
                 return text(StatusCode::NOT_FOUND, "NoSuchKey");
             };
-            let mut resp = serve_bytes(&d.content, r, false);
+            let mut resp = serve_bytes(&d.content, r, false, s.throttle);
             resp.headers_mut().insert(
                 header::CONTENT_DISPOSITION,
                 HeaderValue::from_str(&format!("attachment; filename=\"{}\"", d.filename))
