@@ -9,6 +9,7 @@
 //!
 //! Usage: `bench_reconcile <path to the modelsync binary>`.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn bench_plan(n: usize) {
     let mut text = String::from("version: 1\nsettings:\n  models_dir: /srv/models\nmodels:\n");
     for i in 0..n {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "  - name: m{i:05}\n    source: owner/repo-{i:05}:fp16\n    tags: [t{}]\n",
             i % 7
-        ));
+        );
     }
     let path = Path::new("/bench/models.yaml");
     let t = Instant::now();
@@ -124,10 +126,11 @@ fn bench_noop_apply(bin: &Path, n: u32) {
     for i in 0..n {
         let p = src.join(format!("lora-{i:04}.safetensors"));
         std::fs::write(&p, lora(i)).expect("write lora");
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "  - name: lora-{i:04}\n    source: {}\n    config: {{ type: lora, base: sd-1 }}\n",
             p.display()
-        ));
+        );
     }
     std::fs::write(dir.path().join("models.yaml"), text).expect("write manifest");
     let run = || {
@@ -162,8 +165,7 @@ fn bench_noop_apply(bin: &Path, n: u32) {
 fn main() {
     let bin = std::env::args()
         .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/modelsync"));
+        .map_or_else(|| PathBuf::from("target/release/modelsync"), PathBuf::from);
     bench_plan(10_000);
     bench_noop_apply(&bin, 1_000);
 }

@@ -267,7 +267,7 @@ fn prune_deletes_only_managed_records_whose_entries_left() {
     let kept: String = text
         .lines()
         .filter(|l| !l.contains("hub-lora") && !l.contains("tags: [a]"))
-        .map(|l| format!("{l}\n"))
+        .flat_map(|l| [l, "\n"])
         .collect();
     std::fs::write(w.path().join("models.yaml"), kept).unwrap();
     let hub_rec = w

@@ -2,6 +2,7 @@
 //! writing records), each time followed by an apply that must converge with no orphan record
 //! and no promoted partial file.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::support::reconcile::{Work, assert_exit, lora_repo};
@@ -29,14 +30,16 @@ fn manifest(w: &Work, variant: usize) {
     };
     let mut models = String::new();
     for r in hub {
-        models.push_str(&format!(
+        let _ = write!(
+            models,
             "  - name: {r}\n    source: owner/{r}::lora.safetensors\n"
-        ));
+        );
     }
-    models.push_str(&format!(
+    let _ = write!(
+        models,
         "  - name: local-{local}\n    source: {}\n",
         w.path().join(format!("src/{local}.safetensors")).display()
-    ));
+    );
     w.manifest("  prune: true\n  max_parallel_downloads: 3\n", &models);
 }
 

@@ -3,6 +3,7 @@
 //! install event as one JSON object per line on stdout.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -109,10 +110,10 @@ impl ApplyUi {
                 };
                 let mut line = format!("{} {name}: {done}", action.symbol());
                 if let Some(k) = key {
-                    line.push_str(&format!(" ({k})"));
+                    let _ = write!(line, " ({k})");
                 }
                 if *downloaded_bytes > 0 {
-                    line.push_str(&format!(", {} downloaded", HumanBytes(*downloaded_bytes)));
+                    let _ = write!(line, ", {} downloaded", HumanBytes(*downloaded_bytes));
                 }
                 self.println(&line);
             }
@@ -143,7 +144,7 @@ impl ApplyUi {
                 if !self.quiet {
                     let mut line = format!("wrote {}", path.display());
                     if !dropped.is_empty() {
-                        line.push_str(&format!(" (dropped {})", dropped.join(", ")));
+                        let _ = write!(line, " (dropped {})", dropped.join(", "));
                     }
                     self.eprintln(&line);
                 }
