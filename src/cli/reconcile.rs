@@ -6,8 +6,13 @@ use std::path::Path;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{Context, OutputFormat, Status, not_implemented};
+use super::{Context, OutputFormat, Status};
 use crate::manifest;
+
+mod commands;
+mod progress;
+
+pub use commands::{apply, diff, gc, status, verify};
 
 /// `init`.
 #[derive(Debug, Args)]
@@ -43,9 +48,13 @@ pub struct ApplyArgs {
     /// Load preload entries into the cache afterwards.
     #[arg(long)]
     pub preload: bool,
-    /// Give up waiting for another process's lock after this long.
-    #[arg(long, default_value = "5m")]
-    pub lock_timeout: String,
+    /// Take over unmanaged records whose source equals an entry's instead of installing.
+    #[arg(long)]
+    pub adopt: bool,
+    /// Give up waiting for another process's store lock after this long (default:
+    /// settings.lock_timeout, 5m).
+    #[arg(long, value_name = "DUR")]
+    pub lock_timeout: Option<String>,
 }
 
 /// `status`.
@@ -69,6 +78,9 @@ pub struct GcArgs {
     /// Really delete (default is a dry run).
     #[arg(long)]
     pub yes: bool,
+    /// Give up waiting for another process's store lock after this long (with --yes).
+    #[arg(long, value_name = "DUR", default_value = "30s")]
+    pub lock_timeout: String,
 }
 
 /// The starter manifest `init` writes after its `$schema` line. It parses as is (a test
@@ -162,26 +174,6 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
-}
-
-pub fn diff(_ctx: &Context, _a: DiffArgs) -> anyhow::Result<Status> {
-    Err(not_implemented("diff"))
-}
-
-pub fn apply(_ctx: &Context, _a: ApplyArgs) -> anyhow::Result<Status> {
-    Err(not_implemented("apply"))
-}
-
-pub fn status(_ctx: &Context, _a: StatusArgs) -> anyhow::Result<Status> {
-    Err(not_implemented("status"))
-}
-
-pub fn verify(_ctx: &Context, _a: VerifyArgs) -> anyhow::Result<Status> {
-    Err(not_implemented("verify"))
-}
-
-pub fn gc(_ctx: &Context, _a: GcArgs) -> anyhow::Result<Status> {
-    Err(not_implemented("gc"))
 }
 
 /// `schema`: prints the manifest JSON Schema (the content of `schemas/models.schema.json`).

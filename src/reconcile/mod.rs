@@ -1,6 +1,6 @@
 //! The reconciler: observe what is there ([`inventory`]), decide what to do ([`plan`], pure),
-//! and show it ([`render`]). Executing a plan (`apply`) and the drift report (`status`) build
-//! on these. Issue #6.
+//! show it ([`render`]), converge ([`apply`](mod@apply)), and report drift ([`status`]),
+//! content damage ([`verify`]) and garbage ([`gc`]). Issue #6.
 //!
 //! ```no_run
 //! use modelsync::{manifest, reconcile, store};
@@ -14,10 +14,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod apply;
+pub mod gc;
 pub mod inventory;
 pub mod plan;
+pub mod remote;
 pub mod render;
+pub mod status;
+pub mod verify;
 
+pub use apply::{
+    ActionResult, ApplyContext, ApplyError, ApplyOptions, ApplyReport, Preloader, ReconcileEvent,
+    apply, check_volume, install_request,
+};
 pub use inventory::{
     DirState, FileState, FileStatus, Inventory, InventoryError, InventoryRecord, observe,
 };
@@ -25,8 +34,5 @@ pub use plan::{
     ActionKind, DiskCheck, Plan, PlanError, PlanOptions, PlannedAction, Totals, UnmanagedRecord,
     plan,
 };
+pub use remote::RemoteWarning;
 pub use render::render_text;
-
-/// A reconciler event.
-#[derive(Debug, Clone, serde::Serialize)]
-pub enum ReconcileEvent {}

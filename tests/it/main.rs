@@ -2,8 +2,11 @@
 
 mod support;
 
+mod apply;
 mod cli_records;
+mod diff;
 mod download;
+mod faults;
 mod hash;
 mod hub;
 mod install;
@@ -11,5 +14,6 @@ mod manifest;
 mod plan;
 mod probe;
 mod scan;
+mod status;
 mod store;
 mod watch;

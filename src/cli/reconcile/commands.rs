@@ -1,0 +1,524 @@
+//! `diff`, `apply`, `status`, `verify`, `gc`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::progress::{ApplyUi, action_name};
+use super::{ApplyArgs, DiffArgs, GcArgs, StatusArgs, VerifyArgs};
+use crate::cli::output::print_json;
+use crate::cli::{Context, OutputFormat, Status};
+use crate::download::{DownloadQueue, DownloadQueueConfig, available_space};
+use crate::events::Reporter;
+use crate::hub::{HubClient, HubEnv};
+use crate::install::InstallConfig;
+use crate::manager::ModelManager;
+use crate::manifest::{LockFile, Manifest, ModelEntry};
+use crate::reconcile::{
+    self, ApplyContext, ApplyError, ApplyOptions, Inventory, Plan, PlanOptions, RemoteWarning,
+    gc as gcmod, remote, render_text, status as statusmod, verify as verifymod,
+};
+use crate::store::{self, RecordStore, lock::StoreLock};
+use crate::units::HumanBytes;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The store and what it holds, for commands that only read. A store that does not exist yet
+/// is an empty inventory (and is not created).
+fn read_inventory(m: &Manifest) -> anyhow::Result<(Option<Box<dyn RecordStore>>, Inventory)> {
+    let db = m.settings.database_path();
+    if !db.exists() {
+        return Ok((None, Inventory::empty(&m.settings.models_dir)));
+    }
+    let store = store::open(&db)?;
+    let inv = reconcile::observe(store.as_ref(), &m.settings.models_dir)?;
+    Ok((Some(store), inv))
+}
+
+fn warn(ctx: &Context, warnings: &[RemoteWarning]) {
+    if ctx.quiet {
+        return;
+    }
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// The plan `diff` shows: with `--refresh` the upstream commits of unpinned Hub entries, and
+/// for actions that fetch without a known size, sizes from the Hub (or the local source).
+async fn plan_with_lookups(
+    m: &Manifest,
+    inv: &Inventory,
+    lock: Option<&LockFile>,
+    refresh: bool,
+) -> anyhow::Result<(Plan, Vec<RemoteWarning>)> {
+    let env = HubEnv::from_process();
+    let mut opts = PlanOptions {
+        lock,
+        free_bytes: available_space(&m.settings.models_dir).ok(),
+        prune: m.settings.prune,
+        ..PlanOptions::default()
+    };
+    let mut warnings = Vec::new();
+    let mut hub: Option<HubClient> = None;
+    if refresh {
+        let client = remote::lookup_client(&m.settings, &env)?;
+        let entries: Vec<&ModelEntry> = m.models.iter().collect();
+        let (commits, w) = remote::upstream_commits(&client, &env, &entries).await;
+        opts.upstream_commits = commits;
+        warnings.extend(w);
+        hub = Some(client);
+    }
+    let p = reconcile::plan(m, inv, &opts)?;
+    let unknown: Vec<&ModelEntry> = p
+        .changes()
+        .filter(|a| a.fetch_bytes.is_none())
+        .filter_map(|a| m.entry(&a.name))
+        .collect();
+    if unknown.is_empty() {
+        return Ok((p, warnings));
+    }
+    let client = match hub {
+        Some(c) => c,
+        None => match remote::lookup_client(&m.settings, &env) {
+            Ok(c) => c,
+            Err(e) => {
+                warnings.push(RemoteWarning {
+                    name: "hub".into(),
+                    message: format!("sizes unknown: {e}"),
+                });
+                return Ok((p, warnings));
+            }
+        },
+    };
+    let (sizes, w) = remote::entry_sizes(&client, &env, &unknown).await;
+    warnings.extend(w);
+    opts.remote_sizes = sizes;
+    Ok((reconcile::plan(m, inv, &opts)?, warnings))
+}
+
+/// `diff`: the plan as a table (or `-o json`: the Plan document).
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "every command takes its parsed arguments by value"
+)]
+pub fn diff(ctx: &Context, a: DiffArgs) -> anyhow::Result<Status> {
+    let m = ctx.load_manifest()?;
+    let (_store, inv) = read_inventory(&m)?;
+    let lock = LockFile::read(&m.lock_path())?;
+    let (p, warnings) =
+        runtime()?.block_on(plan_with_lookups(&m, &inv, lock.as_ref(), a.refresh))?;
+    warn(ctx, &warnings);
+    if ctx.output == OutputFormat::Json {
+        print_json(&serde_json::to_value(&p)?)?;
+    } else {
+        std::io::stdout().write_all(render_text(&p, ctx.verbose > 0).as_bytes())?;
+    }
+    Ok(if !p.fits() {
+        Status::DoesNotFit
+    } else if !a.exit_code {
+        Status::Success
+    } else if p.has_errors() {
+        Status::Error
+    } else if p.has_changes() {
+        Status::Pending
+    } else {
+        Status::Success
+    })
+}
+
+/// `apply`: converge, holding the store lock.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "every command takes its parsed arguments by value"
+)]
+pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
+    let m = ctx.load_manifest()?;
+    let settings = &m.settings;
+    let timeout = match &a.lock_timeout {
+        Some(s) => {
+            crate::units::parse_duration(s).with_context(|| format!("--lock-timeout {s}"))?
+        }
+        None => settings.lock_timeout,
+    };
+    let db = settings.database_path();
+    let json = ctx.output == OutputFormat::Json;
+    let _lock = StoreLock::acquire(&db, timeout, |holder| {
+        if !ctx.quiet {
+            eprintln!(
+                "waiting for the store lock on {} (up to {}): held by {holder}",
+                db.display(),
+                humantime::format_duration(timeout)
+            );
+        }
+    })?;
+    let store: Arc<dyn RecordStore> = Arc::from(store::open(&db)?);
+    reconcile::check_volume(store.as_ref(), &settings.models_dir)?;
+    std::fs::create_dir_all(&settings.models_dir)
+        .with_context(|| format!("creating {}", settings.models_dir.display()))?;
+
+    let ui = Arc::new(ApplyUi::new(json, ctx.progress, ctx.quiet));
+    let reporter: Arc<dyn Reporter> = ui.clone();
+    let opts = ApplyOptions {
+        prune: a.prune || settings.prune,
+        adopt: a.adopt,
+        only: a.only.clone(),
+        locked: a.locked,
+        preload: a.preload,
+        max_parallel: settings.max_parallel_downloads,
+        staging_bytes: 0,
+    };
+    let result = runtime()?.block_on(async {
+        let env = HubEnv::from_process();
+        let hub = HubClient::from_env(settings.hf_endpoint.as_deref(), &env)?;
+        let mut icfg = InstallConfig::new(&settings.models_dir, hub, env.clone());
+        icfg.hash_algorithm = settings.hash_algorithm;
+        icfg.default_variant = settings.variant;
+        let queue = DownloadQueue::new(
+            DownloadQueueConfig {
+                max_parallel_dl: settings.max_parallel_downloads.max(1),
+                ..DownloadQueueConfig::default()
+            },
+            reporter.clone(),
+        )?;
+        let manager = ModelManager::from_parts(icfg, store.clone(), queue, reporter.clone())?;
+        let lookup = remote::lookup_client(settings, &env)?;
+        let cx = ApplyContext {
+            manager: &manager,
+            hub: &lookup,
+            hub_env: &env,
+            reporter: reporter.clone(),
+            // LEAD: wire the load service's Preloader here (branch `load`).
+            preloader: None,
+        };
+        anyhow::Ok(reconcile::apply(&m, &cx, &opts).await)
+    })?;
+    ui.clear();
+    let report = match result {
+        Ok(r) => r,
+        Err(ApplyError::DoesNotFit { plan, .. }) => {
+            if json {
+                print_json(&serde_json::json!({"error": "does not fit", "plan": *plan}))?;
+            } else {
+                std::io::stdout().write_all(render_text(&plan, false).as_bytes())?;
+                eprintln!("error: not enough free disk for this plan; nothing was changed");
+            }
+            return Ok(Status::DoesNotFit);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !json && !ctx.quiet {
+        let failed: Vec<_> = report.failures().collect();
+        let mut out = std::io::stdout().lock();
+        if failed.is_empty() {
+            if report.changed() == 0 {
+                writeln!(
+                    out,
+                    "No changes: {} model(s) in sync.",
+                    report.plan.totals.unchanged
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "Apply complete: {} change(s), {} model(s) were already in sync.",
+                    report.changed(),
+                    report.plan.totals.unchanged
+                )?;
+            }
+            if report.plan.totals.orphaned > 0 {
+                writeln!(
+                    out,
+                    "{} orphaned record(s) kept (apply --prune deletes them).",
+                    report.plan.totals.orphaned
+                )?;
+            }
+        } else {
+            writeln!(
+                out,
+                "Apply incomplete: {} failed, {} change(s) done.",
+                failed.len(),
+                report.changed()
+            )?;
+            for f in &failed {
+                writeln!(
+                    out,
+                    "  ✗ {} ({}): {}",
+                    f.name,
+                    action_name(f.action),
+                    f.error.as_deref().unwrap_or_default()
+                )?;
+            }
+        }
+    } else if !json {
+        for f in report.failures() {
+            eprintln!(
+                "error: {} ({}): {}",
+                f.name,
+                action_name(f.action),
+                f.error.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    Ok(if report.converged() {
+        Status::Success
+    } else {
+        Status::Error
+    })
+}
+
+/// `status`: drift between manifest, store and disk.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "every command takes its parsed arguments by value"
+)]
+pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<Status> {
+    let m = ctx.load_manifest()?;
+    let (_store, inv) = read_inventory(&m)?;
+    let lock = LockFile::read(&m.lock_path())?;
+    let mut commits = BTreeMap::new();
+    if a.refresh {
+        let env = HubEnv::from_process();
+        let client = remote::lookup_client(&m.settings, &env)?;
+        let entries: Vec<&ModelEntry> = m.models.iter().collect();
+        let (c, w) = runtime()?.block_on(remote::upstream_commits(&client, &env, &entries));
+        warn(ctx, &w);
+        commits = c;
+    }
+    let r = statusmod::status(
+        &m,
+        &inv,
+        lock.as_ref(),
+        commits,
+        &m.settings.database_path(),
+    )?;
+    if ctx.output == OutputFormat::Json {
+        print_json(&serde_json::to_value(&r)?)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for d in &r.drift {
+            writeln!(
+                out,
+                "{} {}: {} — {}",
+                d.action.symbol(),
+                d.name,
+                action_name(d.action),
+                d.reason
+            )?;
+            for f in d.files.iter().filter(|f| !f.is_empty()) {
+                writeln!(out, "    {f}")?;
+            }
+        }
+        for p in &r.missing_paths {
+            if p.entry.is_none() {
+                writeln!(
+                    out,
+                    "! {} ({}, unmanaged): path {} is gone",
+                    p.name,
+                    p.key,
+                    p.path.display()
+                )?;
+            }
+        }
+        for o in &r.orphan_paths {
+            writeln!(
+                out,
+                "? {}{}: in {} but no record owns it ({})",
+                o.path.display(),
+                if o.is_dir { "/" } else { "" },
+                r.models_dir.display(),
+                HumanBytes(o.bytes)
+            )?;
+        }
+        if !r.unmanaged.is_empty() && (ctx.verbose > 0 || r.drifted) {
+            writeln!(
+                out,
+                "Unmanaged records (never touched): {}",
+                r.unmanaged.len()
+            )?;
+        }
+        if r.drifted {
+            writeln!(
+                out,
+                "Drift: {} entr{} differ{}, {} orphan path(s); {} in sync. `modelsync diff` shows the plan, `modelsync gc` lists what it would remove.",
+                r.drift.len(),
+                if r.drift.len() == 1 { "y" } else { "ies" },
+                if r.drift.len() == 1 { "s" } else { "" },
+                r.orphan_paths.len(),
+                r.in_sync
+            )?;
+        } else {
+            writeln!(out, "In sync: {} model(s).", r.in_sync)?;
+        }
+    }
+    Ok(if r.drifted {
+        Status::Pending
+    } else {
+        Status::Success
+    })
+}
+
+/// `verify`: re-hash content against records and the lock.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "every command takes its parsed arguments by value"
+)]
+pub fn verify(ctx: &Context, a: VerifyArgs) -> anyhow::Result<Status> {
+    let (models_dir, db, lock) = if ctx.manifest_path.is_file() {
+        let m = ctx.load_manifest()?;
+        let lock = LockFile::read(&m.lock_path())?;
+        (
+            m.settings.models_dir.clone(),
+            m.settings.database_path(),
+            lock,
+        )
+    } else {
+        let (d, db) = ctx.store_paths()?;
+        (d, db, None)
+    };
+    if !db.exists() {
+        anyhow::bail!("no record store at {}", db.display());
+    }
+    let store = store::open(&db)?;
+    let verdicts = verifymod::verify(store.as_ref(), &models_dir, lock.as_ref(), &a.names)?;
+    let bad = verdicts.iter().filter(|v| !v.ok()).count();
+    if ctx.output == OutputFormat::Json {
+        print_json(&serde_json::json!({"models": verdicts, "ok": bad == 0}))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for v in &verdicts {
+            if v.ok() {
+                if !ctx.quiet {
+                    writeln!(
+                        out,
+                        "ok  {} ({}): {} file(s) checked",
+                        v.name, v.key, v.files_checked
+                    )?;
+                }
+            } else {
+                writeln!(out, "BAD {} ({}):", v.name, v.key)?;
+                for p in &v.problems {
+                    writeln!(out, "    {p}")?;
+                }
+            }
+        }
+        if !ctx.quiet {
+            writeln!(
+                out,
+                "{} model(s) verified, {bad} with problems.",
+                verdicts.len()
+            )?;
+        }
+    }
+    Ok(if bad == 0 {
+        Status::Success
+    } else {
+        Status::Error
+    })
+}
+
+/// `gc`: list (dry run) or remove stale partials, the download cache and orphan files.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "every command takes its parsed arguments by value"
+)]
+pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
+    let (models_dir, db) = if ctx.manifest_path.is_file() {
+        let m = ctx.load_manifest()?;
+        (m.settings.models_dir.clone(), m.settings.database_path())
+    } else {
+        ctx.store_paths()?
+    };
+    let _lock = if a.yes {
+        let timeout = crate::units::parse_duration(&a.lock_timeout)
+            .with_context(|| format!("--lock-timeout {}", a.lock_timeout))?;
+        Some(StoreLock::acquire(&db, timeout, |holder| {
+            eprintln!("waiting for the store lock: held by {holder}");
+        })?)
+    } else {
+        None
+    };
+    let inv = if db.exists() {
+        let store = store::open(&db)?;
+        let inv = reconcile::observe(store.as_ref(), &models_dir)?;
+        if inv.volume_suspect() {
+            anyhow::bail!(
+                "models folder {} is missing or empty while the store has records in it: is the volume mounted? gc does nothing in that state",
+                models_dir.display()
+            );
+        }
+        inv
+    } else {
+        Inventory::empty(&models_dir)
+    };
+    let items = gcmod::collect(&inv, &db)?;
+    let total: u64 = items.iter().map(|g| g.bytes).sum();
+    let failed = if a.yes {
+        gcmod::remove(&items)
+    } else {
+        Vec::new()
+    };
+    if ctx.output == OutputFormat::Json {
+        let failed: Vec<_> = failed
+            .iter()
+            .map(|(p, e)| serde_json::json!({"path": p, "error": e.to_string()}))
+            .collect();
+        print_json(&serde_json::json!({
+            "dry_run": !a.yes, "items": items, "bytes": total, "failed": failed
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for g in &items {
+            writeln!(
+                out,
+                "{}  {:<7}  {}",
+                pad_bytes(g.bytes),
+                serde_json::to_value(g.kind)?.as_str().unwrap_or_default(),
+                rel(&g.path, &models_dir).display()
+            )?;
+        }
+        for (p, e) in &failed {
+            writeln!(out, "could not remove {}: {e}", p.display())?;
+        }
+        if a.yes {
+            writeln!(
+                out,
+                "Removed {} item(s), {} freed.",
+                items.len() - failed.len(),
+                HumanBytes(total)
+            )?;
+        } else if items.is_empty() {
+            writeln!(out, "Nothing to collect.")?;
+        } else {
+            writeln!(
+                out,
+                "Would remove {} item(s), {}. Run `modelsync gc --yes` to remove them.",
+                items.len(),
+                HumanBytes(total)
+            )?;
+        }
+    }
+    Ok(if failed.is_empty() {
+        Status::Success
+    } else {
+        Status::Error
+    })
+}
+
+fn pad_bytes(n: u64) -> String {
+    format!("{:>10}", HumanBytes(n).to_string())
+}
+
+fn rel<'a>(p: &'a Path, root: &Path) -> std::borrow::Cow<'a, Path> {
+    p.strip_prefix(root)
+        .map_or(std::borrow::Cow::Borrowed(p), |r| {
+            std::borrow::Cow::Owned(PathBuf::from(r))
+        })
+}

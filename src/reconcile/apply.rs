@@ -1,0 +1,909 @@
+//! Executing a plan: `modelsync apply`.
+//!
+//! [`apply`] observes, plans, checks (`--locked`, free disk) and runs every action through the
+//! install service, several at once, then rewrites `models.lock`. One failing entry does not
+//! stop the others; the [`ApplyReport`] says which converged. The caller holds the store lock
+//! ([`crate::store::lock::StoreLock`]) for the whole run and checks the volume with
+//! [`check_volume`] before opening the [`ModelManager`] (whose start-up recovery must not run
+//! against an unmounted models folder).
+//!
+//! How each action is carried out:
+//!
+//! | action | does |
+//! |---|---|
+//! | install | install service `install` with the entry's source, dest, hash, globs, token, and `Managed {entry, spec_hash}` |
+//! | replace, upgrade, repair | install anew, then delete the old record and its files (with a `dest`, which the new install needs free, the old one goes first) |
+//! | update, adopt | `update_model` with the entry's record-level fields and `managed` |
+//! | delete (prune) | install service `delete` (record + files inside models_dir) |
+//! | superseded records | another record of a present entry (an interrupted replace): deleted once the entry converged |
+//!
+//! A converged state costs no Hub request and no hashing: observe compares fingerprints only,
+//! and sizes are only asked for actions that fetch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use serde::Serialize;
+
+use super::inventory::{Inventory, InventoryError, observe};
+use super::plan::{ActionKind, Plan, PlanError, PlanOptions, PlannedAction, Totals, plan};
+use super::remote::{self, RemoteWarning};
+use crate::config::{AnyModelConfig, Managed};
+use crate::events::{Event, Reporter};
+use crate::hub::{HubClient, HubEnv, LocalModelSource, ModelSource};
+use crate::install::{InstallOptions, InstallOutcome, InstallRequest};
+use crate::manager::ModelManager;
+use crate::manifest::{LockEntry, LockError, LockFile, LockedFile, Manifest, ModelEntry};
+use crate::store::{ConfigChange, RecordStore, StoreError};
+
+/// A reconciler event (`kind: "reconcile"` in the JSON Lines of `apply -o json`).
+///
+/// ```json
+/// {"kind":"reconcile","event":{"event":"action_started","name":"sd15","action":"install","key":null}}
+/// {"kind":"reconcile","event":{"event":"action_completed","name":"sd15","action":"install","key":"3f2a…","downloaded_bytes":2132856404}}
+/// {"kind":"reconcile","event":{"event":"action_failed","name":"gated","action":"install","error":"…"}}
+/// {"kind":"reconcile","event":{"event":"finished","converged":false,"changed":1,"failed":1,"unchanged":3}}
+/// ```
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ReconcileEvent {
+    /// The plan about to be executed.
+    Planned {
+        /// Counts and bytes.
+        totals: Totals,
+        /// Free bytes on models_dir's file system, when measured.
+        free_bytes: Option<u64>,
+    },
+    /// A Hub look-up failed; the value (size, upstream commit) stays unknown.
+    Warning {
+        /// The entry.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// An action starts.
+    ActionStarted {
+        /// Entry name.
+        name: String,
+        /// The action.
+        action: ActionKind,
+        /// The existing record involved.
+        key: Option<String>,
+    },
+    /// An action finished; the entry converged.
+    ActionCompleted {
+        /// Entry name.
+        name: String,
+        /// The action.
+        action: ActionKind,
+        /// The record now (`None` after a delete).
+        key: Option<String>,
+        /// Bytes downloaded.
+        downloaded_bytes: u64,
+    },
+    /// An action failed; the entry did not converge.
+    ActionFailed {
+        /// Entry name.
+        name: String,
+        /// The action.
+        action: ActionKind,
+        /// Why, with causes.
+        error: String,
+    },
+    /// `models.lock` was rewritten.
+    LockWritten {
+        /// The lock file.
+        path: PathBuf,
+        /// Entries dropped because their manifest entry is gone.
+        dropped: Vec<String>,
+    },
+    /// A preload entry was warmed into the load cache.
+    Preloaded {
+        /// Entry name.
+        name: String,
+        /// Record key.
+        key: String,
+        /// What the load service said.
+        detail: String,
+    },
+    /// A preload entry was not warmed.
+    PreloadSkipped {
+        /// Entry name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The run is over.
+    Finished {
+        /// Every selected entry converged.
+        converged: bool,
+        /// Actions that changed something and succeeded.
+        changed: usize,
+        /// Actions that failed.
+        failed: usize,
+        /// Entries already in sync.
+        unchanged: usize,
+    },
+}
+
+/// Warms models into the load cache after apply (`apply --preload`).
+///
+/// LEAD: the load service (branch `load`) implements this; wire it in `cli::reconcile::apply`
+/// where `preloader` is `None` today. Apply calls it once per converged entry with
+/// `preload: true`, after every install is done.
+pub trait Preloader: Send + Sync {
+    /// Loads the model of `record` into the cache; returns a line for the user (bytes, device,
+    /// time) or why not.
+    fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, String>;
+}
+
+/// Errors that stop apply before it changes anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Observing the store and disk failed.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// No plan (unmounted volume, unknown `--only` names).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The lock file cannot be read or written.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// `--locked` and something the lock does not pin.
+    #[error("--locked: {}\nrun `modelsync apply` without --locked to update models.lock", .0.join("\n"))]
+    NotLocked(Vec<String>),
+    /// The fetch does not fit on disk (CLI exit 3).
+    #[error("the plan does not fit: {required} bytes needed (fetch plus staging), {free} free on {}", models_dir.display())]
+    DoesNotFit {
+        /// The plan, for printing.
+        plan: Box<Plan>,
+        /// The models folder.
+        models_dir: PathBuf,
+        /// Bytes needed.
+        required: u64,
+        /// Bytes free.
+        free: u64,
+    },
+}
+
+/// What `apply` is asked to do.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Delete managed records whose entries left (`--prune` or `settings.prune`).
+    pub prune: bool,
+    /// Take over unmanaged records with the same source (`--adopt`).
+    pub adopt: bool,
+    /// Only these entries (`--only`).
+    pub only: Vec<String>,
+    /// `--locked`: resolve nothing the lock does not pin; verify installs against it.
+    pub locked: bool,
+    /// `--preload`: warm `preload: true` entries afterwards.
+    pub preload: bool,
+    /// Actions at once (settings.max_parallel_downloads).
+    pub max_parallel: usize,
+    /// Headroom kept free besides the bytes to fetch.
+    pub staging_bytes: u64,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            prune: false,
+            adopt: false,
+            only: Vec::new(),
+            locked: false,
+            preload: false,
+            max_parallel: crate::manifest::DEFAULT_PARALLEL_DOWNLOADS,
+            staging_bytes: 0,
+        }
+    }
+}
+
+/// What happened to one action.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionResult {
+    /// Entry name.
+    pub name: String,
+    /// The planned action.
+    pub action: ActionKind,
+    /// The record afterwards (`None`: deleted, or failed before one existed).
+    pub key: Option<String>,
+    /// Why it failed; `None`: converged.
+    pub error: Option<String>,
+    /// Bytes downloaded.
+    pub downloaded_bytes: u64,
+    #[serde(skip)]
+    lock: Option<LockEntry>,
+}
+
+impl ActionResult {
+    /// Whether the action succeeded.
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    /// The plan that was executed.
+    pub plan: Plan,
+    /// One result per plan action, in plan order.
+    pub results: Vec<ActionResult>,
+    /// Hub look-ups that failed (values left unknown).
+    pub warnings: Vec<RemoteWarning>,
+    /// Whether `models.lock` was rewritten.
+    pub lock_written: bool,
+    /// Lock entries dropped (their manifest entry is gone).
+    pub lock_dropped: Vec<String>,
+    /// Preload entries: name → `Ok(detail)` or `Err(reason)`.
+    pub preload: BTreeMap<String, Result<String, String>>,
+}
+
+impl ApplyReport {
+    /// Whether every action succeeded (and no entry is in error).
+    pub fn converged(&self) -> bool {
+        self.results.iter().all(ActionResult::ok)
+    }
+
+    /// The failed actions.
+    pub fn failures(&self) -> impl Iterator<Item = &ActionResult> {
+        self.results.iter().filter(|r| !r.ok())
+    }
+
+    /// Actions that changed something and succeeded.
+    pub fn changed(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| r.ok() && r.action.is_change())
+            .count()
+    }
+}
+
+/// Refuses to go on when models_dir is missing or empty while the store has records in it (an
+/// unmounted volume). Call before [`ModelManager::open`]: its recovery must not run there.
+pub fn check_volume(store: &dyn RecordStore, models_dir: &Path) -> Result<Inventory, ApplyError> {
+    let inv = observe(store, models_dir)?;
+    if inv.volume_suspect() {
+        return Err(PlanError::VolumeNotMounted {
+            models_dir: inv.models_dir.clone(),
+            missing: inv.models_dir_state == super::inventory::DirState::Missing,
+            records: inv.records.iter().filter(|r| r.in_models_dir).count(),
+        }
+        .into());
+    }
+    Ok(inv)
+}
+
+/// Everything apply needs besides the manifest.
+pub struct ApplyContext<'a> {
+    /// The services (store, install).
+    pub manager: &'a ModelManager,
+    /// The Hub client for look-ups (sizes, `--locked` commits).
+    pub hub: &'a HubClient,
+    /// Token environment.
+    pub hub_env: &'a HubEnv,
+    /// Where events go.
+    pub reporter: Arc<dyn Reporter>,
+    /// The load service hook (`None`: preload entries are reported as skipped).
+    pub preloader: Option<&'a dyn Preloader>,
+}
+
+/// Observes, plans and converges. See the module docs.
+pub async fn apply(
+    manifest: &Manifest,
+    cx: &ApplyContext<'_>,
+    opts: &ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
+    let store = cx.manager.store().clone();
+    let models_dir = manifest.settings.models_dir.clone();
+    let inventory = observe(store.as_ref(), &models_dir)?;
+    let lock_path = manifest.lock_path();
+    let mut lock = LockFile::read(&lock_path)?.unwrap_or_default();
+    let free_bytes = crate::download::available_space(&models_dir).ok();
+    let mut popts = PlanOptions {
+        prune: opts.prune,
+        adopt: opts.adopt,
+        only: opts.only.clone(),
+        lock: Some(&lock),
+        free_bytes,
+        staging_bytes: opts.staging_bytes,
+        ..PlanOptions::default()
+    };
+    let mut the_plan = plan(manifest, &inventory, &popts)?;
+    if opts.locked {
+        locked_preflight(manifest, &the_plan, &lock, cx).await?;
+    }
+    let mut warnings = Vec::new();
+    let unknown: Vec<&ModelEntry> = the_plan
+        .changes()
+        .filter(|a| a.fetch_bytes.is_none())
+        .filter_map(|a| manifest.entry(&a.name))
+        .collect();
+    if !unknown.is_empty() {
+        let (sizes, w) = remote::entry_sizes(cx.hub, cx.hub_env, &unknown).await;
+        warnings = w;
+        popts.remote_sizes = sizes;
+        the_plan = plan(manifest, &inventory, &popts)?;
+    }
+    for w in &warnings {
+        report(
+            cx,
+            ReconcileEvent::Warning {
+                name: w.name.clone(),
+                message: w.message.clone(),
+            },
+        );
+    }
+    if !the_plan.fits() {
+        return Err(ApplyError::DoesNotFit {
+            required: the_plan.disk.required_bytes,
+            free: the_plan.disk.free_bytes.unwrap_or(0),
+            plan: Box::new(the_plan),
+            models_dir,
+        });
+    }
+    report(
+        cx,
+        ReconcileEvent::Planned {
+            totals: the_plan.totals.clone(),
+            free_bytes,
+        },
+    );
+
+    let locked_entries = opts.locked.then(|| lock.clone());
+    let mut results: Vec<(usize, ActionResult)> = {
+        let locked_ref = locked_entries.as_ref();
+        futures_util::stream::iter(the_plan.actions.iter().enumerate().filter(|(_, a)| {
+            // Superseded records wait for their entry (below).
+            !is_superseded(manifest, a)
+        }))
+        .map(|(i, a)| async move { (i, run_action(manifest, a, cx, locked_ref).await) })
+        .buffer_unordered(opts.max_parallel.max(1))
+        .collect()
+        .await
+    };
+    // Records superseded by a converged entry go now (an interrupted replace).
+    for (i, a) in the_plan.actions.iter().enumerate() {
+        if !is_superseded(manifest, a) {
+            continue;
+        }
+        let entry_ok = results
+            .iter()
+            .any(|(_, r)| r.name == a.name && r.ok() && r.action != ActionKind::Orphaned);
+        let r = if entry_ok {
+            start(cx, a);
+            let res = delete(cx, a.key.as_deref()).map(|()| None);
+            finish(cx, a, res.map(|k| (k, 0, None)))
+        } else {
+            skipped(a)
+        };
+        results.push((i, r));
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let results: Vec<ActionResult> = results.into_iter().map(|(_, r)| r).collect();
+
+    // models.lock: what each converged entry resolved to.
+    let before = lock.to_yaml(&lock_path)?;
+    for r in &results {
+        let Some(entry) = manifest.entry(&r.name) else {
+            continue;
+        };
+        if !r.ok() || is_leftover(r.action) {
+            continue;
+        }
+        if let Some(l) = &r.lock {
+            lock.entries.insert(r.name.clone(), l.clone());
+        } else if lock.entry_for(entry).is_none()
+            && let Some(key) = &r.key
+            && let Ok(l) = lock_from_store(store.as_ref(), entry, key)
+        {
+            lock.entries.insert(r.name.clone(), l);
+        }
+    }
+    let lock_dropped = lock.retain_manifest(manifest);
+    let lock_written = lock.to_yaml(&lock_path)? != before;
+    if lock_written {
+        lock.write(&lock_path)?;
+        report(
+            cx,
+            ReconcileEvent::LockWritten {
+                path: lock_path,
+                dropped: lock_dropped.clone(),
+            },
+        );
+    }
+
+    let mut preload = BTreeMap::new();
+    if opts.preload {
+        for r in results.iter().filter(|r| r.ok()) {
+            let Some(entry) = manifest.entry(&r.name).filter(|e| e.preload) else {
+                continue;
+            };
+            let Some(key) = &r.key else { continue };
+            let outcome = match (cx.preloader, store.get_model(key)) {
+                (None, _) => Err("the load service is not wired into apply yet".to_owned()),
+                (Some(_), Err(e)) => Err(e.to_string()),
+                (Some(p), Ok(rec)) => p.preload(&entry.name, &rec),
+            };
+            report(
+                cx,
+                match &outcome {
+                    Ok(detail) => ReconcileEvent::Preloaded {
+                        name: entry.name.clone(),
+                        key: key.clone(),
+                        detail: detail.clone(),
+                    },
+                    Err(reason) => ReconcileEvent::PreloadSkipped {
+                        name: entry.name.clone(),
+                        reason: reason.clone(),
+                    },
+                },
+            );
+            preload.insert(entry.name.clone(), outcome);
+        }
+    }
+
+    let report_ = ApplyReport {
+        plan: the_plan,
+        results,
+        warnings,
+        lock_written,
+        lock_dropped,
+        preload,
+    };
+    report(
+        cx,
+        ReconcileEvent::Finished {
+            converged: report_.converged(),
+            changed: report_.changed(),
+            failed: report_.failures().count(),
+            unchanged: report_.plan.totals.unchanged,
+        },
+    );
+    Ok(report_)
+}
+
+fn report(cx: &ApplyContext<'_>, e: ReconcileEvent) {
+    cx.reporter.report(&Event::Reconcile(e));
+}
+
+fn is_leftover(kind: ActionKind) -> bool {
+    matches!(kind, ActionKind::Delete | ActionKind::Orphaned)
+}
+
+/// Another record of an entry that is still in the manifest.
+fn is_superseded(manifest: &Manifest, a: &PlannedAction) -> bool {
+    is_leftover(a.action) && manifest.entry(&a.name).is_some()
+}
+
+/// `--locked`: every selected entry must have a lock entry for its current source, and an
+/// unpinned Hub revision that must be fetched must still point at the locked commit.
+async fn locked_preflight(
+    manifest: &Manifest,
+    the_plan: &Plan,
+    lock: &LockFile,
+    cx: &ApplyContext<'_>,
+) -> Result<(), ApplyError> {
+    let mut problems = Vec::new();
+    let mut to_check = Vec::new();
+    for a in &the_plan.actions {
+        let Some(entry) = manifest.entry(&a.name) else {
+            continue;
+        };
+        if is_leftover(a.action) {
+            continue;
+        }
+        let Some(l) = lock.entry_for(entry) else {
+            problems.push(match lock.entries.get(&entry.name) {
+                Some(old) => format!(
+                    "entry `{}`: models.lock pins source {}, the manifest says {}",
+                    entry.name,
+                    old.source,
+                    entry.canonical_source()
+                ),
+                None => format!("entry `{}` is not in models.lock", entry.name),
+            });
+            continue;
+        };
+        let fetches = matches!(
+            a.action,
+            ActionKind::Install | ActionKind::Replace | ActionKind::Repair | ActionKind::Upgrade
+        );
+        if fetches && !entry.is_pinned() && matches!(entry.source, ModelSource::Hf(_)) {
+            match &l.resolved_commit {
+                Some(c) => to_check.push((entry, c.clone())),
+                None => problems.push(format!(
+                    "entry `{}`: models.lock has no resolved commit",
+                    entry.name
+                )),
+            }
+        }
+    }
+    let checks =
+        futures_util::stream::iter(to_check.into_iter().map(|(e, c)| async move {
+            (e, c, remote::upstream_commit(cx.hub, cx.hub_env, e).await)
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    for (e, locked, now) in checks {
+        match now {
+            Ok(now) if now == locked => {}
+            Ok(now) => problems.push(format!(
+                "entry `{}`: {} moved upstream from the locked commit {locked} to {now}",
+                e.name,
+                e.revision().unwrap_or("main")
+            )),
+            Err(err) => problems.push(format!(
+                "entry `{}`: cannot check the locked commit: {err}",
+                e.name
+            )),
+        }
+    }
+    problems.sort();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyError::NotLocked(problems))
+    }
+}
+
+fn start(cx: &ApplyContext<'_>, a: &PlannedAction) {
+    report(
+        cx,
+        ReconcileEvent::ActionStarted {
+            name: a.name.clone(),
+            action: a.action,
+            key: a.key.clone(),
+        },
+    );
+}
+
+type Done = (Option<String>, u64, Option<LockEntry>);
+
+fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, String>) -> ActionResult {
+    match r {
+        Ok((key, downloaded_bytes, lock)) => {
+            if a.action != ActionKind::Unchanged && a.action != ActionKind::Orphaned {
+                report(
+                    cx,
+                    ReconcileEvent::ActionCompleted {
+                        name: a.name.clone(),
+                        action: a.action,
+                        key: key.clone(),
+                        downloaded_bytes,
+                    },
+                );
+            }
+            ActionResult {
+                name: a.name.clone(),
+                action: a.action,
+                key,
+                error: None,
+                downloaded_bytes,
+                lock,
+            }
+        }
+        Err(error) => {
+            report(
+                cx,
+                ReconcileEvent::ActionFailed {
+                    name: a.name.clone(),
+                    action: a.action,
+                    error: error.clone(),
+                },
+            );
+            ActionResult {
+                name: a.name.clone(),
+                action: a.action,
+                key: a.key.clone(),
+                error: Some(error),
+                downloaded_bytes: 0,
+                lock: None,
+            }
+        }
+    }
+}
+
+fn skipped(a: &PlannedAction) -> ActionResult {
+    ActionResult {
+        name: a.name.clone(),
+        action: a.action,
+        key: a.key.clone(),
+        error: None,
+        downloaded_bytes: 0,
+        lock: None,
+    }
+}
+
+async fn run_action(
+    manifest: &Manifest,
+    a: &PlannedAction,
+    cx: &ApplyContext<'_>,
+    locked: Option<&LockFile>,
+) -> ActionResult {
+    let entry = manifest.entry(&a.name);
+    match (a.action, entry) {
+        (ActionKind::Unchanged | ActionKind::Orphaned, _) => skipped(a),
+        (ActionKind::Error, _) => {
+            let r = Err(a.reason.clone());
+            finish(cx, a, r)
+        }
+        (ActionKind::Delete, _) => {
+            start(cx, a);
+            let r = delete(cx, a.key.as_deref()).map(|()| (None, 0, None));
+            finish(cx, a, r)
+        }
+        (ActionKind::Update | ActionKind::Adopt, Some(entry)) => {
+            start(cx, a);
+            let r = update_record(cx.manager.store().as_ref(), entry, a.key.as_deref())
+                .map(|k| (Some(k), 0, None));
+            finish(cx, a, r)
+        }
+        (
+            ActionKind::Install | ActionKind::Replace | ActionKind::Repair | ActionKind::Upgrade,
+            Some(entry),
+        ) => {
+            start(cx, a);
+            let lock_entry = locked.and_then(|l| l.entry_for(entry));
+            let r = reinstall(manifest, entry, a, cx, lock_entry).await;
+            finish(cx, a, r)
+        }
+        (_, None) => finish(
+            cx,
+            a,
+            Err(format!("entry `{}` is not in the manifest", a.name)),
+        ),
+    }
+}
+
+async fn reinstall(
+    manifest: &Manifest,
+    entry: &ModelEntry,
+    a: &PlannedAction,
+    cx: &ApplyContext<'_>,
+    locked: Option<&LockEntry>,
+) -> Result<Done, String> {
+    let old = a.key.as_deref();
+    // A fixed dest (or an inplace path) is where the old model is: it must go first. Without
+    // one, the new model lands beside the old, which goes only once the new one is in place.
+    let old_first = old.is_some() && (entry.dest.is_some() || entry.inplace);
+    if old_first {
+        remove_old(cx, old, entry.inplace)?;
+    }
+    let request = install_request(manifest, entry);
+    let outcome = cx
+        .manager
+        .install()
+        .install(request)
+        .await
+        .map_err(|e| e.full_message())?;
+    if let Some(l) = locked
+        && let Err(why) = check_against_lock(&outcome, l)
+    {
+        let _ = cx.manager.install().delete(&outcome.key);
+        return Err(format!("does not match models.lock: {why}"));
+    }
+    if !old_first {
+        remove_old(cx, old, false)?;
+    }
+    let lock = lock_from_outcome(entry, &outcome);
+    Ok((Some(outcome.key), outcome.downloaded_bytes, Some(lock)))
+}
+
+fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result<(), String> {
+    let Some(key) = key else { return Ok(()) };
+    let svc = cx.manager.install();
+    let models_dir = cx.manager.models_dir();
+    let old_path = cx
+        .manager
+        .store()
+        .get_model(key)
+        .ok()
+        .map(|r| r.resolved_path(models_dir));
+    let r = if inplace {
+        // An inplace model's files are the user's: forget the record, keep the files.
+        svc.unregister(key)
+    } else {
+        svc.delete(key).map(|_| ())
+    };
+    if !inplace && let Some(p) = old_path {
+        remove_empty_parents(&p, models_dir);
+    }
+    match r {
+        Ok(()) => Ok(()),
+        Err(crate::install::InstallError::Store(e))
+            if matches!(*e, StoreError::UnknownModel(_)) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "removing the old record {key}: {}",
+            e.full_message()
+        )),
+    }
+}
+
+/// A single-file model lives in `<key>/<file>`; once the file is gone, so should its folder
+/// be (else `status` reports it as an orphan). Only empty folders inside models_dir go.
+fn remove_empty_parents(path: &Path, models_dir: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == models_dir || !d.starts_with(models_dir) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
+fn delete(cx: &ApplyContext<'_>, key: Option<&str>) -> Result<(), String> {
+    remove_old(cx, key, false)
+}
+
+/// The install request for an entry: its source (token included, never stored), the
+/// record-level fields as config overrides, and the source-level options.
+pub fn install_request(manifest: &Manifest, entry: &ModelEntry) -> InstallRequest {
+    let mut source = entry.source.clone();
+    if let ModelSource::Local(LocalModelSource { inplace, .. }) = &mut source {
+        *inplace = entry.inplace;
+    }
+    let mut config = record_fields(entry);
+    if entry.unsafe_pickle == crate::manifest::UnsafePickle::Allow {
+        config.insert(
+            crate::install::UNSAFE_PICKLE.to_owned(),
+            serde_json::Value::from("allow"),
+        );
+    }
+    InstallRequest::new(source, config).with_options(InstallOptions {
+        dest: entry.dest.clone(),
+        expected_hash: entry.hash.clone(),
+        hash_algorithm: Some(manifest.settings.hash_algorithm),
+        managed: Some(managed(entry)),
+        include: entry.include.clone(),
+        exclude: entry.exclude.clone(),
+        access_token: entry.token().cloned(),
+        sha256_for_lock: true,
+    })
+}
+
+fn managed(entry: &ModelEntry) -> Managed {
+    Managed {
+        entry: entry.name.clone(),
+        spec_hash: entry.spec_hash.to_string(),
+    }
+}
+
+/// The record-level fields an entry sets: name, description, tags and config overrides.
+fn record_fields(entry: &ModelEntry) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = match serde_json::to_value(&entry.config) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    m.insert("name".into(), entry.name.clone().into());
+    if let Some(d) = &entry.description {
+        m.insert("description".into(), d.clone().into());
+    }
+    if !entry.tags.is_empty() {
+        m.insert("tags".into(), entry.tags.clone().into());
+    }
+    m
+}
+
+/// Update/adopt: the record takes the entry's record-level fields and ownership.
+fn update_record(
+    store: &dyn RecordStore,
+    entry: &ModelEntry,
+    key: Option<&str>,
+) -> Result<String, String> {
+    let key = key.ok_or_else(|| format!("entry `{}`: no record to update", entry.name))?;
+    let mut fields = record_fields(entry);
+    // Cleared in the manifest → cleared on the record.
+    fields
+        .entry("description")
+        .or_insert(serde_json::Value::Null);
+    fields
+        .entry("tags")
+        .or_insert(serde_json::Value::Array(Vec::new()));
+    fields.insert(
+        "managed".into(),
+        serde_json::to_value(managed(entry)).unwrap_or_default(),
+    );
+    store
+        .update_model(key, ConfigChange::Sparse(fields))
+        .map(|r| r.key().to_owned())
+        .map_err(|e| format!("updating record {key}: {e}"))
+}
+
+fn lock_from_outcome(entry: &ModelEntry, o: &InstallOutcome) -> LockEntry {
+    LockEntry {
+        source: entry.canonical_source(),
+        revision: entry.revision().map(str::to_owned),
+        resolved_commit: o.commit.clone(),
+        files: o
+            .files
+            .iter()
+            .map(|f| LockedFile {
+                path: lock_path_of(&f.path, &o.path),
+                size: f.size,
+                sha256: f.sha256.clone(),
+            })
+            .collect(),
+        record_hash: Some(o.record.common().hash.clone()),
+    }
+}
+
+/// A lock entry from what the store knows (an entry installed before a lock existed, or by
+/// an apply killed before it wrote the lock).
+fn lock_from_store(
+    store: &dyn RecordStore,
+    entry: &ModelEntry,
+    key: &str,
+) -> Result<LockEntry, StoreError> {
+    let rec = store.get_model(key)?;
+    let files = store.model_files(key)?;
+    let root = PathBuf::from(&rec.common().path);
+    Ok(LockEntry {
+        source: entry.canonical_source(),
+        revision: entry.revision().map(str::to_owned),
+        resolved_commit: None,
+        files: files
+            .into_iter()
+            .map(|f| LockedFile {
+                path: lock_path_of(&f.relative_path, &root),
+                size: f.size,
+                sha256: f.sha256,
+            })
+            .collect(),
+        record_hash: Some(rec.common().hash.clone()),
+    })
+}
+
+/// Lock paths name single files by their file name (the lock's format), not `""`.
+fn lock_path_of(relative: &str, model_path: &Path) -> String {
+    if relative.is_empty() {
+        model_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        relative.to_owned()
+    }
+}
+
+fn check_against_lock(o: &InstallOutcome, l: &LockEntry) -> Result<(), String> {
+    if let (Some(want), Some(got)) = (&l.resolved_commit, &o.commit)
+        && want != got
+    {
+        return Err(format!("commit {got}, locked {want}"));
+    }
+    let got: BTreeMap<String, (u64, Option<&String>)> = o
+        .files
+        .iter()
+        .map(|f| (lock_path_of(&f.path, &o.path), (f.size, f.sha256.as_ref())))
+        .collect();
+    for f in &l.files {
+        match got.get(&f.path) {
+            None => return Err(format!("file `{}` is missing", f.path)),
+            Some((size, _)) if *size != f.size => {
+                return Err(format!(
+                    "file `{}` has {size} bytes, locked {}",
+                    f.path, f.size
+                ));
+            }
+            Some((_, Some(sha))) if f.sha256.as_ref().is_some_and(|w| w != *sha) => {
+                return Err(format!(
+                    "file `{}`: sha256 {sha} differs from the lock",
+                    f.path
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = got.keys().find(|p| !l.files.iter().any(|f| &f.path == *p)) {
+        return Err(format!("file `{extra}` is not in the lock"));
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `modelsync gc`: what can go — stale partial downloads (`models_dir/.tmp`), the download
+//! cache (`models_dir/.cache`) and files no record owns. [`collect`] only looks; [`remove`]
+//! deletes. The caller holds the store lock while removing, so no apply is staging meanwhile.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::inventory::{Inventory, InventoryError};
+use super::remote::local_size;
+
+/// What kind of garbage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GarbageKind {
+    /// A staging folder or partial download under `.tmp`.
+    Partial,
+    /// An entry of the download cache `.cache`.
+    Cache,
+    /// A file or folder in models_dir no record owns.
+    Orphan,
+}
+
+/// One thing gc would remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Garbage {
+    /// What it is.
+    pub kind: GarbageKind,
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Bytes it holds.
+    pub bytes: u64,
+}
+
+/// Lists what gc would remove (no change on disk).
+pub fn collect(inventory: &Inventory, store_file: &Path) -> Result<Vec<Garbage>, InventoryError> {
+    let root = &inventory.models_dir;
+    let mut out = Vec::new();
+    for (dir, kind) in [
+        (".tmp", GarbageKind::Partial),
+        (".cache", GarbageKind::Cache),
+    ] {
+        let d = root.join(dir);
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(InventoryError::Io { path: d, source }),
+        };
+        for e in entries {
+            let e = e.map_err(|source| InventoryError::Io {
+                path: d.clone(),
+                source,
+            })?;
+            let path = e.path();
+            out.push(Garbage {
+                kind,
+                bytes: local_size(&path).unwrap_or(0),
+                path,
+            });
+        }
+    }
+    for o in super::status::orphan_paths(inventory, store_file)? {
+        out.push(Garbage {
+            kind: GarbageKind::Orphan,
+            path: root.join(&o.path),
+            bytes: o.bytes,
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Removes what [`collect`] listed; returns the failures (path, why) and keeps going.
+pub fn remove(items: &[Garbage]) -> Vec<(PathBuf, std::io::Error)> {
+    let mut failed = Vec::new();
+    for g in items {
+        let r = match std::fs::symlink_metadata(&g.path) {
+            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&g.path),
+            Ok(_) => std::fs::remove_file(&g.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            failed.push((g.path.clone(), e));
+        }
+    }
+    failed
+}

@@ -1,0 +1,190 @@
+//! What the plan may learn from outside the machine: where unpinned revisions point upstream
+//! (`--refresh`) and how many bytes an entry would fetch. Both are best effort: an offline or
+//! unreachable Hub gives warnings and unknown values, never an error, so `diff` works offline.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde::Serialize;
+
+use crate::hub::{
+    FileFilter, HubClient, HubEnv, HubError, HubOptions, ModelSource, resolve_endpoint,
+    resolve_token,
+};
+use crate::manifest::{ModelEntry, Settings};
+
+/// Hub requests at once while measuring.
+const CONCURRENCY: usize = 8;
+
+/// Something the Hub could not tell; the value stays unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteWarning {
+    /// The entry.
+    pub name: String,
+    /// What failed.
+    pub message: String,
+}
+
+impl std::fmt::Display for RemoteWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+/// A Hub client for the reconciler's look-ups: the manifest's endpoint, the process
+/// environment's offline switch, few retries and a short timeout (a `diff` must not hang on a
+/// dead network).
+pub fn lookup_client(settings: &Settings, env: &HubEnv) -> Result<HubClient, HubError> {
+    let mut opts = HubOptions::new(resolve_endpoint(settings.hf_endpoint.as_deref(), env)?);
+    opts.offline = env.offline;
+    opts.max_retries = 1;
+    opts.retry_base_delay = Duration::from_millis(100);
+    opts.timeout = Duration::from_secs(20);
+    HubClient::with_options(opts)
+}
+
+/// For each unpinned Hugging Face entry, the commit its revision points at upstream now.
+/// Entries the Hub cannot answer for are left out, with a warning each.
+pub async fn upstream_commits(
+    hub: &HubClient,
+    env: &HubEnv,
+    entries: &[&ModelEntry],
+) -> (BTreeMap<String, String>, Vec<RemoteWarning>) {
+    let wanted: Vec<&ModelEntry> = entries
+        .iter()
+        .copied()
+        .filter(|e| !e.is_pinned() && matches!(e.source, ModelSource::Hf(_)))
+        .collect();
+    if wanted.is_empty() {
+        return (BTreeMap::new(), Vec::new());
+    }
+    if hub.is_offline() {
+        return (BTreeMap::new(), offline(&wanted, "upstream revision"));
+    }
+    let results: Vec<(String, Result<String, String>)> = futures_util::stream::iter(
+        wanted
+            .into_iter()
+            .map(|e| async move { (e.name.clone(), upstream_commit(hub, env, e).await) }),
+    )
+    .buffer_unordered(CONCURRENCY)
+    .collect()
+    .await;
+    let mut commits = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(c) => {
+                commits.insert(name, c);
+            }
+            Err(message) => warnings.push(RemoteWarning { name, message }),
+        }
+    }
+    warnings.sort_by(|a, b| a.name.cmp(&b.name));
+    (commits, warnings)
+}
+
+/// The commit an entry's revision points at upstream (Hugging Face sources only).
+pub async fn upstream_commit(
+    hub: &HubClient,
+    env: &HubEnv,
+    entry: &ModelEntry,
+) -> Result<String, String> {
+    let ModelSource::Hf(src) = &entry.source else {
+        return Err("not a Hugging Face source".to_owned());
+    };
+    let auth = resolve_token(entry.token(), env);
+    let info = hub
+        .model_info(&src.repo_id, src.revision.as_deref(), &auth)
+        .await
+        .map_err(|e| e.to_string())?;
+    info.sha
+        .ok_or_else(|| format!("the Hub did not say which commit `{}` is at", src.repo_id))
+}
+
+/// Bytes each entry would fetch in full: local sources by walking them (no content read),
+/// Hugging Face sources from the Hub's metadata (the files the variant, subfolder and globs
+/// select); URLs stay unknown. An offline or failing Hub gives warnings, not values.
+pub async fn entry_sizes(
+    hub: &HubClient,
+    env: &HubEnv,
+    entries: &[&ModelEntry],
+) -> (BTreeMap<String, u64>, Vec<RemoteWarning>) {
+    let mut sizes = BTreeMap::new();
+    let mut warnings = Vec::new();
+    let mut hf = Vec::new();
+    for e in entries {
+        match &e.source {
+            ModelSource::Local(l) => match local_size(&l.path) {
+                Ok(n) => {
+                    sizes.insert(e.name.clone(), if e.inplace { 0 } else { n });
+                }
+                Err(err) => warnings.push(RemoteWarning {
+                    name: e.name.clone(),
+                    message: format!("cannot measure {}: {err}", l.path.display()),
+                }),
+            },
+            ModelSource::Hf(_) => hf.push(*e),
+            ModelSource::Url(_) => {}
+        }
+    }
+    if hub.is_offline() {
+        warnings.extend(offline(&hf, "size"));
+        return (sizes, warnings);
+    }
+    let results: Vec<(String, Result<u64, String>)> = futures_util::stream::iter(
+        hf.into_iter()
+            .map(|e| async move { (e.name.clone(), hub_size(hub, env, e).await) }),
+    )
+    .buffer_unordered(CONCURRENCY)
+    .collect()
+    .await;
+    for (name, r) in results {
+        match r {
+            Ok(n) => {
+                sizes.insert(name, n);
+            }
+            Err(message) => warnings.push(RemoteWarning { name, message }),
+        }
+    }
+    warnings.sort_by(|a, b| a.name.cmp(&b.name));
+    (sizes, warnings)
+}
+
+async fn hub_size(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) -> Result<u64, String> {
+    let ModelSource::Hf(src) = &entry.source else {
+        return Err("not a Hugging Face source".to_owned());
+    };
+    let auth = resolve_token(entry.token(), env);
+    let filter =
+        FileFilter::from_source(src).with_globs(entry.include.clone(), entry.exclude.clone());
+    let plan = hub
+        .plan_source(src, &filter, &auth)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(plan.total_bytes())
+}
+
+fn offline(entries: &[&ModelEntry], what: &str) -> Vec<RemoteWarning> {
+    entries
+        .iter()
+        .map(|e| RemoteWarning {
+            name: e.name.clone(),
+            message: format!("{what} unknown: the Hub is offline (HF_HUB_OFFLINE)"),
+        })
+        .collect()
+}
+
+/// Bytes of a file, or of every file under a folder (symlinks followed), by metadata only.
+pub fn local_size(path: &Path) -> std::io::Result<u64> {
+    let md = std::fs::metadata(path)?;
+    if !md.is_dir() {
+        return Ok(md.len());
+    }
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(path)? {
+        total = total.saturating_add(local_size(&entry?.path())?);
+    }
+    Ok(total)
+}

@@ -1,0 +1,168 @@
+//! `modelsync status`, `verify` and `gc`, and the shipped examples.
+
+use crate::support::reconcile::{Work, assert_exit, lora_repo};
+use crate::support::{stderr, stdout};
+
+fn installed() -> Work {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/hub-lora", 1, 4));
+    let local = w.local_lora("local.safetensors", 2);
+    w.manifest(
+        "",
+        &format!(
+            "  - name: hub-lora\n    source: owner/hub-lora::lora.safetensors\n\
+             \x20 - name: local-lora\n    source: {}\n    dest: loras/local.safetensors\n",
+            local.display()
+        ),
+    );
+    assert_exit(&w.run(&["apply"]), 0);
+    w
+}
+
+#[test]
+fn status_reports_missing_and_orphan_files() {
+    let w = installed();
+    let o = w.run(&["status"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("In sync: 2 model(s)."));
+
+    std::fs::remove_file(w.models().join("loras/local.safetensors")).unwrap();
+    std::fs::write(w.models().join("stray.bin"), b"left behind").unwrap();
+    std::fs::create_dir_all(w.models().join(".tmp/partial")).unwrap();
+    let o = w.run(&["status"]);
+    assert_exit(&o, 2);
+    let out = stdout(&o);
+    assert!(out.contains("local-lora: repair — 1 file missing"), "{out}");
+    assert!(out.contains("stray.bin: in "), "{out}");
+    assert!(!out.contains("partial"), "{out}");
+
+    let o = w.run(&["status", "-o", "json"]);
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["drifted"], true);
+    assert_eq!(r["drift"][0]["action"], "repair");
+    assert_eq!(r["orphan_paths"][0]["path"], "stray.bin");
+    assert_eq!(r["orphan_paths"][0]["bytes"], 11);
+    assert_eq!(r["missing_paths"][0]["entry"], "local-lora");
+}
+
+#[test]
+fn verify_names_the_damaged_file() {
+    let w = installed();
+    assert_exit(&w.run(&["verify"]), 0);
+    let p = w.models().join("loras/local.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&p, &bytes).unwrap();
+    let o = w.run(&["verify", "local-lora"]);
+    assert_exit(&o, 1);
+    let out = stdout(&o);
+    assert!(out.contains("BAD local-lora"), "{out}");
+    assert!(out.contains("file `local.safetensors`"), "{out}");
+    assert!(out.contains("content hash"), "{out}");
+    // The other model is fine on its own.
+    assert_exit(&w.run(&["verify", "hub-lora"]), 0);
+    let o = w.run(&["verify", "nope"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("no model named `nope`"));
+}
+
+#[test]
+fn gc_is_a_dry_run_unless_yes() {
+    let w = installed();
+    std::fs::create_dir_all(w.models().join(".tmp/stale")).unwrap();
+    std::fs::write(w.models().join(".tmp/stale/x.part"), b"partial").unwrap();
+    std::fs::create_dir_all(w.models().join(".cache/abc")).unwrap();
+    std::fs::write(w.models().join("orphan.safetensors"), b"orphan").unwrap();
+    let o = w.run(&["gc"]);
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("partial  .tmp/stale"), "{out}");
+    assert!(out.contains("cache    .cache/abc"), "{out}");
+    assert!(out.contains("orphan   orphan.safetensors"), "{out}");
+    assert!(out.contains("Would remove 3 item(s)"), "{out}");
+    assert!(w.models().join("orphan.safetensors").exists());
+
+    let o = w.run(&["gc", "--yes"]);
+    assert_exit(&o, 0);
+    assert!(!w.models().join("orphan.safetensors").exists());
+    assert!(!w.models().join(".tmp/stale").exists());
+    assert!(!w.models().join(".cache/abc").exists());
+    assert_exit(&w.run(&["status"]), 0);
+    assert_exit(&w.run(&["verify"]), 0);
+}
+
+#[test]
+fn the_quick_start_example_applies_offline() {
+    let w = Work::new();
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/models.yaml");
+    let models = w.models();
+    let models = models.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["-f", manifest, "--models-dir", models];
+        all.extend_from_slice(args);
+        w.command(&all).env("HF_HUB_OFFLINE", "1").output().unwrap()
+    };
+    let o = run(&["apply", "--preload"]);
+    assert_exit(&o, 0);
+    assert!(
+        stdout(&o).contains("Apply complete: 3 change(s)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("preload tiny-sd15: skipped"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["diff", "--exit-code"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("No changes: 3 model(s) in sync."));
+    let o = run(&["list", "-o", "json"]);
+    let list = stdout(&o);
+    for (name, ty) in [
+        ("detail-lora", "lora"),
+        ("tiny-embedding", "embedding"),
+        ("tiny-sd15", "main"),
+    ] {
+        assert!(list.contains(&format!("\"name\": \"{name}\"")), "{list}");
+        assert!(list.contains(&format!("\"type\": \"{ty}\"")), "{list}");
+    }
+    assert_exit(&run(&["verify"]), 0);
+    assert!(w.hub.requests().is_empty());
+}
+
+#[test]
+fn the_huggingface_example_parses() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/huggingface.yaml"
+    ));
+    let text = std::fs::read_to_string(path).unwrap();
+    let env = |var: &str| (var == "HF_TOKEN").then(|| "hf_example".to_owned());
+    let m = modelsync::manifest::parse_str(&text, path, &env).unwrap();
+    let names: Vec<&str> = m.models.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sd15",
+            "sdxl-vae",
+            "sdxl",
+            "sd15-inpaint-ckpt",
+            "flux-dev",
+            "detail-tweaker",
+            "controlnet-canny"
+        ]
+    );
+    assert!(m.entry("sdxl-vae").unwrap().is_pinned());
+    assert_eq!(
+        m.entry("sd15").unwrap().canonical_source(),
+        "stable-diffusion-v1-5/stable-diffusion-v1-5@main:fp16"
+    );
+    assert!(
+        m.entry("controlnet-canny")
+            .unwrap()
+            .canonical_source()
+            .contains("/resolve/main/")
+    );
+}
