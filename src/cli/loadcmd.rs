@@ -43,15 +43,26 @@ fn find(store: &dyn RecordStore, what: &str) -> anyhow::Result<AnyModelConfig> {
     }
     let mut found = store.search_by_name(Some(what), None, None)?;
     match found.len() {
-        0 => anyhow::bail!("no model with key or name `{what}` in {}", store.location().display()),
+        0 => anyhow::bail!(
+            "no model with key or name `{what}` in {}",
+            store.location().display()
+        ),
         1 => Ok(found.remove(0)),
         n => anyhow::bail!(
             "{n} models are named `{what}`; use a key: {}",
-            found.iter().map(AnyModelConfig::key).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(AnyModelConfig::key)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "every command takes its args by value (see cli/mod.rs)"
+)]
 pub fn load(ctx: &Context, a: LoadArgs) -> anyhow::Result<Status> {
     let device: DeviceSpec = a.device.parse().context("--device")?;
     let precision: Precision = a.precision.parse().context("--precision")?;
@@ -106,7 +117,10 @@ pub fn load(ctx: &Context, a: LoadArgs) -> anyhow::Result<Status> {
             println!("{doc}");
         }
         OutputFormat::Text => {
-            let what = submodel.map_or_else(|| config.name().to_owned(), |s| format!("{}:{s}", config.name()));
+            let what = submodel.map_or_else(
+                || config.name().to_owned(),
+                |s| format!("{}:{s}", config.name()),
+            );
             println!(
                 "loaded {what} ({}) on {device} [{} backend]",
                 config.key(),

@@ -50,7 +50,9 @@ pub enum LoadError {
     #[error("a loader is already registered for {0}")]
     DuplicateLoader(LoaderKey),
     /// A main model was asked for without a submodel.
-    #[error("model {key} (`{name}`) is a main model: a submodel type (unet, vae, text_encoder …) is required")]
+    #[error(
+        "model {key} (`{name}`) is a main model: a submodel type (unet, vae, text_encoder …) is required"
+    )]
     SubmodelRequired { key: String, name: String },
     /// A submodel was asked of a model that has none.
     #[error("model {key} is a `{class}` model, which has no submodels (asked for `{submodel}`)")]

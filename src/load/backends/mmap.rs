@@ -56,7 +56,7 @@ impl fmt::Debug for StateDict {
             .field("files", &self.paths().collect::<Vec<_>>())
             .field("tensors", &self.tensors.len())
             .field("bytes", &self.bytes)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,12 +120,10 @@ impl StateDict {
             for (name, info) in meta.tensors() {
                 let name = match select {
                     Select::All => name,
-                    Select::Prefixes(ps) => {
-                        match ps.iter().find_map(|p| name.strip_prefix(p)) {
-                            Some(rest) => rest.to_owned(),
-                            None => continue,
-                        }
-                    }
+                    Select::Prefixes(ps) => match ps.iter().find_map(|p| name.strip_prefix(p)) {
+                        Some(rest) => rest.to_owned(),
+                        None => continue,
+                    },
                 };
                 let (s, e) = info.data_offsets;
                 if let Some(prev) = tensors.get(&name) {
@@ -288,7 +286,9 @@ pub fn select_weights(
             continue;
         }
         st.sort();
-        let want = variant.map(ModelRepoVariant::as_str).filter(|v| !v.is_empty());
+        let want = variant
+            .map(ModelRepoVariant::as_str)
+            .filter(|v| !v.is_empty());
         let tagged: Vec<PathBuf> = st
             .iter()
             .filter(|p| want.is_some() && variant_tag(p) == want)
@@ -330,7 +330,9 @@ fn folder_estimate(dir: &Path, req: &LoadRequest<'_>) -> Result<u64, LoadError> 
     if files.is_empty() {
         return disk_size(dir);
     }
-    files.iter().try_fold(0u64, |acc, p| Ok(acc + disk_size(p)?))
+    files
+        .iter()
+        .try_fold(0u64, |acc, p| Ok(acc + disk_size(p)?))
 }
 
 /// Loads a single safetensors file or a folder of them (every non-pipeline model type).

@@ -81,17 +81,13 @@ impl serde::Serialize for ExecDevice {
 
 crate::string_enum! {
     /// Floating-point precision of device copies. `auto` keeps each tensor's file dtype.
+    #[derive(Default)]
     Precision, "precision" {
+        #[default]
         Auto = "auto",
         Fp16 = "fp16",
         Bf16 = "bf16",
         Fp32 = "fp32",
-    }
-}
-
-impl Default for Precision {
-    fn default() -> Self {
-        Self::Auto
     }
 }
 
@@ -211,8 +207,9 @@ pub fn make_backend(settings: &LoadSettings) -> Result<Arc<dyn DeviceBackend>, L
             DeviceSpec::Auto | DeviceSpec::Cpu => Ok(Arc::new(HostBackend)),
             DeviceSpec::Cuda(_) => Err(LoadError::DeviceUnavailable {
                 device: settings.device.to_string(),
-                reason: "the host backend runs on the CPU only; build with `--features torch` for CUDA"
-                    .into(),
+                reason:
+                    "the host backend runs on the CPU only; build with `--features torch` for CUDA"
+                        .into(),
             }),
         },
         #[cfg(feature = "torch")]
@@ -253,6 +250,9 @@ mod tests {
             ..LoadSettings::default()
         };
         let e = make_backend(&s).err().unwrap().to_string();
-        assert!(e.contains("cuda:0") && e.contains("--features torch"), "{e}");
+        assert!(
+            e.contains("cuda:0") && e.contains("--features torch"),
+            "{e}"
+        );
     }
 }

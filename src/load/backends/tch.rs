@@ -205,7 +205,8 @@ impl TchBackend {
                 });
             }
             let what = format!("tensor `{}`", t.name);
-            let host = Tensor::f_from_data_size(t.data, &shape, kind).map_err(|e| fail(&what, e))?;
+            let host =
+                Tensor::f_from_data_size(t.data, &shape, kind).map_err(|e| fail(&what, e))?;
             let target = target_kind(kind, self.precision);
             // Move first, convert on the device: the conversion then runs on the GPU and the
             // host copy stays at the file's size.
