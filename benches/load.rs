@@ -148,8 +148,17 @@ fn main() {
         std::hint::black_box(loaded.lock().expect("lock"));
     }
     let per_lock = start.elapsed() / n;
-    println!("cache hit, load_model:    {:>8.3} µs", per_hit.as_secs_f64() * 1e6);
-    println!("cache hit, cache.get:     {:>8.3} µs", per_get.as_secs_f64() * 1e6);
-    println!("lock + unlock (on device): {:>7.3} µs", per_lock.as_secs_f64() * 1e6);
+    println!(
+        "cache hit, load_model:    {:>8.3} µs",
+        per_hit.as_secs_f64() * 1e6
+    );
+    println!(
+        "cache hit, cache.get:     {:>8.3} µs",
+        per_get.as_secs_f64() * 1e6
+    );
+    println!(
+        "lock + unlock (on device): {:>7.3} µs",
+        per_lock.as_secs_f64() * 1e6
+    );
     let _ = Arc::strong_count(loaded.model());
 }

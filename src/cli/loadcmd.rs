@@ -80,6 +80,13 @@ pub fn load(ctx: &Context, a: LoadArgs) -> anyhow::Result<Status> {
         ..LoadSettings::default()
     };
     let (models_dir, database) = ctx.store_paths()?;
+    // Opening creates a missing store; a read-only command should not.
+    if !database.exists() {
+        anyhow::bail!(
+            "no model store at {} (run `modelsync apply` or `modelsync import` first, or pass --database)",
+            database.display()
+        );
+    }
     let store = crate::store::open(&database)?;
     let config = find(store.as_ref(), &a.model)?;
     let service = ModelLoadService::new(&models_dir, &settings)?;

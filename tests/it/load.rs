@@ -550,6 +550,13 @@ fn main_diffusers_models_need_a_submodel_and_find_its_folder() {
         .unwrap_err();
     assert!(matches!(err, LoadError::PickleRefused { .. }), "{err}");
     assert!(err.to_string().contains("pytorch_model.bin"), "{err}");
+    // A weight-bearing submodel folder without weights is an error, not an empty model.
+    std::fs::create_dir_all(d.path().join("sd15/safety_checker")).unwrap();
+    std::fs::write(d.path().join("sd15/safety_checker/config.json"), "{}").unwrap();
+    let err = svc
+        .load_model(&cfg, Some(SubModelType::SafetyChecker))
+        .unwrap_err();
+    assert!(matches!(err, LoadError::NoWeights { .. }), "{err}");
     // scheduler: no folder.
     let err = svc
         .load_model(&cfg, Some(SubModelType::Scheduler))

@@ -364,6 +364,17 @@ impl ModelLoader for WeightsLoader {
     }
 }
 
+/// Submodels that are configuration files, not weights.
+fn is_weightless(sub: SubModelType) -> bool {
+    matches!(
+        sub,
+        SubModelType::Tokenizer
+            | SubModelType::Tokenizer2
+            | SubModelType::Tokenizer3
+            | SubModelType::Scheduler
+    )
+}
+
 /// Loads one submodel folder of a diffusers pipeline: its weights, or — for weightless parts
 /// like the tokenizer and scheduler — its files.
 #[derive(Debug, Default, Clone, Copy)]
@@ -393,16 +404,18 @@ impl ModelLoader for DiffusersPipelineLoader {
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<AnyModel, LoadError> {
-        let (_, dir) = Self::dir(req)?;
-        match load_folder(&dir, req) {
-            Ok(sd) => Ok(AnyModel::StateDict(sd)),
-            Err(LoadError::NoWeights { .. }) => Ok(AnyModel::Files(FileSet::read(&dir)?)),
-            Err(e) => Err(e),
+        let (sub, dir) = Self::dir(req)?;
+        if is_weightless(sub) {
+            return Ok(AnyModel::Files(FileSet::read(&dir)?));
         }
+        load_folder(&dir, req).map(AnyModel::StateDict)
     }
 
     fn estimate_bytes(&self, req: &LoadRequest<'_>) -> Result<u64, LoadError> {
-        let (_, dir) = Self::dir(req)?;
+        let (sub, dir) = Self::dir(req)?;
+        if is_weightless(sub) {
+            return disk_size(&dir);
+        }
         folder_estimate(&dir, req)
     }
 }
