@@ -190,7 +190,16 @@ impl TchBackend {
         let mut bytes = 0u64;
         for t in sd.iter() {
             let kind = kind_of(t.dtype).ok_or_else(|| Self::unsupported(sd, t.name, t.dtype))?;
-            let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            let shape = t
+                .shape
+                .iter()
+                .map(|&d| i64::try_from(d))
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(|_| LoadError::Backend {
+                    backend: "torch",
+                    what: format!("tensor `{}`", t.name),
+                    reason: format!("shape {:?} does not fit libtorch's i64 sizes", t.shape),
+                })?;
             let numel: usize = t.shape.iter().product();
             if numel * kind.elt_size_in_bytes() != t.data.len() {
                 return Err(LoadError::Backend {
