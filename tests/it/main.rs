@@ -10,6 +10,7 @@ mod faults;
 mod hash;
 mod hub;
 mod install;
+mod load;
 mod manifest;
 mod plan;
 mod probe;

@@ -1,0 +1,269 @@
+//! The libtorch backend (`torch` feature): host tensors become `tch::Tensor`s on the CPU or a
+//! CUDA device, converted to the configured precision. Device memory is accounted by tensor
+//! bytes (elements × element size), which is what libtorch allocates for dense tensors.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, Once, PoisonError};
+
+use safetensors::Dtype;
+use tch::{Device, Kind, Tensor};
+
+use super::{DeviceBackend, DeviceModel, DeviceSpec, ExecDevice, Precision};
+use crate::load::{AnyModel, LoadError, StateDict};
+
+static CUDA_INIT: Once = Once::new();
+
+/// Loads `libtorch_cuda.so` into the process with global symbols, once. The linker drops the
+/// library when nothing references it directly (`--as-needed`), and libtorch then reports no
+/// CUDA even on a GPU machine; so this must run before the first CUDA query. On CPU-only
+/// installs the library is missing or cannot resolve the CUDA runtime, which is fine.
+pub fn init_cuda() {
+    CUDA_INIT.call_once(|| {
+        // SAFETY: dlopen with a NUL-terminated name has no preconditions; the handle is kept
+        // for the life of the process on purpose.
+        let handle = unsafe {
+            libc::dlopen(
+                c"libtorch_cuda.so".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_GLOBAL,
+            )
+        };
+        if handle.is_null() {
+            // SAFETY: dlerror returns a thread-local C string or null.
+            let err = unsafe { libc::dlerror() };
+            let msg = if err.is_null() {
+                "unknown error".to_owned()
+            } else {
+                // SAFETY: non-null dlerror results are valid C strings.
+                unsafe { std::ffi::CStr::from_ptr(err) }
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            tracing::debug!("libtorch_cuda.so not loaded ({msg}); CUDA will be unavailable");
+        }
+    });
+}
+
+/// The libtorch element type of a safetensors dtype.
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::BOOL => Kind::Bool,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I8 => Kind::Int8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I32 => Kind::Int,
+        Dtype::I64 => Kind::Int64,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        _ => return None,
+    })
+}
+
+/// The element type a tensor gets under `precision`: floating tensors convert, others keep.
+fn target_kind(kind: Kind, precision: Precision) -> Kind {
+    let floating = matches!(
+        kind,
+        Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double
+    );
+    match precision {
+        _ if !floating => kind,
+        Precision::Auto => kind,
+        Precision::Fp16 => Kind::Half,
+        Precision::Bf16 => Kind::BFloat16,
+        Precision::Fp32 => Kind::Float,
+    }
+}
+
+/// Tensors on a libtorch device. `tch::Tensor` is not `Sync`, so the tensors sit behind a mutex
+/// and callers get shallow clones (sharing storage, no copy).
+pub struct TchModel {
+    tensors: Mutex<Vec<(String, Tensor)>>,
+    names: Vec<String>,
+    device: ExecDevice,
+    bytes: u64,
+}
+
+impl fmt::Debug for TchModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TchModel")
+            .field("device", &self.device)
+            .field("tensors", &self.names.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl TchModel {
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Device bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Where the tensors live.
+    pub fn device(&self) -> ExecDevice {
+        self.device
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// A tensor by name (a shallow clone sharing the device storage).
+    pub fn tensor(&self, name: &str) -> Option<Tensor> {
+        let i = self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()?;
+        let g = self.tensors.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(g[i].1.shallow_clone())
+    }
+}
+
+/// The libtorch backend.
+#[derive(Debug, Clone, Copy)]
+pub struct TchBackend {
+    device: Device,
+    exec: ExecDevice,
+    precision: Precision,
+}
+
+impl TchBackend {
+    /// Resolves `spec` (loading libtorch_cuda first): `auto` is `cuda_if_available()`;
+    /// `cuda:N` must exist.
+    pub fn new(spec: DeviceSpec, precision: Precision) -> Result<Self, LoadError> {
+        init_cuda();
+        let (device, exec) = match spec {
+            DeviceSpec::Auto => match Device::cuda_if_available() {
+                Device::Cuda(n) => (Device::Cuda(n), ExecDevice::Cuda(n)),
+                _ => (Device::Cpu, ExecDevice::Cpu),
+            },
+            DeviceSpec::Cpu => (Device::Cpu, ExecDevice::Cpu),
+            DeviceSpec::Cuda(n) => {
+                let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+                if n >= count {
+                    return Err(LoadError::DeviceUnavailable {
+                        device: spec.to_string(),
+                        reason: format!("libtorch sees {count} CUDA device(s)"),
+                    });
+                }
+                (Device::Cuda(n), ExecDevice::Cuda(n))
+            }
+        };
+        Ok(Self {
+            device,
+            exec,
+            precision,
+        })
+    }
+
+    /// The precision device copies get.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn unsupported(sd: &StateDict, name: &str, dtype: Dtype) -> LoadError {
+        LoadError::UnsupportedDtype {
+            path: sd.paths().next().map(Into::into).unwrap_or_default(),
+            tensor: name.to_owned(),
+            dtype: format!("{dtype:?}"),
+            backend: "torch",
+        }
+    }
+
+    /// Copies a state dict to the device.
+    pub fn convert(&self, sd: &StateDict) -> Result<TchModel, LoadError> {
+        let fail = |what: &str, e: tch::TchError| LoadError::Backend {
+            backend: "torch",
+            what: what.to_owned(),
+            reason: e.to_string(),
+        };
+        let mut tensors = Vec::with_capacity(sd.len());
+        let mut bytes = 0u64;
+        for t in sd.iter() {
+            let kind = kind_of(t.dtype).ok_or_else(|| Self::unsupported(sd, t.name, t.dtype))?;
+            let shape = t
+                .shape
+                .iter()
+                .map(|&d| i64::try_from(d))
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(|_| LoadError::Backend {
+                    backend: "torch",
+                    what: format!("tensor `{}`", t.name),
+                    reason: format!("shape {:?} does not fit libtorch's i64 sizes", t.shape),
+                })?;
+            let numel: usize = t.shape.iter().product();
+            if numel * kind.elt_size_in_bytes() != t.data.len() {
+                return Err(LoadError::Backend {
+                    backend: "torch",
+                    what: format!("tensor `{}`", t.name),
+                    reason: format!(
+                        "{} bytes for shape {:?} of {:?}",
+                        t.data.len(),
+                        t.shape,
+                        t.dtype
+                    ),
+                });
+            }
+            let what = format!("tensor `{}`", t.name);
+            let host =
+                Tensor::f_from_data_size(t.data, &shape, kind).map_err(|e| fail(&what, e))?;
+            let target = target_kind(kind, self.precision);
+            // Move first, convert on the device: the conversion then runs on the GPU and the
+            // host copy stays at the file's size.
+            let mut dev = host.f_to(self.device).map_err(|e| fail(&what, e))?;
+            if target != kind {
+                dev = dev
+                    .f_to_dtype(target, false, false)
+                    .map_err(|e| fail(&what, e))?;
+            }
+            bytes += (numel * target.elt_size_in_bytes()) as u64;
+            tensors.push((t.name.to_owned(), dev));
+        }
+        let names = tensors.iter().map(|(n, _)| n.clone()).collect();
+        Ok(TchModel {
+            tensors: Mutex::new(tensors),
+            names,
+            device: self.exec,
+            bytes,
+        })
+    }
+}
+
+impl DeviceBackend for TchBackend {
+    fn name(&self) -> &'static str {
+        "torch"
+    }
+
+    fn device(&self) -> ExecDevice {
+        self.exec
+    }
+
+    fn device_bytes(&self, model: &AnyModel) -> Result<u64, LoadError> {
+        let Some(sd) = model.state_dict() else {
+            return Ok(0);
+        };
+        let mut total = 0u64;
+        for t in sd.iter() {
+            let kind = kind_of(t.dtype).ok_or_else(|| Self::unsupported(sd, t.name, t.dtype))?;
+            let numel: usize = t.shape.iter().product();
+            total += (numel * target_kind(kind, self.precision).elt_size_in_bytes()) as u64;
+        }
+        Ok(total)
+    }
+
+    fn to_device(&self, model: &Arc<AnyModel>) -> Result<DeviceModel, LoadError> {
+        match model.state_dict() {
+            Some(sd) => Ok(DeviceModel::Torch(Arc::new(self.convert(sd)?))),
+            None => Ok(DeviceModel::Host(model.clone())),
+        }
+    }
+}

@@ -1,0 +1,1005 @@
+//! The load service: registry, cache budgets/LRU/locks/staleness, single-flight loads, the
+//! memory-mapped backend against real safetensors files, and (with `--features torch`) the
+//! libtorch backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use modelsync::AnyModelConfig;
+use modelsync::events::{Event, Recorder};
+use modelsync::load::{
+    AnyModel, BackendKind, DeviceSpec, HostBackend, LoadError, LoadEvent, LoadRequest,
+    LoadSettings, LoaderKey, LoaderRegistry, ModelCache, ModelLoadService, ModelLoader, Precision,
+    cache_key,
+};
+use modelsync::taxonomy::{BaseModelType, ModelFormat, ModelType, SubModelType};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use serde_json::json;
+
+/// Little-endian bytes of f32 values.
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes a safetensors file with the given (name, dtype, shape, bytes) tensors.
+fn write_st(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| ((*n).to_owned(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// A small file with several dtypes.
+fn sample_tensors() -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
+    vec![
+        (
+            "a.weight",
+            Dtype::F32,
+            vec![2, 3],
+            f32s(&[1.0, -2.5, 3.25, 0.0, 1e-3, 7.0]),
+        ),
+        (
+            "b.bias",
+            Dtype::F16,
+            vec![4],
+            vec![0, 60, 0, 64, 0, 188, 0, 0],
+        ),
+        (
+            "c.idx",
+            Dtype::I64,
+            vec![2],
+            [5i64, -9].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        ("d.bf", Dtype::BF16, vec![2], vec![0x80, 0x3f, 0x00, 0xc0]),
+        ("e.u8", Dtype::U8, vec![3], vec![1, 2, 255]),
+    ]
+}
+
+fn lora_config(key: &str, path: &Path) -> AnyModelConfig {
+    AnyModelConfig::from_json(json!({
+        "key": key, "name": format!("lora-{key}"), "type": "lora", "format": "lycoris",
+        "base": "sd-1", "path": path.to_str().unwrap(), "hash": format!("blake3:{key}")
+    }))
+    .unwrap()
+}
+
+fn host_settings(ram: u64) -> LoadSettings {
+    LoadSettings {
+        ram,
+        vram: 0,
+        device: DeviceSpec::Cpu,
+        precision: Precision::Auto,
+        backend: BackendKind::Host,
+    }
+}
+
+fn host_cache(ram: u64) -> ModelCache {
+    ModelCache::new(ram, 0, Arc::new(HostBackend))
+}
+
+/// Loads a synthetic model of `bytes` into `cache` under `key`.
+fn put(cache: &ModelCache, key: &str, bytes: u64) -> Result<Arc<AnyModel>, LoadError> {
+    cache
+        .get_or_load(
+            key,
+            || Ok(bytes),
+            || Ok(AnyModel::other(bytes, key.to_owned())),
+        )
+        .map(|(m, _)| m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry
+
+struct Named(&'static str);
+
+impl ModelLoader for Named {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn load(&self, _: &LoadRequest<'_>) -> Result<AnyModel, LoadError> {
+        Ok(AnyModel::other(1, self.0))
+    }
+}
+
+#[test]
+fn registry_refuses_a_second_loader_for_one_key() {
+    let mut r = LoaderRegistry::new();
+    let key = LoaderKey::new(BaseModelType::Any, Some(ModelType::Vae), None);
+    r.register(key, Arc::new(Named("one"))).unwrap();
+    let err = r.register(key, Arc::new(Named("two"))).unwrap_err();
+    assert!(matches!(err, LoadError::DuplicateLoader(k) if k == key));
+    assert_eq!(
+        err.to_string(),
+        "a loader is already registered for base `any`, type `vae`, format `any`"
+    );
+    // The defaults do not conflict with each other, and a default key cannot be re-registered.
+    let mut d = LoaderRegistry::with_defaults();
+    let lora = LoaderKey::new(
+        BaseModelType::Any,
+        Some(ModelType::Lora),
+        Some(ModelFormat::Lycoris),
+    );
+    assert!(matches!(
+        d.register(lora, Arc::new(Named("x"))),
+        Err(LoadError::DuplicateLoader(_))
+    ));
+}
+
+#[test]
+fn registry_picks_the_most_specific_loader_and_names_unknown_combinations() {
+    let mut r = LoaderRegistry::new();
+    r.register(
+        LoaderKey::new(BaseModelType::Any, Some(ModelType::Vae), None),
+        Arc::new(Named("any-vae")),
+    )
+    .unwrap();
+    r.register(
+        LoaderKey::new(
+            BaseModelType::StableDiffusionXL,
+            Some(ModelType::Vae),
+            Some(ModelFormat::Diffusers),
+        ),
+        Arc::new(Named("sdxl-vae-diffusers")),
+    )
+    .unwrap();
+    r.register(
+        LoaderKey::new(BaseModelType::Flux, None, None),
+        Arc::new(Named("flux-anything")),
+    )
+    .unwrap();
+    let name = |b, t, f| r.get(b, t, f).map(|l| l.name());
+    assert_eq!(
+        name(
+            BaseModelType::StableDiffusionXL,
+            ModelType::Vae,
+            ModelFormat::Diffusers
+        )
+        .unwrap(),
+        "sdxl-vae-diffusers"
+    );
+    assert_eq!(
+        name(
+            BaseModelType::StableDiffusion1,
+            ModelType::Vae,
+            ModelFormat::Checkpoint
+        )
+        .unwrap(),
+        "any-vae"
+    );
+    assert_eq!(
+        name(BaseModelType::Flux, ModelType::Vae, ModelFormat::Checkpoint).unwrap(),
+        "flux-anything"
+    );
+    let err = name(
+        BaseModelType::StableDiffusion1,
+        ModelType::Lora,
+        ModelFormat::Lycoris,
+    )
+    .unwrap_err();
+    assert!(matches!(err, LoadError::NotImplemented { .. }));
+    assert_eq!(
+        err.to_string(),
+        "no loader for base `sd-1`, type `lora`, format `lycoris`"
+    );
+}
+
+#[test]
+fn default_registry_has_no_onnx_loader() {
+    let d = tempfile::tempdir().unwrap();
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let cfg = AnyModelConfig::from_json(json!({
+        "name": "o", "type": "onnx", "format": "onnx", "base": "sd-1", "path": "o.onnx"
+    }))
+    .unwrap();
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no loader for base `sd-1`, type `onnx`, format `onnx`"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache
+
+#[test]
+fn budget_evicts_least_recently_used_first() {
+    let cache = host_cache(100);
+    put(&cache, "a", 40).unwrap();
+    put(&cache, "b", 40).unwrap();
+    assert!(cache.get("a").is_some()); // a is now more recent than b
+    put(&cache, "c", 40).unwrap();
+    assert_eq!(cache.keys_lru(), ["a", "c"]);
+    let s = cache.stats();
+    assert_eq!((s.evictions, s.entries, s.ram_used), (1, 2, 80));
+    assert_eq!(s.bytes_by_device.get("cpu"), Some(&80));
+    put(&cache, "d", 60).unwrap();
+    assert_eq!(cache.keys_lru(), ["c", "d"], "only the oldest had to go");
+    put(&cache, "e", 61).unwrap();
+    assert_eq!(cache.keys_lru(), ["e"], "both older entries had to go");
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.loads, s.evictions), (1, 5, 5, 4));
+}
+
+#[test]
+fn a_model_larger_than_the_budget_is_refused_before_loading() {
+    let cache = host_cache(100);
+    let calls = AtomicUsize::new(0);
+    let err = cache
+        .get_or_load(
+            "big",
+            || Ok(101),
+            || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(AnyModel::other(101, ()))
+            },
+        )
+        .unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(
+        matches!(
+            err,
+            LoadError::TooLarge {
+                needed: 101,
+                budget: 100,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("budget is 100 B"), "{err}");
+    // An estimate that lied is caught after loading, and nothing is kept.
+    let err = cache
+        .get_or_load("liar", || Ok(10), || Ok(AnyModel::other(500, ())))
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::TooLarge { needed: 500, .. }),
+        "{err}"
+    );
+    assert_eq!(cache.stats().entries, 0);
+}
+
+#[test]
+fn a_locked_model_is_never_evicted() {
+    let cache = host_cache(100);
+    let a = put(&cache, "a", 60).unwrap();
+    let guard = cache.lock("a", &a).unwrap();
+    put(&cache, "b", 40).unwrap();
+    // c needs 40: b (unlocked) goes, a (locked, older) stays.
+    put(&cache, "c", 40).unwrap();
+    assert!(cache.contains("a") && cache.contains("c") && !cache.contains("b"));
+    // d needs 50: only c is evictable, which is not enough.
+    let err = put(&cache, "d", 50).unwrap_err();
+    assert!(
+        matches!(err, LoadError::OutOfBudget { locked: 60, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("held by locked models"), "{err}");
+    assert_eq!(cache.stats().locked, 1);
+    drop(guard);
+    assert_eq!(cache.stats().locked, 0);
+    put(&cache, "d", 50).unwrap();
+    assert!(!cache.contains("a"), "unlocked, a is the oldest and goes");
+}
+
+#[test]
+fn a_stale_entry_goes_at_its_last_unlock() {
+    let cache = host_cache(100);
+    let a = put(&cache, "a", 10).unwrap();
+    let g1 = cache.lock("a", &a).unwrap();
+    let g2 = cache.lock("a", &a).unwrap();
+    cache.mark_stale("a");
+    assert!(cache.contains("a"));
+    drop(g1);
+    assert!(cache.contains("a"), "still locked once");
+    drop(g2);
+    assert!(!cache.contains("a"));
+    // An unlocked entry goes at once.
+    put(&cache, "b", 10).unwrap();
+    cache.mark_stale("b");
+    assert!(!cache.contains("b"));
+    // The next load reads again.
+    let (_, hit) = cache
+        .get_or_load("b", || Ok(10), || Ok(AnyModel::other(10, ())))
+        .unwrap();
+    assert!(!hit);
+}
+
+#[test]
+fn dropping_a_key_never_drops_one_that_shares_its_prefix() {
+    let cache = host_cache(1000);
+    for k in ["ab", "ab:vae", "ab:unet", "abc", "abc:vae", "a"] {
+        put(&cache, k, 1).unwrap();
+    }
+    assert_eq!(cache_key("ab", Some(SubModelType::Vae)), "ab:vae");
+    cache.drop_model("ab");
+    let mut left = cache.keys_lru();
+    left.sort();
+    assert_eq!(left, ["a", "abc", "abc:vae"]);
+    cache.mark_stale("abc");
+    assert!(cache.contains("abc:vae"), "mark_stale is exact");
+}
+
+#[test]
+fn concurrent_loads_of_one_key_load_once() {
+    let cache = host_cache(1000);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let n = 8;
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (cache, calls, barrier) = (cache.clone(), calls.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                cache
+                    .get_or_load(
+                        "k",
+                        || Ok(10),
+                        || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            // Hold the flight open so every thread arrives while it is loading.
+                            std::thread::sleep(Duration::from_millis(100));
+                            Ok(AnyModel::other(10, 42u32))
+                        },
+                    )
+                    .unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(results.iter().filter(|(_, hit)| !hit).count(), 1);
+    for (m, _) in &results {
+        assert!(Arc::ptr_eq(m, &results[0].0));
+        assert_eq!(m.downcast_ref::<u32>(), Some(&42));
+    }
+    let s = cache.stats();
+    assert_eq!((s.loads, s.misses, s.hits), (1, 1, 7));
+}
+
+#[test]
+fn waiters_get_the_error_of_a_failed_concurrent_load() {
+    let cache = host_cache(1000);
+    let barrier = Arc::new(Barrier::new(2));
+    let leader = {
+        let (cache, barrier) = (cache.clone(), barrier.clone());
+        std::thread::spawn(move || {
+            cache.get_or_load(
+                "k",
+                || Ok(1),
+                || {
+                    barrier.wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                    Err(LoadError::Loader {
+                        key: "k".into(),
+                        reason: "disk on fire".into(),
+                    })
+                },
+            )
+        })
+    };
+    barrier.wait(); // the leader is inside its loader now
+    let err = cache
+        .get_or_load("k", || Ok(1), || panic!("the waiter must not load"))
+        .unwrap_err();
+    assert!(matches!(&err, LoadError::Concurrent { .. }), "{err}");
+    assert!(err.to_string().contains("disk on fire"), "{err}");
+    assert!(leader.join().unwrap().is_err());
+    assert_eq!(cache.stats().entries, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service + memory-mapped backend
+
+#[test]
+fn mmap_backend_returns_the_files_tensors_byte_for_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("loras/detail.safetensors");
+    let tensors = sample_tensors();
+    write_st(&path, &tensors);
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    // A relative record path resolves against models_dir.
+    let cfg = AnyModelConfig::from_json(json!({
+        "key": "k1", "name": "detail", "type": "lora", "format": "lycoris", "base": "sd-1",
+        "path": "loras/detail.safetensors"
+    }))
+    .unwrap();
+    let loaded = svc.load_model(&cfg, None).unwrap();
+    let sd = loaded.model().state_dict().expect("a state dict");
+    let file = std::fs::read(&path).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&file).unwrap();
+    assert_eq!(sd.len(), reference.len());
+    assert_eq!(sd.len(), tensors.len());
+    for (name, view) in reference.tensors() {
+        let t = sd
+            .get(&name)
+            .unwrap_or_else(|| panic!("tensor {name} missing"));
+        assert_eq!(t.dtype, view.dtype(), "{name}");
+        assert_eq!(t.shape, view.shape(), "{name}");
+        assert_eq!(t.data, view.data(), "{name}");
+    }
+    let expected_bytes: u64 = tensors.iter().map(|t| t.3.len() as u64).sum();
+    assert_eq!(sd.bytes(), expected_bytes);
+    assert_eq!(loaded.config(), &cfg);
+    // The guard: the host backend's device model is the host model itself.
+    let (state, guard) = loaded.model_on_device().unwrap();
+    assert_eq!(state.unwrap().len(), tensors.len());
+    assert!(Arc::ptr_eq(guard.as_host().unwrap(), loaded.model()));
+    assert_eq!(guard.tensor_count(), tensors.len());
+    assert_eq!(svc.cache().stats().locked, 1);
+    drop(guard);
+    assert_eq!(svc.cache().stats().locked, 0);
+    // Second load: a hit, the same model.
+    let again = svc.load_model(&cfg, None).unwrap();
+    assert!(Arc::ptr_eq(again.model(), loaded.model()));
+    assert_eq!(svc.cache().stats().hits, 1);
+}
+
+#[test]
+fn sharded_folder_loads_every_shard_and_refuses_duplicate_names() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("t5");
+    write_st(
+        &dir.join("model-00001-of-00002.safetensors"),
+        &[("x", Dtype::U8, vec![1], vec![1])],
+    );
+    write_st(
+        &dir.join("model-00002-of-00002.safetensors"),
+        &[("y", Dtype::U8, vec![2], vec![2, 3])],
+    );
+    std::fs::write(dir.join("model.safetensors.index.json"), "{}").unwrap();
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let cfg = AnyModelConfig::from_json(json!({
+        "key": "t5", "name": "t5", "type": "t5_encoder", "format": "t5_encoder", "base": "any", "path": "t5"
+    }))
+    .unwrap();
+    let m = svc.load_model(&cfg, None).unwrap();
+    let sd = m.model().state_dict().unwrap();
+    assert_eq!(sd.iter().map(|t| t.name).collect::<Vec<_>>(), ["x", "y"]);
+    assert_eq!(sd.get("y").unwrap().data, [2, 3]);
+
+    write_st(
+        &dir.join("model-00002-of-00002.safetensors"),
+        &[("x", Dtype::U8, vec![1], vec![9])],
+    );
+    svc.cache().drop_model("t5");
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(matches!(err, LoadError::DuplicateTensor { .. }), "{err}");
+    assert!(
+        err.to_string().contains("model-00002-of-00002.safetensors"),
+        "{err}"
+    );
+}
+
+fn pipeline(root: &Path) -> AnyModelConfig {
+    write_st(
+        &root.join("sd15/unet/diffusion_pytorch_model.safetensors"),
+        &[("conv_in.weight", Dtype::F32, vec![2], f32s(&[1.0, 2.0]))],
+    );
+    write_st(
+        &root.join("sd15/unet/diffusion_pytorch_model.fp16.safetensors"),
+        &[("conv_in.weight", Dtype::F16, vec![2], vec![0, 60, 0, 64])],
+    );
+    write_st(
+        &root.join("sd15/my_vae/diffusion_pytorch_model.safetensors"),
+        &[
+            ("decoder.w", Dtype::F32, vec![1], f32s(&[3.0])),
+            ("encoder.w", Dtype::F32, vec![1], f32s(&[4.0])),
+        ],
+    );
+    std::fs::create_dir_all(root.join("sd15/tokenizer")).unwrap();
+    std::fs::write(root.join("sd15/tokenizer/vocab.json"), r#"{"a":1}"#).unwrap();
+    std::fs::write(root.join("sd15/tokenizer/merges.txt"), "a b\n").unwrap();
+    std::fs::create_dir_all(root.join("sd15/text_encoder")).unwrap();
+    std::fs::write(
+        root.join("sd15/text_encoder/pytorch_model.bin"),
+        b"PK\x03\x04pickle",
+    )
+    .unwrap();
+    AnyModelConfig::from_json(json!({
+        "key": "p1", "name": "sd15", "type": "main", "format": "diffusers", "base": "sd-1", "path": "sd15",
+        "repo_variant": "fp16",
+        "submodels": {"vae": {"path_or_prefix": "my_vae", "model_type": "vae"}}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn main_diffusers_models_need_a_submodel_and_find_its_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = pipeline(d.path());
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(matches!(err, LoadError::SubmodelRequired { .. }), "{err}");
+    assert!(err.to_string().contains("submodel type"), "{err}");
+
+    // unet: the fp16 variant file, as the record's repo_variant says.
+    let unet = svc.load_model(&cfg, Some(SubModelType::UNet)).unwrap();
+    assert_eq!(unet.cache_key(), "p1:unet");
+    let t = unet
+        .model()
+        .state_dict()
+        .unwrap()
+        .get("conv_in.weight")
+        .unwrap();
+    assert_eq!((t.dtype, t.data), (Dtype::F16, &[0u8, 60, 0, 64][..]));
+    // vae: the folder the submodels map names.
+    let vae = svc.load_model(&cfg, Some(SubModelType::Vae)).unwrap();
+    assert_eq!(vae.model().tensor_count(), 2);
+    // tokenizer: weightless, its files.
+    let tok = svc.load_model(&cfg, Some(SubModelType::Tokenizer)).unwrap();
+    let AnyModel::Files(files) = tok.model().as_ref() else {
+        panic!("files expected")
+    };
+    assert_eq!(
+        files.names().collect::<Vec<_>>(),
+        ["merges.txt", "vocab.json"]
+    );
+    assert_eq!(files.get("vocab.json"), Some(&br#"{"a":1}"#[..]));
+    // text_encoder: only a pickle file, refused.
+    let err = svc
+        .load_model(&cfg, Some(SubModelType::TextEncoder))
+        .unwrap_err();
+    assert!(matches!(err, LoadError::PickleRefused { .. }), "{err}");
+    assert!(err.to_string().contains("pytorch_model.bin"), "{err}");
+    // A weight-bearing submodel folder without weights is an error, not an empty model.
+    std::fs::create_dir_all(d.path().join("sd15/safety_checker")).unwrap();
+    std::fs::write(d.path().join("sd15/safety_checker/config.json"), "{}").unwrap();
+    let err = svc
+        .load_model(&cfg, Some(SubModelType::SafetyChecker))
+        .unwrap_err();
+    assert!(matches!(err, LoadError::NoWeights { .. }), "{err}");
+    // scheduler: no folder.
+    let err = svc
+        .load_model(&cfg, Some(SubModelType::Scheduler))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::SubmodelMissing {
+                submodel: SubModelType::Scheduler,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let mut keys = svc.cache().keys_lru();
+    keys.sort();
+    assert_eq!(keys, ["p1:tokenizer", "p1:unet", "p1:vae"]);
+    let parts = svc.preload_parts(&cfg);
+    assert!(parts.contains(&Some(SubModelType::UNet)) && parts.contains(&Some(SubModelType::Vae)));
+    assert!(!parts.contains(&Some(SubModelType::Scheduler)));
+
+    // A non-main model refuses a submodel.
+    let lora = lora_config(
+        "l",
+        &d.path()
+            .join("sd15/unet/diffusion_pytorch_model.safetensors"),
+    );
+    let err = svc.load_model(&lora, Some(SubModelType::Vae)).unwrap_err();
+    assert!(matches!(err, LoadError::SubmodelNotAllowed { .. }), "{err}");
+}
+
+#[test]
+fn main_checkpoint_submodels_come_from_key_prefixes() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("sd15.safetensors");
+    write_st(
+        &path,
+        &[
+            (
+                "model.diffusion_model.in.weight",
+                Dtype::U8,
+                vec![2],
+                vec![1, 2],
+            ),
+            (
+                "model.diffusion_model.out.weight",
+                Dtype::U8,
+                vec![1],
+                vec![3],
+            ),
+            ("first_stage_model.decoder.w", Dtype::U8, vec![1], vec![4]),
+            (
+                "cond_stage_model.transformer.w",
+                Dtype::U8,
+                vec![1],
+                vec![5],
+            ),
+        ],
+    );
+    let cfg = AnyModelConfig::from_json(json!({
+        "key": "c1", "name": "sd15", "type": "main", "format": "checkpoint", "base": "sd-1",
+        "path": path.to_str().unwrap()
+    }))
+    .unwrap();
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let unet = svc.load_model(&cfg, Some(SubModelType::UNet)).unwrap();
+    let sd = unet.model().state_dict().unwrap();
+    assert_eq!(
+        sd.iter().map(|t| t.name).collect::<Vec<_>>(),
+        ["in.weight", "out.weight"]
+    );
+    assert_eq!(sd.get("in.weight").unwrap().data, [1, 2]);
+    assert_eq!(
+        svc.estimate_bytes(&cfg, Some(SubModelType::UNet)).unwrap(),
+        3
+    );
+    let vae = svc.load_model(&cfg, Some(SubModelType::Vae)).unwrap();
+    assert_eq!(
+        vae.model()
+            .state_dict()
+            .unwrap()
+            .get("decoder.w")
+            .unwrap()
+            .data,
+        [4]
+    );
+    let err = svc
+        .load_model(&cfg, Some(SubModelType::TextEncoder2))
+        .unwrap_err();
+    assert!(matches!(err, LoadError::SubmodelMissing { .. }), "{err}");
+    assert_eq!(
+        svc.preload_parts(&cfg),
+        [
+            Some(SubModelType::UNet),
+            Some(SubModelType::TextEncoder),
+            Some(SubModelType::Vae)
+        ]
+    );
+}
+
+#[test]
+fn pickle_checkpoints_are_refused_with_the_gates_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("evil.ckpt");
+    std::fs::write(&path, b"\x80\x02cos\nsystem\n").unwrap();
+    let cfg = lora_config("p", &path);
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(matches!(err, LoadError::PickleRefused { .. }), "{err}");
+    assert!(err.to_string().contains("evil.ckpt"), "{err}");
+    assert!(
+        err.to_string().contains("convert the model to safetensors"),
+        "{err}"
+    );
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+    let s2 = seen.clone();
+    let gate = move |p: &Path| -> Result<(), String> {
+        s2.lock().unwrap().push(p.to_path_buf());
+        Err("scan found os.system".to_owned())
+    };
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20))
+        .unwrap()
+        .with_pickle_gate(Arc::new(gate));
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(err.to_string().contains("scan found os.system"), "{err}");
+    assert_eq!(*seen.lock().unwrap(), std::slice::from_ref(&path));
+    // Even a clean scan cannot make the memory-mapped backend unpickle.
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20))
+        .unwrap()
+        .with_pickle_gate(Arc::new(|_: &Path| Ok(())));
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(err.to_string().contains("reads only safetensors"), "{err}");
+}
+
+#[test]
+fn missing_files_and_bad_files_name_the_path() {
+    let d = tempfile::tempdir().unwrap();
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let cfg = lora_config("gone", &d.path().join("gone.safetensors"));
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(matches!(err, LoadError::ModelNotFound { .. }), "{err}");
+    assert!(
+        err.to_string().contains("gone.safetensors does not exist"),
+        "{err}"
+    );
+
+    let bad = d.path().join("bad.safetensors");
+    std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}        ").unwrap();
+    let err = svc.load_model(&lora_config("bad", &bad), None).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: not a valid safetensors file", bad.display())),
+        "{err}"
+    );
+
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("README.md"), "hi").unwrap();
+    let cfg = AnyModelConfig::from_json(json!({
+        "key": "e", "name": "e", "type": "vae", "format": "diffusers", "base": "sd-1", "path": empty.to_str().unwrap()
+    }))
+    .unwrap();
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(matches!(err, LoadError::NoWeights { .. }), "{err}");
+}
+
+#[test]
+fn service_refuses_a_model_larger_than_the_ram_budget() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("big.safetensors");
+    write_st(&path, &[("w", Dtype::U8, vec![4096], vec![7; 4096])]);
+    let svc = ModelLoadService::new(d.path(), &host_settings(1024)).unwrap();
+    let cfg = lora_config("big", &path);
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(
+        matches!(err, LoadError::TooLarge { budget: 1024, .. }),
+        "{err}"
+    );
+    let err = svc.check_preload_fits(&[cfg]).unwrap_err();
+    assert!(err.to_string().contains("preload set of 1 models"), "{err}");
+}
+
+#[test]
+fn load_events_carry_key_submodel_hash_location_and_precision() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = pipeline(d.path());
+    let rec = Recorder::new();
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20))
+        .unwrap()
+        .with_reporter(Arc::new(rec.clone()));
+    let cfg = AnyModelConfig::from_json({
+        let mut v = cfg.to_json();
+        v["hash"] = json!("blake3:abcd");
+        v
+    })
+    .unwrap();
+    svc.load_model(&cfg, Some(SubModelType::Vae)).unwrap();
+    svc.load_model(&cfg, Some(SubModelType::Vae)).unwrap();
+    let events: Vec<LoadEvent> = rec
+        .events()
+        .into_iter()
+        .map(|e| match e {
+            Event::Load(l) => l,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(events.len(), 4);
+    let LoadEvent::ModelLoadStarted(info) = &events[0] else {
+        panic!("{:?}", events[0])
+    };
+    assert_eq!(info.model_key, "p1");
+    assert_eq!(info.submodel_type, Some(SubModelType::Vae));
+    assert_eq!(info.hash, "blake3:abcd");
+    assert!(info.location.ends_with("my_vae"), "{}", info.location);
+    assert_eq!(info.precision, Precision::Auto);
+    let hits: Vec<bool> = events
+        .iter()
+        .filter_map(|e| match e {
+            LoadEvent::ModelLoadCompleted {
+                cache_hit, bytes, ..
+            } => {
+                assert_eq!(*bytes, 8);
+                Some(*cache_hit)
+            }
+            LoadEvent::ModelLoadStarted(_) => None,
+        })
+        .collect();
+    assert_eq!(hits, [false, true]);
+    let j = serde_json::to_value(Event::Load(events[1].clone())).unwrap();
+    assert_eq!(j["kind"], "load");
+    assert_eq!(j["event"]["event"], "model_load_completed");
+    assert_eq!(j["event"]["submodel_type"], "vae");
+}
+
+#[test]
+fn preload_loads_every_part_and_leaves_it_cached_unlocked() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = pipeline(d.path());
+    std::fs::remove_dir_all(d.path().join("sd15/text_encoder")).unwrap();
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let total = svc.check_preload_fits(std::slice::from_ref(&cfg)).unwrap();
+    assert!(total > 0);
+    let parts = svc.preload(&cfg).unwrap();
+    assert_eq!(parts.len(), 3); // unet, tokenizer, vae
+    let s = svc.cache().stats();
+    assert_eq!((s.entries, s.locked), (3, 0));
+    assert!(svc.cache().is_on_device("p1:unet"));
+}
+
+#[test]
+fn many_cache_keys_stay_independent() {
+    // Loads of different keys from several threads all land, none evicted (budget is ample).
+    let cache = host_cache(1 << 30);
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    put(&cache, &format!("k{t}-{i}"), 10).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = cache.stats();
+    assert_eq!((s.entries, s.loads, s.evictions), (200, 200, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real model from a package (scripts/fetch-test-models)
+
+#[test]
+#[ignore = "needs scripts/fetch-test-models"]
+fn real_model_from_a_package_loads_with_the_right_tensor_count() {
+    let Some(path) = std::env::var_os("MODELSYNC_TEST_MODEL").map(PathBuf::from) else {
+        panic!("set MODELSYNC_TEST_MODEL to the path scripts/fetch-test-models prints");
+    };
+    assert!(
+        path.is_file(),
+        "MODELSYNC_TEST_MODEL={} does not exist",
+        path.display()
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let expected = meta.tensors().len();
+    assert!(expected > 50, "a MiniLM has ~100 tensors, got {expected}");
+    let cfg = AnyModelConfig::from_json(json!({
+        "key": "minilm", "name": "all-minilm-l6-v2", "type": "clip_embed", "format": "diffusers",
+        "base": "any", "path": path.parent().unwrap().to_str().unwrap()
+    }))
+    .unwrap();
+    let file_cfg = lora_config("minilm-file", &path);
+    let d = tempfile::tempdir().unwrap();
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 30)).unwrap();
+    for c in [&cfg, &file_cfg] {
+        let m = svc.load_model(c, None).unwrap();
+        assert_eq!(m.model().tensor_count(), expected);
+        assert_eq!(m.lock().unwrap().tensor_count(), expected);
+    }
+    #[cfg(feature = "torch")]
+    {
+        let svc = ModelLoadService::new(d.path(), &torch::cpu_settings(Precision::Auto)).unwrap();
+        let m = svc.load_model(&file_cfg, None).unwrap();
+        let g = m.lock().unwrap();
+        let tm = g.as_torch().expect("a torch model");
+        assert_eq!(tm.len(), expected);
+        let data_bytes: u64 = meta
+            .tensors()
+            .values()
+            .map(|i| (i.data_offsets.1 - i.data_offsets.0) as u64)
+            .sum();
+        assert_eq!(tm.bytes(), data_bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// libtorch backend
+
+#[cfg(feature = "torch")]
+#[allow(
+    clippy::float_cmp,
+    clippy::many_single_char_names,
+    reason = "the values compared are exact in every precision; short tensor names mirror the file's"
+)]
+mod torch {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    pub(super) fn cpu_settings(precision: Precision) -> LoadSettings {
+        LoadSettings {
+            ram: 1 << 30,
+            vram: 0,
+            device: DeviceSpec::Cpu,
+            precision,
+            backend: BackendKind::Torch,
+        }
+    }
+
+    fn bytes_of(t: &Tensor) -> Vec<u8> {
+        let n = t.numel();
+        let mut out = vec![0u8; n * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut out, n);
+        out
+    }
+
+    #[test]
+    fn torch_tensors_equal_the_files_values() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.safetensors");
+        let tensors = sample_tensors();
+        write_st(&path, &tensors);
+        let svc = ModelLoadService::new(d.path(), &cpu_settings(Precision::Auto)).unwrap();
+        assert_eq!(svc.cache().backend_name(), "torch");
+        let m = svc.load_model(&lora_config("t", &path), None).unwrap();
+        let (state, guard) = m.model_on_device().unwrap();
+        let tm = guard.as_torch().expect("torch model");
+        assert_eq!(tm.len(), tensors.len());
+        for (name, dtype, shape, data) in &tensors {
+            let t = tm.tensor(name).unwrap();
+            assert_eq!(
+                t.size(),
+                shape
+                    .iter()
+                    .map(|&s| i64::try_from(s).unwrap())
+                    .collect::<Vec<_>>(),
+                "{name}"
+            );
+            assert_eq!(&bytes_of(&t), data, "{name} ({dtype:?})");
+            assert_eq!(state.unwrap().get(name).unwrap().data, data.as_slice());
+        }
+        let a = tm.tensor("a.weight").unwrap();
+        assert_eq!(a.kind(), Kind::Float);
+        assert_eq!(a.double_value(&[0, 1]), -2.5);
+    }
+
+    #[test]
+    fn torch_converts_floating_tensors_to_the_precision() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.safetensors");
+        write_st(&path, &sample_tensors());
+        for (precision, kind) in [
+            (Precision::Fp16, Kind::Half),
+            (Precision::Bf16, Kind::BFloat16),
+            (Precision::Fp32, Kind::Float),
+        ] {
+            let svc = ModelLoadService::new(d.path(), &cpu_settings(precision)).unwrap();
+            let m = svc.load_model(&lora_config("t", &path), None).unwrap();
+            let g = m.lock().unwrap();
+            let tm = g.as_torch().unwrap();
+            for f in ["a.weight", "b.bias", "d.bf"] {
+                assert_eq!(tm.tensor(f).unwrap().kind(), kind, "{f} under {precision}");
+            }
+            assert_eq!(
+                tm.tensor("c.idx").unwrap().kind(),
+                Kind::Int64,
+                "integers keep their type"
+            );
+            assert_eq!(tm.tensor("e.u8").unwrap().kind(), Kind::Uint8);
+            let a = tm.tensor("a.weight").unwrap();
+            assert!((a.double_value(&[0, 2]) - 3.25).abs() < 1e-2, "{precision}");
+            // b.bias is f16 [1, 2, -1, 0]; d.bf is bf16 [1, -2].
+            let b = tm.tensor("b.bias").unwrap();
+            assert_eq!(b.double_value(&[2]), -1.0);
+            assert_eq!(tm.tensor("d.bf").unwrap().double_value(&[1]), -2.0);
+            let elt = kind.elt_size_in_bytes() as u64;
+            assert_eq!(tm.bytes(), (6 + 4 + 2) * elt + 16 + 3, "{precision}");
+        }
+    }
+
+    #[test]
+    fn torch_device_copies_on_the_cpu_count_against_ram() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.safetensors");
+        write_st(&path, &[("w", Dtype::F16, vec![512], vec![0; 1024])]);
+        let svc = ModelLoadService::new(d.path(), &cpu_settings(Precision::Fp32)).unwrap();
+        let m = svc.load_model(&lora_config("t", &path), None).unwrap();
+        assert_eq!(svc.cache().stats().ram_used, 1024);
+        let g = m.lock().unwrap();
+        let s = svc.cache().stats();
+        // 1024 host bytes (f16) + 2048 device bytes (f32), both on the CPU.
+        assert_eq!(s.ram_used, 1024 + 2048);
+        assert_eq!(s.bytes_by_device.get("cpu"), Some(&(1024 + 2048)));
+        assert_eq!(s.vram_used, 0);
+        drop(g);
+        // A copy that does not fit next to the host copy is refused, not allocated.
+        let small = LoadSettings {
+            ram: 2048,
+            ..cpu_settings(Precision::Fp32)
+        };
+        let svc = ModelLoadService::new(d.path(), &small).unwrap();
+        let m = svc.load_model(&lora_config("t", &path), None).unwrap();
+        let err = m.lock().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::TooLarge { .. } | LoadError::OutOfBudget { .. }
+            ),
+            "{err}"
+        );
+        assert_eq!(svc.cache().stats().locked, 0);
+    }
+}
