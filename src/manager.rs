@@ -1,14 +1,17 @@
 //! [`ModelManager`]: the seed's ModelManagerService facade — one object holding the record
-//! store, the download queue and the install service (the load service joins it with the
-//! load issue).
+//! store, the download queue, the install service and (once attached with
+//! [`ModelManager::with_load_service`]) the load service.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::AnyModelConfig;
 use crate::download::{DownloadQueue, DownloadQueueConfig};
 use crate::events::Reporter;
 use crate::install::{InstallConfig, InstallError, ModelInstallService, RecoveryReport};
-use crate::store::{self, RecordStore};
+use crate::load::{LoadError, LoadedModel, ModelLoadService};
+use crate::store::{self, RecordStore, StoreError};
+use crate::taxonomy::{BaseModelType, ModelType, SubModelType};
 
 /// The services of one models folder + store.
 #[derive(Clone)]
@@ -18,6 +21,7 @@ pub struct ModelManager {
     install: ModelInstallService,
     database: PathBuf,
     recovery: RecoveryReport,
+    load: Option<Arc<ModelLoadService>>,
 }
 
 impl std::fmt::Debug for ModelManager {
@@ -64,6 +68,7 @@ impl ModelManager {
             install,
             database,
             recovery,
+            load: None,
         })
     }
 
@@ -96,4 +101,67 @@ impl ModelManager {
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
     }
+
+    /// Attaches the load service (the seed's `load`).
+    #[must_use]
+    pub fn with_load_service(mut self, load: ModelLoadService) -> Self {
+        self.load = Some(Arc::new(load));
+        self
+    }
+
+    /// The load service, when attached.
+    pub fn load(&self) -> Option<&ModelLoadService> {
+        self.load.as_deref()
+    }
+
+    fn loader(&self) -> Result<&ModelLoadService, ManagerError> {
+        self.load.as_deref().ok_or(ManagerError::NoLoadService)
+    }
+
+    /// Loads a record (the seed's `load_model_by_config`); `submodel` is required for main
+    /// models.
+    pub fn load_model_by_config(
+        &self,
+        config: &AnyModelConfig,
+        submodel: Option<SubModelType>,
+    ) -> Result<LoadedModel, ManagerError> {
+        Ok(self.loader()?.load_model(config, submodel)?)
+    }
+
+    /// Loads the record with this key (the seed's `load_model_by_key`).
+    pub fn load_model_by_key(
+        &self,
+        key: &str,
+        submodel: Option<SubModelType>,
+    ) -> Result<LoadedModel, ManagerError> {
+        let config = self.store.get_model(key)?;
+        self.load_model_by_config(&config, submodel)
+    }
+
+    /// Loads the unique record with this name, base and type (the seed's
+    /// `load_model_by_attr`): `DuplicateModel` when several match, `UnknownModel` when none.
+    pub fn load_model_by_attr(
+        &self,
+        name: &str,
+        base: BaseModelType,
+        model_type: ModelType,
+        submodel: Option<SubModelType>,
+    ) -> Result<LoadedModel, ManagerError> {
+        let config = self.store.model_info_by_name(name, base, model_type)?;
+        self.load_model_by_config(&config, submodel)
+    }
+}
+
+/// Errors of the facade's load helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No load service was attached with [`ModelManager::with_load_service`].
+    #[error("this model manager has no load service attached")]
+    NoLoadService,
+    /// Finding the record failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Loading failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
 }

@@ -26,6 +26,7 @@ use crate::taxonomy::{BaseModelType, ModelFormat, ModelType, SubModelType};
 pub mod backends;
 mod cache;
 mod model;
+mod preload;
 mod registry;
 
 pub use backends::mmap::{HostTensor, StateDict};
@@ -34,6 +35,7 @@ pub use backends::{
 };
 pub use cache::{CacheStats, ModelCache, cache_key};
 pub use model::{AnyModel, FileSet, LoadedModel, ModelGuard};
+pub use preload::{ScanGate, ServicePreloader, service_for};
 pub use registry::{LoadRequest, LoaderKey, LoaderRegistry, ModelLoader};
 
 /// Errors of the load service. Each names the model (key), file or combination it is about.

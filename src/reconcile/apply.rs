@@ -137,6 +137,13 @@ pub trait Preloader: Send + Sync {
     /// Loads the model of `record` into the cache; returns a line for the user (bytes, device,
     /// time) or why not.
     fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, String>;
+
+    /// Whether the whole preload set fits the cache budgets, checked before anything is
+    /// loaded so an oversized set is an error, not an out-of-memory crash.
+    fn check_fits(&self, records: &[AnyModelConfig]) -> Result<(), String> {
+        let _ = records;
+        Ok(())
+    }
 }
 
 /// Errors that stop apply before it changes anything.
@@ -245,7 +252,7 @@ pub struct ApplyReport {
 impl ApplyReport {
     /// Whether every action succeeded (and no entry is in error).
     pub fn converged(&self) -> bool {
-        self.results.iter().all(ActionResult::ok)
+        self.results.iter().all(ActionResult::ok) && self.preload.values().all(Result::is_ok)
     }
 
     /// The failed actions.
@@ -418,15 +425,28 @@ pub async fn apply(
 
     let mut preload = BTreeMap::new();
     if opts.preload {
-        for r in results.iter().filter(|r| r.ok()) {
-            let Some(entry) = manifest.entry(&r.name).filter(|e| e.preload) else {
-                continue;
-            };
-            let Some(key) = &r.key else { continue };
-            let outcome = match (cx.preloader, store.get_model(key)) {
-                (None, _) => Err("the load service is not wired into apply yet".to_owned()),
-                (Some(_), Err(e)) => Err(e.to_string()),
-                (Some(p), Ok(rec)) => p.preload(&entry.name, &rec),
+        let wanted: Vec<(&ModelEntry, &String)> = results
+            .iter()
+            .filter(|r| r.ok())
+            .filter_map(|r| {
+                let entry = manifest.entry(&r.name).filter(|e| e.preload)?;
+                Some((entry, r.key.as_ref()?))
+            })
+            .collect();
+        let records: Vec<AnyModelConfig> = wanted
+            .iter()
+            .filter_map(|(_, key)| store.get_model(key).ok())
+            .collect();
+        let fits = match cx.preloader {
+            Some(p) => p.check_fits(&records),
+            None => Ok(()),
+        };
+        for (entry, key) in wanted {
+            let outcome = match (cx.preloader, store.get_model(key), &fits) {
+                (None, _, _) => Err("no load service is available to preload".to_owned()),
+                (Some(_), _, Err(e)) => Err(e.clone()),
+                (Some(_), Err(e), _) => Err(e.to_string()),
+                (Some(p), Ok(rec), Ok(())) => p.preload(&entry.name, &rec),
             };
             report(
                 cx,

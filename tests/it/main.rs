@@ -13,6 +13,7 @@ mod install;
 mod load;
 mod manifest;
 mod plan;
+mod preload;
 mod probe;
 mod scan;
 mod status;

@@ -191,13 +191,22 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         )?;
         let manager = ModelManager::from_parts(icfg, store.clone(), queue, reporter.clone())?;
         let lookup = remote::lookup_client(settings, &env)?;
+        // The load service is only built when something will be preloaded.
+        let preloader = if opts.preload {
+            Some(crate::load::ServicePreloader::new(
+                crate::load::service_for(&settings.models_dir, &settings.cache, reporter.clone())?,
+            ))
+        } else {
+            None
+        };
         let cx = ApplyContext {
             manager: &manager,
             hub: &lookup,
             hub_env: &env,
             reporter: reporter.clone(),
-            // LEAD: wire the load service's Preloader here (branch `load`).
-            preloader: None,
+            preloader: preloader
+                .as_ref()
+                .map(|p| p as &dyn reconcile::apply::Preloader),
         };
         anyhow::Ok(reconcile::apply(&m, &cx, &opts).await)
     })?;

@@ -1,0 +1,115 @@
+//! Glue between the load service and the rest of modelsync: budgets from the manifest's
+//! `settings.cache`, a pickle gate backed by [`crate::scan`], and the
+//! [`Preloader`](crate::reconcile::apply::Preloader) that `apply --preload` and `watch` call.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{LoadError, LoadSettings, ModelLoadService};
+use crate::config::AnyModelConfig;
+use crate::events::Reporter;
+use crate::manifest::CacheSettings;
+use crate::scan::{ScanVerdict, scan_path};
+use crate::units::HumanBytes;
+
+impl LoadSettings {
+    /// Budgets and device from the manifest's `settings.cache`; unset budgets keep the
+    /// defaults (8 GiB RAM, 16 GiB VRAM).
+    pub fn from_cache_settings(cache: &CacheSettings) -> Result<Self, LoadError> {
+        let defaults = Self::default();
+        Ok(Self {
+            ram: cache.ram.unwrap_or(defaults.ram),
+            vram: cache.vram.unwrap_or(defaults.vram),
+            device: cache.device.parse()?,
+            ..defaults
+        })
+    }
+}
+
+/// Allows a pickle checkpoint only when the scanner finds nothing but known-safe imports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ScanGate;
+
+impl super::PickleGate for ScanGate {
+    fn check(&self, path: &Path) -> Result<(), String> {
+        let report = scan_path(path).map_err(|e| e.to_string())?;
+        match report.verdict {
+            ScanVerdict::Clean => Ok(()),
+            verdict => {
+                let imports: Vec<String> = report
+                    .globals
+                    .iter()
+                    .filter(|g| !matches!(g.class, crate::scan::GlobalClass::Safe))
+                    .map(|g| format!("{}.{}", g.module, g.name))
+                    .collect();
+                Err(format!(
+                    "pickle scan of {} is {verdict:?} (imports {}); only clean pickles are loaded",
+                    path.display(),
+                    imports.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// Builds the load service the CLI and the reconciler use: manifest budgets, the scanner as
+/// pickle gate, events to `reporter`.
+pub fn service_for(
+    models_dir: &Path,
+    cache: &CacheSettings,
+    reporter: Arc<dyn Reporter>,
+) -> Result<ModelLoadService, LoadError> {
+    Ok(
+        ModelLoadService::new(models_dir, &LoadSettings::from_cache_settings(cache)?)?
+            .with_pickle_gate(Arc::new(ScanGate))
+            .with_reporter(reporter),
+    )
+}
+
+/// Warms `preload: true` entries into the load cache (for `apply --preload` and `watch`).
+pub struct ServicePreloader {
+    service: ModelLoadService,
+}
+
+impl ServicePreloader {
+    /// Wraps a load service.
+    pub fn new(service: ModelLoadService) -> Self {
+        Self { service }
+    }
+
+    /// The service, e.g. for its cache statistics.
+    pub fn service(&self) -> &ModelLoadService {
+        &self.service
+    }
+}
+
+impl crate::reconcile::apply::Preloader for ServicePreloader {
+    fn check_fits(&self, records: &[AnyModelConfig]) -> Result<(), String> {
+        self.service
+            .check_preload_fits(records)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, String> {
+        // A record that changed since it was last warmed must not be served stale.
+        self.service.cache().drop_model(record.key());
+        let needed = self
+            .service
+            .check_preload_fits(std::slice::from_ref(record))
+            .map_err(|e| format!("{entry}: {e}"))?;
+        let started = Instant::now();
+        let parts = self
+            .service
+            .preload(record)
+            .map_err(|e| format!("{entry}: {e}"))?;
+        Ok(format!(
+            "{} part(s), {} on {} in {:.2?}",
+            parts.len(),
+            HumanBytes(needed),
+            self.service.cache().device(),
+            started.elapsed()
+        ))
+    }
+}
