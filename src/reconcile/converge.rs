@@ -71,7 +71,7 @@ pub enum ConvergeError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// The volume check failed (models_dir missing or empty while the store has records).
     #[error(transparent)]
@@ -123,7 +123,7 @@ impl Services {
         let store: Arc<dyn RecordStore> =
             Arc::from(store::open(&db).map_err(|source| ConvergeError::Store {
                 path: db.clone(),
-                source,
+                source: Box::new(source),
             })?);
         check_volume(store.as_ref(), &settings.models_dir)
             .map_err(|e| ConvergeError::Volume(Box::new(e)))?;

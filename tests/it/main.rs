@@ -17,3 +17,4 @@ mod scan;
 mod status;
 mod store;
 mod watch;
+mod watch_real;
