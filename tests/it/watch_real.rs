@@ -480,3 +480,110 @@ fn sigterm_mid_download_exits_0_keeps_the_partial_and_the_next_start_resumes() {
     assert_eq!(std::fs::read(model_path(&w, "big")).expect("file"), big);
     assert!(files_named(&tmp, ".part").is_empty());
 }
+
+/// A preloader that records its calls and waits for `open` before answering.
+#[derive(Default)]
+struct GatePreloader {
+    calls: std::sync::Mutex<Vec<(String, String)>>,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatePreloader {
+    fn open(&self) {
+        *self.open.lock().expect("gate") = true;
+        self.opened.notify_all();
+    }
+
+    fn calls(&self) -> Vec<(String, String)> {
+        self.calls.lock().expect("calls").clone()
+    }
+}
+
+impl modelsync::reconcile::Preloader for GatePreloader {
+    fn preload(&self, entry: &str, record: &modelsync::AnyModelConfig) -> Result<String, String> {
+        self.calls
+            .lock()
+            .expect("calls")
+            .push((entry.to_owned(), record.common().name.clone()));
+        let open = self.open.lock().expect("gate");
+        let (open, _) = self
+            .opened
+            .wait_timeout_while(open, LIMIT, |o| !*o)
+            .expect("gate");
+        if *open {
+            Ok("loaded".into())
+        } else {
+            Err("gate never opened".into())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_preloads_and_without_a_preloader_does_not() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/warm", 1, 2));
+    w.manifest(
+        &settings(&w, ""),
+        "  - name: warm\n    source: owner/warm::lora.safetensors\n    preload: true\n",
+    );
+    let manifest_path = w.path().join("models.yaml");
+    let m = modelsync::manifest::load(&manifest_path).expect("manifest loads");
+
+    // With a preloader: converged, then preloaded, and only then ready.
+    let gate = Arc::new(GatePreloader::default());
+    let preloader: Arc<dyn modelsync::reconcile::Preloader> = gate.clone();
+    let lock = StoreLock::acquire(&m.settings.database_path(), Duration::ZERO, |_| {})
+        .expect("store lock");
+    let conv = ManifestConverger::new(&m, lock, Arc::new(Recorder::new()))
+        .with_hub_env(HubEnv::empty())
+        .with_preloader(Some(preloader));
+    assert!(conv.unpreloadable(&m).is_empty());
+    let mut config = WatchConfig::new(&manifest_path);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.interval = Duration::from_hours(1);
+    let watch = Watch::bind(config, Arc::new(conv)).await.expect("binds");
+    let (stop, token) = CancelSource::new();
+    let r = Running {
+        handle: watch.handle(),
+        addr: watch.local_addr(),
+        stop,
+        join: tokio::spawn(watch.run(token)),
+    };
+    let deadline = Instant::now() + LIMIT;
+    while gate.calls().is_empty() {
+        assert!(Instant::now() < deadline, "the preloader was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gate.calls(), [("warm".to_owned(), "warm".to_owned())]);
+    let readiness = r.handle.readiness();
+    assert!(!readiness.ready, "ready before the preload finished");
+    gate.open();
+    r.eventually("ready after the preload", |st| st.ready).await;
+    let e = r.entry("warm").expect("warm");
+    assert!(e.preload && e.preloaded, "{e:?}");
+    r.stop().await;
+
+    // Without one: the entry is not announced as a preload entry, so readiness does not wait.
+    let lock = StoreLock::acquire(&m.settings.database_path(), Duration::ZERO, |_| {})
+        .expect("store lock after the first watch");
+    let conv =
+        ManifestConverger::new(&m, lock, Arc::new(Recorder::new())).with_hub_env(HubEnv::empty());
+    assert_eq!(conv.unpreloadable(&m), ["warm"]);
+    let mut config = WatchConfig::new(&manifest_path);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let watch = Watch::bind(config, Arc::new(conv)).await.expect("binds");
+    let (stop, token) = CancelSource::new();
+    let r = Running {
+        handle: watch.handle(),
+        addr: watch.local_addr(),
+        stop,
+        join: tokio::spawn(watch.run(token)),
+    };
+    r.eventually("ready without preloading", |st| st.ready)
+        .await;
+    let e = r.entry("warm").expect("warm");
+    assert!(!e.preload && !e.preloaded, "{e:?}");
+    assert_eq!(e.last_action.as_deref(), Some("unchanged"));
+    r.stop().await;
+}
