@@ -195,8 +195,3 @@ where
         }
     }
 }
-
-/// The error of a command that a later issue delivers.
-pub(crate) fn not_implemented(what: &str) -> anyhow::Error {
-    anyhow::anyhow!("`modelsync {what}` is not implemented yet")
-}

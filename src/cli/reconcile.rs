@@ -12,7 +12,9 @@ use crate::manifest;
 mod commands;
 mod progress;
 
+pub(crate) use commands::acquire_store_lock;
 pub use commands::{apply, diff, gc, status, verify};
+pub(crate) use progress::action_name;
 
 /// `init`.
 #[derive(Debug, Args)]

@@ -1,43 +1,159 @@
-//! `watch`.
+//! `watch`: converge continuously (issue #7). The loop is [`crate::watch`]; the work is
+//! [`ManifestConverger`]. Logs go to stderr (`RUST_LOG` filters them; default `info`, `-q`
+//! `warn`); with `-o json`, reconcile events are also written to stdout as JSON Lines.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{Context, Status, not_implemented};
+use super::{Context, OutputFormat, Status};
+use crate::events::{Event, Reporter};
+use crate::reconcile::{ManifestConverger, ReconcileEvent};
 use crate::watch::WatchConfig;
 
 /// `watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Full resync interval.
-    #[arg(long, default_value = "5m")]
-    pub interval: String,
+    /// Full resync interval [default: the manifest's settings.watch_interval, 5m]. Read at
+    /// start.
+    #[arg(long)]
+    pub interval: Option<String>,
     /// Address of the health/metrics server.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub listen: String,
 }
 
+/// Runs until SIGTERM or SIGINT, then exits 0 after a bounded shutdown (running downloads
+/// stop with their partial files kept). A manifest that does not load at start is an error;
+/// later bad edits are reported in `/status` and the metrics while the last good one stays in
+/// force.
 pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
-    let config = watch_config(ctx, a)?;
-    // TODO(#6): plug the reconciler in. It implements `crate::watch::Converger`; then:
-    //
-    //     let converger = std::sync::Arc::new(crate::reconcile::<its converger>::open(ctx)?);
-    //     crate::watch::block_on_watch(config, converger)?;
-    //     Ok(Status::Success) // SIGTERM/SIGINT end the loop cleanly: exit 0
-    //
-    // Until then the settings are validated (bad flags still fail with a clear message) and
-    // the command reports that it is not implemented.
-    drop(config);
-    Err(not_implemented("watch"))
+    init_logging(ctx);
+    let m = ctx.load_manifest()?;
+    let config = watch_config(ctx, a, m.settings.watch_interval)?;
+    let lock = super::reconcile::acquire_store_lock(ctx, &m.settings, m.settings.lock_timeout)?;
+    let reporter: Arc<dyn Reporter> = Arc::new(LogReporter {
+        json: ctx.output == OutputFormat::Json,
+    });
+    // The load service keeps `preload: true` entries warm; /readyz waits for them and
+    // /metrics reports the cache's bytes per device.
+    let preloader = Arc::new(crate::load::ServicePreloader::new(
+        crate::load::service_for(&m.settings.models_dir, &m.settings.cache, reporter.clone())?,
+    ));
+    let usage = preloader.clone();
+    let converger = ManifestConverger::new(&m, lock, reporter)
+        .with_path_overrides(ctx.models_dir_flag.clone(), ctx.database_flag.clone())
+        .with_cache_usage(move || {
+            usage
+                .service()
+                .cache()
+                .stats()
+                .bytes_by_device
+                .into_iter()
+                .map(|(device, bytes)| crate::watch::DeviceUsage { device, bytes })
+                .collect()
+        })
+        .with_preloader(Some(preloader));
+    if !ctx.quiet {
+        for name in converger.unpreloadable(&m) {
+            eprintln!(
+                "warning: entry `{name}` has preload: true, but this build has no load service wired into watch: it is not preloaded and /readyz does not wait for it"
+            );
+        }
+        eprintln!(
+            "modelsync watch: manifest {}, models in {}, listening on http://{} (/healthz /readyz /status /metrics), resync every {}",
+            config.manifest_path.display(),
+            m.settings.models_dir.display(),
+            config.listen,
+            humantime::format_duration(config.interval)
+        );
+    }
+    crate::watch::block_on_watch(config, Arc::new(converger)).context("watch")?;
+    if !ctx.quiet {
+        eprintln!("modelsync watch: stopped");
+    }
+    Ok(Status::Success)
 }
 
-/// The validated settings of `watch` (the manifest is `-f`).
-fn watch_config(ctx: &Context, a: WatchArgs) -> anyhow::Result<WatchConfig> {
+/// Logs to stderr through `tracing` (the watch loop logs there too); `RUST_LOG` wins.
+fn init_logging(ctx: &Context) {
+    let default = if ctx.quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A second initialisation (tests calling `run` twice) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ctx.color)
+        .try_init();
+}
+
+/// What the reconciler does, as log lines (text) or JSON Lines on stdout (`-o json`).
+struct LogReporter {
+    json: bool,
+}
+
+impl Reporter for LogReporter {
+    fn report(&self, event: &Event) {
+        let Event::Reconcile(e) = event else {
+            return;
+        };
+        if self.json {
+            if let Ok(line) = serde_json::to_string(event) {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+            return;
+        }
+        match e {
+            ReconcileEvent::ActionStarted { name, action, .. } => {
+                tracing::info!("{name}: {} started", super::reconcile::action_name(*action));
+            }
+            ReconcileEvent::ActionCompleted {
+                name,
+                action,
+                downloaded_bytes,
+                ..
+            } => tracing::info!(
+                "{name}: {} done ({} downloaded)",
+                super::reconcile::action_name(*action),
+                crate::units::HumanBytes(*downloaded_bytes)
+            ),
+            ReconcileEvent::ActionFailed {
+                name,
+                action,
+                error,
+            } => tracing::warn!(
+                "{name}: {} failed: {error}",
+                super::reconcile::action_name(*action)
+            ),
+            ReconcileEvent::Warning { name, message } => tracing::warn!("{name}: {message}"),
+            ReconcileEvent::LockWritten { path, .. } => {
+                tracing::info!("wrote {}", path.display());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The validated settings of `watch` (the manifest is `-f`); `default_interval` applies
+/// without `--interval`.
+fn watch_config(
+    ctx: &Context,
+    a: WatchArgs,
+    default_interval: Duration,
+) -> anyhow::Result<WatchConfig> {
     let WatchArgs { interval, listen } = a;
     let mut config = WatchConfig::new(&ctx.manifest_path);
-    config.interval = crate::units::parse_duration(&interval).context("--interval")?;
+    config.interval = match interval {
+        Some(i) => crate::units::parse_duration(&i).context("--interval")?,
+        None => default_interval,
+    };
     config.listen = listen.parse::<SocketAddr>().with_context(|| {
         format!("--listen `{listen}`: expected IP:PORT, for example 127.0.0.1:9090 or 0.0.0.0:9090")
     })?;
@@ -57,7 +173,7 @@ mod tests {
         let Command::Watch(a) = cli.command else {
             anyhow::bail!("not watch");
         };
-        watch_config(&ctx, a)
+        watch_config(&ctx, a, Duration::from_mins(5))
     }
 
     #[test]

@@ -308,7 +308,7 @@ pub async fn apply(
     let models_dir = manifest.settings.models_dir.clone();
     let inventory = observe(store.as_ref(), &models_dir)?;
     let lock_path = manifest.lock_path();
-    let mut lock = LockFile::read(&lock_path)?.unwrap_or_default();
+    let lock = LockFile::read(&lock_path)?.unwrap_or_default();
     let free_bytes = crate::download::available_space(&models_dir).ok();
     let mut popts = PlanOptions {
         prune: opts.prune,
@@ -363,14 +363,20 @@ pub async fn apply(
     let locked_entries = opts.locked.then(|| lock.clone());
     let mut results: Vec<(usize, ActionResult)> = {
         let locked_ref = locked_entries.as_ref();
-        futures_util::stream::iter(the_plan.actions.iter().enumerate().filter(|(_, a)| {
+        // Collected before they become a stream, so that no closure is held across the await:
+        // that keeps `apply`'s future `Send` for callers that spawn it (watch mode).
+        let actions: Vec<_> = the_plan
+            .actions
+            .iter()
+            .enumerate()
             // Superseded records wait for their entry (below).
-            !is_superseded(manifest, a)
-        }))
-        .map(|(i, a)| async move { (i, run_action(manifest, a, cx, locked_ref).await) })
-        .buffer_unordered(opts.max_parallel.max(1))
-        .collect()
-        .await
+            .filter(|(_, a)| !is_superseded(manifest, a))
+            .map(|(i, a)| async move { (i, run_action(manifest, a, cx, locked_ref).await) })
+            .collect();
+        futures_util::stream::iter(actions)
+            .buffer_unordered(opts.max_parallel.max(1))
+            .collect()
+            .await
     };
     // Records superseded by a converged entry go now (an interrupted replace).
     for (i, a) in the_plan.actions.iter().enumerate() {
@@ -392,28 +398,29 @@ pub async fn apply(
     results.sort_by_key(|(i, _)| *i);
     let results: Vec<ActionResult> = results.into_iter().map(|(_, r)| r).collect();
 
-    // models.lock: what each converged entry resolved to.
-    let before = lock.to_yaml(&lock_path)?;
-    for r in &results {
-        let Some(entry) = manifest.entry(&r.name) else {
-            continue;
-        };
-        if !r.ok() || is_leftover(r.action) {
-            continue;
+    // models.lock: what each converged entry resolved to. Merged into the lock as it is on
+    // disk now, not as read at the start: another apply of this process (watch mode runs one
+    // per entry, concurrently) may have written it meanwhile.
+    let (lock_written, lock_dropped) = update_lock_file(&lock_path, |lock| {
+        for r in &results {
+            let Some(entry) = manifest.entry(&r.name) else {
+                continue;
+            };
+            if !r.ok() || is_leftover(r.action) {
+                continue;
+            }
+            if let Some(l) = &r.lock {
+                lock.entries.insert(r.name.clone(), l.clone());
+            } else if lock.entry_for(entry).is_none()
+                && let Some(key) = &r.key
+                && let Ok(l) = lock_from_store(store.as_ref(), entry, key)
+            {
+                lock.entries.insert(r.name.clone(), l);
+            }
         }
-        if let Some(l) = &r.lock {
-            lock.entries.insert(r.name.clone(), l.clone());
-        } else if lock.entry_for(entry).is_none()
-            && let Some(key) = &r.key
-            && let Ok(l) = lock_from_store(store.as_ref(), entry, key)
-        {
-            lock.entries.insert(r.name.clone(), l);
-        }
-    }
-    let lock_dropped = lock.retain_manifest(manifest);
-    let lock_written = lock.to_yaml(&lock_path)? != before;
+        lock.retain_manifest(manifest)
+    })?;
     if lock_written {
-        lock.write(&lock_path)?;
         report(
             cx,
             ReconcileEvent::LockWritten {
@@ -486,6 +493,74 @@ pub async fn apply(
     Ok(report_)
 }
 
+/// Deletes the managed records whose entries left `manifest` (the `delete` actions of a full
+/// plan with prune), and drops their entries from `models.lock`; installs nothing. Watch mode
+/// runs it as its sweep while per-entry applies (`only: [name]`) converge the entries: a full
+/// apply would fetch every entry a second time, concurrently with them.
+///
+/// Records of entries still in the manifest (another record of a present entry) are left to
+/// that entry's apply, which deletes them once the entry converged. Returns one result per
+/// deleted record; failures are in the results, not an `Err`.
+pub fn prune_departed(
+    manifest: &Manifest,
+    cx: &ApplyContext<'_>,
+) -> Result<Vec<ActionResult>, ApplyError> {
+    let store = cx.manager.store().clone();
+    let inventory = observe(store.as_ref(), &manifest.settings.models_dir)?;
+    let popts = PlanOptions {
+        prune: true,
+        ..PlanOptions::default()
+    };
+    let the_plan = plan(manifest, &inventory, &popts)?;
+    let mut results = Vec::new();
+    for a in the_plan
+        .actions
+        .iter()
+        .filter(|a| a.action == ActionKind::Delete && manifest.entry(&a.name).is_none())
+    {
+        start(cx, a);
+        let r = delete(cx, a.key.as_deref()).map(|()| (None, 0, None));
+        results.push(finish(cx, a, r));
+    }
+    let lock_path = manifest.lock_path();
+    let (written, dropped) = update_lock_file(&lock_path, |lock| lock.retain_manifest(manifest))?;
+    if written {
+        report(
+            cx,
+            ReconcileEvent::LockWritten {
+                path: lock_path,
+                dropped,
+            },
+        );
+    }
+    Ok(results)
+}
+
+/// Serialises the read-modify-write of lock files within this process. Other processes are
+/// kept out by the store lock; applies of one process (watch mode) run concurrently, and each
+/// must merge into what the others wrote rather than overwrite it with a stale copy. One
+/// mutex for every lock path: the section is short and never awaits.
+static LOCK_FILE_UPDATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Reads the lock at `path` (empty if none), lets `edit` change it, and writes it back when the
+/// text changed. Returns whether it was written and what `edit` returned.
+fn update_lock_file<T>(
+    path: &Path,
+    edit: impl FnOnce(&mut LockFile) -> T,
+) -> Result<(bool, T), LockError> {
+    let _guard = LOCK_FILE_UPDATE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lock = LockFile::read(path)?.unwrap_or_default();
+    let before = lock.to_yaml(path)?;
+    let out = edit(&mut lock);
+    let written = lock.to_yaml(path)? != before;
+    if written {
+        lock.write(path)?;
+    }
+    Ok((written, out))
+}
+
 fn report(cx: &ApplyContext<'_>, e: ReconcileEvent) {
     cx.reporter.report(&Event::Reconcile(e));
 }
@@ -542,10 +617,11 @@ async fn locked_preflight(
             }
         }
     }
-    let checks =
-        futures_util::stream::iter(to_check.into_iter().map(|(e, c)| async move {
-            (e, c, remote::upstream_commit(cx.hub, cx.hub_env, e).await)
-        }))
+    let checks: Vec<_> = to_check
+        .into_iter()
+        .map(|(e, c)| async move { (e, c, remote::upstream_commit(cx.hub, cx.hub_env, e).await) })
+        .collect();
+    let checks = futures_util::stream::iter(checks)
         .buffer_unordered(8)
         .collect::<Vec<_>>()
         .await;

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod apply;
+pub mod converge;
 pub mod gc;
 pub mod inventory;
 pub mod plan;
@@ -25,8 +26,9 @@ pub mod verify;
 
 pub use apply::{
     ActionResult, ApplyContext, ApplyError, ApplyOptions, ApplyReport, Preloader, ReconcileEvent,
-    apply, check_volume, install_request,
+    apply, check_volume, install_request, prune_departed,
 };
+pub use converge::{ConvergeError, ManifestConverger, Services, SettingsChanged};
 pub use inventory::{
     DirState, FileState, FileStatus, Inventory, InventoryError, InventoryRecord, observe,
 };

@@ -63,14 +63,17 @@ pub async fn upstream_commits(
     if hub.is_offline() {
         return (BTreeMap::new(), offline(&wanted, "upstream revision"));
     }
-    let results: Vec<(String, Result<String, String>)> = futures_util::stream::iter(
-        wanted
-            .into_iter()
-            .map(|e| async move { (e.name.clone(), upstream_commit(hub, env, e).await) }),
-    )
-    .buffer_unordered(CONCURRENCY)
-    .collect()
-    .await;
+    // The futures are collected before they become a stream: a stream holding the closure
+    // across the await makes the caller's future fail `Send` checks (higher-ranked lifetimes),
+    // which watch mode needs.
+    let lookups: Vec<_> = wanted
+        .into_iter()
+        .map(|e| async move { (e.name.clone(), upstream_commit(hub, env, e).await) })
+        .collect();
+    let results: Vec<(String, Result<String, String>)> = futures_util::stream::iter(lookups)
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     let mut commits = BTreeMap::new();
     let mut warnings = Vec::new();
     for (name, r) in results {
@@ -133,13 +136,15 @@ pub async fn entry_sizes(
         warnings.extend(offline(&hf, "size"));
         return (sizes, warnings);
     }
-    let results: Vec<(String, Result<u64, String>)> = futures_util::stream::iter(
-        hf.into_iter()
-            .map(|e| async move { (e.name.clone(), hub_size(hub, env, e).await) }),
-    )
-    .buffer_unordered(CONCURRENCY)
-    .collect()
-    .await;
+    // Collected first: see `upstream_commits`.
+    let lookups: Vec<_> = hf
+        .into_iter()
+        .map(|e| async move { (e.name.clone(), hub_size(hub, env, e).await) })
+        .collect();
+    let results: Vec<(String, Result<u64, String>)> = futures_util::stream::iter(lookups)
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     for (name, r) in results {
         match r {
             Ok(n) => {

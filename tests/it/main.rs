@@ -19,3 +19,4 @@ mod scan;
 mod status;
 mod store;
 mod watch;
+mod watch_real;

@@ -7,7 +7,7 @@
 
 mod fake;
 mod k8s;
-mod prom;
+pub(crate) mod prom;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

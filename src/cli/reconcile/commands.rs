@@ -11,15 +11,13 @@ use super::progress::{ApplyUi, action_name};
 use super::{ApplyArgs, DiffArgs, GcArgs, StatusArgs, VerifyArgs};
 use crate::cli::output::print_json;
 use crate::cli::{Context, OutputFormat, Status};
-use crate::download::{DownloadQueue, DownloadQueueConfig, available_space};
+use crate::download::available_space;
 use crate::events::Reporter;
 use crate::hub::{HubClient, HubEnv};
-use crate::install::InstallConfig;
-use crate::manager::ModelManager;
 use crate::manifest::{LockFile, Manifest, ModelEntry};
 use crate::reconcile::{
-    self, ApplyContext, ApplyError, ApplyOptions, Inventory, Plan, PlanOptions, RemoteWarning,
-    gc as gcmod, remote, render_text, status as statusmod, verify as verifymod,
+    self, ApplyError, ApplyOptions, Inventory, Plan, PlanOptions, RemoteWarning, gc as gcmod,
+    remote, render_text, status as statusmod, verify as verifymod,
 };
 use crate::store::{self, RecordStore, lock::StoreLock};
 use crate::units::HumanBytes;
@@ -149,21 +147,9 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         }
         None => settings.lock_timeout,
     };
-    let db = settings.database_path();
     let json = ctx.output == OutputFormat::Json;
-    let _lock = StoreLock::acquire(&db, timeout, |holder| {
-        if !ctx.quiet {
-            eprintln!(
-                "waiting for the store lock on {} (up to {}): held by {holder}",
-                db.display(),
-                humantime::format_duration(timeout)
-            );
-        }
-    })?;
-    let store: Arc<dyn RecordStore> = Arc::from(store::open(&db)?);
-    reconcile::check_volume(store.as_ref(), &settings.models_dir)?;
-    std::fs::create_dir_all(&settings.models_dir)
-        .with_context(|| format!("creating {}", settings.models_dir.display()))?;
+    let _lock = acquire_store_lock(ctx, settings, timeout)?;
+    let store = reconcile::Services::open_store(settings)?;
 
     let ui = Arc::new(ApplyUi::new(json, ctx.progress, ctx.quiet));
     let reporter: Arc<dyn Reporter> = ui.clone();
@@ -177,20 +163,8 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         staging_bytes: 0,
     };
     let result = runtime()?.block_on(async {
-        let env = HubEnv::from_process();
-        let hub = HubClient::from_env(settings.hf_endpoint.as_deref(), &env)?;
-        let mut icfg = InstallConfig::new(&settings.models_dir, hub, env.clone());
-        icfg.hash_algorithm = settings.hash_algorithm;
-        icfg.default_variant = settings.variant;
-        let queue = DownloadQueue::new(
-            DownloadQueueConfig {
-                max_parallel_dl: settings.max_parallel_downloads.max(1),
-                ..DownloadQueueConfig::default()
-            },
-            reporter.clone(),
-        )?;
-        let manager = ModelManager::from_parts(icfg, store.clone(), queue, reporter.clone())?;
-        let lookup = remote::lookup_client(settings, &env)?;
+        let services =
+            reconcile::Services::open(settings, store, HubEnv::from_process(), reporter.clone())?;
         // The load service is only built when something will be preloaded.
         let preloader = if opts.preload {
             Some(crate::load::ServicePreloader::new(
@@ -199,15 +173,12 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         } else {
             None
         };
-        let cx = ApplyContext {
-            manager: &manager,
-            hub: &lookup,
-            hub_env: &env,
-            reporter: reporter.clone(),
-            preloader: preloader
+        let cx = services.context(
+            reporter.clone(),
+            preloader
                 .as_ref()
                 .map(|p| p as &dyn reconcile::apply::Preloader),
-        };
+        );
         anyhow::Ok(reconcile::apply(&m, &cx, &opts).await)
     })?;
     ui.clear();
@@ -281,6 +252,25 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
     } else {
         Status::Error
     })
+}
+
+/// Takes the store lock of `settings`' database, saying (unless `-q`) whom it waits for.
+/// Shared by `apply` and `watch`.
+pub(crate) fn acquire_store_lock(
+    ctx: &Context,
+    settings: &crate::manifest::Settings,
+    timeout: std::time::Duration,
+) -> anyhow::Result<StoreLock> {
+    let db = settings.database_path();
+    Ok(StoreLock::acquire(&db, timeout, |holder| {
+        if !ctx.quiet {
+            eprintln!(
+                "waiting for the store lock on {} (up to {}): held by {holder}",
+                db.display(),
+                humantime::format_duration(timeout)
+            );
+        }
+    })?)
 }
 
 /// `status`: drift between manifest, store and disk.

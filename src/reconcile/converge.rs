@@ -1,0 +1,639 @@
+//! The reconciler as watch mode's [`Converger`]: [`ManifestConverger`].
+//!
+//! Each entry is converged by [`apply`] with `only: [entry]`, so entries proceed (and fail)
+//! independently and the watcher's concurrency, backoff and readiness work per entry. The
+//! sweep runs [`prune_departed`] (with `settings.prune`), which deletes records whose entries
+//! left the manifest without fetching anything. Everything shares one [`ModelManager`] (one
+//! store connection, one download queue), opened on first use.
+//!
+//! Decisions worth knowing:
+//! - **Store lock.** The converger holds the [`StoreLock`] it is given for its whole life; the
+//!   watcher drops the converger when [`crate::watch::run_watch`] returns, which releases it.
+//! - **Opening.** The store and services are opened by the first reconcile, inside the watch
+//!   runtime (the download queue lives on it), after [`check_volume`]. When that fails (an
+//!   unmounted volume), every entry fails with the reason and is retried with its backoff;
+//!   nothing is repaired or deleted meanwhile.
+//! - **Settings read once.** `models_dir`, `database`, `hf_endpoint`, `variant`,
+//!   `hash_algorithm` and `max_parallel_downloads` shape the services; a manifest that changes
+//!   them is rejected (the previous desired state stays in force) with a message asking for a
+//!   restart. `prune` is read at every sweep.
+//! - **`models.lock`.** Concurrent applies merge their results into the lock file as it is on
+//!   disk, under a process-wide mutex in [`apply`](mod@super::apply), so none loses another's
+//!   entries.
+//! - **Cancellation.** When the token fires, every running install job of the manager is
+//!   cancelled: its downloads stop with their `.part` files kept (Hub and URL downloads are
+//!   submitted with `preserve_partial_downloads`) and its staging folder stays, so the next
+//!   start resumes with `Range` requests. The watcher cancels all reconciles at once (at
+//!   shutdown), so cancelling every job, not only the entry's, is what it asks for.
+//! - **Preload.** With a [`Preloader`], `preload: true` entries are warmed after they converge
+//!   and `/readyz` waits for that. Without one (the load service is not wired), such entries are
+//!   announced to the watcher as *not* preload entries, so readiness does not wait forever for
+//!   something that cannot happen; [`ManifestConverger::unpreloadable`] names them so the caller
+//!   can warn, and `/status` shows them with `preload: false`.
+//! - **Metrics.** Bytes downloaded come from the apply report; download errors are the download
+//!   queue's `error` events, counted by a reporter wrapped around the caller's, and attributed
+//!   to the next reconcile that finishes (the metric is a process total).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::apply::{
+    ActionResult, ApplyContext, ApplyError, ApplyOptions, ApplyReport, Preloader, apply,
+    check_volume, prune_departed,
+};
+use super::plan::ActionKind;
+use super::remote;
+use crate::download::{DownloadError, DownloadEvent, DownloadQueue, DownloadQueueConfig};
+use crate::events::{Event, Reporter};
+use crate::hub::{HubClient, HubEnv, HubError};
+use crate::install::{InstallConfig, InstallError};
+use crate::manager::ModelManager;
+use crate::manifest::{Manifest, Settings};
+use crate::store::lock::StoreLock;
+use crate::store::{self, RecordStore, StoreError};
+use crate::watch::{
+    BoxError, BoxFuture, CancelToken, Converger, DeviceUsage, EntryError, EntryOutcome, EntrySpec,
+};
+
+/// How often install jobs are cancelled again while a cancelled apply winds down (an apply that
+/// was between two steps when the token fired may submit one more job).
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// Why the services could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvergeError {
+    /// The record store could not be opened.
+    #[error("opening the record store {}: {source}", path.display())]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// The volume check failed (models_dir missing or empty while the store has records).
+    #[error(transparent)]
+    Volume(Box<ApplyError>),
+    /// models_dir could not be created.
+    #[error("creating models folder {}: {source}", path.display())]
+    ModelsDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Hub client could not be built (a bad endpoint).
+    #[error(transparent)]
+    Hub(Box<HubError>),
+    /// The download queue could not start.
+    #[error("starting the download queue: {0}")]
+    Queue(#[source] Box<DownloadError>),
+    /// The install service could not start (its start-up recovery failed).
+    #[error("starting the install service: {}", .0.full_message())]
+    Install(#[source] Box<InstallError>),
+}
+
+/// What [`apply`] needs besides the manifest: the manager and the Hub look-up client. Shared by
+/// `modelsync apply` and watch mode.
+pub struct Services {
+    /// Store, download queue and install service.
+    pub manager: ModelManager,
+    /// The Hub client for look-ups (sizes, `--locked` commits): fewer retries, shorter timeout.
+    pub lookup: HubClient,
+    /// Token environment.
+    pub env: HubEnv,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("manager", &self.manager)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Services {
+    /// Opens the store of `settings` and checks the volume ([`check_volume`]), then creates
+    /// models_dir if it is missing. The caller holds the store lock.
+    pub fn open_store(settings: &Settings) -> Result<Arc<dyn RecordStore>, ConvergeError> {
+        let db = settings.database_path();
+        let store: Arc<dyn RecordStore> =
+            Arc::from(store::open(&db).map_err(|source| ConvergeError::Store {
+                path: db.clone(),
+                source: Box::new(source),
+            })?);
+        check_volume(store.as_ref(), &settings.models_dir)
+            .map_err(|e| ConvergeError::Volume(Box::new(e)))?;
+        std::fs::create_dir_all(&settings.models_dir).map_err(|source| {
+            ConvergeError::ModelsDir {
+                path: settings.models_dir.clone(),
+                source,
+            }
+        })?;
+        Ok(store)
+    }
+
+    /// Builds the Hub clients, the download queue and the manager (which runs start-up
+    /// recovery) over `store`. Must be called inside the tokio runtime the work will run on,
+    /// by the holder of the store lock, after [`Self::open_store`].
+    pub fn open(
+        settings: &Settings,
+        store: Arc<dyn RecordStore>,
+        env: HubEnv,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Self, ConvergeError> {
+        let hub = HubClient::from_env(settings.hf_endpoint.as_deref(), &env)
+            .map_err(|e| ConvergeError::Hub(Box::new(e)))?;
+        let mut icfg = InstallConfig::new(&settings.models_dir, hub, env.clone());
+        icfg.hash_algorithm = settings.hash_algorithm;
+        icfg.default_variant = settings.variant;
+        let queue = DownloadQueue::new(
+            DownloadQueueConfig {
+                max_parallel_dl: settings.max_parallel_downloads.max(1),
+                ..DownloadQueueConfig::default()
+            },
+            reporter.clone(),
+        )
+        .map_err(|e| ConvergeError::Queue(Box::new(e)))?;
+        let manager = ModelManager::from_parts(icfg, store, queue, reporter)
+            .map_err(|e| ConvergeError::Install(Box::new(e)))?;
+        let lookup =
+            remote::lookup_client(settings, &env).map_err(|e| ConvergeError::Hub(Box::new(e)))?;
+        Ok(Self {
+            manager,
+            lookup,
+            env,
+        })
+    }
+
+    /// The context [`apply`] takes.
+    pub fn context<'a>(
+        &'a self,
+        reporter: Arc<dyn Reporter>,
+        preloader: Option<&'a dyn Preloader>,
+    ) -> ApplyContext<'a> {
+        ApplyContext {
+            manager: &self.manager,
+            hub: &self.lookup,
+            hub_env: &self.env,
+            reporter,
+            preloader,
+        }
+    }
+
+    /// Cancels every install job still running; their partial downloads are kept.
+    fn cancel_installs(&self) {
+        let svc = self.manager.install();
+        for job in svc.list_jobs() {
+            if !job.in_terminal_state() {
+                let _ = svc.cancel_job(job.id);
+            }
+        }
+    }
+}
+
+/// Forwards events to the caller's reporter and counts download failures.
+struct CountingReporter {
+    inner: Arc<dyn Reporter>,
+    download_errors: AtomicU64,
+}
+
+impl Reporter for CountingReporter {
+    fn report(&self, event: &Event) {
+        if let Event::Download(DownloadEvent::Error { .. }) = event {
+            self.download_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.report(event);
+    }
+}
+
+/// The settings that shape the services, fixed when they are opened.
+#[derive(Debug, Clone, PartialEq)]
+struct Fixed {
+    models_dir: PathBuf,
+    database: PathBuf,
+    hf_endpoint: Option<String>,
+    variant: Option<crate::taxonomy::ModelRepoVariant>,
+    hash_algorithm: crate::hash::HashAlgorithm,
+    max_parallel_downloads: usize,
+}
+
+impl Fixed {
+    fn of(s: &Settings) -> Self {
+        Self {
+            models_dir: s.models_dir.clone(),
+            database: s.database_path(),
+            hf_endpoint: s.hf_endpoint.clone(),
+            variant: s.variant,
+            hash_algorithm: s.hash_algorithm,
+            max_parallel_downloads: s.max_parallel_downloads,
+        }
+    }
+
+    /// The first setting that differs, as `name: old → new`.
+    fn changed(&self, new: &Self) -> Option<String> {
+        let d = |name: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+            Some(format!("settings.{name} changed from {a:?} to {b:?}"))
+        };
+        if self.models_dir != new.models_dir {
+            return d("models_dir", &self.models_dir, &new.models_dir);
+        }
+        if self.database != new.database {
+            return d("database", &self.database, &new.database);
+        }
+        if self.hf_endpoint != new.hf_endpoint {
+            return d("hf_endpoint", &self.hf_endpoint, &new.hf_endpoint);
+        }
+        if self.variant != new.variant {
+            return d("variant", &self.variant, &new.variant);
+        }
+        if self.hash_algorithm != new.hash_algorithm {
+            return d("hash_algorithm", &self.hash_algorithm, &new.hash_algorithm);
+        }
+        if self.max_parallel_downloads != new.max_parallel_downloads {
+            return d(
+                "max_parallel_downloads",
+                &self.max_parallel_downloads,
+                &new.max_parallel_downloads,
+            );
+        }
+        None
+    }
+}
+
+/// A manifest that cannot be taken without a restart.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {what}; restart modelsync watch to apply it (the previous manifest stays in force)", path.display())]
+pub struct SettingsChanged {
+    /// The manifest.
+    pub path: PathBuf,
+    /// Which setting, from what to what.
+    pub what: String,
+}
+
+type CacheUsageFn = Box<dyn Fn() -> Vec<DeviceUsage> + Send + Sync>;
+
+/// The reconciler as a [`Converger`]. See the module docs.
+pub struct ManifestConverger {
+    fixed: Fixed,
+    settings: Settings,
+    env: HubEnv,
+    reporter: Arc<CountingReporter>,
+    preloader: Option<Arc<dyn Preloader>>,
+    cache_usage: Option<CacheUsageFn>,
+    /// `--models-dir` / `--database`, applied to every manifest read.
+    path_overrides: (Option<PathBuf>, Option<PathBuf>),
+    services: tokio::sync::OnceCell<Services>,
+    // Declared last: released after the services are dropped.
+    _lock: StoreLock,
+}
+
+impl std::fmt::Debug for ManifestConverger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManifestConverger")
+            .field("models_dir", &self.fixed.models_dir)
+            .field("database", &self.fixed.database)
+            .field("preloader", &self.preloader.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManifestConverger {
+    /// A converger for the store of `manifest`'s settings, holding `lock` (taken by the caller
+    /// on `manifest.settings.database_path()`) until dropped. Events go to `reporter`. Nothing
+    /// is opened yet: the first reconcile does that, inside the watch runtime.
+    pub fn new(manifest: &Manifest, lock: StoreLock, reporter: Arc<dyn Reporter>) -> Self {
+        Self {
+            fixed: Fixed::of(&manifest.settings),
+            settings: manifest.settings.clone(),
+            env: HubEnv::from_process(),
+            reporter: Arc::new(CountingReporter {
+                inner: reporter,
+                download_errors: AtomicU64::new(0),
+            }),
+            preloader: None,
+            cache_usage: None,
+            path_overrides: (None, None),
+            services: tokio::sync::OnceCell::new(),
+            _lock: lock,
+        }
+    }
+
+    /// Warms `preload: true` entries with `preloader` (the load service).
+    #[must_use]
+    pub fn with_preloader(mut self, preloader: Option<Arc<dyn Preloader>>) -> Self {
+        self.preloader = preloader;
+        self
+    }
+
+    /// Reads the load cache's usage per device for `/metrics` (must be cheap).
+    #[must_use]
+    pub fn with_cache_usage(
+        mut self,
+        usage: impl Fn() -> Vec<DeviceUsage> + Send + Sync + 'static,
+    ) -> Self {
+        self.cache_usage = Some(Box::new(usage));
+        self
+    }
+
+    /// Overrides the manifest's `models_dir` and `database` in every manifest read (the CLI's
+    /// `--models-dir` and `--database`; `manifest` given to [`Self::new`] must already carry
+    /// them).
+    #[must_use]
+    pub fn with_path_overrides(
+        mut self,
+        models_dir: Option<PathBuf>,
+        database: Option<PathBuf>,
+    ) -> Self {
+        self.path_overrides = (models_dir, database);
+        self
+    }
+
+    /// Uses `env` for tokens and the endpoint instead of the process environment (tests,
+    /// embedders).
+    #[must_use]
+    pub fn with_hub_env(mut self, env: HubEnv) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// The `preload: true` entries of `manifest` that will not be preloaded because no
+    /// preloader is set (empty when one is).
+    pub fn unpreloadable(&self, manifest: &Manifest) -> Vec<String> {
+        if self.preloader.is_some() {
+            return Vec::new();
+        }
+        manifest
+            .models
+            .iter()
+            .filter(|e| e.preload)
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// The services, opened on first use. A failed open is retried by the next call.
+    async fn services(&self) -> Result<&Services, EntryError> {
+        self.services
+            .get_or_try_init(|| async {
+                let store = Services::open_store(&self.settings)?;
+                Services::open(
+                    &self.settings,
+                    store,
+                    self.env.clone(),
+                    self.reporter.clone(),
+                )
+            })
+            .await
+            .map_err(|e: ConvergeError| EntryError::new(e.to_string()))
+    }
+
+    fn reporter(&self) -> Arc<dyn Reporter> {
+        self.reporter.clone()
+    }
+
+    /// Runs `work` to its end; once `cancel` fires, cancels the install jobs (again every
+    /// [`CANCEL_POLL`]) so that it ends soon, at a resumable point.
+    async fn unless_cancelled<F: Future>(
+        svc: &Services,
+        work: F,
+        cancel: &CancelToken,
+    ) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = cancel.cancelled() => {}
+        }
+        loop {
+            svc.cancel_installs();
+            if let Ok(out) = tokio::time::timeout(CANCEL_POLL, &mut work).await {
+                return out;
+            }
+        }
+    }
+
+    fn record_of(svc: &Services, entry: &str) -> Result<crate::AnyModelConfig, EntryError> {
+        let records = svc
+            .manager
+            .store()
+            .all_models()
+            .map_err(|e| EntryError::new(format!("reading the record store: {e}")))?;
+        records
+            .into_iter()
+            .find(|r| {
+                r.common()
+                    .managed
+                    .as_ref()
+                    .is_some_and(|m| m.entry == entry)
+            })
+            .ok_or_else(|| EntryError::new(format!("entry `{entry}` has no record to preload")))
+    }
+}
+
+impl Converger for ManifestConverger {
+    type Desired = Manifest;
+
+    fn parse_manifest(&self, path: &Path, content: &[u8]) -> Result<Manifest, BoxError> {
+        let text = std::str::from_utf8(content)
+            .map_err(|e| format!("{}: not UTF-8 text: {e}", path.display()))?;
+        let mut m =
+            crate::manifest::parse_str(text, path, &crate::manifest::interpolate::env_lookup)?;
+        if let Some(d) = &self.path_overrides.0 {
+            m.settings.models_dir.clone_from(d);
+        }
+        if let Some(d) = &self.path_overrides.1 {
+            m.settings.database = Some(d.clone());
+        }
+        if let Some(what) = self.fixed.changed(&Fixed::of(&m.settings)) {
+            return Err(Box::new(SettingsChanged {
+                path: path.to_path_buf(),
+                what,
+            }));
+        }
+        Ok(m)
+    }
+
+    fn entries(&self, desired: &Manifest) -> Vec<EntrySpec> {
+        desired
+            .models
+            .iter()
+            .map(|e| EntrySpec {
+                name: e.name.clone(),
+                preload: e.preload && self.preloader.is_some(),
+                spec_hash: e.spec_hash.to_string(),
+            })
+            .collect()
+    }
+
+    fn reconcile_entry<'a>(
+        &'a self,
+        desired: &'a Manifest,
+        entry: &'a str,
+        cancel: CancelToken,
+    ) -> BoxFuture<'a, Result<EntryOutcome, EntryError>> {
+        Box::pin(async move {
+            let svc = self.services().await?;
+            let opts = ApplyOptions {
+                prune: desired.settings.prune,
+                only: vec![entry.to_owned()],
+                max_parallel: desired.settings.max_parallel_downloads,
+                ..ApplyOptions::default()
+            };
+            let cx = svc.context(self.reporter(), None);
+            let result = Self::unless_cancelled(svc, apply(desired, &cx, &opts), &cancel).await;
+            let download_errors = self.reporter.download_errors.swap(0, Ordering::Relaxed);
+            match result {
+                Ok(report) => entry_result(entry, &report, download_errors),
+                Err(e) => Err(EntryError {
+                    download_errors,
+                    ..EntryError::new(e.to_string())
+                }),
+            }
+        })
+    }
+
+    fn preload_entry<'a>(
+        &'a self,
+        _desired: &'a Manifest,
+        entry: &'a str,
+        cancel: CancelToken,
+    ) -> BoxFuture<'a, Result<(), EntryError>> {
+        Box::pin(async move {
+            let Some(preloader) = self.preloader.clone() else {
+                // Not reached: without a preloader no entry is announced as a preload entry.
+                return Ok(());
+            };
+            let svc = self.services().await?;
+            let record = Self::record_of(svc, entry)?;
+            let name = entry.to_owned();
+            // Loading reads the whole model: off the async workers. Not interruptible; at
+            // shutdown the watcher stops waiting after its timeout.
+            let work = tokio::task::spawn_blocking(move || preloader.preload(&name, &record));
+            tokio::select! {
+                r = work => match r {
+                    Ok(Ok(_detail)) => Ok(()),
+                    Ok(Err(why)) => Err(EntryError::new(why)),
+                    Err(e) => Err(EntryError::new(format!("the preload worker failed: {e}"))),
+                },
+                () = cancel.cancelled() => Err(EntryError::new("preload interrupted")),
+            }
+        })
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        desired: &'a Manifest,
+        _cancel: CancelToken,
+    ) -> BoxFuture<'a, Result<(), EntryError>> {
+        Box::pin(async move {
+            if !desired.settings.prune {
+                // Records of departed entries are kept (and shown by `modelsync status`).
+                return Ok(());
+            }
+            let svc = self.services().await?;
+            let cx = svc.context(self.reporter(), None);
+            // Deletions are quick and not interruptible half-way; no cancel point needed.
+            let results =
+                prune_departed(desired, &cx).map_err(|e| EntryError::new(e.to_string()))?;
+            let failed: Vec<String> = results
+                .iter()
+                .filter_map(|r| {
+                    r.error
+                        .as_ref()
+                        .map(|e| format!("deleting departed entry `{}`: {e}", r.name))
+                })
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(EntryError::new(failed.join("; ")))
+            }
+        })
+    }
+
+    fn cache_usage(&self) -> Vec<DeviceUsage> {
+        self.cache_usage.as_ref().map_or_else(Vec::new, |f| f())
+    }
+}
+
+fn action_str(kind: ActionKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn is_leftover(kind: ActionKind) -> bool {
+    matches!(kind, ActionKind::Delete | ActionKind::Orphaned)
+}
+
+/// The watcher's view of an apply of one entry: its own action (not the removal of an older
+/// record of it), bytes fetched, and every failure.
+fn entry_result(
+    entry: &str,
+    report: &ApplyReport,
+    download_errors: u64,
+) -> Result<EntryOutcome, EntryError> {
+    let mine: Vec<&ActionResult> = report.results.iter().filter(|r| r.name == entry).collect();
+    let action = mine
+        .iter()
+        .find(|r| !is_leftover(r.action))
+        .map_or_else(|| "unchanged".to_owned(), |r| action_str(r.action));
+    let bytes_downloaded = mine.iter().map(|r| r.downloaded_bytes).sum();
+    let failures: Vec<String> = mine
+        .iter()
+        .filter_map(|r| {
+            r.error
+                .as_ref()
+                .map(|e| format!("{}: {e}", action_str(r.action)))
+        })
+        .collect();
+    if failures.is_empty() {
+        Ok(EntryOutcome {
+            action,
+            changed: mine.iter().any(|r| r.action.is_change()),
+            bytes_downloaded,
+            download_errors,
+            requeue_after: None,
+        })
+    } else {
+        Err(EntryError {
+            message: failures.join("; "),
+            action: Some(action),
+            bytes_downloaded,
+            download_errors,
+            retry_after: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::defaults(Path::new("/srv"))
+    }
+
+    #[test]
+    fn fixed_settings_name_what_changed() {
+        let a = Fixed::of(&settings());
+        assert_eq!(a.changed(&a.clone()), None);
+        let mut s = settings();
+        s.models_dir = "/elsewhere".into();
+        let msg = a.changed(&Fixed::of(&s)).expect("a change");
+        assert!(msg.contains("settings.models_dir"), "{msg}");
+        let mut s = settings();
+        s.max_parallel_downloads = 9;
+        let msg = a.changed(&Fixed::of(&s)).expect("a change");
+        assert!(msg.contains("max_parallel_downloads"), "{msg}");
+        // prune and intervals are not service settings.
+        let mut s = settings();
+        s.prune = true;
+        s.watch_interval = Duration::from_secs(1);
+        assert_eq!(a.changed(&Fixed::of(&s)), None);
+    }
+}

@@ -1,0 +1,589 @@
+//! Watch mode with the real reconciler (`ManifestConverger`) against the Hub emulator and real
+//! files: through the library (`Watch::bind` on 127.0.0.1:0, short interval) and through the
+//! spawned binary (SIGTERM during a throttled download, then a resume).
+//!
+//! Waits poll a condition with a generous bound (only a failing test reaches it); nothing
+//! asserts on elapsed time.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modelsync::events::Recorder;
+use modelsync::hub::HubEnv;
+use modelsync::reconcile::ManifestConverger;
+use modelsync::store::lock::StoreLock;
+use modelsync::watch::{
+    BackoffConfig, CancelSource, EntryPhase, EntryStatus, StatusReport, Watch, WatchConfig,
+    WatchError, WatchHandle,
+};
+use tokio::task::JoinHandle;
+
+use crate::support::reconcile::{Work, lora_bytes, lora_repo};
+use crate::watch::prom;
+
+/// Bound for every wait; only a failing test reaches it.
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Running {
+    handle: WatchHandle,
+    addr: SocketAddr,
+    stop: CancelSource,
+    join: JoinHandle<Result<(), WatchError>>,
+}
+
+fn settings(w: &Work, extra: &str) -> String {
+    format!("  hf_endpoint: {}\n{extra}", w.hub.endpoint())
+}
+
+fn entry(name: &str, source: &str) -> String {
+    format!("  - name: {name}\n    source: {source}\n")
+}
+
+/// Starts watch mode in-process over `w`'s manifest, with a real converger.
+async fn start(w: &Work, tweak: impl FnOnce(&mut WatchConfig)) -> Running {
+    let manifest_path = w.path().join("models.yaml");
+    let m = modelsync::manifest::load(&manifest_path).expect("manifest loads");
+    let lock = StoreLock::acquire(&m.settings.database_path(), Duration::ZERO, |_| {})
+        .expect("store lock");
+    let env = HubEnv {
+        hf_home: Some(w.path().join(".hf")),
+        ..HubEnv::empty()
+    };
+    let conv = ManifestConverger::new(&m, lock, Arc::new(Recorder::new())).with_hub_env(env);
+    let mut config = WatchConfig::new(&manifest_path);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.interval = Duration::from_millis(300);
+    config.debounce = Duration::from_millis(100);
+    config.backoff = BackoffConfig {
+        base: Duration::from_mins(10),
+        max: Duration::from_mins(20),
+        jitter: 0.0,
+    };
+    tweak(&mut config);
+    let watch = Watch::bind(config, Arc::new(conv)).await.expect("binds");
+    let (stop, token) = CancelSource::new();
+    let handle = watch.handle();
+    let addr = watch.local_addr();
+    let join = tokio::spawn(watch.run(token));
+    Running {
+        handle,
+        addr,
+        stop,
+        join,
+    }
+}
+
+impl Running {
+    fn entry(&self, name: &str) -> Option<EntryStatus> {
+        self.handle
+            .status()
+            .entries
+            .into_iter()
+            .find(|e| e.name == name)
+    }
+
+    async fn eventually(&self, what: &str, cond: impl Fn(&StatusReport) -> bool) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let st = self.handle.status();
+            if cond(&st) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}; status: {st:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let resp = client
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .expect("request");
+        let code = resp.status().as_u16();
+        (code, resp.text().await.expect("body"))
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let r = tokio::time::timeout(LIMIT, self.join)
+            .await
+            .expect("watch stops in time")
+            .expect("watch task");
+        assert!(r.is_ok(), "{r:?}");
+    }
+}
+
+fn converged(st: &StatusReport, name: &str) -> bool {
+    st.entries
+        .iter()
+        .any(|e| e.name == name && e.state == EntryPhase::Converged)
+}
+
+/// The path of the record of entry `name`.
+fn model_path(w: &Work, name: &str) -> PathBuf {
+    let store = w.store();
+    let rec = store
+        .all_models()
+        .expect("records")
+        .into_iter()
+        .find(|r| r.common().managed.as_ref().is_some_and(|m| m.entry == name))
+        .unwrap_or_else(|| panic!("no record of {name}"));
+    rec.resolved_path(&w.models())
+}
+
+fn write_manifest(w: &Work, text: &str) {
+    // Written beside and renamed over, as editors and ConfigMaps do: no half-written reads.
+    let tmp = w.path().join(".models.yaml.tmp");
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, w.path().join("models.yaml")).expect("rename manifest");
+}
+
+fn manifest_text(settings: &str, models: &str) -> String {
+    format!("version: 1\nsettings:\n  models_dir: models\n{settings}models:\n{models}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_serves_status_picks_up_edits_heals_and_prunes() {
+    let w = Work::new();
+    for (id, seed) in [("owner/a", 1), ("owner/b", 2), ("owner/c", 3)] {
+        w.hub.add_repo(lora_repo(id, seed, 2));
+    }
+    let s = settings(&w, "");
+    let two = format!(
+        "{}{}",
+        entry("a", "owner/a::lora.safetensors"),
+        entry("b", "owner/b::lora.safetensors")
+    );
+    w.manifest(&s, &two);
+    let r = start(&w, |_| {}).await;
+
+    // Start: both entries install, /readyz turns 200, /status and /metrics say so.
+    r.eventually("a and b converge", |st| st.ready).await;
+    let (code, body) = r.get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = r.get("/status").await;
+    assert_eq!(code, 200);
+    let st: StatusReport = serde_json::from_str(&body).expect("status JSON");
+    for name in ["a", "b"] {
+        let e = st.entries.iter().find(|e| e.name == name).expect("entry");
+        assert_eq!(e.state, EntryPhase::Converged, "{e:?}");
+        assert_eq!(e.last_action.as_deref(), Some("install"), "{e:?}");
+        assert!(e.last_success.is_some());
+    }
+    assert_eq!(
+        std::fs::read(model_path(&w, "a")).expect("a's file"),
+        lora_bytes(1, 2)
+    );
+    let (code, text) = r.get("/metrics").await;
+    assert_eq!(code, 200);
+    let m = prom::parse(&text).expect("valid Prometheus text");
+    assert_eq!(
+        m.value("modelsync_entries", &[("state", "converged")]),
+        Some(2.0)
+    );
+    let downloaded = m
+        .value("modelsync_downloaded_bytes_total", &[])
+        .expect("bytes metric");
+    assert!(
+        downloaded >= 2.0 * lora_bytes(1, 2).len() as f64,
+        "{downloaded}"
+    );
+    // Concurrent applies merged their results into one lock file.
+    let lock = w.lock();
+    assert!(
+        lock.entries.contains_key("a") && lock.entries.contains_key("b"),
+        "{lock:?}"
+    );
+
+    // A manifest that does not parse: reported with file:line:col, the previous one stays.
+    write_manifest(&w, &manifest_text(&s, &format!("{two}  - name: [\n")));
+    r.eventually("the bad edit is reported", |st| st.manifest.error.is_some())
+        .await;
+    let err = r.handle.status().manifest.error.expect("error");
+    assert!(err.contains("models.yaml:"), "{err}");
+    assert!(
+        r.handle.readiness().ready,
+        "the last good state stays ready"
+    );
+
+    // An added entry installs after the debounce.
+    let three = format!("{two}{}", entry("c", "owner/c::lora.safetensors"));
+    write_manifest(&w, &manifest_text(&s, &three));
+    r.eventually("c converges", |st| {
+        converged(st, "c") && st.manifest.error.is_none()
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(model_path(&w, "c")).expect("c's file"),
+        lora_bytes(3, 2)
+    );
+    assert_eq!(w.lock().entries.len(), 3);
+
+    // A deleted model file comes back at the next resync, as a repair.
+    let a_path = model_path(&w, "a");
+    std::fs::remove_file(&a_path).expect("delete a's file");
+    r.eventually("a is repaired", |st| {
+        st.entries
+            .iter()
+            .any(|e| e.name == "a" && e.last_action.as_deref() == Some("repair"))
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(model_path(&w, "a")).expect("a's file again"),
+        lora_bytes(1, 2)
+    );
+
+    // With prune, an entry that leaves is deleted by the sweep (record, files, lock entry).
+    let b_path = model_path(&w, "b");
+    let without_b = format!(
+        "{}{}",
+        entry("a", "owner/a::lora.safetensors"),
+        entry("c", "owner/c::lora.safetensors")
+    );
+    write_manifest(
+        &w,
+        &manifest_text(&settings(&w, "  prune: true\n"), &without_b),
+    );
+    let deadline = Instant::now() + LIMIT;
+    while b_path.exists() || w.lock().entries.contains_key("b") {
+        assert!(Instant::now() < deadline, "b was not pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(r.entry("b").is_none());
+    let store = w.store();
+    let left: Vec<String> = store
+        .all_models()
+        .expect("records")
+        .iter()
+        .map(|r| r.common().name.clone())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&"b".to_owned()), "{left:?}");
+    drop(store);
+
+    r.stop().await;
+    // The converger was dropped with the loop: the store lock is free again.
+    let lock = StoreLock::acquire(&w.models().join("modelsync.db"), Duration::ZERO, |_| {});
+    assert!(lock.is_ok(), "the store lock was not released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_entry_backs_off_while_the_good_one_converges() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/good", 1, 2));
+    let models = format!(
+        "{}{}",
+        entry("good", "owner/good::lora.safetensors"),
+        entry("broken", "owner/missing::lora.safetensors")
+    );
+    w.manifest(&settings(&w, ""), &models);
+    let r = start(&w, |_| {}).await;
+
+    r.eventually("good converges and broken fails once", |st| {
+        converged(st, "good")
+            && st
+                .entries
+                .iter()
+                .any(|e| e.name == "broken" && e.consecutive_failures == 1)
+    })
+    .await;
+    let broken = r.entry("broken").expect("broken");
+    assert_eq!(broken.state, EntryPhase::Failed);
+    let err = broken.last_error.expect("an error");
+    assert!(err.contains("owner/missing"), "{err}");
+    assert!(!r.handle.readiness().ready);
+    let asked = |w: &Work| {
+        w.hub
+            .requests()
+            .iter()
+            .filter(|q| q.path.contains("owner/missing"))
+            .count()
+    };
+    let after_first = asked(&w);
+    assert!(after_first >= 1);
+
+    // Several resyncs go by (the good entry is reconciled at each) while the broken one waits
+    // for its backoff: not one more request for it.
+    let runs = r.entry("good").expect("good").runs;
+    r.eventually("five more resyncs of good", |_| {
+        r.entry("good").is_some_and(|e| e.runs >= runs + 5)
+    })
+    .await;
+    assert_eq!(asked(&w), after_first, "{:?}", w.hub.requests());
+    let broken = r.entry("broken").expect("broken");
+    assert_eq!(broken.consecutive_failures, 1, "{broken:?}");
+    assert!(broken.next_retry_in_seconds.is_some_and(|s| s > 60.0));
+    let (code, body) = r.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("broken"), "{body}");
+    r.stop().await;
+}
+
+// ------------------------------------------------------------------ the binary
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A minimal HTTP/1.0 GET; `None` while nothing listens.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn sigterm(child: &std::process::Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+/// Waits for the child's exit, killing it if it overruns `LIMIT` (a failing test).
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("modelsync watch did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_watch(w: &Work, addr: SocketAddr) -> std::process::Child {
+    w.command(&["watch", "--listen", &addr.to_string(), "--interval", "1h"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("modelsync watch starts")
+}
+
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+#[test]
+fn sigterm_mid_download_exits_0_keeps_the_partial_and_the_next_start_resumes() {
+    let w = Work::new();
+    // ~4.3 MB, one stream (below the parallel-range threshold), throttled to ~2.5 MB/s.
+    let big = lora_bytes(7, 2000);
+    w.hub.add_repo(
+        crate::support::hub_server::FakeRepo::new("owner/big")
+            .file("README.md", "# big\n")
+            .file("lora.safetensors", big.clone()),
+    );
+    w.hub.set_cdn_throttle(64 << 10, Duration::from_millis(25));
+    w.manifest("", &entry("big", "owner/big::lora.safetensors"));
+    let addr = free_port();
+    let mut child = spawn_watch(&w, addr);
+
+    // Wait until the download runs and has put at least 1 MiB in its `.part`.
+    let tmp = w.models().join(".tmp");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let started = !w.hub.cdn_requests().is_empty();
+        let part_big = files_named(&tmp, ".part")
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 1 << 20));
+        if started && part_big {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!("the download never got going: {}", stderr_of(&mut child));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(http_get(addr, "/readyz").map(|r| r.0), Some(503));
+    sigterm(&child);
+    let status = wait_exit(&mut child);
+    let err = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("modelsync watch: manifest"), "{err}");
+    assert!(err.contains(&addr.to_string()), "{err}");
+    // The partial is kept, nothing was promoted or recorded.
+    let parts = files_named(&tmp, ".part");
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    let kept = std::fs::metadata(&parts[0]).expect("part").len();
+    assert!(kept > 0 && kept < big.len() as u64, "{kept}");
+    assert!(w.store().all_models().expect("records").is_empty());
+
+    // The next start resumes where it stopped: a Range request past 0, the whole file.
+    w.hub.clear_log();
+    w.hub.set_cdn_throttle(1 << 20, Duration::ZERO);
+    let mut child = spawn_watch(&w, addr);
+    let deadline = Instant::now() + LIMIT;
+    while http_get(addr, "/readyz").map(|r| r.0) != Some(200) {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!("never ready: {}", stderr_of(&mut child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let resumed = w.hub.cdn_requests().iter().any(|r| {
+        r.header("range")
+            .is_some_and(|v| v.starts_with("bytes=") && !v.starts_with("bytes=0-"))
+    });
+    assert!(resumed, "{:?}", w.hub.cdn_requests());
+    let (code, body) = http_get(addr, "/status").expect("status");
+    assert_eq!(code, 200);
+    let st: StatusReport = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(st.entries[0].last_action.as_deref(), Some("install"));
+    sigterm(&child);
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut child));
+    assert_eq!(std::fs::read(model_path(&w, "big")).expect("file"), big);
+    assert!(files_named(&tmp, ".part").is_empty());
+}
+
+/// A preloader that records its calls and waits for `open` before answering.
+#[derive(Default)]
+struct GatePreloader {
+    calls: std::sync::Mutex<Vec<(String, String)>>,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatePreloader {
+    fn open(&self) {
+        *self.open.lock().expect("gate") = true;
+        self.opened.notify_all();
+    }
+
+    fn calls(&self) -> Vec<(String, String)> {
+        self.calls.lock().expect("calls").clone()
+    }
+}
+
+impl modelsync::reconcile::Preloader for GatePreloader {
+    fn preload(&self, entry: &str, record: &modelsync::AnyModelConfig) -> Result<String, String> {
+        self.calls
+            .lock()
+            .expect("calls")
+            .push((entry.to_owned(), record.common().name.clone()));
+        let open = self.open.lock().expect("gate");
+        let (open, _) = self
+            .opened
+            .wait_timeout_while(open, LIMIT, |o| !*o)
+            .expect("gate");
+        if *open {
+            Ok("loaded".into())
+        } else {
+            Err("gate never opened".into())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_preloads_and_without_a_preloader_does_not() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/warm", 1, 2));
+    w.manifest(
+        &settings(&w, ""),
+        "  - name: warm\n    source: owner/warm::lora.safetensors\n    preload: true\n",
+    );
+    let manifest_path = w.path().join("models.yaml");
+    let m = modelsync::manifest::load(&manifest_path).expect("manifest loads");
+
+    // With a preloader: converged, then preloaded, and only then ready.
+    let gate = Arc::new(GatePreloader::default());
+    let preloader: Arc<dyn modelsync::reconcile::Preloader> = gate.clone();
+    let lock = StoreLock::acquire(&m.settings.database_path(), Duration::ZERO, |_| {})
+        .expect("store lock");
+    let conv = ManifestConverger::new(&m, lock, Arc::new(Recorder::new()))
+        .with_hub_env(HubEnv::empty())
+        .with_preloader(Some(preloader));
+    assert!(conv.unpreloadable(&m).is_empty());
+    let mut config = WatchConfig::new(&manifest_path);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.interval = Duration::from_hours(1);
+    let watch = Watch::bind(config, Arc::new(conv)).await.expect("binds");
+    let (stop, token) = CancelSource::new();
+    let r = Running {
+        handle: watch.handle(),
+        addr: watch.local_addr(),
+        stop,
+        join: tokio::spawn(watch.run(token)),
+    };
+    let deadline = Instant::now() + LIMIT;
+    while gate.calls().is_empty() {
+        assert!(Instant::now() < deadline, "the preloader was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gate.calls(), [("warm".to_owned(), "warm".to_owned())]);
+    let readiness = r.handle.readiness();
+    assert!(!readiness.ready, "ready before the preload finished");
+    gate.open();
+    r.eventually("ready after the preload", |st| st.ready).await;
+    let e = r.entry("warm").expect("warm");
+    assert!(e.preload && e.preloaded, "{e:?}");
+    r.stop().await;
+
+    // Without one: the entry is not announced as a preload entry, so readiness does not wait.
+    let lock = StoreLock::acquire(&m.settings.database_path(), Duration::ZERO, |_| {})
+        .expect("store lock after the first watch");
+    let conv =
+        ManifestConverger::new(&m, lock, Arc::new(Recorder::new())).with_hub_env(HubEnv::empty());
+    assert_eq!(conv.unpreloadable(&m), ["warm"]);
+    let mut config = WatchConfig::new(&manifest_path);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let watch = Watch::bind(config, Arc::new(conv)).await.expect("binds");
+    let (stop, token) = CancelSource::new();
+    let r = Running {
+        handle: watch.handle(),
+        addr: watch.local_addr(),
+        stop,
+        join: tokio::spawn(watch.run(token)),
+    };
+    r.eventually("ready without preloading", |st| st.ready)
+        .await;
+    let e = r.entry("warm").expect("warm");
+    assert!(!e.preload && !e.preloaded, "{e:?}");
+    assert_eq!(e.last_action.as_deref(), Some("unchanged"));
+    r.stop().await;
+}
