@@ -111,9 +111,9 @@ fn the_quick_start_example_applies_offline() {
         stdout(&o)
     );
     assert!(
-        stderr(&o).contains("preload tiny-sd15: skipped"),
+        stdout(&o).contains("preloaded tiny-sd15: 5 part(s)"),
         "{}",
-        stderr(&o)
+        stdout(&o)
     );
     let o = run(&["diff", "--exit-code"]);
     assert_exit(&o, 0);
