@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{ProbeError, StateDict, TensorInfo};
+use super::{ProbeError, StateDict, TensorInfo, Tensors};
 
 /// Refuse absurd counts before allocating for them.
 const MAX_TENSORS: u64 = 1_000_000;
@@ -82,11 +82,11 @@ impl<'a> R<'a> {
 }
 
 /// Parses the GGUF header in `data` (the whole file, memory-mapped).
-pub(crate) fn read_header(path: &Path, data: &[u8]) -> Result<StateDict, ProbeError> {
+pub(crate) fn read_header(path: &Path, data: &[u8]) -> Result<StateDict<'static>, ProbeError> {
     parse(data).map_err(|r| bad(path, r))
 }
 
-fn parse(data: &[u8]) -> Result<StateDict, String> {
+fn parse(data: &[u8]) -> Result<StateDict<'static>, String> {
     let mut r = R { d: data, pos: 0 };
     if r.take(4)? != b"GGUF" {
         return Err("missing GGUF magic".into());
@@ -112,6 +112,7 @@ fn parse(data: &[u8]) -> Result<StateDict, String> {
             sd.metadata.insert(key, v);
         }
     }
+    let mut tensors = Vec::new();
     for _ in 0..n_tensors {
         let name = r.string()?;
         let n_dims = r.u32()?;
@@ -126,13 +127,12 @@ fn parse(data: &[u8]) -> Result<StateDict, String> {
         shape.reverse();
         let ggml_type = r.u32()?;
         let _offset = r.u64()?;
-        sd.tensors.insert(
-            name,
-            TensorInfo {
-                shape,
-                dtype: format!("ggml_type_{ggml_type}").into(),
-            },
-        );
+        let info = TensorInfo {
+            shape: shape.into(),
+            dtype: format!("ggml_type_{ggml_type}").into(),
+        };
+        tensors.push((name.into(), info));
     }
+    sd.tensors = Tensors::from_entries(tensors);
     Ok(sd)
 }

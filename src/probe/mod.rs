@@ -23,6 +23,7 @@ pub(crate) mod pickle;
 mod rules;
 mod safetensors;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
@@ -142,17 +143,185 @@ impl ProbeError {
     }
 }
 
+/// A tensor shape in torch order. Up to four dimensions live inline: a header holds hundreds
+/// of tensors and one heap allocation per shape showed up in probe profiles.
+#[derive(Clone)]
+pub(crate) enum Shape {
+    /// `len` ≤ 4 dimensions; the unused tail of `dims` is zero.
+    Inline { len: u8, dims: [u64; 4] },
+    /// More than four dimensions.
+    Heap(Vec<u64>),
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self::Inline {
+            len: 0,
+            dims: [0; 4],
+        }
+    }
+}
+
+impl Shape {
+    fn push(&mut self, d: u64) {
+        match self {
+            Self::Inline { len, dims } if usize::from(*len) < dims.len() => {
+                dims[usize::from(*len)] = d;
+                *len += 1;
+            }
+            Self::Inline { dims, .. } => {
+                let mut v = dims.to_vec();
+                v.push(d);
+                *self = Self::Heap(v);
+            }
+            Self::Heap(v) => v.push(d),
+        }
+    }
+}
+
+impl From<Vec<u64>> for Shape {
+    fn from(v: Vec<u64>) -> Self {
+        if v.len() <= 4 {
+            let mut s = Self::default();
+            for d in v {
+                s.push(d);
+            }
+            s
+        } else {
+            Self::Heap(v)
+        }
+    }
+}
+
+impl std::ops::Deref for Shape {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        match self {
+            Self::Inline { len, dims } => &dims[..usize::from(*len)],
+            Self::Heap(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Shape {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Shape {}
+
+impl std::fmt::Debug for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        <[u64] as std::fmt::Debug>::fmt(self, f)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Shape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // Same wording as `Vec<u64>`, which this replaced.
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Shape, A::Error> {
+                let mut s = Shape::default();
+                while let Some(d) = seq.next_element::<u64>()? {
+                    s.push(d);
+                }
+                Ok(s)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 /// One tensor's shape (torch order) and dtype.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TensorInfo {
-    pub shape: Vec<u64>,
-    pub dtype: std::borrow::Cow<'static, str>,
+    pub shape: Shape,
+    pub dtype: Cow<'static, str>,
+}
+
+/// Tensors by name: a vector sorted once by name (names unique), which the rules read by
+/// binary search and in-order scans. Names borrow from the header buffer where they can —
+/// building a `BTreeMap<String, _>` of a 576-tensor LoRA header cost more than parsing it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tensors<'a> {
+    entries: Vec<(Cow<'a, str>, TensorInfo)>,
+}
+
+impl<'a> Tensors<'a> {
+    /// From entries in file order; a repeated name keeps its last value, as a map would.
+    pub(crate) fn from_entries(mut entries: Vec<(Cow<'a, str>, TensorInfo)>) -> Self {
+        // Writers of the safetensors library emit sorted headers: check before sorting.
+        // Stable, so among equal names the later entry stays later.
+        if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        entries.dedup_by(|later, kept| {
+            if later.0 == kept.0 {
+                std::mem::swap(later, kept);
+                true
+            } else {
+                false
+            }
+        });
+        Self { entries }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.entries
+            .binary_search_by(|(k, _)| k.as_ref().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i].1)
+    }
+
+    pub(crate) fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Names in sorted order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_ref())
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.entries.iter().map(|(_, t)| t)
+    }
+
+    /// `(name, info)` in name order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &TensorInfo)> {
+        self.entries.iter().map(|(k, t)| (k.as_ref(), t))
+    }
+
+    /// The smallest name starting with `prefix`.
+    pub(crate) fn first_with_prefix(&self, prefix: &str) -> Option<&str> {
+        let i = self.entries.partition_point(|(k, _)| k.as_ref() < prefix);
+        self.entries
+            .get(i)
+            .map(|(k, _)| k.as_ref())
+            .filter(|k| k.starts_with(prefix))
+    }
 }
 
 /// Tensor names with shapes, plus string metadata (safetensors `__metadata__`, GGUF kv).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct StateDict {
-    pub tensors: BTreeMap<String, TensorInfo>,
+pub(crate) struct StateDict<'a> {
+    pub tensors: Tensors<'a>,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -524,10 +693,8 @@ pub(crate) fn probe_weight_file(path: &Path) -> Result<Finding, ProbeError> {
     }
     let looks_safetensors = head.len() >= 9 && head[8] == b'{';
     if ext == "safetensors" || ext == "sft" || looks_safetensors {
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(0))
-            .map_err(ProbeError::io(path))?;
-        let sd = safetensors::read_header(path, &mut file, len)?;
+        let buf = safetensors::read_header(path, &mut file, head, len)?;
+        let sd = safetensors::parse_header_json(path, &buf)?;
         let mut f = rules::classify(&sd, rules::Container::Safetensors);
         f.evidence.push(format!(
             "safetensors header: {} tensors{}",
@@ -575,16 +742,21 @@ fn pickle_finding(path: &Path, c: scan::PickleContents, what: &str) -> Result<Fi
             reason,
         });
     }
-    let mut sd = StateDict::default();
-    for (name, shape, dtype) in c.tensors {
-        sd.tensors.insert(
-            name,
-            TensorInfo {
-                shape,
-                dtype: dtype.into(),
-            },
-        );
-    }
+    let sd = StateDict {
+        tensors: Tensors::from_entries(
+            c.tensors
+                .into_iter()
+                .map(|(name, shape, dtype)| {
+                    let info = TensorInfo {
+                        shape: shape.into(),
+                        dtype: dtype.into(),
+                    };
+                    (Cow::Owned(name), info)
+                })
+                .collect(),
+        ),
+        metadata: BTreeMap::new(),
+    };
     let mut f = rules::classify(&sd, rules::Container::Pickle);
     f.evidence.push(format!(
         "{what}: {} tensors{}",

@@ -70,22 +70,15 @@ fn base_from_metadata(sd: &StateDict) -> Option<(B, String)> {
 }
 
 fn has_prefix(sd: &StateDict, prefix: &str) -> bool {
-    sd.tensors
-        .range(prefix.to_owned()..)
-        .next()
-        .is_some_and(|(k, _)| k.starts_with(prefix))
+    sd.tensors.first_with_prefix(prefix).is_some()
 }
 
 fn first_with_prefix<'a>(sd: &'a StateDict, prefix: &str) -> Option<&'a str> {
-    sd.tensors
-        .range(prefix.to_owned()..)
-        .next()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(k, _)| k.as_str())
+    sd.tensors.first_with_prefix(prefix)
 }
 
-fn any_key(sd: &StateDict, pred: impl Fn(&str) -> bool) -> Option<&str> {
-    sd.tensors.keys().map(String::as_str).find(|k| pred(k))
+fn any_key<'a>(sd: &'a StateDict, pred: impl Fn(&str) -> bool) -> Option<&'a str> {
+    sd.tensors.keys().find(|k| pred(k))
 }
 
 fn dim(sd: &StateDict, key: &str, i: usize) -> Option<u64> {
@@ -405,7 +398,7 @@ fn textual_inversion(sd: &StateDict, _: Container) -> Option<Finding> {
         {
             return None;
         }
-        (k.clone(), false)
+        (k.to_owned(), false)
     } else {
         return None;
     };
