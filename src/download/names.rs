@@ -28,6 +28,100 @@ pub fn redact_url_str(url: &str) -> String {
     }
 }
 
+/// The mark that replaces a secret in a shown URL.
+pub const REDACTED: &str = "***";
+
+/// Whether a query parameter carries a secret, by its name (ASCII case and `-`/`_` ignored).
+///
+/// Secret: `token`, `auth`, `authorization`, `key`, `apikey`, `secret`, `password`, `passwd`,
+/// `pwd`, `sig`, `signature`, `policy`, `credential`, `session`, `key_pair_id`, `hdnts`, and
+/// every name ending in `_token`, `_key`, `_secret`, `_signature`, `_sig`, `_password` or
+/// `_credential` (so `access_token`, `api_key`, `client_secret`, `X-Amz-Signature`,
+/// `X-Amz-Credential`, `X-Amz-Security-Token`, `X-Goog-Signature` and CloudFront's
+/// `Signature`/`Policy`/`Key-Pair-Id` are all covered). Anything else (`type`, `format`,
+/// `download`, `X-Amz-Expires` …) is kept, so a shown URL still says what it fetches.
+pub fn is_secret_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace('-', "_");
+    const EXACT: &[&str] = &[
+        "token",
+        "auth",
+        "authorization",
+        "key",
+        "apikey",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "sig",
+        "signature",
+        "policy",
+        "credential",
+        "credentials",
+        "session",
+        "key_pair_id",
+        "hdnts",
+    ];
+    const SUFFIXES: &[&str] = &[
+        "_token",
+        "_key",
+        "_secret",
+        "_signature",
+        "_sig",
+        "_password",
+        "_credential",
+    ];
+    EXACT.contains(&n.as_str()) || SUFFIXES.iter().any(|s| n.ends_with(s))
+}
+
+/// A URL as it may be shown and stored (diff, lock file, records, events): user info replaced
+/// by `***`, and the value of every secret query (or fragment) parameter
+/// ([`is_secret_param`]) replaced by `***`; everything else is kept byte for byte, so
+/// redacting twice gives the same string. Errors and logs use the stricter [`redact_url`].
+pub fn redact_url_secrets(url: &Url) -> String {
+    let mut u = url.clone();
+    if !u.username().is_empty() {
+        let _ = u.set_username(REDACTED);
+    }
+    if u.password().is_some() {
+        let _ = u.set_password(Some(REDACTED));
+    }
+    if let Some(q) = u.query().map(redact_pairs)
+        && Some(q.as_str()) != u.query()
+    {
+        u.set_query(Some(&q));
+    }
+    if let Some(f) = u.fragment().map(redact_pairs)
+        && Some(f.as_str()) != u.fragment()
+    {
+        u.set_fragment(Some(&f));
+    }
+    u.to_string()
+}
+
+/// [`redact_url_secrets`] for a string that may not parse: then it is cut like
+/// [`redact_url_str`].
+pub fn redact_url_secrets_str(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => redact_url_secrets(&u),
+        Ok(_) => url.to_owned(),
+        Err(_) if url.contains("://") => redact_url_str(url),
+        Err(_) => url.to_owned(),
+    }
+}
+
+/// `a=1&token=x` → `a=1&token=***`: raw pairs, keys compared after percent-decoding.
+fn redact_pairs(q: &str) -> String {
+    q.split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if v != REDACTED && is_secret_param(&percent_decode(&k.replace('+', " "))) => {
+                format!("{k}={REDACTED}")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Why a name is refused.
 pub type Refusal = &'static str;
 
@@ -165,6 +259,37 @@ mod tests {
         assert_eq!(redact_url(&u), "https://cdn.example:8443/a/b.bin");
         assert_eq!(redact_url_str("not a url?token=abc"), "not a url");
         assert_eq!(redact_url_str("ht!tp://u:p@h/x?y"), "ht!tp://h/x");
+    }
+
+    #[test]
+    fn shown_urls_keep_what_is_not_secret() {
+        let r = |s: &str| redact_url_secrets(&Url::parse(s).unwrap());
+        assert_eq!(
+            r("https://civitai.com/api/download/models/1?type=Model&token=abc123"),
+            "https://civitai.com/api/download/models/1?type=Model&token=***"
+        );
+        assert_eq!(
+            r("https://u:pw@cdn.example/a.bin?X-Amz-Expires=60&X-Amz-Signature=f00&X-Amz-Credential=AKIA%2F1&access_token=t&api_key=k&sig=s&Key-Pair-Id=K&download=true"),
+            "https://***:***@cdn.example/a.bin?X-Amz-Expires=60&X-Amz-Signature=***&X-Amz-Credential=***&access_token=***&api_key=***&sig=***&Key-Pair-Id=***&download=true"
+        );
+        assert_eq!(r("https://hf_tok@h/x"), "https://***@h/x");
+        assert_eq!(r("https://h/x#access_token=t&a=b"), "https://h/x#access_token=***&a=b");
+        // A percent-encoded key is still recognised; a bare `token` without `=` has no value.
+        assert_eq!(r("https://h/x?%74oken=v&token"), "https://h/x?%74oken=***&token");
+        for s in [
+            "https://h/x?token=abc",
+            "https://a:b@h/x?monkey=1&key=2",
+            "https://h/x?q=a+b&sig=%2F",
+        ] {
+            let once = r(s);
+            assert_eq!(r(&once), once);
+        }
+        assert_eq!(redact_url_secrets_str("/local/path?token=x"), "/local/path?token=x");
+        assert_eq!(redact_url_secrets_str("http://[bad?token=x"), "http://[bad");
+        assert!(!is_secret_param("monkey"));
+        assert!(!is_secret_param("type"));
+        assert!(is_secret_param("X-Goog-Signature"));
+        assert!(is_secret_param("client_secret"));
     }
 
     #[test]

@@ -38,6 +38,19 @@ pub enum SourceError {
     /// A URL that does not parse.
     #[error("invalid URL `{url}`: {reason}")]
     BadUrl { url: String, reason: String },
+    /// A NUL or other control character (a pasted newline, an escape sequence): no form of
+    /// source may contain one, and a file name with one cannot be written safely.
+    #[error(
+        "model source `{shown}` contains the control character {character:?} at byte {position}; sources must be printable text"
+    )]
+    ControlCharacter {
+        /// The source with control characters escaped (and URL secrets redacted).
+        shown: String,
+        /// The first control character.
+        character: char,
+        /// Its byte offset in the (trimmed) source.
+        position: usize,
+    },
 }
 
 /// An access token. Never printed, logged or serialised: `Debug` and `Display` show `***`.
@@ -145,6 +158,15 @@ impl ModelSource {
         if s.is_empty() {
             return Err(SourceError::Empty);
         }
+        if let Some((position, character)) = s.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(SourceError::ControlCharacter {
+                shown: crate::download::names::redact_url_secrets_str(s)
+                    .escape_debug()
+                    .to_string(),
+                character,
+                position,
+            });
+        }
         let lower = s.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             return parse_url(s).map(|url| {
@@ -169,14 +191,16 @@ impl ModelSource {
             || s.contains('\\');
         if looks_local || candidate.exists() {
             return Ok(Self::Local(LocalModelSource {
-                path: candidate,
+                path: normalise_relative(&candidate),
                 inplace: false,
             }));
         }
         parse_hf(s).map(Self::Hf)
     }
 
-    /// The canonical string form (no token, no `inplace`).
+    /// The canonical string form (no token, no `inplace`, URL secrets redacted — see
+    /// [`crate::download::names::redact_url_secrets`]): what records, the lock file, the plan
+    /// and every message show. `parse(canonical(x)).canonical() == canonical(x)`.
     pub fn canonical(&self) -> String {
         self.to_string()
     }
@@ -207,6 +231,32 @@ impl ModelSource {
             Self::Hf(_) => crate::config::ModelSourceType::HfRepoId,
         }
     }
+}
+
+/// Drops `.` components after the first, so formatting and parsing again does not grow the
+/// path (`.` joined with `./a` is `././a`); a relative path keeps its leading `./`, the form
+/// that parses as a local path again.
+/// A trailing `/` is kept (so a name ending in a space stays one after the trim of `parse`).
+fn normalise_relative(p: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::path::Component;
+    let mut out = if p.is_absolute() {
+        p.components().collect()
+    } else {
+        let mut out = PathBuf::from(".");
+        for c in p.components() {
+            if c != Component::CurDir {
+                out.push(c);
+            }
+        }
+        out
+    };
+    if p.as_os_str().as_bytes().ends_with(b"/") && !out.as_os_str().as_bytes().ends_with(b"/") {
+        let mut s = out.into_os_string();
+        s.push("/");
+        out = PathBuf::from(s);
+    }
+    out
 }
 
 fn expand_home(s: &str) -> PathBuf {
@@ -328,7 +378,7 @@ impl fmt::Display for ModelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Local(l) => write!(f, "{}", l.path.display()),
-            Self::Url(u) => write!(f, "{}", u.url),
+            Self::Url(u) => f.write_str(&crate::download::names::redact_url_secrets(&u.url)),
             Self::Hf(h) => {
                 f.write_str(&h.repo_id)?;
                 if let Some(rev) = &h.revision {
@@ -457,6 +507,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("fp16"), "{e}");
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let base = Path::new("/nonexistent-base");
+        for s in [
+            "owner/name\0",
+            "owner/na\0me",
+            "owner/name@ma\nin",
+            "owner/name::vae\x1b[31m",
+            "/models/a\0b.safetensors",
+            "https://h/x\u{7f}?token=s3cr3t",
+            "https://h/x?token=s3cr3t\u{85}x",
+        ] {
+            let e = ModelSource::parse_in(s, base).unwrap_err();
+            assert!(matches!(e, SourceError::ControlCharacter { .. }), "{s:?}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains("control character"), "{msg}");
+            assert!(!msg.contains("s3cr3t"), "{msg}");
+            assert!(!msg.chars().any(char::is_control), "{msg:?}");
+        }
+        // Surrounding whitespace (a YAML block scalar's newline) is trimmed, not refused.
+        assert!(ModelSource::parse_in("owner/name\n", base).is_ok());
+    }
+
+    /// `parse(canonical(x)).canonical() == canonical(x)` over generated sources: pieces of
+    /// every form glued at random (fixed seed, so a failure reproduces).
+    #[test]
+    fn canonical_is_idempotent() {
+        const PIECES: &[&str] = &[
+            "owner", "name", "o-1", "n.x", "/", "//", ":", "::", "@", "@main", "@refs/pr/1",
+            "fp16", "FP16", "default", "vae", "unet/", "x.safetensors", ".", "..", "./", "../",
+            "~/", "\\", " ", "%2F", "%", "?", "#", "&", "=", "token=", "t0k", "sig=", "+",
+            "https://", "HTTP://", "h.example", "huggingface.co", "/blob/main/", ":8080", "u:p@",
+            "[::1]", "é", "\u{1F600}", "\t", "\0", "\u{7f}", "\u{200b}", "a b", "*",
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // The bases `parse` (`.`) and the manifest (its absolute folder) use.
+        let bases = [Path::new("/nonexistent-base"), Path::new(".")];
+        let (mut ok, mut checked) = (0, 0);
+        for _ in 0..20_000 {
+            let n = 1 + next() % 8;
+            let s: String = (0..n)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            let base = bases[(next() % bases.len() as u64) as usize];
+            checked += 1;
+            let Ok(first) = ModelSource::parse_in(&s, base) else {
+                continue;
+            };
+            ok += 1;
+            let c = first.canonical();
+            let again = ModelSource::parse_in(&c, base)
+                .unwrap_or_else(|e| panic!("{s:?} → {c:?} does not parse again: {e}"));
+            assert_eq!(again.canonical(), c, "{s:?}");
+            assert!(!c.chars().any(char::is_control), "{s:?} → {c:?}");
+        }
+        // The generator reaches every form, not only errors.
+        assert!(ok > checked / 10, "{ok} of {checked} parsed");
     }
 
     #[test]
