@@ -179,7 +179,8 @@ pub struct HubOptions {
     pub endpoint: Url,
     /// `HF_HUB_OFFLINE`: every network method fails with [`HubError::Offline`].
     pub offline: bool,
-    /// Retries after a 429 or a 502/503/504 (then the error is returned).
+    /// Retries after a 429, 408, 5xx (not 501/505) or a failed connection (then the error is
+    /// returned).
     pub max_retries: u32,
     /// Longest wait honoured from a `Retry-After`.
     pub max_retry_wait: Duration,
@@ -736,7 +737,8 @@ impl HubClient {
         Err(HubError::TooManyRedirects { url: show(&url) })
     }
 
-    /// One request, retried on 429 (after `Retry-After`) and 502/503/504 (with backoff).
+    /// One request, retried on 429 (after `Retry-After`), 408, 5xx and connection failures
+    /// (with backoff), at most `max_retries` times.
     async fn send_retrying(
         &self,
         method: &Method,
@@ -761,13 +763,31 @@ impl HubClient {
             {
                 req = req.bearer_auth(t.expose());
             }
-            let resp = req.send().await.map_err(|e| HubError::Network {
-                url: show(url),
-                source: e.without_url(),
-            })?;
+            let resp = match req.send().await {
+                Ok(r) => r,
+                // A refused, reset or timed-out connection is as passing as a 503.
+                Err(e)
+                    if (e.is_connect() || e.is_timeout())
+                        && attempt <= self.opts.max_retries =>
+                {
+                    tracing::debug!(attempt, "retrying {}: {}", show(url), e.without_url());
+                    tokio::time::sleep(backoff.min(self.opts.max_retry_wait)).await;
+                    backoff = backoff.saturating_mul(2);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(HubError::Network {
+                        url: show(url),
+                        source: e.without_url(),
+                    });
+                }
+            };
             let status = resp.status();
-            let retryable =
-                status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 502..=504);
+            // What downloads retry: 408, 429 and every 5xx but 501 (Not Implemented) and 505
+            // (HTTP Version Not Supported), which do not pass.
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT
+                || (status.is_server_error() && !matches!(status.as_u16(), 501 | 505));
             if !retryable || attempt > self.opts.max_retries {
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     return Err(HubError::RateLimited {
@@ -783,7 +803,7 @@ impl HubClient {
                     .map_or(backoff, Duration::from_secs)
                     .min(self.opts.max_retry_wait)
             } else {
-                backoff
+                backoff.min(self.opts.max_retry_wait)
             };
             backoff = backoff.saturating_mul(2);
             drop(resp);

@@ -258,8 +258,8 @@ async fn error_codes_map_to_errors_naming_repo_revision_and_path() {
         "{msg}"
     );
 
-    // Some other status.
-    hub.fail_next(Target::Hub, 1, Fault::Status(500));
+    // Some other status, for longer than the retries last.
+    hub.fail_next(Target::Hub, 5, Fault::Status(500));
     let e = c
         .model_info("owner/public", None, &nobody)
         .await
@@ -287,6 +287,28 @@ async fn rate_limit_and_5xx_are_retried_a_bounded_number_of_times() {
             .len(),
         21
     );
+
+    // Every 5xx passes, like it does for downloads (500 and 507 were final before).
+    hub.clear_log();
+    hub.fail_next(Target::Hub, 1, Fault::Status(500));
+    hub.fail_next(Target::Hub, 1, Fault::Status(507));
+    c.model_info("owner/sd15", None, &anon()).await.unwrap();
+    let statuses: Vec<u16> = hub.hub_requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![500, 507, 200]);
+
+    // A 5xx that never passes: 1 try + 4 retries, then the error.
+    hub.clear_log();
+    hub.fail_next(Target::Hub, 5, Fault::Status(500));
+    let e = c.model_info("owner/sd15", None, &anon()).await.unwrap_err();
+    assert!(matches!(e, HubError::Http { status: 500, .. }), "{e}");
+    assert_eq!(hub.hub_requests().len(), 5);
+
+    // A 501 does not pass: no retry.
+    hub.clear_log();
+    hub.fail_next(Target::Hub, 1, Fault::Status(501));
+    let e = c.model_info("owner/sd15", None, &anon()).await.unwrap_err();
+    assert!(matches!(e, HubError::Http { status: 501, .. }), "{e}");
+    assert_eq!(hub.hub_requests().len(), 1);
 
     hub.clear_log();
     hub.fail_next(Target::Hub, 100, Fault::RateLimit { retry_after: 0 });
