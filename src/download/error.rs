@@ -68,6 +68,37 @@ pub enum DownloadError {
         /// The stall timeout.
         timeout: Duration,
     },
+    /// The server accepted the request but sent no response headers in time.
+    #[error("{url}: no response within {timeout:?}")]
+    NoResponse {
+        /// The URL (redacted).
+        url: String,
+        /// The response timeout.
+        timeout: Duration,
+    },
+    /// The file did not finish within its time budget (`download_timeout`), retries and waits
+    /// included.
+    #[error("{url}: did not finish within {} (the download timeout); {} received", humantime::format_duration(*timeout), HumanBytes(*received))]
+    FileTimeout {
+        /// The URL (redacted).
+        url: String,
+        /// The budget.
+        timeout: Duration,
+        /// Bytes on disk when it ran out.
+        received: u64,
+    },
+    /// The body's end cannot be told from a broken connection: no `Content-Length`, no
+    /// chunked framing, and the server does not answer the `Range` request that would confirm
+    /// the size.
+    #[error(
+        "{url}: cannot tell whether the file is complete: the server sent {got} bytes without a Content-Length and does not confirm the size with a Range request; give the entry a sha256 `hash:` so the content can be checked"
+    )]
+    UnverifiedLength {
+        /// The URL (redacted).
+        url: String,
+        /// Bytes received.
+        got: u64,
+    },
     /// The body ended before the announced length.
     #[error("{url}: the body ended after {got} of {expected} bytes")]
     Truncated {
@@ -187,11 +218,14 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
-    /// Whether another attempt may succeed: connection problems, stalls, truncated bodies,
-    /// 5xx, 408 and 429.
+    /// Whether another attempt may succeed: connection problems, stalls, missing responses,
+    /// truncated bodies, 5xx, 408 and 429.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connection { .. } | Self::Stalled { .. } | Self::Truncated { .. } => true,
+            Self::Connection { .. }
+            | Self::Stalled { .. }
+            | Self::NoResponse { .. }
+            | Self::Truncated { .. } => true,
             Self::HttpStatus { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }

@@ -78,6 +78,14 @@ enum Probe {
     Empty,
 }
 
+/// How a single-stream attempt ended well.
+enum Attempt {
+    /// The `.part` holds the whole file: destination, size, streamed sha256.
+    Complete(PathBuf, u64, Option<String>),
+    /// The `.part` holds a whole body, but nothing confirmed that the body is the whole file.
+    Unconfirmed,
+}
+
 struct ContentRange {
     start: u64,
     total: Option<u64>,
@@ -208,7 +216,13 @@ impl Fetch {
             if let (true, Some(t)) = (token_sent, &self.token) {
                 req = req.bearer_auth(t.expose());
             }
-            let resp = req.send().await.map_err(|e| conn_error(&url, e))?;
+            let resp = tokio::time::timeout(self.cfg.response_timeout, req.send())
+                .await
+                .map_err(|_| DownloadError::NoResponse {
+                    url: redact_url(&url),
+                    timeout: self.cfg.response_timeout,
+                })?
+                .map_err(|e| conn_error(&url, e))?;
             if matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
                 let bad = |what: &str| DownloadError::Redirect {
                     url: redact_url(&url),
@@ -338,26 +352,46 @@ impl Fetch {
         mut first: Option<(Response, Meta)>,
     ) -> Result<PathBuf, DownloadError> {
         let mut attempts = Attempts::new(&self.cfg.retry);
+        let on_disk = |path: &Option<PathBuf>| {
+            path.as_deref()
+                .map_or(0, |p| file_len(&part_path(p)).unwrap_or(0))
+        };
+        // The most bytes the partial has held after an attempt. Only an attempt that passes it
+        // made progress: one that started over from 0 (a 200 answer to a Range request) and
+        // broke again did not, so a server that always breaks at the same place runs out of
+        // attempts instead of looping forever.
+        let mut best = on_disk(&path);
+        let mut confirm = false;
         loop {
-            let mut progressed = false;
             match self
-                .single_attempt(&mut path, first.take(), &mut progressed)
+                .single_attempt(&mut path, first.take(), confirm)
                 .await
             {
-                Ok(done) => return self.finish(&done.0, done.1, done.2).await,
-                Err(e) => attempts.failed(e, progressed, &self.url_str()).await?,
+                Ok(Attempt::Complete(p, len, sha)) => return self.finish(&p, len, sha).await,
+                Ok(Attempt::Unconfirmed) => {
+                    // The body ended, but nothing says it was the whole file: ask for the
+                    // bytes after it (416 confirms the size, 206 sends the rest).
+                    best = best.max(on_disk(&path));
+                    confirm = true;
+                }
+                Err(e) => {
+                    let now = on_disk(&path);
+                    let progressed = now > best;
+                    best = best.max(now);
+                    attempts.failed(e, progressed, &self.url_str()).await?;
+                }
             }
         }
     }
 
-    /// One request; on success the `.part` holds the whole body. Returns the destination, the
-    /// size and the streamed sha256 (when one is expected).
+    /// One request; on success the `.part` holds the whole body. `confirm`: the `.part` holds
+    /// a body whose size nothing confirmed yet, and this request asks for what follows it.
     async fn single_attempt(
         &self,
         path: &mut Option<PathBuf>,
         first: Option<(Response, Meta)>,
-        progressed: &mut bool,
-    ) -> Result<(PathBuf, u64, Option<String>), DownloadError> {
+        confirm: bool,
+    ) -> Result<Attempt, DownloadError> {
         let mut offset = path
             .as_deref()
             .map_or(0, |p| file_len(&part_path(p)).unwrap_or(0));
@@ -366,9 +400,22 @@ impl Fetch {
                 offset = 0;
                 f
             }
-            None => self.send((offset > 0).then_some((offset, None))).await?,
+            None => {
+                self.send((offset > 0 || confirm).then_some((offset, None)))
+                    .await?
+            }
         };
-        let (start, total) = match resp.status().as_u16() {
+        let chunked = resp
+            .headers()
+            .get(header::TRANSFER_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        // Whether the caller knows what the file must be (size or content): then `finish`
+        // checks it, and the server's own size claims need no second opinion.
+        let claimed = self.expected_size.is_some()
+            || self.expected_sha256.is_some()
+            || self.expected_git_sha1.is_some();
+        let (start, total, sized) = match resp.status().as_u16() {
             206 => {
                 let cr = Self::content_range(resp.headers(), &meta.url)?;
                 if cr.start != offset && cr.start != 0 {
@@ -377,19 +424,38 @@ impl Fetch {
                         what: format!("asked for bytes from {offset}, got bytes from {}", cr.start),
                     });
                 }
-                (cr.start, cr.total)
+                (cr.start, cr.total.or(self.expected_size), cr.total.is_some())
             }
-            200 => (0, resp.content_length()),
-            416 if offset > 0 => {
-                // The part may already be whole (we died between the last byte and the rename).
+            200 if confirm => {
+                // The server ignores ranges: it can still confirm the size by its
+                // Content-Length; without one, nothing can.
+                let p = path.clone().unwrap_or_else(|| self.destination.clone());
+                return match resp.content_length() {
+                    Some(n) if n == offset => Ok(Attempt::Complete(p, offset, None)),
+                    Some(n) => Err(DownloadError::Protocol {
+                        url: redact_url(&meta.url),
+                        what: format!(
+                            "the file's size changed between two requests ({offset} bytes, then a Content-Length of {n}) and the server does not answer Range requests"
+                        ),
+                    }),
+                    None => Err(DownloadError::UnverifiedLength {
+                        url: redact_url(&meta.url),
+                        got: offset,
+                    }),
+                };
+            }
+            200 => (0, resp.content_length().or(self.expected_size), false),
+            416 if offset > 0 || confirm => {
+                // The part may already be whole (we died between the last byte and the rename,
+                // or we are confirming a body's size).
                 let total = Self::content_range(resp.headers(), &meta.url)
                     .ok()
                     .and_then(|c| c.total);
                 let p = path.clone().unwrap_or_else(|| self.destination.clone());
-                if total == Some(offset) {
+                if total == Some(offset) || (confirm && total.is_none()) {
                     self.progress.total.store(offset, Ordering::Relaxed);
                     self.progress.bytes.store(offset, Ordering::Relaxed);
-                    return Ok((p, offset, None));
+                    return Ok(Attempt::Complete(p, offset, None));
                 }
                 // Otherwise the part does not fit the file: drop it; the retry starts over.
                 remove_quietly(&part_path(&p));
@@ -443,7 +509,6 @@ impl Fetch {
             }
             writer.write(&chunk)?;
             got += chunk.len() as u64;
-            *progressed = true;
             self.progress
                 .bytes
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -456,11 +521,17 @@ impl Fetch {
         {
             return Err(DownloadError::Truncated {
                 url: redact_url(&meta.url),
-                expected: t - start,
+                expected: t.saturating_sub(start),
                 got,
             });
         }
-        Ok((p, len, sha.map(|h| hex::encode(h.finalize()))))
+        // A body framed by a Content-Length or by connection close may still be cut short (a
+        // proxy that lies, a connection closed early): unless the caller's size or hash will
+        // judge the file, or a Content-Range told the size, ask the server to confirm it.
+        if !claimed && !sized && !chunked {
+            return Ok(Attempt::Unconfirmed);
+        }
+        Ok(Attempt::Complete(p, len, sha.map(|h| hex::encode(h.finalize()))))
     }
 
     async fn next_chunk(

@@ -26,7 +26,7 @@ pub use error::DownloadError;
 pub use job::{
     AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, HandlerError, JobId,
 };
-pub use queue::{DownloadQueue, DownloadQueueConfig, RetryPolicy};
+pub use queue::{DEFAULT_FILE_TIMEOUT, DownloadQueue, DownloadQueueConfig, RetryPolicy};
 
 use std::io;
 use std::path::Path;

@@ -19,6 +19,11 @@ use super::http::{self, Fetch, Progress};
 use super::job::{AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, JobId};
 use super::names::{check_caller_file_name, redact_url, redact_url_str};
 
+/// Default [`DownloadQueueConfig::file_timeout`]: a day, long enough for any model on a slow
+/// link, short enough that a server trickling bytes cannot hold a download (and `watch`'s
+/// entry) forever.
+pub const DEFAULT_FILE_TIMEOUT: Duration = Duration::from_hours(24);
+
 /// When and how often to retry.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -61,6 +66,12 @@ pub struct DownloadQueueConfig {
     pub stall_timeout: Duration,
     /// TCP/TLS connect timeout (default 30 s).
     pub connect_timeout: Duration,
+    /// From sending a request to its response headers (default 60 s); then the attempt fails
+    /// and is retried, so a server that accepts and never answers cannot hang a download.
+    pub response_timeout: Duration,
+    /// Total time for one file, every attempt and wait included (default 24 h; `None`: no
+    /// limit). The manifest's `settings.download_timeout`.
+    pub file_timeout: Option<Duration>,
     /// How often the job driver looks at progress (default 100 ms); running events go out
     /// about every 1 % of the bytes and at least every [`Self::running_event_interval`].
     pub progress_interval: Duration,
@@ -90,6 +101,8 @@ impl Default for DownloadQueueConfig {
             retry: RetryPolicy::default(),
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_mins(1),
+            file_timeout: Some(DEFAULT_FILE_TIMEOUT),
             progress_interval: Duration::from_millis(100),
             running_event_interval: Duration::from_secs(2),
             state_save_interval: Duration::from_secs(1),
@@ -703,7 +716,20 @@ impl Inner {
         handlers: &[DownloadEventHandler],
         ctl: &mut watch::Receiver<Control>,
     ) -> Outcome {
-        let fut = fetch.run();
+        let budget = self.cfg.file_timeout;
+        let fut = async {
+            match budget {
+                None => fetch.run().await,
+                Some(t) => match tokio::time::timeout(t, fetch.run()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DownloadError::FileTimeout {
+                        url: redact_url(&fetch.url),
+                        timeout: t,
+                        received: progress.path().as_deref().map_or(0, http::partial_len),
+                    }),
+                },
+            }
+        };
         tokio::pin!(fut);
         let mut tick = tokio::time::interval(self.cfg.progress_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -12,7 +12,7 @@ use modelsync::download::{
 use modelsync::events::{Event, Recorder};
 use sha2::Digest as _;
 
-use crate::support::fileserver::{FileServer, FileSpec, Seen};
+use crate::support::fileserver::{FileServer, FileSpec, RawMode, RawServer, Seen};
 
 fn data(n: usize, seed: u64) -> Vec<u8> {
     // xorshift: incompressible enough, reproducible.
@@ -451,7 +451,9 @@ async fn retries_5xx_and_429_then_gives_up_with_the_last_cause() {
             .iter()
             .map(|s| s.status)
             .collect::<Vec<_>>(),
-        vec![500, 500, 200]
+        // The 416 to `bytes=30000-` confirms the 200's Content-Length (nothing else vouches
+        // for the size of this download).
+        vec![500, 500, 200, 416]
     );
     let ok429 = run_one(
         &q,
@@ -464,7 +466,7 @@ async fn retries_5xx_and_429_then_gives_up_with_the_last_cause() {
             .iter()
             .map(|s| s.status)
             .collect::<Vec<_>>(),
-        vec![429, 200]
+        vec![429, 200, 416]
     );
     let gave_up = run_one(
         &q,
@@ -931,4 +933,167 @@ async fn partial_edge_cases_416_200_and_disk_space() {
         q.submit_download_job(DownloadJob::new("ftp://x/y", dir.path().join("d")), true),
         Err(DownloadError::InvalidUrl { .. })
     ));
+}
+
+// ------------------------------------------------------------------ hostile servers
+
+/// A server that always answers 200 with the whole Content-Length, sends 40 % and closes,
+/// ignoring Range: every attempt starts over from 0 and breaks at the same place. No attempt
+/// after the first makes net progress, so the download gives up after `max_attempts`
+/// requests (it used to reset its count on any byte and loop forever).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncating_server_that_restarts_from_zero_runs_out_of_attempts() {
+    let body = Arc::new(data(100_000, 21));
+    let srv = RawServer::start(RawMode::Truncating {
+        data: body.clone(),
+        cut: 40_000,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("t.bin");
+    let (q, _) = queue(cfg());
+    let job = run_one(&q, DownloadJob::new(srv.url("/t.bin"), &dest)).await;
+    let e = err_of(&job);
+    assert!(e.contains("gave up after 4 attempts"), "{e}");
+    let reqs = srv.requests();
+    assert_eq!(reqs.len(), 4, "{reqs:?}");
+    // It did ask to resume; the server did not.
+    assert!(reqs[1].contains("bytes=40000-"), "{}", reqs[1]);
+    assert!(!dest.exists());
+}
+
+/// A server that accepts and reads the request but never answers: every attempt ends at the
+/// response timeout, and the download fails after `max_attempts` requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_server_fails_after_bounded_attempts() {
+    let srv = RawServer::start(RawMode::Silent).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("s.bin");
+    let (q, _) = queue(DownloadQueueConfig {
+        response_timeout: Duration::from_millis(100),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            ..cfg().retry
+        },
+        ..cfg()
+    });
+    let job = run_one(&q, DownloadJob::new(srv.url("/s.bin?token=s3cr3t"), &dest)).await;
+    let e = err_of(&job);
+    assert!(
+        e.contains("gave up after 3 attempts") && e.contains("no response within 100ms"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cr3t"), "{e}");
+    assert_eq!(srv.requests().len(), 3);
+    assert!(!dest.exists());
+}
+
+/// A server that never stalls and never ends (one byte at a time) is stopped by the file's
+/// total time budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickling_server_is_stopped_by_the_download_timeout() {
+    let srv = RawServer::start(RawMode::Drip {
+        data: Arc::new(data(1 << 20, 22)),
+        every: Duration::from_millis(2),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("d.bin");
+    let (q, _) = queue(DownloadQueueConfig {
+        file_timeout: Some(Duration::from_millis(300)),
+        ..cfg()
+    });
+    let job = run_one(&q, DownloadJob::new(srv.url("/d.bin"), &dest)).await;
+    let e = err_of(&job);
+    assert!(e.contains("did not finish within 300ms (the download timeout)"), "{e}");
+    assert_eq!(srv.requests().len(), 1);
+    assert!(!dest.exists());
+}
+
+/// No Content-Length and a close after half the file: the end of the body cannot be told from
+/// the end of the file. A server that answers Range gets asked for the rest until its
+/// Content-Range total is reached; one that does not cannot confirm, and nothing is promoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_without_content_length_cut_short_is_never_complete() {
+    let body = Arc::new(data(100_000, 23));
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = queue(cfg());
+
+    let ranged = RawServer::start(RawMode::CloseDelimited {
+        data: body.clone(),
+        cut: 50_000,
+        ranges: true,
+    })
+    .await;
+    let dest = dir.path().join("ranged.bin");
+    let job = run_one(&q, DownloadJob::new(ranged.url("/m.bin"), &dest)).await;
+    assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), *body);
+    let reqs = ranged.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(reqs[1].contains("bytes=50000-"), "{}", reqs[1]);
+
+    let plain = RawServer::start(RawMode::CloseDelimited {
+        data: body.clone(),
+        cut: 50_000,
+        ranges: false,
+    })
+    .await;
+    let dest = dir.path().join("plain.bin");
+    let job = run_one(&q, DownloadJob::new(plain.url("/m.bin"), &dest)).await;
+    let e = err_of(&job);
+    assert!(e.contains("cannot tell whether the file is complete"), "{e}");
+    assert!(!dest.exists());
+    assert_eq!(plain.requests().len(), 2);
+
+    // The same server with the whole body: still unconfirmable without a hash, accepted with
+    // one (the content is then checked).
+    let whole = RawServer::start(RawMode::CloseDelimited {
+        data: body.clone(),
+        cut: usize::MAX,
+        ranges: false,
+    })
+    .await;
+    let dest = dir.path().join("whole.bin");
+    let job = run_one(&q, DownloadJob::new(whole.url("/m.bin"), &dest)).await;
+    assert!(err_of(&job).contains("cannot tell"));
+    let job = run_one(
+        &q,
+        DownloadJob::new(whole.url("/m.bin"), &dest).with_sha256(Some(sha256_hex(&body))),
+    )
+    .await;
+    assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), *body);
+
+    // A complete close-delimited body from a server that answers Range: one 416 confirms it.
+    let confirmed = RawServer::start(RawMode::CloseDelimited {
+        data: body.clone(),
+        cut: usize::MAX,
+        ranges: true,
+    })
+    .await;
+    let dest = dir.path().join("confirmed.bin");
+    let job = run_one(&q, DownloadJob::new(confirmed.url("/m.bin"), &dest)).await;
+    assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), *body);
+    assert!(confirmed.requests()[1].contains("bytes=100000-"));
+}
+
+/// A Content-Length smaller than the body: the client reads what it announced, then asks for
+/// what follows, and gets the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_content_length_smaller_than_the_body_is_not_the_whole_file() {
+    let body = Arc::new(data(100_000, 24));
+    let srv = RawServer::start(RawMode::ShortLength {
+        data: body.clone(),
+        claimed: 30_000,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("short.bin");
+    let (q, _) = queue(cfg());
+    let job = run_one(&q, DownloadJob::new(srv.url("/m.bin"), &dest)).await;
+    assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
+    assert_eq!(std::fs::read(&dest).unwrap().len(), body.len());
+    assert_eq!(std::fs::read(&dest).unwrap(), *body);
 }

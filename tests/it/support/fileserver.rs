@@ -326,3 +326,152 @@ fn body_stream(
     });
     Body::from_stream(stream)
 }
+
+/// How a [`RawServer`] answers: the answers a well-behaved HTTP stack never gives, written
+/// byte by byte on a plain TCP socket. Every answer closes its connection.
+#[derive(Clone)]
+pub enum RawMode {
+    /// Reads the request and never answers (the connection stays open).
+    Silent,
+    /// `200` with the whole file's `Content-Length`, then `cut` bytes and a close; `Range` is
+    /// ignored (every answer starts over from byte 0).
+    Truncating { data: Arc<Vec<u8>>, cut: usize },
+    /// No `Content-Length` and no chunking (the body ends at the close), at most `cut` body
+    /// bytes per answer. With `ranges`, `Range: bytes=N-` gets a `206` with a true
+    /// `Content-Range` (or `416` at the end); without, every answer is a `200` from byte 0.
+    CloseDelimited {
+        data: Arc<Vec<u8>>,
+        cut: usize,
+        ranges: bool,
+    },
+    /// `200` with `Content-Length: claimed` (less than the file) followed by the whole file;
+    /// `Range` answers are true `206`s (or `416` at the end).
+    ShortLength { data: Arc<Vec<u8>>, claimed: usize },
+    /// `200` with the right `Content-Length`, then one byte every `every`: never stalls, never
+    /// ends in a test's lifetime.
+    Drip { data: Arc<Vec<u8>>, every: Duration },
+}
+
+/// A raw HTTP/1.1 server on 127.0.0.1 that logs the head of every request it reads.
+pub struct RawServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawServer {
+    pub async fn start(mode: RawMode) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (mode, log) = (mode.clone(), log.clone());
+                tokio::spawn(async move {
+                    let _ = raw_connection(sock, mode, log).await;
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The heads of the requests read so far, in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn raw_connection(
+    mut sock: tokio::net::TcpStream,
+    mode: RawMode,
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 || head.len() > 64 * 1024 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let range_from = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
+        })
+        .and_then(|v| {
+            v.strip_prefix("bytes=")?
+                .split_once('-')
+                .and_then(|(a, _)| a.parse::<usize>().ok())
+        });
+    log.lock().unwrap().push(head);
+    let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n";
+    let partial = |from: usize, len: usize| {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\nConnection: close\r\nContent-Range: bytes {from}-{}/{len}\r\n",
+            len - 1
+        )
+    };
+    let past_end = |len: usize| {
+        format!(
+            "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    match mode {
+        RawMode::Silent => std::future::pending::<()>().await,
+        RawMode::Truncating { data, cut } => {
+            let h = format!("{ok}Content-Length: {}\r\n\r\n", data.len());
+            sock.write_all(h.as_bytes()).await?;
+            sock.write_all(&data[..cut.min(data.len())]).await?;
+        }
+        RawMode::CloseDelimited { data, cut, ranges } => {
+            let len = data.len();
+            let from = range_from.filter(|_| ranges).unwrap_or(0);
+            if ranges && range_from.is_some() && from >= len {
+                sock.write_all(past_end(len).as_bytes()).await?;
+            } else {
+                let h = if ranges && range_from.is_some() {
+                    partial(from, len)
+                } else {
+                    ok.to_owned()
+                };
+                sock.write_all(format!("{h}\r\n").as_bytes()).await?;
+                sock.write_all(&data[from..len.min(from + cut)]).await?;
+            }
+        }
+        RawMode::ShortLength { data, claimed } => {
+            let len = data.len();
+            match range_from {
+                Some(from) if from >= len => sock.write_all(past_end(len).as_bytes()).await?,
+                Some(from) => {
+                    let h = format!("{}Content-Length: {}\r\n\r\n", partial(from, len), len - from);
+                    sock.write_all(h.as_bytes()).await?;
+                    sock.write_all(&data[from..]).await?;
+                }
+                None => {
+                    let h = format!("{ok}Content-Length: {claimed}\r\n\r\n");
+                    sock.write_all(h.as_bytes()).await?;
+                    sock.write_all(&data).await?;
+                }
+            }
+        }
+        RawMode::Drip { data, every } => {
+            let h = format!("{ok}Content-Length: {}\r\n\r\n", data.len());
+            sock.write_all(h.as_bytes()).await?;
+            for b in data.iter() {
+                sock.write_all(&[*b]).await?;
+                tokio::time::sleep(every).await;
+            }
+        }
+    }
+    sock.flush().await?;
+    sock.shutdown().await
+}
