@@ -166,3 +166,104 @@ fn the_huggingface_example_parses() {
             .contains("/resolve/main/")
     );
 }
+
+/// The store (in a subfolder), the manifest and its lock file all live in models_dir, and
+/// two models were moved to another disk and symlinked back: gc keeps all of it, removes the
+/// real orphans, and unlinks an orphan symlink without touching its target.
+#[test]
+fn gc_keeps_the_store_the_manifest_and_symlinked_models() {
+    use std::os::unix::fs::symlink;
+
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/hub-lora", 1, 4));
+    let local = w.local_lora("local.safetensors", 2);
+    let models = w.models();
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(
+        models.join("cluster.yaml"),
+        format!(
+            "version: 1\nsettings:\n  models_dir: .\nmodels:\n\
+             \x20 - name: hub-lora\n    source: owner/hub-lora::lora.safetensors\n\
+             \x20 - name: local-lora\n    source: {}\n    dest: loras/local.safetensors\n",
+            local.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "-f",
+            "models/cluster.yaml",
+            "--database",
+            "models/state/modelsync.db",
+        ];
+        all.extend_from_slice(args);
+        w.run(&all)
+    };
+    assert_exit(&run(&["apply"]), 0);
+    let db = models.join("state/modelsync.db");
+    assert!(db.is_file());
+    assert!(models.join("cluster.lock").is_file());
+
+    // Move both models to "another disk" and symlink them back.
+    let disk2 = w.path().join("disk2");
+    std::fs::create_dir_all(&disk2).unwrap();
+    let store = modelsync::store::open(&db).unwrap();
+    let hub_key = store
+        .all_models()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.common().name == "hub-lora")
+        .unwrap()
+        .common()
+        .path
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    drop(store);
+    for name in [hub_key.as_str(), "loras"] {
+        std::fs::rename(models.join(name), disk2.join(name)).unwrap();
+        symlink(disk2.join(name), models.join(name)).unwrap();
+    }
+    // Real garbage: a stray file, a stray folder, and a stray symlink to a file elsewhere.
+    std::fs::write(models.join("stray.bin"), b"left behind").unwrap();
+    std::fs::create_dir_all(models.join("old/sub")).unwrap();
+    std::fs::write(models.join("old/sub/x.bin"), b"x").unwrap();
+    let outside = w.path().join("outside.bin");
+    std::fs::write(&outside, b"not gc's").unwrap();
+    symlink(&outside, models.join("link.bin")).unwrap();
+    std::fs::write(models.join("state/notes.txt"), b"stray next to the store").unwrap();
+
+    let o = run(&["gc"]);
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    for kept in ["cluster", "modelsync.db", "loras", hub_key.as_str()] {
+        assert!(!out.contains(kept), "gc lists {kept}:\n{out}");
+    }
+    assert!(out.contains("Would remove 4 item(s)"), "{out}");
+
+    let o = run(&["gc", "--yes"]);
+    assert_exit(&o, 0);
+    for kept in [
+        db.clone(),
+        models.join("state/modelsync.db.lock"),
+        models.join("cluster.yaml"),
+        models.join("cluster.lock"),
+        outside.clone(),
+    ] {
+        assert!(kept.exists(), "gc removed {}", kept.display());
+    }
+    for link in [hub_key.as_str(), "loras"] {
+        let md = std::fs::symlink_metadata(models.join(link)).unwrap();
+        assert!(md.file_type().is_symlink(), "{link}");
+    }
+    assert!(disk2.join("loras/local.safetensors").is_file());
+    for gone in ["stray.bin", "old", "link.bin", "state/notes.txt"] {
+        assert!(
+            std::fs::symlink_metadata(models.join(gone)).is_err(),
+            "{gone} survived"
+        );
+    }
+    assert_exit(&run(&["status"]), 0);
+    assert_exit(&run(&["verify"]), 0);
+}
