@@ -267,3 +267,85 @@ fn gc_keeps_the_store_the_manifest_and_symlinked_models() {
     assert_exit(&run(&["status"]), 0);
     assert_exit(&run(&["verify"]), 0);
 }
+
+/// Runs `args` with the debug-build pause hook at `delete` (between unregistering a model and
+/// deleting its files), waits until the process says it is there, and kills it with SIGKILL.
+fn kill_at_delete(w: &Work, args: &[&str]) {
+    use std::io::BufRead as _;
+    let mut child = w
+        .command(args)
+        .env("MODELSYNC_TEST_PAUSE", "delete")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line == "modelsync-test: paused at delete" {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+        seen.push(line);
+    }
+    panic!(
+        "{args:?} ended ({:?}) without reaching the delete pause:\n{}",
+        child.wait().unwrap(),
+        seen.join("\n")
+    );
+}
+
+fn key_of(w: &Work, name: &str) -> Option<String> {
+    w.store()
+        .all_models()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.common().name == name)
+        .map(|c| c.common().key.clone())
+}
+
+/// `remove --delete-files` and `apply --prune` killed between their steps leave an orphan
+/// that gc collects, never a record whose files are gone.
+#[test]
+fn a_kill_during_delete_leaves_an_orphan_not_a_broken_record() {
+    let w = installed();
+    let hub_key = key_of(&w, "hub-lora").unwrap();
+    let hub_file = w.models().join(&hub_key).join("lora.safetensors");
+    assert!(hub_file.is_file());
+
+    kill_at_delete(&w, &["remove", &hub_key, "--delete-files"]);
+    assert_eq!(key_of(&w, "hub-lora"), None, "the record goes first");
+    assert!(hub_file.is_file(), "the kill came before the files went");
+    let o = w.run(&["status", "-o", "json"]);
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["orphan_paths"][0]["path"], hub_key.as_str(), "{r}");
+    assert_eq!(r["missing_paths"], serde_json::json!([]), "{r}");
+
+    let local = w.models().join("loras/local.safetensors");
+    w.manifest("", "  []\n");
+    kill_at_delete(&w, &["apply", "--prune"]);
+    assert_eq!(key_of(&w, "local-lora"), None);
+    assert!(local.is_file());
+
+    assert_exit(&w.run(&["gc", "--yes"]), 0);
+    assert!(!w.models().join(&hub_key).exists());
+    assert!(!local.exists());
+    assert_exit(&w.run(&["status"]), 0);
+    assert!(w.store().all_models().unwrap().is_empty());
+}
+
+/// A single-file model lives in `<key>/<file>`; deleting it takes the folder too.
+#[test]
+fn remove_delete_files_leaves_no_empty_key_folder() {
+    let w = installed();
+    let hub_key = key_of(&w, "hub-lora").unwrap();
+    assert!(w.models().join(&hub_key).is_dir());
+    let o = w.run(&["remove", &hub_key, "--delete-files"]);
+    assert_exit(&o, 0);
+    assert!(!w.models().join(&hub_key).exists(), "{}", stdout(&o));
+    let o = w.run(&["status", "-o", "json"]);
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["orphan_paths"], serde_json::json!([]), "{r}");
+}
