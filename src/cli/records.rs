@@ -224,9 +224,11 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
     })?;
     let store = store::open(&database)?;
     let record = find(store.as_ref(), &a.key, false)?;
-    let mut deleted = None;
+    // Checks first, then the record, then the files: a kill in between leaves an orphan that
+    // `gc` collects, never a record whose files are gone.
+    let target = record.resolved_path(&models_dir);
+    let mut present = false;
     if a.delete_files {
-        let target = record.resolved_path(&models_dir);
         match std::fs::symlink_metadata(&target) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(
@@ -237,21 +239,35 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
             Err(e) => {
                 return Err(e).with_context(|| format!("cannot inspect {}", target.display()));
             }
-            Ok(md) => {
+            Ok(_) => {
                 check_inside(&models_dir, &target)?;
+                present = true;
+            }
+        }
+    }
+    store.del_model(record.key())?;
+    let mut deleted = None;
+    if present {
+        crate::install::service::pause_point("delete");
+        std::fs::symlink_metadata(&target)
+            .with_context(|| format!("cannot inspect {}", target.display()))
+            .and_then(|md| {
                 if md.is_dir() {
                     std::fs::remove_dir_all(&target)
                 } else {
                     std::fs::remove_file(&target)
                 }
                 .with_context(|| {
-                    format!("cannot delete {}; the record was kept", target.display())
-                })?;
-                deleted = Some(target);
-            }
-        }
+                    format!(
+                        "the record {} is removed, but deleting {} failed (`modelsync gc` collects it)",
+                        record.key(),
+                        target.display()
+                    )
+                })
+            })?;
+        remove_empty_parents(&models_dir, &target);
+        deleted = Some(target);
     }
-    store.del_model(record.key())?;
     if ctx.output == OutputFormat::Json {
         print_json(&serde_json::json!({
             "removed": record.to_json(),
@@ -266,6 +282,18 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
         out.flush()?;
     }
     Ok(Status::Success)
+}
+
+/// Removes the empty folders above a deleted `path` up to (not including) `models_dir`: a
+/// single-file model lives in `<key>/<file>`, and its folder goes with the file.
+fn remove_empty_parents(models_dir: &Path, path: &Path) {
+    let mut cur = path.parent();
+    while let Some(dir) = cur {
+        if dir == models_dir || !dir.starts_with(models_dir) || std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+        cur = dir.parent();
+    }
 }
 
 /// Refuses to delete `target` unless it lies strictly inside `models_dir`. Symlinks in the

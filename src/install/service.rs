@@ -587,14 +587,27 @@ impl ModelInstallService {
         let record = self.inner.store.get_model(key)?;
         let target = record.resolved_path(models_dir);
         let inside = is_inside(models_dir, &target);
-        let mut deleted = None;
-        if (inside || anywhere) && remove_path(&target)? {
-            if inside {
-                super::staging::remove_empty_parents(models_dir, &target);
-            }
-            deleted = Some(target);
-        }
+        // Record first, files second: a crash in between leaves an orphan that `gc` collects,
+        // never a record whose files are gone.
         self.inner.store.del_model(key)?;
+        pause_point("delete");
+        let mut deleted = None;
+        if (inside || anywhere)
+            && remove_path(&target).map_err(|e| match e {
+                InstallError::Io { path, source, .. } => InstallError::Io {
+                    op: "the record is removed, `modelsync gc` collects what is left; deleting",
+                    path,
+                    source,
+                },
+                other => other,
+            })?
+        {
+            deleted = Some(target.clone());
+        }
+        if inside {
+            // A single-file model lives in `<key>/<file>`: the folder goes with the file.
+            super::staging::remove_empty_parents(models_dir, &target);
+        }
         Ok(deleted)
     }
 
@@ -609,6 +622,26 @@ impl ModelInstallService {
     ) -> Result<PathBuf, InstallError> {
         remote::download_and_cache(&self.inner, source, access_token, timeout).await
     }
+}
+
+/// A test hook, in debug builds only: when `MODELSYNC_TEST_PAUSE` names this point
+/// (`delete`: between unregistering a model and deleting its files), writes
+/// `modelsync-test: paused at <point>` to stderr and blocks forever, so a test can kill the
+/// process exactly there. Release builds compile it to nothing.
+pub(crate) fn pause_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("MODELSYNC_TEST_PAUSE").is_some_and(|v| v == point) {
+        use std::io::Write as _;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "modelsync-test: paused at {point}");
+        let _ = err.flush();
+        drop(err);
+        loop {
+            std::thread::park();
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
 }
 
 /// What a finished job produced, or why not.

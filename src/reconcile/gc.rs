@@ -1,13 +1,19 @@
 //! `modelsync gc`: what can go — stale partial downloads (`models_dir/.tmp`), the download
 //! cache (`models_dir/.cache`) and files no record owns. [`collect`] only looks; [`remove`]
 //! deletes. The caller holds the store lock while removing, so no apply is staging meanwhile.
+//!
+//! gc removes only what is modelsync's to remove: never the record store and its companions,
+//! the manifest or its lock file (wherever in models_dir they sit: see [`Keep`]), nothing a
+//! record owns (including a symlink a record's path goes through), and never what a symlink
+//! points at — an orphan symlink is unlinked, its target left alone.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::inventory::{Inventory, InventoryError};
 use super::remote::local_size;
+pub use super::status::Keep;
 
 /// What kind of garbage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,8 +38,8 @@ pub struct Garbage {
     pub bytes: u64,
 }
 
-/// Lists what gc would remove (no change on disk).
-pub fn collect(inventory: &Inventory, store_file: &Path) -> Result<Vec<Garbage>, InventoryError> {
+/// Lists what gc would remove (no change on disk); nothing `keep` names is listed.
+pub fn collect(inventory: &Inventory, keep: &Keep) -> Result<Vec<Garbage>, InventoryError> {
     let root = &inventory.models_dir;
     let mut out = Vec::new();
     for (dir, kind) in [
@@ -52,6 +58,9 @@ pub fn collect(inventory: &Inventory, store_file: &Path) -> Result<Vec<Garbage>,
                 source,
             })?;
             let path = e.path();
+            if keep.keeps_path(&path) {
+                continue;
+            }
             out.push(Garbage {
                 kind,
                 bytes: local_size(&path).unwrap_or(0),
@@ -59,7 +68,7 @@ pub fn collect(inventory: &Inventory, store_file: &Path) -> Result<Vec<Garbage>,
             });
         }
     }
-    for o in super::status::orphan_paths(inventory, store_file)? {
+    for o in super::status::orphan_paths(inventory, keep)? {
         out.push(Garbage {
             kind: GarbageKind::Orphan,
             path: root.join(&o.path),
@@ -70,7 +79,8 @@ pub fn collect(inventory: &Inventory, store_file: &Path) -> Result<Vec<Garbage>,
     Ok(out)
 }
 
-/// Removes what [`collect`] listed; returns the failures (path, why) and keeps going.
+/// Removes what [`collect`] listed; returns the failures (path, why) and keeps going. A
+/// symlink is unlinked (`remove_dir_all` does not follow links either).
 pub fn remove(items: &[Garbage]) -> Vec<(PathBuf, std::io::Error)> {
     let mut failed = Vec::new();
     for g in items {

@@ -101,7 +101,8 @@ pub fn status(
             path: r.resolved_path.clone(),
         })
         .collect();
-    let orphan_paths = orphan_paths(inventory, store_file)?;
+    let keep = Keep::default().store(store_file).manifest(&manifest.path);
+    let orphan_paths = orphan_paths(inventory, &keep)?;
     let drifted = !drift.is_empty() || !missing_paths.is_empty() || !orphan_paths.is_empty();
     Ok(StatusReport {
         models_dir: inventory.models_dir.clone(),
@@ -125,57 +126,189 @@ pub enum StatusError {
     Inventory(#[from] InventoryError),
 }
 
+/// Paths that are never garbage, whatever folder they sit in: the record store and its
+/// companions (`-wal`, `-shm`, `-journal`, the store lock), the manifest and its lock file.
+/// Built by the caller, who knows where they are; [`orphan_paths`] never reports them (nor a
+/// folder that holds one of them as a whole).
+#[derive(Debug, Clone, Default)]
+pub struct Keep {
+    /// Files kept exactly (absolute, symlinks in their folders resolved where they exist).
+    files: Vec<PathBuf>,
+    /// (folder, name prefix): every entry of that folder whose name starts with the prefix
+    /// (the store's companions, including SQLite's own temporary names).
+    prefixes: Vec<(PathBuf, std::ffi::OsString)>,
+}
+
+impl Keep {
+    /// Keeps the store file and everything next to it named after it.
+    #[must_use]
+    pub fn store(mut self, store_file: &Path) -> Self {
+        if let Some(name) = store_file.file_name() {
+            let lock = crate::store::lock::StoreLock::lock_path(store_file);
+            self.prefixes
+                .push((resolve_dir(store_file), name.to_os_string()));
+            self = self.file(store_file).file(&lock);
+        }
+        self
+    }
+
+    /// Keeps the manifest and its lock file (`models.yaml` → `models.lock`).
+    #[must_use]
+    pub fn manifest(self, manifest: &Path) -> Self {
+        let lock = crate::manifest::lock::lock_path_for(manifest);
+        self.file(manifest).file(&lock)
+    }
+
+    /// Keeps one file.
+    #[must_use]
+    pub fn file(mut self, path: &Path) -> Self {
+        if let Some(name) = path.file_name() {
+            self.files.push(resolve_dir(path).join(name));
+        }
+        self
+    }
+
+    /// Whether `path` (any form) is kept.
+    pub fn keeps_path(&self, path: &Path) -> bool {
+        path.file_name()
+            .is_some_and(|n| self.keeps(&resolve_dir(path).join(n)))
+    }
+
+    fn keeps(&self, resolved: &Path) -> bool {
+        if self.files.iter().any(|f| f == resolved) {
+            return true;
+        }
+        let (Some(dir), Some(name)) = (resolved.parent(), resolved.file_name()) else {
+            return false;
+        };
+        self.prefixes
+            .iter()
+            .any(|(d, p)| d == dir && name.as_encoded_bytes().starts_with(p.as_encoded_bytes()))
+    }
+
+    /// Whether a kept path lies under `dir` (absolute, resolved).
+    fn under(&self, dir: &Path) -> bool {
+        self.files.iter().any(|f| f.starts_with(dir))
+            || self.prefixes.iter().any(|(d, _)| d.starts_with(dir))
+    }
+}
+
+/// `path`'s folder with symlinks resolved (when it exists), joined back to an absolute path;
+/// the last component is left alone, so a symlink is named, not followed.
+fn resolve_dir(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match abs.parent() {
+        Some(dir) => std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+        None => abs,
+    }
+}
+
 /// Files and folders in models_dir that no record owns. Skips modelsync's own: dot-entries at
-/// the top (`.tmp`, `.cache`, temp files), the store file and its companions (`-wal`, `-shm`,
-/// `.lock`) and `models.lock`. A folder that holds an owned path is descended into; any other
-/// unowned entry is reported whole.
-pub fn orphan_paths(
-    inventory: &Inventory,
-    store_file: &Path,
-) -> Result<Vec<OrphanPath>, InventoryError> {
+/// the top (`.tmp`, `.cache`, temp files), `models.lock`, and whatever `keep` names (the store
+/// and its companions, the manifest, its lock file) wherever in models_dir they sit. A folder
+/// that holds an owned or kept path is descended into; any other unowned entry is reported
+/// whole.
+///
+/// A symlink is owned when a record's path goes through it (`models/big` → `/mnt/disk2/big`
+/// with the record at `models/big/...`) or when it points at a record's path or a folder
+/// holding one; gc unlinks an orphan symlink and never touches what it points at. Symlinked
+/// folders are not descended into.
+pub fn orphan_paths(inventory: &Inventory, keep: &Keep) -> Result<Vec<OrphanPath>, InventoryError> {
     let root = &inventory.models_dir;
-    let owned: HashSet<&Path> = inventory
-        .records
-        .iter()
-        .map(|r| r.resolved_path.as_path())
-        .collect();
-    let store_name = store_file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned());
     let mut out = Vec::new();
     if !root.is_dir() {
         return Ok(out);
     }
-    walk(root, root, &owned, store_name.as_deref(), &mut out)?;
+    let owned = Owned::new(inventory);
+    walk(root, root, &owned, keep, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// What the records own, as stored (resolved against models_dir) and with symlinks resolved.
+struct Owned<'a> {
+    lexical: HashSet<&'a Path>,
+    resolved: Vec<PathBuf>,
+}
+
+impl<'a> Owned<'a> {
+    fn new(inventory: &'a Inventory) -> Self {
+        let lexical: HashSet<&Path> = inventory
+            .records
+            .iter()
+            .map(|r| r.resolved_path.as_path())
+            .collect();
+        let resolved = lexical
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .collect();
+        Self { lexical, resolved }
+    }
+
+    /// Whether `path` is owned; `real` is it with symlinks resolved.
+    fn owns(&self, path: &Path, real: Option<&Path>) -> bool {
+        self.lexical.contains(path) || real.is_some_and(|r| self.resolved.iter().any(|o| o == r))
+    }
+
+    /// Whether an owned path lies strictly under `path`.
+    fn holds(&self, path: &Path, real: Option<&Path>) -> bool {
+        self.lexical.iter().any(|o| o.starts_with(path))
+            || real.is_some_and(|r| self.resolved.iter().any(|o| o.starts_with(r)))
+    }
 }
 
 fn walk(
     root: &Path,
     dir: &Path,
-    owned: &HashSet<&Path>,
-    store_name: Option<&str>,
+    owned: &Owned<'_>,
+    keep: &Keep,
     out: &mut Vec<OrphanPath>,
 ) -> Result<(), InventoryError> {
     let io = |source| InventoryError::Io {
         path: dir.to_path_buf(),
         source,
     };
+    let real_dir = std::fs::canonicalize(dir).ok();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let top = dir == root;
-        if top && (name.starts_with('.') || store_name.is_some_and(|s| name.starts_with(s))) {
+        let name = entry.file_name();
+        if dir == root && (name.as_encoded_bytes().starts_with(b".") || name == "models.lock") {
             continue;
         }
-        if name == "models.lock" || owned.contains(path.as_path()) {
+        // The entry itself, not what it points at: `real_dir/name`.
+        let named = real_dir.as_ref().map(|d| d.join(&name));
+        if named.as_ref().is_some_and(|n| keep.keeps(n)) {
             continue;
         }
-        let is_dir = entry.file_type().map_err(io)?.is_dir();
-        if is_dir && owned.iter().any(|o| o.starts_with(&path)) {
-            walk(root, &path, owned, store_name, out)?;
+        let file_type = entry.file_type().map_err(io)?;
+        if file_type.is_symlink() {
+            let target = std::fs::canonicalize(&path).ok();
+            let ours = owned.owns(&path, named.as_deref())
+                || owned.holds(&path, named.as_deref())
+                || owned.owns(&path, target.as_deref())
+                || owned.holds(&path, target.as_deref())
+                || target
+                    .as_ref()
+                    .is_some_and(|t| keep.keeps(t) || keep.under(t));
+            if !ours {
+                out.push(OrphanPath {
+                    path: path.strip_prefix(root).unwrap_or(&path).to_path_buf(),
+                    bytes: 0,
+                    is_dir: false,
+                });
+            }
+            continue;
+        }
+        if owned.owns(&path, named.as_deref()) {
+            continue;
+        }
+        let is_dir = file_type.is_dir();
+        if is_dir
+            && (owned.holds(&path, named.as_deref())
+                || named.as_ref().is_some_and(|n| keep.under(n)))
+        {
+            walk(root, &path, owned, keep, out)?;
             continue;
         }
         out.push(OrphanPath {

@@ -51,11 +51,12 @@ pub enum StoreError {
         reason: String,
     },
     /// Creating or upgrading the SQLite schema failed.
-    #[error("database {path}: schema migration failed: {source}")]
+    #[error("database {path}: migrating the schema to version {version} failed: {source}")]
     Migration {
         path: PathBuf,
+        version: usize,
         #[source]
-        source: rusqlite_migration::Error,
+        source: rusqlite::Error,
     },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]

@@ -4,10 +4,15 @@
 //! fields the searches use, so a search never parses JSON. Tags live in `model_tags` and file
 //! fingerprints in `model_files`; both go with their record (`ON DELETE CASCADE`).
 //!
-//! The schema is created and upgraded by [`rusqlite_migration`]; its version is SQLite's
-//! `user_version`, and `application_id` marks the file as a modelsync store. Opening checks
-//! both *before* anything is written, so a foreign database, a file that is not SQLite at all
-//! or a store written by a newer modelsync is refused untouched.
+//! The schema's version is SQLite's `user_version`, and `application_id` marks the file as a
+//! modelsync store. Opening checks both *before* anything is written, so a foreign database, a
+//! file that is not SQLite at all or a store written by a newer modelsync is refused untouched.
+//!
+//! Creating or upgrading the schema happens in one `BEGIN IMMEDIATE` transaction that checks
+//! the version again once it holds SQLite's write lock, so any number of processes opening a
+//! new, empty or old store at the same moment (a `status` beside the first `apply`) create or
+//! migrate it exactly once; the others wait on the lock, see the current version and do
+//! nothing.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,7 +20,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use rusqlite_migration::{M, Migrations};
 
 use super::{ConfigChange, ModelFile, RecordStore, StoreError, apply_change};
 use crate::config::{AnyModelConfig, InvalidModelConfig};
@@ -76,11 +80,117 @@ CREATE TABLE model_files (
 ) WITHOUT ROWID;
 ";
 
-const MIGRATION_SLICE: &[M<'static>] = &[M::up(V1), M::up(V2)];
-const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_SLICE);
+/// The schema migrations, oldest first: `MIGRATIONS[n]` takes version `n` to `n + 1`.
+/// Append only; never edit one that shipped.
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: usize = MIGRATION_SLICE.len();
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Reads the schema version and refuses a database that is not a modelsync store or is newer
+/// than this build. Only reads.
+fn check_schema(conn: &Connection, path: &Path) -> Result<usize, StoreError> {
+    let sql = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let wrong = |reason: String| StoreError::WrongKind {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // One statement, so one snapshot: read separately, the version could come from before
+    // another process's migration committed and the table count from after it.
+    let (user_version, app_id, tables): (i64, i32, i64) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version),
+                    (SELECT application_id FROM pragma_application_id),
+                    (SELECT count(*) FROM sqlite_schema
+                     WHERE type = 'table' AND name NOT LIKE 'sqlite_%')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(sql)?;
+    if user_version == 0 {
+        if tables > 0 {
+            return Err(wrong(
+                "an SQLite database that is not a modelsync store (it has tables but no modelsync schema version)".into(),
+            ));
+        }
+        return Ok(0);
+    }
+    if app_id != APPLICATION_ID {
+        return Err(wrong(format!(
+            "an SQLite database that is not a modelsync store (application_id {app_id:#x}, expected {APPLICATION_ID:#x})"
+        )));
+    }
+    match usize::try_from(user_version) {
+        Ok(v) if v <= SCHEMA_VERSION => Ok(v),
+        _ => Err(wrong(format!(
+            "store schema version {user_version} is newer than this modelsync supports ({SCHEMA_VERSION}); upgrade modelsync"
+        ))),
+    }
+}
+
+/// Switches the database to WAL (persistent: once per file). The switch needs an exclusive
+/// lock, and SQLite answers "busy" at once, without waiting, when waiting could deadlock
+/// (two connections opening a new store at the same moment), so it is retried here until
+/// [`BUSY_TIMEOUT`]. An in-memory database answers "memory", also fine.
+fn set_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let r = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .and_then(|mode| {
+                if mode.eq_ignore_ascii_case("wal") {
+                    Ok(mode)
+                } else {
+                    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                }
+            });
+        match r {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(source) => {
+                return Err(StoreError::Sqlite {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one `BEGIN IMMEDIATE` transaction. The version
+/// is read again under the write lock: whoever got there first has done the work, and the
+/// migrations still missing (usually none) run once.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let failed = |version: usize, source| StoreError::Migration {
+        path: path.to_path_buf(),
+        version,
+        source,
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let current = check_schema(&tx, path)?;
+    for (from, up) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.execute_batch(up).map_err(|e| failed(from + 1, e))?;
+    }
+    if current < SCHEMA_VERSION {
+        let version = i64::try_from(SCHEMA_VERSION).expect("a handful of migrations");
+        tx.pragma_update(None, "user_version", version)
+            .map_err(|e| failed(SCHEMA_VERSION, e))?;
+    }
+    tx.commit().map_err(|e| failed(SCHEMA_VERSION, e))
+}
 
 /// The first 16 bytes of every SQLite 3 database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -143,60 +253,18 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        let wrong = |reason: String| StoreError::WrongKind {
-            path: path.clone(),
-            reason,
-        };
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(sql)?;
 
         // Everything up to the migration only reads, so a refused file stays as it was.
-        let user_version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql)?;
-        let app_id: i32 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(sql)?;
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(sql)?;
-        if user_version == 0 {
-            if tables > 0 {
-                return Err(wrong(
-                    "an SQLite database that is not a modelsync store (it has tables but no modelsync schema version)".into(),
-                ));
-            }
-        } else {
-            if app_id != APPLICATION_ID {
-                return Err(wrong(format!(
-                    "an SQLite database that is not a modelsync store (application_id {app_id:#x}, expected {APPLICATION_ID:#x})"
-                )));
-            }
-            let newer = usize::try_from(user_version).map_or(true, |v| v > SCHEMA_VERSION);
-            if newer {
-                return Err(wrong(format!(
-                    "store schema version {user_version} is newer than this modelsync supports ({SCHEMA_VERSION}); upgrade modelsync"
-                )));
-            }
+        let version = check_schema(&conn, &path)?;
+        set_wal(&conn, &path)?;
+        if version < SCHEMA_VERSION {
+            migrate(&mut conn, &path)?;
         }
-
-        // WAL is persistent; setting it on an in-memory database answers "memory", also fine.
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(sql)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
-        MIGRATIONS
-            .to_latest(&mut conn)
-            .map_err(|source| StoreError::Migration {
-                path: path.clone(),
-                source,
-            })?;
         Ok(Self {
             conn: Mutex::new(conn),
             path,

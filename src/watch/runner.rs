@@ -91,13 +91,12 @@ impl<C: Converger> Runner<C> {
         let local = listener.local_addr().map_err(listen_err)?;
         let (server_stop, stop_token) = CancelSource::new();
         let router = server::router(Arc::clone(&shared));
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop_token.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!("health server on {local} stopped: {e}");
-            }
-        });
+        let limits = server::Limits::for_this_process();
+        tracing::debug!(
+            "health server on {local}: at most {} connection(s) at once",
+            limits.cap
+        );
+        let server = tokio::spawn(server::serve(listener, router, stop_token, limits));
         let (work, _) = CancelSource::new();
         Ok((
             Self {

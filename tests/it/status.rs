@@ -166,3 +166,186 @@ fn the_huggingface_example_parses() {
             .contains("/resolve/main/")
     );
 }
+
+/// The store (in a subfolder), the manifest and its lock file all live in models_dir, and
+/// two models were moved to another disk and symlinked back: gc keeps all of it, removes the
+/// real orphans, and unlinks an orphan symlink without touching its target.
+#[test]
+fn gc_keeps_the_store_the_manifest_and_symlinked_models() {
+    use std::os::unix::fs::symlink;
+
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/hub-lora", 1, 4));
+    let local = w.local_lora("local.safetensors", 2);
+    let models = w.models();
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(
+        models.join("cluster.yaml"),
+        format!(
+            "version: 1\nsettings:\n  models_dir: .\nmodels:\n\
+             \x20 - name: hub-lora\n    source: owner/hub-lora::lora.safetensors\n\
+             \x20 - name: local-lora\n    source: {}\n    dest: loras/local.safetensors\n",
+            local.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "-f",
+            "models/cluster.yaml",
+            "--database",
+            "models/state/modelsync.db",
+        ];
+        all.extend_from_slice(args);
+        w.run(&all)
+    };
+    assert_exit(&run(&["apply"]), 0);
+    let db = models.join("state/modelsync.db");
+    assert!(db.is_file());
+    assert!(models.join("cluster.lock").is_file());
+
+    // Move both models to "another disk" and symlink them back.
+    let disk2 = w.path().join("disk2");
+    std::fs::create_dir_all(&disk2).unwrap();
+    let store = modelsync::store::open(&db).unwrap();
+    let hub_key = store
+        .all_models()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.common().name == "hub-lora")
+        .unwrap()
+        .common()
+        .path
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    drop(store);
+    for name in [hub_key.as_str(), "loras"] {
+        std::fs::rename(models.join(name), disk2.join(name)).unwrap();
+        symlink(disk2.join(name), models.join(name)).unwrap();
+    }
+    // Real garbage: a stray file, a stray folder, and a stray symlink to a file elsewhere.
+    std::fs::write(models.join("stray.bin"), b"left behind").unwrap();
+    std::fs::create_dir_all(models.join("old/sub")).unwrap();
+    std::fs::write(models.join("old/sub/x.bin"), b"x").unwrap();
+    let outside = w.path().join("outside.bin");
+    std::fs::write(&outside, b"not gc's").unwrap();
+    symlink(&outside, models.join("link.bin")).unwrap();
+    std::fs::write(models.join("state/notes.txt"), b"stray next to the store").unwrap();
+
+    let o = run(&["gc"]);
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    for kept in ["cluster", "modelsync.db", "loras", hub_key.as_str()] {
+        assert!(!out.contains(kept), "gc lists {kept}:\n{out}");
+    }
+    assert!(out.contains("Would remove 4 item(s)"), "{out}");
+
+    let o = run(&["gc", "--yes"]);
+    assert_exit(&o, 0);
+    for kept in [
+        db.clone(),
+        models.join("state/modelsync.db.lock"),
+        models.join("cluster.yaml"),
+        models.join("cluster.lock"),
+        outside.clone(),
+    ] {
+        assert!(kept.exists(), "gc removed {}", kept.display());
+    }
+    for link in [hub_key.as_str(), "loras"] {
+        let md = std::fs::symlink_metadata(models.join(link)).unwrap();
+        assert!(md.file_type().is_symlink(), "{link}");
+    }
+    assert!(disk2.join("loras/local.safetensors").is_file());
+    for gone in ["stray.bin", "old", "link.bin", "state/notes.txt"] {
+        assert!(
+            std::fs::symlink_metadata(models.join(gone)).is_err(),
+            "{gone} survived"
+        );
+    }
+    assert_exit(&run(&["status"]), 0);
+    assert_exit(&run(&["verify"]), 0);
+}
+
+/// Runs `args` with the debug-build pause hook at `delete` (between unregistering a model and
+/// deleting its files), waits until the process says it is there, and kills it with SIGKILL.
+fn kill_at_delete(w: &Work, args: &[&str]) {
+    use std::io::BufRead as _;
+    let mut child = w
+        .command(args)
+        .env("MODELSYNC_TEST_PAUSE", "delete")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line == "modelsync-test: paused at delete" {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+        seen.push(line);
+    }
+    panic!(
+        "{args:?} ended ({:?}) without reaching the delete pause:\n{}",
+        child.wait().unwrap(),
+        seen.join("\n")
+    );
+}
+
+fn key_of(w: &Work, name: &str) -> Option<String> {
+    w.store()
+        .all_models()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.common().name == name)
+        .map(|c| c.common().key.clone())
+}
+
+/// `remove --delete-files` and `apply --prune` killed between their steps leave an orphan
+/// that gc collects, never a record whose files are gone.
+#[test]
+fn a_kill_during_delete_leaves_an_orphan_not_a_broken_record() {
+    let w = installed();
+    let hub_key = key_of(&w, "hub-lora").unwrap();
+    let hub_file = w.models().join(&hub_key).join("lora.safetensors");
+    assert!(hub_file.is_file());
+
+    kill_at_delete(&w, &["remove", &hub_key, "--delete-files"]);
+    assert_eq!(key_of(&w, "hub-lora"), None, "the record goes first");
+    assert!(hub_file.is_file(), "the kill came before the files went");
+    let o = w.run(&["status", "-o", "json"]);
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["orphan_paths"][0]["path"], hub_key.as_str(), "{r}");
+    assert_eq!(r["missing_paths"], serde_json::json!([]), "{r}");
+
+    let local = w.models().join("loras/local.safetensors");
+    w.manifest("", "  []\n");
+    kill_at_delete(&w, &["apply", "--prune"]);
+    assert_eq!(key_of(&w, "local-lora"), None);
+    assert!(local.is_file());
+
+    assert_exit(&w.run(&["gc", "--yes"]), 0);
+    assert!(!w.models().join(&hub_key).exists());
+    assert!(!local.exists());
+    assert_exit(&w.run(&["status"]), 0);
+    assert!(w.store().all_models().unwrap().is_empty());
+}
+
+/// A single-file model lives in `<key>/<file>`; deleting it takes the folder too.
+#[test]
+fn remove_delete_files_leaves_no_empty_key_folder() {
+    let w = installed();
+    let hub_key = key_of(&w, "hub-lora").unwrap();
+    assert!(w.models().join(&hub_key).is_dir());
+    let o = w.run(&["remove", &hub_key, "--delete-files"]);
+    assert_exit(&o, 0);
+    assert!(!w.models().join(&hub_key).exists(), "{}", stdout(&o));
+    let o = w.run(&["status", "-o", "json"]);
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["orphan_paths"], serde_json::json!([]), "{r}");
+}

@@ -890,3 +890,163 @@ fn sqlite_store_as_yaml_and_back_are_refused() {
         "{e}"
     );
 }
+
+/// How the store file is when the race starts.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// No file.
+    Fresh,
+    /// A zero-byte file (what `Connection::open` leaves before the first write).
+    Empty,
+    /// The schema version 1 fixture.
+    V1,
+}
+
+fn prepare(p: &Path, start: Start) {
+    match start {
+        Start::Fresh => {}
+        Start::Empty => std::fs::write(p, b"").unwrap(),
+        Start::V1 => {
+            let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1.db");
+            std::fs::copy(fixture, p).unwrap();
+        }
+    }
+}
+
+/// Several connections open a store that needs its schema created or migrated at the same
+/// moment (a barrier releases them together), one of them writing, the others reading:
+/// every open succeeds, the schema is created or migrated exactly once, and nothing is lost.
+#[test]
+fn sqlite_first_open_races_create_and_migrate_once() {
+    const ROUNDS: usize = 40;
+    const THREADS: usize = 6;
+    for start in [Start::Fresh, Start::Empty, Start::V1] {
+        for round in 0..ROUNDS {
+            let d = tmp();
+            let p = d.path().join("models.db");
+            prepare(&p, start);
+            let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+            let handles: Vec<_> = (0..THREADS)
+                .map(|i| {
+                    let (p, barrier) = (p.clone(), Arc::clone(&barrier));
+                    std::thread::spawn(move || -> Result<usize, StoreError> {
+                        barrier.wait();
+                        let s = SqliteStore::from_db_file(&p)?;
+                        if i == 0 {
+                            s.add_model(
+                                &new_key(),
+                                lora(&format!("writer-{round}"), "w.safetensors"),
+                            )?;
+                        }
+                        Ok(s.all_models()?.len())
+                    })
+                })
+                .collect();
+            for h in handles {
+                let r = h.join().unwrap();
+                assert!(r.is_ok(), "{start:?} round {round}: {r:?}");
+            }
+            let s = SqliteStore::from_db_file(&p).unwrap();
+            assert_eq!(
+                s.schema_version().unwrap(),
+                modelsync::store::sqlite::SCHEMA_VERSION
+            );
+            let expected = if matches!(start, Start::V1) { 3 } else { 1 };
+            assert_eq!(s.all_models().unwrap().len(), expected, "{start:?}");
+        }
+    }
+}
+
+/// `status` and `list` started at the same moment as the first `apply` on a new, empty or
+/// version 1 store (the processes wait on their stdin and are released together): none
+/// fails, and the store ends up at the current schema with the applied model in it.
+#[test]
+fn readers_race_the_first_apply() {
+    use crate::support::reconcile::{Work, assert_exit};
+    use std::io::Write as _;
+    use std::process::Stdio;
+
+    const ROUNDS: usize = 4;
+    for start in [Start::Fresh, Start::Empty, Start::V1] {
+        for round in 0..ROUNDS {
+            let w = Work::new();
+            let local = w.local_lora("local.safetensors", 2);
+            w.manifest(
+                "",
+                &format!("  - name: local-lora\n    source: {}\n", local.display()),
+            );
+            std::fs::create_dir_all(w.models()).unwrap();
+            let db = w.models().join("modelsync.db");
+            prepare(&db, start);
+            // The v1 fixture's records point into models/: a models folder with something in
+            // it is a mounted volume.
+            std::fs::write(w.models().join("notes.txt"), b"mounted").unwrap();
+            let bin = env!("CARGO_BIN_EXE_modelsync");
+            let commands: [&[&str]; 5] = [
+                &["apply"],
+                &["status"],
+                &["list"],
+                &["status", "-o", "json"],
+                &["list", "-o", "json"],
+            ];
+            let mut children: Vec<_> = commands
+                .iter()
+                .map(|args| {
+                    // `read` blocks until the gate line arrives; then the real command runs
+                    // with the environment `Work::command` gives it.
+                    let base = w.command(&[]);
+                    let mut sh = std::process::Command::new("sh");
+                    sh.args(["-c", "read gate && exec \"$0\" \"$@\"", bin])
+                        .args(*args)
+                        .current_dir(w.path())
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped());
+                    for (k, v) in base.get_envs() {
+                        match v {
+                            Some(v) => sh.env(k, v),
+                            None => sh.env_remove(k),
+                        };
+                    }
+                    (args, sh.spawn().unwrap())
+                })
+                .collect();
+            for (_, child) in &mut children {
+                child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+            }
+            for (args, child) in children {
+                let o = child.wait_with_output().unwrap();
+                let code = o.status.code();
+                let ok = if args[0] == "status" {
+                    matches!(code, Some(0 | 2))
+                } else {
+                    code == Some(0)
+                };
+                assert!(
+                    ok,
+                    "{start:?} round {round}: {args:?} exited {code:?}\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            let s = SqliteStore::from_db_file(&db).unwrap();
+            assert_eq!(
+                s.schema_version().unwrap(),
+                modelsync::store::sqlite::SCHEMA_VERSION
+            );
+            assert!(
+                s.all_models()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m.common().name == "local-lora")
+            );
+            // A reader alone on a store that does not exist sees it empty and creates nothing.
+            if matches!(start, Start::Fresh) {
+                let w = Work::new();
+                w.manifest("", "  []\n");
+                assert_exit(&w.run(&["list"]), 0);
+                assert_exit(&w.run(&["status"]), 0);
+                assert!(!w.models().join("modelsync.db").exists());
+            }
+        }
+    }
+}

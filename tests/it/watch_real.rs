@@ -587,3 +587,95 @@ async fn readiness_waits_for_preloads_and_without_a_preloader_does_not() {
     assert_eq!(e.last_action.as_deref(), Some("unchanged"));
     r.stop().await;
 }
+
+/// `/status` of the spawned watcher, parsed; `None` while it does not answer.
+fn status_of(addr: SocketAddr) -> Option<StatusReport> {
+    let (code, body) = http_get(addr, "/status")?;
+    (code == 200).then(|| serde_json::from_str(&body).expect("status parses"))
+}
+
+/// Waits until `/status` says `name` converged (the child must stay alive meanwhile).
+fn wait_converged(child: &mut std::process::Child, addr: SocketAddr, name: &str) {
+    let deadline = Instant::now() + LIMIT;
+    while !status_of(addr).is_some_and(|st| converged(&st, name)) {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!("{name} never converged: {}", stderr_of(child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Idle loopback connections, as many as asked for (the ones the server refused or closed
+/// already count: they were attempts all the same).
+fn flood(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect()
+}
+
+/// A flood of idle connections, more than the process has descriptors, against a watcher
+/// whose descriptor limit is lowered: `/healthz` keeps answering and a manifest edit still
+/// converges (the reconciler still has descriptors to read the manifest and write models).
+#[test]
+fn a_flood_of_idle_connections_leaves_healthz_and_the_reconciler_working() {
+    use std::os::unix::process::CommandExt as _;
+    const FD_LIMIT: libc::rlim_t = 200;
+    const FLOOD: usize = 260;
+
+    let w = Work::new();
+    let a = w.local_lora("a.safetensors", 1);
+    let b = w.local_lora("b.safetensors", 2);
+    w.manifest("", &entry("a", &a.display().to_string()));
+    let addr = free_port();
+    let mut cmd = w.command(&["watch", "--listen", &addr.to_string(), "--interval", "1h"]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit(2) is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: FD_LIMIT,
+                rlim_max: FD_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().expect("modelsync watch starts");
+    wait_converged(&mut child, addr, "a");
+
+    let held = flood(addr, FLOOD);
+    assert_eq!(
+        http_get(addr, "/healthz").map(|r| r.0),
+        Some(200),
+        "/healthz behind {} idle connections",
+        held.len()
+    );
+
+    // A second wave while the reconciler reads the edited manifest and installs `b`.
+    write_manifest(
+        &w,
+        &manifest_text(
+            "",
+            &format!(
+                "{}{}",
+                entry("a", &a.display().to_string()),
+                entry("b", &b.display().to_string())
+            ),
+        ),
+    );
+    let held2 = flood(addr, FLOOD);
+    wait_converged(&mut child, addr, "b");
+    assert_eq!(http_get(addr, "/healthz").map(|r| r.0), Some(200));
+    drop((held, held2));
+
+    sigterm(&child);
+    let status = wait_exit(&mut child);
+    let err = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(model_path(&w, "b").is_file());
+}

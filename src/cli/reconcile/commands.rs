@@ -457,7 +457,11 @@ pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
     } else {
         Inventory::empty(&models_dir)
     };
-    let items = gcmod::collect(&inv, &db)?;
+    let mut keep = gcmod::Keep::default().store(&db);
+    if ctx.manifest_path.is_file() {
+        keep = keep.manifest(&ctx.manifest_path);
+    }
+    let items = gcmod::collect(&inv, &keep)?;
     let total: u64 = items.iter().map(|g| g.bytes).sum();
     let failed = if a.yes {
         gcmod::remove(&items)
