@@ -10,16 +10,22 @@
 //! followed to its end; [`ScanVerdict::Clean`] otherwise. Safetensors and GGUF files hold no
 //! code and are clean without further reading.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::probe::pickle::{LEGACY_MAGIC_PICKLE, Machine};
+use crate::probe::pickle::{Cursor, LEGACY_MAGIC_PICKLE, Machine};
 
-/// Largest `.pkl` member of a zip archive we read (torch's `data.pkl` is a few MB at most).
-const MAX_PKL_MEMBER: u64 = 512 << 20;
+/// Bytes of one `.pkl` member of a zip archive we read, decompressed (torch's `data.pkl` is a
+/// few MB at most); a member is streamed, so this bounds time, not memory.
+const MAX_PKL_MEMBER: u64 = 256 << 20;
+/// Entries a zip archive's directory may declare (a torch save has one per tensor, plus 4).
+const MAX_ZIP_ENTRIES: u64 = 200_000;
+/// Bytes a zip archive's central directory may declare.
+const MAX_ZIP_DIRECTORY: u64 = 32 << 20;
 
 crate::string_enum! {
     /// How an imported global is judged.
@@ -69,6 +75,9 @@ pub struct ScanReport {
     pub files_scanned: usize,
     /// Pickles that could not be followed to their end, and why.
     pub problems: Vec<String>,
+    /// (file, module, name) of `globals`, for O(1) de-duplication.
+    #[serde(skip)]
+    seen: HashSet<(String, String, String)>,
 }
 
 impl Default for ScanReport {
@@ -78,6 +87,7 @@ impl Default for ScanReport {
             globals: Vec::new(),
             files_scanned: 0,
             problems: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 }
@@ -91,10 +101,9 @@ impl ScanReport {
     }
 
     fn add_global(&mut self, file: &str, module: &str, name: &str) {
-        if self
-            .globals
-            .iter()
-            .any(|g| g.file == file && g.module == module && g.name == name)
+        if !self
+            .seen
+            .insert((file.to_owned(), module.to_owned(), name.to_owned()))
         {
             return;
         }
@@ -285,8 +294,14 @@ const SAFE_NAMES: &[(&str, &[&str])] = &[
             "QInt32Storage",
             "Float8_e4m3fnStorage",
             "Float8_e5m2Storage",
+            "UntypedStorage",
+            "Tensor",
             "Size",
             "device",
+            "complex64",
+            "complex128",
+            "float8_e4m3fn",
+            "float8_e5m2",
             "float16",
             "float32",
             "float64",
@@ -303,6 +318,8 @@ const SAFE_NAMES: &[(&str, &[&str])] = &[
         ],
     ),
     ("torch.storage", &["UntypedStorage", "TypedStorage"]),
+    ("torch._tensor", &["_rebuild_from_type_v2"]),
+    ("torch.nn.parameter", &["Parameter"]),
     ("collections", &["OrderedDict", "defaultdict", "deque"]),
     ("numpy", &["ndarray", "dtype"]),
     ("numpy.core.multiarray", &["_reconstruct", "scalar"]),
@@ -348,18 +365,30 @@ const SAFE_NAMES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Judges one import.
+/// Attribute names that reach code, files or the interpreter wherever they are found
+/// (matched against every component of a dotted protocol-4 name).
+const DANGEROUS_ATTRS: &[&str] = &[
+    "eval", "exec", "execfile", "compile", "open", "getattr", "setattr", "delattr",
+    "__import__", "globals", "locals", "vars", "input", "breakpoint", "system", "popen",
+    "spawn", "load", "loads", "_load", "fromfile", "runstring", "call", "run", "apply",
+];
+
+/// Judges one import as `find_class(module, name)` would resolve it. Protocol 4 resolves a
+/// dotted `name` attribute by attribute (`builtins` + `len.__self__.eval` is `eval`), so a
+/// dotted name is never on the allow-list, and is dangerous when any step is a dunder
+/// attribute or a dangerous name, or when the module path it spells is deny-listed.
 pub fn classify(module: &str, name: &str) -> GlobalClass {
     if module == "?" {
         // Computed import target (STACK_GLOBAL of non-constant strings) or the copyreg
         // extension registry: only an attacker has a reason to do that.
         return GlobalClass::Dangerous;
     }
-    let full = format!("{module}.{name}");
-    if DANGEROUS_MODULES
-        .iter()
-        .any(|d| module == *d || module.starts_with(&format!("{d}.")) || full == *d)
-    {
+    let denied_module = |m: &str| {
+        DANGEROUS_MODULES
+            .iter()
+            .any(|d| m == *d || m.strip_prefix(d).is_some_and(|r| r.starts_with('.')))
+    };
+    if denied_module(module) || denied_module(&format!("{module}.{name}")) {
         return GlobalClass::Dangerous;
     }
     if DANGEROUS_NAMES
@@ -367,6 +396,23 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
         .any(|(m, names)| *m == module && names.contains(&name))
     {
         return GlobalClass::Dangerous;
+    }
+    if name.contains('.') || (name.starts_with("__") && name.ends_with("__")) {
+        let steps: Vec<&str> = name.split('.').collect();
+        let dunder = steps.iter().any(|s| s.starts_with("__") && s.ends_with("__"));
+        let bad = steps.iter().any(|s| DANGEROUS_ATTRS.contains(s));
+        let mut path = module.to_owned();
+        let mut denied = false;
+        for s in &steps {
+            path.push('.');
+            path.push_str(s);
+            denied |= denied_module(&path);
+        }
+        return if dunder || bad || denied {
+            GlobalClass::Dangerous
+        } else {
+            GlobalClass::Unknown
+        };
     }
     if SAFE_NAMES
         .iter()
@@ -414,7 +460,8 @@ pub(crate) fn read_pickle_file(path: &Path, label: &str) -> Result<PickleContent
             // SAFETY: read-only map; a concurrent truncation could fault, as with any mmap
             // reader — model files are not rewritten in place by modelsync.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-            read_stream(&map, label, true, &mut out);
+            let legacy = map.starts_with(LEGACY_MAGIC_PICKLE);
+            read_stream(&map[..], legacy, label, true, &mut out);
         }
     }
     out.report.finish();
@@ -432,53 +479,93 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// The largest entry count and central-directory size any end-of-central-directory record in
+/// the last 64 KiB of `file` declares (zip64 included), so a hostile directory is refused
+/// before the zip reader allocates for it.
+fn zip_directory_claims(file: &mut File) -> std::io::Result<(u64, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    let tail_len = len.min(65_557);
+    file.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; usize::try_from(tail_len).unwrap_or(0)];
+    file.read_exact(&mut tail)?;
+    let le = |b: &[u8]| b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x));
+    let (mut entries, mut size) = (0u64, 0u64);
+    for i in (0..tail.len().saturating_sub(21)).rev() {
+        if &tail[i..i + 4] != b"PK\x05\x06" {
+            continue;
+        }
+        let (mut e, mut s) = (le(&tail[i + 10..i + 12]), le(&tail[i + 12..i + 16]));
+        if (e == 0xffff || s == 0xffff_ffff) && i >= 20 && &tail[i - 20..i - 16] == b"PK\x06\x07" {
+            let at = le(&tail[i - 12..i - 4]);
+            let mut rec = [0u8; 56];
+            if file.seek(SeekFrom::Start(at)).is_ok()
+                && file.read_exact(&mut rec).is_ok()
+                && &rec[..4] == b"PK\x06\x06"
+            {
+                e = e.max(le(&rec[32..40]));
+                s = s.max(le(&rec[40..48]));
+            }
+        }
+        entries = entries.max(e);
+        size = size.max(s);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok((entries, size))
+}
+
 fn read_zip(
     path: &Path,
-    file: File,
+    mut file: File,
     label: &str,
     out: &mut PickleContents,
 ) -> Result<(), ScanError> {
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| ScanError::Zip {
+    let zip_err = |reason: String| ScanError::Zip {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let names: Vec<String> = zip
-        .file_names()
-        .filter(|n| {
+        reason,
+    };
+    let (entries, dir_size) = zip_directory_claims(&mut file).map_err(io_err(path))?;
+    if entries > MAX_ZIP_ENTRIES || dir_size > MAX_ZIP_DIRECTORY {
+        return Err(zip_err(format!(
+            "its directory claims {entries} entries in {dir_size} bytes, more than the \
+             {MAX_ZIP_ENTRIES} entries / {MAX_ZIP_DIRECTORY} bytes read"
+        )));
+    }
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| zip_err(e.to_string()))?;
+    // Every `.pkl` entry, by index: a name may appear twice and either copy may be the one
+    // a loader picks.
+    let pkl: Vec<(usize, String)> = (0..zip.len())
+        .filter_map(|i| zip.name_for_index(i).map(|n| (i, n.to_owned())))
+        .filter(|(_, n)| {
             Path::new(n)
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("pkl"))
         })
-        .map(str::to_owned)
         .collect();
     // torch writes `<archive name>/data.pkl`; the archive name is the file stem by default.
-    let data_pkl = names
+    let data_pkl = pkl
         .iter()
-        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
-        .cloned();
+        .find(|(_, n)| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+        .map(|(i, _)| *i);
     out.zip_without_data_pkl = data_pkl.is_none();
-    for name in &names {
+    for (index, name) in &pkl {
         let member_label = format!("{label}:{name}");
-        let mut buf = Vec::new();
-        let read = zip.by_name(name).map_err(|e| e.to_string()).and_then(|m| {
-            if m.size() > MAX_PKL_MEMBER {
-                return Err(format!(
-                    "{} bytes, more than the {MAX_PKL_MEMBER} read",
-                    m.size()
-                ));
+        let member = match zip.by_index(*index) {
+            Ok(m) => m,
+            Err(e) => {
+                out.report.problems.push(format!("{member_label}: {e}"));
+                continue;
             }
-            m.take(MAX_PKL_MEMBER)
-                .read_to_end(&mut buf)
-                .map_err(|e| e.to_string())
-        });
-        if let Err(reason) = read {
-            out.report
-                .problems
-                .push(format!("{member_label}: {reason}"));
-            continue;
+        };
+        // Streamed, never read whole: a bomb stops at the byte budget.
+        let mut limited = std::io::BufReader::new(member.take(MAX_PKL_MEMBER));
+        let is_main = data_pkl == Some(*index);
+        read_stream(&mut limited, false, &member_label, is_main, out);
+        if limited.get_ref().limit() == 0 {
+            out.report.problems.push(format!(
+                "{member_label}: more than the {MAX_PKL_MEMBER} bytes read of a pickle member"
+            ));
         }
-        let is_main = data_pkl.as_deref() == Some(name.as_str());
-        read_stream(&buf, &member_label, is_main, out);
     }
     Ok(())
 }
@@ -486,57 +573,70 @@ fn read_zip(
 /// Follows every pickle in `data`: torch's legacy layout (magic, protocol, sys info, object,
 /// storage keys, raw storages) or a plain pickle, plus any pickles stacked right after it
 /// (a known trick to hide a payload behind a harmless first pickle).
-fn read_stream(data: &[u8], label: &str, is_main: bool, out: &mut PickleContents) {
-    let legacy = data.starts_with(LEGACY_MAGIC_PICKLE);
+fn read_stream<R: std::io::BufRead>(
+    data: R,
+    legacy: bool,
+    label: &str,
+    is_main: bool,
+    out: &mut PickleContents,
+) {
     // In the legacy layout the object is the 4th pickle and a 5th lists storage keys.
     let (main_index, max_pickles) = if legacy { (3, 5) } else { (0, usize::MAX) };
     let mut machine = Machine::default();
-    let mut pos = 0;
+    let mut cursor = Cursor::new(data);
     let mut index = 0;
-    while pos < data.len() && index < max_pickles {
-        if index > main_index && !legacy && data[pos] != 0x80 {
-            break;
+    let fault = loop {
+        if index >= max_pickles {
+            break None;
         }
-        machine.globals.clear();
-        let result = machine.run(data, pos);
-        for (m, n) in &machine.globals {
-            out.report.add_global(label, m, n);
+        match cursor.peek() {
+            Ok(None) => break None,
+            Ok(Some(b)) if index > main_index && !legacy && b != 0x80 => break None,
+            Ok(_) => {}
+            Err(f) => break Some(f),
         }
-        match result {
-            Ok((root, end)) => {
+        match machine.run(&mut cursor) {
+            Ok(root) => {
                 if is_main && index == main_index {
                     out.tensors = machine.tensors(root);
                 }
-                pos = end;
             }
-            Err(f) => {
-                let msg = format!("{label}: pickle {} unreadable {f}", index + 1);
-                if is_main && index <= main_index {
-                    out.main_fault = Some(msg.clone());
-                }
-                out.report.problems.push(msg);
-                return;
-            }
+            Err(f) => break Some(f),
         }
         index += 1;
+    };
+    for (m, n) in &machine.globals {
+        out.report.add_global(label, m, n);
+    }
+    for note in &machine.notes {
+        out.report.problems.push(format!("{label}: {note}"));
+    }
+    if let Some(f) = fault {
+        let msg = format!("{label}: pickle {} unreadable {f}", index + 1);
+        if is_main && index <= main_index {
+            out.main_fault = Some(msg.clone());
+        }
+        out.report.problems.push(msg);
     }
 }
 
-/// Whether a file's first bytes say it holds no pickles (safetensors or GGUF).
-fn is_code_free(head: &[u8], len: u64) -> bool {
+/// Whether a file is safetensors or GGUF — its header parses as one (the length prefix and a
+/// `{` are not enough: a pickle can start like that) — and so holds no code.
+fn is_code_free(path: &Path, file: &mut File, head: &[u8], len: u64) -> bool {
     if head.starts_with(b"GGUF") {
-        return true;
+        // SAFETY: read-only map, as in `read_pickle_file`.
+        return unsafe { memmap2::Mmap::map(&*file) }
+            .is_ok_and(|map| crate::probe::gguf::read_header(path, &map).is_ok());
     }
-    if head.len() >= 9 {
-        let mut l = [0u8; 8];
-        l.copy_from_slice(&head[..8]);
-        let n = u64::from_le_bytes(l);
-        return head[8] == b'{' && n.checked_add(8).is_some_and(|e| e <= len);
+    if head.len() >= 9 && head[8] == b'{' {
+        return crate::probe::safetensors::read_header(path, file, head, len)
+            .is_ok_and(|buf| crate::probe::safetensors::parse_header_json(path, &buf).is_ok());
     }
     false
 }
 
-/// Extensions of files a folder scan reads.
+/// Extensions of files a folder scan reads; any other file is read when its first byte is
+/// a pickle PROTO opcode.
 const SCANNED_EXTENSIONS: &[&str] = &[
     "ckpt",
     "pt",
@@ -546,6 +646,7 @@ const SCANNED_EXTENSIONS: &[&str] = &[
     "pickle",
     "joblib",
     "safetensors",
+    "sft",
     "gguf",
     "dat",
     "data",
@@ -557,10 +658,21 @@ const SCANNED_EXTENSIONS: &[&str] = &[
 fn scan_file(path: &Path, label: &str, report: &mut ScanReport) -> Result<(), ScanError> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
-    let mut head = [0u8; 9];
+    let mut head = [0u8; 16];
     let n = read_up_to(&mut f, &mut head).map_err(io_err(path))?;
-    if is_code_free(&head[..n], len) {
+    if is_code_free(path, &mut f, &head[..n], len) {
         report.files_scanned += 1;
+        // Defence in depth: a header that parses can still open with pickle opcodes; what
+        // the machine resolves from byte 0 before it stops is reported (nothing, for files
+        // real writers make).
+        // SAFETY: read-only map, as in `read_pickle_file`.
+        if let Ok(map) = unsafe { memmap2::Mmap::map(&f) } {
+            let mut c = PickleContents::default();
+            read_stream(&map[..], false, label, false, &mut c);
+            for g in c.report.globals {
+                report.add_global(&g.file, &g.module, &g.name);
+            }
+        }
         return Ok(());
     }
     drop(f);
@@ -571,6 +683,13 @@ fn scan_file(path: &Path, label: &str, report: &mut ScanReport) -> Result<(), Sc
     }
     report.problems.extend(c.report.problems);
     Ok(())
+}
+
+/// Whether a file's first byte is a pickle PROTO opcode.
+fn starts_like_pickle(path: &Path) -> bool {
+    let mut b = [0u8; 1];
+    File::open(path).is_ok_and(|mut f| read_up_to(&mut f, &mut b).is_ok_and(|n| n == 1))
+        && b[0] == 0x80
 }
 
 /// Scans a file or every weight/pickle file under a folder. Nothing is ever executed.
@@ -596,8 +715,9 @@ pub fn scan_path(path: &Path) -> Result<ScanReport, ScanError> {
                 .and_then(|e| e.to_str())
                 .map(str::to_ascii_lowercase)
                 .unwrap_or_default();
-            if SCANNED_EXTENSIONS.contains(&ext.as_str()) {
-                scan_file(&path.join(&rel), &rel, &mut report)?;
+            let full = path.join(&rel);
+            if SCANNED_EXTENSIONS.contains(&ext.as_str()) || starts_like_pickle(&full) {
+                scan_file(&full, &rel, &mut report)?;
             }
         }
     } else {

@@ -99,14 +99,17 @@ pub enum InstallError {
         /// The candidates.
         candidates: String,
     },
-    /// A pickle that runs code on load.
+    /// A pickle that may run code on load: it imports globals outside the allow-list, or it
+    /// could not be followed to its end.
     #[error(
-        "{path}: refusing a pickle that imports dangerous globals ({globals}); pass config `unsafe_pickle: allow` to install it anyway"
+        "{path}: refusing a {verdict} pickle ({globals}); pass config `unsafe_pickle: allow` to install it anyway"
     )]
     DangerousPickle {
         /// The model path.
         path: PathBuf,
-        /// The deny-listed imports.
+        /// The scan's verdict (suspicious or dangerous).
+        verdict: crate::scan::ScanVerdict,
+        /// The imports outside the allow-list and the scan's problems.
         globals: String,
     },
     /// Hashing failed.

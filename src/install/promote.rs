@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::config::{AnyModelConfig, ModelSourceType, new_key};
 use crate::hash::{self, HashAlgorithm};
 use crate::probe::{self, ProbeResult};
-use crate::scan::ScanVerdict;
+use crate::scan::{GlobalClass, ScanVerdict};
 use crate::store::{ModelFile, RecordStore};
 use crate::taxonomy::ModelType;
 
@@ -218,18 +218,23 @@ pub(crate) fn promote(
 }
 
 fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<(), InstallError> {
-    // Safety first: a dangerous pickle is refused whatever else it is.
+    // Safety first: a pickle importing anything outside the allow-list (or one the scanner
+    // could not follow to its end) is refused whatever else it is.
     if let Some(scan) = &probed.pickle_scan
-        && scan.verdict == ScanVerdict::Dangerous
+        && scan.verdict != ScanVerdict::Clean
         && !allow_pickle
     {
+        let mut why: Vec<String> = scan
+            .globals
+            .iter()
+            .filter(|g| g.class != GlobalClass::Safe)
+            .map(|g| format!("{} {}.{} in {}", g.class, g.module, g.name, g.file))
+            .collect();
+        why.extend(scan.problems.iter().cloned());
         return Err(InstallError::DangerousPickle {
             path: path.to_path_buf(),
-            globals: scan
-                .dangerous()
-                .map(|g| format!("{}.{} in {}", g.module, g.name, g.file))
-                .collect::<Vec<_>>()
-                .join(", "),
+            verdict: scan.verdict,
+            globals: why.join(", "),
         });
     }
     if probed.model_type == ModelType::Unknown {

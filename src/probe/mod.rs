@@ -21,7 +21,7 @@ mod folder;
 pub(crate) mod gguf;
 pub(crate) mod pickle;
 mod rules;
-mod safetensors;
+pub(crate) mod safetensors;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,18 +1,43 @@
 //! A pickle machine that never executes anything.
 //!
-//! It walks the opcode stream the way Python's unpickler would, but instead of importing and
-//! calling globals it builds inert nodes: `GLOBAL torch._utils._rebuild_tensor_v2` applied to
-//! `(storage, offset, size, …)` becomes a tensor description with its shape and dtype,
-//! `collections.OrderedDict()` becomes a dict, and every other call stays an opaque node. Every
-//! global the stream imports is recorded for the safety scan, including those seen before a
-//! parse error (Python would already have imported them by then).
+//! It walks the opcode stream the way CPython's unpickler (`pickle._Unpickler` and `_pickle`)
+//! would, but instead of importing and calling globals it builds inert nodes:
+//! `GLOBAL torch._utils._rebuild_tensor_v2` applied to `(storage, offset, size, …)` becomes a
+//! tensor description with its shape and dtype, `collections.OrderedDict()` becomes a dict,
+//! and every other call stays an opaque node. Every global the stream would hand to
+//! `find_class` is recorded for the safety scan, including those seen before a parse error
+//! (Python would already have imported them by then).
+//!
+//! Text arguments are decoded exactly as CPython does — `STRING` through `escape_decode`
+//! (`S'o\x73'` is `os`), `UNICODE` through `raw-unicode-escape` — so a `STACK_GLOBAL` sees the
+//! module and name Python would import. Anything the machine cannot follow is a
+//! [`PickleFault`]; the scan treats a fault as "not clean".
+//!
+//! Work is bounded whatever the input claims: every push onto the stack (a new value, `DUP`,
+//! a memo `GET`, a `MARK`, a new memo slot) counts toward [`MAX_PUSHES`], kept text toward
+//! [`MAX_TEXT`], and the input is read as a stream (nothing is buffered beyond one text
+//! argument of at most [`MAX_STR`] bytes). With `Node` at 32 bytes, one run holds at most
+//! about 2M × (32 + 8 + 16) bytes of nodes, stack and container slots plus 32 MiB of text:
+//! well under the 256 MiB ceiling documented in [`crate::scan`].
 
 use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
 
-/// Largest number of nodes one pickle may create; bounds memory on hostile input.
-const MAX_NODES: usize = 20_000_000;
+/// Pushes (new values, `DUP`, memo `GET`, `MARK`, new memo slots) one pickle may make.
+/// A torch save of a large model makes well under 100k.
+pub(crate) const MAX_PUSHES: usize = 2_000_000;
+/// Bytes of text (strings and global names) one stream may keep.
+pub(crate) const MAX_TEXT: usize = 32 << 20;
+/// Longest string kept whole; longer strings are kept truncated (and marked so).
+pub(crate) const MAX_STR: usize = 4096;
+/// Most dimensions a rebuilt tensor may have (longer shapes stay opaque).
+const MAX_DIMS: usize = 64;
 /// Nesting depth for flattening nested dicts (`state_dict` inside a checkpoint dict …).
 const MAX_DEPTH: usize = 16;
+/// Most bytes of tensor names [`Machine::tensors`] builds.
+const MAX_NAME_BYTES: usize = 32 << 20;
+/// Suffix of a text argument longer than [`MAX_STR`]: never on any allow-list.
+const TRUNCATED: &str = "…(truncated)";
 
 /// One value the machine built. Containers refer to other nodes by index so that memo
 /// references share (and later mutations through SETITEMS/APPENDS are seen by every holder).
@@ -24,25 +49,18 @@ pub(crate) enum Node {
     /// An integer too large for i64; its value never matters to us.
     BigInt,
     Float,
-    Str(String),
+    Str(Box<str>),
     Bytes,
     Tuple(Vec<usize>),
     List(Vec<usize>),
     Dict(Vec<(usize, usize)>),
     Set(Vec<usize>),
-    Global {
-        module: String,
-        name: String,
-    },
+    /// An imported global: index into [`Machine::globals`].
+    Global(usize),
     /// A torch storage referenced through a persistent id.
-    Storage {
-        dtype: &'static str,
-    },
-    /// A tensor rebuilt by `torch._utils._rebuild_tensor*`.
-    Tensor {
-        shape: Vec<u64>,
-        dtype: &'static str,
-    },
+    Storage { dtype: &'static str },
+    /// A tensor rebuilt by `torch._utils._rebuild_tensor*`: shape and dtype.
+    Tensor(Box<(Vec<u64>, &'static str)>),
     /// Anything else: a call we do not model, a persistent id we do not know, a buffer …
     Opaque,
 }
@@ -51,7 +69,7 @@ pub(crate) enum Node {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PickleFault {
     /// Byte offset of the opcode that failed.
-    pub offset: usize,
+    pub offset: u64,
     /// What went wrong.
     pub reason: String,
 }
@@ -66,11 +84,17 @@ impl std::fmt::Display for PickleFault {
 #[derive(Debug, Default)]
 pub(crate) struct Machine {
     pub nodes: Vec<Node>,
-    /// (module, name) of each GLOBAL / STACK_GLOBAL / INST, in stream order (duplicates kept).
+    /// Distinct (module, name) pairs handed to `find_class`, in first-seen order, over every
+    /// run of this machine.
     pub globals: Vec<(String, String)>,
+    global_index: HashMap<(String, String), usize>,
+    /// Things a checkpoint never does that do not stop the stream (the scan reports them).
+    pub notes: Vec<PickleFault>,
     stack: Vec<usize>,
     marks: Vec<usize>,
     memo: HashMap<u64, usize>,
+    pushes: usize,
+    text: usize,
 }
 
 enum Step {
@@ -78,7 +102,7 @@ enum Step {
     Stop,
 }
 
-fn fault(offset: usize, reason: impl Into<String>) -> PickleFault {
+fn fault(offset: u64, reason: impl Into<String>) -> PickleFault {
     PickleFault {
         offset,
         reason: reason.into(),
@@ -106,98 +130,314 @@ fn storage_dtype(name: &str) -> &'static str {
     }
 }
 
-struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// A pickle stream being read: any [`BufRead`] (a memory-mapped file, a zip member), with the
+/// offset for error messages and one scratch buffer of at most [`MAX_STR`] bytes.
+pub(crate) struct Cursor<R> {
+    r: R,
+    pos: u64,
+    buf: Vec<u8>,
 }
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PickleFault> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| {
-                fault(
-                    self.pos,
-                    format!(
-                        "needs {n} more bytes but only {} remain",
-                        self.data.len() - self.pos
-                    ),
-                )
-            })?;
-        let s = &self.data[self.pos..end];
-        self.pos = end;
-        Ok(s)
+impl<R: BufRead> Cursor<R> {
+    pub(crate) fn new(r: R) -> Self {
+        Self {
+            r,
+            pos: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    fn avail(&mut self) -> Result<&[u8], PickleFault> {
+        avail(&mut self.r, self.pos)
+    }
+
+    fn advance(&mut self, k: usize) {
+        self.r.consume(k);
+        self.pos += k as u64;
+    }
+
+    /// The next byte without consuming it; `None` at the end.
+    pub(crate) fn peek(&mut self) -> Result<Option<u8>, PickleFault> {
+        Ok(self.avail()?.first().copied())
     }
 
     fn u8(&mut self) -> Result<u8, PickleFault> {
-        Ok(self.take(1)?[0])
+        self.fill(1, 1)?;
+        Ok(self.buf[0])
+    }
+
+    /// Reads `keep` bytes into the scratch buffer (an argument of `total` bytes).
+    fn fill(&mut self, keep: usize, total: u64) -> Result<(), PickleFault> {
+        self.buf.clear();
+        let start = self.pos;
+        while self.buf.len() < keep {
+            let need = keep - self.buf.len();
+            let got = self.buf.len();
+            let a = avail(&mut self.r, self.pos)?;
+            if a.is_empty() {
+                return Err(fault(
+                    start,
+                    format!("needs {total} more bytes but the stream ends after {got}"),
+                ));
+            }
+            let k = a.len().min(need);
+            self.buf.extend_from_slice(&a[..k]);
+            self.advance(k);
+        }
+        Ok(())
+    }
+
+    /// Skips `n` bytes without keeping them (`skipped` were already read of `total`).
+    fn skip(&mut self, n: u64, skipped: u64, total: u64, start: u64) -> Result<(), PickleFault> {
+        let mut left = n;
+        while left > 0 {
+            let a = self.avail()?.len();
+            if a == 0 {
+                return Err(fault(
+                    start,
+                    format!(
+                        "needs {total} more bytes but the stream ends after {}",
+                        skipped + (n - left)
+                    ),
+                ));
+            }
+            let k = usize::try_from(left).unwrap_or(usize::MAX).min(a);
+            self.advance(k);
+            left -= k as u64;
+        }
+        Ok(())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PickleFault> {
+        self.fill(N, N as u64)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.buf);
+        Ok(a)
     }
 
     fn u16(&mut self) -> Result<u16, PickleFault> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.array()?))
     }
 
     fn u32(&mut self) -> Result<u32, PickleFault> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn i32(&mut self) -> Result<i32, PickleFault> {
+        Ok(i32::from_le_bytes(self.array()?))
     }
 
     fn u64(&mut self) -> Result<u64, PickleFault> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn len_u64(&mut self) -> Result<usize, PickleFault> {
-        let n = self.u64()?;
-        usize::try_from(n).map_err(|_| fault(self.pos, format!("length {n} too large")))
+    /// A length-prefixed argument of `n` bytes: the first [`MAX_STR`] kept in the scratch
+    /// buffer, the rest skipped. Returns whether it was truncated.
+    fn counted(&mut self, n: u64) -> Result<bool, PickleFault> {
+        let start = self.pos;
+        let keep = usize::try_from(n.min(MAX_STR as u64)).unwrap_or(MAX_STR);
+        self.fill(keep, n)?;
+        self.skip(n - keep as u64, keep as u64, n, start)?;
+        Ok(n > keep as u64)
     }
 
-    /// A protocol-0 text argument up to (not including) the newline.
-    fn line(&mut self) -> Result<&'a [u8], PickleFault> {
-        let rest = &self.data[self.pos..];
-        let n = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| fault(self.pos, "text argument without a newline"))?;
-        let s = &rest[..n];
-        self.pos += n + 1;
-        Ok(s)
+    /// A protocol-0 text argument up to (not including) the newline, kept (at most
+    /// [`MAX_STR`] bytes) in the scratch buffer. Returns whether it was truncated.
+    fn line(&mut self) -> Result<bool, PickleFault> {
+        self.buf.clear();
+        let start = self.pos;
+        let mut truncated = false;
+        loop {
+            let room = MAX_STR - self.buf.len();
+            let a = avail(&mut self.r, self.pos)?;
+            if a.is_empty() {
+                return Err(fault(start, "text argument without a newline"));
+            }
+            let (chunk, done) = match a.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (a.len(), false),
+            };
+            let k = chunk.min(room);
+            truncated |= chunk > room;
+            let a = &a[..k];
+            self.buf.extend_from_slice(a);
+            self.advance(chunk + usize::from(done));
+            if done {
+                return Ok(truncated);
+            }
+        }
     }
 
-    fn line_str(&mut self) -> Result<String, PickleFault> {
+    /// A protocol-0 decimal argument (PUT / GET), parsed like Python's `int()` of bytes.
+    fn line_index(&mut self, what: &str) -> Result<u64, PickleFault> {
         let at = self.pos;
-        let l = self.line()?;
-        String::from_utf8(l.to_vec()).map_err(|_| fault(at, "text argument is not UTF-8"))
+        self.line()?;
+        std::str::from_utf8(self.buf.trim_ascii())
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| fault(at, format!("{what} index is not a number")))
     }
 }
 
-impl Machine {
-    fn push_node(&mut self, n: Node, at: usize) -> Result<usize, PickleFault> {
-        if self.nodes.len() >= MAX_NODES {
-            return Err(fault(at, format!("more than {MAX_NODES} values")));
+fn avail<R: BufRead>(r: &mut R, pos: u64) -> Result<&[u8], PickleFault> {
+    r.fill_buf()
+        .map_err(|e| fault(pos, format!("read failed: {e}")))
+}
+
+/// CPython's `codecs.escape_decode`, which the `STRING` opcode applies to its argument.
+pub(crate) fn escape_decode(s: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        i += 1;
+        if c != b'\\' {
+            out.push(c);
+            continue;
         }
+        let Some(&e) = s.get(i) else {
+            return Err("Trailing \\ in string".into());
+        };
+        i += 1;
+        match e {
+            b'\n' => {}
+            b'\\' | b'\'' | b'"' => out.push(e),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b't' => out.push(b'\t'),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b'v' => out.push(11),
+            b'a' => out.push(7),
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                for _ in 0..2 {
+                    match s.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' => {
+                let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+                match (hex(s.get(i)), hex(s.get(i + 1))) {
+                    (Some(h), Some(l)) => {
+                        out.push(u8::try_from(h * 16 + l).unwrap_or(0));
+                        i += 2;
+                    }
+                    _ => return Err(format!("invalid \\x escape at position {}", i - 2)),
+                }
+            }
+            other => {
+                out.push(b'\\');
+                out.push(other);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// CPython's `raw-unicode-escape` decoding, which the `UNICODE` opcode applies: bytes are
+/// Latin-1 except `\uXXXX` / `\UXXXXXXXX` after an odd number of backslashes.
+pub(crate) fn raw_unicode_escape(s: &[u8]) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        if c != b'\\' {
+            out.push(char::from(c));
+            i += 1;
+            continue;
+        }
+        let run = s[i..].iter().take_while(|&&b| b == b'\\').count();
+        let after = s.get(i + run).copied();
+        let escape = run % 2 == 1 && matches!(after, Some(b'u' | b'U'));
+        let literal = if escape { run - 1 } else { run };
+        for _ in 0..literal {
+            out.push('\\');
+        }
+        i += run;
+        if !escape {
+            continue;
+        }
+        let digits = if after == Some(b'u') { 4 } else { 8 };
+        let hex = s.get(i + 1..i + 1 + digits).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let Some(hex) = hex else {
+            return Err(format!(
+                "truncated \\{}{} escape",
+                if digits == 4 { 'u' } else { 'U' },
+                "X".repeat(digits)
+            ));
+        };
+        let v = u32::from_str_radix(std::str::from_utf8(hex).unwrap_or("0"), 16).unwrap_or(0);
+        if v > 0x10_ffff {
+            return Err("\\Uxxxxxxxx out of range".into());
+        }
+        // Lone surrogates have no Rust char; they are never part of an allow-listed name.
+        out.push(char::from_u32(v).unwrap_or(char::REPLACEMENT_CHARACTER));
+        i += 1 + digits;
+    }
+    Ok(out)
+}
+
+impl Machine {
+    fn count(&mut self, at: u64) -> Result<(), PickleFault> {
+        self.pushes += 1;
+        if self.pushes > MAX_PUSHES {
+            return Err(fault(
+                at,
+                format!("more than {MAX_PUSHES} pushes (values, DUP, memo GET, MARK, memo slots)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, id: usize, at: u64) -> Result<(), PickleFault> {
+        self.count(at)?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn push_node(&mut self, n: Node, at: u64) -> Result<usize, PickleFault> {
+        self.count(at)?;
         self.nodes.push(n);
         let id = self.nodes.len() - 1;
         self.stack.push(id);
         Ok(id)
     }
 
-    fn pop(&mut self, at: usize) -> Result<usize, PickleFault> {
-        let floor = self.marks.last().copied().unwrap_or(0);
-        if self.stack.len() <= floor {
+    /// Text kept from the input, counted toward [`MAX_TEXT`].
+    fn keep_text(&mut self, s: String, truncated: bool, at: u64) -> Result<String, PickleFault> {
+        self.text += s.len();
+        if self.text > MAX_TEXT {
+            return Err(fault(at, format!("more than {MAX_TEXT} bytes of text")));
+        }
+        Ok(if truncated { s + TRUNCATED } else { s })
+    }
+
+    fn push_str(&mut self, s: String, truncated: bool, at: u64) -> Result<(), PickleFault> {
+        let s = self.keep_text(s, truncated, at)?;
+        self.push_node(Node::Str(s.into_boxed_str()), at)?;
+        Ok(())
+    }
+
+    fn floor(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+
+    fn pop(&mut self, at: u64) -> Result<usize, PickleFault> {
+        if self.stack.len() <= self.floor() {
             return Err(fault(at, "stack underflow"));
         }
         self.stack.pop().ok_or_else(|| fault(at, "stack underflow"))
     }
 
-    fn top(&self, at: usize) -> Result<usize, PickleFault> {
-        let floor = self.marks.last().copied().unwrap_or(0);
-        if self.stack.len() <= floor {
+    fn top(&self, at: u64) -> Result<usize, PickleFault> {
+        if self.stack.len() <= self.floor() {
             return Err(fault(at, "stack underflow"));
         }
         self.stack
@@ -206,7 +446,7 @@ impl Machine {
             .ok_or_else(|| fault(at, "stack underflow"))
     }
 
-    fn pop_mark(&mut self, at: usize) -> Result<Vec<usize>, PickleFault> {
+    fn pop_mark(&mut self, at: u64) -> Result<Vec<usize>, PickleFault> {
         let m = self
             .marks
             .pop()
@@ -221,15 +461,39 @@ impl Machine {
         }
     }
 
-    fn global(&mut self, module: String, name: String, at: usize) -> Result<(), PickleFault> {
-        self.globals.push((module.clone(), name.clone()));
-        self.push_node(Node::Global { module, name }, at)?;
+    /// The (module, name) of a global node.
+    pub(crate) fn global_of(&self, id: usize) -> Option<(&str, &str)> {
+        match self.nodes.get(id) {
+            Some(Node::Global(g)) => self.globals.get(*g).map(|(m, n)| (m.as_str(), n.as_str())),
+            _ => None,
+        }
+    }
+
+    /// Records what `find_class(module, name)` would be asked for; O(1) per call.
+    fn record(&mut self, module: String, name: String, at: u64) -> Result<usize, PickleFault> {
+        let key = (module, name);
+        if let Some(&g) = self.global_index.get(&key) {
+            return Ok(g);
+        }
+        self.text += key.0.len() + key.1.len();
+        if self.text > MAX_TEXT {
+            return Err(fault(at, format!("more than {MAX_TEXT} bytes of text")));
+        }
+        let g = self.globals.len();
+        self.globals.push(key.clone());
+        self.global_index.insert(key, g);
+        Ok(g)
+    }
+
+    fn global(&mut self, module: String, name: String, at: u64) -> Result<(), PickleFault> {
+        let g = self.record(module, name, at)?;
+        self.push_node(Node::Global(g), at)?;
         Ok(())
     }
 
     fn ints_of(&self, id: usize) -> Option<Vec<u64>> {
         match self.nodes.get(id) {
-            Some(Node::Tuple(items) | Node::List(items)) => items
+            Some(Node::Tuple(items) | Node::List(items)) if items.len() <= MAX_DIMS => items
                 .iter()
                 .map(|&i| match self.nodes.get(i) {
                     Some(Node::Int(v)) => u64::try_from(*v).ok(),
@@ -242,27 +506,27 @@ impl Machine {
 
     /// What calling `func(*args)` would give, as far as we model it.
     fn apply(&self, func: usize, args: usize) -> Node {
-        let Some(Node::Global { module, name }) = self.nodes.get(func) else {
+        let Some((module, name)) = self.global_of(func) else {
             return Node::Opaque;
         };
         let arg_items: &[usize] = match self.nodes.get(args) {
             Some(Node::Tuple(items)) => items,
             _ => &[],
         };
-        match (module.as_str(), name.as_str()) {
+        match (module, name) {
             ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
                 let dtype = match arg_items.first().and_then(|&s| self.nodes.get(s)) {
                     Some(Node::Storage { dtype }) => dtype,
                     _ => "UNKNOWN",
                 };
                 match arg_items.get(2).and_then(|&s| self.ints_of(s)) {
-                    Some(shape) => Node::Tensor { shape, dtype },
+                    Some(shape) => Node::Tensor(Box::new((shape, dtype))),
                     None => Node::Opaque,
                 }
             }
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
                 match arg_items.first().and_then(|&t| self.nodes.get(t)) {
-                    Some(t @ Node::Tensor { .. }) => t.clone(),
+                    Some(t @ Node::Tensor(_)) => t.clone(),
                     _ => Node::Opaque,
                 }
             }
@@ -275,27 +539,37 @@ impl Machine {
         }
     }
 
-    /// Follows one pickle starting at `start`; returns the root node and the offset after STOP.
-    pub(crate) fn run(&mut self, data: &[u8], start: usize) -> Result<(usize, usize), PickleFault> {
+    /// Follows one pickle from the cursor's position to its STOP; returns the root node.
+    /// Nodes, stack, marks and memo start empty; the globals and the text budget carry over.
+    pub(crate) fn run<R: BufRead>(&mut self, c: &mut Cursor<R>) -> Result<usize, PickleFault> {
+        self.nodes.clear();
         self.stack.clear();
         self.marks.clear();
         self.memo.clear();
-        let mut c = Cursor { data, pos: start };
+        self.pushes = 0;
         loop {
             let at = c.pos;
-            let op = c.u8().map_err(|_| fault(at, "stream ends without STOP"))?;
-            if let Step::Stop = self.step(op, &mut c, at)? {
-                let root = self.pop(at)?;
-                return Ok((root, c.pos));
+            let Some(op) = c.peek()? else {
+                return Err(fault(at, "stream ends without STOP"));
+            };
+            c.advance(1);
+            if let Step::Stop = self.step(op, c, at)? {
+                return self.pop(at);
             }
         }
     }
 
     #[allow(
         clippy::match_same_arms,
+        clippy::too_many_lines,
         reason = "one arm per opcode reads like the spec"
     )]
-    fn step(&mut self, op: u8, c: &mut Cursor<'_>, at: usize) -> Result<Step, PickleFault> {
+    fn step<R: BufRead>(
+        &mut self,
+        op: u8,
+        c: &mut Cursor<R>,
+        at: u64,
+    ) -> Result<Step, PickleFault> {
         match op {
             0x80 => {
                 // PROTO
@@ -309,28 +583,33 @@ impl Machine {
                 c.u64()?;
             }
             b'.' => return Ok(Step::Stop),
-            b'(' => self.marks.push(self.stack.len()),
+            b'(' => {
+                self.count(at)?;
+                self.marks.push(self.stack.len());
+            }
             b'0' => {
-                self.pop(at)?;
+                // POP: like CPython, a MARK on top of the stack is what gets popped.
+                if self.marks.last() == Some(&self.stack.len()) {
+                    self.marks.pop();
+                } else {
+                    self.pop(at)?;
+                }
             }
             b'1' => {
                 self.pop_mark(at)?;
             }
             b'2' => {
                 let t = self.top(at)?;
-                self.stack.push(t);
+                self.push(t, at)?;
             }
             b'N' => {
                 self.push_node(Node::None, at)?;
             }
-            0x88 => {
-                self.push_node(Node::Bool, at)?;
-            }
-            0x89 => {
+            0x88 | 0x89 => {
                 self.push_node(Node::Bool, at)?;
             }
             b'J' => {
-                let v = i32::from_le_bytes(c.u32()?.to_le_bytes());
+                let v = c.i32()?;
                 self.push_node(Node::Int(i64::from(v)), at)?;
             }
             b'K' => {
@@ -344,12 +623,16 @@ impl Machine {
             0x8a | 0x8b => {
                 // LONG1 / LONG4: little-endian two's complement.
                 let n = if op == 0x8a {
-                    usize::from(c.u8()?)
+                    u64::from(c.u8()?)
                 } else {
-                    c.u32()? as usize
+                    let n = c.i32()?;
+                    u64::try_from(n)
+                        .map_err(|_| fault(at, "LONG pickle has negative byte count"))?
                 };
-                let b = c.take(n)?;
+                c.counted(n)?;
+                let b = &c.buf;
                 let node = if n <= 8 {
+                    let n = b.len();
                     let mut v: i64 = 0;
                     for (i, &byte) in b.iter().enumerate() {
                         v |= i64::from(byte) << (8 * i);
@@ -364,17 +647,17 @@ impl Machine {
                 self.push_node(node, at)?;
             }
             b'I' | b'L' => {
-                let s = c.line_str()?;
+                c.line()?;
+                let s = String::from_utf8_lossy(&c.buf);
                 let s = s.trim_end_matches('L');
                 let node = match s {
-                    "00" => Node::Bool,
-                    "01" => Node::Bool,
-                    _ => s.parse::<i64>().map_or(Node::BigInt, Node::Int),
+                    "00" | "01" => Node::Bool,
+                    _ => s.trim().parse::<i64>().map_or(Node::BigInt, Node::Int),
                 };
                 self.push_node(node, at)?;
             }
             b'G' => {
-                c.take(8)?;
+                c.u64()?;
                 self.push_node(Node::Float, at)?;
             }
             b'F' => {
@@ -382,57 +665,72 @@ impl Machine {
                 self.push_node(Node::Float, at)?;
             }
             b'X' | 0x8c | 0x8d => {
+                // BINUNICODE / SHORT_BINUNICODE / BINUNICODE8 (UTF-8; an invalid sequence,
+                // which CPython rejects, becomes U+FFFD: never an allow-listed name).
                 let n = match op {
-                    b'X' => c.u32()? as usize,
-                    0x8c => usize::from(c.u8()?),
-                    _ => c.len_u64()?,
+                    b'X' => u64::from(c.u32()?),
+                    0x8c => u64::from(c.u8()?),
+                    _ => c.u64()?,
                 };
-                let b = c.take(n)?;
-                let s = String::from_utf8_lossy(b).into_owned();
-                self.push_node(Node::Str(s), at)?;
+                let truncated = c.counted(n)?;
+                let s = String::from_utf8_lossy(&c.buf).into_owned();
+                self.push_str(s, truncated, at)?;
             }
             b'V' => {
-                // Raw-unicode-escape; names we care about are ASCII.
-                let l = c.line()?;
-                let s = String::from_utf8_lossy(l).into_owned();
-                self.push_node(Node::Str(s), at)?;
+                // UNICODE: raw-unicode-escape.
+                let truncated = c.line()?;
+                let s = raw_unicode_escape(&c.buf)
+                    .map_err(|e| fault(at, format!("UNICODE argument: {e}")))?;
+                self.push_str(s, truncated, at)?;
             }
             b'T' | b'U' => {
+                // BINSTRING (signed length) / SHORT_BINSTRING: Python 2 str, decoded with the
+                // unpickler's encoding (ASCII by default, UTF-8 under torch.load).
                 let n = if op == b'T' {
-                    c.u32()? as usize
+                    u64::try_from(c.i32()?)
+                        .map_err(|_| fault(at, "BINSTRING pickle has negative byte count"))?
                 } else {
-                    usize::from(c.u8()?)
+                    u64::from(c.u8()?)
                 };
-                let b = c.take(n)?;
-                // Python 2 str: protocol 2 files written by Python 2 use it for names too.
-                let s = String::from_utf8_lossy(b).into_owned();
-                self.push_node(Node::Str(s), at)?;
+                let truncated = c.counted(n)?;
+                let s = String::from_utf8_lossy(&c.buf).into_owned();
+                self.push_str(s, truncated, at)?;
             }
             b'S' => {
-                let l = c.line()?;
-                let s = String::from_utf8_lossy(l);
-                let s = s.trim();
-                let unq = s
-                    .strip_prefix('\'')
-                    .and_then(|x| x.strip_suffix('\''))
-                    .or_else(|| s.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
-                    .ok_or_else(|| fault(at, "STRING argument is not quoted"))?;
-                self.push_node(Node::Str(unq.to_owned()), at)?;
+                // STRING: quoted, then `codecs.escape_decode`, exactly as CPython.
+                let truncated = c.line()?;
+                let s = if truncated {
+                    String::from_utf8_lossy(&c.buf).into_owned()
+                } else {
+                    let l = &c.buf;
+                    let quoted = l.len() >= 2
+                        && l[0] == l[l.len() - 1]
+                        && (l[0] == b'\'' || l[0] == b'"');
+                    if !quoted {
+                        return Err(fault(at, "the STRING opcode argument must be quoted"));
+                    }
+                    let bytes = escape_decode(&l[1..l.len() - 1])
+                        .map_err(|e| fault(at, format!("STRING argument: {e}")))?;
+                    String::from_utf8_lossy(&bytes).into_owned()
+                };
+                self.push_str(s, truncated, at)?;
             }
             b'B' | b'C' | 0x8e | 0x96 => {
                 let n = match op {
-                    b'B' => c.u32()? as usize,
-                    b'C' => usize::from(c.u8()?),
-                    _ => c.len_u64()?,
+                    b'B' => u64::from(c.u32()?),
+                    b'C' => u64::from(c.u8()?),
+                    _ => c.u64()?,
                 };
-                c.take(n)?;
+                c.counted(n)?;
                 self.push_node(Node::Bytes, at)?;
             }
-            0x97 | 0x98 => {
-                // NEXT_BUFFER / READONLY_BUFFER: out-of-band buffers we do not have.
-                if op == 0x97 {
-                    self.push_node(Node::Opaque, at)?;
-                }
+            0x97 => {
+                // NEXT_BUFFER: an out-of-band buffer we do not have.
+                self.push_node(Node::Opaque, at)?;
+            }
+            0x98 => {
+                // READONLY_BUFFER
+                self.top(at)?;
             }
             b'}' => {
                 self.push_node(Node::Dict(Vec::new()), at)?;
@@ -477,15 +775,10 @@ impl Machine {
                 let l = self.top(at)?;
                 self.extend(l, &[v]);
             }
-            b'e' => {
+            b'e' | 0x90 => {
                 let items = self.pop_mark(at)?;
                 let l = self.top(at)?;
                 self.extend(l, &items);
-            }
-            0x90 => {
-                let items = self.pop_mark(at)?;
-                let s = self.top(at)?;
-                self.extend(s, &items);
             }
             b's' => {
                 let v = self.pop(at)?;
@@ -500,36 +793,25 @@ impl Machine {
                 self.set_items(d, &p);
             }
             b'p' => {
-                let idx = c
-                    .line_str()?
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| fault(at, "PUT index is not a number"))?;
-                let t = self.top(at)?;
-                self.memo.insert(idx, t);
+                let idx = c.line_index("PUT")?;
+                self.memo_put(idx, at)?;
             }
             b'q' => {
                 let idx = u64::from(c.u8()?);
-                let t = self.top(at)?;
-                self.memo.insert(idx, t);
+                self.memo_put(idx, at)?;
             }
             b'r' => {
                 let idx = u64::from(c.u32()?);
-                let t = self.top(at)?;
-                self.memo.insert(idx, t);
+                self.memo_put(idx, at)?;
             }
             0x94 => {
+                // MEMOIZE: the slot is the number of filled slots, as in CPython.
                 let idx = self.memo.len() as u64;
-                let t = self.top(at)?;
-                self.memo.insert(idx, t);
+                self.memo_put(idx, at)?;
             }
             b'g' | b'h' | b'j' => {
                 let idx = match op {
-                    b'g' => c
-                        .line_str()?
-                        .trim()
-                        .parse::<u64>()
-                        .map_err(|_| fault(at, "GET index is not a number"))?,
+                    b'g' => c.line_index("GET")?,
                     b'h' => u64::from(c.u8()?),
                     _ => u64::from(c.u32()?),
                 };
@@ -537,28 +819,32 @@ impl Machine {
                     .memo
                     .get(&idx)
                     .ok_or_else(|| fault(at, format!("memo index {idx} was never stored")))?;
-                self.stack.push(id);
+                self.push(id, at)?;
             }
             b'c' => {
-                let module = c.line_str()?;
-                let name = c.line_str()?;
+                let (module, name) = Self::two_lines(c, at)?;
                 self.global(module, name, at)?;
             }
             0x93 => {
+                // STACK_GLOBAL: CPython insists on two str; a value we could not follow
+                // (the result of a call) might be one, so its target is unknowable.
                 let name = self.pop(at)?;
                 let module = self.pop(at)?;
-                let (m, n) = match (self.str_of(module), self.str_of(name)) {
-                    (Some(m), Some(n)) => (m.to_owned(), n.to_owned()),
-                    // A computed import target: record it so the scan flags it.
+                let text = |id: usize| match self.nodes.get(id) {
+                    Some(Node::Str(s)) => Ok(Some(s.to_string())),
+                    Some(Node::Opaque) => Ok(None),
+                    _ => Err(fault(at, "STACK_GLOBAL requires str")),
+                };
+                let (m, n) = match (text(module)?, text(name)?) {
+                    (Some(m), Some(n)) => (m, n),
                     _ => ("?".to_owned(), "?".to_owned()),
                 };
                 self.global(m, n, at)?;
             }
             b'i' => {
-                // INST: import and call with the marked arguments.
-                let module = c.line_str()?;
-                let name = c.line_str()?;
-                self.globals.push((module, name));
+                // INST: import, then call with the marked arguments.
+                let (module, name) = Self::two_lines(c, at)?;
+                self.record(module, name, at)?;
                 self.pop_mark(at)?;
                 self.push_node(Node::Opaque, at)?;
             }
@@ -570,14 +856,19 @@ impl Machine {
                 self.push_node(Node::Opaque, at)?;
             }
             0x82..=0x84 => {
-                // EXT1/2/4: the extension registry; the target is unknowable here.
-                let n = match op {
-                    0x82 => 1,
-                    0x83 => 2,
-                    _ => 4,
-                };
-                c.take(n)?;
-                self.globals.push(("?".into(), "copyreg extension".into()));
+                // EXT1/2/4: the copyreg extension registry; the target is unknowable here.
+                match op {
+                    0x82 => {
+                        c.u8()?;
+                    }
+                    0x83 => {
+                        c.u16()?;
+                    }
+                    _ => {
+                        c.i32()?;
+                    }
+                }
+                self.record("?".into(), "copyreg extension".into(), at)?;
                 self.push_node(Node::Opaque, at)?;
             }
             b'R' => {
@@ -598,9 +889,16 @@ impl Machine {
                 self.push_node(Node::Opaque, at)?;
             }
             b'b' => {
-                // BUILD sets state on the object; it never changes what we extract.
+                // BUILD sets state on the object below. On an imported class or function
+                // itself it would patch that global: no checkpoint does that.
                 self.pop(at)?;
-                self.top(at)?;
+                let target = self.top(at)?;
+                if let Some((m, n)) = self.global_of(target)
+                    && self.notes.len() < 16
+                {
+                    let note = fault(at, format!("BUILD patches the imported global {m}.{n}"));
+                    self.notes.push(note);
+                }
             }
             b'P' => {
                 c.line()?;
@@ -616,6 +914,30 @@ impl Machine {
         Ok(Step::Continue)
     }
 
+    /// The module and name lines of GLOBAL / INST (UTF-8; invalid bytes, which CPython
+    /// rejects, become U+FFFD).
+    fn two_lines<R: BufRead>(c: &mut Cursor<R>, _at: u64) -> Result<(String, String), PickleFault> {
+        let t = c.line()?;
+        let mut module = String::from_utf8_lossy(&c.buf).into_owned();
+        if t {
+            module.push_str(TRUNCATED);
+        }
+        let t = c.line()?;
+        let mut name = String::from_utf8_lossy(&c.buf).into_owned();
+        if t {
+            name.push_str(TRUNCATED);
+        }
+        Ok((module, name))
+    }
+
+    fn memo_put(&mut self, idx: u64, at: u64) -> Result<(), PickleFault> {
+        let t = self.top(at)?;
+        if self.memo.insert(idx, t).is_none() {
+            self.count(at)?;
+        }
+        Ok(())
+    }
+
     /// torch's persistent ids: `('storage', StorageClass, key, location, numel[, view])`.
     fn persistent(&self, pid: usize) -> Node {
         let Some(Node::Tuple(items)) = self.nodes.get(pid) else {
@@ -624,11 +946,11 @@ impl Machine {
         if items.first().and_then(|&i| self.str_of(i)) != Some("storage") {
             return Node::Opaque;
         }
-        match items.get(1).and_then(|&i| self.nodes.get(i)) {
-            Some(Node::Global { name, .. }) => Node::Storage {
+        match items.get(1).and_then(|&i| self.global_of(i)) {
+            Some((_, name)) => Node::Storage {
                 dtype: storage_dtype(name),
             },
-            _ => Node::Storage { dtype: "UNKNOWN" },
+            None => Node::Storage { dtype: "UNKNOWN" },
         }
     }
 
@@ -647,14 +969,15 @@ impl Machine {
     /// Key of a dict entry as text (strings as they are, ints in decimal).
     fn key_text(&self, id: usize) -> Option<String> {
         match self.nodes.get(id)? {
-            Node::Str(s) => Some(s.clone()),
+            Node::Str(s) => Some(s.to_string()),
             Node::Int(i) => Some(i.to_string()),
             _ => None,
         }
     }
 
     /// The tensors under `root`, flattened with `.`-joined keys. A dict holding a
-    /// `state_dict` dict is unwrapped first (Lightning checkpoints).
+    /// `state_dict` dict is unwrapped first (Lightning checkpoints). At most
+    /// `MAX_NAME_BYTES` of names are built.
     pub(crate) fn tensors(&self, root: usize) -> Vec<(String, Vec<u64>, &'static str)> {
         let mut root = root;
         if let Some(Node::Dict(pairs)) = self.nodes.get(root)
@@ -667,7 +990,8 @@ impl Machine {
         }
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        self.flatten(root, "", 0, &mut seen, &mut out);
+        let mut budget = MAX_NAME_BYTES;
+        self.flatten(root, "", 0, &mut seen, &mut budget, &mut out);
         out
     }
 
@@ -677,6 +1001,7 @@ impl Machine {
         prefix: &str,
         depth: usize,
         seen: &mut HashSet<usize>,
+        budget: &mut usize,
         out: &mut Vec<(String, Vec<u64>, &'static str)>,
     ) {
         if depth > MAX_DEPTH || !seen.insert(id) {
@@ -694,16 +1019,20 @@ impl Machine {
             } else {
                 format!("{prefix}.{key}")
             };
+            let Some(left) = budget.checked_sub(full.len()) else {
+                return;
+            };
+            *budget = left;
             match self.nodes.get(v) {
-                Some(Node::Tensor { shape, dtype }) => out.push((full, shape.clone(), dtype)),
-                Some(Node::Dict(_)) => self.flatten(v, &full, depth + 1, seen, out),
+                Some(Node::Tensor(t)) => out.push((full, t.0.clone(), t.1)),
+                Some(Node::Dict(_)) => self.flatten(v, &full, depth + 1, seen, budget, out),
                 _ => {}
             }
         }
     }
 }
 
-fn pairs(items: &[usize], at: usize) -> Result<Vec<(usize, usize)>, PickleFault> {
+fn pairs(items: &[usize], at: u64) -> Result<Vec<(usize, usize)>, PickleFault> {
     if !items.len().is_multiple_of(2) {
         return Err(fault(at, "odd number of items for a dict"));
     }
@@ -719,15 +1048,27 @@ pub(crate) const LEGACY_MAGIC_PICKLE: &[u8] = &[
 mod tests {
     use super::*;
 
-    #[test]
-    fn builds_tensor_from_torch_opcodes() {
+    fn run(data: &[u8]) -> (Machine, Result<usize, PickleFault>, u64) {
+        let mut m = Machine::default();
+        let mut c = Cursor::new(data);
+        let r = m.run(&mut c);
+        let pos = c.pos;
+        (m, r, pos)
+    }
+
+    fn torch_pickle() -> Vec<u8> {
         // {'w': _rebuild_tensor_v2(pid('storage', torch.HalfStorage, '0', 'cpu', 6), 0, (2, 3), (3, 1), False, OrderedDict())}
         let mut p = vec![0x80, 2, b'}', b'q', 0, b'X', 1, 0, 0, 0, b'w'];
         p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nHalfStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00K\x02K\x03\x86K\x03K\x01\x86\x89ccollections\nOrderedDict\n)RtRs.");
-        let mut m = Machine::default();
-        let (root, end) = m.run(&p, 0).unwrap();
-        assert_eq!(end, p.len());
-        let t = m.tensors(root);
+        p
+    }
+
+    #[test]
+    fn builds_tensor_from_torch_opcodes() {
+        let p = torch_pickle();
+        let (m, root, end) = run(&p);
+        assert_eq!(end, p.len() as u64);
+        let t = m.tensors(root.unwrap());
         assert_eq!(t, vec![("w".to_owned(), vec![2, 3], "F16")]);
         assert!(
             m.globals
@@ -739,11 +1080,9 @@ mod tests {
     /// Truncations and byte flips of a real torch pickle: errors, never panics.
     #[test]
     fn mangled_input_never_panics() {
-        let mut p = vec![0x80, 2, b'}', b'q', 0, b'X', 1, 0, 0, 0, b'w'];
-        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nHalfStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00K\x02K\x03\x86K\x03K\x01\x86\x89ccollections\nOrderedDict\n)RtRs.");
+        let p = torch_pickle();
         for cut in 0..p.len() {
-            let mut m = Machine::default();
-            let _ = m.run(&p[..cut], 0);
+            let _ = run(&p[..cut]);
         }
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..20_000 {
@@ -755,8 +1094,7 @@ mod tests {
                 let at = (seed % q.len() as u64) as usize;
                 q[at] = (seed >> 32) as u8;
             }
-            let mut m = Machine::default();
-            if let Ok((root, _)) = m.run(&q, 0) {
+            if let (m, Ok(root), _) = run(&q) {
                 let _ = m.tensors(root);
             }
         }
@@ -764,22 +1102,72 @@ mod tests {
 
     #[test]
     fn faults_name_the_offset() {
-        let mut m = Machine::default();
-        let e = m.run(&[0x80, 2, b'u'], 0).unwrap_err();
-        assert_eq!(e.offset, 2);
-        let e = m.run(&[0x80, 2, b'N'], 0).unwrap_err();
+        let (_, e, _) = run(&[0x80, 2, b'u']);
+        assert_eq!(e.unwrap_err().offset, 2);
+        let (_, e, _) = run(&[0x80, 2, b'N']);
+        let e = e.unwrap_err();
         assert!(e.reason.contains("without STOP"), "{e}");
-        let e = m.run(&[0x80, 2, 0xff], 0).unwrap_err();
+        let (_, e, _) = run(&[0x80, 2, 0xff]);
+        let e = e.unwrap_err();
         assert!(e.reason.contains("unknown opcode 0xff"), "{e}");
-        let e = m.run(&[b'X', 0xff, 0xff, 0xff, 0x7f], 0).unwrap_err();
+        let (_, e, _) = run(&[b'X', 0xff, 0xff, 0xff, 0x7f]);
+        let e = e.unwrap_err();
         assert!(e.reason.contains("more bytes"), "{e}");
     }
 
     #[test]
     fn legacy_magic_parses() {
-        let mut m = Machine::default();
-        let (root, end) = m.run(LEGACY_MAGIC_PICKLE, 0).unwrap();
-        assert_eq!(end, LEGACY_MAGIC_PICKLE.len());
-        assert!(matches!(m.nodes[root], Node::BigInt));
+        let (m, root, end) = run(LEGACY_MAGIC_PICKLE);
+        assert_eq!(end, LEGACY_MAGIC_PICKLE.len() as u64);
+        assert!(matches!(m.nodes[root.unwrap()], Node::BigInt));
+    }
+
+    /// Expected values from CPython 3.11's `codecs.escape_decode` and `raw_unicode_escape`.
+    #[test]
+    fn text_decodes_like_cpython() {
+        assert_eq!(escape_decode(br"o\x73").unwrap(), b"os");
+        assert_eq!(escape_decode(br"\777").unwrap(), b"\xff");
+        assert_eq!(escape_decode(br"\400").unwrap(), b"\x00");
+        assert_eq!(escape_decode(br"\8\q").unwrap(), br"\8\q");
+        assert_eq!(escape_decode(br"\a\b\f\v\0\12").unwrap(), b"\x07\x08\x0c\x0b\x00\n");
+        assert!(escape_decode(br"\x7").is_err());
+        assert!(escape_decode(b"\\").is_err());
+        assert_eq!(raw_unicode_escape(br"\u0041").unwrap(), "A");
+        assert_eq!(raw_unicode_escape(br"\\u0041").unwrap(), r"\\u0041");
+        assert_eq!(raw_unicode_escape(br"\\\u0041").unwrap(), r"\\A");
+        assert_eq!(raw_unicode_escape(br"\U0001F600\x41").unwrap(), "😀\\x41");
+        assert!(raw_unicode_escape(br"\u004").is_err());
+        assert!(raw_unicode_escape(br"\U00110000").is_err());
+        assert_eq!(raw_unicode_escape(b"\\").unwrap(), "\\");
+        // STRING and UNICODE names reach STACK_GLOBAL decoded.
+        let (m, r, _) = run(b"S'o\\x73'\nV\\u0073ystem\n\x93.");
+        r.unwrap();
+        assert_eq!(m.globals, vec![("os".to_owned(), "system".to_owned())]);
+    }
+
+    #[test]
+    fn dup_bombs_hit_the_push_budget() {
+        let mut p = vec![0x80, 2, b'N'];
+        p.extend(std::iter::repeat_n(b'2', MAX_PUSHES + 10));
+        p.push(b'.');
+        let (m, e, _) = run(&p);
+        assert!(e.unwrap_err().reason.contains("pushes"));
+        assert!(m.stack.len() <= MAX_PUSHES);
+        // So do memo GETs and MARKs.
+        let mut p = vec![0x80, 2, b'N', b'q', 0];
+        for _ in 0..=MAX_PUSHES {
+            p.extend_from_slice(b"h\x00");
+        }
+        assert!(run(&p).1.unwrap_err().reason.contains("pushes"));
+        let p = vec![b'('; MAX_PUSHES + 10];
+        assert!(run(&p).1.unwrap_err().reason.contains("pushes"));
+    }
+
+    #[test]
+    fn pop_takes_a_mark_like_cpython() {
+        // MARK POP: CPython pops the mark, then goes on.
+        let (m, r, _) = run(b"(0cos\nsystem\n.");
+        r.unwrap();
+        assert_eq!(m.globals[0].0, "os");
     }
 }
