@@ -265,7 +265,8 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
                     )
                 })
             })?;
-        remove_empty_parents(&models_dir, &target);
+        // A single-file model lives in `<key>/<file>`: the folder goes with the file.
+        crate::install::staging::remove_empty_parents(&models_dir, &target);
         deleted = Some(target);
     }
     if ctx.output == OutputFormat::Json {
@@ -282,18 +283,6 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
         out.flush()?;
     }
     Ok(Status::Success)
-}
-
-/// Removes the empty folders above a deleted `path` up to (not including) `models_dir`: a
-/// single-file model lives in `<key>/<file>`, and its folder goes with the file.
-fn remove_empty_parents(models_dir: &Path, path: &Path) {
-    let mut cur = path.parent();
-    while let Some(dir) = cur {
-        if dir == models_dir || !dir.starts_with(models_dir) || std::fs::remove_dir(dir).is_err() {
-            break;
-        }
-        cur = dir.parent();
-    }
 }
 
 /// Refuses to delete `target` unless it lies strictly inside `models_dir`. Symlinks in the

@@ -595,7 +595,7 @@ impl ModelInstallService {
         if (inside || anywhere)
             && remove_path(&target).map_err(|e| match e {
                 InstallError::Io { path, source, .. } => InstallError::Io {
-                    op: "the record is removed, `modelsync gc` collects what is left; deleting",
+                    op: "the record is removed and `modelsync gc` collects what is left; could not delete",
                     path,
                     source,
                 },

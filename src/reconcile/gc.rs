@@ -96,3 +96,60 @@ pub fn remove(items: &[Garbage]) -> Vec<(PathBuf, std::io::Error)> {
     }
     failed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::ModelSourceType;
+    use crate::reconcile::inventory::InventoryRecord;
+
+    fn record(models_dir: &Path, path: &str) -> InventoryRecord {
+        let resolved_path = models_dir.join(path);
+        InventoryRecord {
+            key: "k".into(),
+            name: "n".into(),
+            managed: None,
+            source: String::new(),
+            source_type: ModelSourceType::Path,
+            path: path.into(),
+            in_models_dir: resolved_path.starts_with(models_dir),
+            path_exists: resolved_path.exists(),
+            resolved_path,
+            hash: String::new(),
+            file_size: 0,
+            files: Vec::new(),
+        }
+    }
+
+    /// A record stored by its real path on another disk, reached from models_dir through a
+    /// symlink: the link is owned. A link to nothing of ours is garbage, and removing it
+    /// leaves its target.
+    #[test]
+    fn a_link_to_a_records_real_path_is_owned_and_orphan_links_are_only_unlinked() {
+        let d = tempfile::tempdir().unwrap();
+        let models = d.path().join("models");
+        let disk2 = d.path().join("disk2");
+        std::fs::create_dir_all(disk2.join("big")).unwrap();
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::write(disk2.join("big/model.safetensors"), b"weights").unwrap();
+        std::fs::write(disk2.join("other.bin"), b"not ours").unwrap();
+        symlink(disk2.join("big"), models.join("big")).unwrap();
+        symlink(disk2.join("other.bin"), models.join("other.bin")).unwrap();
+        let abs = disk2.join("big/model.safetensors");
+        let inv = Inventory {
+            models_dir: models.clone(),
+            models_dir_state: crate::reconcile::inventory::DirState::Present,
+            records: vec![record(&models, abs.to_str().unwrap())],
+        };
+        let items = collect(&inv, &Keep::default().store(&models.join("modelsync.db"))).unwrap();
+        let paths: Vec<_> = items.iter().map(|g| g.path.clone()).collect();
+        assert_eq!(paths, vec![models.join("other.bin")]);
+        assert!(remove(&items).is_empty());
+        assert!(!models.join("other.bin").exists());
+        assert!(disk2.join("other.bin").is_file());
+        assert!(abs.is_file());
+    }
+}

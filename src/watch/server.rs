@@ -83,7 +83,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest one connection lives (a client that trickles its body or never reads the
 /// answer): then it is asked to close, and dropped [`CLOSE_GRACE`] later.
-const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+const MAX_CONNECTION_AGE: Duration = Duration::from_mins(1);
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Pause after a failed `accept` (out of descriptors, say) before trying again.
@@ -309,7 +309,7 @@ mod tests {
         let (addr, _stop) = start(Limits {
             cap: 4,
             header_read_timeout: Duration::from_secs(10),
-            max_age: Duration::from_secs(3600),
+            max_age: Duration::from_hours(1),
         })
         .await;
         let mut idle = TcpStream::connect(addr).await.unwrap();
@@ -326,8 +326,8 @@ mod tests {
     async fn at_the_cap_a_new_connection_evicts_the_longest_idle() {
         let (addr, _stop) = start(Limits {
             cap: 2,
-            header_read_timeout: Duration::from_secs(3600),
-            max_age: Duration::from_secs(3600),
+            header_read_timeout: Duration::from_hours(1),
+            max_age: Duration::from_hours(1),
         })
         .await;
         let mut first = TcpStream::connect(addr).await.unwrap();
@@ -339,12 +339,12 @@ mod tests {
         );
         let _second = TcpStream::connect(addr).await.unwrap();
         let mut probe = TcpStream::connect(addr).await.unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(60), healthz_over(&mut probe))
+        let answer = tokio::time::timeout(Duration::from_mins(1), healthz_over(&mut probe))
             .await
             .expect("/healthz answers while idle connections hold every slot");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let mut buf = [0u8; 8];
-        let n = tokio::time::timeout(Duration::from_secs(60), first.read(&mut buf))
+        let n = tokio::time::timeout(Duration::from_mins(1), first.read(&mut buf))
             .await
             .expect("the oldest idle connection is closed")
             .unwrap_or(0);

@@ -254,7 +254,8 @@ fn remove_record_and_files() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), format!("removed sd15 ({K_SD15})\n"));
 
-    // With --delete-files inside models_dir: both go.
+    // With --delete-files inside models_dir: both go; a folder the model shares stays.
+    std::fs::write(d.path().join("models/loras/other.safetensors"), b"other").unwrap();
     let r = json_out(
         d.path(),
         &["remove", "bbbb1111", "--delete-files", "-o", "json"],
@@ -268,7 +269,7 @@ fn remove_record_and_files() {
     );
     assert!(!file.exists());
     assert!(
-        d.path().join("models/loras").is_dir(),
+        d.path().join("models/loras/other.safetensors").is_file(),
         "only the model's own path is deleted"
     );
 

@@ -656,7 +656,9 @@ fn a_flood_of_idle_connections_leaves_healthz_and_the_reconciler_working() {
         held.len()
     );
 
-    // A second wave while the reconciler reads the edited manifest and installs `b`.
+    // A second wave while the reconciler reads the edited manifest and installs `b` (the
+    // first wave closes first, keeping this process's own descriptors bounded).
+    drop(held);
     write_manifest(
         &w,
         &manifest_text(
@@ -671,7 +673,7 @@ fn a_flood_of_idle_connections_leaves_healthz_and_the_reconciler_working() {
     let held2 = flood(addr, FLOOD);
     wait_converged(&mut child, addr, "b");
     assert_eq!(http_get(addr, "/healthz").map(|r| r.0), Some(200));
-    drop((held, held2));
+    drop(held2);
 
     sigterm(&child);
     let status = wait_exit(&mut child);
