@@ -767,8 +767,7 @@ impl HubClient {
                 Ok(r) => r,
                 // A refused, reset or timed-out connection is as passing as a 503.
                 Err(e)
-                    if (e.is_connect() || e.is_timeout())
-                        && attempt <= self.opts.max_retries =>
+                    if (e.is_connect() || e.is_timeout()) && attempt <= self.opts.max_retries =>
                 {
                     tracing::debug!(attempt, "retrying {}: {}", show(url), e.without_url());
                     tokio::time::sleep(backoff.min(self.opts.max_retry_wait)).await;

@@ -522,7 +522,10 @@ mod tests {
             "https://h/x?token=s3cr3t\u{85}x",
         ] {
             let e = ModelSource::parse_in(s, base).unwrap_err();
-            assert!(matches!(e, SourceError::ControlCharacter { .. }), "{s:?}: {e}");
+            assert!(
+                matches!(e, SourceError::ControlCharacter { .. }),
+                "{s:?}: {e}"
+            );
             let msg = e.to_string();
             assert!(msg.contains("control character"), "{msg}");
             assert!(!msg.contains("s3cr3t"), "{msg}");
@@ -537,11 +540,56 @@ mod tests {
     #[test]
     fn canonical_is_idempotent() {
         const PIECES: &[&str] = &[
-            "owner", "name", "o-1", "n.x", "/", "//", ":", "::", "@", "@main", "@refs/pr/1",
-            "fp16", "FP16", "default", "vae", "unet/", "x.safetensors", ".", "..", "./", "../",
-            "~/", "\\", " ", "%2F", "%", "?", "#", "&", "=", "token=", "t0k", "sig=", "+",
-            "https://", "HTTP://", "h.example", "huggingface.co", "/blob/main/", ":8080", "u:p@",
-            "[::1]", "é", "\u{1F600}", "\t", "\0", "\u{7f}", "\u{200b}", "a b", "*",
+            "owner",
+            "name",
+            "o-1",
+            "n.x",
+            "/",
+            "//",
+            ":",
+            "::",
+            "@",
+            "@main",
+            "@refs/pr/1",
+            "fp16",
+            "FP16",
+            "default",
+            "vae",
+            "unet/",
+            "x.safetensors",
+            ".",
+            "..",
+            "./",
+            "../",
+            "~/",
+            "\\",
+            " ",
+            "%2F",
+            "%",
+            "?",
+            "#",
+            "&",
+            "=",
+            "token=",
+            "t0k",
+            "sig=",
+            "+",
+            "https://",
+            "HTTP://",
+            "h.example",
+            "huggingface.co",
+            "/blob/main/",
+            ":8080",
+            "u:p@",
+            "[::1]",
+            "é",
+            "\u{1F600}",
+            "\t",
+            "\0",
+            "\u{7f}",
+            "\u{200b}",
+            "a b",
+            "*",
         ];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {

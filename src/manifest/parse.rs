@@ -106,6 +106,10 @@ pub struct SettingsFile {
     #[serde(default)]
     #[schemars(schema_with = "duration_schema")]
     pub watch_interval: Option<Sp<String>>,
+    /// Longest time one file's download may take, retries and waits included (default 24h).
+    #[serde(default)]
+    #[schemars(schema_with = "duration_schema")]
+    pub download_timeout: Option<Sp<String>>,
     /// Load cache budgets.
     #[serde(default)]
     pub cache: Option<CacheFile>,
@@ -452,6 +456,18 @@ impl<'a> Cx<'a> {
                     Ok(d) => *slot = d,
                     Err(e) => self.err(sp.loc(), format!("`{field}`: {e}")),
                 }
+            }
+        }
+        if let Some(sp) = &raw.download_timeout
+            && let Some(v) = self.text(sp, "download_timeout")
+        {
+            match crate::units::parse_duration(&v) {
+                Ok(d) if d.is_zero() => self.err(
+                    sp.loc(),
+                    "`download_timeout` must be longer than 0 (for example 6h)",
+                ),
+                Ok(d) => s.download_timeout = d,
+                Err(e) => self.err(sp.loc(), format!("`download_timeout`: {e}")),
             }
         }
         if let Some(c) = &raw.cache {

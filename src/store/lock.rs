@@ -45,7 +45,9 @@ pub enum LockError {
 pub struct LockHolder {
     /// Process id.
     pub pid: Option<u32>,
-    /// Command line (program name without its folder, then the arguments).
+    /// The command: the program name without its folder, and the subcommand when the first
+    /// argument is one (`modelsync apply`). Never the other arguments: they may hold a token
+    /// or a URL with one, and a waiting process prints this.
     pub command: Option<String>,
     /// When it took the lock, RFC 3339.
     pub since: Option<String>,
@@ -64,10 +66,10 @@ impl LockHolder {
                 )
             })
             .unwrap_or_default();
-        let command = std::iter::once(program)
-            .chain(args.map(|a| a.to_string_lossy().into_owned()))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let command = match args.next().and_then(|a| a.into_string().ok()) {
+            Some(sub) if looks_like_subcommand(&sub) => format!("{program} {sub}"),
+            _ => program,
+        };
         Self {
             pid: Some(std::process::id()),
             command: Some(command),
@@ -83,6 +85,13 @@ impl LockHolder {
         }
         serde_json::from_str(text.trim()).unwrap_or_default()
     }
+}
+
+/// A word such as `apply` or `fetch-hub`: lower-case letters and `-`, not a flag, short.
+fn looks_like_subcommand(a: &str) -> bool {
+    (1..=24).contains(&a.len())
+        && a.starts_with(|c: char| c.is_ascii_lowercase())
+        && a.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
 }
 
 impl std::fmt::Display for LockHolder {
