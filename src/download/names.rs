@@ -78,6 +78,13 @@ pub fn is_secret_param(name: &str) -> bool {
 /// ([`is_secret_param`]) replaced by `***`; everything else is kept byte for byte, so
 /// redacting twice gives the same string. Errors and logs use the stricter [`redact_url`].
 pub fn redact_url_secrets(url: &Url) -> String {
+    redact_url_secrets_with(url, &[])
+}
+
+/// [`redact_url_secrets`], also hiding the values of the query parameters named in `extra`
+/// (compared like [`is_secret_param`] does).
+pub fn redact_url_secrets_with(url: &Url, extra: &[String]) -> String {
+    let redact_pairs = |q: &str| redact_pairs(q, extra);
     let mut u = url.clone();
     if !u.username().is_empty() {
         let _ = u.set_username(REDACTED);
@@ -109,12 +116,15 @@ pub fn redact_url_secrets_str(url: &str) -> String {
 }
 
 /// `a=1&token=x` → `a=1&token=***`: raw pairs, keys compared after percent-decoding.
-fn redact_pairs(q: &str) -> String {
+fn redact_pairs(q: &str, extra: &[String]) -> String {
+    let norm = |k: &str| k.to_ascii_lowercase().replace('-', "_");
+    let secret = |k: &str| {
+        let k = percent_decode(&k.replace('+', " "));
+        is_secret_param(&k) || extra.iter().any(|e| norm(e) == norm(&k))
+    };
     q.split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, v))
-                if v != REDACTED && is_secret_param(&percent_decode(&k.replace('+', " "))) =>
-            {
+            Some((k, v)) if v != REDACTED && secret(k) => {
                 format!("{k}={REDACTED}")
             }
             _ => pair.to_owned(),
@@ -293,6 +303,13 @@ mod tests {
             let once = r(s);
             assert_eq!(r(&once), once);
         }
+        assert_eq!(
+            redact_url_secrets_with(
+                &Url::parse("https://h/x?dl=v&Other-Name=w&k=z").unwrap(),
+                &["dl".into(), "other_name".into()]
+            ),
+            "https://h/x?dl=***&Other-Name=***&k=z"
+        );
         assert_eq!(
             redact_url_secrets_str("/local/path?token=x"),
             "/local/path?token=x"

@@ -98,6 +98,10 @@ pub struct UrlModelSource {
     pub url: reqwest::Url,
     /// Bearer token for the URL's host.
     pub access_token: Option<Token>,
+    /// Query parameters shown as `***` besides the ones whose name says they are secret
+    /// ([`crate::download::names::is_secret_param`]): the manifest sets those whose value it
+    /// took from `${VAR}`.
+    pub secret_params: Vec<String>,
 }
 
 /// A Hugging Face repo, or part of one.
@@ -173,6 +177,7 @@ impl ModelSource {
                 Self::Url(UrlModelSource {
                     url,
                     access_token: None,
+                    secret_params: Vec::new(),
                 })
             });
         }
@@ -270,12 +275,12 @@ fn expand_home(s: &str) -> PathBuf {
 
 fn parse_url(s: &str) -> Result<reqwest::Url, SourceError> {
     let mut url = reqwest::Url::parse(s).map_err(|e| SourceError::BadUrl {
-        url: s.to_owned(),
+        url: crate::download::names::redact_url_secrets_str(s),
         reason: e.to_string(),
     })?;
     if url.host_str().is_none() {
         return Err(SourceError::BadUrl {
-            url: s.to_owned(),
+            url: crate::download::names::redact_url_secrets_str(s),
             reason: "no host".into(),
         });
     }
@@ -378,7 +383,10 @@ impl fmt::Display for ModelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Local(l) => write!(f, "{}", l.path.display()),
-            Self::Url(u) => f.write_str(&crate::download::names::redact_url_secrets(&u.url)),
+            Self::Url(u) => f.write_str(&crate::download::names::redact_url_secrets_with(
+                &u.url,
+                &u.secret_params,
+            )),
             Self::Hf(h) => {
                 f.write_str(&h.repo_id)?;
                 if let Some(rev) = &h.revision {

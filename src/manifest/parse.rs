@@ -197,6 +197,21 @@ fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// The query parameters of a URL as written whose value uses `${VAR}`: a value taken from
+/// the environment is treated as a secret, so it never reaches the lock file, a record or the
+/// plan (`?token=${CIVITAI_TOKEN}` shows as `?token=***` whatever the parameter's name).
+fn interpolated_query_params(written: &str) -> Vec<String> {
+    let Some((_, q)) = written.split_once('?') else {
+        return Vec::new();
+    };
+    let q = q.split('#').next().unwrap_or(q);
+    q.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(_, v)| v.contains("${"))
+        .map(|(k, _)| k.to_owned())
+        .collect()
+}
+
 fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": ["string", "integer"],
@@ -548,6 +563,9 @@ impl<'a> Cx<'a> {
             }
             None => None,
         };
+        if let Some(ModelSource::Url(u)) = &mut source {
+            u.secret_params = interpolated_query_params(raw.source.value());
+        }
         let kind = source.as_ref().map(kind_of);
         let hf_only = |cx: &mut Self, loc: Loc, field: &str| {
             if let Some(k) = kind

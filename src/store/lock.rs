@@ -3,7 +3,8 @@
 //! The lock is `<database>.lock`, locked with the OS's advisory file lock (std `File::lock`,
 //! `flock` on Unix), so it is released when the holder exits, however it exits — a crashed
 //! `apply` never leaves a stale lock. While holding it, the holder writes who it is (pid,
-//! command line, start time) into the file, so a second process can say whom it waits for.
+//! command name but never its arguments, start time) into the file, so a second process can
+//! say whom it waits for.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -250,6 +251,29 @@ mod tests {
         assert_eq!(holder.pid, Some(std::process::id()));
         drop(held);
         waiter.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_holder_record_names_the_command_without_arguments() {
+        assert!(looks_like_subcommand("apply"));
+        assert!(looks_like_subcommand("fetch-hub"));
+        for a in [
+            "--file",
+            "https://h/x?token=s3cr3t",
+            "hf_s3cr3t",
+            "Apply",
+            "models.yaml",
+            "",
+            "averyveryveryverylongword",
+        ] {
+            assert!(!looks_like_subcommand(a), "{a}");
+        }
+        // This test binary runs with arguments (filters, flags): none of them is recorded.
+        let me = LockHolder::current().command.unwrap();
+        let extra: Vec<String> = std::env::args().skip(2).collect();
+        for a in extra {
+            assert!(!me.contains(&a), "{me} records {a}");
+        }
     }
 
     #[test]

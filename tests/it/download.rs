@@ -1173,7 +1173,7 @@ fn url_tokens_never_reach_an_output_or_a_file() {
         every: Duration::from_millis(50),
     }));
     let manifest = format!(
-        "version: 1\nsettings:\n  models_dir: models\nmodels:\n  - name: detail\n    source: http://u:${{CIVITAI_TOKEN}}@{}/api/download/models/1?type=Model&token=${{CIVITAI_TOKEN}}&sig=${{CIVITAI_TOKEN}}\n",
+        "version: 1\nsettings:\n  models_dir: models\nmodels:\n  - name: detail\n    source: http://u:${{CIVITAI_TOKEN}}@{}/api/download/models/1?type=Model&token=${{CIVITAI_TOKEN}}&sig=${{CIVITAI_TOKEN}}&dl=${{CIVITAI_TOKEN}}\n",
         srv.addr
     );
     std::fs::write(dir.path().join("models.yaml"), &manifest).unwrap();
@@ -1209,7 +1209,11 @@ fn url_tokens_never_reach_an_output_or_a_file() {
         "{seen:?}"
     );
     let lock = std::fs::read_to_string(dir.path().join("models.lock")).unwrap();
-    assert!(lock.contains("token=***&sig=***"), "{lock}");
+    // Secret by name (`token`, `sig`) or by coming from `${VAR}` (`dl`); the rest is kept.
+    assert!(
+        lock.contains("?type=Model&token=***&sig=***&dl=***"),
+        "{lock}"
+    );
 
     // A secret on the command line never reaches the lock-holder record, nor the message of
     // the process that waits for it.
@@ -1251,4 +1255,37 @@ fn url_tokens_never_reach_an_output_or_a_file() {
     );
     let after = files_with_secret(dir.path());
     assert!(after.is_empty(), "the token was written to {after:?}");
+}
+
+/// `settings.download_timeout` reaches the queue `apply` uses: a server that trickles bytes
+/// forever fails the entry with the budget in the message, and nothing is registered.
+#[test]
+fn apply_honours_settings_download_timeout() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let drip = rt.block_on(RawServer::start(RawMode::Drip {
+        data: Arc::new(data(1 << 20, 32)),
+        every: Duration::from_millis(5),
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "version: 1\nsettings:\n  models_dir: models\n  download_timeout: 1s\nmodels:\n  - name: slow\n    source: {}\n",
+        drip.url("/slow.safetensors")
+    );
+    std::fs::write(dir.path().join("models.yaml"), manifest).unwrap();
+    let o = binary(dir.path(), &["apply"]).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("did not finish within 1s (the download timeout)"),
+        "{text}"
+    );
+    assert_eq!(drip.requests().len(), 1);
+    let o = binary(dir.path(), &["-o", "json", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
 }
