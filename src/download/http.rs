@@ -901,8 +901,10 @@ impl<'a> Attempts<'a> {
     }
 
     /// Returns the error when it is final; otherwise sleeps (backoff with jitter, or the
-    /// server's Retry-After) and returns Ok for another attempt. An attempt that moved bytes
-    /// resets the count: a link that drops every few GB still finishes.
+    /// server's Retry-After, capped) and returns Ok for another attempt. An attempt that made
+    /// net progress (the caller decides: more bytes kept than ever before) resets the count, so
+    /// a link that drops every few GB still finishes while a server that breaks at the same
+    /// place every time runs out of attempts.
     pub async fn failed(
         &mut self,
         e: DownloadError,

@@ -91,8 +91,8 @@ pub struct LocalModelSource {
     pub inplace: bool,
 }
 
-/// An http(s) URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An http(s) URL. `Debug` shows it redacted, like `Display`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UrlModelSource {
     /// The URL (HF `/blob/` already rewritten to `/resolve/`).
     pub url: reqwest::Url,
@@ -102,6 +102,19 @@ pub struct UrlModelSource {
     /// ([`crate::download::names::is_secret_param`]): the manifest sets those whose value it
     /// took from `${VAR}`.
     pub secret_params: Vec<String>,
+}
+
+impl fmt::Debug for UrlModelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlModelSource")
+            .field(
+                "url",
+                &crate::download::names::redact_url_secrets_with(&self.url, &self.secret_params),
+            )
+            .field("access_token", &self.access_token)
+            .field("secret_params", &self.secret_params)
+            .finish()
+    }
 }
 
 /// A Hugging Face repo, or part of one.
@@ -628,6 +641,20 @@ mod tests {
         }
         // The generator reaches every form, not only errors.
         assert!(ok > checked / 10, "{ok} of {checked} parsed");
+    }
+
+    #[test]
+    fn url_secrets_never_show() {
+        let s = ModelSource::parse("https://u:pw@h/x?token=s3cr3t&type=Model").unwrap();
+        for shown in [s.to_string(), s.canonical(), format!("{s:?}")] {
+            assert!(
+                !shown.contains("s3cr3t") && !shown.contains("pw"),
+                "{shown}"
+            );
+            assert!(shown.contains("type=Model"), "{shown}");
+        }
+        let e = ModelSource::parse("https://[::1/x?token=s3cr3t").unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
     }
 
     #[test]

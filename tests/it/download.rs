@@ -1289,3 +1289,31 @@ fn apply_honours_settings_download_timeout() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
 }
+
+/// A `Retry-After` of a day is capped by `max_retry_after`: the download waits the cap, not
+/// the day.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_retry_after_is_capped() {
+    let srv = FileServer::start().await;
+    let body = data(20_000, 33);
+    let mut spec = FileSpec::new(body.clone());
+    spec.rate_limit_first = (2, 86_400);
+    srv.add("/r.bin", spec);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("r.bin");
+    let (q, _) = queue(DownloadQueueConfig {
+        retry: RetryPolicy {
+            max_retry_after: Duration::from_millis(20),
+            ..cfg().retry
+        },
+        ..cfg()
+    });
+    let job = run_one(
+        &q,
+        DownloadJob::new(srv.url("/r.bin"), &dest).with_expected_size(Some(20_000)),
+    )
+    .await;
+    assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
+    let statuses: Vec<u16> = srv.seen("/r.bin").iter().map(|s| s.status).collect();
+    assert_eq!(statuses, vec![429, 429, 200]);
+}
