@@ -97,6 +97,7 @@ settings:
   # hash_algorithm: blake3           # blake3 | blake3_single | sha256 | imohash
   # prune: false                     # delete managed models that left this file
   # max_parallel_downloads: 5
+  # download_timeout: 24h            # longest one file may take, retries included
   # cache: { ram: 8GiB, vram: 16GiB, device: auto }
 models: []
   # - name: sd15

@@ -363,10 +363,7 @@ impl Fetch {
         let mut best = on_disk(&path);
         let mut confirm = false;
         loop {
-            match self
-                .single_attempt(&mut path, first.take(), confirm)
-                .await
-            {
+            match self.single_attempt(&mut path, first.take(), confirm).await {
                 Ok(Attempt::Complete(p, len, sha)) => return self.finish(&p, len, sha).await,
                 Ok(Attempt::Unconfirmed) => {
                     // The body ended, but nothing says it was the whole file: ask for the
@@ -424,7 +421,11 @@ impl Fetch {
                         what: format!("asked for bytes from {offset}, got bytes from {}", cr.start),
                     });
                 }
-                (cr.start, cr.total.or(self.expected_size), cr.total.is_some())
+                (
+                    cr.start,
+                    cr.total.or(self.expected_size),
+                    cr.total.is_some(),
+                )
             }
             200 if confirm => {
                 // The server ignores ranges: it can still confirm the size by its
@@ -531,7 +532,11 @@ impl Fetch {
         if !claimed && !sized && !chunked {
             return Ok(Attempt::Unconfirmed);
         }
-        Ok(Attempt::Complete(p, len, sha.map(|h| hex::encode(h.finalize()))))
+        Ok(Attempt::Complete(
+            p,
+            len,
+            sha.map(|h| hex::encode(h.finalize())),
+        ))
     }
 
     async fn next_chunk(
@@ -896,8 +901,10 @@ impl<'a> Attempts<'a> {
     }
 
     /// Returns the error when it is final; otherwise sleeps (backoff with jitter, or the
-    /// server's Retry-After) and returns Ok for another attempt. An attempt that moved bytes
-    /// resets the count: a link that drops every few GB still finishes.
+    /// server's Retry-After, capped) and returns Ok for another attempt. An attempt that made
+    /// net progress (the caller decides: more bytes kept than ever before) resets the count, so
+    /// a link that drops every few GB still finishes while a server that breaks at the same
+    /// place every time runs out of attempts.
     pub async fn failed(
         &mut self,
         e: DownloadError,

@@ -41,7 +41,6 @@ pub const REDACTED: &str = "***";
 /// `Signature`/`Policy`/`Key-Pair-Id` are all covered). Anything else (`type`, `format`,
 /// `download`, `X-Amz-Expires` …) is kept, so a shown URL still says what it fetches.
 pub fn is_secret_param(name: &str) -> bool {
-    let n = name.to_ascii_lowercase().replace('-', "_");
     const EXACT: &[&str] = &[
         "token",
         "auth",
@@ -70,6 +69,7 @@ pub fn is_secret_param(name: &str) -> bool {
         "_password",
         "_credential",
     ];
+    let n = name.to_ascii_lowercase().replace('-', "_");
     EXACT.contains(&n.as_str()) || SUFFIXES.iter().any(|s| n.ends_with(s))
 }
 
@@ -78,6 +78,13 @@ pub fn is_secret_param(name: &str) -> bool {
 /// ([`is_secret_param`]) replaced by `***`; everything else is kept byte for byte, so
 /// redacting twice gives the same string. Errors and logs use the stricter [`redact_url`].
 pub fn redact_url_secrets(url: &Url) -> String {
+    redact_url_secrets_with(url, &[])
+}
+
+/// [`redact_url_secrets`], also hiding the values of the query parameters named in `extra`
+/// (compared like [`is_secret_param`] does).
+pub fn redact_url_secrets_with(url: &Url, extra: &[String]) -> String {
+    let redact_pairs = |q: &str| redact_pairs(q, extra);
     let mut u = url.clone();
     if !u.username().is_empty() {
         let _ = u.set_username(REDACTED);
@@ -103,17 +110,21 @@ pub fn redact_url_secrets(url: &Url) -> String {
 pub fn redact_url_secrets_str(url: &str) -> String {
     match Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => redact_url_secrets(&u),
-        Ok(_) => url.to_owned(),
         Err(_) if url.contains("://") => redact_url_str(url),
-        Err(_) => url.to_owned(),
+        Ok(_) | Err(_) => url.to_owned(),
     }
 }
 
 /// `a=1&token=x` → `a=1&token=***`: raw pairs, keys compared after percent-decoding.
-fn redact_pairs(q: &str) -> String {
+fn redact_pairs(q: &str, extra: &[String]) -> String {
+    let norm = |k: &str| k.to_ascii_lowercase().replace('-', "_");
+    let secret = |k: &str| {
+        let k = percent_decode(&k.replace('+', " "));
+        is_secret_param(&k) || extra.iter().any(|e| norm(e) == norm(&k))
+    };
     q.split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, v)) if v != REDACTED && is_secret_param(&percent_decode(&k.replace('+', " "))) => {
+            Some((k, v)) if v != REDACTED && secret(k) => {
                 format!("{k}={REDACTED}")
             }
             _ => pair.to_owned(),
@@ -269,13 +280,21 @@ mod tests {
             "https://civitai.com/api/download/models/1?type=Model&token=***"
         );
         assert_eq!(
-            r("https://u:pw@cdn.example/a.bin?X-Amz-Expires=60&X-Amz-Signature=f00&X-Amz-Credential=AKIA%2F1&access_token=t&api_key=k&sig=s&Key-Pair-Id=K&download=true"),
+            r(
+                "https://u:pw@cdn.example/a.bin?X-Amz-Expires=60&X-Amz-Signature=f00&X-Amz-Credential=AKIA%2F1&access_token=t&api_key=k&sig=s&Key-Pair-Id=K&download=true"
+            ),
             "https://***:***@cdn.example/a.bin?X-Amz-Expires=60&X-Amz-Signature=***&X-Amz-Credential=***&access_token=***&api_key=***&sig=***&Key-Pair-Id=***&download=true"
         );
         assert_eq!(r("https://hf_tok@h/x"), "https://***@h/x");
-        assert_eq!(r("https://h/x#access_token=t&a=b"), "https://h/x#access_token=***&a=b");
+        assert_eq!(
+            r("https://h/x#access_token=t&a=b"),
+            "https://h/x#access_token=***&a=b"
+        );
         // A percent-encoded key is still recognised; a bare `token` without `=` has no value.
-        assert_eq!(r("https://h/x?%74oken=v&token"), "https://h/x?%74oken=***&token");
+        assert_eq!(
+            r("https://h/x?%74oken=v&token"),
+            "https://h/x?%74oken=***&token"
+        );
         for s in [
             "https://h/x?token=abc",
             "https://a:b@h/x?monkey=1&key=2",
@@ -284,7 +303,17 @@ mod tests {
             let once = r(s);
             assert_eq!(r(&once), once);
         }
-        assert_eq!(redact_url_secrets_str("/local/path?token=x"), "/local/path?token=x");
+        assert_eq!(
+            redact_url_secrets_with(
+                &Url::parse("https://h/x?dl=v&Other-Name=w&k=z").unwrap(),
+                &["dl".into(), "other_name".into()]
+            ),
+            "https://h/x?dl=***&Other-Name=***&k=z"
+        );
+        assert_eq!(
+            redact_url_secrets_str("/local/path?token=x"),
+            "/local/path?token=x"
+        );
         assert_eq!(redact_url_secrets_str("http://[bad?token=x"), "http://[bad");
         assert!(!is_secret_param("monkey"));
         assert!(!is_secret_param("type"));

@@ -27,7 +27,7 @@ pub const DEFAULT_FILE_TIMEOUT: Duration = Duration::from_hours(24);
 /// When and how often to retry.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Failed attempts in a row (without new bytes) before giving up; at least 1.
+    /// Failed attempts in a row without net progress before giving up; at least 1.
     pub max_attempts: u32,
     /// Wait after the first failure; doubles each time, with jitter.
     pub initial_backoff: Duration,

@@ -360,12 +360,10 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// A URL for messages: no query (signed CDN URLs are long and not the user's business).
+/// A URL for messages: no user info (an endpoint such as `https://user:pw@mirror` keeps its
+/// password), no query (signed CDN URLs are long and not the user's business).
 fn show(url: &Url) -> String {
-    let mut u = url.clone();
-    u.set_query(None);
-    u.set_fragment(None);
-    u.to_string()
+    crate::download::names::redact_url(url)
 }
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
@@ -767,8 +765,7 @@ impl HubClient {
                 Ok(r) => r,
                 // A refused, reset or timed-out connection is as passing as a 503.
                 Err(e)
-                    if (e.is_connect() || e.is_timeout())
-                        && attempt <= self.opts.max_retries =>
+                    if (e.is_connect() || e.is_timeout()) && attempt <= self.opts.max_retries =>
                 {
                     tracing::debug!(attempt, "retrying {}: {}", show(url), e.without_url());
                     tokio::time::sleep(backoff.min(self.opts.max_retry_wait)).await;

@@ -91,13 +91,30 @@ pub struct LocalModelSource {
     pub inplace: bool,
 }
 
-/// An http(s) URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An http(s) URL. `Debug` shows it redacted, like `Display`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UrlModelSource {
     /// The URL (HF `/blob/` already rewritten to `/resolve/`).
     pub url: reqwest::Url,
     /// Bearer token for the URL's host.
     pub access_token: Option<Token>,
+    /// Query parameters shown as `***` besides the ones whose name says they are secret
+    /// ([`crate::download::names::is_secret_param`]): the manifest sets those whose value it
+    /// took from `${VAR}`.
+    pub secret_params: Vec<String>,
+}
+
+impl fmt::Debug for UrlModelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlModelSource")
+            .field(
+                "url",
+                &crate::download::names::redact_url_secrets_with(&self.url, &self.secret_params),
+            )
+            .field("access_token", &self.access_token)
+            .field("secret_params", &self.secret_params)
+            .finish()
+    }
 }
 
 /// A Hugging Face repo, or part of one.
@@ -173,6 +190,7 @@ impl ModelSource {
                 Self::Url(UrlModelSource {
                     url,
                     access_token: None,
+                    secret_params: Vec::new(),
                 })
             });
         }
@@ -270,12 +288,12 @@ fn expand_home(s: &str) -> PathBuf {
 
 fn parse_url(s: &str) -> Result<reqwest::Url, SourceError> {
     let mut url = reqwest::Url::parse(s).map_err(|e| SourceError::BadUrl {
-        url: s.to_owned(),
+        url: crate::download::names::redact_url_secrets_str(s),
         reason: e.to_string(),
     })?;
     if url.host_str().is_none() {
         return Err(SourceError::BadUrl {
-            url: s.to_owned(),
+            url: crate::download::names::redact_url_secrets_str(s),
             reason: "no host".into(),
         });
     }
@@ -378,7 +396,10 @@ impl fmt::Display for ModelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Local(l) => write!(f, "{}", l.path.display()),
-            Self::Url(u) => f.write_str(&crate::download::names::redact_url_secrets(&u.url)),
+            Self::Url(u) => f.write_str(&crate::download::names::redact_url_secrets_with(
+                &u.url,
+                &u.secret_params,
+            )),
             Self::Hf(h) => {
                 f.write_str(&h.repo_id)?;
                 if let Some(rev) = &h.revision {
@@ -522,7 +543,10 @@ mod tests {
             "https://h/x?token=s3cr3t\u{85}x",
         ] {
             let e = ModelSource::parse_in(s, base).unwrap_err();
-            assert!(matches!(e, SourceError::ControlCharacter { .. }), "{s:?}: {e}");
+            assert!(
+                matches!(e, SourceError::ControlCharacter { .. }),
+                "{s:?}: {e}"
+            );
             let msg = e.to_string();
             assert!(msg.contains("control character"), "{msg}");
             assert!(!msg.contains("s3cr3t"), "{msg}");
@@ -537,11 +561,56 @@ mod tests {
     #[test]
     fn canonical_is_idempotent() {
         const PIECES: &[&str] = &[
-            "owner", "name", "o-1", "n.x", "/", "//", ":", "::", "@", "@main", "@refs/pr/1",
-            "fp16", "FP16", "default", "vae", "unet/", "x.safetensors", ".", "..", "./", "../",
-            "~/", "\\", " ", "%2F", "%", "?", "#", "&", "=", "token=", "t0k", "sig=", "+",
-            "https://", "HTTP://", "h.example", "huggingface.co", "/blob/main/", ":8080", "u:p@",
-            "[::1]", "é", "\u{1F600}", "\t", "\0", "\u{7f}", "\u{200b}", "a b", "*",
+            "owner",
+            "name",
+            "o-1",
+            "n.x",
+            "/",
+            "//",
+            ":",
+            "::",
+            "@",
+            "@main",
+            "@refs/pr/1",
+            "fp16",
+            "FP16",
+            "default",
+            "vae",
+            "unet/",
+            "x.safetensors",
+            ".",
+            "..",
+            "./",
+            "../",
+            "~/",
+            "\\",
+            " ",
+            "%2F",
+            "%",
+            "?",
+            "#",
+            "&",
+            "=",
+            "token=",
+            "t0k",
+            "sig=",
+            "+",
+            "https://",
+            "HTTP://",
+            "h.example",
+            "huggingface.co",
+            "/blob/main/",
+            ":8080",
+            "u:p@",
+            "[::1]",
+            "é",
+            "\u{1F600}",
+            "\t",
+            "\0",
+            "\u{7f}",
+            "\u{200b}",
+            "a b",
+            "*",
         ];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
@@ -572,6 +641,20 @@ mod tests {
         }
         // The generator reaches every form, not only errors.
         assert!(ok > checked / 10, "{ok} of {checked} parsed");
+    }
+
+    #[test]
+    fn url_secrets_never_show() {
+        let s = ModelSource::parse("https://u:pw@h/x?token=s3cr3t&type=Model").unwrap();
+        for shown in [s.to_string(), s.canonical(), format!("{s:?}")] {
+            assert!(
+                !shown.contains("s3cr3t") && !shown.contains("pw"),
+                "{shown}"
+            );
+            assert!(shown.contains("type=Model"), "{shown}");
+        }
+        let e = ModelSource::parse("https://[::1/x?token=s3cr3t").unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
     }
 
     #[test]

@@ -147,8 +147,16 @@ pub(crate) async fn fetch_url(
     let files = staging.files();
     let (dest, done) = url_destination(&files);
     let token = opts.access_token.as_ref().or(src.access_token.as_ref());
+    // An entry's `hash: sha256:…` is the whole file's sha256: the download checks it too, which
+    // also vouches for a body whose size the server cannot confirm.
+    let sha256 = opts
+        .expected_hash
+        .as_deref()
+        .and_then(|h| h.strip_prefix("sha256:"))
+        .map(str::to_ascii_lowercase);
     let job = DownloadJob::new(src.url.to_string(), dest.clone())
         .with_access_token(access(token))
+        .with_sha256(sha256)
         .with_preserve_partial_downloads(true);
     let want = Want {
         job,

@@ -154,42 +154,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The source string a record and a job show: the canonical form, with user info and
-/// secret-looking query parameters (`token`, `key`, `sig`, `auth`…) removed from URLs.
+/// The source string a record and a job show: the canonical form, which for URLs hides user
+/// info and secret query values (`token`, `sig`, `X-Amz-Signature`… and any parameter the
+/// manifest filled from `${VAR}`; see [`crate::download::names::is_secret_param`]).
 pub fn record_source(source: &ModelSource) -> String {
     match source {
         ModelSource::Local(l) => absolute(&l.path).display().to_string(),
-        ModelSource::Url(u) => {
-            let mut url = u.url.clone();
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.set_fragment(None);
-            let kept: Vec<(String, String)> = url
-                .query_pairs()
-                .filter(|(k, _)| {
-                    let k = k.to_ascii_lowercase();
-                    ![
-                        "token",
-                        "key",
-                        "sig",
-                        "auth",
-                        "secret",
-                        "signature",
-                        "password",
-                    ]
-                    .iter()
-                    .any(|s| k.contains(s))
-                })
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            if kept.is_empty() {
-                url.set_query(None);
-            } else {
-                url.query_pairs_mut().clear().extend_pairs(kept);
-            }
-            url.to_string()
-        }
-        ModelSource::Hf(_) => source.canonical(),
+        ModelSource::Url(_) | ModelSource::Hf(_) => source.canonical(),
     }
 }
 

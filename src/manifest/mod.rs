@@ -207,6 +207,9 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// How often `watch` resyncs without a manifest change (default 5m).
     pub watch_interval: Duration,
+    /// Longest time one file's download may take, every retry and wait included (default
+    /// 24h, [`crate::download::DEFAULT_FILE_TIMEOUT`]).
+    pub download_timeout: Duration,
     /// Load cache budgets.
     pub cache: CacheSettings,
 }
@@ -229,6 +232,7 @@ impl Settings {
             hf_endpoint: None,
             lock_timeout: DEFAULT_INTERVAL,
             watch_interval: DEFAULT_INTERVAL,
+            download_timeout: crate::download::DEFAULT_FILE_TIMEOUT,
             cache: CacheSettings::default(),
         }
     }

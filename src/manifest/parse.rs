@@ -106,6 +106,10 @@ pub struct SettingsFile {
     #[serde(default)]
     #[schemars(schema_with = "duration_schema")]
     pub watch_interval: Option<Sp<String>>,
+    /// Longest time one file's download may take, retries and waits included (default 24h).
+    #[serde(default)]
+    #[schemars(schema_with = "duration_schema")]
+    pub download_timeout: Option<Sp<String>>,
     /// Load cache budgets.
     #[serde(default)]
     pub cache: Option<CacheFile>,
@@ -191,6 +195,21 @@ fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([KkMmGgTt]i?[Bb]?|[Bb])?\\s*$",
         "examples": ["8GiB", "512MiB", "8GB"]
     })
+}
+
+/// The query parameters of a URL as written whose value uses `${VAR}`: a value taken from
+/// the environment is treated as a secret, so it never reaches the lock file, a record or the
+/// plan (`?token=${CIVITAI_TOKEN}` shows as `?token=***` whatever the parameter's name).
+fn interpolated_query_params(written: &str) -> Vec<String> {
+    let Some((_, q)) = written.split_once('?') else {
+        return Vec::new();
+    };
+    let q = q.split('#').next().unwrap_or(q);
+    q.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(_, v)| v.contains("${"))
+        .map(|(k, _)| k.to_owned())
+        .collect()
 }
 
 fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -454,6 +473,18 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+        if let Some(sp) = &raw.download_timeout
+            && let Some(v) = self.text(sp, "download_timeout")
+        {
+            match crate::units::parse_duration(&v) {
+                Ok(d) if d.is_zero() => self.err(
+                    sp.loc(),
+                    "`download_timeout` must be longer than 0 (for example 6h)",
+                ),
+                Ok(d) => s.download_timeout = d,
+                Err(e) => self.err(sp.loc(), format!("`download_timeout`: {e}")),
+            }
+        }
         if let Some(c) = &raw.cache {
             s.cache = self.cache(c);
         }
@@ -532,6 +563,9 @@ impl<'a> Cx<'a> {
             }
             None => None,
         };
+        if let Some(ModelSource::Url(u)) = &mut source {
+            u.secret_params = interpolated_query_params(raw.source.value());
+        }
         let kind = source.as_ref().map(kind_of);
         let hf_only = |cx: &mut Self, loc: Loc, field: &str| {
             if let Some(k) = kind

@@ -153,6 +153,7 @@ impl Services {
         let queue = DownloadQueue::new(
             DownloadQueueConfig {
                 max_parallel_dl: settings.max_parallel_downloads.max(1),
+                file_timeout: Some(settings.download_timeout),
                 ..DownloadQueueConfig::default()
             },
             reporter.clone(),
@@ -219,6 +220,7 @@ struct Fixed {
     variant: Option<crate::taxonomy::ModelRepoVariant>,
     hash_algorithm: crate::hash::HashAlgorithm,
     max_parallel_downloads: usize,
+    download_timeout: Duration,
 }
 
 impl Fixed {
@@ -230,6 +232,7 @@ impl Fixed {
             variant: s.variant,
             hash_algorithm: s.hash_algorithm,
             max_parallel_downloads: s.max_parallel_downloads,
+            download_timeout: s.download_timeout,
         }
     }
 
@@ -258,6 +261,13 @@ impl Fixed {
                 "max_parallel_downloads",
                 &self.max_parallel_downloads,
                 &new.max_parallel_downloads,
+            );
+        }
+        if self.download_timeout != new.download_timeout {
+            return d(
+                "download_timeout",
+                &self.download_timeout,
+                &new.download_timeout,
             );
         }
         None

@@ -3,7 +3,8 @@
 //! The lock is `<database>.lock`, locked with the OS's advisory file lock (std `File::lock`,
 //! `flock` on Unix), so it is released when the holder exits, however it exits — a crashed
 //! `apply` never leaves a stale lock. While holding it, the holder writes who it is (pid,
-//! command line, start time) into the file, so a second process can say whom it waits for.
+//! command name but never its arguments, start time) into the file, so a second process can
+//! say whom it waits for.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -45,7 +46,9 @@ pub enum LockError {
 pub struct LockHolder {
     /// Process id.
     pub pid: Option<u32>,
-    /// Command line (program name without its folder, then the arguments).
+    /// The command: the program name without its folder, and the subcommand when the first
+    /// argument is one (`modelsync apply`). Never the other arguments: they may hold a token
+    /// or a URL with one, and a waiting process prints this.
     pub command: Option<String>,
     /// When it took the lock, RFC 3339.
     pub since: Option<String>,
@@ -64,10 +67,10 @@ impl LockHolder {
                 )
             })
             .unwrap_or_default();
-        let command = std::iter::once(program)
-            .chain(args.map(|a| a.to_string_lossy().into_owned()))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let command = match args.next().and_then(|a| a.into_string().ok()) {
+            Some(sub) if looks_like_subcommand(&sub) => format!("{program} {sub}"),
+            _ => program,
+        };
         Self {
             pid: Some(std::process::id()),
             command: Some(command),
@@ -83,6 +86,13 @@ impl LockHolder {
         }
         serde_json::from_str(text.trim()).unwrap_or_default()
     }
+}
+
+/// A word such as `apply` or `fetch-hub`: lower-case letters and `-`, not a flag, short.
+fn looks_like_subcommand(a: &str) -> bool {
+    (1..=24).contains(&a.len())
+        && a.starts_with(|c: char| c.is_ascii_lowercase())
+        && a.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
 }
 
 impl std::fmt::Display for LockHolder {
@@ -241,6 +251,29 @@ mod tests {
         assert_eq!(holder.pid, Some(std::process::id()));
         drop(held);
         waiter.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_holder_record_names_the_command_without_arguments() {
+        assert!(looks_like_subcommand("apply"));
+        assert!(looks_like_subcommand("fetch-hub"));
+        for a in [
+            "--file",
+            "https://h/x?token=s3cr3t",
+            "hf_s3cr3t",
+            "Apply",
+            "models.yaml",
+            "",
+            "averyveryveryverylongword",
+        ] {
+            assert!(!looks_like_subcommand(a), "{a}");
+        }
+        // This test binary runs with arguments (filters, flags): none of them is recorded.
+        let me = LockHolder::current().command.unwrap();
+        let extra: Vec<String> = std::env::args().skip(2).collect();
+        for a in extra {
+            assert!(!me.contains(&a), "{me} records {a}");
+        }
     }
 
     #[test]

@@ -1005,7 +1005,10 @@ async fn a_trickling_server_is_stopped_by_the_download_timeout() {
     });
     let job = run_one(&q, DownloadJob::new(srv.url("/d.bin"), &dest)).await;
     let e = err_of(&job);
-    assert!(e.contains("did not finish within 300ms (the download timeout)"), "{e}");
+    assert!(
+        e.contains("did not finish within 300ms (the download timeout)"),
+        "{e}"
+    );
     assert_eq!(srv.requests().len(), 1);
     assert!(!dest.exists());
 }
@@ -1042,7 +1045,10 @@ async fn a_body_without_content_length_cut_short_is_never_complete() {
     let dest = dir.path().join("plain.bin");
     let job = run_one(&q, DownloadJob::new(plain.url("/m.bin"), &dest)).await;
     let e = err_of(&job);
-    assert!(e.contains("cannot tell whether the file is complete"), "{e}");
+    assert!(
+        e.contains("cannot tell whether the file is complete"),
+        "{e}"
+    );
     assert!(!dest.exists());
     assert_eq!(plain.requests().len(), 2);
 
@@ -1096,4 +1102,218 @@ async fn a_content_length_smaller_than_the_body_is_not_the_whole_file() {
     assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
     assert_eq!(std::fs::read(&dest).unwrap().len(), body.len());
     assert_eq!(std::fs::read(&dest).unwrap(), *body);
+}
+
+// ------------------------------------------------------------------ secrets in URLs
+
+const SECRET: &str = "civ_s3cr3t_T0KEN_4242";
+
+fn binary(cwd: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_modelsync"));
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("MODELSYNC_FILE")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("CIVITAI_TOKEN", SECRET);
+    c
+}
+
+/// Every file under `dir` whose bytes contain the secret.
+fn files_with_secret(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(b) = std::fs::read(&p)
+                && b.windows(SECRET.len()).any(|w| w == SECRET.as_bytes())
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A manifest URL with `?token=${CIVITAI_TOKEN}`: the real binary downloads with the token,
+/// and no output (text or JSON, stdout or stderr) and no file it writes (lock file, store,
+/// lock-holder record, models) contains the token's value.
+#[test]
+fn url_tokens_never_reach_an_output_or_a_file() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("fixture.safetensors");
+    let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k";
+    crate::support::probe_fixtures::safetensors(
+        &src,
+        &[
+            (&format!("{k}.lora_down.weight"), &[4, 768]),
+            (&format!("{k}.lora_up.weight"), &[320, 4]),
+        ],
+        Some(
+            serde_json::json!({"ss_base_model_version": "sd_v1", "ss_network_module": "networks.lora"}),
+        ),
+    );
+    let bytes = std::fs::read(&src).unwrap();
+    std::fs::remove_file(&src).unwrap();
+    let srv = rt.block_on(FileServer::start());
+    srv.add(
+        "/api/download/models/1",
+        FileSpec {
+            content_disposition: Some(r#"attachment; filename="detail.safetensors""#.into()),
+            ..FileSpec::new(bytes)
+        },
+    );
+    let hang = rt.block_on(RawServer::start(RawMode::Drip {
+        data: Arc::new(data(1 << 20, 31)),
+        every: Duration::from_millis(50),
+    }));
+    let manifest = format!(
+        "version: 1\nsettings:\n  models_dir: models\nmodels:\n  - name: detail\n    source: http://u:${{CIVITAI_TOKEN}}@{}/api/download/models/1?type=Model&token=${{CIVITAI_TOKEN}}&sig=${{CIVITAI_TOKEN}}&dl=${{CIVITAI_TOKEN}}\n",
+        srv.addr
+    );
+    std::fs::write(dir.path().join("models.yaml"), &manifest).unwrap();
+
+    let mut outputs = Vec::new();
+    let mut run = |args: &[&str]| {
+        let o = binary(dir.path(), args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        outputs.push((args.join(" "), text.clone()));
+        (o.status, text)
+    };
+    let (_, diff) = run(&["diff"]);
+    assert!(diff.contains("token=***"), "{diff}");
+    run(&["-o", "json", "diff"]);
+    let (st, applied) = run(&["apply"]);
+    assert!(st.success(), "{applied}");
+    run(&["-o", "json", "apply"]);
+    run(&["status"]);
+    run(&["-o", "json", "status"]);
+    run(&["list"]);
+    run(&["-o", "json", "list"]);
+    run(&["-o", "json", "show", "detail"]);
+    run(&["verify"]);
+    // The download itself carried the token.
+    let seen = srv.seen("/api/download/models/1");
+    assert!(
+        seen.iter()
+            .any(|s| s.query.as_deref().is_some_and(|q| q.contains(SECRET))),
+        "{seen:?}"
+    );
+    let lock = std::fs::read_to_string(dir.path().join("models.lock")).unwrap();
+    // Secret by name (`token`, `sig`) or by coming from `${VAR}` (`dl`); the rest is kept.
+    assert!(
+        lock.contains("?type=Model&token=***&sig=***&dl=***"),
+        "{lock}"
+    );
+
+    // A secret on the command line never reaches the lock-holder record, nor the message of
+    // the process that waits for it.
+    let hang_url = format!("{}?token={SECRET}", hang.url("/x/big.safetensors"));
+    let mut holder = binary(dir.path(), &["import", &hang_url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    rt.block_on(until("the import to start downloading", || {
+        !hang.requests().is_empty()
+    }));
+    let record = std::fs::read_to_string(dir.path().join("models/modelsync.db.lock")).unwrap();
+    assert!(record.contains("modelsync import"), "{record}");
+    let secret_files = files_with_secret(dir.path());
+    let (st, waiter) = run(&["apply", "--lock-timeout", "0s"]);
+    assert!(!st.success(), "{waiter}");
+    assert!(waiter.contains("modelsync import"), "{waiter}");
+    holder.kill().unwrap();
+    let o = holder.wait_with_output().unwrap();
+    outputs.push((
+        "import".into(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    ));
+
+    for (cmd, text) in &outputs {
+        assert!(
+            !text.contains(SECRET),
+            "`modelsync {cmd}` printed the token:\n{text}"
+        );
+    }
+    assert!(
+        secret_files.is_empty(),
+        "the token was written to {secret_files:?}"
+    );
+    let after = files_with_secret(dir.path());
+    assert!(after.is_empty(), "the token was written to {after:?}");
+}
+
+/// `settings.download_timeout` reaches the queue `apply` uses: a server that trickles bytes
+/// forever fails the entry with the budget in the message, and nothing is registered.
+#[test]
+fn apply_honours_settings_download_timeout() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let drip = rt.block_on(RawServer::start(RawMode::Drip {
+        data: Arc::new(data(1 << 20, 32)),
+        every: Duration::from_millis(5),
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "version: 1\nsettings:\n  models_dir: models\n  download_timeout: 1s\nmodels:\n  - name: slow\n    source: {}\n",
+        drip.url("/slow.safetensors")
+    );
+    std::fs::write(dir.path().join("models.yaml"), manifest).unwrap();
+    let o = binary(dir.path(), &["apply"]).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("did not finish within 1s (the download timeout)"),
+        "{text}"
+    );
+    assert_eq!(drip.requests().len(), 1);
+    let o = binary(dir.path(), &["-o", "json", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+}
+
+/// A `Retry-After` of a day is capped by `max_retry_after`: the download waits the cap, not
+/// the day.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_retry_after_is_capped() {
+    let srv = FileServer::start().await;
+    let body = data(20_000, 33);
+    let mut spec = FileSpec::new(body.clone());
+    spec.rate_limit_first = (2, 86_400);
+    srv.add("/r.bin", spec);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("r.bin");
+    let (q, _) = queue(DownloadQueueConfig {
+        retry: RetryPolicy {
+            max_retry_after: Duration::from_millis(20),
+            ..cfg().retry
+        },
+        ..cfg()
+    });
+    let job = run_one(
+        &q,
+        DownloadJob::new(srv.url("/r.bin"), &dest).with_expected_size(Some(20_000)),
+    )
+    .await;
+    assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
+    let statuses: Vec<u16> = srv.seen("/r.bin").iter().map(|s| s.status).collect();
+    assert_eq!(statuses, vec![429, 429, 200]);
 }

@@ -624,3 +624,27 @@ fn lock_drops_entries_that_left_and_ignores_entries_of_another_source() {
     // `b` now asks for the fp16 files: the lock entry describes something else.
     assert!(lock.entry_for(&m.models[1]).is_none());
 }
+
+#[test]
+fn download_timeout_is_a_positive_duration_with_a_default() {
+    let m = parse("version: 1\n").unwrap();
+    assert_eq!(
+        m.settings.download_timeout,
+        std::time::Duration::from_hours(24)
+    );
+    let m = parse("version: 1\nsettings:\n  download_timeout: 1h30m\n").unwrap();
+    assert_eq!(
+        m.settings.download_timeout,
+        std::time::Duration::from_mins(90)
+    );
+    let e = error("version: 1\nsettings:\n  download_timeout: 0\n");
+    assert!(
+        e.starts_with("models.yaml:3:21: `download_timeout` must be longer than 0"),
+        "{e}"
+    );
+    let e = error("version: 1\nsettings:\n  download_timeout: later\n");
+    assert!(
+        e.starts_with("models.yaml:3:21: `download_timeout`: invalid duration `later`"),
+        "{e}"
+    );
+}

@@ -61,6 +61,7 @@ impl FileSpec {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub path: String,
+    pub query: Option<String>,
     pub range: Option<String>,
     pub authorization: Option<String>,
     pub status: u16,
@@ -145,6 +146,7 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
 
 async fn serve(State(st): State<Arc<ServerState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
     let h = req.headers();
     let get = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let range = get(header::RANGE);
@@ -166,6 +168,7 @@ async fn serve(State(st): State<Arc<ServerState>>, req: Request) -> Response {
     );
     st.seen.lock().unwrap().push(Seen {
         path,
+        query,
         range,
         authorization,
         status: resp.status().as_u16(),
@@ -405,7 +408,9 @@ async fn raw_connection(
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
+            k.trim()
+                .eq_ignore_ascii_case("range")
+                .then(|| v.trim().to_owned())
         })
         .and_then(|v| {
             v.strip_prefix("bytes=")?
@@ -452,7 +457,11 @@ async fn raw_connection(
             match range_from {
                 Some(from) if from >= len => sock.write_all(past_end(len).as_bytes()).await?,
                 Some(from) => {
-                    let h = format!("{}Content-Length: {}\r\n\r\n", partial(from, len), len - from);
+                    let h = format!(
+                        "{}Content-Length: {}\r\n\r\n",
+                        partial(from, len),
+                        len - from
+                    );
                     sock.write_all(h.as_bytes()).await?;
                     sock.write_all(&data[from..]).await?;
                 }
