@@ -56,7 +56,7 @@ pub enum StoreError {
         path: PathBuf,
         version: usize,
         #[source]
-        source: rusqlite::Error,
+        source: rusqlite_migration::Error,
     },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]

@@ -8,11 +8,10 @@
 //! modelsync store. Opening checks both *before* anything is written, so a foreign database, a
 //! file that is not SQLite at all or a store written by a newer modelsync is refused untouched.
 //!
-//! Creating or upgrading the schema happens in one `BEGIN IMMEDIATE` transaction that checks
-//! the version again once it holds SQLite's write lock, so any number of processes opening a
-//! new, empty or old store at the same moment (a `status` beside the first `apply`) create or
-//! migrate it exactly once; the others wait on the lock, see the current version and do
-//! nothing.
+//! The schema is created and upgraded by [`rusqlite_migration`], with migrators serialised by
+//! a lock on the file and the version read again under it, so any number of processes opening
+//! a new, empty or old store at the same moment (a `status` beside the first `apply`) create
+//! or migrate it exactly once; the others wait, see the current version and do nothing.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,6 +19,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite_migration::{M, Migrations};
 
 use super::{ConfigChange, ModelFile, RecordStore, StoreError, apply_change};
 use crate::config::{AnyModelConfig, InvalidModelConfig};
@@ -80,12 +80,13 @@ CREATE TABLE model_files (
 ) WITHOUT ROWID;
 ";
 
-/// The schema migrations, oldest first: `MIGRATIONS[n]` takes version `n` to `n + 1`.
+/// The schema migrations, oldest first: the `n`th takes version `n` to `n + 1`.
 /// Append only; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATION_SLICE: &[M<'static>] = &[M::up(V1), M::up(V2)];
+const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_SLICE);
 
 /// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+pub const SCHEMA_VERSION: usize = MIGRATION_SLICE.len();
 
 /// Reads the schema version and refuses a database that is not a modelsync store or is newer
 /// than this build. Only reads.
@@ -165,31 +166,70 @@ fn set_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Brings the schema to [`SCHEMA_VERSION`] in one `BEGIN IMMEDIATE` transaction. The version
-/// is read again under the write lock: whoever got there first has done the work, and the
-/// migrations still missing (usually none) run once.
+/// Brings the schema to [`SCHEMA_VERSION`] with [`rusqlite_migration`], once.
+///
+/// `rusqlite_migration` reads the version before it opens its migration transaction, so two
+/// processes that both saw an old version would both migrate (`table models already
+/// exists`). Migrators are therefore serialised by an exclusive `flock` on the database file
+/// (SQLite's own locks are `fcntl` locks, which `flock` does not touch on Linux), and the
+/// version is read again once the lock is held: whoever got there first has done the work,
+/// and the migrations still missing (usually none) run once, in one `BEGIN IMMEDIATE`
+/// transaction.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let failed = |version: usize, source| StoreError::Migration {
-        path: path.to_path_buf(),
-        version,
-        source,
-    };
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|source| StoreError::Sqlite {
+    let _guard = MigrationLock::acquire(path)?;
+    let current = check_schema(conn, path)?;
+    if current >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
+    let migrated = MIGRATIONS
+        .to_latest(conn)
+        .map_err(|source| StoreError::Migration {
+            path: path.to_path_buf(),
+            version: SCHEMA_VERSION,
+            source,
+        });
+    conn.set_transaction_behavior(TransactionBehavior::Deferred);
+    migrated
+}
+
+/// An exclusive `flock` on the database file, held while the schema is created or migrated.
+/// An in-memory database (no file) needs none.
+struct MigrationLock(Option<std::fs::File>);
+
+impl MigrationLock {
+    fn acquire(path: &Path) -> Result<Self, StoreError> {
+        use std::os::fd::AsRawFd;
+        if path.as_os_str() == ":memory:" || !path.is_file() {
+            return Ok(Self(None));
+        }
+        let io = |source| StoreError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-    let current = check_schema(&tx, path)?;
-    for (from, up) in MIGRATIONS.iter().enumerate().skip(current) {
-        tx.execute_batch(up).map_err(|e| failed(from + 1, e))?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: flock on a descriptor this function owns; blocking is bounded by the other
+        // migrator, which holds the lock only for its transaction.
+        loop {
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(Self(Some(file)));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io(err));
+            }
+        }
     }
-    if current < SCHEMA_VERSION {
-        let version = i64::try_from(SCHEMA_VERSION).expect("a handful of migrations");
-        tx.pragma_update(None, "user_version", version)
-            .map_err(|e| failed(SCHEMA_VERSION, e))?;
+}
+
+impl Drop for MigrationLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        if let Some(file) = &self.0 {
+            // SAFETY: unlocking the descriptor this guard owns; closing it would unlock too.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        }
     }
-    tx.commit().map_err(|e| failed(SCHEMA_VERSION, e))
 }
 
 /// The first 16 bytes of every SQLite 3 database file.
