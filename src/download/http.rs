@@ -367,8 +367,17 @@ impl Fetch {
                 Ok(Attempt::Complete(p, len, sha)) => return self.finish(&p, len, sha).await,
                 Ok(Attempt::Unconfirmed) => {
                     // The body ended, but nothing says it was the whole file: ask for the
-                    // bytes after it (416 confirms the size, 206 sends the rest).
-                    best = best.max(on_disk(&path));
+                    // bytes after it (416 confirms the size, 206 sends the rest). A server
+                    // that keeps answering without a size and without new bytes cannot
+                    // confirm anything.
+                    let now = on_disk(&path);
+                    if confirm && now <= best {
+                        return Err(DownloadError::UnverifiedLength {
+                            url: self.url_str(),
+                            got: now,
+                        });
+                    }
+                    best = best.max(now);
                     confirm = true;
                 }
                 Err(e) => {

@@ -1317,3 +1317,53 @@ async fn a_huge_retry_after_is_capped() {
     let statuses: Vec<u16> = srv.seen("/r.bin").iter().map(|s| s.status).collect();
     assert_eq!(statuses, vec![429, 429, 200]);
 }
+
+/// `apply` on a URL whose server cuts the body at half and sends no Content-Length: the entry
+/// fails, no record is written and no model file is left in place.
+#[test]
+fn apply_never_registers_a_body_cut_short() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cut = rt.block_on(RawServer::start(RawMode::CloseDelimited {
+        data: Arc::new(data(200_000, 34)),
+        cut: 100_000,
+        ranges: false,
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "version: 1\nsettings:\n  models_dir: models\nmodels:\n  - name: half\n    source: {}\n",
+        cut.url("/half.safetensors")
+    );
+    std::fs::write(dir.path().join("models.yaml"), manifest).unwrap();
+    let o = binary(dir.path(), &["apply"]).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("cannot tell whether the file is complete"),
+        "{text}"
+    );
+    let o = binary(dir.path(), &["-o", "json", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let mut todo = vec![dir.path().join("models")];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            assert!(
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .ends_with("half.safetensors"),
+                "left {}",
+                p.display()
+            );
+            if p.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+}
