@@ -15,7 +15,7 @@
 //!
 //! Work is bounded whatever the input claims: every push onto the stack (a new value, `DUP`,
 //! a memo `GET`, a `MARK`, a new memo slot) counts toward [`MAX_PUSHES`], kept text toward
-//! [`MAX_TEXT`], and the input is read as a stream (nothing is buffered beyond one text
+//! [`MAX_TEXT`], distinct globals toward [`MAX_GLOBALS`], and the input is read as a stream (nothing is buffered beyond one text
 //! argument of at most [`MAX_STR`] bytes). With `Node` at 32 bytes, one run holds at most
 //! about 2M × (32 + 8 + 16) bytes of nodes, stack and container slots plus 32 MiB of text:
 //! well under the 256 MiB ceiling documented in [`crate::scan`].
@@ -28,6 +28,8 @@ use std::io::BufRead;
 pub(crate) const MAX_PUSHES: usize = 2_000_000;
 /// Bytes of text (strings and global names) one stream may keep.
 pub(crate) const MAX_TEXT: usize = 32 << 20;
+/// Distinct globals one stream may import (a torch save imports a dozen).
+pub(crate) const MAX_GLOBALS: usize = 10_000;
 /// Longest string kept whole; longer strings are kept truncated (and marked so).
 pub(crate) const MAX_STR: usize = 4096;
 /// Most dimensions a rebuilt tensor may have (longer shapes stay opaque).
@@ -478,6 +480,9 @@ impl Machine {
         self.text += key.0.len() + key.1.len();
         if self.text > MAX_TEXT {
             return Err(fault(at, format!("more than {MAX_TEXT} bytes of text")));
+        }
+        if self.globals.len() >= MAX_GLOBALS {
+            return Err(fault(at, format!("more than {MAX_GLOBALS} distinct globals")));
         }
         let g = self.globals.len();
         self.globals.push(key.clone());
