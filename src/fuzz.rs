@@ -84,7 +84,9 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 
 /// Runs `target` on mutations of `seeds` for `FUZZ_SECS` seconds, or `FUZZ_ITERS` inputs.
 fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8])) {
-    let secs = std::env::var("FUZZ_SECS").ok().and_then(|s| s.parse::<u64>().ok());
+    let secs = std::env::var("FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
     let iters = std::env::var("FUZZ_ITERS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -119,7 +121,10 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8])) {
     }
     std::panic::set_hook(hook);
     for (panicked, h) in &findings {
-        eprintln!("{name}: {} on input {h}", if *panicked { "panic" } else { "hang" });
+        eprintln!(
+            "{name}: {} on input {h}",
+            if *panicked { "panic" } else { "hang" }
+        );
     }
     eprintln!("{name}: {n} inputs");
     assert!(findings.is_empty(), "{name}: {} findings", findings.len());
@@ -233,10 +238,20 @@ fn run_units(b: &[u8]) {
 }
 
 fn unit_seeds() -> Vec<Vec<u8>> {
-    ["8GiB", "512MiB", "1.5 GB", "30s", "1h30m", "250ms", "0", "18446744073709551615B", "2d"]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect()
+    [
+        "8GiB",
+        "512MiB",
+        "1.5 GB",
+        "30s",
+        "1h30m",
+        "250ms",
+        "0",
+        "18446744073709551615B",
+        "2d",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
 }
 
 fn source_seeds() -> Vec<Vec<u8>> {

@@ -380,9 +380,31 @@ const SAFE_NAMES: &[(&str, &[&str])] = &[
 /// Attribute names that reach code, files or the interpreter wherever they are found
 /// (matched against every component of a dotted protocol-4 name).
 const DANGEROUS_ATTRS: &[&str] = &[
-    "eval", "exec", "execfile", "compile", "open", "getattr", "setattr", "delattr",
-    "__import__", "globals", "locals", "vars", "input", "breakpoint", "system", "popen",
-    "spawn", "load", "loads", "_load", "fromfile", "runstring", "call", "run", "apply",
+    "eval",
+    "exec",
+    "execfile",
+    "compile",
+    "open",
+    "getattr",
+    "setattr",
+    "delattr",
+    "__import__",
+    "globals",
+    "locals",
+    "vars",
+    "input",
+    "breakpoint",
+    "system",
+    "popen",
+    "spawn",
+    "load",
+    "loads",
+    "_load",
+    "fromfile",
+    "runstring",
+    "call",
+    "run",
+    "apply",
 ];
 
 /// Judges one import as `find_class(module, name)` would resolve it. Protocol 4 resolves a
@@ -411,7 +433,9 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
     }
     if name.contains('.') || (name.starts_with("__") && name.ends_with("__")) {
         let steps: Vec<&str> = name.split('.').collect();
-        let dunder = steps.iter().any(|s| s.starts_with("__") && s.ends_with("__"));
+        let dunder = steps
+            .iter()
+            .any(|s| s.starts_with("__") && s.ends_with("__"));
         let bad = steps.iter().any(|s| DANGEROUS_ATTRS.contains(s));
         let mut path = module.to_owned();
         let mut denied = false;
@@ -641,10 +665,9 @@ fn is_code_free(path: &Path, file: &mut File, head: &[u8], len: u64) -> bool {
             .is_ok_and(|map| crate::probe::gguf::read_header(path, &map).is_ok());
     }
     if head.len() >= 9 && head[8] == b'{' {
-        return crate::probe::safetensors::read_header(path, file, head, len)
-            .is_ok_and(|buf| {
-                crate::probe::safetensors::parse_header_json(path, &buf, len).is_ok()
-            });
+        return crate::probe::safetensors::read_header(path, file, head, len).is_ok_and(|buf| {
+            crate::probe::safetensors::parse_header_json(path, &buf, len).is_ok()
+        });
     }
     false
 }
@@ -704,8 +727,20 @@ fn scan_file(path: &Path, label: &str, report: &mut ScanReport) -> Result<(), Sc
 #[cfg(test)]
 pub(crate) fn scan_bytes_for_fuzz(data: &[u8]) -> ScanReport {
     let mut out = PickleContents::default();
-    read_stream(data, data.starts_with(LEGACY_MAGIC_PICKLE), "f", true, &mut out);
-    read_stream(std::io::BufReader::with_capacity(7, data), false, "m", true, &mut out);
+    read_stream(
+        data,
+        data.starts_with(LEGACY_MAGIC_PICKLE),
+        "f",
+        true,
+        &mut out,
+    );
+    read_stream(
+        std::io::BufReader::with_capacity(7, data),
+        false,
+        "m",
+        true,
+        &mut out,
+    );
     out.report.finish();
     out.report
 }

@@ -14,36 +14,40 @@ const MAX_KEPT_STRING: u64 = 64 << 10;
 const MAX_KEPT_TOTAL: usize = 16 << 20;
 
 /// (elements per block, bytes per block) of the ggml tensor types, from ggml's type traits.
+#[allow(
+    clippy::match_same_arms,
+    reason = "one arm per ggml type reads like ggml's table"
+)]
 fn block_size(ggml_type: u32) -> Option<(u64, u64)> {
     Some(match ggml_type {
-        0 => (1, 4),         // F32
-        1 | 30 => (1, 2),    // F16, BF16
-        2 => (32, 18),       // Q4_0
-        3 => (32, 20),       // Q4_1
-        6 => (32, 22),       // Q5_0
-        7 => (32, 24),       // Q5_1
-        8 => (32, 34),       // Q8_0
-        9 => (32, 36),       // Q8_1
-        10 => (256, 84),     // Q2_K
+        0 => (1, 4),           // F32
+        1 | 30 => (1, 2),      // F16, BF16
+        2 => (32, 18),         // Q4_0
+        3 => (32, 20),         // Q4_1
+        6 => (32, 22),         // Q5_0
+        7 => (32, 24),         // Q5_1
+        8 => (32, 34),         // Q8_0
+        9 => (32, 36),         // Q8_1
+        10 => (256, 84),       // Q2_K
         11 | 21 => (256, 110), // Q3_K, IQ3_S
-        12 => (256, 144),    // Q4_K
-        13 => (256, 176),    // Q5_K
-        14 => (256, 210),    // Q6_K
-        15 => (256, 292),    // Q8_K
-        16 => (256, 66),     // IQ2_XXS
-        17 => (256, 74),     // IQ2_XS
-        18 => (256, 98),     // IQ3_XXS
-        19 => (256, 50),     // IQ1_S
-        20 => (32, 18),      // IQ4_NL
-        22 => (256, 82),     // IQ2_S
-        23 => (256, 136),    // IQ4_XS
-        24 => (1, 1),        // I8
-        25 => (1, 2),        // I16
-        26 => (1, 4),        // I32
-        27 | 28 => (1, 8),   // I64, F64
-        29 => (256, 56),     // IQ1_M
-        34 => (256, 54),     // TQ1_0
-        35 => (256, 66),     // TQ2_0
+        12 => (256, 144),      // Q4_K
+        13 => (256, 176),      // Q5_K
+        14 => (256, 210),      // Q6_K
+        15 => (256, 292),      // Q8_K
+        16 => (256, 66),       // IQ2_XXS
+        17 => (256, 74),       // IQ2_XS
+        18 => (256, 98),       // IQ3_XXS
+        19 => (256, 50),       // IQ1_S
+        20 => (32, 18),        // IQ4_NL
+        22 => (256, 82),       // IQ2_S
+        23 => (256, 136),      // IQ4_XS
+        24 => (1, 1),          // I8
+        25 => (1, 2),          // I16
+        26 => (1, 4),          // I32
+        27 | 28 => (1, 8),     // I64, F64
+        29 => (256, 56),       // IQ1_M
+        34 => (256, 54),       // TQ1_0
+        35 => (256, 66),       // TQ2_0
         _ => return None,
     })
 }
@@ -213,7 +217,9 @@ fn parse(data: &[u8]) -> Result<StateDict<'static>, String> {
                         "tensor `{name}`: {numel} elements are not whole blocks of {per_block} for ggml type {ggml_type}"
                     ));
                 }
-                numel / per_block * bytes
+                (numel / per_block)
+                    .checked_mul(bytes)
+                    .ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?
             }
             None => 0,
         };
@@ -245,4 +251,17 @@ fn parse(data: &[u8]) -> Result<StateDict<'static>, String> {
     }
     sd.tensors = Tensors::from_entries(tensors);
     Ok(sd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by `scripts/fuzz`: a shape whose byte size overflows u64 panicked.
+    #[test]
+    fn overflowing_tensor_size_is_an_error() {
+        let input = hex::decode("474755460300000001000000000000000300000000000000140000000000000067656e6572616c2e657263686974656374757265080000000400000000000000666c7578110000000000000067656e6572616c2e616c69676e6d656e7404000000200000000600000000000000746f6b656e73090000000800000002000000000000000100000000000000610100000000000000620d00000000000000696d675f696e2e77656967687402000000010000000000000061010000000000400000000000000002000000000000000800000000000000000000000000000000000000000000000000000000000000000000000000000000000000").unwrap();
+        let e = parse(&input).unwrap_err();
+        assert!(e.contains("img_in.weight"), "{e}");
+    }
 }

@@ -222,8 +222,7 @@ impl<'de> serde::de::Visitor<'de> for HeaderVisitor<'_> {
         }
         if let Some(data_len) = self.data_len
             && self.invalid.is_none()
-            && let Err(reason) =
-                check_ranges(&mut spans, data_len, |i| entries[i].0.as_ref())
+            && let Err(reason) = check_ranges(&mut spans, data_len, |i| entries[i].0.as_ref())
         {
             *self.invalid = Some(reason);
         }

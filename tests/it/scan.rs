@@ -197,9 +197,8 @@ fn cli_exit_codes() {
 
 /// Writes `payload` (Python bytes literal expressions, evaluated by CPython) to `path`.
 fn py_write(path: &std::path::Path, expr: &str) {
-    let code = format!(
-        "import sys, struct, pickle, zipfile, io\nopen(sys.argv[1], 'wb').write({expr})"
-    );
+    let code =
+        format!("import sys, struct, pickle, zipfile, io\nopen(sys.argv[1], 'wb').write({expr})");
     let st = std::process::Command::new("python3")
         .args(["-c", &code, &path.display().to_string()])
         .status()
@@ -212,8 +211,18 @@ fn names_decode_as_cpython_resolves_them() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         // STRING escapes: CPython's escape_decode makes this `os`.
-        ("escaped.pkl", r#"b"\x80\x04S'o\\x73'\nS'sys\\164em'\n\x93.""#, "os", "system"),
-        ("unicode.pkl", r#"b"\x80\x04V\\u006fs\nVsystem\n\x93.""#, "os", "system"),
+        (
+            "escaped.pkl",
+            r#"b"\x80\x04S'o\\x73'\nS'sys\\164em'\n\x93.""#,
+            "os",
+            "system",
+        ),
+        (
+            "unicode.pkl",
+            r#"b"\x80\x04V\\u006fs\nVsystem\n\x93.""#,
+            "os",
+            "system",
+        ),
         // Protocol 4 resolves dotted names attribute by attribute: this is builtins.eval.
         (
             "dotted.pkl",
@@ -251,8 +260,15 @@ fn a_pickle_that_starts_like_safetensors_is_scanned() {
     assert_eq!(r.verdict, ScanVerdict::Dangerous, "{r:?}");
     // A pickle under any name is found by its PROTO byte.
     fs::remove_file(&p).unwrap();
-    fs::write(dir.path().join("weights.data-00001"), fx::malicious_system("id")).unwrap();
-    assert_eq!(scan_path(dir.path()).unwrap().verdict, ScanVerdict::Dangerous);
+    fs::write(
+        dir.path().join("weights.data-00001"),
+        fx::malicious_system("id"),
+    )
+    .unwrap();
+    assert_eq!(
+        scan_path(dir.path()).unwrap().verdict,
+        ScanVerdict::Dangerous
+    );
 }
 
 /// Hostile files written by tests/py/bombs.py, each scanned by the built binary under a
