@@ -314,3 +314,29 @@ fn bombs_stay_under_the_memory_ceiling() {
         assert_eq!(doc["verdict"], verdict, "{file}: {doc}");
     }
 }
+
+/// A small run of the differential test against CPython's unpickler (the full one is
+/// `scripts/check-pickle-gate`): every generated pickle on which CPython would resolve a
+/// global outside the allow-list is refused by the built binary.
+#[test]
+fn cpython_differential_small() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/pickle_gate.py");
+    let out = std::process::Command::new("python3")
+        .args([
+            script,
+            "--bin",
+            env!("CARGO_BIN_EXE_modelsync"),
+            "--random",
+            "300",
+            "--seed",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
