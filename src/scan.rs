@@ -833,6 +833,28 @@ mod tests {
         assert_eq!(classify("builtins", "set"), GlobalClass::Safe);
         assert_eq!(classify("torch", "load"), GlobalClass::Dangerous);
         assert_eq!(classify("?", "?"), GlobalClass::Dangerous);
+        // Dotted protocol-4 names resolve attribute by attribute.
+        assert_eq!(
+            classify("builtins", "len.__self__.eval"),
+            GlobalClass::Dangerous
+        );
+        assert_eq!(
+            classify("collections", "OrderedDict.__init__.__globals__"),
+            GlobalClass::Dangerous
+        );
+        assert_eq!(classify("torch", "hub.load"), GlobalClass::Dangerous);
+        assert_eq!(
+            classify("collections", "OrderedDict.fromkeys"),
+            GlobalClass::Unknown
+        );
+        assert_eq!(
+            classify("torch", "_utils._rebuild_tensor_v2"),
+            GlobalClass::Unknown
+        );
+        assert_eq!(
+            classify("builtins", "__build_class__"),
+            GlobalClass::Dangerous
+        );
         assert_eq!(classify("ossify", "x"), GlobalClass::Unknown);
         assert_eq!(
             classify(

@@ -336,3 +336,51 @@ pub(crate) fn verify_declared_sizes(path: &Path) -> Result<(), ProbeError> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(entries: &str, data: u64) -> Result<usize, String> {
+        let buf = format!("{{{entries}}}");
+        let len = 8 + buf.len() as u64 + data;
+        parse_header_json(Path::new("m.safetensors"), buf.as_bytes(), len)
+            .map(|sd| sd.tensors.len())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn byte_ranges_are_checked_like_the_safetensors_library() {
+        // Listed out of order but contiguous, a sub-byte dtype, an empty tensor: fine.
+        let ok = r#""b":{"dtype":"F4","shape":[4],"data_offsets":[12,14]},"a":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]},"e":{"dtype":"F32","shape":[0],"data_offsets":[14,14]}"#;
+        assert_eq!(header(ok, 14), Ok(3));
+        let e = header(ok, 20).unwrap_err();
+        assert!(
+            e.contains("m.safetensors") && e.contains("cover 14 bytes"),
+            "{e}"
+        );
+        let e = header(r#""a":{"dtype":"F16","shape":[2],"data_offsets":[4,8]}"#, 8).unwrap_err();
+        assert!(e.contains("gap at the start") && e.contains("`a`"), "{e}");
+        let e = header(
+            r#""a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[6,10]}"#,
+            10,
+        )
+        .unwrap_err();
+        assert!(e.contains("gap after tensor `a`"), "{e}");
+        let e = header(r#""a":{"dtype":"U8","shape":[4],"data_offsets":[4,0]}"#, 4).unwrap_err();
+        assert!(e.contains("end before they start"), "{e}");
+        let e = header(
+            r#""a":{"dtype":"F16","shape":[4294967296,4294967296],"data_offsets":[0,4]}"#,
+            4,
+        )
+        .unwrap_err();
+        assert!(e.contains("overflows"), "{e}");
+        let e = header(r#""a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}"#, 2).unwrap_err();
+        assert!(e.contains("whole number of bytes"), "{e}");
+        // Unknown dtypes: ranges still checked, sizes not.
+        assert_eq!(
+            header(r#""a":{"dtype":"X9","shape":[3],"data_offsets":[0,5]}"#, 5),
+            Ok(1)
+        );
+    }
+}
