@@ -23,5 +23,8 @@ pub mod taxonomy;
 pub mod units;
 pub mod watch;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use config::AnyModelConfig;
 pub use store::{RecordStore, StoreError};

@@ -1,14 +1,26 @@
 //! Pickle safety scan, in the spirit of picklescan / modelscan.
 //!
 //! Loading a pickle runs whatever callables it imports, so a `.ckpt` from the internet can run
-//! `os.system`. This module lists every global a pickle imports — without executing anything —
-//! and classifies each against an allow-list (tensor and storage rebuilds, `OrderedDict`, numpy
-//! array reconstruction …) and a deny-list (`os`, `subprocess`, `builtins.eval` …).
+//! `os.system`. This module lists every global a pickle would hand to `find_class` — without
+//! executing anything, decoding names exactly as CPython does (see [`crate::probe::pickle`]) —
+//! and classifies each against an allow-list (tensor and storage rebuilds, `OrderedDict`,
+//! numpy array reconstruction …) and a deny-list (`os`, `subprocess`, `builtins.eval`, dotted
+//! protocol-4 names through dunder attributes …).
 //!
 //! Verdicts: [`ScanVerdict::Dangerous`] when any import is on the deny-list;
 //! [`ScanVerdict::Suspicious`] when an import is on neither list or a pickle could not be
-//! followed to its end; [`ScanVerdict::Clean`] otherwise. Safetensors and GGUF files hold no
-//! code and are clean without further reading.
+//! followed to its end; [`ScanVerdict::Clean`] otherwise. Installs and the load gate accept
+//! only clean files (unless the entry says `unsafe_pickle: allow`). A file counts as
+//! safetensors or GGUF, and so code-free, only when its header parses as one.
+//!
+//! # Memory ceiling
+//!
+//! Probing or scanning any single input uses at most 256 MiB of memory, whatever the file
+//! claims: per pickle at most 2,000,000 pushes (values, `DUP`, memo `GET` …), 32 MiB of text and
+//! 10,000 distinct globals; zip archives with a directory over 32 MiB / 200,000 entries are
+//! refused, and `.pkl` members are streamed (never read whole) with a 256 MiB byte budget;
+//! safetensors headers are capped at 100 MB and GGUF metadata kept at 16 MiB. Hitting a bound
+//! is a fault of that file (suspicious, or a probe error), never of the process.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -368,9 +380,31 @@ const SAFE_NAMES: &[(&str, &[&str])] = &[
 /// Attribute names that reach code, files or the interpreter wherever they are found
 /// (matched against every component of a dotted protocol-4 name).
 const DANGEROUS_ATTRS: &[&str] = &[
-    "eval", "exec", "execfile", "compile", "open", "getattr", "setattr", "delattr",
-    "__import__", "globals", "locals", "vars", "input", "breakpoint", "system", "popen",
-    "spawn", "load", "loads", "_load", "fromfile", "runstring", "call", "run", "apply",
+    "eval",
+    "exec",
+    "execfile",
+    "compile",
+    "open",
+    "getattr",
+    "setattr",
+    "delattr",
+    "__import__",
+    "globals",
+    "locals",
+    "vars",
+    "input",
+    "breakpoint",
+    "system",
+    "popen",
+    "spawn",
+    "load",
+    "loads",
+    "_load",
+    "fromfile",
+    "runstring",
+    "call",
+    "run",
+    "apply",
 ];
 
 /// Judges one import as `find_class(module, name)` would resolve it. Protocol 4 resolves a
@@ -399,7 +433,9 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
     }
     if name.contains('.') || (name.starts_with("__") && name.ends_with("__")) {
         let steps: Vec<&str> = name.split('.').collect();
-        let dunder = steps.iter().any(|s| s.starts_with("__") && s.ends_with("__"));
+        let dunder = steps
+            .iter()
+            .any(|s| s.starts_with("__") && s.ends_with("__"));
         let bad = steps.iter().any(|s| DANGEROUS_ATTRS.contains(s));
         let mut path = module.to_owned();
         let mut denied = false;
@@ -629,8 +665,9 @@ fn is_code_free(path: &Path, file: &mut File, head: &[u8], len: u64) -> bool {
             .is_ok_and(|map| crate::probe::gguf::read_header(path, &map).is_ok());
     }
     if head.len() >= 9 && head[8] == b'{' {
-        return crate::probe::safetensors::read_header(path, file, head, len)
-            .is_ok_and(|buf| crate::probe::safetensors::parse_header_json(path, &buf).is_ok());
+        return crate::probe::safetensors::read_header(path, file, head, len).is_ok_and(|buf| {
+            crate::probe::safetensors::parse_header_json(path, &buf, len).is_ok()
+        });
     }
     false
 }
@@ -683,6 +720,29 @@ fn scan_file(path: &Path, label: &str, report: &mut ScanReport) -> Result<(), Sc
     }
     report.problems.extend(c.report.problems);
     Ok(())
+}
+
+/// Runs the scan's stream reader over `data`, as a file and as a zip member (for the fuzz
+/// loops).
+#[cfg(test)]
+pub(crate) fn scan_bytes_for_fuzz(data: &[u8]) -> ScanReport {
+    let mut out = PickleContents::default();
+    read_stream(
+        data,
+        data.starts_with(LEGACY_MAGIC_PICKLE),
+        "f",
+        true,
+        &mut out,
+    );
+    read_stream(
+        std::io::BufReader::with_capacity(7, data),
+        false,
+        "m",
+        true,
+        &mut out,
+    );
+    out.report.finish();
+    out.report
 }
 
 /// Whether a file's first byte is a pickle PROTO opcode.
@@ -773,6 +833,28 @@ mod tests {
         assert_eq!(classify("builtins", "set"), GlobalClass::Safe);
         assert_eq!(classify("torch", "load"), GlobalClass::Dangerous);
         assert_eq!(classify("?", "?"), GlobalClass::Dangerous);
+        // Dotted protocol-4 names resolve attribute by attribute.
+        assert_eq!(
+            classify("builtins", "len.__self__.eval"),
+            GlobalClass::Dangerous
+        );
+        assert_eq!(
+            classify("collections", "OrderedDict.__init__.__globals__"),
+            GlobalClass::Dangerous
+        );
+        assert_eq!(classify("torch", "hub.load"), GlobalClass::Dangerous);
+        assert_eq!(
+            classify("collections", "OrderedDict.fromkeys"),
+            GlobalClass::Unknown
+        );
+        assert_eq!(
+            classify("torch", "_utils._rebuild_tensor_v2"),
+            GlobalClass::Unknown
+        );
+        assert_eq!(
+            classify("builtins", "__build_class__"),
+            GlobalClass::Dangerous
+        );
         assert_eq!(classify("ossify", "x"), GlobalClass::Unknown);
         assert_eq!(
             classify(

@@ -123,6 +123,12 @@ pub(crate) fn promote(
             error: Box::new(error),
         })?;
     check_probe(path, &probed, allow_pickle)?;
+    // Every safetensors / GGUF file, a folder's shards included, must hold the bytes its
+    // header declares: a truncated or lying file is never promoted.
+    probe::safetensors::verify_declared_sizes(path).map_err(|error| InstallError::Probe {
+        path: path.clone(),
+        error: Box::new(error),
+    })?;
     let algo = opts.hash_algorithm.unwrap_or(ctx.hash_algorithm);
     let content_hash = hash::hash_path(path, algo).map_err(|error| InstallError::Hash {
         path: path.clone(),

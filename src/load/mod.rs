@@ -151,9 +151,9 @@ pub enum LoadError {
     Loader { key: String, reason: String },
 }
 
-/// Decides whether a pickle checkpoint may be loaded. The real implementation runs
-/// `crate::scan::scan_path` and allows only clean files; until that lands the service is built
-/// with [`RefusePickle`].
+/// Decides whether a pickle checkpoint may be loaded. [`ScanGate`] runs
+/// `crate::scan::scan_path` and allows only clean files (suspicious ones are refused like
+/// dangerous ones); a service built without a gate uses [`RefusePickle`].
 pub trait PickleGate: Send + Sync {
     /// `Ok(())` when `path` may be unpickled; otherwise why not.
     fn check(&self, path: &Path) -> Result<(), String>;
@@ -287,7 +287,7 @@ impl ModelLoadService {
         self
     }
 
-    /// Decides about pickle checkpoints with `gate` (the scanner, once it exists).
+    /// Decides about pickle checkpoints with `gate` (usually [`ScanGate`]).
     #[must_use]
     pub fn with_pickle_gate(mut self, gate: Arc<dyn PickleGate>) -> Self {
         self.pickle_gate = gate;

@@ -692,22 +692,21 @@ pub(crate) fn probe_weight_file(path: &Path) -> Result<Finding, ProbeError> {
         return Ok(rules::classify(&sd, rules::Container::Gguf));
     }
     let looks_safetensors = head.len() >= 9 && head[8] == b'{';
-    if ext == "safetensors" || ext == "sft" || looks_safetensors {
-        let buf = safetensors::read_header(path, &mut file, head, len)?;
-        let sd = safetensors::parse_header_json(path, &buf)?;
-        let mut f = rules::classify(&sd, rules::Container::Safetensors);
-        f.evidence.push(format!(
-            "safetensors header: {} tensors{}",
-            sd.tensors.len(),
-            dtype_summary(&sd)
-        ));
-        return Ok(f);
+    let named_safetensors = ext == "safetensors" || ext == "sft";
+    if named_safetensors || looks_safetensors {
+        // A file is safetensors only when its header parses as one; an unnamed file that
+        // merely starts like one (a pickle can) goes on to the pickle reader.
+        match safetensors_finding(path, &mut file, head, len) {
+            Ok(f) => return Ok(f),
+            Err(e) if named_safetensors => return Err(e),
+            Err(_) => {}
+        }
     }
     let pickle_ext = matches!(
         ext.as_str(),
         "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle"
     );
-    if head.first() == Some(&0x80) || pickle_ext {
+    if head.first() == Some(&0x80) || pickle_ext || looks_safetensors {
         let label = path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -718,6 +717,23 @@ pub(crate) fn probe_weight_file(path: &Path) -> Result<Finding, ProbeError> {
     f.evidence.push(format!(
         "not a safetensors, GGUF, torch zip or pickle file (first bytes {})",
         hex::encode(&head[..head.len().min(8)])
+    ));
+    Ok(f)
+}
+
+fn safetensors_finding(
+    path: &Path,
+    file: &mut File,
+    head: &[u8],
+    len: u64,
+) -> Result<Finding, ProbeError> {
+    let buf = safetensors::read_header(path, file, head, len)?;
+    let sd = safetensors::parse_header_json(path, &buf, len)?;
+    let mut f = rules::classify(&sd, rules::Container::Safetensors);
+    f.evidence.push(format!(
+        "safetensors header: {} tensors{}",
+        sd.tensors.len(),
+        dtype_summary(&sd)
     ));
     Ok(f)
 }

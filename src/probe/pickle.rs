@@ -15,7 +15,7 @@
 //!
 //! Work is bounded whatever the input claims: every push onto the stack (a new value, `DUP`,
 //! a memo `GET`, a `MARK`, a new memo slot) counts toward [`MAX_PUSHES`], kept text toward
-//! [`MAX_TEXT`], and the input is read as a stream (nothing is buffered beyond one text
+//! [`MAX_TEXT`], distinct globals toward [`MAX_GLOBALS`], and the input is read as a stream (nothing is buffered beyond one text
 //! argument of at most [`MAX_STR`] bytes). With `Node` at 32 bytes, one run holds at most
 //! about 2M × (32 + 8 + 16) bytes of nodes, stack and container slots plus 32 MiB of text:
 //! well under the 256 MiB ceiling documented in [`crate::scan`].
@@ -28,6 +28,8 @@ use std::io::BufRead;
 pub(crate) const MAX_PUSHES: usize = 2_000_000;
 /// Bytes of text (strings and global names) one stream may keep.
 pub(crate) const MAX_TEXT: usize = 32 << 20;
+/// Distinct globals one stream may import (a torch save imports a dozen).
+pub(crate) const MAX_GLOBALS: usize = 10_000;
 /// Longest string kept whole; longer strings are kept truncated (and marked so).
 pub(crate) const MAX_STR: usize = 4096;
 /// Most dimensions a rebuilt tensor may have (longer shapes stay opaque).
@@ -58,7 +60,9 @@ pub(crate) enum Node {
     /// An imported global: index into [`Machine::globals`].
     Global(usize),
     /// A torch storage referenced through a persistent id.
-    Storage { dtype: &'static str },
+    Storage {
+        dtype: &'static str,
+    },
     /// A tensor rebuilt by `torch._utils._rebuild_tensor*`: shape and dtype.
     Tensor(Box<(Vec<u64>, &'static str)>),
     /// Anything else: a call we do not model, a persistent id we do not know, a buffer …
@@ -285,6 +289,7 @@ fn avail<R: BufRead>(r: &mut R, pos: u64) -> Result<&[u8], PickleFault> {
 }
 
 /// CPython's `codecs.escape_decode`, which the `STRING` opcode applies to its argument.
+#[allow(clippy::many_single_char_names, reason = "mirrors CPython's decoder")]
 pub(crate) fn escape_decode(s: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -343,6 +348,7 @@ pub(crate) fn escape_decode(s: &[u8]) -> Result<Vec<u8>, String> {
 
 /// CPython's `raw-unicode-escape` decoding, which the `UNICODE` opcode applies: bytes are
 /// Latin-1 except `\uXXXX` / `\UXXXXXXXX` after an odd number of backslashes.
+#[allow(clippy::many_single_char_names, reason = "mirrors CPython's decoder")]
 pub(crate) fn raw_unicode_escape(s: &[u8]) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
@@ -365,7 +371,9 @@ pub(crate) fn raw_unicode_escape(s: &[u8]) -> Result<String, String> {
             continue;
         }
         let digits = if after == Some(b'u') { 4 } else { 8 };
-        let hex = s.get(i + 1..i + 1 + digits).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let hex = s
+            .get(i + 1..i + 1 + digits)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
         let Some(hex) = hex else {
             return Err(format!(
                 "truncated \\{}{} escape",
@@ -478,6 +486,12 @@ impl Machine {
         self.text += key.0.len() + key.1.len();
         if self.text > MAX_TEXT {
             return Err(fault(at, format!("more than {MAX_TEXT} bytes of text")));
+        }
+        if self.globals.len() >= MAX_GLOBALS {
+            return Err(fault(
+                at,
+                format!("more than {MAX_GLOBALS} distinct globals"),
+            ));
         }
         let g = self.globals.len();
         self.globals.push(key.clone());
@@ -703,9 +717,8 @@ impl Machine {
                     String::from_utf8_lossy(&c.buf).into_owned()
                 } else {
                     let l = &c.buf;
-                    let quoted = l.len() >= 2
-                        && l[0] == l[l.len() - 1]
-                        && (l[0] == b'\'' || l[0] == b'"');
+                    let quoted =
+                        l.len() >= 2 && l[0] == l[l.len() - 1] && (l[0] == b'\'' || l[0] == b'"');
                     if !quoted {
                         return Err(fault(at, "the STRING opcode argument must be quoted"));
                     }
@@ -1129,7 +1142,10 @@ mod tests {
         assert_eq!(escape_decode(br"\777").unwrap(), b"\xff");
         assert_eq!(escape_decode(br"\400").unwrap(), b"\x00");
         assert_eq!(escape_decode(br"\8\q").unwrap(), br"\8\q");
-        assert_eq!(escape_decode(br"\a\b\f\v\0\12").unwrap(), b"\x07\x08\x0c\x0b\x00\n");
+        assert_eq!(
+            escape_decode(br"\a\b\f\v\0\12").unwrap(),
+            b"\x07\x08\x0c\x0b\x00\n"
+        );
         assert!(escape_decode(br"\x7").is_err());
         assert!(escape_decode(b"\\").is_err());
         assert_eq!(raw_unicode_escape(br"\u0041").unwrap(), "A");

@@ -48,6 +48,23 @@ fn lora_bytes() -> Vec<u8> {
     )
 }
 
+/// A real safetensors file of exactly `n` bytes: one U8 tensor whose data is `tag` repeated
+/// (installs check every header against its file's size).
+fn st_weights(tag: &str, n: usize) -> Vec<u8> {
+    let header =
+        |m: usize| format!(r#"{{"w":{{"dtype":"U8","shape":[{m}],"data_offsets":[0,{m}]}}}}"#);
+    let room = header(n).len();
+    let m = n - 8 - room;
+    let mut h = header(m);
+    while h.len() < room {
+        h.push(' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend(tag.bytes().cycle().take(m));
+    out
+}
+
 fn weights(tag: &str, n: usize) -> Vec<u8> {
     tag.bytes().cycle().take(n).collect()
 }
@@ -95,7 +112,7 @@ fn sd15_repo(id: &str, fp16: bool) -> FakeRepo {
             serde_json::to_vec(&json!({"architectures": ["CLIPTextModel"], "hidden_size": 768}))
                 .unwrap(),
         )
-        .file("text_encoder/model.safetensors", weights("te32", 400))
+        .file("text_encoder/model.safetensors", st_weights("te32", 400))
         .file("tokenizer/vocab.json", b"{\"a\": 1}".to_vec())
         .file(
             "unet/config.json",
@@ -103,24 +120,30 @@ fn sd15_repo(id: &str, fp16: bool) -> FakeRepo {
         )
         .file(
             "unet/diffusion_pytorch_model.safetensors",
-            weights("unet32", 1000),
+            st_weights("unet32", 1000),
         )
         .file("vae/config.json", vae_config())
         .file(
             "vae/diffusion_pytorch_model.safetensors",
-            weights("vae32", 300),
+            st_weights("vae32", 300),
         )
-        .file("v1-5-pruned-emaonly.safetensors", weights("single", 2000));
+        .file(
+            "v1-5-pruned-emaonly.safetensors",
+            st_weights("single", 2000),
+        );
     if fp16 {
         r = r
-            .file("text_encoder/model.fp16.safetensors", weights("te16", 200))
+            .file(
+                "text_encoder/model.fp16.safetensors",
+                st_weights("te16", 200),
+            )
             .file(
                 "unet/diffusion_pytorch_model.fp16.safetensors",
-                weights("unet16", 500),
+                st_weights("unet16", 500),
             )
             .file(
                 "vae/diffusion_pytorch_model.fp16.safetensors",
-                weights("vae16", 150),
+                st_weights("vae16", 150),
             );
     }
     r
@@ -356,9 +379,9 @@ async fn hf_fp16_variant_installs_exactly_the_fp16_weights_and_configs() {
     );
     // Only the fp16 weights crossed the wire.
     let want: BTreeSet<String> = [
-        weights("te16", 200),
-        weights("unet16", 500),
-        weights("vae16", 150),
+        st_weights("te16", 200),
+        st_weights("unet16", 500),
+        st_weights("vae16", 150),
     ]
     .iter()
     .map(|w| sha(w))
@@ -373,7 +396,7 @@ async fn hf_fp16_variant_installs_exactly_the_fp16_weights_and_configs() {
         .unwrap();
     assert_eq!(
         unet.sha256.as_deref(),
-        Some(sha(&weights("unet16", 500)).as_str())
+        Some(sha(&st_weights("unet16", 500)).as_str())
     );
     let outcome = job.outcome.unwrap();
     assert_eq!(
@@ -1078,4 +1101,150 @@ fn cli_import_killed_mid_download_resumes_cleanly() {
         "{:?}",
         Env::files_under(&tmp)
     );
+}
+
+/// The install gate is an allow-list: a pickle importing anything outside it (here a
+/// Lightning callback, which the scan calls "suspicious", not "dangerous") is refused unless
+/// the entry allows unsafe pickles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspicious_pickle_refused_unless_allowed() {
+    let env = setup();
+    let p = env.dir.path().join("lightning.ckpt");
+    let mut v = vec![0x80, 2];
+    v.extend_from_slice(
+        b"}(X\x01\x00\x00\x00wcpytorch_lightning.callbacks\nModelCheckpoint\n)\x81u.",
+    );
+    fs::write(&p, v).unwrap();
+    let job = env.import(p.to_str().unwrap(), no_config()).await;
+    assert_eq!(
+        job.error_type.as_deref(),
+        Some("DangerousPickle"),
+        "{:?}",
+        job.error
+    );
+    let msg = job.error.unwrap();
+    assert!(
+        msg.contains("suspicious") && msg.contains("pytorch_lightning.callbacks.ModelCheckpoint"),
+        "{msg}"
+    );
+    assert!(env.promoted().is_empty());
+    assert!(env.store().all_models().unwrap().is_empty());
+    let rec = env
+        .install_ok(
+            p.to_str().unwrap(),
+            cfg(json!({"unsafe_pickle": "allow", "type": "lora", "base": "sd-1"})),
+        )
+        .await;
+    assert_eq!(rec.model_type(), ModelType::Lora);
+}
+
+/// A safetensors header entry: name, shape, data_offsets.
+type Entry<'a> = (&'a str, Vec<u64>, [u64; 2]);
+
+/// A safetensors header whose byte ranges lie about the file, and a GGUF whose tensor data
+/// runs past its end, fail the install with an error naming the file and the tensor; nothing
+/// is promoted or registered. A folder with one lying shard fails the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_weight_files_are_never_registered() {
+    let env = setup();
+    let k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k";
+    let down = format!("{k}.lora_down.weight");
+    let up = format!("{k}.lora_up.weight");
+    let meta = json!({"ss_base_model_version": "sd_v1", "ss_network_module": "networks.lora"});
+    // (file, header entries (name, shape, offsets), data bytes, expected words in the error)
+    let lies: Vec<(&str, Vec<Entry>, u64, &[&str])> = vec![
+        (
+            "past-end.safetensors",
+            vec![
+                (&down, vec![4, 768], [0, 6144]),
+                (&up, vec![320, 4], [6144, 8704]),
+            ],
+            6144,
+            &["past the end", "lora_up"],
+        ),
+        (
+            "shape-lies.safetensors",
+            vec![
+                (&down, vec![4, 768], [0, 100]),
+                (&up, vec![320, 4], [100, 2660]),
+            ],
+            2660,
+            &["need 6144 bytes", "lora_down"],
+        ),
+        (
+            "overlap.safetensors",
+            vec![
+                (&down, vec![4, 768], [0, 6144]),
+                (&up, vec![320, 4], [6000, 8560]),
+            ],
+            8560,
+            &["overlap", "lora_up"],
+        ),
+    ];
+    for (file, entries, data, words) in &lies {
+        let mut h = serde_json::Map::new();
+        h.insert("__metadata__".into(), meta.clone());
+        for (name, shape, off) in entries {
+            h.insert(
+                (*name).to_owned(),
+                json!({"dtype": "F16", "shape": shape, "data_offsets": off}),
+            );
+        }
+        let text = serde_json::to_string(&Value::Object(h)).unwrap();
+        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.resize(bytes.len() + usize::try_from(*data).unwrap(), 0);
+        let p = env.dir.path().join(file);
+        fs::write(&p, bytes).unwrap();
+        let job = env.import(p.to_str().unwrap(), no_config()).await;
+        let msg = job.error.clone().unwrap_or_default();
+        assert_eq!(
+            job.error_type.as_deref(),
+            Some("ProbeError"),
+            "{file}: {msg}"
+        );
+        assert!(msg.contains(file), "{msg}");
+        for w in *words {
+            assert!(msg.contains(w), "{file}: `{w}` not in {msg}");
+        }
+    }
+
+    // GGUF: a header whose one tensor would end past the end of the file.
+    let g = env.dir.path().join("cut.gguf");
+    fx::gguf(
+        &g,
+        &[("general.architecture", "flux")],
+        &[("img_in.weight", &[3072, 64])],
+    );
+    let len = fs::metadata(&g).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&g)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let job = env.import(g.to_str().unwrap(), no_config()).await;
+    let msg = job.error.unwrap_or_default();
+    assert!(
+        msg.contains("cut.gguf") && msg.contains("img_in.weight") && msg.contains("past the end"),
+        "{msg}"
+    );
+
+    // A folder whose second shard was cut short.
+    let folder = env.dir.path().join("lora-folder");
+    fs::create_dir_all(&folder).unwrap();
+    fs::write(folder.join("a.safetensors"), lora_bytes()).unwrap();
+    let mut cut = lora_bytes();
+    cut.truncate(cut.len() - 10);
+    fs::write(folder.join("b.safetensors"), cut).unwrap();
+    let job = env
+        .import(
+            folder.to_str().unwrap(),
+            cfg(json!({"type": "lora", "base": "sd-1"})),
+        )
+        .await;
+    let msg = job.error.unwrap_or_default();
+    assert!(msg.contains("b.safetensors"), "{msg}");
+    assert!(env.promoted().is_empty());
+    assert!(env.store().all_models().unwrap().is_empty());
 }

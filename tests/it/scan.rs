@@ -194,3 +194,149 @@ fn cli_exit_codes() {
         Status::Error
     );
 }
+
+/// Writes `payload` (Python bytes literal expressions, evaluated by CPython) to `path`.
+fn py_write(path: &std::path::Path, expr: &str) {
+    let code =
+        format!("import sys, struct, pickle, zipfile, io\nopen(sys.argv[1], 'wb').write({expr})");
+    let st = std::process::Command::new("python3")
+        .args(["-c", &code, &path.display().to_string()])
+        .status()
+        .expect("python3 runs");
+    assert!(st.success(), "python3 failed writing {}", path.display());
+}
+
+#[test]
+fn names_decode_as_cpython_resolves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // STRING escapes: CPython's escape_decode makes this `os`.
+        (
+            "escaped.pkl",
+            r#"b"\x80\x04S'o\\x73'\nS'sys\\164em'\n\x93.""#,
+            "os",
+            "system",
+        ),
+        (
+            "unicode.pkl",
+            r#"b"\x80\x04V\\u006fs\nVsystem\n\x93.""#,
+            "os",
+            "system",
+        ),
+        // Protocol 4 resolves dotted names attribute by attribute: this is builtins.eval.
+        (
+            "dotted.pkl",
+            r#"b"\x80\x04\x8c\x08builtins\x8c\x11len.__self__.eval\x93.""#,
+            "builtins",
+            "len.__self__.eval",
+        ),
+        // POP of a MARK pops the mark (CPython), and the stream goes on.
+        ("markpop.pkl", r#"b"(0cos\nsystem\n.""#, "os", "system"),
+    ];
+    for (file, expr, module, name) in cases {
+        let p = dir.path().join(file);
+        py_write(&p, expr);
+        let r = scan_path(&p).unwrap();
+        assert_eq!(r.verdict, ScanVerdict::Dangerous, "{file}: {r:?}");
+        assert!(
+            r.dangerous().any(|g| g.module == module && g.name == name),
+            "{file}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_pickle_that_starts_like_safetensors_is_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("model.bin");
+    // BINFLOAT whose last byte is `{`: the first 9 bytes read as a safetensors length + `{`.
+    py_write(
+        &p,
+        r#"b"G\x00\x00\x00\x00\x00\x00\x00{0\x8c\x40" + b"x" * 64 + b"0cos\nsystem\n(S'true'\ntR.""#,
+    );
+    assert_eq!(scan_path(&p).unwrap().verdict, ScanVerdict::Dangerous);
+    // The same in a folder (what install and load scan).
+    let r = scan_path(dir.path()).unwrap();
+    assert_eq!(r.verdict, ScanVerdict::Dangerous, "{r:?}");
+    // A pickle under any name is found by its PROTO byte.
+    fs::remove_file(&p).unwrap();
+    fs::write(
+        dir.path().join("weights.data-00001"),
+        fx::malicious_system("id"),
+    )
+    .unwrap();
+    assert_eq!(
+        scan_path(dir.path()).unwrap().verdict,
+        ScanVerdict::Dangerous
+    );
+}
+
+/// Hostile files written by tests/py/bombs.py, each scanned by the built binary under a
+/// `ulimit -v` of the documented 256 MiB ceiling plus 64 MiB for the process itself: every
+/// scan ends with a verdict (exit 0 or 2), none is killed.
+#[test]
+fn bombs_stay_under_the_memory_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/bombs.py");
+    let st = std::process::Command::new("python3")
+        .args([script, &dir.path().display().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bin = env!("CARGO_BIN_EXE_modelsync");
+    for (file, verdict) in [
+        ("dup.ckpt", "suspicious"),
+        ("memo.ckpt", "suspicious"),
+        ("zipbomb.ckpt", "suspicious"),
+        ("marks.pkl", "suspicious"),
+        ("memo-slots.pkl", "suspicious"),
+        ("globals.pkl", "suspicious"),
+        ("text.pkl", "clean"),
+        ("shapes.pkl", "clean"),
+    ] {
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                "ulimit -v $((320 * 1024)); exec \"$0\" scan -o json \"$1\"",
+                bin,
+                &dir.path().join(file).display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            matches!(out.status.code(), Some(0 | 2)),
+            "{file}: {:?} {stdout} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(doc["verdict"], verdict, "{file}: {doc}");
+    }
+}
+
+/// A small run of the differential test against CPython's unpickler (the full one is
+/// `scripts/check-pickle-gate`): every generated pickle on which CPython would resolve a
+/// global outside the allow-list is refused by the built binary.
+#[test]
+fn cpython_differential_small() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/pickle_gate.py");
+    let out = std::process::Command::new("python3")
+        .args([
+            script,
+            "--bin",
+            env!("CARGO_BIN_EXE_modelsync"),
+            "--random",
+            "300",
+            "--seed",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

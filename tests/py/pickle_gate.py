@@ -149,7 +149,7 @@ def resolved_by_cpython(data):
                 break
             try:
                 cls(f, seen).load()
-            except RecursionError:
+            except (RecursionError, MemoryError):
                 break
             except Exception:  # noqa: BLE001 -- any failure ends the stream, as in CPython
                 break
@@ -475,6 +475,13 @@ def scan(binary, path):
 
 def main():
     warnings.simplefilter("ignore")
+    # A random length field can make CPython allocate gigabytes; under a cap that is a
+    # MemoryError, which ends the stream like any other unpickling error.
+    import resource
+
+    cap = 2 << 30
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    sys.unraisablehook = lambda *_: None  # stub objects make CPython complain while freeing
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--random", type=int, default=3000)

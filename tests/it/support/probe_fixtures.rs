@@ -448,7 +448,8 @@ pub fn gguf(path: &Path, kv: &[(&str, &str)], tensors: &[(&str, &[u64])]) {
         }
         out.extend_from_slice(&8u32.to_le_bytes()); // Q8_0
         out.extend_from_slice(&offset.to_le_bytes());
-        offset += shape.iter().product::<u64>();
+        // Q8_0: blocks of 32 elements in 34 bytes.
+        offset += shape.iter().product::<u64>().div_ceil(32) * 34;
         offset = offset.div_ceil(32) * 32;
     }
     while !out.len().is_multiple_of(32) {
