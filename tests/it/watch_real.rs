@@ -178,7 +178,12 @@ async fn converges_serves_status_picks_up_edits_heals_and_prunes() {
     for name in ["a", "b"] {
         let e = st.entries.iter().find(|e| e.name == name).expect("entry");
         assert_eq!(e.state, EntryPhase::Converged, "{e:?}");
-        assert_eq!(e.last_action.as_deref(), Some("install"), "{e:?}");
+        // The lock file written beside the manifest is a file event in the watched folder, so
+        // an entry may already have been re-run (and found unchanged) by the time we look.
+        assert!(
+            matches!(e.last_action.as_deref(), Some("install" | "unchanged")),
+            "{e:?}"
+        );
         assert!(e.last_success.is_some());
     }
     assert_eq!(
