@@ -800,6 +800,9 @@ impl AnyModelConfig {
     }
 }
 
+/// What settles an unidentified model or a guessed base, for warnings and errors.
+pub const IDENTIFY_HINT: &str = "set `config: {type: …, base: …}` on its manifest entry (`--config type=… --config base=…` for `import`)";
+
 /// Resolves a stored path against `models_dir` (absolute paths are kept).
 pub fn resolve_path(models_dir: &Path, stored: &str) -> PathBuf {
     let p = Path::new(stored);

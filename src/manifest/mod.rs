@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::HashAlgorithm;
 use crate::hub::source::{ModelSource, Token};
+pub use crate::install::UnknownModels;
 use crate::taxonomy::{
     AnyVariant, BaseModelType, ModelFormat, ModelRepoVariant, ModelType, SchedulerPredictionType,
 };
@@ -210,6 +211,9 @@ pub struct Settings {
     pub watch_interval: Duration,
     /// Load cache budgets.
     pub cache: CacheSettings,
+    /// Models no probe rule identifies, and guessed bases: `allow` (default) records them
+    /// with a warning, `deny` fails their entries.
+    pub unknown_models: UnknownModels,
 }
 
 /// Default `settings.max_parallel_downloads`.
@@ -231,6 +235,7 @@ impl Settings {
             lock_timeout: DEFAULT_INTERVAL,
             watch_interval: DEFAULT_INTERVAL,
             cache: CacheSettings::default(),
+            unknown_models: UnknownModels::default(),
         }
     }
 

@@ -109,6 +109,11 @@ pub struct SettingsFile {
     /// Load cache budgets.
     #[serde(default)]
     pub cache: Option<CacheFile>,
+    /// Models no probe rule identifies (and guessed bases): `allow` records them as type
+    /// `unknown` (or with the fallback base) with a warning; `deny` fails the entry
+    /// (default allow).
+    #[serde(default)]
+    pub unknown_models: Option<crate::install::UnknownModels>,
 }
 
 /// `settings.cache:`.
@@ -457,6 +462,7 @@ impl<'a> Cx<'a> {
         if let Some(c) = &raw.cache {
             s.cache = self.cache(c);
         }
+        s.unknown_models = raw.unknown_models.unwrap_or_default();
         s
     }
 

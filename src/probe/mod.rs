@@ -70,11 +70,14 @@ pub struct ProbeResult {
     /// InvokeAI's legacy config name for checkpoints where it matters (flux: `flux-dev`,
     /// `flux-schnell`, `flux-dev-fill`), or the override.
     pub config_path: Option<String>,
-    /// When `base` is `unknown` because the weights fit several bases equally (SD 1.x vs SDXL
-    /// VAEs), the candidates; a `base` override settles it.
+    /// When the weights fit several bases equally (SD 1.x vs SDXL VAEs), the candidates, the
+    /// fallback first; `base` is then the fallback (InvokeAI's rule for the type) and a
+    /// warning says so. A `base` override settles it and empties this.
     pub base_candidates: Vec<BaseModelType>,
     /// Why: which key, width or config value decided each field.
     pub evidence: Vec<String>,
+    /// Decisions the caller should be told about (a base taken by a fallback rule …).
+    pub warnings: Vec<String>,
     /// Pickle safety scan of pickle checkpoints (None for safetensors, GGUF, folders without
     /// pickles). The installer refuses `dangerous` unless the entry allows it.
     pub pickle_scan: Option<ScanReport>,
@@ -338,8 +341,13 @@ pub(crate) struct Finding {
     pub repo_variant: Option<ModelRepoVariant>,
     pub submodels: Option<BTreeMap<SubModelType, SubmodelDefinition>>,
     pub config_path: Option<String>,
+    /// Bases the weights fit equally, the fallback first. A rule may set `base` to the
+    /// fallback itself (and say why in `warnings`); if it leaves `base` unknown, the probe
+    /// takes the first candidate and warns.
     pub base_candidates: Vec<BaseModelType>,
     pub evidence: Vec<String>,
+    /// Warnings for the caller (fallbacks taken); they end up as install warning events.
+    pub warnings: Vec<String>,
     pub pickle_scan: Option<ScanReport>,
     /// Whether the type rests on unmistakable keys (a type override may not contradict it).
     pub strong: bool,
@@ -359,6 +367,7 @@ impl Finding {
             config_path: None,
             base_candidates: Vec::new(),
             evidence: Vec::new(),
+            warnings: Vec::new(),
             pickle_scan: None,
             strong: model_type != ModelType::Unknown,
         }
@@ -415,9 +424,23 @@ pub fn probe_with_overrides(
         config_path: finding.config_path,
         base_candidates: finding.base_candidates,
         evidence: finding.evidence,
+        warnings: finding.warnings,
         pickle_scan: finding.pickle_scan,
     };
     apply_overrides(path, &mut r, finding.strong, meta.is_dir(), overrides)?;
+    if r.base == BaseModelType::Unknown
+        && let Some(&fallback) = r.base_candidates.first()
+    {
+        let all: Vec<String> = r.base_candidates.iter().map(|b| format!("`{b}`")).collect();
+        r.warnings.push(format!(
+            "the base of this {} model is ambiguous ({}); took `{fallback}`, InvokeAI's fallback; set `config: {{base: …}}` if it is another",
+            r.model_type,
+            all.join(" or ")
+        ));
+        r.evidence
+            .push(format!("ambiguous base → fallback `{fallback}`"));
+        r.base = fallback;
+    }
     if r.description.is_none() {
         r.description = Some(format!("{} {} model {}", r.base, r.model_type, r.name));
     }
@@ -592,10 +615,10 @@ impl ProbeResult {
         raw
     }
 
-    /// Whether the base is still undecided between candidates (the installer asks for
-    /// `config.base`).
+    /// Whether the base was a guess between candidates (a fallback rule took one), not
+    /// settled by the files or a `base` override.
     pub fn base_is_ambiguous(&self) -> bool {
-        self.base == BaseModelType::Unknown && !self.base_candidates.is_empty()
+        !self.base_candidates.is_empty()
     }
 }
 
@@ -797,6 +820,7 @@ mod tests {
                 config_path: Some("flux-dev".into()),
                 base_candidates: vec![],
                 evidence: vec![],
+                warnings: vec![],
                 pickle_scan: None,
             };
             let mut raw = r.to_raw_config();

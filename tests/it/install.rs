@@ -304,6 +304,7 @@ fn event_id(ev: &InstallEvent) -> u64 {
         | InstallEvent::ModelInstallRunning { id, .. }
         | InstallEvent::ModelInstallCompleted { id, .. }
         | InstallEvent::ModelInstallError { id, .. }
+        | InstallEvent::ModelInstallWarning { id, .. }
         | InstallEvent::ModelInstallCancelled { id, .. } => *id,
     }
 }

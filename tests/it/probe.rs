@@ -186,13 +186,21 @@ fn diffusers_folders_report_repo_variant_and_submodels() {
 }
 
 #[test]
-fn ambiguous_vae_is_settled_by_a_base_override() {
+fn ambiguous_vae_takes_the_fallback_with_a_warning_and_a_base_override_settles_it() {
     let dir = tempfile::tempdir().unwrap();
     fx::corpus(dir.path());
     let path = dir.path().join("vae-ft-mse.pt");
     let r = probe(&path).unwrap();
-    assert_eq!(r.base, BaseModelType::Unknown);
+    // The first candidate is the fallback (InvokeAI takes sd-1 for a VAE it cannot place).
+    assert_eq!(r.base, BaseModelType::StableDiffusion1);
     assert!(r.base_is_ambiguous());
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].contains("ambiguous (`sd-1` or `sdxl`); took `sd-1`")
+            && r.warnings[0].contains("`config: {base: …}`"),
+        "{:?}",
+        r.warnings
+    );
     assert_eq!(
         r.base_candidates,
         vec![
@@ -212,6 +220,7 @@ fn ambiguous_vae_is_settled_by_a_base_override() {
     assert_eq!(r.base, BaseModelType::StableDiffusionXL);
     assert!(!r.base_is_ambiguous());
     assert!(r.base_candidates.is_empty());
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 
 #[test]

@@ -1010,7 +1010,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         "sd vae (ambiguous, pickle)",
         p("vae-ft-mse.pt"),
         "vae",
-        "unknown",
+        "sd-1",
         "checkpoint",
     ));
 
