@@ -829,7 +829,7 @@ impl<'de> Deserialize<'de> for AnyModelConfig {
 /// Whether a variant's family fits the model's type and base, as InvokeAI's config classes
 /// type their `variant` fields (a FLUX main takes FLUX variants, a CLIP encoder `large` or
 /// `gigantic` …). A base that names no family (`any`, `unknown`) accepts any of the type's.
-fn check_variant(
+pub fn check_variant(
     t: ModelType,
     base: BaseModelType,
     v: AnyVariant,
@@ -998,6 +998,38 @@ mod tests {
         v["colour"] = json!("red");
         let e = AnyModelConfig::from_json(v).unwrap_err().to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn a_variant_must_fit_type_and_base() {
+        let rec = |t: &str, b: &str, v: &str| {
+            AnyModelConfig::from_json(
+                json!({"name": "m", "type": t, "format": "diffusers", "base": b, "path": "m", "variant": v}),
+            )
+        };
+        assert!(rec("main", "flux", "schnell").is_ok());
+        assert!(
+            rec("main", "flux2", "dev").is_ok(),
+            "FLUX.2 has a `dev` too"
+        );
+        assert!(
+            rec("main", "unknown", "turbo").is_ok(),
+            "no base: any main family"
+        );
+        assert!(rec("clip_embed", "any", "large").is_ok());
+        for (t, b, v) in [
+            ("main", "flux", "normal"),
+            ("main", "sdxl", "klein_4b"),
+            ("main", "flux2", "schnell"),
+            ("clip_embed", "any", "dev"),
+            ("vae", "sd-1", "inpaint"),
+        ] {
+            let e = rec(t, b, v).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("variant `{v}` is not valid for a `{t}` model of base `{b}`")
+            );
+        }
     }
 
     #[test]

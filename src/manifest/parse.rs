@@ -705,6 +705,15 @@ impl<'a> Cx<'a> {
         }
         let source = source?;
         let config = raw.config.clone().unwrap_or_default();
+        if let (Some(t), Some(v)) = (config.model_type, config.variant) {
+            let base = config
+                .base
+                .unwrap_or(crate::taxonomy::BaseModelType::Unknown);
+            if let Err(e) = crate::config::check_variant(t, base, v.for_base(base)) {
+                self.err(sp.loc(), format!("`config`: {e}"));
+                return None;
+            }
+        }
         let unsafe_pickle = raw.unsafe_pickle.unwrap_or_default();
         let preload = raw.preload.unwrap_or(false);
         let canonical = source.canonical();

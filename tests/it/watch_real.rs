@@ -587,3 +587,49 @@ async fn readiness_waits_for_preloads_and_without_a_preloader_does_not() {
     assert_eq!(e.last_action.as_deref(), Some("unchanged"));
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unidentified_model_converges_and_readyz_turns_200() {
+    let w = Work::new();
+    let tmp = w.path().join("llm.tmp.safetensors");
+    // A Mamba language model: no probe rule knows it, so it is recorded as type `unknown`.
+    crate::support::probe_fixtures::safetensors(
+        &tmp,
+        &[
+            ("backbone.embeddings.weight", &[64, 16]),
+            ("backbone.layers.0.mixer.A_log", &[32, 4]),
+            ("lm_head.weight", &[64, 16]),
+        ],
+        None,
+    );
+    let bytes = std::fs::read(&tmp).expect("llm bytes");
+    std::fs::remove_file(&tmp).expect("rm");
+    w.hub.add_repo(
+        crate::support::hub_server::FakeRepo::new("owner/llm").file("model.safetensors", bytes),
+    );
+    w.hub.add_repo(lora_repo("owner/a", 1, 2));
+    let set = settings(&w, "");
+    w.manifest(
+        &set,
+        &format!(
+            "{}{}",
+            entry("llm", "owner/llm::model.safetensors"),
+            entry("a", "owner/a::lora.safetensors")
+        ),
+    );
+    let r = start(&w, |_| {}).await;
+    r.eventually("llm and a converge", |st| st.ready).await;
+    let (code, body) = r.get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    let e = r.entry("llm").expect("llm entry");
+    assert_eq!(e.state, EntryPhase::Converged, "{e:?}");
+    let rec = w
+        .store()
+        .all_models()
+        .expect("records")
+        .into_iter()
+        .find(|m| m.name() == "llm")
+        .expect("llm record");
+    assert_eq!(rec.model_type(), modelsync::taxonomy::ModelType::Unknown);
+    r.stop().await;
+}
