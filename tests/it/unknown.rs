@@ -306,3 +306,41 @@ fn an_ambiguous_base_takes_the_fallback_with_a_warning_unless_denied() {
     assert_eq!(r.model_type(), ModelType::Vae);
     assert_eq!(r.base(), BaseModelType::StableDiffusion1);
 }
+
+#[test]
+fn cli_import_warns_and_config_flags_identify_it() {
+    let w = Work::new();
+    w.manifest("", "");
+    let first = w.path().join("mamba-a.safetensors");
+    std::fs::write(&first, mamba_bytes(&w)).unwrap();
+    let o = w.run(&["--no-progress", "import", first.to_str().unwrap()]);
+    assert_exit(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: no probe rule identifies `mamba-a.safetensors`")
+            && err.contains("--config type=… --config base=…"),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("unknown"), "{}", stdout(&o));
+
+    let second = w.path().join("mamba-b.safetensors");
+    std::fs::write(&second, mamba_bytes(&w)).unwrap();
+    let o = w.run(&[
+        "--no-progress",
+        "-o",
+        "json",
+        "import",
+        second.to_str().unwrap(),
+        "--config",
+        "type=qwen3_encoder",
+        "--config",
+        "base=any",
+    ]);
+    assert_exit(&o, 0);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["format"].as_str(), v["base"].as_str()),
+        (Some("qwen3_encoder"), Some("checkpoint"), Some("any"))
+    );
+}
