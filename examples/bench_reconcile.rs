@@ -46,6 +46,8 @@ fn bench_plan(n: usize) {
             InventoryRecord {
                 key: key.clone(),
                 name: e.name.clone(),
+                model_type: modelsync::taxonomy::ModelType::Lora,
+                format: modelsync::taxonomy::ModelFormat::Lycoris,
                 managed: Some(modelsync::config::Managed {
                     entry: e.name.clone(),
                     spec_hash: e.spec_hash.to_string(),

@@ -52,7 +52,11 @@ fn print_probe_text(
     writeln!(out, "  base:       {}", r.base)?;
     if !r.base_candidates.is_empty() {
         let c: Vec<&str> = r.base_candidates.iter().map(|b| b.as_str()).collect();
-        writeln!(out, "  candidates: {} (set config.base)", c.join(", "))?;
+        writeln!(
+            out,
+            "  candidates: {} (the first is the fallback; set config.base)",
+            c.join(", ")
+        )?;
     }
     writeln!(out, "  format:     {}", r.format)?;
     if let Some(v) = r.variant {
@@ -90,6 +94,12 @@ fn print_probe_text(
     writeln!(out, "  evidence:")?;
     for e in &r.evidence {
         writeln!(out, "    - {e}")?;
+    }
+    if !r.warnings.is_empty() {
+        writeln!(out, "  warnings:")?;
+        for w in &r.warnings {
+            writeln!(out, "    - {w}")?;
+        }
     }
     Ok(())
 }

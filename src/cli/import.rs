@@ -218,6 +218,9 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
     // Bars are cleared by the final event; make sure nothing is left on an early error.
     drop(reporter);
     let (outcome, manager) = outcome?;
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
     let record = &outcome.record;
     if ctx.output == OutputFormat::Json {
         print_json(&record.to_json())?;

@@ -147,6 +147,16 @@ pub fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<Status> {
         &rows,
     )?;
     out.flush()?;
+    let unknown = records
+        .iter()
+        .filter(|m| m.model_type() == ModelType::Unknown)
+        .count();
+    if unknown > 0 && !ctx.quiet {
+        eprintln!(
+            "{unknown} model(s) of type `unknown`: no probe rule identified them and `load` refuses them; {}",
+            crate::config::IDENTIFY_HINT
+        );
+    }
     Ok(Status::Success)
 }
 

@@ -81,9 +81,10 @@ pub enum InstallError {
         #[source]
         error: Box<ProbeError>,
     },
-    /// The probe ran but found no known model.
+    /// The probe ran but found no known model, and unknown models are denied.
     #[error(
-        "{path}: cannot tell what kind of model this is ({evidence}); pass `type` (and `base`) in the config"
+        "{path}: cannot tell what kind of model this is ({evidence}); {hint}, or let it be recorded as type `unknown` with `settings.unknown_models: allow`",
+        hint = crate::config::IDENTIFY_HINT
     )]
     UnknownModel {
         /// The model path.
@@ -91,8 +92,10 @@ pub enum InstallError {
         /// What the probe saw.
         evidence: String,
     },
-    /// The base is ambiguous.
-    #[error("{path}: the base model is ambiguous (one of {candidates}); pass `base` in the config")]
+    /// The base is ambiguous, and guessed bases are denied.
+    #[error(
+        "{path}: the base model is ambiguous (one of {candidates}); set `config: {{base: …}}` on its manifest entry (`--config base=…` for `import`), or let the fallback rule pick with `settings.unknown_models: allow`"
+    )]
     AmbiguousBase {
         /// The model path.
         path: PathBuf,

@@ -162,6 +162,16 @@ pub enum InstallEvent {
         /// The error with its causes.
         error: String,
     },
+    /// `model_install_warning` (modelsync's own): the install went through with something to
+    /// tell, such as a model recorded as type `unknown`. Reported before `completed`.
+    ModelInstallWarning {
+        /// Job id.
+        id: InstallJobId,
+        /// Source string.
+        source: String,
+        /// The warning, with its evidence and how to settle it.
+        message: String,
+    },
     /// `model_install_cancelled`.
     ModelInstallCancelled {
         /// Job id.
@@ -179,6 +189,7 @@ impl InstallEvent {
             Self::ModelInstallRunning { .. } => "model_install_running",
             Self::ModelInstallCompleted { .. } => "model_install_completed",
             Self::ModelInstallError { .. } => "model_install_error",
+            Self::ModelInstallWarning { .. } => "model_install_warning",
             Self::ModelInstallCancelled { .. } => "model_install_cancelled",
         }
     }

@@ -21,6 +21,6 @@ pub mod staging;
 pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
 pub use promote::UNSAFE_PICKLE;
-pub use request::{InstallOptions, InstallOutcome, InstallRequest, InstalledFile};
+pub use request::{InstallOptions, InstallOutcome, InstallRequest, InstalledFile, UnknownModels};
 pub use service::{InstallConfig, ModelInstallService, job_outcome, record_source};
 pub use staging::RecoveryReport;

@@ -15,7 +15,7 @@ use crate::store::{ModelFile, RecordStore};
 use crate::taxonomy::ModelType;
 
 use super::error::InstallError;
-use super::request::{InstallOptions, InstallOutcome, InstalledFile};
+use super::request::{InstallOptions, InstallOutcome, InstalledFile, UnknownModels};
 use super::staging::{Intent, Staging, remove_empty_parents, sync_dir};
 
 /// Config keys the installer owns: a caller cannot set them through the config dict.
@@ -122,7 +122,7 @@ pub(crate) fn promote(
             path: path.clone(),
             error: Box::new(error),
         })?;
-    check_probe(path, &probed, allow_pickle)?;
+    let warnings = check_probe(path, &probed, allow_pickle, opts.unknown_models)?;
     // Every safetensors / GGUF file, a folder's shards included, must hold the bytes its
     // header declares: a truncated or lying file is never promoted.
     probe::safetensors::verify_declared_sizes(path).map_err(|error| InstallError::Probe {
@@ -220,10 +220,18 @@ pub(crate) fn promote(
         commit: staged.commit.clone(),
         files: installed,
         downloaded_bytes: staged.downloaded,
+        warnings,
     })
 }
 
-fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<(), InstallError> {
+/// Refuses what must not be installed; returns the warnings for what is installed anyway (an
+/// unidentified model recorded as `unknown`, a base taken by a fallback rule).
+fn check_probe(
+    path: &Path,
+    probed: &ProbeResult,
+    allow_pickle: bool,
+    policy: UnknownModels,
+) -> Result<Vec<String>, InstallError> {
     // Safety first: a pickle importing anything outside the allow-list (or one the scanner
     // could not follow to its end) is refused whatever else it is.
     if let Some(scan) = &probed.pickle_scan
@@ -243,17 +251,31 @@ fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<
             globals: why.join(", "),
         });
     }
+    let mut warnings = probed.warnings.clone();
     if probed.model_type == ModelType::Unknown {
-        return Err(InstallError::UnknownModel {
-            path: path.to_path_buf(),
-            evidence: if probed.evidence.is_empty() {
-                "no rule matched".into()
-            } else {
-                probed.evidence.join("; ")
-            },
-        });
+        let evidence = if probed.evidence.is_empty() {
+            "no rule matched".into()
+        } else {
+            probed.evidence.join("; ")
+        };
+        if policy == UnknownModels::Deny {
+            return Err(InstallError::UnknownModel {
+                path: path.to_path_buf(),
+                evidence,
+            });
+        }
+        let file = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        warnings.push(format!(
+            "no probe rule identifies `{file}` ({evidence}); recorded as type `unknown` (format `{}`, base `{}`), which `load` refuses; {}",
+            probed.format,
+            probed.base,
+            crate::config::IDENTIFY_HINT
+        ));
+        return Ok(warnings);
     }
-    if probed.base_is_ambiguous() {
+    if probed.base_is_ambiguous() && policy == UnknownModels::Deny {
         return Err(InstallError::AmbiguousBase {
             path: path.to_path_buf(),
             candidates: probed
@@ -264,7 +286,7 @@ fn check_probe(path: &Path, probed: &ProbeResult, allow_pickle: bool) -> Result<
                 .join(", "),
         });
     }
-    Ok(())
+    Ok(warnings)
 }
 
 fn check_expected_hash(

@@ -9,6 +9,20 @@ use crate::config::{AnyModelConfig, Managed};
 use crate::hash::HashAlgorithm;
 use crate::hub::{ModelSource, Token};
 
+crate::string_enum! {
+    /// What an install does with a model no probe rule identifies, or whose base the probe
+    /// could only guess (the manifest's `settings.unknown_models`).
+    #[derive(Default)]
+    UnknownModels, "unknown_models policy" {
+        /// Record it as type `unknown` (or with the guessed base) and warn, as InvokeAI does
+        /// with `allow_unknown_models` (the default).
+        #[default]
+        Allow = "allow",
+        /// Refuse it: the install fails and asks for `config: {type, base}`.
+        Deny = "deny",
+    }
+}
+
 /// Options beyond the seed's `(source, config)`: what a manifest entry can say.
 #[derive(Debug, Clone, Default)]
 pub struct InstallOptions {
@@ -33,6 +47,8 @@ pub struct InstallOptions {
     /// URL and local files) so [`InstallOutcome::files`] is complete for a lockfile. Costs a
     /// read of those files.
     pub sha256_for_lock: bool,
+    /// Unidentified models and guessed bases: record with a warning (default) or refuse.
+    pub unknown_models: UnknownModels,
 }
 
 /// One install: source, config overrides (the seed's `config` dict) and options.
@@ -95,4 +111,8 @@ pub struct InstallOutcome {
     pub files: Vec<InstalledFile>,
     /// Bytes downloaded by this install (0 for local sources and fully resumed downloads).
     pub downloaded_bytes: u64,
+    /// What the caller should be told: an unidentified model recorded as `unknown`, a base
+    /// taken by a fallback rule. Each quotes the evidence and names the `config` keys that
+    /// settle it.
+    pub warnings: Vec<String>,
 }

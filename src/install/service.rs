@@ -852,6 +852,21 @@ impl Inner {
         result: Result<InstallOutcome, InstallError>,
         cancel: &Arc<Cancel>,
     ) {
+        if let Ok(outcome) = &result {
+            let source = lock(&self.jobs)
+                .map
+                .get(&id)
+                .map(|e| e.job.source.clone())
+                .unwrap_or_default();
+            for message in &outcome.warnings {
+                self.reporter
+                    .report(&Event::Install(InstallEvent::ModelInstallWarning {
+                        id,
+                        source: source.clone(),
+                        message: message.clone(),
+                    }));
+            }
+        }
         self.update(id, |job| match result {
             Ok(outcome) => {
                 job.status = InstallStatus::Completed;

@@ -51,6 +51,16 @@ pub enum LoadError {
     /// A loader was registered twice for one key.
     #[error("a loader is already registered for {0}")]
     DuplicateLoader(LoaderKey),
+    /// The record's type is `unknown`: nothing knows how to load it.
+    #[error(
+        "model {key} (`{name}`) is of type `unknown` (format `{format}`): no probe rule identified it, so it cannot be loaded; {hint}",
+        hint = crate::config::IDENTIFY_HINT
+    )]
+    UnknownType {
+        key: String,
+        name: String,
+        format: ModelFormat,
+    },
     /// A main model was asked for without a submodel.
     #[error(
         "model {key} (`{name}`) is a main model: a submodel type (unet, vae, text_encoder …) is required"
@@ -322,6 +332,13 @@ impl ModelLoadService {
         submodel: Option<SubModelType>,
     ) -> Result<LoadRequest<'a>, LoadError> {
         match (config.model_type(), submodel) {
+            (ModelType::Unknown, _) => {
+                return Err(LoadError::UnknownType {
+                    key: config.key().to_owned(),
+                    name: config.name().to_owned(),
+                    format: config.format(),
+                });
+            }
             (ModelType::Main, None) => {
                 return Err(LoadError::SubmodelRequired {
                     key: config.key().to_owned(),

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::HashAlgorithm;
 use crate::hub::source::{ModelSource, Token};
+pub use crate::install::UnknownModels;
 use crate::taxonomy::{
-    BaseModelType, ModelFormat, ModelRepoVariant, ModelType, ModelVariantType,
-    SchedulerPredictionType,
+    AnyVariant, BaseModelType, ModelFormat, ModelRepoVariant, ModelType, SchedulerPredictionType,
 };
 
 pub mod interpolate;
@@ -138,9 +138,11 @@ pub struct ConfigOverrides {
     /// Weight layout (`diffusers`, `checkpoint` …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ModelFormat>,
-    /// Main-model variant: `normal`, `inpaint` or `depth` (not the repo file variant).
+    /// Model variant (not the repo file variant): `normal`, `inpaint` or `depth` for Stable
+    /// Diffusion; the family's own for others (`dev`, `schnell`, `klein_4b`, `turbo`, CLIP
+    /// `large`, Qwen3 `qwen3_4b` …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<ModelVariantType>,
+    pub variant: Option<AnyVariant>,
     /// Scheduler prediction type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction_type: Option<SchedulerPredictionType>,
@@ -212,6 +214,9 @@ pub struct Settings {
     pub download_timeout: Duration,
     /// Load cache budgets.
     pub cache: CacheSettings,
+    /// Models no probe rule identifies, and guessed bases: `allow` (default) records them
+    /// with a warning, `deny` fails their entries.
+    pub unknown_models: UnknownModels,
 }
 
 /// Default `settings.max_parallel_downloads`.
@@ -234,6 +239,7 @@ impl Settings {
             watch_interval: DEFAULT_INTERVAL,
             download_timeout: crate::download::DEFAULT_FILE_TIMEOUT,
             cache: CacheSettings::default(),
+            unknown_models: UnknownModels::default(),
         }
     }
 

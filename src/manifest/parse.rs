@@ -113,6 +113,11 @@ pub struct SettingsFile {
     /// Load cache budgets.
     #[serde(default)]
     pub cache: Option<CacheFile>,
+    /// Models no probe rule identifies (and guessed bases): `allow` records them as type
+    /// `unknown` (or with the fallback base) with a warning; `deny` fails the entry
+    /// (default allow).
+    #[serde(default)]
+    pub unknown_models: Option<crate::install::UnknownModels>,
 }
 
 /// `settings.cache:`.
@@ -488,6 +493,7 @@ impl<'a> Cx<'a> {
         if let Some(c) = &raw.cache {
             s.cache = self.cache(c);
         }
+        s.unknown_models = raw.unknown_models.unwrap_or_default();
         s
     }
 
@@ -733,6 +739,15 @@ impl<'a> Cx<'a> {
         }
         let source = source?;
         let config = raw.config.clone().unwrap_or_default();
+        if let (Some(t), Some(v)) = (config.model_type, config.variant) {
+            let base = config
+                .base
+                .unwrap_or(crate::taxonomy::BaseModelType::Unknown);
+            if let Err(e) = crate::config::check_variant(t, base, v.for_base(base)) {
+                self.err(sp.loc(), format!("`config`: {e}"));
+                return None;
+            }
+        }
         let unsafe_pickle = raw.unsafe_pickle.unwrap_or_default();
         let preload = raw.preload.unwrap_or(false);
         let canonical = source.canonical();

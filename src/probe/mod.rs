@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{CONFIG_CLASSES, RawConfig, SubmodelDefinition};
+use crate::config::{CONFIG_CLASSES, RawConfig, SubmodelDefinition, class_fields};
 use crate::scan::{self, ScanError, ScanReport};
 use crate::taxonomy::{
-    BaseModelType, ModelFormat, ModelRepoVariant, ModelType, ModelVariantType,
-    SchedulerPredictionType, SubModelType,
+    AnyVariant, BaseModelType, ModelFormat, ModelRepoVariant, ModelType, SchedulerPredictionType,
+    SubModelType,
 };
 
 pub use safetensors::MAX_HEADER as MAX_SAFETENSORS_HEADER;
@@ -50,8 +50,9 @@ pub struct ProbeResult {
     pub base: BaseModelType,
     /// On-disk format.
     pub format: ModelFormat,
-    /// normal / inpaint / depth (main models).
-    pub variant: Option<ModelVariantType>,
+    /// The variant: normal / inpaint / depth for SD mains, the family's variant otherwise
+    /// (FLUX `dev`, CLIP `large`, Qwen3 `qwen3_4b` …).
+    pub variant: Option<AnyVariant>,
     /// Scheduler prediction type (main models).
     pub prediction_type: Option<SchedulerPredictionType>,
     /// Whether attention must be upcast (sd-2 v-prediction models).
@@ -69,11 +70,14 @@ pub struct ProbeResult {
     /// InvokeAI's legacy config name for checkpoints where it matters (flux: `flux-dev`,
     /// `flux-schnell`, `flux-dev-fill`), or the override.
     pub config_path: Option<String>,
-    /// When `base` is `unknown` because the weights fit several bases equally (SD 1.x vs SDXL
-    /// VAEs), the candidates; a `base` override settles it.
+    /// When the weights fit several bases equally (SD 1.x vs SDXL VAEs), the candidates, the
+    /// fallback first; `base` is then the fallback (InvokeAI's rule for the type) and a
+    /// warning says so. A `base` override settles it and empties this.
     pub base_candidates: Vec<BaseModelType>,
     /// Why: which key, width or config value decided each field.
     pub evidence: Vec<String>,
+    /// Decisions the caller should be told about (a base taken by a fallback rule …).
+    pub warnings: Vec<String>,
     /// Pickle safety scan of pickle checkpoints (None for safetensors, GGUF, folders without
     /// pickles). The installer refuses `dangerous` unless the entry allows it.
     pub pickle_scan: Option<ScanReport>,
@@ -331,14 +335,19 @@ pub(crate) struct Finding {
     pub model_type: ModelType,
     pub base: BaseModelType,
     pub format: ModelFormat,
-    pub variant: Option<ModelVariantType>,
+    pub variant: Option<AnyVariant>,
     pub prediction_type: Option<SchedulerPredictionType>,
     pub upcast_attention: bool,
     pub repo_variant: Option<ModelRepoVariant>,
     pub submodels: Option<BTreeMap<SubModelType, SubmodelDefinition>>,
     pub config_path: Option<String>,
+    /// Bases the weights fit equally, the fallback first. A rule may set `base` to the
+    /// fallback itself (and say why in `warnings`); if it leaves `base` unknown, the probe
+    /// takes the first candidate and warns.
     pub base_candidates: Vec<BaseModelType>,
     pub evidence: Vec<String>,
+    /// Warnings for the caller (fallbacks taken); they end up as install warning events.
+    pub warnings: Vec<String>,
     pub pickle_scan: Option<ScanReport>,
     /// Whether the type rests on unmistakable keys (a type override may not contradict it).
     pub strong: bool,
@@ -358,6 +367,7 @@ impl Finding {
             config_path: None,
             base_candidates: Vec::new(),
             evidence: Vec::new(),
+            warnings: Vec::new(),
             pickle_scan: None,
             strong: model_type != ModelType::Unknown,
         }
@@ -414,9 +424,23 @@ pub fn probe_with_overrides(
         config_path: finding.config_path,
         base_candidates: finding.base_candidates,
         evidence: finding.evidence,
+        warnings: finding.warnings,
         pickle_scan: finding.pickle_scan,
     };
     apply_overrides(path, &mut r, finding.strong, meta.is_dir(), overrides)?;
+    if r.base == BaseModelType::Unknown
+        && let Some(&fallback) = r.base_candidates.first()
+    {
+        let all: Vec<String> = r.base_candidates.iter().map(|b| format!("`{b}`")).collect();
+        r.warnings.push(format!(
+            "the base of this {} model is ambiguous ({}); took `{fallback}`, InvokeAI's fallback; set `config: {{base: …}}` if it is another",
+            r.model_type,
+            all.join(" or ")
+        ));
+        r.evidence
+            .push(format!("ambiguous base → fallback `{fallback}`"));
+        r.base = fallback;
+    }
     if r.description.is_none() {
         r.description = Some(format!("{} {} model {}", r.base, r.model_type, r.name));
     }
@@ -554,29 +578,13 @@ fn apply_overrides(
     Ok(())
 }
 
-/// Which class-specific field groups a (type, format) class has, mirroring
-/// `config::any_model_config!` (a unit test checks the two agree for every class).
-fn field_groups(t: ModelType, f: ModelFormat) -> (bool, bool, bool) {
-    use ModelFormat as F;
-    use ModelType as T;
-    // (checkpoint, main, diffusers)
-    match (t, f) {
-        (T::Main, F::Checkpoint | F::BnbQuantizedNf4b | F::GgufQuantized) => (true, true, false),
-        (T::Main, F::Diffusers | F::Onnx | F::Olive) => (false, true, true),
-        (T::Vae | T::ControlNet, F::Checkpoint) => (true, false, false),
-        (T::Vae | T::ControlNet | T::ClipVision | T::ClipEmbed | T::T2IAdapter, F::Diffusers) => {
-            (false, false, true)
-        }
-        _ => (false, false, false),
-    }
-}
-
 impl ProbeResult {
     /// The record fields a probe decides: type, format, base, name, description, file_size and
     /// exactly the class-specific fields the (type, format) class allows. The installer adds
     /// path, hash and source and calls [`crate::AnyModelConfig::from_raw`].
     pub fn to_raw_config(&self) -> RawConfig {
-        let (ckpt, main, diffusers) = field_groups(self.model_type, self.format);
+        let fields = class_fields(self.model_type, self.format).unwrap_or_default();
+        let has = |name: &str| fields.contains(&name);
         let mut raw = RawConfig {
             name: Some(self.name.clone()),
             model_type: Some(self.model_type),
@@ -586,25 +594,31 @@ impl ProbeResult {
             file_size: Some(self.file_size),
             ..RawConfig::default()
         };
-        if ckpt {
+        if has("config_path") {
             raw.config_path.clone_from(&self.config_path);
         }
-        if main {
-            raw.variant = Some(self.variant.unwrap_or_default());
+        if has("variant") {
+            raw.variant = self.variant;
+        }
+        if has("prediction_type") {
             raw.prediction_type = self.prediction_type;
+        }
+        if has("upcast_attention") {
             raw.upcast_attention = Some(self.upcast_attention);
         }
-        if diffusers {
+        if has("repo_variant") {
             raw.repo_variant = self.repo_variant;
+        }
+        if has("submodels") {
             raw.submodels.clone_from(&self.submodels);
         }
         raw
     }
 
-    /// Whether the base is still undecided between candidates (the installer asks for
-    /// `config.base`).
+    /// Whether the base was a guess between candidates (a fallback rule took one), not
+    /// settled by the files or a `base` override.
     pub fn base_is_ambiguous(&self) -> bool {
-        self.base == BaseModelType::Unknown && !self.base_candidates.is_empty()
+        !self.base_candidates.is_empty()
     }
 }
 
@@ -793,12 +807,25 @@ mod tests {
     /// The field-group table above must match config.rs for every class.
     #[test]
     fn to_raw_config_fits_every_class() {
+        use crate::taxonomy::{
+            ClipVariantType, MistralVariantType, ModelVariantType, PidDecoderVariantType,
+            Qwen3VariantType, Qwen3VlVariantType,
+        };
         for &(t, f) in CONFIG_CLASSES {
+            let variant: Option<AnyVariant> = match t {
+                ModelType::Main => Some(ModelVariantType::Inpaint.into()),
+                ModelType::ClipEmbed => Some(ClipVariantType::Large.into()),
+                ModelType::Qwen3Encoder => Some(Qwen3VariantType::Qwen3_4B.into()),
+                ModelType::Qwen3VlEncoder => Some(Qwen3VlVariantType::Qwen3Vl4B.into()),
+                ModelType::MistralEncoder => Some(MistralVariantType::Cow.into()),
+                ModelType::PidDecoder => Some(PidDecoderVariantType::Res2kSr4x.into()),
+                _ => None,
+            };
             let r = ProbeResult {
                 model_type: t,
                 base: BaseModelType::StableDiffusion1,
                 format: f,
-                variant: Some(ModelVariantType::Inpaint),
+                variant,
                 prediction_type: Some(SchedulerPredictionType::Epsilon),
                 upcast_attention: true,
                 repo_variant: Some(ModelRepoVariant::Fp16),
@@ -809,15 +836,30 @@ mod tests {
                 config_path: Some("flux-dev".into()),
                 base_candidates: vec![],
                 evidence: vec![],
+                warnings: vec![],
                 pickle_scan: None,
             };
             let mut raw = r.to_raw_config();
             raw.path = Some("/m".into());
             let c = AnyModelConfig::from_raw(&raw).unwrap_or_else(|e| panic!("{t}.{f}: {e}"));
-            let (ckpt, main, diffusers) = field_groups(t, f);
-            assert_eq!(c.checkpoint_fields().is_some(), ckpt, "{t}.{f}");
-            assert_eq!(c.main_fields().is_some(), main, "{t}.{f}");
-            assert_eq!(c.diffusers_fields().is_some(), diffusers, "{t}.{f}");
+            let fields = class_fields(t, f).unwrap();
+            let has = |n: &str| fields.contains(&n);
+            assert_eq!(
+                c.checkpoint_fields().is_some(),
+                has("config_path"),
+                "{t}.{f}"
+            );
+            assert_eq!(c.main_fields().is_some(), has("prediction_type"), "{t}.{f}");
+            assert_eq!(
+                c.diffusers_fields().is_some(),
+                has("repo_variant"),
+                "{t}.{f}"
+            );
+            assert_eq!(
+                c.variant().is_some(),
+                has("variant") && variant.is_some(),
+                "{t}.{f}"
+            );
         }
     }
 }

@@ -56,11 +56,13 @@ pub enum ReconcileEvent {
         /// Free bytes on models_dir's file system, when measured.
         free_bytes: Option<u64>,
     },
-    /// A Hub look-up failed; the value (size, upstream commit) stays unknown.
+    /// Something the user should know that did not stop the entry: a Hub look-up failed (the
+    /// size or upstream commit stays unknown), a model no rule identifies was recorded as
+    /// type `unknown`, a base was taken by a fallback rule.
     Warning {
         /// The entry.
         name: String,
-        /// What failed.
+        /// What happened, with the evidence and how to settle it.
         message: String,
     },
     /// An action starts.
@@ -786,6 +788,15 @@ async fn reinstall(
     if !old_first {
         remove_old(cx, old, false)?;
     }
+    for message in &outcome.warnings {
+        report(
+            cx,
+            ReconcileEvent::Warning {
+                name: entry.name.clone(),
+                message: message.clone(),
+            },
+        );
+    }
     let lock = lock_from_outcome(entry, &outcome);
     Ok((Some(outcome.key), outcome.downloaded_bytes, Some(lock)))
 }
@@ -862,6 +873,7 @@ pub fn install_request(manifest: &Manifest, entry: &ModelEntry) -> InstallReques
         exclude: entry.exclude.clone(),
         access_token: entry.token().cloned(),
         sha256_for_lock: true,
+        unknown_models: manifest.settings.unknown_models,
     })
 }
 

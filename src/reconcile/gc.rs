@@ -114,6 +114,8 @@ mod tests {
             managed: None,
             source: String::new(),
             source_type: ModelSourceType::Path,
+            model_type: crate::taxonomy::ModelType::Lora,
+            format: crate::taxonomy::ModelFormat::Lycoris,
             path: path.into(),
             in_models_dir: resolved_path.starts_with(models_dir),
             path_exists: resolved_path.exists(),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::{Managed, ModelSourceType};
 use crate::store::{ModelFile, RecordStore, StoreError};
+use crate::taxonomy::{ModelFormat, ModelType};
 
 /// Errors of observing.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,10 @@ pub struct InventoryRecord {
     pub key: String,
     /// Record name.
     pub name: String,
+    /// Model type (`unknown` when no probe rule identified it).
+    pub model_type: ModelType,
+    /// Model format.
+    pub format: ModelFormat,
     /// Manifest ownership (`None`: unmanaged, from `import`).
     pub managed: Option<Managed>,
     /// The source the record was installed from (canonical form when apply installed it).
@@ -188,6 +193,8 @@ pub fn observe(store: &dyn RecordStore, models_dir: &Path) -> Result<Inventory, 
         records.push(InventoryRecord {
             key: c.key.clone(),
             name: c.name.clone(),
+            model_type: config.model_type(),
+            format: config.format(),
             managed: c.managed.clone(),
             source: c.source.clone(),
             source_type: c.source_type,

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::inventory::{DirState, FileStatus, Inventory, InventoryRecord};
 use crate::manifest::{LockFile, Manifest, ModelEntry, SpecHash};
+use crate::taxonomy::{ModelFormat, ModelType};
 
 /// Inputs of [`plan`] besides the manifest and the inventory.
 #[derive(Debug, Clone, Default)]
@@ -138,6 +139,22 @@ pub struct UnmanagedRecord {
     pub path: String,
 }
 
+/// A record no probe rule identified (type `unknown`): it syncs, but `load` refuses it until
+/// its entry says what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnidentifiedRecord {
+    /// Record key.
+    pub key: String,
+    /// Record name.
+    pub name: String,
+    /// The entry that owns it (`None`: unmanaged).
+    pub entry: Option<String>,
+    /// Its format, as the files say (`checkpoint`, `diffusers` …).
+    pub format: ModelFormat,
+    /// How to identify it.
+    pub hint: &'static str,
+}
+
 /// Counts per action and bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -223,6 +240,8 @@ pub struct DiskCheck {
 ///      "fetch_bytes": 0, "files": [], "spec_hash": null}
 ///   ],
 ///   "unmanaged": [{"key": "…", "name": "myvae", "source": "/x/vae.safetensors", "path": "…"}],
+///   "unidentified": [{"key": "…", "name": "t5", "entry": "t5", "format": "checkpoint",
+///                     "hint": "set `config: {type: …, base: …}` on its manifest entry …"}],
 ///   "totals": {"install": 1, "adopt": 0, "unchanged": 0, "update": 0, "replace": 0,
 ///              "repair": 1, "upgrade": 0, "delete": 0, "orphaned": 1, "error": 0,
 ///              "unmanaged": 1, "fetch_bytes": 2467499642, "unknown_sizes": 0},
@@ -238,6 +257,8 @@ pub struct Plan {
     pub actions: Vec<PlannedAction>,
     /// Records no entry owns.
     pub unmanaged: Vec<UnmanagedRecord>,
+    /// Records of type `unknown` (managed or not): in sync, but not loadable.
+    pub unidentified: Vec<UnidentifiedRecord>,
     /// Counts and bytes.
     pub totals: Totals,
     /// Free-disk check.
@@ -392,9 +413,11 @@ pub fn plan(
         required_bytes,
         fits: opts.free_bytes.is_none_or(|f| required_bytes <= f),
     };
+    let unidentified = unidentified_records(inventory);
     Ok(Plan {
         actions,
         unmanaged,
+        unidentified,
         totals,
         disk,
     })
@@ -618,4 +641,22 @@ fn leftover(r: &InventoryRecord, prune: bool, why: &str) -> PlannedAction {
 
 fn short(commit: &str) -> &str {
     commit.get(..7).unwrap_or(commit)
+}
+
+/// The records of type `unknown`, by name.
+pub fn unidentified_records(inventory: &Inventory) -> Vec<UnidentifiedRecord> {
+    let mut v: Vec<UnidentifiedRecord> = inventory
+        .records
+        .iter()
+        .filter(|r| r.model_type == ModelType::Unknown)
+        .map(|r| UnidentifiedRecord {
+            key: r.key.clone(),
+            name: r.name.clone(),
+            entry: r.entry().map(str::to_owned),
+            format: r.format,
+            hint: crate::config::IDENTIFY_HINT,
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name).then(a.key.cmp(&b.key)));
+    v
 }

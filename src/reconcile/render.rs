@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::plan::{ActionKind, Plan, PlannedAction};
+use super::plan::{ActionKind, Plan, PlannedAction, UnidentifiedRecord};
 use crate::units::HumanBytes;
 
 /// Renders a plan: a table of changes (symbol, name, source, reason, size), the unmanaged
@@ -66,6 +66,9 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
             }
         }
     }
+    if !plan.unidentified.is_empty() {
+        out.push_str(&render_unidentified(&plan.unidentified));
+    }
     let t = &plan.totals;
     if !plan.has_changes() && t.error == 0 {
         let _ = write!(out, "No changes: {} model(s) in sync.", t.unchanged);
@@ -121,6 +124,33 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
             HumanBytes(plan.disk.free_bytes.unwrap_or(0))
         );
     }
+    out
+}
+
+/// The records of type `unknown`, one line each, for `diff` and `status`:
+/// `Unidentified (type unknown; load refuses them): t5 (entry t5, checkpoint) …`.
+pub fn render_unidentified(records: &[UnidentifiedRecord]) -> String {
+    let mut out = String::new();
+    let Some(first) = records.first() else {
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "Unidentified models (type `unknown`: they sync, `load` refuses them; {}):",
+        first.hint
+    );
+    for r in records {
+        let owner = r
+            .entry
+            .as_deref()
+            .map_or_else(|| "unmanaged".to_owned(), |e| format!("entry `{e}`"));
+        let _ = writeln!(
+            out,
+            "  ? {}  {owner}, format `{}`, key {}",
+            r.name, r.format, r.key
+        );
+    }
+    out.push('\n');
     out
 }
 

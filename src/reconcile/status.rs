@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::inventory::{Inventory, InventoryError};
-use super::plan::{ActionKind, PlanError, PlanOptions, PlannedAction, UnmanagedRecord, plan};
+use super::plan::{
+    ActionKind, PlanError, PlanOptions, PlannedAction, UnidentifiedRecord, UnmanagedRecord, plan,
+};
 use crate::manifest::{LockFile, Manifest};
 
 /// A file or folder in models_dir that no record owns.
@@ -46,6 +48,7 @@ pub struct MissingPath {
 ///  "missing_paths": [{"key": "…", "name": "myvae", "entry": null, "path": "/srv/models/x"}],
 ///  "orphan_paths": [{"path": "stray.safetensors", "bytes": 1024, "is_dir": false}],
 ///  "unmanaged": [{"key": "…", "name": "myvae", "source": "…", "path": "…"}],
+///  "unidentified": [{"key": "…", "name": "t5", "entry": "t5", "format": "checkpoint", "hint": "…"}],
 ///  "drifted": true}
 /// ```
 ///
@@ -65,6 +68,8 @@ pub struct StatusReport {
     pub orphan_paths: Vec<OrphanPath>,
     /// Records no entry owns (listed; not drift).
     pub unmanaged: Vec<UnmanagedRecord>,
+    /// Records of type `unknown` (listed; not drift: they are in sync, but not loadable).
+    pub unidentified: Vec<UnidentifiedRecord>,
     /// Whether anything drifted (exit 2).
     pub drifted: bool,
 }
@@ -111,6 +116,7 @@ pub fn status(
         missing_paths,
         orphan_paths,
         unmanaged: p.unmanaged,
+        unidentified: p.unidentified,
         drifted,
     })
 }

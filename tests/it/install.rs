@@ -327,6 +327,7 @@ fn event_id(ev: &InstallEvent) -> u64 {
         | InstallEvent::ModelInstallRunning { id, .. }
         | InstallEvent::ModelInstallCompleted { id, .. }
         | InstallEvent::ModelInstallError { id, .. }
+        | InstallEvent::ModelInstallWarning { id, .. }
         | InstallEvent::ModelInstallCancelled { id, .. } => *id,
     }
 }
@@ -1247,4 +1248,60 @@ async fn lying_weight_files_are_never_registered() {
     assert!(msg.contains("b.safetensors"), "{msg}");
     assert!(env.promoted().is_empty());
     assert!(env.store().all_models().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unidentified_model_installs_as_unknown_with_a_warning_event() {
+    let env = setup();
+    let src = env.dir.path().join("mamba.safetensors");
+    crate::support::probe_fixtures::safetensors(
+        &src,
+        &[
+            ("backbone.embeddings.weight", &[64, 16]),
+            ("backbone.layers.0.mixer.A_log", &[32, 4]),
+            ("lm_head.weight", &[64, 16]),
+        ],
+        None,
+    );
+    let job = env.import(src.to_str().unwrap(), no_config()).await;
+    assert!(job.complete(), "{:?}", job.error);
+    let rec = job.config_out.clone().unwrap();
+    assert_eq!(rec.model_type(), ModelType::Unknown);
+    assert_eq!(rec.format(), ModelFormat::Checkpoint);
+    assert_eq!(rec.base(), BaseModelType::Unknown);
+    let evs = install_events(&env.rec, job.id);
+    let names = event_names(&evs);
+    let w = names
+        .iter()
+        .position(|n| *n == "model_install_warning")
+        .unwrap_or_else(|| panic!("no warning event: {names:?}"));
+    assert_eq!(names[w + 1], "model_install_completed", "{names:?}");
+    let message = evs
+        .iter()
+        .find_map(|e| match e {
+            InstallEvent::ModelInstallWarning { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        message.contains("`backbone.embeddings.weight`")
+            && message.contains("`config: {type: …, base: …}`"),
+        "{message}"
+    );
+    assert_eq!(job.outcome.as_ref().unwrap().warnings, [message]);
+
+    // The strict policy refuses the same file.
+    let src2 = env.dir.path().join("mamba2.safetensors");
+    fs::copy(&src, &src2).unwrap();
+    let opts = modelsync::install::InstallOptions {
+        unknown_models: modelsync::install::UnknownModels::Deny,
+        ..Default::default()
+    };
+    let e = env
+        .mgr
+        .install()
+        .install_path_with(&src2, &no_config(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("settings.unknown_models: allow"), "{e}");
 }

@@ -18,5 +18,6 @@ mod probe;
 mod scan;
 mod status;
 mod store;
+mod unknown;
 mod watch;
 mod watch_real;

@@ -85,6 +85,11 @@ models:
     assert_eq!(s.cache.ram, Some(8 << 30));
     assert_eq!(s.cache.vram, Some(512 << 20));
     assert_eq!(s.cache.device, "cuda:1");
+    assert_eq!(
+        s.unknown_models,
+        modelsync::install::UnknownModels::Allow,
+        "unknown models are allowed unless the manifest says deny"
+    );
     let e = &m.models[0];
     assert_eq!(e.name, "sd15");
     // The settings' default variant, the subfolder and the revision are merged into the source.
@@ -165,6 +170,18 @@ fn wrong_types_and_values_say_what_was_expected() {
     assert_eq!(
         e,
         "models.yaml:3:19: invalid hash algorithm `md5`: expected one of blake3, blake3_single, sha256, imohash"
+    );
+    let e = error("version: 1\nsettings:\n  unknown_models: maybe\n");
+    assert_eq!(
+        e,
+        "models.yaml:3:19: invalid unknown_models policy `maybe`: expected one of allow, deny"
+    );
+    let e = error(&entries(
+        "  - name: a\n    source: o/n\n    config: { type: main, base: flux, variant: klein_4b }\n",
+    ));
+    assert!(
+        e.contains("variant `klein_4b` is not valid for a `main` model of base `flux`"),
+        "{e}"
     );
     let e = error(&entries(
         "  - name: a\n    source: o/n\n    unsafe_pickle: maybe\n",

@@ -37,6 +37,8 @@ fn record(key: &str, m: &Manifest, entry: &str) -> InventoryRecord {
     InventoryRecord {
         key: key.into(),
         name: entry.into(),
+        model_type: modelsync::taxonomy::ModelType::Lora,
+        format: modelsync::taxonomy::ModelFormat::Lycoris,
         managed: Some(Managed {
             entry: entry.into(),
             spec_hash: e.spec_hash.to_string(),
@@ -600,7 +602,11 @@ fn json_shape_is_as_documented() {
     );
     assert_eq!(v["unmanaged"], serde_json::json!([]));
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["actions", "unmanaged", "totals", "disk"]);
+    assert_eq!(
+        keys,
+        ["actions", "unmanaged", "unidentified", "totals", "disk"]
+    );
+    assert_eq!(v["unidentified"], serde_json::json!([]));
 }
 
 #[test]

@@ -8,8 +8,7 @@ use modelsync::cli::{Status, run};
 use modelsync::probe::{ProbeError, probe, probe_with_overrides};
 use modelsync::scan::ScanVerdict;
 use modelsync::taxonomy::{
-    BaseModelType, ModelRepoVariant, ModelType, ModelVariantType, SchedulerPredictionType,
-    SubModelType,
+    AnyVariant, BaseModelType, ModelRepoVariant, ModelType, SchedulerPredictionType, SubModelType,
 };
 use serde_json::json;
 
@@ -36,7 +35,7 @@ fn every_fixture_is_identified() {
             r.model_type.as_str(),
             r.base.as_str(),
             r.format.as_str(),
-            r.variant.map(ModelVariantType::as_str),
+            r.variant.map(AnyVariant::as_str),
             r.prediction_type.map(SchedulerPredictionType::as_str),
         );
         let want = (c.model_type, c.base, c.format, c.variant, c.prediction);
@@ -187,13 +186,21 @@ fn diffusers_folders_report_repo_variant_and_submodels() {
 }
 
 #[test]
-fn ambiguous_vae_is_settled_by_a_base_override() {
+fn ambiguous_vae_takes_the_fallback_with_a_warning_and_a_base_override_settles_it() {
     let dir = tempfile::tempdir().unwrap();
     fx::corpus(dir.path());
     let path = dir.path().join("vae-ft-mse.pt");
     let r = probe(&path).unwrap();
-    assert_eq!(r.base, BaseModelType::Unknown);
+    // The first candidate is the fallback (InvokeAI takes sd-1 for a VAE it cannot place).
+    assert_eq!(r.base, BaseModelType::StableDiffusion1);
     assert!(r.base_is_ambiguous());
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].contains("ambiguous (`sd-1` or `sdxl`); took `sd-1`")
+            && r.warnings[0].contains("`config: {base: …}`"),
+        "{:?}",
+        r.warnings
+    );
     assert_eq!(
         r.base_candidates,
         vec![
@@ -213,6 +220,7 @@ fn ambiguous_vae_is_settled_by_a_base_override() {
     assert_eq!(r.base, BaseModelType::StableDiffusionXL);
     assert!(!r.base_is_ambiguous());
     assert!(r.base_candidates.is_empty());
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 
 #[test]
@@ -250,7 +258,7 @@ fn overrides_win_and_type_conflicts_are_errors() {
     let e = probe_with_overrides(&lora, &overrides(&json!({"format": "gguf_quantized"})))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("valid formats: lycoris, diffusers"), "{e}");
+    assert!(e.contains("valid formats: lycoris, omi, diffusers"), "{e}");
     let e = probe_with_overrides(&lora, &overrides(&json!({"upcast_attention": "yes"})))
         .unwrap_err()
         .to_string();

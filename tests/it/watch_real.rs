@@ -686,3 +686,49 @@ fn a_flood_of_idle_connections_leaves_healthz_and_the_reconciler_working() {
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(model_path(&w, "b").is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unidentified_model_converges_and_readyz_turns_200() {
+    let w = Work::new();
+    let tmp = w.path().join("llm.tmp.safetensors");
+    // A Mamba language model: no probe rule knows it, so it is recorded as type `unknown`.
+    crate::support::probe_fixtures::safetensors(
+        &tmp,
+        &[
+            ("backbone.embeddings.weight", &[64, 16]),
+            ("backbone.layers.0.mixer.A_log", &[32, 4]),
+            ("lm_head.weight", &[64, 16]),
+        ],
+        None,
+    );
+    let bytes = std::fs::read(&tmp).expect("llm bytes");
+    std::fs::remove_file(&tmp).expect("rm");
+    w.hub.add_repo(
+        crate::support::hub_server::FakeRepo::new("owner/llm").file("model.safetensors", bytes),
+    );
+    w.hub.add_repo(lora_repo("owner/a", 1, 2));
+    let set = settings(&w, "");
+    w.manifest(
+        &set,
+        &format!(
+            "{}{}",
+            entry("llm", "owner/llm::model.safetensors"),
+            entry("a", "owner/a::lora.safetensors")
+        ),
+    );
+    let r = start(&w, |_| {}).await;
+    r.eventually("llm and a converge", |st| st.ready).await;
+    let (code, body) = r.get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    let e = r.entry("llm").expect("llm entry");
+    assert_eq!(e.state, EntryPhase::Converged, "{e:?}");
+    let rec = w
+        .store()
+        .all_models()
+        .expect("records")
+        .into_iter()
+        .find(|m| m.name() == "llm")
+        .expect("llm record");
+    assert_eq!(rec.model_type(), modelsync::taxonomy::ModelType::Unknown);
+    r.stop().await;
+}

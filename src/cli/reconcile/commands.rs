@@ -343,6 +343,11 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<Status> {
                 r.unmanaged.len()
             )?;
         }
+        write!(
+            out,
+            "{}",
+            crate::reconcile::render_unidentified(&r.unidentified)
+        )?;
         if r.drifted {
             writeln!(
                 out,

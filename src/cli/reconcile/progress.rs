@@ -209,7 +209,9 @@ impl ApplyUi {
                     }
                 }
             }
-            InstallEvent::ModelInstallRunning { .. } => {}
+            // apply reports install warnings as its own per-entry warnings.
+            InstallEvent::ModelInstallRunning { .. } | InstallEvent::ModelInstallWarning { .. } => {
+            }
         }
     }
 }
