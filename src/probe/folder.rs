@@ -150,12 +150,18 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
     Ok(f)
 }
 
-/// The file variant from weight file names (`*.fp16.safetensors` …) anywhere under `dir`.
+/// The file variant from weight file names (`*.fp16.safetensors` …) anywhere under `dir`:
+/// fp16 as soon as any weight file carries `.fp16.` (a repo that ships both keeps unlabelled
+/// fp32 weights beside the fp16 ones, and InvokeAI records such a download as fp16), else the
+/// one tag all files share, else the default.
 fn repo_variant(dir: &Path) -> Option<RV> {
     let mut tags = Vec::new();
     collect_variant_tags(dir, 0, &mut tags);
     if tags.is_empty() {
         return None;
+    }
+    if tags.contains(&RV::Fp16) {
+        return Some(RV::Fp16);
     }
     let first = tags[0];
     Some(if tags.iter().all(|t| *t == first) {
@@ -365,6 +371,22 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
     Ok(f)
 }
 
+/// Whether a name says SDXL: InvokeAI's `/xl\b/i` (`sdxl-vae`, `taesdxl`, `taesdxl-fp16`).
+fn name_says_xl(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    l.match_indices("xl").any(|(i, _)| {
+        l[i + 2..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    })
+}
+
+/// A diffusers VAE's base. InvokeAI's order: the config (`scaling_factor` 0.13025 with
+/// `sample_size` 512 or 1024 is Stability's SDXL VAE), then the folder name (`/xl\b/`), then
+/// sd-1. Before that, what InvokeAI has no diffusers class for but the config says plainly:
+/// 16 latent channels (FLUX.1, or SD3 by its scaling factor) and the tiny autoencoders of
+/// other families by their repo names.
 fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &mut Finding) {
     let latent = u(cfg, "latent_channels");
     let scaling = f64_of(cfg, "scaling_factor");
@@ -374,15 +396,10 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let decided = if class == "AutoencoderTiny" {
-        // Tiny autoencoders share one config; their canonical repo names tell them apart.
-        match folder.as_str() {
-            "taesd" => Some((B::StableDiffusion1, "folder name `taesd`".to_owned())),
-            "taesdxl" => Some((B::StableDiffusionXL, "folder name `taesdxl`".to_owned())),
-            "taesd3" => Some((B::StableDiffusion3, "folder name `taesd3`".to_owned())),
-            "taef1" => Some((B::Flux, "folder name `taef1`".to_owned())),
-            _ => None,
-        }
+    let decided = if class == "AutoencoderTiny" && folder.starts_with("taesd3") {
+        Some((B::StableDiffusion3, format!("folder name `{folder}`")))
+    } else if class == "AutoencoderTiny" && folder.starts_with("taef1") {
+        Some((B::Flux, format!("folder name `{folder}`")))
     } else if latent == Some(16) {
         if near(scaling, 1.5305) {
             Some((
@@ -398,20 +415,18 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
                 ),
             ))
         }
-    } else if near(scaling, 0.13025) {
-        Some((B::StableDiffusionXL, "scaling_factor 0.13025".to_owned()))
-    } else if near(scaling, 0.18215) && sample == Some(768) {
+    } else if near(scaling, 0.13025) && matches!(sample, Some(512 | 1024)) {
         Some((
-            B::StableDiffusion2,
-            "scaling_factor 0.18215, sample_size 768".to_owned(),
-        ))
-    } else if near(scaling, 0.18215) {
-        Some((
-            B::StableDiffusion1,
+            B::StableDiffusionXL,
             format!(
-                "scaling_factor 0.18215, sample_size {}",
+                "scaling_factor 0.13025, sample_size {}",
                 sample.unwrap_or(0)
             ),
+        ))
+    } else if name_says_xl(&folder) {
+        Some((
+            B::StableDiffusionXL,
+            format!("folder name `{folder}` matches /xl\\b/"),
         ))
     } else {
         None
@@ -420,10 +435,14 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
         f.base = b;
         f.evidence.push(format!("{why} → {b}"));
     } else {
+        // InvokeAI's fallback for a diffusers VAE whose config and name say nothing.
+        f.base = B::StableDiffusion1;
         f.base_candidates = vec![B::StableDiffusion1, B::StableDiffusionXL];
-        f.evidence.push(
-            "VAE config does not tell sd-1 from sdxl: ambiguous between sd-1 and sdxl; set config.base".into(),
-        );
+        f.evidence.push(format!(
+            "config (scaling_factor {}, sample_size {}) and name do not tell sd-1 from sdxl: sd-1 by InvokeAI's fallback; set config.base if it is sdxl",
+            scaling.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+            sample.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+        ));
     }
 }
 
@@ -510,6 +529,14 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
                     .evidence
                     .push(format!("adapter_type {other:?}: base not determinable")),
             }
+            f
+        }
+        "CLIPModel" if cfg.get("vision_config").is_some_and(Value::is_object) => {
+            let mut f = Finding::new(T::ClipVision, B::Any, F::Diffusers);
+            f.evidence.push(
+                "config.json `CLIPModel` with a vision_config → clip_vision (its vision tower)"
+                    .into(),
+            );
             f
         }
         "CLIPVisionModelWithProjection" | "CLIPVisionModel" => {

@@ -85,7 +85,37 @@ fn dim(sd: &StateDict, key: &str, i: usize) -> Option<u64> {
     sd.tensors.get(key).and_then(|t| t.shape.get(i).copied())
 }
 
-/// Classifies a state dict.
+/// A rule: its name (shown in `probe -o json`) and its check.
+type Rule = (&'static str, fn(&StateDict, Container) -> Option<Finding>);
+
+/// Every rule for single files. As InvokeAI's factory does, all of them run and every match
+/// is a candidate; [`rank`] picks the winner.
+const RULES: &[Rule] = &[
+    ("control_lora", control_lora),
+    ("lora", lora),
+    ("ip_adapter", ip_adapter),
+    ("controlnet", controlnet),
+    ("textual_inversion", textual_inversion),
+    ("main_sd", main_sd),
+    ("main_flux", main_flux),
+    ("main_sd3", main_sd3),
+    ("vae", vae),
+    ("spandrel", spandrel),
+];
+
+/// InvokeAI's `matches_sort_key`: main before LoRA before CLIP embed before the rest (a main
+/// checkpoint with merged LoRA keys is a main model); ties keep [`RULES`] order.
+fn rank(t: T) -> u8 {
+    match t {
+        T::Main => 0,
+        T::Lora => 1,
+        T::ClipEmbed => 2,
+        _ => 3,
+    }
+}
+
+/// Classifies a state dict: runs every rule, keeps the matches as candidates, and returns the
+/// best-ranked one with the others recorded.
 pub(crate) fn classify(sd: &StateDict, container: Container) -> Finding {
     if sd.tensors.is_empty() {
         let mut f = Finding::unknown(container_format(container));
@@ -93,25 +123,48 @@ pub(crate) fn classify(sd: &StateDict, container: Container) -> Finding {
         return f;
     }
     if container == Container::Gguf {
-        return gguf(sd);
+        let mut f = gguf(sd);
+        f.decision = if f.model_type == T::Unknown {
+            "no rule matched".into()
+        } else {
+            format!("only `{}` matched", f.rule)
+        };
+        return f;
     }
-    let checks: [fn(&StateDict, Container) -> Option<Finding>; 9] = [
-        control_lora,
-        lora,
-        ip_adapter,
-        controlnet,
-        textual_inversion,
-        main_sd,
-        main_flux,
-        main_sd3,
-        vae,
-    ];
-    for check in checks {
-        if let Some(f) = check(sd, container) {
-            return f;
+    let mut matched: Vec<Finding> = RULES
+        .iter()
+        .filter_map(|(name, check)| {
+            check(sd, container).map(|mut f| {
+                f.rule = name;
+                f
+            })
+        })
+        .collect();
+    if matched.is_empty() {
+        let mut f = unknown(sd, container);
+        f.decision = "no rule matched".into();
+        return f;
+    }
+    matched.sort_by_key(|f| rank(f.model_type));
+    let mut rest = matched.split_off(1);
+    let mut winner = matched.pop().unwrap_or_else(|| unknown(sd, container));
+    winner.decision = match rest.as_slice() {
+        [] => format!("only `{}` matched", winner.rule),
+        others => {
+            let names: Vec<String> = others.iter().map(|f| format!("`{}`", f.rule)).collect();
+            let why = if rank(winner.model_type) < rank(others[0].model_type) {
+                format!(
+                    "{} outranks {} (InvokeAI's order: main, lora, clip_embed, the rest)",
+                    winner.model_type, others[0].model_type
+                )
+            } else {
+                "same rank, first in rule order".to_owned()
+            };
+            format!("`{}` wins over {}: {why}", winner.rule, names.join(", "))
         }
-    }
-    unknown(sd, container)
+    };
+    winner.others.append(&mut rest);
+    winner
 }
 
 fn container_format(c: Container) -> F {
@@ -123,10 +176,22 @@ fn container_format(c: Container) -> F {
 
 fn gguf(sd: &StateDict) -> Finding {
     let arch = sd.metadata.get("general.architecture").cloned();
-    if let Some(mut f) = main_flux(sd, Container::Gguf)
-        .or_else(|| main_sd3(sd, Container::Gguf))
-        .or_else(|| main_sd(sd, Container::Gguf))
-    {
+    let found = [
+        (
+            "main_flux",
+            main_flux as fn(&StateDict, Container) -> Option<Finding>,
+        ),
+        ("main_sd3", main_sd3),
+        ("main_sd", main_sd),
+    ]
+    .into_iter()
+    .find_map(|(name, check)| {
+        check(sd, Container::Gguf).map(|mut f| {
+            f.rule = name;
+            f
+        })
+    });
+    if let Some(mut f) = found {
         f.format = F::GgufQuantized;
         if let Some(a) = arch {
             f.evidence
@@ -145,6 +210,14 @@ fn gguf(sd: &StateDict) -> Finding {
 }
 
 fn control_lora(sd: &StateDict, _: Container) -> Option<Finding> {
+    if is_flux_control_lora(sd) {
+        let mut f = Finding::new(T::ControlLora, B::Flux, F::Lycoris);
+        f.evidence.push(format!(
+            "key `img_in.lora_A.weight` takes 128 input features into 3072: FLUX Control LoRA → control_lora flux ({} tensors, all peft lora_A/lora_B/scale)",
+            sd.tensors.len()
+        ));
+        return Some(f);
+    }
     let k = first_with_prefix(sd, "lora_controlnet")?.to_owned();
     let mut f = Finding::new(T::ControlLora, B::Unknown, F::Lycoris);
     f.evidence.push(format!("key `{k}`: control LoRA"));
@@ -191,8 +264,31 @@ fn lora_in_width(sd: &StateDict, k: &str) -> Option<u64> {
     cols("lokr_w1")?.checked_mul(cols("lokr_w2")?)
 }
 
+/// XLabs' FLUX LoRA layout: `double_blocks.N.processor.{qkv,proj}_lora{1,2}.{down,up}.weight`.
+fn is_xlabs_lora_key(k: &str) -> bool {
+    k.starts_with("double_blocks.")
+        && k.contains(".processor.")
+        && (k.contains("_lora1.") || k.contains("_lora2."))
+}
+
+/// BFL's FLUX Control LoRAs (canny/depth): peft keys on the BFL transformer whose `img_in`
+/// takes 128 input features (64 latent + 64 control channels) into FLUX.1's 3072 width — the
+/// test of InvokeAI's `is_state_dict_likely_flux_control`.
+fn is_flux_control_lora(sd: &StateDict) -> bool {
+    dim(sd, "img_in.lora_A.weight", 1) == Some(128)
+        && dim(sd, "img_in.lora_B.weight", 0) == Some(3072)
+        && sd.tensors.contains_key("img_in.lora_B.bias")
+        && sd.tensors.keys().all(|k| {
+            k.ends_with(".lora_A.weight")
+                || k.ends_with(".lora_B.weight")
+                || k.ends_with(".lora_B.bias")
+                || k.ends_with(".scale")
+        })
+}
+
 fn is_lora_key(k: &str) -> bool {
-    k.starts_with("lora_te_")
+    is_xlabs_lora_key(k)
+        || k.starts_with("lora_te_")
         || k.starts_with("lora_te1_")
         || k.starts_with("lora_te2_")
         || k.starts_with("lora_unet_")
@@ -206,16 +302,19 @@ fn is_lora_key(k: &str) -> bool {
 }
 
 fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
+    // A Control LoRA has LoRA keys too; InvokeAI's LyCORIS classes rule it out first.
+    if is_flux_control_lora(sd) {
+        return None;
+    }
     let k = any_key(sd, is_lora_key)?.to_owned();
     let kohya = sd.tensors.keys().any(|k| k.starts_with("lora_"));
-    let format = if kohya || any_key(sd, |k| k.contains(".hada_") || k.contains(".lokr_")).is_some()
-    {
-        F::Lycoris
-    } else {
-        F::Diffusers
-    };
+    // A single-file LoRA is `lycoris` whatever its key style, as InvokeAI names it: its
+    // `diffusers` LoRA classes are folders (pytorch_lora_weights.* beside a config).
+    let format = F::Lycoris;
     let mut f = Finding::new(T::Lora, B::Unknown, format);
-    let style = if any_key(sd, |k| k.contains(".lokr_")).is_some() {
+    let style = if is_xlabs_lora_key(&k) {
+        "XLabs FLUX LoRA"
+    } else if any_key(sd, |k| k.contains(".lokr_")).is_some() {
         "LoKr"
     } else if any_key(sd, |k| k.contains(".hada_")).is_some() {
         "LoHa"
@@ -487,11 +586,18 @@ fn main_sd(sd: &StateDict, container: Container) -> Option<Finding> {
 }
 
 fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
+    // The transformer's own weights, not merely the block names: XLabs LoRAs
+    // (`double_blocks.N.processor.*_lora1`) and IP-Adapters name the blocks too.
     let prefix = ["", "model.diffusion_model."].into_iter().find(|p| {
         sd.tensors
             .contains_key(&format!("{p}double_blocks.0.img_attn.qkv.weight"))
-            || has_prefix(sd, &format!("{p}double_blocks.0."))
     })?;
+    // XLabs FLUX ControlNets carry a copy of the first double blocks beside their
+    // `controlnet_blocks.*`; InvokeAI ranks such a file as a main model (main outranks every
+    // other type). It is a ControlNet: the controlnet rule takes it.
+    if has_prefix(sd, "controlnet_blocks.") || has_prefix(sd, "pos_embed_input.") {
+        return None;
+    }
     let mut f = Finding::new(T::Main, B::Flux, container_format(container));
     f.evidence.push(format!(
         "keys `{prefix}double_blocks.*`: flux transformer → main flux"
@@ -573,10 +679,10 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
             );
         }
         Some(4) => {
+            // Settled by the file name afterwards ([`vae_base_by_name`]).
             f.base_candidates = vec![B::StableDiffusion1, B::StableDiffusionXL];
-            f.evidence.push(
-                "4 latent channels: the SD 1.x/2.x and SDXL VAEs share this layout — ambiguous between sd-1 and sdxl; set config.base".into(),
-            );
+            f.evidence
+                .push("4 latent channels: the SD 1.x/2.x and SDXL VAEs share this layout".into());
         }
         Some(c) => f
             .evidence
@@ -584,6 +690,113 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
         None => f.evidence.push("latent channels not determinable".into()),
     }
     Some(f)
+}
+
+/// InvokeAI's name rule for a checkpoint VAE whose weights fit several bases: the file name
+/// against `xl` (sdxl), `sd2` (sd-2), `vae` (sd-1), else sd-1. `base_candidates` stays set,
+/// so the installer can warn that the base is a guess.
+pub(crate) fn vae_base_by_name(f: &mut Finding, file_name: &str) {
+    if f.model_type != T::Vae || f.base != B::Unknown || f.base_candidates.is_empty() {
+        return;
+    }
+    let l = file_name.to_ascii_lowercase();
+    let (b, why) = [
+        ("xl", B::StableDiffusionXL),
+        ("sd2", B::StableDiffusion2),
+        ("vae", B::StableDiffusion1),
+    ]
+    .into_iter()
+    .find(|(needle, _)| l.contains(needle))
+    .map_or(
+        (
+            B::StableDiffusion1,
+            format!("name `{file_name}` says nothing: sd-1 by InvokeAI's fallback"),
+        ),
+        |(needle, b)| (b, format!("name `{file_name}` contains `{needle}` → {b}")),
+    );
+    f.base = b;
+    if !f.base_candidates.contains(&b) {
+        f.base_candidates.push(b);
+    }
+    f.evidence
+        .push(format!("{why} (set config.base if that is wrong)"));
+}
+
+/// spandrel's architecture detection (key sets of the image-to-image models it loads), for
+/// the architectures InvokeAI users install most. Checked with and without the `params` /
+/// `params_ema` wrapper BasicSR-trained checkpoints keep their weights under.
+const SPANDREL_ARCHES: &[(&str, &[&str])] = &[
+    (
+        "HAT",
+        &[
+            "layers.0.residual_group.blocks.0.norm1.weight",
+            "layers.0.residual_group.blocks.0.conv_block.cab.0.weight",
+            "conv_first.weight",
+        ],
+    ),
+    (
+        "Swin2SR",
+        &[
+            "layers.0.residual_group.blocks.0.norm1.weight",
+            "layers.0.residual_group.blocks.0.attn.relative_position_index",
+            "patch_embed.proj.weight",
+            "conv_first.weight",
+        ],
+    ),
+    (
+        "SwinIR",
+        &[
+            "layers.0.residual_group.blocks.0.norm1.weight",
+            "layers.0.residual_group.blocks.0.mlp.fc1.bias",
+            "layers.0.residual_group.blocks.0.attn.relative_position_index",
+            "conv_first.weight",
+        ],
+    ),
+    (
+        "DAT",
+        &["layers.0.blocks.2.attn.attn_mask_0", "conv_first.weight"],
+    ),
+    ("ESRGAN", &["conv_first.weight", "body.0.rdb1.conv1.weight"]),
+    (
+        "ESRGAN",
+        &["conv_first.weight", "RRDB_trunk.0.RDB1.conv1.weight"],
+    ),
+    (
+        "ESRGAN",
+        &["model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight"],
+    ),
+    ("RealESRGAN Compact", &["body.0.weight", "body.1.weight"]),
+    ("SPAN", &["block_1.c1_r.sk.weight"]),
+    (
+        "OmniSR",
+        &["residual_layer.0.residual_layer.0.layer.0.fn.0.weight"],
+    ),
+    ("SAFMN", &["to_feat.weight"]),
+    ("DITN", &["UFONE.0.ITLs.0.attn.temperature"]),
+];
+
+fn spandrel(sd: &StateDict, _: Container) -> Option<Finding> {
+    for wrapper in ["params_ema.", "params.", ""] {
+        for (arch, keys) in SPANDREL_ARCHES {
+            if keys
+                .iter()
+                .all(|k| sd.tensors.contains_key(&format!("{wrapper}{k}")))
+            {
+                let mut f = Finding::new(T::SpandrelImageToImage, B::Any, F::Checkpoint);
+                let under = if wrapper.is_empty() {
+                    String::new()
+                } else {
+                    format!(" under `{}`", wrapper.trim_end_matches('.'))
+                };
+                f.evidence.push(format!(
+                    "keys `{}`{under}: {arch} image-to-image model → spandrel_image_to_image",
+                    keys.join("`, `")
+                ));
+                return Some(f);
+            }
+        }
+    }
+    None
 }
 
 fn unknown(sd: &StateDict, container: Container) -> Finding {

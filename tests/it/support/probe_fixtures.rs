@@ -1007,10 +1007,10 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         &[],
     );
     cases.push(case(
-        "sd vae (ambiguous, pickle)",
+        "sd vae (4 latent channels: by name, pickle)",
         p("vae-ft-mse.pt"),
         "vae",
-        "unknown",
+        "sd-1",
         "checkpoint",
     ));
 
@@ -1139,7 +1139,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         p("lora-peft-sdxl.safetensors"),
         "lora",
         "sdxl",
-        "diffusers",
+        "lycoris",
     ));
     safetensors(
         &p("lora-flux.safetensors"),
@@ -1175,7 +1175,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         p("lora-flux-peft.safetensors"),
         "lora",
         "flux",
-        "diffusers",
+        "lycoris",
     ));
     safetensors(
         &p("lokr-sd1.safetensors"),
@@ -1675,4 +1675,530 @@ pub fn corpus(root: &Path) -> Vec<Case> {
     ));
 
     cases
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real-producer corpus: written by `write_fixtures.py` (the `safetensors` package, CPython's
+// pickle in torch.save's layouts). Key names and the shapes the rules read follow the published
+// checkpoints named beside each family; repeated blocks are cut to one or two and LoRA ranks
+// to 4 where nothing reads them, so the files stay small.
+
+use crate::support::pyfix::{self, Kind, Spec};
+
+type Keys = Vec<(String, Vec<u64>)>;
+
+fn k(name: impl Into<String>, shape: &[u64]) -> (String, Vec<u64>) {
+    (name.into(), shape.to_vec())
+}
+
+/// BasicSR's RRDBNet as in RealESRGAN_x4plus.pth (num_feat 64, num_grow_ch 32; 2 of its 23
+/// RRDB blocks).
+pub fn esrgan_rrdbnet_keys() -> Keys {
+    let mut v = vec![
+        k("conv_first.weight", &[64, 3, 3, 3]),
+        k("conv_first.bias", &[64]),
+    ];
+    for b in 0..2 {
+        for r in 1..=3 {
+            for (c, inp) in [(1, 64), (2, 96), (3, 128), (4, 160), (5, 192)] {
+                let out = if c == 5 { 64 } else { 32 };
+                let p = format!("body.{b}.rdb{r}.conv{c}");
+                v.push(k(format!("{p}.weight"), &[out, inp, 3, 3]));
+                v.push(k(format!("{p}.bias"), &[out]));
+            }
+        }
+    }
+    for n in ["conv_body", "conv_up1", "conv_up2", "conv_hr"] {
+        v.push(k(format!("{n}.weight"), &[64, 64, 3, 3]));
+        v.push(k(format!("{n}.bias"), &[64]));
+    }
+    v.push(k("conv_last.weight", &[3, 64, 3, 3]));
+    v.push(k("conv_last.bias", &[3]));
+    v
+}
+
+/// The original ESRGAN layout (RRDB_ESRGAN_x4.pth, 4x-UltraSharp.pth): `model.N` sequential.
+pub fn esrgan_old_keys() -> Keys {
+    let mut v = vec![
+        k("model.0.weight", &[64, 3, 3, 3]),
+        k("model.0.bias", &[64]),
+    ];
+    for b in 0..2 {
+        for r in 1..=3 {
+            for (c, inp) in [(1, 64), (2, 96), (3, 128), (4, 160), (5, 192)] {
+                let out = if c == 5 { 64 } else { 32 };
+                let p = format!("model.1.sub.{b}.RDB{r}.conv{c}.0");
+                v.push(k(format!("{p}.weight"), &[out, inp, 3, 3]));
+                v.push(k(format!("{p}.bias"), &[out]));
+            }
+        }
+    }
+    v.push(k("model.1.sub.2.weight", &[64, 64, 3, 3]));
+    for n in [3, 6, 8] {
+        v.push(k(format!("model.{n}.weight"), &[64, 64, 3, 3]));
+    }
+    v.push(k("model.10.weight", &[3, 64, 3, 3]));
+    v
+}
+
+/// SwinIR-M x4 (001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth, under `params`): embed 180,
+/// window 8, 6 heads; one RSTB with one block.
+pub fn swinir_keys() -> Keys {
+    let b = "layers.0.residual_group.blocks.0";
+    vec![
+        k("conv_first.weight", &[180, 3, 3, 3]),
+        k("conv_first.bias", &[180]),
+        k("patch_embed.norm.weight", &[180]),
+        k("patch_embed.norm.bias", &[180]),
+        k(format!("{b}.norm1.weight"), &[180]),
+        k(format!("{b}.norm1.bias"), &[180]),
+        k(format!("{b}.attn.relative_position_bias_table"), &[225, 6]),
+        k(format!("{b}.attn.relative_position_index"), &[64, 64]),
+        k(format!("{b}.attn.qkv.weight"), &[540, 180]),
+        k(format!("{b}.attn.qkv.bias"), &[540]),
+        k(format!("{b}.attn.proj.weight"), &[180, 180]),
+        k(format!("{b}.attn.proj.bias"), &[180]),
+        k(format!("{b}.norm2.weight"), &[180]),
+        k(format!("{b}.mlp.fc1.weight"), &[360, 180]),
+        k(format!("{b}.mlp.fc1.bias"), &[360]),
+        k(format!("{b}.mlp.fc2.weight"), &[180, 360]),
+        k(format!("{b}.mlp.fc2.bias"), &[180]),
+        k("layers.0.conv.weight", &[180, 180, 3, 3]),
+        k("norm.weight", &[180]),
+        k("conv_after_body.weight", &[180, 180, 3, 3]),
+        k("conv_before_upsample.0.weight", &[64, 180, 3, 3]),
+        k("upsample.0.weight", &[256, 64, 3, 3]),
+        k("upsample.2.weight", &[256, 64, 3, 3]),
+        k("conv_last.weight", &[3, 64, 3, 3]),
+    ]
+}
+
+/// realesr-general-x4v3.pth (SRVGGNetCompact, under `params`): conv, PReLU, … conv to 48.
+pub fn compact_keys() -> Keys {
+    let mut v = vec![k("body.0.weight", &[64, 3, 3, 3]), k("body.0.bias", &[64])];
+    v.push(k("body.1.weight", &[64]));
+    for i in 1..=3 {
+        v.push(k(format!("body.{}.weight", 2 * i), &[64, 64, 3, 3]));
+        v.push(k(format!("body.{}.bias", 2 * i), &[64]));
+        v.push(k(format!("body.{}.weight", 2 * i + 1), &[64]));
+    }
+    v.push(k("body.8.weight", &[48, 64, 3, 3]));
+    v.push(k("body.8.bias", &[48]));
+    v
+}
+
+/// HAT-S x4 as safetensors (embed 144): SwinIR's layout plus the channel-attention block.
+pub fn hat_keys() -> Keys {
+    let b = "layers.0.residual_group.blocks.0";
+    vec![
+        k("conv_first.weight", &[144, 3, 3, 3]),
+        k(format!("{b}.norm1.weight"), &[144]),
+        k(format!("{b}.conv_block.cab.0.weight"), &[48, 144, 3, 3]),
+        k(format!("{b}.attn.qkv.weight"), &[432, 144]),
+        k("conv_last.weight", &[3, 64, 3, 3]),
+    ]
+}
+
+/// XLabs' FLUX LoRAs (XLabs-AI/flux-RealismLora `lora.safetensors`): the 19 double blocks'
+/// attention processors, image stream `lora1`, text stream `lora2`; rank 4 here (16 there).
+pub fn xlabs_flux_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for b in 0..19 {
+        for s in [1, 2] {
+            let p = format!("double_blocks.{b}.processor");
+            v.push(k(format!("{p}.qkv_lora{s}.down.weight"), &[4, 3072]));
+            v.push(k(format!("{p}.qkv_lora{s}.up.weight"), &[9216, 4]));
+            v.push(k(format!("{p}.proj_lora{s}.down.weight"), &[4, 3072]));
+            v.push(k(format!("{p}.proj_lora{s}.up.weight"), &[3072, 4]));
+        }
+    }
+    v
+}
+
+/// BFL's FLUX.1 Canny/Depth dev LoRA (flux1-canny-dev-lora.safetensors): peft lora_A/lora_B
+/// with biases on the BFL transformer, norm scales set outright; `img_in` takes 128 features.
+/// Two of each block kind, rank 4.
+pub fn flux_control_lora_keys() -> Keys {
+    let mut v = vec![
+        k("img_in.lora_A.weight", &[4, 128]),
+        k("img_in.lora_B.weight", &[3072, 4]),
+        k("img_in.lora_B.bias", &[3072]),
+        k("time_in.in_layer.lora_A.weight", &[4, 256]),
+        k("time_in.in_layer.lora_B.weight", &[3072, 4]),
+        k("time_in.in_layer.lora_B.bias", &[3072]),
+        k("guidance_in.in_layer.lora_A.weight", &[4, 256]),
+        k("guidance_in.in_layer.lora_B.weight", &[3072, 4]),
+        k("guidance_in.in_layer.lora_B.bias", &[3072]),
+        k("txt_in.lora_A.weight", &[4, 4096]),
+        k("txt_in.lora_B.weight", &[3072, 4]),
+        k("txt_in.lora_B.bias", &[3072]),
+    ];
+    for b in 0..2 {
+        let p = format!("double_blocks.{b}");
+        v.push(k(format!("{p}.img_attn.qkv.lora_A.weight"), &[4, 3072]));
+        v.push(k(format!("{p}.img_attn.qkv.lora_B.weight"), &[9216, 4]));
+        v.push(k(format!("{p}.img_attn.qkv.lora_B.bias"), &[9216]));
+        v.push(k(format!("{p}.img_attn.norm.key_norm.scale"), &[128]));
+        v.push(k(format!("{p}.img_attn.norm.query_norm.scale"), &[128]));
+        v.push(k(format!("{p}.txt_attn.norm.key_norm.scale"), &[128]));
+        let p = format!("single_blocks.{b}");
+        v.push(k(format!("{p}.linear1.lora_A.weight"), &[4, 3072]));
+        v.push(k(format!("{p}.linear1.lora_B.weight"), &[21504, 4]));
+        v.push(k(format!("{p}.linear1.lora_B.bias"), &[21504]));
+        v.push(k(format!("{p}.norm.key_norm.scale"), &[128]));
+    }
+    v
+}
+
+/// A peft LoRA saved as one file by diffusers' `save_lora_weights` for SD 1.5 (rank 4).
+pub fn peft_sd15_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for (blk, width) in [
+        ("down_blocks.0", 320),
+        ("up_blocks.3", 320),
+        ("mid_block", 1280),
+    ] {
+        for proj in ["to_k", "to_v"] {
+            let p = format!("unet.{blk}.attentions.0.transformer_blocks.0.attn2.{proj}");
+            v.push(k(format!("{p}.lora_A.weight"), &[4, 768]));
+            v.push(k(format!("{p}.lora_B.weight"), &[width, 4]));
+        }
+    }
+    v
+}
+
+/// The first FLUX.1 double block of a BFL checkpoint (flux1-dev.safetensors), enough for
+/// the main rule (`img_attn.qkv`), with dev's guidance embedder. `img_in` keeps its real
+/// shape (the rules read its input width); the big projections, whose shapes no rule reads,
+/// are cut to a few rows and columns.
+pub fn flux1_main_keys(prefix: &str) -> Keys {
+    vec![
+        k(format!("{prefix}img_in.weight"), &[3072, 64]),
+        k(format!("{prefix}img_in.bias"), &[3072]),
+        k(format!("{prefix}guidance_in.in_layer.weight"), &[3072, 256]),
+        k(
+            format!("{prefix}double_blocks.0.img_attn.qkv.weight"),
+            &[96, 32],
+        ),
+        k(
+            format!("{prefix}double_blocks.0.img_attn.proj.weight"),
+            &[32, 32],
+        ),
+        k(
+            format!("{prefix}double_blocks.0.img_attn.norm.key_norm.scale"),
+            &[128],
+        ),
+        k(format!("{prefix}single_blocks.0.linear1.weight"), &[96, 32]),
+        k(format!("{prefix}final_layer.linear.weight"), &[64, 32]),
+    ]
+}
+
+/// XLabs' FLUX ControlNet (flux-canny-controlnet-v3.safetensors): two double blocks of the
+/// transformer, their `controlnet_blocks`, and the hint embedder `pos_embed_input`.
+pub fn xlabs_flux_controlnet_keys() -> Keys {
+    let mut v = vec![
+        k("img_in.weight", &[3072, 64]),
+        k("pos_embed_input.weight", &[3072, 64]),
+        k("input_hint_block.0.weight", &[16, 3, 3, 3]),
+    ];
+    for b in 0..2 {
+        // Widths not read by any rule: cut.
+        v.push(k(
+            format!("double_blocks.{b}.img_attn.qkv.weight"),
+            &[96, 32],
+        ));
+        v.push(k(format!("controlnet_blocks.{b}.weight"), &[32, 32]));
+    }
+    v
+}
+
+/// An SD VAE checkpoint (sdxl_vae.safetensors, vae-ft-mse-840000-ema-pruned.ckpt): the
+/// layouts are identical, only the conv ends shown.
+pub fn sd_vae_keys() -> Keys {
+    vec![
+        k("encoder.conv_in.weight", &[128, 3, 3, 3]),
+        k("encoder.conv_out.weight", &[8, 512, 3, 3]),
+        k("decoder.conv_in.weight", &[512, 4, 3, 3]),
+        k("decoder.conv_out.weight", &[3, 128, 3, 3]),
+        k("quant_conv.weight", &[8, 8, 1, 1]),
+        k("post_quant_conv.weight", &[4, 4, 1, 1]),
+    ]
+}
+
+/// `model.diffusion_model` keys of an SD 1.5 checkpoint into which a LoRA was merged with its
+/// kohya keys left in (seen on civitai; InvokeAI's factory comment names the case).
+pub fn sd15_with_lora_keys() -> Keys {
+    let mut v: Keys = sd_main_keys(
+        768,
+        4,
+        "1",
+        (
+            "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+            768,
+        ),
+    )
+    .into_iter()
+    .map(|(n, s)| {
+        // The token embedding's vocabulary is not read: 8 rows instead of 49408.
+        if n.ends_with("token_embedding.weight") {
+            (n, vec![8, 768])
+        } else {
+            (n, s)
+        }
+    })
+    .collect();
+    let m = "lora_te_text_model_encoder_layers_0_self_attn_k_proj";
+    v.push(k(format!("{m}.lora_down.weight"), &[4, 768]));
+    v.push(k(format!("{m}.lora_up.weight"), &[768, 4]));
+    v
+}
+
+/// One real-producer fixture and what probe must say.
+pub struct RealCase {
+    pub name: &'static str,
+    pub path: PathBuf,
+    pub model_type: &'static str,
+    pub base: &'static str,
+    pub format: &'static str,
+}
+
+fn rc(
+    name: &'static str,
+    path: PathBuf,
+    model_type: &'static str,
+    base: &'static str,
+    format: &'static str,
+) -> RealCase {
+    RealCase {
+        name,
+        path,
+        model_type,
+        base,
+        format,
+    }
+}
+
+fn zip_spec(path: PathBuf, keys: Keys, protocol: u8, wrap: &[&str]) -> Spec {
+    Spec {
+        kind: Kind::TorchZip {
+            protocol,
+            wrap: wrap.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        ..Spec::safetensors(path, keys)
+    }
+}
+
+fn legacy_spec(path: PathBuf, keys: Keys, protocol: u8, wrap: &[&str]) -> Spec {
+    Spec {
+        kind: Kind::TorchLegacy {
+            protocol,
+            wrap: wrap.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        ..Spec::safetensors(path, keys)
+    }
+}
+
+/// The single-file families of issue 11, written with the real producers.
+pub fn real_corpus(root: &Path) -> Vec<RealCase> {
+    let p = |n: &str| root.join(n);
+    let mut specs = Vec::new();
+    let mut cases = Vec::new();
+
+    // spandrel upscalers
+    specs.push(zip_spec(
+        p("RealESRGAN_x4plus.pth"),
+        esrgan_rrdbnet_keys(),
+        2,
+        &["params_ema"],
+    ));
+    cases.push(rc(
+        "RealESRGAN (params_ema, zip)",
+        p("RealESRGAN_x4plus.pth"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+    specs.push(legacy_spec(
+        p("4x-UltraSharp.pth"),
+        esrgan_old_keys(),
+        2,
+        &[],
+    ));
+    cases.push(rc(
+        "ESRGAN old layout (legacy pickle)",
+        p("4x-UltraSharp.pth"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+    specs.push(zip_spec(
+        p("SwinIR-M_x4.pth"),
+        swinir_keys(),
+        2,
+        &["params"],
+    ));
+    cases.push(rc(
+        "SwinIR (params, zip)",
+        p("SwinIR-M_x4.pth"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+    specs.push(zip_spec(
+        p("realesr-general-x4v3.pth"),
+        compact_keys(),
+        4,
+        &["params"],
+    ));
+    cases.push(rc(
+        "RealESRGAN compact (params, zip protocol 4)",
+        p("realesr-general-x4v3.pth"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+    specs.push(Spec::safetensors(p("HAT-S_x4.safetensors"), hat_keys()));
+    cases.push(rc(
+        "HAT (safetensors)",
+        p("HAT-S_x4.safetensors"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+
+    // LoRAs
+    specs.push(Spec::safetensors(
+        p("xlabs-realism-lora.safetensors"),
+        xlabs_flux_lora_keys(),
+    ));
+    cases.push(rc(
+        "XLabs FLUX LoRA",
+        p("xlabs-realism-lora.safetensors"),
+        "lora",
+        "flux",
+        "lycoris",
+    ));
+    specs.push(Spec::safetensors(
+        p("flux1-canny-dev-lora.safetensors"),
+        flux_control_lora_keys(),
+    ));
+    cases.push(rc(
+        "FLUX Control LoRA",
+        p("flux1-canny-dev-lora.safetensors"),
+        "control_lora",
+        "flux",
+        "lycoris",
+    ));
+    specs.push(Spec::safetensors(
+        p("peft-sd15-lora.safetensors"),
+        peft_sd15_lora_keys(),
+    ));
+    cases.push(rc(
+        "peft SD1.5 LoRA file",
+        p("peft-sd15-lora.safetensors"),
+        "lora",
+        "sd-1",
+        "lycoris",
+    ));
+
+    // ControlNet vs main
+    specs.push(Spec::safetensors(
+        p("flux-canny-controlnet-v3.safetensors"),
+        xlabs_flux_controlnet_keys(),
+    ));
+    cases.push(rc(
+        "XLabs FLUX ControlNet",
+        p("flux-canny-controlnet-v3.safetensors"),
+        "controlnet",
+        "flux",
+        "checkpoint",
+    ));
+    specs.push(Spec::safetensors(
+        p("flux1-dev-slice.safetensors"),
+        flux1_main_keys(""),
+    ));
+    cases.push(rc(
+        "FLUX.1 dev main",
+        p("flux1-dev-slice.safetensors"),
+        "main",
+        "flux",
+        "checkpoint",
+    ));
+    specs.push(Spec::safetensors(
+        p("merged-sd15.safetensors"),
+        sd15_with_lora_keys(),
+    ));
+    cases.push(rc(
+        "SD1.5 main with merged LoRA keys",
+        p("merged-sd15.safetensors"),
+        "main",
+        "sd-1",
+        "checkpoint",
+    ));
+
+    // VAE checkpoints: 4 latent channels, base by name (InvokeAI's rule), else sd-1
+    specs.push(Spec::safetensors(p("sdxl_vae.safetensors"), sd_vae_keys()));
+    cases.push(rc(
+        "SDXL VAE by name",
+        p("sdxl_vae.safetensors"),
+        "vae",
+        "sdxl",
+        "checkpoint",
+    ));
+    specs.push(zip_spec(
+        p("vae-ft-mse-840000-ema-pruned.ckpt"),
+        sd_vae_keys(),
+        2,
+        &["state_dict"],
+    ));
+    cases.push(rc(
+        "SD VAE (state_dict, zip)",
+        p("vae-ft-mse-840000-ema-pruned.ckpt"),
+        "vae",
+        "sd-1",
+        "checkpoint",
+    ));
+    specs.push(Spec::safetensors(p("anything.safetensors"), sd_vae_keys()));
+    cases.push(rc(
+        "VAE with a silent name",
+        p("anything.safetensors"),
+        "vae",
+        "sd-1",
+        "checkpoint",
+    ));
+
+    pyfix::write(&specs);
+    cases
+}
+
+/// ESRGAN in a torch zip save for each pickle protocol torch.save can write (1–5).
+pub fn esrgan_zip_every_protocol(root: &Path) -> Vec<PathBuf> {
+    let specs: Vec<Spec> = (1..=5)
+        .map(|proto| {
+            zip_spec(
+                root.join(format!("esrgan-p{proto}.pth")),
+                esrgan_rrdbnet_keys(),
+                proto,
+                &["params_ema"],
+            )
+        })
+        .collect();
+    pyfix::write(&specs);
+    specs.into_iter().map(|s| s.path).collect()
+}
+
+/// ESRGAN in the legacy (pre-zip) torch.save layout for each protocol 1–5.
+pub fn esrgan_legacy_every_protocol(root: &Path) -> Vec<PathBuf> {
+    let specs: Vec<Spec> = (1..=5)
+        .map(|proto| {
+            legacy_spec(
+                root.join(format!("esrgan-legacy-p{proto}.pth")),
+                esrgan_old_keys(),
+                proto,
+                &[],
+            )
+        })
+        .collect();
+    pyfix::write(&specs);
+    specs.into_iter().map(|s| s.path).collect()
 }
