@@ -731,3 +731,48 @@ fn checkpoint_vae_base_follows_invokeai_name_rule_and_is_marked_guessed() {
     assert_eq!(r.base, BaseModelType::StableDiffusionXL);
     assert!(!r.base_is_guessed());
 }
+
+#[test]
+fn real_producer_folders_are_identified() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for c in fx::real_folders(dir.path()) {
+        let r = match probe(&c.path) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{}: {e}", c.name));
+                continue;
+            }
+        };
+        let got = (
+            r.model_type.as_str(),
+            r.base.as_str(),
+            r.repo_variant.map(ModelRepoVariant::as_str),
+        );
+        if got != (c.model_type, c.base, c.repo_variant) {
+            failures.push(format!(
+                "{}: got {got:?}, want {:?}; evidence {:?}",
+                c.name,
+                (c.model_type, c.base, c.repo_variant),
+                r.evidence
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn diffusers_vae_fallback_is_a_guess_a_config_decision_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::real_folders(dir.path());
+    let r = probe(&dir.path().join("sd-vae-ft-mse")).unwrap();
+    assert!(r.base_is_guessed(), "{:?}", r.evidence);
+    let r = probe(&dir.path().join("sdxl-vae")).unwrap();
+    assert!(!r.base_is_guessed(), "{:?}", r.evidence);
+    let r = probe(&dir.path().join("taesdxl-fp16")).unwrap();
+    assert!(
+        r.evidence.iter().any(|e| e.contains("taesdxl-fp16")),
+        "{:?}",
+        r.evidence
+    );
+}

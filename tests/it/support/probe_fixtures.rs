@@ -2202,3 +2202,169 @@ pub fn esrgan_legacy_every_protocol(root: &Path) -> Vec<PathBuf> {
     pyfix::write(&specs);
     specs.into_iter().map(|s| s.path).collect()
 }
+
+/// stabilityai/sdxl-vae's config.json.
+pub fn sdxl_vae_config() -> Value {
+    json!({
+        "_class_name": "AutoencoderKL", "_diffusers_version": "0.18.0.dev0",
+        "_name_or_path": "./vae", "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+        "out_channels": 3, "sample_size": 1024, "scaling_factor": 0.13025,
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+    })
+}
+
+/// stabilityai/sd-vae-ft-mse's config.json (older diffusers: no scaling_factor).
+pub fn sd_vae_ft_mse_config() -> Value {
+    json!({
+        "_class_name": "AutoencoderKL", "_diffusers_version": "0.4.2", "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+        "out_channels": 3, "sample_size": 256,
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+    })
+}
+
+/// madebyollin/taesdxl's config.json (the same as taesd's: only the name tells them apart).
+pub fn taesd_config() -> Value {
+    json!({
+        "_class_name": "AutoencoderTiny", "_diffusers_version": "0.20.0.dev0", "act_fn": "relu",
+        "decoder_block_out_channels": [64, 64, 64, 64],
+        "encoder_block_out_channels": [64, 64, 64, 64], "force_upcast": false,
+        "in_channels": 3, "latent_channels": 4, "latent_magnitude": 3, "latent_shift": 0.5,
+        "num_decoder_blocks": [3, 3, 3, 1], "num_encoder_blocks": [1, 3, 3, 3],
+        "out_channels": 3, "scaling_factor": 1.0, "upsampling_scaling_factor": 2
+    })
+}
+
+/// openai/clip-vit-large-patch14's config.json, the text and vision configs cut to the fields
+/// that describe the towers.
+pub fn clip_vit_l14_config() -> Value {
+    json!({
+        "_name_or_path": "openai/clip-vit-large-patch14",
+        "architectures": ["CLIPModel"], "initializer_factor": 1.0, "logit_scale_init_value": 2.6592,
+        "model_type": "clip", "projection_dim": 768,
+        "text_config": {"hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 77,
+                        "model_type": "clip_text_model", "num_attention_heads": 12,
+                        "num_hidden_layers": 12, "projection_dim": 768, "vocab_size": 49408},
+        "torch_dtype": "float32", "transformers_version": null,
+        "vision_config": {"hidden_size": 1024, "image_size": 224, "intermediate_size": 4096,
+                          "model_type": "clip_vision_model", "num_attention_heads": 16,
+                          "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768}
+    })
+}
+
+fn vae_weights(dir: &Path, file: &str) -> Spec {
+    Spec::safetensors(dir.join(file), sd_vae_keys())
+}
+
+/// One real-producer folder fixture and what probe must say.
+pub struct RealFolder {
+    pub name: &'static str,
+    pub path: PathBuf,
+    pub model_type: &'static str,
+    pub base: &'static str,
+    pub repo_variant: Option<&'static str>,
+}
+
+/// The folder families of issue 11: configs as published, weights from the safetensors package.
+pub fn real_folders(root: &Path) -> Vec<RealFolder> {
+    let mut specs = Vec::new();
+    let mut out = Vec::new();
+    let mut folder = |name: &'static str,
+                      dir: &str,
+                      cfg: Value,
+                      files: &[&str],
+                      t: &'static str,
+                      base: &'static str,
+                      rv: Option<&'static str>| {
+        let d = root.join(dir);
+        write_json(&d.join("config.json"), &cfg);
+        for f in files {
+            specs.push(vae_weights(&d, f));
+        }
+        out.push(RealFolder {
+            name,
+            path: d,
+            model_type: t,
+            base,
+            repo_variant: rv,
+        });
+    };
+    folder(
+        "sdxl-vae by config",
+        "sdxl-vae",
+        sdxl_vae_config(),
+        &["diffusion_pytorch_model.safetensors"],
+        "vae",
+        "sdxl",
+        Some(""),
+    );
+    folder(
+        "fp16 weights beside unlabelled ones",
+        "sdxl-vae-both",
+        sdxl_vae_config(),
+        &[
+            "diffusion_pytorch_model.safetensors",
+            "diffusion_pytorch_model.fp16.safetensors",
+        ],
+        "vae",
+        "sdxl",
+        Some("fp16"),
+    );
+    folder(
+        "taesdxl-fp16 by name",
+        "taesdxl-fp16",
+        taesd_config(),
+        &["diffusion_pytorch_model.fp16.safetensors"],
+        "vae",
+        "sdxl",
+        Some("fp16"),
+    );
+    folder(
+        "taesd falls back to sd-1",
+        "taesd",
+        taesd_config(),
+        &["diffusion_pytorch_model.safetensors"],
+        "vae",
+        "sd-1",
+        Some(""),
+    );
+    folder(
+        "sd-vae-ft-mse falls back to sd-1",
+        "sd-vae-ft-mse",
+        sd_vae_ft_mse_config(),
+        &["diffusion_pytorch_model.safetensors"],
+        "vae",
+        "sd-1",
+        Some(""),
+    );
+    let clip = root.join("clip-vit-large-patch14");
+    write_json(&clip.join("config.json"), &clip_vit_l14_config());
+    specs.push(Spec::safetensors(
+        clip.join("model.safetensors"),
+        vec![
+            k(
+                "vision_model.embeddings.patch_embedding.weight",
+                &[1024, 3, 14, 14],
+            ),
+            k("vision_model.post_layernorm.weight", &[1024]),
+            k("visual_projection.weight", &[768, 1024]),
+            // The vocabulary is not read: 8 of 49408 rows.
+            k("text_model.embeddings.token_embedding.weight", &[8, 768]),
+            k("text_projection.weight", &[768, 768]),
+        ],
+    ));
+    out.push(RealFolder {
+        name: "CLIPModel with a vision config",
+        path: clip,
+        model_type: "clip_vision",
+        base: "any",
+        repo_variant: Some(""),
+    });
+    pyfix::write(&specs);
+    out
+}
