@@ -282,7 +282,7 @@ fn is_flux_control_lora(sd: &StateDict) -> bool {
             k.ends_with(".lora_A.weight")
                 || k.ends_with(".lora_B.weight")
                 || k.ends_with(".lora_B.bias")
-                || k.ends_with(".scale")
+                || k.rsplit_once('.').is_some_and(|(_, last)| last == "scale")
         })
 }
 
@@ -777,7 +777,14 @@ const SPANDREL_ARCHES: &[(&str, &[&str])] = &[
 
 fn spandrel(sd: &StateDict, _: Container) -> Option<Finding> {
     for wrapper in ["params_ema.", "params.", ""] {
+        if !wrapper.is_empty() && !has_prefix(sd, wrapper) {
+            continue;
+        }
         for (arch, keys) in SPANDREL_ARCHES {
+            // Cheap test of the first key before building the others' names.
+            if wrapper.is_empty() && !sd.tensors.contains_key(keys[0]) {
+                continue;
+            }
             if keys
                 .iter()
                 .all(|k| sd.tensors.contains_key(&format!("{wrapper}{k}")))

@@ -776,3 +776,49 @@ fn diffusers_vae_fallback_is_a_guess_a_config_decision_is_not() {
         r.evidence
     );
 }
+
+#[test]
+fn newer_families_are_identified() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (c, variant) in fx::newer_corpus(dir.path()) {
+        match probe(&c.path) {
+            Ok(r) => {
+                let got = (
+                    r.model_type.as_str(),
+                    r.base.as_str(),
+                    r.format.as_str(),
+                    r.variant.map(|v| v.to_string()),
+                );
+                let want = (c.model_type, c.base, c.format, variant.map(str::to_owned));
+                if got != want {
+                    failures.push(format!(
+                        "{}: got {got:?}, want {want:?}; evidence: {:?}; candidates: {:?}",
+                        c.name, r.evidence, r.candidates
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{}: error {e}", c.name)),
+        }
+    }
+    for (name, path, t, base, variant) in fx::newer_folders(dir.path()) {
+        match probe(&path) {
+            Ok(r) => {
+                let got = (
+                    r.model_type.as_str(),
+                    r.base.as_str(),
+                    r.variant.map(|v| v.to_string()),
+                );
+                let want = (t, base, variant.map(str::to_owned));
+                if got != want {
+                    failures.push(format!(
+                        "{name}: got {got:?}, want {want:?}; evidence: {:?}",
+                        r.evidence
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: error {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -2368,3 +2368,485 @@ pub fn real_folders(root: &Path) -> Vec<RealFolder> {
     pyfix::write(&specs);
     out
 }
+
+// --- newer families (FLUX.2, Z-Image, Qwen-Image, Anima, Krea) ---
+
+/// FLUX.2 [klein] 4B in BFL's layout (flux-2-klein-4b.safetensors): 128 packed latent input
+/// features, `txt_in` from 3 × Qwen3-4B's 2560 = 7680, hidden 3072. The two matrices whose
+/// widths the rules read keep their shapes, stored as U8 (1 byte, standing in for the fp8
+/// builds, which numpy cannot write); the rest are cut.
+pub fn flux2_klein4b_specs(path: PathBuf) -> Spec {
+    let mut s = Spec::safetensors(
+        path,
+        vec![
+            k("time_in.in_layer.weight", &[3072, 256]),
+            k("double_blocks.0.img_attn.qkv.weight", &[96, 32]),
+            k("double_blocks.0.img_attn.norm.key_norm.scale", &[128]),
+            k("double_blocks.0.img_mlp.0.weight", &[96, 32]),
+            k("double_stream_modulation_img.lin.weight", &[96, 32]),
+            k("single_blocks.0.linear1.weight", &[96, 32]),
+            k("final_layer.linear.weight", &[128, 32]),
+        ],
+    );
+    s.tensors
+        .push(("img_in.weight".into(), vec![3072, 128], "U8"));
+    s.tensors
+        .push(("txt_in.weight".into(), vec![3072, 7680], "U8"));
+    s
+}
+
+/// The FLUX.2 autoencoder (flux2-vae.safetensors): 32 latent channels and a BatchNorm over
+/// the packed latents.
+pub fn flux2_vae_keys() -> Keys {
+    vec![
+        k("bn.running_mean", &[128]),
+        k("bn.running_var", &[128]),
+        k("encoder.conv_in.weight", &[128, 3, 3, 3]),
+        k("encoder.conv_out.weight", &[64, 512, 3, 3]),
+        k("decoder.conv_in.weight", &[512, 32, 3, 3]),
+        k("decoder.conv_out.weight", &[3, 128, 3, 3]),
+    ]
+}
+
+/// A FLUX.2 [klein] 9B LoRA in BFL's peft naming (ai-toolkit): hidden 4096.
+pub fn flux2_klein9b_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for b in 0..2 {
+        for m in ["img_attn.proj", "img_attn.qkv", "txt_attn.proj"] {
+            let p = format!("diffusion_model.double_blocks.{b}.{m}");
+            let out = if m.ends_with("qkv") { 12288 } else { 4096 };
+            v.push(k(format!("{p}.lora_A.weight"), &[4, 4096]));
+            v.push(k(format!("{p}.lora_B.weight"), &[out, 4]));
+        }
+    }
+    v
+}
+
+/// A FLUX.2 [klein] 4B LoRA in kohya naming: hidden 3072 like FLUX.1, but the image MLP is
+/// 6 × 3072 = 18432 wide (FLUX.1: 4 × 3072).
+pub fn flux2_klein4b_kohya_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for b in 0..2 {
+        let p = format!("lora_unet_double_blocks_{b}");
+        v.push(k(format!("{p}_img_attn_proj.lora_down.weight"), &[4, 3072]));
+        v.push(k(format!("{p}_img_attn_proj.lora_up.weight"), &[3072, 4]));
+        v.push(k(format!("{p}_img_attn_proj.alpha"), &[]));
+        v.push(k(format!("{p}_img_mlp_0.lora_down.weight"), &[4, 3072]));
+        v.push(k(format!("{p}_img_mlp_0.lora_up.weight"), &[18432, 4]));
+        v.push(k(format!("{p}_img_mlp_0.alpha"), &[]));
+    }
+    v
+}
+
+/// A FLUX.1 kohya LoRA (4 × 3072 image MLP), the FLUX.2 LoRAs' negative.
+pub fn flux1_kohya_lora_keys() -> Keys {
+    flux2_klein4b_kohya_lora_keys()
+        .into_iter()
+        .map(|(n, s)| {
+            if n.ends_with("img_mlp_0.lora_up.weight") {
+                (n, vec![12288, 4])
+            } else {
+                (n, s)
+            }
+        })
+        .collect()
+}
+
+/// Z-Image-Turbo as ComfyUI ships it (z_image_turbo_bf16.safetensors): the S3-DiT with its
+/// caption embedder, context and noise refiners, hidden 3840; projections cut.
+pub fn z_image_keys() -> Keys {
+    vec![
+        k("cap_embedder.0.weight", &[2560]),
+        k("cap_embedder.1.weight", &[3840, 2560]),
+        k("cap_pad_token", &[1, 3840]),
+        k("x_pad_token", &[1, 3840]),
+        k("context_refiner.0.attention.qkv.weight", &[96, 32]),
+        k("noise_refiner.0.attention.qkv.weight", &[96, 32]),
+        k("layers.0.attention.qkv.weight", &[96, 32]),
+        k("layers.0.attention.out.weight", &[32, 32]),
+        k("layers.0.feed_forward.w1.weight", &[96, 32]),
+        k("t_embedder.mlp.0.weight", &[1024, 256]),
+        k("x_embedder.weight", &[3840, 64]),
+        k("final_layer.linear.weight", &[64, 32]),
+    ]
+}
+
+/// A Z-Image LoRA (diffusion_model.layers.N, peft naming).
+pub fn z_image_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for l in 0..2 {
+        for m in ["attention.to_k", "attention.to_q", "feed_forward.w1"] {
+            let p = format!("diffusion_model.layers.{l}.{m}");
+            v.push(k(format!("{p}.lora_A.weight"), &[4, 3840]));
+            v.push(k(format!("{p}.lora_B.weight"), &[3840, 4]));
+        }
+    }
+    v
+}
+
+/// Qwen-Image's transformer (qwen_image_bf16.safetensors): `img_in`, `txt_in` from
+/// Qwen2.5-VL's 3584, `txt_norm`, MMDiT `transformer_blocks` with image/text mods and MLPs.
+pub fn qwen_image_keys() -> Keys {
+    vec![
+        k("img_in.weight", &[3072, 64]),
+        k("txt_in.weight", &[3072, 3584]),
+        k("txt_norm.weight", &[3584]),
+        k(
+            "time_text_embed.timestep_embedder.linear_1.weight",
+            &[3072, 256],
+        ),
+        k("transformer_blocks.0.attn.to_q.weight", &[32, 32]),
+        k("transformer_blocks.0.attn.add_q_proj.weight", &[32, 32]),
+        k("transformer_blocks.0.img_mod.1.weight", &[96, 32]),
+        k("transformer_blocks.0.txt_mlp.net.0.proj.weight", &[96, 32]),
+        k("norm_out.linear.weight", &[64, 32]),
+        k("proj_out.weight", &[64, 3072]),
+    ]
+}
+
+/// A Qwen-Image LoRA (kohya-style suffixes on the diffusers block names, as Lightning and
+/// most civitai Qwen-Image LoRAs are).
+pub fn qwen_image_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for b in 0..2 {
+        for m in [
+            "attn.to_k",
+            "attn.add_k_proj",
+            "img_mlp.net.0.proj",
+            "txt_mlp.net.2",
+        ] {
+            let p = format!("transformer_blocks.{b}.{m}");
+            v.push(k(format!("{p}.lora_down.weight"), &[4, 3072]));
+            v.push(k(format!("{p}.lora_up.weight"), &[3072, 4]));
+        }
+    }
+    v
+}
+
+/// Anima (circlestone-labs/Anima, anima-preview.safetensors): the Cosmos Predict2 DiT under
+/// `net.` with the LLM adapter that feeds it Qwen3-0.6B states — whose attention widths look
+/// like a small text encoder's.
+pub fn anima_keys() -> Keys {
+    vec![
+        k("net.llm_adapter.embed.weight", &[8, 1024]),
+        k(
+            "net.llm_adapter.blocks.0.self_attn.q_proj.weight",
+            &[1024, 1024],
+        ),
+        k(
+            "net.llm_adapter.blocks.0.self_attn.k_proj.weight",
+            &[1024, 1024],
+        ),
+        k("net.blocks.0.self_attn.q_proj.weight", &[32, 32]),
+        k("net.blocks.0.cross_attn.k_proj.weight", &[32, 1024]),
+        k("net.t_embedder.1.linear_1.weight", &[96, 32]),
+        k("net.x_embedder.proj.1.weight", &[2048, 68]),
+        k("net.final_layer.linear.weight", &[64, 32]),
+    ]
+}
+
+/// A Qwen3-4B text encoder as one file (qwen_3_4b.safetensors, Z-Image's encoder): hidden
+/// 2560 from the token embedding (vocabulary cut to 8 rows).
+pub fn qwen3_4b_keys() -> Keys {
+    vec![
+        k("model.embed_tokens.weight", &[8, 2560]),
+        k("model.layers.0.self_attn.q_proj.weight", &[32, 32]),
+        k("model.layers.0.self_attn.k_proj.weight", &[32, 32]),
+        k("model.layers.0.mlp.gate_proj.weight", &[96, 32]),
+        k("model.norm.weight", &[2560]),
+    ]
+}
+
+/// The newer single-file families.
+pub fn newer_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
+    let p = |n: &str| root.join(n);
+    let mut specs = vec![flux2_klein4b_specs(p("flux-2-klein-4b.safetensors"))];
+    let mut cases = vec![(
+        rc(
+            "FLUX.2 klein 4B main",
+            p("flux-2-klein-4b.safetensors"),
+            "main",
+            "flux2",
+            "checkpoint",
+        ),
+        Some("klein_4b"),
+    )];
+    let mut add = |file: &str,
+                   keys: Keys,
+                   name: &'static str,
+                   t: &'static str,
+                   b: &'static str,
+                   f: &'static str,
+                   v: Option<&'static str>| {
+        specs.push(Spec::safetensors(p(file), keys));
+        cases.push((rc(name, p(file), t, b, f), v));
+    };
+    add(
+        "flux2-vae.safetensors",
+        flux2_vae_keys(),
+        "FLUX.2 VAE",
+        "vae",
+        "flux2",
+        "checkpoint",
+        None,
+    );
+    add(
+        "klein9b-style-lora.safetensors",
+        flux2_klein9b_lora_keys(),
+        "FLUX.2 klein 9B LoRA (BFL peft)",
+        "lora",
+        "flux2",
+        "lycoris",
+        Some("klein_9b"),
+    );
+    add(
+        "klein4b-kohya-lora.safetensors",
+        flux2_klein4b_kohya_lora_keys(),
+        "FLUX.2 klein 4B LoRA (kohya)",
+        "lora",
+        "flux2",
+        "lycoris",
+        Some("klein_4b"),
+    );
+    add(
+        "flux1-kohya-lora.safetensors",
+        flux1_kohya_lora_keys(),
+        "FLUX.1 kohya LoRA",
+        "lora",
+        "flux",
+        "lycoris",
+        None,
+    );
+    add(
+        "flux1-krea-dev.safetensors",
+        flux1_main_keys(""),
+        "FLUX.1 Krea dev main",
+        "main",
+        "flux",
+        "checkpoint",
+        Some("dev"),
+    );
+    add(
+        "z_image_turbo_bf16.safetensors",
+        z_image_keys(),
+        "Z-Image main",
+        "main",
+        "z-image",
+        "checkpoint",
+        Some("turbo"),
+    );
+    add(
+        "z-image-lora.safetensors",
+        z_image_lora_keys(),
+        "Z-Image LoRA",
+        "lora",
+        "z-image",
+        "lycoris",
+        None,
+    );
+    add(
+        "qwen_image_bf16.safetensors",
+        qwen_image_keys(),
+        "Qwen-Image main",
+        "main",
+        "qwen-image",
+        "checkpoint",
+        None,
+    );
+    add(
+        "qwen-image-lightning-lora.safetensors",
+        qwen_image_lora_keys(),
+        "Qwen-Image LoRA",
+        "lora",
+        "qwen-image",
+        "lycoris",
+        None,
+    );
+    add(
+        "anima-preview.safetensors",
+        anima_keys(),
+        "Anima main",
+        "main",
+        "anima",
+        "checkpoint",
+        None,
+    );
+    add(
+        "qwen_3_4b.safetensors",
+        qwen3_4b_keys(),
+        "Qwen3-4B encoder",
+        "qwen3_encoder",
+        "any",
+        "checkpoint",
+        Some("qwen3_4b"),
+    );
+    pyfix::write(&specs);
+    cases
+}
+
+/// The newer folder families: (name, folder, type, base, variant).
+pub fn newer_folders(
+    root: &Path,
+) -> Vec<(
+    &'static str,
+    PathBuf,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+)> {
+    let mut specs = Vec::new();
+    let mut out = Vec::new();
+    // google/siglip-so400m-patch14-384 (FLUX Redux's image encoder).
+    let d = root.join("siglip-so400m-patch14-384");
+    write_json(
+        &d.join("config.json"),
+        &json!({
+            "architectures": ["SiglipModel"], "initializer_factor": 1.0, "model_type": "siglip",
+            "text_config": {"hidden_size": 1152, "intermediate_size": 4304, "model_type": "siglip_text_model",
+                            "num_attention_heads": 16, "num_hidden_layers": 27},
+            "torch_dtype": "float32", "transformers_version": "4.37.0.dev0",
+            "vision_config": {"hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
+                              "model_type": "siglip_vision_model", "num_attention_heads": 16,
+                              "num_hidden_layers": 27, "patch_size": 14}
+        }),
+    );
+    specs.push(Spec::safetensors(
+        d.join("model.safetensors"),
+        vec![k(
+            "vision_model.embeddings.patch_embedding.weight",
+            &[1152, 3, 14, 14],
+        )],
+    ));
+    out.push(("SiglipModel", d, "siglip", "any", None));
+    // A CLIP-L text encoder (the text_encoder/ of black-forest-labs/FLUX.1-dev).
+    let d = root.join("clip-vit-large-patch14-text");
+    write_json(
+        &d.join("config.json"),
+        &json!({
+            "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "hidden_act": "quick_gelu",
+            "hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 77,
+            "model_type": "clip_text_model", "num_attention_heads": 12, "num_hidden_layers": 12,
+            "projection_dim": 768, "torch_dtype": "bfloat16", "vocab_size": 49408
+        }),
+    );
+    specs.push(Spec::safetensors(
+        d.join("model.safetensors"),
+        vec![k("text_model.embeddings.token_embedding.weight", &[8, 768])],
+    ));
+    out.push(("CLIP-L text encoder", d, "clip_embed", "any", Some("large")));
+    // The CLIP-G text encoder (text_encoder_2/ of stabilityai/stable-diffusion-xl-base-1.0).
+    let d = root.join("clip-vit-bigG-14-text");
+    write_json(
+        &d.join("config.json"),
+        &json!({
+            "architectures": ["CLIPTextModelWithProjection"], "hidden_act": "gelu",
+            "hidden_size": 1280, "intermediate_size": 5120, "max_position_embeddings": 77,
+            "model_type": "clip_text_model", "num_attention_heads": 20, "num_hidden_layers": 32,
+            "projection_dim": 1280, "torch_dtype": "float16", "vocab_size": 49408
+        }),
+    );
+    specs.push(Spec::safetensors(
+        d.join("model.fp16.safetensors"),
+        vec![k(
+            "text_model.embeddings.token_embedding.weight",
+            &[8, 1280],
+        )],
+    ));
+    out.push((
+        "CLIP-G text encoder",
+        d,
+        "clip_embed",
+        "any",
+        Some("gigantic"),
+    ));
+    // The FLUX.2 VAE as diffusers saves it.
+    let d = root.join("flux2-vae-diffusers");
+    write_json(
+        &d.join("config.json"),
+        &json!({"_class_name": "AutoencoderKLFlux2", "_diffusers_version": "0.36.0.dev0",
+                "in_channels": 3, "latent_channels": 32, "out_channels": 3,
+                "block_out_channels": [128, 256, 512, 512]}),
+    );
+    specs.push(Spec::safetensors(
+        d.join("diffusion_pytorch_model.safetensors"),
+        flux2_vae_keys(),
+    ));
+    out.push(("FLUX.2 diffusers VAE", d, "vae", "flux2", None));
+    // Pipelines named by model_index.json, the variant from the scheduler or the index.
+    for (name, dir, class, base, variant, extra_sched, extra_index) in [
+        (
+            "Z-Image-Turbo pipeline",
+            "Z-Image-Turbo",
+            "ZImagePipeline",
+            "z-image",
+            Some("turbo"),
+            json!({"shift": 3.0}),
+            json!({}),
+        ),
+        (
+            "Z-Image base pipeline",
+            "Z-Image",
+            "ZImagePipeline",
+            "z-image",
+            Some("zbase"),
+            json!({"shift": 6.0}),
+            json!({}),
+        ),
+        (
+            "Qwen-Image pipeline",
+            "Qwen-Image",
+            "QwenImagePipeline",
+            "qwen-image",
+            None,
+            json!({}),
+            json!({}),
+        ),
+        (
+            "Krea-2 Turbo pipeline",
+            "Krea-2-Turbo",
+            "Krea2Pipeline",
+            "krea-2",
+            Some("krea2_turbo"),
+            json!({}),
+            json!({"is_distilled": true}),
+        ),
+        (
+            "CogView4 pipeline",
+            "CogView4-6B",
+            "CogView4Pipeline",
+            "cogview4",
+            None,
+            json!({}),
+            json!({}),
+        ),
+    ] {
+        let d = root.join(dir);
+        let mut index = json!({
+            "_class_name": class, "_diffusers_version": "0.36.0.dev0",
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "transformer": ["diffusers", format!("{}Transformer2DModel", class.trim_end_matches("Pipeline"))],
+            "vae": ["diffusers", "AutoencoderKL"]
+        });
+        for (k2, v) in extra_index.as_object().unwrap() {
+            index[k2] = v.clone();
+        }
+        write_json(&d.join("model_index.json"), &index);
+        let mut sched = json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.36.0.dev0", "num_train_timesteps": 1000});
+        for (k2, v) in extra_sched.as_object().unwrap() {
+            sched[k2] = v.clone();
+        }
+        write_json(&d.join("scheduler").join("scheduler_config.json"), &sched);
+        write_json(
+            &d.join("transformer").join("config.json"),
+            &json!({"_class_name": format!("{}Transformer2DModel", class.trim_end_matches("Pipeline")), "in_channels": 64}),
+        );
+        specs.push(Spec::safetensors(
+            d.join("transformer")
+                .join("diffusion_pytorch_model.safetensors"),
+            vec![k("proj_out.weight", &[64, 32])],
+        ));
+        out.push((name, d, "main", base, variant));
+    }
+    pyfix::write(&specs);
+    out
+}
