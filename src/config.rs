@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::taxonomy::{
-    BaseModelType, ModelFormat, ModelRepoVariant, ModelType, ModelVariantType,
-    SchedulerPredictionType, SubModelType,
+    AnyVariant, BaseModelType, ModelFormat, ModelRepoVariant, ModelType, SchedulerPredictionType,
+    SubModelType,
 };
 
 /// A config dict that could not become a record.
@@ -37,6 +37,13 @@ pub enum InvalidModelConfig {
         model_type: ModelType,
         format: ModelFormat,
     },
+    /// A variant of another family than the model's type and base use.
+    #[error("variant `{variant}` is not valid for a `{model_type}` model of base `{base}`")]
+    Variant {
+        variant: AnyVariant,
+        model_type: ModelType,
+        base: BaseModelType,
+    },
     /// A required field is missing or empty.
     #[error("missing required field `{0}`")]
     Missing(&'static str),
@@ -55,6 +62,8 @@ pub enum ModelSourceType {
     Url,
     /// A Hugging Face repo id.
     HfRepoId,
+    /// A model hosted by an external provider (InvokeAI's external API models).
+    External,
 }
 
 /// Ownership by a manifest entry (`apply` sets it; unmanaged records from `import` have none).
@@ -75,9 +84,9 @@ pub struct SubmodelDefinition {
     pub path_or_prefix: String,
     /// The component's type (`vae`, `text_encoder` …).
     pub model_type: ModelType,
-    /// Variant of the component where it matters (unet in-channels).
+    /// Variant of the component where it matters (unet in-channels, CLIP size …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<ModelVariantType>,
+    pub variant: Option<AnyVariant>,
 }
 
 /// Fields every record has (the seed's `ModelConfigBase` plus bookkeeping).
@@ -107,6 +116,14 @@ pub struct ModelConfigBase {
     pub tags: Vec<String>,
     /// Trigger phrases (LoRAs, embeddings).
     pub trigger_phrases: Vec<String>,
+    /// A page about the model (InvokeAI's `source_url`).
+    pub source_url: Option<String>,
+    /// A preview image (InvokeAI's `cover_image`).
+    pub cover_image: Option<String>,
+    /// InvokeAI's per-model `default_settings` (steps, weight, preprocessor …), kept as given.
+    pub default_settings: Option<serde_json::Value>,
+    /// InvokeAI's `cpu_only` flag of encoders and VAEs, kept as given.
+    pub cpu_only: Option<bool>,
     /// When the record was created.
     pub created_at: SystemTime,
     /// When the record was last changed.
@@ -127,12 +144,27 @@ pub struct CheckpointFields {
 pub struct MainFields {
     /// A VAE to use instead of the built-in one.
     pub vae: Option<String>,
-    /// normal / inpaint / depth.
-    pub variant: ModelVariantType,
+    /// normal / inpaint / depth for Stable Diffusion; the family's variant for others (FLUX
+    /// `dev`, FLUX.2 `klein_4b`, Z-Image `turbo` …); none where InvokeAI records none.
+    pub variant: Option<AnyVariant>,
     /// Scheduler prediction type.
     pub prediction_type: Option<SchedulerPredictionType>,
     /// Whether attention must be upcast to fp32.
     pub upcast_attention: bool,
+}
+
+/// The variant of a non-main model (CLIP `large`, Qwen3 `qwen3_4b`, Wan LoRA `a14b` …).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VariantFields {
+    /// The variant, when the model has one.
+    pub variant: Option<AnyVariant>,
+}
+
+/// IP-Adapter folder fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IpAdapterFields {
+    /// Key of the image encoder model the adapter uses (InvokeAI's `image_encoder_model_id`).
+    pub image_encoder_model_id: Option<String>,
 }
 
 /// Diffusers-folder fields.
@@ -178,6 +210,14 @@ pub struct RawConfig {
     pub tags: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_phrases: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cover_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_settings: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_only: Option<bool>,
     /// RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
@@ -193,7 +233,7 @@ pub struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vae: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<ModelVariantType>,
+    pub variant: Option<AnyVariant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction_type: Option<SchedulerPredictionType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,6 +243,9 @@ pub struct RawConfig {
     pub repo_variant: Option<ModelRepoVariant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submodels: Option<BTreeMap<SubModelType, SubmodelDefinition>>,
+    // ip adapter
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_encoder_model_id: Option<String>,
 }
 
 /// A group of class-specific fields that can be read from and written to a [`RawConfig`].
@@ -230,16 +273,41 @@ impl FieldGroup for MainFields {
     fn read(raw: &RawConfig) -> Self {
         Self {
             vae: raw.vae.clone(),
-            variant: raw.variant.unwrap_or_default(),
+            variant: raw.variant_for_base(),
             prediction_type: raw.prediction_type,
             upcast_attention: raw.upcast_attention.unwrap_or(false),
         }
     }
     fn write(&self, raw: &mut RawConfig) {
         raw.vae.clone_from(&self.vae);
-        raw.variant = Some(self.variant);
+        raw.variant = self.variant;
         raw.prediction_type = self.prediction_type;
         raw.upcast_attention = Some(self.upcast_attention);
+    }
+}
+
+impl FieldGroup for VariantFields {
+    const FIELDS: &'static [&'static str] = &["variant"];
+    fn read(raw: &RawConfig) -> Self {
+        Self {
+            variant: raw.variant_for_base(),
+        }
+    }
+    fn write(&self, raw: &mut RawConfig) {
+        raw.variant = self.variant;
+    }
+}
+
+impl FieldGroup for IpAdapterFields {
+    const FIELDS: &'static [&'static str] = &["image_encoder_model_id"];
+    fn read(raw: &RawConfig) -> Self {
+        Self {
+            image_encoder_model_id: raw.image_encoder_model_id.clone(),
+        }
+    }
+    fn write(&self, raw: &mut RawConfig) {
+        raw.image_encoder_model_id
+            .clone_from(&self.image_encoder_model_id);
     }
 }
 
@@ -282,7 +350,15 @@ impl RawConfig {
         if self.submodels.is_some() {
             v.push("submodels");
         }
+        if self.image_encoder_model_id.is_some() {
+            v.push("image_encoder_model_id");
+        }
         v
+    }
+
+    /// `variant`, read as the family of this record's base uses it.
+    fn variant_for_base(&self) -> Option<AnyVariant> {
+        self.variant.map(|v| self.base.map_or(v, |b| v.for_base(b)))
     }
 
     fn common(&self) -> Result<ModelConfigBase, InvalidModelConfig> {
@@ -325,6 +401,10 @@ impl RawConfig {
             file_size: self.file_size.unwrap_or(0),
             tags: self.tags.clone().unwrap_or_default(),
             trigger_phrases: self.trigger_phrases.clone().unwrap_or_default(),
+            source_url: self.source_url.clone(),
+            cover_image: self.cover_image.clone(),
+            default_settings: self.default_settings.clone(),
+            cpu_only: self.cpu_only,
             created_at: time("created_at", &self.created_at)?,
             updated_at: time("updated_at", &self.updated_at)?,
             managed: self.managed.clone(),
@@ -347,6 +427,10 @@ impl RawConfig {
             file_size: Some(c.file_size),
             tags: Some(c.tags.clone()),
             trigger_phrases: Some(c.trigger_phrases.clone()),
+            source_url: c.source_url.clone(),
+            cover_image: c.cover_image.clone(),
+            default_settings: c.default_settings.clone(),
+            cpu_only: c.cpu_only,
             created_at: Some(humantime::format_rfc3339_micros(c.created_at).to_string()),
             updated_at: Some(humantime::format_rfc3339_micros(c.updated_at).to_string()),
             managed: c.managed.clone(),
@@ -372,6 +456,17 @@ macro_rules! any_model_config {
         pub const CONFIG_CLASSES: &[(ModelType, ModelFormat)] = &[
             $( (ModelType::$ty, ModelFormat::$fmt), )+
         ];
+
+        /// The class-specific fields the `(type, format)` class has (besides those every
+        /// record has), or `None` when no class has that pair.
+        pub fn class_fields(t: ModelType, f: ModelFormat) -> Option<Vec<&'static str>> {
+            let groups: &[&[&'static str]] = match (t, f) {
+                $( (ModelType::$ty, ModelFormat::$fmt) => &[ $( <$gty as FieldGroup>::FIELDS ),* ], )+
+                (ModelType::Unknown, _) => &[],
+                _ => return None,
+            };
+            Some(groups.concat())
+        }
 
         impl AnyModelConfig {
             /// The model type (half of the discriminator).
@@ -401,6 +496,24 @@ macro_rules! any_model_config {
             pub fn common_mut(&mut self) -> &mut ModelConfigBase {
                 match self {
                     $( Self::$var { common, .. } )|+ | Self::Unknown { common, .. } => common,
+                }
+            }
+
+            /// The class's field group of type `G`, when it has one.
+            fn group<G: 'static>(&self) -> Option<&G> {
+                match self {
+                    $(
+                        #[allow(unused_variables)]
+                        Self::$var { $( $g, )* .. } => {
+                            $(
+                                if let Some(x) = ($g as &dyn ::std::any::Any).downcast_ref::<G>() {
+                                    return Some(x);
+                                }
+                            )*
+                            None
+                        }
+                    )+
+                    Self::Unknown { .. } => None,
                 }
             }
 
@@ -446,6 +559,9 @@ macro_rules! any_model_config {
                 {
                     return Err(InvalidModelConfig::FieldNotAllowed { field, model_type: t, format: f });
                 }
+                if let Some(v) = raw.variant_for_base() {
+                    check_variant(t, raw.base.unwrap_or(BaseModelType::Unknown), v)?;
+                }
                 let common = raw.common()?;
                 Ok(match (t, f) {
                     $( (ModelType::$ty, ModelFormat::$fmt) => Self::$var { common, $( $g: <$gty as FieldGroup>::read(raw) ),* }, )+
@@ -456,13 +572,19 @@ macro_rules! any_model_config {
     };
 }
 
+// One line per legal (type, format) pair of InvokeAI's `AnyModelConfig` union (its classes are
+// per base as well; here base is a field). Classes InvokeAI only had in older versions
+// (`main.onnx`, `main.olive`, `onnx.onnx`, `control_lora.diffusers`,
+// `t5_encoder.bnb_quantized_nf4b`) stay so old stores keep reading.
 any_model_config! {
-    /// `main.checkpoint`: a single-file Stable Diffusion checkpoint.
+    /// `main.checkpoint`: a single-file pipeline checkpoint.
     MainCheckpoint = Main / Checkpoint { checkpoint: CheckpointFields, main: MainFields },
     /// `main.bnb_quantized_nf4b`: a bitsandbytes NF4 quantised checkpoint (flux).
     MainBnbQuantized4b = Main / BnbQuantizedNf4b { checkpoint: CheckpointFields, main: MainFields },
-    /// `main.gguf_quantized`: a GGUF quantised checkpoint (flux).
+    /// `main.gguf_quantized`: a GGUF quantised checkpoint.
     MainGguf = Main / GgufQuantized { checkpoint: CheckpointFields, main: MainFields },
+    /// `main.sdnq_quantized`: an SDNQ quantised checkpoint or folder.
+    MainSdnq = Main / SdnqQuantized { checkpoint: CheckpointFields, main: MainFields, diffusers: DiffusersFields },
     /// `main.diffusers`: a diffusers pipeline folder.
     MainDiffusers = Main / Diffusers { main: MainFields, diffusers: DiffusersFields },
     /// `main.onnx`: an ONNX pipeline (the seed's ONNXSD2Config fields).
@@ -472,17 +594,19 @@ any_model_config! {
     /// `onnx.onnx`: a stand-alone ONNX model.
     Onnx = Onnx / Onnx { },
     /// `vae.checkpoint`.
-    VaeCheckpoint = Vae / Checkpoint { checkpoint: CheckpointFields },
+    VaeCheckpoint = Vae / Checkpoint { checkpoint: CheckpointFields, variant: VariantFields },
     /// `vae.diffusers`.
-    VaeDiffusers = Vae / Diffusers { diffusers: DiffusersFields },
+    VaeDiffusers = Vae / Diffusers { diffusers: DiffusersFields, variant: VariantFields },
     /// `controlnet.checkpoint`.
-    ControlNetCheckpoint = ControlNet / Checkpoint { checkpoint: CheckpointFields },
+    ControlNetCheckpoint = ControlNet / Checkpoint { checkpoint: CheckpointFields, variant: VariantFields },
     /// `controlnet.diffusers`.
-    ControlNetDiffusers = ControlNet / Diffusers { diffusers: DiffusersFields },
+    ControlNetDiffusers = ControlNet / Diffusers { diffusers: DiffusersFields, variant: VariantFields },
     /// `lora.lycoris`: kohya / LyCORIS single file.
-    LoraLycoris = Lora / Lycoris { },
+    LoraLycoris = Lora / Lycoris { variant: VariantFields },
+    /// `lora.omi`: a LoRA in the OpenModelInitiative layout.
+    LoraOmi = Lora / Omi { variant: VariantFields },
     /// `lora.diffusers`: a diffusers/peft LoRA folder or file.
-    LoraDiffusers = Lora / Diffusers { },
+    LoraDiffusers = Lora / Diffusers { variant: VariantFields },
     /// `control_lora.lycoris`.
     ControlLoraLycoris = ControlLora / Lycoris { },
     /// `control_lora.diffusers`.
@@ -492,21 +616,77 @@ any_model_config! {
     /// `embedding.embedding_folder`: a folder with `learned_embeds.*`.
     TextualInversionFolder = TextualInversion / EmbeddingFolder { },
     /// `ip_adapter.invokeai`: an IP-Adapter folder.
-    IpAdapterInvokeAI = IpAdapter / InvokeAI { },
+    IpAdapterInvokeAI = IpAdapter / InvokeAI { ip_adapter: IpAdapterFields },
     /// `ip_adapter.checkpoint`: a single-file IP-Adapter.
     IpAdapterCheckpoint = IpAdapter / Checkpoint { },
     /// `clip_vision.diffusers`: a CLIP image encoder.
     ClipVisionDiffusers = ClipVision / Diffusers { diffusers: DiffusersFields },
-    /// `clip_embed.diffusers`: a CLIP text encoder.
-    ClipEmbedDiffusers = ClipEmbed / Diffusers { diffusers: DiffusersFields },
+    /// `clip_embed.diffusers`: a CLIP text encoder (variant `large` or `gigantic`).
+    ClipEmbedDiffusers = ClipEmbed / Diffusers { diffusers: DiffusersFields, variant: VariantFields },
     /// `t2i_adapter.diffusers`.
     T2IAdapterDiffusers = T2IAdapter / Diffusers { diffusers: DiffusersFields },
-    /// `t5_encoder.t5_encoder`.
+    /// `t5_encoder.t5_encoder`: InvokeAI's T5 folder (`text_encoder_2/` + `tokenizer_2/`).
     T5Encoder = T5Encoder / T5Encoder { },
     /// `t5_encoder.bnb_quantized_nf4b`.
     T5EncoderBnbQuantized = T5Encoder / BnbQuantizedNf4b { },
+    /// `t5_encoder.bnb_quantized_int8b`: a bitsandbytes LLM.int8 T5 folder.
+    T5EncoderBnbInt8 = T5Encoder / BnbQuantizedInt8b { },
+    /// `t5_encoder.gguf_quantized`.
+    T5EncoderGguf = T5Encoder / GgufQuantized { checkpoint: CheckpointFields },
+    /// `t5_encoder.sdnq_quantized`.
+    T5EncoderSdnq = T5Encoder / SdnqQuantized { },
+    /// `qwen3_encoder.qwen3_encoder`: a Qwen3 text encoder folder.
+    Qwen3Encoder = Qwen3Encoder / Qwen3Encoder { variant: VariantFields },
+    /// `qwen3_encoder.checkpoint`: a single-file Qwen3 text encoder.
+    Qwen3EncoderCheckpoint = Qwen3Encoder / Checkpoint { checkpoint: CheckpointFields, variant: VariantFields },
+    /// `qwen3_encoder.gguf_quantized`.
+    Qwen3EncoderGguf = Qwen3Encoder / GgufQuantized { checkpoint: CheckpointFields, variant: VariantFields },
+    /// `qwen3_encoder.sdnq_quantized`.
+    Qwen3EncoderSdnq = Qwen3Encoder / SdnqQuantized { variant: VariantFields },
+    /// `qwen_vl_encoder.qwen_vl_encoder`: a Qwen2.5-VL encoder folder.
+    QwenVlEncoder = QwenVlEncoder / QwenVlEncoder { },
+    /// `qwen_vl_encoder.diffusers`.
+    QwenVlEncoderDiffusers = QwenVlEncoder / Diffusers { diffusers: DiffusersFields },
+    /// `qwen_vl_encoder.checkpoint`.
+    QwenVlEncoderCheckpoint = QwenVlEncoder / Checkpoint { checkpoint: CheckpointFields },
+    /// `qwen3_vl_encoder.qwen3_vl_encoder`: a Qwen3-VL encoder folder.
+    Qwen3VlEncoder = Qwen3VlEncoder / Qwen3VlEncoder { variant: VariantFields },
+    /// `qwen3_vl_encoder.checkpoint`.
+    Qwen3VlEncoderCheckpoint = Qwen3VlEncoder / Checkpoint { checkpoint: CheckpointFields, variant: VariantFields },
+    /// `qwen3_vl_encoder.gguf_quantized`.
+    Qwen3VlEncoderGguf = Qwen3VlEncoder / GgufQuantized { checkpoint: CheckpointFields, variant: VariantFields },
+    /// `mistral_encoder.mistral_encoder`.
+    MistralEncoder = MistralEncoder / MistralEncoder { variant: VariantFields },
+    /// `mistral_encoder.diffusers`.
+    MistralEncoderDiffusers = MistralEncoder / Diffusers { diffusers: DiffusersFields, variant: VariantFields },
+    /// `mistral_encoder.checkpoint`.
+    MistralEncoderCheckpoint = MistralEncoder / Checkpoint { checkpoint: CheckpointFields, variant: VariantFields },
+    /// `mistral_encoder.gguf_quantized`.
+    MistralEncoderGguf = MistralEncoder / GgufQuantized { checkpoint: CheckpointFields, variant: VariantFields },
+    /// `wan_t5_encoder.wan_t5_encoder`: Wan's UMT5-XXL encoder.
+    WanT5Encoder = WanT5Encoder / WanT5Encoder { },
+    /// `gemma2_encoder.gemma2_encoder`.
+    Gemma2Encoder = Gemma2Encoder / Gemma2Encoder { },
+    /// `gemma2_encoder.gguf_quantized`.
+    Gemma2EncoderGguf = Gemma2Encoder / GgufQuantized { checkpoint: CheckpointFields },
+    /// `gemma4_encoder.gemma4_encoder`.
+    Gemma4Encoder = Gemma4Encoder / Gemma4Encoder { },
     /// `spandrel_image_to_image.checkpoint`: an upscaler or other image-to-image network.
     SpandrelImageToImage = SpandrelImageToImage / Checkpoint { },
+    /// `siglip.diffusers`: a SigLIP image encoder.
+    SigLipDiffusers = SigLip / Diffusers { diffusers: DiffusersFields },
+    /// `flux_redux.checkpoint`: a FLUX Redux image-prompt adapter.
+    FluxReduxCheckpoint = FluxRedux / Checkpoint { },
+    /// `llava_onevision.diffusers`: a LLaVA-OneVision vision-language model.
+    LlavaOnevisionDiffusers = LlavaOnevision / Diffusers { diffusers: DiffusersFields },
+    /// `prompt_enhancer.diffusers`.
+    PromptEnhancerDiffusers = PromptEnhancer / Diffusers { diffusers: DiffusersFields },
+    /// `text_llm.diffusers`: a transformers text LLM folder.
+    TextLlmDiffusers = TextLlm / Diffusers { diffusers: DiffusersFields },
+    /// `external_image_generator.external_api`: a model hosted by an external provider.
+    ExternalApi = ExternalImageGenerator / ExternalApi { },
+    /// `pid_decoder.checkpoint`: a PiD pixel-diffusion decoder.
+    PidDecoderCheckpoint = PidDecoder / Checkpoint { checkpoint: CheckpointFields, variant: VariantFields },
 }
 
 impl AnyModelConfig {
@@ -537,42 +717,29 @@ impl AnyModelConfig {
 
     /// Checkpoint fields, when the class has them.
     pub fn checkpoint_fields(&self) -> Option<&CheckpointFields> {
-        match self {
-            Self::MainCheckpoint { checkpoint, .. }
-            | Self::MainBnbQuantized4b { checkpoint, .. }
-            | Self::MainGguf { checkpoint, .. }
-            | Self::VaeCheckpoint { checkpoint, .. }
-            | Self::ControlNetCheckpoint { checkpoint, .. } => Some(checkpoint),
-            _ => None,
-        }
+        self.group()
     }
 
     /// Main-model fields, when the class has them.
     pub fn main_fields(&self) -> Option<&MainFields> {
-        match self {
-            Self::MainCheckpoint { main, .. }
-            | Self::MainBnbQuantized4b { main, .. }
-            | Self::MainGguf { main, .. }
-            | Self::MainDiffusers { main, .. }
-            | Self::MainOnnx { main, .. }
-            | Self::MainOlive { main, .. } => Some(main),
-            _ => None,
-        }
+        self.group()
     }
 
     /// Diffusers fields, when the class has them.
     pub fn diffusers_fields(&self) -> Option<&DiffusersFields> {
-        match self {
-            Self::MainDiffusers { diffusers, .. }
-            | Self::MainOnnx { diffusers, .. }
-            | Self::MainOlive { diffusers, .. }
-            | Self::VaeDiffusers { diffusers, .. }
-            | Self::ControlNetDiffusers { diffusers, .. }
-            | Self::ClipVisionDiffusers { diffusers, .. }
-            | Self::ClipEmbedDiffusers { diffusers, .. }
-            | Self::T2IAdapterDiffusers { diffusers, .. } => Some(diffusers),
-            _ => None,
-        }
+        self.group()
+    }
+
+    /// IP-Adapter fields, when the class has them.
+    pub fn ip_adapter_fields(&self) -> Option<&IpAdapterFields> {
+        self.group()
+    }
+
+    /// The model's variant, from whichever field group of its class holds one.
+    pub fn variant(&self) -> Option<AnyVariant> {
+        self.main_fields()
+            .and_then(|m| m.variant)
+            .or_else(|| self.group::<VariantFields>().and_then(|v| v.variant))
     }
 
     /// Builds a record from a JSON object through the discriminator (the seed's `dict` form).
@@ -656,6 +823,83 @@ impl<'de> Deserialize<'de> for AnyModelConfig {
     }
 }
 
+/// Whether a variant's family fits the model's type and base, as InvokeAI's config classes
+/// type their `variant` fields (a FLUX main takes FLUX variants, a CLIP encoder `large` or
+/// `gigantic` …). A base that names no family (`any`, `unknown`) accepts any of the type's.
+fn check_variant(
+    t: ModelType,
+    base: BaseModelType,
+    v: AnyVariant,
+) -> Result<(), InvalidModelConfig> {
+    use AnyVariant as V;
+    use BaseModelType as B;
+    let family_base = match v {
+        V::Model(_)
+        | V::Clip(_)
+        | V::Qwen3(_)
+        | V::Qwen3Vl(_)
+        | V::Mistral(_)
+        | V::PidDecoder(_) => None,
+        V::Flux(_) => Some(B::Flux),
+        V::Flux2(_) => Some(B::Flux2),
+        V::ZImage(_) => Some(B::ZImage),
+        V::QwenImage(_) => Some(B::QwenImage),
+        V::Wan(_) | V::WanLora(_) => Some(B::Wan),
+        V::Krea2(_) => Some(B::Krea2),
+        V::MiniMaxH3(_) => Some(B::MiniMaxH3),
+        V::Ltx2(_) => Some(B::Ltx2),
+    };
+    let type_ok = match t {
+        ModelType::Main => matches!(
+            v,
+            V::Model(_)
+                | V::Flux(_)
+                | V::Flux2(_)
+                | V::ZImage(_)
+                | V::QwenImage(_)
+                | V::Wan(_)
+                | V::Krea2(_)
+                | V::MiniMaxH3(_)
+                | V::Ltx2(_)
+        ),
+        ModelType::ClipEmbed => matches!(v, V::Clip(_)),
+        ModelType::Qwen3Encoder => matches!(v, V::Qwen3(_)),
+        ModelType::Qwen3VlEncoder => matches!(v, V::Qwen3Vl(_)),
+        ModelType::MistralEncoder => matches!(v, V::Mistral(_)),
+        ModelType::PidDecoder => matches!(v, V::PidDecoder(_)),
+        ModelType::Lora | ModelType::Vae | ModelType::ControlNet => family_base.is_some(),
+        _ => false,
+    };
+    let base_ok = match (family_base, base) {
+        (_, B::Any | B::Unknown) => true,
+        (Some(fb), b) => fb == b,
+        // SD variants (normal/inpaint/depth) belong to the bases without a family of their own.
+        (None, b) => {
+            !matches!(v, V::Model(_))
+                || !matches!(
+                    b,
+                    B::Flux
+                        | B::Flux2
+                        | B::ZImage
+                        | B::QwenImage
+                        | B::Wan
+                        | B::Krea2
+                        | B::MiniMaxH3
+                        | B::Ltx2
+                )
+        }
+    };
+    if type_ok && base_ok {
+        Ok(())
+    } else {
+        Err(InvalidModelConfig::Variant {
+            variant: v,
+            model_type: t,
+            base,
+        })
+    }
+}
+
 /// The current time truncated to microseconds, the precision records are stored with, so a
 /// record read back compares equal to the one written.
 pub fn now_micros() -> SystemTime {
@@ -698,7 +942,11 @@ mod tests {
             "config_path": "configs/v1-inference.yaml", "prediction_type": "epsilon"
         }))
         .unwrap();
-        assert_eq!(c.main_fields().unwrap().variant, ModelVariantType::Normal);
+        assert_eq!(
+            c.main_fields().unwrap().variant,
+            None,
+            "no variant is invented"
+        );
         assert_eq!(
             c.checkpoint_fields().unwrap().config_path.as_deref(),
             Some("configs/v1-inference.yaml")
@@ -723,7 +971,7 @@ mod tests {
         v["format"] = json!("gguf_quantized");
         let e = AnyModelConfig::from_json(v).unwrap_err().to_string();
         assert!(
-            e.contains("valid formats for `lora`: lycoris, diffusers"),
+            e.contains("valid formats for `lora`: lycoris, omi, diffusers"),
             "{e}"
         );
 
@@ -760,7 +1008,10 @@ mod tests {
         let to_main = json!({"type": "main", "format": "checkpoint", "variant": "inpaint"});
         let m = c.merged(to_main.as_object().unwrap()).unwrap();
         assert!(matches!(m, AnyModelConfig::MainCheckpoint { .. }));
-        assert_eq!(m.main_fields().unwrap().variant, ModelVariantType::Inpaint);
+        assert_eq!(
+            m.main_fields().unwrap().variant,
+            Some(crate::taxonomy::ModelVariantType::Inpaint.into())
+        );
 
         // main → vae must drop main-only fields explicitly.
         let to_vae = json!({"type": "vae"});
@@ -768,7 +1019,10 @@ mod tests {
             .merged(to_vae.as_object().unwrap())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`variant` is not valid"), "{e}");
+        assert!(
+            e.contains("variant `inpaint` is not valid for a `vae` model"),
+            "{e}"
+        );
         let to_vae = json!({"type": "vae", "variant": null, "upcast_attention": null});
         assert!(matches!(
             m.merged(to_vae.as_object().unwrap()).unwrap(),

@@ -25,8 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::HashAlgorithm;
 use crate::hub::source::{ModelSource, Token};
 use crate::taxonomy::{
-    BaseModelType, ModelFormat, ModelRepoVariant, ModelType, ModelVariantType,
-    SchedulerPredictionType,
+    AnyVariant, BaseModelType, ModelFormat, ModelRepoVariant, ModelType, SchedulerPredictionType,
 };
 
 pub mod interpolate;
@@ -138,9 +137,11 @@ pub struct ConfigOverrides {
     /// Weight layout (`diffusers`, `checkpoint` …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ModelFormat>,
-    /// Main-model variant: `normal`, `inpaint` or `depth` (not the repo file variant).
+    /// Model variant (not the repo file variant): `normal`, `inpaint` or `depth` for Stable
+    /// Diffusion; the family's own for others (`dev`, `schnell`, `klein_4b`, `turbo`, CLIP
+    /// `large`, Qwen3 `qwen3_4b` …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<ModelVariantType>,
+    pub variant: Option<AnyVariant>,
     /// Scheduler prediction type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction_type: Option<SchedulerPredictionType>,

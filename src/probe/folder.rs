@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Finding, ProbeError, probe_weight_file};
 use crate::config::SubmodelDefinition;
 use crate::taxonomy::{
-    BaseModelType as B, ModelFormat as F, ModelRepoVariant as RV, ModelType as T,
+    BaseModelType as B, FluxVariantType, ModelFormat as F, ModelRepoVariant as RV, ModelType as T,
     ModelVariantType as V, SchedulerPredictionType as P, SubModelType as S,
 };
 
@@ -279,13 +279,14 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
             };
             f.evidence
                 .push(format!("{comp}/config.json in_channels {c} → {v}"));
-            f.variant = Some(v);
+            f.variant = Some(v.into());
         }
         if let Some(up) = cfg.get("upcast_attention").and_then(Value::as_bool) {
             f.upcast_attention = up;
         }
         if f.base == B::Flux {
             let guidance = cfg.get("guidance_embeds").and_then(Value::as_bool);
+            f.variant = Some(flux_variant(u(&cfg, "in_channels"), guidance).into());
             if let Some(g) = guidance {
                 f.evidence.push(format!(
                     "transformer guidance_embeds {g} → flux {}",
@@ -294,16 +295,16 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
             }
         }
     }
-    if class.contains("Inpaint") && f.variant != Some(V::Inpaint) && f.base != B::Flux {
+    if class.contains("Inpaint") && f.variant != Some(V::Inpaint.into()) && f.base != B::Flux {
         f.evidence
             .push(format!("`{class}` is an inpainting pipeline"));
     }
     if class.contains("Depth2Img") {
-        f.variant = Some(V::Depth);
+        f.variant = Some(V::Depth.into());
         f.evidence.push(format!("`{class}` → depth"));
     }
     if f.variant.is_none() {
-        f.variant = Some(V::Normal);
+        f.variant = Some(V::Normal.into());
     }
     if f.base == B::Unknown {
         f.evidence.push(
@@ -334,8 +335,8 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
             continue;
         };
         let model_type = match st {
-            S::UNet | S::Transformer => T::Main,
-            S::Vae | S::VaeDecoder | S::VaeEncoder => T::Vae,
+            S::UNet | S::Transformer | S::Transformer2 => T::Main,
+            S::Vae | S::VaeDecoder | S::VaeEncoder | S::AudioVae => T::Vae,
             S::TextEncoder
             | S::TextEncoder2
             | S::TextEncoder3
@@ -348,7 +349,15 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                     T::ClipEmbed
                 }
             }
-            S::Scheduler | S::SafetyChecker => T::Unknown,
+            S::Scheduler
+            | S::SafetyChecker
+            | S::Processor
+            | S::PromptEnhancer
+            | S::PromptEnhancerTokenizer
+            | S::Vocoder
+            | S::Connectors
+            | S::LatentUpsampler
+            | S::TemporalLatentUpsampler => T::Unknown,
         };
         subs.insert(
             st,
@@ -356,7 +365,7 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 path_or_prefix: name.clone(),
                 model_type,
                 variant: matches!(st, S::UNet | S::Transformer)
-                    .then_some(f.variant.unwrap_or_default()),
+                    .then_some(f.variant.unwrap_or(V::Normal.into())),
             },
         );
     }
@@ -469,7 +478,7 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
                 Some(5) => V::Depth,
                 _ => V::Normal,
             };
-            f.variant = Some(v);
+            f.variant = Some(v.into());
             f.upcast_attention = cfg
                 .get("upcast_attention")
                 .and_then(Value::as_bool)
@@ -483,10 +492,11 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
                 B::StableDiffusion3
             };
             let mut f = Finding::new(T::Main, b, F::Diffusers);
-            f.variant = Some(if u(cfg, "in_channels") == Some(384) {
-                V::Inpaint
+            f.variant = Some(if b == B::Flux {
+                let guidance = cfg.get("guidance_embeds").and_then(Value::as_bool);
+                flux_variant(u(cfg, "in_channels"), guidance).into()
             } else {
-                V::Normal
+                V::Normal.into()
             });
             f.evidence.push(format!(
                 "config.json `{class}`: a bare transformer component → main {b}"
@@ -573,4 +583,14 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
         }
     }
     f
+}
+
+/// A FLUX.1 transformer's variant from its config: 384 input channels is Fill, no guidance
+/// embedding is Schnell, anything else Dev.
+fn flux_variant(in_channels: Option<u64>, guidance_embeds: Option<bool>) -> FluxVariantType {
+    match (in_channels, guidance_embeds) {
+        (Some(384), _) => FluxVariantType::DevFill,
+        (_, Some(false)) => FluxVariantType::Schnell,
+        _ => FluxVariantType::Dev,
+    }
 }

@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{CONFIG_CLASSES, RawConfig, SubmodelDefinition};
+use crate::config::{CONFIG_CLASSES, RawConfig, SubmodelDefinition, class_fields};
 use crate::scan::{self, ScanError, ScanReport};
 use crate::taxonomy::{
-    BaseModelType, ModelFormat, ModelRepoVariant, ModelType, ModelVariantType,
-    SchedulerPredictionType, SubModelType,
+    AnyVariant, BaseModelType, ModelFormat, ModelRepoVariant, ModelType, SchedulerPredictionType,
+    SubModelType,
 };
 
 pub use safetensors::MAX_HEADER as MAX_SAFETENSORS_HEADER;
@@ -50,8 +50,9 @@ pub struct ProbeResult {
     pub base: BaseModelType,
     /// On-disk format.
     pub format: ModelFormat,
-    /// normal / inpaint / depth (main models).
-    pub variant: Option<ModelVariantType>,
+    /// The variant: normal / inpaint / depth for SD mains, the family's variant otherwise
+    /// (FLUX `dev`, CLIP `large`, Qwen3 `qwen3_4b` …).
+    pub variant: Option<AnyVariant>,
     /// Scheduler prediction type (main models).
     pub prediction_type: Option<SchedulerPredictionType>,
     /// Whether attention must be upcast (sd-2 v-prediction models).
@@ -353,7 +354,7 @@ pub(crate) struct Finding {
     pub model_type: ModelType,
     pub base: BaseModelType,
     pub format: ModelFormat,
-    pub variant: Option<ModelVariantType>,
+    pub variant: Option<AnyVariant>,
     pub prediction_type: Option<SchedulerPredictionType>,
     pub upcast_attention: bool,
     pub repo_variant: Option<ModelRepoVariant>,
@@ -660,29 +661,13 @@ fn apply_overrides(
     Ok(())
 }
 
-/// Which class-specific field groups a (type, format) class has, mirroring
-/// `config::any_model_config!` (a unit test checks the two agree for every class).
-fn field_groups(t: ModelType, f: ModelFormat) -> (bool, bool, bool) {
-    use ModelFormat as F;
-    use ModelType as T;
-    // (checkpoint, main, diffusers)
-    match (t, f) {
-        (T::Main, F::Checkpoint | F::BnbQuantizedNf4b | F::GgufQuantized) => (true, true, false),
-        (T::Main, F::Diffusers | F::Onnx | F::Olive) => (false, true, true),
-        (T::Vae | T::ControlNet, F::Checkpoint) => (true, false, false),
-        (T::Vae | T::ControlNet | T::ClipVision | T::ClipEmbed | T::T2IAdapter, F::Diffusers) => {
-            (false, false, true)
-        }
-        _ => (false, false, false),
-    }
-}
-
 impl ProbeResult {
     /// The record fields a probe decides: type, format, base, name, description, file_size and
     /// exactly the class-specific fields the (type, format) class allows. The installer adds
     /// path, hash and source and calls [`crate::AnyModelConfig::from_raw`].
     pub fn to_raw_config(&self) -> RawConfig {
-        let (ckpt, main, diffusers) = field_groups(self.model_type, self.format);
+        let fields = class_fields(self.model_type, self.format).unwrap_or_default();
+        let has = |name: &str| fields.contains(&name);
         let mut raw = RawConfig {
             name: Some(self.name.clone()),
             model_type: Some(self.model_type),
@@ -692,16 +677,22 @@ impl ProbeResult {
             file_size: Some(self.file_size),
             ..RawConfig::default()
         };
-        if ckpt {
+        if has("config_path") {
             raw.config_path.clone_from(&self.config_path);
         }
-        if main {
-            raw.variant = Some(self.variant.unwrap_or_default());
+        if has("variant") {
+            raw.variant = self.variant;
+        }
+        if has("prediction_type") {
             raw.prediction_type = self.prediction_type;
+        }
+        if has("upcast_attention") {
             raw.upcast_attention = Some(self.upcast_attention);
         }
-        if diffusers {
+        if has("repo_variant") {
             raw.repo_variant = self.repo_variant;
+        }
+        if has("submodels") {
             raw.submodels.clone_from(&self.submodels);
         }
         raw
@@ -888,12 +879,25 @@ mod tests {
     /// The field-group table above must match config.rs for every class.
     #[test]
     fn to_raw_config_fits_every_class() {
+        use crate::taxonomy::{
+            ClipVariantType, MistralVariantType, ModelVariantType, PidDecoderVariantType,
+            Qwen3VariantType, Qwen3VlVariantType,
+        };
         for &(t, f) in CONFIG_CLASSES {
+            let variant: Option<AnyVariant> = match t {
+                ModelType::Main => Some(ModelVariantType::Inpaint.into()),
+                ModelType::ClipEmbed => Some(ClipVariantType::Large.into()),
+                ModelType::Qwen3Encoder => Some(Qwen3VariantType::Qwen3_4B.into()),
+                ModelType::Qwen3VlEncoder => Some(Qwen3VlVariantType::Qwen3Vl4B.into()),
+                ModelType::MistralEncoder => Some(MistralVariantType::Cow.into()),
+                ModelType::PidDecoder => Some(PidDecoderVariantType::Res2kSr4x.into()),
+                _ => None,
+            };
             let r = ProbeResult {
                 model_type: t,
                 base: BaseModelType::StableDiffusion1,
                 format: f,
-                variant: Some(ModelVariantType::Inpaint),
+                variant,
                 prediction_type: Some(SchedulerPredictionType::Epsilon),
                 upcast_attention: true,
                 repo_variant: Some(ModelRepoVariant::Fp16),
@@ -911,10 +915,24 @@ mod tests {
             let mut raw = r.to_raw_config();
             raw.path = Some("/m".into());
             let c = AnyModelConfig::from_raw(&raw).unwrap_or_else(|e| panic!("{t}.{f}: {e}"));
-            let (ckpt, main, diffusers) = field_groups(t, f);
-            assert_eq!(c.checkpoint_fields().is_some(), ckpt, "{t}.{f}");
-            assert_eq!(c.main_fields().is_some(), main, "{t}.{f}");
-            assert_eq!(c.diffusers_fields().is_some(), diffusers, "{t}.{f}");
+            let fields = class_fields(t, f).unwrap();
+            let has = |n: &str| fields.contains(&n);
+            assert_eq!(
+                c.checkpoint_fields().is_some(),
+                has("config_path"),
+                "{t}.{f}"
+            );
+            assert_eq!(c.main_fields().is_some(), has("prediction_type"), "{t}.{f}");
+            assert_eq!(
+                c.diffusers_fields().is_some(),
+                has("repo_variant"),
+                "{t}.{f}"
+            );
+            assert_eq!(
+                c.variant().is_some(),
+                has("variant") && variant.is_some(),
+                "{t}.{f}"
+            );
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use super::{Finding, StateDict};
 use crate::taxonomy::{
-    BaseModelType as B, ModelFormat as F, ModelType as T, ModelVariantType as V,
+    BaseModelType as B, FluxVariantType, ModelFormat as F, ModelType as T, ModelVariantType as V,
     SchedulerPredictionType as P,
 };
 
@@ -559,19 +559,19 @@ fn main_sd(sd: &StateDict, container: Container) -> Option<Finding> {
         )),
     }
     let conv_in = format!("{P_}input_blocks.0.0.weight");
-    f.variant = Some(V::Normal);
+    f.variant = Some(V::Normal.into());
     if let Some(c) = dim(sd, &conv_in, 1) {
         let v = match c {
             9 => V::Inpaint,
             5 => V::Depth,
             _ => V::Normal,
         };
-        f.variant = Some(v);
+        f.variant = Some(v.into());
         f.evidence
             .push(format!("`{conv_in}` has {c} input channels → {v}"));
     }
     f.prediction_type = Some(P::Epsilon);
-    if f.base == B::StableDiffusion2 && f.variant == Some(V::Normal) {
+    if f.base == B::StableDiffusion2 && f.variant == Some(V::Normal.into()) {
         f.prediction_type = Some(P::VPrediction);
         f.upcast_attention = true;
         f.evidence.push(
@@ -606,7 +606,14 @@ fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
     let img_in = format!("{prefix}img_in.weight");
     let in_ch = dim(sd, &img_in, 1);
     let fill = in_ch == Some(384);
-    f.variant = Some(if fill { V::Inpaint } else { V::Normal });
+    f.variant = Some(
+        match (dev, fill) {
+            (_, true) => FluxVariantType::DevFill,
+            (true, false) => FluxVariantType::Dev,
+            (false, false) => FluxVariantType::Schnell,
+        }
+        .into(),
+    );
     f.config_path = Some(
         match (dev, fill) {
             (_, true) => "flux-dev-fill",
@@ -640,7 +647,7 @@ fn main_sd3(sd: &StateDict, container: Container) -> Option<Finding> {
     })?
     .to_owned();
     let mut f = Finding::new(T::Main, B::StableDiffusion3, container_format(container));
-    f.variant = Some(V::Normal);
+    f.variant = Some(V::Normal.into());
     f.evidence
         .push(format!("key `{k}`: MMDiT joint blocks → main sd-3"));
     Some(f)

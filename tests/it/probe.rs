@@ -8,8 +8,8 @@ use modelsync::cli::{Status, run};
 use modelsync::probe::{ProbeError, probe, probe_with_overrides};
 use modelsync::scan::ScanVerdict;
 use modelsync::taxonomy::{
-    BaseModelType, ModelFormat, ModelRepoVariant, ModelType, ModelVariantType,
-    SchedulerPredictionType, SubModelType,
+    AnyVariant, BaseModelType, ModelFormat, ModelRepoVariant, ModelType, SchedulerPredictionType,
+    SubModelType,
 };
 use serde_json::json;
 
@@ -36,7 +36,7 @@ fn every_fixture_is_identified() {
             r.model_type.as_str(),
             r.base.as_str(),
             r.format.as_str(),
-            r.variant.map(ModelVariantType::as_str),
+            r.variant.map(AnyVariant::as_str),
             r.prediction_type.map(SchedulerPredictionType::as_str),
         );
         let want = (c.model_type, c.base, c.format, c.variant, c.prediction);
@@ -249,7 +249,7 @@ fn overrides_win_and_type_conflicts_are_errors() {
     let e = probe_with_overrides(&lora, &overrides(&json!({"format": "gguf_quantized"})))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("valid formats: lycoris, diffusers"), "{e}");
+    assert!(e.contains("valid formats: lycoris, omi, diffusers"), "{e}");
     let e = probe_with_overrides(&lora, &overrides(&json!({"upcast_attention": "yes"})))
         .unwrap_err()
         .to_string();

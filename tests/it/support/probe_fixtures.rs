@@ -878,7 +878,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
             "flux",
             "checkpoint",
         )
-        .main("normal", None),
+        .main("dev", None),
     );
     st(&p("flux1-schnell.safetensors"), &flux(false, 64, DM), None);
     cases.push(
@@ -889,7 +889,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
             "flux",
             "checkpoint",
         )
-        .main("normal", None),
+        .main("schnell", None),
     );
     st(&p("flux1-fill-dev.safetensors"), &flux(true, 384, ""), None);
     cases.push(
@@ -900,7 +900,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
             "flux",
             "checkpoint",
         )
-        .main("inpaint", None),
+        .main("dev_fill", None),
     );
     let mut nf4 = flux(true, 64, "");
     nf4.push((
@@ -916,7 +916,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
             "flux",
             "bnb_quantized_nf4b",
         )
-        .main("normal", None),
+        .main("dev", None),
     );
     st(
         &p("sd3.5-medium.safetensors"),
@@ -959,7 +959,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
             "flux",
             "gguf_quantized",
         )
-        .main("normal", None),
+        .main("dev", None),
     );
 
     // --- vae ---
@@ -1495,7 +1495,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
     });
     let sched = json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_shift": 0.5, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": true});
     pipeline(&d, &idx, None, Some(&tr), &sched, "");
-    cases.push(case("flux dev diffusers", d, "main", "flux", "diffusers").main("normal", None));
+    cases.push(case("flux dev diffusers", d, "main", "flux", "diffusers").main("dev", None));
 
     // --- diffusers components ---
     let vae_cfg = |scaling: f64, sample: u64, latent: u64| {
