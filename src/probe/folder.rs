@@ -10,8 +10,9 @@ use serde_json::Value;
 use super::{Finding, ProbeError, probe_weight_file};
 use crate::config::SubmodelDefinition;
 use crate::taxonomy::{
-    BaseModelType as B, FluxVariantType, ModelFormat as F, ModelRepoVariant as RV, ModelType as T,
-    ModelVariantType as V, SchedulerPredictionType as P, SubModelType as S,
+    BaseModelType as B, ClipVariantType, FluxVariantType, Krea2VariantType, ModelFormat as F,
+    ModelRepoVariant as RV, ModelType as T, ModelVariantType as V, SchedulerPredictionType as P,
+    SubModelType as S, ZImageVariantType,
 };
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Map<String, Value>>, ProbeError> {
@@ -242,12 +243,27 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         "model_index.json: pipeline `{class}` → main diffusers"
     ));
     let is = |p: &str| class.starts_with(p);
-    if is("Flux") {
-        f.base = B::Flux;
-        f.evidence.push(format!("`{class}` → flux"));
+    // Pipelines whose class names the base (InvokeAI's `raise_for_class_name` sets).
+    let named = if is("Flux2") {
+        Some(B::Flux2)
+    } else if is("Flux") {
+        Some(B::Flux)
     } else if is("StableDiffusion3") {
-        f.base = B::StableDiffusion3;
-        f.evidence.push(format!("`{class}` → sd-3"));
+        Some(B::StableDiffusion3)
+    } else if is("ZImage") {
+        Some(B::ZImage)
+    } else if is("QwenImage") {
+        Some(B::QwenImage)
+    } else if is("Krea2") {
+        Some(B::Krea2)
+    } else if is("CogView4") {
+        Some(B::CogView4)
+    } else {
+        None
+    };
+    if let Some(b) = named {
+        f.base = b;
+        f.evidence.push(format!("`{class}` → {b}"));
     }
     // The denoiser's config decides the SD family and the variant.
     for comp in ["unet", "transformer"] {
@@ -269,7 +285,17 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 }
             }
         }
-        if let Some(c) = u(&cfg, "in_channels") {
+        let sd_family = matches!(
+            f.base,
+            B::Unknown
+                | B::StableDiffusion1
+                | B::StableDiffusion2
+                | B::StableDiffusionXL
+                | B::StableDiffusionXLRefiner
+                | B::Flux
+                | B::StableDiffusion3
+        );
+        if let Some(c) = u(&cfg, "in_channels").filter(|_| sd_family) {
             let v = match (f.base, c) {
                 (B::Flux, 384) => V::Inpaint,
                 (B::Flux | B::StableDiffusion3, _) => V::Normal,
@@ -303,8 +329,36 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         f.variant = Some(V::Depth.into());
         f.evidence.push(format!("`{class}` → depth"));
     }
-    if f.variant.is_none() {
-        f.variant = Some(V::Normal.into());
+    let sched = read_json(&dir.join("scheduler").join("scheduler_config.json"))?;
+    match f.base {
+        B::ZImage => {
+            // InvokeAI: the undistilled base runs with shift 6, Turbo with 3 (the default).
+            let shift = sched
+                .as_ref()
+                .and_then(|s| f64_of(s, "shift"))
+                .unwrap_or(3.0);
+            let v = if shift >= 5.0 {
+                ZImageVariantType::ZBase
+            } else {
+                ZImageVariantType::Turbo
+            };
+            f.evidence.push(format!("scheduler shift {shift} → {v}"));
+            f.variant = Some(v.into());
+        }
+        B::Krea2 => {
+            let distilled = index.get("is_distilled").and_then(Value::as_bool) == Some(true);
+            let v = if distilled {
+                Krea2VariantType::Turbo
+            } else {
+                Krea2VariantType::Base
+            };
+            f.evidence
+                .push(format!("model_index.json is_distilled {distilled} → {v}"));
+            f.variant = Some(v.into());
+        }
+        B::Flux2 | B::QwenImage | B::CogView4 | B::Anima => {}
+        _ if f.variant.is_none() => f.variant = Some(V::Normal.into()),
+        _ => {}
     }
     if f.base == B::Unknown {
         f.evidence.push(
@@ -312,7 +366,7 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 .into(),
         );
     }
-    if let Some(s) = read_json(&dir.join("scheduler").join("scheduler_config.json"))? {
+    if let Some(s) = sched {
         match s.get("prediction_type").and_then(Value::as_str) {
             Some(p) => match p.parse::<P>() {
                 Ok(p) => {
@@ -321,7 +375,15 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 }
                 Err(e) => f.evidence.push(format!("scheduler: {e}")),
             },
-            None if f.base != B::Flux && f.base != B::StableDiffusion3 => {
+            None if matches!(
+                f.base,
+                B::Unknown
+                    | B::StableDiffusion1
+                    | B::StableDiffusion2
+                    | B::StableDiffusionXL
+                    | B::StableDiffusionXLRefiner
+            ) =>
+            {
                 f.prediction_type = Some(P::Epsilon);
             }
             None => {}
@@ -559,6 +621,32 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
             let mut f = Finding::new(T::ClipEmbed, B::Any, F::Diffusers);
             f.evidence
                 .push(format!("config.json `{class}` → clip_embed"));
+            // InvokeAI's `get_clip_variant_type_from_config`: ViT-L's 768, ViT-bigG's 1280.
+            match u(cfg, "hidden_size") {
+                Some(768) => f.variant = Some(ClipVariantType::Large.into()),
+                Some(1280) => f.variant = Some(ClipVariantType::Gigantic.into()),
+                _ => {}
+            }
+            match f.variant {
+                Some(v) => f.evidence.push(format!(
+                    "hidden_size {} → {v}",
+                    u(cfg, "hidden_size").unwrap_or_default()
+                )),
+                None => f
+                    .evidence
+                    .push("hidden_size is neither 768 nor 1280: CLIP variant unknown".into()),
+            }
+            f
+        }
+        "SiglipModel" => {
+            let mut f = Finding::new(T::SigLip, B::Any, F::Diffusers);
+            f.evidence.push("config.json `SiglipModel` → siglip".into());
+            f
+        }
+        "AutoencoderKLFlux2" => {
+            let mut f = Finding::new(T::Vae, B::Flux2, F::Diffusers);
+            f.evidence
+                .push("config.json `AutoencoderKLFlux2` → vae flux2".into());
             f
         }
         "T5EncoderModel" => {
@@ -575,6 +663,9 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
             return f;
         }
     };
+    // Every diffusers component keeps its repo variant. InvokeAI's diffusers-VAE classes drop
+    // it (they never call `_get_repo_variant_or_raise`), so an fp16-only VAE folder records as
+    // the default variant there and its loader then asks for files that are not on disk.
     if f.format == F::Diffusers {
         f.repo_variant = repo_variant(dir);
         if let Some(rv) = f.repo_variant {

@@ -7,8 +7,8 @@
 
 use super::{Finding, StateDict};
 use crate::taxonomy::{
-    BaseModelType as B, FluxVariantType, ModelFormat as F, ModelType as T, ModelVariantType as V,
-    SchedulerPredictionType as P,
+    BaseModelType as B, Flux2VariantType, FluxVariantType, ModelFormat as F, ModelType as T,
+    ModelVariantType as V, Qwen3VariantType, SchedulerPredictionType as P, ZImageVariantType,
 };
 
 /// Where the tensors came from (decides the format of main models and what else is possible).
@@ -98,9 +98,14 @@ const RULES: &[Rule] = &[
     ("textual_inversion", textual_inversion),
     ("main_sd", main_sd),
     ("main_flux", main_flux),
+    ("main_flux2", main_flux2),
     ("main_sd3", main_sd3),
+    ("main_z_image", main_z_image),
+    ("main_qwen_image", main_qwen_image),
+    ("main_anima", main_anima),
     ("vae", vae),
     ("spandrel", spandrel),
+    ("qwen3_encoder", qwen3_encoder),
 ];
 
 /// InvokeAI's `matches_sort_key`: main before LoRA before CLIP embed before the rest (a main
@@ -181,8 +186,12 @@ fn gguf(sd: &StateDict) -> Finding {
             "main_flux",
             main_flux as fn(&StateDict, Container) -> Option<Finding>,
         ),
+        ("main_flux2", main_flux2),
         ("main_sd3", main_sd3),
         ("main_sd", main_sd),
+        ("main_z_image", main_z_image),
+        ("main_qwen_image", main_qwen_image),
+        ("qwen3_encoder", qwen3_encoder),
     ]
     .into_iter()
     .find_map(|(name, check)| {
@@ -326,6 +335,13 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     f.evidence
         .push(format!("key `{k}`: {style} → lora.{format}"));
 
+    // Z-Image's S3-DiT layers (InvokeAI's Z-Image LoRA rule).
+    if let Some(k) = first_with_prefix(sd, "diffusion_model.layers.") {
+        f.base = B::ZImage;
+        f.evidence
+            .push(format!("key `{k}`: Z-Image S3-DiT layers → z-image"));
+        return Some(f);
+    }
     // Flux and SD3 by block names (kohya, diffusers and ComfyUI spellings).
     if let Some(k) = any_key(sd, |k| {
         k.starts_with("lora_unet_double_blocks_")
@@ -334,9 +350,16 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
             || k.contains("single_transformer_blocks.")
             || k.contains("double_blocks.")
     }) {
-        f.base = B::Flux;
-        f.evidence
-            .push(format!("key `{k}`: flux transformer blocks → flux"));
+        if let Some((variant, why)) = flux2_lora(sd) {
+            f.base = B::Flux2;
+            f.variant = variant.map(Into::into);
+            f.evidence
+                .push(format!("key `{k}`: BFL transformer blocks; {why} → flux2"));
+        } else {
+            f.base = B::Flux;
+            f.evidence
+                .push(format!("key `{k}`: flux transformer blocks → flux"));
+        }
         return Some(f);
     }
     if let Some(k) = any_key(sd, |k| {
@@ -345,6 +368,38 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         f.base = B::StableDiffusion3;
         f.evidence
             .push(format!("key `{k}`: MMDiT joint blocks → sd-3"));
+        return Some(f);
+    }
+    // MMDiT `transformer_blocks` without FLUX's or Z-Image's keys: Qwen-Image by its image/text
+    // modulation and MLP names, SD3 by its widths, else Qwen-Image (InvokeAI's rule).
+    if let Some(k) = first_with_prefix(sd, "transformer_blocks.")
+        .or_else(|| first_with_prefix(sd, "transformer.transformer_blocks."))
+    {
+        let k = k.to_owned();
+        let qwen = any_key(sd, |k| {
+            k.contains(".img_mlp.")
+                || k.contains(".txt_mlp.")
+                || k.contains(".img_mod.")
+                || k.contains(".txt_mod.")
+        });
+        let width = sd
+            .tensors
+            .keys()
+            .filter(|k| k.contains("transformer_blocks.") && k.contains(".attn.to_k."))
+            .find_map(|k| lora_in_width(sd, k));
+        if qwen.is_none() && matches!(width, Some(1536 | 2432)) {
+            f.base = B::StableDiffusion3;
+            f.evidence.push(format!(
+                "key `{k}`: MMDiT blocks of width {} → sd-3",
+                width.unwrap_or_default()
+            ));
+        } else {
+            f.base = B::QwenImage;
+            f.evidence.push(match qwen {
+                Some(q) => format!("key `{q}`: Qwen-Image image/text streams → qwen-image"),
+                None => format!("key `{k}`: MMDiT blocks without FLUX or Z-Image keys → qwen-image (InvokeAI's rule)"),
+            });
+        }
         return Some(f);
     }
     // SDXL has two text encoders.
@@ -401,6 +456,123 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         );
     }
     Some(f)
+}
+
+/// Whether a FLUX-style LoRA is for FLUX.2 [klein], after InvokeAI's `_is_flux2_lora` (peft,
+/// BFL-peft and kohya namings; LoKr factors are not multiplied out here): a text input of
+/// 3 × Qwen3 width, a vector input of Qwen3 width, FLUX.2-only module names, a hidden size other
+/// than FLUX.1's 3072, or an image MLP other than 4 × 3072. `Some((variant, why))` when it is.
+fn flux2_lora(sd: &StateDict) -> Option<(Option<Flux2VariantType>, String)> {
+    const CTX: [u64; 2] = [7680, 12288];
+    const VEC: [u64; 2] = [2560, 4096];
+    let by_ctx = |w: u64| match w {
+        12288 => Some(Flux2VariantType::Klein9B),
+        7680 => Some(Flux2VariantType::Klein4B),
+        _ => None,
+    };
+    let by_vec = |w: u64| match w {
+        4096 => Some(Flux2VariantType::Klein9B),
+        2560 => Some(Flux2VariantType::Klein4B),
+        _ => None,
+    };
+    let by_hidden = |w: u64| match w {
+        4096 => Some(Flux2VariantType::Klein9B),
+        3072 => Some(Flux2VariantType::Klein4B),
+        _ => None,
+    };
+    for p in ["transformer.", "base_model.model.", ""] {
+        let k = format!("{p}context_embedder.lora_A.weight");
+        if let Some(w) = dim(sd, &k, 1) {
+            return CTX
+                .contains(&w)
+                .then(|| (by_ctx(w), format!("`{k}` takes {w} features")));
+        }
+        let k = format!("{p}time_text_embed.text_embedder.linear_1.lora_A.weight");
+        if let Some(w) = dim(sd, &k, 1) {
+            return VEC
+                .contains(&w)
+                .then(|| (by_vec(w), format!("`{k}` takes {w} features")));
+        }
+        for name in [
+            "single_transformer_blocks.0.attn.to_qkv_mlp_proj.lora_A.weight",
+            "transformer_blocks.0.ff.linear_in.lora_A.weight",
+        ] {
+            let k = format!("{p}{name}");
+            if let Some(w) = dim(sd, &k, 1) {
+                return Some((by_hidden(w), format!("`{k}` exists only in FLUX.2")));
+            }
+        }
+    }
+    // BFL naming under `diffusion_model.` / `base_model.model.`, then kohya's `lora_unet_`.
+    for (bfl, attn, mlp, txt, vec, down) in [
+        (
+            true,
+            ".img_attn.proj.lora_A.weight",
+            ".img_mlp.0.lora_B.weight",
+            "txt_in",
+            "vector_in",
+            "lora_A.weight",
+        ),
+        (
+            false,
+            "_img_attn_proj.lora_down.weight",
+            "_img_mlp_0.lora_up.weight",
+            "lora_unet_txt_in.",
+            "lora_unet_vector_in.",
+            "lora_down.weight",
+        ),
+    ] {
+        let ours = |k: &str| {
+            if bfl {
+                k.starts_with("diffusion_model.") || k.starts_with("base_model.model.")
+            } else {
+                k.starts_with("lora_unet_")
+            }
+        };
+        for (k, t) in sd
+            .tensors
+            .iter()
+            .filter(|(k, _)| ours(k) && k.ends_with(down))
+        {
+            let w = t.shape.get(1).copied().unwrap_or(0);
+            if k.contains(txt) {
+                return CTX
+                    .contains(&w)
+                    .then(|| (by_ctx(w), format!("`{k}` takes {w} features")));
+            }
+            if k.contains(vec) {
+                return VEC
+                    .contains(&w)
+                    .then(|| (by_vec(w), format!("`{k}` takes {w} features")));
+            }
+        }
+        let hidden = sd
+            .tensors
+            .iter()
+            .find(|(k, _)| ours(k) && k.ends_with(attn))
+            .and_then(|(k, t)| t.shape.get(1).map(|w| (k, *w)));
+        match hidden {
+            Some((k, w)) if w != 3072 => {
+                return Some((by_hidden(w), format!("`{k}`: hidden size {w}")));
+            }
+            Some((_, _)) => {
+                if let Some((k, ffn)) = sd
+                    .tensors
+                    .iter()
+                    .find(|(k, _)| ours(k) && k.ends_with(mlp))
+                    .and_then(|(k, t)| t.shape.first().map(|d| (k, *d)))
+                    && ffn != 4 * 3072
+                {
+                    return Some((
+                        Some(Flux2VariantType::Klein4B),
+                        format!("`{k}`: image MLP {ffn} wide at hidden 3072 (FLUX.1: 12288)"),
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    None
 }
 
 fn ip_adapter(sd: &StateDict, _: Container) -> Option<Finding> {
@@ -598,6 +770,10 @@ fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
     if has_prefix(sd, "controlnet_blocks.") || has_prefix(sd, "pos_embed_input.") {
         return None;
     }
+    // FLUX.2 shares the block names; its own rule takes it.
+    if flux2_widths(sd, prefix).is_some() {
+        return None;
+    }
     let mut f = Finding::new(T::Main, B::Flux, container_format(container));
     f.evidence.push(format!(
         "keys `{prefix}double_blocks.*`: flux transformer → main flux"
@@ -641,6 +817,176 @@ fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
     Some(f)
 }
 
+/// FLUX.2's tell-tale widths (InvokeAI's `_is_flux2_model`): a text input wider than T5's
+/// 4096 (Qwen3 states, 3 × hidden: 7680 for klein 4B, 12288 for klein 9B), or 128 packed
+/// latent input features (32 latent channels; FLUX.1 has 64). Returns the variant and why.
+fn flux2_widths(sd: &StateDict, prefix: &str) -> Option<(Flux2VariantType, String)> {
+    for key in ["txt_in.weight", "context_embedder.weight"] {
+        let k = format!("{prefix}{key}");
+        if let Some(w) = dim(sd, &k, 1)
+            && w > 4096
+        {
+            let v = if w == 12288 {
+                Flux2VariantType::Klein9B
+            } else {
+                Flux2VariantType::Klein4B
+            };
+            return Some((
+                v,
+                format!("`{k}` takes {w} features (Qwen3 text states) → flux2 {v}"),
+            ));
+        }
+    }
+    let k = format!("{prefix}img_in.weight");
+    (dim(sd, &k, 1) == Some(128)).then(|| {
+        (
+            Flux2VariantType::Klein4B,
+            format!("`{k}` takes 128 features (32 latent channels) → flux2, klein_4b by InvokeAI's default"),
+        )
+    })
+}
+
+fn main_flux2(sd: &StateDict, container: Container) -> Option<Finding> {
+    let prefix = ["", "model.diffusion_model."].into_iter().find(|p| {
+        sd.tensors
+            .contains_key(&format!("{p}double_blocks.0.img_attn.qkv.weight"))
+    })?;
+    let (variant, why) = flux2_widths(sd, prefix)?;
+    let mut f = Finding::new(T::Main, B::Flux2, container_format(container));
+    f.evidence.push(format!(
+        "keys `{prefix}double_blocks.*`: BFL transformer → main"
+    ));
+    f.evidence.push(why);
+    f.variant = Some(variant.into());
+    Some(f)
+}
+
+const LORA_SUFFIXES: [&str; 5] = [
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".dora_scale",
+];
+
+fn has_lora_suffix(sd: &StateDict) -> bool {
+    sd.tensors
+        .keys()
+        .any(|k| LORA_SUFFIXES.iter().any(|s| k.ends_with(s)))
+}
+
+/// Z-Image's S3-DiT (InvokeAI's `_has_z_image_keys`): a caption embedder, context refiner or
+/// caption pad token, bare or under `model.diffusion_model.`, and no LoRA keys.
+fn main_z_image(sd: &StateDict, container: Container) -> Option<Finding> {
+    let k = any_key(sd, |k| {
+        k.split('.')
+            .any(|part| matches!(part, "cap_embedder" | "context_refiner" | "cap_pad_token"))
+    })?
+    .to_owned();
+    if has_lora_suffix(sd) {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::ZImage, container_format(container));
+    f.evidence
+        .push(format!("key `{k}`: Z-Image S3-DiT → main z-image"));
+    // A single file does not say whether it is the distilled Turbo; InvokeAI assumes it.
+    f.variant = Some(ZImageVariantType::Turbo.into());
+    f.evidence
+        .push("variant turbo: InvokeAI's default for single-file Z-Image".into());
+    Some(f)
+}
+
+/// Qwen-Image's transformer (InvokeAI's `_has_qwen_image_keys`): `img_in`, `txt_in` and
+/// `txt_norm`, and no FLUX `context_embedder`.
+fn main_qwen_image(sd: &StateDict, container: Container) -> Option<Finding> {
+    let p = ["", "model.diffusion_model."]
+        .into_iter()
+        .find(|p| has_prefix(sd, &format!("{p}txt_norm.")))?;
+    if !(has_prefix(sd, &format!("{p}txt_in.")) && has_prefix(sd, &format!("{p}img_in.")))
+        || any_key(sd, |k| k.contains("context_embedder")).is_some()
+        || has_lora_suffix(sd)
+    {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::QwenImage, container_format(container));
+    f.evidence.push(format!(
+        "keys `{p}img_in.*`, `{p}txt_in.*`, `{p}txt_norm.*`: Qwen-Image transformer → main qwen-image"
+    ));
+    Some(f)
+}
+
+/// The LLM-adapter and Cosmos-DiT prefixes of Anima checkpoints (bare, `net.`, ComfyUI's
+/// `model.diffusion_model.`).
+fn anima_keys<'a>(sd: &'a StateDict<'_>) -> Option<(&'a str, &'a str)> {
+    const PRE: [&str; 3] = ["", "net.", "model.diffusion_model."];
+    let adapter = PRE
+        .iter()
+        .find_map(|p| first_with_prefix(sd, &format!("{p}llm_adapter.")))?;
+    let dit = PRE.iter().find_map(|p| {
+        ["blocks.", "t_embedder.", "x_embedder.", "final_layer."]
+            .iter()
+            .find_map(|c| first_with_prefix(sd, &format!("{p}{c}")))
+    })?;
+    Some((adapter, dit))
+}
+
+fn main_anima(sd: &StateDict, container: Container) -> Option<Finding> {
+    let (adapter, dit) = anima_keys(sd)?;
+    if has_lora_suffix(sd) {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::Anima, container_format(container));
+    f.evidence.push(format!(
+        "keys `{adapter}` (LLM adapter) and `{dit}` (Cosmos DiT) → main anima"
+    ));
+    Some(f)
+}
+
+/// A Qwen3 text encoder in one file (InvokeAI's `Qwen3Encoder_Checkpoint_Config`), its
+/// variant from the token embedding's width. Anima/Cosmos checkpoints, whose LLM adapter has
+/// the same attention names, are excluded before any width is read.
+fn qwen3_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
+    if anima_keys(sd).is_some() {
+        return None;
+    }
+    let embed = ["model.embed_tokens.weight", "token_embd.weight"]
+        .into_iter()
+        .find(|k| sd.tensors.contains_key(k));
+    let layer =
+        first_with_prefix(sd, "model.layers.0.").or_else(|| first_with_prefix(sd, "blk.0."));
+    let marker = embed.or(layer)?.to_owned();
+    if container == Container::Gguf
+        && sd
+            .metadata
+            .get("general.architecture")
+            .is_some_and(|a| a != "qwen3")
+    {
+        return None;
+    }
+    let format = if container == Container::Gguf {
+        F::GgufQuantized
+    } else {
+        F::Checkpoint
+    };
+    let mut f = Finding::new(T::Qwen3Encoder, B::Any, format);
+    f.evidence.push(format!(
+        "key `{marker}`: Qwen3 language model → qwen3_encoder"
+    ));
+    let width = embed.and_then(|k| dim(sd, k, 1));
+    let v = match width {
+        Some(1024) => Qwen3VariantType::Qwen3_06B,
+        Some(4096) => Qwen3VariantType::Qwen3_8B,
+        _ => Qwen3VariantType::Qwen3_4B,
+    };
+    f.evidence.push(match width {
+        Some(w @ (1024 | 2560 | 4096)) => format!("hidden size {w} → {v}"),
+        Some(w) => format!("hidden size {w}: {v} by InvokeAI's default"),
+        None => format!("no token embedding: {v} by InvokeAI's default"),
+    });
+    f.variant = Some(v.into());
+    Some(f)
+}
+
 fn main_sd3(sd: &StateDict, container: Container) -> Option<Finding> {
     let k = any_key(sd, |k| {
         k.starts_with("joint_blocks.0.") || k.starts_with("model.diffusion_model.joint_blocks.0.")
@@ -676,6 +1022,18 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
     if let Some((b, why)) = base_from_metadata(sd) {
         f.base = b;
         f.evidence.push(why);
+        return Some(f);
+    }
+    if sd.tensors.contains_key("bn.running_mean") || latent == Some(32) {
+        f.base = B::Flux2;
+        f.evidence.push(format!(
+            "{} → flux2 autoencoder",
+            if latent == Some(32) {
+                "32 latent channels"
+            } else {
+                "BatchNorm `bn.running_mean` over the packed latents"
+            }
+        ));
         return Some(f);
     }
     match latent {

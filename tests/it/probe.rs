@@ -790,6 +790,12 @@ fn newer_families_are_identified() {
                     r.format.as_str(),
                     r.variant.map(|v| v.to_string()),
                 );
+                let mut raw = r.to_raw_config();
+                raw.path = Some(c.path.display().to_string());
+                raw.hash = Some("blake3:00".into());
+                if let Err(e) = AnyModelConfig::from_raw(&raw) {
+                    failures.push(format!("{}: record: {e}", c.name));
+                }
                 let want = (c.model_type, c.base, c.format, variant.map(str::to_owned));
                 if got != want {
                     failures.push(format!(

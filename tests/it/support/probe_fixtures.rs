@@ -1570,7 +1570,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         &json!({"architectures": ["CLIPTextModel"], "hidden_size": 768, "model_type": "clip_text_model"}),
     );
     touch(&d.join("model.safetensors"), b"clipt");
-    cases.push(case("clip embed", d, "clip_embed", "any", "diffusers"));
+    cases.push(case("clip embed", d, "clip_embed", "any", "diffusers").main("large", None));
     let d = p("t5-v1_1-xxl");
     write_json(
         &d.join("text_encoder_2/config.json"),
