@@ -335,6 +335,24 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     f.evidence
         .push(format!("key `{k}`: {style} → lora.{format}"));
 
+    // Anima's Cosmos DiT and LLM adapter, before any width below is read: the adapter's
+    // 1024-wide attention would pass for an SD 2.x text encoder.
+    if let Some(k) = any_key(sd, |k| {
+        let m = k
+            .strip_prefix("diffusion_model.")
+            .or_else(|| k.strip_prefix("net."))
+            .unwrap_or(k);
+        m.starts_with("llm_adapter.")
+            || (m.starts_with("blocks.")
+                && (m.contains(".self_attn.") || m.contains(".cross_attn."))
+                && m.contains("_proj."))
+    }) {
+        f.base = B::Anima;
+        f.evidence.push(format!(
+            "key `{k}`: Cosmos DiT / LLM adapter of Anima → anima"
+        ));
+        return Some(f);
+    }
     // Z-Image's S3-DiT layers (InvokeAI's Z-Image LoRA rule).
     if let Some(k) = first_with_prefix(sd, "diffusion_model.layers.") {
         f.base = B::ZImage;

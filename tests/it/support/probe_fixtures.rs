@@ -2545,6 +2545,24 @@ pub fn anima_keys() -> Keys {
     ]
 }
 
+/// An Anima LoRA (peft on the Cosmos DiT and the LLM adapter; diffusion-pipe naming): the
+/// adapter's attention is 1024 wide, an SD 2.x text encoder's width.
+pub fn anima_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for (m, w) in [
+        (
+            "diffusion_model.llm_adapter.blocks.0.self_attn.k_proj",
+            1024,
+        ),
+        ("diffusion_model.blocks.0.self_attn.q_proj", 2048),
+        ("diffusion_model.blocks.0.cross_attn.k_proj", 1024),
+    ] {
+        v.push(k(format!("{m}.lora_A.weight"), &[4, w]));
+        v.push(k(format!("{m}.lora_B.weight"), &[2048, 4]));
+    }
+    v
+}
+
 /// A Qwen3-4B text encoder as one file (qwen_3_4b.safetensors, Z-Image's encoder): hidden
 /// 2560 from the token embedding (vocabulary cut to 8 rows).
 pub fn qwen3_4b_keys() -> Keys {
@@ -2669,6 +2687,15 @@ pub fn newer_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
         "main",
         "anima",
         "checkpoint",
+        None,
+    );
+    add(
+        "anima-style-lora.safetensors",
+        anima_lora_keys(),
+        "Anima LoRA",
+        "lora",
+        "anima",
+        "lycoris",
         None,
     );
     add(
