@@ -337,16 +337,21 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
 
     // Anima's Cosmos DiT and LLM adapter, before any width below is read: the adapter's
     // 1024-wide attention would pass for an SD 2.x text encoder.
-    if let Some(k) = any_key(sd, |k| {
-        let m = k
-            .strip_prefix("diffusion_model.")
-            .or_else(|| k.strip_prefix("net."))
-            .unwrap_or(k);
-        m.starts_with("llm_adapter.")
-            || (m.starts_with("blocks.")
-                && (m.contains(".self_attn.") || m.contains(".cross_attn."))
-                && m.contains("_proj."))
-    }) {
+    let maybe_anima = ["diffusion_model.", "net.", ""].iter().any(|p| {
+        has_prefix(sd, &format!("{p}blocks.")) || has_prefix(sd, &format!("{p}llm_adapter."))
+    });
+    if maybe_anima
+        && let Some(k) = any_key(sd, |k| {
+            let m = k
+                .strip_prefix("diffusion_model.")
+                .or_else(|| k.strip_prefix("net."))
+                .unwrap_or(k);
+            m.starts_with("llm_adapter.")
+                || (m.starts_with("blocks.")
+                    && (m.contains(".self_attn.") || m.contains(".cross_attn."))
+                    && m.contains("_proj."))
+        })
+    {
         f.base = B::Anima;
         f.evidence.push(format!(
             "key `{k}`: Cosmos DiT / LLM adapter of Anima → anima"
@@ -594,7 +599,9 @@ fn flux2_lora(sd: &StateDict) -> Option<(Option<Flux2VariantType>, String)> {
 }
 
 fn ip_adapter(sd: &StateDict, _: Container) -> Option<Finding> {
-    if let Some(k) = any_key(sd, |k| k.contains("ip_adapter_double_stream")) {
+    if has_prefix(sd, "double_blocks.")
+        && let Some(k) = any_key(sd, |k| k.contains("ip_adapter_double_stream"))
+    {
         let mut f = Finding::new(T::IpAdapter, B::Flux, F::Checkpoint);
         f.evidence
             .push(format!("key `{k}`: XLabs flux IP-Adapter → flux"));
@@ -623,13 +630,15 @@ fn ip_adapter(sd: &StateDict, _: Container) -> Option<Finding> {
 }
 
 fn controlnet(sd: &StateDict, _: Container) -> Option<Finding> {
-    let marker = any_key(sd, |k| {
-        k.starts_with("control_model.")
-            || k.starts_with("controlnet_cond_embedding.")
-            || k.starts_with("controlnet_down_blocks.")
-            || k.starts_with("controlnet_blocks.")
-            || k.starts_with("input_hint_block.")
-    })?
+    let marker = [
+        "control_model.",
+        "controlnet_cond_embedding.",
+        "controlnet_down_blocks.",
+        "controlnet_blocks.",
+        "input_hint_block.",
+    ]
+    .into_iter()
+    .find_map(|p| first_with_prefix(sd, p))?
     .to_owned();
     let mut f = Finding::new(T::ControlNet, B::Unknown, F::Checkpoint);
     f.evidence.push(format!("key `{marker}`: ControlNet"));
@@ -713,11 +722,13 @@ fn textual_inversion(sd: &StateDict, _: Container) -> Option<Finding> {
 
 fn main_sd(sd: &StateDict, container: Container) -> Option<Finding> {
     const P_: &str = "model.diffusion_model.";
-    let marker = any_key(sd, |k| {
-        k.starts_with("model.diffusion_model.input_blocks.")
-            || k.starts_with("cond_stage_model.")
-            || k.starts_with("conditioner.embedders.")
-    })?
+    let marker = [
+        "model.diffusion_model.input_blocks.",
+        "cond_stage_model.",
+        "conditioner.embedders.",
+    ]
+    .into_iter()
+    .find_map(|p| first_with_prefix(sd, p))?
     .to_owned();
     if has_prefix(sd, "model.diffusion_model.double_blocks.")
         || has_prefix(sd, "model.diffusion_model.joint_blocks.")
@@ -896,11 +907,14 @@ fn has_lora_suffix(sd: &StateDict) -> bool {
 /// Z-Image's S3-DiT (InvokeAI's `_has_z_image_keys`): a caption embedder, context refiner or
 /// caption pad token, bare or under `model.diffusion_model.`, and no LoRA keys.
 fn main_z_image(sd: &StateDict, container: Container) -> Option<Finding> {
-    let k = any_key(sd, |k| {
-        k.split('.')
-            .any(|part| matches!(part, "cap_embedder" | "context_refiner" | "cap_pad_token"))
-    })?
-    .to_owned();
+    // Prefix lookups, not a scan of every name: this rule runs on every file.
+    let k = ["", "model.diffusion_model."]
+        .iter()
+        .flat_map(|p| {
+            ["cap_embedder.", "context_refiner.", "cap_pad_token"].map(move |n| format!("{p}{n}"))
+        })
+        .find_map(|n| first_with_prefix(sd, &n))?
+        .to_owned();
     if has_lora_suffix(sd) {
         return None;
     }
@@ -1006,10 +1020,10 @@ fn qwen3_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
 }
 
 fn main_sd3(sd: &StateDict, container: Container) -> Option<Finding> {
-    let k = any_key(sd, |k| {
-        k.starts_with("joint_blocks.0.") || k.starts_with("model.diffusion_model.joint_blocks.0.")
-    })?
-    .to_owned();
+    let k = ["joint_blocks.0.", "model.diffusion_model.joint_blocks.0."]
+        .into_iter()
+        .find_map(|p| first_with_prefix(sd, p))?
+        .to_owned();
     let mut f = Finding::new(T::Main, B::StableDiffusion3, container_format(container));
     f.variant = Some(V::Normal.into());
     f.evidence
