@@ -1,7 +1,8 @@
 //! `probe`, `hash`, `scan`.
 //!
 //! JSON shapes (`-o json`): `probe` prints the [`ProbeResult`] object (an array of them when
-//! several paths are given); `hash` prints `{"path", "algorithm", "hash"}`; `scan` prints the
+//! several paths are given), whose `candidates` list every rule that matched (the winner first,
+//! `winner: true`) and `decision` says why it won; `hash` prints `{"path", "algorithm", "hash"}`; `scan` prints the
 //! [`ScanReport`] object with `path` added.
 
 use std::io::Write;
@@ -52,11 +53,12 @@ fn print_probe_text(
     writeln!(out, "  base:       {}", r.base)?;
     if !r.base_candidates.is_empty() {
         let c: Vec<&str> = r.base_candidates.iter().map(|b| b.as_str()).collect();
-        writeln!(
-            out,
-            "  candidates: {} (the first is the fallback; set config.base)",
-            c.join(", ")
-        )?;
+        let note = if r.base_is_guessed() {
+            "base guessed; set config.base to be sure"
+        } else {
+            "set config.base"
+        };
+        writeln!(out, "  candidates: {} ({note})", c.join(", "))?;
     }
     writeln!(out, "  format:     {}", r.format)?;
     if let Some(v) = r.variant {
@@ -91,6 +93,15 @@ fn print_probe_text(
             writeln!(out, "    {} {}.{} in {}", g.class, g.module, g.name, g.file)?;
         }
     }
+    if r.candidates.len() > 1 {
+        let c: Vec<String> = r
+            .candidates
+            .iter()
+            .map(|c| format!("{} ({} {})", c.rule, c.model_type, c.base))
+            .collect();
+        writeln!(out, "  rules:      {}", c.join(", "))?;
+    }
+    writeln!(out, "  decision:   {}", r.decision)?;
     writeln!(out, "  evidence:")?;
     for e in &r.evidence {
         writeln!(out, "    - {e}")?;

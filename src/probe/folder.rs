@@ -10,8 +10,9 @@ use serde_json::Value;
 use super::{Finding, ProbeError, probe_weight_file};
 use crate::config::SubmodelDefinition;
 use crate::taxonomy::{
-    BaseModelType as B, FluxVariantType, ModelFormat as F, ModelRepoVariant as RV, ModelType as T,
-    ModelVariantType as V, SchedulerPredictionType as P, SubModelType as S,
+    BaseModelType as B, ClipVariantType, FluxVariantType, Krea2VariantType, ModelFormat as F,
+    ModelRepoVariant as RV, ModelType as T, ModelVariantType as V, SchedulerPredictionType as P,
+    SubModelType as S, ZImageVariantType,
 };
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Map<String, Value>>, ProbeError> {
@@ -150,12 +151,18 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
     Ok(f)
 }
 
-/// The file variant from weight file names (`*.fp16.safetensors` …) anywhere under `dir`.
+/// The file variant from weight file names (`*.fp16.safetensors` …) anywhere under `dir`:
+/// fp16 as soon as any weight file carries `.fp16.` (a repo that ships both keeps unlabelled
+/// fp32 weights beside the fp16 ones, and InvokeAI records such a download as fp16), else the
+/// one tag all files share, else the default.
 fn repo_variant(dir: &Path) -> Option<RV> {
     let mut tags = Vec::new();
     collect_variant_tags(dir, 0, &mut tags);
     if tags.is_empty() {
         return None;
+    }
+    if tags.contains(&RV::Fp16) {
+        return Some(RV::Fp16);
     }
     let first = tags[0];
     Some(if tags.iter().all(|t| *t == first) {
@@ -236,12 +243,27 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         "model_index.json: pipeline `{class}` → main diffusers"
     ));
     let is = |p: &str| class.starts_with(p);
-    if is("Flux") {
-        f.base = B::Flux;
-        f.evidence.push(format!("`{class}` → flux"));
+    // Pipelines whose class names the base (InvokeAI's `raise_for_class_name` sets).
+    let named = if is("Flux2") {
+        Some(B::Flux2)
+    } else if is("Flux") {
+        Some(B::Flux)
     } else if is("StableDiffusion3") {
-        f.base = B::StableDiffusion3;
-        f.evidence.push(format!("`{class}` → sd-3"));
+        Some(B::StableDiffusion3)
+    } else if is("ZImage") {
+        Some(B::ZImage)
+    } else if is("QwenImage") {
+        Some(B::QwenImage)
+    } else if is("Krea2") {
+        Some(B::Krea2)
+    } else if is("CogView4") {
+        Some(B::CogView4)
+    } else {
+        None
+    };
+    if let Some(b) = named {
+        f.base = b;
+        f.evidence.push(format!("`{class}` → {b}"));
     }
     // The denoiser's config decides the SD family and the variant.
     for comp in ["unet", "transformer"] {
@@ -263,7 +285,17 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 }
             }
         }
-        if let Some(c) = u(&cfg, "in_channels") {
+        let sd_family = matches!(
+            f.base,
+            B::Unknown
+                | B::StableDiffusion1
+                | B::StableDiffusion2
+                | B::StableDiffusionXL
+                | B::StableDiffusionXLRefiner
+                | B::Flux
+                | B::StableDiffusion3
+        );
+        if let Some(c) = u(&cfg, "in_channels").filter(|_| sd_family) {
             let v = match (f.base, c) {
                 (B::Flux, 384) => V::Inpaint,
                 (B::Flux | B::StableDiffusion3, _) => V::Normal,
@@ -297,8 +329,36 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         f.variant = Some(V::Depth.into());
         f.evidence.push(format!("`{class}` → depth"));
     }
-    if f.variant.is_none() {
-        f.variant = Some(V::Normal.into());
+    let sched = read_json(&dir.join("scheduler").join("scheduler_config.json"))?;
+    match f.base {
+        B::ZImage => {
+            // InvokeAI: the undistilled base runs with shift 6, Turbo with 3 (the default).
+            let shift = sched
+                .as_ref()
+                .and_then(|s| f64_of(s, "shift"))
+                .unwrap_or(3.0);
+            let v = if shift >= 5.0 {
+                ZImageVariantType::ZBase
+            } else {
+                ZImageVariantType::Turbo
+            };
+            f.evidence.push(format!("scheduler shift {shift} → {v}"));
+            f.variant = Some(v.into());
+        }
+        B::Krea2 => {
+            let distilled = index.get("is_distilled").and_then(Value::as_bool) == Some(true);
+            let v = if distilled {
+                Krea2VariantType::Turbo
+            } else {
+                Krea2VariantType::Base
+            };
+            f.evidence
+                .push(format!("model_index.json is_distilled {distilled} → {v}"));
+            f.variant = Some(v.into());
+        }
+        B::Flux2 | B::QwenImage | B::CogView4 | B::Anima => {}
+        _ if f.variant.is_none() => f.variant = Some(V::Normal.into()),
+        _ => {}
     }
     if f.base == B::Unknown {
         f.evidence.push(
@@ -306,7 +366,7 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 .into(),
         );
     }
-    if let Some(s) = read_json(&dir.join("scheduler").join("scheduler_config.json"))? {
+    if let Some(s) = sched {
         match s.get("prediction_type").and_then(Value::as_str) {
             Some(p) => match p.parse::<P>() {
                 Ok(p) => {
@@ -315,7 +375,15 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 }
                 Err(e) => f.evidence.push(format!("scheduler: {e}")),
             },
-            None if f.base != B::Flux && f.base != B::StableDiffusion3 => {
+            None if matches!(
+                f.base,
+                B::Unknown
+                    | B::StableDiffusion1
+                    | B::StableDiffusion2
+                    | B::StableDiffusionXL
+                    | B::StableDiffusionXLRefiner
+            ) =>
+            {
                 f.prediction_type = Some(P::Epsilon);
             }
             None => {}
@@ -374,6 +442,22 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
     Ok(f)
 }
 
+/// Whether a name says SDXL: InvokeAI's `/xl\b/i` (`sdxl-vae`, `taesdxl`, `taesdxl-fp16`).
+fn name_says_xl(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    l.match_indices("xl").any(|(i, _)| {
+        l[i + 2..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    })
+}
+
+/// A diffusers VAE's base. InvokeAI's order: the config (`scaling_factor` 0.13025 with
+/// `sample_size` 512 or 1024 is Stability's SDXL VAE), then the folder name (`/xl\b/`), then
+/// sd-1. Before that, what InvokeAI has no diffusers class for but the config says plainly:
+/// 16 latent channels (FLUX.1, or SD3 by its scaling factor) and the tiny autoencoders of
+/// other families by their repo names.
 fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &mut Finding) {
     let latent = u(cfg, "latent_channels");
     let scaling = f64_of(cfg, "scaling_factor");
@@ -383,15 +467,10 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let decided = if class == "AutoencoderTiny" {
-        // Tiny autoencoders share one config; their canonical repo names tell them apart.
-        match folder.as_str() {
-            "taesd" => Some((B::StableDiffusion1, "folder name `taesd`".to_owned())),
-            "taesdxl" => Some((B::StableDiffusionXL, "folder name `taesdxl`".to_owned())),
-            "taesd3" => Some((B::StableDiffusion3, "folder name `taesd3`".to_owned())),
-            "taef1" => Some((B::Flux, "folder name `taef1`".to_owned())),
-            _ => None,
-        }
+    let decided = if class == "AutoencoderTiny" && folder.starts_with("taesd3") {
+        Some((B::StableDiffusion3, format!("folder name `{folder}`")))
+    } else if class == "AutoencoderTiny" && folder.starts_with("taef1") {
+        Some((B::Flux, format!("folder name `{folder}`")))
     } else if latent == Some(16) {
         if near(scaling, 1.5305) {
             Some((
@@ -407,20 +486,18 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
                 ),
             ))
         }
-    } else if near(scaling, 0.13025) {
-        Some((B::StableDiffusionXL, "scaling_factor 0.13025".to_owned()))
-    } else if near(scaling, 0.18215) && sample == Some(768) {
+    } else if near(scaling, 0.13025) && matches!(sample, Some(512 | 1024)) {
         Some((
-            B::StableDiffusion2,
-            "scaling_factor 0.18215, sample_size 768".to_owned(),
-        ))
-    } else if near(scaling, 0.18215) {
-        Some((
-            B::StableDiffusion1,
+            B::StableDiffusionXL,
             format!(
-                "scaling_factor 0.18215, sample_size {}",
+                "scaling_factor 0.13025, sample_size {}",
                 sample.unwrap_or(0)
             ),
+        ))
+    } else if name_says_xl(&folder) {
+        Some((
+            B::StableDiffusionXL,
+            format!("folder name `{folder}` matches /xl\\b/"),
         ))
     } else {
         None
@@ -429,10 +506,14 @@ fn vae_base(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>, f: &m
         f.base = b;
         f.evidence.push(format!("{why} → {b}"));
     } else {
+        // InvokeAI's fallback for a diffusers VAE whose config and name say nothing.
+        f.base = B::StableDiffusion1;
         f.base_candidates = vec![B::StableDiffusion1, B::StableDiffusionXL];
-        f.evidence.push(
-            "VAE config does not tell sd-1 from sdxl: ambiguous between sd-1 and sdxl; set config.base".into(),
-        );
+        f.evidence.push(format!(
+            "config (scaling_factor {}, sample_size {}) and name do not tell sd-1 from sdxl: sd-1 by InvokeAI's fallback; set config.base if it is sdxl",
+            scaling.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+            sample.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+        ));
     }
 }
 
@@ -522,6 +603,14 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
             }
             f
         }
+        "CLIPModel" if cfg.get("vision_config").is_some_and(Value::is_object) => {
+            let mut f = Finding::new(T::ClipVision, B::Any, F::Diffusers);
+            f.evidence.push(
+                "config.json `CLIPModel` with a vision_config → clip_vision (its vision tower)"
+                    .into(),
+            );
+            f
+        }
         "CLIPVisionModelWithProjection" | "CLIPVisionModel" => {
             let mut f = Finding::new(T::ClipVision, B::Any, F::Diffusers);
             f.evidence
@@ -532,6 +621,32 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
             let mut f = Finding::new(T::ClipEmbed, B::Any, F::Diffusers);
             f.evidence
                 .push(format!("config.json `{class}` → clip_embed"));
+            // InvokeAI's `get_clip_variant_type_from_config`: ViT-L's 768, ViT-bigG's 1280.
+            match u(cfg, "hidden_size") {
+                Some(768) => f.variant = Some(ClipVariantType::Large.into()),
+                Some(1280) => f.variant = Some(ClipVariantType::Gigantic.into()),
+                _ => {}
+            }
+            match f.variant {
+                Some(v) => f.evidence.push(format!(
+                    "hidden_size {} → {v}",
+                    u(cfg, "hidden_size").unwrap_or_default()
+                )),
+                None => f
+                    .evidence
+                    .push("hidden_size is neither 768 nor 1280: CLIP variant unknown".into()),
+            }
+            f
+        }
+        "SiglipModel" => {
+            let mut f = Finding::new(T::SigLip, B::Any, F::Diffusers);
+            f.evidence.push("config.json `SiglipModel` → siglip".into());
+            f
+        }
+        "AutoencoderKLFlux2" => {
+            let mut f = Finding::new(T::Vae, B::Flux2, F::Diffusers);
+            f.evidence
+                .push("config.json `AutoencoderKLFlux2` → vae flux2".into());
             f
         }
         "T5EncoderModel" => {
@@ -548,6 +663,9 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
             return f;
         }
     };
+    // Every diffusers component keeps its repo variant. InvokeAI's diffusers-VAE classes drop
+    // it (they never call `_get_repo_variant_or_raise`), so an fp16-only VAE folder records as
+    // the default variant there and its loader then asks for files that are not on disk.
     if f.format == F::Diffusers {
         f.repo_variant = repo_variant(dir);
         if let Some(rv) = f.repo_variant {

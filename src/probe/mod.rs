@@ -70,9 +70,9 @@ pub struct ProbeResult {
     /// InvokeAI's legacy config name for checkpoints where it matters (flux: `flux-dev`,
     /// `flux-schnell`, `flux-dev-fill`), or the override.
     pub config_path: Option<String>,
-    /// When the weights fit several bases equally (SD 1.x vs SDXL VAEs), the candidates, the
-    /// fallback first; `base` is then the fallback (InvokeAI's rule for the type) and a
-    /// warning says so. A `base` override settles it and empties this.
+    /// When the weights fit several bases equally (SD 1.x vs SDXL VAEs), the candidates; `base`
+    /// is then InvokeAI's pick for the type (by name, else its fallback, the first candidate)
+    /// and a warning says so. A `base` override settles it and empties this.
     pub base_candidates: Vec<BaseModelType>,
     /// Why: which key, width or config value decided each field.
     pub evidence: Vec<String>,
@@ -81,6 +81,27 @@ pub struct ProbeResult {
     /// Pickle safety scan of pickle checkpoints (None for safetensors, GGUF, folders without
     /// pickles). The installer refuses `dangerous` unless the entry allows it.
     pub pickle_scan: Option<ScanReport>,
+    /// Every rule that matched, best first (the first is the winner, unless a `type` override
+    /// picked another); empty when none did. As InvokeAI's factory, all rules run.
+    pub candidates: Vec<Candidate>,
+    /// Why the winner won (`only `lora` matched`, `main_sd` wins over `lora`: …).
+    pub decision: String,
+}
+
+/// One rule that matched, as `probe -o json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    /// The rule's name (`lora`, `main_flux`, `diffusers_pipeline`, …).
+    pub rule: String,
+    /// What the rule says the model is.
+    #[serde(rename = "type")]
+    pub model_type: ModelType,
+    pub base: BaseModelType,
+    pub format: ModelFormat,
+    /// Whether this candidate is the result.
+    pub winner: bool,
+    /// The rule's first piece of evidence.
+    pub because: String,
 }
 
 /// A probe that could not be done.
@@ -351,6 +372,12 @@ pub(crate) struct Finding {
     pub pickle_scan: Option<ScanReport>,
     /// Whether the type rests on unmistakable keys (a type override may not contradict it).
     pub strong: bool,
+    /// The rule that produced this finding.
+    pub rule: &'static str,
+    /// Why this finding won over `others`.
+    pub decision: String,
+    /// The other rules that matched, best first.
+    pub others: Vec<Finding>,
 }
 
 impl Finding {
@@ -370,7 +397,18 @@ impl Finding {
             warnings: Vec::new(),
             pickle_scan: None,
             strong: model_type != ModelType::Unknown,
+            rule: "",
+            decision: String::new(),
+            others: Vec::new(),
         }
+    }
+
+    /// Evidence about the file itself, true of every candidate.
+    pub(crate) fn push_file_evidence(&mut self, e: String) {
+        for o in &mut self.others {
+            o.evidence.push(e.clone());
+        }
+        self.evidence.push(e);
     }
 
     pub(crate) fn unknown(format: ModelFormat) -> Self {
@@ -401,7 +439,11 @@ pub fn probe_with_overrides(
         }
         (f, folder_size(path))
     } else {
-        (probe_weight_file(path)?, meta.len())
+        let mut f = probe_weight_file(path)?;
+        if let Some(n) = path.file_name() {
+            rules::vae_base_by_name(&mut f, &n.to_string_lossy());
+        }
+        (f, meta.len())
     };
     let name = if meta.is_dir() {
         path.file_name()
@@ -409,6 +451,8 @@ pub fn probe_with_overrides(
         path.file_stem()
     }
     .map_or_else(|| "model".to_owned(), |n| n.to_string_lossy().into_owned());
+    let finding = prefer_hinted_candidate(finding, overrides);
+    let (candidates, decision) = candidates_of(&finding);
     let mut r = ProbeResult {
         model_type: finding.model_type,
         base: finding.base,
@@ -426,6 +470,8 @@ pub fn probe_with_overrides(
         evidence: finding.evidence,
         warnings: finding.warnings,
         pickle_scan: finding.pickle_scan,
+        candidates,
+        decision,
     };
     apply_overrides(path, &mut r, finding.strong, meta.is_dir(), overrides)?;
     if r.base == BaseModelType::Unknown
@@ -440,11 +486,78 @@ pub fn probe_with_overrides(
         r.evidence
             .push(format!("ambiguous base → fallback `{fallback}`"));
         r.base = fallback;
+    } else if r.base_is_guessed() {
+        let all: Vec<String> = r.base_candidates.iter().map(|b| format!("`{b}`")).collect();
+        r.warnings.push(format!(
+            "the base of this {} model is ambiguous ({}); took `{}` by InvokeAI's rule; set `config: {{base: …}}` if it is another",
+            r.model_type,
+            all.join(" or "),
+            r.base
+        ));
     }
     if r.description.is_none() {
         r.description = Some(format!("{} {} model {}", r.base, r.model_type, r.name));
     }
     Ok(r)
+}
+
+/// A `type` override that names a losing candidate makes it the winner: the hint settles what
+/// the rules could not (InvokeAI lets overrides pick among matches, never force a non-match).
+fn prefer_hinted_candidate(
+    mut f: Finding,
+    overrides: &serde_json::Map<String, serde_json::Value>,
+) -> Finding {
+    let Some(hint) = overrides
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| s.parse::<ModelType>().ok())
+    else {
+        return f;
+    };
+    if f.model_type == hint {
+        return f;
+    }
+    let Some(i) = f.others.iter().position(|o| o.model_type == hint) else {
+        return f;
+    };
+    let mut others = std::mem::take(&mut f.others);
+    let mut chosen = others.remove(i);
+    chosen.decision = format!(
+        "`{}` chosen by the type override `{hint}` over `{}`",
+        chosen.rule, f.rule
+    );
+    chosen.pickle_scan = f.pickle_scan.take();
+    others.insert(0, f);
+    chosen.others = others;
+    chosen
+}
+
+/// The candidate list and decision of a finding (folder rules name one candidate).
+fn candidates_of(f: &Finding) -> (Vec<Candidate>, String) {
+    if f.model_type == ModelType::Unknown && f.others.is_empty() {
+        let d = if f.decision.is_empty() {
+            "no rule matched".to_owned()
+        } else {
+            f.decision.clone()
+        };
+        return (Vec::new(), d);
+    }
+    let one = |f: &Finding, winner: bool| Candidate {
+        rule: if f.rule.is_empty() { "folder" } else { f.rule }.to_owned(),
+        model_type: f.model_type,
+        base: f.base,
+        format: f.format,
+        winner,
+        because: f.evidence.first().cloned().unwrap_or_default(),
+    };
+    let mut v = vec![one(f, true)];
+    v.extend(f.others.iter().map(|o| one(o, false)));
+    let d = if f.decision.is_empty() {
+        format!("only `{}` matched", v[0].rule)
+    } else {
+        f.decision.clone()
+    };
+    (v, d)
 }
 
 fn parse_override<T: std::str::FromStr>(key: &str, v: &serde_json::Value) -> Result<T, ProbeError>
@@ -620,6 +733,12 @@ impl ProbeResult {
     pub fn base_is_ambiguous(&self) -> bool {
         !self.base_candidates.is_empty()
     }
+
+    /// Whether `base` is a guess among `base_candidates` (InvokeAI's name or fallback rule):
+    /// the installer records it and warns.
+    pub fn base_is_guessed(&self) -> bool {
+        self.base != BaseModelType::Unknown && !self.base_candidates.is_empty()
+    }
 }
 
 /// ` (dtypes: F16 ×570, F32 ×6)` — what the weights are stored as.
@@ -744,7 +863,7 @@ fn safetensors_finding(
     let buf = safetensors::read_header(path, file, head, len)?;
     let sd = safetensors::parse_header_json(path, &buf, len)?;
     let mut f = rules::classify(&sd, rules::Container::Safetensors);
-    f.evidence.push(format!(
+    f.push_file_evidence(format!(
         "safetensors header: {} tensors{}",
         sd.tensors.len(),
         dtype_summary(&sd)
@@ -788,13 +907,12 @@ fn pickle_finding(path: &Path, c: scan::PickleContents, what: &str) -> Result<Fi
         metadata: BTreeMap::new(),
     };
     let mut f = rules::classify(&sd, rules::Container::Pickle);
-    f.evidence.push(format!(
+    f.push_file_evidence(format!(
         "{what}: {} tensors{}",
         sd.tensors.len(),
         dtype_summary(&sd)
     ));
-    f.evidence
-        .push(format!("pickle scan: {}", c.report.verdict));
+    f.push_file_evidence(format!("pickle scan: {}", c.report.verdict));
     f.pickle_scan = Some(c.report);
     Ok(f)
 }
@@ -838,6 +956,8 @@ mod tests {
                 evidence: vec![],
                 warnings: vec![],
                 pickle_scan: None,
+                candidates: vec![],
+                decision: String::new(),
             };
             let mut raw = r.to_raw_config();
             raw.path = Some("/m".into());

@@ -7,8 +7,8 @@
 
 use super::{Finding, StateDict};
 use crate::taxonomy::{
-    BaseModelType as B, FluxVariantType, ModelFormat as F, ModelType as T, ModelVariantType as V,
-    SchedulerPredictionType as P,
+    BaseModelType as B, Flux2VariantType, FluxVariantType, ModelFormat as F, ModelType as T,
+    ModelVariantType as V, Qwen3VariantType, SchedulerPredictionType as P, ZImageVariantType,
 };
 
 /// Where the tensors came from (decides the format of main models and what else is possible).
@@ -85,7 +85,42 @@ fn dim(sd: &StateDict, key: &str, i: usize) -> Option<u64> {
     sd.tensors.get(key).and_then(|t| t.shape.get(i).copied())
 }
 
-/// Classifies a state dict.
+/// A rule: its name (shown in `probe -o json`) and its check.
+type Rule = (&'static str, fn(&StateDict, Container) -> Option<Finding>);
+
+/// Every rule for single files. As InvokeAI's factory does, all of them run and every match
+/// is a candidate; [`rank`] picks the winner.
+const RULES: &[Rule] = &[
+    ("control_lora", control_lora),
+    ("lora", lora),
+    ("ip_adapter", ip_adapter),
+    ("controlnet", controlnet),
+    ("textual_inversion", textual_inversion),
+    ("main_sd", main_sd),
+    ("main_flux", main_flux),
+    ("main_flux2", main_flux2),
+    ("main_sd3", main_sd3),
+    ("main_z_image", main_z_image),
+    ("main_qwen_image", main_qwen_image),
+    ("main_anima", main_anima),
+    ("vae", vae),
+    ("spandrel", spandrel),
+    ("qwen3_encoder", qwen3_encoder),
+];
+
+/// InvokeAI's `matches_sort_key`: main before LoRA before CLIP embed before the rest (a main
+/// checkpoint with merged LoRA keys is a main model); ties keep [`RULES`] order.
+fn rank(t: T) -> u8 {
+    match t {
+        T::Main => 0,
+        T::Lora => 1,
+        T::ClipEmbed => 2,
+        _ => 3,
+    }
+}
+
+/// Classifies a state dict: runs every rule, keeps the matches as candidates, and returns the
+/// best-ranked one with the others recorded.
 pub(crate) fn classify(sd: &StateDict, container: Container) -> Finding {
     if sd.tensors.is_empty() {
         let mut f = Finding::unknown(container_format(container));
@@ -93,25 +128,48 @@ pub(crate) fn classify(sd: &StateDict, container: Container) -> Finding {
         return f;
     }
     if container == Container::Gguf {
-        return gguf(sd);
+        let mut f = gguf(sd);
+        f.decision = if f.model_type == T::Unknown {
+            "no rule matched".into()
+        } else {
+            format!("only `{}` matched", f.rule)
+        };
+        return f;
     }
-    let checks: [fn(&StateDict, Container) -> Option<Finding>; 9] = [
-        control_lora,
-        lora,
-        ip_adapter,
-        controlnet,
-        textual_inversion,
-        main_sd,
-        main_flux,
-        main_sd3,
-        vae,
-    ];
-    for check in checks {
-        if let Some(f) = check(sd, container) {
-            return f;
+    let mut matched: Vec<Finding> = RULES
+        .iter()
+        .filter_map(|(name, check)| {
+            check(sd, container).map(|mut f| {
+                f.rule = name;
+                f
+            })
+        })
+        .collect();
+    if matched.is_empty() {
+        let mut f = unknown(sd, container);
+        f.decision = "no rule matched".into();
+        return f;
+    }
+    matched.sort_by_key(|f| rank(f.model_type));
+    let mut rest = matched.split_off(1);
+    let mut winner = matched.pop().unwrap_or_else(|| unknown(sd, container));
+    winner.decision = match rest.as_slice() {
+        [] => format!("only `{}` matched", winner.rule),
+        others => {
+            let names: Vec<String> = others.iter().map(|f| format!("`{}`", f.rule)).collect();
+            let why = if rank(winner.model_type) < rank(others[0].model_type) {
+                format!(
+                    "{} outranks {} (InvokeAI's order: main, lora, clip_embed, the rest)",
+                    winner.model_type, others[0].model_type
+                )
+            } else {
+                "same rank, first in rule order".to_owned()
+            };
+            format!("`{}` wins over {}: {why}", winner.rule, names.join(", "))
         }
-    }
-    unknown(sd, container)
+    };
+    winner.others.append(&mut rest);
+    winner
 }
 
 fn container_format(c: Container) -> F {
@@ -123,10 +181,26 @@ fn container_format(c: Container) -> F {
 
 fn gguf(sd: &StateDict) -> Finding {
     let arch = sd.metadata.get("general.architecture").cloned();
-    if let Some(mut f) = main_flux(sd, Container::Gguf)
-        .or_else(|| main_sd3(sd, Container::Gguf))
-        .or_else(|| main_sd(sd, Container::Gguf))
-    {
+    let found = [
+        (
+            "main_flux",
+            main_flux as fn(&StateDict, Container) -> Option<Finding>,
+        ),
+        ("main_flux2", main_flux2),
+        ("main_sd3", main_sd3),
+        ("main_sd", main_sd),
+        ("main_z_image", main_z_image),
+        ("main_qwen_image", main_qwen_image),
+        ("qwen3_encoder", qwen3_encoder),
+    ]
+    .into_iter()
+    .find_map(|(name, check)| {
+        check(sd, Container::Gguf).map(|mut f| {
+            f.rule = name;
+            f
+        })
+    });
+    if let Some(mut f) = found {
         f.format = F::GgufQuantized;
         if let Some(a) = arch {
             f.evidence
@@ -145,6 +219,14 @@ fn gguf(sd: &StateDict) -> Finding {
 }
 
 fn control_lora(sd: &StateDict, _: Container) -> Option<Finding> {
+    if is_flux_control_lora(sd) {
+        let mut f = Finding::new(T::ControlLora, B::Flux, F::Lycoris);
+        f.evidence.push(format!(
+            "key `img_in.lora_A.weight` takes 128 input features into 3072: FLUX Control LoRA → control_lora flux ({} tensors, all peft lora_A/lora_B/scale)",
+            sd.tensors.len()
+        ));
+        return Some(f);
+    }
     let k = first_with_prefix(sd, "lora_controlnet")?.to_owned();
     let mut f = Finding::new(T::ControlLora, B::Unknown, F::Lycoris);
     f.evidence.push(format!("key `{k}`: control LoRA"));
@@ -191,8 +273,31 @@ fn lora_in_width(sd: &StateDict, k: &str) -> Option<u64> {
     cols("lokr_w1")?.checked_mul(cols("lokr_w2")?)
 }
 
+/// XLabs' FLUX LoRA layout: `double_blocks.N.processor.{qkv,proj}_lora{1,2}.{down,up}.weight`.
+fn is_xlabs_lora_key(k: &str) -> bool {
+    k.starts_with("double_blocks.")
+        && k.contains(".processor.")
+        && (k.contains("_lora1.") || k.contains("_lora2."))
+}
+
+/// BFL's FLUX Control LoRAs (canny/depth): peft keys on the BFL transformer whose `img_in`
+/// takes 128 input features (64 latent + 64 control channels) into FLUX.1's 3072 width — the
+/// test of InvokeAI's `is_state_dict_likely_flux_control`.
+fn is_flux_control_lora(sd: &StateDict) -> bool {
+    dim(sd, "img_in.lora_A.weight", 1) == Some(128)
+        && dim(sd, "img_in.lora_B.weight", 0) == Some(3072)
+        && sd.tensors.contains_key("img_in.lora_B.bias")
+        && sd.tensors.keys().all(|k| {
+            k.ends_with(".lora_A.weight")
+                || k.ends_with(".lora_B.weight")
+                || k.ends_with(".lora_B.bias")
+                || k.rsplit_once('.').is_some_and(|(_, last)| last == "scale")
+        })
+}
+
 fn is_lora_key(k: &str) -> bool {
-    k.starts_with("lora_te_")
+    is_xlabs_lora_key(k)
+        || k.starts_with("lora_te_")
         || k.starts_with("lora_te1_")
         || k.starts_with("lora_te2_")
         || k.starts_with("lora_unet_")
@@ -206,16 +311,19 @@ fn is_lora_key(k: &str) -> bool {
 }
 
 fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
+    // A Control LoRA has LoRA keys too; InvokeAI's LyCORIS classes rule it out first.
+    if is_flux_control_lora(sd) {
+        return None;
+    }
     let k = any_key(sd, is_lora_key)?.to_owned();
     let kohya = sd.tensors.keys().any(|k| k.starts_with("lora_"));
-    let format = if kohya || any_key(sd, |k| k.contains(".hada_") || k.contains(".lokr_")).is_some()
-    {
-        F::Lycoris
-    } else {
-        F::Diffusers
-    };
+    // A single-file LoRA is `lycoris` whatever its key style, as InvokeAI names it: its
+    // `diffusers` LoRA classes are folders (pytorch_lora_weights.* beside a config).
+    let format = F::Lycoris;
     let mut f = Finding::new(T::Lora, B::Unknown, format);
-    let style = if any_key(sd, |k| k.contains(".lokr_")).is_some() {
+    let style = if is_xlabs_lora_key(&k) {
+        "XLabs FLUX LoRA"
+    } else if any_key(sd, |k| k.contains(".lokr_")).is_some() {
         "LoKr"
     } else if any_key(sd, |k| k.contains(".hada_")).is_some() {
         "LoHa"
@@ -227,6 +335,36 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     f.evidence
         .push(format!("key `{k}`: {style} → lora.{format}"));
 
+    // Anima's Cosmos DiT and LLM adapter, before any width below is read: the adapter's
+    // 1024-wide attention would pass for an SD 2.x text encoder.
+    let maybe_anima = ["diffusion_model.", "net.", ""].iter().any(|p| {
+        has_prefix(sd, &format!("{p}blocks.")) || has_prefix(sd, &format!("{p}llm_adapter."))
+    });
+    if maybe_anima
+        && let Some(k) = any_key(sd, |k| {
+            let m = k
+                .strip_prefix("diffusion_model.")
+                .or_else(|| k.strip_prefix("net."))
+                .unwrap_or(k);
+            m.starts_with("llm_adapter.")
+                || (m.starts_with("blocks.")
+                    && (m.contains(".self_attn.") || m.contains(".cross_attn."))
+                    && m.contains("_proj."))
+        })
+    {
+        f.base = B::Anima;
+        f.evidence.push(format!(
+            "key `{k}`: Cosmos DiT / LLM adapter of Anima → anima"
+        ));
+        return Some(f);
+    }
+    // Z-Image's S3-DiT layers (InvokeAI's Z-Image LoRA rule).
+    if let Some(k) = first_with_prefix(sd, "diffusion_model.layers.") {
+        f.base = B::ZImage;
+        f.evidence
+            .push(format!("key `{k}`: Z-Image S3-DiT layers → z-image"));
+        return Some(f);
+    }
     // Flux and SD3 by block names (kohya, diffusers and ComfyUI spellings).
     if let Some(k) = any_key(sd, |k| {
         k.starts_with("lora_unet_double_blocks_")
@@ -235,9 +373,16 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
             || k.contains("single_transformer_blocks.")
             || k.contains("double_blocks.")
     }) {
-        f.base = B::Flux;
-        f.evidence
-            .push(format!("key `{k}`: flux transformer blocks → flux"));
+        if let Some((variant, why)) = flux2_lora(sd) {
+            f.base = B::Flux2;
+            f.variant = variant.map(Into::into);
+            f.evidence
+                .push(format!("key `{k}`: BFL transformer blocks; {why} → flux2"));
+        } else {
+            f.base = B::Flux;
+            f.evidence
+                .push(format!("key `{k}`: flux transformer blocks → flux"));
+        }
         return Some(f);
     }
     if let Some(k) = any_key(sd, |k| {
@@ -246,6 +391,38 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         f.base = B::StableDiffusion3;
         f.evidence
             .push(format!("key `{k}`: MMDiT joint blocks → sd-3"));
+        return Some(f);
+    }
+    // MMDiT `transformer_blocks` without FLUX's or Z-Image's keys: Qwen-Image by its image/text
+    // modulation and MLP names, SD3 by its widths, else Qwen-Image (InvokeAI's rule).
+    if let Some(k) = first_with_prefix(sd, "transformer_blocks.")
+        .or_else(|| first_with_prefix(sd, "transformer.transformer_blocks."))
+    {
+        let k = k.to_owned();
+        let qwen = any_key(sd, |k| {
+            k.contains(".img_mlp.")
+                || k.contains(".txt_mlp.")
+                || k.contains(".img_mod.")
+                || k.contains(".txt_mod.")
+        });
+        let width = sd
+            .tensors
+            .keys()
+            .filter(|k| k.contains("transformer_blocks.") && k.contains(".attn.to_k."))
+            .find_map(|k| lora_in_width(sd, k));
+        if qwen.is_none() && matches!(width, Some(1536 | 2432)) {
+            f.base = B::StableDiffusion3;
+            f.evidence.push(format!(
+                "key `{k}`: MMDiT blocks of width {} → sd-3",
+                width.unwrap_or_default()
+            ));
+        } else {
+            f.base = B::QwenImage;
+            f.evidence.push(match qwen {
+                Some(q) => format!("key `{q}`: Qwen-Image image/text streams → qwen-image"),
+                None => format!("key `{k}`: MMDiT blocks without FLUX or Z-Image keys → qwen-image (InvokeAI's rule)"),
+            });
+        }
         return Some(f);
     }
     // SDXL has two text encoders.
@@ -304,8 +481,127 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     Some(f)
 }
 
+/// Whether a FLUX-style LoRA is for FLUX.2 [klein], after InvokeAI's `_is_flux2_lora` (peft,
+/// BFL-peft and kohya namings; LoKr factors are not multiplied out here): a text input of
+/// 3 × Qwen3 width, a vector input of Qwen3 width, FLUX.2-only module names, a hidden size other
+/// than FLUX.1's 3072, or an image MLP other than 4 × 3072. `Some((variant, why))` when it is.
+fn flux2_lora(sd: &StateDict) -> Option<(Option<Flux2VariantType>, String)> {
+    const CTX: [u64; 2] = [7680, 12288];
+    const VEC: [u64; 2] = [2560, 4096];
+    let by_ctx = |w: u64| match w {
+        12288 => Some(Flux2VariantType::Klein9B),
+        7680 => Some(Flux2VariantType::Klein4B),
+        _ => None,
+    };
+    let by_vec = |w: u64| match w {
+        4096 => Some(Flux2VariantType::Klein9B),
+        2560 => Some(Flux2VariantType::Klein4B),
+        _ => None,
+    };
+    let by_hidden = |w: u64| match w {
+        4096 => Some(Flux2VariantType::Klein9B),
+        3072 => Some(Flux2VariantType::Klein4B),
+        _ => None,
+    };
+    for p in ["transformer.", "base_model.model.", ""] {
+        let k = format!("{p}context_embedder.lora_A.weight");
+        if let Some(w) = dim(sd, &k, 1) {
+            return CTX
+                .contains(&w)
+                .then(|| (by_ctx(w), format!("`{k}` takes {w} features")));
+        }
+        let k = format!("{p}time_text_embed.text_embedder.linear_1.lora_A.weight");
+        if let Some(w) = dim(sd, &k, 1) {
+            return VEC
+                .contains(&w)
+                .then(|| (by_vec(w), format!("`{k}` takes {w} features")));
+        }
+        for name in [
+            "single_transformer_blocks.0.attn.to_qkv_mlp_proj.lora_A.weight",
+            "transformer_blocks.0.ff.linear_in.lora_A.weight",
+        ] {
+            let k = format!("{p}{name}");
+            if let Some(w) = dim(sd, &k, 1) {
+                return Some((by_hidden(w), format!("`{k}` exists only in FLUX.2")));
+            }
+        }
+    }
+    // BFL naming under `diffusion_model.` / `base_model.model.`, then kohya's `lora_unet_`.
+    for (bfl, attn, mlp, txt, vec, down) in [
+        (
+            true,
+            ".img_attn.proj.lora_A.weight",
+            ".img_mlp.0.lora_B.weight",
+            "txt_in",
+            "vector_in",
+            "lora_A.weight",
+        ),
+        (
+            false,
+            "_img_attn_proj.lora_down.weight",
+            "_img_mlp_0.lora_up.weight",
+            "lora_unet_txt_in.",
+            "lora_unet_vector_in.",
+            "lora_down.weight",
+        ),
+    ] {
+        let ours = |k: &str| {
+            if bfl {
+                k.starts_with("diffusion_model.") || k.starts_with("base_model.model.")
+            } else {
+                k.starts_with("lora_unet_")
+            }
+        };
+        for (k, t) in sd
+            .tensors
+            .iter()
+            .filter(|(k, _)| ours(k) && k.ends_with(down))
+        {
+            let w = t.shape.get(1).copied().unwrap_or(0);
+            if k.contains(txt) {
+                return CTX
+                    .contains(&w)
+                    .then(|| (by_ctx(w), format!("`{k}` takes {w} features")));
+            }
+            if k.contains(vec) {
+                return VEC
+                    .contains(&w)
+                    .then(|| (by_vec(w), format!("`{k}` takes {w} features")));
+            }
+        }
+        let hidden = sd
+            .tensors
+            .iter()
+            .find(|(k, _)| ours(k) && k.ends_with(attn))
+            .and_then(|(k, t)| t.shape.get(1).map(|w| (k, *w)));
+        match hidden {
+            Some((k, w)) if w != 3072 => {
+                return Some((by_hidden(w), format!("`{k}`: hidden size {w}")));
+            }
+            Some((_, _)) => {
+                if let Some((k, ffn)) = sd
+                    .tensors
+                    .iter()
+                    .find(|(k, _)| ours(k) && k.ends_with(mlp))
+                    .and_then(|(k, t)| t.shape.first().map(|d| (k, *d)))
+                    && ffn != 4 * 3072
+                {
+                    return Some((
+                        Some(Flux2VariantType::Klein4B),
+                        format!("`{k}`: image MLP {ffn} wide at hidden 3072 (FLUX.1: 12288)"),
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    None
+}
+
 fn ip_adapter(sd: &StateDict, _: Container) -> Option<Finding> {
-    if let Some(k) = any_key(sd, |k| k.contains("ip_adapter_double_stream")) {
+    if has_prefix(sd, "double_blocks.")
+        && let Some(k) = any_key(sd, |k| k.contains("ip_adapter_double_stream"))
+    {
         let mut f = Finding::new(T::IpAdapter, B::Flux, F::Checkpoint);
         f.evidence
             .push(format!("key `{k}`: XLabs flux IP-Adapter → flux"));
@@ -334,13 +630,15 @@ fn ip_adapter(sd: &StateDict, _: Container) -> Option<Finding> {
 }
 
 fn controlnet(sd: &StateDict, _: Container) -> Option<Finding> {
-    let marker = any_key(sd, |k| {
-        k.starts_with("control_model.")
-            || k.starts_with("controlnet_cond_embedding.")
-            || k.starts_with("controlnet_down_blocks.")
-            || k.starts_with("controlnet_blocks.")
-            || k.starts_with("input_hint_block.")
-    })?
+    let marker = [
+        "control_model.",
+        "controlnet_cond_embedding.",
+        "controlnet_down_blocks.",
+        "controlnet_blocks.",
+        "input_hint_block.",
+    ]
+    .into_iter()
+    .find_map(|p| first_with_prefix(sd, p))?
     .to_owned();
     let mut f = Finding::new(T::ControlNet, B::Unknown, F::Checkpoint);
     f.evidence.push(format!("key `{marker}`: ControlNet"));
@@ -424,11 +722,13 @@ fn textual_inversion(sd: &StateDict, _: Container) -> Option<Finding> {
 
 fn main_sd(sd: &StateDict, container: Container) -> Option<Finding> {
     const P_: &str = "model.diffusion_model.";
-    let marker = any_key(sd, |k| {
-        k.starts_with("model.diffusion_model.input_blocks.")
-            || k.starts_with("cond_stage_model.")
-            || k.starts_with("conditioner.embedders.")
-    })?
+    let marker = [
+        "model.diffusion_model.input_blocks.",
+        "cond_stage_model.",
+        "conditioner.embedders.",
+    ]
+    .into_iter()
+    .find_map(|p| first_with_prefix(sd, p))?
     .to_owned();
     if has_prefix(sd, "model.diffusion_model.double_blocks.")
         || has_prefix(sd, "model.diffusion_model.joint_blocks.")
@@ -487,11 +787,22 @@ fn main_sd(sd: &StateDict, container: Container) -> Option<Finding> {
 }
 
 fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
+    // The transformer's own weights, not merely the block names: XLabs LoRAs
+    // (`double_blocks.N.processor.*_lora1`) and IP-Adapters name the blocks too.
     let prefix = ["", "model.diffusion_model."].into_iter().find(|p| {
         sd.tensors
             .contains_key(&format!("{p}double_blocks.0.img_attn.qkv.weight"))
-            || has_prefix(sd, &format!("{p}double_blocks.0."))
     })?;
+    // XLabs FLUX ControlNets carry a copy of the first double blocks beside their
+    // `controlnet_blocks.*`; InvokeAI ranks such a file as a main model (main outranks every
+    // other type). It is a ControlNet: the controlnet rule takes it.
+    if has_prefix(sd, "controlnet_blocks.") || has_prefix(sd, "pos_embed_input.") {
+        return None;
+    }
+    // FLUX.2 shares the block names; its own rule takes it.
+    if flux2_widths(sd, prefix).is_some() {
+        return None;
+    }
     let mut f = Finding::new(T::Main, B::Flux, container_format(container));
     f.evidence.push(format!(
         "keys `{prefix}double_blocks.*`: flux transformer → main flux"
@@ -535,11 +846,184 @@ fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
     Some(f)
 }
 
+/// FLUX.2's tell-tale widths (InvokeAI's `_is_flux2_model`): a text input wider than T5's
+/// 4096 (Qwen3 states, 3 × hidden: 7680 for klein 4B, 12288 for klein 9B), or 128 packed
+/// latent input features (32 latent channels; FLUX.1 has 64). Returns the variant and why.
+fn flux2_widths(sd: &StateDict, prefix: &str) -> Option<(Flux2VariantType, String)> {
+    for key in ["txt_in.weight", "context_embedder.weight"] {
+        let k = format!("{prefix}{key}");
+        if let Some(w) = dim(sd, &k, 1)
+            && w > 4096
+        {
+            let v = if w == 12288 {
+                Flux2VariantType::Klein9B
+            } else {
+                Flux2VariantType::Klein4B
+            };
+            return Some((
+                v,
+                format!("`{k}` takes {w} features (Qwen3 text states) → flux2 {v}"),
+            ));
+        }
+    }
+    let k = format!("{prefix}img_in.weight");
+    (dim(sd, &k, 1) == Some(128)).then(|| {
+        (
+            Flux2VariantType::Klein4B,
+            format!("`{k}` takes 128 features (32 latent channels) → flux2, klein_4b by InvokeAI's default"),
+        )
+    })
+}
+
+fn main_flux2(sd: &StateDict, container: Container) -> Option<Finding> {
+    let prefix = ["", "model.diffusion_model."].into_iter().find(|p| {
+        sd.tensors
+            .contains_key(&format!("{p}double_blocks.0.img_attn.qkv.weight"))
+    })?;
+    let (variant, why) = flux2_widths(sd, prefix)?;
+    let mut f = Finding::new(T::Main, B::Flux2, container_format(container));
+    f.evidence.push(format!(
+        "keys `{prefix}double_blocks.*`: BFL transformer → main"
+    ));
+    f.evidence.push(why);
+    f.variant = Some(variant.into());
+    Some(f)
+}
+
+const LORA_SUFFIXES: [&str; 5] = [
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".dora_scale",
+];
+
+fn has_lora_suffix(sd: &StateDict) -> bool {
+    sd.tensors
+        .keys()
+        .any(|k| LORA_SUFFIXES.iter().any(|s| k.ends_with(s)))
+}
+
+/// Z-Image's S3-DiT (InvokeAI's `_has_z_image_keys`): a caption embedder, context refiner or
+/// caption pad token, bare or under `model.diffusion_model.`, and no LoRA keys.
+fn main_z_image(sd: &StateDict, container: Container) -> Option<Finding> {
+    // Prefix lookups, not a scan of every name: this rule runs on every file.
+    let k = ["", "model.diffusion_model."]
+        .iter()
+        .flat_map(|p| {
+            ["cap_embedder.", "context_refiner.", "cap_pad_token"].map(move |n| format!("{p}{n}"))
+        })
+        .find_map(|n| first_with_prefix(sd, &n))?
+        .to_owned();
+    if has_lora_suffix(sd) {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::ZImage, container_format(container));
+    f.evidence
+        .push(format!("key `{k}`: Z-Image S3-DiT → main z-image"));
+    // A single file does not say whether it is the distilled Turbo; InvokeAI assumes it.
+    f.variant = Some(ZImageVariantType::Turbo.into());
+    f.evidence
+        .push("variant turbo: InvokeAI's default for single-file Z-Image".into());
+    Some(f)
+}
+
+/// Qwen-Image's transformer (InvokeAI's `_has_qwen_image_keys`): `img_in`, `txt_in` and
+/// `txt_norm`, and no FLUX `context_embedder`.
+fn main_qwen_image(sd: &StateDict, container: Container) -> Option<Finding> {
+    let p = ["", "model.diffusion_model."]
+        .into_iter()
+        .find(|p| has_prefix(sd, &format!("{p}txt_norm.")))?;
+    if !(has_prefix(sd, &format!("{p}txt_in.")) && has_prefix(sd, &format!("{p}img_in.")))
+        || any_key(sd, |k| k.contains("context_embedder")).is_some()
+        || has_lora_suffix(sd)
+    {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::QwenImage, container_format(container));
+    f.evidence.push(format!(
+        "keys `{p}img_in.*`, `{p}txt_in.*`, `{p}txt_norm.*`: Qwen-Image transformer → main qwen-image"
+    ));
+    Some(f)
+}
+
+/// The LLM-adapter and Cosmos-DiT prefixes of Anima checkpoints (bare, `net.`, ComfyUI's
+/// `model.diffusion_model.`).
+fn anima_keys<'a>(sd: &'a StateDict<'_>) -> Option<(&'a str, &'a str)> {
+    const PRE: [&str; 3] = ["", "net.", "model.diffusion_model."];
+    let adapter = PRE
+        .iter()
+        .find_map(|p| first_with_prefix(sd, &format!("{p}llm_adapter.")))?;
+    let dit = PRE.iter().find_map(|p| {
+        ["blocks.", "t_embedder.", "x_embedder.", "final_layer."]
+            .iter()
+            .find_map(|c| first_with_prefix(sd, &format!("{p}{c}")))
+    })?;
+    Some((adapter, dit))
+}
+
+fn main_anima(sd: &StateDict, container: Container) -> Option<Finding> {
+    let (adapter, dit) = anima_keys(sd)?;
+    if has_lora_suffix(sd) {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::Anima, container_format(container));
+    f.evidence.push(format!(
+        "keys `{adapter}` (LLM adapter) and `{dit}` (Cosmos DiT) → main anima"
+    ));
+    Some(f)
+}
+
+/// A Qwen3 text encoder in one file (InvokeAI's `Qwen3Encoder_Checkpoint_Config`), its
+/// variant from the token embedding's width. Anima/Cosmos checkpoints, whose LLM adapter has
+/// the same attention names, are excluded before any width is read.
+fn qwen3_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
+    if anima_keys(sd).is_some() {
+        return None;
+    }
+    let embed = ["model.embed_tokens.weight", "token_embd.weight"]
+        .into_iter()
+        .find(|k| sd.tensors.contains_key(k));
+    let layer =
+        first_with_prefix(sd, "model.layers.0.").or_else(|| first_with_prefix(sd, "blk.0."));
+    let marker = embed.or(layer)?.to_owned();
+    if container == Container::Gguf
+        && sd
+            .metadata
+            .get("general.architecture")
+            .is_some_and(|a| a != "qwen3")
+    {
+        return None;
+    }
+    let format = if container == Container::Gguf {
+        F::GgufQuantized
+    } else {
+        F::Checkpoint
+    };
+    let mut f = Finding::new(T::Qwen3Encoder, B::Any, format);
+    f.evidence.push(format!(
+        "key `{marker}`: Qwen3 language model → qwen3_encoder"
+    ));
+    let width = embed.and_then(|k| dim(sd, k, 1));
+    let v = match width {
+        Some(1024) => Qwen3VariantType::Qwen3_06B,
+        Some(4096) => Qwen3VariantType::Qwen3_8B,
+        _ => Qwen3VariantType::Qwen3_4B,
+    };
+    f.evidence.push(match width {
+        Some(w @ (1024 | 2560 | 4096)) => format!("hidden size {w} → {v}"),
+        Some(w) => format!("hidden size {w}: {v} by InvokeAI's default"),
+        None => format!("no token embedding: {v} by InvokeAI's default"),
+    });
+    f.variant = Some(v.into());
+    Some(f)
+}
+
 fn main_sd3(sd: &StateDict, container: Container) -> Option<Finding> {
-    let k = any_key(sd, |k| {
-        k.starts_with("joint_blocks.0.") || k.starts_with("model.diffusion_model.joint_blocks.0.")
-    })?
-    .to_owned();
+    let k = ["joint_blocks.0.", "model.diffusion_model.joint_blocks.0."]
+        .into_iter()
+        .find_map(|p| first_with_prefix(sd, p))?
+        .to_owned();
     let mut f = Finding::new(T::Main, B::StableDiffusion3, container_format(container));
     f.variant = Some(V::Normal.into());
     f.evidence
@@ -572,6 +1056,18 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
         f.evidence.push(why);
         return Some(f);
     }
+    if sd.tensors.contains_key("bn.running_mean") || latent == Some(32) {
+        f.base = B::Flux2;
+        f.evidence.push(format!(
+            "{} → flux2 autoencoder",
+            if latent == Some(32) {
+                "32 latent channels"
+            } else {
+                "BatchNorm `bn.running_mean` over the packed latents"
+            }
+        ));
+        return Some(f);
+    }
     match latent {
         Some(16) => {
             f.base = B::Flux;
@@ -580,10 +1076,10 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
             );
         }
         Some(4) => {
+            // Settled by the file name afterwards ([`vae_base_by_name`]).
             f.base_candidates = vec![B::StableDiffusion1, B::StableDiffusionXL];
-            f.evidence.push(
-                "4 latent channels: the SD 1.x/2.x and SDXL VAEs share this layout — ambiguous between sd-1 and sdxl; set config.base".into(),
-            );
+            f.evidence
+                .push("4 latent channels: the SD 1.x/2.x and SDXL VAEs share this layout".into());
         }
         Some(c) => f
             .evidence
@@ -591,6 +1087,120 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
         None => f.evidence.push("latent channels not determinable".into()),
     }
     Some(f)
+}
+
+/// InvokeAI's name rule for a checkpoint VAE whose weights fit several bases: the file name
+/// against `xl` (sdxl), `sd2` (sd-2), `vae` (sd-1), else sd-1. `base_candidates` stays set,
+/// so the installer can warn that the base is a guess.
+pub(crate) fn vae_base_by_name(f: &mut Finding, file_name: &str) {
+    if f.model_type != T::Vae || f.base != B::Unknown || f.base_candidates.is_empty() {
+        return;
+    }
+    let l = file_name.to_ascii_lowercase();
+    let (b, why) = [
+        ("xl", B::StableDiffusionXL),
+        ("sd2", B::StableDiffusion2),
+        ("vae", B::StableDiffusion1),
+    ]
+    .into_iter()
+    .find(|(needle, _)| l.contains(needle))
+    .map_or(
+        (
+            B::StableDiffusion1,
+            format!("name `{file_name}` says nothing: sd-1 by InvokeAI's fallback"),
+        ),
+        |(needle, b)| (b, format!("name `{file_name}` contains `{needle}` → {b}")),
+    );
+    f.base = b;
+    if !f.base_candidates.contains(&b) {
+        f.base_candidates.push(b);
+    }
+    f.evidence
+        .push(format!("{why} (set config.base if that is wrong)"));
+}
+
+/// spandrel's architecture detection (key sets of the image-to-image models it loads), for
+/// the architectures InvokeAI users install most. Checked with and without the `params` /
+/// `params_ema` wrapper BasicSR-trained checkpoints keep their weights under.
+const SPANDREL_ARCHES: &[(&str, &[&str])] = &[
+    (
+        "HAT",
+        &[
+            "layers.0.residual_group.blocks.0.norm1.weight",
+            "layers.0.residual_group.blocks.0.conv_block.cab.0.weight",
+            "conv_first.weight",
+        ],
+    ),
+    (
+        "Swin2SR",
+        &[
+            "layers.0.residual_group.blocks.0.norm1.weight",
+            "layers.0.residual_group.blocks.0.attn.relative_position_index",
+            "patch_embed.proj.weight",
+            "conv_first.weight",
+        ],
+    ),
+    (
+        "SwinIR",
+        &[
+            "layers.0.residual_group.blocks.0.norm1.weight",
+            "layers.0.residual_group.blocks.0.mlp.fc1.bias",
+            "layers.0.residual_group.blocks.0.attn.relative_position_index",
+            "conv_first.weight",
+        ],
+    ),
+    (
+        "DAT",
+        &["layers.0.blocks.2.attn.attn_mask_0", "conv_first.weight"],
+    ),
+    ("ESRGAN", &["conv_first.weight", "body.0.rdb1.conv1.weight"]),
+    (
+        "ESRGAN",
+        &["conv_first.weight", "RRDB_trunk.0.RDB1.conv1.weight"],
+    ),
+    (
+        "ESRGAN",
+        &["model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight"],
+    ),
+    ("RealESRGAN Compact", &["body.0.weight", "body.1.weight"]),
+    ("SPAN", &["block_1.c1_r.sk.weight"]),
+    (
+        "OmniSR",
+        &["residual_layer.0.residual_layer.0.layer.0.fn.0.weight"],
+    ),
+    ("SAFMN", &["to_feat.weight"]),
+    ("DITN", &["UFONE.0.ITLs.0.attn.temperature"]),
+];
+
+fn spandrel(sd: &StateDict, _: Container) -> Option<Finding> {
+    for wrapper in ["params_ema.", "params.", ""] {
+        if !wrapper.is_empty() && !has_prefix(sd, wrapper) {
+            continue;
+        }
+        for (arch, keys) in SPANDREL_ARCHES {
+            // Cheap test of the first key before building the others' names.
+            if wrapper.is_empty() && !sd.tensors.contains_key(keys[0]) {
+                continue;
+            }
+            if keys
+                .iter()
+                .all(|k| sd.tensors.contains_key(&format!("{wrapper}{k}")))
+            {
+                let mut f = Finding::new(T::SpandrelImageToImage, B::Any, F::Checkpoint);
+                let under = if wrapper.is_empty() {
+                    String::new()
+                } else {
+                    format!(" under `{}`", wrapper.trim_end_matches('.'))
+                };
+                f.evidence.push(format!(
+                    "keys `{}`{under}: {arch} image-to-image model → spandrel_image_to_image",
+                    keys.join("`, `")
+                ));
+                return Some(f);
+            }
+        }
+    }
+    None
 }
 
 fn unknown(sd: &StateDict, container: Container) -> Finding {

@@ -159,6 +159,53 @@ fn imohash_samples_large_files() {
     assert_ne!(hash_path(&s, HashAlgorithm::Imohash).unwrap(), h1);
 }
 
+/// The imohash spec's test message M(n): MurmurHash3-128 digests of "A", "AA", "AAA", …
+/// (a running hash fed one `A` at a time), concatenated, cut to n bytes.
+fn imohash_message(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 16);
+    let mut fed = Vec::new();
+    while out.len() < n {
+        fed.push(b'A');
+        let h = murmur3::murmur3_x64_128(&mut fed.as_slice(), 0).unwrap();
+        out.extend_from_slice(&(h as u64).to_be_bytes());
+        out.extend_from_slice(&((h >> 64) as u64).to_be_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// The published vectors of github.com/kalafut/imohash `algorithm.md` (sample size 16 KiB,
+/// threshold 128 KiB — the defaults; the vector with a custom threshold needs parameters the
+/// CLI does not take).
+#[test]
+fn imohash_matches_the_spec_test_vectors() {
+    let m = imohash_message(1_000_000);
+    assert_eq!(hex::encode(&m[..16]), "035fc2b79a29b17a387df29c46dd9937");
+    assert_eq!(
+        hex::encode(&m[1_000_000 - 16..]),
+        "7b7cd46489e93605eb7894c5d338463f"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (n, want) in [
+        (0, "00000000000000000000000000000000"),
+        (1, "016ac6dd306a3e594e711127c5b5a8e4"),
+        (127, "7f0e0eaa0a415e2878303214a087fbab"),
+        (128, "80017902d85ab752459758292a217ed8"),
+        (4095, "ff1fc7e3b9890469ee676df99f6ac7b7"),
+        (4096, "80203d4ea589349dcdf63511a8d49d4a"),
+        (131_072, "808008ed886018d5cd37a9b35bbae286"),
+        (500_000, "a0c21ea46738cf366d496962000a45f7"),
+    ] {
+        let p = dir.path().join(format!("m{n}"));
+        write(&p, &m[..n]);
+        assert_eq!(
+            hash_path(&p, HashAlgorithm::Imohash).unwrap(),
+            format!("imohash:{want}"),
+            "M({n})"
+        );
+    }
+}
+
 #[test]
 fn errors_name_the_path() {
     let dir = tempfile::tempdir().unwrap();

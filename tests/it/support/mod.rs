@@ -5,6 +5,7 @@
 pub mod fileserver;
 pub mod hub_server;
 pub mod probe_fixtures;
+pub mod pyfix;
 pub mod reconcile;
 
 use std::path::{Path, PathBuf};

@@ -1008,7 +1008,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         &[],
     );
     cases.push(case(
-        "sd vae (ambiguous, pickle)",
+        "sd vae (4 latent channels: by name, pickle)",
         p("vae-ft-mse.pt"),
         "vae",
         "sd-1",
@@ -1140,7 +1140,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         p("lora-peft-sdxl.safetensors"),
         "lora",
         "sdxl",
-        "diffusers",
+        "lycoris",
     ));
     safetensors(
         &p("lora-flux.safetensors"),
@@ -1176,7 +1176,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         p("lora-flux-peft.safetensors"),
         "lora",
         "flux",
-        "diffusers",
+        "lycoris",
     ));
     safetensors(
         &p("lokr-sd1.safetensors"),
@@ -1571,7 +1571,7 @@ pub fn corpus(root: &Path) -> Vec<Case> {
         &json!({"architectures": ["CLIPTextModel"], "hidden_size": 768, "model_type": "clip_text_model"}),
     );
     touch(&d.join("model.safetensors"), b"clipt");
-    cases.push(case("clip embed", d, "clip_embed", "any", "diffusers"));
+    cases.push(case("clip embed", d, "clip_embed", "any", "diffusers").main("large", None));
     let d = p("t5-v1_1-xxl");
     write_json(
         &d.join("text_encoder_2/config.json"),
@@ -1676,4 +1676,1205 @@ pub fn corpus(root: &Path) -> Vec<Case> {
     ));
 
     cases
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real-producer corpus: written by `write_fixtures.py` (the `safetensors` package, CPython's
+// pickle in torch.save's layouts). Key names and the shapes the rules read follow the published
+// checkpoints named beside each family; repeated blocks are cut to one or two and LoRA ranks
+// to 4 where nothing reads them, so the files stay small.
+
+use crate::support::pyfix::{self, Kind, Spec};
+
+type Keys = Vec<(String, Vec<u64>)>;
+
+fn k(name: impl Into<String>, shape: &[u64]) -> (String, Vec<u64>) {
+    (name.into(), shape.to_vec())
+}
+
+/// BasicSR's RRDBNet as in RealESRGAN_x4plus.pth (num_feat 64, num_grow_ch 32; 2 of its 23
+/// RRDB blocks).
+pub fn esrgan_rrdbnet_keys() -> Keys {
+    let mut v = vec![
+        k("conv_first.weight", &[64, 3, 3, 3]),
+        k("conv_first.bias", &[64]),
+    ];
+    for b in 0..2 {
+        for r in 1..=3 {
+            for (c, inp) in [(1, 64), (2, 96), (3, 128), (4, 160), (5, 192)] {
+                let out = if c == 5 { 64 } else { 32 };
+                let p = format!("body.{b}.rdb{r}.conv{c}");
+                v.push(k(format!("{p}.weight"), &[out, inp, 3, 3]));
+                v.push(k(format!("{p}.bias"), &[out]));
+            }
+        }
+    }
+    for n in ["conv_body", "conv_up1", "conv_up2", "conv_hr"] {
+        v.push(k(format!("{n}.weight"), &[64, 64, 3, 3]));
+        v.push(k(format!("{n}.bias"), &[64]));
+    }
+    v.push(k("conv_last.weight", &[3, 64, 3, 3]));
+    v.push(k("conv_last.bias", &[3]));
+    v
+}
+
+/// The original ESRGAN layout (RRDB_ESRGAN_x4.pth, 4x-UltraSharp.pth): `model.N` sequential.
+pub fn esrgan_old_keys() -> Keys {
+    let mut v = vec![
+        k("model.0.weight", &[64, 3, 3, 3]),
+        k("model.0.bias", &[64]),
+    ];
+    for b in 0..2 {
+        for r in 1..=3 {
+            for (c, inp) in [(1, 64), (2, 96), (3, 128), (4, 160), (5, 192)] {
+                let out = if c == 5 { 64 } else { 32 };
+                let p = format!("model.1.sub.{b}.RDB{r}.conv{c}.0");
+                v.push(k(format!("{p}.weight"), &[out, inp, 3, 3]));
+                v.push(k(format!("{p}.bias"), &[out]));
+            }
+        }
+    }
+    v.push(k("model.1.sub.2.weight", &[64, 64, 3, 3]));
+    for n in [3, 6, 8] {
+        v.push(k(format!("model.{n}.weight"), &[64, 64, 3, 3]));
+    }
+    v.push(k("model.10.weight", &[3, 64, 3, 3]));
+    v
+}
+
+/// SwinIR-M x4 (001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth, under `params`): embed 180,
+/// window 8, 6 heads; one RSTB with one block.
+pub fn swinir_keys() -> Keys {
+    let b = "layers.0.residual_group.blocks.0";
+    vec![
+        k("conv_first.weight", &[180, 3, 3, 3]),
+        k("conv_first.bias", &[180]),
+        k("patch_embed.norm.weight", &[180]),
+        k("patch_embed.norm.bias", &[180]),
+        k(format!("{b}.norm1.weight"), &[180]),
+        k(format!("{b}.norm1.bias"), &[180]),
+        k(format!("{b}.attn.relative_position_bias_table"), &[225, 6]),
+        k(format!("{b}.attn.relative_position_index"), &[64, 64]),
+        k(format!("{b}.attn.qkv.weight"), &[540, 180]),
+        k(format!("{b}.attn.qkv.bias"), &[540]),
+        k(format!("{b}.attn.proj.weight"), &[180, 180]),
+        k(format!("{b}.attn.proj.bias"), &[180]),
+        k(format!("{b}.norm2.weight"), &[180]),
+        k(format!("{b}.mlp.fc1.weight"), &[360, 180]),
+        k(format!("{b}.mlp.fc1.bias"), &[360]),
+        k(format!("{b}.mlp.fc2.weight"), &[180, 360]),
+        k(format!("{b}.mlp.fc2.bias"), &[180]),
+        k("layers.0.conv.weight", &[180, 180, 3, 3]),
+        k("norm.weight", &[180]),
+        k("conv_after_body.weight", &[180, 180, 3, 3]),
+        k("conv_before_upsample.0.weight", &[64, 180, 3, 3]),
+        k("upsample.0.weight", &[256, 64, 3, 3]),
+        k("upsample.2.weight", &[256, 64, 3, 3]),
+        k("conv_last.weight", &[3, 64, 3, 3]),
+    ]
+}
+
+/// realesr-general-x4v3.pth (SRVGGNetCompact, under `params`): conv, PReLU, … conv to 48.
+pub fn compact_keys() -> Keys {
+    let mut v = vec![k("body.0.weight", &[64, 3, 3, 3]), k("body.0.bias", &[64])];
+    v.push(k("body.1.weight", &[64]));
+    for i in 1..=3 {
+        v.push(k(format!("body.{}.weight", 2 * i), &[64, 64, 3, 3]));
+        v.push(k(format!("body.{}.bias", 2 * i), &[64]));
+        v.push(k(format!("body.{}.weight", 2 * i + 1), &[64]));
+    }
+    v.push(k("body.8.weight", &[48, 64, 3, 3]));
+    v.push(k("body.8.bias", &[48]));
+    v
+}
+
+/// HAT-S x4 as safetensors (embed 144): SwinIR's layout plus the channel-attention block.
+pub fn hat_keys() -> Keys {
+    let b = "layers.0.residual_group.blocks.0";
+    vec![
+        k("conv_first.weight", &[144, 3, 3, 3]),
+        k(format!("{b}.norm1.weight"), &[144]),
+        k(format!("{b}.conv_block.cab.0.weight"), &[48, 144, 3, 3]),
+        k(format!("{b}.attn.qkv.weight"), &[432, 144]),
+        k("conv_last.weight", &[3, 64, 3, 3]),
+    ]
+}
+
+/// XLabs' FLUX LoRAs (XLabs-AI/flux-RealismLora `lora.safetensors`): the 19 double blocks'
+/// attention processors, image stream `lora1`, text stream `lora2`; rank 4 here (16 there).
+pub fn xlabs_flux_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for b in 0..19 {
+        for s in [1, 2] {
+            let p = format!("double_blocks.{b}.processor");
+            v.push(k(format!("{p}.qkv_lora{s}.down.weight"), &[4, 3072]));
+            v.push(k(format!("{p}.qkv_lora{s}.up.weight"), &[9216, 4]));
+            v.push(k(format!("{p}.proj_lora{s}.down.weight"), &[4, 3072]));
+            v.push(k(format!("{p}.proj_lora{s}.up.weight"), &[3072, 4]));
+        }
+    }
+    v
+}
+
+/// BFL's FLUX.1 Canny/Depth dev LoRA (flux1-canny-dev-lora.safetensors): peft lora_A/lora_B
+/// with biases on the BFL transformer, norm scales set outright; `img_in` takes 128 features.
+/// Two of each block kind, rank 4.
+pub fn flux_control_lora_keys() -> Keys {
+    let mut v = vec![
+        k("img_in.lora_A.weight", &[4, 128]),
+        k("img_in.lora_B.weight", &[3072, 4]),
+        k("img_in.lora_B.bias", &[3072]),
+        k("time_in.in_layer.lora_A.weight", &[4, 256]),
+        k("time_in.in_layer.lora_B.weight", &[3072, 4]),
+        k("time_in.in_layer.lora_B.bias", &[3072]),
+        k("guidance_in.in_layer.lora_A.weight", &[4, 256]),
+        k("guidance_in.in_layer.lora_B.weight", &[3072, 4]),
+        k("guidance_in.in_layer.lora_B.bias", &[3072]),
+        k("txt_in.lora_A.weight", &[4, 4096]),
+        k("txt_in.lora_B.weight", &[3072, 4]),
+        k("txt_in.lora_B.bias", &[3072]),
+    ];
+    for b in 0..2 {
+        let p = format!("double_blocks.{b}");
+        v.push(k(format!("{p}.img_attn.qkv.lora_A.weight"), &[4, 3072]));
+        v.push(k(format!("{p}.img_attn.qkv.lora_B.weight"), &[9216, 4]));
+        v.push(k(format!("{p}.img_attn.qkv.lora_B.bias"), &[9216]));
+        v.push(k(format!("{p}.img_attn.norm.key_norm.scale"), &[128]));
+        v.push(k(format!("{p}.img_attn.norm.query_norm.scale"), &[128]));
+        v.push(k(format!("{p}.txt_attn.norm.key_norm.scale"), &[128]));
+        let p = format!("single_blocks.{b}");
+        v.push(k(format!("{p}.linear1.lora_A.weight"), &[4, 3072]));
+        v.push(k(format!("{p}.linear1.lora_B.weight"), &[21504, 4]));
+        v.push(k(format!("{p}.linear1.lora_B.bias"), &[21504]));
+        v.push(k(format!("{p}.norm.key_norm.scale"), &[128]));
+    }
+    v
+}
+
+/// A peft LoRA saved as one file by diffusers' `save_lora_weights` for SD 1.5 (rank 4).
+pub fn peft_sd15_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for (blk, width) in [
+        ("down_blocks.0", 320),
+        ("up_blocks.3", 320),
+        ("mid_block", 1280),
+    ] {
+        for proj in ["to_k", "to_v"] {
+            let p = format!("unet.{blk}.attentions.0.transformer_blocks.0.attn2.{proj}");
+            v.push(k(format!("{p}.lora_A.weight"), &[4, 768]));
+            v.push(k(format!("{p}.lora_B.weight"), &[width, 4]));
+        }
+    }
+    v
+}
+
+/// The first FLUX.1 double block of a BFL checkpoint (flux1-dev.safetensors), enough for
+/// the main rule (`img_attn.qkv`), with dev's guidance embedder. `img_in` keeps its real
+/// shape (the rules read its input width); the big projections, whose shapes no rule reads,
+/// are cut to a few rows and columns.
+pub fn flux1_main_keys(prefix: &str) -> Keys {
+    vec![
+        k(format!("{prefix}img_in.weight"), &[3072, 64]),
+        k(format!("{prefix}img_in.bias"), &[3072]),
+        k(format!("{prefix}guidance_in.in_layer.weight"), &[3072, 256]),
+        k(
+            format!("{prefix}double_blocks.0.img_attn.qkv.weight"),
+            &[96, 32],
+        ),
+        k(
+            format!("{prefix}double_blocks.0.img_attn.proj.weight"),
+            &[32, 32],
+        ),
+        k(
+            format!("{prefix}double_blocks.0.img_attn.norm.key_norm.scale"),
+            &[128],
+        ),
+        k(format!("{prefix}single_blocks.0.linear1.weight"), &[96, 32]),
+        k(format!("{prefix}final_layer.linear.weight"), &[64, 32]),
+    ]
+}
+
+/// XLabs' FLUX ControlNet (flux-canny-controlnet-v3.safetensors): two double blocks of the
+/// transformer, their `controlnet_blocks`, and the hint embedder `pos_embed_input`.
+pub fn xlabs_flux_controlnet_keys() -> Keys {
+    let mut v = vec![
+        k("img_in.weight", &[3072, 64]),
+        k("pos_embed_input.weight", &[3072, 64]),
+        k("input_hint_block.0.weight", &[16, 3, 3, 3]),
+    ];
+    for b in 0..2 {
+        // Widths not read by any rule: cut.
+        v.push(k(
+            format!("double_blocks.{b}.img_attn.qkv.weight"),
+            &[96, 32],
+        ));
+        v.push(k(format!("controlnet_blocks.{b}.weight"), &[32, 32]));
+    }
+    v
+}
+
+/// An SD VAE checkpoint (sdxl_vae.safetensors, vae-ft-mse-840000-ema-pruned.ckpt): the
+/// layouts are identical, only the conv ends shown.
+pub fn sd_vae_keys() -> Keys {
+    vec![
+        k("encoder.conv_in.weight", &[128, 3, 3, 3]),
+        k("encoder.conv_out.weight", &[8, 512, 3, 3]),
+        k("decoder.conv_in.weight", &[512, 4, 3, 3]),
+        k("decoder.conv_out.weight", &[3, 128, 3, 3]),
+        k("quant_conv.weight", &[8, 8, 1, 1]),
+        k("post_quant_conv.weight", &[4, 4, 1, 1]),
+    ]
+}
+
+/// `model.diffusion_model` keys of an SD 1.5 checkpoint into which a LoRA was merged with its
+/// kohya keys left in (seen on civitai; InvokeAI's factory comment names the case).
+pub fn sd15_with_lora_keys() -> Keys {
+    let mut v: Keys = sd_main_keys(
+        768,
+        4,
+        "1",
+        (
+            "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+            768,
+        ),
+    )
+    .into_iter()
+    .map(|(n, s)| {
+        // The token embedding's vocabulary is not read: 8 rows instead of 49408.
+        if n.ends_with("token_embedding.weight") {
+            (n, vec![8, 768])
+        } else {
+            (n, s)
+        }
+    })
+    .collect();
+    let m = "lora_te_text_model_encoder_layers_0_self_attn_k_proj";
+    v.push(k(format!("{m}.lora_down.weight"), &[4, 768]));
+    v.push(k(format!("{m}.lora_up.weight"), &[768, 4]));
+    v
+}
+
+/// One real-producer fixture and what probe must say.
+pub struct RealCase {
+    pub name: &'static str,
+    pub path: PathBuf,
+    pub model_type: &'static str,
+    pub base: &'static str,
+    pub format: &'static str,
+}
+
+fn rc(
+    name: &'static str,
+    path: PathBuf,
+    model_type: &'static str,
+    base: &'static str,
+    format: &'static str,
+) -> RealCase {
+    RealCase {
+        name,
+        path,
+        model_type,
+        base,
+        format,
+    }
+}
+
+fn zip_spec(path: PathBuf, keys: Keys, protocol: u8, wrap: &[&str]) -> Spec {
+    Spec {
+        kind: Kind::TorchZip {
+            protocol,
+            wrap: wrap.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        ..Spec::safetensors(path, keys)
+    }
+}
+
+fn legacy_spec(path: PathBuf, keys: Keys, protocol: u8, wrap: &[&str]) -> Spec {
+    Spec {
+        kind: Kind::TorchLegacy {
+            protocol,
+            wrap: wrap.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        ..Spec::safetensors(path, keys)
+    }
+}
+
+/// The single-file families of issue 11, written with the real producers.
+pub fn real_corpus(root: &Path) -> Vec<RealCase> {
+    let p = |n: &str| root.join(n);
+    let mut specs = Vec::new();
+    let mut cases = Vec::new();
+
+    // spandrel upscalers
+    specs.push(zip_spec(
+        p("RealESRGAN_x4plus.pth"),
+        esrgan_rrdbnet_keys(),
+        2,
+        &["params_ema"],
+    ));
+    cases.push(rc(
+        "RealESRGAN (params_ema, zip)",
+        p("RealESRGAN_x4plus.pth"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+    specs.push(legacy_spec(
+        p("4x-UltraSharp.pth"),
+        esrgan_old_keys(),
+        2,
+        &[],
+    ));
+    cases.push(rc(
+        "ESRGAN old layout (legacy pickle)",
+        p("4x-UltraSharp.pth"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+    specs.push(zip_spec(
+        p("SwinIR-M_x4.pth"),
+        swinir_keys(),
+        2,
+        &["params"],
+    ));
+    cases.push(rc(
+        "SwinIR (params, zip)",
+        p("SwinIR-M_x4.pth"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+    specs.push(zip_spec(
+        p("realesr-general-x4v3.pth"),
+        compact_keys(),
+        4,
+        &["params"],
+    ));
+    cases.push(rc(
+        "RealESRGAN compact (params, zip protocol 4)",
+        p("realesr-general-x4v3.pth"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+    specs.push(Spec::safetensors(p("HAT-S_x4.safetensors"), hat_keys()));
+    cases.push(rc(
+        "HAT (safetensors)",
+        p("HAT-S_x4.safetensors"),
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+    ));
+
+    // LoRAs
+    specs.push(Spec::safetensors(
+        p("xlabs-realism-lora.safetensors"),
+        xlabs_flux_lora_keys(),
+    ));
+    cases.push(rc(
+        "XLabs FLUX LoRA",
+        p("xlabs-realism-lora.safetensors"),
+        "lora",
+        "flux",
+        "lycoris",
+    ));
+    specs.push(Spec::safetensors(
+        p("flux1-canny-dev-lora.safetensors"),
+        flux_control_lora_keys(),
+    ));
+    cases.push(rc(
+        "FLUX Control LoRA",
+        p("flux1-canny-dev-lora.safetensors"),
+        "control_lora",
+        "flux",
+        "lycoris",
+    ));
+    specs.push(Spec::safetensors(
+        p("peft-sd15-lora.safetensors"),
+        peft_sd15_lora_keys(),
+    ));
+    cases.push(rc(
+        "peft SD1.5 LoRA file",
+        p("peft-sd15-lora.safetensors"),
+        "lora",
+        "sd-1",
+        "lycoris",
+    ));
+
+    // ControlNet vs main
+    specs.push(Spec::safetensors(
+        p("flux-canny-controlnet-v3.safetensors"),
+        xlabs_flux_controlnet_keys(),
+    ));
+    cases.push(rc(
+        "XLabs FLUX ControlNet",
+        p("flux-canny-controlnet-v3.safetensors"),
+        "controlnet",
+        "flux",
+        "checkpoint",
+    ));
+    specs.push(Spec::safetensors(
+        p("flux1-dev-slice.safetensors"),
+        flux1_main_keys(""),
+    ));
+    cases.push(rc(
+        "FLUX.1 dev main",
+        p("flux1-dev-slice.safetensors"),
+        "main",
+        "flux",
+        "checkpoint",
+    ));
+    specs.push(Spec::safetensors(
+        p("merged-sd15.safetensors"),
+        sd15_with_lora_keys(),
+    ));
+    cases.push(rc(
+        "SD1.5 main with merged LoRA keys",
+        p("merged-sd15.safetensors"),
+        "main",
+        "sd-1",
+        "checkpoint",
+    ));
+
+    // VAE checkpoints: 4 latent channels, base by name (InvokeAI's rule), else sd-1
+    specs.push(Spec::safetensors(p("sdxl_vae.safetensors"), sd_vae_keys()));
+    cases.push(rc(
+        "SDXL VAE by name",
+        p("sdxl_vae.safetensors"),
+        "vae",
+        "sdxl",
+        "checkpoint",
+    ));
+    specs.push(zip_spec(
+        p("vae-ft-mse-840000-ema-pruned.ckpt"),
+        sd_vae_keys(),
+        2,
+        &["state_dict"],
+    ));
+    cases.push(rc(
+        "SD VAE (state_dict, zip)",
+        p("vae-ft-mse-840000-ema-pruned.ckpt"),
+        "vae",
+        "sd-1",
+        "checkpoint",
+    ));
+    specs.push(Spec::safetensors(p("anything.safetensors"), sd_vae_keys()));
+    cases.push(rc(
+        "VAE with a silent name",
+        p("anything.safetensors"),
+        "vae",
+        "sd-1",
+        "checkpoint",
+    ));
+
+    pyfix::write(&specs);
+    cases
+}
+
+/// ESRGAN in a torch zip save for each pickle protocol torch.save can write (1–5).
+pub fn esrgan_zip_every_protocol(root: &Path) -> Vec<PathBuf> {
+    let specs: Vec<Spec> = (1..=5)
+        .map(|proto| {
+            zip_spec(
+                root.join(format!("esrgan-p{proto}.pth")),
+                esrgan_rrdbnet_keys(),
+                proto,
+                &["params_ema"],
+            )
+        })
+        .collect();
+    pyfix::write(&specs);
+    specs.into_iter().map(|s| s.path).collect()
+}
+
+/// ESRGAN in the legacy (pre-zip) torch.save layout for each protocol 1–5.
+pub fn esrgan_legacy_every_protocol(root: &Path) -> Vec<PathBuf> {
+    let specs: Vec<Spec> = (1..=5)
+        .map(|proto| {
+            legacy_spec(
+                root.join(format!("esrgan-legacy-p{proto}.pth")),
+                esrgan_old_keys(),
+                proto,
+                &[],
+            )
+        })
+        .collect();
+    pyfix::write(&specs);
+    specs.into_iter().map(|s| s.path).collect()
+}
+
+/// stabilityai/sdxl-vae's config.json.
+pub fn sdxl_vae_config() -> Value {
+    json!({
+        "_class_name": "AutoencoderKL", "_diffusers_version": "0.18.0.dev0",
+        "_name_or_path": "./vae", "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+        "out_channels": 3, "sample_size": 1024, "scaling_factor": 0.13025,
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+    })
+}
+
+/// stabilityai/sd-vae-ft-mse's config.json (older diffusers: no scaling_factor).
+pub fn sd_vae_ft_mse_config() -> Value {
+    json!({
+        "_class_name": "AutoencoderKL", "_diffusers_version": "0.4.2", "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+        "out_channels": 3, "sample_size": 256,
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+    })
+}
+
+/// madebyollin/taesdxl's config.json (the same as taesd's: only the name tells them apart).
+pub fn taesd_config() -> Value {
+    json!({
+        "_class_name": "AutoencoderTiny", "_diffusers_version": "0.20.0.dev0", "act_fn": "relu",
+        "decoder_block_out_channels": [64, 64, 64, 64],
+        "encoder_block_out_channels": [64, 64, 64, 64], "force_upcast": false,
+        "in_channels": 3, "latent_channels": 4, "latent_magnitude": 3, "latent_shift": 0.5,
+        "num_decoder_blocks": [3, 3, 3, 1], "num_encoder_blocks": [1, 3, 3, 3],
+        "out_channels": 3, "scaling_factor": 1.0, "upsampling_scaling_factor": 2
+    })
+}
+
+/// openai/clip-vit-large-patch14's config.json, the text and vision configs cut to the fields
+/// that describe the towers.
+pub fn clip_vit_l14_config() -> Value {
+    json!({
+        "_name_or_path": "openai/clip-vit-large-patch14",
+        "architectures": ["CLIPModel"], "initializer_factor": 1.0, "logit_scale_init_value": 2.6592,
+        "model_type": "clip", "projection_dim": 768,
+        "text_config": {"hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 77,
+                        "model_type": "clip_text_model", "num_attention_heads": 12,
+                        "num_hidden_layers": 12, "projection_dim": 768, "vocab_size": 49408},
+        "torch_dtype": "float32", "transformers_version": null,
+        "vision_config": {"hidden_size": 1024, "image_size": 224, "intermediate_size": 4096,
+                          "model_type": "clip_vision_model", "num_attention_heads": 16,
+                          "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768}
+    })
+}
+
+fn vae_weights(dir: &Path, file: &str) -> Spec {
+    Spec::safetensors(dir.join(file), sd_vae_keys())
+}
+
+/// One real-producer folder fixture and what probe must say.
+pub struct RealFolder {
+    pub name: &'static str,
+    pub path: PathBuf,
+    pub model_type: &'static str,
+    pub base: &'static str,
+    pub repo_variant: Option<&'static str>,
+}
+
+/// The folder families of issue 11: configs as published, weights from the safetensors package.
+pub fn real_folders(root: &Path) -> Vec<RealFolder> {
+    let mut specs = Vec::new();
+    let mut out = Vec::new();
+    let mut folder = |name: &'static str,
+                      dir: &str,
+                      cfg: Value,
+                      files: &[&str],
+                      t: &'static str,
+                      base: &'static str,
+                      rv: Option<&'static str>| {
+        let d = root.join(dir);
+        write_json(&d.join("config.json"), &cfg);
+        for f in files {
+            specs.push(vae_weights(&d, f));
+        }
+        out.push(RealFolder {
+            name,
+            path: d,
+            model_type: t,
+            base,
+            repo_variant: rv,
+        });
+    };
+    folder(
+        "sdxl-vae by config",
+        "sdxl-vae",
+        sdxl_vae_config(),
+        &["diffusion_pytorch_model.safetensors"],
+        "vae",
+        "sdxl",
+        Some(""),
+    );
+    folder(
+        "fp16 weights beside unlabelled ones",
+        "sdxl-vae-both",
+        sdxl_vae_config(),
+        &[
+            "diffusion_pytorch_model.safetensors",
+            "diffusion_pytorch_model.fp16.safetensors",
+        ],
+        "vae",
+        "sdxl",
+        Some("fp16"),
+    );
+    folder(
+        "taesdxl-fp16 by name",
+        "taesdxl-fp16",
+        taesd_config(),
+        &["diffusion_pytorch_model.fp16.safetensors"],
+        "vae",
+        "sdxl",
+        Some("fp16"),
+    );
+    folder(
+        "taesd falls back to sd-1",
+        "taesd",
+        taesd_config(),
+        &["diffusion_pytorch_model.safetensors"],
+        "vae",
+        "sd-1",
+        Some(""),
+    );
+    folder(
+        "sd-vae-ft-mse falls back to sd-1",
+        "sd-vae-ft-mse",
+        sd_vae_ft_mse_config(),
+        &["diffusion_pytorch_model.safetensors"],
+        "vae",
+        "sd-1",
+        Some(""),
+    );
+    let clip = root.join("clip-vit-large-patch14");
+    write_json(&clip.join("config.json"), &clip_vit_l14_config());
+    specs.push(Spec::safetensors(
+        clip.join("model.safetensors"),
+        vec![
+            k(
+                "vision_model.embeddings.patch_embedding.weight",
+                &[1024, 3, 14, 14],
+            ),
+            k("vision_model.post_layernorm.weight", &[1024]),
+            k("visual_projection.weight", &[768, 1024]),
+            // The vocabulary is not read: 8 of 49408 rows.
+            k("text_model.embeddings.token_embedding.weight", &[8, 768]),
+            k("text_projection.weight", &[768, 768]),
+        ],
+    ));
+    out.push(RealFolder {
+        name: "CLIPModel with a vision config",
+        path: clip,
+        model_type: "clip_vision",
+        base: "any",
+        repo_variant: Some(""),
+    });
+    pyfix::write(&specs);
+    out
+}
+
+// --- newer families (FLUX.2, Z-Image, Qwen-Image, Anima, Krea) ---
+
+/// FLUX.2 [klein] 4B in BFL's layout (flux-2-klein-4b.safetensors): 128 packed latent input
+/// features, `txt_in` from 3 × Qwen3-4B's 2560 = 7680, hidden 3072. The two matrices whose
+/// widths the rules read keep their shapes, stored as U8 (1 byte, standing in for the fp8
+/// builds, which numpy cannot write); the rest are cut.
+pub fn flux2_klein4b_specs(path: PathBuf) -> Spec {
+    let mut s = Spec::safetensors(
+        path,
+        vec![
+            k("time_in.in_layer.weight", &[3072, 256]),
+            k("double_blocks.0.img_attn.qkv.weight", &[96, 32]),
+            k("double_blocks.0.img_attn.norm.key_norm.scale", &[128]),
+            k("double_blocks.0.img_mlp.0.weight", &[96, 32]),
+            k("double_stream_modulation_img.lin.weight", &[96, 32]),
+            k("single_blocks.0.linear1.weight", &[96, 32]),
+            k("final_layer.linear.weight", &[128, 32]),
+        ],
+    );
+    s.tensors
+        .push(("img_in.weight".into(), vec![3072, 128], "U8"));
+    s.tensors
+        .push(("txt_in.weight".into(), vec![3072, 7680], "U8"));
+    s
+}
+
+/// The FLUX.2 autoencoder (flux2-vae.safetensors): 32 latent channels and a BatchNorm over
+/// the packed latents.
+pub fn flux2_vae_keys() -> Keys {
+    vec![
+        k("bn.running_mean", &[128]),
+        k("bn.running_var", &[128]),
+        k("encoder.conv_in.weight", &[128, 3, 3, 3]),
+        k("encoder.conv_out.weight", &[64, 512, 3, 3]),
+        k("decoder.conv_in.weight", &[512, 32, 3, 3]),
+        k("decoder.conv_out.weight", &[3, 128, 3, 3]),
+    ]
+}
+
+/// A FLUX.2 [klein] 9B LoRA in BFL's peft naming (ai-toolkit): hidden 4096.
+pub fn flux2_klein9b_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for b in 0..2 {
+        for m in ["img_attn.proj", "img_attn.qkv", "txt_attn.proj"] {
+            let p = format!("diffusion_model.double_blocks.{b}.{m}");
+            let out = if m.ends_with("qkv") { 12288 } else { 4096 };
+            v.push(k(format!("{p}.lora_A.weight"), &[4, 4096]));
+            v.push(k(format!("{p}.lora_B.weight"), &[out, 4]));
+        }
+    }
+    v
+}
+
+/// A FLUX.2 [klein] 4B LoRA in kohya naming: hidden 3072 like FLUX.1, but the image MLP is
+/// 6 × 3072 = 18432 wide (FLUX.1: 4 × 3072).
+pub fn flux2_klein4b_kohya_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for b in 0..2 {
+        let p = format!("lora_unet_double_blocks_{b}");
+        v.push(k(format!("{p}_img_attn_proj.lora_down.weight"), &[4, 3072]));
+        v.push(k(format!("{p}_img_attn_proj.lora_up.weight"), &[3072, 4]));
+        v.push(k(format!("{p}_img_attn_proj.alpha"), &[]));
+        v.push(k(format!("{p}_img_mlp_0.lora_down.weight"), &[4, 3072]));
+        v.push(k(format!("{p}_img_mlp_0.lora_up.weight"), &[18432, 4]));
+        v.push(k(format!("{p}_img_mlp_0.alpha"), &[]));
+    }
+    v
+}
+
+/// A FLUX.1 kohya LoRA (4 × 3072 image MLP), the FLUX.2 LoRAs' negative.
+pub fn flux1_kohya_lora_keys() -> Keys {
+    flux2_klein4b_kohya_lora_keys()
+        .into_iter()
+        .map(|(n, s)| {
+            if n.ends_with("img_mlp_0.lora_up.weight") {
+                (n, vec![12288, 4])
+            } else {
+                (n, s)
+            }
+        })
+        .collect()
+}
+
+/// Z-Image-Turbo as ComfyUI ships it (z_image_turbo_bf16.safetensors): the S3-DiT with its
+/// caption embedder, context and noise refiners, hidden 3840; projections cut.
+pub fn z_image_keys() -> Keys {
+    vec![
+        k("cap_embedder.0.weight", &[2560]),
+        k("cap_embedder.1.weight", &[3840, 2560]),
+        k("cap_pad_token", &[1, 3840]),
+        k("x_pad_token", &[1, 3840]),
+        k("context_refiner.0.attention.qkv.weight", &[96, 32]),
+        k("noise_refiner.0.attention.qkv.weight", &[96, 32]),
+        k("layers.0.attention.qkv.weight", &[96, 32]),
+        k("layers.0.attention.out.weight", &[32, 32]),
+        k("layers.0.feed_forward.w1.weight", &[96, 32]),
+        k("t_embedder.mlp.0.weight", &[1024, 256]),
+        k("x_embedder.weight", &[3840, 64]),
+        k("final_layer.linear.weight", &[64, 32]),
+    ]
+}
+
+/// A Z-Image LoRA (diffusion_model.layers.N, peft naming).
+pub fn z_image_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for l in 0..2 {
+        for m in ["attention.to_k", "attention.to_q", "feed_forward.w1"] {
+            let p = format!("diffusion_model.layers.{l}.{m}");
+            v.push(k(format!("{p}.lora_A.weight"), &[4, 3840]));
+            v.push(k(format!("{p}.lora_B.weight"), &[3840, 4]));
+        }
+    }
+    v
+}
+
+/// Qwen-Image's transformer (qwen_image_bf16.safetensors): `img_in`, `txt_in` from
+/// Qwen2.5-VL's 3584, `txt_norm`, MMDiT `transformer_blocks` with image/text mods and MLPs.
+pub fn qwen_image_keys() -> Keys {
+    vec![
+        k("img_in.weight", &[3072, 64]),
+        k("txt_in.weight", &[3072, 3584]),
+        k("txt_norm.weight", &[3584]),
+        k(
+            "time_text_embed.timestep_embedder.linear_1.weight",
+            &[3072, 256],
+        ),
+        k("transformer_blocks.0.attn.to_q.weight", &[32, 32]),
+        k("transformer_blocks.0.attn.add_q_proj.weight", &[32, 32]),
+        k("transformer_blocks.0.img_mod.1.weight", &[96, 32]),
+        k("transformer_blocks.0.txt_mlp.net.0.proj.weight", &[96, 32]),
+        k("norm_out.linear.weight", &[64, 32]),
+        k("proj_out.weight", &[64, 3072]),
+    ]
+}
+
+/// A Qwen-Image LoRA (kohya-style suffixes on the diffusers block names, as Lightning and
+/// most civitai Qwen-Image LoRAs are).
+pub fn qwen_image_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for b in 0..2 {
+        for m in [
+            "attn.to_k",
+            "attn.add_k_proj",
+            "img_mlp.net.0.proj",
+            "txt_mlp.net.2",
+        ] {
+            let p = format!("transformer_blocks.{b}.{m}");
+            v.push(k(format!("{p}.lora_down.weight"), &[4, 3072]));
+            v.push(k(format!("{p}.lora_up.weight"), &[3072, 4]));
+        }
+    }
+    v
+}
+
+/// Anima (circlestone-labs/Anima, anima-preview.safetensors): the Cosmos Predict2 DiT under
+/// `net.` with the LLM adapter that feeds it Qwen3-0.6B states — whose attention widths look
+/// like a small text encoder's.
+pub fn anima_keys() -> Keys {
+    vec![
+        k("net.llm_adapter.embed.weight", &[8, 1024]),
+        k(
+            "net.llm_adapter.blocks.0.self_attn.q_proj.weight",
+            &[1024, 1024],
+        ),
+        k(
+            "net.llm_adapter.blocks.0.self_attn.k_proj.weight",
+            &[1024, 1024],
+        ),
+        k("net.blocks.0.self_attn.q_proj.weight", &[32, 32]),
+        k("net.blocks.0.cross_attn.k_proj.weight", &[32, 1024]),
+        k("net.t_embedder.1.linear_1.weight", &[96, 32]),
+        k("net.x_embedder.proj.1.weight", &[2048, 68]),
+        k("net.final_layer.linear.weight", &[64, 32]),
+    ]
+}
+
+/// An Anima LoRA (peft on the Cosmos DiT and the LLM adapter; diffusion-pipe naming): the
+/// adapter's attention is 1024 wide, an SD 2.x text encoder's width.
+pub fn anima_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for (m, w) in [
+        (
+            "diffusion_model.llm_adapter.blocks.0.self_attn.k_proj",
+            1024,
+        ),
+        ("diffusion_model.blocks.0.self_attn.q_proj", 2048),
+        ("diffusion_model.blocks.0.cross_attn.k_proj", 1024),
+    ] {
+        v.push(k(format!("{m}.lora_A.weight"), &[4, w]));
+        v.push(k(format!("{m}.lora_B.weight"), &[2048, 4]));
+    }
+    v
+}
+
+/// A Qwen3-4B text encoder as one file (qwen_3_4b.safetensors, Z-Image's encoder): hidden
+/// 2560 from the token embedding (vocabulary cut to 8 rows).
+pub fn qwen3_4b_keys() -> Keys {
+    vec![
+        k("model.embed_tokens.weight", &[8, 2560]),
+        k("model.layers.0.self_attn.q_proj.weight", &[32, 32]),
+        k("model.layers.0.self_attn.k_proj.weight", &[32, 32]),
+        k("model.layers.0.mlp.gate_proj.weight", &[96, 32]),
+        k("model.norm.weight", &[2560]),
+    ]
+}
+
+/// The newer single-file families.
+pub fn newer_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
+    let p = |n: &str| root.join(n);
+    let mut specs = vec![flux2_klein4b_specs(p("flux-2-klein-4b.safetensors"))];
+    let mut cases = vec![(
+        rc(
+            "FLUX.2 klein 4B main",
+            p("flux-2-klein-4b.safetensors"),
+            "main",
+            "flux2",
+            "checkpoint",
+        ),
+        Some("klein_4b"),
+    )];
+    let mut add = |file: &str,
+                   keys: Keys,
+                   name: &'static str,
+                   t: &'static str,
+                   b: &'static str,
+                   f: &'static str,
+                   v: Option<&'static str>| {
+        specs.push(Spec::safetensors(p(file), keys));
+        cases.push((rc(name, p(file), t, b, f), v));
+    };
+    add(
+        "flux2-vae.safetensors",
+        flux2_vae_keys(),
+        "FLUX.2 VAE",
+        "vae",
+        "flux2",
+        "checkpoint",
+        None,
+    );
+    add(
+        "klein9b-style-lora.safetensors",
+        flux2_klein9b_lora_keys(),
+        "FLUX.2 klein 9B LoRA (BFL peft)",
+        "lora",
+        "flux2",
+        "lycoris",
+        Some("klein_9b"),
+    );
+    add(
+        "klein4b-kohya-lora.safetensors",
+        flux2_klein4b_kohya_lora_keys(),
+        "FLUX.2 klein 4B LoRA (kohya)",
+        "lora",
+        "flux2",
+        "lycoris",
+        Some("klein_4b"),
+    );
+    add(
+        "flux1-kohya-lora.safetensors",
+        flux1_kohya_lora_keys(),
+        "FLUX.1 kohya LoRA",
+        "lora",
+        "flux",
+        "lycoris",
+        None,
+    );
+    add(
+        "flux1-krea-dev.safetensors",
+        flux1_main_keys(""),
+        "FLUX.1 Krea dev main",
+        "main",
+        "flux",
+        "checkpoint",
+        Some("dev"),
+    );
+    add(
+        "z_image_turbo_bf16.safetensors",
+        z_image_keys(),
+        "Z-Image main",
+        "main",
+        "z-image",
+        "checkpoint",
+        Some("turbo"),
+    );
+    add(
+        "z-image-lora.safetensors",
+        z_image_lora_keys(),
+        "Z-Image LoRA",
+        "lora",
+        "z-image",
+        "lycoris",
+        None,
+    );
+    add(
+        "qwen_image_bf16.safetensors",
+        qwen_image_keys(),
+        "Qwen-Image main",
+        "main",
+        "qwen-image",
+        "checkpoint",
+        None,
+    );
+    add(
+        "qwen-image-lightning-lora.safetensors",
+        qwen_image_lora_keys(),
+        "Qwen-Image LoRA",
+        "lora",
+        "qwen-image",
+        "lycoris",
+        None,
+    );
+    add(
+        "anima-preview.safetensors",
+        anima_keys(),
+        "Anima main",
+        "main",
+        "anima",
+        "checkpoint",
+        None,
+    );
+    add(
+        "anima-style-lora.safetensors",
+        anima_lora_keys(),
+        "Anima LoRA",
+        "lora",
+        "anima",
+        "lycoris",
+        None,
+    );
+    add(
+        "qwen_3_4b.safetensors",
+        qwen3_4b_keys(),
+        "Qwen3-4B encoder",
+        "qwen3_encoder",
+        "any",
+        "checkpoint",
+        Some("qwen3_4b"),
+    );
+    pyfix::write(&specs);
+    cases
+}
+
+/// The newer folder families: (name, folder, type, base, variant).
+pub fn newer_folders(
+    root: &Path,
+) -> Vec<(
+    &'static str,
+    PathBuf,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+)> {
+    let mut specs = Vec::new();
+    let mut out = Vec::new();
+    // google/siglip-so400m-patch14-384 (FLUX Redux's image encoder).
+    let d = root.join("siglip-so400m-patch14-384");
+    write_json(
+        &d.join("config.json"),
+        &json!({
+            "architectures": ["SiglipModel"], "initializer_factor": 1.0, "model_type": "siglip",
+            "text_config": {"hidden_size": 1152, "intermediate_size": 4304, "model_type": "siglip_text_model",
+                            "num_attention_heads": 16, "num_hidden_layers": 27},
+            "torch_dtype": "float32", "transformers_version": "4.37.0.dev0",
+            "vision_config": {"hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
+                              "model_type": "siglip_vision_model", "num_attention_heads": 16,
+                              "num_hidden_layers": 27, "patch_size": 14}
+        }),
+    );
+    specs.push(Spec::safetensors(
+        d.join("model.safetensors"),
+        vec![k(
+            "vision_model.embeddings.patch_embedding.weight",
+            &[1152, 3, 14, 14],
+        )],
+    ));
+    out.push(("SiglipModel", d, "siglip", "any", None));
+    // A CLIP-L text encoder (the text_encoder/ of black-forest-labs/FLUX.1-dev).
+    let d = root.join("clip-vit-large-patch14-text");
+    write_json(
+        &d.join("config.json"),
+        &json!({
+            "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "hidden_act": "quick_gelu",
+            "hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 77,
+            "model_type": "clip_text_model", "num_attention_heads": 12, "num_hidden_layers": 12,
+            "projection_dim": 768, "torch_dtype": "bfloat16", "vocab_size": 49408
+        }),
+    );
+    specs.push(Spec::safetensors(
+        d.join("model.safetensors"),
+        vec![k("text_model.embeddings.token_embedding.weight", &[8, 768])],
+    ));
+    out.push(("CLIP-L text encoder", d, "clip_embed", "any", Some("large")));
+    // The CLIP-G text encoder (text_encoder_2/ of stabilityai/stable-diffusion-xl-base-1.0).
+    let d = root.join("clip-vit-bigG-14-text");
+    write_json(
+        &d.join("config.json"),
+        &json!({
+            "architectures": ["CLIPTextModelWithProjection"], "hidden_act": "gelu",
+            "hidden_size": 1280, "intermediate_size": 5120, "max_position_embeddings": 77,
+            "model_type": "clip_text_model", "num_attention_heads": 20, "num_hidden_layers": 32,
+            "projection_dim": 1280, "torch_dtype": "float16", "vocab_size": 49408
+        }),
+    );
+    specs.push(Spec::safetensors(
+        d.join("model.fp16.safetensors"),
+        vec![k(
+            "text_model.embeddings.token_embedding.weight",
+            &[8, 1280],
+        )],
+    ));
+    out.push((
+        "CLIP-G text encoder",
+        d,
+        "clip_embed",
+        "any",
+        Some("gigantic"),
+    ));
+    // The FLUX.2 VAE as diffusers saves it.
+    let d = root.join("flux2-vae-diffusers");
+    write_json(
+        &d.join("config.json"),
+        &json!({"_class_name": "AutoencoderKLFlux2", "_diffusers_version": "0.36.0.dev0",
+                "in_channels": 3, "latent_channels": 32, "out_channels": 3,
+                "block_out_channels": [128, 256, 512, 512]}),
+    );
+    specs.push(Spec::safetensors(
+        d.join("diffusion_pytorch_model.safetensors"),
+        flux2_vae_keys(),
+    ));
+    out.push(("FLUX.2 diffusers VAE", d, "vae", "flux2", None));
+    // Pipelines named by model_index.json, the variant from the scheduler or the index.
+    for (name, dir, class, base, variant, extra_sched, extra_index) in [
+        (
+            "Z-Image-Turbo pipeline",
+            "Z-Image-Turbo",
+            "ZImagePipeline",
+            "z-image",
+            Some("turbo"),
+            json!({"shift": 3.0}),
+            json!({}),
+        ),
+        (
+            "Z-Image base pipeline",
+            "Z-Image",
+            "ZImagePipeline",
+            "z-image",
+            Some("zbase"),
+            json!({"shift": 6.0}),
+            json!({}),
+        ),
+        (
+            "Qwen-Image pipeline",
+            "Qwen-Image",
+            "QwenImagePipeline",
+            "qwen-image",
+            None,
+            json!({}),
+            json!({}),
+        ),
+        (
+            "Krea-2 Turbo pipeline",
+            "Krea-2-Turbo",
+            "Krea2Pipeline",
+            "krea-2",
+            Some("krea2_turbo"),
+            json!({}),
+            json!({"is_distilled": true}),
+        ),
+        (
+            "CogView4 pipeline",
+            "CogView4-6B",
+            "CogView4Pipeline",
+            "cogview4",
+            None,
+            json!({}),
+            json!({}),
+        ),
+    ] {
+        let d = root.join(dir);
+        let mut index = json!({
+            "_class_name": class, "_diffusers_version": "0.36.0.dev0",
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "transformer": ["diffusers", format!("{}Transformer2DModel", class.trim_end_matches("Pipeline"))],
+            "vae": ["diffusers", "AutoencoderKL"]
+        });
+        for (k2, v) in extra_index.as_object().unwrap() {
+            index[k2] = v.clone();
+        }
+        write_json(&d.join("model_index.json"), &index);
+        let mut sched = json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.36.0.dev0", "num_train_timesteps": 1000});
+        for (k2, v) in extra_sched.as_object().unwrap() {
+            sched[k2] = v.clone();
+        }
+        write_json(&d.join("scheduler").join("scheduler_config.json"), &sched);
+        write_json(
+            &d.join("transformer").join("config.json"),
+            &json!({"_class_name": format!("{}Transformer2DModel", class.trim_end_matches("Pipeline")), "in_channels": 64}),
+        );
+        specs.push(Spec::safetensors(
+            d.join("transformer")
+                .join("diffusion_pytorch_model.safetensors"),
+            vec![k("proj_out.weight", &[64, 32])],
+        ));
+        out.push((name, d, "main", base, variant));
+    }
+    pyfix::write(&specs);
+    out
 }
