@@ -460,6 +460,15 @@ pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
     let mut keep = gcmod::Keep::default().store(&db);
     if ctx.manifest_path.is_file() {
         keep = keep.manifest(&ctx.manifest_path);
+        // A lock kept elsewhere (settings.lock_file, maybe inside models_dir) is no orphan.
+        if let Ok(s) = crate::manifest::load_settings(&ctx.manifest_path)
+            && let Some(l) = &s.lock_file
+        {
+            keep = keep.file(l);
+        }
+    }
+    if let Some(l) = &ctx.lock_file_flag {
+        keep = keep.file(l);
     }
     let items = gcmod::collect(&inv, &keep)?;
     let total: u64 = items.iter().map(|g| g.bytes).sum();

@@ -6,6 +6,7 @@ pub mod fileserver;
 pub mod hub_server;
 pub mod probe_fixtures;
 pub mod reconcile;
+pub mod rofs;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
