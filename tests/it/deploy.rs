@@ -254,3 +254,51 @@ fn a_lost_or_stripped_lock_is_rebuilt_from_the_store_without_downloading() {
     );
     assert_eq!(body_requests(&w.hub), Vec::<String>::new());
 }
+
+#[cfg(unix)]
+#[test]
+fn a_store_on_a_read_only_file_system_serves_reads_and_refuses_writes() {
+    if !rofs::available() {
+        rofs::skip("a_store_on_a_read_only_file_system_serves_reads_and_refuses_writes");
+        return;
+    }
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/lora", 1, 2));
+    w.manifest("", LORA_ENTRY);
+    assert_exit(&w.run(&["apply", "--no-progress"]), 0);
+    let models = w.models();
+    let ro = |args: &[&str]| {
+        rofs::read_only(&[&models], &w.command(args))
+            .output()
+            .expect("modelsync runs")
+    };
+    // What the app container of init-container.yaml runs against its readOnly volume.
+    for args in [
+        &["list"][..],
+        &["list", "-o", "json"],
+        &["show", "lora"],
+        &["status"],
+        &["diff"],
+        &["verify"],
+    ] {
+        let o = ro(args);
+        assert_exit(&o, 0);
+        let out = String::from_utf8_lossy(&o.stdout);
+        if args[0] != "status" && args[0] != "diff" {
+            assert!(out.contains("lora"), "{args:?}: {out}");
+        }
+    }
+    let want = format!(
+        "store {} is on a read-only file system",
+        models.join("modelsync.db").display()
+    );
+    for args in [&["remove", "lora"][..], &["apply", "--no-progress"]] {
+        let o = ro(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = stderr(&o);
+        assert!(err.contains(&want), "{args:?}: {err}");
+        assert!(!err.contains("Error code 14"), "{args:?}: {err}");
+    }
+    // Nothing was changed meanwhile.
+    assert_eq!(w.store().all_models().expect("records").len(), 1);
+}

@@ -36,7 +36,7 @@ fn read_inventory(m: &Manifest) -> anyhow::Result<(Option<Box<dyn RecordStore>>,
     if !db.exists() {
         return Ok((None, Inventory::empty(&m.settings.models_dir)));
     }
-    let store = store::open(&db)?;
+    let store = store::open_read_only(&db)?;
     let inv = reconcile::observe(store.as_ref(), &m.settings.models_dir)?;
     Ok((Some(store), inv))
 }
@@ -385,7 +385,7 @@ pub fn verify(ctx: &Context, a: VerifyArgs) -> anyhow::Result<Status> {
     if !db.exists() {
         anyhow::bail!("no record store at {}", db.display());
     }
-    let store = store::open(&db)?;
+    let store = store::open_read_only(&db)?;
     let verdicts = verifymod::verify(store.as_ref(), &models_dir, lock.as_ref(), &a.names)?;
     let bad = verdicts.iter().filter(|v| !v.ok()).count();
     if ctx.output == OutputFormat::Json {
