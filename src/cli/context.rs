@@ -19,6 +19,8 @@ pub struct Context {
     pub models_dir_flag: Option<PathBuf>,
     /// `--database`, if given.
     pub database_flag: Option<PathBuf>,
+    /// `--lock-file`, if given.
+    pub lock_file_flag: Option<PathBuf>,
     /// `-o`.
     pub output: OutputFormat,
     /// `-q`.
@@ -44,6 +46,7 @@ impl Context {
             manifest_path: g.file.clone(),
             models_dir_flag: g.models_dir.clone(),
             database_flag: g.database.clone(),
+            lock_file_flag: g.lock_file.clone(),
             output: g.output,
             quiet: g.quiet,
             verbose: g.verbose,
@@ -87,7 +90,8 @@ impl Context {
         Ok((models_dir, database))
     }
 
-    /// Loads and validates the manifest (`-f`), with `--models-dir` / `--database` applied
+    /// Loads and validates the manifest (`-f`), with `--models-dir` / `--database` /
+    /// `--lock-file` applied
     /// over its settings. A missing file is an error with a hint to run `modelsync init`.
     pub fn load_manifest(&self) -> anyhow::Result<Manifest> {
         let path = &self.manifest_path;
@@ -103,6 +107,9 @@ impl Context {
         }
         if let Some(d) = &self.database_flag {
             m.settings.database = Some(d.clone());
+        }
+        if let Some(d) = &self.lock_file_flag {
+            m.settings.lock_file = Some(d.clone());
         }
         Ok(m)
     }

@@ -74,6 +74,9 @@ pub struct GlobalArgs {
     /// Record store, .db/.sqlite or .yaml (overrides settings.database; default <models_dir>/modelsync.db).
     #[arg(long, global = true, value_name = "PATH")]
     pub database: Option<PathBuf>,
+    /// The lock file (overrides settings.lock_file; default beside the manifest, models.yaml → models.lock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub lock_file: Option<PathBuf>,
     /// Output format: text for people, json for programs.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

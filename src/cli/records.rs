@@ -68,7 +68,7 @@ fn open_for_query(ctx: &Context) -> anyhow::Result<QueryStore> {
         tracing::info!("no record store at {} yet", database.display());
         return Ok((models_dir, database, None));
     }
-    let store = store::open(&database)?;
+    let store = store::open_read_only(&database)?;
     Ok((models_dir, database, Some(store)))
 }
 

@@ -46,6 +46,7 @@ pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
     let usage = preloader.clone();
     let converger = ManifestConverger::new(&m, lock, reporter)
         .with_path_overrides(ctx.models_dir_flag.clone(), ctx.database_flag.clone())
+        .with_lock_file(ctx.lock_file_flag.clone())
         .with_cache_usage(move || {
             usage
                 .service()
@@ -136,6 +137,10 @@ impl Reporter for LogReporter {
             ReconcileEvent::LockWritten { path, .. } => {
                 tracing::info!("wrote {}", path.display());
             }
+            ReconcileEvent::LockNotWritten { path, error } => tracing::warn!(
+                "cannot write {}: {error}; the lock is kept in memory and the models converge without it (set settings.lock_file or --lock-file to a writable place)",
+                path.display()
+            ),
             _ => {}
         }
     }

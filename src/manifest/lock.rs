@@ -1,6 +1,7 @@
 //! `models.lock`: what `apply` resolved, so `apply --locked` (CI) can insist on exactly that.
 //!
-//! YAML, next to the manifest (`models.yaml` → `models.lock`), written atomically (a temp file
+//! YAML, next to the manifest (`models.yaml` → `models.lock`) unless `settings.lock_file` or
+//! `--lock-file` puts it elsewhere (a manifest on a read-only mount), written atomically (a temp file
 //! in the same folder, then a rename) in a deterministic order: entries sorted by name, files
 //! by path, fields in declaration order. Shape:
 //!
@@ -155,7 +156,15 @@ impl LockFile {
     pub fn read(path: &Path) -> Result<Option<Self>, LockError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A path under a non-directory cannot hold a lock either.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None);
+            }
             Err(source) => {
                 return Err(LockError::Io {
                     path: path.to_path_buf(),
@@ -215,6 +224,10 @@ impl LockFile {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| Path::new("."));
+        // `settings.lock_file` may name a folder that does not exist yet.
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
         let mut tmp = tempfile::Builder::new()
             .prefix(".models.lock.")
             .tempfile_in(dir)

@@ -195,6 +195,9 @@ pub struct Settings {
     pub models_dir: PathBuf,
     /// The record store, when the manifest names one; see [`Settings::database_path`].
     pub database: Option<PathBuf>,
+    /// Where `models.lock` is kept, when the manifest names a place; see
+    /// [`Manifest::lock_path`].
+    pub lock_file: Option<PathBuf>,
     /// Default HF repo variant for entries that name none (`None`: the repo's default files).
     pub variant: Option<ModelRepoVariant>,
     /// Content hash algorithm of new records.
@@ -230,6 +233,7 @@ impl Settings {
         Self {
             models_dir: base_dir.join("models"),
             database: None,
+            lock_file: None,
             variant: None,
             hash_algorithm: HashAlgorithm::default(),
             prune: false,
@@ -339,8 +343,12 @@ impl Manifest {
         self.models.iter().find(|e| e.name == name)
     }
 
-    /// The lock file next to the manifest: `models.yaml` → `models.lock`.
+    /// The lock file: `settings.lock_file` (or `--lock-file`), else next to the manifest
+    /// (`models.yaml` → `models.lock`).
     pub fn lock_path(&self) -> PathBuf {
-        lock::lock_path_for(&self.path)
+        self.settings
+            .lock_file
+            .clone()
+            .unwrap_or_else(|| lock::lock_path_for(&self.path))
     }
 }

@@ -82,6 +82,10 @@ pub struct SettingsFile {
     /// (default `<models_dir>/modelsync.db`).
     #[serde(default)]
     pub database: Option<Sp<String>>,
+    /// Where `models.lock` is kept (default beside the manifest: `models.yaml` →
+    /// `models.lock`); for a manifest on a read-only mount such as a Kubernetes ConfigMap.
+    #[serde(default)]
+    pub lock_file: Option<Sp<String>>,
     /// Default Hugging Face repo variant for entries that name none.
     #[serde(default)]
     pub variant: Option<Sp<ModelRepoVariant>>,
@@ -434,6 +438,15 @@ impl<'a> Cx<'a> {
                     sp.loc(),
                     format!("`database` `{v}` has no store kind: expected a .db/.sqlite file (SQLite) or a .yaml/.yml file (YAML store)"),
                 );
+            }
+        }
+        if let Some(sp) = &raw.lock_file
+            && let Some(v) = self.text(sp, "lock_file")
+        {
+            if v.trim().is_empty() {
+                self.err(sp.loc(), "`lock_file` is empty: expected a file path");
+            } else {
+                s.lock_file = Some(self.resolve(&v));
             }
         }
         s.variant = raw

@@ -101,6 +101,15 @@ pub enum ReconcileEvent {
         /// Entries dropped because their manifest entry is gone.
         dropped: Vec<String>,
     },
+    /// `models.lock` could not be written (a read-only manifest folder). Reported once per
+    /// lock path and process; the run goes on and the lock is kept in memory (see
+    /// [`update_lock_file`]).
+    LockNotWritten {
+        /// The lock file.
+        path: PathBuf,
+        /// Why, with causes.
+        error: String,
+    },
     /// A preload entry was warmed into the load cache.
     Preloaded {
         /// Entry name.
@@ -247,6 +256,10 @@ pub struct ApplyReport {
     pub lock_written: bool,
     /// Lock entries dropped (their manifest entry is gone).
     pub lock_dropped: Vec<String>,
+    /// Why `models.lock` could not be written, when it could not (converging does not
+    /// depend on it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_error: Option<String>,
     /// Preload entries: name → `Ok(detail)` or `Err(reason)`.
     pub preload: BTreeMap<String, Result<String, String>>,
 }
@@ -310,7 +323,7 @@ pub async fn apply(
     let models_dir = manifest.settings.models_dir.clone();
     let inventory = observe(store.as_ref(), &models_dir)?;
     let lock_path = manifest.lock_path();
-    let lock = LockFile::read(&lock_path)?.unwrap_or_default();
+    let lock = current_lock(&lock_path)?;
     let free_bytes = crate::download::available_space(&models_dir).ok();
     let mut popts = PlanOptions {
         prune: opts.prune,
@@ -403,7 +416,7 @@ pub async fn apply(
     // models.lock: what each converged entry resolved to. Merged into the lock as it is on
     // disk now, not as read at the start: another apply of this process (watch mode runs one
     // per entry, concurrently) may have written it meanwhile.
-    let (lock_written, lock_dropped) = update_lock_file(&lock_path, |lock| {
+    let (update, lock_dropped) = update_lock_file(&lock_path, |lock| {
         for r in &results {
             let Some(entry) = manifest.entry(&r.name) else {
                 continue;
@@ -413,24 +426,16 @@ pub async fn apply(
             }
             if let Some(l) = &r.lock {
                 lock.entries.insert(r.name.clone(), l.clone());
-            } else if lock.entry_for(entry).is_none()
-                && let Some(key) = &r.key
+            } else if let Some(key) = &r.key
                 && let Ok(l) = lock_from_store(store.as_ref(), entry, key)
             {
-                lock.entries.insert(r.name.clone(), l);
+                heal_lock_entry(lock, entry, l);
             }
         }
         lock.retain_manifest(manifest)
     })?;
-    if lock_written {
-        report(
-            cx,
-            ReconcileEvent::LockWritten {
-                path: lock_path,
-                dropped: lock_dropped.clone(),
-            },
-        );
-    }
+    let lock_written = update.written();
+    let lock_error = report_lock_update(cx, update, &lock_path, &lock_dropped);
 
     let mut preload = BTreeMap::new();
     if opts.preload {
@@ -481,6 +486,7 @@ pub async fn apply(
         warnings,
         lock_written,
         lock_dropped,
+        lock_error,
         preload,
     };
     report(
@@ -525,42 +531,135 @@ pub fn prune_departed(
         results.push(finish(cx, a, r));
     }
     let lock_path = manifest.lock_path();
-    let (written, dropped) = update_lock_file(&lock_path, |lock| lock.retain_manifest(manifest))?;
-    if written {
-        report(
-            cx,
-            ReconcileEvent::LockWritten {
-                path: lock_path,
-                dropped,
-            },
-        );
-    }
+    let (update, dropped) = update_lock_file(&lock_path, |lock| lock.retain_manifest(manifest))?;
+    report_lock_update(cx, update, &lock_path, &dropped);
     Ok(results)
 }
 
-/// Serialises the read-modify-write of lock files within this process. Other processes are
-/// kept out by the store lock; applies of one process (watch mode) run concurrently, and each
-/// must merge into what the others wrote rather than overwrite it with a stale copy. One
-/// mutex for every lock path: the section is short and never awaits.
-static LOCK_FILE_UPDATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Serialises the read-modify-write of lock files within this process, and holds the locks
+/// that could not be written. Other processes are kept out by the store lock; applies of one
+/// process (watch mode) run concurrently, and each must merge into what the others wrote
+/// rather than overwrite it with a stale copy. One mutex for every lock path: the section is
+/// short and never awaits.
+///
+/// A lock path that cannot be written (a manifest on a read-only ConfigMap mount) is kept in
+/// memory from then on: later applies of this process (watch mode) read and merge the memory
+/// copy, and each write is tried again (a remount may have made the place writable). Nothing
+/// about converging depends on the lock; only `apply --locked` and `verify` read it.
+static LOCK_FILE_UPDATE: std::sync::Mutex<BTreeMap<PathBuf, LockFile>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// What [`update_lock_file`] did.
+#[derive(Debug)]
+enum LockUpdate {
+    /// Nothing changed.
+    Unchanged,
+    /// The lock file was rewritten.
+    Written,
+    /// It could not be written; `first` when this is the first failure for the path in this
+    /// process (the one that is reported).
+    NotWritten { error: LockError, first: bool },
+}
+
+impl LockUpdate {
+    fn written(&self) -> bool {
+        matches!(self, Self::Written)
+    }
+}
+
+fn lock_memory() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, LockFile>> {
+    LOCK_FILE_UPDATE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The lock as this process knows it: the memory copy of a lock that could not be written,
+/// else the file (empty if none).
+fn current_lock(path: &Path) -> Result<LockFile, LockError> {
+    if let Some(l) = lock_memory().get(path) {
+        return Ok(l.clone());
+    }
+    Ok(LockFile::read(path)?.unwrap_or_default())
+}
 
 /// Reads the lock at `path` (empty if none), lets `edit` change it, and writes it back when the
-/// text changed. Returns whether it was written and what `edit` returned.
+/// text changed. A read that fails is an error (a lock that does not parse must be fixed); a
+/// write that fails is not: the lock is kept in memory (see [`LOCK_FILE_UPDATE`]).
 fn update_lock_file<T>(
     path: &Path,
     edit: impl FnOnce(&mut LockFile) -> T,
-) -> Result<(bool, T), LockError> {
-    let _guard = LOCK_FILE_UPDATE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut lock = LockFile::read(path)?.unwrap_or_default();
+) -> Result<(LockUpdate, T), LockError> {
+    let mut memory = lock_memory();
+    let in_memory = memory.get(path).cloned();
+    let was_unwritable = in_memory.is_some();
+    let mut lock = match in_memory {
+        Some(l) => l,
+        None => LockFile::read(path)?.unwrap_or_default(),
+    };
     let before = lock.to_yaml(path)?;
     let out = edit(&mut lock);
-    let written = lock.to_yaml(path)? != before;
-    if written {
-        lock.write(path)?;
+    let changed = lock.to_yaml(path)? != before;
+    if !changed && !was_unwritable {
+        return Ok((LockUpdate::Unchanged, out));
     }
-    Ok((written, out))
+    match lock.write(path) {
+        Ok(()) => {
+            memory.remove(path);
+            Ok((LockUpdate::Written, out))
+        }
+        Err(error @ LockError::Io { .. }) => {
+            memory.insert(path.to_path_buf(), lock);
+            if was_unwritable && !changed {
+                return Ok((LockUpdate::Unchanged, out));
+            }
+            Ok((
+                LockUpdate::NotWritten {
+                    error,
+                    first: !was_unwritable,
+                },
+                out,
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reports what [`update_lock_file`] did; returns the write error, if any.
+fn report_lock_update(
+    cx: &ApplyContext<'_>,
+    update: LockUpdate,
+    path: &Path,
+    dropped: &[String],
+) -> Option<String> {
+    match update {
+        LockUpdate::Unchanged => None,
+        LockUpdate::Written => {
+            report(
+                cx,
+                ReconcileEvent::LockWritten {
+                    path: path.to_path_buf(),
+                    dropped: dropped.to_vec(),
+                },
+            );
+            None
+        }
+        LockUpdate::NotWritten { error, first } => {
+            let why = match &error {
+                LockError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            if first {
+                report(
+                    cx,
+                    ReconcileEvent::LockNotWritten {
+                        path: path.to_path_buf(),
+                        error: why.clone(),
+                    },
+                );
+            }
+            Some(why)
+        }
+    }
 }
 
 fn report(cx: &ApplyContext<'_>, e: ReconcileEvent) {
@@ -953,10 +1052,17 @@ fn lock_from_store(
     let rec = store.get_model(key)?;
     let files = store.model_files(key)?;
     let root = PathBuf::from(&rec.common().path);
+    // Hub records keep the commit their files came from in `source_api_response`.
+    let resolved_commit = rec
+        .common()
+        .source_api_response
+        .as_ref()
+        .and_then(|v| crate::hub::HuggingFaceMetadata::from_json_value(v).ok())
+        .and_then(|m| m.commit);
     Ok(LockEntry {
         source: entry.canonical_source(),
         revision: entry.revision().map(str::to_owned),
-        resolved_commit: None,
+        resolved_commit,
         files: files
             .into_iter()
             .map(|f| LockedFile {
@@ -967,6 +1073,42 @@ fn lock_from_store(
             .collect(),
         record_hash: Some(rec.common().hash.clone()),
     })
+}
+
+/// Heals `entry`'s lock entry from `stored` (what the record says, [`lock_from_store`]): a
+/// missing entry is written whole (a lost lock, or a kill between the record and the lock);
+/// an entry without its resolved commit, file list, file hashes or record hash gets them.
+/// What the lock already pins is kept: the lock is what `--locked` insists on, and an upstream
+/// move is an upgrade, not a heal.
+fn heal_lock_entry(lock: &mut LockFile, entry: &ModelEntry, stored: LockEntry) {
+    let Some(have) = lock
+        .entries
+        .get_mut(&entry.name)
+        .filter(|l| l.matches(entry))
+    else {
+        lock.entries.insert(entry.name.clone(), stored);
+        return;
+    };
+    if have.resolved_commit.is_none() {
+        have.resolved_commit = stored.resolved_commit;
+    }
+    if have.record_hash.is_none() {
+        have.record_hash = stored.record_hash;
+    }
+    if have.files.is_empty() {
+        have.files = stored.files;
+        return;
+    }
+    let by_path: BTreeMap<&str, &LockedFile> =
+        stored.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    for f in &mut have.files {
+        if f.sha256.is_none()
+            && let Some(s) = by_path.get(f.path.as_str())
+            && s.size == f.size
+        {
+            f.sha256.clone_from(&s.sha256);
+        }
+    }
 }
 
 /// Lock paths name single files by their file name (the lock's format), not `""`.

@@ -296,6 +296,8 @@ pub struct ManifestConverger {
     cache_usage: Option<CacheUsageFn>,
     /// `--models-dir` / `--database`, applied to every manifest read.
     path_overrides: (Option<PathBuf>, Option<PathBuf>),
+    /// `--lock-file`, applied to every manifest read.
+    lock_file_override: Option<PathBuf>,
     services: tokio::sync::OnceCell<Services>,
     // Declared last: released after the services are dropped.
     _lock: StoreLock,
@@ -327,6 +329,7 @@ impl ManifestConverger {
             preloader: None,
             cache_usage: None,
             path_overrides: (None, None),
+            lock_file_override: None,
             services: tokio::sync::OnceCell::new(),
             _lock: lock,
         }
@@ -359,6 +362,13 @@ impl ManifestConverger {
         database: Option<PathBuf>,
     ) -> Self {
         self.path_overrides = (models_dir, database);
+        self
+    }
+
+    /// Overrides the manifest's `lock_file` in every manifest read (the CLI's `--lock-file`).
+    #[must_use]
+    pub fn with_lock_file(mut self, lock_file: Option<PathBuf>) -> Self {
+        self.lock_file_override = lock_file;
         self
     }
 
@@ -456,6 +466,9 @@ impl Converger for ManifestConverger {
         }
         if let Some(d) = &self.path_overrides.1 {
             m.settings.database = Some(d.clone());
+        }
+        if let Some(d) = &self.lock_file_override {
+            m.settings.lock_file = Some(d.clone());
         }
         if let Some(what) = self.fixed.changed(&Fixed::of(&m.settings)) {
             return Err(Box::new(SettingsChanged {

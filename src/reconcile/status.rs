@@ -106,7 +106,10 @@ pub fn status(
             path: r.resolved_path.clone(),
         })
         .collect();
-    let keep = Keep::default().store(store_file).manifest(&manifest.path);
+    let keep = Keep::default()
+        .store(store_file)
+        .manifest(&manifest.path)
+        .file(&manifest.lock_path());
     let orphan_paths = orphan_paths(inventory, &keep)?;
     let drifted = !drift.is_empty() || !missing_paths.is_empty() || !orphan_paths.is_empty();
     Ok(StatusReport {

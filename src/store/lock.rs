@@ -29,6 +29,12 @@ pub enum LockError {
         /// How long we waited.
         waited: Duration,
     },
+    /// The store is on a read-only file system: no writer can run there.
+    #[error("store {} is on a read-only file system: only list, show, status, diff and verify work there", store.display())]
+    ReadOnly {
+        /// The store file.
+        store: PathBuf,
+    },
     /// The lock file could not be created, read or locked.
     #[error("lock file {path}: {source}")]
     Io {
@@ -140,7 +146,9 @@ impl StoreLock {
             path: path.clone(),
             source,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.exists()
+        {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         // Not truncated on open: the holder's record must survive a waiter opening the file.
@@ -150,7 +158,15 @@ impl StoreLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(io)?;
+            .map_err(|e| {
+                if super::on_read_only_fs(&path) {
+                    LockError::ReadOnly {
+                        store: db_path.to_path_buf(),
+                    }
+                } else {
+                    io(e)
+                }
+            })?;
         let start = Instant::now();
         let mut told: Option<LockHolder> = None;
         loop {

@@ -58,6 +58,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite_migration::Error,
     },
+    /// A write to a store whose file system is mounted read-only (a `readOnly: true` volume).
+    #[error("store {} is on a read-only file system: only list, show, status, diff and verify work there", path.display())]
+    ReadOnly { path: PathBuf },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -213,6 +216,43 @@ pub fn open(path: &Path) -> Result<Box<dyn RecordStore>, StoreError> {
             reason: "unknown store kind: use a .db/.sqlite file for SQLite or a .yaml/.yml file for the YAML store".into(),
         }),
     }
+}
+
+/// Opens the store at `path` for reading only (`list`, `show`, `status`, `diff`, `verify`):
+/// nothing is created, migrated or written, so a store on a read-only file system works. An
+/// SQLite store older than this build's schema is refused (run a writing command where it is
+/// writable). Writes through the returned store fail.
+pub fn open_read_only(path: &Path) -> Result<Box<dyn RecordStore>, StoreError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("db" | "sqlite" | "sqlite3") => {
+            Ok(Box::new(sqlite::SqliteStore::open_read_only(path)?))
+        }
+        _ => open(path),
+    }
+}
+
+/// Whether `path` (or the nearest folder above it that exists) is on a file system mounted
+/// read-only.
+pub(crate) fn on_read_only_fs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => p = q,
+            _ => return false,
+        }
+    }
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs(3) with a NUL-terminated path and a zeroed out-struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &raw mut st) };
+    rc == 0 && st.f_flag & libc::ST_RDONLY != 0
 }
 
 /// The record an update produces: a sparse merge, or a full replacement that keeps the key

@@ -253,6 +253,13 @@ impl SqliteStore {
     /// SQLite, a database that is not a modelsync store, or a newer schema.
     pub fn from_db_file(path: &Path) -> Result<Self, StoreError> {
         check_header(path)?;
+        if super::on_read_only_fs(path) {
+            // SQLite would open it read-only without a word and fail later with "unable to
+            // open database file".
+            return Err(StoreError::ReadOnly {
+                path: path.to_path_buf(),
+            });
+        }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
             && !parent.exists()
         {
@@ -266,6 +273,66 @@ impl SqliteStore {
             source,
         })?;
         Self::init(conn, path.to_path_buf())
+    }
+
+    /// Opens an existing store for reading only: `mode=ro`, or, when SQLite cannot make the
+    /// WAL index it needs beside the file (a read-only file system), `immutable=1`. Immutable
+    /// reads assume nobody writes meanwhile and do not see a `-wal` file's frames: on a
+    /// read-only mount nobody can write, and a store closed cleanly has its WAL checkpointed
+    /// into the file. Never creates, migrates or writes; an older schema is refused.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        use rusqlite::OpenFlags;
+        check_header(path)?;
+        let sql = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // SQLite URI file names: `%`, `?` and `#` must be percent-encoded.
+        let uri = |query: &str| {
+            let mut u = String::from("file:");
+            for c in path.to_string_lossy().chars() {
+                match c {
+                    '%' => u.push_str("%25"),
+                    '?' => u.push_str("%3F"),
+                    '#' => u.push_str("%23"),
+                    _ => u.push(c),
+                }
+            }
+            format!("{u}?{query}")
+        };
+        let try_open = |query: &str| -> Result<(Connection, usize), StoreError> {
+            let conn = Connection::open_with_flags(uri(query), flags).map_err(sql)?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+            let v = check_schema(&conn, path)?;
+            Ok((conn, v))
+        };
+        let (conn, version) = match try_open("mode=ro") {
+            Ok(c) => c,
+            Err(StoreError::Sqlite { .. }) if super::on_read_only_fs(path) => {
+                try_open("immutable=1")?
+            }
+            Err(e) => return Err(e),
+        };
+        if version < SCHEMA_VERSION {
+            if !super::on_read_only_fs(path) {
+                // Where it can be, an old store is upgraded, as any command would.
+                drop(conn);
+                return Self::from_db_file(path);
+            }
+            return Err(StoreError::WrongKind {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "store schema version {version} is older than this modelsync's ({SCHEMA_VERSION}); upgrade it where it is writable (any command does)"
+                ),
+            });
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Uses an already opened connection (the seed's `from_connection`), for keeping the
@@ -318,6 +385,17 @@ impl SqliteStore {
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
+        if let rusqlite::Error::SqliteFailure(e, _) = &source
+            && matches!(
+                e.code,
+                rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen
+            )
+            && super::on_read_only_fs(&self.path)
+        {
+            return StoreError::ReadOnly {
+                path: self.path.clone(),
+            };
+        }
         StoreError::Sqlite {
             path: self.path.clone(),
             source,
@@ -662,5 +740,32 @@ impl RecordStore for SqliteStore {
 
     fn location(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_open_takes_uri_characters_in_the_path_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a?b#c%20d.db");
+        drop(SqliteStore::from_db_file(&path).unwrap());
+        let ro = SqliteStore::open_read_only(&path).unwrap();
+        assert_eq!(ro.schema_version().unwrap(), SCHEMA_VERSION);
+        assert!(ro.all_models().unwrap().is_empty());
+        assert!(ro.del_model("nope").is_err());
+        // Nothing new appeared beside it (no file named after a mangled URI).
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("a?b#c%20d.db"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+        // A file that does not exist is not created by a read-only open.
+        let missing = dir.path().join("none.db");
+        assert!(SqliteStore::open_read_only(&missing).is_err());
+        assert!(!missing.exists());
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 mod apply;
 mod cli_records;
+mod deploy;
 mod diff;
 mod download;
 mod faults;

@@ -6,7 +6,7 @@
 //! real (temp dirs, an axum server on 127.0.0.1:0, reqwest).
 
 mod fake;
-mod k8s;
+pub(crate) mod k8s;
 pub(crate) mod prom;
 
 use std::net::SocketAddr;
@@ -370,7 +370,7 @@ async fn manifest_edit_triggers_a_reconcile() {
 /// Writes a new ConfigMap payload the way the kubelet does: a new `..<timestamp>` directory,
 /// a `..data_tmp` link renamed over `..data`, then the old directory removed.
 #[cfg(unix)]
-fn configmap_publish(dir: &Path, stamp: u32, content: &str, first: bool) {
+pub(crate) fn configmap_publish(dir: &Path, stamp: u32, content: &str, first: bool) {
     use std::os::unix::fs::symlink;
     let ts = format!("..2026_11_29_10_00_{stamp:02}.123456789");
     std::fs::create_dir(dir.join(&ts)).expect("timestamp dir");

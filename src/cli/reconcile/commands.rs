@@ -36,7 +36,7 @@ fn read_inventory(m: &Manifest) -> anyhow::Result<(Option<Box<dyn RecordStore>>,
     if !db.exists() {
         return Ok((None, Inventory::empty(&m.settings.models_dir)));
     }
-    let store = store::open(&db)?;
+    let store = store::open_read_only(&db)?;
     let inv = reconcile::observe(store.as_ref(), &m.settings.models_dir)?;
     Ok((Some(store), inv))
 }
@@ -390,7 +390,7 @@ pub fn verify(ctx: &Context, a: VerifyArgs) -> anyhow::Result<Status> {
     if !db.exists() {
         anyhow::bail!("no record store at {}", db.display());
     }
-    let store = store::open(&db)?;
+    let store = store::open_read_only(&db)?;
     let verdicts = verifymod::verify(store.as_ref(), &models_dir, lock.as_ref(), &a.names)?;
     let bad = verdicts.iter().filter(|v| !v.ok()).count();
     if ctx.output == OutputFormat::Json {
@@ -465,6 +465,15 @@ pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
     let mut keep = gcmod::Keep::default().store(&db);
     if ctx.manifest_path.is_file() {
         keep = keep.manifest(&ctx.manifest_path);
+        // A lock kept elsewhere (settings.lock_file, maybe inside models_dir) is no orphan.
+        if let Ok(s) = crate::manifest::load_settings(&ctx.manifest_path)
+            && let Some(l) = &s.lock_file
+        {
+            keep = keep.file(l);
+        }
+    }
+    if let Some(l) = &ctx.lock_file_flag {
+        keep = keep.file(l);
     }
     let items = gcmod::collect(&inv, &keep)?;
     let total: u64 = items.iter().map(|g| g.bytes).sum();

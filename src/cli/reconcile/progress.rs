@@ -149,6 +149,14 @@ impl ApplyUi {
                     self.eprintln(&line);
                 }
             }
+            ReconcileEvent::LockNotWritten { path, error } => {
+                if !self.quiet {
+                    self.eprintln(&format!(
+                        "warning: cannot write {}: {error}; the models converge without it, but `apply --locked` and `verify` have no lock to check against (set settings.lock_file or --lock-file to a writable place)",
+                        path.display()
+                    ));
+                }
+            }
             ReconcileEvent::Planned { .. }
             | ReconcileEvent::ActionStarted { .. }
             | ReconcileEvent::Finished { .. } => {}

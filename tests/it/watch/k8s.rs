@@ -320,3 +320,19 @@ fn flag_check_catches_unknown_flags() {
         "--port is not a watch flag and must be reported"
     );
 }
+
+/// The `modelsync watch` command line of `examples/k8s/daemonset.yaml`, exactly as shipped.
+pub(crate) fn daemonset_watch_argv() -> Vec<String> {
+    let path = k8s_dir().join("daemonset.yaml");
+    let text = std::fs::read_to_string(&path).expect("daemonset.yaml");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("daemonset.yaml is YAML");
+    let mut found = Vec::new();
+    for doc in &docs {
+        collect_containers(doc, "daemonset.yaml", &mut found);
+    }
+    found
+        .into_iter()
+        .map(|i| i.argv)
+        .find(|a| a.get(1).is_some_and(|s| s == "watch"))
+        .expect("daemonset.yaml runs modelsync watch")
+}
