@@ -770,7 +770,18 @@ fn has_pickle_files(dir: &Path, depth: u8) -> bool {
             .and_then(|x| x.to_str())
             .map(str::to_ascii_lowercase)
             .is_some_and(|x| matches!(x.as_str(), "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle"))
+            || starts_like_pickle(&p)
     })
+}
+
+/// Whether a file opens as a protocol 2+ pickle (PROTO) or a zip (a torch save), whatever its
+/// name: a pickle renamed to `weights.dat` is scanned too.
+fn starts_like_pickle(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head[0] == 0x80 || head == *b"PK\x03\x04")
 }
 
 fn folder_size(dir: &Path) -> u64 {

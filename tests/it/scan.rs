@@ -340,3 +340,32 @@ fn cpython_differential_small() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A pickle inside a model folder is scanned whatever its name: one renamed to `notes.dat`
+/// (written by CPython's own pickler) still makes the folder's scan dangerous.
+#[test]
+fn a_renamed_pickle_in_a_folder_is_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("vae");
+    fs::create_dir(&model).unwrap();
+    fx::write_json(
+        &model.join("config.json"),
+        &serde_json::json!({"_class_name": "AutoencoderKL", "latent_channels": 4}),
+    );
+    fx::safetensors(
+        &model.join("diffusion_pytorch_model.safetensors"),
+        &[("decoder.conv_in.weight", &[8, 4, 3, 3])],
+        None,
+    );
+    py_write(
+        &model.join("notes.dat"),
+        "pickle.dumps(type('X', (object,), {'__reduce__': lambda s: (__import__('os').system, ('true',))})(), protocol=2)",
+    );
+    let r = modelsync::probe::probe(&model).unwrap();
+    let scan = r.pickle_scan.expect("the folder is scanned");
+    assert_eq!(scan.verdict, ScanVerdict::Dangerous, "{scan:?}");
+    assert!(
+        scan.globals.iter().any(|g| g.file.ends_with("notes.dat")),
+        "{scan:?}"
+    );
+}
