@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::probe::pickle::{Cursor, LEGACY_MAGIC_PICKLE, Machine};
+use crate::probe::pickle::{Cursor, Machine, is_legacy_torch_save};
 
 /// Bytes of one `.pkl` member of a zip archive we read, decompressed (torch's `data.pkl` is a
 /// few MB at most); a member is streamed, so this bounds time, not memory.
@@ -496,7 +496,7 @@ pub(crate) fn read_pickle_file(path: &Path, label: &str) -> Result<PickleContent
             // SAFETY: read-only map; a concurrent truncation could fault, as with any mmap
             // reader — model files are not rewritten in place by modelsync.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-            let legacy = map.starts_with(LEGACY_MAGIC_PICKLE);
+            let legacy = is_legacy_torch_save(&map[..]);
             read_stream(&map[..], legacy, label, true, &mut out);
         }
     }
@@ -729,7 +729,7 @@ pub(crate) fn scan_bytes_for_fuzz(data: &[u8]) -> ScanReport {
     let mut out = PickleContents::default();
     read_stream(
         data,
-        data.starts_with(LEGACY_MAGIC_PICKLE),
+        is_legacy_torch_save(data),
         "f",
         true,
         &mut out,

@@ -1057,6 +1057,21 @@ pub(crate) const LEGACY_MAGIC_PICKLE: &[u8] = &[
     0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
 ];
 
+/// Whether `data` opens with torch's legacy magic number pickled at any protocol, as
+/// `torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=N)` writes it:
+/// `PROTO N` (2+), a `FRAME` (4+), then LONG1 of the magic and STOP; or, at protocols 0 and 1,
+/// the text `LONG` form.
+pub(crate) fn is_legacy_torch_save(data: &[u8]) -> bool {
+    let mut rest = data;
+    if let [0x80, _, tail @ ..] = rest {
+        rest = tail;
+    }
+    if let [0x95, tail @ ..] = rest {
+        rest = tail.get(8..).unwrap_or_default();
+    }
+    rest.starts_with(&LEGACY_MAGIC_PICKLE[2..]) || rest.starts_with(b"L119547037146038801333356L\n.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1126,6 +1141,22 @@ mod tests {
         let (_, e, _) = run(&[b'X', 0xff, 0xff, 0xff, 0x7f]);
         let e = e.unwrap_err();
         assert!(e.reason.contains("more bytes"), "{e}");
+    }
+
+    #[test]
+    fn legacy_magic_at_every_protocol() {
+        // `pickle.dumps(0x1950a86a20f9469cfc6c, protocol=p)` from CPython 3.11, p = 0..=5.
+        let cases: [&[u8]; 4] = [
+            b"L119547037146038801333356L\n.",
+            b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.",
+            b"\x80\x03\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.",
+            b"\x80\x05\x95\r\x00\x00\x00\x00\x00\x00\x00\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.",
+        ];
+        for c in cases {
+            assert!(is_legacy_torch_save(c), "{c:?}");
+        }
+        assert!(!is_legacy_torch_save(b"\x80\x02}q\x00."));
+        assert!(!is_legacy_torch_save(b"L1L\n."));
     }
 
     #[test]

@@ -615,9 +615,6 @@ fn legacy_torch_saves_of_protocol_2_are_read() {
 }
 
 #[test]
-#[ignore = "the legacy-layout detection in src/scan.rs matches torch's magic number only as \
-            protocol 2 writes it (sec-pickle's area); torch.save(pickle_protocol=1/3/4/5, \
-            _use_new_zipfile_serialization=False) files read as 0 tensors"]
 fn legacy_torch_saves_of_every_protocol_are_read() {
     let dir = tempfile::tempdir().unwrap();
     for p in fx::esrgan_legacy_every_protocol(dir.path()) {
