@@ -8,11 +8,11 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::{MessageFormatter, Spanned};
 
-use super::interpolate::{env_lookup, interpolate};
+use super::interpolate::{InterpolateError, env_lookup, interpolate};
 use super::spec::{self, RecordSpec, SourceSpec};
 use super::{
-    CacheSettings, ConfigOverrides, Diagnostic, Loc, MANIFEST_VERSION, Manifest, ManifestError,
-    ModelEntry, Settings, UnsafePickle,
+    BrokenEntry, CacheSettings, ConfigOverrides, Diagnostic, Loc, MANIFEST_VERSION, Manifest,
+    ManifestError, ModelEntry, Settings, UnsafePickle,
 };
 use crate::hash::HashAlgorithm;
 use crate::hub::source::{ModelSource, Token};
@@ -259,9 +259,27 @@ pub fn parse_str(
     let mut models = Vec::new();
     let mut names: HashMap<String, Loc> = HashMap::new();
     let mut dests: HashMap<PathBuf, (String, Loc)> = HashMap::new();
+    let mut broken = Vec::new();
     for entry in file.models.iter().flatten() {
-        let Some(e) = cx.entry(entry, &settings) else {
-            continue;
+        let e = match cx.entry(entry, &settings) {
+            None => continue,
+            Some(Err(b)) => {
+                let name_loc = entry.value().name.loc();
+                if let Some(first) = names.get(&b.name) {
+                    cx.err(
+                        name_loc,
+                        format!(
+                            "duplicate entry name `{}` (first defined at line {}, column {}): names are the entries' identity and must be unique",
+                            b.name, first.line, first.column
+                        ),
+                    );
+                } else {
+                    names.insert(b.name.clone(), name_loc);
+                    broken.push(b);
+                }
+                continue;
+            }
+            Some(Ok(e)) => e,
         };
         let name_loc = entry.value().name.loc();
         if let Some(first) = names.get(&e.name) {
@@ -297,6 +315,7 @@ pub fn parse_str(
         base_dir,
         settings,
         models,
+        broken,
     })
 }
 
@@ -306,6 +325,9 @@ struct Cx<'a> {
     base_dir: PathBuf,
     lookup: &'a dyn Fn(&str) -> Option<String>,
     diags: Vec<Diagnostic>,
+    /// Inside an entry (past its name): unset variables go to `unset`, not `diags`.
+    defer_unset: bool,
+    unset: Vec<String>,
 }
 
 impl<'a> Cx<'a> {
@@ -319,6 +341,8 @@ impl<'a> Cx<'a> {
             base_dir,
             lookup,
             diags: Vec::new(),
+            defer_unset: false,
+            unset: Vec::new(),
         }
     }
 
@@ -382,6 +406,11 @@ impl<'a> Cx<'a> {
     fn text(&mut self, sp: &Sp<String>, field: &str) -> Option<String> {
         match interpolate(sp.value(), self.lookup) {
             Ok(s) => Some(s),
+            Err(e @ InterpolateError::Unset(_)) if self.defer_unset => {
+                self.unset
+                    .push(format!("line {}: in `{field}`: {e}", sp.loc().line));
+                None
+            }
             Err(e) => {
                 self.err(sp.loc(), format!("in `{field}`: {e}"));
                 None
@@ -531,11 +560,47 @@ impl<'a> Cx<'a> {
         clippy::too_many_lines,
         reason = "one check after another, in field order"
     )]
-    fn entry(&mut self, sp: &Sp<EntryFile>, settings: &Settings) -> Option<ModelEntry> {
+    /// One entry: `None` when it is invalid (diagnostics recorded), `Err` when it is valid but
+    /// uses a variable that is not set (see [`Manifest::broken`]).
+    fn entry(
+        &mut self,
+        sp: &Sp<EntryFile>,
+        settings: &Settings,
+    ) -> Option<Result<ModelEntry, BrokenEntry>> {
         let before = self.diags.len();
         let raw = sp.value();
-        let name = self.text(&raw.name, "name").unwrap_or_default();
-        if name.trim().is_empty() {
+        let expanded = self.text(&raw.name, "name");
+        let name = expanded.clone().unwrap_or_default();
+        self.defer_unset = true;
+        let r = self.entry_body(sp, settings, expanded.as_deref());
+        self.defer_unset = false;
+        let unset = std::mem::take(&mut self.unset);
+        if self.diags.len() > before {
+            return None;
+        }
+        match r {
+            Some(e) if unset.is_empty() => Some(Ok(e)),
+            _ => Some(Err(BrokenEntry {
+                name,
+                source: raw.source.value().clone(),
+                reason: unset.join("; "),
+                loc: sp.loc(),
+            })),
+        }
+    }
+
+    fn entry_body(
+        &mut self,
+        sp: &Sp<EntryFile>,
+        settings: &Settings,
+        expanded: Option<&str>,
+    ) -> Option<ModelEntry> {
+        let before = self.diags.len();
+        let raw = sp.value();
+        let name = expanded.unwrap_or_default().to_owned();
+        if expanded.is_none() {
+            // Said already.
+        } else if name.trim().is_empty() {
             self.err(
                 raw.name.loc(),
                 "`name` is empty: every entry needs a unique name",
@@ -672,6 +737,9 @@ impl<'a> Cx<'a> {
         {
             if kind == Some("local path") {
                 self.err(t.loc(), "`token` does not apply to a local path");
+            } else if text.is_empty() {
+                // `${HF_TOKEN:-}` with HF_TOKEN unset: no entry token, so the usual ones
+                // (HF_TOKEN, the token file) are tried, as `hf download` does.
             } else if let Some(s) = &mut source {
                 s.set_access_token(Token::new(text));
             }

@@ -331,7 +331,14 @@ pub async fn apply(
         .collect();
     if !unknown.is_empty() {
         let (sizes, w) = remote::entry_sizes(cx.hub, cx.hub_env, &unknown).await;
-        warnings = w;
+        // An entry that names nothing fails on its own (an error row); the others go on.
+        for w in w {
+            if w.unresolvable {
+                popts.unresolvable.insert(w.name, w.message);
+            } else {
+                warnings.push(w);
+            }
+        }
         popts.remote_sizes = sizes;
         the_plan = plan(manifest, &inventory, &popts)?;
     }
@@ -633,7 +640,7 @@ async fn locked_preflight(
                 e.name,
                 e.revision().unwrap_or("main")
             )),
-            Err(err) => problems.push(format!(
+            Err((_, err)) => problems.push(format!(
                 "entry `{}`: cannot check the locked commit: {err}",
                 e.name
             )),

@@ -370,11 +370,25 @@ fn interpolation_expands_defaults_and_escapes_keeping_locations() {
     );
     assert_eq!(m.models[0].tags, ["default-tag"]);
 
+    // An unset variable in an entry is that entry's error, not the manifest's.
+    let m = parse(&entries(
+        "  - name: a\n    source: o/n\n    token: ${NOT_SET}\n  - name: b\n    source: o/m\n    token: ${NOT_SET:-}\n",
+    ))
+    .unwrap();
+    assert_eq!(m.models.len(), 1);
+    assert_eq!(m.models[0].name, "b");
+    assert!(m.models[0].token().is_none(), "an empty token is no token");
+    assert_eq!(m.broken.len(), 1);
+    assert_eq!(m.broken[0].name, "a");
+    assert_eq!(m.broken[0].source, "o/n");
     assert_eq!(
-        error(&entries(
-            "  - name: a\n    source: o/n\n    token: ${NOT_SET}\n"
-        )),
-        "models.yaml:5:12: in `token`: environment variable `NOT_SET` is not set (write `${NOT_SET:-default}` for a default, `$${` for a literal `${`)"
+        m.broken[0].reason,
+        "line 5: in `token`: environment variable `NOT_SET` is not set (write `${NOT_SET:-default}` for a default, `$${` for a literal `${`)"
+    );
+    // In settings, and in an entry's name, it is still an error of the manifest.
+    assert_eq!(
+        error(&entries("  - name: ${NOT_SET}\n    source: o/n\n")),
+        "models.yaml:3:11: in `name`: environment variable `NOT_SET` is not set (write `${NOT_SET:-default}` for a default, `$${` for a literal `${`)"
     );
     assert_eq!(
         error("version: 1\nsettings:\n  models_dir: \"x/${BROKEN\"\n"),
@@ -554,16 +568,16 @@ fn store_paths_read_the_manifest_and_flags_win() {
         paths(&["--database", "/y.db"]),
         (dir.path().join("m"), PathBuf::from("/y.db"))
     );
-    // The full manifest does need it.
+    // In the full manifest it is that entry's error.
     let cli =
         modelsync::cli::Cli::try_parse_from(["modelsync", "-f", path.to_str().unwrap(), "diff"])
             .unwrap();
-    let e = modelsync::cli::Context::new(&cli.global)
+    let m = modelsync::cli::Context::new(&cli.global)
         .load_manifest()
-        .unwrap_err();
+        .unwrap();
     assert!(
-        format!("{e:#}").contains("MODELSYNC_TEST_NEVER_SET"),
-        "{e:#}"
+        m.broken[0].reason.contains("MODELSYNC_TEST_NEVER_SET"),
+        "{m:?}"
     );
     // No manifest: the defaults, and a hint from load_manifest.
     let cli = modelsync::cli::Cli::try_parse_from([

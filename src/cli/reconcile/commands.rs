@@ -72,10 +72,12 @@ async fn plan_with_lookups(
         let entries: Vec<&ModelEntry> = m.models.iter().collect();
         let (commits, w) = remote::upstream_commits(&client, &env, &entries).await;
         opts.upstream_commits = commits;
-        warnings.extend(w);
+        split_unresolvable(w, &mut opts, &mut warnings);
         hub = Some(client);
     }
     let p = reconcile::plan(m, inv, &opts)?;
+    // Hub answers saying an entry names nothing (no such repo, revision, file or path) make
+    // it an error row; the rest stay warnings with unknown values.
     let unknown: Vec<&ModelEntry> = p
         .changes()
         .filter(|a| a.fetch_bytes.is_none())
@@ -89,18 +91,34 @@ async fn plan_with_lookups(
         None => match remote::lookup_client(&m.settings, &env) {
             Ok(c) => c,
             Err(e) => {
-                warnings.push(RemoteWarning {
-                    name: "hub".into(),
-                    message: format!("sizes unknown: {e}"),
-                });
+                warnings.push(RemoteWarning::new(
+                    "hub".into(),
+                    format!("sizes unknown: {e}"),
+                ));
                 return Ok((p, warnings));
             }
         },
     };
     let (sizes, w) = remote::entry_sizes(&client, &env, &unknown).await;
-    warnings.extend(w);
+    split_unresolvable(w, &mut opts, &mut warnings);
     opts.remote_sizes = sizes;
     Ok((reconcile::plan(m, inv, &opts)?, warnings))
+}
+
+/// Look-up failures that say the entry cannot be resolved go to the plan as error rows; the
+/// others stay warnings.
+fn split_unresolvable(
+    found: Vec<RemoteWarning>,
+    opts: &mut PlanOptions<'_>,
+    warnings: &mut Vec<RemoteWarning>,
+) {
+    for w in found {
+        if w.unresolvable {
+            opts.unresolvable.insert(w.name, w.message);
+        } else {
+            warnings.push(w);
+        }
+    }
 }
 
 /// `diff`: the plan as a table (or `-o json`: the Plan document).
