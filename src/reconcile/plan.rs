@@ -263,6 +263,61 @@ impl Plan {
         self.disk.fits
     }
 
+    /// The disk gate, per entry: when the whole fetch does not fit, the fetching actions are
+    /// taken in plan order while their known sizes fit in the free bytes (less the staging
+    /// headroom), and each one that no longer fits becomes an error row saying so; the others
+    /// go ahead. Actions of unknown size are let through (the download's own space check
+    /// stops them). Returns the names refused; nothing when the plan fits or free space was
+    /// not measured.
+    ///
+    /// Plan order, not the best packing: it is the order the user wrote, so which entries get
+    /// in is predictable, and a later run installs the rest once space is freed.
+    pub fn refuse_what_does_not_fit(&mut self) -> Vec<String> {
+        let Some(free) = self.disk.free_bytes else {
+            return Vec::new();
+        };
+        if self.disk.fits {
+            return Vec::new();
+        }
+        let staging = self
+            .disk
+            .required_bytes
+            .saturating_sub(self.totals.fetch_bytes);
+        let mut left = free.saturating_sub(staging);
+        let mut refused = Vec::new();
+        for a in &mut self.actions {
+            let Some(bytes) = a.fetch_bytes.filter(|b| *b > 0) else {
+                continue;
+            };
+            if !a.action.is_change() {
+                continue;
+            }
+            if bytes <= left {
+                left -= bytes;
+                continue;
+            }
+            a.reason = format!(
+                "does not fit on disk: needs {}, {} left for it (of {} free)",
+                crate::units::HumanBytes(bytes),
+                crate::units::HumanBytes(left),
+                crate::units::HumanBytes(free)
+            );
+            a.action = ActionKind::Error;
+            a.fetch_bytes = Some(0);
+            a.files.clear();
+            refused.push(a.name.clone());
+        }
+        let mut totals = Totals {
+            unmanaged: self.totals.unmanaged,
+            ..Totals::default()
+        };
+        for a in &self.actions {
+            totals.count(a);
+        }
+        self.totals = totals;
+        refused
+    }
+
     /// The action for an entry name.
     pub fn action(&self, name: &str) -> Option<&PlannedAction> {
         self.actions.iter().find(|a| a.name == name)

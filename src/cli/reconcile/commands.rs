@@ -16,8 +16,8 @@ use crate::events::Reporter;
 use crate::hub::{HubClient, HubEnv};
 use crate::manifest::{LockFile, Manifest, ModelEntry};
 use crate::reconcile::{
-    self, ApplyError, ApplyOptions, Inventory, Plan, PlanOptions, RemoteWarning, gc as gcmod,
-    remote, render_text, status as statusmod, verify as verifymod,
+    self, ApplyOptions, Inventory, Plan, PlanOptions, RemoteWarning, gc as gcmod, remote,
+    render_text, status as statusmod, verify as verifymod,
 };
 use crate::store::{self, RecordStore, lock::StoreLock};
 use crate::units::HumanBytes;
@@ -200,19 +200,7 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         anyhow::Ok(reconcile::apply(&m, &cx, &opts).await)
     })?;
     ui.clear();
-    let report = match result {
-        Ok(r) => r,
-        Err(ApplyError::DoesNotFit { plan, .. }) => {
-            if json {
-                print_json(&serde_json::json!({"error": "does not fit", "plan": *plan}))?;
-            } else {
-                std::io::stdout().write_all(render_text(&plan, false).as_bytes())?;
-                eprintln!("error: not enough free disk for this plan; nothing was changed");
-            }
-            return Ok(Status::DoesNotFit);
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let report = result?;
     if !json && !ctx.quiet {
         let failed: Vec<_> = report.failures().collect();
         let mut out = std::io::stdout().lock();
@@ -265,7 +253,20 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
             );
         }
     }
-    Ok(if report.converged() {
+    Ok(if !report.did_not_fit.is_empty() {
+        if !json && !ctx.quiet {
+            eprintln!(
+                "error: not enough free disk for {}; the other entries were applied",
+                report
+                    .did_not_fit
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Status::DoesNotFit
+    } else if report.converged() {
         Status::Success
     } else {
         Status::Error
