@@ -53,6 +53,87 @@ impl<T: schemars::JsonSchema> schemars::JsonSchema for Sp<T> {
     }
 }
 
+/// A string as YAML wrote it: `tags: [1, 2]` or `name: 7` is refused, not taken as text,
+/// as the JSON Schema says (write `"1"` for the text). Derefs to the `String`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(String);
+
+impl std::ops::Deref for Text {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string (quote numbers and booleans meant as text)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text, E> {
+                Ok(Text(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl schemars::JsonSchema for Text {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        String::schema_name()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+}
+
+/// A boolean as YAML wrote it: `"true"` (a string) is refused, as the JSON Schema says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Flag;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true or false (unquoted)")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Flag, E> {
+                Ok(Flag(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl schemars::JsonSchema for Flag {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        bool::schema_name()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        bool::json_schema(generator)
+    }
+}
+
 /// `models.yaml`: the models this machine should have. Strings may use `${VAR}` and
 /// `${VAR:-default}` (environment variables); `$${` is a literal `${`. Relative paths are
 /// relative to this file's folder.
@@ -77,11 +158,11 @@ pub struct ManifestFile {
 pub struct SettingsFile {
     /// Folder models are installed into (default `models`, relative to the manifest).
     #[serde(default)]
-    pub models_dir: Option<Sp<String>>,
+    pub models_dir: Option<Sp<Text>>,
     /// Record store: `.db`/`.sqlite` for SQLite, `.yaml`/`.yml` for a YAML file
     /// (default `<models_dir>/modelsync.db`).
     #[serde(default)]
-    pub database: Option<Sp<String>>,
+    pub database: Option<Sp<Text>>,
     /// Default Hugging Face repo variant for entries that name none.
     #[serde(default)]
     pub variant: Option<Sp<ModelRepoVariant>>,
@@ -90,14 +171,14 @@ pub struct SettingsFile {
     pub hash_algorithm: Option<HashAlgorithm>,
     /// Delete managed models whose entries left the manifest (default false).
     #[serde(default)]
-    pub prune: Option<bool>,
+    pub prune: Option<Sp<Flag>>,
     /// Downloads at once (default 5).
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_parallel_downloads: Option<Sp<u32>>,
     /// Hugging Face endpoint (default env HF_ENDPOINT, else https://huggingface.co).
     #[serde(default)]
-    pub hf_endpoint: Option<Sp<String>>,
+    pub hf_endpoint: Option<Sp<Text>>,
     /// How long apply waits for another process's store lock (default 5m).
     #[serde(default)]
     #[schemars(schema_with = "duration_schema")]
@@ -130,7 +211,7 @@ pub struct CacheFile {
     /// Execution device: auto, cpu, cuda, cuda:N or mps (default auto).
     #[serde(default)]
     #[schemars(regex(pattern = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"))]
-    pub device: Option<Sp<String>>,
+    pub device: Option<Sp<Text>>,
 }
 
 /// One model.
@@ -138,48 +219,54 @@ pub struct CacheFile {
 #[serde(deny_unknown_fields)]
 pub struct EntryFile {
     /// The entry's identity: unique in the file; apply records it in the model's record.
-    pub name: Sp<String>,
+    #[schemars(schema_with = "name_schema")]
+    pub name: Sp<Text>,
     /// A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`,
     /// `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`,
     /// `owner/name@revision`) or an http(s) URL.
-    pub source: Sp<String>,
+    #[schemars(schema_with = "source_schema")]
+    pub source: Sp<Text>,
     /// Hugging Face repo file variant ("" for the default files).
     #[serde(default)]
     pub variant: Option<Sp<ModelRepoVariant>>,
     /// A folder (or one file) of the Hugging Face repo.
     #[serde(default)]
-    pub subfolder: Option<Sp<String>>,
+    pub subfolder: Option<Sp<Text>>,
     /// Branch, tag or commit of the Hugging Face repo (default main); the resolved commit
     /// goes to models.lock.
     #[serde(default)]
-    pub revision: Option<Sp<String>>,
+    #[schemars(schema_with = "revision_schema")]
+    pub revision: Option<Sp<Text>>,
     /// Globs over the repo's (or local folder's) files to take.
     #[serde(default)]
-    pub include: Option<Vec<Sp<String>>>,
+    pub include: Option<Vec<Sp<Text>>>,
     /// Globs over the repo's (or local folder's) files to leave out.
     #[serde(default)]
-    pub exclude: Option<Vec<Sp<String>>>,
+    pub exclude: Option<Vec<Sp<Text>>>,
     /// Access token, usually `${HF_TOKEN}`. Kept in memory only, never stored.
     #[serde(default)]
-    pub token: Option<Sp<String>>,
+    pub token: Option<Sp<Text>>,
     /// Local sources: register the file or folder where it is instead of copying it.
     #[serde(default)]
-    pub inplace: Option<Sp<bool>>,
+    pub inplace: Option<Sp<Flag>>,
     /// Install path relative to models_dir (default `<key>/…`).
     #[serde(default)]
-    pub dest: Option<Sp<String>>,
+    #[schemars(schema_with = "dest_schema")]
+    pub dest: Option<Sp<Text>>,
     /// Expected content hash `algo:hex` (for example `blake3:…`); a mismatch is an error.
     #[serde(default)]
-    pub hash: Option<Sp<String>>,
+    #[schemars(schema_with = "hash_schema")]
+    pub hash: Option<Sp<Text>>,
     /// Warm into the load cache after apply and in watch.
     #[serde(default)]
-    pub preload: Option<bool>,
+    pub preload: Option<Sp<Flag>>,
     /// Record tags.
     #[serde(default)]
-    pub tags: Option<Vec<Sp<String>>>,
+    #[schemars(schema_with = "tags_schema")]
+    pub tags: Option<Vec<Sp<Text>>>,
     /// Record description.
     #[serde(default)]
-    pub description: Option<Sp<String>>,
+    pub description: Option<Sp<Text>>,
     /// Record fields that override what the probe finds.
     #[serde(default)]
     pub config: Option<ConfigOverrides>,
@@ -188,9 +275,67 @@ pub struct EntryFile {
     pub unsafe_pickle: Option<UnsafePickle>,
 }
 
+// The schemas below carry the checks `Cx::entry` makes, so that an editor refuses what the
+// parser refuses (a test checks a table of cases both ways). A value using `${…}` can only be
+// checked once expanded, so the patterns let it through.
+
+fn name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "The entry's identity: unique in the file; apply records it in the model's record. Not empty, no surrounding spaces or control characters.",
+        "pattern": "^[^\\s\\x00-\\x1f\\x7f](?:[^\\x00-\\x1f\\x7f]*[^\\s\\x00-\\x1f\\x7f])?$"
+    })
+}
+
+fn source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`, `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`, `owner/name@revision`) or an http(s) URL.",
+        "pattern": "\\S"
+    })
+}
+
+fn revision_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "Branch, tag or commit of the Hugging Face repo (default main); the resolved commit goes to models.lock.",
+        "pattern": "^[^\\s:@]+$|\\$\\{"
+    })
+}
+
+fn dest_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "Install path relative to models_dir (default `<key>/…`): not absolute, no `..`, not in .tmp or .cache.",
+        "pattern": "^(?![/\\\\~])(?!(?:\\./)*\\.(?:tmp|cache)(?:/|$))(?!(?:.*/)?\\.\\.(?:/|$))(?!(?:\\.?/?)*$).+$|\\$\\{"
+    })
+}
+
+fn hash_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let algos = HashAlgorithm::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join("|");
+    schemars::json_schema!({
+        "type": "string",
+        "description": "Expected content hash `algo:hex` (for example `blake3:…`); a mismatch is an error.",
+        "pattern": format!("^(?:{algos}):[0-9a-fA-F]+$|\\$\\{{")
+    })
+}
+
+fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "description": "Record tags.",
+        "items": {"type": "string", "pattern": "\\S"}
+    })
+}
+
 fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": ["string", "integer"],
+        "minimum": 0,
         "description": "A size: bytes, or a number with B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024).",
         "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([KkMmGgTt]i?[Bb]?|[Bb])?\\s*$",
         "examples": ["8GiB", "512MiB", "8GB"]
@@ -376,7 +521,13 @@ impl<'a> Cx<'a> {
                         .into(),
             }]));
         }
-        serde_saphyr::from_str::<ManifestFile>(text).map_err(|e| {
+        // YAML 1.2 booleans only (`true`/`false`), as JSON Schema editors read the file:
+        // `tags: [y, n]` are strings, `preload: yes` is not a boolean.
+        serde_saphyr::from_str_with_options::<ManifestFile>(
+            text,
+            serde_saphyr::options! { strict_booleans: true },
+        )
+        .map_err(|e| {
             let loc = e.location().map_or_else(Loc::default, |l| Loc {
                 line: l.line(),
                 column: l.column(),
@@ -403,8 +554,8 @@ impl<'a> Cx<'a> {
     }
 
     /// The interpolated value of a string.
-    fn text(&mut self, sp: &Sp<String>, field: &str) -> Option<String> {
-        match interpolate(sp.value(), self.lookup) {
+    fn text<S: AsRef<str>>(&mut self, sp: &Sp<S>, field: &str) -> Option<String> {
+        match interpolate(sp.value().as_ref(), self.lookup) {
             Ok(s) => Some(s),
             Err(e @ InterpolateError::Unset(_)) if self.defer_unset => {
                 self.unset
@@ -468,7 +619,7 @@ impl<'a> Cx<'a> {
         if let Some(h) = raw.hash_algorithm {
             s.hash_algorithm = h;
         }
-        s.prune = raw.prune.unwrap_or(false);
+        s.prune = raw.prune.as_ref().is_some_and(|f| f.value().0);
         if let Some(sp) = &raw.max_parallel_downloads {
             if *sp.value() == 0 {
                 self.err(sp.loc(), "`max_parallel_downloads` must be at least 1");
@@ -582,7 +733,7 @@ impl<'a> Cx<'a> {
             Some(e) if unset.is_empty() => Some(Ok(e)),
             _ => Some(Err(BrokenEntry {
                 name,
-                source: raw.source.value().clone(),
+                source: raw.source.value().to_string(),
                 reason: unset.join("; "),
                 loc: sp.loc(),
             })),
@@ -744,9 +895,9 @@ impl<'a> Cx<'a> {
                 s.set_access_token(Token::new(text));
             }
         }
-        let inplace = raw.inplace.as_ref().is_some_and(|v| *v.value());
+        let inplace = raw.inplace.as_ref().is_some_and(|v| v.value().0);
         if let Some(v) = &raw.inplace
-            && *v.value()
+            && v.value().0
         {
             match &mut source {
                 Some(ModelSource::Local(l)) => l.inplace = true,
@@ -802,7 +953,7 @@ impl<'a> Cx<'a> {
         let source = source?;
         let config = raw.config.clone().unwrap_or_default();
         let unsafe_pickle = raw.unsafe_pickle.unwrap_or_default();
-        let preload = raw.preload.unwrap_or(false);
+        let preload = raw.preload.as_ref().is_some_and(|f| f.value().0);
         let canonical = source.canonical();
         let dest_str = dest.as_ref().map(|d: &PathBuf| slash_path(d));
         let spec_hash = spec::compute(
