@@ -335,12 +335,35 @@ pub struct Manifest {
     pub settings: Settings,
     /// Entries in file order.
     pub models: Vec<ModelEntry>,
+    /// Entries that are well formed but cannot be expanded on this machine (a `${VAR}`
+    /// without a default whose variable is not set), in file order. Each is its own entry's
+    /// error (`diff` shows it as an `✗` row, `apply` fails only it), not the manifest's; its
+    /// records are neither deleted nor orphaned.
+    pub broken: Vec<BrokenEntry>,
+}
+
+/// A manifest entry that cannot be expanded here: see [`Manifest::broken`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokenEntry {
+    /// Its name.
+    pub name: String,
+    /// Its `source` as written (not interpolated).
+    pub source: String,
+    /// Why, with the line and field.
+    pub reason: String,
+    /// Where the entry starts.
+    pub loc: Loc,
 }
 
 impl Manifest {
     /// The entry with this name.
     pub fn entry(&self, name: &str) -> Option<&ModelEntry> {
         self.models.iter().find(|e| e.name == name)
+    }
+
+    /// Whether an entry of this name is in the manifest, expandable or not.
+    pub fn has_entry(&self, name: &str) -> bool {
+        self.entry(name).is_some() || self.broken.iter().any(|b| b.name == name)
     }
 
     /// The lock file: `settings.lock_file` (or `--lock-file`), else next to the manifest

@@ -8,11 +8,11 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::{MessageFormatter, Spanned};
 
-use super::interpolate::{env_lookup, interpolate};
+use super::interpolate::{InterpolateError, env_lookup, interpolate};
 use super::spec::{self, RecordSpec, SourceSpec};
 use super::{
-    CacheSettings, ConfigOverrides, Diagnostic, Loc, MANIFEST_VERSION, Manifest, ManifestError,
-    ModelEntry, Settings, UnsafePickle,
+    BrokenEntry, CacheSettings, ConfigOverrides, Diagnostic, Loc, MANIFEST_VERSION, Manifest,
+    ManifestError, ModelEntry, Settings, UnsafePickle,
 };
 use crate::hash::HashAlgorithm;
 use crate::hub::source::{ModelSource, Token};
@@ -53,6 +53,87 @@ impl<T: schemars::JsonSchema> schemars::JsonSchema for Sp<T> {
     }
 }
 
+/// A string as YAML wrote it: `tags: [1, 2]` or `name: 7` is refused, not taken as text,
+/// as the JSON Schema says (write `"1"` for the text). Derefs to the `String`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(String);
+
+impl std::ops::Deref for Text {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string (quote numbers and booleans meant as text)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text, E> {
+                Ok(Text(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl schemars::JsonSchema for Text {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        String::schema_name()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+}
+
+/// A boolean as YAML wrote it: `"true"` (a string) is refused, as the JSON Schema says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Flag;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true or false (unquoted)")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Flag, E> {
+                Ok(Flag(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl schemars::JsonSchema for Flag {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        bool::schema_name()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        bool::json_schema(generator)
+    }
+}
+
 /// `models.yaml`: the models this machine should have. Strings may use `${VAR}` and
 /// `${VAR:-default}` (environment variables); `$${` is a literal `${`. Relative paths are
 /// relative to this file's folder.
@@ -77,15 +158,15 @@ pub struct ManifestFile {
 pub struct SettingsFile {
     /// Folder models are installed into (default `models`, relative to the manifest).
     #[serde(default)]
-    pub models_dir: Option<Sp<String>>,
+    pub models_dir: Option<Sp<Text>>,
     /// Record store: `.db`/`.sqlite` for SQLite, `.yaml`/`.yml` for a YAML file
     /// (default `<models_dir>/modelsync.db`).
     #[serde(default)]
-    pub database: Option<Sp<String>>,
+    pub database: Option<Sp<Text>>,
     /// Where `models.lock` is kept (default beside the manifest: `models.yaml` →
     /// `models.lock`); for a manifest on a read-only mount such as a Kubernetes ConfigMap.
     #[serde(default)]
-    pub lock_file: Option<Sp<String>>,
+    pub lock_file: Option<Sp<Text>>,
     /// Default Hugging Face repo variant for entries that name none.
     #[serde(default)]
     pub variant: Option<Sp<ModelRepoVariant>>,
@@ -94,14 +175,14 @@ pub struct SettingsFile {
     pub hash_algorithm: Option<HashAlgorithm>,
     /// Delete managed models whose entries left the manifest (default false).
     #[serde(default)]
-    pub prune: Option<bool>,
+    pub prune: Option<Sp<Flag>>,
     /// Downloads at once (default 5).
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_parallel_downloads: Option<Sp<u32>>,
     /// Hugging Face endpoint (default env HF_ENDPOINT, else https://huggingface.co).
     #[serde(default)]
-    pub hf_endpoint: Option<Sp<String>>,
+    pub hf_endpoint: Option<Sp<Text>>,
     /// How long apply waits for another process's store lock (default 5m).
     #[serde(default)]
     #[schemars(schema_with = "duration_schema")]
@@ -139,7 +220,7 @@ pub struct CacheFile {
     /// Execution device: auto, cpu, cuda, cuda:N or mps (default auto).
     #[serde(default)]
     #[schemars(regex(pattern = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"))]
-    pub device: Option<Sp<String>>,
+    pub device: Option<Sp<Text>>,
 }
 
 /// One model.
@@ -147,48 +228,54 @@ pub struct CacheFile {
 #[serde(deny_unknown_fields)]
 pub struct EntryFile {
     /// The entry's identity: unique in the file; apply records it in the model's record.
-    pub name: Sp<String>,
+    #[schemars(schema_with = "name_schema")]
+    pub name: Sp<Text>,
     /// A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`,
     /// `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`,
     /// `owner/name@revision`) or an http(s) URL.
-    pub source: Sp<String>,
+    #[schemars(schema_with = "source_schema")]
+    pub source: Sp<Text>,
     /// Hugging Face repo file variant ("" for the default files).
     #[serde(default)]
     pub variant: Option<Sp<ModelRepoVariant>>,
     /// A folder (or one file) of the Hugging Face repo.
     #[serde(default)]
-    pub subfolder: Option<Sp<String>>,
+    pub subfolder: Option<Sp<Text>>,
     /// Branch, tag or commit of the Hugging Face repo (default main); the resolved commit
     /// goes to models.lock.
     #[serde(default)]
-    pub revision: Option<Sp<String>>,
+    #[schemars(schema_with = "revision_schema")]
+    pub revision: Option<Sp<Text>>,
     /// Globs over the repo's (or local folder's) files to take.
     #[serde(default)]
-    pub include: Option<Vec<Sp<String>>>,
+    pub include: Option<Vec<Sp<Text>>>,
     /// Globs over the repo's (or local folder's) files to leave out.
     #[serde(default)]
-    pub exclude: Option<Vec<Sp<String>>>,
+    pub exclude: Option<Vec<Sp<Text>>>,
     /// Access token, usually `${HF_TOKEN}`. Kept in memory only, never stored.
     #[serde(default)]
-    pub token: Option<Sp<String>>,
+    pub token: Option<Sp<Text>>,
     /// Local sources: register the file or folder where it is instead of copying it.
     #[serde(default)]
-    pub inplace: Option<Sp<bool>>,
+    pub inplace: Option<Sp<Flag>>,
     /// Install path relative to models_dir (default `<key>/…`).
     #[serde(default)]
-    pub dest: Option<Sp<String>>,
+    #[schemars(schema_with = "dest_schema")]
+    pub dest: Option<Sp<Text>>,
     /// Expected content hash `algo:hex` (for example `blake3:…`); a mismatch is an error.
     #[serde(default)]
-    pub hash: Option<Sp<String>>,
+    #[schemars(schema_with = "hash_schema")]
+    pub hash: Option<Sp<Text>>,
     /// Warm into the load cache after apply and in watch.
     #[serde(default)]
-    pub preload: Option<bool>,
+    pub preload: Option<Sp<Flag>>,
     /// Record tags.
     #[serde(default)]
-    pub tags: Option<Vec<Sp<String>>>,
+    #[schemars(schema_with = "tags_schema")]
+    pub tags: Option<Vec<Sp<Text>>>,
     /// Record description.
     #[serde(default)]
-    pub description: Option<Sp<String>>,
+    pub description: Option<Sp<Text>>,
     /// Record fields that override what the probe finds.
     #[serde(default)]
     pub config: Option<ConfigOverrides>,
@@ -197,9 +284,67 @@ pub struct EntryFile {
     pub unsafe_pickle: Option<UnsafePickle>,
 }
 
+// The schemas below carry the checks `Cx::entry` makes, so that an editor refuses what the
+// parser refuses (a test checks a table of cases both ways). A value using `${…}` can only be
+// checked once expanded, so the patterns let it through.
+
+fn name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "The entry's identity: unique in the file; apply records it in the model's record. Not empty, no surrounding spaces or control characters.",
+        "pattern": "^[^\\s\\x00-\\x1f\\x7f](?:[^\\x00-\\x1f\\x7f]*[^\\s\\x00-\\x1f\\x7f])?$"
+    })
+}
+
+fn source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`, `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`, `owner/name@revision`) or an http(s) URL.",
+        "pattern": "\\S"
+    })
+}
+
+fn revision_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "Branch, tag or commit of the Hugging Face repo (default main); the resolved commit goes to models.lock.",
+        "pattern": "^[^\\s:@]+$|\\$\\{"
+    })
+}
+
+fn dest_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "Install path relative to models_dir (default `<key>/…`): not absolute, no `..`, not in .tmp or .cache.",
+        "pattern": "^(?![/\\\\~])(?!(?:\\./)*\\.(?:tmp|cache)(?:/|$))(?!(?:.*/)?\\.\\.(?:/|$))(?!(?:\\.?/?)*$).+$|\\$\\{"
+    })
+}
+
+fn hash_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let algos = HashAlgorithm::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join("|");
+    schemars::json_schema!({
+        "type": "string",
+        "description": "Expected content hash `algo:hex` (for example `blake3:…`); a mismatch is an error.",
+        "pattern": format!("^(?:{algos}):[0-9a-fA-F]+$|\\$\\{{")
+    })
+}
+
+fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "description": "Record tags.",
+        "items": {"type": "string", "pattern": "\\S"}
+    })
+}
+
 fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": ["string", "integer"],
+        "minimum": 0,
         "description": "A size: bytes, or a number with B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024).",
         "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([KkMmGgTt]i?[Bb]?|[Bb])?\\s*$",
         "examples": ["8GiB", "512MiB", "8GB"]
@@ -268,9 +413,27 @@ pub fn parse_str(
     let mut models = Vec::new();
     let mut names: HashMap<String, Loc> = HashMap::new();
     let mut dests: HashMap<PathBuf, (String, Loc)> = HashMap::new();
+    let mut broken = Vec::new();
     for entry in file.models.iter().flatten() {
-        let Some(e) = cx.entry(entry, &settings) else {
-            continue;
+        let e = match cx.entry(entry, &settings) {
+            None => continue,
+            Some(Err(b)) => {
+                let name_loc = entry.value().name.loc();
+                if let Some(first) = names.get(&b.name) {
+                    cx.err(
+                        name_loc,
+                        format!(
+                            "duplicate entry name `{}` (first defined at line {}, column {}): names are the entries' identity and must be unique",
+                            b.name, first.line, first.column
+                        ),
+                    );
+                } else {
+                    names.insert(b.name.clone(), name_loc);
+                    broken.push(b);
+                }
+                continue;
+            }
+            Some(Ok(e)) => e,
         };
         let name_loc = entry.value().name.loc();
         if let Some(first) = names.get(&e.name) {
@@ -306,6 +469,7 @@ pub fn parse_str(
         base_dir,
         settings,
         models,
+        broken,
     })
 }
 
@@ -315,6 +479,9 @@ struct Cx<'a> {
     base_dir: PathBuf,
     lookup: &'a dyn Fn(&str) -> Option<String>,
     diags: Vec<Diagnostic>,
+    /// Inside an entry (past its name): unset variables go to `unset`, not `diags`.
+    defer_unset: bool,
+    unset: Vec<String>,
 }
 
 impl<'a> Cx<'a> {
@@ -328,6 +495,8 @@ impl<'a> Cx<'a> {
             base_dir,
             lookup,
             diags: Vec::new(),
+            defer_unset: false,
+            unset: Vec::new(),
         }
     }
 
@@ -361,7 +530,13 @@ impl<'a> Cx<'a> {
                         .into(),
             }]));
         }
-        serde_saphyr::from_str::<ManifestFile>(text).map_err(|e| {
+        // YAML 1.2 booleans only (`true`/`false`), as JSON Schema editors read the file:
+        // `tags: [y, n]` are strings, `preload: yes` is not a boolean.
+        serde_saphyr::from_str_with_options::<ManifestFile>(
+            text,
+            serde_saphyr::options! { strict_booleans: true },
+        )
+        .map_err(|e| {
             let loc = e.location().map_or_else(Loc::default, |l| Loc {
                 line: l.line(),
                 column: l.column(),
@@ -388,9 +563,14 @@ impl<'a> Cx<'a> {
     }
 
     /// The interpolated value of a string.
-    fn text(&mut self, sp: &Sp<String>, field: &str) -> Option<String> {
-        match interpolate(sp.value(), self.lookup) {
+    fn text<S: AsRef<str>>(&mut self, sp: &Sp<S>, field: &str) -> Option<String> {
+        match interpolate(sp.value().as_ref(), self.lookup) {
             Ok(s) => Some(s),
+            Err(e @ InterpolateError::Unset(_)) if self.defer_unset => {
+                self.unset
+                    .push(format!("line {}: in `{field}`: {e}", sp.loc().line));
+                None
+            }
             Err(e) => {
                 self.err(sp.loc(), format!("in `{field}`: {e}"));
                 None
@@ -457,7 +637,7 @@ impl<'a> Cx<'a> {
         if let Some(h) = raw.hash_algorithm {
             s.hash_algorithm = h;
         }
-        s.prune = raw.prune.unwrap_or(false);
+        s.prune = raw.prune.as_ref().is_some_and(|f| f.value().0);
         if let Some(sp) = &raw.max_parallel_downloads {
             if *sp.value() == 0 {
                 self.err(sp.loc(), "`max_parallel_downloads` must be at least 1");
@@ -550,11 +730,47 @@ impl<'a> Cx<'a> {
         clippy::too_many_lines,
         reason = "one check after another, in field order"
     )]
-    fn entry(&mut self, sp: &Sp<EntryFile>, settings: &Settings) -> Option<ModelEntry> {
+    /// One entry: `None` when it is invalid (diagnostics recorded), `Err` when it is valid but
+    /// uses a variable that is not set (see [`Manifest::broken`]).
+    fn entry(
+        &mut self,
+        sp: &Sp<EntryFile>,
+        settings: &Settings,
+    ) -> Option<Result<ModelEntry, BrokenEntry>> {
         let before = self.diags.len();
         let raw = sp.value();
-        let name = self.text(&raw.name, "name").unwrap_or_default();
-        if name.trim().is_empty() {
+        let expanded = self.text(&raw.name, "name");
+        let name = expanded.clone().unwrap_or_default();
+        self.defer_unset = true;
+        let r = self.entry_body(sp, settings, expanded.as_deref());
+        self.defer_unset = false;
+        let unset = std::mem::take(&mut self.unset);
+        if self.diags.len() > before {
+            return None;
+        }
+        match r {
+            Some(e) if unset.is_empty() => Some(Ok(e)),
+            _ => Some(Err(BrokenEntry {
+                name,
+                source: raw.source.value().to_string(),
+                reason: unset.join("; "),
+                loc: sp.loc(),
+            })),
+        }
+    }
+
+    fn entry_body(
+        &mut self,
+        sp: &Sp<EntryFile>,
+        settings: &Settings,
+        expanded: Option<&str>,
+    ) -> Option<ModelEntry> {
+        let before = self.diags.len();
+        let raw = sp.value();
+        let name = expanded.unwrap_or_default().to_owned();
+        if expanded.is_none() {
+            // Said already.
+        } else if name.trim().is_empty() {
             self.err(
                 raw.name.loc(),
                 "`name` is empty: every entry needs a unique name",
@@ -691,13 +907,16 @@ impl<'a> Cx<'a> {
         {
             if kind == Some("local path") {
                 self.err(t.loc(), "`token` does not apply to a local path");
+            } else if text.is_empty() {
+                // `${HF_TOKEN:-}` with HF_TOKEN unset: no entry token, so the usual ones
+                // (HF_TOKEN, the token file) are tried, as `hf download` does.
             } else if let Some(s) = &mut source {
                 s.set_access_token(Token::new(text));
             }
         }
-        let inplace = raw.inplace.as_ref().is_some_and(|v| *v.value());
+        let inplace = raw.inplace.as_ref().is_some_and(|v| v.value().0);
         if let Some(v) = &raw.inplace
-            && *v.value()
+            && v.value().0
         {
             match &mut source {
                 Some(ModelSource::Local(l)) => l.inplace = true,
@@ -762,7 +981,7 @@ impl<'a> Cx<'a> {
             }
         }
         let unsafe_pickle = raw.unsafe_pickle.unwrap_or_default();
-        let preload = raw.preload.unwrap_or(false);
+        let preload = raw.preload.as_ref().is_some_and(|f| f.value().0);
         let canonical = source.canonical();
         let dest_str = dest.as_ref().map(|d: &PathBuf| slash_path(d));
         let spec_hash = spec::compute(

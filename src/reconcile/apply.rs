@@ -172,18 +172,6 @@ pub enum ApplyError {
     /// `--locked` and something the lock does not pin.
     #[error("--locked: {}\nrun `modelsync apply` without --locked to update models.lock", .0.join("\n"))]
     NotLocked(Vec<String>),
-    /// The fetch does not fit on disk (CLI exit 3).
-    #[error("the plan does not fit: {required} bytes needed (fetch plus staging), {free} free on {}", models_dir.display())]
-    DoesNotFit {
-        /// The plan, for printing.
-        plan: Box<Plan>,
-        /// The models folder.
-        models_dir: PathBuf,
-        /// Bytes needed.
-        required: u64,
-        /// Bytes free.
-        free: u64,
-    },
 }
 
 /// What `apply` is asked to do.
@@ -262,6 +250,8 @@ pub struct ApplyReport {
     pub lock_error: Option<String>,
     /// Preload entries: name → `Ok(detail)` or `Err(reason)`.
     pub preload: BTreeMap<String, Result<String, String>>,
+    /// Entries refused because their fetch did not fit on disk (CLI exit 3); the others ran.
+    pub did_not_fit: Vec<String>,
 }
 
 impl ApplyReport {
@@ -346,7 +336,14 @@ pub async fn apply(
         .collect();
     if !unknown.is_empty() {
         let (sizes, w) = remote::entry_sizes(cx.hub, cx.hub_env, &unknown).await;
-        warnings = w;
+        // An entry that names nothing fails on its own (an error row); the others go on.
+        for w in w {
+            if w.unresolvable {
+                popts.unresolvable.insert(w.name, w.message);
+            } else {
+                warnings.push(w);
+            }
+        }
         popts.remote_sizes = sizes;
         the_plan = plan(manifest, &inventory, &popts)?;
     }
@@ -359,14 +356,8 @@ pub async fn apply(
             },
         );
     }
-    if !the_plan.fits() {
-        return Err(ApplyError::DoesNotFit {
-            required: the_plan.disk.required_bytes,
-            free: the_plan.disk.free_bytes.unwrap_or(0),
-            plan: Box::new(the_plan),
-            models_dir,
-        });
-    }
+    // Install what fits; only the entries that do not fit fail.
+    let did_not_fit = the_plan.refuse_what_does_not_fit();
     report(
         cx,
         ReconcileEvent::Planned {
@@ -488,6 +479,7 @@ pub async fn apply(
         lock_dropped,
         lock_error,
         preload,
+        did_not_fit,
     };
     report(
         cx,
@@ -734,7 +726,7 @@ async fn locked_preflight(
                 e.name,
                 e.revision().unwrap_or("main")
             )),
-            Err(err) => problems.push(format!(
+            Err((_, err)) => problems.push(format!(
                 "entry `{}`: cannot check the locked commit: {err}",
                 e.name
             )),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::inventory::{DirState, FileStatus, Inventory, InventoryRecord};
-use crate::manifest::{LockFile, Manifest, ModelEntry, SpecHash};
+use crate::manifest::{BrokenEntry, LockFile, Manifest, ModelEntry, SpecHash};
 use crate::taxonomy::{ModelFormat, ModelType};
 
 /// Inputs of [`plan`] besides the manifest and the inventory.
@@ -25,6 +25,9 @@ pub struct PlanOptions<'a> {
     /// Entry name → bytes the entry would fetch, when the caller asked (hub metadata, or the
     /// size of a local source). Wins over the lock's sizes.
     pub remote_sizes: BTreeMap<String, u64>,
+    /// Entry name → why the entry cannot be resolved (no such repo, revision, file or local
+    /// path), from the caller's look-ups: the entry's row becomes an error with this reason.
+    pub unresolvable: BTreeMap<String, String>,
     /// Free bytes on models_dir's file system, when the caller measured them.
     pub free_bytes: Option<u64>,
     /// Headroom the fetch needs besides the files themselves. Downloads stage in
@@ -281,6 +284,61 @@ impl Plan {
         self.disk.fits
     }
 
+    /// The disk gate, per entry: when the whole fetch does not fit, the fetching actions are
+    /// taken in plan order while their known sizes fit in the free bytes (less the staging
+    /// headroom), and each one that no longer fits becomes an error row saying so; the others
+    /// go ahead. Actions of unknown size are let through (the download's own space check
+    /// stops them). Returns the names refused; nothing when the plan fits or free space was
+    /// not measured.
+    ///
+    /// Plan order, not the best packing: it is the order the user wrote, so which entries get
+    /// in is predictable, and a later run installs the rest once space is freed.
+    pub fn refuse_what_does_not_fit(&mut self) -> Vec<String> {
+        let Some(free) = self.disk.free_bytes else {
+            return Vec::new();
+        };
+        if self.disk.fits {
+            return Vec::new();
+        }
+        let staging = self
+            .disk
+            .required_bytes
+            .saturating_sub(self.totals.fetch_bytes);
+        let mut left = free.saturating_sub(staging);
+        let mut refused = Vec::new();
+        for a in &mut self.actions {
+            let Some(bytes) = a.fetch_bytes.filter(|b| *b > 0) else {
+                continue;
+            };
+            if !a.action.is_change() {
+                continue;
+            }
+            if bytes <= left {
+                left -= bytes;
+                continue;
+            }
+            a.reason = format!(
+                "does not fit on disk: needs {}, {} left for it (of {} free)",
+                crate::units::HumanBytes(bytes),
+                crate::units::HumanBytes(left),
+                crate::units::HumanBytes(free)
+            );
+            a.action = ActionKind::Error;
+            a.fetch_bytes = Some(0);
+            a.files.clear();
+            refused.push(a.name.clone());
+        }
+        let mut totals = Totals {
+            unmanaged: self.totals.unmanaged,
+            ..Totals::default()
+        };
+        for a in &self.actions {
+            totals.count(a);
+        }
+        self.totals = totals;
+        refused
+    }
+
     /// The action for an entry name.
     pub fn action(&self, name: &str) -> Option<&PlannedAction> {
         self.actions.iter().find(|a| a.name == name)
@@ -315,7 +373,12 @@ pub fn plan(
             records: inventory.records.iter().filter(|r| r.in_models_dir).count(),
         });
     }
-    let names: HashSet<&str> = manifest.models.iter().map(|e| e.name.as_str()).collect();
+    let names: HashSet<&str> = manifest
+        .models
+        .iter()
+        .map(|e| e.name.as_str())
+        .chain(manifest.broken.iter().map(|b| b.name.as_str()))
+        .collect();
     let unknown: Vec<String> = opts
         .only
         .iter()
@@ -340,10 +403,20 @@ pub fn plan(
         }
     }
 
-    let mut actions = Vec::with_capacity(manifest.models.len());
+    let mut actions = Vec::with_capacity(manifest.models.len() + manifest.broken.len());
     let mut extra = Vec::new();
     let mut adopted: HashSet<&str> = HashSet::new();
+    // Entries that cannot be expanded are rows of their own, in file order with the others.
+    let mut broken: Vec<&BrokenEntry> = manifest
+        .broken
+        .iter()
+        .filter(|b| selected(&b.name))
+        .collect();
+    broken.reverse();
     for entry in manifest.models.iter().filter(|e| selected(&e.name)) {
+        while broken.last().is_some_and(|b| b.loc.line < entry.loc.line) {
+            actions.extend(broken.pop().map(|b| broken_row(b, &managed)));
+        }
         let records = managed
             .get(entry.name.as_str())
             .map_or(&[][..], Vec::as_slice);
@@ -362,11 +435,22 @@ pub fn plan(
                 ));
             }
         }
-        let action = match primary {
+        let mut action = match primary {
             Some(r) => plan_existing(entry, r, opts),
             None => plan_new(entry, &unmanaged_by_source, &mut adopted, opts),
         };
+        if let Some(why) = opts.unresolvable.get(&entry.name)
+            && action.action != ActionKind::Adopt
+        {
+            action.action = ActionKind::Error;
+            action.reason.clone_from(why);
+            action.fetch_bytes = Some(0);
+            action.files.clear();
+        }
         actions.push(action);
+    }
+    while let Some(b) = broken.pop() {
+        actions.push(broken_row(b, &managed));
     }
     let mut gone: Vec<&InventoryRecord> = inventory
         .records
@@ -421,6 +505,23 @@ pub fn plan(
         totals,
         disk,
     })
+}
+
+/// The error row of an entry that cannot be expanded; its record (if any) stays as it is.
+fn broken_row(b: &BrokenEntry, managed: &HashMap<&str, Vec<&InventoryRecord>>) -> PlannedAction {
+    PlannedAction {
+        action: ActionKind::Error,
+        name: b.name.clone(),
+        source: b.source.clone(),
+        key: managed
+            .get(b.name.as_str())
+            .and_then(|rs| rs.iter().find(|r| r.is_intact()).or(rs.first()))
+            .map(|r| r.key.clone()),
+        reason: b.reason.clone(),
+        fetch_bytes: Some(0),
+        files: Vec::new(),
+        spec_hash: None,
+    }
 }
 
 fn spec_matches(r: &InventoryRecord, e: &ModelEntry) -> bool {

@@ -25,6 +25,40 @@ pub struct RemoteWarning {
     pub name: String,
     /// What failed.
     pub message: String,
+    /// The entry itself cannot be resolved (no such repo, revision, file or local path): the
+    /// plan shows it as an error row rather than a size it does not know. False for what may
+    /// pass (offline, network, rate limits, server errors).
+    #[serde(skip)]
+    pub unresolvable: bool,
+}
+
+impl RemoteWarning {
+    /// A warning about a value that stays unknown.
+    pub fn new(name: String, message: String) -> Self {
+        Self {
+            name,
+            message,
+            unresolvable: false,
+        }
+    }
+}
+
+/// A look-up's value, or whether the entry is unresolvable and why.
+type Lookup<T> = Result<T, (bool, String)>;
+
+/// Whether a Hub answer says the entry names something that is not there, as opposed to a
+/// failure that may pass.
+fn is_unresolvable(e: &HubError) -> bool {
+    matches!(
+        e,
+        HubError::RepoNotFound { .. }
+            | HubError::RevisionNotFound { .. }
+            | HubError::EntryNotFound { .. }
+            | HubError::BadRepoId { .. }
+            | HubError::Gated { .. }
+            | HubError::Unauthorized { .. }
+            | HubError::Select(_)
+    )
 }
 
 impl std::fmt::Display for RemoteWarning {
@@ -70,7 +104,7 @@ pub async fn upstream_commits(
         .into_iter()
         .map(|e| async move { (e.name.clone(), upstream_commit(hub, env, e).await) })
         .collect();
-    let results: Vec<(String, Result<String, String>)> = futures_util::stream::iter(lookups)
+    let results: Vec<(String, Lookup<String>)> = futures_util::stream::iter(lookups)
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
@@ -81,7 +115,11 @@ pub async fn upstream_commits(
             Ok(c) => {
                 commits.insert(name, c);
             }
-            Err(message) => warnings.push(RemoteWarning { name, message }),
+            Err((unresolvable, message)) => warnings.push(RemoteWarning {
+                name,
+                message,
+                unresolvable,
+            }),
         }
     }
     warnings.sort_by(|a, b| a.name.cmp(&b.name));
@@ -93,17 +131,21 @@ pub async fn upstream_commit(
     hub: &HubClient,
     env: &HubEnv,
     entry: &ModelEntry,
-) -> Result<String, String> {
+) -> Result<String, (bool, String)> {
     let ModelSource::Hf(src) = &entry.source else {
-        return Err("not a Hugging Face source".to_owned());
+        return Err((false, "not a Hugging Face source".to_owned()));
     };
     let auth = resolve_token(entry.token(), env);
     let info = hub
         .model_info(&src.repo_id, src.revision.as_deref(), &auth)
         .await
-        .map_err(|e| e.to_string())?;
-    info.sha
-        .ok_or_else(|| format!("the Hub did not say which commit `{}` is at", src.repo_id))
+        .map_err(|e| (is_unresolvable(&e), e.to_string()))?;
+    info.sha.ok_or_else(|| {
+        (
+            false,
+            format!("the Hub did not say which commit `{}` is at", src.repo_id),
+        )
+    })
 }
 
 /// Bytes each entry would fetch in full: local sources by walking them (no content read),
@@ -125,7 +167,8 @@ pub async fn entry_sizes(
                 }
                 Err(err) => warnings.push(RemoteWarning {
                     name: e.name.clone(),
-                    message: format!("cannot measure {}: {err}", l.path.display()),
+                    message: format!("cannot read {}: {err}", l.path.display()),
+                    unresolvable: err.kind() == std::io::ErrorKind::NotFound,
                 }),
             },
             ModelSource::Hf(_) => hf.push(*e),
@@ -141,7 +184,7 @@ pub async fn entry_sizes(
         .into_iter()
         .map(|e| async move { (e.name.clone(), hub_size(hub, env, e).await) })
         .collect();
-    let results: Vec<(String, Result<u64, String>)> = futures_util::stream::iter(lookups)
+    let results: Vec<(String, Lookup<u64>)> = futures_util::stream::iter(lookups)
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
@@ -150,16 +193,24 @@ pub async fn entry_sizes(
             Ok(n) => {
                 sizes.insert(name, n);
             }
-            Err(message) => warnings.push(RemoteWarning { name, message }),
+            Err((unresolvable, message)) => warnings.push(RemoteWarning {
+                name,
+                message,
+                unresolvable,
+            }),
         }
     }
     warnings.sort_by(|a, b| a.name.cmp(&b.name));
     (sizes, warnings)
 }
 
-async fn hub_size(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) -> Result<u64, String> {
+async fn hub_size(
+    hub: &HubClient,
+    env: &HubEnv,
+    entry: &ModelEntry,
+) -> Result<u64, (bool, String)> {
     let ModelSource::Hf(src) = &entry.source else {
-        return Err("not a Hugging Face source".to_owned());
+        return Err((false, "not a Hugging Face source".to_owned()));
     };
     let auth = resolve_token(entry.token(), env);
     let filter =
@@ -167,16 +218,18 @@ async fn hub_size(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) -> Result<u
     let plan = hub
         .plan_source(src, &filter, &auth)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (is_unresolvable(&e), e.to_string()))?;
     Ok(plan.total_bytes())
 }
 
 fn offline(entries: &[&ModelEntry], what: &str) -> Vec<RemoteWarning> {
     entries
         .iter()
-        .map(|e| RemoteWarning {
-            name: e.name.clone(),
-            message: format!("{what} unknown: the Hub is offline (HF_HUB_OFFLINE)"),
+        .map(|e| {
+            RemoteWarning::new(
+                e.name.clone(),
+                format!("{what} unknown: the Hub is offline (HF_HUB_OFFLINE)"),
+            )
         })
         .collect()
 }

@@ -94,9 +94,14 @@ fn one_failing_entry_does_not_stop_the_others() {
     let out = stdout(&o);
     assert!(out.contains("good: installed"), "{out}");
     assert!(out.contains("Apply incomplete: 3 failed"), "{out}");
-    for name in ["missing", "gated", "hashed"] {
+    // What the Hub says is not there (or not for this token) fails before any download.
+    for (name, action) in [
+        ("missing", "error"),
+        ("gated", "error"),
+        ("hashed", "install"),
+    ] {
         assert!(
-            out.contains(&format!("✗ {name} (install)")),
+            out.contains(&format!("✗ {name} ({action})")),
             "{name}: {out}"
         );
     }
@@ -373,4 +378,71 @@ fn update_repair_and_replace() {
     );
     assert_eq!(w.store().all_models().unwrap().len(), 2);
     assert_exit(&w.run(&["status"]), 0);
+}
+
+/// The disk gate is per entry: on a small file system the entries that fit are installed,
+/// the one that does not fails with a message naming it, and apply exits 3. Runs on a real
+/// 1 MiB tmpfs in a private mount namespace (root only: CI runs as root).
+#[test]
+fn apply_installs_what_fits_and_fails_only_what_does_not() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/small-a", 1, 2));
+    // About 2 MB: more than the whole file system.
+    w.hub.add_repo(lora_repo("owner/big", 2, 700));
+    w.hub.add_repo(lora_repo("owner/small-b", 3, 2));
+    w.manifest(
+        "",
+        "  - name: small-a\n    source: owner/small-a::lora.safetensors\n\
+         \x20 - name: big\n    source: owner/big::lora.safetensors\n\
+         \x20 - name: small-b\n    source: owner/small-b::lora.safetensors\n",
+    );
+    std::fs::create_dir_all(w.models()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_modelsync");
+    let script = format!(
+        "mount -t tmpfs -o size=1M tmpfs models || exit 99\n\
+         {bin} apply --no-progress; echo \"apply-exit=$?\"\n\
+         {bin} diff -o json\n"
+    );
+    // The environment of `Work::command` (the emulator, no tokens), around the shell.
+    let base = w.command(&[]);
+    let mut c = std::process::Command::new("unshare");
+    c.args(["-m", "sh", "-c", &script]).current_dir(w.path());
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let o = c.output().unwrap();
+    assert_ne!(o.status.code(), Some(99), "{}", stderr(&o));
+    let out = stdout(&o);
+    let err = stderr(&o);
+    assert!(out.contains("apply-exit=3"), "{out}\n{err}");
+    assert!(out.contains("small-a: installed"), "{out}");
+    assert!(out.contains("small-b: installed"), "{out}");
+    assert!(out.contains("✗ big (error): does not fit on disk"), "{out}");
+    assert!(
+        err.contains("not enough free disk for `big`; the other entries were applied"),
+        "{err}"
+    );
+    let json = &out[out.find("apply-exit=3").unwrap() + "apply-exit=3".len()..];
+    let plan: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let action = |n: &str| {
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == n)
+            .unwrap()["action"]
+            .clone()
+    };
+    assert_eq!(action("small-a"), "unchanged", "{plan}");
+    assert_eq!(action("small-b"), "unchanged", "{plan}");
+    assert_eq!(action("big"), "install", "{plan}");
+    assert_eq!(plan["disk"]["fits"], false, "{plan}");
 }

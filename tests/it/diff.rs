@@ -131,3 +131,115 @@ fn diff_of_a_bad_manifest_is_an_error_with_its_location() {
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("models.yaml:4:5"), "{}", stderr(&o));
 }
+
+/// Broken entries are `✗` rows with their reason, counted in the totals (text and JSON), and
+/// `diff --exit-code` says 1 (error), not 2 (pending); the entries that resolve still plan.
+#[test]
+fn diff_shows_broken_entries_as_error_rows_in_text_and_json() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/hub-lora", 1, 4));
+    let missing_path = w.path().join("src/nowhere.safetensors");
+    w.manifest(
+        "",
+        &format!(
+            "  - name: good\n    source: owner/hub-lora::lora.safetensors\n\
+             \x20 - name: no-repo\n    source: owner/not-there\n\
+             \x20 - name: no-rev\n    source: owner/hub-lora::lora.safetensors\n    revision: v9\n\
+             \x20 - name: no-file\n    source: owner/hub-lora::absent.safetensors\n\
+             \x20 - name: no-path\n    source: {}\n\
+             \x20 - name: no-var\n    source: owner/hub-lora::lora.safetensors\n    token: ${{MODELSYNC_TEST_UNSET_TOKEN}}\n",
+            missing_path.display()
+        ),
+    );
+    let o = w
+        .command(&["diff", "--exit-code"])
+        .env_remove("MODELSYNC_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert_exit(&o, 1);
+    let out = stdout(&o);
+    assert!(out.contains("+  good "), "{out}");
+    for (name, why) in [
+        ("no-repo", "repository `owner/not-there` not found"),
+        ("no-rev", "has no revision `v9`"),
+        ("no-file", "no file `absent.safetensors`"),
+        ("no-path", "nowhere.safetensors"),
+        ("no-var", "MODELSYNC_TEST_UNSET_TOKEN` is not set"),
+    ] {
+        let row = out
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{out}"));
+        assert!(row.starts_with("✗"), "{row}");
+        assert!(row.contains(why), "{name}: {row}");
+    }
+    assert!(out.contains("1 to install"), "{out}");
+    assert!(out.contains("5 in error"), "{out}");
+    // The unresolvable entries are errors, not warnings.
+    assert!(!stderr(&o).contains("not found"), "{}", stderr(&o));
+
+    // Without --exit-code diff only reports.
+    assert_exit(
+        &w.command(&["diff"])
+            .env_remove("MODELSYNC_TEST_UNSET_TOKEN")
+            .output()
+            .unwrap(),
+        0,
+    );
+
+    let o = w
+        .command(&["diff", "--exit-code", "-o", "json"])
+        .env_remove("MODELSYNC_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert_exit(&o, 1);
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let names: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["good", "no-repo", "no-rev", "no-file", "no-path", "no-var"],
+        "manifest order"
+    );
+    assert_eq!(plan["actions"][0]["action"], "install");
+    for a in &plan["actions"].as_array().unwrap()[1..] {
+        assert_eq!(a["action"], "error", "{a}");
+        assert!(!a["reason"].as_str().unwrap().is_empty(), "{a}");
+    }
+    assert!(
+        plan["actions"][5]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("MODELSYNC_TEST_UNSET_TOKEN"),
+        "{plan}"
+    );
+    assert_eq!(plan["totals"]["error"], 5);
+    assert_eq!(plan["totals"]["install"], 1);
+    assert_eq!(plan["totals"]["unknown_sizes"], 0);
+
+    // apply installs what it can and fails only the broken entries.
+    let o = w
+        .command(&["apply"])
+        .env_remove("MODELSYNC_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert_exit(&o, 1);
+    let out = stdout(&o);
+    assert!(out.contains("5 failed"), "{out}");
+    assert!(out.contains("✗ no-var"), "{out}");
+    assert_eq!(w.store().all_models().unwrap().len(), 1);
+
+    // The variable set: that entry resolves too, and the record of `good` stayed in sync.
+    let o = w
+        .command(&["diff", "-o", "json"])
+        .env("MODELSYNC_TEST_UNSET_TOKEN", "hf_x")
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(plan["actions"][0]["action"], "unchanged", "{plan}");
+    assert_eq!(plan["actions"][5]["action"], "install", "{plan}");
+}

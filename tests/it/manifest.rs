@@ -195,7 +195,10 @@ fn wrong_types_and_values_say_what_was_expected() {
     let e = error(&entries(
         "  - name: a\n    source: o/n\n    preload: perhaps\n",
     ));
-    assert!(e.starts_with("models.yaml:5:14: "), "{e}");
+    assert!(
+        e.starts_with("models.yaml:5:") && e.contains("expected true or false"),
+        "{e}"
+    );
     let e = error("version: 1\nversion: 1\n");
     assert_eq!(e, "models.yaml:2:1: duplicate key `version`");
     let e = error("version: 1\nmodels:\n  - name: [a\n");
@@ -387,11 +390,25 @@ fn interpolation_expands_defaults_and_escapes_keeping_locations() {
     );
     assert_eq!(m.models[0].tags, ["default-tag"]);
 
+    // An unset variable in an entry is that entry's error, not the manifest's.
+    let m = parse(&entries(
+        "  - name: a\n    source: o/n\n    token: ${NOT_SET}\n  - name: b\n    source: o/m\n    token: ${NOT_SET:-}\n",
+    ))
+    .unwrap();
+    assert_eq!(m.models.len(), 1);
+    assert_eq!(m.models[0].name, "b");
+    assert!(m.models[0].token().is_none(), "an empty token is no token");
+    assert_eq!(m.broken.len(), 1);
+    assert_eq!(m.broken[0].name, "a");
+    assert_eq!(m.broken[0].source, "o/n");
     assert_eq!(
-        error(&entries(
-            "  - name: a\n    source: o/n\n    token: ${NOT_SET}\n"
-        )),
-        "models.yaml:5:12: in `token`: environment variable `NOT_SET` is not set (write `${NOT_SET:-default}` for a default, `$${` for a literal `${`)"
+        m.broken[0].reason,
+        "line 5: in `token`: environment variable `NOT_SET` is not set (write `${NOT_SET:-default}` for a default, `$${` for a literal `${`)"
+    );
+    // In settings, and in an entry's name, it is still an error of the manifest.
+    assert_eq!(
+        error(&entries("  - name: ${NOT_SET}\n    source: o/n\n")),
+        "models.yaml:3:11: in `name`: environment variable `NOT_SET` is not set (write `${NOT_SET:-default}` for a default, `$${` for a literal `${`)"
     );
     assert_eq!(
         error("version: 1\nsettings:\n  models_dir: \"x/${BROKEN\"\n"),
@@ -571,16 +588,16 @@ fn store_paths_read_the_manifest_and_flags_win() {
         paths(&["--database", "/y.db"]),
         (dir.path().join("m"), PathBuf::from("/y.db"))
     );
-    // The full manifest does need it.
+    // In the full manifest it is that entry's error.
     let cli =
         modelsync::cli::Cli::try_parse_from(["modelsync", "-f", path.to_str().unwrap(), "diff"])
             .unwrap();
-    let e = modelsync::cli::Context::new(&cli.global)
+    let m = modelsync::cli::Context::new(&cli.global)
         .load_manifest()
-        .unwrap_err();
+        .unwrap();
     assert!(
-        format!("{e:#}").contains("MODELSYNC_TEST_NEVER_SET"),
-        "{e:#}"
+        m.broken[0].reason.contains("MODELSYNC_TEST_NEVER_SET"),
+        "{m:?}"
     );
     // No manifest: the defaults, and a hint from load_manifest.
     let cli = modelsync::cli::Cli::try_parse_from([
@@ -664,4 +681,122 @@ fn download_timeout_is_a_positive_duration_with_a_default() {
         e.starts_with("models.yaml:3:21: `download_timeout`: invalid duration `later`"),
         "{e}"
     );
+}
+
+/// The JSON Schema and the parser accept and refuse the same manifests: each case is
+/// validated by Python's `jsonschema` (an implementation we did not write) against the
+/// generated schema and parsed by `parse_str`, and both must give the expected verdict.
+#[test]
+fn schema_and_parser_agree_both_ways() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import jsonschema"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "skipped: python3 with the jsonschema package is needed (pip install jsonschema)"
+        );
+        return;
+    }
+    let entry = |extra: &str| format!("version: 1\nmodels:\n  - name: a\n    source: o/n\n{extra}");
+    let cases: Vec<(String, bool)> = vec![
+        (entry(""), true),
+        (entry("    tags: [sfw, x]\n"), true),
+        (entry("    tags: [1, 2]\n"), false),
+        (entry("    tags: [\"\"]\n"), false),
+        (entry("    preload: true\n"), true),
+        (entry("    preload: \"true\"\n"), false),
+        (entry("    description: 5\n"), false),
+        (entry("    hash: blake3:00ff\n"), true),
+        (entry("    hash: md5:zz\n"), false),
+        (entry("    hash: sha256:xyz\n"), false),
+        (entry("    hash: ${EXPECTED_HASH:-sha256:00}\n"), true),
+        (entry("    dest: loras/x\n"), true),
+        (entry("    dest: /etc/x\n"), false),
+        (entry("    dest: ../x\n"), false),
+        (entry("    dest: a/../../x\n"), false),
+        (entry("    dest: .tmp/x\n"), false),
+        (entry("    dest: ~/x\n"), false),
+        (entry("    inplace: \"yes\"\n"), false),
+        (entry("    revision: \"\"\n"), false),
+        (
+            "version: 1\nmodels:\n  - name: \"\"\n    source: o/n\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nmodels:\n  - name: \" a\"\n    source: o/n\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nmodels:\n  - name: 7\n    source: o/n\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nmodels:\n  - name: a\n    source: \"\"\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nsettings:\n  cache: { ram: 8GiB, vram: 1024 }\n".to_owned(),
+            true,
+        ),
+        (
+            "version: 1\nsettings:\n  cache: { ram: -1 }\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nsettings:\n  cache: { ram: \"-1\" }\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nsettings:\n  max_parallel_downloads: 0\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nsettings:\n  prune: \"false\"\n".to_owned(),
+            false,
+        ),
+        ("version: 1\nsettings:\n  models_dir: 5\n".to_owned(), false),
+        ("version: 2\n".to_owned(), false),
+        ("version: 1\n".to_owned(), true),
+    ];
+    let instances: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(yaml, _)| serde_saphyr::from_str(yaml).expect("case is YAML"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cases.json");
+    std::fs::write(
+        &input,
+        serde_json::to_string(&serde_json::json!({
+            "schema": modelsync::manifest::schema::json_schema(),
+            "instances": instances,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, jsonschema\n\
+             d = json.load(open(sys.argv[1]))\n\
+             cls = jsonschema.validators.validator_for(d['schema'])\n\
+             v = cls(d['schema'], format_checker=cls.FORMAT_CHECKER)\n\
+             print(json.dumps([v.is_valid(i) for i in d['instances']]))",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let by_schema: Vec<bool> = serde_json::from_slice(&o.stdout).unwrap();
+    let mut wrong = Vec::new();
+    for ((yaml, want), schema_ok) in cases.iter().zip(by_schema) {
+        let parsed = parse(yaml);
+        let parser_ok = parsed.is_ok();
+        if schema_ok != *want || parser_ok != *want {
+            wrong.push(format!(
+                "{yaml:?}: want {want}, schema {schema_ok}, parser {parser_ok} ({:?})",
+                parsed.err().map(|e| e.to_string())
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

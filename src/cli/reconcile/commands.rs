@@ -16,8 +16,8 @@ use crate::events::Reporter;
 use crate::hub::{HubClient, HubEnv};
 use crate::manifest::{LockFile, Manifest, ModelEntry};
 use crate::reconcile::{
-    self, ApplyError, ApplyOptions, Inventory, Plan, PlanOptions, RemoteWarning, gc as gcmod,
-    remote, render_text, status as statusmod, verify as verifymod,
+    self, ApplyOptions, Inventory, Plan, PlanOptions, RemoteWarning, gc as gcmod, remote,
+    render_text, status as statusmod, verify as verifymod,
 };
 use crate::store::{self, RecordStore, lock::StoreLock};
 use crate::units::HumanBytes;
@@ -72,10 +72,12 @@ async fn plan_with_lookups(
         let entries: Vec<&ModelEntry> = m.models.iter().collect();
         let (commits, w) = remote::upstream_commits(&client, &env, &entries).await;
         opts.upstream_commits = commits;
-        warnings.extend(w);
+        split_unresolvable(w, &mut opts, &mut warnings);
         hub = Some(client);
     }
     let p = reconcile::plan(m, inv, &opts)?;
+    // Hub answers saying an entry names nothing (no such repo, revision, file or path) make
+    // it an error row; the rest stay warnings with unknown values.
     let unknown: Vec<&ModelEntry> = p
         .changes()
         .filter(|a| a.fetch_bytes.is_none())
@@ -89,18 +91,34 @@ async fn plan_with_lookups(
         None => match remote::lookup_client(&m.settings, &env) {
             Ok(c) => c,
             Err(e) => {
-                warnings.push(RemoteWarning {
-                    name: "hub".into(),
-                    message: format!("sizes unknown: {e}"),
-                });
+                warnings.push(RemoteWarning::new(
+                    "hub".into(),
+                    format!("sizes unknown: {e}"),
+                ));
                 return Ok((p, warnings));
             }
         },
     };
     let (sizes, w) = remote::entry_sizes(&client, &env, &unknown).await;
-    warnings.extend(w);
+    split_unresolvable(w, &mut opts, &mut warnings);
     opts.remote_sizes = sizes;
     Ok((reconcile::plan(m, inv, &opts)?, warnings))
+}
+
+/// Look-up failures that say the entry cannot be resolved go to the plan as error rows; the
+/// others stay warnings.
+fn split_unresolvable(
+    found: Vec<RemoteWarning>,
+    opts: &mut PlanOptions<'_>,
+    warnings: &mut Vec<RemoteWarning>,
+) {
+    for w in found {
+        if w.unresolvable {
+            opts.unresolvable.insert(w.name, w.message);
+        } else {
+            warnings.push(w);
+        }
+    }
 }
 
 /// `diff`: the plan as a table (or `-o json`: the Plan document).
@@ -182,19 +200,7 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         anyhow::Ok(reconcile::apply(&m, &cx, &opts).await)
     })?;
     ui.clear();
-    let report = match result {
-        Ok(r) => r,
-        Err(ApplyError::DoesNotFit { plan, .. }) => {
-            if json {
-                print_json(&serde_json::json!({"error": "does not fit", "plan": *plan}))?;
-            } else {
-                std::io::stdout().write_all(render_text(&plan, false).as_bytes())?;
-                eprintln!("error: not enough free disk for this plan; nothing was changed");
-            }
-            return Ok(Status::DoesNotFit);
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let report = result?;
     if !json && !ctx.quiet {
         let failed: Vec<_> = report.failures().collect();
         let mut out = std::io::stdout().lock();
@@ -247,7 +253,20 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
             );
         }
     }
-    Ok(if report.converged() {
+    Ok(if !report.did_not_fit.is_empty() {
+        if !json && !ctx.quiet {
+            eprintln!(
+                "error: not enough free disk for {}; the other entries were applied",
+                report
+                    .did_not_fit
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Status::DoesNotFit
+    } else if report.converged() {
         Status::Success
     } else {
         Status::Error
