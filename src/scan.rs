@@ -727,13 +727,7 @@ fn scan_file(path: &Path, label: &str, report: &mut ScanReport) -> Result<(), Sc
 #[cfg(test)]
 pub(crate) fn scan_bytes_for_fuzz(data: &[u8]) -> ScanReport {
     let mut out = PickleContents::default();
-    read_stream(
-        data,
-        is_legacy_torch_save(data),
-        "f",
-        true,
-        &mut out,
-    );
+    read_stream(data, is_legacy_torch_save(data), "f", true, &mut out);
     read_stream(
         std::io::BufReader::with_capacity(7, data),
         false,

@@ -1069,7 +1069,8 @@ pub(crate) fn is_legacy_torch_save(data: &[u8]) -> bool {
     if let [0x95, tail @ ..] = rest {
         rest = tail.get(8..).unwrap_or_default();
     }
-    rest.starts_with(&LEGACY_MAGIC_PICKLE[2..]) || rest.starts_with(b"L119547037146038801333356L\n.")
+    rest.starts_with(&LEGACY_MAGIC_PICKLE[2..])
+        || rest.starts_with(b"L119547037146038801333356L\n.")
 }
 
 #[cfg(test)]
