@@ -43,7 +43,11 @@ fn manifest(w: &Work, variant: usize) {
     w.manifest("  prune: true\n  max_parallel_downloads: 3\n", &models);
 }
 
+/// A soak test (about 15 s): `.ci/run` runs it with `--ignored`. The kill moments are random, so
+/// how many land mid-run is reported, and only a loop in which none did is a failure (it would
+/// have tested nothing).
 #[test]
+#[ignore = "soak: 20 kill -9 rounds; run by .ci/run"]
 fn apply_survives_kill_9_at_random_moments() {
     let w = Work::new();
     for (i, r) in ["r1", "r2", "r3"].iter().enumerate() {
@@ -98,10 +102,7 @@ fn apply_survives_kill_9_at_random_moments() {
         assert_eq!(entries, want, "iteration {i}");
         assert_exit(&w.run(&["verify"]), 0);
     }
-    assert!(
-        killed_mid_run >= 10,
-        "only {killed_mid_run} kills hit a running apply"
-    );
+    assert!(killed_mid_run > 0, "no kill hit a running apply");
     eprintln!(
         "20 kill -9 rounds ({killed_mid_run} mid-run) in {:?}",
         started.elapsed()
