@@ -85,23 +85,26 @@ pub struct GcArgs {
     pub lock_timeout: String,
 }
 
-/// The starter manifest `init` writes after its `$schema` line. It parses as is (a test
-/// checks) and declares nothing, so a first `apply` downloads nothing.
+/// The starter manifest `init` writes after its `$schema` line. It parses as is and declares
+/// nothing, so a first `apply` downloads nothing; with every indented example uncommented it
+/// still parses (tests check both), and its repo ids exist on the Hub.
 const STARTER: &str = r"# Models this machine should have. `modelsync diff` shows what `modelsync apply` would do.
 # Strings may use ${VAR} and ${VAR:-default}; relative paths are relative to this file.
 version: 1
 settings:
   models_dir: models
   # database: models/modelsync.db    # .db/.sqlite: SQLite; .yaml/.yml: YAML file store
+  # lock_file: models/models.lock    # default beside this file (models.yaml -> models.lock)
   # variant: fp16                    # default Hugging Face repo variant
   # hash_algorithm: blake3           # blake3 | blake3_single | sha256 | imohash
   # prune: false                     # delete managed models that left this file
+  # unknown_models: allow            # allow | deny: install models no probe rule names
   # max_parallel_downloads: 5
   # download_timeout: 24h            # longest one file may take, retries included
   # cache: { ram: 8GiB, vram: 16GiB, device: auto }
-models: []
+models:
   # - name: sd15
-  #   source: runwayml/stable-diffusion-v1-5   # repo id, owner/name:fp16, owner/name::vae, URL or local path
+  #   source: stable-diffusion-v1-5/stable-diffusion-v1-5   # repo id, owner/name:fp16, owner/name::vae, URL or local path
   #   variant: fp16
   #   token: ${HF_TOKEN:-}                      # never stored
   #   tags: [sfw]

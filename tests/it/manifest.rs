@@ -549,6 +549,26 @@ fn init_writes_a_starter_that_parses_and_refuses_to_overwrite() {
     assert!(m.models.is_empty());
     assert_eq!(m.settings.models_dir, dir.path().join("models"));
 
+    // Uncommenting every indented example still gives a manifest that parses.
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            let body = l.trim_start();
+            match body.strip_prefix("# ") {
+                Some(rest) if l.len() > body.len() => {
+                    format!("{}{rest}\n", &l[..l.len() - body.len()])
+                }
+                _ => format!("{l}\n"),
+            }
+        })
+        .collect();
+    let full = dir.path().join("full.yaml");
+    std::fs::write(&full, &uncommented).unwrap();
+    let m = manifest::load(&full).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let names: Vec<&str> = m.models.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["sd15", "detail-lora"]);
+    assert!(uncommented.contains("stable-diffusion-v1-5/stable-diffusion-v1-5"));
+
     std::fs::write(&path, "version: 1\nmodels: []\n# mine\n").unwrap();
     assert_eq!(run(&[]), modelsync::cli::Status::Error);
     assert!(std::fs::read_to_string(&path).unwrap().contains("# mine"));
