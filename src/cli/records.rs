@@ -50,7 +50,8 @@ pub struct ShowArgs {
 /// `remove`.
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
-    /// A record key.
+    /// A record key, name or unique key prefix (as `show` takes); a name several records share
+    /// is refused with their keys.
     pub key: String,
     /// Also delete the model's files (only inside models_dir).
     #[arg(long)]
@@ -174,7 +175,7 @@ pub fn show(ctx: &Context, a: ShowArgs) -> anyhow::Result<Status> {
             database.display()
         );
     };
-    let record = find(store.as_ref(), &a.model, true)?;
+    let record = find(store.as_ref(), &a.model)?;
     if ctx.output == OutputFormat::Json {
         print_json(&record.to_json())?;
         return Ok(Status::Success);
@@ -209,7 +210,7 @@ pub fn show(ctx: &Context, a: ShowArgs) -> anyhow::Result<Status> {
     Ok(Status::Success)
 }
 
-/// `remove`: deletes a record (by key or unique key prefix), and with `--delete-files` its
+/// `remove`: deletes a record (by key, name or unique key prefix, as `show`), and with `--delete-files` its
 /// files, which must lie inside models_dir.
 #[allow(
     clippy::needless_pass_by_value,
@@ -233,7 +234,7 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
         }
     })?;
     let store = store::open(&database)?;
-    let record = find(store.as_ref(), &a.key, false)?;
+    let record = find(store.as_ref(), &a.key)?;
     // Checks first, then the record, then the files: a kill in between leaves an orphan that
     // `gc` collects, never a record whose files are gone.
     let target = record.resolved_path(&models_dir);
@@ -332,8 +333,8 @@ fn check_inside(models_dir: &Path, target: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Finds a record by exact key, then (if `by_name`) by name, then by unique key prefix.
-fn find(store: &dyn RecordStore, query: &str, by_name: bool) -> anyhow::Result<AnyModelConfig> {
+/// Finds a record by exact key, then by name, then by unique key prefix.
+fn find(store: &dyn RecordStore, query: &str) -> anyhow::Result<AnyModelConfig> {
     let location = store.location().display().to_string();
     match store.get_model(query) {
         Ok(m) => return Ok(m),
@@ -346,16 +347,14 @@ fn find(store: &dyn RecordStore, query: &str, by_name: bool) -> anyhow::Result<A
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if by_name {
-        let named = store.search_by_name(Some(query), None, None)?;
-        match named.len() {
-            0 => {}
-            1 => return Ok(named.into_iter().next().expect("one element")),
-            n => bail!(
-                "{n} models are named `{query}`: {}; use a key",
-                describe(&named)
-            ),
-        }
+    let named = store.search_by_name(Some(query), None, None)?;
+    match named.len() {
+        0 => {}
+        1 => return Ok(named.into_iter().next().expect("one element")),
+        n => bail!(
+            "{n} models are named `{query}`: {}; use a key",
+            describe(&named)
+        ),
     }
     if query.len() >= 4 {
         let mut prefixed: Vec<AnyModelConfig> = store
@@ -372,6 +371,5 @@ fn find(store: &dyn RecordStore, query: &str, by_name: bool) -> anyhow::Result<A
             ),
         }
     }
-    let what = if by_name { "key or name" } else { "key" };
-    bail!("no model with {what} `{query}` in {location}")
+    bail!("no model with key or name `{query}` in {location}")
 }

@@ -278,9 +278,23 @@ fn remove_record_and_files() {
     let o = modelsync(d.path(), &["remove", K_SD15]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains(K_SD15), "{}", stderr(&o));
-    // `remove` takes keys, not names.
+    // `remove` finds a record as `show` does: by key, name or unique key prefix.
+    let o = modelsync(d.path(), &["remove", "juggernaut-xl"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("removed juggernaut-xl ("),
+        "{}",
+        stdout(&o)
+    );
+    let left = json_out(d.path(), &["list", "-o", "json"]);
+    assert_eq!(left.as_array().unwrap().len(), 0);
     let o = modelsync(d.path(), &["remove", "juggernaut-xl"]);
     assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no model with key or name `juggernaut-xl`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
