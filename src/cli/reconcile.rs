@@ -83,6 +83,10 @@ pub struct GcArgs {
     /// Give up waiting for another process's store lock after this long (with --yes).
     #[arg(long, value_name = "DUR", default_value = "30s")]
     pub lock_timeout: String,
+    /// Spare partial downloads changed more recently than this (a running or interrupted
+    /// download resumes from them); `0s` collects every partial.
+    #[arg(long, value_name = "DUR", default_value = "1h")]
+    pub min_age: String,
 }
 
 /// The starter manifest `init` writes after its `$schema` line. It parses as is and declares

@@ -7,7 +7,8 @@
 //! record owns (including a symlink a record's path goes through), and never what a symlink
 //! points at — an orphan symlink is unlinked, its target left alone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -38,10 +39,19 @@ pub struct Garbage {
     pub bytes: u64,
 }
 
-/// Lists what gc would remove (no change on disk); nothing `keep` names is listed.
-pub fn collect(inventory: &Inventory, keep: &Keep) -> Result<Vec<Garbage>, InventoryError> {
+/// Lists what gc would remove (no change on disk); nothing `keep` names is listed, nor a
+/// partial download under `.tmp` changed less than `min_age` before `now` (a running apply or
+/// watch may still be writing it, or resume it next). Returns the list and how many young
+/// partials were spared.
+pub fn collect(
+    inventory: &Inventory,
+    keep: &Keep,
+    min_age: Duration,
+    now: SystemTime,
+) -> Result<(Vec<Garbage>, usize), InventoryError> {
     let root = &inventory.models_dir;
     let mut out = Vec::new();
+    let mut spared = 0;
     for (dir, kind) in [
         (".tmp", GarbageKind::Partial),
         (".cache", GarbageKind::Cache),
@@ -61,6 +71,13 @@ pub fn collect(inventory: &Inventory, keep: &Keep) -> Result<Vec<Garbage>, Inven
             if keep.keeps_path(&path) {
                 continue;
             }
+            if kind == GarbageKind::Partial
+                && newest_change(&path, 0)
+                    .is_some_and(|t| now.duration_since(t).unwrap_or(Duration::ZERO) < min_age)
+            {
+                spared += 1;
+                continue;
+            }
             out.push(Garbage {
                 kind,
                 bytes: local_size(&path).unwrap_or(0),
@@ -76,7 +93,22 @@ pub fn collect(inventory: &Inventory, keep: &Keep) -> Result<Vec<Garbage>, Inven
         });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+    Ok((out, spared))
+}
+
+/// The latest modification time of `path` or anything below it (links not followed; depth
+/// bounded, as staging folders are shallow).
+fn newest_change(path: &Path, depth: u8) -> Option<SystemTime> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    let mut newest = md.modified().ok();
+    if md.is_dir() && depth < 16 {
+        for e in std::fs::read_dir(path).ok()?.flatten() {
+            if let Some(t) = newest_change(&e.path(), depth + 1) {
+                newest = Some(newest.map_or(t, |n| n.max(t)));
+            }
+        }
+    }
+    newest
 }
 
 /// Removes what [`collect`] listed; returns the failures (path, why) and keeps going. A
@@ -146,7 +178,13 @@ mod tests {
             models_dir_state: crate::reconcile::inventory::DirState::Present,
             records: vec![record(&models, abs.to_str().unwrap())],
         };
-        let items = collect(&inv, &Keep::default().store(&models.join("modelsync.db"))).unwrap();
+        let (items, _) = collect(
+            &inv,
+            &Keep::default().store(&models.join("modelsync.db")),
+            Duration::ZERO,
+            SystemTime::now(),
+        )
+        .unwrap();
         let paths: Vec<_> = items.iter().map(|g| g.path.clone()).collect();
         assert_eq!(paths, vec![models.join("other.bin")]);
         assert!(remove(&items).is_empty());

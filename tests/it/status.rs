@@ -70,24 +70,47 @@ fn verify_names_the_damaged_file() {
 #[test]
 fn gc_is_a_dry_run_unless_yes() {
     let w = installed();
+    // A partial last touched two hours ago, and one being written now.
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_hours(2);
     std::fs::create_dir_all(w.models().join(".tmp/stale")).unwrap();
     std::fs::write(w.models().join(".tmp/stale/x.part"), b"partial").unwrap();
+    for p in [".tmp/stale/x.part", ".tmp/stale"] {
+        std::fs::File::open(w.models().join(p))
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    }
+    std::fs::create_dir_all(w.models().join(".tmp/fresh")).unwrap();
+    std::fs::write(w.models().join(".tmp/fresh/y.part"), b"in flight").unwrap();
     std::fs::create_dir_all(w.models().join(".cache/abc")).unwrap();
     std::fs::write(w.models().join("orphan.safetensors"), b"orphan").unwrap();
     let o = w.run(&["gc"]);
     assert_exit(&o, 0);
     let out = stdout(&o);
     assert!(out.contains("partial  .tmp/stale"), "{out}");
+    assert!(!out.contains(".tmp/fresh"), "{out}");
     assert!(out.contains("cache    .cache/abc"), "{out}");
     assert!(out.contains("orphan   orphan.safetensors"), "{out}");
     assert!(out.contains("Would remove 3 item(s)"), "{out}");
+    assert!(
+        out.contains("Kept 1 partial download(s) changed within --min-age 1h."),
+        "{out}"
+    );
     assert!(w.models().join("orphan.safetensors").exists());
 
     let o = w.run(&["gc", "--yes"]);
     assert_exit(&o, 0);
     assert!(!w.models().join("orphan.safetensors").exists());
     assert!(!w.models().join(".tmp/stale").exists());
+    assert!(w.models().join(".tmp/fresh/y.part").is_file());
     assert!(!w.models().join(".cache/abc").exists());
+
+    // `--min-age 0s` collects every partial.
+    let o = w.run(&["gc", "--yes", "--min-age", "0s", "-o", "json"]);
+    assert_exit(&o, 0);
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["spared_partials"], 0, "{j}");
+    assert!(!w.models().join(".tmp/fresh").exists());
     assert_exit(&w.run(&["status"]), 0);
     assert_exit(&w.run(&["verify"]), 0);
 }

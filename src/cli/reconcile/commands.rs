@@ -494,7 +494,9 @@ pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
     if let Some(l) = &ctx.lock_file_flag {
         keep = keep.file(l);
     }
-    let items = gcmod::collect(&inv, &keep)?;
+    let min_age = crate::units::parse_duration(&a.min_age)
+        .with_context(|| format!("--min-age {}", a.min_age))?;
+    let (items, spared) = gcmod::collect(&inv, &keep, min_age, std::time::SystemTime::now())?;
     let total: u64 = items.iter().map(|g| g.bytes).sum();
     let failed = if a.yes {
         gcmod::remove(&items)
@@ -507,7 +509,8 @@ pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
             .map(|(p, e)| serde_json::json!({"path": p, "error": e.to_string()}))
             .collect();
         print_json(&serde_json::json!({
-            "dry_run": !a.yes, "items": items, "bytes": total, "failed": failed
+            "dry_run": !a.yes, "items": items, "bytes": total, "failed": failed,
+            "spared_partials": spared
         }))?;
     } else {
         let mut out = std::io::stdout().lock();
@@ -522,6 +525,13 @@ pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
         }
         for (p, e) in &failed {
             writeln!(out, "could not remove {}: {e}", p.display())?;
+        }
+        if spared > 0 {
+            writeln!(
+                out,
+                "Kept {spared} partial download(s) changed within --min-age {}.",
+                a.min_age
+            )?;
         }
         if a.yes {
             writeln!(
