@@ -87,6 +87,7 @@ impl Context {
             .clone()
             .or_else(|| settings.as_ref().and_then(|s| s.database.clone()))
             .unwrap_or_else(|| models_dir.join("modelsync.db"));
+        crate::store::check_kind(&database)?;
         Ok((models_dir, database))
     }
 
@@ -111,6 +112,7 @@ impl Context {
         if let Some(d) = &self.lock_file_flag {
             m.settings.lock_file = Some(d.clone());
         }
+        crate::store::check_kind(&m.settings.database_path())?;
         Ok(m)
     }
 }

@@ -204,13 +204,27 @@ pub trait RecordStore: Send + Sync {
 /// `.db`/`.sqlite`/`.sqlite3` → SQLite, `.yaml`/`.yml` → YAML file. An existing file of the
 /// wrong kind or schema is refused with an error naming it.
 pub fn open(path: &Path) -> Result<Box<dyn RecordStore>, StoreError> {
+    check_kind(path)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     match ext.as_deref() {
-        Some("db" | "sqlite" | "sqlite3") => Ok(Box::new(sqlite::SqliteStore::from_db_file(path)?)),
         Some("yaml" | "yml") => Ok(Box::new(yaml::YamlStore::from_db_file(path)?)),
+        _ => Ok(Box::new(sqlite::SqliteStore::from_db_file(path)?)),
+    }
+}
+
+/// Refuses a store path whose extension names no store kind. Every command checks this
+/// before anything else (before the store lock, before "no store yet"), so all of them refuse
+/// `--database store.txt` alike.
+pub fn check_kind(path: &Path) -> Result<(), StoreError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("db" | "sqlite" | "sqlite3" | "yaml" | "yml") => Ok(()),
         _ => Err(StoreError::WrongKind {
             path: path.to_path_buf(),
             reason: "unknown store kind: use a .db/.sqlite file for SQLite or a .yaml/.yml file for the YAML store".into(),

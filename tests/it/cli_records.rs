@@ -403,3 +403,40 @@ fn remove_waits_for_the_store_lock_and_names_the_holder() {
     assert!(out.status.success());
     assert_eq!(stdout(&out), format!("removed sd15 ({K_SD15})\n"));
 }
+
+/// A store path whose extension names no store kind is refused by every command alike,
+/// before anything is created (no lock file, no store), with the reason said once.
+#[test]
+fn an_unknown_store_extension_is_refused_by_every_command() {
+    let d = tmp();
+    std::fs::write(
+        d.path().join("models.yaml"),
+        "version: 1\nsettings:\n  models_dir: models\nmodels: []\n",
+    )
+    .unwrap();
+    let commands: [&[&str]; 9] = [
+        &["list"],
+        &["show", "x"],
+        &["remove", "x"],
+        &["status"],
+        &["diff"],
+        &["verify"],
+        &["gc"],
+        &["apply"],
+        &["gc", "--yes"],
+    ];
+    for c in commands {
+        let mut args = vec!["--database", "store.txt", "-f", "models.yaml"];
+        args.extend_from_slice(c);
+        let o = modelsync(d.path(), &args);
+        assert_eq!(o.status.code(), Some(1), "{c:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.matches("unknown store kind").count(), 1, "{c:?}: {err}");
+        assert!(err.contains("store.txt"), "{c:?}: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["models.yaml"]);
+}
