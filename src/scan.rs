@@ -215,53 +215,29 @@ const DANGEROUS_MODULES: &[&str] = &[
     "torch.load",
 ];
 
-/// Dangerous attributes of otherwise harmless modules.
+/// Builtins that reach code, files or the interpreter: dangerous from `builtins` and Python
+/// 2's `__builtin__`, and as any step of a dotted protocol-4 name.
+const CODE_BUILTINS: &[&str] = &[
+    "eval",
+    "exec",
+    "execfile",
+    "compile",
+    "open",
+    "getattr",
+    "setattr",
+    "delattr",
+    "__import__",
+    "globals",
+    "locals",
+    "vars",
+    "input",
+    "breakpoint",
+];
+
+/// Dangerous attributes of otherwise harmless modules, besides [`CODE_BUILTINS`].
 const DANGEROUS_NAMES: &[(&str, &[&str])] = &[
-    (
-        "builtins",
-        &[
-            "eval",
-            "exec",
-            "execfile",
-            "compile",
-            "open",
-            "getattr",
-            "setattr",
-            "delattr",
-            "__import__",
-            "globals",
-            "locals",
-            "vars",
-            "input",
-            "breakpoint",
-            "exit",
-            "quit",
-            "help",
-            "memoryview",
-        ],
-    ),
-    (
-        "__builtin__",
-        &[
-            "eval",
-            "exec",
-            "execfile",
-            "compile",
-            "open",
-            "file",
-            "getattr",
-            "setattr",
-            "delattr",
-            "__import__",
-            "globals",
-            "locals",
-            "vars",
-            "input",
-            "raw_input",
-            "apply",
-            "reload",
-        ],
-    ),
+    ("builtins", &["exit", "quit", "help", "memoryview"]),
+    ("__builtin__", &["file", "raw_input", "apply", "reload"]),
     ("torch", &["load", "save"]),
     ("torch.serialization", &["load", "_load"]),
     ("numpy", &["load", "fromfile"]),
@@ -377,23 +353,9 @@ const SAFE_NAMES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Attribute names that reach code, files or the interpreter wherever they are found
-/// (matched against every component of a dotted protocol-4 name).
+/// Attribute names besides [`CODE_BUILTINS`] that reach code, files or the interpreter
+/// wherever they are found (matched against every component of a dotted protocol-4 name).
 const DANGEROUS_ATTRS: &[&str] = &[
-    "eval",
-    "exec",
-    "execfile",
-    "compile",
-    "open",
-    "getattr",
-    "setattr",
-    "delattr",
-    "__import__",
-    "globals",
-    "locals",
-    "vars",
-    "input",
-    "breakpoint",
     "system",
     "popen",
     "spawn",
@@ -425,9 +387,11 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
     if denied_module(module) || denied_module(&format!("{module}.{name}")) {
         return GlobalClass::Dangerous;
     }
-    if DANGEROUS_NAMES
-        .iter()
-        .any(|(m, names)| *m == module && names.contains(&name))
+    let code_builtin = |n: &str| CODE_BUILTINS.contains(&n);
+    if (matches!(module, "builtins" | "__builtin__") && code_builtin(name))
+        || DANGEROUS_NAMES
+            .iter()
+            .any(|(m, names)| *m == module && names.contains(&name))
     {
         return GlobalClass::Dangerous;
     }
@@ -436,7 +400,9 @@ pub fn classify(module: &str, name: &str) -> GlobalClass {
         let dunder = steps
             .iter()
             .any(|s| s.starts_with("__") && s.ends_with("__"));
-        let bad = steps.iter().any(|s| DANGEROUS_ATTRS.contains(s));
+        let bad = steps
+            .iter()
+            .any(|s| code_builtin(s) || DANGEROUS_ATTRS.contains(s));
         let mut path = module.to_owned();
         let mut denied = false;
         for s in &steps {
