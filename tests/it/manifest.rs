@@ -708,15 +708,6 @@ fn download_timeout_is_a_positive_duration_with_a_default() {
 /// generated schema and parsed by `parse_str`, and both must give the expected verdict.
 #[test]
 fn schema_and_parser_agree_both_ways() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import jsonschema"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "skipped: python3 with the jsonschema package is needed (pip install jsonschema)"
-        );
-        return;
-    }
     let entry = |extra: &str| format!("version: 1\nmodels:\n  - name: a\n    source: o/n\n{extra}");
     let cases: Vec<(String, bool)> = vec![
         (entry(""), true),
@@ -793,7 +784,8 @@ fn schema_and_parser_agree_both_ways() {
         .unwrap(),
     )
     .unwrap();
-    let o = std::process::Command::new("python3")
+    // The fixtures' venv (scripts/setup-pyenv, made on first use) holds jsonschema.
+    let o = std::process::Command::new(crate::support::pyfix::python())
         .args([
             "-c",
             "import json, sys, jsonschema\n\
