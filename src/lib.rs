@@ -5,6 +5,7 @@
 //! The library never prints: long operations report [`events::Event`]s to a
 //! [`events::Reporter`]; only [`cli`] knows about terminals.
 
+pub mod adopt;
 pub mod cli;
 pub mod config;
 pub mod download;

@@ -17,6 +17,7 @@ mod loadcmd;
 mod output;
 mod reconcile;
 mod records;
+mod sync;
 mod watchcmd;
 
 pub use context::Context;
@@ -140,6 +141,11 @@ pub enum Command {
     Schema,
     /// Remove stale partial downloads, the download cache and orphan files (dry run unless --yes).
     Gc(reconcile::GcArgs),
+    /// Register models in models_dir that no record owns, report records whose files are gone
+    /// (dry run unless --yes).
+    Sync(sync::SyncArgs),
+    /// Take over another tool's install: its records and models, in place (dry run unless --yes).
+    Adopt(sync::AdoptArgs),
     /// Download one URL through the queue (for tests and benchmarks).
     #[command(hide = true)]
     Fetch(fetch::FetchArgs),
@@ -187,6 +193,8 @@ where
         Command::Load(a) => loadcmd::load(&ctx, a),
         Command::Schema => reconcile::schema(&ctx),
         Command::Gc(a) => reconcile::gc(&ctx, a),
+        Command::Sync(a) => sync::sync(&ctx, a),
+        Command::Adopt(a) => sync::adopt(&ctx, a),
         Command::Fetch(a) => fetch::fetch(&ctx, a),
     };
     match result {

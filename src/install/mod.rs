@@ -6,6 +6,8 @@
 //! - [`request`]: [`InstallRequest`] / [`InstallOptions`] (what a manifest entry can ask) and
 //!   [`InstallOutcome`] (what `models.lock` records).
 //! - [`staging`]: the transaction's scratch space and start-up recovery.
+//! - [`sync`]: `sync_to_config` — register what lies in `models_dir` unrecorded, report
+//!   records whose files are gone.
 //! - `remote` / `local` / `promote`: fetching, copying, and the serial probe → hash → rename →
 //!   record half.
 
@@ -17,6 +19,7 @@ mod remote;
 pub mod request;
 pub mod service;
 pub mod staging;
+pub mod sync;
 
 pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
@@ -24,3 +27,4 @@ pub use promote::UNSAFE_PICKLE;
 pub use request::{InstallOptions, InstallOutcome, InstallRequest, InstalledFile, UnknownModels};
 pub use service::{InstallConfig, ModelInstallService, job_outcome, record_source};
 pub use staging::RecoveryReport;
+pub use sync::{SyncMode, SyncOptions, SyncReport};

@@ -210,6 +210,10 @@ impl ModelInstallService {
         )
     }
 
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     /// The settings (the seed's `app_config`).
     pub fn app_config(&self) -> &InstallConfig {
         &self.inner.cfg
@@ -662,7 +666,7 @@ fn dedup_key(req: &InstallRequest) -> String {
     )
 }
 
-fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Staged, InstallError> {
+pub(crate) fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Staged, InstallError> {
     let md = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             InstallError::NotFound(path.to_path_buf())
@@ -768,6 +772,11 @@ async fn run_job(
 }
 
 impl Inner {
+    /// The lane: held while records are written, one install at a time.
+    pub(crate) fn lane(&self) -> MutexGuard<'_, ()> {
+        lock(&self.lane)
+    }
+
     fn bump(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
