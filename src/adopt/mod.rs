@@ -8,8 +8,12 @@
 //! --delete-files` and prune leave its files alone). A record whose files are gone is
 //! reported and not imported; a record already in the store with the same key, path and hash
 //! is left as it is, so adopting again changes nothing.
+//!
+//! [`manifest`] then writes a manifest of the store (`modelsync init --from-store`) and marks
+//! each record as managed by its entry, so the first `apply` changes nothing.
 
 pub mod invokeai;
+pub mod manifest;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,7 @@ use serde::Serialize;
 use crate::store::{ModelFile, StoreError};
 
 pub use invokeai::{adopt_invokeai, plan_invokeai};
+pub use manifest::{StoreManifest, manifest_from_store, take_over};
 
 /// Errors of adopting.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,10 @@ pub struct InitArgs {
     /// Overwrite an existing manifest.
     #[arg(long)]
     pub force: bool,
+    /// Declare what the record store holds (one in-place entry per record) and mark the
+    /// records as managed by those entries, so the first apply changes nothing.
+    #[arg(long)]
+    pub from_store: bool,
 }
 
 /// `diff`.
@@ -149,6 +153,9 @@ pub fn init(ctx: &Context, a: InitArgs) -> anyhow::Result<Status> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let schema_path = dir.join(SCHEMA_FILE);
     write_atomic(&schema_path, &manifest::schema::json_schema_string())?;
+    if a.from_store {
+        return init_from_store(ctx, path, &schema_path);
+    }
     write_atomic(path, &format!("{}\n{STARTER}", schema_comment()))?;
     if ctx.output == OutputFormat::Json {
         let doc = serde_json::json!({"manifest": path, "schema": schema_path});
@@ -158,6 +165,52 @@ pub fn init(ctx: &Context, a: InitArgs) -> anyhow::Result<Status> {
             std::io::stdout(),
             "Wrote {} and {}.\nNext: add models to it, then run `modelsync diff` and `modelsync apply`.",
             path.display(),
+            schema_path.display()
+        )?;
+    }
+    Ok(Status::Success)
+}
+
+/// `init --from-store`: the manifest of the store (see [`crate::adopt::manifest`]), written,
+/// parsed back, and its entries' spec hashes stamped on the records under the store lock.
+fn init_from_store(ctx: &Context, path: &Path, schema_path: &Path) -> anyhow::Result<Status> {
+    let (models_dir, database) = ctx.store_paths()?;
+    if !database.exists() {
+        anyhow::bail!(
+            "no record store at {}: nothing to declare (pass --models-dir / --database)",
+            database.display()
+        );
+    }
+    let _lock = commands::acquire_store_lock(
+        ctx,
+        &{
+            let mut s = manifest::Settings::defaults(Path::new("."));
+            s.database = Some(database.clone());
+            s
+        },
+        manifest::DEFAULT_INTERVAL,
+    )?;
+    let store = crate::store::open(&database)?;
+    let records = store.all_models()?;
+    let default_db = models_dir.join("modelsync.db");
+    let generated = crate::adopt::manifest_from_store(
+        &records,
+        &models_dir,
+        (database != default_db).then_some(database.as_path()),
+    );
+    write_atomic(path, &format!("{}\n{}", schema_comment(), generated.text))?;
+    let m = manifest::load(path)
+        .with_context(|| format!("reading back the manifest written to {}", path.display()))?;
+    let n = crate::adopt::take_over(store.as_ref(), &m, &generated.entries)?;
+    if ctx.output == OutputFormat::Json {
+        let doc = serde_json::json!({"manifest": path, "schema": schema_path, "entries": n});
+        writeln!(std::io::stdout(), "{doc}")?;
+    } else if !ctx.quiet {
+        writeln!(
+            std::io::stdout(),
+            "Wrote {} with {n} entr{} (one per record, in place) and {}; the records are now managed by it.\nNext: `modelsync diff` shows nothing to do; edit the manifest to change what this machine holds.",
+            path.display(),
+            if n == 1 { "y" } else { "ies" },
             schema_path.display()
         )?;
     }
