@@ -107,6 +107,7 @@ settings:
   # hash_algorithm: blake3           # blake3 | blake3_single | sha256 | imohash
   # prune: false                     # delete managed models that left this file
   # unknown_models: allow            # allow | deny: install models no probe rule names
+  # sync: report                     # watch: off | report | register models no record owns
   # max_parallel_downloads: 5
   # download_timeout: 24h            # longest one file may take, retries included
   # cache: { ram: 8GiB, vram: 16GiB, device: auto }

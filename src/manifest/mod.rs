@@ -220,6 +220,8 @@ pub struct Settings {
     /// Models no probe rule identifies, and guessed bases: `allow` (default) records them
     /// with a warning, `deny` fails their entries.
     pub unknown_models: UnknownModels,
+    /// What `watch` does with `sync_to_config` at each resync (default `report`).
+    pub sync: crate::install::SyncMode,
 }
 
 /// Default `settings.max_parallel_downloads`.
@@ -244,6 +246,7 @@ impl Settings {
             download_timeout: crate::download::DEFAULT_FILE_TIMEOUT,
             cache: CacheSettings::default(),
             unknown_models: UnknownModels::default(),
+            sync: crate::install::SyncMode::default(),
         }
     }
 

@@ -203,6 +203,11 @@ pub struct SettingsFile {
     /// (default allow).
     #[serde(default)]
     pub unknown_models: Option<crate::install::UnknownModels>,
+    /// What `watch` does at each resync with models in models_dir that no record owns and
+    /// records whose files are gone: `off`; `report` them in /status and the metrics; or
+    /// `register` the orphans in place (default report; dead records are only reported).
+    #[serde(default)]
+    pub sync: Option<crate::install::SyncMode>,
 }
 
 /// `settings.cache:`.
@@ -687,6 +692,7 @@ impl<'a> Cx<'a> {
             s.cache = self.cache(c);
         }
         s.unknown_models = raw.unknown_models.unwrap_or_default();
+        s.sync = raw.sync.unwrap_or_default();
         s
     }
 
