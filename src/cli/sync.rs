@@ -63,12 +63,23 @@ pub struct AdoptInvokeaiArgs {
     pub yes: bool,
 }
 
+/// Never models: the manifest, its lock file, and the manifest's local sources (an in-place
+/// entry not applied yet is `apply`'s to register, with its entry's name and config).
 fn skip_list(ctx: &Context) -> Vec<PathBuf> {
     let mut v = vec![
         ctx.manifest_path.clone(),
         crate::manifest::lock::lock_path_for(&ctx.manifest_path),
     ];
     v.extend(ctx.lock_file_flag.clone());
+    if ctx.manifest_path.is_file()
+        && let Ok(m) = ctx.load_manifest()
+    {
+        v.push(m.lock_path());
+        v.extend(m.models.iter().filter_map(|e| match &e.source {
+            crate::hub::ModelSource::Local(l) => Some(l.path.clone()),
+            _ => None,
+        }));
+    }
     v
 }
 

@@ -30,6 +30,12 @@
 //!   announced to the watcher as *not* preload entries, so readiness does not wait forever for
 //!   something that cannot happen; [`ManifestConverger::unpreloadable`] names them so the caller
 //!   can warn, and `/status` shows them with `preload: false`.
+//! - **Sync.** After the prune, the sweep runs
+//!   [`sync_to_config`](crate::install::ModelInstallService::sync_to_config)
+//!   (`settings.sync`: `off`, `report` — the default — or `register`) on a blocking thread
+//!   under the install lane, skipping the manifest, its lock file and every local entry
+//!   source (an in-place entry not applied yet is the entry's to register, not an orphan).
+//!   Watch never unregisters dead records; they are shown in `/status` and the metrics.
 //! - **Metrics.** Bytes downloaded come from the apply report; download errors are the download
 //!   queue's `error` events, counted by a reporter wrapped around the caller's, and attributed
 //!   to the next reconcile that finishes (the metric is a process total).
@@ -48,6 +54,7 @@ use super::remote;
 use crate::download::{DownloadError, DownloadEvent, DownloadQueue, DownloadQueueConfig};
 use crate::events::{Event, Reporter};
 use crate::hub::{HubClient, HubEnv, HubError};
+use crate::install::sync::{SyncMode, SyncOptions, SyncReport};
 use crate::install::{InstallConfig, InstallError};
 use crate::manager::ModelManager;
 use crate::manifest::{Manifest, Settings};
@@ -55,6 +62,7 @@ use crate::store::lock::StoreLock;
 use crate::store::{self, RecordStore, StoreError};
 use crate::watch::{
     BoxError, BoxFuture, CancelToken, Converger, DeviceUsage, EntryError, EntryOutcome, EntrySpec,
+    SyncStatus,
 };
 
 /// How often install jobs are cancelled again while a cancelled apply winds down (an apply that
@@ -299,6 +307,8 @@ pub struct ManifestConverger {
     /// `--lock-file`, applied to every manifest read.
     lock_file_override: Option<PathBuf>,
     services: tokio::sync::OnceCell<Services>,
+    /// The sweep's last sync (`None` with `settings.sync: off`).
+    sync: std::sync::Mutex<Option<SyncStatus>>,
     // Declared last: released after the services are dropped.
     _lock: StoreLock,
 }
@@ -331,6 +341,7 @@ impl ManifestConverger {
             path_overrides: (None, None),
             lock_file_override: None,
             services: tokio::sync::OnceCell::new(),
+            sync: std::sync::Mutex::new(None),
             _lock: lock,
         }
     }
@@ -433,6 +444,51 @@ impl ManifestConverger {
                 return out;
             }
         }
+    }
+
+    fn sync_slot(&self) -> std::sync::MutexGuard<'_, Option<SyncStatus>> {
+        self.sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The sweep's sync (see the module docs); its status goes to `/status` and the metrics.
+    async fn run_sync(&self, desired: &Manifest) -> Result<(), EntryError> {
+        let mode = desired.settings.sync;
+        if mode == SyncMode::Off {
+            *self.sync_slot() = None;
+            return Ok(());
+        }
+        let now = crate::watch::rfc3339_now();
+        let fail = |message: String| {
+            let mut slot = self.sync_slot();
+            let st = slot.get_or_insert_with(SyncStatus::default);
+            st.mode = mode.to_string();
+            st.last_run = Some(now.clone());
+            st.last_error = Some(message.clone());
+            EntryError::new(format!("sync: {message}"))
+        };
+        let svc = self.services().await.map_err(|e| fail(e.message))?;
+        let mut skip = vec![desired.path.clone(), desired.lock_path()];
+        skip.extend(desired.models.iter().filter_map(|e| match &e.source {
+            crate::hub::ModelSource::Local(l) => Some(l.path.clone()),
+            _ => None,
+        }));
+        let opts = SyncOptions {
+            register: mode == SyncMode::Register,
+            prune_missing: false,
+            skip,
+            unknown_models: desired.settings.unknown_models,
+        };
+        let install = svc.manager.install().clone();
+        let report = tokio::task::spawn_blocking(move || install.sync_to_config(&opts))
+            .await
+            .map_err(|e| fail(format!("the sync worker failed: {e}")))?
+            .map_err(|e| fail(e.full_message()))?;
+        let mut slot = self.sync_slot();
+        let total = slot.as_ref().map_or(0, |s| s.registered_total);
+        *slot = Some(sync_status(mode, now, &report, total));
+        Ok(())
     }
 
     fn record_of(svc: &Services, entry: &str) -> Result<crate::AnyModelConfig, EntryError> {
@@ -552,6 +608,29 @@ impl Converger for ManifestConverger {
         _cancel: CancelToken,
     ) -> BoxFuture<'a, Result<(), EntryError>> {
         Box::pin(async move {
+            let pruned = self.prune(desired).await;
+            let synced = self.run_sync(desired).await;
+            match (pruned, synced) {
+                (Err(a), Err(b)) => Err(EntryError::new(format!("{}; {}", a.message, b.message))),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn cache_usage(&self) -> Vec<DeviceUsage> {
+        self.cache_usage.as_ref().map_or_else(Vec::new, |f| f())
+    }
+
+    fn sync_status(&self) -> Option<SyncStatus> {
+        self.sync_slot().clone()
+    }
+}
+
+impl ManifestConverger {
+    /// The sweep's prune of departed entries (with `settings.prune`).
+    async fn prune(&self, desired: &Manifest) -> Result<(), EntryError> {
+        {
             if !desired.settings.prune {
                 // Records of departed entries are kept (and shown by `modelsync status`).
                 return Ok(());
@@ -574,11 +653,40 @@ impl Converger for ManifestConverger {
             } else {
                 Err(EntryError::new(failed.join("; ")))
             }
-        })
+        }
     }
+}
 
-    fn cache_usage(&self) -> Vec<DeviceUsage> {
-        self.cache_usage.as_ref().map_or_else(Vec::new, |f| f())
+/// The `/status` view of a sync report; `registered_before` is the running total.
+fn sync_status(mode: SyncMode, now: String, r: &SyncReport, registered_before: u64) -> SyncStatus {
+    let registered: Vec<String> = r
+        .orphans
+        .iter()
+        .filter(|o| o.key.is_some())
+        .map(|o| o.path.clone())
+        .collect();
+    SyncStatus {
+        mode: mode.to_string(),
+        last_run: Some(now),
+        orphans: r
+            .orphans
+            .iter()
+            .filter(|o| o.key.is_none() && o.error.is_none())
+            .map(|o| o.path.clone())
+            .collect(),
+        failed: r
+            .orphans
+            .iter()
+            .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.path)))
+            .collect(),
+        dead_records: r
+            .dead
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.key))
+            .collect(),
+        registered_total: registered_before + registered.len() as u64,
+        registered,
+        last_error: None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::DeviceUsage;
-use super::state::{EntryPhase, WatchState, unix_seconds};
+use super::state::{EntryPhase, SyncStatus, WatchState, unix_seconds};
 
 /// Upper bounds (seconds) of the reconcile duration histogram: from a no-op check to a
 /// multi-gigabyte download.
@@ -81,7 +81,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders every family. Families appear even without samples so dashboards see the names.
-pub(crate) fn render(st: &WatchState, cache: &[DeviceUsage]) -> String {
+pub(crate) fn render(st: &WatchState, cache: &[DeviceUsage], sync: Option<&SyncStatus>) -> String {
     let c = &st.counters;
     let mut o = String::with_capacity(4096);
 
@@ -236,6 +236,34 @@ pub(crate) fn render(st: &WatchState, cache: &[DeviceUsage]) -> String {
         "1 when /readyz answers 200.",
     );
     let _ = writeln!(o, "modelsync_ready {}", u8::from(st.readiness().ready));
+
+    family(
+        &mut o,
+        "modelsync_sync_paths",
+        "gauge",
+        "What the last sync of the store with models_dir found (settings.sync): orphan models no record owns, dead records whose files are gone.",
+    );
+    if let Some(s) = sync {
+        let _ = writeln!(
+            o,
+            "modelsync_sync_paths{{kind=\"orphan\"}} {}",
+            s.orphans.len()
+        );
+        let _ = writeln!(
+            o,
+            "modelsync_sync_paths{{kind=\"dead\"}} {}",
+            s.dead_records.len()
+        );
+    }
+    family(
+        &mut o,
+        "modelsync_sync_registered_total",
+        "counter",
+        "Orphan models the sync registered (settings.sync: register).",
+    );
+    if let Some(s) = sync {
+        let _ = writeln!(o, "modelsync_sync_registered_total {}", s.registered_total);
+    }
     o
 }
 
@@ -271,6 +299,23 @@ mod tests {
                 device: "cuda:0".into(),
                 bytes: 5,
             }],
+            Some(&SyncStatus {
+                orphans: vec!["a.safetensors".into()],
+                registered_total: 3,
+                ..SyncStatus::default()
+            }),
+        );
+        assert!(
+            text.contains("modelsync_sync_paths{kind=\"orphan\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("modelsync_sync_paths{kind=\"dead\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("modelsync_sync_registered_total 3\n"),
+            "{text}"
         );
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();

@@ -41,7 +41,9 @@ pub use backoff::BackoffConfig;
 pub use cancel::{CancelSource, CancelToken};
 pub use fswatch::is_relevant_event_path;
 pub use server::ROUTES;
-pub use state::{EntryPhase, EntryStatus, ManifestStatus, Readiness, StatusReport, SweepStatus};
+pub use state::{
+    EntryPhase, EntryStatus, ManifestStatus, Readiness, StatusReport, SweepStatus, SyncStatus,
+};
 
 /// A boxed, sendable future: what [`Converger`]'s async methods return, so the trait needs
 /// no async-trait crate and its futures can be spawned.
@@ -195,6 +197,17 @@ pub trait Converger: Send + Sync + 'static {
     fn cache_usage(&self) -> Vec<DeviceUsage> {
         Vec::new()
     }
+
+    /// What the sweep's last sync of the store with the models folder found, read at every
+    /// `/status` and `/metrics`. Must be cheap. `None`: no sync runs.
+    fn sync_status(&self) -> Option<SyncStatus> {
+        None
+    }
+}
+
+/// Now, as `/status` writes times (RFC 3339 UTC).
+pub fn rfc3339_now() -> String {
+    state::rfc3339(std::time::SystemTime::now())
 }
 
 /// Settings of watch mode.

@@ -75,10 +75,14 @@ impl<C: Converger> Runner<C> {
         conv: Arc<C>,
     ) -> Result<(Self, SocketAddr), WatchError> {
         let usage_conv = Arc::clone(&conv);
-        let shared = Arc::new(Shared::new(
-            config.manifest_path.clone(),
-            Box::new(move || usage_conv.cache_usage()),
-        ));
+        let sync_conv = Arc::clone(&conv);
+        let shared = Arc::new(
+            Shared::new(
+                config.manifest_path.clone(),
+                Box::new(move || usage_conv.cache_usage()),
+            )
+            .with_sync_status(Box::new(move || sync_conv.sync_status())),
+        );
         let (fs_tx, fs_rx) = mpsc::unbounded_channel();
         let fs_watch = ManifestWatch::start(&config.manifest_path, config.debounce, fs_tx)?;
         let listen_err = |source| WatchError::Listen {

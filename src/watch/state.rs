@@ -110,6 +110,28 @@ pub struct SweepStatus {
     pub last_error_at: Option<String>,
 }
 
+/// The last `sync_to_config` of the sweep (`settings.sync`) in `/status`: models in
+/// models_dir no record owns, and records whose files are gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// `off`, `report` or `register`.
+    pub mode: String,
+    /// When it last ran (RFC 3339).
+    pub last_run: Option<String>,
+    /// Orphans found and not registered by the last run (paths relative to models_dir).
+    pub orphans: Vec<String>,
+    /// Orphans the last run registered.
+    pub registered: Vec<String>,
+    /// Orphans that cannot be registered, with why.
+    pub failed: Vec<String>,
+    /// Records whose files are gone (`name (key)`); never unregistered by watch.
+    pub dead_records: Vec<String>,
+    /// Orphans registered since start.
+    pub registered_total: u64,
+    /// Why the last run failed, if it did.
+    pub last_error: Option<String>,
+}
+
 /// The `/readyz` verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
@@ -135,6 +157,10 @@ pub struct StatusReport {
     pub entries: Vec<EntryStatus>,
     /// The sweep.
     pub sweep: SweepStatus,
+    /// The last sync of the store with models_dir (absent when `settings.sync: off` or not
+    /// run yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
 }
 
 #[derive(Debug, Clone)]
@@ -323,6 +349,7 @@ impl WatchState {
                 last_error: self.sweep.last_error.clone(),
                 last_error_at: self.sweep.last_error_at.map(rfc3339),
             },
+            sync: None,
         }
     }
 }
@@ -338,12 +365,14 @@ pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
 }
 
 type CacheUsageFn = Box<dyn Fn() -> Vec<DeviceUsage> + Send + Sync>;
+type SyncStatusFn = Box<dyn Fn() -> Option<SyncStatus> + Send + Sync>;
 
-/// The state behind a lock, plus the converger's cache gauge, shared by the loop and the
-/// HTTP handlers. Critical sections are short and never await.
+/// The state behind a lock, plus the converger's cache gauge and sync status, shared by the
+/// loop and the HTTP handlers. Critical sections are short and never await.
 pub(crate) struct Shared {
     state: Mutex<WatchState>,
     cache_usage: CacheUsageFn,
+    sync_status: SyncStatusFn,
 }
 
 impl Shared {
@@ -351,7 +380,14 @@ impl Shared {
         Self {
             state: Mutex::new(WatchState::new(manifest_path)),
             cache_usage,
+            sync_status: Box::new(|| None),
         }
+    }
+
+    /// Reads the converger's sync status at every `/status` and `/metrics`.
+    pub(crate) fn with_sync_status(mut self, f: SyncStatusFn) -> Self {
+        self.sync_status = f;
+        self
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, WatchState> {
@@ -360,7 +396,10 @@ impl Shared {
     }
 
     pub(crate) fn status(&self) -> StatusReport {
-        self.lock().status(Instant::now(), SystemTime::now())
+        let sync = (self.sync_status)();
+        let mut report = self.lock().status(Instant::now(), SystemTime::now());
+        report.sync = sync;
+        report
     }
 
     pub(crate) fn readiness(&self) -> Readiness {
@@ -370,8 +409,9 @@ impl Shared {
     pub(crate) fn metrics_text(&self) -> String {
         // Read the cache outside the state lock: the converger may take its own locks.
         let cache = (self.cache_usage)();
+        let sync = (self.sync_status)();
         let st = self.lock();
-        metrics::render(&st, &cache)
+        metrics::render(&st, &cache, sync.as_ref())
     }
 }
 
