@@ -2,6 +2,7 @@
 
 mod support;
 
+mod adopt;
 mod apply;
 mod cli_records;
 mod deploy;
