@@ -238,7 +238,10 @@ fn init_from_store_declares_the_adopted_install_and_applying_it_changes_nothing(
     assert_exit(&o, 0);
     let text = std::fs::read_to_string(&manifest).unwrap();
     assert!(text.contains("inplace: true"), "{text}");
-    assert!(text.contains("config: { type: \"lora\", base: \"sd-1\" }"), "{text}");
+    assert!(
+        text.contains("config: { type: \"lora\", base: \"sd-1\" }"),
+        "{text}"
+    );
     let before = install.records();
     assert!(
         before.iter().all(|r| r["managed"]["entry"].is_string()),
@@ -248,7 +251,11 @@ fn init_from_store_declares_the_adopted_install_and_applying_it_changes_nothing(
     // The manifest alone (its own settings) describes the install.
     let o = modelsync(install.path(), &["-f", m, "diff", "--exit-code"]);
     assert_exit(&o, 0);
-    assert!(stdout(&o).contains("No changes: 11 model(s) in sync."), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("No changes: 11 model(s) in sync."),
+        "{}",
+        stdout(&o)
+    );
     let o = modelsync(install.path(), &["-f", m, "apply"]);
     assert_exit(&o, 0);
     assert!(stdout(&o).contains("No changes"), "{}", stdout(&o));

@@ -20,6 +20,7 @@ mod probe;
 mod scan;
 mod status;
 mod store;
+mod sync;
 mod unknown;
 mod watch;
 mod watch_real;
