@@ -1,5 +1,5 @@
-//! The drift report (`modelsync status`): the seed's `sync_to_config`, made safe — it only
-//! reports. Manifest vs store (the plan, without prune), store vs disk (missing files, changed
+//! The drift report (`modelsync status`): it only reports (`modelsync sync`,
+//! [`crate::install::ModelInstallService::sync_to_config`], acts). Manifest vs store (the plan, without prune), store vs disk (missing files, changed
 //! fingerprints, records whose path is gone) and disk vs store (files in models_dir that no
 //! record owns).
 
