@@ -1,7 +1,7 @@
 //! The drift report (`modelsync status`): it only reports (`modelsync sync`,
-//! [`crate::install::ModelInstallService::sync_to_config`], acts). Manifest vs store (the plan, without prune), store vs disk (missing files, changed
-//! fingerprints, records whose path is gone) and disk vs store (files in models_dir that no
-//! record owns).
+//! [`crate::install::ModelInstallService::sync_to_config`], acts). Manifest vs store (the
+//! plan, without prune), store vs disk (missing files, changed fingerprints, records whose
+//! path is gone) and disk vs store (files in models_dir that no record owns).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
