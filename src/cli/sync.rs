@@ -83,14 +83,12 @@ fn skip_list(ctx: &Context) -> Vec<PathBuf> {
     v
 }
 
-fn unknown_policy(ctx: &Context) -> UnknownModels {
-    if ctx.manifest_path.is_file() {
-        crate::manifest::load_settings(&ctx.manifest_path)
-            .map(|s| s.unknown_models)
-            .unwrap_or_default()
-    } else {
-        UnknownModels::default()
-    }
+/// The manifest's settings when there is a manifest (`unknown_models`, `hash_algorithm`).
+fn settings(ctx: &Context) -> Option<crate::manifest::Settings> {
+    ctx.manifest_path
+        .is_file()
+        .then(|| crate::manifest::load_settings(&ctx.manifest_path).ok())
+        .flatten()
 }
 
 /// `sync`: dry run by default; `--yes` registers (and with `--prune-missing` unregisters).
@@ -100,11 +98,14 @@ fn unknown_policy(ctx: &Context) -> UnknownModels {
 )]
 pub fn sync(ctx: &Context, a: SyncArgs) -> anyhow::Result<Status> {
     let (models_dir, database) = ctx.store_paths()?;
+    let settings = settings(ctx);
     let opts = SyncOptions {
         register: a.yes,
         prune_missing: a.prune_missing,
         skip: skip_list(ctx),
-        unknown_models: unknown_policy(ctx),
+        unknown_models: settings
+            .as_ref()
+            .map_or_else(UnknownModels::default, |s| s.unknown_models),
     };
     let records = if database.exists() {
         store::open_read_only(&database)?.all_models()?
@@ -126,7 +127,10 @@ pub fn sync(ctx: &Context, a: SyncArgs) -> anyhow::Result<Status> {
             .enable_all()
             .build()?;
         rt.block_on(async {
-            let cfg = InstallConfig::from_env(&models_dir, None)?;
+            let mut cfg = InstallConfig::from_env(&models_dir, None)?;
+            if let Some(s) = &settings {
+                cfg.hash_algorithm = s.hash_algorithm;
+            }
             let manager = ModelManager::open(
                 cfg,
                 &database,

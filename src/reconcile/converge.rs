@@ -674,7 +674,7 @@ fn sync_status(mode: SyncMode, now: String, r: &SyncReport, registered_before: u
             .filter(|o| o.key.is_none() && o.error.is_none())
             .map(|o| o.path.clone())
             .collect(),
-        failed: r
+        cannot_register: r
             .orphans
             .iter()
             .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.path)))

@@ -123,7 +123,7 @@ pub struct SyncStatus {
     /// Orphans the last run registered.
     pub registered: Vec<String>,
     /// Orphans that cannot be registered, with why.
-    pub failed: Vec<String>,
+    pub cannot_register: Vec<String>,
     /// Records whose files are gone (`name (key)`); never unregistered by watch.
     pub dead_records: Vec<String>,
     /// Orphans registered since start.
