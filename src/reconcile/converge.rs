@@ -485,6 +485,20 @@ impl ManifestConverger {
             .await
             .map_err(|e| fail(format!("the sync worker failed: {e}")))?
             .map_err(|e| fail(e.full_message()))?;
+        for o in report.orphans.iter().filter(|o| o.key.is_some()) {
+            tracing::info!(
+                "sync: registered {} as {}",
+                o.path,
+                o.model_type.map_or("?", |t| t.as_str())
+            );
+        }
+        for o in report.orphans.iter().filter(|o| o.error.is_some()) {
+            tracing::info!(
+                "sync: cannot register {}: {}",
+                o.path,
+                o.error.as_deref().unwrap_or_default()
+            );
+        }
         let mut slot = self.sync_slot();
         let total = slot.as_ref().map_or(0, |s| s.registered_total);
         *slot = Some(sync_status(mode, now, &report, total));

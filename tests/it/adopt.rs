@@ -265,3 +265,41 @@ fn init_from_store_declares_the_adopted_install_and_applying_it_changes_nothing(
     assert_eq!(status["drift"], Value::Array(vec![]), "{status}");
     assert_eq!(status["in_sync"], 11);
 }
+
+#[test]
+fn a_path_the_store_already_records_under_another_key_is_a_conflict() {
+    let install = Install::new();
+    let models = install.root().join("models");
+    // `sync` registers InvokeAI's files first: the same paths under new keys.
+    let o = install.run(&models, &["-o", "json", "sync", "--yes"]);
+    assert_exit(&o, 0);
+    let synced: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(synced["totals"]["registered"], 10, "{synced}");
+    let before = install.records();
+
+    let root = install.root();
+    let o = install.run(
+        &models,
+        &[
+            "-o",
+            "json",
+            "adopt",
+            "invokeai",
+            root.to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    assert_exit(&o, 1);
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["totals"]["conflicts"], 10, "{r}");
+    assert_eq!(r["totals"]["imported"], 1, "{r}");
+    assert_eq!(state_of(&r, INPLACE), "imported");
+    assert_eq!(state_of(&r, DEAD), "missing");
+    let lora = "62b1b24f-2f6e-55c7-acb2-5910a30b4164";
+    assert_eq!(state_of(&r, lora), "conflict");
+    // The records `sync` made are untouched.
+    let after = install.records();
+    for b in &before {
+        assert!(after.contains(b), "{b} changed");
+    }
+}

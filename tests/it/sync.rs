@@ -97,6 +97,12 @@ fn orphans_of_each_kind_are_registered_in_place_with_their_type() {
     copy_tree(&fixture(DIFFUSERS), &m.join("pipelines/tiny-sd15"));
     std::fs::create_dir_all(m.join("embeddings")).unwrap();
     std::fs::copy(fixture(EMBEDDING), m.join("embeddings/tiny-ti.safetensors")).unwrap();
+    // A llama.cpp GGUF (header as llama.cpp's gguf writer lays it out): an LLM, so `unknown`.
+    crate::support::probe_fixtures::gguf(
+        &m.join("llm/llama-q4.gguf"),
+        &[("general.architecture", "llama")],
+        &[("blk.0.attn_q.weight", &[64, 64])],
+    );
     std::fs::write(m.join("big.safetensors.part"), b"half a download").unwrap();
     std::fs::write(m.join("notes.txt"), b"not a model").unwrap();
 
@@ -118,7 +124,11 @@ fn orphans_of_each_kind_are_registered_in_place_with_their_type() {
     let o = w.run(&["-o", "json", "sync"]);
     assert_exit(&o, 0);
     let dry = json_of(&o);
-    assert_eq!(dry["totals"]["orphans"], 4, "{dry}");
+    assert_eq!(dry["totals"]["orphans"], 5, "{dry}");
+    assert_eq!(
+        orphan(&dry, "llm/llama-q4.gguf")["format"],
+        "gguf_quantized"
+    );
     for (path, ty, base) in [
         ("loras/detail.safetensors", "lora", "sd-1"),
         ("pipelines/tiny-sd15", "main", "sd-1"),
@@ -134,14 +144,15 @@ fn orphans_of_each_kind_are_registered_in_place_with_their_type() {
     let o = w.run(&["-o", "json", "sync", "--yes"]);
     assert_exit(&o, 0);
     let done = json_of(&o);
-    assert_eq!(done["totals"]["registered"], 4, "{done}");
+    assert_eq!(done["totals"]["registered"], 5, "{done}");
     let recs = records(&w);
-    assert_eq!(recs.len(), 4);
+    assert_eq!(recs.len(), 5);
     for (path, ty) in [
         ("loras/detail.safetensors", "lora"),
         ("pipelines/tiny-sd15", "main"),
         ("embeddings/tiny-ti.safetensors", "embedding"),
         ("llm/mamba.safetensors", "unknown"),
+        ("llm/llama-q4.gguf", "unknown"),
     ] {
         let r = recs
             .iter()
