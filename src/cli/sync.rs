@@ -106,6 +106,7 @@ pub fn sync(ctx: &Context, a: SyncArgs) -> anyhow::Result<Status> {
         unknown_models: settings
             .as_ref()
             .map_or_else(UnknownModels::default, |s| s.unknown_models),
+        previous: None,
     };
     let records = if database.exists() {
         store::open_read_only(&database)?.all_models()?

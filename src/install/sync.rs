@@ -20,6 +20,10 @@
 //!   `import --inplace`; an unidentified model is recorded as `unknown` unless the policy
 //!   denies it. A file that fails (a truncated copy still being written, a dangerous pickle)
 //!   is reported and tried again by the next sync.
+//! - With [`SyncOptions::previous`] (watch's `settings.sync: register`) an orphan is
+//!   registered only once a sync sees it unchanged since the one before (same files, sizes and
+//!   mtimes), so a model still being copied in is not recorded half-done; `modelsync sync
+//!   --yes`, which a person runs after the copy, registers at once.
 //! - Dead records (their path is gone) are reported. Records a manifest entry manages are
 //!   never unregistered here (`apply` repairs them). Unmanaged ones are unregistered only with
 //!   [`SyncOptions::prune_missing`], and never while `models_dir` looks unmounted (missing, or
@@ -28,6 +32,7 @@
 //!   record outside `models_dir` is unregistered only when its folder still exists (the file
 //!   was deleted, not its drive unmounted).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -85,6 +90,18 @@ pub struct SyncOptions {
     pub skip: Vec<PathBuf>,
     /// Unidentified models: record as `unknown` (default) or refuse.
     pub unknown_models: UnknownModels,
+    /// The previous sync's [`SyncReport::fingerprints`]: when set, only orphans unchanged
+    /// since then are registered (the others wait for the next sync).
+    pub previous: Option<HashMap<String, Fingerprint>>,
+}
+
+/// What an orphan's files look like, without reading them: how many, their bytes, the newest
+/// mtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    files: usize,
+    bytes: u64,
+    newest_mtime_ns: i128,
 }
 
 /// A model in `models_dir` that no record owns.
@@ -109,8 +126,12 @@ pub struct OrphanModel {
     pub key: Option<String>,
     /// Why it cannot be registered.
     pub error: Option<String>,
-    /// What the registration should tell (an unidentified model, a guessed base).
+    /// What the registration should tell (an unidentified model, a guessed base), or why it
+    /// waits.
     pub warnings: Vec<String>,
+    /// Its files' fingerprint (see [`SyncOptions::previous`]).
+    #[serde(skip)]
+    pub fingerprint: Fingerprint,
 }
 
 /// A record whose path is gone.
@@ -165,6 +186,14 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
+    /// Every orphan's fingerprint, for the next sync's [`SyncOptions::previous`].
+    pub fn fingerprints(&self) -> HashMap<String, Fingerprint> {
+        self.orphans
+            .iter()
+            .map(|o| (o.path.clone(), o.fingerprint))
+            .collect()
+    }
+
     /// Whether anything is (or was) to be done: orphans to register or records to unregister.
     pub fn has_changes(&self) -> bool {
         self.orphans.iter().any(|o| o.error.is_none()) || self.dead.iter().any(|d| d.unregister)
@@ -430,11 +459,12 @@ fn probe_orphan(root: &Path, found: &FoundModel, policy: UnknownModels) -> Orpha
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("/");
-    let bytes = size_of(&found.path);
+    let fingerprint = fingerprint_of(&found.path);
     let mut o = OrphanModel {
         path: rel,
         is_dir: found.is_dir,
-        bytes,
+        bytes: fingerprint.bytes,
+        fingerprint,
         model_type: None,
         base: None,
         format: None,
@@ -460,25 +490,36 @@ fn probe_orphan(root: &Path, found: &FoundModel, policy: UnknownModels) -> Orpha
     o
 }
 
-fn size_of(p: &Path) -> u64 {
+fn fingerprint_of(p: &Path) -> Fingerprint {
+    let mut fp = Fingerprint::default();
+    let mut add = |md: &std::fs::Metadata| {
+        fp.files += 1;
+        fp.bytes += md.len();
+        let m = md.modified().map_or(0, crate::store::mtime_ns);
+        fp.newest_mtime_ns = fp.newest_mtime_ns.max(m);
+    };
     let Ok(md) = std::fs::metadata(p) else {
-        return 0;
+        return Fingerprint::default();
     };
     if !md.is_dir() {
-        return md.len();
+        add(&md);
+        return fp;
     }
-    let mut total = 0;
     let mut stack = vec![p.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(_) => total += e.metadata().map_or(0, |m| m.len()),
+                Ok(_) => {
+                    if let Ok(md) = e.metadata() {
+                        add(&md);
+                    }
+                }
                 Err(_) => {}
             }
         }
     }
-    total
+    fp
 }
 
 impl ModelInstallService {
@@ -508,6 +549,14 @@ impl ModelInstallService {
             cancelled: &never,
         };
         for o in report.orphans.iter_mut().filter(|o| o.error.is_none()) {
+            if let Some(prev) = &opts.previous
+                && prev.get(&o.path) != Some(&o.fingerprint)
+            {
+                o.warnings.push(
+                    "new or changed since the last sync (still being copied?): registered once a sync sees it unchanged".to_owned(),
+                );
+                continue;
+            }
             let path = absolute(&inner.cfg.models_dir.join(&o.path));
             match super::service::local_staged(&path, None)
                 .and_then(|staged| promote(&ctx, &staged, &Map::new(), &install_opts))

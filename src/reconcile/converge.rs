@@ -35,7 +35,8 @@
 //!   (`settings.sync`: `off`, `report` — the default — or `register`) on a blocking thread
 //!   under the install lane, skipping the manifest, its lock file and every local entry
 //!   source (an in-place entry not applied yet is the entry's to register, not an orphan).
-//!   Watch never unregisters dead records; they are shown in `/status` and the metrics.
+//!   `register` takes an orphan once a sync sees it unchanged since the one before (a copy
+//!   in progress is not recorded half-done). Watch never unregisters dead records; they are shown in `/status` and the metrics.
 //! - **Metrics.** Bytes downloaded come from the apply report; download errors are the download
 //!   queue's `error` events, counted by a reporter wrapped around the caller's, and attributed
 //!   to the next reconcile that finishes (the metric is a process total).
@@ -309,6 +310,9 @@ pub struct ManifestConverger {
     services: tokio::sync::OnceCell<Services>,
     /// The sweep's last sync (`None` with `settings.sync: off`).
     sync: std::sync::Mutex<Option<SyncStatus>>,
+    /// The orphans the last sync saw, for `register`'s "unchanged since" rule.
+    sync_seen:
+        std::sync::Mutex<std::collections::HashMap<String, crate::install::sync::Fingerprint>>,
     // Declared last: released after the services are dropped.
     _lock: StoreLock,
 }
@@ -342,6 +346,7 @@ impl ManifestConverger {
             lock_file_override: None,
             services: tokio::sync::OnceCell::new(),
             sync: std::sync::Mutex::new(None),
+            sync_seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             _lock: lock,
         }
     }
@@ -474,17 +479,27 @@ impl ManifestConverger {
             crate::hub::ModelSource::Local(l) => Some(l.path.clone()),
             _ => None,
         }));
+        let previous = self
+            .sync_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let opts = SyncOptions {
             register: mode == SyncMode::Register,
             prune_missing: false,
             skip,
             unknown_models: desired.settings.unknown_models,
+            previous: Some(previous),
         };
         let install = svc.manager.install().clone();
         let report = tokio::task::spawn_blocking(move || install.sync_to_config(&opts))
             .await
             .map_err(|e| fail(format!("the sync worker failed: {e}")))?
             .map_err(|e| fail(e.full_message()))?;
+        *self
+            .sync_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = report.fingerprints();
         for o in report.orphans.iter().filter(|o| o.key.is_some()) {
             tracing::info!(
                 "sync: registered {} as {}",

@@ -347,3 +347,64 @@ async fn watch_reports_orphans_and_with_sync_register_registers_a_dropped_in_fil
     let r = tokio::time::timeout(LIMIT, join).await.unwrap().unwrap();
     assert!(r.is_ok(), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_previous_sync_only_orphans_seen_unchanged_are_registered() {
+    use modelsync::install::sync::SyncOptions;
+    use modelsync::install::{InstallConfig, ModelInstallService};
+    let dir = crate::support::tmp();
+    let models = dir.path().join("models");
+    pyfix::write(&[
+        lora(models.join("settled.safetensors")),
+        lora(models.join("copying.safetensors")),
+    ]);
+    let store: Arc<dyn modelsync::RecordStore> =
+        Arc::from(modelsync::store::open(&models.join("modelsync.db")).unwrap());
+    let hub = modelsync::hub::HubClient::from_env(None, &modelsync::hub::HubEnv::empty()).unwrap();
+    let cfg = InstallConfig::new(&models, hub, modelsync::hub::HubEnv::empty());
+    let rec = Arc::new(modelsync::events::Recorder::new());
+    let queue = modelsync::download::DownloadQueue::new(
+        modelsync::download::DownloadQueueConfig::default(),
+        rec.clone(),
+    )
+    .unwrap();
+    let svc = ModelInstallService::new(cfg, store.clone(), queue, rec).unwrap();
+
+    // A first look: nothing registered yet, both remembered.
+    let first = svc
+        .sync_to_config(&SyncOptions {
+            register: true,
+            previous: Some(std::collections::HashMap::new()),
+            ..SyncOptions::default()
+        })
+        .unwrap();
+    assert_eq!(first.totals.registered, 0);
+    assert!(first.orphans[0].warnings[0].contains("registered once a sync sees it unchanged"));
+    // One of them grows meanwhile (a copy in progress).
+    let p = models.join("copying.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes.extend_from_slice(&[0; 64]);
+    std::fs::write(&p, bytes).unwrap();
+    let second = svc
+        .sync_to_config(&SyncOptions {
+            register: true,
+            previous: Some(first.fingerprints()),
+            ..SyncOptions::default()
+        })
+        .unwrap();
+    let registered: Vec<&str> = second
+        .orphans
+        .iter()
+        .filter(|o| o.key.is_some())
+        .map(|o| o.path.as_str())
+        .collect();
+    assert_eq!(registered, ["settled.safetensors"]);
+    let copying = second
+        .orphans
+        .iter()
+        .find(|o| o.path == "copying.safetensors")
+        .unwrap();
+    assert!(copying.error.is_none(), "{copying:?}");
+    assert!(copying.warnings[0].contains("new or changed since the last sync"));
+    assert_eq!(store.all_models().unwrap().len(), 1);
+}
