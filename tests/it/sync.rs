@@ -380,11 +380,14 @@ async fn with_a_previous_sync_only_orphans_seen_unchanged_are_registered() {
         .unwrap();
     assert_eq!(first.totals.registered, 0);
     assert!(first.orphans[0].warnings[0].contains("registered once a sync sees it unchanged"));
-    // One of them grows meanwhile (a copy in progress).
-    let p = models.join("copying.safetensors");
-    let mut bytes = std::fs::read(&p).unwrap();
-    bytes.extend_from_slice(&[0; 64]);
-    std::fs::write(&p, bytes).unwrap();
+    // One of them is written to meanwhile (a copy in progress): its mtime moves.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(models.join("copying.safetensors"))
+        .unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    f.set_modified(mtime + Duration::from_secs(1)).unwrap();
+    drop(f);
     let second = svc
         .sync_to_config(&SyncOptions {
             register: true,
