@@ -530,26 +530,21 @@ impl<'a> Cx<'a> {
                         .into(),
             }]));
         }
-        // YAML 1.2 booleans only (`true`/`false`), as JSON Schema editors read the file:
-        // `tags: [y, n]` are strings, `preload: yes` is not a boolean.
-        serde_saphyr::from_str_with_options::<ManifestFile>(
-            text,
-            serde_saphyr::options! { strict_booleans: true },
-        )
-        .map_err(|e| {
-            let loc = e.location().map_or_else(Loc::default, |l| Loc {
-                line: l.line(),
-                column: l.column(),
-            });
-            let raw = serde_saphyr::DefaultMessageFormatter
-                .format_message(e.without_snippet())
-                .into_owned();
-            ManifestError::Invalid(vec![Diagnostic {
-                file: self.file.clone(),
-                loc,
-                message: clean_message(&raw),
-            }])
-        })
+        serde_saphyr::from_str_with_options::<ManifestFile>(text, super::yaml_options(text.len()))
+            .map_err(|e| {
+                let loc = e.location().map_or_else(Loc::default, |l| Loc {
+                    line: l.line(),
+                    column: l.column(),
+                });
+                let raw = serde_saphyr::DefaultMessageFormatter
+                    .format_message(e.without_snippet())
+                    .into_owned();
+                ManifestError::Invalid(vec![Diagnostic {
+                    file: self.file.clone(),
+                    loc,
+                    message: clean_message(&raw),
+                }])
+            })
     }
 
     fn check_version(&mut self, file: &ManifestFile) {
@@ -1128,6 +1123,12 @@ fn clean_message(raw: &str) -> String {
             .map(|c| format!("; did you mean `{c}`?"))
             .unwrap_or_default();
         return format!("unknown field `{field}`, expected one of {expected}{hint}");
+    }
+    if let Some(what) = msg.strip_prefix("budget breached: ") {
+        return format!(
+            "the document exceeds the YAML parser's limits ({what}); aliases count every node \
+             they replay, so write large repeated values out or shorten them"
+        );
     }
     if msg.starts_with("cannot deserialize null into") {
         return "expected a value, found null (an empty value)".into();
