@@ -1,6 +1,7 @@
 //! The manifest: parsing, exact error locations, interpolation, paths, spec hashes, schema,
 //! `init` and the CLI's settings resolution.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use modelsync::hub::source::ModelSource;
@@ -820,9 +821,11 @@ fn manifests_and_locks_of_100k_entries_parse() {
     const N: usize = 100_000;
     let mut yaml = String::from("version: 1\nmodels:\n");
     for i in 0..N {
-        yaml.push_str(&format!(
-            "  - name: m{i}\n    source: owner/repo-{i}\n    tags: [a, b]\n"
-        ));
+        writeln!(
+            yaml,
+            "  - name: m{i}\n    source: owner/repo-{i}\n    tags: [a, b]"
+        )
+        .unwrap();
     }
     let m = parse(&yaml).expect("a 100k-entry manifest parses");
     assert_eq!(m.models.len(), N);
@@ -830,10 +833,7 @@ fn manifests_and_locks_of_100k_entries_parse() {
 
     let mut lock = String::from("version: 1\nentries:\n");
     for i in 0..N {
-        lock.push_str(&format!(
-            "  m{i}:\n    source: owner/repo-{i}\n    files:\n    - path: model.safetensors\n      size: {i}\n      sha256: {:064x}\n    record_hash: blake3:{:064x}\n",
-            i, i
-        ));
+        writeln!(lock, "  m{i}:\n    source: owner/repo-{i}\n    files:\n    - path: model.safetensors\n      size: {i}\n      sha256: {i:064x}\n    record_hash: blake3:{i:064x}").unwrap();
     }
     let lock = manifest::LockFile::parse(&lock, Path::new("models.lock"))
         .expect("a 100k-entry lock parses");
@@ -849,9 +849,7 @@ fn alias_amplification_is_still_refused() {
     let mut yaml =
         format!("version: 1\nmodels:\n  - name: m0\n    source: o/r0\n    tags: &t [{tags}]\n");
     for i in 1..2000 {
-        yaml.push_str(&format!(
-            "  - name: m{i}\n    source: o/r{i}\n    tags: *t\n"
-        ));
+        writeln!(yaml, "  - name: m{i}\n    source: o/r{i}\n    tags: *t").unwrap();
     }
     let text = error(&yaml);
     assert!(text.starts_with("models.yaml:"), "{text}");
