@@ -505,9 +505,13 @@ mod tests {
     #[test]
     fn blob_urls_of_the_configured_endpoint_become_resolve() {
         let ep = reqwest::Url::parse("http://127.0.0.1:8080/hf").unwrap();
-        let mut u = reqwest::Url::parse("http://127.0.0.1:8080/hf/o/n/blob/main/a/b.safetensors").unwrap();
+        let mut u =
+            reqwest::Url::parse("http://127.0.0.1:8080/hf/o/n/blob/main/a/b.safetensors").unwrap();
         blob_to_resolve(&mut u, &ep);
-        assert_eq!(u.as_str(), "http://127.0.0.1:8080/hf/o/n/resolve/main/a/b.safetensors");
+        assert_eq!(
+            u.as_str(),
+            "http://127.0.0.1:8080/hf/o/n/resolve/main/a/b.safetensors"
+        );
         for other in [
             "http://127.0.0.1:9090/hf/o/n/blob/main/x",
             "http://127.0.0.1:8080/other/o/n/blob/main/x",

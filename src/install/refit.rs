@@ -126,14 +126,27 @@ pub(super) async fn refit(
         if cancel2.is_set() {
             return Err(InstallError::Cancelled(source_str));
         }
-        settle(&inner2, &req2, &key, &target, &source_str, fetched, &staging)
+        settle(
+            &inner2,
+            &req2,
+            &key,
+            &target,
+            &source_str,
+            fetched,
+            &staging,
+        )
     })
     .await
     .map_err(|e| InstallError::Setup(format!("install worker failed: {e}")))?
 }
 
 /// Whether `path` holds the file a listing describes. See the module docs.
-fn is_present(path: &Path, size: u64, expected: &ExpectedHash, trusted: Option<&ModelFile>) -> bool {
+fn is_present(
+    path: &Path,
+    size: u64,
+    expected: &ExpectedHash,
+    trusted: Option<&ModelFile>,
+) -> bool {
     let Ok(md) = fs::metadata(path) else {
         return false;
     };
@@ -143,7 +156,9 @@ fn is_present(path: &Path, size: u64, expected: &ExpectedHash, trusted: Option<&
     match expected {
         ExpectedHash::Sha256(want) => {
             let unchanged = trusted.is_some_and(|fp| {
-                fp.sha256.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(want))
+                fp.sha256
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(want))
                     && ModelFile::fingerprint(path, "")
                         .is_ok_and(|now| now.size == fp.size && now.mtime_ns == fp.mtime_ns)
             });
@@ -534,7 +549,11 @@ fn settle(
     }
     fields.insert(
         "tags".into(),
-        Value::from(merged_tags(&req.config, &record.common().tags, &fetched.tags)),
+        Value::from(merged_tags(
+            &req.config,
+            &record.common().tags,
+            &fetched.tags,
+        )),
     );
     let updated = inner
         .store
@@ -558,7 +577,11 @@ fn settle(
 /// The tags a record gets: the source's (the Hub's) plus the caller's (`config.tags`, the
 /// manifest's), in that order without repeats, as an install writes them. Without caller tags
 /// (an import), the record's own tags stand for them.
-pub(crate) fn merged_tags(config: &Map<String, Value>, own: &[String], hub: &[String]) -> Vec<String> {
+pub(crate) fn merged_tags(
+    config: &Map<String, Value>,
+    own: &[String],
+    hub: &[String],
+) -> Vec<String> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     let caller: Vec<String> = match config.get("tags").and_then(Value::as_array) {

@@ -322,7 +322,11 @@ impl ModelInstallService {
                     outcome: Some(outcome),
                     parsed_source: Some(strip_token(&request.source)),
                 };
-                let key = job.outcome.as_ref().map(|o| o.key.clone()).unwrap_or_default();
+                let key = job
+                    .outcome
+                    .as_ref()
+                    .map(|o| o.key.clone())
+                    .unwrap_or_default();
                 self.inner
                     .reporter
                     .report(&Event::Install(InstallEvent::ModelInstallCompleted {

@@ -703,7 +703,11 @@ fn is_superseded(manifest: &Manifest, a: &PlannedAction) -> bool {
 /// `--locked`: every selected entry must have a lock entry for its current source, and an
 /// unpinned Hub entry that must be fetched must have its resolved commit there. Nothing is
 /// asked upstream: the installs fetch exactly the lock's commits.
-fn locked_preflight(manifest: &Manifest, the_plan: &Plan, lock: &LockFile) -> Result<(), ApplyError> {
+fn locked_preflight(
+    manifest: &Manifest,
+    the_plan: &Plan,
+    lock: &LockFile,
+) -> Result<(), ApplyError> {
     let mut problems = Vec::new();
     for a in &the_plan.actions {
         let Some(entry) = manifest.entry(&a.name) else {

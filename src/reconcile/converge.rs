@@ -541,12 +541,10 @@ impl Converger for ManifestConverger {
             let result = Self::unless_cancelled(svc, apply(desired, &cx, &opts), &cancel).await;
             let download_errors = self.reporter.download_errors.swap(0, Ordering::Relaxed);
             match result {
-                Ok(report) => {
-                    entry_result(entry, &report, download_errors).map(|mut o| {
-                        o.requeue_after = next_refresh;
-                        o
-                    })
-                }
+                Ok(report) => entry_result(entry, &report, download_errors).map(|mut o| {
+                    o.requeue_after = next_refresh;
+                    o
+                }),
                 Err(e) => Err(EntryError {
                     download_errors,
                     ..EntryError::new(e.to_string())
