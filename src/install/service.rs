@@ -295,7 +295,7 @@ impl ModelInstallService {
             && request.options.in_place.is_none()
             && !request.options.force
         {
-            self.installed_outcome(&source_str)?
+            self.installed_outcome(&request.source, &source_str)?
         } else {
             None
         };
@@ -399,16 +399,31 @@ impl ModelInstallService {
         Ok(job)
     }
 
-    /// What an import of `source_str` (a [`record_source`]) would return without installing:
-    /// the record of that source whose files are there, if any (the newest when several).
-    fn installed_outcome(&self, source_str: &str) -> Result<Option<InstallOutcome>, InstallError> {
+    /// What an import of `source` (`source_str` its [`record_source`]) would return without
+    /// installing: the record of that source whose files are there, if any (the newest when
+    /// several). A local source registered in place and a copy of it are different installs.
+    fn installed_outcome(
+        &self,
+        source: &ModelSource,
+        source_str: &str,
+    ) -> Result<Option<InstallOutcome>, InstallError> {
         let models_dir = &self.inner.cfg.models_dir;
+        let same_kind = |r: &AnyModelConfig| match source {
+            ModelSource::Local(l) => {
+                (absolute(&r.resolved_path(models_dir)) == absolute(&l.path)) == l.inplace
+            }
+            _ => true,
+        };
         let mut found: Vec<AnyModelConfig> = self
             .inner
             .store
             .all_models()?
             .into_iter()
-            .filter(|r| r.common().source == source_str && r.resolved_path(models_dir).exists())
+            .filter(|r| {
+                r.common().source == source_str
+                    && r.resolved_path(models_dir).exists()
+                    && same_kind(r)
+            })
             .collect();
         found.sort_by_key(|r| r.common().created_at);
         let Some(record) = found.pop() else {
