@@ -676,6 +676,41 @@ mod tests {
         Settings::defaults(Path::new("/srv"))
     }
 
+    /// Refreshes are due once per interval per entry, the first at once; off without the
+    /// setting. On tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_are_due_once_per_interval_and_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("modelsync.db");
+        let lock = StoreLock::acquire(&db, Duration::ZERO, |_| {}).unwrap();
+        let m = Manifest {
+            path: dir.path().join("models.yaml"),
+            base_dir: dir.path().to_path_buf(),
+            settings: Settings::defaults(dir.path()),
+            models: Vec::new(),
+            broken: Vec::new(),
+        };
+        let conv = ManifestConverger::new(&m, lock, Arc::new(crate::events::NullReporter));
+        let mut s = settings();
+        assert_eq!(conv.refresh_due(&s, "a"), (false, None));
+        s.refresh_interval = Some(Duration::from_mins(10));
+        assert_eq!(
+            conv.refresh_due(&s, "a"),
+            (true, Some(Duration::from_mins(10)))
+        );
+        assert!(conv.refresh_due(&s, "b").0);
+        tokio::time::advance(Duration::from_mins(4)).await;
+        assert_eq!(
+            conv.refresh_due(&s, "a"),
+            (false, Some(Duration::from_mins(6)))
+        );
+        tokio::time::advance(Duration::from_mins(6)).await;
+        assert_eq!(
+            conv.refresh_due(&s, "a"),
+            (true, Some(Duration::from_mins(10)))
+        );
+    }
+
     #[test]
     fn fixed_settings_name_what_changed() {
         let a = Fixed::of(&settings());
