@@ -566,6 +566,89 @@ fn repair_fetches_only_the_damaged_files_and_keeps_the_record() {
     assert_eq!(only_record(&w, "kit").key(), before.key());
     let o = w.run(&["diff", "--exit-code"]);
     assert_exit(&o, 0);
+
+    // An update keeps the Hub's tags beside the manifest's, and says what changed.
+    let text = std::fs::read_to_string(w.path().join("models.yaml")).unwrap();
+    std::fs::write(
+        w.path().join("models.yaml"),
+        text.replace("tags: [mine]", "tags: [yours]"),
+    )
+    .unwrap();
+    let o = w.run(&["diff"]);
+    assert!(stdout(&o).contains("tags changed"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("description"), "{}", stdout(&o));
+    assert_exit(&w.run(&["apply"]), 0);
+    let updated = only_record(&w, "kit");
+    assert_eq!(updated.key(), before.key());
+    assert_eq!(updated.common().tags, vec!["hubtag", "yours"]);
+}
+
+/// A local copy and a URL download are repaired in place too: same key, same path.
+#[test]
+fn local_and_url_sources_are_repaired_in_place() {
+    let w = Work::new();
+    let local = w.local_lora("local.safetensors", 2);
+    let url = w.hub.add_url_download(
+        "77",
+        "civit.safetensors",
+        crate::support::reconcile::lora_bytes(3, 2),
+    );
+    w.manifest(
+        "",
+        &format!(
+            "  - name: local\n    source: {}\n  - name: url\n    source: {url}\n",
+            local.display(),
+        ),
+    );
+    assert_exit(&w.run(&["apply"]), 0);
+    let (l0, u0) = (only_record(&w, "local"), only_record(&w, "url"));
+    std::fs::remove_file(l0.resolved_path(&w.models())).unwrap();
+    std::fs::write(u0.resolved_path(&w.models()), b"not the model").unwrap();
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("local: repaired"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("url: repaired"), "{}", stdout(&o));
+    let (l1, u1) = (only_record(&w, "local"), only_record(&w, "url"));
+    assert_eq!((l1.key(), u1.key()), (l0.key(), u0.key()));
+    assert_eq!((l1.path(), u1.path()), (l0.path(), u0.path()));
+    assert_eq!(
+        std::fs::read(u1.resolved_path(&w.models())).unwrap(),
+        crate::support::reconcile::lora_bytes(3, 2)
+    );
+    assert_eq!(
+        std::fs::read(l1.resolved_path(&w.models())).unwrap(),
+        std::fs::read(&local).unwrap()
+    );
+    assert_exit(&w.run(&["diff", "--exit-code"]), 0);
+}
+
+/// A Hub `/blob/` URL (the page of a file) on the configured endpoint installs the file, as
+/// one on huggingface.co does.
+#[test]
+fn blob_urls_of_the_configured_endpoint_install_the_file() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/blobby", 4, 2));
+    w.manifest(
+        "",
+        &format!(
+            "  - name: blobby
+    source: {}/owner/blobby/blob/main/lora.safetensors
+",
+            w.hub.endpoint()
+        ),
+    );
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    let rec = only_record(&w, "blobby");
+    assert!(
+        rec.common().source.contains("/resolve/main/"),
+        "{}",
+        rec.common().source
+    );
+    assert_eq!(
+        std::fs::read(rec.resolved_path(&w.models())).unwrap(),
+        crate::support::reconcile::lora_bytes(4, 2)
+    );
 }
 
 /// `diff --refresh` sees the branch move; plain `apply` does not look; `apply --refresh`
