@@ -728,10 +728,11 @@ fn two_entries_with_one_source_are_two_records() {
 
     // A wrong hash on one of them fails that one only.
     let mut text = std::fs::read_to_string(w.path().join("models.yaml")).unwrap();
-    text.push_str(&format!(
-        "  - name: hashed\n    source: owner/shared::lora.safetensors\n    hash: blake3:{}\n",
-        "0".repeat(64)
-    ));
+    text.push_str(
+        "  - name: hashed\n    source: owner/shared::lora.safetensors\n    hash: blake3:",
+    );
+    text.push_str(&"0".repeat(64));
+    text.push('\n');
     std::fs::write(w.path().join("models.yaml"), text).unwrap();
     let o = w.run(&["apply"]);
     assert_exit(&o, 1);
