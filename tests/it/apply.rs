@@ -782,3 +782,57 @@ fn import_is_idempotent_unless_forced() {
     let forced: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_ne!(forced["key"], first["key"]);
 }
+
+/// `gc` spares the partials of a running apply: the apply holds the store lock for its whole
+/// run, and `gc --yes` removes nothing without it (even with `--min-age 0s`).
+#[test]
+fn gc_spares_the_partials_of_a_running_apply() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/slow", 1, 64));
+    w.hub.set_cdn_throttle(256, Duration::from_millis(100));
+    w.manifest(
+        "",
+        "  - name: slow\n    source: owner/slow::lora.safetensors\n",
+    );
+    let mut child = w
+        .command(&["apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("apply starts");
+    let tmp = w.models().join(".tmp");
+    let partial = || {
+        walk(&tmp)
+            .into_iter()
+            .find(|p| p.to_string_lossy().ends_with(".part"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let part = loop {
+        if let Some(p) = partial() {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no partial appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let o = w.run(&["gc", "--yes", "--min-age", "0s", "--lock-timeout", "0s"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(part.exists(), "{}", part.display());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
