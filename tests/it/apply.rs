@@ -806,7 +806,7 @@ fn gc_spares_the_partials_of_a_running_apply() {
             .into_iter()
             .find(|p| p.to_string_lossy().ends_with(".part"))
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
     let part = loop {
         if let Some(p) = partial() {
             break p;
