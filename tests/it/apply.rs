@@ -836,3 +836,68 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A repair killed mid-download resumes: the next apply asks for the rest with `Range`, counts
+/// only those bytes, and the record keeps its key.
+#[test]
+fn a_killed_repair_resumes_its_partial() {
+    let w = Work::new();
+    // ~4.3 MB in one stream (below the parallel-range threshold).
+    let big = crate::support::reconcile::lora_bytes(7, 2000);
+    w.hub.add_repo(
+        crate::support::hub_server::FakeRepo::new("owner/resume")
+            .file("notes.txt", "notes\n")
+            .file("lora.safetensors", big.clone()),
+    );
+    w.manifest("", "  - name: kit\n    source: owner/resume\n");
+    assert_exit(&w.run(&["apply"]), 0);
+    let before = only_record(&w, "kit");
+    let file = before.resolved_path(&w.models()).join("lora.safetensors");
+    std::fs::remove_file(&file).unwrap();
+
+    // Throttled to ~640 kB/s; killed (no chance to clean up) once 1 MiB is on disk.
+    w.hub.set_cdn_throttle(64 << 10, Duration::from_millis(100));
+    let mut child = w
+        .command(&["apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("apply starts");
+    let tmp = w.models().join(".tmp");
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let started = walk(&tmp).into_iter().any(|p| {
+            p.to_string_lossy().ends_with("lora.safetensors.part")
+                && std::fs::metadata(&p).is_ok_and(|m| m.len() >= 1 << 20)
+        });
+        if started {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no partial appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    w.hub.set_cdn_throttle(1 << 30, Duration::ZERO);
+    w.hub.clear_log();
+    let o = w.run(&["apply", "-o", "json"]);
+    assert_exit(&o, 0);
+    let ranged = w
+        .hub
+        .cdn_requests()
+        .iter()
+        .filter_map(|r| r.header("range").map(str::to_owned))
+        .collect::<Vec<_>>();
+    assert!(
+        ranged
+            .iter()
+            .any(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-")),
+        "{ranged:?}"
+    );
+    let fetched = completed_bytes(&stdout(&o), "kit");
+    let size = big.len() as u64;
+    assert!(fetched > 0 && fetched < size, "{fetched} of {size}");
+    assert_eq!(only_record(&w, "kit").key(), before.key());
+    assert_eq!(std::fs::read(&file).unwrap(), big);
+}
