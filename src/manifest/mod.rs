@@ -215,6 +215,9 @@ pub struct Settings {
     /// Longest time one file's download may take, every retry and wait included (default
     /// 24h, [`crate::download::DEFAULT_FILE_TIMEOUT`]).
     pub download_timeout: Duration,
+    /// How often `watch` asks the Hub where unpinned revisions point and upgrades the entries
+    /// whose branch moved (`None`, the default: never).
+    pub refresh_interval: Option<Duration>,
     /// Load cache budgets.
     pub cache: CacheSettings,
     /// Models no probe rule identifies, and guessed bases: `allow` (default) records them
@@ -242,6 +245,7 @@ impl Settings {
             lock_timeout: DEFAULT_INTERVAL,
             watch_interval: DEFAULT_INTERVAL,
             download_timeout: crate::download::DEFAULT_FILE_TIMEOUT,
+            refresh_interval: None,
             cache: CacheSettings::default(),
             unknown_models: UnknownModels::default(),
         }

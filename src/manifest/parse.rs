@@ -195,6 +195,11 @@ pub struct SettingsFile {
     #[serde(default)]
     #[schemars(schema_with = "duration_schema")]
     pub download_timeout: Option<Sp<String>>,
+    /// How often watch asks the Hub whether an unpinned revision moved, and upgrades the entry
+    /// when it did (default: never; pinned commits never move).
+    #[serde(default)]
+    #[schemars(schema_with = "duration_schema")]
+    pub refresh_interval: Option<Sp<String>>,
     /// Load cache budgets.
     #[serde(default)]
     pub cache: Option<CacheFile>,
@@ -676,6 +681,18 @@ impl<'a> Cx<'a> {
                 ),
                 Ok(d) => s.download_timeout = d,
                 Err(e) => self.err(sp.loc(), format!("`download_timeout`: {e}")),
+            }
+        }
+        if let Some(sp) = &raw.refresh_interval
+            && let Some(v) = self.text(sp, "refresh_interval")
+        {
+            match crate::units::parse_duration(&v) {
+                Ok(d) if d.is_zero() => self.err(
+                    sp.loc(),
+                    "`refresh_interval` must be longer than 0 (for example 1h); leave it out to never refresh",
+                ),
+                Ok(d) => s.refresh_interval = Some(d),
+                Err(e) => self.err(sp.loc(), format!("`refresh_interval`: {e}")),
             }
         }
         if let Some(c) = &raw.cache {
