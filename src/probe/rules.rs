@@ -7,8 +7,10 @@
 
 use super::{Finding, StateDict};
 use crate::taxonomy::{
-    BaseModelType as B, Flux2VariantType, FluxVariantType, ModelFormat as F, ModelType as T,
-    ModelVariantType as V, Qwen3VariantType, SchedulerPredictionType as P, ZImageVariantType,
+    BaseModelType as B, Flux2VariantType, FluxVariantType, MiniMaxH3VariantType,
+    MistralVariantType, ModelFormat as F, ModelType as T, ModelVariantType as V,
+    PidDecoderVariantType, Qwen3VariantType, Qwen3VlVariantType, QwenImageVariantType,
+    SchedulerPredictionType as P, WanLoraVariantType, WanVariantType, ZImageVariantType,
 };
 
 /// Where the tensors came from (decides the format of main models and what else is possible).
@@ -103,8 +105,16 @@ const RULES: &[Rule] = &[
     ("main_z_image", main_z_image),
     ("main_qwen_image", main_qwen_image),
     ("main_anima", main_anima),
+    ("main_wan", main_wan),
+    ("main_minimax_h3", main_minimax_h3),
+    ("main_ideogram4", main_ideogram4),
     ("vae", vae),
     ("spandrel", spandrel),
+    ("flux_redux", flux_redux),
+    ("pid_decoder", pid_decoder),
+    ("t5_encoder", t5_encoder),
+    ("mistral_encoder", mistral_encoder),
+    ("qwen_vl_encoder", qwen_vl_encoder),
     ("qwen3_encoder", qwen3_encoder),
 ];
 
@@ -191,6 +201,9 @@ fn gguf(sd: &StateDict) -> Finding {
         ("main_sd", main_sd),
         ("main_z_image", main_z_image),
         ("main_qwen_image", main_qwen_image),
+        ("main_wan", main_wan),
+        ("t5_encoder", t5_encoder),
+        ("mistral_encoder", mistral_encoder),
         ("qwen3_encoder", qwen3_encoder),
     ]
     .into_iter()
@@ -363,6 +376,43 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         f.base = B::ZImage;
         f.evidence
             .push(format!("key `{k}`: Z-Image S3-DiT layers → z-image"));
+        return Some(f);
+    }
+    // Wan's transformer blocks (native names: `self_attn.q`, `cross_attn.k`, `ffn.0`), bare or
+    // under ComfyUI's `diffusion_model.`; A14B is 5120 wide, TI2V-5B 3072.
+    let wan_module = |k: &str| {
+        let m = k.strip_prefix("diffusion_model.").unwrap_or(k);
+        let Some(rest) = m.strip_prefix("blocks.") else {
+            return false;
+        };
+        let mut parts = rest.split('.').skip(1);
+        match (parts.next(), parts.next()) {
+            (Some("self_attn" | "cross_attn"), Some(p)) => matches!(p, "q" | "k" | "v" | "o"),
+            (Some("ffn"), Some(p)) => matches!(p, "0" | "2"),
+            _ => false,
+        }
+    };
+    if (has_prefix(sd, "blocks.") || has_prefix(sd, "diffusion_model.blocks."))
+        && let Some(k) = any_key(sd, wan_module)
+    {
+        f.base = B::Wan;
+        let width = sd
+            .tensors
+            .keys()
+            .filter(|k| wan_module(k) && k.contains("_attn.q."))
+            .find_map(|k| lora_in_width(sd, k));
+        f.variant = match width {
+            Some(5120) => Some(WanLoraVariantType::A14b.into()),
+            Some(3072) => Some(WanLoraVariantType::Wan5b.into()),
+            _ => None,
+        };
+        f.evidence.push(format!(
+            "key `{k}`: Wan transformer blocks → wan{}",
+            match (width, f.variant) {
+                (Some(w), Some(v)) => format!(", attention {w} wide → {v}"),
+                _ => String::new(),
+            }
+        ));
         return Some(f);
     }
     // Flux and SD3 by block names (kohya, diffusers and ComfyUI spellings).
@@ -944,6 +994,13 @@ fn main_qwen_image(sd: &StateDict, container: Container) -> Option<Finding> {
     f.evidence.push(format!(
         "keys `{p}img_in.*`, `{p}txt_in.*`, `{p}txt_norm.*`: Qwen-Image transformer → main qwen-image"
     ));
+    // Edit models carry the zero-timestep index of their dual modulation; else the name
+    // decides ([`refine_by_name`]).
+    let marker = format!("{p}__index_timestep_zero__");
+    if sd.tensors.contains_key(&marker) {
+        f.variant = Some(QwenImageVariantType::Edit.into());
+        f.evidence.push(format!("key `{marker}` → edit"));
+    }
     Some(f)
 }
 
@@ -978,7 +1035,14 @@ fn main_anima(sd: &StateDict, container: Container) -> Option<Finding> {
 /// variant from the token embedding's width. Anima/Cosmos checkpoints, whose LLM adapter has
 /// the same attention names, are excluded before any width is read.
 fn qwen3_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
-    if anima_keys(sd).is_some() {
+    // Not Qwen3 alone: Anima's adapter, a VL model's vision tower, Mistral's geometry, and
+    // Qwen3.5's Gated DeltaNet layers (`linear_attn`, a family of its own that InvokeAI's Qwen3
+    // classes reject even where the widths coincide).
+    if anima_keys(sd).is_some()
+        || qwen_visual(sd).is_some()
+        || mistral_geometry(sd).is_some()
+        || first_with_prefix(sd, "model.layers.0.linear_attn.").is_some()
+    {
         return None;
     }
     let embed = ["model.embed_tokens.weight", "token_embd.weight"]
@@ -1092,7 +1156,7 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
 /// InvokeAI's name rule for a checkpoint VAE whose weights fit several bases: the file name
 /// against `xl` (sdxl), `sd2` (sd-2), `vae` (sd-1), else sd-1. `base_candidates` stays set,
 /// so the installer can warn that the base is a guess.
-pub(crate) fn vae_base_by_name(f: &mut Finding, file_name: &str) {
+fn vae_base_by_name(f: &mut Finding, file_name: &str) {
     if f.model_type != T::Vae || f.base != B::Unknown || f.base_candidates.is_empty() {
         return;
     }
@@ -1203,6 +1267,404 @@ fn spandrel(sd: &StateDict, _: Container) -> Option<Finding> {
     None
 }
 
+/// A FLUX Redux image-prompt adapter (InvokeAI's `is_state_dict_likely_flux_redux`): exactly
+/// the four tensors of its two projections, SigLIP's 1152 features up to 3 × 4096 and down to
+/// T5's 4096.
+fn flux_redux(sd: &StateDict, _: Container) -> Option<Finding> {
+    const KEYS: [&str; 4] = [
+        "redux_down.bias",
+        "redux_down.weight",
+        "redux_up.bias",
+        "redux_up.weight",
+    ];
+    if sd.tensors.len() != KEYS.len() || !KEYS.iter().all(|k| sd.tensors.contains_key(k)) {
+        return None;
+    }
+    let mut f = Finding::new(T::FluxRedux, B::Flux, F::Checkpoint);
+    f.evidence.push(
+        "exactly `redux_down.{weight,bias}` and `redux_up.{weight,bias}`: FLUX Redux → flux_redux flux"
+            .into(),
+    );
+    Some(f)
+}
+
+/// A PiD pixel-diffusion decoder (NVIDIA's `PidNet.lq_proj`, bare or under the distill
+/// model's `net.`). InvokeAI looks for `lq_proj` anywhere in a name; the two prefixes are the
+/// layouts NVIDIA ships and spare every other file a scan of all its names. Backbone and
+/// preset are read from the file name afterwards ([`refine_by_name`]).
+fn pid_decoder(sd: &StateDict, _: Container) -> Option<Finding> {
+    let k = ["lq_proj.", "net.lq_proj."]
+        .into_iter()
+        .find_map(|p| first_with_prefix(sd, p))?
+        .to_owned();
+    let mut f = Finding::new(T::PidDecoder, B::Unknown, F::Checkpoint);
+    f.evidence
+        .push(format!("key `{k}`: PiD low-quality projection → pid_decoder"));
+    f.variant = Some(PidDecoderVariantType::Res2kSr4x.into());
+    // The weights do not say which backbone's latents they decode; NVIDIA's file names do.
+    f.base_candidates = vec![B::Flux, B::Flux2, B::StableDiffusion3];
+    Some(f)
+}
+
+/// T5 v1.1 XXL's width, the encoder FLUX.1 and SD 3 condition on.
+const T5_XXL_WIDTH: u64 = 4096;
+
+/// A T5 encoder in one file with transformers' names (ComfyUI's `t5xxl_fp16` and fp8 builds,
+/// InvokeAI's `T5Encoder_Checkpoint_Config`): block 0's self-attention, an embedding, the final
+/// norm (a whole encoder, not a first shard), no decoder, T5 v1.1's gated feed-forward, and a
+/// relative position bias in block 0 only (UMT5, Wan's encoder, has one per block). GGUF
+/// conversions (llama.cpp's `enc.blk.*`) are the same type, quantised.
+fn t5_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
+    if container == Container::Gguf {
+        let k = first_with_prefix(sd, "enc.blk.")
+            .or_else(|| sd.tensors.contains_key("enc.output_norm.weight").then_some("enc.output_norm.weight"))?
+            .to_owned();
+        let mut f = Finding::new(T::T5Encoder, B::Any, F::GgufQuantized);
+        f.evidence
+            .push(format!("key `{k}`: llama.cpp T5 encoder → t5_encoder"));
+        return Some(f);
+    }
+    if !sd
+        .tensors
+        .contains_key("encoder.block.0.layer.0.SelfAttention.q.weight")
+    {
+        return None;
+    }
+    let embed = ["shared.weight", "encoder.embed_tokens.weight"]
+        .into_iter()
+        .find(|k| sd.tensors.contains_key(k))?;
+    if !sd.tensors.contains_key("encoder.final_layer_norm.weight")
+        || has_prefix(sd, "decoder.")
+        || sd
+            .tensors
+            .contains_key("encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight")
+        || !sd
+            .tensors
+            .contains_key("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")
+    {
+        return None;
+    }
+    // InvokeAI's loader reads these with safetensors only.
+    if container != Container::Safetensors {
+        return None;
+    }
+    let mut f = Finding::new(T::T5Encoder, B::Any, F::Checkpoint);
+    f.evidence.push(format!(
+        "keys `encoder.block.0.layer.0.SelfAttention.q.weight`, `{embed}`, `encoder.final_layer_norm.weight` and the gated `wi_0`: T5 v1.1 encoder → t5_encoder"
+    ));
+    let width = dim(sd, "encoder.final_layer_norm.weight", 0).or_else(|| dim(sd, embed, 1));
+    match width {
+        Some(T5_XXL_WIDTH) => f
+            .evidence
+            .push(format!("width {T5_XXL_WIDTH}: T5 v1.1 XXL")),
+        // InvokeAI refuses these outright; the file is a T5 encoder all the same, so it is
+        // recorded as one and the caller is told that FLUX.1 and SD 3 cannot use it.
+        w => {
+            let w = w.map_or_else(|| "unknown".to_owned(), |w| w.to_string());
+            f.evidence.push(format!("width {w}: not T5 v1.1 XXL"));
+            f.warnings.push(format!(
+                "this T5 encoder is {w} wide; FLUX.1 and SD 3 need T5 v1.1 XXL ({T5_XXL_WIDTH})"
+            ));
+        }
+    }
+    Some(f)
+}
+
+/// Where a causal LM's decoder sits in a file: transformers' `model.`, a multimodal wrapper's
+/// `language_model.model.` / `model.language_model.`, a ComfyUI text encoder's
+/// `text_encoder.model.`; GGUF's `blk.`. Returns (root, layer prefix, embedding, final norm).
+fn lm_root(sd: &StateDict) -> Option<(&'static str, String, String, String)> {
+    for root in [
+        "model.",
+        "language_model.model.",
+        "model.language_model.",
+        "text_encoder.model.",
+    ] {
+        let layers = format!("{root}layers.");
+        if has_prefix(sd, &layers) || sd.tensors.contains_key(&format!("{root}embed_tokens.weight"))
+        {
+            return Some((
+                root,
+                layers,
+                format!("{root}embed_tokens.weight"),
+                format!("{root}norm.weight"),
+            ));
+        }
+    }
+    has_prefix(sd, "blk.").then(|| {
+        (
+            "",
+            "blk.".to_owned(),
+            "token_embd.weight".to_owned(),
+            "output_norm.weight".to_owned(),
+        )
+    })
+}
+
+/// The number of decoder layers: the highest `<prefix>N.` plus one.
+fn layer_count(sd: &StateDict, prefix: &str) -> u64 {
+    let start = sd
+        .tensors
+        .keys()
+        .position(|k| k.starts_with(prefix))
+        .unwrap_or(usize::MAX);
+    sd.tensors
+        .keys()
+        .skip(start)
+        .take_while(|k| k.starts_with(prefix))
+        .filter_map(|k| k[prefix.len()..].split('.').next()?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |m| m + 1)
+}
+
+/// Mistral Small 3's geometry (FLUX.2 [dev]'s text encoder): 5120 wide with grouped-query
+/// attention of 8 key/value heads, so layer 0's key projection gives 1024 features. InvokeAI
+/// tells it from Llama-2-13B (also 5120 wide, 40 layers) by a vocabulary of at least 100,000
+/// rows; the key projection says the same without the embedding's 671 M entries, and 13B's
+/// full multi-head attention gives 5120 there.
+fn mistral_geometry(sd: &StateDict) -> Option<(String, u64, u64)> {
+    let (_, layers, embed, norm) = lm_root(sd)?;
+    let hidden = dim(sd, &norm, 0).or_else(|| dim(sd, &embed, 1))?;
+    if hidden != 5120 {
+        return None;
+    }
+    let k_proj = if layers == "blk." {
+        "blk.0.attn_k.weight".to_owned()
+    } else {
+        format!("{layers}0.self_attn.k_proj.weight")
+    };
+    (dim(sd, &k_proj, 0) == Some(1024) && dim(sd, &k_proj, 1) == Some(5120))
+        .then(|| (layers.clone(), hidden, layer_count(sd, &layers)))
+}
+
+/// A Mistral Small 3 text encoder in one file (InvokeAI's `MistralEncoder_Checkpoint_Config`
+/// and `_GGUF_Config`): 30 layers is BFL's "cow" distillation, 40 the full 24B.
+fn mistral_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
+    let (layers, hidden, n) = mistral_geometry(sd)?;
+    let v = match n {
+        30 => MistralVariantType::Cow,
+        40 => MistralVariantType::Mistral24B,
+        _ => return None,
+    };
+    let format = if container == Container::Gguf {
+        F::GgufQuantized
+    } else {
+        F::Checkpoint
+    };
+    let mut f = Finding::new(T::MistralEncoder, B::Any, format);
+    f.evidence.push(format!(
+        "keys `{layers}*`: causal LM {hidden} wide with 8 key/value heads (key projection 1024) → mistral_encoder"
+    ));
+    f.evidence.push(format!("{n} layers → {v}"));
+    f.variant = Some(v.into());
+    Some(f)
+}
+
+/// The vision tower of a Qwen VL checkpoint (`visual.*`, `model.visual.*`).
+fn qwen_visual<'a>(sd: &'a StateDict<'_>) -> Option<&'a str> {
+    first_with_prefix(sd, "visual.").or_else(|| first_with_prefix(sd, "model.visual."))
+}
+
+/// A Qwen VL text encoder in one file: a language model plus a vision tower. Qwen3-VL
+/// (Krea-2's and Ideogram 4's encoder) by its DeepStack mergers or the QK-norm of Qwen3's
+/// attention, its variant from the width; else Qwen2.5-VL (Qwen-Image's,
+/// `qwen_2.5_vl_7b_fp8_scaled`).
+fn qwen_vl_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
+    if container == Container::Gguf {
+        return None;
+    }
+    let visual = qwen_visual(sd)?.to_owned();
+    let (_, layers, embed, norm) = lm_root(sd)?;
+    let deepstack = any_key(sd, |k| k.contains("visual.deepstack_merger_list."));
+    let qk_norm = first_with_prefix(sd, &format!("{layers}0.self_attn.q_norm."));
+    let mut f = match deepstack.or(qk_norm) {
+        Some(k) => {
+            let mut f = Finding::new(T::Qwen3VlEncoder, B::Any, F::Checkpoint);
+            f.evidence.push(format!(
+                "keys `{layers}*` and `{visual}`: language model with a vision tower; `{k}` is Qwen3-VL's → qwen3_vl_encoder"
+            ));
+            let width = dim(sd, &norm, 0).or_else(|| dim(sd, &embed, 1));
+            let v = match width {
+                Some(4096) => Qwen3VlVariantType::Qwen3Vl8B,
+                _ => Qwen3VlVariantType::Qwen3Vl4B,
+            };
+            f.evidence.push(match width {
+                Some(w @ (2560 | 4096)) => format!("hidden size {w} → {v}"),
+                Some(w) => format!("hidden size {w}: {v} by default"),
+                None => format!("no hidden size: {v} by default"),
+            });
+            f.variant = Some(v.into());
+            f
+        }
+        None => {
+            let mut f = Finding::new(T::QwenVlEncoder, B::Any, F::Checkpoint);
+            f.evidence.push(format!(
+                "keys `{layers}*` and `{visual}`: language model with a vision tower, no Qwen3 QK-norm → qwen_vl_encoder (Qwen2.5-VL)"
+            ));
+            f
+        }
+    };
+    f.strong = true;
+    Some(f)
+}
+
+/// The ComfyUI prefixes Wan transformers come under.
+const WAN_PREFIXES: [&str; 3] = ["", "model.diffusion_model.", "diffusion_model."];
+
+/// A Wan 2.2 transformer in one file (InvokeAI's `Main_Checkpoint_Wan_Config`, native or
+/// diffusers names): the input conv `patch_embedding`, a text projection, and a block's own
+/// (undecorated) attention weight — which I2V LoRAs carrying a replacement `patch_embedding`
+/// lack. The variant is the conv's (width, input channels): 5120/16 T2V-A14B, 5120/36
+/// I2V-A14B, 3072/48 TI2V-5B. Wan 2.1 (a CLIP image embedder, or 1536 wide) and the branches
+/// InvokeAI cannot run (Animate, S2V, Fun-Control, VACE) are not matched.
+fn main_wan(sd: &StateDict, container: Container) -> Option<Finding> {
+    let p = WAN_PREFIXES
+        .into_iter()
+        .find(|p| sd.tensors.contains_key(&format!("{p}patch_embedding.weight")))?;
+    let text = [
+        "condition_embedder.text_embedder.linear_1.weight",
+        "text_embedding.0.weight",
+    ]
+    .into_iter()
+    .map(|n| format!("{p}{n}"))
+    .find(|k| sd.tensors.contains_key(k))?;
+    let block = ["blocks.0.self_attn.q.weight", "blocks.0.attn1.to_q.weight"]
+        .into_iter()
+        .map(|n| format!("{p}{n}"))
+        .find(|k| sd.tensors.contains_key(k))?;
+    let pe = format!("{p}patch_embedding.weight");
+    let (inner, in_ch) = (dim(sd, &pe, 0)?, dim(sd, &pe, 1)?);
+    let unsupported = [
+        "face_adapter.",
+        "motion_encoder.",
+        "audio_injector.",
+        "casual_audio_encoder.",
+        "control_adapter.",
+        "vace_blocks.",
+        "img_emb.",
+        "condition_embedder.image_embedder.",
+    ];
+    if unsupported.iter().any(|u| has_prefix(sd, &format!("{p}{u}"))) {
+        return None;
+    }
+    let v = match (inner, in_ch) {
+        (5120, 16) => WanVariantType::T2vA14b,
+        (5120, 36) => WanVariantType::I2vA14b,
+        (3072, 48) => WanVariantType::Ti2v5b,
+        _ => return None,
+    };
+    let mut f = Finding::new(T::Main, B::Wan, container_format(container));
+    f.evidence.push(format!(
+        "keys `{pe}`, `{text}`, `{block}`: Wan transformer → main wan"
+    ));
+    f.evidence.push(format!(
+        "`{pe}` is {inner} wide with {in_ch} input channels → {v}"
+    ));
+    f.variant = Some(v.into());
+    Some(f)
+}
+
+/// A MiniMax H3 transformer in one file: its joint audio and video patch projections and the
+/// fused-QKV block of the remote-code layout. FL2VA unless the name says Ref2VA (the two are
+/// key-for-key identical; [`refine_by_name`]).
+fn main_minimax_h3(sd: &StateDict, container: Container) -> Option<Finding> {
+    const KEYS: [&str; 3] = [
+        "audio_patch_proj.weight",
+        "video_patch_proj.weight",
+        "blocks.0.attn.qkv_proj.weight",
+    ];
+    if !KEYS.iter().all(|k| sd.tensors.contains_key(k)) || container == Container::Gguf {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::MiniMaxH3, F::Checkpoint);
+    f.evidence.push(format!(
+        "keys `{}`: MiniMax H3 audio-video transformer → main minimax-h3",
+        KEYS.join("`, `")
+    ));
+    f.variant = Some(MiniMaxH3VariantType::Fl2va.into());
+    Some(f)
+}
+
+/// One of Ideogram 4's two transformer branches in one file: the image-indicator embedding of
+/// its packed text/image sequence and its input, AdaLN and output projections.
+fn main_ideogram4(sd: &StateDict, container: Container) -> Option<Finding> {
+    const KEYS: [&str; 4] = [
+        "embed_image_indicator.weight",
+        "input_proj.weight",
+        "adaln_proj.weight",
+        "final_layer.linear.weight",
+    ];
+    if !KEYS.iter().all(|k| sd.tensors.contains_key(k)) || container == Container::Gguf {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::Ideogram4, F::Checkpoint);
+    f.evidence.push(format!(
+        "keys `{}`: Ideogram 4 transformer → main ideogram-4",
+        KEYS.join("`, `")
+    ));
+    if let Some(b) = sd.metadata.get("model_type") {
+        f.evidence.push(format!("metadata model_type = `{b}` (the branch)"));
+    }
+    Some(f)
+}
+
+/// What only the file name says, after the rules: a checkpoint VAE's base
+/// ([`vae_base_by_name`]), a PiD decoder's backbone and preset, a MiniMax H3 transformer's
+/// task, and Qwen-Image's edit variant (InvokeAI reads the same names).
+pub(crate) fn refine_by_name(f: &mut Finding, file_name: &str) {
+    vae_base_by_name(f, file_name);
+    let l = file_name.to_ascii_lowercase();
+    match (f.model_type, f.base) {
+        (T::PidDecoder, _) => {
+            let base = if l.contains("flux2") || l.contains("flux-2") || l.contains("flux_2") {
+                Some(B::Flux2)
+            } else if l.contains("flux") {
+                Some(B::Flux)
+            } else if l.contains("sd3") || l.contains("sd-3") || l.contains("sd_3") {
+                Some(B::StableDiffusion3)
+            } else {
+                None
+            };
+            if let Some(b) = base {
+                f.base = b;
+                f.base_candidates.clear();
+                f.evidence
+                    .push(format!("name `{file_name}` names the {b} backbone"));
+            } else {
+                f.evidence.push(format!(
+                    "name `{file_name}` names no backbone (flux, flux2, sd3): set config.base"
+                ));
+            }
+            if l.contains("res2kto4k") || l.contains("res2k_to_4k") || l.contains("res2k_to4k") {
+                f.variant = Some(PidDecoderVariantType::Res2kTo4kSr4x.into());
+                f.evidence
+                    .push(format!("name `{file_name}` → res2kto4k_sr4x"));
+            }
+        }
+        (T::Main, B::MiniMaxH3) if l.contains("ref2va") => {
+            f.variant = Some(MiniMaxH3VariantType::Ref2va.into());
+            f.evidence.push(format!("name `{file_name}` → ref2va"));
+        }
+        (T::Main, B::QwenImage) if f.variant.is_none() => {
+            let edit = l
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|t| t == "edit");
+            let v = if edit {
+                QwenImageVariantType::Edit
+            } else {
+                QwenImageVariantType::Generate
+            };
+            f.evidence.push(if edit {
+                format!("name `{file_name}` has the token `edit` → edit")
+            } else {
+                "no `__index_timestep_zero__` and no `edit` in the name → generate".to_owned()
+            });
+            f.variant = Some(v.into());
+        }
+        _ => {}
+    }
+}
+
 fn unknown(sd: &StateDict, container: Container) -> Finding {
     let mut f = Finding::unknown(container_format(container));
     let n = sd.tensors.len();
@@ -1216,10 +1678,22 @@ fn unknown(sd: &StateDict, container: Container) -> Finding {
         "{n} tensors, none matching a known layout; first: {}",
         sample.join(", ")
     ));
-    let hints: [(&str, &str); 4] = [
+    let hints: [(&str, &str); 7] = [
         (
             "encoder.block.0.layer.0.SelfAttention",
-            "a T5 encoder (modelsync records T5 encoders as folders)",
+            "a T5 encoder that is not T5 v1.1 in one safetensors file (UMT5, T5 v1.0, a pickle, a decoder or a shard: InvokeAI records these as folders)",
+        ),
+        (
+            ".linear_attn.",
+            "a Qwen3.5 language model (Gated DeltaNet), which InvokeAI 6.x records as its own type",
+        ),
+        (
+            "patch_embedding.weight",
+            "a Wan-family video transformer InvokeAI's Wan 2.2 loader does not run (Wan 2.1, Animate, S2V, Fun-Control, VACE, or an unknown width)",
+        ),
+        (
+            "body.0.block1.weight",
+            "a single-file T2I-Adapter (InvokeAI loads T2I-Adapters only as diffusers folders)",
         ),
         (
             "text_model.encoder.layers.",
