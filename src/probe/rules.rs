@@ -1298,8 +1298,9 @@ fn pid_decoder(sd: &StateDict, _: Container) -> Option<Finding> {
         .find_map(|p| first_with_prefix(sd, p))?
         .to_owned();
     let mut f = Finding::new(T::PidDecoder, B::Unknown, F::Checkpoint);
-    f.evidence
-        .push(format!("key `{k}`: PiD low-quality projection → pid_decoder"));
+    f.evidence.push(format!(
+        "key `{k}`: PiD low-quality projection → pid_decoder"
+    ));
     f.variant = Some(PidDecoderVariantType::Res2kSr4x.into());
     // The weights do not say which backbone's latents they decode; NVIDIA's file names do.
     f.base_candidates = vec![B::Flux, B::Flux2, B::StableDiffusion3];
@@ -1317,7 +1318,11 @@ const T5_XXL_WIDTH: u64 = 4096;
 fn t5_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
     if container == Container::Gguf {
         let k = first_with_prefix(sd, "enc.blk.")
-            .or_else(|| sd.tensors.contains_key("enc.output_norm.weight").then_some("enc.output_norm.weight"))?
+            .or_else(|| {
+                sd.tensors
+                    .contains_key("enc.output_norm.weight")
+                    .then_some("enc.output_norm.weight")
+            })?
             .to_owned();
         let mut f = Finding::new(T::T5Encoder, B::Any, F::GgufQuantized);
         f.evidence
@@ -1381,7 +1386,10 @@ fn lm_root(sd: &StateDict) -> Option<(&'static str, String, String, String)> {
         "text_encoder.model.",
     ] {
         let layers = format!("{root}layers.");
-        if has_prefix(sd, &layers) || sd.tensors.contains_key(&format!("{root}embed_tokens.weight"))
+        if has_prefix(sd, &layers)
+            || sd
+                .tensors
+                .contains_key(&format!("{root}embed_tokens.weight"))
         {
             return Some((
                 root,
@@ -1518,9 +1526,10 @@ const WAN_PREFIXES: [&str; 3] = ["", "model.diffusion_model.", "diffusion_model.
 /// I2V-A14B, 3072/48 TI2V-5B. Wan 2.1 (a CLIP image embedder, or 1536 wide) and the branches
 /// InvokeAI cannot run (Animate, S2V, Fun-Control, VACE) are not matched.
 fn main_wan(sd: &StateDict, container: Container) -> Option<Finding> {
-    let p = WAN_PREFIXES
-        .into_iter()
-        .find(|p| sd.tensors.contains_key(&format!("{p}patch_embedding.weight")))?;
+    let p = WAN_PREFIXES.into_iter().find(|p| {
+        sd.tensors
+            .contains_key(&format!("{p}patch_embedding.weight"))
+    })?;
     let text = [
         "condition_embedder.text_embedder.linear_1.weight",
         "text_embedding.0.weight",
@@ -1544,7 +1553,10 @@ fn main_wan(sd: &StateDict, container: Container) -> Option<Finding> {
         "img_emb.",
         "condition_embedder.image_embedder.",
     ];
-    if unsupported.iter().any(|u| has_prefix(sd, &format!("{p}{u}"))) {
+    if unsupported
+        .iter()
+        .any(|u| has_prefix(sd, &format!("{p}{u}")))
+    {
         return None;
     }
     let v = match (inner, in_ch) {
@@ -1603,7 +1615,8 @@ fn main_ideogram4(sd: &StateDict, container: Container) -> Option<Finding> {
         KEYS.join("`, `")
     ));
     if let Some(b) = sd.metadata.get("model_type") {
-        f.evidence.push(format!("metadata model_type = `{b}` (the branch)"));
+        f.evidence
+            .push(format!("metadata model_type = `{b}` (the branch)"));
     }
     Some(f)
 }
