@@ -347,6 +347,12 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     };
     f.evidence
         .push(format!("key `{k}`: {style} → lora.{format}"));
+    if let Some((b, why)) = omi_lora(sd) {
+        f.format = F::Omi;
+        f.base = b;
+        f.evidence.push(why);
+        return Some(f);
+    }
 
     // Anima's Cosmos DiT and LLM adapter, before any width below is read: the adapter's
     // 1024-wide attention would pass for an SD 2.x text encoder.
@@ -529,6 +535,31 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         );
     }
     Some(f)
+}
+
+/// An OpenModelInitiative LoRA (InvokeAI's `LoRA_OMI_*_Config`): safetensors metadata with a
+/// `modelspec.sai_model_spec`, `ot_branch = omi_format` and a `…/lora` architecture, of the
+/// two architectures InvokeAI loads (SDXL base, FLUX.1 dev). Others stay LyCORIS.
+fn omi_lora(sd: &StateDict) -> Option<(B, String)> {
+    let m = &sd.metadata;
+    if m.get("modelspec.sai_model_spec")
+        .is_none_or(String::is_empty)
+        || m.get("ot_branch").map(String::as_str) != Some("omi_format")
+    {
+        return None;
+    }
+    let arch = m.get("modelspec.architecture")?;
+    let b = match arch.as_str() {
+        "stable-diffusion-xl-v1-base/lora" => B::StableDiffusionXL,
+        "Flux.1-dev/lora" => B::Flux,
+        _ => return None,
+    };
+    Some((
+        b,
+        format!(
+            "metadata ot_branch `omi_format`, modelspec.architecture `{arch}`: OMI LoRA → lora.omi {b}"
+        ),
+    ))
 }
 
 /// Whether a FLUX-style LoRA is for FLUX.2 [klein], after InvokeAI's `_is_flux2_lora` (peft,

@@ -3069,6 +3069,32 @@ pub fn wan_lora_keys() -> Keys {
     v
 }
 
+/// An OMI-format SDXL LoRA as OneTrainer writes it: OMI names (`unet.input_blocks…`,
+/// `clip_l.…`, `clip_g.…`) with `lora_down`/`lora_up` factors.
+pub fn omi_sdxl_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for m in [
+        "unet.input_blocks.4.1.transformer_blocks.0.attn2.to_k",
+        "unet.input_blocks.4.1.transformer_blocks.0.attn1.to_q",
+        "clip_l.text_model.encoder.layers.0.self_attn.k_proj",
+        "clip_g.text_model.encoder.layers.0.self_attn.k_proj",
+    ] {
+        let w = if m.starts_with("clip_g") {
+            1280
+        } else if m.starts_with("clip_l") {
+            768
+        } else if m.ends_with("to_k") {
+            2048
+        } else {
+            640
+        };
+        v.push(k(format!("{m}.lora_down.weight"), &[8, w]));
+        v.push(k(format!("{m}.lora_up.weight"), &[640, 8]));
+        v.push(k(format!("{m}.alpha"), &[]));
+    }
+    v
+}
+
 /// MiniMax H3's remote-code transformer layout (Comfy-Org's single files).
 pub fn minimax_h3_keys() -> Keys {
     vec![
@@ -3283,6 +3309,28 @@ pub fn parity_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
         "qwen-image",
         "checkpoint",
         Some("edit"),
+    );
+    let omi = |arch: &str| {
+        json!({"modelspec.sai_model_spec": "1.0.0", "ot_branch": "omi_format",
+               "modelspec.architecture": arch, "modelspec.title": "style"})
+    };
+    add(
+        Spec::safetensors(p("omi-sdxl-style.safetensors"), omi_sdxl_lora_keys())
+            .metadata(omi("stable-diffusion-xl-v1-base/lora")),
+        "OMI SDXL LoRA (OneTrainer)",
+        "lora",
+        "sdxl",
+        "omi",
+        None,
+    );
+    add(
+        Spec::safetensors(p("omi-flux-style.safetensors"), xlabs_flux_lora_keys())
+            .metadata(omi("Flux.1-dev/lora")),
+        "OMI FLUX LoRA",
+        "lora",
+        "flux",
+        "omi",
+        None,
     );
     add(
         Spec::safetensors(
