@@ -1264,6 +1264,44 @@ const SPANDREL_ARCHES: &[(&str, &[&str])] = &[
         &["residual_layer.0.residual_layer.0.layer.0.fn.0.weight"],
     ),
     ("SAFMN", &["to_feat.weight"]),
+    // Subsets of spandrel's `KeyCondition.has_all` sets for these.
+    (
+        "ATD",
+        &[
+            "relative_position_index_SA",
+            "conv_first.weight",
+            "layers.0.residual_group.td",
+            "layers.0.residual_group.layers.0.wqkv.weight",
+        ],
+    ),
+    (
+        "RealPLKSR",
+        &[
+            "feats.1.channel_mixer.0.weight",
+            "feats.0.weight",
+            "feats.1.lk.conv.weight",
+            "feats.1.refine.weight",
+        ],
+    ),
+    (
+        "PLKSR",
+        &[
+            "feats.1.channe_mixer.0.weight",
+            "feats.0.weight",
+            "feats.1.lk.conv.weight",
+            "feats.1.refine.weight",
+        ],
+    ),
+    (
+        "RealCUGAN",
+        &[
+            "unet1.conv1.conv.0.weight",
+            "unet1.conv1_down.weight",
+            "unet1.conv2.seblock.conv1.weight",
+            "unet2.conv1.conv.0.weight",
+            "unet2.conv1_down.weight",
+        ],
+    ),
     ("DITN", &["UFONE.0.ITLs.0.attn.temperature"]),
 ];
 

@@ -3310,6 +3310,67 @@ pub fn parity_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
         "checkpoint",
         Some("edit"),
     );
+    // More spandrel architectures (key names from their reference implementations).
+    add(
+        Spec::safetensors(
+            p("4xNomos2_realplksr_dysample.safetensors"),
+            vec![
+                k("feats.0.weight", &[64, 3, 3, 3]),
+                k("feats.1.channel_mixer.0.weight", &[128, 64, 3, 3]),
+                k("feats.1.lk.conv.weight", &[16, 16, 17, 17]),
+                k("feats.1.refine.weight", &[64, 64, 1, 1]),
+                k("feats.1.norm.weight", &[64]),
+                k("to_img.init_pos", &[1, 2, 4, 4]),
+            ],
+        ),
+        "RealPLKSR upscaler",
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+        None,
+    );
+    add(
+        zip_spec(
+            p("003_ATD_SRx4_finetune.pth"),
+            vec![
+                k("relative_position_index_SA", &[256, 256]),
+                k("conv_first.weight", &[210, 3, 3, 3]),
+                k("conv_first.bias", &[210]),
+                k("layers.0.residual_group.td", &[128, 210]),
+                k("layers.0.residual_group.layers.0.sigma", &[1]),
+                k("layers.0.residual_group.layers.0.norm1.weight", &[210]),
+                k("layers.0.residual_group.layers.0.wqkv.weight", &[630, 210]),
+            ],
+            2,
+            &["params_ema"],
+        ),
+        "ATD upscaler (params_ema, torch zip)",
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+        None,
+    );
+    add(
+        zip_spec(
+            p("up2x-latest-conservative.pth"),
+            vec![
+                k("unet1.conv1.conv.0.weight", &[32, 3, 3, 3]),
+                k("unet1.conv1.conv.2.weight", &[64, 32, 3, 3]),
+                k("unet1.conv1_down.weight", &[64, 64, 2, 2]),
+                k("unet1.conv2.conv.0.weight", &[128, 64, 3, 3]),
+                k("unet1.conv2.seblock.conv1.weight", &[16, 64, 1, 1]),
+                k("unet2.conv1.conv.0.weight", &[32, 3, 3, 3]),
+                k("unet2.conv1_down.weight", &[64, 64, 2, 2]),
+            ],
+            2,
+            &[],
+        ),
+        "Real-CUGAN upscaler (torch zip)",
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+        None,
+    );
     let omi = |arch: &str| {
         json!({"modelspec.sai_model_spec": "1.0.0", "ot_branch": "omi_format",
                "modelspec.architecture": arch, "modelspec.title": "style"})
