@@ -1006,3 +1006,48 @@ fn a_pid_decoder_whose_name_names_no_backbone_takes_the_fallback_with_a_warning(
     assert_eq!(r.base, BaseModelType::StableDiffusion3);
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
+
+#[test]
+fn gguf_t5_and_mistral_encoders_are_identified() {
+    let dir = tempfile::tempdir().unwrap();
+    let t5 = dir.path().join("t5-v1_1-xxl-encoder-Q8_0.gguf");
+    fx::gguf(
+        &t5,
+        &[("general.architecture", "t5encoder")],
+        &[
+            ("token_embd.weight", &[32128, 4096]),
+            ("enc.blk.0.attn_q.weight", &[4096, 4096]),
+            ("enc.blk.0.attn_rel_b.weight", &[64, 32]),
+            ("enc.output_norm.weight", &[4096]),
+        ],
+    );
+    let r = probe(&t5).unwrap();
+    assert_eq!(
+        (r.model_type, r.format),
+        (ModelType::T5Encoder, ModelFormat::GgufQuantized),
+        "{:?}",
+        r.evidence
+    );
+    let mistral = dir.path().join("Mistral-Small-3.2-24B-Q8_0.gguf");
+    let norms: Vec<String> = (0..40)
+        .map(|l| format!("blk.{l}.attn_norm.weight"))
+        .collect();
+    let mut tensors: Vec<(&str, &[u64])> = vec![
+        ("token_embd.weight", &[131072, 5120]),
+        ("blk.0.attn_k.weight", &[1024, 5120]),
+        ("output_norm.weight", &[5120]),
+    ];
+    tensors.extend(norms.iter().map(|n| (n.as_str(), &[5120u64][..])));
+    fx::gguf(&mistral, &[("general.architecture", "llama")], &tensors);
+    let r = probe(&mistral).unwrap();
+    assert_eq!(
+        (r.model_type, r.format, r.variant.map(|v| v.to_string())),
+        (
+            ModelType::MistralEncoder,
+            ModelFormat::GgufQuantized,
+            Some("mistral3_24b".to_owned())
+        ),
+        "{:?}",
+        r.evidence
+    );
+}
