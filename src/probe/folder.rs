@@ -77,7 +77,7 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
         return pipeline(dir, &index);
     }
     if let Some(index) = read_json(&dir.join("modular_model_index.json"))? {
-        return Ok(modular_pipeline(dir, &index)?);
+        return modular_pipeline(dir, &index);
     }
     // A text encoder downloaded with its pipeline's layout (`text_encoder/` beside
     // `tokenizer/`), without the pipeline: InvokeAI's standalone encoder classes.

@@ -1554,34 +1554,28 @@ fn qwen_vl_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
     let (_, layers, embed, norm) = lm_root(sd)?;
     let deepstack = any_key(sd, |k| k.contains("visual.deepstack_merger_list."));
     let qk_norm = first_with_prefix(sd, &format!("{layers}0.self_attn.q_norm."));
-    let mut f = match deepstack.or(qk_norm) {
-        Some(k) => {
-            let mut f = Finding::new(T::Qwen3VlEncoder, B::Any, F::Checkpoint);
-            f.evidence.push(format!(
-                "keys `{layers}*` and `{visual}`: language model with a vision tower; `{k}` is Qwen3-VL's → qwen3_vl_encoder"
-            ));
-            let width = dim(sd, &norm, 0).or_else(|| dim(sd, &embed, 1));
-            let v = match width {
-                Some(4096) => Qwen3VlVariantType::Qwen3Vl8B,
-                _ => Qwen3VlVariantType::Qwen3Vl4B,
-            };
-            f.evidence.push(match width {
-                Some(w @ (2560 | 4096)) => format!("hidden size {w} → {v}"),
-                Some(w) => format!("hidden size {w}: {v} by default"),
-                None => format!("no hidden size: {v} by default"),
-            });
-            f.variant = Some(v.into());
-            f
-        }
-        None => {
-            let mut f = Finding::new(T::QwenVlEncoder, B::Any, F::Checkpoint);
-            f.evidence.push(format!(
-                "keys `{layers}*` and `{visual}`: language model with a vision tower, no Qwen3 QK-norm → qwen_vl_encoder (Qwen2.5-VL)"
-            ));
-            f
-        }
-    };
-    f.strong = true;
+    if let Some(k) = deepstack.or(qk_norm) {
+        let mut f = Finding::new(T::Qwen3VlEncoder, B::Any, F::Checkpoint);
+        f.evidence.push(format!(
+            "keys `{layers}*` and `{visual}`: language model with a vision tower; `{k}` is Qwen3-VL's → qwen3_vl_encoder"
+        ));
+        let width = dim(sd, &norm, 0).or_else(|| dim(sd, &embed, 1));
+        let v = match width {
+            Some(4096) => Qwen3VlVariantType::Qwen3Vl8B,
+            _ => Qwen3VlVariantType::Qwen3Vl4B,
+        };
+        f.evidence.push(match width {
+            Some(w @ (2560 | 4096)) => format!("hidden size {w} → {v}"),
+            Some(w) => format!("hidden size {w}: {v} by default"),
+            None => format!("no hidden size: {v} by default"),
+        });
+        f.variant = Some(v.into());
+        return Some(f);
+    }
+    let mut f = Finding::new(T::QwenVlEncoder, B::Any, F::Checkpoint);
+    f.evidence.push(format!(
+        "keys `{layers}*` and `{visual}`: language model with a vision tower, no Qwen3 QK-norm → qwen_vl_encoder (Qwen2.5-VL)"
+    ));
     Some(f)
 }
 

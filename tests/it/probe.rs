@@ -1033,7 +1033,7 @@ fn gguf_t5_and_mistral_encoders_are_identified() {
         .map(|l| format!("blk.{l}.attn_norm.weight"))
         .collect();
     let mut tensors: Vec<(&str, &[u64])> = vec![
-        ("token_embd.weight", &[131072, 5120]),
+        ("token_embd.weight", &[131_072, 5120]),
         ("blk.0.attn_k.weight", &[1024, 5120]),
         ("output_norm.weight", &[5120]),
     ];

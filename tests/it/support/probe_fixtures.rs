@@ -3439,17 +3439,18 @@ pub fn parity_unknown(root: &Path) -> Vec<(&'static str, PathBuf, &'static str)>
     ]
 }
 
-/// The parity folders: (name, folder, type, base, format, variant).
-pub fn parity_folders(
-    root: &Path,
-) -> Vec<(
+/// One parity folder: (name, folder, type, base, format, variant).
+pub type ParityFolder = (
     &'static str,
     PathBuf,
     &'static str,
     &'static str,
     &'static str,
     Option<&'static str>,
-)> {
+);
+
+/// The parity folders.
+pub fn parity_folders(root: &Path) -> Vec<ParityFolder> {
     let mut specs = Vec::new();
     let mut out = Vec::new();
     let weights =
@@ -3459,7 +3460,7 @@ pub fn parity_folders(
     write_json(
         &d.join("config.json"),
         &json!({"architectures": ["LlavaOnevisionForConditionalGeneration"], "model_type": "llava_onevision",
-                "image_token_index": 151646, "vision_feature_layer": -1,
+                "image_token_index": 151_646, "vision_feature_layer": -1,
                 "text_config": {"model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24},
                 "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 384, "patch_size": 14}}),
     );
@@ -3478,7 +3479,7 @@ pub fn parity_folders(
         &d.join("text_encoder").join("config.json"),
         &json!({"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
                 "text_config": {"model_type": "mistral", "hidden_size": 5120, "num_hidden_layers": 40,
-                                "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 131072},
+                                "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 131_072},
                 "vision_config": {"model_type": "pixtral", "hidden_size": 1024}}),
     );
     write_json(
@@ -3566,7 +3567,7 @@ pub fn parity_folders(
     write_json(
         &d.join("config.json"),
         &json!({"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 2304,
-                "num_hidden_layers": 26, "vocab_size": 256000}),
+                "num_hidden_layers": 26, "vocab_size": 256_000}),
     );
     write_json(&d.join("tokenizer.json"), &json!({}));
     specs.push(weights(&d, "model-00001-of-00002.safetensors"));
@@ -3600,7 +3601,7 @@ pub fn parity_folders(
     write_json(
         &d.join("config.json"),
         &json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
-                "num_hidden_layers": 16, "vocab_size": 128256}),
+                "num_hidden_layers": 16, "vocab_size": 128_256}),
     );
     write_json(&d.join("tokenizer_config.json"), &json!({}));
     specs.push(weights(&d, "model.safetensors"));
@@ -3610,7 +3611,7 @@ pub fn parity_folders(
     write_json(
         &d.join("text_encoder").join("config.json"),
         &json!({"architectures": ["UMT5EncoderModel"], "model_type": "umt5", "d_model": 4096,
-                "num_layers": 24, "vocab_size": 256384}),
+                "num_layers": 24, "vocab_size": 256_384}),
     );
     write_json(
         &d.join("tokenizer").join("tokenizer_config.json"),
