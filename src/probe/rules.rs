@@ -7,7 +7,7 @@
 
 use super::{Finding, StateDict};
 use crate::taxonomy::{
-    BaseModelType as B, Flux2VariantType, FluxVariantType, MiniMaxH3VariantType,
+    BaseModelType as B, Flux2VariantType, FluxVariantType, Krea2VariantType, MiniMaxH3VariantType,
     MistralVariantType, ModelFormat as F, ModelType as T, ModelVariantType as V,
     PidDecoderVariantType, Qwen3VariantType, Qwen3VlVariantType, QwenImageVariantType,
     SchedulerPredictionType as P, WanLoraVariantType, WanVariantType, ZImageVariantType,
@@ -106,6 +106,7 @@ const RULES: &[Rule] = &[
     ("main_qwen_image", main_qwen_image),
     ("main_anima", main_anima),
     ("main_wan", main_wan),
+    ("main_krea2", main_krea2),
     ("main_minimax_h3", main_minimax_h3),
     ("main_ideogram4", main_ideogram4),
     ("vae", vae),
@@ -202,6 +203,7 @@ fn gguf(sd: &StateDict) -> Finding {
         ("main_z_image", main_z_image),
         ("main_qwen_image", main_qwen_image),
         ("main_wan", main_wan),
+        ("main_krea2", main_krea2),
         ("t5_encoder", t5_encoder),
         ("mistral_encoder", mistral_encoder),
         ("qwen3_encoder", qwen3_encoder),
@@ -447,6 +449,21 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         f.base = B::StableDiffusion3;
         f.evidence
             .push(format!("key `{k}`: MMDiT joint blocks → sd-3"));
+        return Some(f);
+    }
+    // Krea-2's text-fusion stage, or the gated attention of its single-stream blocks (InvokeAI's
+    // `_has_krea2_lora_keys`), before the Qwen-Image test below, which its blocks would pass.
+    if let Some(k) = any_key(sd, |k| {
+        k.contains("text_fusion") || k.contains("txtfusion") || k.contains("time_mod_proj")
+    })
+    .or_else(|| {
+        any_key(sd, |k| k.contains(".attn.gate."))
+            .and_then(|_| any_key(sd, |k| k.contains(".attn.wq.")))
+    }) {
+        f.base = B::Krea2;
+        f.evidence.push(format!(
+            "key `{k}`: Krea-2 text fusion / gated attention → krea-2"
+        ));
         return Some(f);
     }
     // MMDiT `transformer_blocks` without FLUX's or Z-Image's keys: Qwen-Image by its image/text
@@ -1639,6 +1656,31 @@ fn main_wan(sd: &StateDict, container: Container) -> Option<Finding> {
     Some(f)
 }
 
+/// Krea-2's transformer in one file (InvokeAI's `_has_krea2_keys`): its text-fusion stage
+/// (`text_fusion` / `time_mod_proj`, or the native `txtfusion`) beside an image input
+/// (`img_in`, native `first` / `tproj`), and no LoRA factors. InvokeAI looks for those names
+/// as any part of any key; the top-level prefixes (bare or ComfyUI's) are where they sit.
+fn main_krea2(sd: &StateDict, container: Container) -> Option<Finding> {
+    let find = |names: &[&str]| {
+        ["", "model.diffusion_model.", "diffusion_model."]
+            .iter()
+            .flat_map(|p| names.iter().map(move |n| format!("{p}{n}.")))
+            .find_map(|n| first_with_prefix(sd, &n).map(str::to_owned))
+    };
+    let fusion = find(&["text_fusion", "txtfusion", "time_mod_proj"])?;
+    let image = find(&["img_in", "first", "tproj"])?;
+    if has_lora_suffix(sd) || any_key(sd, |k| k.ends_with(".alpha")).is_some() {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::Krea2, container_format(container));
+    f.evidence.push(format!(
+        "keys `{fusion}` (text fusion) and `{image}`: Krea-2 transformer → main krea-2"
+    ));
+    // Turbo and Raw share the architecture; the name decides ([`refine_by_name`]).
+    f.variant = Some(Krea2VariantType::Turbo.into());
+    Some(f)
+}
+
 /// A MiniMax H3 transformer in one file: its joint audio and video patch projections and the
 /// fused-QKV block of the remote-code layout. FL2VA unless the name says Ref2VA (the two are
 /// key-for-key identical; [`refine_by_name`]).
@@ -1715,6 +1757,22 @@ pub(crate) fn refine_by_name(f: &mut Finding, file_name: &str) {
                 f.variant = Some(PidDecoderVariantType::Res2kTo4kSr4x.into());
                 f.evidence
                     .push(format!("name `{file_name}` → res2kto4k_sr4x"));
+            }
+        }
+        // InvokeAI: `turbo` wins; else a `raw` or `base` token is the undistilled Base.
+        (T::Main, B::Krea2) if !l.contains("turbo") => {
+            let base = l
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|t| t == "raw" || t == "base");
+            if base {
+                f.variant = Some(Krea2VariantType::Base.into());
+                f.evidence.push(format!(
+                    "name `{file_name}` has a `raw`/`base` token → krea2_base"
+                ));
+            } else {
+                f.evidence.push(format!(
+                    "name `{file_name}` says nothing: krea2_turbo, InvokeAI's default"
+                ));
             }
         }
         (T::Main, B::MiniMaxH3) if l.contains("ref2va") => {

@@ -3371,6 +3371,56 @@ pub fn parity_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
         "checkpoint",
         None,
     );
+    // Krea-2 (diffusers names): the text-fusion stage beside the image input.
+    let krea2 = || {
+        vec![
+            k("img_in.weight", &[8, 64]),
+            k("time_mod_proj.weight", &[8, 8]),
+            k("text_fusion.layerwise_blocks.0.attn.to_q.weight", &[8, 8]),
+            k("text_fusion.refiner_blocks.0.attn.to_q.weight", &[8, 8]),
+            k("text_fusion.projector.weight", &[8, 8]),
+            k("transformer_blocks.0.attn.to_q.weight", &[8, 8]),
+            k("proj_out.weight", &[64, 8]),
+        ]
+    };
+    add(
+        Spec::safetensors(p("krea2_turbo_bf16.safetensors"), krea2()),
+        "Krea-2 Turbo main",
+        "main",
+        "krea-2",
+        "checkpoint",
+        Some("krea2_turbo"),
+    );
+    add(
+        Spec::safetensors(p("Krea-2-Raw-bf16.safetensors"), krea2()),
+        "Krea-2 Raw main by name",
+        "main",
+        "krea-2",
+        "checkpoint",
+        Some("krea2_base"),
+    );
+    add(
+        Spec::safetensors(
+            p("krea2-style-lora.safetensors"),
+            [
+                "transformer.transformer_blocks.0.attn.to_q",
+                "transformer.text_fusion.layerwise_blocks.0.attn.to_k",
+            ]
+            .iter()
+            .flat_map(|m| {
+                [
+                    k(format!("{m}.lora_A.weight"), &[4, 3072]),
+                    k(format!("{m}.lora_B.weight"), &[3072, 4]),
+                ]
+            })
+            .collect(),
+        ),
+        "Krea-2 LoRA",
+        "lora",
+        "krea-2",
+        "lycoris",
+        None,
+    );
     let omi = |arch: &str| {
         json!({"modelspec.sai_model_spec": "1.0.0", "ot_branch": "omi_format",
                "modelspec.architecture": arch, "modelspec.title": "style"})
