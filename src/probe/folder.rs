@@ -158,6 +158,21 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
         let mut f = Finding::new(T::T5Encoder, B::Any, F::T5Encoder);
         f.evidence
             .push("text_encoder_2/config.json: T5EncoderModel → t5_encoder".into());
+        // InvokeAI's LLM.int8 class: a weight file named `*llm_int8*` (it also wants the `SCB`
+        // scale keys inside, which only bitsandbytes writes; the name is what its own
+        // quantised uploads carry and what is checked here).
+        if let Some(n) = std::fs::read_dir(dir.join("text_encoder_2"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.contains("llm_int8"))
+        {
+            f.format = F::BnbQuantizedInt8b;
+            f.evidence.push(format!(
+                "text_encoder_2/{n}: bitsandbytes LLM.int8 → bnb_quantized_int8b"
+            ));
+        }
         return Ok(f);
     }
     let mut names: Vec<String> = std::fs::read_dir(dir)

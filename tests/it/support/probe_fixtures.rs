@@ -3778,6 +3778,39 @@ pub fn parity_folders(root: &Path) -> Vec<ParityFolder> {
         ));
         out.push((name, d, "main", base, "diffusers", variant));
     }
+    // InvokeAI/t5-v1_1-xxl: the unquantised and the bnb_llm_int8 layouts (text_encoder_2/ +
+    // tokenizer_2/).
+    for (name, dir, file, format) in [
+        (
+            "T5 folder",
+            "t5-v1_1-xxl",
+            "model-00001-of-00002.safetensors",
+            "t5_encoder",
+        ),
+        (
+            "T5 LLM.int8 folder",
+            "t5-v1_1-xxl-bnb_llm_int8",
+            "bnb_llm_int8_model.safetensors",
+            "bnb_quantized_int8b",
+        ),
+    ] {
+        let d = root.join(dir);
+        write_json(
+            &d.join("text_encoder_2").join("config.json"),
+            &json!({"architectures": ["T5EncoderModel"], "model_type": "t5", "d_model": 4096,
+                    "feed_forward_proj": "gated-gelu", "num_layers": 24}),
+        );
+        write_json(
+            &d.join("tokenizer_2").join("tokenizer_config.json"),
+            &json!({}),
+        );
+        let mut keys = t5_encoder_keys(4096, false);
+        if format == "bnb_quantized_int8b" {
+            keys.push(k("encoder.block.0.layer.0.SelfAttention.q.SCB", &[8]));
+        }
+        specs.push(Spec::safetensors(d.join("text_encoder_2").join(file), keys));
+        out.push((name, d, "t5_encoder", "any", format, None));
+    }
     // MiniMaxAI/MiniMax-H3 (Modular Diffusers layout)
     let d = root.join("MiniMax-H3");
     write_json(
