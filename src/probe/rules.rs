@@ -7,10 +7,11 @@
 
 use super::{Finding, StateDict};
 use crate::taxonomy::{
-    BaseModelType as B, Flux2VariantType, FluxVariantType, Krea2VariantType, MiniMaxH3VariantType,
-    MistralVariantType, ModelFormat as F, ModelType as T, ModelVariantType as V,
-    PidDecoderVariantType, Qwen3VariantType, Qwen3VlVariantType, QwenImageVariantType,
-    SchedulerPredictionType as P, WanLoraVariantType, WanVariantType, ZImageVariantType,
+    BaseModelType as B, Flux2VariantType, FluxVariantType, Krea2VariantType, Ltx2VariantType,
+    MiniMaxH3VariantType, MistralVariantType, ModelFormat as F, ModelType as T,
+    ModelVariantType as V, PidDecoderVariantType, Qwen3VariantType, Qwen3VlVariantType,
+    QwenImageVariantType, SchedulerPredictionType as P, WanLoraVariantType, WanVariantType,
+    ZImageVariantType,
 };
 
 /// Where the tensors came from (decides the format of main models and what else is possible).
@@ -107,6 +108,7 @@ const RULES: &[Rule] = &[
     ("main_anima", main_anima),
     ("main_wan", main_wan),
     ("main_krea2", main_krea2),
+    ("main_ltx2", main_ltx2),
     ("main_minimax_h3", main_minimax_h3),
     ("main_ideogram4", main_ideogram4),
     ("vae", vae),
@@ -1681,6 +1683,58 @@ fn main_krea2(sd: &StateDict, container: Container) -> Option<Finding> {
     Some(f)
 }
 
+/// An LTX-2 transformer in one file, official layout (InvokeAI's `Main_Checkpoint_LTX2_Config`
+/// and `checkpoint_layout.classify_roles`): the audio→video gate's timestep embedder beside
+/// `transformer_blocks`, bare or under `model.diffusion_model.`. InvokeAI runs LTX-2.5 only;
+/// the generation is the header's `model_version`, else 2.5's structure (no video feed-forward
+/// bias, an audio one). Other generations are not matched (InvokeAI refuses them).
+fn main_ltx2(sd: &StateDict, container: Container) -> Option<Finding> {
+    const FINGERPRINT: &str = "av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1.weight";
+    if container != Container::Safetensors {
+        return None;
+    }
+    let p = ["", "model.diffusion_model."].into_iter().find(|p| {
+        sd.tensors.contains_key(&format!("{p}{FINGERPRINT}"))
+            && has_prefix(sd, &format!("{p}transformer_blocks."))
+    })?;
+    let (generation, why) = if let Some(v) = sd.metadata.get("model_version") {
+        let mut parts = v.split('.');
+        let g = match (parts.next(), parts.next()) {
+            (Some(a), Some(b)) if a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok() => {
+                format!("{a}.{b}")
+            }
+            _ => return None,
+        };
+        (g, format!("metadata model_version = `{v}`"))
+    } else {
+        let has = |k: &str| {
+            sd.tensors
+                .contains_key(&format!("{p}transformer_blocks.0.{k}"))
+        };
+        if !has("ff.net.0.proj.weight") {
+            return None;
+        }
+        if has("ff.net.2.bias") || !has("audio_ff.net.2.bias") {
+            return None;
+        }
+        (
+            "2.5".to_owned(),
+            "no video feed-forward bias beside an audio one: LTX-2.5's structure".to_owned(),
+        )
+    };
+    if generation != "2.5" {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::Ltx2, F::Checkpoint);
+    f.evidence.push(format!(
+        "key `{p}{FINGERPRINT}` with `{p}transformer_blocks.*`: LTX-2 transformer → main ltx-2"
+    ));
+    f.evidence.push(format!("{why} → LTX-{generation}"));
+    // Dev and Distilled are key-for-key identical; the name decides ([`refine_by_name`]).
+    f.variant = Some(Ltx2VariantType::Dev.into());
+    Some(f)
+}
+
 /// A MiniMax H3 transformer in one file: its joint audio and video patch projections and the
 /// fused-QKV block of the remote-code layout. FL2VA unless the name says Ref2VA (the two are
 /// key-for-key identical; [`refine_by_name`]).
@@ -1775,6 +1829,12 @@ pub(crate) fn refine_by_name(f: &mut Finding, file_name: &str) {
                 ));
             }
         }
+        (T::Main, B::Ltx2) if l.contains("distilled") => {
+            f.variant = Some(Ltx2VariantType::Distilled.into());
+            f.evidence.push(format!(
+                "name `{file_name}` says distilled → ltx2_distilled"
+            ));
+        }
         (T::Main, B::MiniMaxH3) if l.contains("ref2va") => {
             f.variant = Some(MiniMaxH3VariantType::Ref2va.into());
             f.evidence.push(format!("name `{file_name}` → ref2va"));
@@ -1812,7 +1872,11 @@ fn unknown(sd: &StateDict, container: Container) -> Finding {
         "{n} tensors, none matching a known layout; first: {}",
         sample.join(", ")
     ));
-    let hints: [(&str, &str); 7] = [
+    let hints: [(&str, &str); 8] = [
+        (
+            "av_ca_a2v_gate_adaln_single.",
+            "an LTX-2 transformer of a generation InvokeAI 6.x does not run (it runs LTX-2.5)",
+        ),
         (
             "encoder.block.0.layer.0.SelfAttention",
             "a T5 encoder that is not T5 v1.1 in one safetensors file (UMT5, T5 v1.0, a pickle, a decoder or a shard: InvokeAI records these as folders)",

@@ -3095,6 +3095,36 @@ pub fn omi_sdxl_lora_keys() -> Keys {
     v
 }
 
+/// An LTX-2 transformer in the official layout (Lightricks' `ltx-2.5-22b-*.safetensors`);
+/// `bias_25` drops the video feed-forward bias as 2.5 does (2.0/2.3 keep it).
+pub fn ltx2_keys(bias_25: bool) -> Keys {
+    let p = "model.diffusion_model.";
+    let mut v = vec![
+        k(
+            format!("{p}av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1.weight"),
+            &[8, 256],
+        ),
+        k(format!("{p}patchify_proj.weight"), &[8, 128]),
+        k(
+            format!("{p}transformer_blocks.0.attn1.to_q.weight"),
+            &[8, 8],
+        ),
+        k(
+            format!("{p}transformer_blocks.0.ff.net.0.proj.weight"),
+            &[8, 8],
+        ),
+        k(
+            format!("{p}transformer_blocks.0.audio_ff.net.0.proj.weight"),
+            &[8, 8],
+        ),
+        k(format!("{p}transformer_blocks.0.audio_ff.net.2.bias"), &[8]),
+    ];
+    if !bias_25 {
+        v.push(k(format!("{p}transformer_blocks.0.ff.net.2.bias"), &[8]));
+    }
+    v
+}
+
 /// MiniMax H3's remote-code transformer layout (Comfy-Org's single files).
 pub fn minimax_h3_keys() -> Keys {
     vec![
@@ -3421,6 +3451,23 @@ pub fn parity_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
         "lycoris",
         None,
     );
+    add(
+        Spec::safetensors(p("ltx-2.5-22b-dev.safetensors"), ltx2_keys(true))
+            .metadata(json!({"model_version": "2.5.0"})),
+        "LTX-2.5 transformer (header version)",
+        "main",
+        "ltx-2",
+        "checkpoint",
+        Some("ltx2_dev"),
+    );
+    add(
+        Spec::safetensors(p("ltx-2.5-22b-distilled-int8.safetensors"), ltx2_keys(true)),
+        "LTX-2.5 distilled transformer (structure, name)",
+        "main",
+        "ltx-2",
+        "checkpoint",
+        Some("ltx2_distilled"),
+    );
     let omi = |arch: &str| {
         json!({"modelspec.sai_model_spec": "1.0.0", "ot_branch": "omi_format",
                "modelspec.architecture": arch, "modelspec.title": "style"})
@@ -3475,15 +3522,17 @@ pub fn parity_unknown(root: &Path) -> Vec<(&'static str, PathBuf, &'static str)>
             p("wan2.1_t2v_1.3B_fp16.safetensors"),
             wan_keys("", 1536, 16, true),
         ),
+        Spec::safetensors(p("ltx-2-19b-dev.safetensors"), ltx2_keys(false)),
         zip_spec(p("t2iadapter_canny_sd15v2.pth"), t2i_adapter_keys(), 2, &[]),
     ];
     pyfix::write(&specs);
     vec![
         ("UMT5 encoder file", specs[0].path.clone(), "T5 encoder"),
         ("Wan 2.1 1.3B", specs[1].path.clone(), "Wan-family"),
+        ("LTX-2.0 transformer", specs[2].path.clone(), "LTX-2"),
         (
             "single-file T2I-Adapter",
-            specs[2].path.clone(),
+            specs[3].path.clone(),
             "T2I-Adapter",
         ),
     ]
