@@ -1671,7 +1671,12 @@ fn main_krea2(sd: &StateDict, container: Container) -> Option<Finding> {
     };
     let fusion = find(&["text_fusion", "txtfusion", "time_mod_proj"])?;
     let image = find(&["img_in", "first", "tproj"])?;
-    if has_lora_suffix(sd) || any_key(sd, |k| k.ends_with(".alpha")).is_some() {
+    if has_lora_suffix(sd)
+        || any_key(sd, |k| {
+            k.rsplit_once('.').is_some_and(|(_, last)| last == "alpha")
+        })
+        .is_some()
+    {
         return None;
     }
     let mut f = Finding::new(T::Main, B::Krea2, container_format(container));
