@@ -300,6 +300,8 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         Some(B::Wan)
     } else if is("Ideogram4") {
         Some(B::Ideogram4)
+    } else if is("ErnieImage") {
+        Some(B::ErnieImage)
     } else {
         None
     };
@@ -413,7 +415,7 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
             f.evidence.push(format!("`{class}` → {v}"));
             f.variant = Some(v.into());
         }
-        B::Flux2 | B::CogView4 | B::Anima | B::Ideogram4 => {}
+        B::Flux2 | B::CogView4 | B::Anima | B::Ideogram4 | B::ErnieImage => {}
         _ if f.variant.is_none() => f.variant = Some(V::Normal.into()),
         _ => {}
     }

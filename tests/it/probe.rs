@@ -846,7 +846,9 @@ fn newer_families_are_identified() {
 fn invokeai_parity_files_are_identified() {
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
-    for (c, variant) in fx::parity_corpus(dir.path()) {
+    let cases = fx::parity_corpus(dir.path());
+    assert!(cases.len() >= 26, "{} cases", cases.len());
+    for (c, variant) in cases {
         match probe(&c.path) {
             Ok(r) => {
                 let got = (
@@ -879,7 +881,9 @@ fn invokeai_parity_files_are_identified() {
 fn invokeai_parity_folders_are_identified() {
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
-    for (name, path, t, base, format, variant) in fx::parity_folders(dir.path()) {
+    let folders = fx::parity_folders(dir.path());
+    assert!(folders.len() >= 18, "{} folders", folders.len());
+    for (name, path, t, base, format, variant) in folders {
         match probe(&path) {
             Ok(r) => {
                 let got = (

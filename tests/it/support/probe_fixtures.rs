@@ -3808,6 +3808,13 @@ pub fn parity_folders(root: &Path) -> Vec<ParityFolder> {
             None,
         ),
         (
+            "ERNIE-Image pipeline",
+            "ERNIE-Image",
+            "ErnieImagePipeline",
+            "ernie-image",
+            None,
+        ),
+        (
             "Qwen-Image-Edit pipeline",
             "Qwen-Image-Edit-2509",
             "QwenImageEditPlusPipeline",
