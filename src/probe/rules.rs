@@ -455,13 +455,25 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     }
     // Krea-2's text-fusion stage, or the gated attention of its single-stream blocks (InvokeAI's
     // `_has_krea2_lora_keys`), before the Qwen-Image test below, which its blocks would pass.
-    if let Some(k) = any_key(sd, |k| {
-        k.contains("text_fusion") || k.contains("txtfusion") || k.contains("time_mod_proj")
-    })
-    .or_else(|| {
-        any_key(sd, |k| k.contains(".attn.gate."))
-            .and_then(|_| any_key(sd, |k| k.contains(".attn.wq.")))
-    }) {
+    // Only files with transformer-style names are scanned (a kohya SD LoRA is not).
+    let maybe_krea2 = [
+        "transformer",
+        "text_fusion",
+        "txtfusion",
+        "diffusion_model.",
+        "lora_transformer_",
+    ]
+    .iter()
+    .any(|p| has_prefix(sd, p));
+    if maybe_krea2
+        && let Some(k) = any_key(sd, |k| {
+            k.contains("text_fusion") || k.contains("txtfusion") || k.contains("time_mod_proj")
+        })
+        .or_else(|| {
+            any_key(sd, |k| k.contains(".attn.gate."))
+                .and_then(|_| any_key(sd, |k| k.contains(".attn.wq.")))
+        })
+    {
         f.base = B::Krea2;
         f.evidence.push(format!(
             "key `{k}`: Krea-2 text fusion / gated attention → krea-2"
