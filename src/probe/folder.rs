@@ -432,6 +432,10 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                     f.prediction_type = Some(p);
                     f.evidence.push(format!("scheduler prediction_type `{p}`"));
                 }
+                // Flow-matching schedulers (Wan's `flow_prediction`) name no SD prediction type.
+                Err(_) if p.starts_with("flow") => f.evidence.push(format!(
+                    "scheduler prediction_type `{p}`: flow matching, not recorded"
+                )),
                 Err(e) => f.evidence.push(format!("scheduler: {e}")),
             },
             None if matches!(

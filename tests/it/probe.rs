@@ -899,6 +899,9 @@ fn invokeai_parity_folders_are_identified() {
                         r.evidence
                     ));
                 }
+                if let Some(e) = r.evidence.iter().find(|e| e.contains("invalid")) {
+                    failures.push(format!("{name}: evidence reports an error: {e}"));
+                }
                 let mut raw = r.to_raw_config();
                 raw.path = Some(path.display().to_string());
                 raw.hash = Some("blake3:00".into());

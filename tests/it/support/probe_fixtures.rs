@@ -3792,6 +3792,11 @@ pub fn parity_folders(root: &Path) -> Vec<ParityFolder> {
             &d.join("vae").join("config.json"),
             &json!({"_class_name": "AutoencoderKLWan", "z_dim": z_dim}),
         );
+        write_json(
+            &d.join("scheduler").join("scheduler_config.json"),
+            &json!({"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction",
+                    "use_flow_sigmas": true, "flow_shift": 5.0}),
+        );
         specs.push(weights(
             &d.join("transformer"),
             "diffusion_pytorch_model.safetensors",
