@@ -129,9 +129,12 @@ impl Reporter for LogReporter {
                 name,
                 action,
                 error,
+                causes,
+                ..
             } => tracing::warn!(
-                "{name}: {} failed: {error}",
-                super::reconcile::action_name(*action)
+                "{name}: {} failed: {}",
+                super::reconcile::action_name(*action),
+                super::output::one_line(error, causes)
             ),
             ReconcileEvent::Warning { name, message } => tracing::warn!("{name}: {message}"),
             ReconcileEvent::LockWritten { path, .. } => {

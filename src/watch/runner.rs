@@ -10,13 +10,13 @@ use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout_at};
 
-use super::backoff::Jitter;
 use super::cancel::{CancelSource, CancelToken};
 use super::fswatch::{ManifestWatch, content_hash};
 use super::metrics::{ReloadResult, RunResult};
 use super::server;
 use super::state::{EntryState, Shared, WatchState};
 use super::{Converger, EntryError, EntryOutcome, EntrySpec, WatchConfig, WatchError};
+use crate::retry::Jitter;
 
 /// Time the HTTP server gets to finish in-flight requests at shutdown, and time aborted
 /// reconciles get to unwind.
@@ -365,7 +365,7 @@ impl<C: Converger> Runner<C> {
                     Ok(()) => st.sweep.last_success = Some(SystemTime::now()),
                     Err(e) => {
                         tracing::warn!("sweep failed: {e}");
-                        st.sweep.last_error = Some(e.message);
+                        st.sweep.last_error = Some(e.failure.message);
                         st.sweep.last_error_at = Some(SystemTime::now());
                     }
                 }
@@ -566,7 +566,7 @@ fn record_entry(
             }
             match preload {
                 Some(Err(pe)) => Verdict::Failure(EntryError {
-                    message: format!("preload: {}", pe.message),
+                    failure: pe.failure.clone().context("preload failed"),
                     ..pe
                 }),
                 Some(Ok(())) => {
@@ -590,21 +590,20 @@ fn record_entry(
             e.next_retry = requeue_after.map(|d| now + d);
         }
         Verdict::Failure(err) if run_result == RunResult::Cancelled => {
-            e.last_error = Some(format!("interrupted by shutdown: {}", err.message));
+            e.last_error = Some(err.failure.context("interrupted by shutdown"));
             e.last_error_at = Some(wall);
         }
         Verdict::Failure(err) => {
-            tracing::warn!("entry {}: {}", r.name, err.message);
-            e.last_error = Some(err.message);
-            e.last_error_at = Some(wall);
+            tracing::warn!("entry {}: {:#}", r.name, err.failure);
             if !stale {
                 e.failures = e.failures.saturating_add(1);
-                let mut delay = config.backoff.delay(e.failures, jitter_unit);
-                if let Some(min) = err.retry_after {
-                    delay = delay.max(min);
-                }
+                let delay = config
+                    .backoff
+                    .wait(e.failures, jitter_unit, err.failure.retry_after);
                 e.next_retry = Some(now + delay);
             }
+            e.last_error = Some(err.failure);
+            e.last_error_at = Some(wall);
         }
     }
     if (e.rerun || stale) && !r.cancelled {

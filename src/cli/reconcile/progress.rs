@@ -121,6 +121,7 @@ impl ApplyUi {
                 name,
                 action,
                 error,
+                ..
             } => {
                 self.println(&format!(
                     "✗ {name}: {} failed: {error}",
