@@ -192,11 +192,13 @@ impl Failure {
     }
 
     /// The failure of a typed error: its message, its causes, its class.
-    pub fn from_error<E: Classify + ?Sized>(e: &E) -> Self {
+    pub fn from_error<E: Classify + 'static>(e: &E) -> Self {
         let c = e.classify();
+        let mut causes = messages(e);
+        let message = causes.remove(0);
         Self {
-            message: e.to_string(),
-            causes: causes(e.source()),
+            message,
+            causes,
             kind: c.kind,
             http_status: c.http_status,
             retry_after: c.retry_after,
@@ -231,12 +233,19 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The messages of `e` and its causes, outermost first.
-pub fn causes(mut e: Option<&(dyn std::error::Error + 'static)>) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(c) = e {
-        out.push(c.to_string());
-        e = c.source();
+/// The messages of `e` and of its causes, outermost first: what the one renderer (`cli`) prints
+/// as `error:` and `caused by:` lines. A cause whose text the message before it already ends
+/// with is left out: some foreign errors (`rusqlite_migration`, `std::io` wrappers) print
+/// their source in their own message too.
+pub fn messages(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if out.last().is_none_or(|last| !last.ends_with(&m)) {
+            out.push(m);
+        }
+        cur = c.source();
     }
     out
 }
@@ -462,6 +471,16 @@ mod tests {
         assert_eq!(s.failures(), 3);
         s.reset();
         assert!(s.next_delay(None).is_some());
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("migrating failed: disk is full")]
+    struct Loud(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_its_message_already_ends_with_is_said_once() {
+        let e = Loud(std::io::Error::other("disk is full"));
+        assert_eq!(messages(&e), ["migrating failed: disk is full"]);
     }
 
     #[test]

@@ -47,9 +47,10 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// Prints an error with its causes (`error: …` / `  caused by: …`), or as JSON with `-o json`
 /// (`{"error": …, "causes": […]}`).
 pub fn print_error(ctx: &Context, e: &anyhow::Error) {
-    let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+    let mut causes = crate::retry::messages(e.as_ref());
+    let message = causes.remove(0);
     if ctx.output == OutputFormat::Json {
-        let doc = serde_json::json!({"error": e.to_string(), "causes": causes});
+        let doc = serde_json::json!({"error": message, "causes": causes});
         eprintln!("{doc}");
         return;
     }
@@ -60,7 +61,7 @@ pub fn print_error(ctx: &Context, e: &anyhow::Error) {
     };
     let _ = write_chain(
         &mut std::io::stderr().lock(),
-        &format!("{prefix}: {e}"),
+        &format!("{prefix}: {message}"),
         &causes,
         "  ",
     );

@@ -233,7 +233,8 @@ pub struct HubOptions {
     /// Retries after a 429, 408, 5xx (not 501/505) or a failed connection (then the error is
     /// returned).
     pub max_retries: u32,
-    /// Longest wait honoured from a `Retry-After`.
+    /// Longest wait between two attempts (backoff or `Retry-After`). A 429 asking for longer
+    /// ends the retries at once: [`HubError::RateLimited`] carries the server's wait.
     pub max_retry_wait: Duration,
     /// First backoff after a 5xx (doubles each time).
     pub retry_base_delay: Duration,
@@ -838,7 +839,13 @@ impl HubClient {
             }
             let retry_after = header_str(resp.headers(), "retry-after")
                 .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()));
-            let Some(wait) = retry.next_delay(retry_after) else {
+            // A Hub that asks for a longer pause than we wait inline gets it: the call fails
+            // now with the server's wait, which watch's backoff honours, instead of asking
+            // again early and again.
+            let too_long = status == StatusCode::TOO_MANY_REQUESTS
+                && retry_after.is_some_and(|d| d > self.opts.max_retry_wait);
+            let next = retry.next_delay(retry_after).filter(|_| !too_long);
+            let Some(wait) = next else {
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     return Err(HubError::RateLimited {
                         url: show(url),

@@ -65,8 +65,8 @@ const CANCEL_POLL: Duration = Duration::from_millis(100);
 /// Why the services could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvergeError {
-    /// The record store could not be opened.
-    #[error("opening the record store {}", path.display())]
+    /// The record store could not be opened (the cause names the file).
+    #[error("opening the record store")]
     Store {
         /// The database file.
         path: PathBuf,

@@ -6,6 +6,7 @@ mod apply;
 mod cli_records;
 mod deploy;
 mod diff;
+mod errors;
 mod download;
 mod faults;
 mod hash;

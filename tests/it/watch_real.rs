@@ -506,7 +506,11 @@ impl GatePreloader {
 }
 
 impl modelsync::reconcile::Preloader for GatePreloader {
-    fn preload(&self, entry: &str, record: &modelsync::AnyModelConfig) -> Result<String, String> {
+    fn preload(
+        &self,
+        entry: &str,
+        record: &modelsync::AnyModelConfig,
+    ) -> Result<String, modelsync::retry::Failure> {
         self.calls
             .lock()
             .expect("calls")
@@ -519,7 +523,10 @@ impl modelsync::reconcile::Preloader for GatePreloader {
         if *open {
             Ok("loaded".into())
         } else {
-            Err("gate never opened".into())
+            Err(modelsync::retry::Failure::new(
+                modelsync::retry::FailureKind::Other,
+                "gate never opened",
+            ))
         }
     }
 }
