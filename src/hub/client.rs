@@ -119,7 +119,11 @@ pub enum HubError {
         message: String,
     },
     /// 429 after every retry.
-    #[error("rate limited by {url} (HTTP 429) after {attempts} attempts{}", wait_hint(*retry_after))]
+    #[error(
+        "rate limited by {url} (HTTP 429) after {attempts} attempt{}{}",
+        if *attempts == 1 { "" } else { "s" },
+        wait_hint(*retry_after)
+    )]
     RateLimited {
         /// The URL (no query).
         url: String,

@@ -347,6 +347,7 @@ pub async fn apply(
         locked_preflight(manifest, &the_plan, &lock, cx).await?;
     }
     let mut warnings = Vec::new();
+    let mut unresolvable_kinds = BTreeMap::new();
     let unknown: Vec<&ModelEntry> = the_plan
         .changes()
         .filter(|a| a.fetch_bytes.is_none())
@@ -357,6 +358,7 @@ pub async fn apply(
         // An entry that names nothing fails on its own (an error row); the others go on.
         for w in w {
             if w.unresolvable {
+                unresolvable_kinds.insert(w.name.clone(), w.kind);
                 popts.unresolvable.insert(w.name, w.message);
             } else {
                 warnings.push(w);
@@ -421,11 +423,16 @@ pub async fn apply(
     }
     results.sort_by_key(|(i, _)| *i);
     let mut results: Vec<ActionResult> = results.into_iter().map(|(_, r)| r).collect();
+    // Error rows of the plan carry text; their kind is known here.
     for r in &mut results {
         if let Some(f) = &mut r.error
-            && did_not_fit.contains(&r.name)
+            && r.action == ActionKind::Error
         {
-            f.kind = FailureKind::DiskFull;
+            if did_not_fit.contains(&r.name) {
+                f.kind = FailureKind::DiskFull;
+            } else if let Some(k) = unresolvable_kinds.get(&r.name) {
+                f.kind = *k;
+            }
         }
     }
 

@@ -256,7 +256,10 @@ async fn a_stall_gives_up_with_the_stall_as_the_cause() {
     )
     .unwrap();
     let job = q
-        .submit_download_job(DownloadJob::new(srv.url("/h.bin"), dir.path().join("s")), true)
+        .submit_download_job(
+            DownloadJob::new(srv.url("/h.bin"), dir.path().join("s")),
+            true,
+        )
         .unwrap();
     let job = q
         .wait_for_job(job.id, Some(Duration::from_mins(1)))
@@ -268,6 +271,9 @@ async fn a_stall_gives_up_with_the_stall_as_the_cause() {
         f.chain()
             .map(|m| m.replace(&srv.url(""), "SRV"))
             .collect::<Vec<_>>(),
-        ["gave up after 2 attempts", "SRV/h.bin: no data received for 200ms"]
+        [
+            "gave up after 2 attempts",
+            "SRV/h.bin: no data received for 200ms"
+        ]
     );
 }
