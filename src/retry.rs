@@ -174,6 +174,10 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
 }
 
+#[allow(
+    clippy::ref_option,
+    reason = "serde's serialize_with hands the field by reference"
+)]
 fn secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_f64(d.as_secs_f64()),
@@ -248,6 +252,12 @@ pub fn messages(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
         cur = c.source();
     }
     out
+}
+
+/// An error and its causes on one line (`a: b: c`), for the few places that must keep an
+/// error as one string: a list of problems, a result shared by several waiters.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    messages(e).join(": ")
 }
 
 /// The backoff after `failures` consecutive failures (1 = the first): `base` doubling per
@@ -399,17 +409,17 @@ mod tests {
 
     #[test]
     fn jitter_stays_in_band() {
-        let (b, m) = (Duration::from_secs(2), Duration::from_mins(1));
-        assert_eq!(delay(b, m, 0.5, 3, 0.0), Duration::from_secs(8));
-        assert_eq!(delay(b, m, 0.5, 3, 1.0), Duration::from_secs(4));
-        let mut j = Jitter::seeded(42);
-        let first = j.next_unit();
-        assert!((first - j.next_unit()).abs() > f64::EPSILON);
+        let (base, max) = (Duration::from_secs(2), Duration::from_mins(1));
+        assert_eq!(delay(base, max, 0.5, 3, 0.0), Duration::from_secs(8));
+        assert_eq!(delay(base, max, 0.5, 3, 1.0), Duration::from_secs(4));
+        let mut jitter = Jitter::seeded(42);
+        let first = jitter.next_unit();
+        assert!((first - jitter.next_unit()).abs() > f64::EPSILON);
         for _ in 0..1000 {
-            let u = j.next_unit();
-            assert!((0.0..1.0).contains(&u));
-            let d = delay(b, m, 0.5, 10, u);
-            assert!(d >= Duration::from_secs(30) && d <= m, "{d:?}");
+            let unit = jitter.next_unit();
+            assert!((0.0..1.0).contains(&unit));
+            let wait = delay(base, max, 0.5, 10, unit);
+            assert!(wait >= Duration::from_secs(30) && wait <= max, "{wait:?}");
         }
     }
 
@@ -434,7 +444,7 @@ mod tests {
         let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
         assert_eq!(
             parse_retry_after(" 120 ", now),
-            Some(Duration::from_secs(120))
+            Some(Duration::from_mins(2))
         );
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),

@@ -34,7 +34,7 @@ pub struct ScanGate;
 
 impl super::PickleGate for ScanGate {
     fn check(&self, path: &Path) -> Result<(), String> {
-        let report = scan_path(path).map_err(|e| e.to_string())?;
+        let report = scan_path(path).map_err(|e| crate::retry::one_line(&e))?;
         match report.verdict {
             ScanVerdict::Clean => Ok(()),
             verdict => {

@@ -45,7 +45,7 @@ type Joined = Result<(Id, Done), JoinError>;
 
 enum Wake {
     Shutdown,
-    Joined(Joined),
+    Joined(Box<Joined>),
     FileEvent,
     Tick,
     RetryDue,
@@ -134,14 +134,14 @@ impl<C: Converger> Runner<C> {
             let wake = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Wake::Shutdown,
-                Some(j) = self.tasks.join_next_with_id(), if has_tasks => Wake::Joined(j),
+                Some(j) = self.tasks.join_next_with_id(), if has_tasks => Wake::Joined(Box::new(j)),
                 Some(()) = self.fs_rx.recv() => Wake::FileEvent,
                 _ = interval.tick() => Wake::Tick,
                 () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => Wake::RetryDue,
             };
             match wake {
                 Wake::Shutdown => break,
-                Wake::Joined(j) => self.finish(j),
+                Wake::Joined(j) => self.finish(*j),
                 Wake::FileEvent => {
                     // One re-read covers every burst already queued.
                     while self.fs_rx.try_recv().is_ok() {}
