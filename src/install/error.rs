@@ -73,8 +73,8 @@ pub enum InstallError {
         /// Bytes available.
         available: u64,
     },
-    /// The probe could not identify the model.
-    #[error("probing {path}")]
+    /// The probe could not identify the model (the cause names the file).
+    #[error("probing failed")]
     Probe {
         /// The model path.
         path: PathBuf,
@@ -116,8 +116,8 @@ pub enum InstallError {
         /// The imports outside the allow-list and the scan's problems.
         globals: String,
     },
-    /// Hashing failed.
-    #[error("hashing {path}")]
+    /// Hashing failed (the cause names the file).
+    #[error("hashing failed")]
     Hash {
         /// The model path.
         path: PathBuf,

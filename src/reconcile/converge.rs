@@ -595,10 +595,7 @@ impl Converger for ManifestConverger {
 }
 
 fn action_str(kind: ActionKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    kind.as_str().to_owned()
 }
 
 fn is_leftover(kind: ActionKind) -> bool {

@@ -1225,7 +1225,7 @@ async fn lying_weight_files_are_never_registered() {
         .set_len(len - 100)
         .unwrap();
     let job = env.import(g.to_str().unwrap(), no_config()).await;
-    let msg = job.error.unwrap_or_default();
+    let msg = crate::support::job_error(&job);
     assert!(
         msg.contains("cut.gguf") && msg.contains("img_in.weight") && msg.contains("past the end"),
         "{msg}"
@@ -1244,7 +1244,7 @@ async fn lying_weight_files_are_never_registered() {
             cfg(json!({"type": "lora", "base": "sd-1"})),
         )
         .await;
-    let msg = job.error.unwrap_or_default();
+    let msg = crate::support::job_error(&job);
     assert!(msg.contains("b.safetensors"), "{msg}");
     assert!(env.promoted().is_empty());
     assert!(env.store().all_models().unwrap().is_empty());
