@@ -220,6 +220,7 @@ pub(crate) fn promote(
         commit: staged.commit.clone(),
         files: installed,
         downloaded_bytes: staged.downloaded,
+        existing: false,
         warnings,
     })
 }
@@ -289,7 +290,7 @@ fn check_probe(
     Ok(warnings)
 }
 
-fn check_expected_hash(
+pub(super) fn check_expected_hash(
     path: &Path,
     expected: &str,
     algo: HashAlgorithm,
@@ -386,7 +387,7 @@ pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn fingerprints(
+pub(super) fn fingerprints(
     path: &Path,
     staged: &Staged,
     opts: &InstallOptions,
