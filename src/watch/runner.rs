@@ -611,3 +611,63 @@ fn record_entry(
         request(e, queue, now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::{Failure, FailureKind};
+
+    fn spec(name: &str) -> EntrySpec {
+        EntrySpec {
+            name: name.to_owned(),
+            preload: false,
+            spec_hash: "h".to_owned(),
+        }
+    }
+
+    fn failed(name: &str, retry_after: Option<Duration>) -> EntryResult {
+        EntryResult {
+            name: name.to_owned(),
+            spec_gen: 0,
+            result: Err(EntryError::from(Failure {
+                retry_after,
+                ..Failure::new(FailureKind::RateLimited, "rate limited")
+            })),
+            preload: None,
+            took: Duration::ZERO,
+            cancelled: false,
+        }
+    }
+
+    /// On tokio's paused clock: the next attempt is due at the server's `Retry-After` when it
+    /// is longer than the backoff, at the backoff otherwise, and never later than `max`.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_attempt_is_due_at_the_retry_after_capped() {
+        let mut config = WatchConfig::new("/m/models.yaml");
+        config.backoff = super::super::BackoffConfig {
+            base: Duration::from_secs(2),
+            max: Duration::from_mins(30),
+            jitter: 0.0,
+        };
+        let mut st = WatchState::new("/m/models.yaml".into());
+        apply_entries(&mut st, vec![spec("a"), spec("b"), spec("c")]);
+        let mut queue = VecDeque::new();
+        let now = Instant::now();
+        for (name, ra) in [
+            ("a", Some(Duration::from_mins(5))),
+            ("b", None),
+            ("c", Some(Duration::from_hours(3))),
+        ] {
+            st.entries.get_mut(name).unwrap().running = true;
+            record_entry(&mut st, &mut queue, &config, 0.5, failed(name, ra));
+        }
+        let due = |n: &str| st.entries[n].next_retry.map(|t| t - now);
+        assert_eq!(due("a"), Some(Duration::from_mins(5)));
+        assert_eq!(due("b"), Some(Duration::from_secs(2)));
+        assert_eq!(due("c"), Some(Duration::from_mins(30)));
+        assert_eq!(
+            st.entries["a"].last_error.as_ref().map(|f| f.kind),
+            Some(FailureKind::RateLimited)
+        );
+    }
+}
