@@ -79,7 +79,7 @@ pub enum HashError {
     #[error("{0}: no such file or folder")]
     NotFound(PathBuf),
     /// Reading failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

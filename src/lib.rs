@@ -18,6 +18,7 @@ pub mod manager;
 pub mod manifest;
 pub mod probe;
 pub mod reconcile;
+pub mod retry;
 pub mod scan;
 pub mod store;
 pub mod taxonomy;

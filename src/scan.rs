@@ -147,7 +147,7 @@ pub enum ScanError {
     #[error("{0}: no such file or folder")]
     NotFound(PathBuf),
     /// Reading failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

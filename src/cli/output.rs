@@ -44,11 +44,13 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Prints an error with its causes (`error: …` / `  caused by: …`), or as JSON with `-o json`.
+/// Prints an error with its causes (`error: …` / `  caused by: …`), or as JSON with `-o json`
+/// (`{"error": …, "causes": […]}`).
 pub fn print_error(ctx: &Context, e: &anyhow::Error) {
+    let mut causes = crate::retry::messages(e.as_ref());
+    let message = causes.remove(0);
     if ctx.output == OutputFormat::Json {
-        let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
-        let doc = serde_json::json!({"error": e.to_string(), "causes": causes});
+        let doc = serde_json::json!({"error": message, "causes": causes});
         eprintln!("{doc}");
         return;
     }
@@ -57,10 +59,38 @@ pub fn print_error(ctx: &Context, e: &anyhow::Error) {
     } else {
         "error"
     };
-    eprintln!("{prefix}: {e}");
-    for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+    let _ = write_chain(
+        &mut std::io::stderr().lock(),
+        &format!("{prefix}: {message}"),
+        &causes,
+        "  ",
+    );
+}
+
+/// The one way an error chain becomes text: `head` on its line, then one
+/// `{indent}caused by: …` line per cause, outermost first. Each message of the chain says its
+/// own part once, so nothing is repeated.
+pub fn write_chain(
+    out: &mut dyn std::io::Write,
+    head: &str,
+    causes: &[String],
+    indent: &str,
+) -> std::io::Result<()> {
+    writeln!(out, "{head}")?;
+    for cause in causes {
+        writeln!(out, "{indent}caused by: {cause}")?;
     }
+    Ok(())
+}
+
+/// A chain on one line, for log lines: its messages `: `-joined.
+pub fn one_line(message: &str, causes: &[String]) -> String {
+    let mut line = message.to_owned();
+    for c in causes {
+        line.push_str(": ");
+        line.push_str(c);
+    }
+    line
 }
 
 /// Writes `rows` as left-aligned columns under `headers`, two spaces apart. The last column is

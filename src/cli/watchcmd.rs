@@ -72,7 +72,7 @@ pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
             humantime::format_duration(config.interval)
         );
     }
-    crate::watch::block_on_watch(config, Arc::new(converger)).context("watch")?;
+    crate::watch::block_on_watch(config, Arc::new(converger))?;
     if !ctx.quiet {
         eprintln!("modelsync watch: stopped");
     }
@@ -129,9 +129,12 @@ impl Reporter for LogReporter {
                 name,
                 action,
                 error,
+                causes,
+                ..
             } => tracing::warn!(
-                "{name}: {} failed: {error}",
-                super::reconcile::action_name(*action)
+                "{name}: {} failed: {}",
+                super::reconcile::action_name(*action),
+                super::output::one_line(error, causes)
             ),
             ReconcileEvent::Warning { name, message } => tracing::warn!("{name}: {message}"),
             ReconcileEvent::LockWritten { path, .. } => {
@@ -162,7 +165,7 @@ fn watch_config(
     config.listen = listen.parse::<SocketAddr>().with_context(|| {
         format!("--listen `{listen}`: expected IP:PORT, for example 127.0.0.1:9090 or 0.0.0.0:9090")
     })?;
-    config.validate().context("watch settings")?;
+    config.validate()?;
     Ok(config)
 }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::retry::{Class, Classify, FailureKind};
 use crate::units::HumanBytes;
 
 use super::job::{DownloadJobStatus, JobId};
@@ -53,12 +54,13 @@ pub enum DownloadError {
         retry_after: Option<Duration>,
     },
     /// The connection failed or broke mid-body.
-    #[error("{url}: connection failed: {cause}")]
+    #[error("{url}: connection failed")]
     Connection {
         /// The URL (redacted).
         url: String,
-        /// The transport error and its causes.
-        cause: String,
+        /// The transport error (its URL removed).
+        #[source]
+        source: reqwest::Error,
     },
     /// No bytes arrived for the stall timeout.
     #[error("{url}: no data received for {timeout:?}")]
@@ -109,8 +111,8 @@ pub enum DownloadError {
         /// Bytes received.
         got: u64,
     },
-    /// Every attempt failed.
-    #[error("{url}: gave up after {attempts} attempts: {last}")]
+    /// Every attempt failed; the last one's error is the cause (it names the URL).
+    #[error("gave up after {attempts} attempts")]
     RetriesExhausted {
         /// The URL (redacted).
         url: String,
@@ -205,7 +207,7 @@ pub enum DownloadError {
         what: String,
     },
     /// A local file operation failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What we were doing.
         op: &'static str,
@@ -218,34 +220,19 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
-    /// Whether another attempt may succeed: connection problems, stalls, missing responses,
-    /// truncated bodies, 5xx, 408 and 429.
+    /// Whether another attempt may succeed (see [`FailureKind::is_retryable`]).
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Connection { .. }
-            | Self::Stalled { .. }
-            | Self::NoResponse { .. }
-            | Self::Truncated { .. } => true,
-            Self::HttpStatus { status, .. } => *status >= 500 || *status == 429 || *status == 408,
-            _ => false,
-        }
+        self.classify().kind.is_retryable()
     }
 
     /// The server's `Retry-After`, when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::HttpStatus { retry_after, .. } => *retry_after,
-            _ => None,
-        }
+        self.classify().retry_after
     }
 
     /// The HTTP status behind this error, if any (looking through retries).
     pub fn http_status(&self) -> Option<u16> {
-        match self {
-            Self::HttpStatus { status, .. } => Some(*status),
-            Self::RetriesExhausted { last, .. } => last.http_status(),
-            _ => None,
-        }
+        self.classify().http_status
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -253,6 +240,38 @@ impl DownloadError {
             op,
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl Classify for DownloadError {
+    fn classify(&self) -> Class {
+        match self {
+            Self::HttpStatus {
+                status,
+                retry_after,
+                ..
+            } => Class::status(*status, *retry_after),
+            Self::RetriesExhausted { last, .. } => last.classify(),
+            Self::Connection { .. } => Class::of(FailureKind::Connection),
+            Self::Stalled { .. } => Class::of(FailureKind::Stalled),
+            Self::NoResponse { .. } | Self::FileTimeout { .. } | Self::Timeout { .. } => {
+                Class::of(FailureKind::Timeout)
+            }
+            Self::Truncated { .. } => Class::of(FailureKind::Truncated),
+            Self::UnverifiedLength { .. }
+            | Self::HtmlInsteadOfFile { .. }
+            | Self::SizeMismatch { .. }
+            | Self::HashMismatch { .. } => Class::of(FailureKind::Integrity),
+            Self::Protocol { .. } | Self::Redirect { .. } => Class::of(FailureKind::Http),
+            Self::InsufficientSpace { .. } => Class::of(FailureKind::DiskFull),
+            Self::Io { source, .. } => Class::of(FailureKind::of_io(source)),
+            Self::InvalidUrl { .. } | Self::UnsafeFileName { .. } => {
+                Class::of(FailureKind::Invalid)
+            }
+            Self::UnknownJobId(_) | Self::InvalidState { .. } | Self::Setup { .. } => {
+                Class::of(FailureKind::Other)
+            }
         }
     }
 }

@@ -9,7 +9,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Response, Url};
@@ -18,8 +17,9 @@ use sha1::Digest as _;
 use super::error::DownloadError;
 use super::job::AccessToken;
 use super::names::{content_disposition_filename, redact_url, sanitize_file_name, url_file_name};
-use super::queue::{DownloadQueueConfig, RetryPolicy};
+use super::queue::DownloadQueueConfig;
 use super::state::{RangedState, part_path, state_path};
+use crate::retry::{RetryPolicy, RetryState, parse_retry_after};
 
 const MAX_REDIRECTS: usize = 10;
 /// Bytes buffered per stream before a write: fewer syscalls, and a pause loses nothing because
@@ -895,25 +895,19 @@ impl Drop for RangeWriter {
     }
 }
 
-/// Counts failed attempts and waits between them.
-pub(crate) struct Attempts<'a> {
-    policy: &'a RetryPolicy,
-    failures: u32,
-}
+/// Counts failed attempts and waits between them ([`RetryState`] over the queue's policy).
+pub(crate) struct Attempts<'a>(RetryState<'a>);
 
 impl<'a> Attempts<'a> {
     pub fn new(policy: &'a RetryPolicy) -> Self {
-        Self {
-            policy,
-            failures: 0,
-        }
+        Self(RetryState::new(policy))
     }
 
     /// Returns the error when it is final; otherwise sleeps (backoff with jitter, or the
-    /// server's Retry-After, capped) and returns Ok for another attempt. An attempt that made
-    /// net progress (the caller decides: more bytes kept than ever before) resets the count, so
-    /// a link that drops every few GB still finishes while a server that breaks at the same
-    /// place every time runs out of attempts.
+    /// server's Retry-After when longer, capped) and returns Ok for another attempt. An attempt
+    /// that made net progress (the caller decides: more bytes kept than ever before) resets the
+    /// count, so a link that drops every few GB still finishes while a server that breaks at
+    /// the same place every time runs out of attempts.
     pub async fn failed(
         &mut self,
         e: DownloadError,
@@ -924,36 +918,19 @@ impl<'a> Attempts<'a> {
             return Err(e);
         }
         if progressed {
-            self.failures = 0;
+            self.0.reset();
         }
-        self.failures += 1;
-        if self.failures >= self.policy.max_attempts {
+        let Some(delay) = self.0.next_delay(e.retry_after()) else {
             return Err(DownloadError::RetriesExhausted {
                 url: url.to_owned(),
-                attempts: self.failures,
+                attempts: self.0.failures(),
                 last: Box::new(e),
             });
-        }
-        let delay = match e.retry_after() {
-            Some(d) => d.min(self.policy.max_retry_after),
-            None => backoff(self.policy, self.failures),
         };
-        tracing::debug!(attempt = self.failures, ?delay, "retrying after: {e}");
+        tracing::debug!(attempt = self.0.failures(), ?delay, "retrying after: {e}");
         tokio::time::sleep(delay).await;
         Ok(())
     }
-}
-
-/// Exponential backoff with "equal jitter": half fixed, half random, capped.
-pub(crate) fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
-    let exp = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
-    let base = policy
-        .initial_backoff
-        .saturating_mul(exp)
-        .min(policy.max_backoff);
-    let half = base / 2;
-    let r = getrandom::u64().unwrap_or(0) % 1000;
-    half + half.mul_f64(r as f64 / 1000.0)
 }
 
 fn status_error(resp: &Response, meta: &Meta) -> DownloadError {
@@ -962,8 +939,7 @@ fn status_error(resp: &Response, meta: &Meta) -> DownloadError {
     let retry_after = h
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let mut message = match status {
         401 if meta.token_sent => {
             "authentication failed: the server rejected the access token".to_owned()
@@ -997,18 +973,10 @@ fn status_error(resp: &Response, meta: &Meta) -> DownloadError {
 }
 
 fn conn_error(url: &Url, e: reqwest::Error) -> DownloadError {
-    // reqwest's messages embed the full URL; drop it and walk the causes ourselves.
-    let e = e.without_url();
-    let mut cause = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        cause.push_str(": ");
-        cause.push_str(&s.to_string());
-        src = s.source();
-    }
+    // reqwest's messages embed the full URL; the redacted one is ours to show.
     DownloadError::Connection {
         url: redact_url(url),
-        cause,
+        source: e.without_url(),
     }
 }
 
@@ -1136,21 +1104,6 @@ mod tests {
         assert_eq!(c.total, None);
         assert!(parse_content_range("items 0-1/2").is_none());
         assert!(parse_content_range("bytes x-1/2").is_none());
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            max_retry_after: Duration::from_mins(1),
-        };
-        for n in 1..10 {
-            let d = backoff(&p, n);
-            let base = Duration::from_millis(100 * 2u64.pow(n - 1)).min(Duration::from_secs(1));
-            assert!(d >= base / 2 && d <= base, "{n}: {d:?}");
-        }
     }
 
     #[test]

@@ -17,36 +17,14 @@ use super::DownloadEvent;
 use super::error::DownloadError;
 use super::http::{self, Fetch, Progress};
 use super::job::{AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, JobId};
+pub use crate::retry::RetryPolicy;
+
 use super::names::{check_caller_file_name, redact_url, redact_url_str};
 
 /// Default [`DownloadQueueConfig::file_timeout`]: a day, long enough for any model on a slow
 /// link, short enough that a server trickling bytes cannot hold a download (and `watch`'s
 /// entry) forever.
 pub const DEFAULT_FILE_TIMEOUT: Duration = Duration::from_hours(24);
-
-/// When and how often to retry.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Failed attempts in a row without net progress before giving up; at least 1.
-    pub max_attempts: u32,
-    /// Wait after the first failure; doubles each time, with jitter.
-    pub initial_backoff: Duration,
-    /// Cap of the exponential wait.
-    pub max_backoff: Duration,
-    /// Cap of a server's `Retry-After`.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 6,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
-            max_retry_after: Duration::from_mins(5),
-        }
-    }
-}
 
 /// Queue settings (the seed's DownloadQueueService arguments and more).
 #[derive(Debug, Clone)]

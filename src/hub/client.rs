@@ -12,6 +12,8 @@ use std::time::Duration;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode, Url};
 
+use crate::retry::{Class, Classify, FailureKind, RetryPolicy, RetryState, parse_retry_after};
+
 use super::info::{ModelInfo, RepoFile, WireError, tree_page_from_wire};
 use super::metadata::HuggingFaceMetadata;
 use super::paths::{UnsafePath, repo_path_to_local, validate_repo_path};
@@ -118,15 +120,17 @@ pub enum HubError {
     },
     /// 429 after every retry.
     #[error(
-        "rate limited by {url} (HTTP 429) after {attempts} attempts; last Retry-After: {retry_after:?} s"
+        "rate limited by {url} (HTTP 429) after {attempts} attempt{}{}",
+        if *attempts == 1 { "" } else { "s" },
+        wait_hint(*retry_after)
     )]
     RateLimited {
         /// The URL (no query).
         url: String,
         /// Attempts made.
         attempts: u32,
-        /// The last `Retry-After`, in seconds.
-        retry_after: Option<u64>,
+        /// The last `Retry-After`.
+        retry_after: Option<Duration>,
     },
     /// Any other HTTP failure.
     #[error("HTTP {status} from {url}: {message}")]
@@ -139,7 +143,7 @@ pub enum HubError {
         message: String,
     },
     /// The connection failed.
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed")]
     Network {
         /// The URL (no query).
         url: String,
@@ -168,8 +172,59 @@ pub enum HubError {
     #[error(transparent)]
     Select(#[from] SelectError),
     /// The HTTP client could not be built.
-    #[error("cannot create the HTTP client: {0}")]
+    #[error("cannot create the HTTP client")]
     Client(#[source] reqwest::Error),
+}
+
+fn wait_hint(retry_after: Option<Duration>) -> String {
+    retry_after.map_or_else(String::new, |d| {
+        format!(
+            "; the server asks to wait {}",
+            humantime::format_duration(d)
+        )
+    })
+}
+
+impl Classify for HubError {
+    fn classify(&self) -> Class {
+        match self {
+            Self::RepoNotFound { status, .. } => Class {
+                kind: FailureKind::NotFound,
+                http_status: Some(*status),
+                retry_after: None,
+            },
+            Self::RevisionNotFound { .. } | Self::EntryNotFound { .. } => Class {
+                kind: FailureKind::NotFound,
+                http_status: Some(404),
+                retry_after: None,
+            },
+            Self::Gated { status, .. } | Self::Unauthorized { status, .. } => {
+                Class::status(*status, None)
+            }
+            Self::RateLimited { retry_after, .. } => Class::status(429, *retry_after),
+            Self::Http { status, .. } => Class::status(*status, None),
+            Self::Network { source, .. } => Class::of(transport_kind(source)),
+            Self::BadResponse { .. } | Self::TooManyRedirects { .. } => {
+                Class::of(FailureKind::Http)
+            }
+            Self::BadEndpoint { .. }
+            | Self::BadRepoId { .. }
+            | Self::UnsafePath(_)
+            | Self::Select(_) => Class::of(FailureKind::Invalid),
+            Self::Offline { .. } | Self::Client(_) => Class::of(FailureKind::Other),
+        }
+    }
+}
+
+/// A refused, reset or timed-out connection passes like a 503; other transport errors do not.
+fn transport_kind(e: &reqwest::Error) -> FailureKind {
+    if e.is_timeout() {
+        FailureKind::Timeout
+    } else if e.is_connect() {
+        FailureKind::Connection
+    } else {
+        FailureKind::Other
+    }
 }
 
 /// The client's settings.
@@ -182,7 +237,8 @@ pub struct HubOptions {
     /// Retries after a 429, 408, 5xx (not 501/505) or a failed connection (then the error is
     /// returned).
     pub max_retries: u32,
-    /// Longest wait honoured from a `Retry-After`.
+    /// Longest wait between two attempts (backoff or `Retry-After`). A 429 asking for longer
+    /// ends the retries at once: [`HubError::RateLimited`] carries the server's wait.
     pub max_retry_wait: Duration,
     /// First backoff after a 5xx (doubles each time).
     pub retry_base_delay: Duration,
@@ -735,18 +791,22 @@ impl HubClient {
         Err(HubError::TooManyRedirects { url: show(&url) })
     }
 
-    /// One request, retried on 429 (after `Retry-After`), 408, 5xx and connection failures
-    /// (with backoff), at most `max_retries` times.
+    /// One request, retried as [`crate::retry`] classifies (connection failures, 408, 429,
+    /// the 5xx that pass) with backoff and `Retry-After`, at most `max_retries` times.
     async fn send_retrying(
         &self,
         method: &Method,
         url: &Url,
         ctx: &Ctx<'_>,
     ) -> Result<reqwest::Response, HubError> {
-        let mut attempt: u32 = 0;
-        let mut backoff = self.opts.retry_base_delay;
+        let policy = RetryPolicy {
+            max_attempts: self.opts.max_retries.saturating_add(1),
+            initial_backoff: self.opts.retry_base_delay,
+            max_backoff: self.opts.max_retry_wait,
+            max_retry_after: self.opts.max_retry_wait,
+        };
+        let mut retry = RetryState::new(&policy);
         loop {
-            attempt += 1;
             let mut req = self
                 .http
                 .request(method.clone(), url.clone())
@@ -763,16 +823,14 @@ impl HubClient {
             }
             let resp = match req.send().await {
                 Ok(r) => r,
-                // A refused, reset or timed-out connection is as passing as a 503.
-                Err(e)
-                    if (e.is_connect() || e.is_timeout()) && attempt <= self.opts.max_retries =>
-                {
-                    tracing::debug!(attempt, "retrying {}: {}", show(url), e.without_url());
-                    tokio::time::sleep(backoff.min(self.opts.max_retry_wait)).await;
-                    backoff = backoff.saturating_mul(2);
-                    continue;
-                }
                 Err(e) => {
+                    if transport_kind(&e).is_retryable()
+                        && let Some(wait) = retry.next_delay(None)
+                    {
+                        tracing::debug!(?wait, "retrying {}: {}", show(url), e.without_url());
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
                     return Err(HubError::Network {
                         url: show(url),
                         source: e.without_url(),
@@ -780,29 +838,27 @@ impl HubClient {
                 }
             };
             let status = resp.status();
-            // What downloads retry: 408, 429 and every 5xx but 501 (Not Implemented) and 505
-            // (HTTP Version Not Supported), which do not pass.
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::REQUEST_TIMEOUT
-                || (status.is_server_error() && !matches!(status.as_u16(), 501 | 505));
-            if !retryable || attempt > self.opts.max_retries {
+            if !FailureKind::of_status(status.as_u16()).is_retryable() {
+                return Ok(resp);
+            }
+            let retry_after = header_str(resp.headers(), "retry-after")
+                .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()));
+            // A Hub that asks for a longer pause than we wait inline gets it: the call fails
+            // now with the server's wait, which watch's backoff honours, instead of asking
+            // again early and again.
+            let too_long = status == StatusCode::TOO_MANY_REQUESTS
+                && retry_after.is_some_and(|d| d > self.opts.max_retry_wait);
+            let next = retry.next_delay(retry_after).filter(|_| !too_long);
+            let Some(wait) = next else {
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     return Err(HubError::RateLimited {
                         url: show(url),
-                        attempts: attempt,
-                        retry_after: retry_after(resp.headers()),
+                        attempts: retry.failures(),
+                        retry_after,
                     });
                 }
                 return Ok(resp);
-            }
-            let wait = if status == StatusCode::TOO_MANY_REQUESTS {
-                retry_after(resp.headers())
-                    .map_or(backoff, Duration::from_secs)
-                    .min(self.opts.max_retry_wait)
-            } else {
-                backoff.min(self.opts.max_retry_wait)
             };
-            backoff = backoff.saturating_mul(2);
             drop(resp);
             tokio::time::sleep(wait).await;
         }
@@ -935,10 +991,6 @@ fn wire_err(url: &Url, e: WireError) -> HubError {
             reason,
         },
     }
-}
-
-fn retry_after(h: &HeaderMap) -> Option<u64> {
-    header_str(h, "retry-after").and_then(|s| s.parse().ok())
 }
 
 /// `{"error": "…"}` or the body's start.

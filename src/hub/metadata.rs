@@ -62,7 +62,7 @@ pub enum AnyModelRepoMetadata {
 
 /// Metadata JSON that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid model metadata JSON: {0}")]
+#[error("invalid model metadata JSON")]
 pub struct MetadataError(#[from] serde_json::Error);
 
 /// Splits `key:value` tags into a dictionary.

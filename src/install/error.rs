@@ -8,6 +8,7 @@ use crate::download::DownloadError;
 use crate::hash::HashError;
 use crate::hub::{HubError, SourceError};
 use crate::probe::ProbeError;
+use crate::retry::{Class, Classify, FailureKind};
 use crate::store::StoreError;
 use crate::units::HumanBytes;
 
@@ -38,8 +39,8 @@ pub enum InstallError {
     /// A local source that does not exist.
     #[error("{0}: no such file or folder")]
     NotFound(PathBuf),
-    /// The Hub refused or failed.
-    #[error("{source_str}: {error}")]
+    /// The Hub refused or failed (the cause names the repository or URL).
+    #[error("Hub request failed")]
     Hub {
         /// The source.
         source_str: String,
@@ -47,8 +48,8 @@ pub enum InstallError {
         #[source]
         error: Box<HubError>,
     },
-    /// A download failed.
-    #[error("{source_str}: download failed: {error}")]
+    /// A download failed (the cause names the URL).
+    #[error("download failed")]
     Download {
         /// The source.
         source_str: String,
@@ -72,8 +73,8 @@ pub enum InstallError {
         /// Bytes available.
         available: u64,
     },
-    /// The probe could not identify the model.
-    #[error("probing {path}: {error}")]
+    /// The probe could not identify the model (the cause names the file).
+    #[error("probing failed")]
     Probe {
         /// The model path.
         path: PathBuf,
@@ -115,8 +116,8 @@ pub enum InstallError {
         /// The imports outside the allow-list and the scan's problems.
         globals: String,
     },
-    /// Hashing failed.
-    #[error("hashing {path}: {error}")]
+    /// Hashing failed (the cause names the file).
+    #[error("hashing failed")]
     Hash {
         /// The model path.
         path: PathBuf,
@@ -146,7 +147,7 @@ pub enum InstallError {
     #[error(transparent)]
     Store(Box<StoreError>),
     /// A file operation failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What we were doing.
         op: &'static str,
@@ -176,16 +177,10 @@ pub enum InstallError {
     /// The service could not be set up.
     #[error("{0}")]
     Setup(String),
-    /// A job ended in error (what [`super::ModelInstallService::install`] returns).
-    #[error("{source_str}: {error}")]
-    JobFailed {
-        /// The source.
-        source_str: String,
-        /// Short error class.
-        error_type: String,
-        /// The full message.
-        error: String,
-    },
+    /// A job ended in error (what [`super::ModelInstallService::install`] returns): the job's
+    /// own error, shared with the job record.
+    #[error(transparent)]
+    JobFailed(Arc<InstallError>),
 }
 
 impl From<StoreError> for InstallError {
@@ -227,22 +222,36 @@ impl InstallError {
             Self::Cancelled(_) => "Cancelled",
             Self::NotRemote(_) => "NotRemote",
             Self::Setup(_) => "SetupError",
-            Self::JobFailed { .. } => "JobFailed",
+            Self::JobFailed(e) => e.error_type(),
         }
     }
+}
 
-    /// The message with every cause, `: `-joined (what a job keeps as `error`).
-    pub fn full_message(&self) -> String {
-        let mut s = self.to_string();
-        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(self);
-        while let Some(e) = cur {
-            let m = e.to_string();
-            if !s.contains(&m) {
-                s.push_str(": ");
-                s.push_str(&m);
-            }
-            cur = e.source();
+impl Classify for InstallError {
+    fn classify(&self) -> Class {
+        match self {
+            Self::Hub { error, .. } => error.classify(),
+            Self::Download { error, .. } => error.classify(),
+            Self::JobFailed(e) => e.classify(),
+            Self::InsufficientSpace { .. } => Class::of(FailureKind::DiskFull),
+            Self::HashMismatch { .. } => Class::of(FailureKind::Integrity),
+            Self::Io { source, .. } => Class::of(FailureKind::of_io(source)),
+            Self::NotFound(_) => Class::of(FailureKind::NotFound),
+            Self::Timeout { .. } => Class::of(FailureKind::Timeout),
+            Self::Cancelled(_) => Class::of(FailureKind::Cancelled),
+            Self::Source(_)
+            | Self::InvalidConfig { .. }
+            | Self::InvalidOption { .. }
+            | Self::UnknownModel { .. }
+            | Self::AmbiguousBase { .. }
+            | Self::DangerousPickle { .. }
+            | Self::TargetExists { .. }
+            | Self::NotRemote(_) => Class::of(FailureKind::Invalid),
+            Self::Probe { .. }
+            | Self::Hash { .. }
+            | Self::Store(_)
+            | Self::UnknownJob(_)
+            | Self::Setup(_) => Class::of(FailureKind::Other),
         }
-        s
     }
 }

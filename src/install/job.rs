@@ -66,8 +66,14 @@ pub struct ModelInstallJob {
     pub parts: Vec<InstallPart>,
     /// Short error class (`HubError`, `HashMismatch`, …).
     pub error_type: Option<String>,
-    /// The full error message with its causes.
+    /// The error's own message (as InvokeAI's `str(e)`); its causes are in `error_causes`.
     pub error: Option<String>,
+    /// The messages of the error's causes, outermost first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub error_causes: Vec<String>,
+    /// The typed error (for [`super::job_outcome`] and failure reports).
+    #[serde(skip)]
+    pub failure: Option<std::sync::Arc<super::InstallError>>,
     /// What a completed install produced (record, path, commit, files for `models.lock`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<super::request::InstallOutcome>,
@@ -159,8 +165,10 @@ pub enum InstallEvent {
         source: String,
         /// Short error class.
         error_type: String,
-        /// The error with its causes.
+        /// The error's own message.
         error: String,
+        /// Its causes' messages, outermost first.
+        causes: Vec<String>,
     },
     /// `model_install_warning` (modelsync's own): the install went through with something to
     /// tell, such as a model recorded as type `unknown`. Reported before `completed`.

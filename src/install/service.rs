@@ -20,6 +20,7 @@ use crate::download::{DownloadJob, DownloadQueue, JobId};
 use crate::events::{Event, Reporter};
 use crate::hash::HashAlgorithm;
 use crate::hub::{HubClient, HubEnv, ModelSource, Token};
+use crate::retry::Failure;
 use crate::store::RecordStore;
 use crate::taxonomy::ModelRepoVariant;
 
@@ -323,6 +324,8 @@ impl ModelInstallService {
                     parts: Vec::new(),
                     error_type: None,
                     error: None,
+                    error_causes: Vec::new(),
+                    failure: None,
                     outcome: Some(outcome),
                     parsed_source: Some(strip_token(&request.source)),
                 };
@@ -378,6 +381,8 @@ impl ModelInstallService {
                 parts: Vec::new(),
                 error_type: None,
                 error: None,
+                error_causes: Vec::new(),
+                failure: None,
                 outcome: None,
                 parsed_source: Some(strip_token(&request.source)),
             };
@@ -752,10 +757,9 @@ pub fn job_outcome(job: &ModelInstallJob) -> Result<InstallOutcome, InstallError
     match (&job.status, &job.outcome) {
         (InstallStatus::Completed, Some(o)) => Ok(o.clone()),
         (InstallStatus::Cancelled, _) => Err(InstallError::Cancelled(job.source.clone())),
-        _ => Err(InstallError::JobFailed {
-            source_str: job.source.clone(),
-            error_type: job.error_type.clone().unwrap_or_default(),
-            error: job.error.clone().unwrap_or_default(),
+        _ => Err(match &job.failure {
+            Some(e) => InstallError::JobFailed(e.clone()),
+            None => InstallError::Setup(format!("install job {} did not finish", job.id)),
         }),
     }
 }
@@ -1040,15 +1044,19 @@ impl Inner {
                 })
             }
             Err(e) => {
+                let failure = Failure::from_error(&e);
+                tracing::debug!("install of {} failed: {failure:#}", job.source);
                 job.status = InstallStatus::Error;
                 job.error_type = Some(e.error_type().to_owned());
-                job.error = Some(e.full_message());
-                tracing::debug!("install of {} failed: {}", job.source, e.full_message());
+                job.error = Some(failure.message.clone());
+                job.error_causes.clone_from(&failure.causes);
+                job.failure = Some(Arc::new(e));
                 Some(InstallEvent::ModelInstallError {
                     id,
                     source: job.source.clone(),
-                    error_type: e.error_type().to_owned(),
-                    error: e.full_message(),
+                    error_type: job.error_type.clone().unwrap_or_default(),
+                    error: failure.message,
+                    causes: failure.causes,
                 })
             }
         });

@@ -366,7 +366,7 @@ impl ModelCache {
                     st.make_room_ram(bytes, self.inner.ram_budget, key)
                 };
                 if let Err(e) = fits {
-                    flight.finish(Err(e.to_string()));
+                    flight.finish(Err(crate::retry::one_line(&e)));
                     return Err(e);
                 }
                 let tick = st.touch();
@@ -386,7 +386,7 @@ impl ModelCache {
                 Ok((model, false))
             }
             Err(e) => {
-                flight.finish(Err(e.to_string()));
+                flight.finish(Err(crate::retry::one_line(&e)));
                 Err(e)
             }
         }

@@ -84,7 +84,7 @@ pub enum LoadError {
     #[error("model {key}: {path} does not exist")]
     ModelNotFound { key: String, path: PathBuf },
     /// Reading a file failed.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -482,5 +482,16 @@ impl ModelLoadService {
             out.push(loaded);
         }
         Ok(out)
+    }
+}
+
+impl crate::retry::Classify for LoadError {
+    fn classify(&self) -> crate::retry::Class {
+        use crate::retry::{Class, FailureKind};
+        match self {
+            Self::Io { source, .. } => Class::of(FailureKind::of_io(source)),
+            Self::ModelNotFound { .. } => Class::of(FailureKind::NotFound),
+            _ => Class::of(FailureKind::Other),
+        }
     }
 }

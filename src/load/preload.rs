@@ -10,6 +10,7 @@ use super::{LoadError, LoadSettings, ModelLoadService};
 use crate::config::AnyModelConfig;
 use crate::events::Reporter;
 use crate::manifest::CacheSettings;
+use crate::retry::Failure;
 use crate::scan::{ScanVerdict, scan_path};
 use crate::units::HumanBytes;
 
@@ -33,7 +34,7 @@ pub struct ScanGate;
 
 impl super::PickleGate for ScanGate {
     fn check(&self, path: &Path) -> Result<(), String> {
-        let report = scan_path(path).map_err(|e| e.to_string())?;
+        let report = scan_path(path).map_err(|e| crate::retry::one_line(&e))?;
         match report.verdict {
             ScanVerdict::Clean => Ok(()),
             verdict => {
@@ -85,25 +86,25 @@ impl ServicePreloader {
 }
 
 impl crate::reconcile::apply::Preloader for ServicePreloader {
-    fn check_fits(&self, records: &[AnyModelConfig]) -> Result<(), String> {
+    fn check_fits(&self, records: &[AnyModelConfig]) -> Result<(), Failure> {
         self.service
             .check_preload_fits(records)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| Failure::from_error(&e))
     }
 
-    fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, String> {
+    fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, Failure> {
         // A record that changed since it was last warmed must not be served stale.
         self.service.cache().drop_model(record.key());
         let needed = self
             .service
             .check_preload_fits(std::slice::from_ref(record))
-            .map_err(|e| format!("{entry}: {e}"))?;
+            .map_err(|e| Failure::from_error(&e).context(format!("preloading {entry}")))?;
         let started = Instant::now();
         let parts = self
             .service
             .preload(record)
-            .map_err(|e| format!("{entry}: {e}"))?;
+            .map_err(|e| Failure::from_error(&e).context(format!("preloading {entry}")))?;
         Ok(format!(
             "{} part(s), {} on {} in {:.2?}",
             parts.len(),

@@ -37,7 +37,7 @@ const HEADER: &str = "# models.lock: written by `modelsync apply`; do not edit.\
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Reading or writing failed.
-    #[error("lock file {}: {source}", path.display())]
+    #[error("lock file {}", path.display())]
     Io {
         /// The lock file.
         path: PathBuf,

@@ -111,7 +111,7 @@ pub enum ProbeError {
     #[error("{0}: no such file or folder")]
     NotFound(PathBuf),
     /// Reading failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

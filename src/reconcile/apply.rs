@@ -40,6 +40,7 @@ use crate::hub::{HubClient, HubEnv, LocalModelSource, ModelSource};
 use crate::install::{InstallOptions, InstallOutcome, InstallRequest};
 use crate::manager::ModelManager;
 use crate::manifest::{LockEntry, LockError, LockFile, LockedFile, Manifest, ModelEntry};
+use crate::retry::{Class, Classify, Failure, FailureKind};
 use crate::store::{ConfigChange, RecordStore, StoreError};
 
 /// A reconciler event (`kind: "reconcile"` in the JSON Lines of `apply -o json`).
@@ -95,8 +96,12 @@ pub enum ReconcileEvent {
         name: String,
         /// The action.
         action: ActionKind,
-        /// Why, with causes.
+        /// Why (the failure's own message).
         error: String,
+        /// Its causes' messages, outermost first.
+        causes: Vec<String>,
+        /// What kind of failure.
+        error_kind: FailureKind,
     },
     /// `models.lock` was rewritten.
     LockWritten {
@@ -151,11 +156,11 @@ pub enum ReconcileEvent {
 pub trait Preloader: Send + Sync {
     /// Loads the model of `record` into the cache; returns a line for the user (bytes, device,
     /// time) or why not.
-    fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, String>;
+    fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, Failure>;
 
     /// Whether the whole preload set fits the cache budgets, checked before anything is
     /// loaded so an oversized set is an error, not an out-of-memory crash.
-    fn check_fits(&self, records: &[AnyModelConfig]) -> Result<(), String> {
+    fn check_fits(&self, records: &[AnyModelConfig]) -> Result<(), Failure> {
         let _ = records;
         Ok(())
     }
@@ -176,6 +181,17 @@ pub enum ApplyError {
     /// `--locked` and something the lock does not pin.
     #[error("--locked: {}\nrun `modelsync apply` without --locked to update models.lock", .0.join("\n"))]
     NotLocked(Vec<String>),
+}
+
+impl Classify for ApplyError {
+    fn classify(&self) -> Class {
+        match self {
+            Self::Inventory(InventoryError::Store(e)) => e.classify(),
+            Self::Inventory(_) => Class::of(FailureKind::Other),
+            Self::Plan(_) => Class::of(FailureKind::Invalid),
+            Self::Lock(_) | Self::NotLocked(_) => Class::of(FailureKind::Manifest),
+        }
+    }
 }
 
 /// What `apply` is asked to do.
@@ -224,8 +240,10 @@ pub struct ActionResult {
     pub action: ActionKind,
     /// The record afterwards (`None`: deleted, or failed before one existed).
     pub key: Option<String>,
-    /// Why it failed; `None`: converged.
-    pub error: Option<String>,
+    /// Why it failed; `None`: converged. Serialised in place (`error`, `causes`, `error_kind`,
+    /// …).
+    #[serde(flatten)]
+    pub error: Option<Failure>,
     /// Bytes downloaded.
     pub downloaded_bytes: u64,
     #[serde(skip)]
@@ -256,8 +274,8 @@ pub struct ApplyReport {
     /// depend on it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_error: Option<String>,
-    /// Preload entries: name → `Ok(detail)` or `Err(reason)`.
-    pub preload: BTreeMap<String, Result<String, String>>,
+    /// Preload entries: name → `Ok(detail)` or `Err(why)`.
+    pub preload: BTreeMap<String, Result<String, Failure>>,
     /// Entries refused because their fetch did not fit on disk (CLI exit 3); the others ran.
     pub did_not_fit: Vec<String>,
 }
@@ -333,6 +351,7 @@ pub async fn apply(
         ..PlanOptions::default()
     };
     let mut warnings = Vec::new();
+    let mut unresolvable_kinds = BTreeMap::new();
     if opts.refresh && !opts.locked {
         let selected: Vec<&ModelEntry> = manifest
             .models
@@ -342,6 +361,7 @@ pub async fn apply(
         let (commits, w) = remote::upstream_commits(cx.hub, cx.hub_env, &selected).await;
         for w in w {
             if w.unresolvable {
+                unresolvable_kinds.insert(w.name.clone(), w.kind);
                 popts.unresolvable.insert(w.name, w.message);
             } else {
                 warnings.push(w);
@@ -363,6 +383,7 @@ pub async fn apply(
         // An entry that names nothing fails on its own (an error row); the others go on.
         for w in w {
             if w.unresolvable {
+                unresolvable_kinds.insert(w.name.clone(), w.kind);
                 popts.unresolvable.insert(w.name, w.message);
             } else {
                 warnings.push(w);
@@ -435,7 +456,19 @@ pub async fn apply(
         results.push((i, r));
     }
     results.sort_by_key(|(i, _)| *i);
-    let results: Vec<ActionResult> = results.into_iter().map(|(_, r)| r).collect();
+    let mut results: Vec<ActionResult> = results.into_iter().map(|(_, r)| r).collect();
+    // Error rows of the plan carry text; their kind is known here.
+    for r in &mut results {
+        if let Some(f) = &mut r.error
+            && r.action == ActionKind::Error
+        {
+            if did_not_fit.contains(&r.name) {
+                f.kind = FailureKind::DiskFull;
+            } else if let Some(k) = unresolvable_kinds.get(&r.name) {
+                f.kind = *k;
+            }
+        }
+    }
 
     // models.lock: what each converged entry resolved to. Merged into the lock as it is on
     // disk now, not as read at the start: another apply of this process (watch mode runs one
@@ -481,9 +514,12 @@ pub async fn apply(
         };
         for (entry, key) in wanted {
             let outcome = match (cx.preloader, store.get_model(key), &fits) {
-                (None, _, _) => Err("no load service is available to preload".to_owned()),
+                (None, _, _) => Err(Failure::new(
+                    FailureKind::Other,
+                    "no load service is available to preload",
+                )),
                 (Some(_), _, Err(e)) => Err(e.clone()),
-                (Some(_), Err(e), _) => Err(e.to_string()),
+                (Some(_), Err(e), _) => Err(Failure::from_error(&e)),
                 (Some(p), Ok(rec), Ok(())) => p.preload(&entry.name, &rec),
             };
             report(
@@ -494,9 +530,9 @@ pub async fn apply(
                         key: key.clone(),
                         detail: detail.clone(),
                     },
-                    Err(reason) => ReconcileEvent::PreloadSkipped {
+                    Err(why) => ReconcileEvent::PreloadSkipped {
                         name: entry.name.clone(),
-                        reason: reason.clone(),
+                        reason: why.message.clone(),
                     },
                 },
             );
@@ -764,7 +800,7 @@ fn start(cx: &ApplyContext<'_>, a: &PlannedAction) {
 
 type Done = (Option<String>, u64, Option<LockEntry>);
 
-fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, String>) -> ActionResult {
+fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) -> ActionResult {
     match r {
         Ok((key, downloaded_bytes, lock)) => {
             if a.action != ActionKind::Unchanged && a.action != ActionKind::Orphaned {
@@ -793,7 +829,9 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, String>) -> 
                 ReconcileEvent::ActionFailed {
                     name: a.name.clone(),
                     action: a.action,
-                    error: error.clone(),
+                    error: error.message.clone(),
+                    causes: error.causes.clone(),
+                    error_kind: error.kind,
                 },
             );
             ActionResult {
@@ -840,7 +878,7 @@ async fn run_action(
     match (a.action, entry) {
         (ActionKind::Unchanged | ActionKind::Orphaned, _) => skipped(a),
         (ActionKind::Error, _) => {
-            let r = Err(a.reason.clone());
+            let r = Err(Failure::new(FailureKind::Invalid, a.reason.clone()));
             finish(cx, a, r)
         }
         (ActionKind::Delete, _) => {
@@ -871,7 +909,10 @@ async fn run_action(
         (_, None) => finish(
             cx,
             a,
-            Err(format!("entry `{}` is not in the manifest", a.name)),
+            Err(Failure::new(
+                FailureKind::Manifest,
+                format!("entry `{}` is not in the manifest", a.name),
+            )),
         ),
     }
 }
@@ -882,7 +923,7 @@ async fn reinstall(
     a: &PlannedAction,
     cx: &ApplyContext<'_>,
     locked: Option<&LockEntry>,
-) -> Result<Done, String> {
+) -> Result<Done, Failure> {
     let old = a.key.as_deref();
     // A fixed dest (or an inplace path) is where the old model is: it must go first. Without
     // one, the new model lands beside the old, which goes only once the new one is in place.
@@ -902,12 +943,15 @@ async fn reinstall(
         .install()
         .install(request)
         .await
-        .map_err(|e| e.full_message())?;
+        .map_err(|e| Failure::from_error(&e))?;
     if let Some(l) = locked
         && let Err(why) = check_against_lock(&outcome, l)
     {
         let _ = cx.manager.install().delete(&outcome.key);
-        return Err(format!("does not match models.lock: {why}"));
+        return Err(Failure::new(
+            FailureKind::Integrity,
+            format!("does not match models.lock: {why}"),
+        ));
     }
     if !old_first {
         remove_old(cx, old, false)?;
@@ -932,7 +976,7 @@ async fn refit(
     a: &PlannedAction,
     cx: &ApplyContext<'_>,
     known: Known<'_>,
-) -> Result<Done, String> {
+) -> Result<Done, Failure> {
     let key = a.key.clone().unwrap_or_default();
     let store = cx.manager.store();
     let mut request = install_request(manifest, entry);
@@ -971,11 +1015,14 @@ async fn refit(
         .install()
         .install(request)
         .await
-        .map_err(|e| e.full_message())?;
+        .map_err(|e| Failure::from_error(&e))?;
     if let Some(l) = known.locked.and_then(|l| l.entry_for(entry))
         && let Err(why) = check_against_lock(&outcome, l)
     {
-        return Err(format!("does not match models.lock: {why}"));
+        return Err(Failure::new(
+            FailureKind::Integrity,
+            format!("does not match models.lock: {why}"),
+        ));
     }
     // The record-level fields and ownership, as an update writes them.
     update_record(store.as_ref(), entry, Some(&key))?;
@@ -983,7 +1030,7 @@ async fn refit(
     Ok((Some(key), outcome.downloaded_bytes, Some(lock)))
 }
 
-fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result<(), String> {
+fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result<(), Failure> {
     let Some(key) = key else { return Ok(()) };
     let svc = cx.manager.install();
     let models_dir = cx.manager.models_dir();
@@ -1009,10 +1056,7 @@ fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result
         {
             Ok(())
         }
-        Err(e) => Err(format!(
-            "removing the old record {key}: {}",
-            e.full_message()
-        )),
+        Err(e) => Err(Failure::from_error(&e).context(format!("removing the old record {key}"))),
     }
 }
 
@@ -1028,7 +1072,7 @@ fn remove_empty_parents(path: &Path, models_dir: &Path) {
     }
 }
 
-fn delete(cx: &ApplyContext<'_>, key: Option<&str>) -> Result<(), String> {
+fn delete(cx: &ApplyContext<'_>, key: Option<&str>) -> Result<(), Failure> {
     remove_old(cx, key, false)
 }
 
@@ -1088,8 +1132,13 @@ fn update_record(
     store: &dyn RecordStore,
     entry: &ModelEntry,
     key: Option<&str>,
-) -> Result<String, String> {
-    let key = key.ok_or_else(|| format!("entry `{}`: no record to update", entry.name))?;
+) -> Result<String, Failure> {
+    let key = key.ok_or_else(|| {
+        Failure::new(
+            FailureKind::Other,
+            format!("entry `{}`: no record to update", entry.name),
+        )
+    })?;
     let mut fields = record_fields(entry);
     // Cleared in the manifest → cleared on the record.
     fields
@@ -1115,7 +1164,7 @@ fn update_record(
     store
         .update_model(key, ConfigChange::Sparse(fields))
         .map(|r| r.key().to_owned())
-        .map_err(|e| format!("updating record {key}: {e}"))
+        .map_err(|e| Failure::from_error(&e).context(format!("updating record {key}")))
 }
 
 fn lock_from_outcome(entry: &ModelEntry, o: &InstallOutcome) -> LockEntry {

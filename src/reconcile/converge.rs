@@ -65,6 +65,7 @@ use crate::install::sync::{SyncMode, SyncOptions, SyncReport};
 use crate::install::{InstallConfig, InstallError};
 use crate::manager::ModelManager;
 use crate::manifest::{Manifest, Settings};
+use crate::retry::{Class, Classify, Failure, FailureKind};
 use crate::store::lock::StoreLock;
 use crate::store::{self, RecordStore, StoreError};
 use crate::watch::{
@@ -79,8 +80,8 @@ const CANCEL_POLL: Duration = Duration::from_millis(100);
 /// Why the services could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvergeError {
-    /// The record store could not be opened.
-    #[error("opening the record store {}: {source}", path.display())]
+    /// The record store could not be opened (the cause names the file).
+    #[error("opening the record store")]
     Store {
         /// The database file.
         path: PathBuf,
@@ -92,7 +93,7 @@ pub enum ConvergeError {
     #[error(transparent)]
     Volume(Box<ApplyError>),
     /// models_dir could not be created.
-    #[error("creating models folder {}: {source}", path.display())]
+    #[error("creating models folder {}", path.display())]
     ModelsDir {
         /// The folder.
         path: PathBuf,
@@ -104,11 +105,24 @@ pub enum ConvergeError {
     #[error(transparent)]
     Hub(Box<HubError>),
     /// The download queue could not start.
-    #[error("starting the download queue: {0}")]
+    #[error("starting the download queue")]
     Queue(#[source] Box<DownloadError>),
     /// The install service could not start (its start-up recovery failed).
-    #[error("starting the install service: {}", .0.full_message())]
+    #[error("starting the install service")]
     Install(#[source] Box<InstallError>),
+}
+
+impl Classify for ConvergeError {
+    fn classify(&self) -> Class {
+        match self {
+            Self::Store { source, .. } => source.classify(),
+            Self::Volume(e) => e.classify(),
+            Self::ModelsDir { source, .. } => Class::of(FailureKind::of_io(source)),
+            Self::Hub(e) => e.classify(),
+            Self::Queue(e) => e.classify(),
+            Self::Install(e) => e.classify(),
+        }
+    }
 }
 
 /// What [`apply`] needs besides the manifest: the manager and the Hub look-up client. Shared by
@@ -432,7 +446,7 @@ impl ManifestConverger {
                 )
             })
             .await
-            .map_err(|e: ConvergeError| EntryError::new(e.to_string()))
+            .map_err(|e: ConvergeError| EntryError::from(Failure::from_error(&e)))
     }
 
     fn reporter(&self) -> Arc<dyn Reporter> {
@@ -552,11 +566,9 @@ impl ManifestConverger {
     }
 
     fn record_of(svc: &Services, entry: &str) -> Result<crate::AnyModelConfig, EntryError> {
-        let records = svc
-            .manager
-            .store()
-            .all_models()
-            .map_err(|e| EntryError::new(format!("reading the record store: {e}")))?;
+        let records = svc.manager.store().all_models().map_err(|e| {
+            EntryError::from(Failure::from_error(&e).context("reading the record store"))
+        })?;
         records
             .into_iter()
             .find(|r| {
@@ -633,7 +645,7 @@ impl Converger for ManifestConverger {
                 }),
                 Err(e) => Err(EntryError {
                     download_errors,
-                    ..EntryError::new(e.to_string())
+                    ..EntryError::from(Failure::from_error(&e))
                 }),
             }
         })
@@ -659,7 +671,7 @@ impl Converger for ManifestConverger {
             tokio::select! {
                 r = work => match r {
                     Ok(Ok(_detail)) => Ok(()),
-                    Ok(Err(why)) => Err(EntryError::new(why)),
+                    Ok(Err(why)) => Err(EntryError::from(why)),
                     Err(e) => Err(EntryError::new(format!("the preload worker failed: {e}"))),
                 },
                 () = cancel.cancelled() => Err(EntryError::new("preload interrupted")),
@@ -703,20 +715,20 @@ impl ManifestConverger {
             let svc = self.services().await?;
             let cx = svc.context(self.reporter(), None);
             // Deletions are quick and not interruptible half-way; no cancel point needed.
-            let results =
-                prune_departed(desired, &cx).map_err(|e| EntryError::new(e.to_string()))?;
-            let failed: Vec<String> = results
-                .iter()
-                .filter_map(|r| {
-                    r.error
-                        .as_ref()
-                        .map(|e| format!("deleting departed entry `{}`: {e}", r.name))
-                })
-                .collect();
-            if failed.is_empty() {
-                Ok(())
-            } else {
-                Err(EntryError::new(failed.join("; ")))
+            let results = prune_departed(desired, &cx)
+                .map_err(|e| EntryError::from(Failure::from_error(&e)))?;
+            let mut failed = results.iter().filter_map(|r| {
+                let f = r.error.clone()?;
+                Some(f.context(format!("deleting departed entry `{}`", r.name)))
+            });
+            match failed.next() {
+                None => Ok(()),
+                Some(first) => {
+                    for more in failed {
+                        tracing::warn!("sweep: {more:#}");
+                    }
+                    Err(EntryError::from(first))
+                }
             }
         }
     }
@@ -756,10 +768,7 @@ fn sync_status(mode: SyncMode, now: String, r: &SyncReport, registered_before: u
 }
 
 fn action_str(kind: ActionKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    kind.as_str().to_owned()
 }
 
 fn is_leftover(kind: ActionKind) -> bool {
@@ -779,31 +788,34 @@ fn entry_result(
         .find(|r| !is_leftover(r.action))
         .map_or_else(|| "unchanged".to_owned(), |r| action_str(r.action));
     let bytes_downloaded = mine.iter().map(|r| r.downloaded_bytes).sum();
-    let failures: Vec<String> = mine
-        .iter()
-        .filter_map(|r| {
-            r.error
-                .as_ref()
-                .map(|e| format!("{}: {e}", action_str(r.action)))
-        })
-        .collect();
-    if failures.is_empty() {
-        Ok(EntryOutcome {
+    // The entry's own action's failure is the entry's; a failed removal of an older record of
+    // it only when that is all that failed. Any further one goes to the log.
+    let mut failures: Vec<&ActionResult> = mine.iter().copied().filter(|r| !r.ok()).collect();
+    failures.sort_by_key(|r| is_leftover(r.action));
+    for more in failures.iter().skip(1) {
+        if let Some(f) = &more.error {
+            tracing::warn!(
+                "entry {entry}: {} also failed: {f:#}",
+                action_str(more.action)
+            );
+        }
+    }
+    let failure = failures.first().and_then(|r| r.error.clone());
+    let Some(failure) = failure else {
+        return Ok(EntryOutcome {
             action,
             changed: mine.iter().any(|r| r.action.is_change()),
             bytes_downloaded,
             download_errors,
             requeue_after: None,
-        })
-    } else {
-        Err(EntryError {
-            message: failures.join("; "),
-            action: Some(action),
-            bytes_downloaded,
-            download_errors,
-            retry_after: None,
-        })
-    }
+        });
+    };
+    Err(EntryError {
+        failure,
+        action: Some(action),
+        bytes_downloaded,
+        download_errors,
+    })
 }
 
 #[cfg(test)]

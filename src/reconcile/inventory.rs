@@ -13,10 +13,10 @@ use crate::taxonomy::{ModelFormat, ModelType};
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     /// The store failed.
-    #[error("reading the record store: {0}")]
+    #[error("reading the record store")]
     Store(#[from] StoreError),
     /// models_dir exists but cannot be listed.
-    #[error("cannot list models folder {}: {source}", path.display())]
+    #[error("cannot list models folder {}", path.display())]
     Io {
         /// The folder.
         path: PathBuf,

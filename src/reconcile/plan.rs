@@ -85,6 +85,36 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ActionKind; 10] = [
+        Self::Install,
+        Self::Adopt,
+        Self::Unchanged,
+        Self::Update,
+        Self::Replace,
+        Self::Repair,
+        Self::Upgrade,
+        Self::Delete,
+        Self::Orphaned,
+        Self::Error,
+    ];
+
+    /// The name, as JSON spells it (`install`, `repair` …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Install => "install",
+            Self::Adopt => "adopt",
+            Self::Unchanged => "unchanged",
+            Self::Update => "update",
+            Self::Replace => "replace",
+            Self::Repair => "repair",
+            Self::Upgrade => "upgrade",
+            Self::Delete => "delete",
+            Self::Orphaned => "orphaned",
+            Self::Error => "error",
+        }
+    }
+
     /// The symbol in the diff table.
     pub const fn symbol(self) -> &'static str {
         match self {

@@ -14,6 +14,7 @@ use crate::hub::{
     resolve_token,
 };
 use crate::manifest::{ModelEntry, Settings};
+use crate::retry::{Failure, FailureKind};
 
 /// Hub requests at once while measuring.
 const CONCURRENCY: usize = 8;
@@ -30,6 +31,9 @@ pub struct RemoteWarning {
     /// pass (offline, network, rate limits, server errors).
     #[serde(skip)]
     pub unresolvable: bool,
+    /// What kind of failure it was (an unresolvable entry's error row takes it).
+    #[serde(skip)]
+    pub kind: FailureKind,
 }
 
 impl RemoteWarning {
@@ -39,12 +43,23 @@ impl RemoteWarning {
             name,
             message,
             unresolvable: false,
+            kind: FailureKind::Other,
         }
     }
 }
 
 /// A look-up's value, or whether the entry is unresolvable and why.
-type Lookup<T> = Result<T, (bool, String)>;
+type Lookup<T> = Result<T, (bool, Failure)>;
+
+/// The warning of a failed look-up: the failure on one line, and its kind.
+fn warning(name: String, (unresolvable, f): (bool, Failure)) -> RemoteWarning {
+    RemoteWarning {
+        name,
+        message: format!("{f:#}"),
+        unresolvable,
+        kind: f.kind,
+    }
+}
 
 /// Whether a Hub answer says the entry names something that is not there, as opposed to a
 /// failure that may pass.
@@ -115,11 +130,7 @@ pub async fn upstream_commits(
             Ok(c) => {
                 commits.insert(name, c);
             }
-            Err((unresolvable, message)) => warnings.push(RemoteWarning {
-                name,
-                message,
-                unresolvable,
-            }),
+            Err(e) => warnings.push(warning(name, e)),
         }
     }
     warnings.sort_by(|a, b| a.name.cmp(&b.name));
@@ -127,23 +138,25 @@ pub async fn upstream_commits(
 }
 
 /// The commit an entry's revision points at upstream (Hugging Face sources only).
-pub async fn upstream_commit(
-    hub: &HubClient,
-    env: &HubEnv,
-    entry: &ModelEntry,
-) -> Result<String, (bool, String)> {
+pub async fn upstream_commit(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) -> Lookup<String> {
     let ModelSource::Hf(src) = &entry.source else {
-        return Err((false, "not a Hugging Face source".to_owned()));
+        return Err((
+            false,
+            Failure::new(FailureKind::Invalid, "not a Hugging Face source"),
+        ));
     };
     let auth = resolve_token(entry.token(), env);
     let info = hub
         .model_info(&src.repo_id, src.revision.as_deref(), &auth)
         .await
-        .map_err(|e| (is_unresolvable(&e), e.to_string()))?;
+        .map_err(|e| (is_unresolvable(&e), Failure::from_error(&e)))?;
     info.sha.ok_or_else(|| {
         (
             false,
-            format!("the Hub did not say which commit `{}` is at", src.repo_id),
+            Failure::new(
+                FailureKind::Http,
+                format!("the Hub did not say which commit `{}` is at", src.repo_id),
+            ),
         )
     })
 }
@@ -169,6 +182,11 @@ pub async fn entry_sizes(
                     name: e.name.clone(),
                     message: format!("cannot read {}: {err}", l.path.display()),
                     unresolvable: err.kind() == std::io::ErrorKind::NotFound,
+                    kind: if err.kind() == std::io::ErrorKind::NotFound {
+                        FailureKind::NotFound
+                    } else {
+                        FailureKind::of_io(&err)
+                    },
                 }),
             },
             ModelSource::Hf(_) => hf.push(*e),
@@ -193,24 +211,19 @@ pub async fn entry_sizes(
             Ok(n) => {
                 sizes.insert(name, n);
             }
-            Err((unresolvable, message)) => warnings.push(RemoteWarning {
-                name,
-                message,
-                unresolvable,
-            }),
+            Err(e) => warnings.push(warning(name, e)),
         }
     }
     warnings.sort_by(|a, b| a.name.cmp(&b.name));
     (sizes, warnings)
 }
 
-async fn hub_size(
-    hub: &HubClient,
-    env: &HubEnv,
-    entry: &ModelEntry,
-) -> Result<u64, (bool, String)> {
+async fn hub_size(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) -> Lookup<u64> {
     let ModelSource::Hf(src) = &entry.source else {
-        return Err((false, "not a Hugging Face source".to_owned()));
+        return Err((
+            false,
+            Failure::new(FailureKind::Invalid, "not a Hugging Face source"),
+        ));
     };
     let auth = resolve_token(entry.token(), env);
     let filter =
@@ -218,7 +231,7 @@ async fn hub_size(
     let plan = hub
         .plan_source(src, &filter, &auth)
         .await
-        .map_err(|e| (is_unresolvable(&e), e.to_string()))?;
+        .map_err(|e| (is_unresolvable(&e), Failure::from_error(&e)))?;
     Ok(plan.total_bytes())
 }
 

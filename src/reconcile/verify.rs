@@ -139,7 +139,7 @@ pub fn verify(
                     "file `{rel}` ({}): sha256 {got}, expected {want}",
                     path.display()
                 )),
-                Err(e) => problems.push(format!("file `{rel}`: {e}")),
+                Err(e) => problems.push(format!("file `{rel}`: {}", crate::retry::one_line(&e))),
             }
         }
         out.push(ModelVerdict {

@@ -36,7 +36,7 @@ pub enum LockError {
         store: PathBuf,
     },
     /// The lock file could not be created, read or locked.
-    #[error("lock file {path}: {source}")]
+    #[error("lock file {path}")]
     Io {
         /// The lock file.
         path: PathBuf,

@@ -34,7 +34,7 @@ pub enum StoreError {
     #[error("{path}: {reason}")]
     WrongKind { path: PathBuf, reason: String },
     /// SQLite failed.
-    #[error("database {path}: {source}")]
+    #[error("database {path}")]
     Sqlite {
         path: PathBuf,
         #[source]
@@ -51,7 +51,7 @@ pub enum StoreError {
         reason: String,
     },
     /// Creating or upgrading the SQLite schema failed.
-    #[error("database {path}: migrating the schema to version {version} failed: {source}")]
+    #[error("database {path}: migrating the schema to version {version} failed")]
     Migration {
         path: PathBuf,
         version: usize,
@@ -62,7 +62,7 @@ pub enum StoreError {
     #[error("store {} is on a read-only file system: only list, show, status, diff and verify work there", path.display())]
     ReadOnly { path: PathBuf },
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("accessing {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -290,6 +290,21 @@ pub(crate) fn apply_change(
             c.created_at = old.common().created_at;
             c.updated_at = now_micros();
             Ok(new)
+        }
+    }
+}
+
+impl crate::retry::Classify for StoreError {
+    fn classify(&self) -> crate::retry::Class {
+        use crate::retry::{Class, FailureKind};
+        match self {
+            Self::Io { source, .. } => Class::of(FailureKind::of_io(source)),
+            Self::Sqlite { source, .. }
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                Class::of(FailureKind::DiskFull)
+            }
+            _ => Class::of(FailureKind::Other),
         }
     }
 }

@@ -37,6 +37,7 @@ mod runner;
 mod server;
 mod state;
 
+use crate::retry::{Failure, FailureKind};
 pub use backoff::BackoffConfig;
 pub use cancel::{CancelSource, CancelToken};
 pub use fswatch::is_relevant_event_path;
@@ -99,24 +100,29 @@ impl EntryOutcome {
 /// A failed reconcile (or preload) of one entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryError {
-    /// What failed and on what (shown in `/status`; never contains a token).
-    pub message: String,
+    /// What failed and on what, its kind and the server's `Retry-After` (shown in `/status`;
+    /// never contains a token). The backoff waits at least the `Retry-After`, capped by
+    /// [`BackoffConfig::max`].
+    pub failure: Failure,
     /// The plan action that was attempted, if known.
     pub action: Option<String>,
     /// Bytes fetched before the failure (counted in the metrics).
     pub bytes_downloaded: u64,
     /// Failed download attempts, including the final one.
     pub download_errors: u64,
-    /// A minimum wait before retrying (a hub `Retry-After`); the backoff still applies when
-    /// it is longer.
-    pub retry_after: Option<Duration>,
 }
 
 impl EntryError {
-    /// An error with `message` and nothing else.
+    /// An error with `message` (of kind `other`) and nothing else.
     pub fn new(message: impl Into<String>) -> Self {
+        Self::from(Failure::new(FailureKind::Other, message))
+    }
+}
+
+impl From<Failure> for EntryError {
+    fn from(failure: Failure) -> Self {
         Self {
-            message: message.into(),
+            failure,
             ..Self::default()
         }
     }
@@ -124,7 +130,7 @@ impl EntryError {
 
 impl std::fmt::Display for EntryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.failure.message)
     }
 }
 
@@ -287,7 +293,7 @@ pub enum WatchError {
         why: String,
     },
     /// The HTTP server could not listen.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -295,7 +301,7 @@ pub enum WatchError {
         source: std::io::Error,
     },
     /// The manifest's directory could not be watched.
-    #[error("cannot watch {}: {source}", dir.display())]
+    #[error("cannot watch {}", dir.display())]
     Watch {
         /// The watched directory.
         dir: PathBuf,
@@ -303,7 +309,7 @@ pub enum WatchError {
         source: notify::Error,
     },
     /// The async runtime or the signal handlers could not be set up.
-    #[error("cannot start the watch runtime: {0}")]
+    #[error("cannot start the watch runtime")]
     Runtime(#[source] std::io::Error),
 }
 

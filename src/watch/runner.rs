@@ -10,13 +10,13 @@ use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout_at};
 
-use super::backoff::Jitter;
 use super::cancel::{CancelSource, CancelToken};
 use super::fswatch::{ManifestWatch, content_hash};
 use super::metrics::{ReloadResult, RunResult};
 use super::server;
 use super::state::{EntryState, Shared, WatchState};
 use super::{Converger, EntryError, EntryOutcome, EntrySpec, WatchConfig, WatchError};
+use crate::retry::Jitter;
 
 /// Time the HTTP server gets to finish in-flight requests at shutdown, and time aborted
 /// reconciles get to unwind.
@@ -45,7 +45,7 @@ type Joined = Result<(Id, Done), JoinError>;
 
 enum Wake {
     Shutdown,
-    Joined(Joined),
+    Joined(Box<Joined>),
     FileEvent,
     Tick,
     RetryDue,
@@ -138,14 +138,14 @@ impl<C: Converger> Runner<C> {
             let wake = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Wake::Shutdown,
-                Some(j) = self.tasks.join_next_with_id(), if has_tasks => Wake::Joined(j),
+                Some(j) = self.tasks.join_next_with_id(), if has_tasks => Wake::Joined(Box::new(j)),
                 Some(()) = self.fs_rx.recv() => Wake::FileEvent,
                 _ = interval.tick() => Wake::Tick,
                 () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => Wake::RetryDue,
             };
             match wake {
                 Wake::Shutdown => break,
-                Wake::Joined(j) => self.finish(j),
+                Wake::Joined(j) => self.finish(*j),
                 Wake::FileEvent => {
                     // One re-read covers every burst already queued.
                     while self.fs_rx.try_recv().is_ok() {}
@@ -369,7 +369,7 @@ impl<C: Converger> Runner<C> {
                     Ok(()) => st.sweep.last_success = Some(SystemTime::now()),
                     Err(e) => {
                         tracing::warn!("sweep failed: {e}");
-                        st.sweep.last_error = Some(e.message);
+                        st.sweep.last_error = Some(e.failure.message);
                         st.sweep.last_error_at = Some(SystemTime::now());
                     }
                 }
@@ -570,7 +570,7 @@ fn record_entry(
             }
             match preload {
                 Some(Err(pe)) => Verdict::Failure(EntryError {
-                    message: format!("preload: {}", pe.message),
+                    failure: pe.failure.clone().context("preload failed"),
                     ..pe
                 }),
                 Some(Ok(())) => {
@@ -594,25 +594,84 @@ fn record_entry(
             e.next_retry = requeue_after.map(|d| now + d);
         }
         Verdict::Failure(err) if run_result == RunResult::Cancelled => {
-            e.last_error = Some(format!("interrupted by shutdown: {}", err.message));
+            e.last_error = Some(err.failure.context("interrupted by shutdown"));
             e.last_error_at = Some(wall);
         }
         Verdict::Failure(err) => {
-            tracing::warn!("entry {}: {}", r.name, err.message);
-            e.last_error = Some(err.message);
-            e.last_error_at = Some(wall);
+            tracing::warn!("entry {}: {:#}", r.name, err.failure);
             if !stale {
                 e.failures = e.failures.saturating_add(1);
-                let mut delay = config.backoff.delay(e.failures, jitter_unit);
-                if let Some(min) = err.retry_after {
-                    delay = delay.max(min);
-                }
+                let delay = config
+                    .backoff
+                    .wait(e.failures, jitter_unit, err.failure.retry_after);
                 e.next_retry = Some(now + delay);
             }
+            e.last_error = Some(err.failure);
+            e.last_error_at = Some(wall);
         }
     }
     if (e.rerun || stale) && !r.cancelled {
         e.rerun = false;
         request(e, queue, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::{Failure, FailureKind};
+
+    fn spec(name: &str) -> EntrySpec {
+        EntrySpec {
+            name: name.to_owned(),
+            preload: false,
+            spec_hash: "h".to_owned(),
+        }
+    }
+
+    fn failed(name: &str, retry_after: Option<Duration>) -> EntryResult {
+        EntryResult {
+            name: name.to_owned(),
+            spec_gen: 0,
+            result: Err(EntryError::from(Failure {
+                retry_after,
+                ..Failure::new(FailureKind::RateLimited, "rate limited")
+            })),
+            preload: None,
+            took: Duration::ZERO,
+            cancelled: false,
+        }
+    }
+
+    /// On tokio's paused clock: the next attempt is due at the server's `Retry-After` when it
+    /// is longer than the backoff, at the backoff otherwise, and never later than `max`.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_attempt_is_due_at_the_retry_after_capped() {
+        let mut config = WatchConfig::new("/m/models.yaml");
+        config.backoff = super::super::BackoffConfig {
+            base: Duration::from_secs(2),
+            max: Duration::from_mins(30),
+            jitter: 0.0,
+        };
+        let mut st = WatchState::new("/m/models.yaml".into());
+        apply_entries(&mut st, vec![spec("a"), spec("b"), spec("c")]);
+        let mut queue = VecDeque::new();
+        let now = Instant::now();
+        for (name, ra) in [
+            ("a", Some(Duration::from_mins(5))),
+            ("b", None),
+            ("c", Some(Duration::from_hours(3))),
+        ] {
+            st.entries.get_mut(name).unwrap().running = true;
+            record_entry(&mut st, &mut queue, &config, 0.5, failed(name, ra));
+        }
+        let due = |n: &str| st.entries[n].next_retry.map(|t| t - now);
+        assert_eq!(due("a"), Some(Duration::from_mins(5)));
+        assert_eq!(due("b"), Some(Duration::from_secs(2)));
+        assert_eq!(due("c"), Some(Duration::from_mins(30)));
+        assert_eq!(
+            st.entries["a"].last_error.as_ref().map(|f| f.kind),
+            Some(FailureKind::RateLimited)
+        );
     }
 }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::metrics::{self, Counters};
 use super::{DeviceUsage, EntrySpec};
+use crate::retry::{Failure, FailureKind};
 
 /// Where an entry stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,9 +62,15 @@ pub struct EntryStatus {
     pub converged_once: bool,
     /// The plan action of the last finished reconcile.
     pub last_action: Option<String>,
-    /// The last error, kept after a later success for diagnosis (compare `last_error_at`
-    /// with `last_success`).
+    /// The last error's own message, kept after a later success for diagnosis (compare
+    /// `last_error_at` with `last_success`).
     pub last_error: Option<String>,
+    /// The last error's causes, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_error_causes: Vec<String>,
+    /// What kind of failure the last error was (`not_found`, `rate_limited`, …).
+    #[serde(default)]
+    pub last_error_kind: Option<FailureKind>,
     /// When `last_error` happened.
     pub last_error_at: Option<String>,
     /// When the entry last converged.
@@ -182,7 +189,7 @@ pub(crate) struct EntryState {
     /// A scheduled retry (after failure) or requeue (after success).
     pub next_retry: Option<Instant>,
     pub last_action: Option<String>,
-    pub last_error: Option<String>,
+    pub last_error: Option<Failure>,
     pub last_error_at: Option<SystemTime>,
     pub last_success: Option<SystemTime>,
     pub last_attempt: Option<SystemTime>,
@@ -319,7 +326,13 @@ impl WatchState {
                     preloaded: e.preloaded,
                     converged_once: e.converged_once,
                     last_action: e.last_action.clone(),
-                    last_error: e.last_error.clone(),
+                    last_error: e.last_error.as_ref().map(|f| f.message.clone()),
+                    last_error_causes: e
+                        .last_error
+                        .as_ref()
+                        .map(|f| f.causes.clone())
+                        .unwrap_or_default(),
+                    last_error_kind: e.last_error.as_ref().map(|f| f.kind),
                     last_error_at: e.last_error_at.map(rfc3339),
                     last_success: e.last_success.map(rfc3339),
                     last_attempt: e.last_attempt.map(rfc3339),

@@ -93,7 +93,7 @@ async fn run_one(q: &DownloadQueue, job: DownloadJob) -> DownloadJob {
 
 fn err_of(job: &DownloadJob) -> String {
     assert_eq!(job.status, DownloadJobStatus::Error, "{job:?}");
-    job.error.as_ref().unwrap().to_string()
+    crate::support::chain(job.error.as_deref().unwrap())
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {

@@ -495,7 +495,7 @@ async fn gated_repo_needs_a_token_that_is_never_stored() {
         .import("owner/gated::loras/detail.safetensors", no_config())
         .await;
     assert!(job.errored());
-    let err = job.error.clone().unwrap();
+    let err = crate::support::job_error(&job);
     assert!(err.contains("HF_TOKEN"), "{err}");
     assert!(err.contains("token file"), "{err}");
     assert!(env.store().all_models().unwrap().is_empty());
@@ -536,7 +536,7 @@ async fn corrupted_lfs_body_registers_and_promotes_nothing() {
         .await;
     assert!(job.errored());
     assert_eq!(job.error_type.as_deref(), Some("DownloadError"));
-    assert!(job.error.unwrap().contains("mismatch"));
+    assert!(crate::support::job_error(&job).contains("mismatch"));
     assert!(env.store().all_models().unwrap().is_empty());
     assert!(env.promoted().is_empty(), "{:?}", env.promoted());
     // No verified file and no partial left in staging.
@@ -570,7 +570,7 @@ async fn url_named_by_content_disposition_and_html_refused() {
     let page = env.hub.add_html_page("/login");
     let job = env.import(&page, no_config()).await;
     assert!(job.errored());
-    assert!(job.error.unwrap().contains("HTML"));
+    assert!(crate::support::job_error(&job).contains("HTML"));
     assert_eq!(env.store().all_models().unwrap().len(), 1);
 }
 
@@ -688,7 +688,7 @@ async fn dangerous_pickle_refused_unless_allowed_and_hash_checked() {
     });
     let e = env.mgr.install().install(bad.clone()).await.unwrap_err();
     assert!(
-        matches!(&e, InstallError::JobFailed { error_type, .. } if error_type == "HashMismatch"),
+        matches!(&e, InstallError::JobFailed(inner) if inner.error_type() == "HashMismatch"),
         "{e}"
     );
     assert!(!env.models.join("loras").exists());
@@ -1198,7 +1198,7 @@ async fn lying_weight_files_are_never_registered() {
         let p = env.dir.path().join(file);
         fs::write(&p, bytes).unwrap();
         let job = env.import(p.to_str().unwrap(), no_config()).await;
-        let msg = job.error.clone().unwrap_or_default();
+        let msg = crate::support::job_error(&job);
         assert_eq!(
             job.error_type.as_deref(),
             Some("ProbeError"),
@@ -1225,7 +1225,7 @@ async fn lying_weight_files_are_never_registered() {
         .set_len(len - 100)
         .unwrap();
     let job = env.import(g.to_str().unwrap(), no_config()).await;
-    let msg = job.error.unwrap_or_default();
+    let msg = crate::support::job_error(&job);
     assert!(
         msg.contains("cut.gguf") && msg.contains("img_in.weight") && msg.contains("past the end"),
         "{msg}"
@@ -1244,7 +1244,7 @@ async fn lying_weight_files_are_never_registered() {
             cfg(json!({"type": "lora", "base": "sd-1"})),
         )
         .await;
-    let msg = job.error.unwrap_or_default();
+    let msg = crate::support::job_error(&job);
     assert!(msg.contains("b.safetensors"), "{msg}");
     assert!(env.promoted().is_empty());
     assert!(env.store().all_models().unwrap().is_empty());

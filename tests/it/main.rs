@@ -8,6 +8,7 @@ mod cli_records;
 mod deploy;
 mod diff;
 mod download;
+mod errors;
 mod faults;
 mod hash;
 mod hub;

@@ -630,3 +630,11 @@ fn plans_ten_thousand_entries() {
     let p = plan(&m, &inventory(recs), &PlanOptions::default()).unwrap();
     assert_eq!(p.totals.unchanged, 10_000);
 }
+
+#[test]
+fn action_kind_names_are_the_json_names() {
+    use modelsync::reconcile::plan::ActionKind;
+    for k in ActionKind::ALL {
+        assert_eq!(serde_json::to_value(k).unwrap(), k.as_str(), "{k:?}");
+    }
+}

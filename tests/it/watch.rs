@@ -301,10 +301,8 @@ async fn reconcile_ignoring_cancel_is_dropped_after_the_shutdown_timeout() {
         .find(|e| e.name == "stuck")
         .expect("stuck");
     assert!(
-        stuck
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("aborted at shutdown")),
+        stuck.last_error.as_deref() == Some("interrupted by shutdown")
+            && stuck.last_error_causes == ["the reconcile was aborted at shutdown"],
         "{stuck:?}"
     );
     let m = prom::parse(&handle.metrics_text()).expect("valid exposition");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use modelsync::events::Recorder;
 use modelsync::hub::HubEnv;
 use modelsync::reconcile::ManifestConverger;
+use modelsync::retry::FailureKind;
 use modelsync::store::lock::StoreLock;
 use modelsync::watch::{
     BackoffConfig, CancelSource, EntryPhase, EntryStatus, StatusReport, Watch, WatchConfig,
@@ -21,6 +22,7 @@ use modelsync::watch::{
 };
 use tokio::task::JoinHandle;
 
+use crate::support::hub_server::{Fault, Target};
 use crate::support::reconcile::{Work, lora_bytes, lora_repo};
 use crate::watch::prom;
 
@@ -335,6 +337,68 @@ async fn a_broken_entry_backs_off_while_the_good_one_converges() {
     r.stop().await;
 }
 
+/// The Hub answers 429 with a `Retry-After` of an hour for one entry's repository: that entry
+/// fails as rate limited without asking again inline, and watch schedules its next attempt at
+/// the server's delay, not at its own one-second backoff; the other entry converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_entry_is_retried_after_the_hubs_retry_after() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/good", 1, 2));
+    w.hub.add_repo(lora_repo("owner/busy", 2, 2));
+    w.hub.fail_next(
+        Target::Repo("owner/busy"),
+        1000,
+        Fault::RateLimit { retry_after: 3600 },
+    );
+    let models = format!(
+        "{}{}",
+        entry("good", "owner/good::lora.safetensors"),
+        entry("busy", "owner/busy::lora.safetensors")
+    );
+    w.manifest(&settings(&w, ""), &models);
+    let r = start(&w, |c| {
+        c.backoff = BackoffConfig {
+            base: Duration::from_secs(1),
+            max: Duration::from_hours(2),
+            jitter: 0.0,
+        };
+    })
+    .await;
+    r.eventually("good converges and busy fails once", |st| {
+        converged(st, "good")
+            && st
+                .entries
+                .iter()
+                .any(|e| e.name == "busy" && e.consecutive_failures == 1)
+    })
+    .await;
+    let busy = r.entry("busy").expect("busy");
+    assert_eq!(
+        busy.last_error_kind,
+        Some(FailureKind::RateLimited),
+        "{busy:?}"
+    );
+    let due = busy.next_retry_in_seconds.expect("a retry is scheduled");
+    assert!(due > 3000.0 && due <= 3600.0, "{busy:?}");
+    assert!(
+        busy.last_error_causes
+            .iter()
+            .any(|c| c.contains("the server asks to wait 1h")),
+        "{busy:?}"
+    );
+    // One 429 per look-up and one for the install: no inline retry asked again early.
+    let asked: Vec<u16> = w
+        .hub
+        .requests()
+        .iter()
+        .filter(|q| q.path.contains("owner/busy"))
+        .map(|q| q.status)
+        .collect();
+    assert!(asked.iter().all(|s| *s == 429), "{asked:?}");
+    assert!(asked.len() <= 3, "{asked:?}");
+    r.stop().await;
+}
+
 // ------------------------------------------------------------------ the binary
 
 /// A free loopback port (bound, then released for the child to take).
@@ -506,7 +570,11 @@ impl GatePreloader {
 }
 
 impl modelsync::reconcile::Preloader for GatePreloader {
-    fn preload(&self, entry: &str, record: &modelsync::AnyModelConfig) -> Result<String, String> {
+    fn preload(
+        &self,
+        entry: &str,
+        record: &modelsync::AnyModelConfig,
+    ) -> Result<String, modelsync::retry::Failure> {
         self.calls
             .lock()
             .expect("calls")
@@ -519,7 +587,10 @@ impl modelsync::reconcile::Preloader for GatePreloader {
         if *open {
             Ok("loaded".into())
         } else {
-            Err("gate never opened".into())
+            Err(modelsync::retry::Failure::new(
+                modelsync::retry::FailureKind::Other,
+                "gate never opened",
+            ))
         }
     }
 }

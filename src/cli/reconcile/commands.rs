@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use super::progress::{ApplyUi, action_name};
 use super::{ApplyArgs, DiffArgs, GcArgs, StatusArgs, VerifyArgs};
-use crate::cli::output::print_json;
+use crate::cli::output::{print_json, write_chain};
 use crate::cli::{Context, OutputFormat, Status};
 use crate::download::available_space;
 use crate::events::Reporter;
@@ -235,22 +235,33 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
                 report.changed()
             )?;
             for f in &failed {
-                writeln!(
-                    out,
-                    "  ✗ {} ({}): {}",
-                    f.name,
-                    action_name(f.action),
-                    f.error.as_deref().unwrap_or_default()
+                let failure = f.error.clone().unwrap_or_default();
+                write_chain(
+                    &mut out,
+                    &format!(
+                        "  ✗ {} ({}): {}",
+                        f.name,
+                        action_name(f.action),
+                        failure.message
+                    ),
+                    &failure.causes,
+                    "      ",
                 )?;
             }
         }
     } else if !json {
         for f in report.failures() {
-            eprintln!(
-                "error: {} ({}): {}",
-                f.name,
-                action_name(f.action),
-                f.error.as_deref().unwrap_or_default()
+            let failure = f.error.clone().unwrap_or_default();
+            let _ = write_chain(
+                &mut std::io::stderr().lock(),
+                &format!(
+                    "error: {} ({}): {}",
+                    f.name,
+                    action_name(f.action),
+                    failure.message
+                ),
+                &failure.causes,
+                "  ",
             );
         }
     }

@@ -121,6 +121,7 @@ impl ApplyUi {
                 name,
                 action,
                 error,
+                ..
             } => {
                 self.println(&format!(
                     "✗ {name}: {} failed: {error}",
@@ -226,10 +227,7 @@ impl ApplyUi {
 
 /// The action's name as the JSON shape spells it (`install`, `repair` …).
 pub fn action_name(a: ActionKind) -> String {
-    serde_json::to_value(a)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    a.as_str().to_owned()
 }
 
 fn file_style() -> ProgressStyle {

@@ -20,6 +20,7 @@
 //! hub.set_page_size(2)                          // tree pages (default 1000), with Link rel="next"
 //! hub.fail_next(Target::Hub, 2, Fault::Status(503))
 //! hub.fail_next(Target::Any, 1, Fault::RateLimit { retry_after: 0 })
+//! hub.fail_next(Target::Repo("owner/busy"), 9, Fault::RateLimit { retry_after: 3600 })
 //! hub.corrupt_lfs("owner/sd15", "unet/…safetensors") // the CDN serves it with one byte flipped
 //! hub.add_url_download("123", "detail.safetensors", bytes) // Civitai-style /api/download/models/123
 //! hub.add_html_page("/login")                   // a 200 text/html page (not a model)
@@ -48,8 +49,8 @@
 //! - A repo id in the wrong case → `307` to the canonical spelling (same path otherwise).
 //! - Every request to either host is logged ([`LoggedRequest`]) with its method, host, path,
 //!   query, headers, whether `Authorization` was present, and the status sent.
-//! - Faults: [`HubServer::fail_next`] answers the next N requests to a host with a 5xx or a 429
-//!   (`Retry-After`), before any routing.
+//! - Faults: [`HubServer::fail_next`] answers the next N requests to a host (or about one
+//!   repository) with a 5xx or a 429 (`Retry-After`), before any routing.
 
 #![allow(dead_code, reason = "shared by several test modules; each uses a part")]
 
@@ -83,6 +84,8 @@ pub enum Target {
     Cdn,
     /// Whichever is asked next.
     Any,
+    /// Requests about this repository (its API, tree and resolve paths), on either host.
+    Repo(&'static str),
 }
 
 /// An injected failure.
@@ -647,13 +650,16 @@ impl Req {
     }
 }
 
-fn take_fault(st: &mut Emu, host: Host) -> Option<Fault> {
+fn take_fault(st: &mut Emu, host: Host, path: &str) -> Option<Fault> {
     let idx = st.faults.iter().position(|(t, n, _)| {
         *n > 0
             && match t {
                 Target::Any => true,
                 Target::Hub => host == Host::Hub,
                 Target::Cdn => host == Host::Cdn,
+                Target::Repo(id) => {
+                    path.contains(&format!("/{id}/")) || path.ends_with(&format!("/{id}"))
+                }
             }
     })?;
     let (_, n, f) = &mut st.faults[idx];
@@ -710,7 +716,7 @@ fn handle(st: &Shared, host: Host, req: Request) -> Response {
         });
         s.log.len() - 1
     };
-    let fault = take_fault(&mut lock(st), host);
+    let fault = take_fault(&mut lock(st), host, &r.path);
     let resp = match fault {
         Some(f) => fault_response(f),
         None => match host {

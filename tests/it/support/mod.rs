@@ -15,6 +15,28 @@ use std::process::Output;
 use modelsync::AnyModelConfig;
 use serde_json::json;
 
+/// An error and its causes on one line (`a: b: c`), to look for words anywhere in the chain.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// An install job's error with its causes on one line (empty when it has none).
+pub fn job_error(job: &modelsync::install::ModelInstallJob) -> String {
+    let mut s = job.error.clone().unwrap_or_default();
+    for c in &job.error_causes {
+        s.push_str(": ");
+        s.push_str(c);
+    }
+    s
+}
+
 /// A fresh temporary folder, removed on drop.
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temp dir")

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use modelsync::retry::{Failure, FailureKind};
 use modelsync::watch::{
     BoxError, BoxFuture, CancelToken, Converger, DeviceUsage, EntryError, EntryOutcome, EntrySpec,
 };
@@ -184,14 +185,19 @@ impl Fake {
             Mode::Ok => self.materialize(&e.name),
             Mode::Broken if lock(&self.healed).contains(&e.name) => self.materialize(&e.name),
             Mode::Broken => Err(EntryError {
-                message: format!(
-                    "GET https://hub.invalid/owner/{}/resolve/main/model.safetensors: 500 Internal Server Error",
-                    e.name
-                ),
+                failure: Failure {
+                    http_status: Some(500),
+                    ..Failure::new(
+                        FailureKind::ServerError,
+                        format!(
+                            "GET https://hub.invalid/owner/{}/resolve/main/model.safetensors: 500 Internal Server Error",
+                            e.name
+                        ),
+                    )
+                },
                 action: Some("install".into()),
                 bytes_downloaded: 3,
                 download_errors: 1,
-                retry_after: None,
             }),
             Mode::Slow => {
                 cancel.cancelled().await;
