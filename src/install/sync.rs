@@ -569,7 +569,7 @@ impl ModelInstallService {
                     o.format = Some(outcome.record.format());
                     o.warnings = outcome.warnings;
                 }
-                Err(e) => o.error = Some(e.full_message()),
+                Err(e) => o.error = Some(crate::retry::one_line(&e)),
             }
         }
         for d in report.dead.iter_mut().filter(|d| d.unregister) {

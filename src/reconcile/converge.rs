@@ -518,7 +518,10 @@ impl ManifestConverger {
             st.last_error = Some(message.clone());
             EntryError::new(format!("sync: {message}"))
         };
-        let svc = self.services().await.map_err(|e| fail(e.message))?;
+        let svc = self
+            .services()
+            .await
+            .map_err(|e| fail(format!("{:#}", e.failure)))?;
         let mut skip = vec![desired.path.clone(), desired.lock_path()];
         skip.extend(desired.models.iter().filter_map(|e| match &e.source {
             crate::hub::ModelSource::Local(l) => Some(l.path.clone()),
@@ -540,7 +543,7 @@ impl ManifestConverger {
         let report = tokio::task::spawn_blocking(move || install.sync_to_config(&opts))
             .await
             .map_err(|e| fail(format!("the sync worker failed: {e}")))?
-            .map_err(|e| fail(e.full_message()))?;
+            .map_err(|e| fail(crate::retry::one_line(&e)))?;
         *self
             .sync_seen
             .lock()
@@ -688,7 +691,9 @@ impl Converger for ManifestConverger {
             let pruned = self.prune(desired).await;
             let synced = self.run_sync(desired).await;
             match (pruned, synced) {
-                (Err(a), Err(b)) => Err(EntryError::new(format!("{}; {}", a.message, b.message))),
+                (Err(a), Err(b)) => {
+                    Err(EntryError::new(format!("{:#}; {:#}", a.failure, b.failure)))
+                }
                 (Err(e), _) | (_, Err(e)) => Err(e),
                 _ => Ok(()),
             }
