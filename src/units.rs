@@ -67,6 +67,45 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     })
 }
 
+/// Formats a duration as the manifest spells one (`30s`, `5m`, `1h30m`, `250ms`), so a value
+/// read from a setting prints as it was written. Below one second: milliseconds; a measured
+/// time with a fraction of a second: one decimal under a minute (`5.2s`), else whole seconds
+/// (`2m14s`). Never `5s 153us 679ns`.
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let ms = d.as_millis();
+        if ms == 0 && !d.is_zero() {
+            return f.write_str("<1ms");
+        }
+        if ms < 1000 {
+            return write!(f, "{ms}ms");
+        }
+        let frac_ms = ms % 1000;
+        if frac_ms != 0 && ms < 60_000 {
+            let tenths = (ms + 50) / 100;
+            return if tenths % 10 == 0 {
+                write!(f, "{}s", tenths / 10)
+            } else {
+                write!(f, "{}.{}s", tenths / 10, tenths % 10)
+            };
+        }
+        let mut secs = (ms + 500) / 1000;
+        let days = secs / 86_400;
+        secs %= 86_400;
+        let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+        let mut out = String::new();
+        for (n, unit) in [(days, "d"), (h, "h"), (m, "m"), (s, "s")] {
+            if n > 0 {
+                out.push_str(&format!("{n}{unit}"));
+            }
+        }
+        f.write_str(&out)
+    }
+}
+
 /// Formats bytes for people, with decimal units as the totals line of `diff` uses (`4.2 GB`).
 pub struct HumanBytes(pub u64);
 
@@ -117,6 +156,30 @@ mod tests {
                 .to_string()
                 .contains("30s, 5m")
         );
+    }
+
+    #[test]
+    fn human_durations_read_as_written() {
+        for (d, text) in [
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_mins(5), "5m"),
+            (Duration::from_hours(1), "1h"),
+            (Duration::from_secs(5400), "1h30m"),
+            (Duration::from_hours(24), "1d"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_nanos(5_153_679_000), "5.2s"),
+            (Duration::from_millis(134_400), "2m14s"),
+            (Duration::from_nanos(10), "<1ms"),
+            (Duration::ZERO, "0ms"),
+        ] {
+            assert_eq!(HumanDuration(d).to_string(), text, "{d:?}");
+        }
+        // What a setting says parses back to itself.
+        for text in ["30s", "5m", "1h30m", "250ms", "1d"] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(HumanDuration(d).to_string(), text);
+        }
     }
 
     #[test]

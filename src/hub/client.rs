@@ -118,7 +118,8 @@ pub enum HubError {
     },
     /// 429 after every retry.
     #[error(
-        "rate limited by {url} (HTTP 429) after {attempts} attempts; last Retry-After: {retry_after:?} s"
+        "rate limited by {url} (HTTP 429) after {attempts} attempts{}",
+        retry_after.map_or_else(String::new, |s| format!("; the last Retry-After asked for {}", crate::units::HumanDuration(std::time::Duration::from_secs(s))))
     )]
     RateLimited {
         /// The URL (no query).

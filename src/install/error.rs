@@ -160,7 +160,7 @@ pub enum InstallError {
     #[error("unknown install job id {0}")]
     UnknownJob(InstallJobId),
     /// A wait gave up.
-    #[error("timed out after {timeout:?} waiting for {what}")]
+    #[error("timed out after {} waiting for {what}", crate::units::HumanDuration(*.timeout))]
     Timeout {
         /// What we waited for.
         what: String,

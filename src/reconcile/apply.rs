@@ -37,6 +37,7 @@ use crate::install::{InstallOptions, InstallOutcome, InstallRequest};
 use crate::manager::ModelManager;
 use crate::manifest::{LockEntry, LockError, LockFile, LockedFile, Manifest, ModelEntry};
 use crate::store::{ConfigChange, RecordStore, StoreError};
+use crate::watch::CancelToken;
 
 /// A reconciler event (`kind: "reconcile"` in the JSON Lines of `apply -o json`).
 ///
@@ -191,6 +192,11 @@ pub struct ApplyOptions {
     pub max_parallel: usize,
     /// Headroom kept free besides the bytes to fetch.
     pub staging_bytes: u64,
+    /// Once it fires (Ctrl-C), actions not yet started are not started and nothing is
+    /// preloaded; the caller cancels the running install jobs
+    /// ([`Services::unless_cancelled`](super::Services::unless_cancelled)), whose partial
+    /// downloads are kept for the next run.
+    pub cancel: CancelToken,
 }
 
 impl Default for ApplyOptions {
@@ -203,6 +209,7 @@ impl Default for ApplyOptions {
             preload: false,
             max_parallel: crate::manifest::DEFAULT_PARALLEL_DOWNLOADS,
             staging_bytes: 0,
+            cancel: CancelToken::never(),
         }
     }
 }
@@ -220,6 +227,10 @@ pub struct ActionResult {
     pub error: Option<String>,
     /// Bytes downloaded.
     pub downloaded_bytes: u64,
+    /// It failed because the run was cancelled ([`ApplyOptions::cancel`]): stopped half-way
+    /// (partial downloads kept) or never started.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     #[serde(skip)]
     lock: Option<LockEntry>,
 }
@@ -377,7 +388,14 @@ pub async fn apply(
             .enumerate()
             // Superseded records wait for their entry (below).
             .filter(|(_, a)| !is_superseded(manifest, a))
-            .map(|(i, a)| async move { (i, run_action(manifest, a, cx, locked_ref).await) })
+            .map(|(i, a)| async move {
+                if opts.cancel.is_cancelled() && a.action.is_change() {
+                    return (i, not_started(a));
+                }
+                let mut r = run_action(manifest, a, cx, locked_ref).await;
+                r.interrupted = !r.ok() && opts.cancel.is_cancelled();
+                (i, r)
+            })
             .collect();
         futures_util::stream::iter(actions)
             .buffer_unordered(opts.max_parallel.max(1))
@@ -429,7 +447,7 @@ pub async fn apply(
     let lock_error = report_lock_update(cx, update, &lock_path, &lock_dropped);
 
     let mut preload = BTreeMap::new();
-    if opts.preload {
+    if opts.preload && !opts.cancel.is_cancelled() {
         let wanted: Vec<(&ModelEntry, &String)> = results
             .iter()
             .filter(|r| r.ok())
@@ -773,6 +791,7 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, String>) -> 
                 key,
                 error: None,
                 downloaded_bytes,
+                interrupted: false,
                 lock,
             }
         }
@@ -791,6 +810,7 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, String>) -> 
                 key: a.key.clone(),
                 error: Some(error),
                 downloaded_bytes: 0,
+                interrupted: false,
                 lock: None,
             }
         }
@@ -804,7 +824,17 @@ fn skipped(a: &PlannedAction) -> ActionResult {
         key: a.key.clone(),
         error: None,
         downloaded_bytes: 0,
+        interrupted: false,
         lock: None,
+    }
+}
+
+/// An action the run was cancelled before it began (no event: it never started).
+fn not_started(a: &PlannedAction) -> ActionResult {
+    ActionResult {
+        error: Some("interrupted before it started".to_owned()),
+        interrupted: true,
+        ..skipped(a)
     }
 }
 

@@ -20,7 +20,7 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Another process held the lock for the whole timeout.
-    #[error("timed out after {} waiting for the lock on {path} held by {holder}", humantime::format_duration(*.waited))]
+    #[error("timed out after {} waiting for the lock on {path} held by {holder}", crate::units::HumanDuration(*.waited))]
     Timeout {
         /// The lock file.
         path: PathBuf,

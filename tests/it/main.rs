@@ -3,6 +3,7 @@
 mod support;
 
 mod apply;
+mod cli_apply;
 mod cli_records;
 mod deploy;
 mod diff;

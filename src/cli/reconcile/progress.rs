@@ -20,6 +20,8 @@ pub struct ApplyUi {
     json: bool,
     quiet: bool,
     bars: Option<Bars>,
+    /// Ctrl-C was pressed: failures from here on are the interruption, summed up at the end.
+    interrupted: std::sync::atomic::AtomicBool,
 }
 
 struct Bars {
@@ -48,6 +50,17 @@ impl ApplyUi {
                 mp: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
                 state: Mutex::new(BarState::default()),
             }),
+            interrupted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Ctrl-C: says so once and stops reporting the failures the cancellation causes.
+    pub fn interrupt(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.interrupted.swap(true, Ordering::SeqCst) && !self.json {
+            self.eprintln(
+                "interrupting: stopping the downloads (partial files are kept; Ctrl-C again quits at once)",
+            );
         }
     }
 
@@ -122,6 +135,9 @@ impl ApplyUi {
                 action,
                 error,
             } => {
+                if self.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 self.println(&format!(
                     "✗ {name}: {} failed: {error}",
                     action_name(*action)

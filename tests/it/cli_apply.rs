@@ -1,0 +1,187 @@
+//! What `modelsync apply` says and does as a user sees it: Ctrl-C half-way, and the texts of
+//! its messages. The real binary against the Hub emulator; every wait is on an output line or
+//! a file, bounded only so that a failing test ends.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::support::hub_server::FakeRepo;
+use crate::support::reconcile::{Work, assert_exit, lora_bytes};
+use crate::support::stdout;
+
+/// Bound for every wait; only a failing test reaches it.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+/// Spawns `apply` with its stdout lines sent to the returned channel as they come.
+fn spawn_apply(w: &Work, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut all = vec!["apply"];
+    all.extend_from_slice(args);
+    let mut child = w
+        .command(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("modelsync apply starts");
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("modelsync apply did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read as _;
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+#[test]
+fn ctrl_c_mid_download_keeps_the_partial_says_what_finished_exits_130_and_the_rerun_resumes() {
+    let w = Work::new();
+    // ~6 MB through the CDN at ~640 kB/s: it is still running when the local entry is done.
+    let big = lora_bytes(7, 2000);
+    w.hub.add_repo(
+        FakeRepo::new("owner/big")
+            .file("README.md", "# big\n")
+            .file("lora.safetensors", big.clone()),
+    );
+    w.hub.set_cdn_throttle(16 << 10, Duration::from_millis(25));
+    let local = w.local_lora("small.safetensors", 3);
+    w.manifest(
+        "",
+        &format!(
+            "  - name: big\n    source: owner/big::lora.safetensors\n\
+             \x20 - name: small\n    source: {}\n",
+            local.display()
+        ),
+    );
+    let (mut child, lines) = spawn_apply(&w, &[]);
+
+    // Wait for the local entry's line and for the download to have written into its `.part`.
+    let tmp = w.models().join(".tmp");
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = Vec::new();
+    loop {
+        while let Ok(l) = lines.try_recv() {
+            seen.push(l);
+        }
+        let small_done = seen.iter().any(|l| l.contains("small: installed"));
+        let part_started = files_named(&tmp, ".part")
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+        if small_done && part_started {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!(
+                "the download never got going: {seen:?} {}",
+                stderr_of(&mut child)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child);
+    let err = stderr_of(&mut child);
+    seen.extend(lines.iter());
+    let out = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{out}\n{err}");
+    assert!(
+        out.contains(
+            "Interrupted: 1 finished (small), 1 interrupted (big); partial downloads are kept and the next `modelsync apply` resumes them."
+        ),
+        "{out}"
+    );
+    // The interruption is said once, not as a failure of `big`.
+    assert!(!out.contains("✗"), "{out}");
+    assert!(!out.contains("Apply incomplete"), "{out}");
+    assert!(err.contains("interrupting: stopping the downloads"), "{err}");
+
+    // The partial is kept; what finished is recorded and locked, the rest is not.
+    let parts = files_named(&tmp, ".part");
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    let kept = std::fs::metadata(&parts[0]).expect("part").len();
+    assert!(kept > 0 && kept < big.len() as u64, "{kept}");
+    let records = w.store().all_models().expect("records");
+    let names: Vec<&str> = records.iter().map(|r| r.common().name.as_str()).collect();
+    assert_eq!(names, ["small"]);
+    let lock = w.lock();
+    assert!(lock.entries.contains_key("small"));
+    assert!(!lock.entries.contains_key("big"));
+
+    // The next apply resumes the download with a Range request past 0 and finishes.
+    w.hub.clear_log();
+    w.hub.set_cdn_throttle(1 << 20, Duration::ZERO);
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("big: installed"), "{}", stdout(&o));
+    let resumed = w.hub.cdn_requests().iter().any(|r| {
+        r.header("range")
+            .is_some_and(|v| v.starts_with("bytes=") && !v.starts_with("bytes=0-"))
+    });
+    assert!(resumed, "{:?}", w.hub.cdn_requests());
+    assert!(files_named(&tmp, ".part").is_empty());
+    let store = w.store();
+    let rec = store
+        .all_models()
+        .expect("records")
+        .into_iter()
+        .find(|r| r.common().name == "big")
+        .expect("big's record");
+    assert_eq!(
+        std::fs::read(rec.resolved_path(&w.models())).expect("file"),
+        big
+    );
+}
