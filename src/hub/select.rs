@@ -281,7 +281,12 @@ fn rank(name: &str, variant: ModelRepoVariant) -> Option<u8> {
     }
 }
 
-fn globset(which: &'static str, patterns: &[String]) -> Result<Option<GlobSet>, SelectError> {
+/// The globs of `include` or `exclude` (`None`: no list). Local folder sources use the same
+/// semantics ([`crate::install`]).
+pub(crate) fn globset(
+    which: &'static str,
+    patterns: &[String],
+) -> Result<Option<GlobSet>, SelectError> {
     if patterns.is_empty() {
         return Ok(None);
     }

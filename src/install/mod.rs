@@ -20,6 +20,7 @@ pub mod staging;
 
 pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
+pub use local::{LocalSelection, selected_size};
 pub use promote::UNSAFE_PICKLE;
 pub use request::{InstallOptions, InstallOutcome, InstallRequest, InstalledFile, UnknownModels};
 pub use service::{InstallConfig, ModelInstallService, job_outcome, record_source};

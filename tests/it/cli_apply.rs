@@ -185,3 +185,103 @@ fn ctrl_c_mid_download_keeps_the_partial_says_what_finished_exits_130_and_the_re
         big
     );
 }
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for e in std::fs::read_dir(src).expect("read_dir").flatten() {
+        let to = dst.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).expect("copy");
+        }
+    }
+}
+
+fn relative_files(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = files_named(root, "")
+        .iter()
+        .map(|p| {
+            p.strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn include_and_exclude_select_the_files_of_a_local_folder() {
+    let w = Work::new();
+    // The shipped tiny diffusers pipeline, plus files the entry leaves out.
+    let src = w.path().join("src/tiny");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/weights/tiny-sd15"),
+        &src,
+    );
+    std::fs::write(src.join("unet/diffusion_pytorch_model.bin"), vec![7u8; 5000]).unwrap();
+    std::fs::write(src.join("README.md"), "# notes\n").unwrap();
+    std::fs::create_dir_all(src.join("samples")).unwrap();
+    std::fs::write(src.join("samples/cat.png"), vec![1u8; 3000]).unwrap();
+    w.manifest(
+        "",
+        "  - name: tiny\n    source: ./src/tiny\n    include: [\"*.json\", \"*.safetensors\", \"samples/*\"]\n    exclude: [\"*.bin\", \"samples/**\"]\n",
+    );
+    let wanted: Vec<String> = relative_files(&src)
+        .into_iter()
+        .filter(|f| {
+            (f.ends_with(".json") || f.ends_with(".safetensors")) && !f.starts_with("samples")
+        })
+        .collect();
+    assert_eq!(wanted.len(), 9, "{wanted:?}");
+    let wanted_bytes: u64 = wanted
+        .iter()
+        .map(|f| std::fs::metadata(src.join(f)).unwrap().len())
+        .sum();
+
+    // `diff` counts only the selected files.
+    let o = w.run(&["diff", "-o", "json"]);
+    assert_exit(&o, 0);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("plan JSON");
+    assert_eq!(plan["actions"][0]["fetch_bytes"], wanted_bytes, "{plan}");
+
+    // `apply` copies only them, and the record is still a diffusers pipeline.
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    let store = w.store();
+    let recs = store.all_models().expect("records");
+    assert_eq!(recs.len(), 1);
+    let installed = recs[0].resolved_path(&w.models());
+    assert_eq!(relative_files(&installed), wanted);
+    let rec = serde_json::to_value(&recs[0]).expect("record JSON");
+    assert_eq!(rec["format"], "diffusers", "{rec}");
+
+    // A selection that leaves nothing is that entry's error, saying which globs.
+    w.manifest(
+        "",
+        "  - name: none\n    source: ./src/tiny\n    include: [\"*.gguf\"]\n",
+    );
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 1);
+    let out = stdout(&o);
+    assert!(
+        out.contains("no file of") && out.contains("is left after include [*.gguf]"),
+        "{out}"
+    );
+
+    // With `inplace: true` there is no copy to select from: refused where it is written.
+    w.manifest(
+        "",
+        "  - name: tiny\n    source: ./src/tiny\n    inplace: true\n    exclude: [\"*.bin\"]\n",
+    );
+    let o = w.run(&["diff"]);
+    assert_exit(&o, 1);
+    let err = crate::support::stderr(&o);
+    assert!(
+        err.contains("models.yaml:8:")
+            && err.contains("`exclude` cannot be combined with `inplace: true`"),
+        "{err}"
+    );
+}
