@@ -115,7 +115,12 @@ pub(crate) fn promote(
     config: &Map<String, Value>,
     opts: &InstallOptions,
 ) -> Result<InstallOutcome, InstallError> {
-    let (config, allow_pickle) = check_config(config)?;
+    let (mut config, allow_pickle) = check_config(config)?;
+    if !config.contains_key("name")
+        && let Some(name) = default_name(staged)
+    {
+        config.insert("name".into(), Value::from(name));
+    }
     let path = &staged.model_path;
     let algo = opts.hash_algorithm.unwrap_or(ctx.hash_algorithm);
     let checked = || -> Result<_, InstallError> {
@@ -229,6 +234,36 @@ pub(crate) fn promote(
         downloaded_bytes: staged.downloaded,
         warnings,
     })
+}
+
+/// The name of a record nothing names, for a staged folder: the probe would take the staging
+/// folder's own name (`files`), so the local folder's name, or the Hub subfolder's last
+/// component, or the repo's name (`owner/name` → `name`) is used, as `hf download` names its
+/// folders. Files keep the probe's name (their stem); inplace models their folder's name.
+fn default_name(staged: &Staged) -> Option<String> {
+    if staged.staging.is_none() || staged.single_file {
+        return None;
+    }
+    let last = |s: &str| {
+        s.trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+    };
+    match staged.source_type {
+        ModelSourceType::Path => Path::new(&staged.source)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        _ => match crate::hub::ModelSource::parse(&staged.source).ok()? {
+            crate::hub::ModelSource::Hf(h) => h
+                .subfolder
+                .as_deref()
+                .and_then(last)
+                .or_else(|| last(&h.repo_id)),
+            _ => None,
+        },
+    }
 }
 
 /// Where a staged file is for the user: a path under the staging folder

@@ -285,3 +285,124 @@ fn include_and_exclude_select_the_files_of_a_local_folder() {
         "{err}"
     );
 }
+
+/// A pickle that runs `os.system` on load, written by CPython's own `pickle`.
+fn evil_pickle(path: &Path) {
+    let script = format!(
+        "import os, pickle\nclass E:\n    def __reduce__(self):\n        return (os.system, ('true',))\nopen({:?}, 'wb').write(pickle.dumps({{'state_dict': E()}}, protocol=2))\n",
+        path.display().to_string()
+    );
+    let o = std::process::Command::new(crate::support::pyfix::python())
+        .args(["-c", &script])
+        .output()
+        .expect("python runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn tiny_pipeline() -> Vec<(String, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/weights/tiny-sd15");
+    relative_files(&root)
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(root.join(&f)).expect("read");
+            (f, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn failures_name_the_source_paths_and_the_pickle_hint_names_the_manifest_key() {
+    let w = Work::new();
+    let local = w.path().join("src/evil.ckpt");
+    std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+    evil_pickle(&local);
+    let bytes = std::fs::read(&local).unwrap();
+    w.hub
+        .add_repo(FakeRepo::new("owner/evil").file("model.ckpt", bytes.clone()));
+    w.manifest(
+        "",
+        &format!(
+            "  - name: local-evil\n    source: {}\n    config: {{ type: main, base: sd-1 }}\n\
+             \x20 - name: hub-evil\n    source: owner/evil::model.ckpt\n    config: {{ type: main, base: sd-1 }}\n",
+            local.display()
+        ),
+    );
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 1);
+    let out = stdout(&o);
+    // Never the staging folder: the user's file, the repo's file.
+    assert!(
+        !out.contains("models/.tmp/") && !out.contains("/files/"),
+        "{out}"
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("✗")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let local_line = lines.iter().find(|l| l.contains("local-evil")).unwrap();
+    assert!(
+        local_line.contains(&format!("{}: refusing a dangerous pickle", local.display())),
+        "{local_line}"
+    );
+    let hub_line = lines.iter().find(|l| l.contains("hub-evil")).unwrap();
+    assert!(
+        hub_line.contains("owner/evil::model.ckpt: refusing a dangerous pickle"),
+        "{hub_line}"
+    );
+    for l in lines {
+        assert!(
+            l.ends_with(
+                "set `unsafe_pickle: allow` on its manifest entry (`--config unsafe_pickle=allow` for `import`) to install it anyway"
+            ),
+            "{l}"
+        );
+        assert!(l.contains("posix.system"), "{l}");
+    }
+    // The key the hint names is the one the manifest takes.
+    w.manifest(
+        "",
+        &format!(
+            "  - name: local-evil\n    source: {}\n    config: {{ type: main, base: sd-1 }}\n    unsafe_pickle: allow\n",
+            local.display()
+        ),
+    );
+    assert_exit(&w.run(&["apply"]), 0);
+}
+
+#[test]
+fn imported_folders_are_named_after_the_folder_the_repo_or_the_subfolder() {
+    let w = Work::new();
+    let files = tiny_pipeline();
+    w.hub.add_repo(
+        FakeRepo::new("owner/tiny-pipe").files(files.iter().map(|(p, b)| (p.as_str(), b.clone()))),
+    );
+    let nested: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(p, b)| (format!("pipes/sd-tiny/{p}"), b.clone()))
+        .collect();
+    w.hub.add_repo(
+        FakeRepo::new("owner/bundle")
+            .file("README.md", "# bundle\n")
+            .files(nested.iter().map(|(p, b)| (p.as_str(), b.clone()))),
+    );
+    let src = w.path().join("src/my-pipeline");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/weights/tiny-sd15"),
+        &src,
+    );
+    let name_of = |source: &str| -> (String, String) {
+        let o = w.run(&["import", source, "-o", "json"]);
+        assert_exit(&o, 0);
+        let rec: serde_json::Value = serde_json::from_slice(&o.stdout).expect("record JSON");
+        (
+            rec["name"].as_str().unwrap_or_default().to_owned(),
+            rec["description"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let (name, description) = name_of(src.to_str().unwrap());
+    assert_eq!(name, "my-pipeline");
+    assert!(!description.contains("files"), "{description}");
+    assert_eq!(name_of("owner/tiny-pipe").0, "tiny-pipe");
+    assert_eq!(name_of("owner/bundle::pipes/sd-tiny").0, "sd-tiny");
+    // A file keeps its stem.
+    let lora = w.local_lora("detail-v2.safetensors", 4);
+    assert_eq!(name_of(lora.to_str().unwrap()).0, "detail-v2");
+}
