@@ -284,7 +284,10 @@ mod tests {
         got.sort();
         assert_eq!(
             got,
-            ["unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+            [
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.safetensors"
+            ]
         );
         assert_eq!(
             selected_size(&src, &sel(&["vae/*"], &[])).unwrap(),
@@ -296,7 +299,9 @@ mod tests {
             .to_string();
         assert!(e.contains("include [*.gguf]"), "{e}");
         assert!(!d.path().join("none").exists());
-        let e = LocalSelection::new(&["a[".to_owned()], &[]).unwrap_err().to_string();
+        let e = LocalSelection::new(&["a[".to_owned()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("include"), "{e}");
     }
 }

@@ -132,11 +132,9 @@ pub(crate) fn promote(
         let warnings = check_probe(path, &probed, allow_pickle, opts.unknown_models)?;
         // Every safetensors / GGUF file, a folder's shards included, must hold the bytes its
         // header declares: a truncated or lying file is never promoted.
-        probe::safetensors::verify_declared_sizes(path).map_err(|error| {
-            InstallError::Probe {
-                path: path.clone(),
-                error: Box::new(error),
-            }
+        probe::safetensors::verify_declared_sizes(path).map_err(|error| InstallError::Probe {
+            path: path.clone(),
+            error: Box::new(error),
         })?;
         let content_hash = hash::hash_path(path, algo).map_err(|error| InstallError::Hash {
             path: path.clone(),

@@ -280,7 +280,11 @@ impl Fixed {
                 opt(new.hf_endpoint.as_ref()),
             )
         } else if self.variant != new.variant {
-            ("variant", opt(self.variant.as_ref()), opt(new.variant.as_ref()))
+            (
+                "variant",
+                opt(self.variant.as_ref()),
+                opt(new.variant.as_ref()),
+            )
         } else if self.hash_algorithm != new.hash_algorithm {
             (
                 "hash_algorithm",
@@ -518,7 +522,9 @@ impl Converger for ManifestConverger {
                 ..ApplyOptions::default()
             };
             let cx = svc.context(self.reporter(), None);
-            let result = svc.unless_cancelled(apply(desired, &cx, &opts), &cancel).await;
+            let result = svc
+                .unless_cancelled(apply(desired, &cx, &opts), &cancel)
+                .await;
             let download_errors = self.reporter.download_errors.swap(0, Ordering::Relaxed);
             match result {
                 Ok(report) => entry_result(entry, &report, download_errors),

@@ -147,7 +147,10 @@ fn ctrl_c_mid_download_keeps_the_partial_says_what_finished_exits_130_and_the_re
     // The interruption is said once, not as a failure of `big`.
     assert!(!out.contains("✗"), "{out}");
     assert!(!out.contains("Apply incomplete"), "{out}");
-    assert!(err.contains("interrupting: stopping the downloads"), "{err}");
+    assert!(
+        err.contains("interrupting: stopping the downloads"),
+        "{err}"
+    );
 
     // The partial is kept; what finished is recorded and locked, the rest is not.
     let parts = files_named(&tmp, ".part");
@@ -221,7 +224,11 @@ fn include_and_exclude_select_the_files_of_a_local_folder() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/weights/tiny-sd15"),
         &src,
     );
-    std::fs::write(src.join("unet/diffusion_pytorch_model.bin"), vec![7u8; 5000]).unwrap();
+    std::fs::write(
+        src.join("unet/diffusion_pytorch_model.bin"),
+        vec![7u8; 5000],
+    )
+    .unwrap();
     std::fs::write(src.join("README.md"), "# notes\n").unwrap();
     std::fs::create_dir_all(src.join("samples")).unwrap();
     std::fs::write(src.join("samples/cat.png"), vec![1u8; 3000]).unwrap();

@@ -170,7 +170,16 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
     let _lock = acquire_store_lock(ctx, settings, timeout)?;
     let store = reconcile::Services::open_store(settings)?;
 
-    let ui = Arc::new(ApplyUi::new(json, ctx.progress, ctx.quiet));
+    let entries = m
+        .models
+        .iter()
+        .rev()
+        .map(|e| {
+            let source = reconcile::apply::install_request(&m, e).source;
+            (crate::install::record_source(&source), e.name.clone())
+        })
+        .collect();
+    let ui = Arc::new(ApplyUi::new(json, ctx.progress, ctx.quiet).with_entries(entries));
     let reporter: Arc<dyn Reporter> = ui.clone();
     let (stop, cancel) = CancelSource::new();
     let opts = ApplyOptions {
