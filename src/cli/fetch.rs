@@ -71,12 +71,8 @@ pub fn fetch(ctx: &Context, a: FetchArgs) -> anyhow::Result<Status> {
         .build()?;
     let reporter: Arc<dyn Reporter> = if ctx.progress {
         let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        bar.set_style(super::reconcile::progress::total_style());
+        bar.set_prefix("total");
         Arc::new(Bar(bar))
     } else {
         Arc::new(NullReporter)

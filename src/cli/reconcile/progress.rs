@@ -282,7 +282,7 @@ pub fn action_name(a: ActionKind) -> String {
 
 /// A part's path relative to its job's staging folder (`unet/diffusion_pytorch_model.safetensors`),
 /// without the `.part` of a file being written.
-fn part_label(staging: &std::path::Path, part: &std::path::Path) -> String {
+pub(crate) fn part_label(staging: &std::path::Path, part: &std::path::Path) -> String {
     let rel = part
         .strip_prefix(staging.join("files"))
         .or_else(|_| part.strip_prefix(staging))
@@ -350,14 +350,14 @@ fn with_units(style: ProgressStyle) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-fn file_style() -> ProgressStyle {
+pub(crate) fn file_style() -> ProgressStyle {
     with_units(
         ProgressStyle::with_template("  [{bar:24}] {sizes:>19} {speed:>11}  {prefix}: {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     )
 }
 
-fn total_style() -> ProgressStyle {
+pub(crate) fn total_style() -> ProgressStyle {
     with_units(
         ProgressStyle::with_template("  [{bar:24}] {sizes:>19} {speed:>11}  {prefix}, {true_eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
