@@ -210,18 +210,21 @@ fn a_second_apply_waits_for_the_lock_and_gives_up_after_the_timeout() {
     );
     assert!(err.contains("timed out"), "{err}");
 
-    // A waiting apply goes on once the holder lets go.
-    let child = w
+    // A waiting apply goes on once the holder lets go: released when it says it waits.
+    let mut child = w
         .command(&["apply", "--lock-timeout", "30s"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut err, &mut first).unwrap();
+    assert!(first.contains("waiting for the store lock"), "{first}");
     drop(held);
     let o = child.wait_with_output().unwrap();
     assert_exit(&o, 0);
-    assert!(stderr(&o).contains("waiting for the store lock"));
+    assert!(stdout(&o).contains("hub-lora: installed"), "{}", stdout(&o));
     assert_eq!(w.store().all_models().unwrap().len(), 2);
 }
 
