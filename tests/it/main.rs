@@ -17,6 +17,7 @@ mod manifest;
 mod plan;
 mod preload;
 mod probe;
+mod readme;
 mod scan;
 mod status;
 mod store;
