@@ -75,34 +75,34 @@ pub struct HumanDuration(pub Duration);
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        let ms = d.as_millis();
-        if ms == 0 && !d.is_zero() {
+        let ms = self.0.as_millis();
+        if ms == 0 && !self.0.is_zero() {
             return f.write_str("<1ms");
         }
         if ms < 1000 {
             return write!(f, "{ms}ms");
         }
-        let frac_ms = ms % 1000;
-        if frac_ms != 0 && ms < 60_000 {
+        if !ms.is_multiple_of(1000) && ms < 60_000 {
             let tenths = (ms + 50) / 100;
-            return if tenths % 10 == 0 {
+            return if tenths.is_multiple_of(10) {
                 write!(f, "{}s", tenths / 10)
             } else {
                 write!(f, "{}.{}s", tenths / 10, tenths % 10)
             };
         }
-        let mut secs = (ms + 500) / 1000;
-        let days = secs / 86_400;
-        secs %= 86_400;
-        let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-        let mut out = String::new();
-        for (n, unit) in [(days, "d"), (h, "h"), (m, "m"), (s, "s")] {
+        let total = (ms + 500) / 1000;
+        let parts = [
+            (total / 86_400, "d"),
+            (total % 86_400 / 3600, "h"),
+            (total % 3600 / 60, "m"),
+            (total % 60, "s"),
+        ];
+        for (n, unit) in parts {
             if n > 0 {
-                out.push_str(&format!("{n}{unit}"));
+                write!(f, "{n}{unit}")?;
             }
         }
-        f.write_str(&out)
+        Ok(())
     }
 }
 
@@ -164,11 +164,11 @@ mod tests {
             (Duration::from_secs(30), "30s"),
             (Duration::from_mins(5), "5m"),
             (Duration::from_hours(1), "1h"),
-            (Duration::from_secs(5400), "1h30m"),
+            (Duration::from_mins(90), "1h30m"),
             (Duration::from_hours(24), "1d"),
             (Duration::from_millis(250), "250ms"),
             (Duration::from_millis(1500), "1.5s"),
-            (Duration::from_nanos(5_153_679_000), "5.2s"),
+            (Duration::from_micros(5_153_679), "5.2s"),
             (Duration::from_millis(134_400), "2m14s"),
             (Duration::from_nanos(10), "<1ms"),
             (Duration::ZERO, "0ms"),

@@ -1055,7 +1055,7 @@ fn cli_import_killed_mid_download_resumes_cleanly() {
     let tmp = dir.path().join("models/.tmp");
     // Waits on the partial file (bounded only so that a failing test ends), not a window.
     let mut saw_part = false;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
     while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
         if tmp.exists()
             && Env::files_under(&tmp).iter().any(|f| f.ends_with(".part"))

@@ -4,7 +4,6 @@ use std::fs;
 use std::path::Path;
 
 use modelsync::AnyModelConfig;
-use modelsync::cli::{Status, run};
 use modelsync::probe::{ProbeError, probe, probe_with_overrides};
 use modelsync::scan::ScanVerdict;
 use modelsync::taxonomy::{

@@ -417,7 +417,10 @@ mod tests {
             .with_entries(EntryNames::from([("owner/repo".into(), "sdxl".into())]))
     }
 
-    fn bars(ui: &ApplyUi) -> (Option<(String, u64, Option<u64>)>, Vec<(String, String)>) {
+    type Shown = (Option<(String, u64, Option<u64>)>, Vec<(String, String)>);
+
+    /// The total bar (prefix, position, length) and the file bars (prefix, message).
+    fn bars(ui: &ApplyUi) -> Shown {
         let st = lock(&ui.bars.as_ref().unwrap().state);
         let total = st
             .total
