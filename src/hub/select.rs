@@ -80,10 +80,10 @@ impl FileFilter {
             parts.push(format!("variant `{}`", self.variant));
         }
         if !self.include.is_empty() {
-            parts.push(format!("include {:?}", self.include));
+            parts.push(format!("include [{}]", self.include.join(", ")));
         }
         if !self.exclude.is_empty() {
-            parts.push(format!("exclude {:?}", self.exclude));
+            parts.push(format!("exclude [{}]", self.exclude.join(", ")));
         }
         if parts.is_empty() {
             "the default files".to_owned()
