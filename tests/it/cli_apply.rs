@@ -414,3 +414,32 @@ fn imported_folders_are_named_after_the_folder_the_repo_or_the_subfolder() {
     let lora = w.local_lora("detail-v2.safetensors", 4);
     assert_eq!(name_of(lora.to_str().unwrap()).0, "detail-v2");
 }
+
+#[test]
+fn a_failure_is_told_once_and_the_summary_names_it() {
+    let w = Work::new();
+    let local = w.local_lora("good.safetensors", 5);
+    w.manifest(
+        "",
+        &format!(
+            "  - name: good\n    source: {}\n\
+             \x20 - name: gone\n    source: {}\n",
+            local.display(),
+            w.path().join("src/gone.safetensors").display()
+        ),
+    );
+    for quiet in [false, true] {
+        let args: &[&str] = if quiet { &["apply", "-q"] } else { &["apply"] };
+        let o = w.run(args);
+        assert_exit(&o, 1);
+        let all = format!("{}{}", stdout(&o), crate::support::stderr(&o));
+        assert_eq!(all.matches("gone.safetensors").count(), 1, "{all}");
+        if !quiet {
+            assert!(
+                stdout(&o)
+                    .contains("Apply incomplete: 1 failed, 1 change(s) done.\n  ✗ gone (error)\n"),
+                "{all}"
+            );
+        }
+    }
+}

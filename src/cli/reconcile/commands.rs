@@ -254,24 +254,11 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
                 failed.len(),
                 report.changed()
             )?;
+            // Each failure's reason was printed once, when it happened ("✗ name: … failed:
+            // reason"); the summary only names them.
             for f in &failed {
-                writeln!(
-                    out,
-                    "  ✗ {} ({}): {}",
-                    f.name,
-                    action_name(f.action),
-                    f.error.as_deref().unwrap_or_default()
-                )?;
+                writeln!(out, "  ✗ {} ({})", f.name, action_name(f.action))?;
             }
-        }
-    } else if !json {
-        for f in report.failures() {
-            eprintln!(
-                "error: {} ({}): {}",
-                f.name,
-                action_name(f.action),
-                f.error.as_deref().unwrap_or_default()
-            );
         }
     }
     Ok(if !report.did_not_fit.is_empty() {
