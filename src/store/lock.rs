@@ -26,7 +26,7 @@ pub enum LockError {
         path: PathBuf,
         /// Who held it when we gave up.
         holder: LockHolder,
-        /// How long we waited.
+        /// How long we waited: the timeout.
         waited: Duration,
     },
     /// The store is on a read-only file system: no writer can run there.
@@ -178,10 +178,11 @@ impl StoreLock {
             let holder = LockHolder::read(&mut file);
             let waited = start.elapsed();
             if waited >= timeout {
+                // The timeout as the user set it (`300ms`), not the clock's few extra ms.
                 return Err(LockError::Timeout {
                     path,
                     holder,
-                    waited,
+                    waited: timeout,
                 });
             }
             // A holder that has locked but not yet written reads as unknown; give it one
