@@ -265,6 +265,9 @@ fn include_and_exclude_select_the_files_of_a_local_folder() {
     assert_eq!(relative_files(&installed), wanted);
     let rec = serde_json::to_value(&recs[0]).expect("record JSON");
     assert_eq!(rec["format"], "diffusers", "{rec}");
+    // Converged: the left-out files are no drift.
+    assert_exit(&w.run(&["diff", "--exit-code"]), 0);
+    assert_exit(&w.run(&["status"]), 0);
 
     // A selection that leaves nothing is that entry's error, saying which globs.
     w.manifest(
