@@ -71,6 +71,8 @@ fn bench_plan(n: usize) {
                         status: FileStatus::Ok,
                     })
                     .collect(),
+                fields: serde_json::Map::new(),
+                source_tags: Vec::new(),
             }
         })
         .collect();

@@ -627,6 +627,8 @@ any_model_config! {
     T2IAdapterDiffusers = T2IAdapter / Diffusers { diffusers: DiffusersFields },
     /// `t5_encoder.t5_encoder`: InvokeAI's T5 folder (`text_encoder_2/` + `tokenizer_2/`).
     T5Encoder = T5Encoder / T5Encoder { },
+    /// `t5_encoder.checkpoint`: a T5 encoder in one safetensors file (ComfyUI's `t5xxl_*`).
+    T5EncoderCheckpoint = T5Encoder / Checkpoint { checkpoint: CheckpointFields },
     /// `t5_encoder.bnb_quantized_nf4b`.
     T5EncoderBnbQuantized = T5Encoder / BnbQuantizedNf4b { },
     /// `t5_encoder.bnb_quantized_int8b`: a bitsandbytes LLM.int8 T5 folder.

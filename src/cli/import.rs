@@ -35,6 +35,10 @@ pub struct ImportArgs {
     /// The record's name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Install another copy even when the source is installed already (without it, the
+    /// existing record is shown).
+    #[arg(long)]
+    pub force: bool,
     /// Config overrides, `key=value` (repeatable), e.g. `--config base=sdxl`. Values that parse
     /// as JSON are taken as JSON (`--config 'tags=["a","b"]'`), others as strings.
     #[arg(long = "config", value_name = "KEY=VALUE")]
@@ -212,7 +216,13 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
         for p in &rec.removed {
             tracing::info!("removed stale staging {}", p.display());
         }
-        let job = manager.install().import_model(source, config)?;
+        let request = crate::install::InstallRequest::new(source, config).with_options(
+            crate::install::InstallOptions {
+                force: a.force,
+                ..crate::install::InstallOptions::default()
+            },
+        );
+        let job = manager.install().submit(request)?;
         let job = manager.install().wait_for_job(job.id, None).await?;
         anyhow::Ok((job_outcome(&job)?, manager))
     });
@@ -221,6 +231,12 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
     let (outcome, manager) = outcome?;
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
+    }
+    if outcome.existing && !ctx.quiet {
+        eprintln!(
+            "{} is installed already as {}; nothing was fetched (--force installs another copy)",
+            outcome.source, outcome.key
+        );
     }
     let record = &outcome.record;
     if ctx.output == OutputFormat::Json {

@@ -44,6 +44,10 @@ pub struct ApplyArgs {
     /// Resolve nothing the lock file does not pin.
     #[arg(long)]
     pub locked: bool,
+    /// Ask the Hub where unpinned revisions point now and upgrade the entries whose branch
+    /// moved (in place: same record key).
+    #[arg(long, conflicts_with = "locked")]
+    pub refresh: bool,
     /// Only these entries (repeatable).
     #[arg(long, num_args = 1..)]
     pub only: Vec<String>,

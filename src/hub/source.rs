@@ -315,6 +315,36 @@ fn parse_url(s: &str) -> Result<reqwest::Url, SourceError> {
     Ok(url)
 }
 
+/// Rewrites a Hub `/blob/` URL (the page showing a file) into its `/resolve/` form (the file)
+/// when it points at `endpoint`, the configured Hub (`HF_ENDPOINT`, `settings.hf_endpoint`: a
+/// mirror or a private Hub), as [`ModelSource::parse`] does for huggingface.co. Anything else
+/// is left alone.
+pub fn blob_to_resolve(url: &mut reqwest::Url, endpoint: &reqwest::Url) {
+    if url.scheme() != endpoint.scheme()
+        || url.host_str() != endpoint.host_str()
+        || url.port_or_known_default() != endpoint.port_or_known_default()
+    {
+        return;
+    }
+    let base: Vec<&str> = endpoint
+        .path_segments()
+        .map(|p| p.filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    let segs: Vec<String> = url
+        .path_segments()
+        .map(|p| p.map(str::to_owned).collect())
+        .unwrap_or_default();
+    if segs.len() < base.len() + 5 || segs.iter().zip(&base).any(|(a, b)| a != b) {
+        return;
+    }
+    let at = base.len() + 2;
+    if segs[at] == "blob" {
+        let mut new = segs.clone();
+        "resolve".clone_into(&mut new[at]);
+        url.set_path(&new.join("/"));
+    }
+}
+
 fn valid_repo_part(p: &str) -> bool {
     !p.is_empty()
         && p != "."
@@ -470,6 +500,28 @@ mod tests {
         );
         assert_eq!(hf("owner/name").revision_or_main(), "main");
         assert_eq!(hf("owner/name@dev").revision_or_main(), "dev");
+    }
+
+    #[test]
+    fn blob_urls_of_the_configured_endpoint_become_resolve() {
+        let ep = reqwest::Url::parse("http://127.0.0.1:8080/hf").unwrap();
+        let mut u =
+            reqwest::Url::parse("http://127.0.0.1:8080/hf/o/n/blob/main/a/b.safetensors").unwrap();
+        blob_to_resolve(&mut u, &ep);
+        assert_eq!(
+            u.as_str(),
+            "http://127.0.0.1:8080/hf/o/n/resolve/main/a/b.safetensors"
+        );
+        for other in [
+            "http://127.0.0.1:9090/hf/o/n/blob/main/x",
+            "http://127.0.0.1:8080/other/o/n/blob/main/x",
+            "http://127.0.0.1:8080/hf/o/n/tree/main/x",
+            "http://127.0.0.1:8080/hf/o/blob/main",
+        ] {
+            let mut u = reqwest::Url::parse(other).unwrap();
+            blob_to_resolve(&mut u, &ep);
+            assert_eq!(u.as_str(), other);
+        }
     }
 
     #[test]

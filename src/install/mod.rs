@@ -8,11 +8,14 @@
 //! - [`staging`]: the transaction's scratch space and start-up recovery.
 //! - `remote` / `local` / `promote`: fetching, copying, and the serial probe → hash → rename →
 //!   record half.
+//! - `refit`: repairs and upgrades in place (same key and path; only the files that differ
+//!   are fetched).
 
 mod error;
 mod job;
 mod local;
 mod promote;
+mod refit;
 mod remote;
 pub mod request;
 pub mod service;
@@ -22,6 +25,9 @@ pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
 pub use local::{LocalSelection, selected_size};
 pub use promote::UNSAFE_PICKLE;
-pub use request::{InstallOptions, InstallOutcome, InstallRequest, InstalledFile, UnknownModels};
+pub(crate) use refit::merged_tags;
+pub use request::{
+    InPlace, InstallOptions, InstallOutcome, InstallRequest, InstalledFile, UnknownModels,
+};
 pub use service::{InstallConfig, ModelInstallService, job_outcome, record_source};
 pub use staging::RecoveryReport;

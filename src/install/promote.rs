@@ -230,6 +230,7 @@ pub(crate) fn promote(
         commit: staged.commit.clone(),
         files: installed,
         downloaded_bytes: staged.downloaded,
+        existing: false,
         warnings,
     })
 }
@@ -436,7 +437,7 @@ fn check_probe(
     Ok(warnings)
 }
 
-fn check_expected_hash(
+pub(super) fn check_expected_hash(
     path: &Path,
     expected: &str,
     algo: HashAlgorithm,
@@ -533,7 +534,7 @@ pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn fingerprints(
+pub(super) fn fingerprints(
     path: &Path,
     staged: &Staged,
     opts: &InstallOptions,

@@ -24,27 +24,27 @@ use super::request::InstallOptions;
 use super::service::{Cancel, Inner, record_source};
 use super::staging::{CACHE_DIR, Staging, StagingKind, staging_id};
 
-fn access(t: Option<&Token>) -> Option<AccessToken> {
+pub(super) fn access(t: Option<&Token>) -> Option<AccessToken> {
     t.map(|t| AccessToken::new(t.expose()))
 }
 
 /// Length of a file, 0 when absent.
-fn len_of(p: &Path) -> u64 {
+pub(super) fn len_of(p: &Path) -> u64 {
     std::fs::metadata(p).map_or(0, |m| m.len())
 }
 
-fn part_of(p: &Path) -> PathBuf {
+pub(super) fn part_of(p: &Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(".part");
     PathBuf::from(s)
 }
 
 /// One file to fetch into staging.
-struct Want {
-    job: DownloadJob,
-    part: InstallPart,
+pub(super) struct Want {
+    pub(super) job: DownloadJob,
+    pub(super) part: InstallPart,
     /// Already complete in staging: no download.
-    done: bool,
+    pub(super) done: bool,
 }
 
 pub(crate) async fn fetch_hf(
@@ -64,10 +64,14 @@ pub(crate) async fn fetch_hf(
         opts.access_token.as_ref().or(src.access_token.as_ref()),
         &inner.cfg.hub_env,
     );
+    let mut at = src.clone();
+    if let Some(rev) = &opts.revision {
+        at.revision = Some(rev.clone());
+    }
     let filter =
-        FileFilter::from_source(src).with_globs(opts.include.clone(), opts.exclude.clone());
+        FileFilter::from_source(&at).with_globs(opts.include.clone(), opts.exclude.clone());
     let plan = tokio::select! {
-        p = inner.cfg.hub.plan_source(src, &filter, &token) => p.map_err(hub_err)?,
+        p = inner.cfg.hub.plan_source(&at, &filter, &token) => p.map_err(hub_err)?,
         () = cancel.wait() => return Err(InstallError::Cancelled(source_str)),
     };
     staging.prepare(&source_str, StagingKind::Hf, Some(&plan.commit))?;
@@ -205,7 +209,7 @@ pub(crate) async fn fetch_url(
 /// Where a URL download goes in `dir`: the finished file if there is one (`true`), else the
 /// `.part` a previous run left (so it resumes under the server's name), else `dir` itself (the
 /// queue names the file from `Content-Disposition`).
-fn url_destination(dir: &Path) -> (PathBuf, bool) {
+pub(super) fn url_destination(dir: &Path) -> (PathBuf, bool) {
     let mut part = None;
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -226,8 +230,9 @@ fn url_destination(dir: &Path) -> (PathBuf, bool) {
 
 /// Checks free space, submits every download not already complete, reports progress and
 /// waits; on the first failure the others are cancelled (their partial files kept for a
-/// resume). Returns the bytes downloaded by this run.
-async fn run_downloads(
+/// resume). Returns the bytes downloaded by this run: a resumed file counts only what came
+/// after its partial, a file already complete counts nothing.
+pub(super) async fn run_downloads(
     inner: &Arc<Inner>,
     id: InstallJobId,
     source_str: &str,
@@ -261,10 +266,13 @@ async fn run_downloads(
     );
     let weak: Weak<Inner> = Arc::downgrade(inner);
     let mut ids: Vec<JobId> = Vec::new();
+    // Download job → the bytes its partial already held when this run began.
+    let mut resumed_from: HashMap<JobId, u64> = HashMap::new();
     for (i, w) in wants.into_iter().enumerate() {
         if w.done {
             continue;
         }
+        let start = w.part.bytes;
         let weak = weak.clone();
         let job = w
             .job
@@ -285,6 +293,7 @@ async fn run_downloads(
                     error: Arc::new(e),
                 })?;
         inner.link_download(id, submitted.id, i);
+        resumed_from.insert(submitted.id, start);
         ids.push(submitted.id);
     }
     for d in &ids {
@@ -313,7 +322,8 @@ async fn run_downloads(
         let err = match r {
             Ok(job) => match job.result() {
                 Ok(_) => {
-                    downloaded += job.bytes;
+                    let from = resumed_from.get(&job.id).copied().unwrap_or(0);
+                    downloaded += job.bytes.saturating_sub(from);
                     None
                 }
                 Err(e) => Some(e),

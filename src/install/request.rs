@@ -49,6 +49,33 @@ pub struct InstallOptions {
     pub sha256_for_lock: bool,
     /// Unidentified models and guessed bases: record with a warning (default) or refuse.
     pub unknown_models: UnknownModels,
+    /// Fetch a Hugging Face source at this commit instead of its own revision; the record keeps
+    /// the source as written. `apply --locked` fetches the lock's commit; a repair the
+    /// installed commit (so it restores rather than upgrades); an upgrade the commit the plan
+    /// saw upstream.
+    pub revision: Option<String>,
+    /// Install even when a record of the same source is there already (`import --force`).
+    /// Without it an import (no [`Self::managed`]) of an installed source returns the existing
+    /// record, as InvokeAI's import does; a manifest's installs are never deduplicated so.
+    pub force: bool,
+    /// Repair or upgrade this existing record where it is instead of installing a new one.
+    pub in_place: Option<InPlace>,
+}
+
+/// A repair or upgrade in place: the record keeps its key, path and every field the
+/// install does not own; only the files that are missing, changed or different upstream are
+/// fetched (resuming partials), each verified against the listing (and the lock) before it
+/// replaces anything.
+#[derive(Debug, Clone, Default)]
+pub struct InPlace {
+    /// The record.
+    pub key: String,
+    /// Recorded files (relative paths, `""` for a single-file model) known to be missing or
+    /// changed: their size and mtime are not trusted, their content is checked.
+    pub damaged: Vec<String>,
+    /// sha256 by lock path (`models.lock`): `--locked` insists on them, so a listing that
+    /// disagrees fails before anything is fetched.
+    pub locked_sha256: std::collections::BTreeMap<String, String>,
 }
 
 /// One install: source, config overrides (the seed's `config` dict) and options.
@@ -109,8 +136,12 @@ pub struct InstallOutcome {
     pub commit: Option<String>,
     /// Every file of the model.
     pub files: Vec<InstalledFile>,
-    /// Bytes downloaded by this install (0 for local sources and fully resumed downloads).
+    /// Bytes downloaded by this install (0 for local sources; a resumed download counts only
+    /// what this run fetched).
     pub downloaded_bytes: u64,
+    /// The source was installed already and this is that record (an idempotent import).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
     /// What the caller should be told: an unidentified model recorded as `unknown`, a base
     /// taken by a fallback rule. Each quotes the evidence and names the `config` keys that
     /// settle it.

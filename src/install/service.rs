@@ -132,7 +132,7 @@ pub(crate) struct Inner {
     reporter: Arc<dyn Reporter>,
     jobs: Mutex<Jobs>,
     changed: watch::Sender<u64>,
-    lane: Mutex<()>,
+    pub(crate) lane: Mutex<()>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -150,7 +150,7 @@ impl std::fmt::Debug for ModelInstallService {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -254,7 +254,10 @@ impl ModelInstallService {
 
     /// The seed's `import_model`: starts an install in the background and returns its job.
     /// An install of the same source and selection that is still running is returned instead
-    /// of a second one.
+    /// of a second one, and a source that is installed already (a record with that source
+    /// whose files are there) returns a completed job with that record
+    /// ([`InstallOutcome::existing`]), as InvokeAI's import does; [`InstallOptions::force`]
+    /// installs another copy.
     pub fn import_model(
         &self,
         source: ModelSource,
@@ -284,10 +287,67 @@ impl ModelInstallService {
                 .default_variant
                 .filter(|v| *v != ModelRepoVariant::Default);
         }
+        if let ModelSource::Url(u) = &mut request.source {
+            crate::hub::source::blob_to_resolve(&mut u.url, self.inner.cfg.hub.endpoint());
+        }
         let source_str = record_source(&request.source);
+        let existing = if request.options.managed.is_none()
+            && request.options.in_place.is_none()
+            && !request.options.force
+        {
+            self.installed_outcome(&request.source, &source_str)?
+        } else {
+            None
+        };
         let dedup = dedup_key(&request);
         let (job, cancel) = {
             let mut jobs = lock(&self.inner.jobs);
+            if let Some(outcome) = existing {
+                // Idempotent import: the source is installed; its record is the answer.
+                let id = jobs.next_id;
+                jobs.next_id += 1;
+                let job = ModelInstallJob {
+                    id,
+                    status: InstallStatus::Completed,
+                    config_in: request.config.clone(),
+                    config_out: Some(outcome.record.clone()),
+                    inplace: matches!(&request.source, ModelSource::Local(l) if l.inplace),
+                    source: source_str.clone(),
+                    local_path: Some(outcome.path.clone()),
+                    bytes: 0,
+                    total_bytes: 0,
+                    parts: Vec::new(),
+                    error_type: None,
+                    error: None,
+                    outcome: Some(outcome),
+                    parsed_source: Some(strip_token(&request.source)),
+                };
+                let key = job
+                    .outcome
+                    .as_ref()
+                    .map(|o| o.key.clone())
+                    .unwrap_or_default();
+                self.inner
+                    .reporter
+                    .report(&Event::Install(InstallEvent::ModelInstallCompleted {
+                        id,
+                        source: source_str,
+                        total_bytes: 0,
+                        key,
+                    }));
+                jobs.map.insert(
+                    id,
+                    Entry {
+                        job: job.clone(),
+                        dedup,
+                        cancel: Cancel::new(),
+                        downloads: HashMap::new(),
+                    },
+                );
+                drop(jobs);
+                self.inner.bump();
+                return Ok(job);
+            }
             if let Some(e) = jobs
                 .map
                 .values()
@@ -337,6 +397,74 @@ impl ModelInstallService {
             inner.finish(id, result, &cancel);
         });
         Ok(job)
+    }
+
+    /// What an import of `source` (`source_str` its [`record_source`]) would return without
+    /// installing: the record of that source whose files are there, if any (the newest when
+    /// several). A local source registered in place and a copy of it are different installs.
+    fn installed_outcome(
+        &self,
+        source: &ModelSource,
+        source_str: &str,
+    ) -> Result<Option<InstallOutcome>, InstallError> {
+        let models_dir = &self.inner.cfg.models_dir;
+        let same_kind = |r: &AnyModelConfig| match source {
+            ModelSource::Local(l) => {
+                (absolute(&r.resolved_path(models_dir)) == absolute(&l.path)) == l.inplace
+            }
+            _ => true,
+        };
+        let mut found: Vec<AnyModelConfig> = self
+            .inner
+            .store
+            .all_models()?
+            .into_iter()
+            .filter(|r| {
+                r.common().source == source_str
+                    && r.resolved_path(models_dir).exists()
+                    && same_kind(r)
+            })
+            .collect();
+        found.sort_by_key(|r| r.common().created_at);
+        let Some(record) = found.pop() else {
+            return Ok(None);
+        };
+        let key = record.key().to_owned();
+        let path = record.resolved_path(models_dir);
+        let commit = record
+            .common()
+            .source_api_response
+            .as_ref()
+            .and_then(|v| crate::hub::HuggingFaceMetadata::from_json_value(v).ok())
+            .and_then(|m| m.commit);
+        let files = self
+            .inner
+            .store
+            .model_files(&key)?
+            .into_iter()
+            .map(|f| super::request::InstalledFile {
+                path: if f.relative_path.is_empty() {
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                } else {
+                    f.relative_path
+                },
+                size: f.size,
+                sha256: f.sha256,
+            })
+            .collect();
+        Ok(Some(InstallOutcome {
+            key,
+            source: record.common().source.clone(),
+            record,
+            path,
+            commit,
+            files,
+            downloaded_bytes: 0,
+            existing: true,
+            warnings: Vec::new(),
+        }))
     }
 
     /// Submits `request`, waits for it and returns what it produced (an errored or cancelled
@@ -634,8 +762,15 @@ fn strip_token(s: &ModelSource) -> ModelSource {
     s
 }
 
+/// What, besides the source, makes an install its own: the globs, the `dest`, and the manifest
+/// entry that asks for it. Two manifest entries with the same source (another `dest`, `hash`
+/// or `config`) are two installs, each with its own job, staging folder and record; two
+/// imports of one source and selection are one.
 fn selection(opts: &InstallOptions) -> Vec<String> {
     let mut v = vec![format!("include={}", opts.include.join("\u{1f}"))];
+    if let Some(m) = &opts.managed {
+        v.push(format!("entry={}", m.entry));
+    }
     v.push(format!("exclude={}", opts.exclude.join("\u{1f}")));
     v.push(format!(
         "dest={}",
@@ -654,6 +789,9 @@ fn stage_id(source: &ModelSource, opts: &InstallOptions) -> String {
 }
 
 fn dedup_key(req: &InstallRequest) -> String {
+    if let Some(ip) = &req.options.in_place {
+        return format!("in-place:{}", ip.key);
+    }
     let inplace = matches!(&req.source, ModelSource::Local(l) if l.inplace);
     format!(
         "{}{}",
@@ -719,6 +857,9 @@ async fn run_job(
     req: &InstallRequest,
     cancel: &Arc<Cancel>,
 ) -> Result<InstallOutcome, InstallError> {
+    if let Some(ip) = &req.options.in_place {
+        return super::refit::refit(inner, id, req, ip, cancel).await;
+    }
     let staged = match &req.source {
         ModelSource::Local(l) if l.inplace => local_staged(&l.path, None)?,
         ModelSource::Local(l) => {

@@ -215,6 +215,9 @@ pub struct Settings {
     /// Longest time one file's download may take, every retry and wait included (default
     /// 24h, [`crate::download::DEFAULT_FILE_TIMEOUT`]).
     pub download_timeout: Duration,
+    /// How often `watch` asks the Hub where unpinned revisions point and upgrades the entries
+    /// whose branch moved (`None`, the default: never).
+    pub refresh_interval: Option<Duration>,
     /// Load cache budgets.
     pub cache: CacheSettings,
     /// Models no probe rule identifies, and guessed bases: `allow` (default) records them
@@ -242,6 +245,7 @@ impl Settings {
             lock_timeout: DEFAULT_INTERVAL,
             watch_interval: DEFAULT_INTERVAL,
             download_timeout: crate::download::DEFAULT_FILE_TIMEOUT,
+            refresh_interval: None,
             cache: CacheSettings::default(),
             unknown_models: UnknownModels::default(),
         }
@@ -373,5 +377,31 @@ impl Manifest {
             .lock_file
             .clone()
             .unwrap_or_else(|| lock::lock_path_for(&self.path))
+    }
+}
+
+/// The YAML parser's limits for a document of `len` bytes (manifests, locks, the YAML store).
+///
+/// serde-saphyr's default budget (250k nodes, 1M events) stops a lock near 16k entries and a
+/// manifest near 33k. A node or event needs at least one byte of input unless an alias replays
+/// it, so limits proportional to the input (four nodes and eight events per byte, never below
+/// the defaults) admit any document written out in full — 100k-entry manifests and locks parse
+/// — while an alias bomb, whose replayed nodes outgrow its bytes by orders of magnitude, still
+/// runs out of budget. The nesting-depth, alias and anchor limits stay the defaults.
+pub(crate) fn yaml_budget(len: usize) -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(len.saturating_mul(4));
+    budget.max_events = budget.max_events.max(len.saturating_mul(8));
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(len);
+    budget
+}
+
+/// [`yaml_budget`] as parser options, with YAML 1.2 booleans only (`true`/`false`): JSON
+/// Schema editors read the file that way, so `tags: [y, n]` are strings and `preload: yes` is
+/// not a boolean.
+pub(crate) fn yaml_options(len: usize) -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        budget: Some(yaml_budget(len)),
     }
 }

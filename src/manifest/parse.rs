@@ -195,6 +195,11 @@ pub struct SettingsFile {
     #[serde(default)]
     #[schemars(schema_with = "duration_schema")]
     pub download_timeout: Option<Sp<String>>,
+    /// How often watch asks the Hub whether an unpinned revision moved, and upgrades the entry
+    /// when it did (default: never; pinned commits never move).
+    #[serde(default)]
+    #[schemars(schema_with = "duration_schema")]
+    pub refresh_interval: Option<Sp<String>>,
     /// Load cache budgets.
     #[serde(default)]
     pub cache: Option<CacheFile>,
@@ -530,26 +535,21 @@ impl<'a> Cx<'a> {
                         .into(),
             }]));
         }
-        // YAML 1.2 booleans only (`true`/`false`), as JSON Schema editors read the file:
-        // `tags: [y, n]` are strings, `preload: yes` is not a boolean.
-        serde_saphyr::from_str_with_options::<ManifestFile>(
-            text,
-            serde_saphyr::options! { strict_booleans: true },
-        )
-        .map_err(|e| {
-            let loc = e.location().map_or_else(Loc::default, |l| Loc {
-                line: l.line(),
-                column: l.column(),
-            });
-            let raw = serde_saphyr::DefaultMessageFormatter
-                .format_message(e.without_snippet())
-                .into_owned();
-            ManifestError::Invalid(vec![Diagnostic {
-                file: self.file.clone(),
-                loc,
-                message: clean_message(&raw),
-            }])
-        })
+        serde_saphyr::from_str_with_options::<ManifestFile>(text, super::yaml_options(text.len()))
+            .map_err(|e| {
+                let loc = e.location().map_or_else(Loc::default, |l| Loc {
+                    line: l.line(),
+                    column: l.column(),
+                });
+                let raw = serde_saphyr::DefaultMessageFormatter
+                    .format_message(e.without_snippet())
+                    .into_owned();
+                ManifestError::Invalid(vec![Diagnostic {
+                    file: self.file.clone(),
+                    loc,
+                    message: clean_message(&raw),
+                }])
+            })
     }
 
     fn check_version(&mut self, file: &ManifestFile) {
@@ -681,6 +681,18 @@ impl<'a> Cx<'a> {
                 ),
                 Ok(d) => s.download_timeout = d,
                 Err(e) => self.err(sp.loc(), format!("`download_timeout`: {e}")),
+            }
+        }
+        if let Some(sp) = &raw.refresh_interval
+            && let Some(v) = self.text(sp, "refresh_interval")
+        {
+            match crate::units::parse_duration(&v) {
+                Ok(d) if d.is_zero() => self.err(
+                    sp.loc(),
+                    "`refresh_interval` must be longer than 0 (for example 1h); leave it out to never refresh",
+                ),
+                Ok(d) => s.refresh_interval = Some(d),
+                Err(e) => self.err(sp.loc(), format!("`refresh_interval`: {e}")),
             }
         }
         if let Some(c) = &raw.cache {
@@ -1137,6 +1149,12 @@ fn clean_message(raw: &str) -> String {
             .map(|c| format!("; did you mean `{c}`?"))
             .unwrap_or_default();
         return format!("unknown field `{field}`, expected one of {expected}{hint}");
+    }
+    if let Some(what) = msg.strip_prefix("budget breached: ") {
+        return format!(
+            "the document exceeds the YAML parser's limits ({what}); aliases count every node \
+             they replay, so write large repeated values out or shorten them"
+        );
     }
     if msg.starts_with("cannot deserialize null into") {
         return "expected a value, found null (an empty value)".into();

@@ -10,9 +10,10 @@ use serde_json::Value;
 use super::{Finding, ProbeError, probe_weight_file};
 use crate::config::SubmodelDefinition;
 use crate::taxonomy::{
-    BaseModelType as B, ClipVariantType, FluxVariantType, Krea2VariantType, ModelFormat as F,
-    ModelRepoVariant as RV, ModelType as T, ModelVariantType as V, SchedulerPredictionType as P,
-    SubModelType as S, ZImageVariantType,
+    BaseModelType as B, ClipVariantType, FluxVariantType, Krea2VariantType, MiniMaxH3VariantType,
+    MistralVariantType, ModelFormat as F, ModelRepoVariant as RV, ModelType as T,
+    ModelVariantType as V, Qwen3VariantType, Qwen3VlVariantType, QwenImageVariantType,
+    SchedulerPredictionType as P, SubModelType as S, WanVariantType, ZImageVariantType,
 };
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Map<String, Value>>, ProbeError> {
@@ -75,10 +76,32 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
     if let Some(index) = read_json(&dir.join("model_index.json"))? {
         return pipeline(dir, &index);
     }
+    if let Some(index) = read_json(&dir.join("modular_model_index.json"))? {
+        return modular_pipeline(dir, &index);
+    }
+    // A text encoder downloaded with its pipeline's layout (`text_encoder/` beside
+    // `tokenizer/`), without the pipeline: InvokeAI's standalone encoder classes.
+    if !dir.join("transformer").exists()
+        && let Some(cfg) = read_json(&dir.join("text_encoder").join("config.json"))?
+        && let Some(f) = text_encoder(dir, &cfg, "text_encoder/config.json")
+    {
+        return Ok(f);
+    }
     if let Some(cfg) = read_json(&dir.join("config.json"))?
         && let Some(class) = class_name(&cfg)
     {
+        if let Some(f) = text_encoder(dir, &cfg, "config.json") {
+            return Ok(f);
+        }
         return Ok(component(dir, &class, &cfg));
+    }
+    if let Some(cfg) = read_json(&dir.join("config.json"))?
+        && cfg.get("model_type").and_then(Value::as_str) == Some("umt5")
+    {
+        let mut f = Finding::new(T::WanT5Encoder, B::Any, F::WanT5Encoder);
+        f.evidence
+            .push("config.json model_type `umt5`: Wan's UMT5-XXL → wan_t5_encoder".into());
+        return Ok(f);
     }
     for name in ["learned_embeds.safetensors", "learned_embeds.bin"] {
         let p = dir.join(name);
@@ -135,6 +158,21 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
         let mut f = Finding::new(T::T5Encoder, B::Any, F::T5Encoder);
         f.evidence
             .push("text_encoder_2/config.json: T5EncoderModel → t5_encoder".into());
+        // InvokeAI's LLM.int8 class: a weight file named `*llm_int8*` (it also wants the `SCB`
+        // scale keys inside, which only bitsandbytes writes; the name is what its own
+        // quantised uploads carry and what is checked here).
+        if let Some(n) = std::fs::read_dir(dir.join("text_encoder_2"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.contains("llm_int8"))
+        {
+            f.format = F::BnbQuantizedInt8b;
+            f.evidence.push(format!(
+                "text_encoder_2/{n}: bitsandbytes LLM.int8 → bnb_quantized_int8b"
+            ));
+        }
         return Ok(f);
     }
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -258,6 +296,12 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         Some(B::Krea2)
     } else if is("CogView4") {
         Some(B::CogView4)
+    } else if is("Wan") {
+        Some(B::Wan)
+    } else if is("Ideogram4") {
+        Some(B::Ideogram4)
+    } else if is("ErnieImage") {
+        Some(B::ErnieImage)
     } else {
         None
     };
@@ -356,7 +400,22 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                 .push(format!("model_index.json is_distilled {distilled} → {v}"));
             f.variant = Some(v.into());
         }
-        B::Flux2 | B::QwenImage | B::CogView4 | B::Anima => {}
+        B::Wan => {
+            let v = wan_variant(dir)?;
+            f.evidence.push(format!("{} → {v}", v_reason(dir)));
+            f.variant = Some(v.into());
+        }
+        B::QwenImage => {
+            // InvokeAI: the pipeline class says edit (`QwenImageEditPipeline`, `…EditPlus…`).
+            let v = if class.contains("Edit") {
+                QwenImageVariantType::Edit
+            } else {
+                QwenImageVariantType::Generate
+            };
+            f.evidence.push(format!("`{class}` → {v}"));
+            f.variant = Some(v.into());
+        }
+        B::Flux2 | B::CogView4 | B::Anima | B::Ideogram4 | B::ErnieImage => {}
         _ if f.variant.is_none() => f.variant = Some(V::Normal.into()),
         _ => {}
     }
@@ -373,6 +432,10 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
                     f.prediction_type = Some(p);
                     f.evidence.push(format!("scheduler prediction_type `{p}`"));
                 }
+                // Flow-matching schedulers (Wan's `flow_prediction`) name no SD prediction type.
+                Err(_) if p.starts_with("flow") => f.evidence.push(format!(
+                    "scheduler prediction_type `{p}`: flow matching, not recorded"
+                )),
                 Err(e) => f.evidence.push(format!("scheduler: {e}")),
             },
             None if matches!(
@@ -405,8 +468,18 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
             | S::Tokenizer
             | S::Tokenizer2
             | S::Tokenizer3 => {
-                if cls.starts_with("T5") {
+                if cls.starts_with("UMT5") {
+                    T::WanT5Encoder
+                } else if cls.starts_with("T5") {
                     T::T5Encoder
+                } else if cls.starts_with("Qwen2_5_VL") || cls.starts_with("Qwen2VL") {
+                    T::QwenVlEncoder
+                } else if cls.starts_with("Qwen3VL") {
+                    T::Qwen3VlEncoder
+                } else if cls.starts_with("Qwen") {
+                    T::Qwen3Encoder
+                } else if cls.starts_with("Mistral") || cls.starts_with("Pixtral") {
+                    T::MistralEncoder
                 } else {
                     T::ClipEmbed
                 }
@@ -638,6 +711,13 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
             }
             f
         }
+        "LlavaOnevisionForConditionalGeneration" => {
+            let mut f = Finding::new(T::LlavaOnevision, B::Any, F::Diffusers);
+            f.evidence.push(
+                "config.json `LlavaOnevisionForConditionalGeneration` → llava_onevision".into(),
+            );
+            f
+        }
         "SiglipModel" => {
             let mut f = Finding::new(T::SigLip, B::Any, F::Diffusers);
             f.evidence.push("config.json `SiglipModel` → siglip".into());
@@ -674,6 +754,246 @@ fn component(dir: &Path, class: &str, cfg: &serde_json::Map<String, Value>) -> F
         }
     }
     f
+}
+
+/// A Wan 2.2 pipeline's variant, as InvokeAI reads it: two experts (`transformer_2/`) are
+/// A14B, I2V when the transformer takes 36 input channels (16 noise + 16 image latents + 4
+/// mask); one transformer over the 48-channel Wan2.2-VAE is TI2V-5B; else the name (`5b`,
+/// `ti2v`), else T2V-A14B.
+fn wan_variant(dir: &Path) -> Result<WanVariantType, ProbeError> {
+    if dir.join("transformer_2").join("config.json").is_file() {
+        let ch = read_json(&dir.join("transformer").join("config.json"))?
+            .and_then(|c| u(&c, "in_channels"));
+        return Ok(if ch == Some(36) {
+            WanVariantType::I2vA14b
+        } else {
+            WanVariantType::T2vA14b
+        });
+    }
+    let z = read_json(&dir.join("vae").join("config.json"))?.and_then(|c| u(&c, "z_dim"));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    Ok(
+        if z.is_some_and(|z| z >= 32) || name.contains("5b") || name.contains("ti2v") {
+            WanVariantType::Ti2v5b
+        } else {
+            WanVariantType::T2vA14b
+        },
+    )
+}
+
+fn v_reason(dir: &Path) -> &'static str {
+    if dir.join("transformer_2").join("config.json").is_file() {
+        "two experts (transformer_2/) and the transformer's in_channels"
+    } else {
+        "one transformer; the VAE's z_dim or the folder name"
+    }
+}
+
+/// MiniMax H3's Modular Diffusers layout (`modular_model_index.json`), which InvokeAI
+/// recognises by `MiniMaxH3ModularPipeline` and an audio VAE; FL2VA when `transformer/` is
+/// there, Ref2VA when only `transformer_ref/` is.
+fn modular_pipeline(
+    dir: &Path,
+    index: &serde_json::Map<String, Value>,
+) -> Result<Finding, ProbeError> {
+    let class = class_name(index).unwrap_or_default();
+    let audio = read_json(&dir.join("audio_vae").join("config.json"))?
+        .and_then(|c| class_name(&c))
+        .unwrap_or_default();
+    if class != "MiniMaxH3ModularPipeline" || audio != "AutoencoderKLMiniMaxH3Audio" {
+        let mut f = Finding::unknown(F::Diffusers);
+        f.evidence.push(format!(
+            "modular_model_index.json: pipeline `{class}` (audio VAE `{audio}`) is not one modelsync knows"
+        ));
+        return Ok(f);
+    }
+    let mut f = Finding::new(T::Main, B::MiniMaxH3, F::Diffusers);
+    f.evidence.push(
+        "modular_model_index.json `MiniMaxH3ModularPipeline` with an `AutoencoderKLMiniMaxH3Audio` audio VAE → main minimax-h3"
+            .into(),
+    );
+    let v = if dir.join("transformer").join("config.json").is_file()
+        || !dir.join("transformer_ref").join("config.json").is_file()
+    {
+        MiniMaxH3VariantType::Fl2va
+    } else {
+        MiniMaxH3VariantType::Ref2va
+    };
+    f.evidence.push(format!(
+        "{} → {v}",
+        if v == MiniMaxH3VariantType::Fl2va {
+            "transformer/"
+        } else {
+            "transformer_ref/ only"
+        }
+    ));
+    f.variant = Some(v.into());
+    f.repo_variant = repo_variant(dir);
+    Ok(f)
+}
+
+fn has_tokenizer(dir: &Path) -> bool {
+    ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
+        .iter()
+        .any(|n| dir.join(n).is_file())
+}
+
+/// The text-model sizes of a transformers config, or of its `text_config` (multimodal models).
+fn text_sizes(cfg: &serde_json::Map<String, Value>) -> (Option<u64>, Option<u64>) {
+    let text = cfg.get("text_config").and_then(Value::as_object);
+    let get = |k: &str| u(cfg, k).or_else(|| text.and_then(|t| u(t, k)));
+    (get("hidden_size"), get("num_hidden_layers"))
+}
+
+/// Transformers language and vision-language models, as InvokeAI's encoder classes name them
+/// (Mistral, Qwen3, Qwen2.5-VL, Qwen3-VL, Gemma 2/4, UMT5), then any other causal LM with a
+/// tokenizer as `text_llm`. `at` is the config's path inside `dir` (`config.json` or
+/// `text_encoder/config.json`). `None`: not a language model this knows.
+fn text_encoder(dir: &Path, cfg: &serde_json::Map<String, Value>, at: &str) -> Option<Finding> {
+    let class = class_name(cfg).unwrap_or_default();
+    let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
+    let nested = at != "config.json";
+    let (hidden, layers) = text_sizes(cfg);
+    let sizes = format!(
+        "hidden_size {}, {} layers",
+        hidden.map_or_else(|| "?".into(), |h| h.to_string()),
+        layers.map_or_else(|| "?".into(), |l| l.to_string())
+    );
+    let new = |t: T, b: B, fmt: F, why: String| {
+        let mut f = Finding::new(t, b, fmt);
+        f.evidence.push(format!("{at}: {why}"));
+        f
+    };
+    if model_type == "umt5" {
+        return Some(new(
+            T::WanT5Encoder,
+            B::Any,
+            F::WanT5Encoder,
+            "model_type `umt5`: Wan's UMT5-XXL → wan_t5_encoder".into(),
+        ));
+    }
+    let mut f = match class.as_str() {
+        "Mistral3ForConditionalGeneration" | "MistralModel" | "MistralForCausalLM" => {
+            // InvokeAI's variants: Mistral Small 3's 5120 width at 30 (cow) or 40 layers.
+            let v = match (hidden, layers) {
+                (Some(5120), Some(30)) => Some(MistralVariantType::Cow),
+                (Some(5120), Some(40)) => Some(MistralVariantType::Mistral24B),
+                _ => None,
+            };
+            match v {
+                Some(v) => {
+                    let mut f = new(
+                        T::MistralEncoder,
+                        B::Any,
+                        F::MistralEncoder,
+                        format!("`{class}`, {sizes} → mistral_encoder {v}"),
+                    );
+                    f.variant = Some(v.into());
+                    f
+                }
+                None if class.ends_with("ForCausalLM") && has_tokenizer(dir) => new(
+                    T::TextLlm,
+                    B::Any,
+                    F::Diffusers,
+                    format!("`{class}`, {sizes}: not Mistral Small 3's geometry → text_llm"),
+                ),
+                None => return None,
+            }
+        }
+        "Qwen2_5_VLForConditionalGeneration" | "Qwen2VLForConditionalGeneration"
+            if nested && dir.join("tokenizer").is_dir() =>
+        {
+            new(
+                T::QwenVlEncoder,
+                B::Any,
+                F::QwenVlEncoder,
+                format!("`{class}` beside tokenizer/ → qwen_vl_encoder"),
+            )
+        }
+        "Qwen3VLModel" | "Qwen3VLForConditionalGeneration" => {
+            let v = if hidden == Some(4096) {
+                Qwen3VlVariantType::Qwen3Vl8B
+            } else {
+                Qwen3VlVariantType::Qwen3Vl4B
+            };
+            let mut f = new(
+                T::Qwen3VlEncoder,
+                B::Any,
+                F::Qwen3VlEncoder,
+                format!("`{class}`, {sizes} → qwen3_vl_encoder {v}"),
+            );
+            f.variant = Some(v.into());
+            f
+        }
+        // InvokeAI's Qwen3 encoder class takes these (Z-Image's and FLUX.2 [klein]'s encoder);
+        // as in its text-LLM class, the specialised type wins over `text_llm`.
+        "Qwen3ForCausalLM" | "Qwen2ForCausalLM" => {
+            let v = match hidden {
+                Some(4096) => Qwen3VariantType::Qwen3_8B,
+                Some(1024) => Qwen3VariantType::Qwen3_06B,
+                _ => Qwen3VariantType::Qwen3_4B,
+            };
+            let mut f = new(
+                T::Qwen3Encoder,
+                B::Any,
+                F::Qwen3Encoder,
+                format!("`{class}`, {sizes} → qwen3_encoder {v}"),
+            );
+            f.variant = Some(v.into());
+            f
+        }
+        // PiD's caption encoder is Gemma-2-2B (2304 wide); InvokeAI leaves other Gemma 2 sizes
+        // unidentified, though they are ordinary causal LMs: they become `text_llm` here.
+        "Gemma2ForCausalLM" if hidden == Some(2304) && has_tokenizer(dir) => new(
+            T::Gemma2Encoder,
+            B::Any,
+            F::Gemma2Encoder,
+            format!("`{class}`, {sizes}: Gemma-2-2B → gemma2_encoder"),
+        ),
+        _ if matches!(model_type, "gemma4_unified_text" | "gemma4_text")
+            || matches!(
+                class.as_str(),
+                "Gemma4UnifiedForCausalLM" | "Gemma4ForCausalLM" | "Gemma4TextModel"
+            ) =>
+        {
+            // LTX-2.5's encoder: Gemma-4-12B (3840 wide, 48 layers) with its tokenizer and one
+            // unsharded weight file; a sharded stock Gemma 4 is an ordinary LLM.
+            let sharded = dir.join("model.safetensors.index.json").is_file();
+            if hidden == Some(3840)
+                && layers == Some(48)
+                && dir.join("tokenizer.json").is_file()
+                && !sharded
+            {
+                new(
+                    T::Gemma4Encoder,
+                    B::Ltx2,
+                    F::Gemma4Encoder,
+                    format!("Gemma 4 text model, {sizes}, one weight file → gemma4_encoder ltx-2"),
+                )
+            } else if class.ends_with("ForCausalLM") && has_tokenizer(dir) {
+                new(
+                    T::TextLlm,
+                    B::Any,
+                    F::Diffusers,
+                    format!("Gemma 4 text model, {sizes}: not LTX-2.5's encoder → text_llm"),
+                )
+            } else {
+                return None;
+            }
+        }
+        c if c.ends_with("ForCausalLM") && !nested && has_tokenizer(dir) => new(
+            T::TextLlm,
+            B::Any,
+            F::Diffusers,
+            format!("`{c}` with a tokenizer: causal language model → text_llm"),
+        ),
+        _ => return None,
+    };
+    f.repo_variant = repo_variant(dir);
+    Some(f)
 }
 
 /// A FLUX.1 transformer's variant from its config: 384 input channels is Fill, no guidance

@@ -441,7 +441,7 @@ pub fn probe_with_overrides(
     } else {
         let mut f = probe_weight_file(path)?;
         if let Some(n) = path.file_name() {
-            rules::vae_base_by_name(&mut f, &n.to_string_lossy());
+            rules::refine_by_name(&mut f, &n.to_string_lossy());
         }
         (f, meta.len())
     };

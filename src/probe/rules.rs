@@ -7,8 +7,11 @@
 
 use super::{Finding, StateDict};
 use crate::taxonomy::{
-    BaseModelType as B, Flux2VariantType, FluxVariantType, ModelFormat as F, ModelType as T,
-    ModelVariantType as V, Qwen3VariantType, SchedulerPredictionType as P, ZImageVariantType,
+    BaseModelType as B, Flux2VariantType, FluxVariantType, Krea2VariantType, Ltx2VariantType,
+    MiniMaxH3VariantType, MistralVariantType, ModelFormat as F, ModelType as T,
+    ModelVariantType as V, PidDecoderVariantType, Qwen3VariantType, Qwen3VlVariantType,
+    QwenImageVariantType, SchedulerPredictionType as P, WanLoraVariantType, WanVariantType,
+    ZImageVariantType,
 };
 
 /// Where the tensors came from (decides the format of main models and what else is possible).
@@ -103,8 +106,18 @@ const RULES: &[Rule] = &[
     ("main_z_image", main_z_image),
     ("main_qwen_image", main_qwen_image),
     ("main_anima", main_anima),
+    ("main_wan", main_wan),
+    ("main_krea2", main_krea2),
+    ("main_ltx2", main_ltx2),
+    ("main_minimax_h3", main_minimax_h3),
+    ("main_ideogram4", main_ideogram4),
     ("vae", vae),
     ("spandrel", spandrel),
+    ("flux_redux", flux_redux),
+    ("pid_decoder", pid_decoder),
+    ("t5_encoder", t5_encoder),
+    ("mistral_encoder", mistral_encoder),
+    ("qwen_vl_encoder", qwen_vl_encoder),
     ("qwen3_encoder", qwen3_encoder),
 ];
 
@@ -191,6 +204,10 @@ fn gguf(sd: &StateDict) -> Finding {
         ("main_sd", main_sd),
         ("main_z_image", main_z_image),
         ("main_qwen_image", main_qwen_image),
+        ("main_wan", main_wan),
+        ("main_krea2", main_krea2),
+        ("t5_encoder", t5_encoder),
+        ("mistral_encoder", mistral_encoder),
         ("qwen3_encoder", qwen3_encoder),
     ]
     .into_iter()
@@ -334,6 +351,12 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
     };
     f.evidence
         .push(format!("key `{k}`: {style} → lora.{format}"));
+    if let Some((b, why)) = omi_lora(sd) {
+        f.format = F::Omi;
+        f.base = b;
+        f.evidence.push(why);
+        return Some(f);
+    }
 
     // Anima's Cosmos DiT and LLM adapter, before any width below is read: the adapter's
     // 1024-wide attention would pass for an SD 2.x text encoder.
@@ -365,6 +388,43 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
             .push(format!("key `{k}`: Z-Image S3-DiT layers → z-image"));
         return Some(f);
     }
+    // Wan's transformer blocks (native names: `self_attn.q`, `cross_attn.k`, `ffn.0`), bare or
+    // under ComfyUI's `diffusion_model.`; A14B is 5120 wide, TI2V-5B 3072.
+    let wan_module = |k: &str| {
+        let m = k.strip_prefix("diffusion_model.").unwrap_or(k);
+        let Some(rest) = m.strip_prefix("blocks.") else {
+            return false;
+        };
+        let mut parts = rest.split('.').skip(1);
+        match (parts.next(), parts.next()) {
+            (Some("self_attn" | "cross_attn"), Some(p)) => matches!(p, "q" | "k" | "v" | "o"),
+            (Some("ffn"), Some(p)) => matches!(p, "0" | "2"),
+            _ => false,
+        }
+    };
+    if (has_prefix(sd, "blocks.") || has_prefix(sd, "diffusion_model.blocks."))
+        && let Some(k) = any_key(sd, wan_module)
+    {
+        f.base = B::Wan;
+        let width = sd
+            .tensors
+            .keys()
+            .filter(|k| wan_module(k) && k.contains("_attn.q."))
+            .find_map(|k| lora_in_width(sd, k));
+        f.variant = match width {
+            Some(5120) => Some(WanLoraVariantType::A14b.into()),
+            Some(3072) => Some(WanLoraVariantType::Wan5b.into()),
+            _ => None,
+        };
+        f.evidence.push(format!(
+            "key `{k}`: Wan transformer blocks → wan{}",
+            match (width, f.variant) {
+                (Some(w), Some(v)) => format!(", attention {w} wide → {v}"),
+                _ => String::new(),
+            }
+        ));
+        return Some(f);
+    }
     // Flux and SD3 by block names (kohya, diffusers and ComfyUI spellings).
     if let Some(k) = any_key(sd, |k| {
         k.starts_with("lora_unet_double_blocks_")
@@ -391,6 +451,33 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         f.base = B::StableDiffusion3;
         f.evidence
             .push(format!("key `{k}`: MMDiT joint blocks → sd-3"));
+        return Some(f);
+    }
+    // Krea-2's text-fusion stage, or the gated attention of its single-stream blocks (InvokeAI's
+    // `_has_krea2_lora_keys`), before the Qwen-Image test below, which its blocks would pass.
+    // Only files with transformer-style names are scanned (a kohya SD LoRA is not).
+    let maybe_krea2 = [
+        "transformer",
+        "text_fusion",
+        "txtfusion",
+        "diffusion_model.",
+        "lora_transformer_",
+    ]
+    .iter()
+    .any(|p| has_prefix(sd, p));
+    if maybe_krea2
+        && let Some(k) = any_key(sd, |k| {
+            k.contains("text_fusion") || k.contains("txtfusion") || k.contains("time_mod_proj")
+        })
+        .or_else(|| {
+            any_key(sd, |k| k.contains(".attn.gate."))
+                .and_then(|_| any_key(sd, |k| k.contains(".attn.wq.")))
+        })
+    {
+        f.base = B::Krea2;
+        f.evidence.push(format!(
+            "key `{k}`: Krea-2 text fusion / gated attention → krea-2"
+        ));
         return Some(f);
     }
     // MMDiT `transformer_blocks` without FLUX's or Z-Image's keys: Qwen-Image by its image/text
@@ -479,6 +566,31 @@ fn lora(sd: &StateDict, _: Container) -> Option<Finding> {
         );
     }
     Some(f)
+}
+
+/// An OpenModelInitiative LoRA (InvokeAI's `LoRA_OMI_*_Config`): safetensors metadata with a
+/// `modelspec.sai_model_spec`, `ot_branch = omi_format` and a `…/lora` architecture, of the
+/// two architectures InvokeAI loads (SDXL base, FLUX.1 dev). Others stay LyCORIS.
+fn omi_lora(sd: &StateDict) -> Option<(B, String)> {
+    let m = &sd.metadata;
+    if m.get("modelspec.sai_model_spec")
+        .is_none_or(String::is_empty)
+        || m.get("ot_branch").map(String::as_str) != Some("omi_format")
+    {
+        return None;
+    }
+    let arch = m.get("modelspec.architecture")?;
+    let b = match arch.as_str() {
+        "stable-diffusion-xl-v1-base/lora" => B::StableDiffusionXL,
+        "Flux.1-dev/lora" => B::Flux,
+        _ => return None,
+    };
+    Some((
+        b,
+        format!(
+            "metadata ot_branch `omi_format`, modelspec.architecture `{arch}`: OMI LoRA → lora.omi {b}"
+        ),
+    ))
 }
 
 /// Whether a FLUX-style LoRA is for FLUX.2 [klein], after InvokeAI's `_is_flux2_lora` (peft,
@@ -944,6 +1056,13 @@ fn main_qwen_image(sd: &StateDict, container: Container) -> Option<Finding> {
     f.evidence.push(format!(
         "keys `{p}img_in.*`, `{p}txt_in.*`, `{p}txt_norm.*`: Qwen-Image transformer → main qwen-image"
     ));
+    // Edit models carry the zero-timestep index of their dual modulation; else the name
+    // decides ([`refine_by_name`]).
+    let marker = format!("{p}__index_timestep_zero__");
+    if sd.tensors.contains_key(&marker) {
+        f.variant = Some(QwenImageVariantType::Edit.into());
+        f.evidence.push(format!("key `{marker}` → edit"));
+    }
     Some(f)
 }
 
@@ -978,7 +1097,14 @@ fn main_anima(sd: &StateDict, container: Container) -> Option<Finding> {
 /// variant from the token embedding's width. Anima/Cosmos checkpoints, whose LLM adapter has
 /// the same attention names, are excluded before any width is read.
 fn qwen3_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
-    if anima_keys(sd).is_some() {
+    // Not Qwen3 alone: Anima's adapter, a VL model's vision tower, Mistral's geometry, and
+    // Qwen3.5's Gated DeltaNet layers (`linear_attn`, a family of its own that InvokeAI's Qwen3
+    // classes reject even where the widths coincide).
+    if anima_keys(sd).is_some()
+        || qwen_visual(sd).is_some()
+        || mistral_geometry(sd).is_some()
+        || first_with_prefix(sd, "model.layers.0.linear_attn.").is_some()
+    {
         return None;
     }
     let embed = ["model.embed_tokens.weight", "token_embd.weight"]
@@ -1092,7 +1218,7 @@ fn vae(sd: &StateDict, _: Container) -> Option<Finding> {
 /// InvokeAI's name rule for a checkpoint VAE whose weights fit several bases: the file name
 /// against `xl` (sdxl), `sd2` (sd-2), `vae` (sd-1), else sd-1. `base_candidates` stays set,
 /// so the installer can warn that the base is a guess.
-pub(crate) fn vae_base_by_name(f: &mut Finding, file_name: &str) {
+fn vae_base_by_name(f: &mut Finding, file_name: &str) {
     if f.model_type != T::Vae || f.base != B::Unknown || f.base_candidates.is_empty() {
         return;
     }
@@ -1169,6 +1295,44 @@ const SPANDREL_ARCHES: &[(&str, &[&str])] = &[
         &["residual_layer.0.residual_layer.0.layer.0.fn.0.weight"],
     ),
     ("SAFMN", &["to_feat.weight"]),
+    // Subsets of spandrel's `KeyCondition.has_all` sets for these.
+    (
+        "ATD",
+        &[
+            "relative_position_index_SA",
+            "conv_first.weight",
+            "layers.0.residual_group.td",
+            "layers.0.residual_group.layers.0.wqkv.weight",
+        ],
+    ),
+    (
+        "RealPLKSR",
+        &[
+            "feats.1.channel_mixer.0.weight",
+            "feats.0.weight",
+            "feats.1.lk.conv.weight",
+            "feats.1.refine.weight",
+        ],
+    ),
+    (
+        "PLKSR",
+        &[
+            "feats.1.channe_mixer.0.weight",
+            "feats.0.weight",
+            "feats.1.lk.conv.weight",
+            "feats.1.refine.weight",
+        ],
+    ),
+    (
+        "RealCUGAN",
+        &[
+            "unet1.conv1.conv.0.weight",
+            "unet1.conv1_down.weight",
+            "unet1.conv2.seblock.conv1.weight",
+            "unet2.conv1.conv.0.weight",
+            "unet2.conv1_down.weight",
+        ],
+    ),
     ("DITN", &["UFONE.0.ITLs.0.attn.temperature"]),
 ];
 
@@ -1203,6 +1367,515 @@ fn spandrel(sd: &StateDict, _: Container) -> Option<Finding> {
     None
 }
 
+/// A FLUX Redux image-prompt adapter (InvokeAI's `is_state_dict_likely_flux_redux`): exactly
+/// the four tensors of its two projections, SigLIP's 1152 features up to 3 × 4096 and down to
+/// T5's 4096.
+fn flux_redux(sd: &StateDict, _: Container) -> Option<Finding> {
+    const KEYS: [&str; 4] = [
+        "redux_down.bias",
+        "redux_down.weight",
+        "redux_up.bias",
+        "redux_up.weight",
+    ];
+    if sd.tensors.len() != KEYS.len() || !KEYS.iter().all(|k| sd.tensors.contains_key(k)) {
+        return None;
+    }
+    let mut f = Finding::new(T::FluxRedux, B::Flux, F::Checkpoint);
+    f.evidence.push(
+        "exactly `redux_down.{weight,bias}` and `redux_up.{weight,bias}`: FLUX Redux → flux_redux flux"
+            .into(),
+    );
+    Some(f)
+}
+
+/// A PiD pixel-diffusion decoder (NVIDIA's `PidNet.lq_proj`, bare or under the distill
+/// model's `net.`). InvokeAI looks for `lq_proj` anywhere in a name; the two prefixes are the
+/// layouts NVIDIA ships and spare every other file a scan of all its names. Backbone and
+/// preset are read from the file name afterwards ([`refine_by_name`]).
+fn pid_decoder(sd: &StateDict, _: Container) -> Option<Finding> {
+    let k = ["lq_proj.", "net.lq_proj."]
+        .into_iter()
+        .find_map(|p| first_with_prefix(sd, p))?
+        .to_owned();
+    let mut f = Finding::new(T::PidDecoder, B::Unknown, F::Checkpoint);
+    f.evidence.push(format!(
+        "key `{k}`: PiD low-quality projection → pid_decoder"
+    ));
+    f.variant = Some(PidDecoderVariantType::Res2kSr4x.into());
+    // The weights do not say which backbone's latents they decode; NVIDIA's file names do.
+    f.base_candidates = vec![B::Flux, B::Flux2, B::StableDiffusion3];
+    Some(f)
+}
+
+/// T5 v1.1 XXL's width, the encoder FLUX.1 and SD 3 condition on.
+const T5_XXL_WIDTH: u64 = 4096;
+
+/// A T5 encoder in one file with transformers' names (ComfyUI's `t5xxl_fp16` and fp8 builds,
+/// InvokeAI's `T5Encoder_Checkpoint_Config`): block 0's self-attention, an embedding, the final
+/// norm (a whole encoder, not a first shard), no decoder, T5 v1.1's gated feed-forward, and a
+/// relative position bias in block 0 only (UMT5, Wan's encoder, has one per block). GGUF
+/// conversions (llama.cpp's `enc.blk.*`) are the same type, quantised.
+fn t5_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
+    if container == Container::Gguf {
+        let k = first_with_prefix(sd, "enc.blk.")
+            .or_else(|| {
+                sd.tensors
+                    .contains_key("enc.output_norm.weight")
+                    .then_some("enc.output_norm.weight")
+            })?
+            .to_owned();
+        let mut f = Finding::new(T::T5Encoder, B::Any, F::GgufQuantized);
+        f.evidence
+            .push(format!("key `{k}`: llama.cpp T5 encoder → t5_encoder"));
+        return Some(f);
+    }
+    if !sd
+        .tensors
+        .contains_key("encoder.block.0.layer.0.SelfAttention.q.weight")
+    {
+        return None;
+    }
+    let embed = ["shared.weight", "encoder.embed_tokens.weight"]
+        .into_iter()
+        .find(|k| sd.tensors.contains_key(k))?;
+    if !sd.tensors.contains_key("encoder.final_layer_norm.weight")
+        || has_prefix(sd, "decoder.")
+        || sd
+            .tensors
+            .contains_key("encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight")
+        || !sd
+            .tensors
+            .contains_key("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")
+    {
+        return None;
+    }
+    // InvokeAI's loader reads these with safetensors only.
+    if container != Container::Safetensors {
+        return None;
+    }
+    let mut f = Finding::new(T::T5Encoder, B::Any, F::Checkpoint);
+    f.evidence.push(format!(
+        "keys `encoder.block.0.layer.0.SelfAttention.q.weight`, `{embed}`, `encoder.final_layer_norm.weight` and the gated `wi_0`: T5 v1.1 encoder → t5_encoder"
+    ));
+    let width = dim(sd, "encoder.final_layer_norm.weight", 0).or_else(|| dim(sd, embed, 1));
+    match width {
+        Some(T5_XXL_WIDTH) => f
+            .evidence
+            .push(format!("width {T5_XXL_WIDTH}: T5 v1.1 XXL")),
+        // InvokeAI refuses these outright; the file is a T5 encoder all the same, so it is
+        // recorded as one and the caller is told that FLUX.1 and SD 3 cannot use it.
+        w => {
+            let w = w.map_or_else(|| "unknown".to_owned(), |w| w.to_string());
+            f.evidence.push(format!("width {w}: not T5 v1.1 XXL"));
+            f.warnings.push(format!(
+                "this T5 encoder is {w} wide; FLUX.1 and SD 3 need T5 v1.1 XXL ({T5_XXL_WIDTH})"
+            ));
+        }
+    }
+    Some(f)
+}
+
+/// Where a causal LM's decoder sits in a file: transformers' `model.`, a multimodal wrapper's
+/// `language_model.model.` / `model.language_model.`, a ComfyUI text encoder's
+/// `text_encoder.model.`; GGUF's `blk.`. Returns (root, layer prefix, embedding, final norm).
+fn lm_root(sd: &StateDict) -> Option<(&'static str, String, String, String)> {
+    for root in [
+        "model.",
+        "language_model.model.",
+        "model.language_model.",
+        "text_encoder.model.",
+    ] {
+        let layers = format!("{root}layers.");
+        if has_prefix(sd, &layers)
+            || sd
+                .tensors
+                .contains_key(&format!("{root}embed_tokens.weight"))
+        {
+            return Some((
+                root,
+                layers,
+                format!("{root}embed_tokens.weight"),
+                format!("{root}norm.weight"),
+            ));
+        }
+    }
+    has_prefix(sd, "blk.").then(|| {
+        (
+            "",
+            "blk.".to_owned(),
+            "token_embd.weight".to_owned(),
+            "output_norm.weight".to_owned(),
+        )
+    })
+}
+
+/// The number of decoder layers: the highest `<prefix>N.` plus one.
+fn layer_count(sd: &StateDict, prefix: &str) -> u64 {
+    let start = sd
+        .tensors
+        .keys()
+        .position(|k| k.starts_with(prefix))
+        .unwrap_or(usize::MAX);
+    sd.tensors
+        .keys()
+        .skip(start)
+        .take_while(|k| k.starts_with(prefix))
+        .filter_map(|k| k[prefix.len()..].split('.').next()?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |m| m + 1)
+}
+
+/// Mistral Small 3's geometry (FLUX.2 [dev]'s text encoder): 5120 wide with grouped-query
+/// attention of 8 key/value heads, so layer 0's key projection gives 1024 features. InvokeAI
+/// tells it from Llama-2-13B (also 5120 wide, 40 layers) by a vocabulary of at least 100,000
+/// rows; the key projection says the same without the embedding's 671 M entries, and 13B's
+/// full multi-head attention gives 5120 there.
+fn mistral_geometry(sd: &StateDict) -> Option<(String, u64, u64)> {
+    let (_, layers, embed, norm) = lm_root(sd)?;
+    let hidden = dim(sd, &norm, 0).or_else(|| dim(sd, &embed, 1))?;
+    if hidden != 5120 {
+        return None;
+    }
+    let k_proj = if layers == "blk." {
+        "blk.0.attn_k.weight".to_owned()
+    } else {
+        format!("{layers}0.self_attn.k_proj.weight")
+    };
+    (dim(sd, &k_proj, 0) == Some(1024) && dim(sd, &k_proj, 1) == Some(5120))
+        .then(|| (layers.clone(), hidden, layer_count(sd, &layers)))
+}
+
+/// A Mistral Small 3 text encoder in one file (InvokeAI's `MistralEncoder_Checkpoint_Config`
+/// and `_GGUF_Config`): 30 layers is BFL's "cow" distillation, 40 the full 24B.
+fn mistral_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
+    let (layers, hidden, n) = mistral_geometry(sd)?;
+    let v = match n {
+        30 => MistralVariantType::Cow,
+        40 => MistralVariantType::Mistral24B,
+        _ => return None,
+    };
+    let format = if container == Container::Gguf {
+        F::GgufQuantized
+    } else {
+        F::Checkpoint
+    };
+    let mut f = Finding::new(T::MistralEncoder, B::Any, format);
+    f.evidence.push(format!(
+        "keys `{layers}*`: causal LM {hidden} wide with 8 key/value heads (key projection 1024) → mistral_encoder"
+    ));
+    f.evidence.push(format!("{n} layers → {v}"));
+    f.variant = Some(v.into());
+    Some(f)
+}
+
+/// The vision tower of a Qwen VL checkpoint (`visual.*`, `model.visual.*`).
+fn qwen_visual<'a>(sd: &'a StateDict<'_>) -> Option<&'a str> {
+    first_with_prefix(sd, "visual.").or_else(|| first_with_prefix(sd, "model.visual."))
+}
+
+/// A Qwen VL text encoder in one file: a language model plus a vision tower. Qwen3-VL
+/// (Krea-2's and Ideogram 4's encoder) by its DeepStack mergers or the QK-norm of Qwen3's
+/// attention, its variant from the width; else Qwen2.5-VL (Qwen-Image's,
+/// `qwen_2.5_vl_7b_fp8_scaled`).
+fn qwen_vl_encoder(sd: &StateDict, container: Container) -> Option<Finding> {
+    if container == Container::Gguf {
+        return None;
+    }
+    let visual = qwen_visual(sd)?.to_owned();
+    let (_, layers, embed, norm) = lm_root(sd)?;
+    let deepstack = any_key(sd, |k| k.contains("visual.deepstack_merger_list."));
+    let qk_norm = first_with_prefix(sd, &format!("{layers}0.self_attn.q_norm."));
+    if let Some(k) = deepstack.or(qk_norm) {
+        let mut f = Finding::new(T::Qwen3VlEncoder, B::Any, F::Checkpoint);
+        f.evidence.push(format!(
+            "keys `{layers}*` and `{visual}`: language model with a vision tower; `{k}` is Qwen3-VL's → qwen3_vl_encoder"
+        ));
+        let width = dim(sd, &norm, 0).or_else(|| dim(sd, &embed, 1));
+        let v = match width {
+            Some(4096) => Qwen3VlVariantType::Qwen3Vl8B,
+            _ => Qwen3VlVariantType::Qwen3Vl4B,
+        };
+        f.evidence.push(match width {
+            Some(w @ (2560 | 4096)) => format!("hidden size {w} → {v}"),
+            Some(w) => format!("hidden size {w}: {v} by default"),
+            None => format!("no hidden size: {v} by default"),
+        });
+        f.variant = Some(v.into());
+        return Some(f);
+    }
+    let mut f = Finding::new(T::QwenVlEncoder, B::Any, F::Checkpoint);
+    f.evidence.push(format!(
+        "keys `{layers}*` and `{visual}`: language model with a vision tower, no Qwen3 QK-norm → qwen_vl_encoder (Qwen2.5-VL)"
+    ));
+    Some(f)
+}
+
+/// The ComfyUI prefixes Wan transformers come under.
+const WAN_PREFIXES: [&str; 3] = ["", "model.diffusion_model.", "diffusion_model."];
+
+/// A Wan 2.2 transformer in one file (InvokeAI's `Main_Checkpoint_Wan_Config`, native or
+/// diffusers names): the input conv `patch_embedding`, a text projection, and a block's own
+/// (undecorated) attention weight — which I2V LoRAs carrying a replacement `patch_embedding`
+/// lack. The variant is the conv's (width, input channels): 5120/16 T2V-A14B, 5120/36
+/// I2V-A14B, 3072/48 TI2V-5B. Wan 2.1 (a CLIP image embedder, or 1536 wide) and the branches
+/// InvokeAI cannot run (Animate, S2V, Fun-Control, VACE) are not matched.
+fn main_wan(sd: &StateDict, container: Container) -> Option<Finding> {
+    let p = WAN_PREFIXES.into_iter().find(|p| {
+        sd.tensors
+            .contains_key(&format!("{p}patch_embedding.weight"))
+    })?;
+    let text = [
+        "condition_embedder.text_embedder.linear_1.weight",
+        "text_embedding.0.weight",
+    ]
+    .into_iter()
+    .map(|n| format!("{p}{n}"))
+    .find(|k| sd.tensors.contains_key(k))?;
+    let block = ["blocks.0.self_attn.q.weight", "blocks.0.attn1.to_q.weight"]
+        .into_iter()
+        .map(|n| format!("{p}{n}"))
+        .find(|k| sd.tensors.contains_key(k))?;
+    let pe = format!("{p}patch_embedding.weight");
+    let (inner, in_ch) = (dim(sd, &pe, 0)?, dim(sd, &pe, 1)?);
+    let unsupported = [
+        "face_adapter.",
+        "motion_encoder.",
+        "audio_injector.",
+        "casual_audio_encoder.",
+        "control_adapter.",
+        "vace_blocks.",
+        "img_emb.",
+        "condition_embedder.image_embedder.",
+    ];
+    if unsupported
+        .iter()
+        .any(|u| has_prefix(sd, &format!("{p}{u}")))
+    {
+        return None;
+    }
+    let v = match (inner, in_ch) {
+        (5120, 16) => WanVariantType::T2vA14b,
+        (5120, 36) => WanVariantType::I2vA14b,
+        (3072, 48) => WanVariantType::Ti2v5b,
+        _ => return None,
+    };
+    let mut f = Finding::new(T::Main, B::Wan, container_format(container));
+    f.evidence.push(format!(
+        "keys `{pe}`, `{text}`, `{block}`: Wan transformer → main wan"
+    ));
+    f.evidence.push(format!(
+        "`{pe}` is {inner} wide with {in_ch} input channels → {v}"
+    ));
+    f.variant = Some(v.into());
+    Some(f)
+}
+
+/// Krea-2's transformer in one file (InvokeAI's `_has_krea2_keys`): its text-fusion stage
+/// (`text_fusion` / `time_mod_proj`, or the native `txtfusion`) beside an image input
+/// (`img_in`, native `first` / `tproj`), and no LoRA factors. InvokeAI looks for those names
+/// as any part of any key; the top-level prefixes (bare or ComfyUI's) are where they sit.
+fn main_krea2(sd: &StateDict, container: Container) -> Option<Finding> {
+    let find = |names: &[&str]| {
+        ["", "model.diffusion_model.", "diffusion_model."]
+            .iter()
+            .flat_map(|p| names.iter().map(move |n| format!("{p}{n}.")))
+            .find_map(|n| first_with_prefix(sd, &n).map(str::to_owned))
+    };
+    let fusion = find(&["text_fusion", "txtfusion", "time_mod_proj"])?;
+    let image = find(&["img_in", "first", "tproj"])?;
+    if has_lora_suffix(sd)
+        || any_key(sd, |k| {
+            k.rsplit_once('.').is_some_and(|(_, last)| last == "alpha")
+        })
+        .is_some()
+    {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::Krea2, container_format(container));
+    f.evidence.push(format!(
+        "keys `{fusion}` (text fusion) and `{image}`: Krea-2 transformer → main krea-2"
+    ));
+    // Turbo and Raw share the architecture; the name decides ([`refine_by_name`]).
+    f.variant = Some(Krea2VariantType::Turbo.into());
+    Some(f)
+}
+
+/// An LTX-2 transformer in one file, official layout (InvokeAI's `Main_Checkpoint_LTX2_Config`
+/// and `checkpoint_layout.classify_roles`): the audio→video gate's timestep embedder beside
+/// `transformer_blocks`, bare or under `model.diffusion_model.`. InvokeAI runs LTX-2.5 only;
+/// the generation is the header's `model_version`, else 2.5's structure (no video feed-forward
+/// bias, an audio one). Other generations are not matched (InvokeAI refuses them).
+fn main_ltx2(sd: &StateDict, container: Container) -> Option<Finding> {
+    const FINGERPRINT: &str = "av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1.weight";
+    if container != Container::Safetensors {
+        return None;
+    }
+    let p = ["", "model.diffusion_model."].into_iter().find(|p| {
+        sd.tensors.contains_key(&format!("{p}{FINGERPRINT}"))
+            && has_prefix(sd, &format!("{p}transformer_blocks."))
+    })?;
+    let (generation, why) = if let Some(v) = sd.metadata.get("model_version") {
+        let mut parts = v.split('.');
+        let g = match (parts.next(), parts.next()) {
+            (Some(a), Some(b)) if a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok() => {
+                format!("{a}.{b}")
+            }
+            _ => return None,
+        };
+        (g, format!("metadata model_version = `{v}`"))
+    } else {
+        let has = |k: &str| {
+            sd.tensors
+                .contains_key(&format!("{p}transformer_blocks.0.{k}"))
+        };
+        if !has("ff.net.0.proj.weight") {
+            return None;
+        }
+        if has("ff.net.2.bias") || !has("audio_ff.net.2.bias") {
+            return None;
+        }
+        (
+            "2.5".to_owned(),
+            "no video feed-forward bias beside an audio one: LTX-2.5's structure".to_owned(),
+        )
+    };
+    if generation != "2.5" {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::Ltx2, F::Checkpoint);
+    f.evidence.push(format!(
+        "key `{p}{FINGERPRINT}` with `{p}transformer_blocks.*`: LTX-2 transformer → main ltx-2"
+    ));
+    f.evidence.push(format!("{why} → LTX-{generation}"));
+    // Dev and Distilled are key-for-key identical; the name decides ([`refine_by_name`]).
+    f.variant = Some(Ltx2VariantType::Dev.into());
+    Some(f)
+}
+
+/// A MiniMax H3 transformer in one file: its joint audio and video patch projections and the
+/// fused-QKV block of the remote-code layout. FL2VA unless the name says Ref2VA (the two are
+/// key-for-key identical; [`refine_by_name`]).
+fn main_minimax_h3(sd: &StateDict, container: Container) -> Option<Finding> {
+    const KEYS: [&str; 3] = [
+        "audio_patch_proj.weight",
+        "video_patch_proj.weight",
+        "blocks.0.attn.qkv_proj.weight",
+    ];
+    if !KEYS.iter().all(|k| sd.tensors.contains_key(k)) || container == Container::Gguf {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::MiniMaxH3, F::Checkpoint);
+    f.evidence.push(format!(
+        "keys `{}`: MiniMax H3 audio-video transformer → main minimax-h3",
+        KEYS.join("`, `")
+    ));
+    f.variant = Some(MiniMaxH3VariantType::Fl2va.into());
+    Some(f)
+}
+
+/// One of Ideogram 4's two transformer branches in one file: the image-indicator embedding of
+/// its packed text/image sequence and its input, AdaLN and output projections.
+fn main_ideogram4(sd: &StateDict, container: Container) -> Option<Finding> {
+    const KEYS: [&str; 4] = [
+        "embed_image_indicator.weight",
+        "input_proj.weight",
+        "adaln_proj.weight",
+        "final_layer.linear.weight",
+    ];
+    if !KEYS.iter().all(|k| sd.tensors.contains_key(k)) || container == Container::Gguf {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::Ideogram4, F::Checkpoint);
+    f.evidence.push(format!(
+        "keys `{}`: Ideogram 4 transformer → main ideogram-4",
+        KEYS.join("`, `")
+    ));
+    if let Some(b) = sd.metadata.get("model_type") {
+        f.evidence
+            .push(format!("metadata model_type = `{b}` (the branch)"));
+    }
+    Some(f)
+}
+
+/// What only the file name says, after the rules: a checkpoint VAE's base
+/// ([`vae_base_by_name`]), a PiD decoder's backbone and preset, a MiniMax H3 transformer's
+/// task, and Qwen-Image's edit variant (InvokeAI reads the same names).
+pub(crate) fn refine_by_name(f: &mut Finding, file_name: &str) {
+    vae_base_by_name(f, file_name);
+    let l = file_name.to_ascii_lowercase();
+    match (f.model_type, f.base) {
+        (T::PidDecoder, _) => {
+            let base = if l.contains("flux2") || l.contains("flux-2") || l.contains("flux_2") {
+                Some(B::Flux2)
+            } else if l.contains("flux") {
+                Some(B::Flux)
+            } else if l.contains("sd3") || l.contains("sd-3") || l.contains("sd_3") {
+                Some(B::StableDiffusion3)
+            } else {
+                None
+            };
+            if let Some(b) = base {
+                f.base = b;
+                f.base_candidates.clear();
+                f.evidence
+                    .push(format!("name `{file_name}` names the {b} backbone"));
+            } else {
+                f.evidence.push(format!(
+                    "name `{file_name}` names no backbone (flux, flux2, sd3): set config.base"
+                ));
+            }
+            if l.contains("res2kto4k") || l.contains("res2k_to_4k") || l.contains("res2k_to4k") {
+                f.variant = Some(PidDecoderVariantType::Res2kTo4kSr4x.into());
+                f.evidence
+                    .push(format!("name `{file_name}` → res2kto4k_sr4x"));
+            }
+        }
+        // InvokeAI: `turbo` wins; else a `raw` or `base` token is the undistilled Base.
+        (T::Main, B::Krea2) if !l.contains("turbo") => {
+            let base = l
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|t| t == "raw" || t == "base");
+            if base {
+                f.variant = Some(Krea2VariantType::Base.into());
+                f.evidence.push(format!(
+                    "name `{file_name}` has a `raw`/`base` token → krea2_base"
+                ));
+            } else {
+                f.evidence.push(format!(
+                    "name `{file_name}` says nothing: krea2_turbo, InvokeAI's default"
+                ));
+            }
+        }
+        (T::Main, B::Ltx2) if l.contains("distilled") => {
+            f.variant = Some(Ltx2VariantType::Distilled.into());
+            f.evidence.push(format!(
+                "name `{file_name}` says distilled → ltx2_distilled"
+            ));
+        }
+        (T::Main, B::MiniMaxH3) if l.contains("ref2va") => {
+            f.variant = Some(MiniMaxH3VariantType::Ref2va.into());
+            f.evidence.push(format!("name `{file_name}` → ref2va"));
+        }
+        (T::Main, B::QwenImage) if f.variant.is_none() => {
+            let edit = l
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|t| t == "edit");
+            let v = if edit {
+                QwenImageVariantType::Edit
+            } else {
+                QwenImageVariantType::Generate
+            };
+            f.evidence.push(if edit {
+                format!("name `{file_name}` has the token `edit` → edit")
+            } else {
+                "no `__index_timestep_zero__` and no `edit` in the name → generate".to_owned()
+            });
+            f.variant = Some(v.into());
+        }
+        _ => {}
+    }
+}
+
 fn unknown(sd: &StateDict, container: Container) -> Finding {
     let mut f = Finding::unknown(container_format(container));
     let n = sd.tensors.len();
@@ -1216,10 +1889,26 @@ fn unknown(sd: &StateDict, container: Container) -> Finding {
         "{n} tensors, none matching a known layout; first: {}",
         sample.join(", ")
     ));
-    let hints: [(&str, &str); 4] = [
+    let hints: [(&str, &str); 8] = [
+        (
+            "av_ca_a2v_gate_adaln_single.",
+            "an LTX-2 transformer of a generation InvokeAI 6.x does not run (it runs LTX-2.5)",
+        ),
         (
             "encoder.block.0.layer.0.SelfAttention",
-            "a T5 encoder (modelsync records T5 encoders as folders)",
+            "a T5 encoder that is not T5 v1.1 in one safetensors file (UMT5, T5 v1.0, a pickle, a decoder or a shard: InvokeAI records these as folders)",
+        ),
+        (
+            ".linear_attn.",
+            "a Qwen3.5 language model (Gated DeltaNet), which InvokeAI 6.x records as its own type",
+        ),
+        (
+            "patch_embedding.weight",
+            "a Wan-family video transformer InvokeAI's Wan 2.2 loader does not run (Wan 2.1, Animate, S2V, Fun-Control, VACE, or an unknown width)",
+        ),
+        (
+            "body.0.block1.weight",
+            "a single-file T2I-Adapter (InvokeAI loads T2I-Adapters only as diffusers folders)",
         ),
         (
             "text_model.encoder.layers.",

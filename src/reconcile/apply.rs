@@ -12,13 +12,17 @@
 //! | action | does |
 //! |---|---|
 //! | install | install service `install` with the entry's source, dest, hash, globs, token, and `Managed {entry, spec_hash}` |
-//! | replace, upgrade, repair | install anew, then delete the old record and its files (with a `dest`, which the new install needs free, the old one goes first) |
-//! | update, adopt | `update_model` with the entry's record-level fields and `managed` |
+//! | replace | install anew, then delete the old record and its files (with a `dest`, which the new install needs free, the old one goes first) |
+//! | repair, upgrade | in place ([`crate::install::InPlace`]): same key, path and creation time; only the missing, changed or (upgrade) different files are fetched, verified, and moved over the old ones; then the record-level fields as for update. A repair fetches the installed commit (the lock's), an upgrade the commit `--refresh` saw upstream |
+//! | update, adopt | `update_model` with the entry's record-level fields and `managed`; tags are the manifest's plus the Hub's |
 //! | delete (prune) | install service `delete` (record + files inside models_dir) |
 //! | superseded records | another record of a present entry (an interrupted replace): deleted once the entry converged |
 //!
 //! A converged state costs no Hub request and no hashing: observe compares fingerprints only,
-//! and sizes are only asked for actions that fetch.
+//! and sizes are only asked for actions that fetch. `--refresh` (and watch's
+//! `settings.refresh_interval`) asks the Hub where each unpinned revision points, so an entry
+//! that tracks a branch is upgraded when it moved; a pinned commit never moves, and `--locked`
+//! never looks upstream: it fetches exactly the lock's commits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -192,6 +196,9 @@ pub struct ApplyOptions {
     pub max_parallel: usize,
     /// Headroom kept free besides the bytes to fetch.
     pub staging_bytes: u64,
+    /// `--refresh`: ask the Hub where unpinned revisions point now, and upgrade the entries
+    /// whose revision moved. Ignored with `locked` (which never looks upstream).
+    pub refresh: bool,
     /// Once it fires (Ctrl-C), actions not yet started are not started and nothing is
     /// preloaded; the caller cancels the running install jobs
     /// ([`Services::unless_cancelled`](super::Services::unless_cancelled)), whose partial
@@ -209,6 +216,7 @@ impl Default for ApplyOptions {
             preload: false,
             max_parallel: crate::manifest::DEFAULT_PARALLEL_DOWNLOADS,
             staging_bytes: 0,
+            refresh: false,
             cancel: CancelToken::never(),
         }
     }
@@ -335,11 +343,27 @@ pub async fn apply(
         staging_bytes: opts.staging_bytes,
         ..PlanOptions::default()
     };
+    let mut warnings = Vec::new();
+    if opts.refresh && !opts.locked {
+        let selected: Vec<&ModelEntry> = manifest
+            .models
+            .iter()
+            .filter(|e| opts.only.is_empty() || opts.only.contains(&e.name))
+            .collect();
+        let (commits, w) = remote::upstream_commits(cx.hub, cx.hub_env, &selected).await;
+        for w in w {
+            if w.unresolvable {
+                popts.unresolvable.insert(w.name, w.message);
+            } else {
+                warnings.push(w);
+            }
+        }
+        popts.upstream_commits = commits;
+    }
     let mut the_plan = plan(manifest, &inventory, &popts)?;
     if opts.locked {
-        locked_preflight(manifest, &the_plan, &lock, cx).await?;
+        locked_preflight(manifest, &the_plan, &lock)?;
     }
-    let mut warnings = Vec::new();
     let unknown: Vec<&ModelEntry> = the_plan
         .changes()
         .filter(|a| a.fetch_bytes.is_none())
@@ -378,8 +402,10 @@ pub async fn apply(
     );
 
     let locked_entries = opts.locked.then(|| lock.clone());
+    let upstream = popts.upstream_commits.clone();
     let mut results: Vec<(usize, ActionResult)> = {
         let locked_ref = locked_entries.as_ref();
+        let (lock_ref, upstream_ref) = (&lock, &upstream);
         // Collected before they become a stream, so that no closure is held across the await:
         // that keeps `apply`'s future `Send` for callers that spawn it (watch mode).
         let actions: Vec<_> = the_plan
@@ -392,7 +418,12 @@ pub async fn apply(
                 if opts.cancel.is_cancelled() && a.action.is_change() {
                     return (i, not_started(a));
                 }
-                let mut r = run_action(manifest, a, cx, locked_ref).await;
+                let known = Known {
+                    locked: locked_ref,
+                    lock: lock_ref,
+                    upstream: upstream_ref,
+                };
+                let mut r = run_action(manifest, a, cx, known).await;
                 r.interrupted = !r.ok() && opts.cancel.is_cancelled();
                 (i, r)
             })
@@ -686,15 +717,14 @@ fn is_superseded(manifest: &Manifest, a: &PlannedAction) -> bool {
 }
 
 /// `--locked`: every selected entry must have a lock entry for its current source, and an
-/// unpinned Hub revision that must be fetched must still point at the locked commit.
-async fn locked_preflight(
+/// unpinned Hub entry that must be fetched must have its resolved commit there. Nothing is
+/// asked upstream: the installs fetch exactly the lock's commits.
+fn locked_preflight(
     manifest: &Manifest,
     the_plan: &Plan,
     lock: &LockFile,
-    cx: &ApplyContext<'_>,
 ) -> Result<(), ApplyError> {
     let mut problems = Vec::new();
-    let mut to_check = Vec::new();
     for a in &the_plan.actions {
         let Some(entry) = manifest.entry(&a.name) else {
             continue;
@@ -718,36 +748,15 @@ async fn locked_preflight(
             a.action,
             ActionKind::Install | ActionKind::Replace | ActionKind::Repair | ActionKind::Upgrade
         );
-        if fetches && !entry.is_pinned() && matches!(entry.source, ModelSource::Hf(_)) {
-            match &l.resolved_commit {
-                Some(c) => to_check.push((entry, c.clone())),
-                None => problems.push(format!(
-                    "entry `{}`: models.lock has no resolved commit",
-                    entry.name
-                )),
-            }
-        }
-    }
-    let checks: Vec<_> = to_check
-        .into_iter()
-        .map(|(e, c)| async move { (e, c, remote::upstream_commit(cx.hub, cx.hub_env, e).await) })
-        .collect();
-    let checks = futures_util::stream::iter(checks)
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await;
-    for (e, locked, now) in checks {
-        match now {
-            Ok(now) if now == locked => {}
-            Ok(now) => problems.push(format!(
-                "entry `{}`: {} moved upstream from the locked commit {locked} to {now}",
-                e.name,
-                e.revision().unwrap_or("main")
-            )),
-            Err((_, err)) => problems.push(format!(
-                "entry `{}`: cannot check the locked commit: {err}",
-                e.name
-            )),
+        if fetches
+            && !entry.is_pinned()
+            && matches!(entry.source, ModelSource::Hf(_))
+            && l.resolved_commit.is_none()
+        {
+            problems.push(format!(
+                "entry `{}`: models.lock has no resolved commit",
+                entry.name
+            ));
         }
     }
     problems.sort();
@@ -838,11 +847,22 @@ fn not_started(a: &PlannedAction) -> ActionResult {
     }
 }
 
+/// What an action may need besides its plan row.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    /// The lock with `--locked`.
+    locked: Option<&'a LockFile>,
+    /// The lock as read at the start (the installed commits).
+    lock: &'a LockFile,
+    /// `--refresh`: entry → the commit upstream.
+    upstream: &'a BTreeMap<String, String>,
+}
+
 async fn run_action(
     manifest: &Manifest,
     a: &PlannedAction,
     cx: &ApplyContext<'_>,
-    locked: Option<&LockFile>,
+    known: Known<'_>,
 ) -> ActionResult {
     let entry = manifest.entry(&a.name);
     match (a.action, entry) {
@@ -862,12 +882,17 @@ async fn run_action(
                 .map(|k| (Some(k), 0, None));
             finish(cx, a, r)
         }
+        (ActionKind::Repair | ActionKind::Upgrade, Some(entry)) if a.key.is_some() => {
+            start(cx, a);
+            let r = refit(manifest, entry, a, cx, known).await;
+            finish(cx, a, r)
+        }
         (
             ActionKind::Install | ActionKind::Replace | ActionKind::Repair | ActionKind::Upgrade,
             Some(entry),
         ) => {
             start(cx, a);
-            let lock_entry = locked.and_then(|l| l.entry_for(entry));
+            let lock_entry = known.locked.and_then(|l| l.entry_for(entry));
             let r = reinstall(manifest, entry, a, cx, lock_entry).await;
             finish(cx, a, r)
         }
@@ -893,7 +918,13 @@ async fn reinstall(
     if old_first {
         remove_old(cx, old, entry.inplace)?;
     }
-    let request = install_request(manifest, entry);
+    let mut request = install_request(manifest, entry);
+    // `--locked` fetches the lock's commit, never what the branch points at now.
+    if !entry.is_pinned()
+        && let Some(l) = locked
+    {
+        request.options.revision.clone_from(&l.resolved_commit);
+    }
     let outcome = cx
         .manager
         .install()
@@ -920,6 +951,64 @@ async fn reinstall(
     }
     let lock = lock_from_outcome(entry, &outcome);
     Ok((Some(outcome.key), outcome.downloaded_bytes, Some(lock)))
+}
+
+/// Repair or upgrade in place: the record keeps its key; see the module docs.
+async fn refit(
+    manifest: &Manifest,
+    entry: &ModelEntry,
+    a: &PlannedAction,
+    cx: &ApplyContext<'_>,
+    known: Known<'_>,
+) -> Result<Done, String> {
+    let key = a.key.clone().unwrap_or_default();
+    let store = cx.manager.store();
+    let mut request = install_request(manifest, entry);
+    let lock_entry = known.lock.entry_for(entry);
+    if !entry.is_pinned() && matches!(entry.source, ModelSource::Hf(_)) {
+        request.options.revision = if a.action == ActionKind::Upgrade && known.locked.is_none() {
+            known.upstream.get(&entry.name).cloned()
+        } else {
+            // Restore what is installed: the lock's commit, else the record's.
+            lock_entry
+                .and_then(|l| l.resolved_commit.clone())
+                .or_else(|| {
+                    lock_from_store(store.as_ref(), entry, &key)
+                        .ok()
+                        .and_then(|l| l.resolved_commit)
+                })
+        };
+    }
+    let locked_sha256 = known
+        .locked
+        .and_then(|l| l.entry_for(entry))
+        .map(|l| {
+            l.files
+                .iter()
+                .filter_map(|f| Some((f.path.clone(), f.sha256.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    request.options.in_place = Some(crate::install::InPlace {
+        key: key.clone(),
+        damaged: a.files.clone(),
+        locked_sha256,
+    });
+    let outcome = cx
+        .manager
+        .install()
+        .install(request)
+        .await
+        .map_err(|e| e.full_message())?;
+    if let Some(l) = known.locked.and_then(|l| l.entry_for(entry))
+        && let Err(why) = check_against_lock(&outcome, l)
+    {
+        return Err(format!("does not match models.lock: {why}"));
+    }
+    // The record-level fields and ownership, as an update writes them.
+    update_record(store.as_ref(), entry, Some(&key))?;
+    let lock = lock_from_outcome(entry, &outcome);
+    Ok((Some(key), outcome.downloaded_bytes, Some(lock)))
 }
 
 fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result<(), String> {
@@ -995,6 +1084,7 @@ pub fn install_request(manifest: &Manifest, entry: &ModelEntry) -> InstallReques
         access_token: entry.token().cloned(),
         sha256_for_lock: true,
         unknown_models: manifest.settings.unknown_models,
+        ..InstallOptions::default()
     })
 }
 
@@ -1036,6 +1126,16 @@ fn update_record(
     fields
         .entry("tags")
         .or_insert(serde_json::Value::Array(Vec::new()));
+    // Tags are the Hub's plus the manifest's, as an install writes them.
+    let hub_tags: Vec<String> = store
+        .get_model(key)
+        .ok()
+        .and_then(|r| r.common().source_api_response.clone())
+        .and_then(|v| crate::hub::HuggingFaceMetadata::from_json_value(&v).ok())
+        .map(|m| m.tags.into_iter().collect())
+        .unwrap_or_default();
+    let tags = crate::install::merged_tags(&fields, &[], &hub_tags);
+    fields.insert("tags".into(), tags.into());
     fields.insert(
         "managed".into(),
         serde_json::to_value(managed(entry)).unwrap_or_default(),

@@ -30,6 +30,11 @@
 //!   announced to the watcher as *not* preload entries, so readiness does not wait forever for
 //!   something that cannot happen; [`ManifestConverger::unpreloadable`] names them so the caller
 //!   can warn, and `/status` shows them with `preload: false`.
+//! - **Moving revisions.** With `settings.refresh_interval`, an entry's reconcile asks the Hub
+//!   where its unpinned revision points (`apply --refresh`) when the interval has passed since
+//!   it last asked (the first reconcile asks), and asks the watcher to come back when the next
+//!   one is due; a branch that moved is upgraded in place. Pinned commits never move. The
+//!   interval is read from each manifest, so changing it needs no restart.
 //! - **Metrics.** Bytes downloaded come from the apply report; download errors are the download
 //!   queue's `error` events, counted by a reporter wrapped around the caller's, and attributed
 //!   to the next reconcile that finishes (the metric is a process total).
@@ -335,6 +340,8 @@ pub struct ManifestConverger {
     /// `--lock-file`, applied to every manifest read.
     lock_file_override: Option<PathBuf>,
     services: tokio::sync::OnceCell<Services>,
+    /// Entry → when its reconcile last asked the Hub for the upstream commit.
+    refreshed: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     // Declared last: released after the services are dropped.
     _lock: StoreLock,
 }
@@ -367,6 +374,7 @@ impl ManifestConverger {
             path_overrides: (None, None),
             lock_file_override: None,
             services: tokio::sync::OnceCell::new(),
+            refreshed: std::sync::Mutex::default(),
             _lock: lock,
         }
     }
@@ -450,6 +458,28 @@ impl ManifestConverger {
         self.reporter.clone()
     }
 
+    /// Whether this reconcile of `entry` asks upstream (`settings.refresh_interval` has passed
+    /// since the last time, or it never did), and when the next one is due.
+    fn refresh_due(&self, settings: &Settings, entry: &str) -> (bool, Option<Duration>) {
+        let Some(every) = settings.refresh_interval else {
+            return (false, None);
+        };
+        let now = tokio::time::Instant::now();
+        let mut last = self
+            .refreshed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.get(entry) {
+            Some(t) if now.duration_since(*t) < every => {
+                (false, Some(every.saturating_sub(now.duration_since(*t))))
+            }
+            _ => {
+                last.insert(entry.to_owned(), now);
+                (true, Some(every))
+            }
+        }
+    }
+
     fn record_of(svc: &Services, entry: &str) -> Result<crate::AnyModelConfig, EntryError> {
         let records = svc
             .manager
@@ -514,10 +544,12 @@ impl Converger for ManifestConverger {
     ) -> BoxFuture<'a, Result<EntryOutcome, EntryError>> {
         Box::pin(async move {
             let svc = self.services().await?;
+            let (refresh, next_refresh) = self.refresh_due(&desired.settings, entry);
             let opts = ApplyOptions {
                 prune: desired.settings.prune,
                 only: vec![entry.to_owned()],
                 max_parallel: desired.settings.max_parallel_downloads,
+                refresh,
                 cancel: cancel.clone(),
                 ..ApplyOptions::default()
             };
@@ -527,7 +559,10 @@ impl Converger for ManifestConverger {
                 .await;
             let download_errors = self.reporter.download_errors.swap(0, Ordering::Relaxed);
             match result {
-                Ok(report) => entry_result(entry, &report, download_errors),
+                Ok(report) => entry_result(entry, &report, download_errors).map(|mut o| {
+                    o.requeue_after = next_refresh;
+                    o
+                }),
                 Err(e) => Err(EntryError {
                     download_errors,
                     ..EntryError::new(e.to_string())
@@ -657,6 +692,41 @@ mod tests {
 
     fn settings() -> Settings {
         Settings::defaults(Path::new("/srv"))
+    }
+
+    /// Refreshes are due once per interval per entry, the first at once; off without the
+    /// setting. On tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_are_due_once_per_interval_and_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("modelsync.db");
+        let lock = StoreLock::acquire(&db, Duration::ZERO, |_| {}).unwrap();
+        let m = Manifest {
+            path: dir.path().join("models.yaml"),
+            base_dir: dir.path().to_path_buf(),
+            settings: Settings::defaults(dir.path()),
+            models: Vec::new(),
+            broken: Vec::new(),
+        };
+        let conv = ManifestConverger::new(&m, lock, Arc::new(crate::events::NullReporter));
+        let mut s = settings();
+        assert_eq!(conv.refresh_due(&s, "a"), (false, None));
+        s.refresh_interval = Some(Duration::from_mins(10));
+        assert_eq!(
+            conv.refresh_due(&s, "a"),
+            (true, Some(Duration::from_mins(10)))
+        );
+        assert!(conv.refresh_due(&s, "b").0);
+        tokio::time::advance(Duration::from_mins(4)).await;
+        assert_eq!(
+            conv.refresh_due(&s, "a"),
+            (false, Some(Duration::from_mins(6)))
+        );
+        tokio::time::advance(Duration::from_mins(6)).await;
+        assert_eq!(
+            conv.refresh_due(&s, "a"),
+            (true, Some(Duration::from_mins(10)))
+        );
     }
 
     #[test]

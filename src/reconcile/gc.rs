@@ -155,6 +155,8 @@ mod tests {
             hash: String::new(),
             file_size: 0,
             files: Vec::new(),
+            fields: serde_json::Map::new(),
+            source_tags: Vec::new(),
         }
     }
 

@@ -100,6 +100,13 @@ pub struct InventoryRecord {
     pub file_size: u64,
     /// Recorded files and their states (empty when the store has no fingerprints).
     pub files: Vec<FileState>,
+    /// The record's fields as JSON (without `source_api_response`): what an update would
+    /// change is told from these.
+    #[serde(skip)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The tags the source gave (the Hub's), which the record carries besides the manifest's.
+    #[serde(skip)]
+    pub source_tags: Vec<String>,
 }
 
 impl InventoryRecord {
@@ -190,6 +197,17 @@ pub fn observe(store: &dyn RecordStore, models_dir: &Path) -> Result<Inventory, 
                 }
             })
             .collect();
+        let source_tags = c
+            .source_api_response
+            .as_ref()
+            .and_then(|v| crate::hub::HuggingFaceMetadata::from_json_value(v).ok())
+            .map(|m| m.tags.into_iter().collect())
+            .unwrap_or_default();
+        let mut fields = match config.to_json() {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        fields.remove("source_api_response");
         records.push(InventoryRecord {
             key: c.key.clone(),
             name: c.name.clone(),
@@ -205,6 +223,8 @@ pub fn observe(store: &dyn RecordStore, models_dir: &Path) -> Result<Inventory, 
             hash: c.hash.clone(),
             file_size: c.file_size,
             files,
+            fields,
+            source_tags,
         });
     }
     Ok(Inventory {

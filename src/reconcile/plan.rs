@@ -698,13 +698,58 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
         return with_key(a);
     }
     if stored.record != entry.spec_hash.record {
-        return with_key(action(
-            entry,
-            ActionKind::Update,
-            "record fields changed (description, tags, config, preload)",
-        ));
+        let changed = changed_fields(entry, r);
+        let reason = if changed.is_empty() {
+            // Nothing the record shows differs: `preload`, or a config override that was
+            // removed (the record keeps its value until rewritten).
+            "record-level fields changed (preload or a removed config override)".to_owned()
+        } else {
+            format!("{} changed", changed.join(", "))
+        };
+        return with_key(action(entry, ActionKind::Update, reason));
     }
     with_key(action(entry, ActionKind::Unchanged, "in sync"))
+}
+
+/// The record-level fields whose values the record does not have: `name`, `description`,
+/// `tags` (the manifest's plus the source's), `config.<key>` per override, in that order.
+fn changed_fields(entry: &ModelEntry, r: &InventoryRecord) -> Vec<String> {
+    let rec = &r.fields;
+    let text = |k: &str| rec.get(k).and_then(serde_json::Value::as_str);
+    let mut out = Vec::new();
+    if text("name") != Some(entry.name.as_str()) {
+        out.push("name".to_owned());
+    }
+    if text("description") != entry.description.as_deref() {
+        out.push("description".to_owned());
+    }
+    let have: HashSet<&str> = rec
+        .get("tags")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let want: HashSet<&str> = r
+        .source_tags
+        .iter()
+        .chain(&entry.tags)
+        .map(String::as_str)
+        .collect();
+    if have != want {
+        out.push("tags".to_owned());
+    }
+    if let Ok(serde_json::Value::Object(overrides)) = serde_json::to_value(&entry.config) {
+        for (k, v) in overrides {
+            let differs = if v.is_null() {
+                rec.get(&k).is_some_and(|x| !x.is_null())
+            } else {
+                rec.get(&k) != Some(&v)
+            };
+            if differs {
+                out.push(format!("config.{k}"));
+            }
+        }
+    }
+    out
 }
 
 /// "2 files missing, 1 changed", "model path missing", or `None` when intact.

@@ -214,7 +214,7 @@ impl YamlStore {
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|e| self.wrong(format!("not a YAML store (not UTF-8 text: {e})")))?;
-        let probe: Probe = serde_saphyr::from_str(text).map_err(|e| {
+        let probe: Probe = serde_saphyr::from_str_with_options(text, crate::manifest::yaml_options(text.len())).map_err(|e| {
             self.wrong(format!(
                 "not a modelsync YAML store (expected a mapping with a `{METADATA_KEY}` header): {e}"
             ))
@@ -240,13 +240,15 @@ impl YamlStore {
                 format!("unsupported store version `{version}` (this modelsync reads {STORE_VERSION})")
             }));
         }
-        let doc: DocIn = serde_saphyr::from_str(text).map_err(|e| {
-            let msg = e.to_string();
-            StoreError::Damaged {
-                path: self.path.clone(),
-                reason: msg.strip_prefix("error: ").unwrap_or(&msg).to_owned(),
-            }
-        })?;
+        let doc: DocIn =
+            serde_saphyr::from_str_with_options(text, crate::manifest::yaml_options(text.len()))
+                .map_err(|e| {
+                    let msg = e.to_string();
+                    StoreError::Damaged {
+                        path: self.path.clone(),
+                        reason: msg.strip_prefix("error: ").unwrap_or(&msg).to_owned(),
+                    }
+                })?;
         let mut models = BTreeMap::new();
         let mut paths: BTreeMap<String, String> = BTreeMap::new();
         for m in doc.models {

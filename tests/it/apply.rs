@@ -149,22 +149,41 @@ fn locked_refuses_what_the_lock_does_not_pin() {
     let w = Work::new();
     two_entries(&w);
     assert_exit(&w.run(&["apply"]), 0);
-    // Upstream moves; a fresh machine with the same manifest and lock (CI).
+    // Upstream moves; a fresh machine with the same manifest and lock (CI): --locked never
+    // looks upstream, it installs the locked commit.
+    let locked_commit = w.hub.commit("owner/hub-lora", "main");
+    let lock_text = std::fs::read_to_string(w.path().join("models.lock")).unwrap();
     w.hub.add_repo(lora_repo("owner/hub-lora", 9, 4));
     std::fs::remove_dir_all(w.models()).unwrap();
+    w.hub.clear_log();
     let o = w.run(&["apply", "--locked"]);
-    assert_exit(&o, 1);
-    let err = stderr(&o);
-    assert!(err.contains("--locked"), "{err}");
+    assert_exit(&o, 0);
     assert!(
-        err.contains("entry `hub-lora`: main moved upstream"),
-        "{err}"
+        w.hub
+            .hub_requests()
+            .iter()
+            .all(|r| !r.path.contains("/resolve/main/") && !r.path.ends_with("/revision/main")),
+        "{:?}",
+        w.hub.hub_requests()
     );
-    assert!(
-        !w.models().join("modelsync.db").exists() || w.store().all_models().unwrap().is_empty()
+    let rec = w.store().all_models().unwrap();
+    let hub_rec = rec.iter().find(|r| r.common().name == "hub-lora").unwrap();
+    assert_eq!(
+        std::fs::read(hub_rec.resolved_path(&w.models())).unwrap(),
+        crate::support::reconcile::lora_bytes(1, 4)
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.path().join("models.lock")).unwrap(),
+        lock_text
+    );
+    assert_eq!(
+        w.lock().entries["hub-lora"].resolved_commit.as_deref(),
+        Some(locked_commit.as_str())
     );
 
-    // An entry the lock does not know is refused too.
+    std::fs::remove_dir_all(w.models()).unwrap();
+
+    // An entry the lock does not know is refused.
     let text = std::fs::read_to_string(w.path().join("models.yaml")).unwrap();
     std::fs::write(
         w.path().join("models.yaml"),
@@ -450,4 +469,440 @@ fn apply_installs_what_fits_and_fails_only_what_does_not() {
     assert_eq!(action("small-b"), "unchanged", "{plan}");
     assert_eq!(action("big"), "install", "{plan}");
     assert_eq!(plan["disk"]["fits"], false, "{plan}");
+}
+
+/// A Hub repo that installs as a folder of several files: two LoRA weights (LFS) and a small
+/// git file, tagged by the Hub.
+fn folder_repo(id: &str, second_seed: u8) -> crate::support::hub_server::FakeRepo {
+    crate::support::hub_server::FakeRepo::new(id)
+        .file("notes.txt", format!("notes of {id}\n"))
+        .file(
+            "lora.safetensors",
+            crate::support::reconcile::lora_bytes(1, 4),
+        )
+        .file(
+            "second.safetensors",
+            crate::support::reconcile::lora_bytes(second_seed, 3),
+        )
+        .tags(&["hubtag"])
+}
+
+/// The repo paths of the files fetched through `/resolve/` (the CDN's follow-ups carry no
+/// name).
+fn resolved_files(w: &Work) -> Vec<String> {
+    body_requests(&w.hub)
+        .iter()
+        .filter_map(|r| r.split_once("/resolve/").map(|(_, p)| p.to_owned()))
+        .filter_map(|p| p.split_once('/').map(|(_, f)| f.to_owned()))
+        .collect()
+}
+
+fn only_record(w: &Work, entry: &str) -> modelsync::AnyModelConfig {
+    w.store()
+        .all_models()
+        .unwrap()
+        .into_iter()
+        .find(|r| {
+            r.common()
+                .managed
+                .as_ref()
+                .is_some_and(|m| m.entry == entry)
+        })
+        .unwrap_or_else(|| panic!("a record of {entry}"))
+}
+
+fn completed_bytes(out: &str, name: &str) -> u64 {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"]["event"] == "action_completed" && v["event"]["name"] == name)
+        .and_then(|v| v["event"]["downloaded_bytes"].as_u64())
+        .unwrap_or_else(|| panic!("no action_completed for {name} in\n{out}"))
+}
+
+/// One deleted file and one corrupted file: repair asks the Hub for exactly those files,
+/// keeps the record (key, created_at, tags: the manifest's plus the Hub's) and counts only
+/// the bytes it fetched.
+#[test]
+fn repair_fetches_only_the_damaged_files_and_keeps_the_record() {
+    let w = Work::new();
+    w.hub.add_repo(folder_repo("owner/folder", 2));
+    w.manifest(
+        "",
+        "  - name: kit\n    source: owner/folder\n    tags: [mine]\n",
+    );
+    assert_exit(&w.run(&["apply"]), 0);
+    let before = only_record(&w, "kit");
+    assert_eq!(before.common().tags, vec!["hubtag", "mine"]);
+    let dir = before.resolved_path(&w.models());
+    let size = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
+    let lora_size = size("lora.safetensors");
+
+    std::fs::remove_file(dir.join("lora.safetensors")).unwrap();
+    w.hub.clear_log();
+    let o = w.run(&["apply", "-o", "json"]);
+    assert_exit(&o, 0);
+    assert_eq!(resolved_files(&w), ["lora.safetensors"]);
+    assert_eq!(completed_bytes(&stdout(&o), "kit"), lora_size);
+    let after = only_record(&w, "kit");
+    assert_eq!(after.key(), before.key());
+    assert_eq!(after.common().created_at, before.common().created_at);
+    assert_eq!(after.common().tags, before.common().tags);
+    assert_eq!(after.common().hash, before.common().hash);
+    assert_eq!(after.resolved_path(&w.models()), dir);
+    assert_eq!(w.store().all_models().unwrap().len(), 1);
+    // `show KEY` still finds it.
+    assert_exit(&w.run(&["show", before.key()]), 0);
+
+    // Same size, other bytes: only that file comes again, and the content is right.
+    let second = dir.join("second.safetensors");
+    let mut bytes = std::fs::read(&second).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&second, &bytes).unwrap();
+    w.hub.clear_log();
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("kit: repaired"), "{}", stdout(&o));
+    assert_eq!(resolved_files(&w), ["second.safetensors"]);
+    assert_eq!(
+        std::fs::read(&second).unwrap(),
+        crate::support::reconcile::lora_bytes(2, 3)
+    );
+    assert_eq!(only_record(&w, "kit").key(), before.key());
+    let o = w.run(&["diff", "--exit-code"]);
+    assert_exit(&o, 0);
+
+    // An update keeps the Hub's tags beside the manifest's, and says what changed.
+    let text = std::fs::read_to_string(w.path().join("models.yaml")).unwrap();
+    std::fs::write(
+        w.path().join("models.yaml"),
+        text.replace("tags: [mine]", "tags: [yours]"),
+    )
+    .unwrap();
+    let o = w.run(&["diff"]);
+    assert!(stdout(&o).contains("tags changed"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("description"), "{}", stdout(&o));
+    assert_exit(&w.run(&["apply"]), 0);
+    let updated = only_record(&w, "kit");
+    assert_eq!(updated.key(), before.key());
+    assert_eq!(updated.common().tags, vec!["hubtag", "yours"]);
+}
+
+/// A local copy and a URL download are repaired in place too: same key, same path.
+#[test]
+fn local_and_url_sources_are_repaired_in_place() {
+    let w = Work::new();
+    let local = w.local_lora("local.safetensors", 2);
+    let url = w.hub.add_url_download(
+        "77",
+        "civit.safetensors",
+        crate::support::reconcile::lora_bytes(3, 2),
+    );
+    w.manifest(
+        "",
+        &format!(
+            "  - name: local\n    source: {}\n  - name: url\n    source: {url}\n",
+            local.display(),
+        ),
+    );
+    assert_exit(&w.run(&["apply"]), 0);
+    let (l0, u0) = (only_record(&w, "local"), only_record(&w, "url"));
+    std::fs::remove_file(l0.resolved_path(&w.models())).unwrap();
+    std::fs::write(u0.resolved_path(&w.models()), b"not the model").unwrap();
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("local: repaired"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("url: repaired"), "{}", stdout(&o));
+    let (l1, u1) = (only_record(&w, "local"), only_record(&w, "url"));
+    assert_eq!((l1.key(), u1.key()), (l0.key(), u0.key()));
+    assert_eq!((l1.path(), u1.path()), (l0.path(), u0.path()));
+    assert_eq!(
+        std::fs::read(u1.resolved_path(&w.models())).unwrap(),
+        crate::support::reconcile::lora_bytes(3, 2)
+    );
+    assert_eq!(
+        std::fs::read(l1.resolved_path(&w.models())).unwrap(),
+        std::fs::read(&local).unwrap()
+    );
+    assert_exit(&w.run(&["diff", "--exit-code"]), 0);
+}
+
+/// A Hub `/blob/` URL (the page of a file) on the configured endpoint installs the file, as
+/// one on huggingface.co does.
+#[test]
+fn blob_urls_of_the_configured_endpoint_install_the_file() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/blobby", 4, 2));
+    w.manifest(
+        "",
+        &format!(
+            "  - name: blobby
+    source: {}/owner/blobby/blob/main/lora.safetensors
+",
+            w.hub.endpoint()
+        ),
+    );
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    let rec = only_record(&w, "blobby");
+    assert!(
+        rec.common().source.contains("/resolve/main/"),
+        "{}",
+        rec.common().source
+    );
+    assert_eq!(
+        std::fs::read(rec.resolved_path(&w.models())).unwrap(),
+        crate::support::reconcile::lora_bytes(4, 2)
+    );
+}
+
+/// `diff --refresh` sees the branch move; plain `apply` does not look; `apply --refresh`
+/// upgrades in place: same key, only the changed file fetched, the lock at the new commit.
+#[test]
+fn apply_refresh_upgrades_a_moving_branch_in_place() {
+    let w = Work::new();
+    w.hub.add_repo(folder_repo("owner/moving", 2));
+    w.manifest("", "  - name: kit\n    source: owner/moving\n");
+    assert_exit(&w.run(&["apply"]), 0);
+    let before = only_record(&w, "kit");
+    let old_commit = w.hub.commit("owner/moving", "main");
+    assert_eq!(
+        w.lock().entries["kit"].resolved_commit.as_deref(),
+        Some(old_commit.as_str())
+    );
+
+    w.hub.add_repo(folder_repo("owner/moving", 7));
+    let new_commit = w.hub.commit("owner/moving", "main");
+    assert_ne!(new_commit, old_commit);
+    let o = w.run(&["diff", "--refresh"]);
+    assert!(stdout(&o).contains("↑"), "{}", stdout(&o));
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    assert_eq!(only_record(&w, "kit").common().hash, before.common().hash);
+
+    w.hub.clear_log();
+    let o = w.run(&["apply", "--refresh"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("kit: upgraded"), "{}", stdout(&o));
+    assert_eq!(resolved_files(&w), ["second.safetensors"]);
+    let after = only_record(&w, "kit");
+    assert_eq!(after.key(), before.key());
+    assert_eq!(after.common().created_at, before.common().created_at);
+    assert_ne!(after.common().hash, before.common().hash);
+    assert_eq!(
+        std::fs::read(after.resolved_path(&w.models()).join("second.safetensors")).unwrap(),
+        crate::support::reconcile::lora_bytes(7, 3)
+    );
+    assert_eq!(
+        w.lock().entries["kit"].resolved_commit.as_deref(),
+        Some(new_commit.as_str())
+    );
+    // Converged: a refresh finds nothing to do; --locked does not ask the Hub at all.
+    let o = w.run(&["apply", "--refresh"]);
+    assert!(stdout(&o).contains("No changes"), "{}", stdout(&o));
+    w.hub.clear_log();
+    assert_exit(&w.run(&["apply", "--locked"]), 0);
+    assert!(w.hub.requests().is_empty(), "{:?}", w.hub.requests());
+    let o = w.run(&["apply", "--locked", "--refresh"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
+
+/// Two entries with one source are two installs: two records, each owned by its entry, each
+/// checked against its own hash.
+#[test]
+fn two_entries_with_one_source_are_two_records() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/shared", 1, 4));
+    w.manifest(
+        "",
+        "  - name: plain\n    source: owner/shared::lora.safetensors\n\
+         \x20 - name: placed\n    source: owner/shared::lora.safetensors\n    dest: loras/shared.safetensors\n    tags: [x]\n",
+    );
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    let plain = only_record(&w, "plain");
+    let placed = only_record(&w, "placed");
+    assert_ne!(plain.key(), placed.key());
+    assert_eq!(placed.common().path, "loras/shared.safetensors");
+    assert!(plain.resolved_path(&w.models()).is_file());
+    assert_eq!(w.store().all_models().unwrap().len(), 2);
+    let lock = w.lock();
+    assert!(lock.entries.contains_key("plain") && lock.entries.contains_key("placed"));
+    assert_exit(&w.run(&["diff", "--exit-code"]), 0);
+
+    // A wrong hash on one of them fails that one only.
+    let mut text = std::fs::read_to_string(w.path().join("models.yaml")).unwrap();
+    text.push_str(
+        "  - name: hashed\n    source: owner/shared::lora.safetensors\n    hash: blake3:",
+    );
+    text.push_str(&"0".repeat(64));
+    text.push('\n');
+    std::fs::write(w.path().join("models.yaml"), text).unwrap();
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 1);
+    assert!(stdout(&o).contains("hashed") || stderr(&o).contains("hashed"));
+    assert_eq!(w.store().all_models().unwrap().len(), 2);
+}
+
+/// `import` of a source already installed returns that record; `--force` installs a copy.
+#[test]
+fn import_is_idempotent_unless_forced() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/imp", 1, 4));
+    let o = w.run(&[
+        "--models-dir",
+        "models",
+        "import",
+        "owner/imp::lora.safetensors",
+        "-o",
+        "json",
+    ]);
+    assert_exit(&o, 0);
+    let first: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    w.hub.clear_log();
+    let o = w.run(&[
+        "--models-dir",
+        "models",
+        "import",
+        "owner/imp::lora.safetensors",
+        "-o",
+        "json",
+    ]);
+    assert_exit(&o, 0);
+    let again: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(again["key"], first["key"]);
+    assert!(stderr(&o).contains("installed already"), "{}", stderr(&o));
+    assert!(w.hub.requests().is_empty(), "{:?}", w.hub.requests());
+    let o = w.run(&[
+        "--models-dir",
+        "models",
+        "import",
+        "owner/imp::lora.safetensors",
+        "--force",
+        "-o",
+        "json",
+    ]);
+    assert_exit(&o, 0);
+    let forced: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_ne!(forced["key"], first["key"]);
+}
+
+/// `gc` spares the partials of a running apply: the apply holds the store lock for its whole
+/// run, and `gc --yes` removes nothing without it (even with `--min-age 0s`).
+#[test]
+fn gc_spares_the_partials_of_a_running_apply() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/slow", 1, 64));
+    w.hub.set_cdn_throttle(256, Duration::from_millis(100));
+    w.manifest(
+        "",
+        "  - name: slow\n    source: owner/slow::lora.safetensors\n",
+    );
+    let mut child = w
+        .command(&["apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("apply starts");
+    let tmp = w.models().join(".tmp");
+    let partial = || {
+        walk(&tmp)
+            .into_iter()
+            .find(|p| p.to_string_lossy().ends_with(".part"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    let part = loop {
+        if let Some(p) = partial() {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no partial appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let o = w.run(&["gc", "--yes", "--min-age", "0s", "--lock-timeout", "0s"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(part.exists(), "{}", part.display());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A repair killed mid-download resumes: the next apply asks for the rest with `Range`, counts
+/// only those bytes, and the record keeps its key.
+#[test]
+fn a_killed_repair_resumes_its_partial() {
+    let w = Work::new();
+    // ~4.3 MB in one stream (below the parallel-range threshold).
+    let big = crate::support::reconcile::lora_bytes(7, 2000);
+    w.hub.add_repo(
+        crate::support::hub_server::FakeRepo::new("owner/resume")
+            .file("notes.txt", "notes\n")
+            .file("lora.safetensors", big.clone()),
+    );
+    w.manifest("", "  - name: kit\n    source: owner/resume\n");
+    assert_exit(&w.run(&["apply"]), 0);
+    let before = only_record(&w, "kit");
+    let file = before.resolved_path(&w.models()).join("lora.safetensors");
+    std::fs::remove_file(&file).unwrap();
+
+    // Throttled to ~640 kB/s; killed (no chance to clean up) once 1 MiB is on disk.
+    w.hub.set_cdn_throttle(64 << 10, Duration::from_millis(100));
+    let mut child = w
+        .command(&["apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("apply starts");
+    let tmp = w.models().join(".tmp");
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let started = walk(&tmp).into_iter().any(|p| {
+            p.to_string_lossy().ends_with("lora.safetensors.part")
+                && std::fs::metadata(&p).is_ok_and(|m| m.len() >= 1 << 20)
+        });
+        if started {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no partial appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    w.hub.set_cdn_throttle(1 << 30, Duration::ZERO);
+    w.hub.clear_log();
+    let o = w.run(&["apply", "-o", "json"]);
+    assert_exit(&o, 0);
+    let ranged = w
+        .hub
+        .cdn_requests()
+        .iter()
+        .filter_map(|r| r.header("range").map(str::to_owned))
+        .collect::<Vec<_>>();
+    assert!(
+        ranged
+            .iter()
+            .any(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-")),
+        "{ranged:?}"
+    );
+    let fetched = completed_bytes(&stdout(&o), "kit");
+    let size = big.len() as u64;
+    assert!(fetched > 0 && fetched < size, "{fetched} of {size}");
+    assert_eq!(only_record(&w, "kit").key(), before.key());
+    assert_eq!(std::fs::read(&file).unwrap(), big);
 }

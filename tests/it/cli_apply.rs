@@ -268,6 +268,12 @@ fn include_and_exclude_select_the_files_of_a_local_folder() {
     // Converged: the left-out files are no drift.
     assert_exit(&w.run(&["diff", "--exit-code"]), 0);
     assert_exit(&w.run(&["status"]), 0);
+    // A repair brings back what is missing, and still not what the globs leave out.
+    std::fs::remove_file(installed.join("unet/config.json")).unwrap();
+    let o = w.run(&["apply"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("tiny: repaired"), "{}", stdout(&o));
+    assert_eq!(relative_files(&installed), wanted);
 
     // A selection that leaves nothing is that entry's error, saying which globs.
     w.manifest(

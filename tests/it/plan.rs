@@ -52,6 +52,11 @@ fn record(key: &str, m: &Manifest, entry: &str) -> InventoryRecord {
         hash: "blake3:00".into(),
         file_size: 300,
         files: vec![file("a.safetensors", 100), file("b.safetensors", 200)],
+        fields: serde_json::json!({"name": entry, "tags": e.tags})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        source_tags: Vec::new(),
     }
 }
 
@@ -209,6 +214,8 @@ fn record_level_change_updates_and_source_level_change_replaces() {
         ])
     );
     assert_eq!(p.actions[0].fetch_bytes, Some(0));
+    // The reason names only what changed: the name and config are as they were.
+    assert_eq!(p.actions[0].reason, "description, tags changed");
     assert_eq!(p.actions[1].fetch_bytes, Some(334_000_000));
     assert!(
         p.actions[1].reason.starts_with("source options changed"),

@@ -869,3 +869,223 @@ fn newer_families_are_identified() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// InvokeAI 6.x parity: every config class of its factory has a rule and a real-producer fixture.
+
+#[test]
+fn invokeai_parity_files_are_identified() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let cases = fx::parity_corpus(dir.path());
+    assert!(cases.len() >= 26, "{} cases", cases.len());
+    for (c, variant) in cases {
+        match probe(&c.path) {
+            Ok(r) => {
+                let got = (
+                    r.model_type.as_str(),
+                    r.base.as_str(),
+                    r.format.as_str(),
+                    r.variant.map(|v| v.to_string()),
+                );
+                let want = (c.model_type, c.base, c.format, variant.map(str::to_owned));
+                if got != want {
+                    failures.push(format!(
+                        "{}: got {got:?}, want {want:?}; evidence: {:?}; candidates: {:?}",
+                        c.name, r.evidence, r.candidates
+                    ));
+                }
+                let mut raw = r.to_raw_config();
+                raw.path = Some(c.path.display().to_string());
+                raw.hash = Some("blake3:00".into());
+                if let Err(e) = AnyModelConfig::from_raw(&raw) {
+                    failures.push(format!("{}: record: {e}", c.name));
+                }
+            }
+            Err(e) => failures.push(format!("{}: error {e}", c.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn invokeai_parity_folders_are_identified() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let folders = fx::parity_folders(dir.path());
+    assert!(folders.len() >= 18, "{} folders", folders.len());
+    for (name, path, t, base, format, variant) in folders {
+        match probe(&path) {
+            Ok(r) => {
+                let got = (
+                    r.model_type.as_str(),
+                    r.base.as_str(),
+                    r.format.as_str(),
+                    r.variant.map(|v| v.to_string()),
+                );
+                let want = (t, base, format, variant.map(str::to_owned));
+                if got != want {
+                    failures.push(format!(
+                        "{name}: got {got:?}, want {want:?}; evidence: {:?}",
+                        r.evidence
+                    ));
+                }
+                if let Some(e) = r.evidence.iter().find(|e| e.contains("invalid")) {
+                    failures.push(format!("{name}: evidence reports an error: {e}"));
+                }
+                let mut raw = r.to_raw_config();
+                raw.path = Some(path.display().to_string());
+                raw.hash = Some("blake3:00".into());
+                if let Err(e) = AnyModelConfig::from_raw(&raw) {
+                    failures.push(format!("{name}: record: {e}"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: error {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn files_invokeai_leaves_unidentified_are_unknown_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path, hint) in fx::parity_unknown(dir.path()) {
+        let r = probe(&path).unwrap();
+        assert_eq!(r.model_type, ModelType::Unknown, "{name}: {:?}", r.evidence);
+        assert!(
+            r.evidence.iter().any(|e| e.contains(hint)),
+            "{name}: no `{hint}` in {:?}",
+            r.evidence
+        );
+    }
+}
+
+#[test]
+fn encoders_with_a_vision_tower_or_mistral_geometry_are_not_qwen3() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::parity_corpus(dir.path());
+    for file in [
+        "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+        "qwen3vl_4b.safetensors",
+        "mistral_3_small_flux2_cow.safetensors",
+    ] {
+        let r = probe(&dir.path().join(file)).unwrap();
+        assert!(
+            r.candidates
+                .iter()
+                .all(|c| c.model_type != ModelType::Qwen3Encoder),
+            "{file}: {:?}",
+            r.candidates
+        );
+    }
+}
+
+#[test]
+fn a_t5_encoder_narrower_than_xxl_is_recorded_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t5-v1_1-base-encoder.safetensors");
+    crate::support::pyfix::write(&[crate::support::pyfix::Spec::safetensors(
+        path.clone(),
+        fx::t5_encoder_keys(768, false),
+    )]);
+    let r = probe(&path).unwrap();
+    assert_eq!(
+        (r.model_type, r.format),
+        (ModelType::T5Encoder, ModelFormat::Checkpoint)
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("768") && w.contains("4096")),
+        "{:?}",
+        r.warnings
+    );
+    let xxl = dir.path().join("t5xxl_fp16.safetensors");
+    crate::support::pyfix::write(&[crate::support::pyfix::Spec::safetensors(
+        xxl.clone(),
+        fx::t5_encoder_keys(4096, false),
+    )]);
+    assert!(probe(&xxl).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn a_wan_lora_with_a_replacement_input_conv_is_never_a_main_model() {
+    let dir = tempfile::tempdir().unwrap();
+    fx::parity_corpus(dir.path());
+    let r = probe(&dir.path().join("wan22-i2v-lightx2v-lora.safetensors")).unwrap();
+    assert_eq!(
+        (r.model_type, r.base),
+        (ModelType::Lora, BaseModelType::Wan)
+    );
+    assert!(
+        r.candidates.iter().all(|c| c.model_type != ModelType::Main),
+        "{:?}",
+        r.candidates
+    );
+}
+
+#[test]
+fn a_pid_decoder_whose_name_names_no_backbone_takes_the_fallback_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pid_decoder.safetensors");
+    crate::support::pyfix::write(&[crate::support::pyfix::Spec::safetensors(
+        path.clone(),
+        fx::pid_decoder_keys(),
+    )]);
+    let r = probe(&path).unwrap();
+    assert_eq!(r.model_type, ModelType::PidDecoder);
+    assert_eq!(r.base, BaseModelType::Flux, "{:?}", r.evidence);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("ambiguous")),
+        "{:?}",
+        r.warnings
+    );
+    let r = probe_with_overrides(&path, &overrides(&json!({"base": "sd-3"}))).unwrap();
+    assert_eq!(r.base, BaseModelType::StableDiffusion3);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}
+
+#[test]
+fn gguf_t5_and_mistral_encoders_are_identified() {
+    let dir = tempfile::tempdir().unwrap();
+    let t5 = dir.path().join("t5-v1_1-xxl-encoder-Q8_0.gguf");
+    fx::gguf(
+        &t5,
+        &[("general.architecture", "t5encoder")],
+        &[
+            ("token_embd.weight", &[32128, 4096]),
+            ("enc.blk.0.attn_q.weight", &[4096, 4096]),
+            ("enc.blk.0.attn_rel_b.weight", &[64, 32]),
+            ("enc.output_norm.weight", &[4096]),
+        ],
+    );
+    let r = probe(&t5).unwrap();
+    assert_eq!(
+        (r.model_type, r.format),
+        (ModelType::T5Encoder, ModelFormat::GgufQuantized),
+        "{:?}",
+        r.evidence
+    );
+    let mistral = dir.path().join("Mistral-Small-3.2-24B-Q8_0.gguf");
+    let norms: Vec<String> = (0..40)
+        .map(|l| format!("blk.{l}.attn_norm.weight"))
+        .collect();
+    let mut tensors: Vec<(&str, &[u64])> = vec![
+        ("token_embd.weight", &[131_072, 5120]),
+        ("blk.0.attn_k.weight", &[1024, 5120]),
+        ("output_norm.weight", &[5120]),
+    ];
+    tensors.extend(norms.iter().map(|n| (n.as_str(), &[5120u64][..])));
+    fx::gguf(&mistral, &[("general.architecture", "llama")], &tensors);
+    let r = probe(&mistral).unwrap();
+    assert_eq!(
+        (r.model_type, r.format, r.variant.map(|v| v.to_string())),
+        (
+            ModelType::MistralEncoder,
+            ModelFormat::GgufQuantized,
+            Some("mistral3_24b".to_owned())
+        ),
+        "{:?}",
+        r.evidence
+    );
+}

@@ -732,3 +732,55 @@ async fn an_unidentified_model_converges_and_readyz_turns_200() {
     assert_eq!(rec.model_type(), modelsync::taxonomy::ModelType::Unknown);
     r.stop().await;
 }
+
+/// `settings.refresh_interval`: watch follows a branch that moves, upgrading the entry in place
+/// (same key, new bytes, the lock at the new commit); a pinned entry of the same repo stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_interval_follows_a_moving_branch_and_leaves_pins_alone() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/moving", 1, 2));
+    let pinned_at = w.hub.commit("owner/moving", "main");
+    let models = format!(
+        "{}{}    revision: {pinned_at}\n",
+        entry("follows", "owner/moving::lora.safetensors"),
+        entry("pinned", "owner/moving::lora.safetensors"),
+    );
+    w.manifest(&settings(&w, "  refresh_interval: 1s\n"), &models);
+    let r = start(&w, |_| {}).await;
+    r.eventually("both converge", |st| {
+        converged(st, "follows") && converged(st, "pinned")
+    })
+    .await;
+    let key_of = |w: &Work, name: &str| {
+        w.store()
+            .all_models()
+            .expect("records")
+            .into_iter()
+            .find(|r| r.common().managed.as_ref().is_some_and(|m| m.entry == name))
+            .map(|r| r.key().to_owned())
+            .expect("a record")
+    };
+    let key = key_of(&w, "follows");
+    let pinned_key = key_of(&w, "pinned");
+
+    w.hub.add_repo(lora_repo("owner/moving", 9, 2));
+    let moved_to = w.hub.commit("owner/moving", "main");
+    r.eventually("the branch's entry upgrades", |_| {
+        std::fs::read(model_path(&w, "follows")).is_ok_and(|b| b == lora_bytes(9, 2))
+    })
+    .await;
+    r.eventually("the lock follows", |_| {
+        modelsync::manifest::LockFile::read(&w.path().join("models.lock"))
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.entries["follows"].resolved_commit.as_deref() == Some(&*moved_to))
+    })
+    .await;
+    assert_eq!(key_of(&w, "follows"), key);
+    assert_eq!(key_of(&w, "pinned"), pinned_key);
+    assert_eq!(
+        std::fs::read(model_path(&w, "pinned")).expect("pinned file"),
+        lora_bytes(1, 2)
+    );
+    r.stop().await;
+}

@@ -190,6 +190,7 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         preload: a.preload,
         max_parallel: settings.max_parallel_downloads,
         staging_bytes: 0,
+        refresh: a.refresh,
         cancel: cancel.clone(),
     };
     let result = runtime()?.block_on(async {

@@ -473,6 +473,16 @@ impl HubServer {
             }
             commits.insert(c, files.clone());
         }
+        // As on the Hub, a branch that moves leaves its old commits reachable by id.
+        if let Some(old) = st
+            .repos
+            .iter()
+            .find(|r| r.repo.id.eq_ignore_ascii_case(&repo.id))
+        {
+            for (c, files) in &old.commits {
+                commits.entry(c.clone()).or_insert_with(|| files.clone());
+            }
+        }
         st.repos
             .retain(|r| !r.repo.id.eq_ignore_ascii_case(&repo.id));
         st.repos.push(StoredRepo {

@@ -2670,7 +2670,7 @@ pub fn newer_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
         "main",
         "qwen-image",
         "checkpoint",
-        None,
+        Some("generate"),
     );
     add(
         "qwen-image-lightning-lora.safetensors",
@@ -2825,7 +2825,7 @@ pub fn newer_folders(
             "Qwen-Image",
             "QwenImagePipeline",
             "qwen-image",
-            None,
+            Some("generate"),
             json!({}),
             json!({}),
         ),
@@ -2875,6 +2875,1029 @@ pub fn newer_folders(
         ));
         out.push((name, d, "main", base, variant));
     }
+    pyfix::write(&specs);
+    out
+}
+
+// --- InvokeAI 6.x parity: the config classes the families above did not cover ---
+//
+// Key names are the published files'; the shapes a rule reads keep their real sizes (stored
+// as U8 where a full F16 matrix would be tens of MB, as the fp8 builds are), the rest are cut.
+
+fn u8_tensor(s: &mut Spec, name: &str, shape: &[u64]) {
+    s.tensors.push((name.to_owned(), shape.to_vec(), "U8"));
+}
+
+/// black-forest-labs/FLUX.1-Redux-dev, flux1-redux-dev.safetensors: exactly four tensors
+/// (the rule reads the names only; the two matrices are cut).
+pub fn flux_redux_keys() -> Keys {
+    vec![
+        k("redux_down.bias", &[4096]),
+        k("redux_down.weight", &[8, 12]),
+        k("redux_up.bias", &[12288]),
+        k("redux_up.weight", &[12, 8]),
+    ]
+}
+
+/// comfyanonymous/flux_text_encoders, t5xxl_fp16.safetensors (transformers' T5EncoderModel
+/// names): `width` is d_model (4096 for XXL); `umt5` gives every block its own position bias,
+/// as Wan's UMT5-XXL does.
+pub fn t5_encoder_keys(width: u64, umt5: bool) -> Keys {
+    let mut v = vec![
+        k("shared.weight", &[8, width]),
+        k("encoder.final_layer_norm.weight", &[width]),
+    ];
+    for b in 0..2 {
+        let p = format!("encoder.block.{b}.layer");
+        for m in ["q", "k", "v", "o"] {
+            v.push(k(format!("{p}.0.SelfAttention.{m}.weight"), &[8, 8]));
+        }
+        if b == 0 || umt5 {
+            v.push(k(
+                format!("{p}.0.SelfAttention.relative_attention_bias.weight"),
+                &[32, 64],
+            ));
+        }
+        v.push(k(format!("{p}.0.layer_norm.weight"), &[width]));
+        for m in ["wi_0", "wi_1", "wo"] {
+            v.push(k(format!("{p}.1.DenseReluDense.{m}.weight"), &[8, 8]));
+        }
+        v.push(k(format!("{p}.1.layer_norm.weight"), &[width]));
+    }
+    v
+}
+
+/// Mistral Small 3 as FLUX.2 [dev]'s text encoder in one file: `layers` decoder layers of
+/// width 5120 with grouped-query attention (layer 0's key projection keeps its real
+/// [1024, 5120]), under `root` (`model.` for Comfy-Org's files, `language_model.model.` for
+/// Mistral3ForConditionalGeneration's).
+pub fn mistral_spec(path: PathBuf, root: &str, layers: u64) -> Spec {
+    let mut v = vec![
+        k(format!("{root}embed_tokens.weight"), &[8, 5120]),
+        k(format!("{root}norm.weight"), &[5120]),
+    ];
+    for l in 0..layers {
+        v.push(k(
+            format!("{root}layers.{l}.input_layernorm.weight"),
+            &[5120],
+        ));
+        v.push(k(
+            format!("{root}layers.{l}.post_attention_layernorm.weight"),
+            &[5120],
+        ));
+    }
+    v.push(k(
+        format!("{root}layers.0.self_attn.q_proj.weight"),
+        &[8, 8],
+    ));
+    v.push(k(format!("{root}layers.0.mlp.gate_proj.weight"), &[8, 8]));
+    let mut s = Spec::safetensors(path, v);
+    u8_tensor(
+        &mut s,
+        &format!("{root}layers.0.self_attn.k_proj.weight"),
+        &[1024, 5120],
+    );
+    s
+}
+
+/// Comfy-Org's qwen_2.5_vl_7b_fp8_scaled.safetensors (Qwen-Image's encoder): the Qwen2.5-VL
+/// language model (3584 wide, q/k/v biases, no QK-norm) and its vision tower.
+pub fn qwen25_vl_keys() -> Keys {
+    vec![
+        k("model.embed_tokens.weight", &[8, 3584]),
+        k("model.layers.0.self_attn.q_proj.weight", &[8, 8]),
+        k("model.layers.0.self_attn.q_proj.bias", &[8]),
+        k("model.layers.0.self_attn.k_proj.weight", &[8, 8]),
+        k("model.layers.0.mlp.gate_proj.weight", &[8, 8]),
+        k("model.norm.weight", &[3584]),
+        k("visual.patch_embed.proj.weight", &[1280, 3, 2, 14, 14]),
+        k("visual.blocks.0.attn.qkv.weight", &[8, 8]),
+        k("visual.blocks.0.norm1.weight", &[1280]),
+        k("visual.merger.ln_q.weight", &[1280]),
+        k("lm_head.weight", &[8, 3584]),
+    ]
+}
+
+/// Qwen/Qwen3-VL-4B-Instruct's state dict in one file (transformers ≥ 4.57 names): the
+/// language model under `model.language_model.` with Qwen3's QK-norm, 2560 wide, and the
+/// vision tower with its DeepStack mergers.
+pub fn qwen3_vl_4b_keys() -> Keys {
+    vec![
+        k("model.language_model.embed_tokens.weight", &[8, 2560]),
+        k(
+            "model.language_model.layers.0.self_attn.q_proj.weight",
+            &[8, 8],
+        ),
+        k(
+            "model.language_model.layers.0.self_attn.q_norm.weight",
+            &[128],
+        ),
+        k(
+            "model.language_model.layers.0.self_attn.k_norm.weight",
+            &[128],
+        ),
+        k("model.language_model.layers.35.mlp.up_proj.weight", &[8, 8]),
+        k("model.language_model.norm.weight", &[2560]),
+        k(
+            "model.visual.patch_embed.proj.weight",
+            &[1024, 3, 2, 16, 16],
+        ),
+        k("model.visual.blocks.0.attn.qkv.weight", &[8, 8]),
+        k("model.visual.deepstack_merger_list.0.norm.weight", &[4096]),
+        k("model.visual.merger.norm.weight", &[1024]),
+    ]
+}
+
+/// A Wan 2.2 transformer in one file. `native`: Wan-AI's / Comfy-Org's names
+/// (`text_embedding.0`, `self_attn.q`, `ffn.0`, `head.head`); else diffusers'
+/// (`condition_embedder.text_embedder.linear_1`, `attn1.to_q`). `patch_embedding` keeps its
+/// real [width, in_channels, 1, 2, 2].
+pub fn wan_keys(prefix: &str, width: u64, in_ch: u64, native: bool) -> Keys {
+    let p = |n: &str| format!("{prefix}{n}");
+    let mut v = vec![
+        k(p("patch_embedding.weight"), &[width, in_ch, 1, 2, 2]),
+        k(p("patch_embedding.bias"), &[width]),
+    ];
+    if native {
+        v.extend([
+            k(p("text_embedding.0.weight"), &[8, 8]),
+            k(p("text_embedding.2.weight"), &[8, 8]),
+            k(p("time_embedding.0.weight"), &[8, 8]),
+            k(p("blocks.0.self_attn.q.weight"), &[8, 8]),
+            k(p("blocks.0.self_attn.norm_q.weight"), &[width]),
+            k(p("blocks.0.cross_attn.k.weight"), &[8, 8]),
+            k(p("blocks.0.ffn.0.weight"), &[8, 8]),
+            k(p("blocks.0.modulation"), &[1, 6, width]),
+            k(p("head.head.weight"), &[8, 8]),
+            k(p("head.modulation"), &[1, 2, width]),
+        ]);
+    } else {
+        v.extend([
+            k(
+                p("condition_embedder.text_embedder.linear_1.weight"),
+                &[8, 8],
+            ),
+            k(
+                p("condition_embedder.time_embedder.linear_1.weight"),
+                &[8, 8],
+            ),
+            k(p("blocks.0.attn1.to_q.weight"), &[8, 8]),
+            k(p("blocks.0.attn2.to_k.weight"), &[8, 8]),
+            k(p("blocks.0.ffn.net.0.proj.weight"), &[8, 8]),
+            k(p("blocks.0.scale_shift_table"), &[1, 6, width]),
+            k(p("proj_out.weight"), &[8, 8]),
+            k(p("scale_shift_table"), &[1, 2, width]),
+        ]);
+    }
+    v
+}
+
+/// A Wan 2.2 A14B LoRA (diffusion-pipe / ai-toolkit peft names under `diffusion_model.`),
+/// with an I2V adapter's replacement input conv (36 channels) beside it.
+pub fn wan_lora_keys() -> Keys {
+    let mut v = vec![k(
+        "diffusion_model.patch_embedding.weight",
+        &[5120, 36, 1, 2, 2],
+    )];
+    for b in 0..2 {
+        for m in ["self_attn.q", "self_attn.k", "cross_attn.v", "ffn.0"] {
+            let p = format!("diffusion_model.blocks.{b}.{m}");
+            v.push(k(format!("{p}.lora_A.weight"), &[16, 5120]));
+            v.push(k(format!("{p}.lora_B.weight"), &[5120, 16]));
+        }
+    }
+    v
+}
+
+/// An OMI-format SDXL LoRA as OneTrainer writes it: OMI names (`unet.input_blocks…`,
+/// `clip_l.…`, `clip_g.…`) with `lora_down`/`lora_up` factors.
+pub fn omi_sdxl_lora_keys() -> Keys {
+    let mut v = Vec::new();
+    for m in [
+        "unet.input_blocks.4.1.transformer_blocks.0.attn2.to_k",
+        "unet.input_blocks.4.1.transformer_blocks.0.attn1.to_q",
+        "clip_l.text_model.encoder.layers.0.self_attn.k_proj",
+        "clip_g.text_model.encoder.layers.0.self_attn.k_proj",
+    ] {
+        let w = if m.starts_with("clip_g") {
+            1280
+        } else if m.starts_with("clip_l") {
+            768
+        } else if m.ends_with("to_k") {
+            2048
+        } else {
+            640
+        };
+        v.push(k(format!("{m}.lora_down.weight"), &[8, w]));
+        v.push(k(format!("{m}.lora_up.weight"), &[640, 8]));
+        v.push(k(format!("{m}.alpha"), &[]));
+    }
+    v
+}
+
+/// An LTX-2 transformer in the official layout (Lightricks' `ltx-2.5-22b-*.safetensors`);
+/// `bias_25` drops the video feed-forward bias as 2.5 does (2.0/2.3 keep it).
+pub fn ltx2_keys(bias_25: bool) -> Keys {
+    let p = "model.diffusion_model.";
+    let mut v = vec![
+        k(
+            format!("{p}av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1.weight"),
+            &[8, 256],
+        ),
+        k(format!("{p}patchify_proj.weight"), &[8, 128]),
+        k(
+            format!("{p}transformer_blocks.0.attn1.to_q.weight"),
+            &[8, 8],
+        ),
+        k(
+            format!("{p}transformer_blocks.0.ff.net.0.proj.weight"),
+            &[8, 8],
+        ),
+        k(
+            format!("{p}transformer_blocks.0.audio_ff.net.0.proj.weight"),
+            &[8, 8],
+        ),
+        k(format!("{p}transformer_blocks.0.audio_ff.net.2.bias"), &[8]),
+    ];
+    if !bias_25 {
+        v.push(k(format!("{p}transformer_blocks.0.ff.net.2.bias"), &[8]));
+    }
+    v
+}
+
+/// MiniMax H3's remote-code transformer layout (Comfy-Org's single files).
+pub fn minimax_h3_keys() -> Keys {
+    vec![
+        k("audio_patch_proj.weight", &[8, 8]),
+        k("video_patch_proj.weight", &[8, 8]),
+        k("blocks.0.attn.qkv_proj.weight", &[8, 8]),
+        k("blocks.0.attn.o_proj.weight", &[8, 8]),
+        k("blocks.0.mlp.fc1.weight", &[8, 8]),
+        k("final_layer.linear.weight", &[8, 8]),
+    ]
+}
+
+/// Comfy-Org's Ideogram 4 single-file transformer branch.
+pub fn ideogram4_keys() -> Keys {
+    vec![
+        k("embed_image_indicator.weight", &[2, 8]),
+        k("input_proj.weight", &[8, 128]),
+        k("adaln_proj.weight", &[512, 8]),
+        k("blocks.0.attn.qkv.weight", &[8, 8]),
+        k("final_layer.linear.weight", &[128, 8]),
+    ]
+}
+
+/// nvidia/PiD decoder (`.pth`, PidDistillModel's `net.` prefix).
+pub fn pid_decoder_keys() -> Keys {
+    vec![
+        k("net.lq_proj.layers.0.weight", &[8, 8]),
+        k("net.lq_proj.layers.0.bias", &[8]),
+        k("net.blocks.0.attn.qkv.weight", &[8, 8]),
+        k("net.final_layer.linear.weight", &[8, 8]),
+    ]
+}
+
+/// stabilityai/control-lora, control-LoRAs/control-lora-canny-rank128.safetensors: the SDXL
+/// ControlNet as LoRA factors (`.down`/`.up`) beside its full hint block and the
+/// `lora_controlnet` marker; the cross-attention key factor keeps SDXL's 2048 context.
+pub fn sdxl_control_lora_keys() -> Keys {
+    vec![
+        k("lora_controlnet", &[]),
+        k("input_hint_block.0.weight", &[16, 3, 3, 3]),
+        k("input_hint_block.14.weight", &[320, 256, 3, 3]),
+        k("time_embed.0.weight", &[8, 8]),
+        k("input_blocks.1.0.in_layers.2.down", &[128, 8]),
+        k("input_blocks.1.0.in_layers.2.up", &[8, 128]),
+        k(
+            "input_blocks.4.1.transformer_blocks.0.attn2.to_k.down",
+            &[128, 2048],
+        ),
+        k(
+            "input_blocks.4.1.transformer_blocks.0.attn2.to_k.up",
+            &[640, 128],
+        ),
+        k("zero_convs.0.0.weight", &[320, 320, 1, 1]),
+        k("middle_block_out.0.weight", &[1280, 1280, 1, 1]),
+    ]
+}
+
+/// TencentARC/T2I-Adapter, models/t2iadapter_canny_sd15v2.pth (the full `Adapter`: `conv_in`
+/// and ResNet blocks), which InvokeAI has no single-file class for.
+pub fn t2i_adapter_keys() -> Keys {
+    let mut v = vec![
+        k("conv_in.weight", &[320, 64, 3, 3]),
+        k("conv_in.bias", &[320]),
+    ];
+    for b in 0..4 {
+        v.push(k(format!("body.{b}.block1.weight"), &[8, 8, 3, 3]));
+        v.push(k(format!("body.{b}.block2.weight"), &[8, 8, 1, 1]));
+    }
+    v.push(k("body.2.in_conv.weight", &[640, 320, 1, 1]));
+    v
+}
+
+/// The single files of the parity families: (case, variant).
+pub fn parity_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
+    let p = |n: &str| root.join(n);
+    let mut specs = Vec::new();
+    let mut cases = Vec::new();
+    let mut add = |spec: Spec,
+                   name: &'static str,
+                   t: &'static str,
+                   b: &'static str,
+                   f: &'static str,
+                   v: Option<&'static str>| {
+        cases.push((rc(name, spec.path.clone(), t, b, f), v));
+        specs.push(spec);
+    };
+    add(
+        Spec::safetensors(p("flux1-redux-dev.safetensors"), flux_redux_keys()),
+        "FLUX Redux",
+        "flux_redux",
+        "flux",
+        "checkpoint",
+        None,
+    );
+    add(
+        Spec::safetensors(p("t5xxl_fp16.safetensors"), t5_encoder_keys(4096, false)),
+        "T5-XXL encoder file",
+        "t5_encoder",
+        "any",
+        "checkpoint",
+        None,
+    );
+    add(
+        mistral_spec(p("mistral_3_small_flux2_cow.safetensors"), "model.", 30),
+        "Mistral Small 3 cow (30 layers)",
+        "mistral_encoder",
+        "any",
+        "checkpoint",
+        Some("cow_mistral3_small"),
+    );
+    add(
+        mistral_spec(
+            p("mistral-small-3.1-24b.safetensors"),
+            "language_model.model.",
+            40,
+        ),
+        "Mistral Small 3 24B (40 layers, multimodal prefix)",
+        "mistral_encoder",
+        "any",
+        "checkpoint",
+        Some("mistral3_24b"),
+    );
+    add(
+        Spec::safetensors(p("qwen_2.5_vl_7b_fp8_scaled.safetensors"), qwen25_vl_keys()),
+        "Qwen2.5-VL encoder file",
+        "qwen_vl_encoder",
+        "any",
+        "checkpoint",
+        None,
+    );
+    add(
+        Spec::safetensors(p("qwen3vl_4b.safetensors"), qwen3_vl_4b_keys()),
+        "Qwen3-VL 4B encoder file",
+        "qwen3_vl_encoder",
+        "any",
+        "checkpoint",
+        Some("qwen3_vl_4b"),
+    );
+    add(
+        Spec::safetensors(
+            p("wan2.2_ti2v_5B_fp16.safetensors"),
+            wan_keys("", 3072, 48, true),
+        ),
+        "Wan 2.2 TI2V-5B (native names)",
+        "main",
+        "wan",
+        "checkpoint",
+        Some("ti2v_5b"),
+    );
+    add(
+        Spec::safetensors(
+            p("wan2.2_t2v_high_noise_14B.safetensors"),
+            wan_keys("model.diffusion_model.", 5120, 16, false),
+        ),
+        "Wan 2.2 T2V-A14B (diffusers names, ComfyUI prefix)",
+        "main",
+        "wan",
+        "checkpoint",
+        Some("t2v_a14b"),
+    );
+    add(
+        Spec::safetensors(
+            p("wan2.2_i2v_low_noise_14B.safetensors"),
+            wan_keys("", 5120, 36, true),
+        ),
+        "Wan 2.2 I2V-A14B",
+        "main",
+        "wan",
+        "checkpoint",
+        Some("i2v_a14b"),
+    );
+    add(
+        Spec::safetensors(p("wan22-i2v-lightx2v-lora.safetensors"), wan_lora_keys()),
+        "Wan 2.2 A14B LoRA with a replacement patch_embedding",
+        "lora",
+        "wan",
+        "lycoris",
+        Some("a14b"),
+    );
+    add(
+        Spec::safetensors(p("minimax_h3_fl2va_bf16.safetensors"), minimax_h3_keys()),
+        "MiniMax H3 FL2VA",
+        "main",
+        "minimax-h3",
+        "checkpoint",
+        Some("fl2va"),
+    );
+    add(
+        Spec::safetensors(p("minimax_h3_ref2va_bf16.safetensors"), minimax_h3_keys()),
+        "MiniMax H3 Ref2VA by name",
+        "main",
+        "minimax-h3",
+        "checkpoint",
+        Some("ref2va"),
+    );
+    add(
+        Spec::safetensors(p("ideogram4_cond_bf16.safetensors"), ideogram4_keys())
+            .metadata(json!({"model_type": "ideogram4_cond"})),
+        "Ideogram 4 branch",
+        "main",
+        "ideogram-4",
+        "checkpoint",
+        None,
+    );
+    add(
+        Spec::safetensors(
+            p("qwen_image_edit_2509_bf16.safetensors"),
+            qwen_image_keys(),
+        ),
+        "Qwen-Image Edit by name",
+        "main",
+        "qwen-image",
+        "checkpoint",
+        Some("edit"),
+    );
+    // More spandrel architectures (key names from their reference implementations).
+    add(
+        Spec::safetensors(
+            p("4xNomos2_realplksr_dysample.safetensors"),
+            vec![
+                k("feats.0.weight", &[64, 3, 3, 3]),
+                k("feats.1.channel_mixer.0.weight", &[128, 64, 3, 3]),
+                k("feats.1.lk.conv.weight", &[16, 16, 17, 17]),
+                k("feats.1.refine.weight", &[64, 64, 1, 1]),
+                k("feats.1.norm.weight", &[64]),
+                k("to_img.init_pos", &[1, 2, 4, 4]),
+            ],
+        ),
+        "RealPLKSR upscaler",
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+        None,
+    );
+    add(
+        zip_spec(
+            p("003_ATD_SRx4_finetune.pth"),
+            vec![
+                k("relative_position_index_SA", &[256, 256]),
+                k("conv_first.weight", &[210, 3, 3, 3]),
+                k("conv_first.bias", &[210]),
+                k("layers.0.residual_group.td", &[128, 210]),
+                k("layers.0.residual_group.layers.0.sigma", &[1]),
+                k("layers.0.residual_group.layers.0.norm1.weight", &[210]),
+                k("layers.0.residual_group.layers.0.wqkv.weight", &[630, 210]),
+            ],
+            2,
+            &["params_ema"],
+        ),
+        "ATD upscaler (params_ema, torch zip)",
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+        None,
+    );
+    add(
+        zip_spec(
+            p("up2x-latest-conservative.pth"),
+            vec![
+                k("unet1.conv1.conv.0.weight", &[32, 3, 3, 3]),
+                k("unet1.conv1.conv.2.weight", &[64, 32, 3, 3]),
+                k("unet1.conv1_down.weight", &[64, 64, 2, 2]),
+                k("unet1.conv2.conv.0.weight", &[128, 64, 3, 3]),
+                k("unet1.conv2.seblock.conv1.weight", &[16, 64, 1, 1]),
+                k("unet2.conv1.conv.0.weight", &[32, 3, 3, 3]),
+                k("unet2.conv1_down.weight", &[64, 64, 2, 2]),
+            ],
+            2,
+            &[],
+        ),
+        "Real-CUGAN upscaler (torch zip)",
+        "spandrel_image_to_image",
+        "any",
+        "checkpoint",
+        None,
+    );
+    // Krea-2 (diffusers names): the text-fusion stage beside the image input.
+    let krea2 = || {
+        vec![
+            k("img_in.weight", &[8, 64]),
+            k("time_mod_proj.weight", &[8, 8]),
+            k("text_fusion.layerwise_blocks.0.attn.to_q.weight", &[8, 8]),
+            k("text_fusion.refiner_blocks.0.attn.to_q.weight", &[8, 8]),
+            k("text_fusion.projector.weight", &[8, 8]),
+            k("transformer_blocks.0.attn.to_q.weight", &[8, 8]),
+            k("proj_out.weight", &[64, 8]),
+        ]
+    };
+    add(
+        Spec::safetensors(p("krea2_turbo_bf16.safetensors"), krea2()),
+        "Krea-2 Turbo main",
+        "main",
+        "krea-2",
+        "checkpoint",
+        Some("krea2_turbo"),
+    );
+    add(
+        Spec::safetensors(p("Krea-2-Raw-bf16.safetensors"), krea2()),
+        "Krea-2 Raw main by name",
+        "main",
+        "krea-2",
+        "checkpoint",
+        Some("krea2_base"),
+    );
+    add(
+        Spec::safetensors(
+            p("krea2-style-lora.safetensors"),
+            [
+                "transformer.transformer_blocks.0.attn.to_q",
+                "transformer.text_fusion.layerwise_blocks.0.attn.to_k",
+            ]
+            .iter()
+            .flat_map(|m| {
+                [
+                    k(format!("{m}.lora_A.weight"), &[4, 3072]),
+                    k(format!("{m}.lora_B.weight"), &[3072, 4]),
+                ]
+            })
+            .collect(),
+        ),
+        "Krea-2 LoRA",
+        "lora",
+        "krea-2",
+        "lycoris",
+        None,
+    );
+    add(
+        Spec::safetensors(p("ltx-2.5-22b-dev.safetensors"), ltx2_keys(true))
+            .metadata(json!({"model_version": "2.5.0"})),
+        "LTX-2.5 transformer (header version)",
+        "main",
+        "ltx-2",
+        "checkpoint",
+        Some("ltx2_dev"),
+    );
+    add(
+        Spec::safetensors(p("ltx-2.5-22b-distilled-int8.safetensors"), ltx2_keys(true)),
+        "LTX-2.5 distilled transformer (structure, name)",
+        "main",
+        "ltx-2",
+        "checkpoint",
+        Some("ltx2_distilled"),
+    );
+    let omi = |arch: &str| {
+        json!({"modelspec.sai_model_spec": "1.0.0", "ot_branch": "omi_format",
+               "modelspec.architecture": arch, "modelspec.title": "style"})
+    };
+    add(
+        Spec::safetensors(p("omi-sdxl-style.safetensors"), omi_sdxl_lora_keys())
+            .metadata(omi("stable-diffusion-xl-v1-base/lora")),
+        "OMI SDXL LoRA (OneTrainer)",
+        "lora",
+        "sdxl",
+        "omi",
+        None,
+    );
+    add(
+        Spec::safetensors(p("omi-flux-style.safetensors"), xlabs_flux_lora_keys())
+            .metadata(omi("Flux.1-dev/lora")),
+        "OMI FLUX LoRA",
+        "lora",
+        "flux",
+        "omi",
+        None,
+    );
+    add(
+        Spec::safetensors(
+            p("control-lora-canny-rank128.safetensors"),
+            sdxl_control_lora_keys(),
+        ),
+        "SDXL control-LoRA (Stability)",
+        "control_lora",
+        "sdxl",
+        "lycoris",
+        None,
+    );
+    add(
+        zip_spec(p("res2kto4k_sr4x_flux2.pth"), pid_decoder_keys(), 2, &[]),
+        "PiD decoder (torch zip), backbone and preset by name",
+        "pid_decoder",
+        "flux2",
+        "checkpoint",
+        Some("res2kto4k_sr4x"),
+    );
+    pyfix::write(&specs);
+    cases
+}
+
+/// Single files InvokeAI leaves unidentified, each with the hint its evidence must carry.
+pub fn parity_unknown(root: &Path) -> Vec<(&'static str, PathBuf, &'static str)> {
+    let p = |n: &str| root.join(n);
+    let specs = vec![
+        Spec::safetensors(p("umt5-xxl-enc.safetensors"), t5_encoder_keys(4096, true)),
+        Spec::safetensors(
+            p("wan2.1_t2v_1.3B_fp16.safetensors"),
+            wan_keys("", 1536, 16, true),
+        ),
+        Spec::safetensors(p("ltx-2-19b-dev.safetensors"), ltx2_keys(false)),
+        zip_spec(p("t2iadapter_canny_sd15v2.pth"), t2i_adapter_keys(), 2, &[]),
+    ];
+    pyfix::write(&specs);
+    vec![
+        ("UMT5 encoder file", specs[0].path.clone(), "T5 encoder"),
+        ("Wan 2.1 1.3B", specs[1].path.clone(), "Wan-family"),
+        ("LTX-2.0 transformer", specs[2].path.clone(), "LTX-2"),
+        (
+            "single-file T2I-Adapter",
+            specs[3].path.clone(),
+            "T2I-Adapter",
+        ),
+    ]
+}
+
+/// One parity folder: (name, folder, type, base, format, variant).
+pub type ParityFolder = (
+    &'static str,
+    PathBuf,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// The parity folders.
+pub fn parity_folders(root: &Path) -> Vec<ParityFolder> {
+    let mut specs = Vec::new();
+    let mut out = Vec::new();
+    let weights =
+        |d: &Path, file: &str| Spec::safetensors(d.join(file), vec![k("model.norm.weight", &[8])]);
+    // llava-hf/llava-onevision-qwen2-0.5b-ov-hf
+    let d = root.join("llava-onevision-qwen2-0.5b-ov-hf");
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["LlavaOnevisionForConditionalGeneration"], "model_type": "llava_onevision",
+                "image_token_index": 151_646, "vision_feature_layer": -1,
+                "text_config": {"model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24},
+                "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 384, "patch_size": 14}}),
+    );
+    specs.push(weights(&d, "model.safetensors"));
+    out.push((
+        "LLaVA-OneVision",
+        d,
+        "llava_onevision",
+        "any",
+        "diffusers",
+        None,
+    ));
+    // black-forest-labs/FLUX.2-dev::text_encoder+tokenizer
+    let d = root.join("flux2-dev-mistral");
+    write_json(
+        &d.join("text_encoder").join("config.json"),
+        &json!({"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
+                "text_config": {"model_type": "mistral", "hidden_size": 5120, "num_hidden_layers": 40,
+                                "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 131_072},
+                "vision_config": {"model_type": "pixtral", "hidden_size": 1024}}),
+    );
+    write_json(
+        &d.join("tokenizer").join("tokenizer_config.json"),
+        &json!({}),
+    );
+    specs.push(weights(
+        &d.join("text_encoder"),
+        "model-00001-of-00010.safetensors",
+    ));
+    out.push((
+        "Mistral3 text_encoder folder",
+        d,
+        "mistral_encoder",
+        "any",
+        "mistral_encoder",
+        Some("mistral3_24b"),
+    ));
+    // Qwen/Qwen-Image::text_encoder+tokenizer
+    let d = root.join("qwen-image-encoder");
+    write_json(
+        &d.join("text_encoder").join("config.json"),
+        &json!({"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen_2_5_vl",
+                "hidden_size": 3584, "num_hidden_layers": 28, "vision_config": {"hidden_size": 1280}}),
+    );
+    write_json(
+        &d.join("tokenizer").join("tokenizer_config.json"),
+        &json!({}),
+    );
+    specs.push(weights(
+        &d.join("text_encoder"),
+        "model-00001-of-00004.safetensors",
+    ));
+    out.push((
+        "Qwen2.5-VL text_encoder folder",
+        d,
+        "qwen_vl_encoder",
+        "any",
+        "qwen_vl_encoder",
+        None,
+    ));
+    // Qwen/Qwen3-VL-4B-Instruct
+    let d = root.join("Qwen3-VL-4B-Instruct");
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
+                "text_config": {"model_type": "qwen3_vl_text", "hidden_size": 2560, "num_hidden_layers": 36},
+                "vision_config": {"model_type": "qwen3_vl", "hidden_size": 1024, "deepstack_visual_indexes": [5, 11, 17]}}),
+    );
+    write_json(&d.join("tokenizer.json"), &json!({}));
+    specs.push(weights(&d, "model.safetensors"));
+    out.push((
+        "Qwen3-VL 4B folder",
+        d,
+        "qwen3_vl_encoder",
+        "any",
+        "qwen3_vl_encoder",
+        Some("qwen3_vl_4b"),
+    ));
+    // Tongyi-MAI/Z-Image-Turbo::text_encoder+tokenizer
+    let d = root.join("z-image-qwen3-encoder");
+    write_json(
+        &d.join("text_encoder").join("config.json"),
+        &json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 2560,
+                "num_hidden_layers": 36, "head_dim": 128}),
+    );
+    write_json(
+        &d.join("tokenizer").join("tokenizer_config.json"),
+        &json!({}),
+    );
+    specs.push(weights(
+        &d.join("text_encoder"),
+        "model-00001-of-00003.safetensors",
+    ));
+    out.push((
+        "Qwen3 text_encoder folder",
+        d,
+        "qwen3_encoder",
+        "any",
+        "qwen3_encoder",
+        Some("qwen3_4b"),
+    ));
+    // Efficient-Large-Model/gemma-2-2b-it (PiD's caption encoder)
+    let d = root.join("gemma-2-2b-it");
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 2304,
+                "num_hidden_layers": 26, "vocab_size": 256_000}),
+    );
+    write_json(&d.join("tokenizer.json"), &json!({}));
+    specs.push(weights(&d, "model-00001-of-00002.safetensors"));
+    out.push((
+        "Gemma-2-2B",
+        d,
+        "gemma2_encoder",
+        "any",
+        "gemma2_encoder",
+        None,
+    ));
+    // DeepBeepMeep/LTX-2::gemma4-12b-ltx-v1
+    let d = root.join("gemma4-12b-ltx-v1");
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["Gemma4UnifiedForCausalLM"], "model_type": "gemma4_unified_text",
+                "hidden_size": 3840, "num_hidden_layers": 48}),
+    );
+    write_json(&d.join("tokenizer.json"), &json!({}));
+    specs.push(weights(&d, "gemma4-12b-ltx-v1_bf16.safetensors"));
+    out.push((
+        "LTX-2.5 Gemma-4 encoder",
+        d,
+        "gemma4_encoder",
+        "ltx-2",
+        "gemma4_encoder",
+        None,
+    ));
+    // meta-llama/Llama-3.2-1B-Instruct
+    let d = root.join("Llama-3.2-1B-Instruct");
+    write_json(
+        &d.join("config.json"),
+        &json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+                "num_hidden_layers": 16, "vocab_size": 128_256}),
+    );
+    write_json(&d.join("tokenizer_config.json"), &json!({}));
+    specs.push(weights(&d, "model.safetensors"));
+    out.push(("Llama text LLM", d, "text_llm", "any", "diffusers", None));
+    // Wan-AI/Wan2.2-TI2V-5B-Diffusers::text_encoder+tokenizer
+    let d = root.join("wan-umt5-xxl");
+    write_json(
+        &d.join("text_encoder").join("config.json"),
+        &json!({"architectures": ["UMT5EncoderModel"], "model_type": "umt5", "d_model": 4096,
+                "num_layers": 24, "vocab_size": 256_384}),
+    );
+    write_json(
+        &d.join("tokenizer").join("tokenizer_config.json"),
+        &json!({}),
+    );
+    specs.push(weights(
+        &d.join("text_encoder"),
+        "model-00001-of-00002.safetensors",
+    ));
+    out.push((
+        "UMT5 text_encoder folder",
+        d,
+        "wan_t5_encoder",
+        "any",
+        "wan_t5_encoder",
+        None,
+    ));
+    // Wan pipelines
+    for (name, dir, z_dim, experts, in_ch, variant) in [
+        (
+            "Wan 2.2 TI2V-5B pipeline",
+            "Wan2.2-TI2V-5B-Diffusers",
+            48,
+            false,
+            48,
+            "ti2v_5b",
+        ),
+        (
+            "Wan 2.2 T2V-A14B pipeline",
+            "Wan2.2-T2V-A14B-Diffusers",
+            16,
+            true,
+            16,
+            "t2v_a14b",
+        ),
+        (
+            "Wan 2.2 I2V-A14B pipeline",
+            "Wan2.2-I2V-A14B-Diffusers",
+            16,
+            true,
+            36,
+            "i2v_a14b",
+        ),
+    ] {
+        let d = root.join(dir);
+        let class = if in_ch == 36 {
+            "WanImageToVideoPipeline"
+        } else {
+            "WanPipeline"
+        };
+        let t2 = if experts {
+            json!(["diffusers", "WanTransformer3DModel"])
+        } else {
+            json!([null, null])
+        };
+        write_json(
+            &d.join("model_index.json"),
+            &json!({"_class_name": class, "_diffusers_version": "0.35.0.dev0",
+                    "boundary_ratio": if experts { json!(0.875) } else { Value::Null },
+                    "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+                    "text_encoder": ["transformers", "UMT5EncoderModel"],
+                    "tokenizer": ["transformers", "T5TokenizerFast"],
+                    "transformer": ["diffusers", "WanTransformer3DModel"],
+                    "transformer_2": t2,
+                    "vae": ["diffusers", "AutoencoderKLWan"]}),
+        );
+        write_json(
+            &d.join("transformer").join("config.json"),
+            &json!({"_class_name": "WanTransformer3DModel", "in_channels": in_ch, "out_channels": z_dim,
+                    "num_attention_heads": if experts { 40 } else { 24 }, "attention_head_dim": 128}),
+        );
+        if experts {
+            write_json(
+                &d.join("transformer_2").join("config.json"),
+                &json!({"_class_name": "WanTransformer3DModel", "in_channels": in_ch}),
+            );
+        }
+        write_json(
+            &d.join("vae").join("config.json"),
+            &json!({"_class_name": "AutoencoderKLWan", "z_dim": z_dim}),
+        );
+        write_json(
+            &d.join("scheduler").join("scheduler_config.json"),
+            &json!({"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction",
+                    "use_flow_sigmas": true, "flow_shift": 5.0}),
+        );
+        specs.push(weights(
+            &d.join("transformer"),
+            "diffusion_pytorch_model.safetensors",
+        ));
+        out.push((name, d, "main", "wan", "diffusers", Some(variant)));
+    }
+    // Pipelines named by class.
+    for (name, dir, class, base, variant) in [
+        (
+            "Ideogram 4 pipeline",
+            "ideogram-4-nf4",
+            "Ideogram4Pipeline",
+            "ideogram-4",
+            None,
+        ),
+        (
+            "ERNIE-Image pipeline",
+            "ERNIE-Image",
+            "ErnieImagePipeline",
+            "ernie-image",
+            None,
+        ),
+        (
+            "Qwen-Image-Edit pipeline",
+            "Qwen-Image-Edit-2509",
+            "QwenImageEditPlusPipeline",
+            "qwen-image",
+            Some("edit"),
+        ),
+    ] {
+        let d = root.join(dir);
+        write_json(
+            &d.join("model_index.json"),
+            &json!({"_class_name": class, "_diffusers_version": "0.36.0.dev0",
+                    "transformer": ["diffusers", "SomeTransformer"], "vae": ["diffusers", "AutoencoderKL"]}),
+        );
+        specs.push(weights(
+            &d.join("transformer"),
+            "diffusion_pytorch_model.safetensors",
+        ));
+        out.push((name, d, "main", base, "diffusers", variant));
+    }
+    // InvokeAI/t5-v1_1-xxl: the unquantised and the bnb_llm_int8 layouts (text_encoder_2/ +
+    // tokenizer_2/).
+    for (name, dir, file, format) in [
+        (
+            "T5 folder",
+            "t5-v1_1-xxl",
+            "model-00001-of-00002.safetensors",
+            "t5_encoder",
+        ),
+        (
+            "T5 LLM.int8 folder",
+            "t5-v1_1-xxl-bnb_llm_int8",
+            "bnb_llm_int8_model.safetensors",
+            "bnb_quantized_int8b",
+        ),
+    ] {
+        let d = root.join(dir);
+        write_json(
+            &d.join("text_encoder_2").join("config.json"),
+            &json!({"architectures": ["T5EncoderModel"], "model_type": "t5", "d_model": 4096,
+                    "feed_forward_proj": "gated-gelu", "num_layers": 24}),
+        );
+        write_json(
+            &d.join("tokenizer_2").join("tokenizer_config.json"),
+            &json!({}),
+        );
+        let mut keys = t5_encoder_keys(4096, false);
+        if format == "bnb_quantized_int8b" {
+            keys.push(k("encoder.block.0.layer.0.SelfAttention.q.SCB", &[8]));
+        }
+        specs.push(Spec::safetensors(d.join("text_encoder_2").join(file), keys));
+        out.push((name, d, "t5_encoder", "any", format, None));
+    }
+    // MiniMaxAI/MiniMax-H3 (Modular Diffusers layout)
+    let d = root.join("MiniMax-H3");
+    write_json(
+        &d.join("modular_model_index.json"),
+        &json!({"_class_name": "MiniMaxH3ModularPipeline", "_diffusers_version": "0.36.0.dev0"}),
+    );
+    write_json(
+        &d.join("audio_vae").join("config.json"),
+        &json!({"_class_name": "AutoencoderKLMiniMaxH3Audio"}),
+    );
+    write_json(
+        &d.join("transformer").join("config.json"),
+        &json!({"_class_name": "MiniMaxH3Transformer3DModel"}),
+    );
+    specs.push(weights(
+        &d.join("transformer"),
+        "diffusion_pytorch_model.safetensors",
+    ));
+    out.push((
+        "MiniMax H3 modular pipeline",
+        d,
+        "main",
+        "minimax-h3",
+        "diffusers",
+        Some("fl2va"),
+    ));
     pyfix::write(&specs);
     out
 }
