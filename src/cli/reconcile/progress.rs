@@ -161,10 +161,15 @@ impl ApplyUi {
                 if self.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
-                self.println(&format!(
-                    "✗ {name}: {} failed: {error}",
-                    action_name(*action)
-                ));
+                // An `error` row failed before anything ran: its reason is the whole story.
+                if *action == ActionKind::Error {
+                    self.println(&format!("✗ {name}: {error}"));
+                } else {
+                    self.println(&format!(
+                        "✗ {name}: {} failed: {error}",
+                        action_name(*action)
+                    ));
+                }
             }
             ReconcileEvent::Warning { name, message } => {
                 if !self.quiet {
