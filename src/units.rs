@@ -67,6 +67,45 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     })
 }
 
+/// Formats a duration as the manifest spells one (`30s`, `5m`, `1h30m`, `250ms`), so a value
+/// read from a setting prints as it was written. Below one second: milliseconds; a measured
+/// time with a fraction of a second: one decimal under a minute (`5.2s`), else whole seconds
+/// (`2m14s`). Never `5s 153us 679ns`.
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 && !self.0.is_zero() {
+            return f.write_str("<1ms");
+        }
+        if ms < 1000 {
+            return write!(f, "{ms}ms");
+        }
+        if !ms.is_multiple_of(1000) && ms < 60_000 {
+            let tenths = (ms + 50) / 100;
+            return if tenths.is_multiple_of(10) {
+                write!(f, "{}s", tenths / 10)
+            } else {
+                write!(f, "{}.{}s", tenths / 10, tenths % 10)
+            };
+        }
+        let total = (ms + 500) / 1000;
+        let parts = [
+            (total / 86_400, "d"),
+            (total % 86_400 / 3600, "h"),
+            (total % 3600 / 60, "m"),
+            (total % 60, "s"),
+        ];
+        for (n, unit) in parts {
+            if n > 0 {
+                write!(f, "{n}{unit}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Formats bytes for people, with decimal units as the totals line of `diff` uses (`4.2 GB`).
 pub struct HumanBytes(pub u64);
 
@@ -117,6 +156,30 @@ mod tests {
                 .to_string()
                 .contains("30s, 5m")
         );
+    }
+
+    #[test]
+    fn human_durations_read_as_written() {
+        for (d, text) in [
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_mins(5), "5m"),
+            (Duration::from_hours(1), "1h"),
+            (Duration::from_mins(90), "1h30m"),
+            (Duration::from_hours(24), "1d"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_micros(5_153_679), "5.2s"),
+            (Duration::from_millis(134_400), "2m14s"),
+            (Duration::from_nanos(10), "<1ms"),
+            (Duration::ZERO, "0ms"),
+        ] {
+            assert_eq!(HumanDuration(d).to_string(), text, "{d:?}");
+        }
+        // What a setting says parses back to itself.
+        for text in ["30s", "5m", "1h30m", "250ms", "1d"] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(HumanDuration(d).to_string(), text);
+        }
     }
 
     #[test]

@@ -52,6 +52,11 @@ impl Reporter for Bar {
         if let Event::Download(ev) = event {
             let job = ev.job();
             if job.total_bytes > 0 {
+                // Drawn only once there is something to show (no empty bar).
+                if self.0.is_hidden() && !self.0.is_finished() {
+                    self.0
+                        .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
                 self.0.set_length(job.total_bytes);
             }
             self.0.set_position(job.bytes);
@@ -70,13 +75,9 @@ pub fn fetch(ctx: &Context, a: FetchArgs) -> anyhow::Result<Status> {
         .enable_all()
         .build()?;
     let reporter: Arc<dyn Reporter> = if ctx.progress {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_style(super::reconcile::progress::total_style());
+        bar.set_prefix("total");
         Arc::new(Bar(bar))
     } else {
         Arc::new(NullReporter)

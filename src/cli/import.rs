@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
+
+use super::reconcile::progress::{file_style, part_label, total_style};
 use serde_json::{Map, Value};
 
 use super::output::{OutputFormat, print_json};
@@ -95,10 +97,6 @@ impl Bars {
     }
 }
 
-fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
-}
-
 impl Reporter for Bars {
     fn report(&self, event: &Event) {
         let Event::Install(ev) = event else { return };
@@ -108,19 +106,26 @@ impl Reporter for Bars {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match ev {
             InstallEvent::ModelInstallDownloading {
+                source,
+                local_path,
                 bytes,
                 total_bytes,
                 parts,
                 ..
             } => {
+                // Nothing to draw until a size is known (no empty bar).
+                if st.total.is_none() && *total_bytes == 0 {
+                    return;
+                }
                 let total = st.total.get_or_insert_with(|| {
-                    let b = self.multi.add(ProgressBar::new(*total_bytes));
-                    b.set_style(style(
-                        "total {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                    ));
+                    let b = self
+                        .multi
+                        .add(ProgressBar::new(*total_bytes).with_position(*bytes));
+                    b.set_style(total_style());
+                    b.set_prefix("total");
                     b
                 });
-                total.set_length(*total_bytes);
+                total.set_length((*total_bytes).max(*bytes));
                 total.set_position(*bytes);
                 for (i, p) in parts.iter().enumerate() {
                     let finished = p.total_bytes > 0 && p.bytes >= p.total_bytes;
@@ -135,17 +140,13 @@ impl Reporter for Bars {
                     }
                     let multi = &self.multi;
                     let bar = st.parts.entry(i).or_insert_with(|| {
-                        let b = multi.add(ProgressBar::new(p.total_bytes));
-                        b.set_style(style("  {bar:30} {bytes}/{total_bytes} {wide_msg}"));
-                        b.set_message(
-                            p.local_path
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                                .unwrap_or_default(),
-                        );
+                        let b = multi.add(ProgressBar::new(p.total_bytes).with_position(p.bytes));
+                        b.set_style(file_style());
+                        b.set_prefix(source.clone());
+                        b.set_message(part_label(local_path, &p.local_path));
                         b
                     });
-                    bar.set_length(p.total_bytes);
+                    bar.set_length(p.total_bytes.max(p.bytes));
                     bar.set_position(p.bytes);
                 }
             }

@@ -34,6 +34,8 @@ pub enum Status {
     Pending,
     /// 3: the plan does not fit on disk.
     DoesNotFit,
+    /// 130: stopped by Ctrl-C (or SIGTERM) half-way; partial downloads are kept.
+    Interrupted,
 }
 
 impl From<Status> for ExitCode {
@@ -43,6 +45,7 @@ impl From<Status> for ExitCode {
             Status::Error => 1,
             Status::Pending => 2,
             Status::DoesNotFit => 3,
+            Status::Interrupted => 130,
         })
     }
 }

@@ -10,7 +10,7 @@ use super::{Context, OutputFormat, Status};
 use crate::manifest;
 
 mod commands;
-mod progress;
+pub(crate) mod progress;
 
 pub(crate) use commands::acquire_store_lock;
 pub use commands::{apply, diff, gc, status, verify};

@@ -69,7 +69,7 @@ pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
             config.manifest_path.display(),
             m.settings.models_dir.display(),
             config.listen,
-            humantime::format_duration(config.interval)
+            crate::units::HumanDuration(config.interval)
         );
     }
     crate::watch::block_on_watch(config, Arc::new(converger))?;

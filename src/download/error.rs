@@ -16,7 +16,7 @@ pub enum DownloadError {
     #[error("unknown download job id {0}")]
     UnknownJobId(JobId),
     /// `wait_for_job` gave up.
-    #[error("timed out after {timeout:?} waiting for download job {id}")]
+    #[error("timed out after {} waiting for download job {id}", crate::units::HumanDuration(*.timeout))]
     Timeout {
         /// The job.
         id: JobId,
@@ -63,7 +63,7 @@ pub enum DownloadError {
         source: reqwest::Error,
     },
     /// No bytes arrived for the stall timeout.
-    #[error("{url}: no data received for {timeout:?}")]
+    #[error("{url}: no data received for {}", crate::units::HumanDuration(*.timeout))]
     Stalled {
         /// The URL (redacted).
         url: String,
@@ -71,7 +71,7 @@ pub enum DownloadError {
         timeout: Duration,
     },
     /// The server accepted the request but sent no response headers in time.
-    #[error("{url}: no response within {timeout:?}")]
+    #[error("{url}: no response within {}", crate::units::HumanDuration(*.timeout))]
     NoResponse {
         /// The URL (redacted).
         url: String,
@@ -80,7 +80,7 @@ pub enum DownloadError {
     },
     /// The file did not finish within its time budget (`download_timeout`), retries and waits
     /// included.
-    #[error("{url}: did not finish within {} (the download timeout); {} received", humantime::format_duration(*timeout), HumanBytes(*received))]
+    #[error("{url}: did not finish within {} (the download timeout); {} received", crate::units::HumanDuration(*timeout), HumanBytes(*received))]
     FileTimeout {
         /// The URL (redacted).
         url: String,

@@ -180,7 +180,7 @@ fn wait_hint(retry_after: Option<Duration>) -> String {
     retry_after.map_or_else(String::new, |d| {
         format!(
             "; the server asks to wait {}",
-            humantime::format_duration(d)
+            crate::units::HumanDuration(d)
         )
     })
 }

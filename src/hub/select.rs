@@ -80,10 +80,10 @@ impl FileFilter {
             parts.push(format!("variant `{}`", self.variant));
         }
         if !self.include.is_empty() {
-            parts.push(format!("include {:?}", self.include));
+            parts.push(format!("include [{}]", self.include.join(", ")));
         }
         if !self.exclude.is_empty() {
-            parts.push(format!("exclude {:?}", self.exclude));
+            parts.push(format!("exclude [{}]", self.exclude.join(", ")));
         }
         if parts.is_empty() {
             "the default files".to_owned()
@@ -281,7 +281,12 @@ fn rank(name: &str, variant: ModelRepoVariant) -> Option<u8> {
     }
 }
 
-fn globset(which: &'static str, patterns: &[String]) -> Result<Option<GlobSet>, SelectError> {
+/// The globs of `include` or `exclude` (`None`: no list). Local folder sources use the same
+/// semantics ([`crate::install`]).
+pub(crate) fn globset(
+    which: &'static str,
+    patterns: &[String],
+) -> Result<Option<GlobSet>, SelectError> {
     if patterns.is_empty() {
         return Ok(None);
     }

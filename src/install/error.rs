@@ -106,7 +106,7 @@ pub enum InstallError {
     /// A pickle that may run code on load: it imports globals outside the allow-list, or it
     /// could not be followed to its end.
     #[error(
-        "{path}: refusing a {verdict} pickle ({globals}); pass config `unsafe_pickle: allow` to install it anyway"
+        "{path}: refusing a {verdict} pickle ({globals}); set `unsafe_pickle: allow` on its manifest entry (`--config unsafe_pickle=allow` for `import`) to install it anyway"
     )]
     DangerousPickle {
         /// The model path.
@@ -161,7 +161,7 @@ pub enum InstallError {
     #[error("unknown install job id {0}")]
     UnknownJob(InstallJobId),
     /// A wait gave up.
-    #[error("timed out after {timeout:?} waiting for {what}")]
+    #[error("timed out after {} waiting for {what}", crate::units::HumanDuration(*.timeout))]
     Timeout {
         /// What we waited for.
         what: String,

@@ -1,10 +1,151 @@
-//! Local sources: staging a copy (hardlinks on the same filesystem, else copies), and deleting
-//! a record's files.
+//! Local sources: staging a copy (hardlinks on the same filesystem, else copies) of the files
+//! `include`/`exclude` select, and deleting a record's files.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use globset::GlobSet;
+
 use super::error::InstallError;
+
+/// Which files of a local source to take: `include`/`exclude` globs over each file's path
+/// relative to the source folder (`/`-separated; a single-file source: its file name), with
+/// the semantics of Hub repos (globset, `*` also matches `/`): a file is taken when it matches
+/// some include (or there is none) and no exclude. Symlinks are followed, as in the copy.
+#[derive(Debug, Default)]
+pub struct LocalSelection {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+    patterns: (Vec<String>, Vec<String>),
+}
+
+impl LocalSelection {
+    /// The selection of `include` and `exclude` (both empty: every file).
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, InstallError> {
+        let bad = |e: crate::hub::SelectError, option| InstallError::InvalidOption {
+            option,
+            reason: e.to_string(),
+        };
+        Ok(Self {
+            include: crate::hub::select::globset("include", include)
+                .map_err(|e| bad(e, "include"))?,
+            exclude: crate::hub::select::globset("exclude", exclude)
+                .map_err(|e| bad(e, "exclude"))?,
+            patterns: (include.to_vec(), exclude.to_vec()),
+        })
+    }
+
+    /// Whether every file is taken.
+    pub fn is_all(&self) -> bool {
+        self.include.is_none() && self.exclude.is_none()
+    }
+
+    /// Whether the file at `rel` (relative, `/`-separated) is taken.
+    pub fn takes(&self, rel: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(rel))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(rel))
+    }
+
+    /// The files of `src` this selection takes, as (absolute path, relative path), sorted.
+    pub fn files(&self, src: &Path) -> Result<Vec<(PathBuf, String)>, InstallError> {
+        let md = metadata(src)?;
+        let mut out = Vec::new();
+        if md.is_dir() {
+            walk(src, "", &mut out)?;
+        } else {
+            let name = src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push((src.to_path_buf(), name));
+        }
+        out.retain(|(_, rel)| self.takes(rel));
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    /// The error for a source of which nothing is taken.
+    fn nothing_left(&self, src: &Path) -> InstallError {
+        let mut what = Vec::new();
+        if !self.patterns.0.is_empty() {
+            what.push(format!("include [{}]", self.patterns.0.join(", ")));
+        }
+        if !self.patterns.1.is_empty() {
+            what.push(format!("exclude [{}]", self.patterns.1.join(", ")));
+        }
+        InstallError::InvalidOption {
+            option: if self.patterns.0.is_empty() {
+                "exclude"
+            } else {
+                "include"
+            },
+            reason: format!(
+                "no file of {} is left after {}",
+                src.display(),
+                what.join(" and ")
+            ),
+        }
+    }
+}
+
+fn metadata(src: &Path) -> Result<fs::Metadata, InstallError> {
+    fs::metadata(src).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            InstallError::NotFound(src.to_path_buf())
+        } else {
+            InstallError::io("reading", src, e)
+        }
+    })
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<(PathBuf, String)>) -> Result<(), InstallError> {
+    let rd = fs::read_dir(dir).map_err(|e| InstallError::io("reading", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| InstallError::io("reading", dir, e))?;
+        let p = entry.path();
+        let rel = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        if metadata(&p)?.is_dir() {
+            walk(&p, &format!("{rel}/"), out)?;
+        } else {
+            out.push((p, rel));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes the selected files of `src` hold (what staging it copies; no content read).
+pub fn selected_size(src: &Path, sel: &LocalSelection) -> Result<u64, InstallError> {
+    let mut total = 0u64;
+    for (p, _) in sel.files(src)? {
+        total = total.saturating_add(metadata(&p)?.len());
+    }
+    Ok(total)
+}
+
+/// [`link_or_copy`] of only the files `sel` takes from folder `src` (their relative paths kept
+/// under `dst`). Every file is taken when the selection is empty; none left is an error.
+pub(crate) fn link_or_copy_selected(
+    src: &Path,
+    dst: &Path,
+    sel: &LocalSelection,
+) -> Result<bool, InstallError> {
+    if sel.is_all() {
+        return link_or_copy(src, dst);
+    }
+    let files = sel.files(src)?;
+    if files.is_empty() {
+        return Err(sel.nothing_left(src));
+    }
+    if !metadata(src)?.is_dir() {
+        return link_or_copy(src, dst);
+    }
+    fs::create_dir_all(dst).map_err(|e| InstallError::io("creating folder", dst, e))?;
+    let mut all_linked = true;
+    for (p, rel) in files {
+        all_linked &= link_or_copy(&p, &dst.join(rel))?;
+    }
+    Ok(all_linked)
+}
 
 /// Places `src` (file or folder) at `dst`: each file hardlinked when possible (same
 /// filesystem), else copied. Symlinks are followed. Returns whether every file was linked.
@@ -93,5 +234,74 @@ mod tests {
         assert!(!is_inside(d.path(), d.path()));
         assert!(remove_path(&d.path().join("dst")).unwrap());
         assert!(!remove_path(&d.path().join("dst")).unwrap());
+    }
+
+    #[test]
+    fn selections_take_what_the_globs_say() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        for f in [
+            "model_index.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.bin",
+            "vae/diffusion_pytorch_model.bin",
+        ] {
+            fs::create_dir_all(src.join(f).parent().unwrap()).unwrap();
+            fs::write(src.join(f), f).unwrap();
+        }
+        let sel = |i: &[&str], e: &[&str]| {
+            let v = |x: &[&str]| x.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+            LocalSelection::new(&v(i), &v(e)).unwrap()
+        };
+        let rels = |s: &LocalSelection| -> Vec<String> {
+            s.files(&src).unwrap().into_iter().map(|f| f.1).collect()
+        };
+        // `*` crosses folders, as for Hub repos.
+        assert_eq!(
+            rels(&sel(&[], &["*.bin"])),
+            [
+                "model_index.json",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.safetensors"
+            ]
+        );
+        assert_eq!(
+            rels(&sel(&["unet/*", "*.json"], &["*.bin"])),
+            [
+                "model_index.json",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.safetensors"
+            ]
+        );
+        assert_eq!(rels(&sel(&[], &[])).len(), 5);
+
+        let dst = d.path().join("dst");
+        link_or_copy_selected(&src, &dst, &sel(&["unet/**"], &["*.bin"])).unwrap();
+        let mut out = Vec::new();
+        walk(&dst, "", &mut out).unwrap();
+        let mut got: Vec<String> = out.into_iter().map(|f| f.1).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.safetensors"
+            ]
+        );
+        assert_eq!(
+            selected_size(&src, &sel(&["vae/*"], &[])).unwrap(),
+            "vae/diffusion_pytorch_model.bin".len() as u64
+        );
+
+        let e = link_or_copy_selected(&src, &d.path().join("none"), &sel(&["*.gguf"], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("include [*.gguf]"), "{e}");
+        assert!(!d.path().join("none").exists());
+        let e = LocalSelection::new(&["a[".to_owned()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("include"), "{e}");
     }
 }

@@ -26,6 +26,7 @@ pub mod sync;
 
 pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
+pub use local::{LocalSelection, selected_size};
 pub use promote::UNSAFE_PICKLE;
 pub(crate) use refit::merged_tags;
 pub use request::{

@@ -115,28 +115,38 @@ pub(crate) fn promote(
     config: &Map<String, Value>,
     opts: &InstallOptions,
 ) -> Result<InstallOutcome, InstallError> {
-    let (config, allow_pickle) = check_config(config)?;
+    let (mut config, allow_pickle) = check_config(config)?;
+    if !config.contains_key("name")
+        && let Some(name) = default_name(staged)
+    {
+        config.insert("name".into(), Value::from(name));
+    }
     let path = &staged.model_path;
-    let probed =
-        probe::probe_with_overrides(path, &config).map_err(|error| InstallError::Probe {
+    let algo = opts.hash_algorithm.unwrap_or(ctx.hash_algorithm);
+    let checked = || -> Result<_, InstallError> {
+        let probed =
+            probe::probe_with_overrides(path, &config).map_err(|error| InstallError::Probe {
+                path: path.clone(),
+                error: Box::new(error),
+            })?;
+        let warnings = check_probe(path, &probed, allow_pickle, opts.unknown_models)?;
+        // Every safetensors / GGUF file, a folder's shards included, must hold the bytes its
+        // header declares: a truncated or lying file is never promoted.
+        probe::safetensors::verify_declared_sizes(path).map_err(|error| InstallError::Probe {
             path: path.clone(),
             error: Box::new(error),
         })?;
-    let warnings = check_probe(path, &probed, allow_pickle, opts.unknown_models)?;
-    // Every safetensors / GGUF file, a folder's shards included, must hold the bytes its
-    // header declares: a truncated or lying file is never promoted.
-    probe::safetensors::verify_declared_sizes(path).map_err(|error| InstallError::Probe {
-        path: path.clone(),
-        error: Box::new(error),
-    })?;
-    let algo = opts.hash_algorithm.unwrap_or(ctx.hash_algorithm);
-    let content_hash = hash::hash_path(path, algo).map_err(|error| InstallError::Hash {
-        path: path.clone(),
-        error: Box::new(error),
-    })?;
-    if let Some(expected) = &opts.expected_hash {
-        check_expected_hash(path, expected, algo, &content_hash)?;
-    }
+        let content_hash = hash::hash_path(path, algo).map_err(|error| InstallError::Hash {
+            path: path.clone(),
+            error: Box::new(error),
+        })?;
+        if let Some(expected) = &opts.expected_hash {
+            check_expected_hash(path, expected, algo, &content_hash)?;
+        }
+        Ok((probed, warnings, content_hash))
+    };
+    let (probed, warnings, content_hash) =
+        checked().map_err(|e| relabel(e, &|p| shown_path(staged, p)))?;
     let key = match config.get("key").and_then(Value::as_str) {
         Some(k) if !k.is_empty() => k.to_owned(),
         _ => new_key(),
@@ -223,6 +233,143 @@ pub(crate) fn promote(
         existing: false,
         warnings,
     })
+}
+
+/// The name of a record nothing names, for a staged folder: the probe would take the staging
+/// folder's own name (`files`), so the local folder's name, or the Hub subfolder's last
+/// component, or the repo's name (`owner/name` → `name`) is used, as `hf download` names its
+/// folders. Files keep the probe's name (their stem); inplace models their folder's name.
+fn default_name(staged: &Staged) -> Option<String> {
+    if staged.staging.is_none() || staged.single_file {
+        return None;
+    }
+    let last = |s: &str| {
+        s.trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+    };
+    match staged.source_type {
+        ModelSourceType::Path => Path::new(&staged.source)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        _ => match crate::hub::ModelSource::parse(&staged.source).ok()? {
+            crate::hub::ModelSource::Hf(h) => h
+                .subfolder
+                .as_deref()
+                .and_then(last)
+                .or_else(|| last(&h.repo_id)),
+            _ => None,
+        },
+    }
+}
+
+/// Where a staged file is for the user: a path under the staging folder
+/// (`.tmp/<id>/files/…`) becomes the same path under the source — the local file or folder,
+/// the `owner/name` repo (`owner/name/unet/config.json`), the URL. Other paths stay.
+fn shown_path(staged: &Staged, p: &Path) -> PathBuf {
+    if staged.staging.is_none() {
+        return p.to_path_buf();
+    }
+    match p.strip_prefix(&staged.model_path) {
+        Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from(&staged.source),
+        Ok(rel) => Path::new(&staged.source).join(rel),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+/// The error with its paths (and its probe or hash cause's) shown by `shown`.
+fn relabel(e: InstallError, shown: &dyn Fn(&Path) -> PathBuf) -> InstallError {
+    use crate::hash::HashError as H;
+    use crate::probe::ProbeError as P;
+    let probe = |e: P| match e {
+        P::NotFound(p) => P::NotFound(shown(&p)),
+        P::Io { path, source } => P::Io {
+            path: shown(&path),
+            source,
+        },
+        P::EmptyFile(p) => P::EmptyFile(shown(&p)),
+        P::Safetensors { path, reason } => P::Safetensors {
+            path: shown(&path),
+            reason,
+        },
+        P::Gguf { path, reason } => P::Gguf {
+            path: shown(&path),
+            reason,
+        },
+        P::Pickle { path, reason } => P::Pickle {
+            path: shown(&path),
+            reason,
+        },
+        P::NotTorchZip(p) => P::NotTorchZip(shown(&p)),
+        P::Config { path, reason } => P::Config {
+            path: shown(&path),
+            reason,
+        },
+        P::TypeConflict {
+            path,
+            hint,
+            probed,
+            evidence,
+        } => P::TypeConflict {
+            path: shown(&path),
+            hint,
+            probed,
+            evidence,
+        },
+        other => other,
+    };
+    let hash = |e: H| match e {
+        H::NotFound(p) => H::NotFound(shown(&p)),
+        H::Io { path, source } => H::Io {
+            path: shown(&path),
+            source,
+        },
+        H::NoWeightFiles(p) => H::NoWeightFiles(shown(&p)),
+    };
+    match e {
+        InstallError::Probe { path, error } => InstallError::Probe {
+            path: shown(&path),
+            error: Box::new(probe(*error)),
+        },
+        InstallError::Hash { path, error } => InstallError::Hash {
+            path: shown(&path),
+            error: Box::new(hash(*error)),
+        },
+        InstallError::UnknownModel { path, evidence } => InstallError::UnknownModel {
+            path: shown(&path),
+            evidence,
+        },
+        InstallError::AmbiguousBase { path, candidates } => InstallError::AmbiguousBase {
+            path: shown(&path),
+            candidates,
+        },
+        InstallError::DangerousPickle {
+            path,
+            verdict,
+            globals,
+        } => InstallError::DangerousPickle {
+            path: shown(&path),
+            verdict,
+            globals,
+        },
+        InstallError::HashMismatch {
+            path,
+            expected,
+            actual,
+        } => InstallError::HashMismatch {
+            path: shown(&path),
+            expected,
+            actual,
+        },
+        InstallError::Io { op, path, source } => InstallError::Io {
+            op,
+            path: shown(&path),
+            source,
+        },
+        other => other,
+    }
 }
 
 /// Refuses what must not be installed; returns the warnings for what is installed anyway (an

@@ -35,7 +35,7 @@ use crate::store::{ConfigChange, ModelFile};
 
 use super::error::InstallError;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus};
-use super::local::link_or_copy;
+use super::local::{LocalSelection, link_or_copy};
 use super::promote::{Staged, check_expected_hash, fingerprints};
 use super::remote::{Want, access, len_of, part_of, run_downloads, url_destination};
 use super::request::{InPlace, InstallOutcome, InstallRequest};
@@ -100,8 +100,11 @@ pub(super) async fn refit(
             let (src, target2, staging2) = (l.path.clone(), target.clone(), staging.clone());
             let (recorded2, damaged) = (recorded.clone(), ip.damaged.clone());
             let source2 = source_str.clone();
+            let selection = LocalSelection::new(&req.options.include, &req.options.exclude)?;
             tokio::task::spawn_blocking(move || {
-                refit_local(&src, &target2, &recorded2, &damaged, &staging2, &source2)
+                refit_local(
+                    &src, &target2, &recorded2, &damaged, &staging2, &source2, &selection,
+                )
             })
             .await
             .map_err(|e| InstallError::Setup(format!("staging worker failed: {e}")))??
@@ -407,6 +410,10 @@ async fn refit_url(
 
 /// A local copy: the source's files that are missing or changed at the record's path are
 /// copied again.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one blocking job's inputs, moved in together"
+)]
 fn refit_local(
     src: &Path,
     target: &Path,
@@ -414,6 +421,7 @@ fn refit_local(
     damaged: &[String],
     staging: &Staging,
     source_str: &str,
+    selection: &LocalSelection,
 ) -> Result<Fetched, InstallError> {
     let md = fs::metadata(src).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -427,6 +435,10 @@ fn refit_local(
         walk_files(src, src, &mut list)?;
     } else {
         list.push((src.to_path_buf(), String::new()));
+    }
+    // Only the files the entry's include/exclude take (a folder's; a file is its own).
+    if md.is_dir() {
+        list.retain(|(_, rel)| selection.takes(rel));
     }
     let intact = |path: &Path, rel: &str| {
         !damaged.iter().any(|d| d == rel)

@@ -26,7 +26,7 @@ use crate::taxonomy::ModelRepoVariant;
 
 use super::error::InstallError;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
-use super::local::{is_inside, link_or_copy, remove_path};
+use super::local::{LocalSelection, is_inside, link_or_copy_selected, remove_path};
 use super::promote::{PromoteCtx, Staged, absolute, check_config, check_dest, promote};
 use super::remote;
 use super::request::{InstallOptions, InstallOutcome, InstallRequest};
@@ -661,7 +661,7 @@ impl ModelInstallService {
         });
         let staging = Staging::new(&self.inner.cfg.models_dir, &stage_id(&src, opts));
         let _lane = lock(&self.inner.lane);
-        let staged = stage_local_copy(path, staging)?;
+        let staged = stage_local_copy(path, staging, opts)?;
         let result = promote(&self.inner.promote_ctx(&|| false), &staged, config, opts);
         if result.is_err()
             && let Some(s) = &staged.staging
@@ -831,7 +831,12 @@ pub(crate) fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Stag
     })
 }
 
-fn stage_local_copy(path: &Path, staging: Staging) -> Result<Staged, InstallError> {
+fn stage_local_copy(
+    path: &Path,
+    staging: Staging,
+    opts: &InstallOptions,
+) -> Result<Staged, InstallError> {
+    let selection = LocalSelection::new(&opts.include, &opts.exclude)?;
     let mut staged = local_staged(path, None)?;
     staging.prepare(&staged.source, StagingKind::Local, None)?;
     let (model_path, moved_from) = if staged.single_file {
@@ -844,7 +849,7 @@ fn stage_local_copy(path: &Path, staging: Staging) -> Result<Staged, InstallErro
         // `files` exists (prepare made it); the copy goes into it.
         (staging.files(), "files".to_owned())
     };
-    if let Err(e) = link_or_copy(path, &model_path) {
+    if let Err(e) = link_or_copy_selected(path, &model_path, &selection) {
         let _ = staging.remove();
         return Err(e);
     }
@@ -868,7 +873,8 @@ async fn run_job(
         ModelSource::Local(l) => {
             let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
             let path = l.path.clone();
-            tokio::task::spawn_blocking(move || stage_local_copy(&path, staging))
+            let opts = req.options.clone();
+            tokio::task::spawn_blocking(move || stage_local_copy(&path, staging, &opts))
                 .await
                 .map_err(|e| InstallError::Setup(format!("staging worker failed: {e}")))??
         }

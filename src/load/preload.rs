@@ -45,7 +45,7 @@ impl super::PickleGate for ScanGate {
                     .map(|g| format!("{}.{}", g.module, g.name))
                     .collect();
                 Err(format!(
-                    "pickle scan of {} is {verdict:?} (imports {}); only clean pickles are loaded",
+                    "pickle scan of {} is {verdict} (imports {}); only clean pickles are loaded",
                     path.display(),
                     imports.join(", ")
                 ))

@@ -948,6 +948,15 @@ impl<'a> Cx<'a> {
                 None => {}
             }
         }
+        // An inplace model is the user's folder as it is: no copy to leave files out of.
+        for (list, field) in [(&raw.include, "include"), (&raw.exclude, "exclude")] {
+            if inplace && let Some(item) = list.iter().flatten().next() {
+                self.err(
+                    item.loc(),
+                    format!("`{field}` cannot be combined with `inplace: true` (an inplace model is registered as it is; drop `inplace` to copy only the selected files)"),
+                );
+            }
+        }
         let mut dest = None;
         if let Some(d) = &raw.dest
             && let Some(text) = self.text(d, "dest")

@@ -42,6 +42,7 @@ use crate::manager::ModelManager;
 use crate::manifest::{LockEntry, LockError, LockFile, LockedFile, Manifest, ModelEntry};
 use crate::retry::{Class, Classify, Failure, FailureKind};
 use crate::store::{ConfigChange, RecordStore, StoreError};
+use crate::watch::CancelToken;
 
 /// A reconciler event (`kind: "reconcile"` in the JSON Lines of `apply -o json`).
 ///
@@ -214,6 +215,11 @@ pub struct ApplyOptions {
     /// `--refresh`: ask the Hub where unpinned revisions point now, and upgrade the entries
     /// whose revision moved. Ignored with `locked` (which never looks upstream).
     pub refresh: bool,
+    /// Once it fires (Ctrl-C), actions not yet started are not started and nothing is
+    /// preloaded; the caller cancels the running install jobs
+    /// ([`Services::unless_cancelled`](super::Services::unless_cancelled)), whose partial
+    /// downloads are kept for the next run.
+    pub cancel: CancelToken,
 }
 
 impl Default for ApplyOptions {
@@ -227,6 +233,7 @@ impl Default for ApplyOptions {
             max_parallel: crate::manifest::DEFAULT_PARALLEL_DOWNLOADS,
             staging_bytes: 0,
             refresh: false,
+            cancel: CancelToken::never(),
         }
     }
 }
@@ -246,6 +253,10 @@ pub struct ActionResult {
     pub error: Option<Failure>,
     /// Bytes downloaded.
     pub downloaded_bytes: u64,
+    /// It failed because the run was cancelled ([`ApplyOptions::cancel`]): stopped half-way
+    /// (partial downloads kept) or never started.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     #[serde(skip)]
     lock: Option<LockEntry>,
 }
@@ -425,12 +436,17 @@ pub async fn apply(
             // Superseded records wait for their entry (below).
             .filter(|(_, a)| !is_superseded(manifest, a))
             .map(|(i, a)| async move {
+                if opts.cancel.is_cancelled() && a.action.is_change() {
+                    return (i, not_started(a));
+                }
                 let known = Known {
                     locked: locked_ref,
                     lock: lock_ref,
                     upstream: upstream_ref,
                 };
-                (i, run_action(manifest, a, cx, known).await)
+                let mut r = run_action(manifest, a, cx, known).await;
+                r.interrupted = !r.ok() && opts.cancel.is_cancelled();
+                (i, r)
             })
             .collect();
         futures_util::stream::iter(actions)
@@ -495,7 +511,7 @@ pub async fn apply(
     let lock_error = report_lock_update(cx, update, &lock_path, &lock_dropped);
 
     let mut preload = BTreeMap::new();
-    if opts.preload {
+    if opts.preload && !opts.cancel.is_cancelled() {
         let wanted: Vec<(&ModelEntry, &String)> = results
             .iter()
             .filter(|r| r.ok())
@@ -820,6 +836,7 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) ->
                 key,
                 error: None,
                 downloaded_bytes,
+                interrupted: false,
                 lock,
             }
         }
@@ -840,6 +857,7 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) ->
                 key: a.key.clone(),
                 error: Some(error),
                 downloaded_bytes: 0,
+                interrupted: false,
                 lock: None,
             }
         }
@@ -853,7 +871,20 @@ fn skipped(a: &PlannedAction) -> ActionResult {
         key: a.key.clone(),
         error: None,
         downloaded_bytes: 0,
+        interrupted: false,
         lock: None,
+    }
+}
+
+/// An action the run was cancelled before it began (no event: it never started).
+fn not_started(a: &PlannedAction) -> ActionResult {
+    ActionResult {
+        error: Some(Failure::new(
+            FailureKind::Cancelled,
+            "interrupted before it started",
+        )),
+        interrupted: true,
+        ..skipped(a)
     }
 }
 

@@ -214,6 +214,24 @@ impl Services {
         }
     }
 
+    /// Runs `work` (an [`apply`] on these services) to its end; once `cancel` fires, cancels
+    /// the install jobs (again every [`CANCEL_POLL`]) so that it ends soon, at a resumable
+    /// point. Watch mode's shutdown and `apply`'s Ctrl-C both stop this way.
+    pub async fn unless_cancelled<F: Future>(&self, work: F, cancel: &CancelToken) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = cancel.cancelled() => {}
+        }
+        loop {
+            self.cancel_installs();
+            if let Ok(out) = tokio::time::timeout(CANCEL_POLL, &mut work).await {
+                return out;
+            }
+        }
+    }
+
     /// Cancels every install job still running; their partial downloads are kept.
     fn cancel_installs(&self) {
         let svc = self.manager.install();
@@ -265,41 +283,59 @@ impl Fixed {
         }
     }
 
-    /// The first setting that differs, as `name: old → new`.
+    /// The first setting that differs, as `name: old → new`, each value spelled as the
+    /// manifest writes it (`blake3`, `30s`, `unset`).
     fn changed(&self, new: &Self) -> Option<String> {
-        let d = |name: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-            Some(format!("settings.{name} changed from {a:?} to {b:?}"))
-        };
-        if self.models_dir != new.models_dir {
-            return d("models_dir", &self.models_dir, &new.models_dir);
+        fn opt<T: std::fmt::Display>(v: Option<&T>) -> String {
+            v.map_or_else(|| "unset".to_owned(), ToString::to_string)
         }
-        if self.database != new.database {
-            return d("database", &self.database, &new.database);
-        }
-        if self.hf_endpoint != new.hf_endpoint {
-            return d("hf_endpoint", &self.hf_endpoint, &new.hf_endpoint);
-        }
-        if self.variant != new.variant {
-            return d("variant", &self.variant, &new.variant);
-        }
-        if self.hash_algorithm != new.hash_algorithm {
-            return d("hash_algorithm", &self.hash_algorithm, &new.hash_algorithm);
-        }
-        if self.max_parallel_downloads != new.max_parallel_downloads {
-            return d(
+        let dur = |d: Duration| crate::units::HumanDuration(d).to_string();
+        let (name, a, b) = if self.models_dir != new.models_dir {
+            (
+                "models_dir",
+                self.models_dir.display().to_string(),
+                new.models_dir.display().to_string(),
+            )
+        } else if self.database != new.database {
+            (
+                "database",
+                self.database.display().to_string(),
+                new.database.display().to_string(),
+            )
+        } else if self.hf_endpoint != new.hf_endpoint {
+            (
+                "hf_endpoint",
+                opt(self.hf_endpoint.as_ref()),
+                opt(new.hf_endpoint.as_ref()),
+            )
+        } else if self.variant != new.variant {
+            (
+                "variant",
+                opt(self.variant.as_ref()),
+                opt(new.variant.as_ref()),
+            )
+        } else if self.hash_algorithm != new.hash_algorithm {
+            (
+                "hash_algorithm",
+                self.hash_algorithm.to_string(),
+                new.hash_algorithm.to_string(),
+            )
+        } else if self.max_parallel_downloads != new.max_parallel_downloads {
+            (
                 "max_parallel_downloads",
-                &self.max_parallel_downloads,
-                &new.max_parallel_downloads,
-            );
-        }
-        if self.download_timeout != new.download_timeout {
-            return d(
+                self.max_parallel_downloads.to_string(),
+                new.max_parallel_downloads.to_string(),
+            )
+        } else if self.download_timeout != new.download_timeout {
+            (
                 "download_timeout",
-                &self.download_timeout,
-                &new.download_timeout,
-            );
-        }
-        None
+                dur(self.download_timeout),
+                dur(new.download_timeout),
+            )
+        } else {
+            return None;
+        };
+        Some(format!("settings.{name} changed from {a} to {b}"))
     }
 }
 
@@ -475,27 +511,6 @@ impl ManifestConverger {
         }
     }
 
-    /// Runs `work` to its end; once `cancel` fires, cancels the install jobs (again every
-    /// [`CANCEL_POLL`]) so that it ends soon, at a resumable point.
-    async fn unless_cancelled<F: Future>(
-        svc: &Services,
-        work: F,
-        cancel: &CancelToken,
-    ) -> F::Output {
-        let mut work = std::pin::pin!(work);
-        tokio::select! {
-            biased;
-            out = &mut work => return out,
-            () = cancel.cancelled() => {}
-        }
-        loop {
-            svc.cancel_installs();
-            if let Ok(out) = tokio::time::timeout(CANCEL_POLL, &mut work).await {
-                return out;
-            }
-        }
-    }
-
     fn sync_slot(&self) -> std::sync::MutexGuard<'_, Option<SyncStatus>> {
         self.sync
             .lock()
@@ -636,10 +651,13 @@ impl Converger for ManifestConverger {
                 only: vec![entry.to_owned()],
                 max_parallel: desired.settings.max_parallel_downloads,
                 refresh,
+                cancel: cancel.clone(),
                 ..ApplyOptions::default()
             };
             let cx = svc.context(self.reporter(), None);
-            let result = Self::unless_cancelled(svc, apply(desired, &cx, &opts), &cancel).await;
+            let result = svc
+                .unless_cancelled(apply(desired, &cx, &opts), &cancel)
+                .await;
             let download_errors = self.reporter.download_errors.swap(0, Ordering::Relaxed);
             match result {
                 Ok(report) => entry_result(entry, &report, download_errors).map(|mut o| {
@@ -877,7 +895,20 @@ mod tests {
         let mut s = settings();
         s.max_parallel_downloads = 9;
         let msg = a.changed(&Fixed::of(&s)).expect("a change");
-        assert!(msg.contains("max_parallel_downloads"), "{msg}");
+        assert_eq!(msg, "settings.max_parallel_downloads changed from 5 to 9");
+        // Values as the manifest spells them, never Rust's Debug forms.
+        let mut s = settings();
+        s.hash_algorithm = crate::hash::HashAlgorithm::Sha256;
+        let msg = a.changed(&Fixed::of(&s)).expect("a change");
+        assert_eq!(msg, "settings.hash_algorithm changed from blake3 to sha256");
+        let mut s = settings();
+        s.variant = Some(crate::taxonomy::ModelRepoVariant::Fp16);
+        let msg = a.changed(&Fixed::of(&s)).expect("a change");
+        assert_eq!(msg, "settings.variant changed from unset to fp16");
+        let mut s = settings();
+        s.download_timeout = Duration::from_secs(90);
+        let msg = a.changed(&Fixed::of(&s)).expect("a change");
+        assert_eq!(msg, "settings.download_timeout changed from 1d to 1m30s");
         // prune and intervals are not service settings.
         let mut s = settings();
         s.prune = true;

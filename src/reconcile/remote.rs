@@ -174,18 +174,18 @@ pub async fn entry_sizes(
     let mut hf = Vec::new();
     for e in entries {
         match &e.source {
-            ModelSource::Local(l) => match local_size(&l.path) {
+            ModelSource::Local(l) => match local_entry_size(e, &l.path) {
                 Ok(n) => {
                     sizes.insert(e.name.clone(), if e.inplace { 0 } else { n });
                 }
-                Err(err) => warnings.push(RemoteWarning {
+                Err((unresolvable, message)) => warnings.push(RemoteWarning {
                     name: e.name.clone(),
-                    message: format!("cannot read {}: {err}", l.path.display()),
-                    unresolvable: err.kind() == std::io::ErrorKind::NotFound,
-                    kind: if err.kind() == std::io::ErrorKind::NotFound {
+                    message,
+                    unresolvable,
+                    kind: if unresolvable {
                         FailureKind::NotFound
                     } else {
-                        FailureKind::of_io(&err)
+                        FailureKind::Other
                     },
                 }),
             },
@@ -245,6 +245,26 @@ fn offline(entries: &[&ModelEntry], what: &str) -> Vec<RemoteWarning> {
             )
         })
         .collect()
+}
+
+/// What a local entry copies: the files its `include`/`exclude` select (all without globs).
+fn local_entry_size(e: &ModelEntry, path: &Path) -> Result<u64, (bool, String)> {
+    if e.include.is_empty() && e.exclude.is_empty() {
+        return local_size(path).map_err(|err| {
+            (
+                err.kind() == std::io::ErrorKind::NotFound,
+                format!("cannot read {}: {err}", path.display()),
+            )
+        });
+    }
+    let sel = crate::install::LocalSelection::new(&e.include, &e.exclude)
+        .map_err(|err| (true, err.to_string()))?;
+    crate::install::selected_size(path, &sel).map_err(|err| {
+        (
+            matches!(err, crate::install::InstallError::NotFound(_)),
+            err.to_string(),
+        )
+    })
 }
 
 /// Bytes of a file, or of every file under a folder (symlinks followed), by metadata only.

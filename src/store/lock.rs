@@ -20,13 +20,13 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Another process held the lock for the whole timeout.
-    #[error("timed out after {} waiting for the lock on {path} held by {holder}", humantime::format_duration(*.waited))]
+    #[error("timed out after {} waiting for the lock on {path} held by {holder}", crate::units::HumanDuration(*.waited))]
     Timeout {
         /// The lock file.
         path: PathBuf,
         /// Who held it when we gave up.
         holder: LockHolder,
-        /// How long we waited.
+        /// How long we waited: the timeout.
         waited: Duration,
     },
     /// The store is on a read-only file system: no writer can run there.
@@ -178,10 +178,11 @@ impl StoreLock {
             let holder = LockHolder::read(&mut file);
             let waited = start.elapsed();
             if waited >= timeout {
+                // The timeout as the user set it (`300ms`), not the clock's few extra ms.
                 return Err(LockError::Timeout {
                     path,
                     holder,
-                    waited,
+                    waited: timeout,
                 });
             }
             // A holder that has locked but not yet written reads as unknown; give it one

@@ -432,9 +432,9 @@ impl<C: Converger> Runner<C> {
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
-                        "{} reconcile(s) did not stop within {:?}; dropping them",
+                        "{} reconcile(s) did not stop within {}; dropping them",
                         self.tasks.len(),
-                        self.config.shutdown_timeout
+                        crate::units::HumanDuration(self.config.shutdown_timeout)
                     );
                     self.tasks.abort_all();
                     let grace = Instant::now() + ABORT_GRACE;

@@ -43,12 +43,41 @@ fn manifest(w: &Work, variant: usize) {
     w.manifest("  prune: true\n  max_parallel_downloads: 3\n", &models);
 }
 
-/// A soak test (about 15 s): `.ci/run` runs it with `--ignored`. The kill moments are random, so
-/// how many land mid-run is reported, and only a loop in which none did is a failure (it would
-/// have tested nothing).
+/// Where a round kills `apply`: each a moment the test sees happen (a request, a file, a line
+/// of output), never a random sleep.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// The first file request reached the (throttled) CDN.
+    DownloadStarted,
+    /// A `.part` file holds at least this many bytes.
+    PartHolds(u64),
+    /// This many entries have printed their `installed` line (the others are mid-way).
+    Installed(usize),
+}
+
+fn part_bytes(dir: &std::path::Path) -> u64 {
+    let mut best = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".part") {
+                best = best.max(e.metadata().map_or(0, |m| m.len()));
+            }
+        }
+    }
+    best
+}
+
+/// A soak test (about 15 s): `.ci/run` runs it with `--ignored`. Each round kills `apply` at
+/// a moment it waits to see (see [`Moment`]), while the throttled CDN keeps each download
+/// going for about 250 ms after its first request.
 #[test]
 #[ignore = "soak: 20 kill -9 rounds; run by .ci/run"]
 fn apply_survives_kill_9_at_random_moments() {
+    use std::io::BufRead as _;
     let w = Work::new();
     for (i, r) in ["r1", "r2", "r3"].iter().enumerate() {
         w.hub
@@ -61,20 +90,56 @@ fn apply_survives_kill_9_at_random_moments() {
     let mut rng = Lcg(0x5eed);
     let started = Instant::now();
     let mut killed_mid_run = 0;
+    let tmp = w.models().join(".tmp");
     for i in 0..20 {
         manifest(&w, i % 2);
+        w.hub.clear_log();
+        let moment = match i % 4 {
+            0 => Moment::DownloadStarted,
+            1 => Moment::PartHolds(1 + rng.next_ms(64 * 1024)),
+            2 => Moment::Installed(1),
+            _ => Moment::Installed(2),
+        };
         let mut child = w
-            .command(&["apply", "--no-progress", "-q"])
-            .stdout(std::process::Stdio::null())
+            .command(&["apply", "--no-progress"])
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.next_ms(500)));
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_run += 1;
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut installed = 0;
+        loop {
+            installed += lines
+                .try_iter()
+                .filter(|l| l.contains(": installed"))
+                .count();
+            let seen = match moment {
+                Moment::DownloadStarted => !w.hub.cdn_requests().is_empty(),
+                Moment::PartHolds(n) => part_bytes(&tmp) >= n,
+                Moment::Installed(n) => installed >= n,
+            };
+            if seen || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {i}: {moment:?} never came"
+            );
+            std::thread::sleep(Duration::from_millis(2));
         }
+        let running = child.try_wait().unwrap().is_none();
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
+        // A round whose work was already staged (a download a previous kill left complete)
+        // may end before its moment: nothing to kill there.
+        killed_mid_run += usize::from(running);
 
         let o = w.run(&["apply", "--no-progress"]);
         assert_exit(&o, 0);

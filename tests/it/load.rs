@@ -327,25 +327,36 @@ fn dropping_a_key_never_drops_one_that_shares_its_prefix() {
     assert!(cache.contains("abc:vae"), "mark_stale is exact");
 }
 
+/// Waits for `cond` (another thread's progress), bounded only so that a failing test ends.
+fn until(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "gave up waiting");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn concurrent_loads_of_one_key_load_once() {
     let cache = host_cache(1000);
     let calls = Arc::new(AtomicUsize::new(0));
     let n = 8;
     let barrier = Arc::new(Barrier::new(n));
+    let others = u64::try_from(n - 1).unwrap();
     let handles: Vec<_> = (0..n)
         .map(|_| {
             let (cache, calls, barrier) = (cache.clone(), calls.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
+                let watched = cache.clone();
                 cache
                     .get_or_load(
                         "k",
                         || Ok(10),
                         || {
                             calls.fetch_add(1, Ordering::SeqCst);
-                            // Hold the flight open so every thread arrives while it is loading.
-                            std::thread::sleep(Duration::from_millis(100));
+                            // Hold the flight open until every other thread has joined it.
+                            until(|| watched.stats().hits >= others);
                             Ok(AnyModel::other(10, 42u32))
                         },
                     )
@@ -371,12 +382,14 @@ fn waiters_get_the_error_of_a_failed_concurrent_load() {
     let leader = {
         let (cache, barrier) = (cache.clone(), barrier.clone());
         std::thread::spawn(move || {
+            let watched = cache.clone();
             cache.get_or_load(
                 "k",
                 || Ok(1),
                 || {
                     barrier.wait();
-                    std::thread::sleep(Duration::from_millis(100));
+                    // Fail only once the waiter has joined the flight.
+                    until(|| watched.stats().hits >= 1);
                     Err(LoadError::Loader {
                         key: "k".into(),
                         reason: "disk on fire".into(),

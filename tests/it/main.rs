@@ -4,6 +4,7 @@ mod support;
 
 mod adopt;
 mod apply;
+mod cli_apply;
 mod cli_records;
 mod deploy;
 mod diff;
@@ -18,6 +19,7 @@ mod manifest;
 mod plan;
 mod preload;
 mod probe;
+mod readme;
 mod scan;
 mod status;
 mod store;

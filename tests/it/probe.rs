@@ -4,7 +4,6 @@ use std::fs;
 use std::path::Path;
 
 use modelsync::AnyModelConfig;
-use modelsync::cli::{Status, run};
 use modelsync::probe::{ProbeError, probe, probe_with_overrides};
 use modelsync::scan::ScanVerdict;
 use modelsync::taxonomy::{
@@ -493,26 +492,58 @@ fn nested_non_state_dict_pickles_flatten() {
 
 #[test]
 fn cli_probe_text_and_json() {
+    use crate::support::{modelsync, stderr, stdout};
     let dir = tempfile::tempdir().unwrap();
     fx::corpus(dir.path());
     let f = dir.path().join("sd15.safetensors").display().to_string();
-    assert_eq!(run(["modelsync", "probe", &f]), Status::Success);
-    assert_eq!(
-        run(["modelsync", "probe", "-o", "json", &f]),
-        Status::Success
-    );
     let g = dir
         .path()
         .join("lora-sd1.safetensors")
         .display()
         .to_string();
+    // Text: the file, then its aligned fields.
+    let o = modelsync(dir.path(), &["probe", &f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], f, "{text}");
+    for field in [
+        "type:       main",
+        "base:       sd-1",
+        "format:     checkpoint",
+    ] {
+        assert!(lines.iter().any(|l| l.trim() == field), "{field}: {text}");
+    }
+    // JSON: one object for one file, an array for several, in the order given.
+    let o = modelsync(dir.path(), &["probe", "-o", "json", &f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
-        run(["modelsync", "probe", &f, &g, "-o", "json"]),
-        Status::Success
+        (v["type"].as_str(), v["base"].as_str()),
+        (Some("main"), Some("sd-1"))
     );
+    let o = modelsync(dir.path(), &["probe", &f, &g, "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let types: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["main", "lora"]);
+    // A missing file fails the command in both forms, naming the path.
     let missing = dir.path().join("missing.safetensors").display().to_string();
-    assert_eq!(run(["modelsync", "probe", &missing]), Status::Error);
-    assert_eq!(run(["modelsync", "probe", &f, &missing]), Status::Error);
+    let o = modelsync(dir.path(), &["probe", &missing]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("{missing}: no such file or folder")),
+        "{}",
+        stderr(&o)
+    );
+    let o = modelsync(dir.path(), &["probe", "-o", "json", &f, &missing]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&missing), "{}", stderr(&o));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use super::progress::{ApplyUi, action_name};
 use super::{ApplyArgs, DiffArgs, GcArgs, StatusArgs, VerifyArgs};
-use crate::cli::output::{print_json, write_chain};
+use crate::cli::output::print_json;
 use crate::cli::{Context, OutputFormat, Status};
 use crate::download::available_space;
 use crate::events::Reporter;
@@ -21,6 +21,7 @@ use crate::reconcile::{
 };
 use crate::store::{self, RecordStore, lock::StoreLock};
 use crate::units::HumanBytes;
+use crate::watch::CancelSource;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -169,8 +170,18 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
     let _lock = acquire_store_lock(ctx, settings, timeout)?;
     let store = reconcile::Services::open_store(settings)?;
 
-    let ui = Arc::new(ApplyUi::new(json, ctx.progress, ctx.quiet));
+    let entries = m
+        .models
+        .iter()
+        .rev()
+        .map(|e| {
+            let source = reconcile::apply::install_request(&m, e).source;
+            (crate::install::record_source(&source), e.name.clone())
+        })
+        .collect();
+    let ui = Arc::new(ApplyUi::new(json, ctx.progress, ctx.quiet).with_entries(entries));
     let reporter: Arc<dyn Reporter> = ui.clone();
+    let (stop, cancel) = CancelSource::new();
     let opts = ApplyOptions {
         prune: a.prune || settings.prune,
         adopt: a.adopt,
@@ -180,10 +191,12 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         max_parallel: settings.max_parallel_downloads,
         staging_bytes: 0,
         refresh: a.refresh,
+        cancel: cancel.clone(),
     };
     let result = runtime()?.block_on(async {
         let services =
             reconcile::Services::open(settings, store, HubEnv::from_process(), reporter.clone())?;
+        stop_on_signals(ui.clone(), stop).context("listening for Ctrl-C")?;
         // The load service is only built when something will be preloaded.
         let preloader = if opts.preload {
             Some(crate::load::ServicePreloader::new(
@@ -198,10 +211,18 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
                 .as_ref()
                 .map(|p| p as &dyn reconcile::apply::Preloader),
         );
-        anyhow::Ok(reconcile::apply(&m, &cx, &opts).await)
+        anyhow::Ok(
+            services
+                .unless_cancelled(reconcile::apply(&m, &cx, &opts), &cancel)
+                .await,
+        )
     })?;
     ui.clear();
     let report = result?;
+    if cancel.is_cancelled() {
+        print_interrupted(ctx, json, &report)?;
+        return Ok(Status::Interrupted);
+    }
     if !json && !ctx.quiet {
         let failed: Vec<_> = report.failures().collect();
         let mut out = std::io::stdout().lock();
@@ -234,35 +255,11 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
                 failed.len(),
                 report.changed()
             )?;
+            // Each failure's reason was printed once, when it happened ("✗ name: … failed:
+            // reason"); the summary only names them.
             for f in &failed {
-                let failure = f.error.clone().unwrap_or_default();
-                write_chain(
-                    &mut out,
-                    &format!(
-                        "  ✗ {} ({}): {}",
-                        f.name,
-                        action_name(f.action),
-                        failure.message
-                    ),
-                    &failure.causes,
-                    "      ",
-                )?;
+                writeln!(out, "  ✗ {} ({})", f.name, action_name(f.action))?;
             }
-        }
-    } else if !json {
-        for f in report.failures() {
-            let failure = f.error.clone().unwrap_or_default();
-            let _ = write_chain(
-                &mut std::io::stderr().lock(),
-                &format!(
-                    "error: {} ({}): {}",
-                    f.name,
-                    action_name(f.action),
-                    failure.message
-                ),
-                &failure.causes,
-                "  ",
-            );
         }
     }
     Ok(if !report.did_not_fit.is_empty() {
@@ -285,6 +282,104 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
     })
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM: the first stops the run as watch's shutdown does (running
+/// downloads stop with their partial files kept, nothing new starts, what finished is
+/// recorded and locked); a second quits at once (the partial files stay too).
+fn stop_on_signals(ui: Arc<ApplyUi>, stop: CancelSource) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            ui.interrupt();
+            stop.cancel();
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            ui.clear();
+            eprintln!("interrupted again: quitting now; partial downloads are kept");
+            std::process::exit(130);
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                ui.interrupt();
+                stop.cancel();
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The line an interrupted apply ends with: what finished, what was interrupted (and what
+/// failed on its own). On stdout as the other summaries; on stderr with `-o json` or `-q`.
+fn print_interrupted(
+    ctx: &Context,
+    json: bool,
+    report: &reconcile::ApplyReport,
+) -> anyhow::Result<()> {
+    let names = |f: &dyn Fn(&reconcile::apply::ActionResult) -> bool| -> Vec<String> {
+        report
+            .results
+            .iter()
+            .filter(|r| f(r))
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    let finished = names(&|r| r.ok() && r.action.is_change());
+    let interrupted = names(&|r| r.interrupted);
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", v.join(", "))
+        }
+    };
+    let line = format!(
+        "Interrupted: {} finished{}, {} interrupted{}; partial downloads are kept and the next `modelsync apply` resumes them.",
+        finished.len(),
+        list(&finished),
+        interrupted.len(),
+        list(&interrupted)
+    );
+    let failed: Vec<String> = report
+        .failures()
+        .filter(|f| !f.interrupted)
+        .map(|f| {
+            format!(
+                "  ✗ {} ({}): {}",
+                f.name,
+                action_name(f.action),
+                f.error
+                    .as_ref()
+                    .map(|e| format!("{e:#}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    if json || ctx.quiet {
+        eprintln!("{line}");
+        for f in &failed {
+            eprintln!("{f}");
+        }
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        for f in &failed {
+            writeln!(out, "{f}")?;
+        }
+    }
+    Ok(())
+}
+
 /// Takes the store lock of `settings`' database, saying (unless `-q`) whom it waits for.
 /// Shared by `apply` and `watch`.
 pub(crate) fn acquire_store_lock(
@@ -298,7 +393,7 @@ pub(crate) fn acquire_store_lock(
             eprintln!(
                 "waiting for the store lock on {} (up to {}): held by {holder}",
                 db.display(),
-                humantime::format_duration(timeout)
+                crate::units::HumanDuration(timeout)
             );
         }
     })?)
