@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{LoadError, LoadSettings, ModelLoadService};
+use super::{LoadError, LoadSettings, ModelLoadService, Precision};
 use crate::config::AnyModelConfig;
 use crate::events::Reporter;
 use crate::manifest::CacheSettings;
@@ -14,17 +14,28 @@ use crate::scan::{ScanVerdict, scan_path};
 use crate::units::HumanBytes;
 
 impl LoadSettings {
-    /// Budgets and device from the manifest's `settings.cache`; unset budgets keep the
-    /// defaults (8 GiB RAM, 16 GiB VRAM).
+    /// Budgets, device, precision and keep-alive from the manifest's `settings.cache`; unset
+    /// budgets keep the defaults (8 GiB RAM, 16 GiB VRAM, 3 GiB working memory).
     pub fn from_cache_settings(cache: &CacheSettings) -> Result<Self, LoadError> {
         let defaults = Self::default();
         Ok(Self {
             ram: cache.ram.unwrap_or(defaults.ram),
             vram: cache.vram.unwrap_or(defaults.vram),
+            working_memory: cache.working_memory.unwrap_or(defaults.working_memory),
             device: cache.device.parse()?,
+            precision: parse_precision(&cache.precision)?,
+            keep_alive: cache.keep_alive,
+            pin_preloaded: cache.pin_preloaded,
             ..defaults
         })
     }
+}
+
+/// A precision string the manifest parser checked.
+fn parse_precision(s: &str) -> Result<Precision, LoadError> {
+    s.parse().map_err(|_| LoadError::InvalidPrecision {
+        value: s.to_owned(),
+    })
 }
 
 /// Allows a pickle checkpoint only when the scanner finds nothing but known-safe imports.

@@ -77,6 +77,7 @@ fn host_settings(ram: u64) -> LoadSettings {
         device: DeviceSpec::Cpu,
         precision: Precision::Auto,
         backend: BackendKind::Host,
+        ..LoadSettings::default()
     }
 }
 
@@ -896,6 +897,7 @@ mod torch {
             device: DeviceSpec::Cpu,
             precision,
             backend: BackendKind::Torch,
+            ..LoadSettings::default()
         }
     }
 
