@@ -1005,3 +1005,291 @@ mod torch {
         assert_eq!(svc.cache().stats().locked, 0);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The device seam: a simulated `cuda:0` of a chosen capacity that records every move.
+
+mod device_seam {
+    use super::*;
+    use modelsync::load::{CacheConfig, ExecDevice, Move, SimBackend};
+
+    const CUDA: ExecDevice = ExecDevice::Cuda(0);
+
+    fn sim_cache(ram: u64, vram: u64, capacity: u64, working: u64) -> (ModelCache, Arc<SimBackend>) {
+        let sim = Arc::new(SimBackend::cuda(0, capacity));
+        let cache = ModelCache::with_config(
+            CacheConfig {
+                ram,
+                vram,
+                working_memory: working,
+                ..CacheConfig::default()
+            },
+            sim.clone(),
+        );
+        (cache, sim)
+    }
+
+    fn mv(key: &str, from: ExecDevice, to: ExecDevice, bytes: u64) -> Move {
+        Move {
+            key: key.into(),
+            from,
+            to,
+            bytes,
+        }
+    }
+
+    /// Loads `key` of `bytes` and puts it on the device once (lock, then unlock).
+    fn warm(cache: &ModelCache, key: &str, bytes: u64) -> Arc<AnyModel> {
+        let m = put(cache, key, bytes).unwrap();
+        drop(cache.lock(key, &m).unwrap());
+        m
+    }
+
+    #[test]
+    fn vram_budget_is_enforced_by_offloading_the_least_recently_used_copy() {
+        let (cache, sim) = sim_cache(10_000, 300, 1 << 40, 0);
+        assert_eq!(cache.device(), CUDA);
+        warm(&cache, "a", 100);
+        warm(&cache, "b", 100);
+        warm(&cache, "c", 100);
+        assert_eq!(cache.stats().vram_used, 300);
+        assert!(cache.get("a").is_some(), "a is now more recent than b");
+        warm(&cache, "d", 100);
+        let s = cache.stats();
+        assert_eq!(s.vram_used, 300, "never above the budget");
+        assert_eq!((s.offloads, s.device_drops), (1, 0));
+        assert!(cache.is_offloaded("b"), "b was the least recently used");
+        assert!(cache.is_on_device("a") && cache.is_on_device("d"));
+        assert_eq!(
+            sim.moves(),
+            [
+                mv("a", ExecDevice::Cpu, CUDA, 100),
+                mv("b", ExecDevice::Cpu, CUDA, 100),
+                mv("c", ExecDevice::Cpu, CUDA, 100),
+                mv("b", CUDA, ExecDevice::Cpu, 100),
+                mv("d", ExecDevice::Cpu, CUDA, 100),
+            ]
+        );
+        // A copy larger than the budget is refused before anything moves.
+        let big = put(&cache, "big", 301).unwrap();
+        let err = cache.lock("big", &big).unwrap_err();
+        assert!(
+            matches!(&err, LoadError::TooLarge { needed: 301, budget: 300, device, .. } if device == "cuda:0"),
+            "{err}"
+        );
+        assert_eq!(sim.moves().len(), 5);
+        assert_eq!(cache.stats().locked, 0);
+    }
+
+    #[test]
+    fn an_offload_needs_room_in_ram_else_the_device_copy_is_dropped() {
+        // RAM holds the four host copies (400) and no more than 50 besides.
+        let (cache, sim) = sim_cache(450, 200, 1 << 40, 0);
+        for k in ["a", "b", "c"] {
+            put(&cache, k, 100).unwrap();
+        }
+        let a = cache.get("a").unwrap();
+        drop(cache.lock("a", &a).unwrap());
+        let b = cache.get("b").unwrap();
+        drop(cache.lock("b", &b).unwrap());
+        put(&cache, "d", 100).unwrap();
+        let d = cache.get("d").unwrap();
+        drop(cache.lock("d", &d).unwrap());
+        let s = cache.stats();
+        assert_eq!((s.offloads, s.device_drops), (0, 1), "{s:?}");
+        assert!(!cache.is_on_device("a") && !cache.is_offloaded("a"));
+        assert!(cache.contains("a"), "the host copy stays");
+        assert!(s.ram_used <= 450 && s.vram_used <= 200, "{s:?}");
+        assert!(
+            !sim.moves().iter().any(|m| m.to == ExecDevice::Cpu),
+            "nothing was moved to RAM: {:?}",
+            sim.moves()
+        );
+        // Without offload support the copy is dropped even when RAM has room.
+        let sim = Arc::new(SimBackend::cuda(0, 1 << 40).without_offload());
+        let cache = ModelCache::with_config(
+            CacheConfig {
+                ram: 10_000,
+                vram: 100,
+                working_memory: 0,
+                ..CacheConfig::default()
+            },
+            sim.clone(),
+        );
+        warm(&cache, "a", 100);
+        warm(&cache, "b", 100);
+        let s = cache.stats();
+        assert_eq!((s.offloads, s.device_drops), (0, 1));
+    }
+
+    #[test]
+    fn a_locked_entry_is_never_moved() {
+        let (cache, sim) = sim_cache(10_000, 200, 1 << 40, 0);
+        let a = put(&cache, "a", 100).unwrap();
+        let b = put(&cache, "b", 100).unwrap();
+        let ga = cache.lock("a", &a).unwrap();
+        let gb = cache.lock("b", &b).unwrap();
+        let c = put(&cache, "c", 100).unwrap();
+        let err = cache.lock("c", &c).unwrap_err();
+        assert!(
+            matches!(&err, LoadError::OutOfBudget { locked: 200, budget: 200, device, .. } if device == "cuda:0"),
+            "{err}"
+        );
+        assert!(cache.is_on_device("a") && cache.is_on_device("b"));
+        assert!(
+            sim.moves().iter().all(|m| m.to == CUDA),
+            "a locked copy was moved: {:?}",
+            sim.moves()
+        );
+        // RAM pressure does not evict them either.
+        let (small, _) = sim_cache(250, 10_000, 1 << 40, 0);
+        let x = put(&small, "x", 100).unwrap();
+        let gx = small.lock("x", &x).unwrap();
+        put(&small, "y", 100).unwrap();
+        put(&small, "z", 100).unwrap();
+        assert!(small.contains("x") && !small.contains("y") && small.contains("z"));
+        assert!(small.is_on_device("x"));
+        drop(gx);
+        drop(ga);
+        // Unlocked, a is the least recently used copy and goes to RAM for c.
+        drop(cache.lock("c", &c).unwrap());
+        assert!(cache.is_offloaded("a"));
+        drop(gb);
+    }
+
+    #[test]
+    fn the_working_memory_reserve_is_kept_free() {
+        // A 1000-byte device with 300 reserved leaves 700 to the cache, whatever the budget.
+        let (cache, sim) = sim_cache(10_000, 10_000, 1000, 300);
+        let s = cache.stats();
+        assert_eq!((s.vram_limit, s.vram_capacity), (700, Some(1000)));
+        let big = put(&cache, "big", 701).unwrap();
+        let err = cache.lock("big", &big).unwrap_err();
+        assert!(
+            matches!(err, LoadError::TooLarge { needed: 701, budget: 700, .. }),
+            "{err}"
+        );
+        warm(&cache, "a", 400);
+        warm(&cache, "b", 400);
+        let s = cache.stats();
+        assert_eq!(s.vram_used, 400, "a went to RAM so that 300 stay free");
+        assert!(cache.is_offloaded("a"));
+        assert_eq!(sim.moves().last(), Some(&mv("b", ExecDevice::Cpu, CUDA, 400)));
+        // A budget below capacity − reserve is the limit.
+        let (cache, _) = sim_cache(10_000, 500, 1000, 300);
+        assert_eq!(cache.vram_limit(), 500);
+    }
+
+    #[test]
+    fn model_on_device_moves_to_the_device_and_back() {
+        let d = tempfile::tempdir().unwrap();
+        let pa = d.path().join("a.safetensors");
+        let pb = d.path().join("b.safetensors");
+        write_st(&pa, &[("w", Dtype::F32, vec![64], vec![1; 256])]);
+        write_st(&pb, &[("w", Dtype::F32, vec![64], vec![2; 256])]);
+        let (cache, sim) = sim_cache(1 << 20, 256, 1 << 40, 0);
+        let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20))
+            .unwrap()
+            .with_cache(cache.clone());
+        let a = svc.load_model(&lora_config("ka", &pa), None).unwrap();
+        let b = svc.load_model(&lora_config("kb", &pb), None).unwrap();
+        assert!(sim.moves().is_empty(), "loading reads into RAM only");
+        {
+            let (state, guard) = a.model_on_device().unwrap();
+            assert_eq!(state.unwrap().get("w").unwrap().data, [1u8; 256].as_slice());
+            assert_eq!(guard.device_bytes(), 256);
+            assert!(cache.is_on_device("ka"));
+        }
+        // b needs the room: a's copy goes back to RAM …
+        drop(b.model_on_device().unwrap());
+        assert!(cache.is_offloaded("ka") && cache.is_on_device("kb"));
+        // … and comes back to the device from there, without a new copy of the file.
+        drop(a.lock().unwrap());
+        assert_eq!(
+            sim.moves(),
+            [
+                mv("ka", ExecDevice::Cpu, CUDA, 256),
+                mv("ka", CUDA, ExecDevice::Cpu, 256),
+                mv("kb", ExecDevice::Cpu, CUDA, 256),
+                mv("kb", CUDA, ExecDevice::Cpu, 256),
+                mv("ka", ExecDevice::Cpu, CUDA, 256),
+            ]
+        );
+        assert_eq!(sim.precisions().len(), 2, "two copies made, the rest moved");
+        assert_eq!(cache.stats().bytes_moved, 5 * 256);
+        assert_eq!(sim.bytes_moved(), 5 * 256);
+    }
+
+    #[test]
+    fn stats_count_bytes_by_device() {
+        let (cache, _) = sim_cache(10_000, 150, 1 << 40, 0);
+        warm(&cache, "a", 100);
+        warm(&cache, "b", 40);
+        put(&cache, "c", 20).unwrap();
+        let s = cache.stats();
+        assert_eq!(s.bytes_by_device.get("cuda:0"), Some(&140));
+        assert_eq!(s.bytes_by_device.get("cpu"), Some(&160), "the host copies");
+        // c's copy does not fit beside a's and b's: a, the least recently used, goes to RAM.
+        let c = cache.get("c").unwrap();
+        drop(cache.lock("c", &c).unwrap());
+        let s = cache.stats();
+        assert_eq!(s.bytes_by_device.get("cuda:0"), Some(&60));
+        assert_eq!(s.bytes_by_device.get("cpu"), Some(&260), "host copies + a's offload");
+        assert_eq!((s.ram_used, s.vram_used), (260, 60));
+    }
+
+    /// The watch process's `/metrics` reports the cache per device, read from a cache on the
+    /// simulated device.
+    struct CacheOnly(ModelCache);
+
+    impl modelsync::watch::Converger for CacheOnly {
+        type Desired = ();
+        fn parse_manifest(
+            &self,
+            _: &Path,
+            _: &[u8],
+        ) -> Result<(), modelsync::watch::BoxError> {
+            Ok(())
+        }
+        fn entries(&self, (): &()) -> Vec<modelsync::watch::EntrySpec> {
+            Vec::new()
+        }
+        fn reconcile_entry<'a>(
+            &'a self,
+            (): &'a (),
+            _: &'a str,
+            _: modelsync::watch::CancelToken,
+        ) -> modelsync::watch::BoxFuture<
+            'a,
+            Result<modelsync::watch::EntryOutcome, modelsync::watch::EntryError>,
+        > {
+            Box::pin(async { Ok(modelsync::watch::EntryOutcome::unchanged()) })
+        }
+        fn cache_usage(&self) -> Vec<modelsync::watch::DeviceUsage> {
+            self.0
+                .stats()
+                .bytes_by_device
+                .into_iter()
+                .map(|(device, bytes)| modelsync::watch::DeviceUsage { device, bytes })
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_metrics_report_cache_bytes_per_device() {
+        let (cache, _) = sim_cache(10_000, 1000, 1 << 40, 0);
+        warm(&cache, "a", 100);
+        put(&cache, "b", 30).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let manifest = tmp.path().join("models.yaml");
+        std::fs::write(&manifest, "version: 1\n").unwrap();
+        let mut config = modelsync::watch::WatchConfig::new(&manifest);
+        config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let watch = modelsync::watch::Watch::bind(config, Arc::new(CacheOnly(cache.clone())))
+            .await
+            .unwrap();
+        let text = watch.handle().metrics_text();
+        assert!(text.contains("modelsync_cache_bytes{device=\"cpu\"} 130\n"), "{text}");
+        assert!(text.contains("modelsync_cache_bytes{device=\"cuda:0\"} 100\n"), "{text}");
+    }
+}
