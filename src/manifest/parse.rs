@@ -296,10 +296,6 @@ pub struct EntryFile {
     /// Warm into the load cache after apply and in watch.
     #[serde(default)]
     pub preload: Option<Sp<Flag>>,
-    /// Precision of this model's device copies (default `settings.cache.precision`).
-    #[serde(default)]
-    #[schemars(schema_with = "precision_schema")]
-    pub precision: Option<Sp<Text>>,
     /// Record tags.
     #[serde(default)]
     #[schemars(schema_with = "tags_schema")]
@@ -313,6 +309,10 @@ pub struct EntryFile {
     /// Whether pickle files the scanner flags may be installed (default deny).
     #[serde(default)]
     pub unsafe_pickle: Option<UnsafePickle>,
+    /// Precision of this model's device copies (default `settings.cache.precision`).
+    #[serde(default)]
+    #[schemars(schema_with = "precision_schema")]
+    pub precision: Option<Sp<Text>>,
 }
 
 // The schemas below carry the checks `Cx::entry` makes, so that an editor refuses what the
