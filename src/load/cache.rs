@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -273,6 +274,8 @@ struct Inner {
     /// VRAM reservation simple (an entry whose copy is being moved has none in the map, so
     /// a lock of it waits here).
     transfer: Mutex<()>,
+    /// Whether the keep-alive task was started.
+    keep_alive_started: AtomicBool,
 }
 
 /// The cache. Cloning shares it.
@@ -333,6 +336,7 @@ impl ModelCache {
                 backend,
                 state: Mutex::new(State::default()),
                 transfer: Mutex::new(()),
+                keep_alive_started: AtomicBool::new(false),
             }),
         }
     }
@@ -395,6 +399,7 @@ impl ModelCache {
         estimate: impl FnOnce() -> Result<u64, LoadError>,
         load: impl FnOnce() -> Result<AnyModel, LoadError>,
     ) -> Result<(Arc<AnyModel>, bool), LoadError> {
+        self.ensure_keep_alive();
         let flight = {
             let mut st = self.state();
             self.expire_locked(&mut st, Instant::now());
@@ -595,9 +600,7 @@ impl ModelCache {
         }
         let model = result?;
         let bytes = model.device_bytes();
-        if device != ExecDevice::Cpu || bytes > 0 {
-            st.bytes_moved += bytes;
-        }
+        st.bytes_moved += bytes;
         let e = st.entries.get_mut(key).expect("a locked entry stays");
         let old = e.copy.replace(DeviceCopy {
             model: model.clone(),
@@ -768,11 +771,26 @@ impl ModelCache {
             .min()
     }
 
+    /// Starts the keep-alive task when the keep-alive is on, a tokio runtime is current and
+    /// it is not running yet: a cache used inside a runtime (watch) releases expired entries
+    /// on its own. Called by every load.
+    fn ensure_keep_alive(&self) {
+        if self.inner.config.keep_alive.is_some()
+            && !self.inner.keep_alive_started.load(Ordering::Relaxed)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let _ = self.spawn_keep_alive();
+        }
+    }
+
     /// Spawns the keep-alive task on the current tokio runtime: it sleeps until the next
-    /// entry's expiry and releases what expired, until the cache is dropped. Does nothing
-    /// when the keep-alive is off. Must be called inside a runtime.
+    /// entry's expiry and releases what expired, until the cache is dropped. `None` when the
+    /// keep-alive is off or its task was started already. Must be called inside a runtime.
     pub fn spawn_keep_alive(&self) -> Option<tokio::task::JoinHandle<()>> {
         let ka = self.inner.config.keep_alive?;
+        if self.inner.keep_alive_started.swap(true, Ordering::Relaxed) {
+            return None;
+        }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         Some(tokio::spawn(async move {
             loop {

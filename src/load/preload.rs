@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::{LoadError, LoadSettings, ModelLoadService, Precision};
 use crate::config::AnyModelConfig;
 use crate::events::Reporter;
-use crate::manifest::CacheSettings;
+use crate::manifest::{CacheSettings, ModelEntry};
 use crate::scan::{ScanVerdict, scan_path};
 use crate::units::HumanBytes;
 
@@ -104,6 +104,27 @@ impl crate::reconcile::apply::Preloader for ServicePreloader {
     }
 
     fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, String> {
+        self.preload_as(entry, record, None)
+    }
+
+    fn preload_entry(&self, entry: &ModelEntry, record: &AnyModelConfig) -> Result<String, String> {
+        let precision = entry
+            .precision
+            .as_deref()
+            .map(parse_precision)
+            .transpose()
+            .map_err(|e| format!("{}: {e}", entry.name))?;
+        self.preload_as(&entry.name, record, precision)
+    }
+}
+
+impl ServicePreloader {
+    fn preload_as(
+        &self,
+        entry: &str,
+        record: &AnyModelConfig,
+        precision: Option<Precision>,
+    ) -> Result<String, String> {
         // A record that changed since it was last warmed must not be served stale.
         self.service.cache().drop_model(record.key());
         let needed = self
@@ -113,7 +134,7 @@ impl crate::reconcile::apply::Preloader for ServicePreloader {
         let started = Instant::now();
         let parts = self
             .service
-            .preload(record)
+            .preload_as(record, precision)
             .map_err(|e| format!("{entry}: {e}"))?;
         Ok(format!(
             "{} part(s), {} on {} in {:.2?}",
