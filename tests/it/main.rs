@@ -11,6 +11,7 @@ mod faults;
 mod hash;
 mod hub;
 mod install;
+mod invocation;
 mod load;
 mod manifest;
 mod plan;
