@@ -970,6 +970,107 @@ mod torch {
         }
     }
 
+    /// Whether cuda:0 is usable: the torch tests run on the CPU everywhere and on cuda:0
+    /// where libtorch sees a CUDA device. `MODELSYNC_REQUIRE_CUDA=1` (scripts/gpu-check)
+    /// turns a missing device into a failure instead of a skip.
+    fn cuda_available() -> bool {
+        modelsync::load::backends::tch::init_cuda();
+        let ok = tch::Cuda::is_available();
+        assert!(
+            ok || std::env::var_os("MODELSYNC_REQUIRE_CUDA").is_none(),
+            "MODELSYNC_REQUIRE_CUDA is set but libtorch sees no CUDA device (libtorch_cuda.so or the CUDA libraries it needs did not load)"
+        );
+        ok
+    }
+
+    fn cuda_settings(vram: u64) -> LoadSettings {
+        LoadSettings {
+            ram: 4 << 30,
+            vram,
+            working_memory: 0,
+            device: DeviceSpec::Cuda(0),
+            precision: Precision::Auto,
+            backend: BackendKind::Torch,
+            ..LoadSettings::default()
+        }
+    }
+
+    #[test]
+    fn torch_on_cuda_moves_offloads_and_reloads() {
+        if !cuda_available() {
+            eprintln!("no CUDA device: torch_on_cuda_moves_offloads_and_reloads skipped");
+            return;
+        }
+        const MIB: usize = 1 << 20;
+        let d = tempfile::tempdir().unwrap();
+        let mut cfgs = Vec::new();
+        for (i, k) in ["ca", "cb", "cc"].iter().enumerate() {
+            let p = d.path().join(format!("{k}.safetensors"));
+            let data: Vec<u8> = (0..64 * MIB).map(|j| ((j + i) % 251) as u8).collect();
+            write_st(&p, &[("w", Dtype::F16, vec![32 * MIB], data)]);
+            cfgs.push(lora_config(k, &p));
+        }
+        // Room for two of the three 64 MiB copies.
+        let svc = ModelLoadService::new(d.path(), &cuda_settings(150 * MIB as u64)).unwrap();
+        assert_eq!(svc.cache().device().to_string(), "cuda:0");
+        let stats = svc.cache().stats();
+        assert!(stats.vram_capacity.is_some_and(|c| c > 0), "{stats:?}");
+        let loaded: Vec<_> = cfgs
+            .iter()
+            .map(|c| svc.load_model(c, None).unwrap())
+            .collect();
+        let check = |m: &modelsync::load::LoadedModel, i: usize| {
+            let g = m.lock().unwrap();
+            let t = g.as_torch().unwrap().tensor("w").unwrap();
+            assert_eq!(t.device(), tch::Device::Cuda(0));
+            let host = bytes_of(&t.to(tch::Device::Cpu));
+            assert_eq!(host.len(), 64 * MIB);
+            assert!(host.iter().enumerate().take(4096).all(|(j, b)| *b == ((j + i) % 251) as u8));
+        };
+        check(&loaded[0], 0);
+        check(&loaded[1], 1);
+        check(&loaded[2], 2);
+        assert!(svc.cache().is_offloaded("ca"), "{:?}", svc.cache().stats());
+        check(&loaded[0], 0); // moved back from RAM
+        let s = svc.cache().stats();
+        assert!(s.vram_used <= 150 * MIB as u64 && s.offloads >= 2, "{s:?}");
+        println!(
+            "gpu-check: device=cuda:0 capacity={} offloads={} bytes_moved={}",
+            s.vram_capacity.unwrap_or(0),
+            s.offloads,
+            s.bytes_moved
+        );
+    }
+
+    #[test]
+    fn torch_cuda_load_throughput() {
+        if !cuda_available() {
+            eprintln!("no CUDA device: torch_cuda_load_throughput skipped");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.safetensors");
+        let chunk: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+        let names: Vec<String> = (0..8).map(|i| format!("layer.{i}.weight")).collect();
+        let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = names
+            .iter()
+            .map(|n| (n.as_str(), Dtype::F16, vec![32 << 20], chunk.clone()))
+            .collect();
+        write_st(&p, &tensors);
+        let svc = ModelLoadService::new(d.path(), &cuda_settings(8 << 30)).unwrap();
+        let start = std::time::Instant::now();
+        let m = svc.load_model(&lora_config("big", &p), None).unwrap();
+        let g = m.lock().unwrap();
+        tch::Cuda::synchronize(0);
+        let secs = start.elapsed().as_secs_f64();
+        let bytes = g.device_bytes();
+        assert_eq!(bytes, 512 << 20);
+        println!(
+            "gpu-check: load of {bytes} bytes to cuda:0 (read + host-to-device copy) in {secs:.3} s = {:.2} GB/s",
+            bytes as f64 / secs / 1e9
+        );
+    }
+
     #[test]
     fn torch_device_copies_on_the_cpu_count_against_ram() {
         let d = tempfile::tempdir().unwrap();
