@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 mod download_cache;
 
+use download_cache::DownloadCache;
 pub use download_cache::{
     DEFAULT_DOWNLOAD_CACHE_SIZE, DOWNLOAD_CACHE_DIR, DownloadCacheConfig, DownloadOptions,
 };
-use download_cache::DownloadCache;
 
 use crate::config::AnyModelConfig;
 use crate::download::{DownloadQueue, DownloadQueueConfig};

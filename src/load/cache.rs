@@ -675,7 +675,9 @@ impl ModelCache {
                 }
                 Ok(None) => st.device_drops += 1,
                 Err(e) => {
-                    tracing::warn!("offloading {victim} to RAM failed, dropping its device copy: {e}");
+                    tracing::warn!(
+                        "offloading {victim} to RAM failed, dropping its device copy: {e}"
+                    );
                     st.device_drops += 1;
                 }
             }

@@ -29,11 +29,12 @@ mod model;
 mod preload;
 mod registry;
 
+pub use backends::gguf::{GgufLoader, GgufModel, GgufTensor};
 pub use backends::mmap::{HostTensor, StateDict};
+pub use backends::sim::{Move, SimBackend};
 pub use backends::{
     BackendKind, DeviceBackend, DeviceModel, DeviceSpec, ExecDevice, HostBackend, Precision,
 };
-pub use backends::sim::{Move, SimBackend};
 pub use cache::{CacheConfig, CacheStats, DEFAULT_WORKING_MEMORY, ModelCache, cache_key};
 pub use model::{AnyModel, FileSet, LoadedModel, LoadedModelWithoutConfig, ModelGuard};
 pub use preload::{ScanGate, ServicePreloader, service_for};
@@ -91,6 +92,9 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// A GGUF file is malformed.
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    Gguf { path: PathBuf, reason: String },
     /// A safetensors file is malformed.
     #[error("{path}: not a valid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::backends::gguf::GgufModel;
 use super::backends::{DeviceModel, Precision};
 use super::{LoadError, ModelCache, StateDict};
 use crate::config::AnyModelConfig;
@@ -96,6 +97,8 @@ impl FileSet {
 pub enum AnyModel {
     /// Tensors (memory-mapped safetensors).
     StateDict(StateDict),
+    /// A GGUF file's tensors as raw (possibly quantized) blocks.
+    Gguf(GgufModel),
     /// Weightless files (tokenizer, scheduler).
     Files(FileSet),
     /// Anything a custom loader produces, with the bytes it occupies.
@@ -111,6 +114,7 @@ impl fmt::Debug for AnyModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::StateDict(s) => f.debug_tuple("StateDict").field(s).finish(),
+            Self::Gguf(g) => f.debug_tuple("Gguf").field(g).finish(),
             Self::Files(s) => f.debug_tuple("Files").field(s).finish(),
             Self::Other { bytes, .. } => f
                 .debug_struct("Other")
@@ -133,6 +137,7 @@ impl AnyModel {
     pub fn bytes(&self) -> u64 {
         match self {
             Self::StateDict(s) => s.bytes(),
+            Self::Gguf(g) => g.bytes(),
             Self::Files(f) => f.bytes(),
             Self::Other { bytes, .. } => *bytes,
         }
@@ -142,6 +147,7 @@ impl AnyModel {
     pub fn tensor_count(&self) -> usize {
         match self {
             Self::StateDict(s) => s.len(),
+            Self::Gguf(g) => g.len(),
             _ => 0,
         }
     }
@@ -150,6 +156,14 @@ impl AnyModel {
     pub fn state_dict(&self) -> Option<&StateDict> {
         match self {
             Self::StateDict(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The GGUF tensors, for a GGUF model.
+    pub fn gguf(&self) -> Option<&GgufModel> {
+        match self {
+            Self::Gguf(g) => Some(g),
             _ => None,
         }
     }

@@ -87,7 +87,13 @@ pub(crate) fn slug(canonical: &str) -> String {
         .map_or(without_query, |(_, rest)| rest);
     let mut readable: String = words
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if readable.len() > 60 {
         readable = readable[readable.len() - 60..].to_owned();
@@ -347,7 +353,11 @@ async fn fetch_hf(
     Ok((path, plan.total_bytes()))
 }
 
-fn submit(queue: &DownloadQueue, job: DownloadJob, source_str: &str) -> Result<JobId, InstallError> {
+fn submit(
+    queue: &DownloadQueue,
+    job: DownloadJob,
+    source_str: &str,
+) -> Result<JobId, InstallError> {
     queue
         .submit_download_job(job, true)
         .map(|j| j.id)
@@ -391,9 +401,15 @@ mod tests {
         let a = slug("https://example.com/models/x.safetensors?token=secret");
         assert!(a.starts_with("example.com_models_x.safetensors-"), "{a}");
         assert!(!a.contains("secret"));
-        assert_ne!(a, slug("https://example.com/models/x.safetensors?token=other"));
+        assert_ne!(
+            a,
+            slug("https://example.com/models/x.safetensors?token=other")
+        );
         let h = slug("owner/name::vae/diffusion_pytorch_model.safetensors");
-        assert!(h.starts_with("owner_name__vae_diffusion_pytorch_model.safetensors-"), "{h}");
+        assert!(
+            h.starts_with("owner_name__vae_diffusion_pytorch_model.safetensors-"),
+            "{h}"
+        );
         assert!(slug(&"a/".repeat(100)).len() <= 60 + 13);
     }
 }

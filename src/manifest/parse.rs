@@ -762,7 +762,9 @@ impl<'a> Cx<'a> {
             } else {
                 self.err(
                     sp.loc(),
-                    format!("invalid `cache.device` `{v}`: expected one of auto, cpu, cuda, cuda:N"),
+                    format!(
+                        "invalid `cache.device` `{v}`: expected one of auto, cpu, cuda, cuda:N"
+                    ),
                 );
             }
         }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use modelsync::events::NullReporter;
 use modelsync::hub::{HubClient, HubEnv, HubOptions};
 use modelsync::install::InstallConfig;
-use modelsync::load::{AnyModel, BackendKind, DeviceSpec, LoadError, LoadSettings, ModelLoadService};
+use modelsync::load::{
+    AnyModel, BackendKind, DeviceSpec, LoadError, LoadSettings, ModelLoadService,
+};
 use modelsync::manager::{DownloadCacheConfig, ManagerError, ModelManager};
 
 use crate::support::hub_server::FakeRepo;
@@ -52,13 +54,20 @@ async fn local_files_and_folders_load_without_a_record() {
     let file = w.path().join("lora.safetensors");
     let vae = w.path().join("pipe/vae");
     pyfix::write(&[
-        Spec::safetensors(file.clone(), vec![("a.weight".into(), vec![4, 8]), ("b".into(), vec![3])]),
+        Spec::safetensors(
+            file.clone(),
+            vec![("a.weight".into(), vec![4, 8]), ("b".into(), vec![3])],
+        ),
         Spec::safetensors(
             vae.join("diffusion_pytorch_model.safetensors"),
             vec![("decoder.conv_in.weight".into(), vec![8, 4, 3, 3])],
         ),
     ]);
-    std::fs::write(vae.join("config.json"), r#"{"_class_name": "AutoencoderKL"}"#).unwrap();
+    std::fs::write(
+        vae.join("config.json"),
+        r#"{"_class_name": "AutoencoderKL"}"#,
+    )
+    .unwrap();
     std::fs::write(w.path().join("pipe/model_index.json"), "{}").unwrap();
 
     let m = mgr.load_local_model(&file, None).unwrap();
@@ -67,7 +76,10 @@ async fn local_files_and_folders_load_without_a_record() {
     assert_eq!(sd.get("a.weight").unwrap().shape, [4, 8]);
     assert_eq!(sd.get("a.weight").unwrap().data.len(), 4 * 8 * 2, "f16");
     let again = mgr.load_local_model(&file, None).unwrap();
-    assert!(Arc::ptr_eq(m.model(), again.model()), "the second load is a cache hit");
+    assert!(
+        Arc::ptr_eq(m.model(), again.model()),
+        "the second load is a cache hit"
+    );
     let (state, guard) = m.model_on_device().unwrap();
     assert!(state.is_some() && guard.tensor_count() == 2);
     drop(guard);
@@ -75,16 +87,19 @@ async fn local_files_and_folders_load_without_a_record() {
     // A diffusers submodel folder loads; the whole pipeline needs a submodel or a loader.
     let v = mgr.load_local_model(&vae, None).unwrap();
     assert_eq!(v.model().tensor_count(), 1);
-    let err = mgr.load_local_model(&w.path().join("pipe"), None).unwrap_err();
+    let err = mgr
+        .load_local_model(&w.path().join("pipe"), None)
+        .unwrap_err();
     assert!(
         matches!(err, ManagerError::Load(LoadError::Pipeline { .. })),
         "{err}"
     );
     // A caller's loader is used as given.
-    let loader = |p: &Path| -> Result<AnyModel, LoadError> {
-        Ok(AnyModel::other(1, p.to_path_buf()))
-    };
-    let c = mgr.load_local_model(&w.path().join("pipe"), Some(&loader)).unwrap();
+    let loader =
+        |p: &Path| -> Result<AnyModel, LoadError> { Ok(AnyModel::other(1, p.to_path_buf())) };
+    let c = mgr
+        .load_local_model(&w.path().join("pipe"), Some(&loader))
+        .unwrap();
     assert!(c.model().downcast_ref::<std::path::PathBuf>().is_some());
     // The default pickle policy is the scanner's: a dangerous pickle is refused.
     let evil = w.path().join("evil.ckpt");
@@ -112,7 +127,11 @@ async fn a_hub_file_is_downloaded_once_and_gc_and_status_leave_it() {
         .download_and_cache_model("owner/loras::lora.safetensors")
         .await
         .unwrap();
-    assert!(path.starts_with(w.models().join(".download_cache")), "{}", path.display());
+    assert!(
+        path.starts_with(w.models().join(".download_cache")),
+        "{}",
+        path.display()
+    );
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert!(
         body_requests(&w.hub)
@@ -142,13 +161,20 @@ async fn a_hub_file_is_downloaded_once_and_gc_and_status_leave_it() {
 
     // The whole repo is a folder.
     let dir = mgr.download_and_cache_model("owner/loras").await.unwrap();
-    assert!(dir.is_dir() && dir.join("lora.safetensors").is_file(), "{}", dir.display());
+    assert!(
+        dir.is_dir() && dir.join("lora.safetensors").is_file(),
+        "{}",
+        dir.display()
+    );
 
     // gc and status never take the download cache for garbage or orphans.
     w.manifest("", "");
     let o = w.run(&["gc", "--yes", "--min-age", "0s"]);
     assert_exit(&o, 0);
-    assert!(path.is_file() && dir.is_dir(), "gc removed a download-cache entry");
+    assert!(
+        path.is_file() && dir.is_dir(),
+        "gc removed a download-cache entry"
+    );
     let o = w.run(&["status"]);
     let out = format!(
         "{}{}",
@@ -162,7 +188,10 @@ async fn a_hub_file_is_downloaded_once_and_gc_and_status_leave_it() {
 async fn the_size_cap_removes_the_least_recently_used_download() {
     let w = Work::new();
     let urls: Vec<String> = (0..3)
-        .map(|i| w.hub.add_url_download(&format!("{i}"), &format!("m{i}.bin"), vec![i as u8; 1000]))
+        .map(|i| {
+            w.hub
+                .add_url_download(&format!("{i}"), &format!("m{i}.bin"), vec![i as u8; 1000])
+        })
         .collect();
     let mgr = manager(&w).with_download_cache(DownloadCacheConfig {
         max_bytes: 2500,
@@ -198,7 +227,10 @@ async fn unsupported_and_local_sources_are_refused() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("`oci://` sources are not supported yet"), "{err}");
+    assert!(
+        err.contains("`oci://` sources are not supported yet"),
+        "{err}"
+    );
     let err = mgr
         .download_and_cache_model("./local.safetensors")
         .await

@@ -1025,7 +1025,12 @@ mod torch {
             assert_eq!(t.device(), tch::Device::Cuda(0));
             let host = bytes_of(&t.to(tch::Device::Cpu));
             assert_eq!(host.len(), 64 * MIB);
-            assert!(host.iter().enumerate().take(4096).all(|(j, b)| *b == ((j + i) % 251) as u8));
+            assert!(
+                host.iter()
+                    .enumerate()
+                    .take(4096)
+                    .all(|(j, b)| *b == ((j + i) % 251) as u8)
+            );
         };
         check(&loaded[0], 0);
         check(&loaded[1], 1);
@@ -1114,7 +1119,12 @@ mod device_seam {
 
     const CUDA: ExecDevice = ExecDevice::Cuda(0);
 
-    fn sim_cache(ram: u64, vram: u64, capacity: u64, working: u64) -> (ModelCache, Arc<SimBackend>) {
+    fn sim_cache(
+        ram: u64,
+        vram: u64,
+        capacity: u64,
+        working: u64,
+    ) -> (ModelCache, Arc<SimBackend>) {
         let sim = Arc::new(SimBackend::cuda(0, capacity));
         let cache = ModelCache::with_config(
             CacheConfig {
@@ -1265,7 +1275,14 @@ mod device_seam {
         let big = put(&cache, "big", 701).unwrap();
         let err = cache.lock("big", &big).unwrap_err();
         assert!(
-            matches!(err, LoadError::TooLarge { needed: 701, budget: 700, .. }),
+            matches!(
+                err,
+                LoadError::TooLarge {
+                    needed: 701,
+                    budget: 700,
+                    ..
+                }
+            ),
             "{err}"
         );
         warm(&cache, "a", 400);
@@ -1273,7 +1290,10 @@ mod device_seam {
         let s = cache.stats();
         assert_eq!(s.vram_used, 400, "a went to RAM so that 300 stay free");
         assert!(cache.is_offloaded("a"));
-        assert_eq!(sim.moves().last(), Some(&mv("b", ExecDevice::Cpu, CUDA, 400)));
+        assert_eq!(
+            sim.moves().last(),
+            Some(&mv("b", ExecDevice::Cpu, CUDA, 400))
+        );
         // A budget below capacity − reserve is the limit.
         let (cache, _) = sim_cache(10_000, 500, 1000, 300);
         assert_eq!(cache.vram_limit(), 500);
@@ -1333,7 +1353,11 @@ mod device_seam {
         drop(cache.lock("c", &c).unwrap());
         let s = cache.stats();
         assert_eq!(s.bytes_by_device.get("cuda:0"), Some(&60));
-        assert_eq!(s.bytes_by_device.get("cpu"), Some(&260), "host copies + a's offload");
+        assert_eq!(
+            s.bytes_by_device.get("cpu"),
+            Some(&260),
+            "host copies + a's offload"
+        );
         assert_eq!((s.ram_used, s.vram_used), (260, 60));
     }
 
@@ -1343,11 +1367,7 @@ mod device_seam {
 
     impl modelsync::watch::Converger for CacheOnly {
         type Desired = ();
-        fn parse_manifest(
-            &self,
-            _: &Path,
-            _: &[u8],
-        ) -> Result<(), modelsync::watch::BoxError> {
+        fn parse_manifest(&self, _: &Path, _: &[u8]) -> Result<(), modelsync::watch::BoxError> {
             Ok(())
         }
         fn entries(&self, (): &()) -> Vec<modelsync::watch::EntrySpec> {
@@ -1388,7 +1408,104 @@ mod device_seam {
             .await
             .unwrap();
         let text = watch.handle().metrics_text();
-        assert!(text.contains("modelsync_cache_bytes{device=\"cpu\"} 130\n"), "{text}");
-        assert!(text.contains("modelsync_cache_bytes{device=\"cuda:0\"} 100\n"), "{text}");
+        assert!(
+            text.contains("modelsync_cache_bytes{device=\"cpu\"} 130\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("modelsync_cache_bytes{device=\"cuda:0\"} 100\n"),
+            "{text}"
+        );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the default registry serves
+
+/// Every (type, format) class of the taxonomy has a default loader, except those the
+/// memory-mapped backend cannot serve: ONNX runtime graphs, external APIs and `unknown`.
+#[test]
+fn every_class_the_backend_can_serve_has_a_loader() {
+    let r = LoaderRegistry::with_defaults();
+    let mut missing = Vec::new();
+    for (t, f) in modelsync::config::CONFIG_CLASSES {
+        let unservable = matches!(f, ModelFormat::Onnx | ModelFormat::Olive | ModelFormat::ExternalApi)
+            || *t == ModelType::Unknown
+            // A main SDNQ model is a quantized diffusers pipeline: no loader yet.
+            || (*t == ModelType::Main && *f == ModelFormat::SdnqQuantized);
+        if r.get(BaseModelType::Flux, *t, *f).is_ok() == unservable {
+            missing.push(format!("{t}/{f}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "loader coverage differs for {missing:?}"
+    );
+}
+
+#[test]
+fn gguf_models_load_as_raw_blocks() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("flux-q8.gguf");
+    let qkv = "double_blocks.0.img_attn.qkv.weight";
+    crate::support::probe_fixtures::gguf(
+        &p,
+        &[("general.architecture", "flux")],
+        &[(qkv, &[96, 64]), ("img_in.weight", &[64, 32])],
+    );
+    // Q8_0: 32 elements in 34 bytes; the data region holds both tensors, the first at 0.
+    let (first, second) = (96 * 64 / 32 * 34, 64 * 32 / 32 * 34);
+    let len = std::fs::metadata(&p).unwrap().len();
+    let data_start = len - (first + second) as u64;
+    let pattern: Vec<u8> = (0..first).map(|i| (i % 251) as u8).collect();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.seek(SeekFrom::Start(data_start)).unwrap();
+        f.write_all(&pattern).unwrap();
+    }
+    let cfg = AnyModelConfig::from_json(json!({
+        "key": "g", "name": "flux-q8", "type": "main", "format": "gguf_quantized",
+        "base": "flux", "path": p.to_str().unwrap()
+    }))
+    .unwrap();
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    assert_eq!(svc.preload_parts(&cfg), [Some(SubModelType::Transformer)]);
+    let m = svc
+        .load_model(&cfg, Some(SubModelType::Transformer))
+        .unwrap();
+    let g = m.model().gguf().expect("a GGUF model");
+    assert_eq!(g.len(), 2);
+    let t = g.get(qkv).unwrap();
+    assert_eq!((t.ggml_type, t.shape), (8, [96u64, 64].as_slice()));
+    assert_eq!(t.data, pattern.as_slice(), "the raw blocks, as stored");
+    assert_eq!(g.get("img_in.weight").unwrap().data.len(), second);
+    assert_eq!(m.model().bytes(), (first + second) as u64);
+    let err = svc.load_model(&cfg, Some(SubModelType::Vae)).unwrap_err();
+    assert!(matches!(err, LoadError::SubmodelMissing { .. }), "{err}");
+    // Encoders in GGUF load the same way, and a record-less load reads it too.
+    let enc = AnyModelConfig::from_json(json!({
+        "key": "t5", "name": "t5-q8", "type": "t5_encoder", "format": "gguf_quantized",
+        "base": "any", "path": p.to_str().unwrap()
+    }))
+    .unwrap();
+    assert_eq!(
+        svc.load_model(&enc, None).unwrap().model().tensor_count(),
+        2
+    );
+    assert_eq!(svc.load_path(&p, None).unwrap().model().tensor_count(), 2);
+    // A file cut short is refused, naming the tensor.
+    let cut = d.path().join("cut.gguf");
+    std::fs::copy(&p, &cut).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let err = svc.load_path(&cut, None).unwrap_err().to_string();
+    assert!(
+        err.contains("img_in.weight") && err.contains("past the end"),
+        "{err}"
+    );
 }

@@ -124,7 +124,10 @@ fn cache_settings_parse_into_load_settings() {
     )
     .unwrap();
     let s = LoadSettings::from_cache_settings(&m.settings.cache).unwrap();
-    assert_eq!((s.ram, s.vram, s.working_memory), (4 << 30, 12 << 30, 2 << 30));
+    assert_eq!(
+        (s.ram, s.vram, s.working_memory),
+        (4 << 30, 12 << 30, 2 << 30)
+    );
     assert_eq!(s.precision, Precision::Bf16);
     assert_eq!(s.device, DeviceSpec::Cpu);
     assert_eq!(s.keep_alive, Some(Duration::from_mins(5)));
@@ -133,7 +136,10 @@ fn cache_settings_parse_into_load_settings() {
     // Defaults: keep forever, pin preloads, 3 GiB reserve, the file's dtypes.
     let m = parse_manifest("version: 1\nsettings:\n  cache: { keep_alive: 0 }\n").unwrap();
     let s = LoadSettings::from_cache_settings(&m.settings.cache).unwrap();
-    assert_eq!(s.keep_alive, None, "0 keeps models until the budget needs the room");
+    assert_eq!(
+        s.keep_alive, None,
+        "0 keeps models until the budget needs the room"
+    );
     assert!(s.pin_preloaded);
     assert_eq!(s.working_memory, 3 << 30);
     assert_eq!(s.precision, Precision::Auto);
@@ -153,10 +159,9 @@ fn bad_cache_settings_point_at_their_value() {
     );
     let e = parse_manifest("version: 1\nsettings:\n  cache:\n    keep_alive: soon\n").unwrap_err();
     assert!(e.starts_with("models.yaml:4:17: `cache.keep_alive`"), "{e}");
-    let e = parse_manifest(
-        "version: 1\nmodels:\n  - name: a\n    source: o/n\n    precision: half\n",
-    )
-    .unwrap_err();
+    let e =
+        parse_manifest("version: 1\nmodels:\n  - name: a\n    source: o/n\n    precision: half\n")
+            .unwrap_err();
     assert!(
         e.starts_with("models.yaml:5:16: invalid `precision` `half`"),
         "{e}"

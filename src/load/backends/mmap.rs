@@ -350,6 +350,9 @@ pub(crate) fn load_path(path: &Path, gate: &dyn PickleGate) -> Result<AnyModel, 
     if is_pickle(path) {
         return Err(refuse_pickle(path, gate));
     }
+    if has_ext(path, &["gguf"]) {
+        return super::gguf::GgufModel::open(path).map(AnyModel::Gguf);
+    }
     StateDict::open(path).map(AnyModel::StateDict)
 }
 
@@ -403,6 +406,40 @@ impl ModelLoader for WeightsLoader {
         } else {
             disk_size(&req.path)
         }
+    }
+}
+
+/// Loads a main model stored as one quantized safetensors file (bitsandbytes NF4 FLUX): the
+/// file is the transformer, its tensors as stored.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleFileMainLoader;
+
+impl SingleFileMainLoader {
+    fn check(req: &LoadRequest<'_>) -> Result<(), LoadError> {
+        match req.submodel {
+            None | Some(SubModelType::Transformer | SubModelType::UNet) => Ok(()),
+            Some(sub) => Err(LoadError::SubmodelMissing {
+                key: req.config.key().to_owned(),
+                submodel: sub,
+                location: req.path.clone(),
+            }),
+        }
+    }
+}
+
+impl ModelLoader for SingleFileMainLoader {
+    fn name(&self) -> &'static str {
+        "single-file-main"
+    }
+
+    fn load(&self, req: &LoadRequest<'_>) -> Result<AnyModel, LoadError> {
+        Self::check(req)?;
+        WeightsLoader.load(req)
+    }
+
+    fn estimate_bytes(&self, req: &LoadRequest<'_>) -> Result<u64, LoadError> {
+        Self::check(req)?;
+        WeightsLoader.estimate_bytes(req)
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::{AnyModel, LoadError, LoadSettings};
 
+pub mod gguf;
 pub mod mmap;
 pub mod sim;
 #[cfg(feature = "torch")]

@@ -9,7 +9,7 @@ use safetensors::Dtype;
 use tch::{Device, Kind, Tensor};
 
 use super::{DeviceBackend, DeviceModel, DeviceSpec, ExecDevice, Precision};
-use crate::load::{AnyModel, LoadError, StateDict};
+use crate::load::{AnyModel, GgufModel, LoadError, StateDict};
 
 static CUDA_INIT: Once = Once::new();
 
@@ -203,8 +203,42 @@ impl TchBackend {
         })
     }
 
+    /// Copies a GGUF file's raw blocks to the device as 1-D `uint8` tensors (no
+    /// dequantization: precision does not apply).
+    pub fn upload_raw(&self, g: &GgufModel) -> Result<TchModel, LoadError> {
+        let mut tensors = Vec::with_capacity(g.len());
+        for t in g.iter() {
+            let fail = |e: tch::TchError| LoadError::Backend {
+                backend: "torch",
+                what: format!("tensor `{}`", t.name),
+                reason: e.to_string(),
+            };
+            let len = i64::try_from(t.data.len()).map_err(|_| LoadError::Backend {
+                backend: "torch",
+                what: format!("tensor `{}`", t.name),
+                reason: "too large for libtorch".into(),
+            })?;
+            let dev = Tensor::f_from_data_size(t.data, &[len], Kind::Uint8)
+                .and_then(|h| h.f_to(self.device))
+                .map_err(fail)?;
+            tensors.push((t.name.to_owned(), dev));
+        }
+        let names = tensors.iter().map(|(n, _)| n.clone()).collect();
+        Ok(TchModel {
+            tensors: Mutex::new(tensors),
+            names,
+            device: self.exec,
+            bytes: g.bytes(),
+        })
+    }
+
     /// Moves every tensor of `model` to `device` (no conversion).
-    fn move_to(&self, model: &TchModel, device: Device, exec: ExecDevice) -> Result<TchModel, LoadError> {
+    fn move_to(
+        &self,
+        model: &TchModel,
+        device: Device,
+        exec: ExecDevice,
+    ) -> Result<TchModel, LoadError> {
         let g = model.tensors.lock().unwrap_or_else(PoisonError::into_inner);
         let mut tensors = Vec::with_capacity(g.len());
         for (name, t) in g.iter() {
@@ -305,6 +339,9 @@ impl DeviceBackend for TchBackend {
     }
 
     fn device_bytes(&self, model: &AnyModel, precision: Precision) -> Result<u64, LoadError> {
+        if let Some(g) = model.gguf() {
+            return Ok(g.bytes());
+        }
         let Some(sd) = model.state_dict() else {
             return Ok(0);
         };
@@ -323,9 +360,12 @@ impl DeviceBackend for TchBackend {
         model: &Arc<AnyModel>,
         precision: Precision,
     ) -> Result<DeviceModel, LoadError> {
-        match model.state_dict() {
-            Some(sd) => Ok(DeviceModel::Torch(Arc::new(self.convert(sd, precision)?))),
-            None => Ok(DeviceModel::Host(model.clone())),
+        match &**model {
+            AnyModel::StateDict(sd) => {
+                Ok(DeviceModel::Torch(Arc::new(self.convert(sd, precision)?)))
+            }
+            AnyModel::Gguf(g) => Ok(DeviceModel::Torch(Arc::new(self.upload_raw(g)?))),
+            _ => Ok(DeviceModel::Host(model.clone())),
         }
     }
 
@@ -333,9 +373,9 @@ impl DeviceBackend for TchBackend {
     /// reading or converting the file again.
     fn offload(&self, _: &str, copy: &DeviceModel) -> Result<Option<DeviceModel>, LoadError> {
         match copy {
-            DeviceModel::Torch(m) if m.device() != ExecDevice::Cpu => Ok(Some(
-                DeviceModel::Torch(Arc::new(self.move_to(m, Device::Cpu, ExecDevice::Cpu)?)),
-            )),
+            DeviceModel::Torch(m) if m.device() != ExecDevice::Cpu => Ok(Some(DeviceModel::Torch(
+                Arc::new(self.move_to(m, Device::Cpu, ExecDevice::Cpu)?),
+            ))),
             _ => Ok(None),
         }
     }
