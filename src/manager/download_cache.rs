@@ -226,11 +226,10 @@ impl DownloadCache {
                     && newest_change(&dir, 0).is_some_and(|t| {
                         now.duration_since(t).unwrap_or(Duration::ZERO)
                             >= self.config.abandoned_after
-                    }) =>
+                    })
+                    && std::fs::remove_dir_all(&dir).is_ok() =>
                 {
-                    if std::fs::remove_dir_all(&dir).is_ok() {
-                        removed.push(dir);
-                    }
+                    removed.push(dir);
                 }
                 None => {}
             }

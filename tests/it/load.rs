@@ -1445,58 +1445,61 @@ fn every_class_the_backend_can_serve_has_a_loader() {
 
 #[test]
 fn gguf_models_load_as_raw_blocks() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("flux-q8.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flux-q8.gguf");
     let qkv = "double_blocks.0.img_attn.qkv.weight";
     crate::support::probe_fixtures::gguf(
-        &p,
+        &file,
         &[("general.architecture", "flux")],
         &[(qkv, &[96, 64]), ("img_in.weight", &[64, 32])],
     );
     // Q8_0: 32 elements in 34 bytes; the data region holds both tensors, the first at 0.
     let (first, second) = (96 * 64 / 32 * 34, 64 * 32 / 32 * 34);
-    let len = std::fs::metadata(&p).unwrap().len();
+    let len = std::fs::metadata(&file).unwrap().len();
     let data_start = len - (first + second) as u64;
     let pattern: Vec<u8> = (0..first).map(|i| (i % 251) as u8).collect();
     {
         use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
         f.seek(SeekFrom::Start(data_start)).unwrap();
         f.write_all(&pattern).unwrap();
     }
     let cfg = AnyModelConfig::from_json(json!({
         "key": "g", "name": "flux-q8", "type": "main", "format": "gguf_quantized",
-        "base": "flux", "path": p.to_str().unwrap()
+        "base": "flux", "path": file.to_str().unwrap()
     }))
     .unwrap();
-    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let svc = ModelLoadService::new(dir.path(), &host_settings(1 << 20)).unwrap();
     assert_eq!(svc.preload_parts(&cfg), [Some(SubModelType::Transformer)]);
-    let m = svc
+    let loaded = svc
         .load_model(&cfg, Some(SubModelType::Transformer))
         .unwrap();
-    let g = m.model().gguf().expect("a GGUF model");
-    assert_eq!(g.len(), 2);
-    let t = g.get(qkv).unwrap();
+    let gg = loaded.model().gguf().expect("a GGUF model");
+    assert_eq!(gg.len(), 2);
+    let t = gg.get(qkv).unwrap();
     assert_eq!((t.ggml_type, t.shape), (8, [96u64, 64].as_slice()));
     assert_eq!(t.data, pattern.as_slice(), "the raw blocks, as stored");
-    assert_eq!(g.get("img_in.weight").unwrap().data.len(), second);
-    assert_eq!(m.model().bytes(), (first + second) as u64);
+    assert_eq!(gg.get("img_in.weight").unwrap().data.len(), second);
+    assert_eq!(loaded.model().bytes(), (first + second) as u64);
     let err = svc.load_model(&cfg, Some(SubModelType::Vae)).unwrap_err();
     assert!(matches!(err, LoadError::SubmodelMissing { .. }), "{err}");
     // Encoders in GGUF load the same way, and a record-less load reads it too.
     let enc = AnyModelConfig::from_json(json!({
         "key": "t5", "name": "t5-q8", "type": "t5_encoder", "format": "gguf_quantized",
-        "base": "any", "path": p.to_str().unwrap()
+        "base": "any", "path": file.to_str().unwrap()
     }))
     .unwrap();
     assert_eq!(
         svc.load_model(&enc, None).unwrap().model().tensor_count(),
         2
     );
-    assert_eq!(svc.load_path(&p, None).unwrap().model().tensor_count(), 2);
+    assert_eq!(
+        svc.load_path(&file, None).unwrap().model().tensor_count(),
+        2
+    );
     // A file cut short is refused, naming the tensor.
-    let cut = d.path().join("cut.gguf");
-    std::fs::copy(&p, &cut).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::copy(&file, &cut).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&cut)

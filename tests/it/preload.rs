@@ -191,7 +191,7 @@ fn put(cache: &ModelCache, key: &str) -> Arc<AnyModel> {
 /// task's wake-up comes before the test's own (later) one, so every check sees its sweep.
 #[tokio::test(start_paused = true)]
 async fn keep_alive_releases_models_unused_for_that_long() {
-    let ka = Duration::from_secs(60);
+    let ka = Duration::from_mins(1);
     let cache = keep_alive_cache(Some(ka));
     let task = cache.spawn_keep_alive().expect("keep-alive is on");
     put(&cache, "a");
@@ -206,7 +206,7 @@ async fn keep_alive_releases_models_unused_for_that_long() {
     // A locked model is in use: never released, and its clock starts at the unlock.
     let l = put(&cache, "locked");
     let guard = cache.lock("locked", &l).unwrap();
-    tokio::time::sleep(Duration::from_secs(120)).await; // 181 s
+    tokio::time::sleep(Duration::from_mins(2)).await; // 181 s
     assert!(!cache.contains("b"), "b unused since 30 s");
     assert!(cache.contains("locked"));
     drop(guard);

@@ -177,7 +177,9 @@ impl DeviceModel {
     pub fn as_host(&self) -> Option<&Arc<AnyModel>> {
         match self {
             Self::Host(m) => Some(m),
-            _ => None,
+            #[cfg(feature = "torch")]
+            Self::Torch(_) => None,
+            Self::Other { .. } => None,
         }
     }
 
