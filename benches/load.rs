@@ -24,6 +24,7 @@ fn settings() -> LoadSettings {
         device: DeviceSpec::Cpu,
         precision: Precision::Auto,
         backend: BackendKind::Host,
+        ..LoadSettings::default()
     }
 }
 

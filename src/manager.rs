@@ -1,15 +1,24 @@
 //! [`ModelManager`]: the seed's ModelManagerService facade — one object holding the record
 //! store, the download queue, the install service and (once attached with
-//! [`ModelManager::with_load_service`]) the load service.
+//! [`ModelManager::with_load_service`]) the load service; plus the seed's invocation-context
+//! API, which loads models without a record: [`ModelManager::download_and_cache_model`],
+//! [`ModelManager::load_local_model`] and [`ModelManager::load_remote_model`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+mod download_cache;
+
+use download_cache::DownloadCache;
+pub use download_cache::{
+    DEFAULT_DOWNLOAD_CACHE_SIZE, DOWNLOAD_CACHE_DIR, DownloadCacheConfig, DownloadOptions,
+};
 
 use crate::config::AnyModelConfig;
 use crate::download::{DownloadQueue, DownloadQueueConfig};
 use crate::events::Reporter;
 use crate::install::{InstallConfig, InstallError, ModelInstallService, RecoveryReport};
-use crate::load::{LoadError, LoadedModel, ModelLoadService};
+use crate::load::{LoadError, LoadedModel, LoadedModelWithoutConfig, ModelLoadService, PathLoader};
 use crate::store::{self, RecordStore, StoreError};
 use crate::taxonomy::{BaseModelType, ModelType, SubModelType};
 
@@ -22,6 +31,7 @@ pub struct ModelManager {
     database: PathBuf,
     recovery: RecoveryReport,
     load: Option<Arc<ModelLoadService>>,
+    download_cache: Arc<DownloadCache>,
 }
 
 impl std::fmt::Debug for ModelManager {
@@ -62,6 +72,10 @@ impl ModelManager {
         let database = store.location().to_path_buf();
         let install = ModelInstallService::new(install, store.clone(), queue.clone(), reporter)?;
         let recovery = install.start()?;
+        let download_cache = Arc::new(DownloadCache::new(
+            install.models_dir(),
+            DownloadCacheConfig::default(),
+        ));
         Ok(Self {
             store,
             queue,
@@ -69,6 +83,7 @@ impl ModelManager {
             database,
             recovery,
             load: None,
+            download_cache,
         })
     }
 
@@ -152,6 +167,74 @@ impl ModelManager {
     }
 }
 
+impl ModelManager {
+    /// Sets the download cache's size cap and clean-up (default 10 GiB).
+    #[must_use]
+    pub fn with_download_cache(mut self, config: DownloadCacheConfig) -> Self {
+        self.download_cache = Arc::new(DownloadCache::new(self.models_dir(), config));
+        self
+    }
+
+    /// `models_dir/.download_cache`.
+    pub fn download_cache_dir(&self) -> &Path {
+        self.download_cache.root()
+    }
+
+    /// The seed's `context.download_and_cache_model(source)`: downloads a remote source (an
+    /// http(s) URL, a Hugging Face `owner/name`, `owner/name:fp16`, `owner/name:fp16:vae`,
+    /// `owner/name::path/file.safetensors`) into `models_dir/.download_cache/<slug>/` and
+    /// returns the local path (the file for a URL or a single repo file, else the folder).
+    /// A source already cached is returned with no network request, as InvokeAI does, even
+    /// if upstream moved since (pin a revision, `owner/name@commit`, to make that explicit).
+    /// Nothing is probed or recorded. Afterwards the least recently used entries go while
+    /// the cache is over its cap.
+    pub async fn download_and_cache_model(&self, source: &str) -> Result<PathBuf, ManagerError> {
+        self.download_and_cache_model_with(source, &DownloadOptions::default())
+            .await
+    }
+
+    /// [`download_and_cache_model`](Self::download_and_cache_model) with a token and a
+    /// timeout (which cancels the download and is an error).
+    pub async fn download_and_cache_model_with(
+        &self,
+        source: &str,
+        options: &DownloadOptions,
+    ) -> Result<PathBuf, ManagerError> {
+        Ok(self
+            .download_cache
+            .get(self.install.app_config(), &self.queue, source, options)
+            .await?)
+    }
+
+    /// The seed's `context.load_local_model(path, loader)`: loads a file or folder without a
+    /// record, through the load service's cache. Without `loader` the default backend
+    /// reads a safetensors file or a folder of one model's weights; pickles pass only a clean
+    /// scan.
+    pub fn load_local_model(
+        &self,
+        path: &Path,
+        loader: Option<&PathLoader>,
+    ) -> Result<LoadedModelWithoutConfig, ManagerError> {
+        Ok(self.loader()?.load_path(path, loader)?)
+    }
+
+    /// The seed's `context.load_remote_model(source, loader)`:
+    /// [`download_and_cache_model`](Self::download_and_cache_model), then
+    /// [`load_local_model`](Self::load_local_model) on a blocking thread.
+    pub async fn load_remote_model(
+        &self,
+        source: &str,
+        loader: Option<Arc<PathLoader>>,
+    ) -> Result<LoadedModelWithoutConfig, ManagerError> {
+        let service = self.load.clone().ok_or(ManagerError::NoLoadService)?;
+        let path = self.download_and_cache_model(source).await?;
+        tokio::task::spawn_blocking(move || service.load_path(&path, loader.as_deref()))
+            .await
+            .map_err(|e| ManagerError::Worker(e.to_string()))?
+            .map_err(ManagerError::Load)
+    }
+}
+
 /// Errors of the facade's load helpers.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -164,4 +247,10 @@ pub enum ManagerError {
     /// Loading failed.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Downloading into the download cache failed.
+    #[error(transparent)]
+    Download(#[from] InstallError),
+    /// The blocking load worker died.
+    #[error("the load worker failed: {0}")]
+    Worker(String),
 }

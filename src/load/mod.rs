@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::AnyModelConfig;
 use crate::events::{Event, NullReporter, Reporter};
@@ -29,12 +29,14 @@ mod model;
 mod preload;
 mod registry;
 
+pub use backends::gguf::{GgufLoader, GgufModel, GgufTensor};
 pub use backends::mmap::{HostTensor, StateDict};
+pub use backends::sim::{Move, SimBackend};
 pub use backends::{
     BackendKind, DeviceBackend, DeviceModel, DeviceSpec, ExecDevice, HostBackend, Precision,
 };
-pub use cache::{CacheStats, ModelCache, cache_key};
-pub use model::{AnyModel, FileSet, LoadedModel, ModelGuard};
+pub use cache::{CacheConfig, CacheStats, DEFAULT_WORKING_MEMORY, ModelCache, cache_key};
+pub use model::{AnyModel, FileSet, LoadedModel, LoadedModelWithoutConfig, ModelGuard};
 pub use preload::{ScanGate, ServicePreloader, service_for};
 pub use registry::{LoadRequest, LoaderKey, LoaderRegistry, ModelLoader};
 
@@ -90,6 +92,9 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// A GGUF file is malformed.
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    Gguf { path: PathBuf, reason: String },
     /// A safetensors file is malformed.
     #[error("{path}: not a valid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
@@ -100,6 +105,11 @@ pub enum LoadError {
         first: PathBuf,
         second: PathBuf,
     },
+    /// A whole diffusers pipeline was asked for without a record or loader.
+    #[error(
+        "{path} is a diffusers pipeline (it has model_index.json): load one of its submodel folders (unet, vae …) or pass a loader"
+    )]
+    Pipeline { path: PathBuf },
     /// A folder holds no weights file this backend reads.
     #[error("{path}: no .safetensors weights found{hint}")]
     NoWeights { path: PathBuf, hint: String },
@@ -140,6 +150,9 @@ pub enum LoadError {
         locked: u64,
         device: String,
     },
+    /// A precision string that does not parse.
+    #[error("invalid precision `{value}`: expected auto, fp16, bf16 or fp32")]
+    InvalidPrecision { value: String },
     /// A device string that does not parse.
     #[error("invalid device `{value}`: expected auto, cpu, cuda or cuda:N")]
     InvalidDevice { value: String },
@@ -163,7 +176,8 @@ pub enum LoadError {
 
 /// Decides whether a pickle checkpoint may be loaded. [`ScanGate`] runs
 /// `crate::scan::scan_path` and allows only clean files (suspicious ones are refused like
-/// dangerous ones); a service built without a gate uses [`RefusePickle`].
+/// dangerous ones) and is the default of [`ModelLoadService::new`], as in the CLI;
+/// [`RefusePickle`] refuses every pickle.
 pub trait PickleGate: Send + Sync {
     /// `Ok(())` when `path` may be unpickled; otherwise why not.
     fn check(&self, path: &Path) -> Result<(), String>;
@@ -227,12 +241,18 @@ pub struct LoadSettings {
     pub ram: u64,
     /// VRAM budget in bytes (device copies on CUDA).
     pub vram: u64,
+    /// Device memory kept free for activations, bytes (default 3 GiB).
+    pub working_memory: u64,
     /// Execution device.
     pub device: DeviceSpec,
     /// Floating-point precision of device copies.
     pub precision: Precision,
     /// Which device backend to use.
     pub backend: BackendKind,
+    /// Entries unused for this long are released (`None`: kept until evicted).
+    pub keep_alive: Option<Duration>,
+    /// Whether preloaded models are exempt from the keep-alive (default true).
+    pub pin_preloaded: bool,
 }
 
 impl Default for LoadSettings {
@@ -240,12 +260,32 @@ impl Default for LoadSettings {
         Self {
             ram: 8 << 30,
             vram: 16 << 30,
+            working_memory: DEFAULT_WORKING_MEMORY,
             device: DeviceSpec::Auto,
             precision: Precision::Auto,
             backend: BackendKind::default(),
+            keep_alive: None,
+            pin_preloaded: true,
         }
     }
 }
+
+impl LoadSettings {
+    /// The cache's share of the settings.
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            ram: self.ram,
+            vram: self.vram,
+            working_memory: self.working_memory,
+            keep_alive: self.keep_alive,
+            precision: self.precision,
+        }
+    }
+}
+
+/// A loader for record-less loads (the seed's `loader` argument of `load_local_model`): turns
+/// a path into a host model.
+pub type PathLoader = dyn Fn(&Path) -> Result<AnyModel, LoadError> + Send + Sync;
 
 /// The seed's `ModelLoadService`: loads records through the registry into the cache.
 pub struct ModelLoadService {
@@ -255,6 +295,7 @@ pub struct ModelLoadService {
     pickle_gate: Arc<dyn PickleGate>,
     reporter: Arc<dyn Reporter>,
     precision: Precision,
+    pin_preloaded: bool,
 }
 
 impl std::fmt::Debug for ModelLoadService {
@@ -270,16 +311,18 @@ impl std::fmt::Debug for ModelLoadService {
 
 impl ModelLoadService {
     /// A service with the default loaders, a cache of the given budgets on the configured
-    /// device backend, pickle checkpoints refused and events dropped.
+    /// device backend, pickle checkpoints through the scanner ([`ScanGate`]: only clean ones
+    /// pass) and events dropped.
     pub fn new(models_dir: impl Into<PathBuf>, settings: &LoadSettings) -> Result<Self, LoadError> {
         let backend = backends::make_backend(settings)?;
         Ok(Self {
             models_dir: models_dir.into(),
             registry: Arc::new(LoaderRegistry::with_defaults()),
-            cache: ModelCache::new(settings.ram, settings.vram, backend),
-            pickle_gate: Arc::new(RefusePickle),
+            cache: ModelCache::with_config(settings.cache_config(), backend),
+            pickle_gate: Arc::new(ScanGate),
             reporter: Arc::new(NullReporter),
             precision: settings.precision,
+            pin_preloaded: settings.pin_preloaded,
         })
     }
 
@@ -363,6 +406,11 @@ impl ModelLoadService {
         })
     }
 
+    /// The precision loads get when they ask for none (`settings.cache.precision`).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Loads `config` (with `submodel` for main models) into the cache and returns it; a cached
     /// model is returned without touching the disk. Concurrent calls for one model load it once.
     pub fn load_model(
@@ -370,15 +418,31 @@ impl ModelLoadService {
         config: &AnyModelConfig,
         submodel: Option<SubModelType>,
     ) -> Result<LoadedModel, LoadError> {
+        self.load_model_as(config, submodel, None)
+    }
+
+    /// [`load_model`](Self::load_model) with a precision for the device copy (a manifest
+    /// entry's `precision`); `None` is the service's. Another precision than the service's is
+    /// another cache entry (`<key>@fp16`).
+    pub fn load_model_as(
+        &self,
+        config: &AnyModelConfig,
+        submodel: Option<SubModelType>,
+        precision: Option<Precision>,
+    ) -> Result<LoadedModel, LoadError> {
         let start = Instant::now();
         let req = self.request(config, submodel)?;
-        let key = cache_key(config.key(), submodel);
+        let precision = precision.unwrap_or(self.precision);
+        let mut key = cache_key(config.key(), submodel);
+        if precision != self.precision {
+            key = format!("{key}@{precision}");
+        }
         let info = ModelLoadInfo {
             model_key: config.key().to_owned(),
             submodel_type: submodel,
             hash: config.common().hash.clone(),
             location: registry::location(&req).display().to_string(),
-            precision: self.precision,
+            precision,
         };
         self.reporter
             .report(&Event::Load(LoadEvent::ModelLoadStarted(info.clone())));
@@ -411,7 +475,64 @@ impl ModelLoadService {
             key,
             model,
             self.cache.clone(),
+            precision,
         ))
+    }
+
+    /// Loads a file or folder without a record (the seed's `load_local_model`), through the
+    /// same cache: `loader` when given, else the memory-mapped backend (a safetensors file, a
+    /// folder of one model's weights; pickles through the pickle gate). The cache key carries
+    /// the path's size and modification time, so a replaced file is loaded afresh.
+    pub fn load_path(
+        &self,
+        path: &Path,
+        loader: Option<&PathLoader>,
+    ) -> Result<LoadedModelWithoutConfig, LoadError> {
+        let start = Instant::now();
+        let shown = path.display().to_string();
+        let md = std::fs::metadata(path).map_err(|_| LoadError::ModelNotFound {
+            key: shown.clone(),
+            path: path.to_path_buf(),
+        })?;
+        let path = std::fs::canonicalize(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let size = registry::disk_size(&path)?;
+        let mtime = md.modified().map_or(0, crate::store::mtime_ns);
+        let key = format!("file:{}@{size}-{mtime}", path.display());
+        let info = ModelLoadInfo {
+            model_key: key.clone(),
+            submodel_type: None,
+            hash: String::new(),
+            location: path.display().to_string(),
+            precision: self.precision,
+        };
+        self.reporter
+            .report(&Event::Load(LoadEvent::ModelLoadStarted(info.clone())));
+        let gate = self.pickle_gate.as_ref();
+        let (model, cache_hit) = self.cache.get_or_load(
+            &key,
+            || backends::mmap::estimate_path(&path),
+            || match loader {
+                Some(l) => l(&path),
+                None => backends::mmap::load_path(&path, gate),
+            },
+        )?;
+        self.reporter
+            .report(&Event::Load(LoadEvent::ModelLoadCompleted {
+                bytes: model.bytes(),
+                info,
+                cache_hit,
+                seconds: start.elapsed().as_secs_f64(),
+            }));
+        Ok(LoadedModelWithoutConfig {
+            path,
+            cache_key: key,
+            model,
+            cache: self.cache.clone(),
+            precision: self.precision,
+        })
     }
 
     /// Host bytes `config` (with `submodel`) would take once loaded, from file headers and
@@ -473,12 +594,25 @@ impl ModelLoadService {
     }
 
     /// Loads every part of `config` and puts it on the execution device, then releases the
-    /// locks: the model stays warm until the cache needs the room. Returns the loaded parts.
+    /// locks: the model stays warm until the cache needs the room. Preloaded parts are pinned
+    /// (exempt from the keep-alive) unless `pin_preloaded` is off. Returns the loaded parts.
     pub fn preload(&self, config: &AnyModelConfig) -> Result<Vec<LoadedModel>, LoadError> {
+        self.preload_as(config, None)
+    }
+
+    /// [`preload`](Self::preload) in a precision (a manifest entry's).
+    pub fn preload_as(
+        &self,
+        config: &AnyModelConfig,
+        precision: Option<Precision>,
+    ) -> Result<Vec<LoadedModel>, LoadError> {
         let mut out = Vec::new();
         for part in self.preload_parts(config) {
-            let loaded = self.load_model(config, part)?;
+            let loaded = self.load_model_as(config, part, precision)?;
             drop(loaded.lock()?);
+            if self.pin_preloaded {
+                self.cache.pin(loaded.cache_key());
+            }
             out.push(loaded);
         }
         Ok(out)

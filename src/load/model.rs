@@ -6,7 +6,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::backends::DeviceModel;
+use super::backends::gguf::GgufModel;
+use super::backends::{DeviceModel, Precision};
 use super::{LoadError, ModelCache, StateDict};
 use crate::config::AnyModelConfig;
 use crate::taxonomy::SubModelType;
@@ -96,6 +97,8 @@ impl FileSet {
 pub enum AnyModel {
     /// Tensors (memory-mapped safetensors).
     StateDict(StateDict),
+    /// A GGUF file's tensors as raw (possibly quantized) blocks.
+    Gguf(GgufModel),
     /// Weightless files (tokenizer, scheduler).
     Files(FileSet),
     /// Anything a custom loader produces, with the bytes it occupies.
@@ -111,6 +114,7 @@ impl fmt::Debug for AnyModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::StateDict(s) => f.debug_tuple("StateDict").field(s).finish(),
+            Self::Gguf(g) => f.debug_tuple("Gguf").field(g).finish(),
             Self::Files(s) => f.debug_tuple("Files").field(s).finish(),
             Self::Other { bytes, .. } => f
                 .debug_struct("Other")
@@ -133,6 +137,7 @@ impl AnyModel {
     pub fn bytes(&self) -> u64 {
         match self {
             Self::StateDict(s) => s.bytes(),
+            Self::Gguf(g) => g.bytes(),
             Self::Files(f) => f.bytes(),
             Self::Other { bytes, .. } => *bytes,
         }
@@ -142,6 +147,7 @@ impl AnyModel {
     pub fn tensor_count(&self) -> usize {
         match self {
             Self::StateDict(s) => s.len(),
+            Self::Gguf(g) => g.len(),
             _ => 0,
         }
     }
@@ -150,6 +156,14 @@ impl AnyModel {
     pub fn state_dict(&self) -> Option<&StateDict> {
         match self {
             Self::StateDict(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The GGUF tensors, for a GGUF model.
+    pub fn gguf(&self) -> Option<&GgufModel> {
+        match self {
+            Self::Gguf(g) => Some(g),
             _ => None,
         }
     }
@@ -172,6 +186,7 @@ pub struct LoadedModel {
     cache_key: String,
     model: Arc<AnyModel>,
     cache: ModelCache,
+    precision: Precision,
 }
 
 impl LoadedModel {
@@ -181,6 +196,7 @@ impl LoadedModel {
         cache_key: String,
         model: Arc<AnyModel>,
         cache: ModelCache,
+        precision: Precision,
     ) -> Self {
         Self {
             config,
@@ -188,7 +204,13 @@ impl LoadedModel {
             cache_key,
             model,
             cache,
+            precision,
         }
+    }
+
+    /// The precision the device copy is made in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// A copy of the record.
@@ -214,11 +236,53 @@ impl LoadedModel {
     /// Puts the model on the execution device (if it is not there) and locks it there until
     /// the guard drops; a locked model is never evicted.
     pub fn lock(&self) -> Result<ModelGuard, LoadError> {
-        self.cache.lock(&self.cache_key, &self.model)
+        self.cache
+            .lock_as(&self.cache_key, &self.model, self.precision)
     }
 
     /// The seed's `model_on_device()`: the host state dict (None for models without one) and
     /// the locked device model.
+    pub fn model_on_device(&self) -> Result<(Option<&StateDict>, ModelGuard), LoadError> {
+        let guard = self.lock()?;
+        Ok((self.model.state_dict(), guard))
+    }
+}
+
+/// A model loaded without a record (the seed's `LoadedModelWithoutConfig`, from
+/// `load_local_model` / `load_remote_model`): the host model, lockable on the execution device
+/// like a [`LoadedModel`].
+#[derive(Debug, Clone)]
+pub struct LoadedModelWithoutConfig {
+    pub(crate) path: PathBuf,
+    pub(crate) cache_key: String,
+    pub(crate) model: Arc<AnyModel>,
+    pub(crate) cache: ModelCache,
+    pub(crate) precision: Precision,
+}
+
+impl LoadedModelWithoutConfig {
+    /// The file or folder loaded.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cache key (`file:<path>@<size>-<mtime>`).
+    pub fn cache_key(&self) -> &str {
+        &self.cache_key
+    }
+
+    /// The host model.
+    pub fn model(&self) -> &Arc<AnyModel> {
+        &self.model
+    }
+
+    /// Puts the model on the execution device and locks it there until the guard drops.
+    pub fn lock(&self) -> Result<ModelGuard, LoadError> {
+        self.cache
+            .lock_as(&self.cache_key, &self.model, self.precision)
+    }
+
+    /// The host state dict (None for models without one) and the locked device model.
     pub fn model_on_device(&self) -> Result<(Option<&StateDict>, ModelGuard), LoadError> {
         let guard = self.lock()?;
         Ok((self.model.state_dict(), guard))

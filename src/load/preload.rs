@@ -6,26 +6,37 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{LoadError, LoadSettings, ModelLoadService};
+use super::{LoadError, LoadSettings, ModelLoadService, Precision};
 use crate::config::AnyModelConfig;
 use crate::events::Reporter;
-use crate::manifest::CacheSettings;
+use crate::manifest::{CacheSettings, ModelEntry};
 use crate::retry::Failure;
 use crate::scan::{ScanVerdict, scan_path};
 use crate::units::HumanBytes;
 
 impl LoadSettings {
-    /// Budgets and device from the manifest's `settings.cache`; unset budgets keep the
-    /// defaults (8 GiB RAM, 16 GiB VRAM).
+    /// Budgets, device, precision and keep-alive from the manifest's `settings.cache`; unset
+    /// budgets keep the defaults (8 GiB RAM, 16 GiB VRAM, 3 GiB working memory).
     pub fn from_cache_settings(cache: &CacheSettings) -> Result<Self, LoadError> {
         let defaults = Self::default();
         Ok(Self {
             ram: cache.ram.unwrap_or(defaults.ram),
             vram: cache.vram.unwrap_or(defaults.vram),
+            working_memory: cache.working_memory.unwrap_or(defaults.working_memory),
             device: cache.device.parse()?,
+            precision: parse_precision(&cache.precision)?,
+            keep_alive: cache.keep_alive,
+            pin_preloaded: cache.pin_preloaded,
             ..defaults
         })
     }
+}
+
+/// A precision string the manifest parser checked.
+fn parse_precision(s: &str) -> Result<Precision, LoadError> {
+    s.parse().map_err(|_| LoadError::InvalidPrecision {
+        value: s.to_owned(),
+    })
 }
 
 /// Allows a pickle checkpoint only when the scanner finds nothing but known-safe imports.
@@ -94,6 +105,36 @@ impl crate::reconcile::apply::Preloader for ServicePreloader {
     }
 
     fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, Failure> {
+        self.preload_as(entry, record, None)
+    }
+
+    fn preload_entry(
+        &self,
+        entry: &ModelEntry,
+        record: &AnyModelConfig,
+    ) -> Result<String, Failure> {
+        let precision = entry
+            .precision
+            .as_deref()
+            .map(parse_precision)
+            .transpose()
+            .map_err(|e| {
+                Failure::new(
+                    crate::retry::FailureKind::Other,
+                    format!("{}: {e}", entry.name),
+                )
+            })?;
+        self.preload_as(&entry.name, record, precision)
+    }
+}
+
+impl ServicePreloader {
+    fn preload_as(
+        &self,
+        entry: &str,
+        record: &AnyModelConfig,
+        precision: Option<Precision>,
+    ) -> Result<String, Failure> {
         // A record that changed since it was last warmed must not be served stale.
         self.service.cache().drop_model(record.key());
         let needed = self
@@ -103,7 +144,7 @@ impl crate::reconcile::apply::Preloader for ServicePreloader {
         let started = Instant::now();
         let parts = self
             .service
-            .preload(record)
+            .preload_as(record, precision)
             .map_err(|e| Failure::from_error(&e).context(format!("preloading {entry}")))?;
         Ok(format!(
             "{} part(s), {} on {} in {:.2?}",

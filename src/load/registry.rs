@@ -136,12 +136,23 @@ impl LoaderRegistry {
     ///   (submodels by key prefix);
     /// - every other type whose weights are safetensors files or folders.
     ///
-    /// ONNX, Olive, GGUF and bitsandbytes formats have no loader (NotImplemented).
+    /// - every GGUF-quantized model as raw blocks (a main model's file is its transformer);
+    /// - bitsandbytes and SDNQ files as their stored (quantized) tensors.
+    ///
+    /// ONNX and Olive (ONNX runtime graphs), external APIs (no files) and `unknown` have no
+    /// loader: NotImplemented, or the `unknown` refusal with its hint.
     pub fn with_defaults() -> Self {
         let mut r = Self::new();
         let weights: Arc<dyn ModelLoader> = Arc::new(mmap::WeightsLoader);
         let any = BaseModelType::Any;
-        let defaults: [(ModelType, ModelFormat, Arc<dyn ModelLoader>); 2] = [
+        let gguf: Arc<dyn ModelLoader> = Arc::new(super::backends::gguf::GgufLoader);
+        let defaults: [(ModelType, ModelFormat, Arc<dyn ModelLoader>); 4] = [
+            (ModelType::Main, ModelFormat::GgufQuantized, gguf.clone()),
+            (
+                ModelType::Main,
+                ModelFormat::BnbQuantizedNf4b,
+                Arc::new(mmap::SingleFileMainLoader),
+            ),
             (
                 ModelType::Main,
                 ModelFormat::Diffusers,
@@ -153,6 +164,19 @@ impl LoaderRegistry {
                 Arc::new(mmap::CheckpointPipelineLoader),
             ),
         ];
+        for t in [
+            ModelType::T5Encoder,
+            ModelType::Qwen3Encoder,
+            ModelType::Qwen3VlEncoder,
+            ModelType::MistralEncoder,
+            ModelType::Gemma2Encoder,
+        ] {
+            r.register(
+                LoaderKey::new(any, Some(t), Some(ModelFormat::GgufQuantized)),
+                gguf.clone(),
+            )
+            .expect("default loaders do not overlap");
+        }
         for (t, f, l) in defaults {
             r.register(LoaderKey::new(any, Some(t), Some(f)), l)
                 .expect("default loaders do not overlap");
@@ -175,6 +199,30 @@ impl LoaderRegistry {
             (ModelType::T2IAdapter, ModelFormat::Diffusers),
             (ModelType::T5Encoder, ModelFormat::T5Encoder),
             (ModelType::SpandrelImageToImage, ModelFormat::Checkpoint),
+            (ModelType::Lora, ModelFormat::Omi),
+            (ModelType::T5Encoder, ModelFormat::BnbQuantizedNf4b),
+            (ModelType::T5Encoder, ModelFormat::BnbQuantizedInt8b),
+            (ModelType::T5Encoder, ModelFormat::SdnqQuantized),
+            (ModelType::Qwen3Encoder, ModelFormat::Qwen3Encoder),
+            (ModelType::Qwen3Encoder, ModelFormat::Checkpoint),
+            (ModelType::Qwen3Encoder, ModelFormat::SdnqQuantized),
+            (ModelType::QwenVlEncoder, ModelFormat::QwenVlEncoder),
+            (ModelType::QwenVlEncoder, ModelFormat::Diffusers),
+            (ModelType::QwenVlEncoder, ModelFormat::Checkpoint),
+            (ModelType::Qwen3VlEncoder, ModelFormat::Qwen3VlEncoder),
+            (ModelType::Qwen3VlEncoder, ModelFormat::Checkpoint),
+            (ModelType::MistralEncoder, ModelFormat::MistralEncoder),
+            (ModelType::MistralEncoder, ModelFormat::Diffusers),
+            (ModelType::MistralEncoder, ModelFormat::Checkpoint),
+            (ModelType::WanT5Encoder, ModelFormat::WanT5Encoder),
+            (ModelType::Gemma2Encoder, ModelFormat::Gemma2Encoder),
+            (ModelType::Gemma4Encoder, ModelFormat::Gemma4Encoder),
+            (ModelType::SigLip, ModelFormat::Diffusers),
+            (ModelType::FluxRedux, ModelFormat::Checkpoint),
+            (ModelType::LlavaOnevision, ModelFormat::Diffusers),
+            (ModelType::PromptEnhancer, ModelFormat::Diffusers),
+            (ModelType::TextLlm, ModelFormat::Diffusers),
+            (ModelType::PidDecoder, ModelFormat::Checkpoint),
         ] {
             r.register(LoaderKey::new(any, Some(t), Some(f)), weights.clone())
                 .expect("default loaders do not overlap");
@@ -255,6 +303,10 @@ pub(crate) fn present_submodels(config: &AnyModelConfig, root: &Path) -> Vec<Sub
             .filter(|s| submodel_dir(config, root, *s).is_dir())
             .collect(),
         ModelFormat::Checkpoint => mmap::checkpoint_submodels(root),
+        // A quantized single-file main model is its transformer.
+        ModelFormat::GgufQuantized | ModelFormat::BnbQuantizedNf4b => {
+            vec![SubModelType::Transformer]
+        }
         _ => Vec::new(),
     }
 }

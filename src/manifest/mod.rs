@@ -167,16 +167,28 @@ impl ConfigOverrides {
     }
 }
 
-/// `settings.cache`: budgets of the load cache.
+/// `settings.cache`: budgets and policies of the load cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSettings {
     /// Host-memory budget in bytes (`None`: the loader's default).
     pub ram: Option<u64>,
     /// Device-memory budget in bytes (`None`: the loader's default).
     pub vram: Option<u64>,
-    /// `auto`, `cpu`, `cuda`, `cuda:N` or `mps`.
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Device memory kept free for activations (`None`: the loader's default, 3 GiB).
+    pub working_memory: Option<u64>,
+    /// Precision of device copies: `auto`, `fp16`, `bf16` or `fp32`.
+    pub precision: String,
+    /// Entries unused for this long are released; `None` (`keep_alive: 0`, the default) keeps
+    /// them until the budget needs the room.
+    pub keep_alive: Option<Duration>,
+    /// Whether `preload: true` models are exempt from the keep-alive (default true).
+    pub pin_preloaded: bool,
 }
+
+/// The precisions `settings.cache.precision` and an entry's `precision` take.
+pub const PRECISIONS: &[&str] = &["auto", "fp16", "bf16", "fp32"];
 
 impl Default for CacheSettings {
     fn default() -> Self {
@@ -184,6 +196,10 @@ impl Default for CacheSettings {
             ram: None,
             vram: None,
             device: "auto".to_owned(),
+            working_memory: None,
+            precision: "auto".to_owned(),
+            keep_alive: None,
+            pin_preloaded: true,
         }
     }
 }
@@ -285,6 +301,8 @@ pub struct ModelEntry {
     pub hash: Option<String>,
     /// Warm into the load cache after apply / in watch.
     pub preload: bool,
+    /// Precision of the entry's device copies (`None`: `settings.cache.precision`).
+    pub precision: Option<String>,
     /// Record tags, as written.
     pub tags: Vec<String>,
     /// Record description.

@@ -227,10 +227,37 @@ pub struct CacheFile {
     #[serde(default)]
     #[schemars(schema_with = "size_schema")]
     pub vram: Option<Sp<String>>,
-    /// Execution device: auto, cpu, cuda, cuda:N or mps (default auto).
+    /// Execution device: auto, cpu, cuda or cuda:N (default auto). Apple's `mps` is not
+    /// supported: the torch backend accounts and moves CUDA memory only.
     #[serde(default)]
-    #[schemars(regex(pattern = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"))]
+    #[schemars(regex(pattern = r"^(auto|cpu|cuda(:[0-9]+)?)$"))]
     pub device: Option<Sp<Text>>,
+    /// Device memory kept free for activations (default 3GiB, InvokeAI's
+    /// `device_working_mem_gb`).
+    #[serde(default)]
+    #[schemars(schema_with = "size_schema")]
+    pub working_memory: Option<Sp<String>>,
+    /// Precision of device copies: auto (each tensor's file dtype), fp16, bf16 or fp32
+    /// (default auto).
+    #[serde(default)]
+    #[schemars(schema_with = "precision_schema")]
+    pub precision: Option<Sp<Text>>,
+    /// Models unused for this long are released from the cache (Ollama's `keep_alive`,
+    /// InvokeAI's cache keep-alive); 0 (the default) keeps them until the budget needs the room.
+    #[serde(default)]
+    #[schemars(schema_with = "duration_schema")]
+    pub keep_alive: Option<Sp<String>>,
+    /// Whether `preload: true` models are exempt from `keep_alive` (default true).
+    #[serde(default)]
+    pub pin_preloaded: Option<Sp<Flag>>,
+}
+
+fn precision_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "Precision of device copies: auto (each tensor's file dtype), fp16, bf16 or fp32.",
+        "enum": ["auto", "fp16", "bf16", "fp32"]
+    })
 }
 
 /// One model.
@@ -292,6 +319,10 @@ pub struct EntryFile {
     /// Whether pickle files the scanner flags may be installed (default deny).
     #[serde(default)]
     pub unsafe_pickle: Option<UnsafePickle>,
+    /// Precision of this model's device copies (default `settings.cache.precision`).
+    #[serde(default)]
+    #[schemars(schema_with = "precision_schema")]
+    pub precision: Option<Sp<Text>>,
 }
 
 // The schemas below carry the checks `Cx::entry` makes, so that an editor refuses what the
@@ -723,24 +754,69 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+        if let Some(sp) = &c.working_memory
+            && let Some(v) = self.text(sp, "cache.working_memory")
+        {
+            match crate::units::parse_size(&v) {
+                Ok(n) => out.working_memory = Some(n),
+                Err(e) => self.err(sp.loc(), format!("`cache.working_memory`: {e}")),
+            }
+        }
         if let Some(sp) = &c.device
             && let Some(v) = self.text(sp, "cache.device")
         {
-            let ok = matches!(v.as_str(), "auto" | "cpu" | "cuda" | "mps")
+            let ok = matches!(v.as_str(), "auto" | "cpu" | "cuda")
                 || v.strip_prefix("cuda:")
                     .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
             if ok {
                 out.device = v;
+            } else if v == "mps" {
+                // Refused here rather than at load time: the torch backend accounts, offloads
+                // and reserves CUDA memory only, and no Apple machine has run it.
+                self.err(
+                    sp.loc(),
+                    "`cache.device` `mps` is not supported: the load cache runs on cpu or cuda:N only",
+                );
             } else {
                 self.err(
                     sp.loc(),
                     format!(
-                        "invalid `cache.device` `{v}`: expected one of auto, cpu, cuda, cuda:N, mps"
+                        "invalid `cache.device` `{v}`: expected one of auto, cpu, cuda, cuda:N"
                     ),
                 );
             }
         }
+        if let Some(sp) = &c.precision
+            && let Some(v) = self.precision(sp, "cache.precision")
+        {
+            out.precision = v;
+        }
+        if let Some(sp) = &c.keep_alive
+            && let Some(v) = self.text(sp, "cache.keep_alive")
+        {
+            match crate::units::parse_duration(&v) {
+                Ok(d) => out.keep_alive = (!d.is_zero()).then_some(d),
+                Err(e) => self.err(sp.loc(), format!("`cache.keep_alive`: {e}")),
+            }
+        }
+        if let Some(f) = &c.pin_preloaded {
+            out.pin_preloaded = f.value().0;
+        }
         out
+    }
+
+    /// A precision (`auto`, `fp16`, `bf16`, `fp32`), or an error at its position.
+    fn precision(&mut self, sp: &Sp<Text>, field: &str) -> Option<String> {
+        let v = self.text(sp, field)?;
+        if super::PRECISIONS.contains(&v.as_str()) {
+            Some(v)
+        } else {
+            self.err(
+                sp.loc(),
+                format!("invalid `{field}` `{v}`: expected one of auto, fp16, bf16, fp32"),
+            );
+            None
+        }
     }
 
     /// Validates one entry; `None` when it has errors (they are recorded).
@@ -1009,6 +1085,10 @@ impl<'a> Cx<'a> {
         }
         let unsafe_pickle = raw.unsafe_pickle.unwrap_or_default();
         let preload = raw.preload.as_ref().is_some_and(|f| f.value().0);
+        let precision = match &raw.precision {
+            Some(p) => Some(self.precision(p, "precision")?),
+            None => None,
+        };
         let canonical = source.canonical();
         let dest_str = dest.as_ref().map(|d: &PathBuf| slash_path(d));
         let spec_hash = spec::compute(
@@ -1040,6 +1120,7 @@ impl<'a> Cx<'a> {
             dest,
             hash,
             preload,
+            precision,
             tags,
             description,
             config,

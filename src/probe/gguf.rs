@@ -18,7 +18,7 @@ const MAX_KEPT_TOTAL: usize = 16 << 20;
     clippy::match_same_arms,
     reason = "one arm per ggml type reads like ggml's table"
 )]
-fn block_size(ggml_type: u32) -> Option<(u64, u64)> {
+pub(crate) fn block_size(ggml_type: u32) -> Option<(u64, u64)> {
     Some(match ggml_type {
         0 => (1, 4),           // F32
         1 | 30 => (1, 2),      // F16, BF16

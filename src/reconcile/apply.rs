@@ -159,6 +159,15 @@ pub trait Preloader: Send + Sync {
     /// time) or why not.
     fn preload(&self, entry: &str, record: &AnyModelConfig) -> Result<String, Failure>;
 
+    /// [`preload`](Self::preload) with the whole manifest entry (its `precision`).
+    fn preload_entry(
+        &self,
+        entry: &crate::manifest::ModelEntry,
+        record: &AnyModelConfig,
+    ) -> Result<String, Failure> {
+        self.preload(&entry.name, record)
+    }
+
     /// Whether the whole preload set fits the cache budgets, checked before anything is
     /// loaded so an oversized set is an error, not an out-of-memory crash.
     fn check_fits(&self, records: &[AnyModelConfig]) -> Result<(), Failure> {
@@ -536,7 +545,7 @@ pub async fn apply(
                 )),
                 (Some(_), _, Err(e)) => Err(e.clone()),
                 (Some(_), Err(e), _) => Err(Failure::from_error(&e)),
-                (Some(p), Ok(rec), Ok(())) => p.preload(&entry.name, &rec),
+                (Some(p), Ok(rec), Ok(())) => p.preload_entry(entry, &rec),
             };
             report(
                 cx,

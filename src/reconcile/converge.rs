@@ -674,7 +674,7 @@ impl Converger for ManifestConverger {
 
     fn preload_entry<'a>(
         &'a self,
-        _desired: &'a Manifest,
+        desired: &'a Manifest,
         entry: &'a str,
         cancel: CancelToken,
     ) -> BoxFuture<'a, Result<(), EntryError>> {
@@ -686,9 +686,13 @@ impl Converger for ManifestConverger {
             let svc = self.services().await?;
             let record = Self::record_of(svc, entry)?;
             let name = entry.to_owned();
+            let spec = desired.models.iter().find(|e| e.name == entry).cloned();
             // Loading reads the whole model: off the async workers. Not interruptible; at
             // shutdown the watcher stops waiting after its timeout.
-            let work = tokio::task::spawn_blocking(move || preloader.preload(&name, &record));
+            let work = tokio::task::spawn_blocking(move || match &spec {
+                Some(e) => preloader.preload_entry(e, &record),
+                None => preloader.preload(&name, &record),
+            });
             tokio::select! {
                 r = work => match r {
                     Ok(Ok(_detail)) => Ok(()),

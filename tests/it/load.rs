@@ -77,6 +77,7 @@ fn host_settings(ram: u64) -> LoadSettings {
         device: DeviceSpec::Cpu,
         precision: Precision::Auto,
         backend: BackendKind::Host,
+        ..LoadSettings::default()
     }
 }
 
@@ -678,13 +679,11 @@ fn pickle_checkpoints_are_refused_with_the_gates_reason() {
     std::fs::write(&path, b"\x80\x02cos\nsystem\n").unwrap();
     let cfg = lora_config("p", &path);
     let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    // The default gate is the scanner, as in the CLI.
     let err = svc.load_model(&cfg, None).unwrap_err();
     assert!(matches!(err, LoadError::PickleRefused { .. }), "{err}");
     assert!(err.to_string().contains("evil.ckpt"), "{err}");
-    assert!(
-        err.to_string().contains("convert the model to safetensors"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("os.system"), "{err}");
 
     let seen = Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
     let s2 = seen.clone();
@@ -909,6 +908,7 @@ mod torch {
             device: DeviceSpec::Cpu,
             precision,
             backend: BackendKind::Torch,
+            ..LoadSettings::default()
         }
     }
 
@@ -983,6 +983,112 @@ mod torch {
         }
     }
 
+    /// Whether cuda:0 is usable: the torch tests run on the CPU everywhere and on cuda:0
+    /// where libtorch sees a CUDA device. `MODELSYNC_REQUIRE_CUDA=1` (scripts/gpu-check)
+    /// turns a missing device into a failure instead of a skip.
+    fn cuda_available() -> bool {
+        modelsync::load::backends::tch::init_cuda();
+        let ok = tch::Cuda::is_available();
+        assert!(
+            ok || std::env::var_os("MODELSYNC_REQUIRE_CUDA").is_none(),
+            "MODELSYNC_REQUIRE_CUDA is set but libtorch sees no CUDA device (libtorch_cuda.so or the CUDA libraries it needs did not load)"
+        );
+        ok
+    }
+
+    fn cuda_settings(vram: u64) -> LoadSettings {
+        LoadSettings {
+            ram: 4 << 30,
+            vram,
+            working_memory: 0,
+            device: DeviceSpec::Cuda(0),
+            precision: Precision::Auto,
+            backend: BackendKind::Torch,
+            ..LoadSettings::default()
+        }
+    }
+
+    #[test]
+    fn torch_on_cuda_moves_offloads_and_reloads() {
+        if !cuda_available() {
+            eprintln!("no CUDA device: torch_on_cuda_moves_offloads_and_reloads skipped");
+            return;
+        }
+        const MIB: usize = 1 << 20;
+        let d = tempfile::tempdir().unwrap();
+        let mut cfgs = Vec::new();
+        for (i, k) in ["ca", "cb", "cc"].iter().enumerate() {
+            let p = d.path().join(format!("{k}.safetensors"));
+            let data: Vec<u8> = (0..64 * MIB).map(|j| ((j + i) % 251) as u8).collect();
+            write_st(&p, &[("w", Dtype::F16, vec![32 * MIB], data)]);
+            cfgs.push(lora_config(k, &p));
+        }
+        // Room for two of the three 64 MiB copies.
+        let svc = ModelLoadService::new(d.path(), &cuda_settings(150 * MIB as u64)).unwrap();
+        assert_eq!(svc.cache().device().to_string(), "cuda:0");
+        let stats = svc.cache().stats();
+        assert!(stats.vram_capacity.is_some_and(|c| c > 0), "{stats:?}");
+        let loaded: Vec<_> = cfgs
+            .iter()
+            .map(|c| svc.load_model(c, None).unwrap())
+            .collect();
+        let check = |m: &modelsync::load::LoadedModel, i: usize| {
+            let g = m.lock().unwrap();
+            let t = g.as_torch().unwrap().tensor("w").unwrap();
+            assert_eq!(t.device(), tch::Device::Cuda(0));
+            let host = bytes_of(&t.to(tch::Device::Cpu));
+            assert_eq!(host.len(), 64 * MIB);
+            assert!(
+                host.iter()
+                    .enumerate()
+                    .take(4096)
+                    .all(|(j, b)| *b == ((j + i) % 251) as u8)
+            );
+        };
+        check(&loaded[0], 0);
+        check(&loaded[1], 1);
+        check(&loaded[2], 2);
+        assert!(svc.cache().is_offloaded("ca"), "{:?}", svc.cache().stats());
+        check(&loaded[0], 0); // moved back from RAM
+        let s = svc.cache().stats();
+        assert!(s.vram_used <= 150 * MIB as u64 && s.offloads >= 2, "{s:?}");
+        println!(
+            "gpu-check: device=cuda:0 capacity={} offloads={} bytes_moved={}",
+            s.vram_capacity.unwrap_or(0),
+            s.offloads,
+            s.bytes_moved
+        );
+    }
+
+    #[test]
+    fn torch_cuda_load_throughput() {
+        if !cuda_available() {
+            eprintln!("no CUDA device: torch_cuda_load_throughput skipped");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.safetensors");
+        let chunk: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+        let names: Vec<String> = (0..8).map(|i| format!("layer.{i}.weight")).collect();
+        let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = names
+            .iter()
+            .map(|n| (n.as_str(), Dtype::F16, vec![32 << 20], chunk.clone()))
+            .collect();
+        write_st(&p, &tensors);
+        let svc = ModelLoadService::new(d.path(), &cuda_settings(8 << 30)).unwrap();
+        let start = std::time::Instant::now();
+        let m = svc.load_model(&lora_config("big", &p), None).unwrap();
+        let g = m.lock().unwrap();
+        tch::Cuda::synchronize(0);
+        let secs = start.elapsed().as_secs_f64();
+        let bytes = g.device_bytes();
+        assert_eq!(bytes, 512 << 20);
+        println!(
+            "gpu-check: load of {bytes} bytes to cuda:0 (read + host-to-device copy) in {secs:.3} s = {:.2} GB/s",
+            bytes as f64 / secs / 1e9
+        );
+    }
+
     #[test]
     fn torch_device_copies_on_the_cpu_count_against_ram() {
         let d = tempfile::tempdir().unwrap();
@@ -1015,4 +1121,407 @@ mod torch {
         );
         assert_eq!(svc.cache().stats().locked, 0);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The device seam: a simulated `cuda:0` of a chosen capacity that records every move.
+
+mod device_seam {
+    use super::*;
+    use modelsync::load::{CacheConfig, ExecDevice, Move, SimBackend};
+
+    const CUDA: ExecDevice = ExecDevice::Cuda(0);
+
+    fn sim_cache(
+        ram: u64,
+        vram: u64,
+        capacity: u64,
+        working: u64,
+    ) -> (ModelCache, Arc<SimBackend>) {
+        let sim = Arc::new(SimBackend::cuda(0, capacity));
+        let cache = ModelCache::with_config(
+            CacheConfig {
+                ram,
+                vram,
+                working_memory: working,
+                ..CacheConfig::default()
+            },
+            sim.clone(),
+        );
+        (cache, sim)
+    }
+
+    fn mv(key: &str, from: ExecDevice, to: ExecDevice, bytes: u64) -> Move {
+        Move {
+            key: key.into(),
+            from,
+            to,
+            bytes,
+        }
+    }
+
+    /// Loads `key` of `bytes` and puts it on the device once (lock, then unlock).
+    fn warm(cache: &ModelCache, key: &str, bytes: u64) -> Arc<AnyModel> {
+        let m = put(cache, key, bytes).unwrap();
+        drop(cache.lock(key, &m).unwrap());
+        m
+    }
+
+    #[test]
+    fn vram_budget_is_enforced_by_offloading_the_least_recently_used_copy() {
+        let (cache, sim) = sim_cache(10_000, 300, 1 << 40, 0);
+        assert_eq!(cache.device(), CUDA);
+        warm(&cache, "a", 100);
+        warm(&cache, "b", 100);
+        warm(&cache, "c", 100);
+        assert_eq!(cache.stats().vram_used, 300);
+        assert!(cache.get("a").is_some(), "a is now more recent than b");
+        warm(&cache, "d", 100);
+        let s = cache.stats();
+        assert_eq!(s.vram_used, 300, "never above the budget");
+        assert_eq!((s.offloads, s.device_drops), (1, 0));
+        assert!(cache.is_offloaded("b"), "b was the least recently used");
+        assert!(cache.is_on_device("a") && cache.is_on_device("d"));
+        assert_eq!(
+            sim.moves(),
+            [
+                mv("a", ExecDevice::Cpu, CUDA, 100),
+                mv("b", ExecDevice::Cpu, CUDA, 100),
+                mv("c", ExecDevice::Cpu, CUDA, 100),
+                mv("b", CUDA, ExecDevice::Cpu, 100),
+                mv("d", ExecDevice::Cpu, CUDA, 100),
+            ]
+        );
+        // A copy larger than the budget is refused before anything moves.
+        let big = put(&cache, "big", 301).unwrap();
+        let err = cache.lock("big", &big).unwrap_err();
+        assert!(
+            matches!(&err, LoadError::TooLarge { needed: 301, budget: 300, device, .. } if device == "cuda:0"),
+            "{err}"
+        );
+        assert_eq!(sim.moves().len(), 5);
+        assert_eq!(cache.stats().locked, 0);
+    }
+
+    #[test]
+    fn an_offload_needs_room_in_ram_else_the_device_copy_is_dropped() {
+        // RAM holds the four host copies (400) and no more than 50 besides.
+        let (cache, sim) = sim_cache(450, 200, 1 << 40, 0);
+        for k in ["a", "b", "c"] {
+            put(&cache, k, 100).unwrap();
+        }
+        let a = cache.get("a").unwrap();
+        drop(cache.lock("a", &a).unwrap());
+        let b = cache.get("b").unwrap();
+        drop(cache.lock("b", &b).unwrap());
+        put(&cache, "d", 100).unwrap();
+        let d = cache.get("d").unwrap();
+        drop(cache.lock("d", &d).unwrap());
+        let s = cache.stats();
+        assert_eq!((s.offloads, s.device_drops), (0, 1), "{s:?}");
+        assert!(!cache.is_on_device("a") && !cache.is_offloaded("a"));
+        assert!(cache.contains("a"), "the host copy stays");
+        assert!(s.ram_used <= 450 && s.vram_used <= 200, "{s:?}");
+        assert!(
+            !sim.moves().iter().any(|m| m.to == ExecDevice::Cpu),
+            "nothing was moved to RAM: {:?}",
+            sim.moves()
+        );
+        // Without offload support the copy is dropped even when RAM has room.
+        let sim = Arc::new(SimBackend::cuda(0, 1 << 40).without_offload());
+        let cache = ModelCache::with_config(
+            CacheConfig {
+                ram: 10_000,
+                vram: 100,
+                working_memory: 0,
+                ..CacheConfig::default()
+            },
+            sim.clone(),
+        );
+        warm(&cache, "a", 100);
+        warm(&cache, "b", 100);
+        let s = cache.stats();
+        assert_eq!((s.offloads, s.device_drops), (0, 1));
+    }
+
+    #[test]
+    fn a_locked_entry_is_never_moved() {
+        let (cache, sim) = sim_cache(10_000, 200, 1 << 40, 0);
+        let a = put(&cache, "a", 100).unwrap();
+        let b = put(&cache, "b", 100).unwrap();
+        let ga = cache.lock("a", &a).unwrap();
+        let gb = cache.lock("b", &b).unwrap();
+        let c = put(&cache, "c", 100).unwrap();
+        let err = cache.lock("c", &c).unwrap_err();
+        assert!(
+            matches!(&err, LoadError::OutOfBudget { locked: 200, budget: 200, device, .. } if device == "cuda:0"),
+            "{err}"
+        );
+        assert!(cache.is_on_device("a") && cache.is_on_device("b"));
+        assert!(
+            sim.moves().iter().all(|m| m.to == CUDA),
+            "a locked copy was moved: {:?}",
+            sim.moves()
+        );
+        // RAM pressure does not evict them either.
+        let (small, _) = sim_cache(250, 10_000, 1 << 40, 0);
+        let x = put(&small, "x", 100).unwrap();
+        let gx = small.lock("x", &x).unwrap();
+        put(&small, "y", 100).unwrap();
+        put(&small, "z", 100).unwrap();
+        assert!(small.contains("x") && !small.contains("y") && small.contains("z"));
+        assert!(small.is_on_device("x"));
+        drop(gx);
+        drop(ga);
+        // Unlocked, a is the least recently used copy and goes to RAM for c.
+        drop(cache.lock("c", &c).unwrap());
+        assert!(cache.is_offloaded("a"));
+        drop(gb);
+    }
+
+    #[test]
+    fn the_working_memory_reserve_is_kept_free() {
+        // A 1000-byte device with 300 reserved leaves 700 to the cache, whatever the budget.
+        let (cache, sim) = sim_cache(10_000, 10_000, 1000, 300);
+        let s = cache.stats();
+        assert_eq!((s.vram_limit, s.vram_capacity), (700, Some(1000)));
+        let big = put(&cache, "big", 701).unwrap();
+        let err = cache.lock("big", &big).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::TooLarge {
+                    needed: 701,
+                    budget: 700,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        warm(&cache, "a", 400);
+        warm(&cache, "b", 400);
+        let s = cache.stats();
+        assert_eq!(s.vram_used, 400, "a went to RAM so that 300 stay free");
+        assert!(cache.is_offloaded("a"));
+        assert_eq!(
+            sim.moves().last(),
+            Some(&mv("b", ExecDevice::Cpu, CUDA, 400))
+        );
+        // A budget below capacity − reserve is the limit.
+        let (cache, _) = sim_cache(10_000, 500, 1000, 300);
+        assert_eq!(cache.vram_limit(), 500);
+    }
+
+    #[test]
+    fn model_on_device_moves_to_the_device_and_back() {
+        let d = tempfile::tempdir().unwrap();
+        let pa = d.path().join("a.safetensors");
+        let pb = d.path().join("b.safetensors");
+        write_st(&pa, &[("w", Dtype::F32, vec![64], vec![1; 256])]);
+        write_st(&pb, &[("w", Dtype::F32, vec![64], vec![2; 256])]);
+        let (cache, sim) = sim_cache(1 << 20, 256, 1 << 40, 0);
+        let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20))
+            .unwrap()
+            .with_cache(cache.clone());
+        let a = svc.load_model(&lora_config("ka", &pa), None).unwrap();
+        let b = svc.load_model(&lora_config("kb", &pb), None).unwrap();
+        assert!(sim.moves().is_empty(), "loading reads into RAM only");
+        {
+            let (state, guard) = a.model_on_device().unwrap();
+            assert_eq!(state.unwrap().get("w").unwrap().data, [1u8; 256].as_slice());
+            assert_eq!(guard.device_bytes(), 256);
+            assert!(cache.is_on_device("ka"));
+        }
+        // b needs the room: a's copy goes back to RAM …
+        drop(b.model_on_device().unwrap());
+        assert!(cache.is_offloaded("ka") && cache.is_on_device("kb"));
+        // … and comes back to the device from there, without a new copy of the file.
+        drop(a.lock().unwrap());
+        assert_eq!(
+            sim.moves(),
+            [
+                mv("ka", ExecDevice::Cpu, CUDA, 256),
+                mv("ka", CUDA, ExecDevice::Cpu, 256),
+                mv("kb", ExecDevice::Cpu, CUDA, 256),
+                mv("kb", CUDA, ExecDevice::Cpu, 256),
+                mv("ka", ExecDevice::Cpu, CUDA, 256),
+            ]
+        );
+        assert_eq!(sim.precisions().len(), 2, "two copies made, the rest moved");
+        assert_eq!(cache.stats().bytes_moved, 5 * 256);
+        assert_eq!(sim.bytes_moved(), 5 * 256);
+    }
+
+    #[test]
+    fn stats_count_bytes_by_device() {
+        let (cache, _) = sim_cache(10_000, 150, 1 << 40, 0);
+        warm(&cache, "a", 100);
+        warm(&cache, "b", 40);
+        put(&cache, "c", 20).unwrap();
+        let s = cache.stats();
+        assert_eq!(s.bytes_by_device.get("cuda:0"), Some(&140));
+        assert_eq!(s.bytes_by_device.get("cpu"), Some(&160), "the host copies");
+        // c's copy does not fit beside a's and b's: a, the least recently used, goes to RAM.
+        let c = cache.get("c").unwrap();
+        drop(cache.lock("c", &c).unwrap());
+        let s = cache.stats();
+        assert_eq!(s.bytes_by_device.get("cuda:0"), Some(&60));
+        assert_eq!(
+            s.bytes_by_device.get("cpu"),
+            Some(&260),
+            "host copies + a's offload"
+        );
+        assert_eq!((s.ram_used, s.vram_used), (260, 60));
+    }
+
+    /// The watch process's `/metrics` reports the cache per device, read from a cache on the
+    /// simulated device.
+    struct CacheOnly(ModelCache);
+
+    impl modelsync::watch::Converger for CacheOnly {
+        type Desired = ();
+        fn parse_manifest(&self, _: &Path, _: &[u8]) -> Result<(), modelsync::watch::BoxError> {
+            Ok(())
+        }
+        fn entries(&self, (): &()) -> Vec<modelsync::watch::EntrySpec> {
+            Vec::new()
+        }
+        fn reconcile_entry<'a>(
+            &'a self,
+            (): &'a (),
+            _: &'a str,
+            _: modelsync::watch::CancelToken,
+        ) -> modelsync::watch::BoxFuture<
+            'a,
+            Result<modelsync::watch::EntryOutcome, modelsync::watch::EntryError>,
+        > {
+            Box::pin(async { Ok(modelsync::watch::EntryOutcome::unchanged()) })
+        }
+        fn cache_usage(&self) -> Vec<modelsync::watch::DeviceUsage> {
+            self.0
+                .stats()
+                .bytes_by_device
+                .into_iter()
+                .map(|(device, bytes)| modelsync::watch::DeviceUsage { device, bytes })
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_metrics_report_cache_bytes_per_device() {
+        let (cache, _) = sim_cache(10_000, 1000, 1 << 40, 0);
+        warm(&cache, "a", 100);
+        put(&cache, "b", 30).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let manifest = tmp.path().join("models.yaml");
+        std::fs::write(&manifest, "version: 1\n").unwrap();
+        let mut config = modelsync::watch::WatchConfig::new(&manifest);
+        config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let watch = modelsync::watch::Watch::bind(config, Arc::new(CacheOnly(cache.clone())))
+            .await
+            .unwrap();
+        let text = watch.handle().metrics_text();
+        assert!(
+            text.contains("modelsync_cache_bytes{device=\"cpu\"} 130\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("modelsync_cache_bytes{device=\"cuda:0\"} 100\n"),
+            "{text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the default registry serves
+
+/// Every (type, format) class of the taxonomy has a default loader, except those the
+/// memory-mapped backend cannot serve: ONNX runtime graphs, external APIs and `unknown`.
+#[test]
+fn every_class_the_backend_can_serve_has_a_loader() {
+    let r = LoaderRegistry::with_defaults();
+    let mut missing = Vec::new();
+    for (t, f) in modelsync::config::CONFIG_CLASSES {
+        let unservable = matches!(f, ModelFormat::Onnx | ModelFormat::Olive | ModelFormat::ExternalApi)
+            || *t == ModelType::Unknown
+            // A main SDNQ model is a quantized diffusers pipeline: no loader yet.
+            || (*t == ModelType::Main && *f == ModelFormat::SdnqQuantized);
+        if r.get(BaseModelType::Flux, *t, *f).is_ok() == unservable {
+            missing.push(format!("{t}/{f}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "loader coverage differs for {missing:?}"
+    );
+}
+
+#[test]
+fn gguf_models_load_as_raw_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flux-q8.gguf");
+    let qkv = "double_blocks.0.img_attn.qkv.weight";
+    crate::support::probe_fixtures::gguf(
+        &file,
+        &[("general.architecture", "flux")],
+        &[(qkv, &[96, 64]), ("img_in.weight", &[64, 32])],
+    );
+    // Q8_0: 32 elements in 34 bytes; the data region holds both tensors, the first at 0.
+    let (first, second) = (96 * 64 / 32 * 34, 64 * 32 / 32 * 34);
+    let len = std::fs::metadata(&file).unwrap().len();
+    let data_start = len - (first + second) as u64;
+    let pattern: Vec<u8> = (0..first).map(|i| (i % 251) as u8).collect();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start(data_start)).unwrap();
+        f.write_all(&pattern).unwrap();
+    }
+    let cfg = AnyModelConfig::from_json(json!({
+        "key": "g", "name": "flux-q8", "type": "main", "format": "gguf_quantized",
+        "base": "flux", "path": file.to_str().unwrap()
+    }))
+    .unwrap();
+    let svc = ModelLoadService::new(dir.path(), &host_settings(1 << 20)).unwrap();
+    assert_eq!(svc.preload_parts(&cfg), [Some(SubModelType::Transformer)]);
+    let loaded = svc
+        .load_model(&cfg, Some(SubModelType::Transformer))
+        .unwrap();
+    let gg = loaded.model().gguf().expect("a GGUF model");
+    assert_eq!(gg.len(), 2);
+    let t = gg.get(qkv).unwrap();
+    assert_eq!((t.ggml_type, t.shape), (8, [96u64, 64].as_slice()));
+    assert_eq!(t.data, pattern.as_slice(), "the raw blocks, as stored");
+    assert_eq!(gg.get("img_in.weight").unwrap().data.len(), second);
+    assert_eq!(loaded.model().bytes(), (first + second) as u64);
+    let err = svc.load_model(&cfg, Some(SubModelType::Vae)).unwrap_err();
+    assert!(matches!(err, LoadError::SubmodelMissing { .. }), "{err}");
+    // Encoders in GGUF load the same way, and a record-less load reads it too.
+    let enc = AnyModelConfig::from_json(json!({
+        "key": "t5", "name": "t5-q8", "type": "t5_encoder", "format": "gguf_quantized",
+        "base": "any", "path": file.to_str().unwrap()
+    }))
+    .unwrap();
+    assert_eq!(
+        svc.load_model(&enc, None).unwrap().model().tensor_count(),
+        2
+    );
+    assert_eq!(
+        svc.load_path(&file, None).unwrap().model().tensor_count(),
+        2
+    );
+    // A file cut short is refused, naming the tensor.
+    let cut = dir.path().join("cut.gguf");
+    std::fs::copy(&file, &cut).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let err = svc.load_path(&cut, None).unwrap_err().to_string();
+    assert!(
+        err.contains("img_in.weight") && err.contains("past the end"),
+        "{err}"
+    );
 }

@@ -14,6 +14,7 @@ mod faults;
 mod hash;
 mod hub;
 mod install;
+mod invocation;
 mod load;
 mod manifest;
 mod plan;

@@ -309,7 +309,7 @@ fn globs_sizes_durations_hashes_and_urls_are_validated() {
     );
     assert_eq!(
         error("version: 1\nsettings:\n  cache: { device: gpu }\n"),
-        "models.yaml:3:20: invalid `cache.device` `gpu`: expected one of auto, cpu, cuda, cuda:N, mps"
+        "models.yaml:3:20: invalid `cache.device` `gpu`: expected one of auto, cpu, cuda, cuda:N"
     );
     assert_eq!(
         error("version: 1\nsettings:\n  max_parallel_downloads: 0\n"),
@@ -754,6 +754,28 @@ fn schema_and_parser_agree_both_ways() {
             "version: 1\nsettings:\n  cache: { ram: -1 }\n".to_owned(),
             false,
         ),
+        (
+            "version: 1\nsettings:\n  cache: { device: mps }\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nsettings:\n  cache: { device: cuda:1, precision: bf16, working_memory: 2GiB, keep_alive: 5m, pin_preloaded: false }\n".to_owned(),
+            true,
+        ),
+        (
+            "version: 1\nsettings:\n  cache: { keep_alive: 0 }\n".to_owned(),
+            true,
+        ),
+        (
+            "version: 1\nsettings:\n  cache: { precision: fp8 }\n".to_owned(),
+            false,
+        ),
+        (
+            "version: 1\nsettings:\n  cache: { pin_preloaded: \"no\" }\n".to_owned(),
+            false,
+        ),
+        (entry("    precision: fp16\n"), true),
+        (entry("    precision: half\n"), false),
         (
             "version: 1\nsettings:\n  cache: { ram: \"-1\" }\n".to_owned(),
             false,

@@ -309,13 +309,21 @@ pub fn select_weights(
 
 /// Loads a folder's weights, refusing pickle-only folders and naming empty ones.
 fn load_folder(dir: &Path, req: &LoadRequest<'_>) -> Result<StateDict, LoadError> {
-    let files = select_weights(dir, req.repo_variant)?;
+    load_folder_with(dir, req.repo_variant, req.pickle_gate)
+}
+
+fn load_folder_with(
+    dir: &Path,
+    variant: Option<ModelRepoVariant>,
+    gate: &dyn PickleGate,
+) -> Result<StateDict, LoadError> {
+    let files = select_weights(dir, variant)?;
     if files.is_empty() {
         let mut all = Vec::new();
         list_files(dir, true, &mut all)?;
         all.sort();
         if let Some(p) = all.iter().find(|p| is_pickle(p)) {
-            return Err(refuse_pickle(p, req.pickle_gate));
+            return Err(refuse_pickle(p, gate));
         }
         return Err(LoadError::NoWeights {
             path: dir.to_path_buf(),
@@ -323,6 +331,43 @@ fn load_folder(dir: &Path, req: &LoadRequest<'_>) -> Result<StateDict, LoadError
         });
     }
     StateDict::open_shards(&files)
+}
+
+/// Loads a file or folder without a record (the seed's `load_local_model` without a loader):
+/// a safetensors file, or the weights of a folder that holds one model (a diffusers submodel
+/// folder such as `vae/`, or shards). A whole diffusers pipeline (`model_index.json`) is
+/// refused: its submodels' tensor names overlap, so load one submodel folder instead. Pickle
+/// files go through `gate`.
+pub(crate) fn load_path(path: &Path, gate: &dyn PickleGate) -> Result<AnyModel, LoadError> {
+    if path.is_dir() {
+        if path.join("model_index.json").is_file() {
+            return Err(LoadError::Pipeline {
+                path: path.to_path_buf(),
+            });
+        }
+        return load_folder_with(path, None, gate).map(AnyModel::StateDict);
+    }
+    if is_pickle(path) {
+        return Err(refuse_pickle(path, gate));
+    }
+    if has_ext(path, &["gguf"]) {
+        return super::gguf::GgufModel::open(path).map(AnyModel::Gguf);
+    }
+    StateDict::open(path).map(AnyModel::StateDict)
+}
+
+/// Host bytes [`load_path`] will take, from file sizes.
+pub(crate) fn estimate_path(path: &Path) -> Result<u64, LoadError> {
+    if !path.is_dir() {
+        return disk_size(path);
+    }
+    let files = select_weights(path, None)?;
+    if files.is_empty() {
+        return disk_size(path);
+    }
+    files
+        .iter()
+        .try_fold(0u64, |acc, p| Ok(acc + disk_size(p)?))
 }
 
 fn folder_estimate(dir: &Path, req: &LoadRequest<'_>) -> Result<u64, LoadError> {
@@ -361,6 +406,40 @@ impl ModelLoader for WeightsLoader {
         } else {
             disk_size(&req.path)
         }
+    }
+}
+
+/// Loads a main model stored as one quantized safetensors file (bitsandbytes NF4 FLUX): the
+/// file is the transformer, its tensors as stored.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleFileMainLoader;
+
+impl SingleFileMainLoader {
+    fn check(req: &LoadRequest<'_>) -> Result<(), LoadError> {
+        match req.submodel {
+            None | Some(SubModelType::Transformer | SubModelType::UNet) => Ok(()),
+            Some(sub) => Err(LoadError::SubmodelMissing {
+                key: req.config.key().to_owned(),
+                submodel: sub,
+                location: req.path.clone(),
+            }),
+        }
+    }
+}
+
+impl ModelLoader for SingleFileMainLoader {
+    fn name(&self) -> &'static str {
+        "single-file-main"
+    }
+
+    fn load(&self, req: &LoadRequest<'_>) -> Result<AnyModel, LoadError> {
+        Self::check(req)?;
+        WeightsLoader.load(req)
+    }
+
+    fn estimate_bytes(&self, req: &LoadRequest<'_>) -> Result<u64, LoadError> {
+        Self::check(req)?;
+        WeightsLoader.estimate_bytes(req)
     }
 }
 

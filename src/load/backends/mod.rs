@@ -2,15 +2,22 @@
 //!
 //! [`HostBackend`] (always available) executes on the CPU from the host copy itself. With the
 //! `torch` cargo feature, [`tch::TchBackend`] copies tensors into libtorch on the CPU or a CUDA
-//! device, converting precision.
+//! device, converting precision. [`sim::SimBackend`] stands in for a CUDA device of a chosen
+//! capacity and records every move, so the cache's VRAM half is tested on machines without one.
+//!
+//! The cache accounts, evicts and offloads only through [`DeviceBackend`]: how big a device copy
+//! will be, making it, moving an unlocked one to RAM (offload) and back (reload).
 
+use std::any::Any;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use super::{AnyModel, LoadError, LoadSettings};
 
+pub mod gguf;
 pub mod mmap;
+pub mod sim;
 #[cfg(feature = "torch")]
 pub mod tch;
 
@@ -119,6 +126,15 @@ pub enum DeviceModel {
     /// libtorch tensors.
     #[cfg(feature = "torch")]
     Torch(Arc<tch::TchModel>),
+    /// Another backend's copy (the simulated device's), with the bytes it takes and where.
+    Other {
+        /// Bytes the copy takes.
+        bytes: u64,
+        /// Where the copy lives.
+        device: ExecDevice,
+        /// The copy.
+        value: Arc<dyn Any + Send + Sync>,
+    },
 }
 
 impl fmt::Debug for DeviceModel {
@@ -127,6 +143,11 @@ impl fmt::Debug for DeviceModel {
             Self::Host(m) => f.debug_tuple("Host").field(m).finish(),
             #[cfg(feature = "torch")]
             Self::Torch(m) => f.debug_tuple("Torch").field(m).finish(),
+            Self::Other { bytes, device, .. } => f
+                .debug_struct("Other")
+                .field("bytes", bytes)
+                .field("device", device)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -138,6 +159,7 @@ impl DeviceModel {
             Self::Host(_) => 0,
             #[cfg(feature = "torch")]
             Self::Torch(m) => m.bytes(),
+            Self::Other { bytes, .. } => *bytes,
         }
     }
 
@@ -147,6 +169,7 @@ impl DeviceModel {
             Self::Host(m) => m.tensor_count(),
             #[cfg(feature = "torch")]
             Self::Torch(m) => m.len(),
+            Self::Other { .. } => 0,
         }
     }
 
@@ -156,6 +179,7 @@ impl DeviceModel {
             Self::Host(m) => Some(m),
             #[cfg(feature = "torch")]
             Self::Torch(_) => None,
+            Self::Other { .. } => None,
         }
     }
 
@@ -164,21 +188,47 @@ impl DeviceModel {
     pub fn as_torch(&self) -> Option<&Arc<tch::TchModel>> {
         match self {
             Self::Torch(m) => Some(m),
-            Self::Host(_) => None,
+            _ => None,
         }
     }
 }
 
-/// Moves host models to the execution device.
+/// Moves host models to the execution device and back: the seam through which the cache
+/// accounts, evicts and offloads. `key` is the cache key, for backends that log moves.
 pub trait DeviceBackend: Send + Sync {
-    /// `host` or `torch`.
+    /// `host`, `torch` or `sim`.
     fn name(&self) -> &'static str;
     /// Where models execute.
     fn device(&self) -> ExecDevice;
+    /// Total memory of the execution device in bytes, when the backend can tell (a CUDA
+    /// device). The cache then keeps its working-memory reserve of it free.
+    fn capacity(&self) -> Option<u64> {
+        None
+    }
     /// Bytes the device copy of `model` will take beyond the host copy, without making it.
-    fn device_bytes(&self, model: &AnyModel) -> Result<u64, LoadError>;
+    fn device_bytes(&self, model: &AnyModel, precision: Precision) -> Result<u64, LoadError>;
     /// Makes the device copy.
-    fn to_device(&self, model: &Arc<AnyModel>) -> Result<DeviceModel, LoadError>;
+    fn to_device(
+        &self,
+        key: &str,
+        model: &Arc<AnyModel>,
+        precision: Precision,
+    ) -> Result<DeviceModel, LoadError>;
+    /// Moves an unlocked device copy into host RAM (an offload) and returns the RAM copy;
+    /// `Ok(None)` when this backend keeps no RAM copies, and the cache drops the copy instead.
+    fn offload(&self, key: &str, copy: &DeviceModel) -> Result<Option<DeviceModel>, LoadError> {
+        let _ = (key, copy);
+        Ok(None)
+    }
+    /// Moves a copy [`offload`](Self::offload) made back onto the device.
+    fn reload(&self, key: &str, copy: &DeviceModel) -> Result<DeviceModel, LoadError> {
+        let _ = copy;
+        Err(LoadError::Backend {
+            backend: self.name(),
+            what: format!("model {key}"),
+            reason: "this backend cannot move an offloaded copy back".into(),
+        })
+    }
 }
 
 /// Executes on the CPU from the host copy: no extra memory, no conversion.
@@ -192,10 +242,15 @@ impl DeviceBackend for HostBackend {
     fn device(&self) -> ExecDevice {
         ExecDevice::Cpu
     }
-    fn device_bytes(&self, _: &AnyModel) -> Result<u64, LoadError> {
+    fn device_bytes(&self, _: &AnyModel, _: Precision) -> Result<u64, LoadError> {
         Ok(0)
     }
-    fn to_device(&self, model: &Arc<AnyModel>) -> Result<DeviceModel, LoadError> {
+    fn to_device(
+        &self,
+        _: &str,
+        model: &Arc<AnyModel>,
+        _: Precision,
+    ) -> Result<DeviceModel, LoadError> {
         Ok(DeviceModel::Host(model.clone()))
     }
 }
@@ -213,10 +268,7 @@ pub fn make_backend(settings: &LoadSettings) -> Result<Arc<dyn DeviceBackend>, L
             }),
         },
         #[cfg(feature = "torch")]
-        BackendKind::Torch => Ok(Arc::new(tch::TchBackend::new(
-            settings.device,
-            settings.precision,
-        )?)),
+        BackendKind::Torch => Ok(Arc::new(tch::TchBackend::new(settings.device)?)),
         #[cfg(not(feature = "torch"))]
         BackendKind::Torch => Err(LoadError::DeviceUnavailable {
             device: settings.device.to_string(),

@@ -9,7 +9,7 @@ use safetensors::Dtype;
 use tch::{Device, Kind, Tensor};
 
 use super::{DeviceBackend, DeviceModel, DeviceSpec, ExecDevice, Precision};
-use crate::load::{AnyModel, LoadError, StateDict};
+use crate::load::{AnyModel, GgufModel, LoadError, StateDict};
 
 static CUDA_INIT: Once = Once::new();
 
@@ -128,18 +128,52 @@ impl TchModel {
     }
 }
 
+/// Total memory of CUDA device `index` in bytes, from the CUDA runtime libtorch loaded
+/// (`cudaMemGetInfo`, looked up with `dlsym`: tch exposes no memory query). `None` when the
+/// runtime or the device cannot tell.
+fn cuda_total_memory(index: usize) -> Option<u64> {
+    type GetDevice = unsafe extern "C" fn(*mut libc::c_int) -> libc::c_int;
+    type SetDevice = unsafe extern "C" fn(libc::c_int) -> libc::c_int;
+    type MemGetInfo = unsafe extern "C" fn(*mut libc::size_t, *mut libc::size_t) -> libc::c_int;
+    fn sym(name: &std::ffi::CStr) -> Option<*mut libc::c_void> {
+        // SAFETY: dlsym on the default namespace with a NUL-terminated name.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    }
+    let (get, set, info) = (
+        sym(c"cudaGetDevice")?,
+        sym(c"cudaSetDevice")?,
+        sym(c"cudaMemGetInfo")?,
+    );
+    let dev = libc::c_int::try_from(index).ok()?;
+    // SAFETY: the symbols are the CUDA runtime's, with these C signatures.
+    unsafe {
+        let get: GetDevice = std::mem::transmute(get);
+        let set: SetDevice = std::mem::transmute(set);
+        let info: MemGetInfo = std::mem::transmute(info);
+        let mut prev: libc::c_int = 0;
+        if get(&raw mut prev) != 0 || set(dev) != 0 {
+            return None;
+        }
+        let (mut free, mut total): (libc::size_t, libc::size_t) = (0, 0);
+        let rc = info(&raw mut free, &raw mut total);
+        set(prev);
+        (rc == 0).then_some(total as u64)
+    }
+}
+
 /// The libtorch backend.
 #[derive(Debug, Clone, Copy)]
 pub struct TchBackend {
     device: Device,
     exec: ExecDevice,
-    precision: Precision,
+    capacity: Option<u64>,
 }
 
 impl TchBackend {
     /// Resolves `spec` (loading libtorch_cuda first): `auto` is `cuda_if_available()`;
     /// `cuda:N` must exist.
-    pub fn new(spec: DeviceSpec, precision: Precision) -> Result<Self, LoadError> {
+    pub fn new(spec: DeviceSpec) -> Result<Self, LoadError> {
         init_cuda();
         let (device, exec) = match spec {
             DeviceSpec::Auto => match Device::cuda_if_available() {
@@ -158,16 +192,69 @@ impl TchBackend {
                 (Device::Cuda(n), ExecDevice::Cuda(n))
             }
         };
+        let capacity = match exec {
+            ExecDevice::Cuda(n) => cuda_total_memory(n),
+            ExecDevice::Cpu => None,
+        };
         Ok(Self {
             device,
             exec,
-            precision,
+            capacity,
         })
     }
 
-    /// The precision device copies get.
-    pub fn precision(&self) -> Precision {
-        self.precision
+    /// Copies a GGUF file's raw blocks to the device as 1-D `uint8` tensors (no
+    /// dequantization: precision does not apply).
+    pub fn upload_raw(&self, g: &GgufModel) -> Result<TchModel, LoadError> {
+        let mut tensors = Vec::with_capacity(g.len());
+        for t in g.iter() {
+            let fail = |e: tch::TchError| LoadError::Backend {
+                backend: "torch",
+                what: format!("tensor `{}`", t.name),
+                reason: e.to_string(),
+            };
+            let len = i64::try_from(t.data.len()).map_err(|_| LoadError::Backend {
+                backend: "torch",
+                what: format!("tensor `{}`", t.name),
+                reason: "too large for libtorch".into(),
+            })?;
+            let dev = Tensor::f_from_data_size(t.data, &[len], Kind::Uint8)
+                .and_then(|h| h.f_to(self.device))
+                .map_err(fail)?;
+            tensors.push((t.name.to_owned(), dev));
+        }
+        let names = tensors.iter().map(|(n, _)| n.clone()).collect();
+        Ok(TchModel {
+            tensors: Mutex::new(tensors),
+            names,
+            device: self.exec,
+            bytes: g.bytes(),
+        })
+    }
+
+    /// Moves every tensor of `model` to `device` (no conversion).
+    fn move_to(
+        &self,
+        model: &TchModel,
+        device: Device,
+        exec: ExecDevice,
+    ) -> Result<TchModel, LoadError> {
+        let g = model.tensors.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tensors = Vec::with_capacity(g.len());
+        for (name, t) in g.iter() {
+            let moved = t.f_to(device).map_err(|e| LoadError::Backend {
+                backend: "torch",
+                what: format!("tensor `{name}`"),
+                reason: e.to_string(),
+            })?;
+            tensors.push((name.clone(), moved));
+        }
+        Ok(TchModel {
+            tensors: Mutex::new(tensors),
+            names: model.names.clone(),
+            device: exec,
+            bytes: model.bytes,
+        })
     }
 
     fn unsupported(sd: &StateDict, name: &str, dtype: Dtype) -> LoadError {
@@ -179,8 +266,8 @@ impl TchBackend {
         }
     }
 
-    /// Copies a state dict to the device.
-    pub fn convert(&self, sd: &StateDict) -> Result<TchModel, LoadError> {
+    /// Copies a state dict to the device, floating tensors converted to `precision`.
+    pub fn convert(&self, sd: &StateDict, precision: Precision) -> Result<TchModel, LoadError> {
         let fail = |what: &str, e: tch::TchError| LoadError::Backend {
             backend: "torch",
             what: what.to_owned(),
@@ -216,7 +303,7 @@ impl TchBackend {
             let what = format!("tensor `{}`", t.name);
             let host =
                 Tensor::f_from_data_size(t.data, &shape, kind).map_err(|e| fail(&what, e))?;
-            let target = target_kind(kind, self.precision);
+            let target = target_kind(kind, precision);
             // Move first, convert on the device: the conversion then runs on the GPU and the
             // host copy stays at the file's size.
             let mut dev = host.f_to(self.device).map_err(|e| fail(&what, e))?;
@@ -247,7 +334,14 @@ impl DeviceBackend for TchBackend {
         self.exec
     }
 
-    fn device_bytes(&self, model: &AnyModel) -> Result<u64, LoadError> {
+    fn capacity(&self) -> Option<u64> {
+        self.capacity
+    }
+
+    fn device_bytes(&self, model: &AnyModel, precision: Precision) -> Result<u64, LoadError> {
+        if let Some(g) = model.gguf() {
+            return Ok(g.bytes());
+        }
         let Some(sd) = model.state_dict() else {
             return Ok(0);
         };
@@ -255,15 +349,49 @@ impl DeviceBackend for TchBackend {
         for t in sd.iter() {
             let kind = kind_of(t.dtype).ok_or_else(|| Self::unsupported(sd, t.name, t.dtype))?;
             let numel: usize = t.shape.iter().product();
-            total += (numel * target_kind(kind, self.precision).elt_size_in_bytes()) as u64;
+            total += (numel * target_kind(kind, precision).elt_size_in_bytes()) as u64;
         }
         Ok(total)
     }
 
-    fn to_device(&self, model: &Arc<AnyModel>) -> Result<DeviceModel, LoadError> {
-        match model.state_dict() {
-            Some(sd) => Ok(DeviceModel::Torch(Arc::new(self.convert(sd)?))),
-            None => Ok(DeviceModel::Host(model.clone())),
+    fn to_device(
+        &self,
+        _: &str,
+        model: &Arc<AnyModel>,
+        precision: Precision,
+    ) -> Result<DeviceModel, LoadError> {
+        match &**model {
+            AnyModel::StateDict(sd) => {
+                Ok(DeviceModel::Torch(Arc::new(self.convert(sd, precision)?)))
+            }
+            AnyModel::Gguf(g) => Ok(DeviceModel::Torch(Arc::new(self.upload_raw(g)?))),
+            _ => Ok(DeviceModel::Host(model.clone())),
+        }
+    }
+
+    /// Copies the converted tensors to host RAM, so a later lock moves them back without
+    /// reading or converting the file again.
+    fn offload(&self, _: &str, copy: &DeviceModel) -> Result<Option<DeviceModel>, LoadError> {
+        match copy {
+            DeviceModel::Torch(m) if m.device() != ExecDevice::Cpu => Ok(Some(DeviceModel::Torch(
+                Arc::new(self.move_to(m, Device::Cpu, ExecDevice::Cpu)?),
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    fn reload(&self, key: &str, copy: &DeviceModel) -> Result<DeviceModel, LoadError> {
+        match copy {
+            DeviceModel::Torch(m) => Ok(DeviceModel::Torch(Arc::new(self.move_to(
+                m,
+                self.device,
+                self.exec,
+            )?))),
+            _ => Err(LoadError::Backend {
+                backend: "torch",
+                what: format!("model {key}"),
+                reason: "the offloaded copy is not a libtorch model".into(),
+            }),
         }
     }
 }
