@@ -375,6 +375,24 @@ fn scan(text: &str, data_len: u64) -> Option<Builder<'_>> {
     (s.i == s.b.len()).then_some(out)
 }
 
+/// Both parsers over one header, for the equivalence tests: the scanner's result (`None`
+/// when it gave up) and the validating parser's, each as `Debug` text of the state dict or
+/// the error reason.
+#[cfg(test)]
+pub(crate) fn parse_both(
+    buf: &[u8],
+    file_len: u64,
+) -> (Option<Result<String, String>>, Result<String, String>) {
+    let data_len = file_len.saturating_sub(8 + buf.len() as u64);
+    let text = std::str::from_utf8(buf).ok();
+    let show = |b: Builder<'_>| b.finish().map(|sd| format!("{sd:?}"));
+    let fast = text.and_then(|t| scan(t, data_len)).map(show);
+    let slow = validating_parse(buf, text, data_len)
+        .map_err(|e| e.to_string())
+        .and_then(show);
+    (fast, slow)
+}
+
 struct Scanner<'a> {
     text: &'a str,
     b: &'a [u8],
@@ -635,6 +653,97 @@ pub(crate) fn verify_declared_sizes(path: &Path) -> Result<(), ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scanner either gives up or agrees with the validating parser; `Some(true)` when it
+    /// took the header.
+    fn agree(buf: &[u8], file_len: u64) -> bool {
+        let (fast, slow) = parse_both(buf, file_len);
+        if let Some(fast) = &fast {
+            assert_eq!(
+                fast,
+                &slow,
+                "scanner and serde disagree on {:?}",
+                String::from_utf8_lossy(buf)
+            );
+        }
+        fast.is_some()
+    }
+
+    #[test]
+    fn the_scanner_takes_the_usual_layouts_and_agrees_with_serde() {
+        // Compact (the safetensors library), spaced (Python's json.dumps), fields in another
+        // order, escaped and non-ASCII names, escaped metadata values, scalars, >4 dims,
+        // unsorted and repeated names, padding: all on the fast path, all identical.
+        let cases: &[&str] = &[
+            r#"{"__metadata__":{"format":"pt","ss_tag_frequency":"{\"a\": {\"b\": 1}}"},"a":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]},"b":{"dtype":"F32","shape":[],"data_offsets":[12,16]}}"#,
+            "{\"z.w\": {\"dtype\": \"U8\", \"shape\": [1, 2, 1, 1, 2], \"data_offsets\": [0, 4]},\n \"a\": {\"data_offsets\": [4, 6], \"shape\": [1], \"dtype\": \"BF16\"}}   ",
+            r#"{"n\u00e9\"q\\":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},"é":{"dtype":"X9","shape":[3],"data_offsets":[8,9]}}"#,
+            r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#,
+            r#"{"__metadata__":{},"__metadata__":{"k":"v","k":"w"}}"#,
+            r#"{"a":{"dt\u0079pe":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+            "{}",
+            "\t{ } ",
+        ];
+        for c in cases {
+            let data: u64 = [0u64, 1, 3, 4, 6, 9, 16]
+                .into_iter()
+                .find(|d| matches!(parse_both(c.as_bytes(), 8 + c.len() as u64 + d).1, Ok(_)))
+                .unwrap_or_else(|| panic!("no data size fits {c}"));
+            assert!(
+                agree(c.as_bytes(), 8 + c.len() as u64 + data),
+                "not on the fast path: {c}"
+            );
+            // A lying file size: same range error from both.
+            assert!(agree(c.as_bytes(), 8 + c.len() as u64 + data + 1) || data == 0);
+        }
+    }
+
+    #[test]
+    fn the_scanner_leaves_the_unusual_and_the_malformed_to_serde() {
+        let entry = r#""dtype":"U8","shape":[1],"data_offsets":[0,1]"#;
+        // Valid, and serde's to decide: an unknown field (which it ignores), metadata that is
+        // not a string (which it writes as JSON).
+        let unusual = [
+            format!(r#"{{"a":{{{entry},"extra":[{{"x":null}}]}}}}"#),
+            format!(r#"{{"__metadata__":{{"k":1}},"a":{{{entry}}}}}"#),
+        ];
+        for c in &unusual {
+            let (fast, slow) = parse_both(c.as_bytes(), 8 + c.len() as u64 + 1);
+            assert!(fast.is_none(), "the scanner took {c}: {fast:?}");
+            assert!(slow.is_ok(), "{c}: {slow:?}");
+        }
+        let malformed: Vec<String> = vec![
+            format!(r#"{{"a":{{{entry},"dtype":"U8"}}}}"#),
+            r#"{"a":{"dtype":"U8","shape":[1.0],"data_offsets":[0,1]}}"#.into(),
+            r#"{"a":{"dtype":"U8","shape":[1e0],"data_offsets":[0,1]}}"#.into(),
+            r#"{"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#.into(),
+            r#"{"a":{"dtype":"U8","shape":[01],"data_offsets":[0,1]}}"#.into(),
+            r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,18446744073709551616]}}"#.into(),
+            r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1,2]}}"#.into(),
+            r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0]}}"#.into(),
+            r#"{"a":{"dtype":"U8","shape":[1]}}"#.into(),
+            r#"{"a":{}}"#.into(),
+            format!(r#"{{"a":{{{entry}}},}}"#),
+            format!(r#"{{"a":{{{entry}}}}} x"#),
+            format!(r#"{{"a":{{{entry}}}"#),
+            format!("{{\"a\u{1}\":{{{entry}}}}}"),
+            format!(r#"{{"a\x":{{{entry}}}}}"#),
+            format!(r#"{{"a\ud800":{{{entry}}}}}"#),
+            format!(r#"{{"__metadata__":null,"a":{{{entry}}}}}"#),
+            format!("\u{feff}{{\"a\":{{{entry}}}}}"),
+            "[]".into(),
+            String::new(),
+        ];
+        for c in &malformed {
+            let (fast, slow) = parse_both(c.as_bytes(), 8 + c.len() as u64 + 1);
+            assert!(fast.is_none(), "the scanner took {c}: {fast:?}");
+            assert!(slow.is_err(), "{c}: {slow:?}");
+        }
+        // Invalid UTF-8 never reaches the scanner.
+        let mut b = format!(r#"{{"a":{{{entry}}}}}"#).into_bytes();
+        b[2] = 0xff;
+        assert!(parse_both(&b, 8 + b.len() as u64 + 1).0.is_none());
+    }
 
     fn header(entries: &str, data: u64) -> Result<usize, String> {
         let buf = format!("{{{entries}}}");
