@@ -650,9 +650,17 @@ pub(crate) fn verify_declared_sizes(path: &Path) -> Result<(), ProbeError> {
     }
 }
 
+/// The integration tests' writer of real-producer fixtures (the `safetensors` package).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/it/support/pyfix.rs"]
+mod pyfix;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use super::pyfix;
 
     /// The scanner either gives up or agrees with the validating parser; `Some(true)` when it
     /// took the header.
@@ -696,6 +704,85 @@ mod tests {
             // A lying file size: same range error from both.
             assert!(agree(c.as_bytes(), 8 + c.len() as u64 + data + 1) || data == 0);
         }
+    }
+
+    #[test]
+    fn the_scanner_agrees_with_serde_on_files_the_safetensors_package_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let lora: Vec<(String, Vec<u64>)> = (0..24)
+            .flat_map(|i| {
+                let m = format!(
+                    "lora_unet_down_blocks_{}_attentions_{}_transformer_blocks_{i}_attn2_to_k",
+                    i % 4,
+                    i % 2
+                );
+                [
+                    (format!("{m}.lora_down.weight"), vec![4, 768]),
+                    (format!("{m}.lora_up.weight"), vec![320, 4]),
+                    (format!("{m}.alpha"), vec![]),
+                ]
+            })
+            .collect();
+        let odd: Vec<(String, Vec<u64>, &'static str)> = vec![
+            ("w\"quote\\back\u{1}ctl".into(), vec![2], "F32"),
+            ("schön.名前".into(), vec![1, 2, 1, 1, 2], "U8"),
+            ("empty".into(), vec![0, 3], "F64"),
+            ("ids".into(), vec![3], "I64"),
+        ];
+        let specs = vec![
+            pyfix::Spec::safetensors(dir.path().join("lora.safetensors"), lora).metadata(
+                serde_json::json!({
+                    "ss_network_module": "networks.lora",
+                    "ss_tag_frequency": "{\"1_x\": {\"a, b\": 3}}",
+                    "note": "tab\tnew\nline ünïcode",
+                }),
+            ),
+            pyfix::Spec {
+                path: dir.path().join("odd.safetensors"),
+                kind: pyfix::Kind::Safetensors(None),
+                tensors: odd,
+            },
+            pyfix::Spec::safetensors(dir.path().join("none.safetensors"), vec![]),
+        ];
+        pyfix::write(&specs);
+        for spec in &specs {
+            let bytes = std::fs::read(&spec.path).unwrap();
+            let n = usize::try_from(u64::from_le_bytes(bytes[..8].try_into().unwrap())).unwrap();
+            let header = &bytes[8..8 + n];
+            let len = bytes.len() as u64;
+            assert!(
+                agree(header, len),
+                "{}: not on the fast path",
+                spec.path.display()
+            );
+            let sd = parse_header_json(&spec.path, header, len).unwrap();
+            assert_eq!(
+                sd.tensors.len(),
+                spec.tensors.len(),
+                "{}",
+                spec.path.display()
+            );
+            for (name, shape, dtype) in &spec.tensors {
+                let t = sd
+                    .tensors
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{name} missing"));
+                assert_eq!((&*t.shape, t.dtype.as_ref()), (shape.as_slice(), *dtype));
+            }
+            // Every truncation and a grown file: the same verdict from both.
+            for cut in [1, 2, n / 2, n - 1] {
+                agree(&header[..cut], len);
+            }
+            agree(header, len + 8);
+            agree(header, len - 1);
+        }
+        let bytes = std::fs::read(&specs[0].path).unwrap();
+        let n = usize::try_from(u64::from_le_bytes(bytes[..8].try_into().unwrap())).unwrap();
+        let sd = parse_header_json(&specs[0].path, &bytes[8..8 + n], bytes.len() as u64).unwrap();
+        assert_eq!(
+            sd.metadata.get("ss_tag_frequency").map(String::as_str),
+            Some("{\"1_x\": {\"a, b\": 3}}")
+        );
     }
 
     #[test]
