@@ -283,21 +283,34 @@ pub(crate) struct Tensors<'a> {
 
 impl<'a> Tensors<'a> {
     /// From entries in file order; a repeated name keeps its last value, as a map would.
-    pub(crate) fn from_entries(mut entries: Vec<(Cow<'a, str>, TensorInfo)>) -> Self {
+    pub(crate) fn from_entries(entries: Vec<(Cow<'a, str>, TensorInfo)>) -> Self {
         // Writers of the safetensors library emit sorted headers: check before sorting.
-        // Stable, so among equal names the later entry stays later.
-        if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
+        if entries.is_sorted_by(|a, b| a.0 < b.0) {
+            return Self { entries };
         }
-        entries.dedup_by(|later, kept| {
-            if later.0 == kept.0 {
-                std::mem::swap(later, kept);
-                true
-            } else {
-                false
+        // Sort (name, position) pairs, not the 100-byte entries, then move each entry once.
+        // Stable, so a repeated name's later entry comes last (and is kept); runs already in
+        // order (safetensors writes each dtype's tensors sorted) merge in linear time.
+        let mut order: Vec<(&str, usize)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.0.as_ref(), i))
+            .collect();
+        order.sort_by(|a, b| a.0.cmp(b.0));
+        let order: Vec<usize> = order.into_iter().map(|(_, i)| i).collect();
+        let mut slots: Vec<Option<(Cow<'a, str>, TensorInfo)>> =
+            entries.into_iter().map(Some).collect();
+        let mut sorted: Vec<(Cow<'a, str>, TensorInfo)> = Vec::with_capacity(order.len());
+        for &i in &order {
+            let Some(e) = slots[i].take() else {
+                continue;
+            };
+            match sorted.last_mut() {
+                Some(last) if last.0 == e.0 => *last = e,
+                _ => sorted.push(e),
             }
-        });
-        Self { entries }
+        }
+        Self { entries: sorted }
     }
 
     pub(crate) fn len(&self) -> usize {
