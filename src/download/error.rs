@@ -161,7 +161,8 @@ pub enum DownloadError {
         reason: &'static str,
     },
     /// The size differs from the expected one.
-    #[error("{url}: size mismatch for {path}: expected {expected} bytes, got {actual}")]
+    // The URL names the file; `path` (often a staging file) is for callers, not the message.
+    #[error("{url}: size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch {
         /// The URL (redacted).
         url: String,
@@ -173,7 +174,7 @@ pub enum DownloadError {
         actual: u64,
     },
     /// The content hash differs from the expected one.
-    #[error("{url}: {algorithm} mismatch for {path}: expected {expected}, got {actual}")]
+    #[error("{url}: {algorithm} mismatch: expected {expected}, got {actual}")]
     HashMismatch {
         /// The URL (redacted).
         url: String,

@@ -198,6 +198,7 @@ impl LoaderRegistry {
             (ModelType::ClipEmbed, ModelFormat::Diffusers),
             (ModelType::T2IAdapter, ModelFormat::Diffusers),
             (ModelType::T5Encoder, ModelFormat::T5Encoder),
+            (ModelType::T5Encoder, ModelFormat::Checkpoint),
             (ModelType::SpandrelImageToImage, ModelFormat::Checkpoint),
             (ModelType::Lora, ModelFormat::Omi),
             (ModelType::T5Encoder, ModelFormat::BnbQuantizedNf4b),

@@ -57,9 +57,10 @@ fn a_404_names_its_url_once() {
     let out = norm(&w, &stdout(&o));
     assert!(
         out.ends_with(
-            "Apply incomplete: 1 failed, 0 change(s) done.\n  \
-             ✗ nope (install): download failed\n      \
-             caused by: CDN/files/nope.safetensors: HTTP 404: not found: no file at this URL (check the repository, revision and file name)\n"
+            "✗ nope: install failed: download failed\n    \
+             caused by: CDN/files/nope.safetensors: HTTP 404: not found: no file at this URL (check the repository, revision and file name)\n\
+             Apply incomplete: 1 failed, 0 change(s) done.\n  \
+             ✗ nope (install)\n"
         ),
         "{out}"
     );
@@ -120,7 +121,7 @@ fn a_corrupted_body_is_a_hash_mismatch_said_once() {
     assert_eq!(
         norm(&w, &stderr(&o)),
         "error: lora (install): download failed\n  \
-         caused by: HUB/owner/lora/resolve/<hex>/lora.safetensors: sha256 mismatch for WORK/models/.tmp/<hex>/files/lora.safetensors: expected <hex>, got <hex>\n"
+         caused by: HUB/owner/lora/resolve/<hex>/lora.safetensors: sha256 mismatch: expected <hex>, got <hex>\n"
     );
 }
 
@@ -137,7 +138,7 @@ fn a_manifest_error_points_at_the_line() {
     assert_eq!(
         stderr(&o),
         "error: models.yaml:4:5: unknown field `sauce`, expected one of name, source, variant, subfolder, revision, include, exclude, \
-         token, inplace, dest, hash, preload, tags, description, config, unsafe_pickle; did you mean `source`?\n"
+         token, inplace, dest, hash, preload, tags, description, config, unsafe_pickle, precision; did you mean `source`?\n"
     );
     let o = w.run(&["apply", "-o", "json"]);
     assert_exit(&o, 1);
@@ -146,7 +147,7 @@ fn a_manifest_error_points_at_the_line() {
         doc,
         serde_json::json!({
             "error": "models.yaml:4:5: unknown field `sauce`, expected one of name, source, variant, subfolder, revision, include, exclude, \
-                      token, inplace, dest, hash, preload, tags, description, config, unsafe_pickle; did you mean `source`?",
+                      token, inplace, dest, hash, preload, tags, description, config, unsafe_pickle, precision; did you mean `source`?",
             "causes": [],
         })
     );

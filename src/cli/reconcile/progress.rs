@@ -163,16 +163,23 @@ impl ApplyUi {
                 if self.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
-                // An `error` row failed before anything ran: its reason is the whole story.
-                let head = if *action == ActionKind::Error {
-                    format!("✗ {name}: {error}")
-                } else {
-                    format!("✗ {name}: {} failed: {error}", action_name(*action))
-                };
-                // The one place this failure is told: its message, then each cause once.
+                // The one place this failure is told: its message, then each cause once. With
+                // `-q` it is an error on stderr (the only output); otherwise a progress line.
                 let mut text = Vec::new();
-                let _ = crate::cli::output::write_chain(&mut text, &head, causes, "    ");
-                self.println(String::from_utf8_lossy(&text).trim_end());
+                if self.quiet {
+                    let head = format!("error: {name} ({}): {error}", action_name(*action));
+                    let _ = crate::cli::output::write_chain(&mut text, &head, causes, "  ");
+                    self.eprintln(String::from_utf8_lossy(&text).trim_end());
+                } else {
+                    // An `error` row failed before anything ran: its reason is the whole story.
+                    let head = if *action == ActionKind::Error {
+                        format!("✗ {name}: {error}")
+                    } else {
+                        format!("✗ {name}: {} failed: {error}", action_name(*action))
+                    };
+                    let _ = crate::cli::output::write_chain(&mut text, &head, causes, "    ");
+                    self.println(String::from_utf8_lossy(&text).trim_end());
+                }
             }
             ReconcileEvent::Warning { name, message } => {
                 if !self.quiet {
