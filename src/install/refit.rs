@@ -378,24 +378,7 @@ async fn refit_url(
     let files = staging.files();
     let (dest, done) = url_destination(&files);
     let token = opts.access_token.as_ref().or(u.access_token.as_ref());
-    let job = DownloadJob::new(u.url.to_string(), dest.clone())
-        .with_access_token(access(token))
-        .with_sha256(want)
-        .with_preserve_partial_downloads(true);
-    let want = Want {
-        job,
-        part: InstallPart {
-            source: redact_url_str(u.url.as_str()),
-            local_path: dest.clone(),
-            bytes: if done {
-                len_of(&dest)
-            } else {
-                len_of(&part_of(&dest))
-            },
-            total_bytes: if done { len_of(&dest) } else { 0 },
-        },
-        done,
-    };
+    let want = Want::url(&u.url, &dest, done, token, want);
     let downloaded = run_downloads(inner, id, &source_str, staging, vec![want], cancel).await?;
     let (staged, done) = url_destination(&files);
     if !done {

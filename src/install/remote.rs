@@ -47,6 +47,37 @@ pub(super) struct Want {
     pub(super) done: bool,
 }
 
+impl Want {
+    /// The one file of a URL source, fetched into `dest` (already complete when `done`).
+    pub(super) fn url(
+        url: &reqwest::Url,
+        dest: &Path,
+        done: bool,
+        token: Option<&Token>,
+        sha256: Option<String>,
+    ) -> Self {
+        let job = DownloadJob::new(url.to_string(), dest.to_path_buf())
+            .with_access_token(access(token))
+            .with_sha256(sha256)
+            .with_preserve_partial_downloads(true);
+        let (bytes, total_bytes) = if done {
+            (len_of(dest), len_of(dest))
+        } else {
+            (len_of(&part_of(dest)), 0)
+        };
+        Self {
+            job,
+            part: InstallPart {
+                source: redact_url_str(url.as_str()),
+                local_path: dest.to_path_buf(),
+                bytes,
+                total_bytes,
+            },
+            done,
+        }
+    }
+}
+
 pub(crate) async fn fetch_hf(
     inner: &Arc<Inner>,
     id: InstallJobId,
@@ -158,24 +189,7 @@ pub(crate) async fn fetch_url(
         .as_deref()
         .and_then(|h| h.strip_prefix("sha256:"))
         .map(str::to_ascii_lowercase);
-    let job = DownloadJob::new(src.url.to_string(), dest.clone())
-        .with_access_token(access(token))
-        .with_sha256(sha256)
-        .with_preserve_partial_downloads(true);
-    let want = Want {
-        job,
-        part: InstallPart {
-            source: redact_url_str(src.url.as_str()),
-            local_path: dest.clone(),
-            bytes: if done {
-                len_of(&dest)
-            } else {
-                len_of(&part_of(&dest))
-            },
-            total_bytes: if done { len_of(&dest) } else { 0 },
-        },
-        done,
-    };
+    let want = Want::url(&src.url, &dest, done, token, sha256);
     let downloaded = run_downloads(inner, id, &source_str, &staging, vec![want], cancel).await?;
     let (model_path, done) = url_destination(&files);
     if !done {

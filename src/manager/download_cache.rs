@@ -223,7 +223,7 @@ impl DownloadCache {
                     complete.push((used, m.bytes, name, dir));
                 }
                 None if name != keep
-                    && newest_change(&dir, 0).is_some_and(|t| {
+                    && crate::reconcile::gc::newest_change(&dir, 0).is_some_and(|t| {
                         now.duration_since(t).unwrap_or(Duration::ZERO)
                             >= self.config.abandoned_after
                     })
@@ -253,20 +253,6 @@ impl DownloadCache {
         }
         removed
     }
-}
-
-/// The latest modification time at or under `path` (links not followed, depth bounded).
-fn newest_change(path: &Path, depth: u8) -> Option<SystemTime> {
-    let md = std::fs::symlink_metadata(path).ok()?;
-    let mut newest = md.modified().ok();
-    if md.is_dir() && depth < 16 {
-        for e in std::fs::read_dir(path).ok()?.flatten() {
-            if let Some(t) = newest_change(&e.path(), depth + 1) {
-                newest = Some(newest.map_or(t, |n| n.max(t)));
-            }
-        }
-    }
-    newest
 }
 
 fn access(t: Option<&Token>) -> Option<AccessToken> {

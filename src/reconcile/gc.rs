@@ -97,8 +97,8 @@ pub fn collect(
 }
 
 /// The latest modification time of `path` or anything below it (links not followed; depth
-/// bounded, as staging folders are shallow).
-fn newest_change(path: &Path, depth: u8) -> Option<SystemTime> {
+/// bounded, as staging and download-cache folders are shallow).
+pub(crate) fn newest_change(path: &Path, depth: u8) -> Option<SystemTime> {
     let md = std::fs::symlink_metadata(path).ok()?;
     let mut newest = md.modified().ok();
     if md.is_dir() && depth < 16 {

@@ -281,32 +281,18 @@ impl GgufModel {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GgufLoader;
 
-impl GgufLoader {
-    fn check(req: &LoadRequest<'_>) -> Result<(), LoadError> {
-        use crate::taxonomy::SubModelType;
-        match req.submodel {
-            None | Some(SubModelType::Transformer | SubModelType::UNet) => Ok(()),
-            Some(sub) => Err(LoadError::SubmodelMissing {
-                key: req.config.key().to_owned(),
-                submodel: sub,
-                location: req.path.clone(),
-            }),
-        }
-    }
-}
-
 impl ModelLoader for GgufLoader {
     fn name(&self) -> &'static str {
         "gguf"
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<AnyModel, LoadError> {
-        Self::check(req)?;
+        super::mmap::check_whole_file_submodel(req)?;
         GgufModel::open(&req.path).map(AnyModel::Gguf)
     }
 
     fn estimate_bytes(&self, req: &LoadRequest<'_>) -> Result<u64, LoadError> {
-        Self::check(req)?;
+        super::mmap::check_whole_file_submodel(req)?;
         disk_size(&req.path)
     }
 }

@@ -414,16 +414,16 @@ impl ModelLoader for WeightsLoader {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SingleFileMainLoader;
 
-impl SingleFileMainLoader {
-    fn check(req: &LoadRequest<'_>) -> Result<(), LoadError> {
-        match req.submodel {
-            None | Some(SubModelType::Transformer | SubModelType::UNet) => Ok(()),
-            Some(sub) => Err(LoadError::SubmodelMissing {
-                key: req.config.key().to_owned(),
-                submodel: sub,
-                location: req.path.clone(),
-            }),
-        }
+/// A single-file main model is its transformer: it answers no submodel but `transformer` (and
+/// `unet`, as InvokeAI asks of it). Shared with the GGUF loader.
+pub(crate) fn check_whole_file_submodel(req: &LoadRequest<'_>) -> Result<(), LoadError> {
+    match req.submodel {
+        None | Some(SubModelType::Transformer | SubModelType::UNet) => Ok(()),
+        Some(sub) => Err(LoadError::SubmodelMissing {
+            key: req.config.key().to_owned(),
+            submodel: sub,
+            location: req.path.clone(),
+        }),
     }
 }
 
@@ -433,12 +433,12 @@ impl ModelLoader for SingleFileMainLoader {
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<AnyModel, LoadError> {
-        Self::check(req)?;
+        check_whole_file_submodel(req)?;
         WeightsLoader.load(req)
     }
 
     fn estimate_bytes(&self, req: &LoadRequest<'_>) -> Result<u64, LoadError> {
-        Self::check(req)?;
+        check_whole_file_submodel(req)?;
         WeightsLoader.estimate_bytes(req)
     }
 }
