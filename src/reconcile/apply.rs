@@ -399,7 +399,8 @@ pub async fn apply(
         .filter_map(|a| manifest.entry(&a.name))
         .collect();
     if !unknown.is_empty() {
-        let (sizes, w) = remote::entry_sizes(cx.hub, cx.hub_env, &unknown).await;
+        let urls = remote::lookup_budget(cx.manager.download_queue().size_probe());
+        let (sizes, w) = remote::entry_sizes(cx.hub, &urls, cx.hub_env, &unknown).await;
         // An entry that names nothing fails on its own (an error row); the others go on.
         for w in w {
             if w.unresolvable {
