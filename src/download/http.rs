@@ -1045,9 +1045,9 @@ impl SizeProbe {
                 range,
             )
         };
-        let header_u64 = |h: &HeaderMap, name| {
+        let header_u64 = |h: &HeaderMap, name: header::HeaderName| {
             h.get(name)
-                .and_then(|v: &header::HeaderValue| v.to_str().ok())
+                .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
         let (resp, meta) = send(reqwest::Method::HEAD, None).await?;
