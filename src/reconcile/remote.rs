@@ -260,15 +260,18 @@ pub async fn entry_sizes(
 /// download sends it. Not found (404/410), refused (401/403) and unreachable (DNS, connection
 /// refused) make the entry unresolvable; the rest leave the size unknown. Messages carry the
 /// URL redacted, as every download error does.
-async fn url_size(probe: &SizeProbe, entry: &ModelEntry) -> Lookup<Option<u64>> {
+async fn url_size(hub: &HubClient, probe: &SizeProbe, entry: &ModelEntry) -> Lookup<Option<u64>> {
     let ModelSource::Url(src) = &entry.source else {
         return Err((
             false,
             Failure::new(FailureKind::Invalid, "not a URL source"),
         ));
     };
+    // The URL the install fetches: a `/blob/` page of the configured Hub is its `/resolve/`.
+    let mut url = src.url.clone();
+    crate::hub::source::blob_to_resolve(&mut url, hub.endpoint());
     let token = entry.token().map(|t| AccessToken::new(t.expose()));
-    probe.size(&src.url, token.as_ref()).await.map_err(|e| {
+    probe.size(&url, token.as_ref()).await.map_err(|e| {
         let f = Failure::from_error(&e);
         let unresolvable = matches!(f.kind, FailureKind::NotFound | FailureKind::Unauthorized)
             || cannot_connect(&e);
@@ -298,7 +301,7 @@ async fn remote_size(
     entry: &ModelEntry,
 ) -> Lookup<Option<u64>> {
     match entry.source {
-        ModelSource::Url(_) => url_size(urls, entry).await,
+        ModelSource::Url(_) => url_size(hub, urls, entry).await,
         _ => hub_size(hub, env, entry).await.map(Some),
     }
 }
