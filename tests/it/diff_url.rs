@@ -224,3 +224,30 @@ fn a_failing_url_server_leaves_the_size_unknown_with_a_warning() {
     // Retried under the look-ups' budget, then given up.
     assert_eq!(methods(&srv, "/flaky.safetensors"), ["HEAD", "HEAD"]);
 }
+
+/// A redirect is followed to the file, as the download follows it.
+#[test]
+fn a_redirected_url_gives_the_size_of_its_target() {
+    let (_rt, srv) = file_server();
+    let bytes = lora_bytes(6, 2);
+    srv.add("/real.safetensors", FileSpec::new(bytes.clone()));
+    let moved = FileSpec {
+        redirect: Some(srv.url("/real.safetensors")),
+        ..FileSpec::default()
+    };
+    srv.add("/moved.safetensors", moved);
+    let w = Work::new();
+    w.manifest(
+        "",
+        &format!(
+            "  - name: moved\n    source: {}\n",
+            srv.url("/moved.safetensors")
+        ),
+    );
+    let o = w.run(&["diff", "-o", "json"]);
+    assert_exit(&o, 0);
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(plan["actions"][0]["fetch_bytes"], bytes.len(), "{plan}");
+    assert_eq!(methods(&srv, "/moved.safetensors"), ["HEAD"]);
+    assert_eq!(methods(&srv, "/real.safetensors"), ["HEAD"]);
+}
