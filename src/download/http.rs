@@ -1,6 +1,7 @@
 //! One download over HTTP: redirects (the token stays on the original host), a `.part` file
 //! beside the destination, resume with `Range`, parallel byte ranges for large files, retries,
 //! verification, and the atomic rename.
+//! [`SizeProbe`] asks for a file's size the same way, without its body.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -191,77 +192,20 @@ impl Fetch {
         }
     }
 
-    /// GET with our own redirect handling: the bearer token goes only to the source's origin
-    /// (scheme, host, port) and is dropped for good once a redirect leaves it.
+    /// GET with our own redirect handling ([`send_request`]).
     async fn send(
         &self,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<(Response, Meta), DownloadError> {
-        let origin = self.url.origin();
-        let mut url = self.url.clone();
-        let mut same_origin = true;
-        for _ in 0..=MAX_REDIRECTS {
-            let mut req = self
-                .client
-                .get(url.clone())
-                .header(header::ACCEPT_ENCODING, "identity");
-            if let Some((a, b)) = range {
-                let v = match b {
-                    Some(b) => format!("bytes={a}-{b}"),
-                    None => format!("bytes={a}-"),
-                };
-                req = req.header(header::RANGE, v);
-            }
-            let token_sent = same_origin && self.token.is_some();
-            if let (true, Some(t)) = (token_sent, &self.token) {
-                req = req.bearer_auth(t.expose());
-            }
-            let resp = tokio::time::timeout(self.cfg.response_timeout, req.send())
-                .await
-                .map_err(|_| DownloadError::NoResponse {
-                    url: redact_url(&url),
-                    timeout: self.cfg.response_timeout,
-                })?
-                .map_err(|e| conn_error(&url, e))?;
-            if matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
-                let bad = |what: &str| DownloadError::Redirect {
-                    url: redact_url(&url),
-                    what: what.to_owned(),
-                };
-                let loc = resp
-                    .headers()
-                    .get(header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| bad("redirect without a usable Location header"))?;
-                let next = url
-                    .join(loc)
-                    .map_err(|e| bad(&format!("redirect to an invalid URL: {e}")))?;
-                if !matches!(next.scheme(), "http" | "https") {
-                    return Err(bad("redirect to a URL that is not http(s)"));
-                }
-                if next.origin() != origin {
-                    same_origin = false;
-                }
-                tracing::debug!(from = %redact_url(&url), to = %redact_url(&next), "following redirect");
-                url = next;
-                continue;
-            }
-            let h = resp.headers();
-            let text = |name: header::HeaderName| {
-                h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
-            };
-            let meta = Meta {
-                content_type: text(header::CONTENT_TYPE),
-                disposition: text(header::CONTENT_DISPOSITION),
-                url,
-                token_sent,
-            };
-            return Ok((resp, meta));
-        }
-        Err(DownloadError::Redirect {
-            url: self.url_str(),
-            what: format!("more than {MAX_REDIRECTS} redirects"),
-        })
+        send_request(
+            &self.client,
+            self.cfg.response_timeout,
+            reqwest::Method::GET,
+            &self.url,
+            self.token.as_ref(),
+            range,
+        )
+        .await
     }
 
     fn content_range(h: &HeaderMap, url: &Url) -> Result<ContentRange, DownloadError> {
@@ -930,6 +874,202 @@ impl<'a> Attempts<'a> {
         tracing::debug!(attempt = self.0.failures(), ?delay, "retrying after: {e}");
         tokio::time::sleep(delay).await;
         Ok(())
+    }
+}
+
+/// A request with our own redirect handling: the bearer token goes only to the source's origin
+/// (scheme, host, port) and is dropped for good once a redirect leaves it.
+async fn send_request(
+    client: &reqwest::Client,
+    response_timeout: std::time::Duration,
+    method: reqwest::Method,
+    source: &Url,
+    token: Option<&AccessToken>,
+    range: Option<(u64, Option<u64>)>,
+) -> Result<(Response, Meta), DownloadError> {
+    let origin = source.origin();
+    let mut url = source.clone();
+    let mut same_origin = true;
+    for _ in 0..=MAX_REDIRECTS {
+        let mut req = client
+            .request(method.clone(), url.clone())
+            .header(header::ACCEPT_ENCODING, "identity");
+        if let Some((a, b)) = range {
+            let v = match b {
+                Some(b) => format!("bytes={a}-{b}"),
+                None => format!("bytes={a}-"),
+            };
+            req = req.header(header::RANGE, v);
+        }
+        let token_sent = same_origin && token.is_some();
+        if let (true, Some(t)) = (token_sent, token) {
+            req = req.bearer_auth(t.expose());
+        }
+        let resp = tokio::time::timeout(response_timeout, req.send())
+            .await
+            .map_err(|_| DownloadError::NoResponse {
+                url: redact_url(&url),
+                timeout: response_timeout,
+            })?
+            .map_err(|e| conn_error(&url, e))?;
+        if matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+            let bad = |what: &str| DownloadError::Redirect {
+                url: redact_url(&url),
+                what: what.to_owned(),
+            };
+            let loc = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| bad("redirect without a usable Location header"))?;
+            let next = url
+                .join(loc)
+                .map_err(|e| bad(&format!("redirect to an invalid URL: {e}")))?;
+            if !matches!(next.scheme(), "http" | "https") {
+                return Err(bad("redirect to a URL that is not http(s)"));
+            }
+            if next.origin() != origin {
+                same_origin = false;
+            }
+            tracing::debug!(from = %redact_url(&url), to = %redact_url(&next), "following redirect");
+            url = next;
+            continue;
+        }
+        let h = resp.headers();
+        let text =
+            |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let meta = Meta {
+            content_type: text(header::CONTENT_TYPE),
+            disposition: text(header::CONTENT_DISPOSITION),
+            url,
+            token_sent,
+        };
+        return Ok((resp, meta));
+    }
+    Err(DownloadError::Redirect {
+        url: redact_url(source),
+        what: format!("more than {MAX_REDIRECTS} redirects"),
+    })
+}
+
+/// The HTTP client of the download path (the queue's, and [`SizeProbe::new`]'s).
+pub(crate) fn http_client(cfg: &DownloadQueueConfig) -> Result<reqwest::Client, DownloadError> {
+    reqwest::Client::builder()
+        // Redirects are followed by hand so the token never leaves the source's host.
+        .redirect(reqwest::redirect::Policy::none())
+        // Ranges and sizes refer to the bytes as stored; no transparent decompression.
+        .no_gzip()
+        // One TCP connection per range: parallel ranges are about parallel connections.
+        .http1_only()
+        .tcp_nodelay(true)
+        .connect_timeout(cfg.connect_timeout)
+        .user_agent(cfg.user_agent.clone())
+        .build()
+        .map_err(|e| DownloadError::Setup {
+            what: format!("cannot build the HTTP client: {e}"),
+        })
+}
+
+/// What a server says about a file's size without sending it: the look-up `diff` and `apply`
+/// make for a URL source that would be fetched. It sends what a download sends (the download
+/// path's client, redirects followed by hand, the bearer token only to the source's origin) and
+/// retries under a [`RetryPolicy`].
+#[derive(Debug, Clone)]
+pub struct SizeProbe {
+    client: reqwest::Client,
+    response_timeout: std::time::Duration,
+    retry: RetryPolicy,
+}
+
+impl SizeProbe {
+    /// A probe with its own client, built as the queue builds its own, with `config`'s
+    /// timeouts and retry policy.
+    pub fn new(config: &DownloadQueueConfig) -> Result<Self, DownloadError> {
+        Ok(Self::with_client(http_client(config)?, config))
+    }
+
+    /// A probe over an existing client (the queue's).
+    pub(crate) fn with_client(client: reqwest::Client, config: &DownloadQueueConfig) -> Self {
+        Self {
+            client,
+            response_timeout: config.response_timeout,
+            retry: config.retry.clone(),
+        }
+    }
+
+    /// The same probe under another retry budget.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The same probe with another wait for response headers.
+    #[must_use]
+    pub fn with_response_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// The size of the file at `url`: a HEAD's `Content-Length`, or, when the server refuses
+    /// HEAD (403, as URLs signed for GET only answer, 405, 501), a `Range: bytes=0-0` GET's
+    /// `Content-Range` total (its `Content-Length` when the range is ignored; the body is not
+    /// read). `Ok(None)`: the server answered without saying. Failures that may pass are
+    /// retried; an error status is a [`DownloadError::HttpStatus`].
+    pub async fn size(
+        &self,
+        url: &Url,
+        token: Option<&AccessToken>,
+    ) -> Result<Option<u64>, DownloadError> {
+        let mut attempts = Attempts::new(&self.retry);
+        loop {
+            match self.size_once(url, token).await {
+                Ok(n) => return Ok(n),
+                Err(e) => attempts.failed(e, false, &redact_url(url)).await?,
+            }
+        }
+    }
+
+    async fn size_once(
+        &self,
+        url: &Url,
+        token: Option<&AccessToken>,
+    ) -> Result<Option<u64>, DownloadError> {
+        let send = |method, range| {
+            send_request(
+                &self.client,
+                self.response_timeout,
+                method,
+                url,
+                token,
+                range,
+            )
+        };
+        let header_u64 = |h: &HeaderMap, name: header::HeaderName| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (resp, meta) = send(reqwest::Method::HEAD, None).await?;
+        if resp.status().is_success() {
+            return Ok(header_u64(resp.headers(), header::CONTENT_LENGTH));
+        }
+        if !matches!(resp.status().as_u16(), 403 | 405 | 501) {
+            return Err(status_error(&resp, &meta));
+        }
+        let (resp, meta) = send(reqwest::Method::GET, Some((0, Some(0)))).await?;
+        match resp.status().as_u16() {
+            206 => Ok(resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range)
+                .and_then(|cr| cr.total)),
+            200..=299 => Ok(header_u64(resp.headers(), header::CONTENT_LENGTH)),
+            // The range starts past the end: an empty file.
+            416 => Ok(Some(0)),
+            _ => Err(status_error(&resp, &meta)),
+        }
     }
 }
 

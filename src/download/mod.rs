@@ -7,6 +7,7 @@
 //! - `http`: one download: `.part` file beside the destination, resume with `Range`, parallel
 //!   byte ranges for large files (progress in a `.part.state` sidecar), retries with backoff,
 //!   verification before an atomic rename.
+//! - [`SizeProbe`]: a file's size from a HEAD (or a one-byte ranged GET), for `diff`.
 //! - [`names`]: file names from `Content-Disposition` / URL paths, and URL redaction.
 //!
 //! Hashing: a single-stream download hashes sha256 while it streams (a resumed one re-reads only
@@ -23,6 +24,7 @@ pub mod queue;
 mod state;
 
 pub use error::DownloadError;
+pub use http::SizeProbe;
 pub use job::{
     AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, HandlerError, JobId,
 };

@@ -157,20 +157,7 @@ impl DownloadQueue {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| DownloadError::Setup {
             what: format!("the download queue must be created inside a tokio runtime: {e}"),
         })?;
-        let client = reqwest::Client::builder()
-            // Redirects are followed by hand so the token never leaves the source's host.
-            .redirect(reqwest::redirect::Policy::none())
-            // Ranges and sizes refer to the bytes as stored; no transparent decompression.
-            .no_gzip()
-            // One TCP connection per range: parallel ranges are about parallel connections.
-            .http1_only()
-            .tcp_nodelay(true)
-            .connect_timeout(config.connect_timeout)
-            .user_agent(config.user_agent.clone())
-            .build()
-            .map_err(|e| DownloadError::Setup {
-                what: format!("cannot build the HTTP client: {e}"),
-            })?;
+        let client = super::http::http_client(&config)?;
         let (events, _) = broadcast::channel(1024);
         let (changed, _) = watch::channel(0);
         Ok(Self {
@@ -187,6 +174,11 @@ impl DownloadQueue {
                 runtime,
             }),
         })
+    }
+
+    /// A [`SizeProbe`] over the queue's client, timeouts and retry policy.
+    pub fn size_probe(&self) -> super::SizeProbe {
+        super::SizeProbe::with_client(self.inner.client.clone(), &self.inner.cfg)
     }
 
     /// The settings.

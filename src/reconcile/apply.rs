@@ -399,7 +399,8 @@ pub async fn apply(
         .filter_map(|a| manifest.entry(&a.name))
         .collect();
     if !unknown.is_empty() {
-        let (sizes, w) = remote::entry_sizes(cx.hub, cx.hub_env, &unknown).await;
+        let urls = remote::lookup_budget(cx.manager.download_queue().size_probe());
+        let (sizes, w) = remote::entry_sizes(cx.hub, &urls, cx.hub_env, &unknown).await;
         // An entry that names nothing fails on its own (an error row); the others go on.
         for w in w {
             if w.unresolvable {
@@ -433,9 +434,13 @@ pub async fn apply(
 
     let locked_entries = opts.locked.then(|| lock.clone());
     let upstream = popts.upstream_commits.clone();
+    let mut error_kinds = unresolvable_kinds.clone();
+    for name in &did_not_fit {
+        error_kinds.insert(name.clone(), FailureKind::DiskFull);
+    }
     let mut results: Vec<(usize, ActionResult)> = {
         let locked_ref = locked_entries.as_ref();
-        let (lock_ref, upstream_ref) = (&lock, &upstream);
+        let (lock_ref, upstream_ref, kinds_ref) = (&lock, &upstream, &error_kinds);
         // Collected before they become a stream, so that no closure is held across the await:
         // that keeps `apply`'s future `Send` for callers that spawn it (watch mode).
         let actions: Vec<_> = the_plan
@@ -452,6 +457,7 @@ pub async fn apply(
                     locked: locked_ref,
                     lock: lock_ref,
                     upstream: upstream_ref,
+                    error_kinds: kinds_ref,
                 };
                 let mut r = run_action(manifest, a, cx, known).await;
                 r.interrupted = !r.ok() && opts.cancel.is_cancelled();
@@ -906,6 +912,8 @@ struct Known<'a> {
     lock: &'a LockFile,
     /// `--refresh`: entry → the commit upstream.
     upstream: &'a BTreeMap<String, String>,
+    /// Error rows: entry → what kind of failure made it one (unresolvable, does not fit).
+    error_kinds: &'a BTreeMap<String, FailureKind>,
 }
 
 async fn run_action(
@@ -918,7 +926,12 @@ async fn run_action(
     match (a.action, entry) {
         (ActionKind::Unchanged | ActionKind::Orphaned, _) => skipped(a),
         (ActionKind::Error, _) => {
-            let r = Err(Failure::new(FailureKind::Invalid, a.reason.clone()));
+            let kind = known
+                .error_kinds
+                .get(&a.name)
+                .copied()
+                .unwrap_or(FailureKind::Invalid);
+            let r = Err(Failure::new(kind, a.reason.clone()));
             finish(cx, a, r)
         }
         (ActionKind::Delete, _) => {

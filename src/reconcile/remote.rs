@@ -1,6 +1,11 @@
 //! What the plan may learn from outside the machine: where unpinned revisions point upstream
 //! (`--refresh`) and how many bytes an entry would fetch. Both are best effort: an offline or
 //! unreachable Hub gives warnings and unknown values, never an error, so `diff` works offline.
+//! A URL source is asked for its size too (a HEAD, or a one-byte ranged GET): a URL has no Hub
+//! to fall back on, so an answer that it is not there (404/410), refused (401/403) or that its
+//! server cannot be reached at all (DNS, connection refused) makes the entry an error row;
+//! what may pass (timeouts, 5xx after retries, no length) leaves the size unknown, with a
+//! warning.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,12 +14,13 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 
+use crate::download::{AccessToken, DownloadError, DownloadQueueConfig, SizeProbe};
 use crate::hub::{
     FileFilter, HubClient, HubEnv, HubError, HubOptions, ModelSource, resolve_endpoint,
     resolve_token,
 };
 use crate::manifest::{ModelEntry, Settings};
-use crate::retry::{Failure, FailureKind};
+use crate::retry::{Failure, FailureKind, RetryPolicy};
 
 /// Hub requests at once while measuring.
 const CONCURRENCY: usize = 8;
@@ -94,6 +100,29 @@ pub fn lookup_client(settings: &Settings, env: &HubEnv) -> Result<HubClient, Hub
     HubClient::with_options(opts)
 }
 
+/// The retry budget of the look-ups: as [`lookup_client`]'s, one retry after a short wait.
+fn lookup_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(100),
+        ..RetryPolicy::default()
+    }
+}
+
+/// The size look-ups of URL sources as the reconciler makes them: `probe` (the download
+/// queue's, or [`lookup_probe`]'s) under the look-ups' retry budget and timeout.
+pub fn lookup_budget(probe: SizeProbe) -> SizeProbe {
+    probe
+        .with_retry(lookup_retry())
+        .with_response_timeout(Duration::from_secs(20))
+}
+
+/// A [`SizeProbe`] for the commands that have no download queue (`diff`): the download
+/// path's client with the look-ups' budget ([`lookup_budget`]).
+pub fn lookup_probe() -> Result<SizeProbe, DownloadError> {
+    SizeProbe::new(&DownloadQueueConfig::default()).map(lookup_budget)
+}
+
 /// For each unpinned Hugging Face entry, the commit its revision points at upstream now.
 /// Entries the Hub cannot answer for are left out, with a warning each.
 pub async fn upstream_commits(
@@ -163,15 +192,18 @@ pub async fn upstream_commit(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) 
 
 /// Bytes each entry would fetch in full: local sources by walking them (no content read),
 /// Hugging Face sources from the Hub's metadata (the files the variant, subfolder and globs
-/// select); URLs stay unknown. An offline or failing Hub gives warnings, not values.
+/// select), URLs from their server ([`url_size`]). An offline or failing Hub gives warnings,
+/// not values. `HF_HUB_OFFLINE` also keeps the URL look-ups from the network.
 pub async fn entry_sizes(
     hub: &HubClient,
+    urls: &SizeProbe,
     env: &HubEnv,
     entries: &[&ModelEntry],
 ) -> (BTreeMap<String, u64>, Vec<RemoteWarning>) {
     let mut sizes = BTreeMap::new();
     let mut warnings = Vec::new();
     let mut hf = Vec::new();
+    let mut url = Vec::new();
     for e in entries {
         match &e.source {
             ModelSource::Local(l) => match local_entry_size(e, &l.path) {
@@ -190,32 +222,88 @@ pub async fn entry_sizes(
                 }),
             },
             ModelSource::Hf(_) => hf.push(*e),
-            ModelSource::Url(_) => {}
+            ModelSource::Url(_) => url.push(*e),
         }
     }
     if hub.is_offline() {
         warnings.extend(offline(&hf, "size"));
+        warnings.extend(offline(&url, "size"));
         return (sizes, warnings);
     }
     // Collected first: see `upstream_commits`.
     let lookups: Vec<_> = hf
         .into_iter()
-        .map(|e| async move { (e.name.clone(), hub_size(hub, env, e).await) })
+        .chain(url)
+        .map(|e| async move { (e.name.clone(), remote_size(hub, urls, env, e).await) })
         .collect();
-    let results: Vec<(String, Lookup<u64>)> = futures_util::stream::iter(lookups)
+    let results: Vec<(String, Lookup<Option<u64>>)> = futures_util::stream::iter(lookups)
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
     for (name, r) in results {
         match r {
-            Ok(n) => {
+            Ok(Some(n)) => {
                 sizes.insert(name, n);
             }
+            Ok(None) => warnings.push(RemoteWarning::new(
+                name,
+                "size unknown: the server did not say how large the file is".into(),
+            )),
             Err(e) => warnings.push(warning(name, e)),
         }
     }
     warnings.sort_by(|a, b| a.name.cmp(&b.name));
     (sizes, warnings)
+}
+
+/// What a URL entry's server says its file's size is, asked with the entry's token as the
+/// download sends it. Not found (404/410), refused (401/403) and unreachable (DNS, connection
+/// refused) make the entry unresolvable; the rest leave the size unknown. Messages carry the
+/// URL redacted, as every download error does.
+async fn url_size(hub: &HubClient, probe: &SizeProbe, entry: &ModelEntry) -> Lookup<Option<u64>> {
+    let ModelSource::Url(src) = &entry.source else {
+        return Err((
+            false,
+            Failure::new(FailureKind::Invalid, "not a URL source"),
+        ));
+    };
+    // The URL the install fetches: a `/blob/` page of the configured Hub is its `/resolve/`.
+    let mut url = src.url.clone();
+    crate::hub::source::blob_to_resolve(&mut url, hub.endpoint());
+    let token = entry.token().map(|t| AccessToken::new(t.expose()));
+    probe.size(&url, token.as_ref()).await.map_err(|e| {
+        let f = Failure::from_error(&e);
+        let unresolvable = matches!(f.kind, FailureKind::NotFound | FailureKind::Unauthorized)
+            || cannot_connect(&e);
+        if unresolvable {
+            (true, f)
+        } else {
+            (false, f.context("size unknown"))
+        }
+    })
+}
+
+/// Whether no connection could be made at all (DNS, refused), as opposed to a connection that
+/// broke or timed out, which may pass.
+fn cannot_connect(e: &DownloadError) -> bool {
+    match e {
+        DownloadError::RetriesExhausted { last, .. } => cannot_connect(last),
+        DownloadError::Connection { source, .. } => source.is_connect() && !source.is_timeout(),
+        _ => false,
+    }
+}
+
+/// A Hub or URL entry's size from its server (`None`: it did not say).
+async fn remote_size(
+    hub: &HubClient,
+    urls: &SizeProbe,
+    env: &HubEnv,
+    entry: &ModelEntry,
+) -> Lookup<Option<u64>> {
+    match entry.source {
+        ModelSource::Url(_) => url_size(hub, urls, entry).await,
+        _ => hub_size(hub, env, entry).await.map(Some),
+    }
 }
 
 async fn hub_size(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) -> Lookup<u64> {

@@ -40,28 +40,29 @@ fn entry(name: &str, source: &str) -> String {
     format!("  - name: {name}\n    source: {source}\n")
 }
 
+/// A URL that is not there is found by the plan's size look-up, before any download: an error
+/// row whose message names the URL once, with its kind.
 #[test]
 fn a_404_names_its_url_once() {
     let w = Work::new();
     let url = format!("{}/files/nope.safetensors", w.hub.cdn_endpoint());
     w.manifest("", &entry("nope", &url));
+    let why = "CDN/files/nope.safetensors: HTTP 404: not found: no file at this URL (check the repository, revision and file name)";
     let o = w.run(&["apply", "-q"]);
     assert_exit(&o, 1);
     assert_eq!(
         norm(&w, &stderr(&o)),
-        "error: nope (install): download failed\n  \
-         caused by: CDN/files/nope.safetensors: HTTP 404: not found: no file at this URL (check the repository, revision and file name)\n"
+        format!("error: nope (error): {why}\n")
     );
     let o = w.run(&["apply", "--no-progress"]);
     assert_exit(&o, 1);
     let out = norm(&w, &stdout(&o));
     assert!(
-        out.ends_with(
-            "✗ nope: install failed: download failed\n    \
-             caused by: CDN/files/nope.safetensors: HTTP 404: not found: no file at this URL (check the repository, revision and file name)\n\
+        out.ends_with(&format!(
+            "✗ nope: {why}\n\
              Apply incomplete: 1 failed, 0 change(s) done.\n  \
-             ✗ nope (install)\n"
-        ),
+             ✗ nope (error)\n"
+        )),
         "{out}"
     );
     let o = w.run(&["apply", "-o", "json"]);
@@ -73,12 +74,17 @@ fn a_404_names_its_url_once() {
         .collect();
     assert_eq!(failed.len(), 1, "{}", stdout(&o));
     let ev = &failed[0]["event"];
-    assert_eq!(ev["error"], "download failed");
+    assert_eq!(norm(&w, ev["error"].as_str().unwrap()), why);
     assert_eq!(ev["error_kind"], "not_found");
-    assert_eq!(
-        norm(&w, &ev["causes"].to_string()),
-        r#"["CDN/files/nope.safetensors: HTTP 404: not found: no file at this URL (check the repository, revision and file name)"]"#
-    );
+    assert_eq!(ev["causes"], serde_json::json!([]));
+    // Nothing was downloaded: the look-ups were HEADs.
+    let gets: Vec<_> = w
+        .hub
+        .cdn_requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert!(gets.is_empty(), "{gets:?}");
 }
 
 #[test]

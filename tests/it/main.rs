@@ -8,6 +8,7 @@ mod cli_apply;
 mod cli_records;
 mod deploy;
 mod diff;
+mod diff_url;
 mod download;
 mod errors;
 mod faults;

@@ -52,7 +52,8 @@ fn warn(ctx: &Context, warnings: &[RemoteWarning]) {
 }
 
 /// The plan `diff` shows: with `--refresh` the upstream commits of unpinned Hub entries, and
-/// for actions that fetch without a known size, sizes from the Hub (or the local source).
+/// for actions that fetch without a known size, sizes from the Hub, the URL's server or the
+/// local source.
 async fn plan_with_lookups(
     m: &Manifest,
     inv: &Inventory,
@@ -77,7 +78,7 @@ async fn plan_with_lookups(
         hub = Some(client);
     }
     let p = reconcile::plan(m, inv, &opts)?;
-    // Hub answers saying an entry names nothing (no such repo, revision, file or path) make
+    // Answers saying an entry names nothing (no such repo, revision, file, path or URL) make
     // it an error row; the rest stay warnings with unknown values.
     let unknown: Vec<&ModelEntry> = p
         .changes()
@@ -100,7 +101,17 @@ async fn plan_with_lookups(
             }
         },
     };
-    let (sizes, w) = remote::entry_sizes(&client, &env, &unknown).await;
+    let urls = match remote::lookup_probe() {
+        Ok(p) => p,
+        Err(e) => {
+            warnings.push(RemoteWarning::new(
+                "http".into(),
+                format!("sizes unknown: {e}"),
+            ));
+            return Ok((p, warnings));
+        }
+    };
+    let (sizes, w) = remote::entry_sizes(&client, &urls, &env, &unknown).await;
     split_unresolvable(w, &mut opts, &mut warnings);
     opts.remote_sizes = sizes;
     Ok((reconcile::plan(m, inv, &opts)?, warnings))

@@ -29,6 +29,8 @@ pub struct FileSpec {
     pub no_ranges: bool,
     /// Require `Authorization: Bearer <token>`: none → 401, another → 403.
     pub token: Option<String>,
+    /// Answer 405 to HEAD, as servers that only serve GET do.
+    pub no_head: bool,
     /// Answer `302 Location: <this>` instead of the body.
     pub redirect: Option<String>,
     /// 500 on the first K requests.
@@ -60,6 +62,7 @@ impl FileSpec {
 /// One request the server saw.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub method: String,
     pub path: String,
     pub query: Option<String>,
     pub range: Option<String>,
@@ -146,6 +149,7 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
 
 async fn serve(State(st): State<Arc<ServerState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
+    let method = req.method().as_str().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let h = req.headers();
     let get = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -162,11 +166,13 @@ async fn serve(State(st): State<Arc<ServerState>>, req: Request) -> Response {
     let resp = answer(
         spec,
         n,
+        &method,
         range.as_deref(),
         authorization.as_deref(),
         sent.clone(),
     );
     st.seen.lock().unwrap().push(Seen {
+        method,
         path,
         query,
         range,
@@ -190,6 +196,7 @@ fn status(code: u16, body: &str) -> Response {
 fn answer(
     spec: Option<FileSpec>,
     n: u32,
+    method: &str,
     range: Option<&str>,
     authorization: Option<&str>,
     sent: Arc<AtomicU64>,
@@ -197,6 +204,9 @@ fn answer(
     let Some(spec) = spec else {
         return status(404, r#"{"error":"Entry not found"}"#);
     };
+    if spec.no_head && method == "HEAD" {
+        return status(405, r#"{"error":"method not allowed"}"#);
+    }
     if let Some(token) = &spec.token {
         match authorization.and_then(|a| a.strip_prefix("Bearer ")) {
             None => return status(401, r#"{"error":"auth required"}"#),
