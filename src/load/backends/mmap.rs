@@ -275,14 +275,13 @@ fn torch_zip_entries(path: &Path, map: &[u8]) -> Result<Vec<Entry>, LoadError> {
             .key
             .as_deref()
             .ok_or_else(|| err(format!("tensor `{name}` names no storage key")))?;
-        let (data_start, size) = match members.get(key) {
-            Some(&v) => v,
-            None => {
-                let v = storage_member(&mut zip, &format!("{prefix}data/{key}"), map.len())
-                    .map_err(err)?;
-                members.insert(key, v);
-                v
-            }
+        let (data_start, size) = if let Some(&v) = members.get(key) {
+            v
+        } else {
+            let v =
+                storage_member(&mut zip, &format!("{prefix}data/{key}"), map.len()).map_err(err)?;
+            members.insert(key, v);
+            v
         };
         let shape: Vec<usize> = t
             .shape
