@@ -33,11 +33,11 @@ use crate::probe::pickle::{Cursor, Machine, is_legacy_torch_save};
 
 /// Bytes of one `.pkl` member of a zip archive we read, decompressed (torch's `data.pkl` is a
 /// few MB at most); a member is streamed, so this bounds time, not memory.
-const MAX_PKL_MEMBER: u64 = 256 << 20;
+pub(crate) const MAX_PKL_MEMBER: u64 = 256 << 20;
 /// Entries a zip archive's directory may declare (a torch save has one per tensor, plus 4).
-const MAX_ZIP_ENTRIES: u64 = 200_000;
+pub(crate) const MAX_ZIP_ENTRIES: u64 = 200_000;
 /// Bytes a zip archive's central directory may declare.
-const MAX_ZIP_DIRECTORY: u64 = 32 << 20;
+pub(crate) const MAX_ZIP_DIRECTORY: u64 = 32 << 20;
 
 crate::string_enum! {
     /// How an imported global is judged.
@@ -484,7 +484,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// The largest entry count and central-directory size any end-of-central-directory record in
 /// the last 64 KiB of `file` declares (zip64 included), so a hostile directory is refused
 /// before the zip reader allocates for it.
-fn zip_directory_claims(file: &mut File) -> std::io::Result<(u64, u64)> {
+pub(crate) fn zip_directory_claims(file: &mut File) -> std::io::Result<(u64, u64)> {
     use std::io::{Seek, SeekFrom};
     let len = file.metadata()?.len();
     let tail_len = len.min(65_557);

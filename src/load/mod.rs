@@ -116,6 +116,9 @@ pub enum LoadError {
     /// A pickle checkpoint was refused.
     #[error("{path}: pickle checkpoint refused: {reason}")]
     PickleRefused { path: PathBuf, reason: String },
+    /// A pickle checkpoint passed the gate but its layout cannot be memory-mapped.
+    #[error("{path}: cannot map the torch checkpoint: {reason}")]
+    TorchCheckpoint { path: PathBuf, reason: String },
     /// A tensor dtype the device backend cannot represent.
     #[error("{path}: tensor `{tensor}` has dtype {dtype}, which the {backend} backend cannot load")]
     UnsupportedDtype {

@@ -59,14 +59,31 @@ pub(crate) enum Node {
     Set(Vec<usize>),
     /// An imported global: index into [`Machine::globals`].
     Global(usize),
-    /// A torch storage referenced through a persistent id.
+    /// A torch storage referenced through a persistent id; `key` is the node of its key
+    /// string (`usize::MAX` when the id holds none).
     Storage {
         dtype: &'static str,
+        key: usize,
     },
-    /// A tensor rebuilt by `torch._utils._rebuild_tensor*`: shape and dtype.
-    Tensor(Box<(Vec<u64>, &'static str)>),
+    /// A tensor rebuilt by `torch._utils._rebuild_tensor*`.
+    Tensor(Box<TensorNode>),
     /// Anything else: a call we do not model, a persistent id we do not know, a buffer …
     Opaque,
+}
+
+/// What `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, …)` was called with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TensorNode {
+    /// `size`.
+    pub shape: Vec<u64>,
+    /// The storage class as a safetensors-style dtype (`UNKNOWN` when not a known class).
+    pub dtype: &'static str,
+    /// The storage's key: its bytes are the archive member `data/<key>`.
+    pub key: Option<Box<str>>,
+    /// `storage_offset`, in elements.
+    pub offset: Option<u64>,
+    /// `stride`, in elements.
+    pub stride: Option<Vec<u64>>,
 }
 
 /// Why a pickle stream could not be followed to its STOP.
@@ -529,12 +546,22 @@ impl Machine {
         };
         match (module, name) {
             ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
-                let dtype = match arg_items.first().and_then(|&s| self.nodes.get(s)) {
-                    Some(Node::Storage { dtype }) => dtype,
-                    _ => "UNKNOWN",
+                let (dtype, key) = match arg_items.first().and_then(|&s| self.nodes.get(s)) {
+                    Some(Node::Storage { dtype, key }) => (*dtype, self.str_of(*key)),
+                    _ => ("UNKNOWN", None),
+                };
+                let offset = match arg_items.get(1).and_then(|&i| self.nodes.get(i)) {
+                    Some(Node::Int(v)) => u64::try_from(*v).ok(),
+                    _ => None,
                 };
                 match arg_items.get(2).and_then(|&s| self.ints_of(s)) {
-                    Some(shape) => Node::Tensor(Box::new((shape, dtype))),
+                    Some(shape) => Node::Tensor(Box::new(TensorNode {
+                        shape,
+                        dtype,
+                        key: key.map(Into::into),
+                        offset,
+                        stride: arg_items.get(3).and_then(|&s| self.ints_of(s)),
+                    })),
                     None => Node::Opaque,
                 }
             }
@@ -959,12 +986,16 @@ impl Machine {
         if items.first().and_then(|&i| self.str_of(i)) != Some("storage") {
             return Node::Opaque;
         }
-        match items.get(1).and_then(|&i| self.global_of(i)) {
-            Some((_, name)) => Node::Storage {
-                dtype: storage_dtype(name),
-            },
-            None => Node::Storage { dtype: "UNKNOWN" },
-        }
+        let key = items
+            .get(2)
+            .copied()
+            .filter(|&i| self.str_of(i).is_some())
+            .unwrap_or(usize::MAX);
+        let dtype = items
+            .get(1)
+            .and_then(|&i| self.global_of(i))
+            .map_or("UNKNOWN", |(_, name)| storage_dtype(name));
+        Node::Storage { dtype, key }
     }
 
     fn extend(&mut self, target: usize, items: &[usize]) {
@@ -988,19 +1019,48 @@ impl Machine {
         }
     }
 
+    /// The dict `root` holds under `key`, if any.
+    fn child_dict(&self, root: usize, key: &str) -> Option<usize> {
+        let Some(Node::Dict(pairs)) = self.nodes.get(root) else {
+            return None;
+        };
+        pairs
+            .iter()
+            .find(|(k, v)| {
+                self.str_of(*k) == Some(key) && matches!(self.nodes.get(*v), Some(Node::Dict(_)))
+            })
+            .map(|&(_, v)| v)
+    }
+
     /// The tensors under `root`, flattened with `.`-joined keys. A dict holding a
     /// `state_dict` dict is unwrapped first (Lightning checkpoints). At most
     /// `MAX_NAME_BYTES` of names are built.
     pub(crate) fn tensors(&self, root: usize) -> Vec<(String, Vec<u64>, &'static str)> {
-        let mut root = root;
-        if let Some(Node::Dict(pairs)) = self.nodes.get(root)
-            && let Some(&(_, v)) = pairs.iter().find(|(k, v)| {
-                self.str_of(*k) == Some("state_dict")
-                    && matches!(self.nodes.get(*v), Some(Node::Dict(_)))
-            })
+        let root = self.child_dict(root, "state_dict").unwrap_or(root);
+        self.tensor_nodes(root)
+            .into_iter()
+            .map(|(n, t)| (n, t.shape.clone(), t.dtype))
+            .collect()
+    }
+
+    /// The weights of a checkpoint for loading: [`Self::tensors`]' unwrapping of
+    /// `state_dict`, then — when the dict holds no tensor itself — the first of the
+    /// `params_ema`, `params` (BasicSR, spandrel's preference) or `model` dicts it holds.
+    pub(crate) fn weights(&self, root: usize) -> Vec<(String, &TensorNode)> {
+        let mut root = self.child_dict(root, "state_dict").unwrap_or(root);
+        let holds_tensors = matches!(self.nodes.get(root), Some(Node::Dict(pairs))
+            if pairs.iter().any(|(_, v)| matches!(self.nodes.get(*v), Some(Node::Tensor(_)))));
+        if !holds_tensors
+            && let Some(inner) = ["params_ema", "params", "model"]
+                .iter()
+                .find_map(|k| self.child_dict(root, k))
         {
-            root = v;
+            root = inner;
         }
+        self.tensor_nodes(root)
+    }
+
+    fn tensor_nodes(&self, root: usize) -> Vec<(String, &TensorNode)> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut budget = MAX_NAME_BYTES;
@@ -1008,14 +1068,14 @@ impl Machine {
         out
     }
 
-    fn flatten(
-        &self,
+    fn flatten<'a>(
+        &'a self,
         id: usize,
         prefix: &str,
         depth: usize,
         seen: &mut HashSet<usize>,
         budget: &mut usize,
-        out: &mut Vec<(String, Vec<u64>, &'static str)>,
+        out: &mut Vec<(String, &'a TensorNode)>,
     ) {
         if depth > MAX_DEPTH || !seen.insert(id) {
             return;
@@ -1037,7 +1097,7 @@ impl Machine {
             };
             *budget = left;
             match self.nodes.get(v) {
-                Some(Node::Tensor(t)) => out.push((full, t.0.clone(), t.1)),
+                Some(Node::Tensor(t)) => out.push((full, t)),
                 Some(Node::Dict(_)) => self.flatten(v, &full, depth + 1, seen, budget, out),
                 _ => {}
             }
@@ -1097,8 +1157,14 @@ mod tests {
         let p = torch_pickle();
         let (m, root, end) = run(&p);
         assert_eq!(end, p.len() as u64);
-        let t = m.tensors(root.unwrap());
+        let root = root.unwrap();
+        let t = m.tensors(root);
         assert_eq!(t, vec![("w".to_owned(), vec![2, 3], "F16")]);
+        let w = m.weights(root);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].1.key.as_deref(), Some("0"));
+        assert_eq!(w[0].1.offset, Some(0));
+        assert_eq!(w[0].1.stride, Some(vec![3, 1]));
         assert!(
             m.globals
                 .iter()

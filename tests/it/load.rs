@@ -19,6 +19,8 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
 
+use crate::support::pyfix::{self, Kind, Spec};
+
 /// Little-endian bytes of f32 values.
 fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -697,12 +699,183 @@ fn pickle_checkpoints_are_refused_with_the_gates_reason() {
     let err = svc.load_model(&cfg, None).unwrap_err();
     assert!(err.to_string().contains("scan found os.system"), "{err}");
     assert_eq!(*seen.lock().unwrap(), std::slice::from_ref(&path));
-    // Even a clean scan cannot make the memory-mapped backend unpickle.
+    // A gate that passes everything still only lets the backend decode: this plain pickle
+    // is no torch zip archive, so there is nothing to map.
     let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20))
         .unwrap()
         .with_pickle_gate(Arc::new(|_: &Path| Ok(())));
     let err = svc.load_model(&cfg, None).unwrap_err();
-    assert!(err.to_string().contains("reads only safetensors"), "{err}");
+    assert!(matches!(err, LoadError::TorchCheckpoint { .. }), "{err}");
+    assert!(
+        err.to_string().contains("evil.ckpt")
+            && err.to_string().contains("not a torch.save zip archive"),
+        "{err}"
+    );
+}
+
+/// `arange(n) % 251` as little-endian f32, the values `write_fixtures.py` writes.
+fn arange_f32(n: usize) -> Vec<u8> {
+    f32s(&(0..n).map(|i| (i % 251) as f32).collect::<Vec<_>>())
+}
+
+#[test]
+fn clean_torch_zip_checkpoints_load_as_views_of_their_storages() {
+    let d = tempfile::tempdir().unwrap();
+    let tensors = || {
+        vec![
+            ("down.weight".to_owned(), vec![4, 3]),
+            ("up.weight".to_owned(), vec![300]),
+            ("alpha".to_owned(), vec![]),
+        ]
+    };
+    let p = |n: &str| d.path().join(n);
+    pyfix::write(&[
+        Spec::torch_zip(p("plain.pt"), tensors()),
+        Spec::safetensors(p("twin.safetensors"), tensors()),
+        Spec::torch_zip(p("f32.ckpt"), tensors()).dtype("F32"),
+        Spec::torch_zip(p("lightning.ckpt"), tensors()).wrap(&["state_dict"]),
+        Spec::torch_zip(p("basicsr.pth"), tensors()).wrap(&["params_ema"]),
+    ]);
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let twin_file = std::fs::read(p("twin.safetensors")).unwrap();
+    let twin = safetensors::SafeTensors::deserialize(&twin_file).unwrap();
+    // The default gate (the scanner) passes torch's own imports; the tensors are the bytes
+    // numpy wrote, as the safetensors package wrote the same arrays.
+    for f in ["plain.pt", "lightning.ckpt", "basicsr.pth"] {
+        let loaded = svc.load_model(&lora_config(f, &p(f)), None).unwrap();
+        let sd = loaded.model().state_dict().unwrap();
+        assert_eq!(sd.len(), 3, "{f}");
+        assert_eq!(sd.bytes(), 2 * (12 + 300 + 1), "{f}");
+        for (name, view) in twin.tensors() {
+            let t = sd
+                .get(&name)
+                .unwrap_or_else(|| panic!("{f}: {name} missing"));
+            assert_eq!(t.dtype, Dtype::F16, "{f} {name}");
+            assert_eq!(t.shape, view.shape(), "{f} {name}");
+            assert_eq!(t.data, view.data(), "{f} {name}");
+        }
+    }
+    let loaded = svc
+        .load_model(&lora_config("f32", &p("f32.ckpt")), None)
+        .unwrap();
+    let sd = loaded.model().state_dict().unwrap();
+    let up = sd.get("up.weight").unwrap();
+    assert_eq!((up.dtype, up.shape), (Dtype::F32, &[300][..]));
+    assert_eq!(up.data, arange_f32(300));
+    assert_eq!(sd.get("down.weight").unwrap().data, arange_f32(12));
+    // Without a record too, and the submodels of a single-file main checkpoint.
+    let sd15 = p("sd15.ckpt");
+    pyfix::write(&[Spec::torch_zip(
+        sd15.clone(),
+        vec![
+            ("model.diffusion_model.in.weight".to_owned(), vec![2]),
+            ("first_stage_model.decoder.w".to_owned(), vec![3]),
+        ],
+    )
+    .dtype("F32")
+    .wrap(&["state_dict"])]);
+    let cfg = AnyModelConfig::from_json(json!({
+        "key": "c1", "name": "sd15", "type": "main", "format": "checkpoint", "base": "sd-1",
+        "path": sd15.to_str().unwrap()
+    }))
+    .unwrap();
+    let vae = svc.load_model(&cfg, Some(SubModelType::Vae)).unwrap();
+    let vae = vae.model().state_dict().unwrap();
+    assert_eq!(
+        vae.iter().map(|t| t.name).collect::<Vec<_>>(),
+        ["decoder.w"]
+    );
+    assert_eq!(vae.get("decoder.w").unwrap().data, arange_f32(3));
+    assert_eq!(
+        svc.estimate_bytes(&cfg, Some(SubModelType::UNet)).unwrap(),
+        8
+    );
+}
+
+#[test]
+fn torch_checkpoints_whose_storages_cannot_be_mapped_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+    let tensors = || vec![("w".to_owned(), vec![2, 3]), ("b".to_owned(), vec![3])];
+    pyfix::write(&[
+        Spec::torch_zip(p("missing.ckpt"), tensors()).mangle("missing"),
+        Spec::torch_zip(p("deflated.ckpt"), tensors()).mangle("deflate"),
+        Spec::torch_zip(p("short.ckpt"), tensors()).mangle("short"),
+        Spec {
+            kind: Kind::TorchLegacy {
+                protocol: 2,
+                wrap: Vec::new(),
+            },
+            ..Spec::torch_zip(p("legacy.pt"), tensors())
+        },
+    ]);
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    for (f, want) in [
+        (
+            "missing.ckpt",
+            "storage `archive/data/0` is missing from the archive",
+        ),
+        (
+            "deflated.ckpt",
+            "storage `archive/data/0` is compressed (Deflated); torch.save stores storages uncompressed",
+        ),
+        (
+            "short.ckpt",
+            "tensor `w` needs bytes 0..12 of storage `archive/data/0`, which holds 11 bytes",
+        ),
+        (
+            "legacy.pt",
+            "it is in torch's legacy layout (saved before torch 1.6",
+        ),
+    ] {
+        let err = svc.load_model(&lora_config(f, &p(f)), None).unwrap_err();
+        assert!(
+            matches!(err, LoadError::TorchCheckpoint { .. }),
+            "{f}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "{}: cannot map the torch checkpoint: ",
+                p(f).display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains(want), "{f}: {msg}");
+    }
+}
+
+/// A torch zip whose `data.pkl` runs `os.system` on load, pickled by CPython.
+#[test]
+fn a_pickle_the_gate_refuses_stays_refused_and_a_permissive_gate_runs_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("evil.pt");
+    let marker = d.path().join("ran");
+    let script = format!(
+        "import os, pickle, zipfile\nclass E:\n    def __reduce__(self):\n        return (os.system, ('touch ' + {marker:?},))\nwith zipfile.ZipFile({path:?}, 'w') as z:\n    z.writestr('archive/data.pkl', pickle.dumps({{'w': E()}}, protocol=2))\n"
+    );
+    let o = std::process::Command::new(pyfix::python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = lora_config("evil", &path);
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20)).unwrap();
+    let err = svc.load_model(&cfg, None).unwrap_err();
+    assert!(matches!(err, LoadError::PickleRefused { .. }), "{err}");
+    // CPython pickles `os.system` as `posix.system`.
+    assert!(
+        err.to_string()
+            .contains("is dangerous (imports posix.system)"),
+        "{err}"
+    );
+    // Even a gate that passes it only decodes: `os.system(...)` is an opaque call, no tensor.
+    let svc = ModelLoadService::new(d.path(), &host_settings(1 << 20))
+        .unwrap()
+        .with_pickle_gate(Arc::new(|_: &Path| Ok(())));
+    let loaded = svc.load_model(&cfg, None).unwrap();
+    assert!(loaded.model().state_dict().unwrap().is_empty());
+    assert!(!marker.exists(), "the pickle ran");
 }
 
 #[test]

@@ -1,20 +1,28 @@
-//! The default backend: safetensors files memory-mapped into host tensors, and the default
-//! loaders built on it.
+//! The default backend: safetensors files — and torch.save zip checkpoints the pickle gate
+//! passes — memory-mapped into host tensors, and the default loaders built on it.
+//!
+//! A torch checkpoint is never unpickled: its `data.pkl` is decoded by the non-executing
+//! machine of [`crate::probe::pickle`] into tensor descriptors (dtype, shape, storage key,
+//! offset), and each tensor is a byte view of its `data/<key>` member, which torch stores
+//! uncompressed.
 //!
 //! Mapping is zero-copy: a tensor's bytes are a slice of the page cache. A load faults every
 //! page in up front (`MAP_POPULATE`), so a loaded model is resident and later reads do not
 //! stall on the disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
 use safetensors::{Dtype, SafeTensors};
 
 use super::super::registry::{LoadRequest, ModelLoader, disk_size, submodel_dir};
-use super::super::{AnyModel, FileSet, LoadError, PickleGate};
+use super::super::{AnyModel, FileSet, LoadError, PickleGate, RefusePickle};
+use crate::probe::pickle::{Cursor, Machine, is_legacy_torch_save};
+use crate::scan::{MAX_PKL_MEMBER, MAX_ZIP_DIRECTORY, MAX_ZIP_ENTRIES, zip_directory_claims};
 use crate::taxonomy::{ModelRepoVariant, SubModelType};
 
 /// One tensor of a [`StateDict`], borrowed from the mapping.
@@ -43,7 +51,16 @@ struct Slot {
     end: usize,
 }
 
-/// Tensors of one or more safetensors files (shards), memory-mapped.
+/// One tensor of a file: its name and where its bytes lie in the mapping.
+struct Entry {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// Tensors of one or more safetensors files or torch zip checkpoints (shards), memory-mapped.
 pub struct StateDict {
     shards: Vec<Shard>,
     tensors: BTreeMap<String, Slot>,
@@ -69,13 +86,18 @@ enum Select<'a> {
 }
 
 fn map_file(path: &Path, populate: bool) -> Result<Mmap, LoadError> {
+    map_checked(path, populate, 8)
+}
+
+/// Maps `path`, refusing files shorter than `min` bytes (a safetensors header length).
+fn map_checked(path: &Path, populate: bool, min: u64) -> Result<Mmap, LoadError> {
     let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
     };
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
-    if len < 8 {
+    if len < min {
         return Err(LoadError::Safetensors {
             path: path.to_path_buf(),
             reason: format!("file is {len} bytes, shorter than the 8-byte header length"),
@@ -92,32 +114,272 @@ fn map_file(path: &Path, populate: bool) -> Result<Mmap, LoadError> {
     unsafe { opts.map(&file) }.map_err(io)
 }
 
+/// The tensors of a safetensors file.
+fn safetensors_entries(path: &Path, map: &[u8]) -> Result<Vec<Entry>, LoadError> {
+    let (header_len, meta) =
+        SafeTensors::read_metadata(map).map_err(|e| LoadError::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let base = 8 + header_len;
+    Ok(meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| Entry {
+            name,
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            start: base + info.data_offsets.0,
+            end: base + info.data_offsets.1,
+        })
+        .collect())
+}
+
+/// The safetensors dtype of a storage class the pickle machine named.
+fn torch_dtype(s: &str) -> Option<Dtype> {
+    Some(match s {
+        "F32" => Dtype::F32,
+        "F16" => Dtype::F16,
+        "BF16" => Dtype::BF16,
+        "F64" => Dtype::F64,
+        "I64" => Dtype::I64,
+        "I32" => Dtype::I32,
+        "I16" => Dtype::I16,
+        "I8" => Dtype::I8,
+        "U8" => Dtype::U8,
+        "BOOL" => Dtype::BOOL,
+        "C64" => Dtype::C64,
+        "F8_E4M3" => Dtype::F8_E4M3,
+        "F8_E5M2" => Dtype::F8_E5M2,
+        _ => return None,
+    })
+}
+
+/// Whether `stride` (elements) lays `shape` out row-major without gaps, as a byte view needs.
+/// Strides of size-1 dimensions do not matter (torch ignores them too).
+fn is_contiguous(shape: &[usize], stride: &[u64]) -> bool {
+    if shape.len() != stride.len() {
+        return false;
+    }
+    let mut expect: u64 = 1;
+    for (&d, &s) in shape.iter().zip(stride).rev() {
+        if d != 1 && s != expect {
+            return false;
+        }
+        expect = expect.saturating_mul(d as u64);
+    }
+    true
+}
+
+type Zip<'a> = zip::ZipArchive<std::io::Cursor<&'a [u8]>>;
+
+/// Where the bytes of a storage member lie in the file: `(start, size)`. Only a stored
+/// (uncompressed, unencrypted) member inside the file can be mapped.
+fn storage_member(
+    zip: &mut Zip<'_>,
+    member: &str,
+    file_len: usize,
+) -> Result<(usize, usize), String> {
+    let Some(i) = zip.index_for_name(member) else {
+        return Err(format!("storage `{member}` is missing from the archive"));
+    };
+    let f = zip
+        .by_index_raw(i)
+        .map_err(|e| format!("storage `{member}`: {e}"))?;
+    if f.encrypted() {
+        return Err(format!("storage `{member}` is encrypted"));
+    }
+    if f.compression() != zip::CompressionMethod::Stored {
+        return Err(format!(
+            "storage `{member}` is compressed ({}); torch.save stores storages uncompressed, and only those can be memory-mapped",
+            f.compression()
+        ));
+    }
+    let (start, size) = (f.data_start(), f.size());
+    if f.compressed_size() != size {
+        return Err(format!(
+            "storage `{member}` is stored, yet its sizes disagree ({} stored, {size} uncompressed)",
+            f.compressed_size()
+        ));
+    }
+    match start.checked_add(size) {
+        Some(end) if end <= file_len as u64 => Ok((start as usize, size as usize)),
+        _ => Err(format!("storage `{member}` runs past the end of the file")),
+    }
+}
+
+/// The tensors of a torch.save zip checkpoint, decoded from its `data.pkl` without running
+/// it. Work and memory are bounded as in the scanner: the directory's claimed size, the
+/// pickle member's bytes and the machine's push budget; nothing is allocated from a size the
+/// file claims.
+fn torch_zip_entries(path: &Path, map: &[u8]) -> Result<Vec<Entry>, LoadError> {
+    let err = |reason: String| LoadError::TorchCheckpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !map.starts_with(b"PK\x03\x04") {
+        return Err(err(if is_legacy_torch_save(map) {
+            "it is in torch's legacy layout (saved before torch 1.6 or with \
+             `_use_new_zipfile_serialization=False`), whose storages cannot be mapped; re-save it \
+             with a current torch.save or convert it to safetensors"
+                .into()
+        } else {
+            "it is not a torch.save zip archive; convert it to safetensors".into()
+        }));
+    }
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (claimed, dir_size) =
+        zip_directory_claims(&mut File::open(path).map_err(io)?).map_err(io)?;
+    if claimed > MAX_ZIP_ENTRIES || dir_size > MAX_ZIP_DIRECTORY {
+        return Err(err(format!(
+            "its directory claims {claimed} entries in {dir_size} bytes, more than the \
+             {MAX_ZIP_ENTRIES} entries / {MAX_ZIP_DIRECTORY} bytes read"
+        )));
+    }
+    let mut zip = Zip::new(std::io::Cursor::new(map))
+        .map_err(|e| err(format!("not a readable zip archive: {e}")))?;
+    // torch writes `<archive name>/data.pkl` (the file stem, or `archive`), as the scanner
+    // reads it.
+    let data_pkl = (0..zip.len())
+        .filter_map(|i| zip.name_for_index(i).map(|n| (i, n.to_owned())))
+        .find(|(_, n)| n.ends_with("/data.pkl") && n.matches('/').count() == 1);
+    let Some((pkl_index, pkl_name)) = data_pkl else {
+        return Err(err(
+            "the archive has no `<name>/data.pkl`, so it is not a torch.save checkpoint".into(),
+        ));
+    };
+    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+    let mut machine = Machine::default();
+    let root = {
+        let member = zip
+            .by_index(pkl_index)
+            .map_err(|e| err(format!("{pkl_name}: {e}")))?;
+        let mut cursor = Cursor::new(BufReader::new(member.take(MAX_PKL_MEMBER)));
+        machine
+            .run(&mut cursor)
+            .map_err(|f| err(format!("{pkl_name}: unreadable pickle {f}")))?
+    };
+    let mut members: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut out = Vec::new();
+    for (name, t) in machine.weights(root) {
+        let dtype = torch_dtype(t.dtype).ok_or_else(|| {
+            err(format!(
+                "tensor `{name}` has a storage type ({}) this backend does not map",
+                t.dtype
+            ))
+        })?;
+        let key = t
+            .key
+            .as_deref()
+            .ok_or_else(|| err(format!("tensor `{name}` names no storage key")))?;
+        let (data_start, size) = if let Some(&v) = members.get(key) {
+            v
+        } else {
+            let v =
+                storage_member(&mut zip, &format!("{prefix}data/{key}"), map.len()).map_err(err)?;
+            members.insert(key, v);
+            v
+        };
+        let shape: Vec<usize> = t
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| err(format!("tensor `{name}` has a dimension too large")))?;
+        if !t
+            .stride
+            .as_deref()
+            .is_some_and(|s| is_contiguous(&shape, s))
+        {
+            return Err(err(format!(
+                "tensor `{name}` is not laid out contiguously (stride {:?} for shape {shape:?}), \
+                 so it is no byte view of its storage; convert the model to safetensors",
+                t.stride
+            )));
+        }
+        let item = dtype.bitsize() / 8;
+        let range = t.offset.and_then(|o| {
+            let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            let s = usize::try_from(o).ok()?.checked_mul(item)?;
+            Some((s, s.checked_add(numel.checked_mul(item)?)?))
+        });
+        let Some((s, e)) = range else {
+            return Err(err(format!(
+                "tensor `{name}` has no storage offset, or its offset and shape overflow"
+            )));
+        };
+        if e > size {
+            return Err(err(format!(
+                "tensor `{name}` needs bytes {s}..{e} of storage `{prefix}data/{key}`, which holds {size} bytes"
+            )));
+        }
+        out.push(Entry {
+            name,
+            dtype,
+            shape,
+            start: data_start + s,
+            end: data_start + e,
+        });
+    }
+    Ok(out)
+}
+
 impl StateDict {
     /// Maps one safetensors file and faults it in.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         Self::open_shards(&[path.to_path_buf()])
     }
 
-    /// Maps several shards of one model; a tensor name in two shards is an error.
+    /// Maps several shards of one model; a tensor name in two shards is an error. Pickle
+    /// checkpoints are refused; [`Self::open_gated`] lets a gate pass them.
     pub fn open_shards(paths: &[PathBuf]) -> Result<Self, LoadError> {
-        Self::build(paths, Select::All, true)
+        Self::build(paths, Select::All, true, &RefusePickle)
     }
 
-    fn build(paths: &[PathBuf], select: Select<'_>, populate: bool) -> Result<Self, LoadError> {
+    /// Like [`Self::open_shards`], with pickle checkpoints (by extension) mapped when `gate`
+    /// passes them: torch.save's zip layout, decoded without running it.
+    pub fn open_gated(paths: &[PathBuf], gate: &dyn PickleGate) -> Result<Self, LoadError> {
+        Self::build(paths, Select::All, true, gate)
+    }
+
+    fn build(
+        paths: &[PathBuf],
+        select: Select<'_>,
+        populate: bool,
+        gate: &dyn PickleGate,
+    ) -> Result<Self, LoadError> {
         let mut shards = Vec::with_capacity(paths.len());
         let mut tensors: BTreeMap<String, Slot> = BTreeMap::new();
         let mut bytes = 0u64;
         for (i, path) in paths.iter().enumerate() {
             // Populating only makes sense when every tensor is kept; views fault their own
             // ranges in below.
-            let map = map_file(path, populate && matches!(select, Select::All))?;
-            let (header_len, meta) =
-                SafeTensors::read_metadata(&map).map_err(|e| LoadError::Safetensors {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            let base = 8 + header_len;
-            for (name, info) in meta.tensors() {
+            let populate = populate && matches!(select, Select::All);
+            let (map, entries) = if is_pickle(path) {
+                gate.check(path)
+                    .map_err(|reason| LoadError::PickleRefused {
+                        path: path.clone(),
+                        reason,
+                    })?;
+                let map = map_checked(path, populate, 0)?;
+                let entries = torch_zip_entries(path, &map)?;
+                (map, entries)
+            } else {
+                let map = map_file(path, populate)?;
+                let entries = safetensors_entries(path, &map)?;
+                (map, entries)
+            };
+            for Entry {
+                name,
+                dtype,
+                shape,
+                start,
+                end,
+            } in entries
+            {
                 let name = match select {
                     Select::All => name,
                     Select::Prefixes(ps) => match ps.iter().find_map(|p| name.strip_prefix(p)) {
@@ -125,7 +387,6 @@ impl StateDict {
                         None => continue,
                     },
                 };
-                let (s, e) = info.data_offsets;
                 if let Some(prev) = tensors.get(&name) {
                     return Err(LoadError::DuplicateTensor {
                         name,
@@ -133,15 +394,15 @@ impl StateDict {
                         second: path.clone(),
                     });
                 }
-                bytes += (e - s) as u64;
+                bytes += (end - start) as u64;
                 tensors.insert(
                     name,
                     Slot {
                         shard: i,
-                        dtype: info.dtype,
-                        shape: info.shape.clone(),
-                        start: base + s,
-                        end: base + e,
+                        dtype,
+                        shape,
+                        start,
+                        end,
                     },
                 );
             }
@@ -228,19 +489,6 @@ pub fn is_pickle(path: &Path) -> bool {
     has_ext(path, PICKLE_EXTENSIONS)
 }
 
-/// The error for a pickle file: the gate's reason, or — when the scan is clean — that this
-/// backend cannot unpickle.
-fn refuse_pickle(path: &Path, gate: &dyn PickleGate) -> LoadError {
-    let reason = match gate.check(path) {
-        Err(reason) => reason,
-        Ok(()) => "the scan is clean, but the memory-mapped backend reads only safetensors; convert the model to safetensors".into(),
-    };
-    LoadError::PickleRefused {
-        path: path.to_path_buf(),
-        reason,
-    }
-}
-
 const VARIANT_TAGS: &[&str] = &["fp16", "fp32", "bf16", "onnx", "openvino", "flax"];
 
 /// The variant tag of `name.fp16.safetensors`, if any.
@@ -275,13 +523,19 @@ pub fn select_weights(
     dir: &Path,
     variant: Option<ModelRepoVariant>,
 ) -> Result<Vec<PathBuf>, LoadError> {
+    select_files(dir, variant, &["safetensors"])
+}
+
+/// [`select_weights`] for files with any of `exts`.
+fn select_files(
+    dir: &Path,
+    variant: Option<ModelRepoVariant>,
+    exts: &[&str],
+) -> Result<Vec<PathBuf>, LoadError> {
     for recursive in [false, true] {
         let mut files = Vec::new();
         list_files(dir, recursive, &mut files)?;
-        let mut st: Vec<PathBuf> = files
-            .into_iter()
-            .filter(|p| has_ext(p, &["safetensors"]))
-            .collect();
+        let mut st: Vec<PathBuf> = files.into_iter().filter(|p| has_ext(p, exts)).collect();
         if st.is_empty() {
             continue;
         }
@@ -307,7 +561,9 @@ pub fn select_weights(
     Ok(Vec::new())
 }
 
-/// Loads a folder's weights, refusing pickle-only folders and naming empty ones.
+/// Loads a folder's weights and names empty ones. A folder without safetensors loads its
+/// pickle checkpoints (`pytorch_model.bin`, `diffusion_pytorch_model.fp16.bin` …, chosen by
+/// the same variant rule) through the gate.
 fn load_folder(dir: &Path, req: &LoadRequest<'_>) -> Result<StateDict, LoadError> {
     load_folder_with(dir, req.repo_variant, req.pickle_gate)
 }
@@ -317,20 +573,17 @@ fn load_folder_with(
     variant: Option<ModelRepoVariant>,
     gate: &dyn PickleGate,
 ) -> Result<StateDict, LoadError> {
-    let files = select_weights(dir, variant)?;
+    let mut files = select_weights(dir, variant)?;
     if files.is_empty() {
-        let mut all = Vec::new();
-        list_files(dir, true, &mut all)?;
-        all.sort();
-        if let Some(p) = all.iter().find(|p| is_pickle(p)) {
-            return Err(refuse_pickle(p, gate));
-        }
+        files = select_files(dir, variant, PICKLE_EXTENSIONS)?;
+    }
+    if files.is_empty() {
         return Err(LoadError::NoWeights {
             path: dir.to_path_buf(),
             hint: String::new(),
         });
     }
-    StateDict::open_shards(&files)
+    StateDict::open_gated(&files, gate)
 }
 
 /// Loads a file or folder without a record (the seed's `load_local_model` without a loader):
@@ -347,13 +600,10 @@ pub(crate) fn load_path(path: &Path, gate: &dyn PickleGate) -> Result<AnyModel, 
         }
         return load_folder_with(path, None, gate).map(AnyModel::StateDict);
     }
-    if is_pickle(path) {
-        return Err(refuse_pickle(path, gate));
-    }
     if has_ext(path, &["gguf"]) {
         return super::gguf::GgufModel::open(path).map(AnyModel::Gguf);
     }
-    StateDict::open(path).map(AnyModel::StateDict)
+    StateDict::open_gated(&[path.to_path_buf()], gate).map(AnyModel::StateDict)
 }
 
 /// Host bytes [`load_path`] will take, from file sizes.
@@ -392,10 +642,8 @@ impl ModelLoader for WeightsLoader {
     fn load(&self, req: &LoadRequest<'_>) -> Result<AnyModel, LoadError> {
         let sd = if req.path.is_dir() {
             load_folder(&req.path, req)?
-        } else if is_pickle(&req.path) {
-            return Err(refuse_pickle(&req.path, req.pickle_gate));
         } else {
-            StateDict::open(&req.path)?
+            StateDict::open_gated(std::slice::from_ref(&req.path), req.pickle_gate)?
         };
         Ok(AnyModel::StateDict(sd))
     }
@@ -512,15 +760,21 @@ pub fn checkpoint_prefixes(sub: SubModelType) -> &'static [&'static str] {
 }
 
 /// The submodels present in a single-file checkpoint (by key prefix); empty when the file
-/// cannot be read as safetensors.
+/// cannot be read as safetensors or a torch zip checkpoint (whose pickle is only decoded,
+/// never run, so no gate is asked).
 pub fn checkpoint_submodels(path: &Path) -> Vec<SubModelType> {
-    let Ok(map) = map_file(path, false) else {
+    let Ok(map) = map_checked(path, false, 0) else {
         return Vec::new();
     };
-    let Ok((_, meta)) = SafeTensors::read_metadata(&map) else {
+    let entries = if is_pickle(path) {
+        torch_zip_entries(path, &map)
+    } else {
+        safetensors_entries(path, &map)
+    };
+    let Ok(entries) = entries else {
         return Vec::new();
     };
-    let names: Vec<String> = meta.tensors().into_keys().collect();
+    let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();
     SubModelType::ALL
         .iter()
         .copied()
@@ -542,9 +796,6 @@ impl CheckpointPipelineLoader {
             key: req.config.key().to_owned(),
             name: req.config.name().to_owned(),
         })?;
-        if is_pickle(&req.path) {
-            return Err(refuse_pickle(&req.path, req.pickle_gate));
-        }
         let missing = || LoadError::SubmodelMissing {
             key: req.config.key().to_owned(),
             submodel: sub,
@@ -558,6 +809,7 @@ impl CheckpointPipelineLoader {
             std::slice::from_ref(&req.path),
             Select::Prefixes(prefixes),
             populate,
+            req.pickle_gate,
         )?;
         if sd.is_empty() {
             return Err(missing());
@@ -623,6 +875,18 @@ mod tests {
             pick(Some(ModelRepoVariant::Fp32)),
             ["diffusion_pytorch_model.safetensors"]
         );
+    }
+
+    #[test]
+    fn only_row_major_strides_are_byte_views() {
+        assert!(is_contiguous(&[2, 3], &[3, 1]));
+        assert!(is_contiguous(&[], &[]));
+        // A size-1 dimension's stride does not matter, as in torch.
+        assert!(is_contiguous(&[1, 4], &[99, 1]));
+        // A transpose and a slice with a gap are not.
+        assert!(!is_contiguous(&[3, 2], &[1, 3]));
+        assert!(!is_contiguous(&[2, 2], &[4, 1]));
+        assert!(!is_contiguous(&[2, 3], &[3]));
     }
 
     #[test]

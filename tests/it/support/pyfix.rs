@@ -21,6 +21,12 @@ pub enum Kind {
     Safetensors(Option<Value>),
     /// `torch.save` zip layout; the state dict nested under `wrap` keys.
     TorchZip { protocol: u8, wrap: Vec<String> },
+    /// [`Kind::TorchZip`] with storage `0` broken: `deflate`d, `short` by a byte, or `missing`.
+    TorchZipMangled {
+        protocol: u8,
+        wrap: Vec<String>,
+        mangle: &'static str,
+    },
     /// `torch.save(..., _use_new_zipfile_serialization=False)`.
     TorchLegacy { protocol: u8, wrap: Vec<String> },
 }
@@ -59,6 +65,26 @@ impl Spec {
         self
     }
 
+    /// Breaks a torch zip's storage `0` (see [`Kind::TorchZipMangled`]).
+    pub fn mangle(mut self, mangle: &'static str) -> Self {
+        if let Kind::TorchZip { protocol, wrap } = &self.kind {
+            self.kind = Kind::TorchZipMangled {
+                protocol: *protocol,
+                wrap: wrap.clone(),
+                mangle,
+            };
+        }
+        self
+    }
+
+    /// `dtype` for every tensor (`F32` …; F16 by default).
+    pub fn dtype(mut self, dtype: &'static str) -> Self {
+        for t in &mut self.tensors {
+            t.2 = dtype;
+        }
+        self
+    }
+
     /// Nests a pickled state dict under `keys` (`params_ema` …).
     pub fn wrap(mut self, keys: &[&str]) -> Self {
         if let Kind::TorchZip { wrap, .. } | Kind::TorchLegacy { wrap, .. } = &mut self.kind {
@@ -84,6 +110,16 @@ impl Spec {
                 o.insert("kind".into(), json!("torch_zip"));
                 o.insert("protocol".into(), json!(protocol));
                 o.insert("wrap".into(), json!(wrap));
+            }
+            Kind::TorchZipMangled {
+                protocol,
+                wrap,
+                mangle,
+            } => {
+                o.insert("kind".into(), json!("torch_zip"));
+                o.insert("protocol".into(), json!(protocol));
+                o.insert("wrap".into(), json!(wrap));
+                o.insert("mangle".into(), json!(mangle));
             }
             Kind::TorchLegacy { protocol, wrap } => {
                 o.insert("kind".into(), json!("torch_legacy"));

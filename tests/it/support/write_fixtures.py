@@ -5,13 +5,18 @@ Reads a JSON list of file specs on stdin; each spec is
    "path": str, "tensors": [[name, shape, dtype], ...],
    "metadata": {str: str} | null,      # safetensors __metadata__
    "wrap": [str, ...] | null,          # pickles: nest the state dict under these keys
-   "protocol": int}                    # pickles: pickle protocol (0-5)
+   "protocol": int,                    # pickles: pickle protocol (0-5)
+   "mangle": "deflate" | "short" | "missing" | null}  # torch_zip: break storage `0`
+
+Tensor values are `arange(numel) % 251` in the tensor's numpy dtype, so a reader's bytes can be
+compared with the safetensors twin of the same spec.
 
 - safetensors: `safetensors.numpy.save_file` over zero-filled numpy arrays;
 - torch_zip: what `torch.save(obj, path, pickle_protocol=p)` writes — `archive/data.pkl`
   pickled by CPython's `pickle` with torch's persistent ids, `archive/data/N` raw storages,
   `archive/version`, `archive/byteorder`, `archive/.data/serialization_id` (stored, no
-  compression);
+  compression, each record's data aligned to 64 bytes by a `FB` padding extra field, as
+  torch's PyTorchStreamWriter does);
 - torch_legacy: `torch.save(..., _use_new_zipfile_serialization=False)` — magic number,
   protocol version, sys info, the object, the storage keys, then each storage as 8-byte numel
   and its bytes.
@@ -65,8 +70,9 @@ for _, (_, cls_name, _) in DTYPES.items():
 
 
 class Storage:
-    def __init__(self, key, cls_name, numel, elt):
+    def __init__(self, key, cls_name, numel, elt, data):
         self.key, self.cls, self.numel, self.elt = key, getattr(torch, cls_name), numel, elt
+        self.data = data
 
 
 class Tensor:
@@ -91,12 +97,18 @@ def numel(shape):
     return n
 
 
+def values(shape, dtype):
+    n = numel(shape)
+    return (np.arange(n) % 251).astype(DTYPES[dtype][0]).reshape(shape)
+
+
 def state_dict(spec):
     storages = []
     sd = collections.OrderedDict()
     for name, shape, dtype in spec["tensors"]:
         _, cls_name, elt = DTYPES[dtype]
-        s = Storage(str(len(storages)), cls_name, numel(shape), elt)
+        data = values(shape, dtype).tobytes()
+        s = Storage(str(len(storages)), cls_name, numel(shape), elt, data)
         storages.append(s)
         sd[name] = Tensor(s, shape)
     # torch's state_dict() carries per-module versions in `_metadata`.
@@ -120,18 +132,37 @@ class TorchPickler(pickle.Pickler):
         return None
 
 
+def write_record(z, name, data, compress=zipfile.ZIP_STORED):
+    # PyTorchStreamWriter::writeRecord: an extra field `FB` + u16 length + `Z` padding puts
+    # the data of each record at a multiple of 64 bytes.
+    start = z.fp.tell() + 30 + len(name.encode()) + 4
+    pad = (64 - start % 64) % 64
+    info = zipfile.ZipInfo(name)
+    info.compress_type = compress
+    info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
+    z.writestr(info, data)
+
+
 def torch_zip(spec):
     obj, storages = state_dict(spec)
     buf = io.BytesIO()
     TorchPickler(buf, spec.get("protocol", 2), legacy=False).dump(obj)
     archive = "archive"
+    mangle = spec.get("mangle")
     with zipfile.ZipFile(spec["path"], "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{archive}/data.pkl", buf.getvalue())
-        z.writestr(f"{archive}/byteorder", "little")
+        write_record(z, f"{archive}/data.pkl", buf.getvalue())
+        write_record(z, f"{archive}/byteorder", "little")
         for s in storages:
-            z.writestr(f"{archive}/data/{s.key}", bytes(s.numel * s.elt))
-        z.writestr(f"{archive}/version", "3\n")
-        z.writestr(f"{archive}/.data/serialization_id", "0" * 40)
+            data, compress = s.data, zipfile.ZIP_STORED
+            if s.key == "0" and mangle == "missing":
+                continue
+            if s.key == "0" and mangle == "short":
+                data = data[:-1]
+            if s.key == "0" and mangle == "deflate":
+                compress = zipfile.ZIP_DEFLATED
+            write_record(z, f"{archive}/data/{s.key}", data, compress)
+        write_record(z, f"{archive}/version", "3\n")
+        write_record(z, f"{archive}/.data/serialization_id", "0" * 40)
 
 
 def torch_legacy(spec):
@@ -150,7 +181,7 @@ def torch_legacy(spec):
         pickle.dump([s.key for s in storages], f, protocol=p)
         for s in storages:
             f.write(struct.pack("<q", s.numel))
-            f.write(bytes(s.numel * s.elt))
+            f.write(s.data)
 
 
 def safetensors_file(spec):
@@ -158,7 +189,7 @@ def safetensors_file(spec):
 
     arrays = {}
     for name, shape, dtype in spec["tensors"]:
-        arrays[name] = np.zeros(shape, dtype=DTYPES[dtype][0])
+        arrays[name] = values(shape, dtype)
     save_file(arrays, spec["path"], metadata=spec.get("metadata"))
 
 
