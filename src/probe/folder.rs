@@ -1,13 +1,15 @@
 //! Identification of folders: diffusers pipelines and components, embedding, LoRA and
 //! IP-Adapter folders. Only JSON configs and file names are read, plus the header of one
-//! weight file where the base is decided by widths (embedding and LoRA folders).
+//! weight file where the base is decided by widths (embedding and LoRA folders) and the
+//! safetensors headers of a denoiser or encoder folder that has no SDNQ marker file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::{Finding, ProbeError, probe_weight_file};
+use super::{Finding, ProbeError, probe_weight_file, safetensors};
 use crate::config::SubmodelDefinition;
 use crate::taxonomy::{
     BaseModelType as B, ClipVariantType, FluxVariantType, Krea2VariantType, MiniMaxH3VariantType,
@@ -172,6 +174,10 @@ pub(crate) fn probe_folder(dir: &Path) -> Result<Finding, ProbeError> {
             f.evidence.push(format!(
                 "text_encoder_2/{n}: bitsandbytes LLM.int8 → bnb_quantized_int8b"
             ));
+        } else if let Some(why) = sdnq_folder(&dir.join("text_encoder_2"), "text_encoder_2") {
+            // InvokeAI's `T5Encoder_SDNQ_Config`.
+            f.format = F::SdnqQuantized;
+            f.evidence.push(format!("{why} → sdnq_quantized"));
         }
         return Ok(f);
     }
@@ -512,7 +518,106 @@ fn pipeline(dir: &Path, index: &serde_json::Map<String, Value>) -> Result<Findin
         f.evidence
             .push(format!("weight file names → repo variant `{rv}`"));
     }
+    // An SDNQ-quantized denoiser makes the pipeline InvokeAI's `Main_SDNQ_Diffusers_*`. It has
+    // those classes for FLUX.1, FLUX.2 and Z-Image only; any other SDNQ pipeline would load as
+    // plain diffusers over packed weights, so it is left unknown rather than recorded so.
+    for comp in ["transformer", "unet"] {
+        let Some(why) = sdnq_folder(&dir.join(comp), comp) else {
+            continue;
+        };
+        f.evidence.push(why);
+        if matches!(f.base, B::Flux | B::Flux2 | B::ZImage) {
+            f.format = F::SdnqQuantized;
+            f.evidence
+                .push(format!("SDNQ {} pipeline → main sdnq_quantized", f.base));
+        } else {
+            f.evidence.push(format!(
+                "InvokeAI 6.x has SDNQ pipeline classes for flux, flux2 and z-image only, not for {}: unknown (config: {{type, base}} records it)",
+                f.base
+            ));
+            let mut u = Finding::unknown(F::SdnqQuantized);
+            u.evidence = std::mem::take(&mut f.evidence);
+            return Ok(u);
+        }
+        break;
+    }
     Ok(f)
+}
+
+/// At most this many safetensors shards of one folder are read for SDNQ's key pairs.
+const MAX_SDNQ_SHARDS: usize = 256;
+
+/// Whether the weights directly in `dir` are SDNQ-quantized, as InvokeAI's `is_sdnq_folder`
+/// decides: a `quantization_config.json` whose `quant_method` is `sdnq` (also accepted inside
+/// `config.json` as `quantization_config`, where diffusers' and transformers' `save_pretrained`
+/// write it), else a `<name>.weight` beside a `<name>.scale` in the union of the folder's
+/// safetensors headers (sharding often puts a weight and its scale in different files; a
+/// header that cannot be read adds nothing, as in InvokeAI). `Some(why)` when it is.
+fn sdnq_folder(dir: &Path, label: &str) -> Option<String> {
+    if !dir.is_dir() {
+        return None;
+    }
+    let names_sdnq = |m: &serde_json::Map<String, Value>| {
+        m.get("quant_method").and_then(Value::as_str) == Some("sdnq")
+    };
+    if read_json(&dir.join("quantization_config.json"))
+        .ok()
+        .flatten()
+        .is_some_and(|m| names_sdnq(&m))
+    {
+        return Some(format!(
+            "{label}/quantization_config.json: quant_method `sdnq`"
+        ));
+    }
+    if read_json(&dir.join("config.json"))
+        .ok()
+        .flatten()
+        .and_then(|c| {
+            c.get("quantization_config")
+                .and_then(Value::as_object)
+                .cloned()
+        })
+        .is_some_and(|m| names_sdnq(&m))
+    {
+        return Some(format!(
+            "{label}/config.json: quantization_config.quant_method `sdnq`"
+        ));
+    }
+    let mut shards: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.is_file())
+        .collect();
+    shards.sort();
+    let mut names = BTreeSet::new();
+    for p in shards.iter().take(MAX_SDNQ_SHARDS) {
+        names.extend(safetensors_names(p).unwrap_or_default());
+    }
+    let scale = names.iter().find(|k| {
+        k.strip_suffix(".scale")
+            .is_some_and(|m| names.contains(&format!("{m}.weight")))
+    })?;
+    Some(format!(
+        "{label}/*.safetensors: SDNQ scale `{scale}` beside its `.weight`"
+    ))
+}
+
+/// The tensor names in a safetensors file's header.
+fn safetensors_names(path: &Path) -> Result<Vec<String>, ProbeError> {
+    let mut file = std::fs::File::open(path).map_err(ProbeError::io(path))?;
+    let len = file.metadata().map_err(ProbeError::io(path))?.len();
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]).map_err(ProbeError::io(path))? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let buf = safetensors::read_header(path, &mut file, &head[..n], len)?;
+    let sd = safetensors::parse_header_json(path, &buf, len)?;
+    Ok(sd.tensors.keys().map(str::to_owned).collect())
 }
 
 /// Whether a name says SDXL: InvokeAI's `/xl\b/i` (`sdxl-vae`, `taesdxl`, `taesdxl-fp16`).
@@ -943,6 +1048,16 @@ fn text_encoder(dir: &Path, cfg: &serde_json::Map<String, Value>, at: &str) -> O
                 format!("`{class}`, {sizes} → qwen3_encoder {v}"),
             );
             f.variant = Some(v.into());
+            // InvokeAI's `Qwen3Encoder_SDNQ_Folder_Config`.
+            let (weights, label) = if nested {
+                (dir.join("text_encoder"), "text_encoder")
+            } else {
+                (dir.to_path_buf(), ".")
+            };
+            if let Some(why) = sdnq_folder(&weights, label) {
+                f.format = F::SdnqQuantized;
+                f.evidence.push(format!("{why} → sdnq_quantized"));
+            }
             f
         }
         // PiD's caption encoder is Gemma-2-2B (2304 wide); InvokeAI leaves other Gemma 2 sizes

@@ -88,6 +88,30 @@ fn dim(sd: &StateDict, key: &str, i: usize) -> Option<u64> {
     sd.tensors.get(key).and_then(|t| t.shape.get(i).copied())
 }
 
+/// SDNQ's quantised layout (InvokeAI's `_has_sdnq_keys`): a `<name>.weight` beside a
+/// `<name>.scale`. Only `.scale` names are looked at, each with one binary search; the rules
+/// call this after a transformer's own keys matched, never on every file.
+fn sdnq_pair<'a>(sd: &'a StateDict) -> Option<&'a str> {
+    sd.tensors.keys().find(|k| {
+        k.strip_suffix(".scale")
+            .is_some_and(|m| sd.tensors.contains_key(&format!("{m}.weight")))
+    })
+}
+
+/// Marks a matched main model or encoder as SDNQ-quantized when its weights come with SDNQ's
+/// scales (InvokeAI's `Main_SDNQ_*` and `*_SDNQ_Config` classes take these files).
+fn mark_sdnq(sd: &StateDict, container: Container, f: &mut Finding) {
+    if container == Container::Gguf {
+        return;
+    }
+    if let Some(k) = sdnq_pair(sd) {
+        f.format = F::SdnqQuantized;
+        f.evidence.push(format!(
+            "key `{k}` beside its `.weight`: SDNQ-quantized → sdnq_quantized"
+        ));
+    }
+}
+
 /// A rule: its name (shown in `probe -o json`) and its check.
 type Rule = (&'static str, fn(&StateDict, Container) -> Option<Finding>);
 
@@ -102,6 +126,7 @@ const RULES: &[Rule] = &[
     ("main_sd", main_sd),
     ("main_flux", main_flux),
     ("main_flux2", main_flux2),
+    ("main_flux2_sdnq", main_flux2_sdnq),
     ("main_sd3", main_sd3),
     ("main_z_image", main_z_image),
     ("main_qwen_image", main_qwen_image),
@@ -111,6 +136,7 @@ const RULES: &[Rule] = &[
     ("main_ltx2", main_ltx2),
     ("main_minimax_h3", main_minimax_h3),
     ("main_ideogram4", main_ideogram4),
+    ("main_ernie_image", main_ernie_image),
     ("vae", vae),
     ("spandrel", spandrel),
     ("flux_redux", flux_redux),
@@ -206,6 +232,7 @@ fn gguf(sd: &StateDict) -> Finding {
         ("main_qwen_image", main_qwen_image),
         ("main_wan", main_wan),
         ("main_krea2", main_krea2),
+        ("main_ernie_image", main_ernie_image),
         ("t5_encoder", t5_encoder),
         ("mistral_encoder", mistral_encoder),
         ("qwen3_encoder", qwen3_encoder),
@@ -954,6 +981,8 @@ fn main_flux(sd: &StateDict, container: Container) -> Option<Finding> {
         f.format = F::BnbQuantizedNf4b;
         f.evidence
             .push(format!("key `{k}`: bitsandbytes NF4 → bnb_quantized_nf4b"));
+    } else {
+        mark_sdnq(sd, container, &mut f);
     }
     Some(f)
 }
@@ -999,6 +1028,36 @@ fn main_flux2(sd: &StateDict, container: Container) -> Option<Finding> {
     ));
     f.evidence.push(why);
     f.variant = Some(variant.into());
+    // InvokeAI's SDNQ FLUX.2 class takes only diffusers names ([`main_flux2_sdnq`]); a BFL-named
+    // SDNQ file is still SDNQ, and the format says so rather than promising a plain checkpoint.
+    mark_sdnq(sd, container, &mut f);
+    Some(f)
+}
+
+/// A FLUX.2 transformer in one SDNQ file with diffusers names, the layout InvokeAI's
+/// `Main_SDNQ_Flux2_Config` takes (its loader reads the keys as they are): `context_embedder`
+/// at a Qwen3 text width beside `transformer_blocks` and `single_transformer_blocks`, with
+/// SDNQ's weight/scale pairs. InvokeAI has no class for such a file unquantised; it stays
+/// unknown.
+fn main_flux2_sdnq(sd: &StateDict, container: Container) -> Option<Finding> {
+    if container == Container::Gguf
+        || !sd.tensors.contains_key("context_embedder.weight")
+        || !has_prefix(sd, "transformer_blocks.0.")
+        || !has_prefix(sd, "single_transformer_blocks.0.")
+    {
+        return None;
+    }
+    let (variant, why) = flux2_widths(sd, "")?;
+    let k = sdnq_pair(sd)?;
+    let mut f = Finding::new(T::Main, B::Flux2, F::SdnqQuantized);
+    f.evidence.push(
+        "keys `context_embedder.weight`, `transformer_blocks.*`, `single_transformer_blocks.*`: diffusers FLUX.2 transformer → main".into(),
+    );
+    f.evidence.push(why);
+    f.evidence.push(format!(
+        "key `{k}` beside its `.weight`: SDNQ-quantized → sdnq_quantized"
+    ));
+    f.variant = Some(variant.into());
     Some(f)
 }
 
@@ -1037,6 +1096,7 @@ fn main_z_image(sd: &StateDict, container: Container) -> Option<Finding> {
     f.variant = Some(ZImageVariantType::Turbo.into());
     f.evidence
         .push("variant turbo: InvokeAI's default for single-file Z-Image".into());
+    mark_sdnq(sd, container, &mut f);
     Some(f)
 }
 
@@ -1793,6 +1853,32 @@ fn main_ideogram4(sd: &StateDict, container: Container) -> Option<Finding> {
     if let Some(b) = sd.metadata.get("model_type") {
         f.evidence
             .push(format!("metadata model_type = `{b}` (the branch)"));
+    }
+    Some(f)
+}
+
+/// ERNIE-Image's transformer in one file (InvokeAI's `Main_Checkpoint_ErnieImage_Config` and
+/// its GGUF twin; Comfy-Org ships it under the diffusers names): the patch projection
+/// `x_embedder.proj`, the text projection `text_proj`, the model-level `adaLN_modulation` and
+/// the `final_norm` — all four, since Anima has an `x_embedder` too. Base and Turbo share every
+/// key; InvokeAI models no variant and takes Turbo's defaults from the name.
+fn main_ernie_image(sd: &StateDict, container: Container) -> Option<Finding> {
+    const KEYS: [&str; 4] = [
+        "x_embedder.proj.weight",
+        "text_proj.weight",
+        "adaLN_modulation.1.weight",
+        "final_norm.linear.weight",
+    ];
+    if !KEYS.iter().all(|k| sd.tensors.contains_key(k)) {
+        return None;
+    }
+    let mut f = Finding::new(T::Main, B::ErnieImage, container_format(container));
+    f.evidence.push(format!(
+        "keys `{}`: ERNIE-Image transformer → main ernie-image",
+        KEYS.join("`, `")
+    ));
+    if let Some(w) = dim(sd, "x_embedder.proj.weight", 0) {
+        f.evidence.push(format!("hidden size {w}"));
     }
     Some(f)
 }

@@ -3197,6 +3197,76 @@ pub fn t2i_adapter_keys() -> Keys {
     v
 }
 
+/// `keys` in SDNQ's int8 layout, as Disty0's `*-SDNQ-*` exports store them: every 2-D
+/// `.weight` as uint8 with a float32 per-row `.scale` beside it; biases, norms and other
+/// tensors unchanged.
+pub fn sdnq_int8(keys: Keys) -> Vec<(String, Vec<u64>, &'static str)> {
+    let mut out = Vec::new();
+    for (name, shape) in keys {
+        match name.strip_suffix(".weight") {
+            Some(m) if shape.len() == 2 => {
+                out.push((format!("{m}.scale"), vec![shape[0], 1], "F32"));
+                out.push((name, shape, "U8"));
+            }
+            _ => out.push((name, shape, "F16")),
+        }
+    }
+    out
+}
+
+/// A safetensors file of SDNQ int8 tensors.
+pub fn sdnq_spec(path: PathBuf, keys: Keys) -> Spec {
+    Spec {
+        path,
+        kind: Kind::Safetensors(None),
+        tensors: sdnq_int8(keys),
+    }
+}
+
+/// FLUX.2 [klein] 4B's transformer under diffusers' names (`Flux2Transformer2DModel`): hidden
+/// 3072, Qwen3-4B text states (3 × 2560 = 7680) into `context_embedder`, 128 packed latent
+/// features into `x_embedder`; widths nothing reads are cut to 32.
+pub fn flux2_klein4b_diffusers_keys() -> Keys {
+    vec![
+        k("x_embedder.weight", &[3072, 128]),
+        k("context_embedder.weight", &[3072, 7680]),
+        k(
+            "time_guidance_embed.timestep_embedder.linear_1.weight",
+            &[96, 32],
+        ),
+        k("double_stream_modulation_img.linear.weight", &[96, 32]),
+        k("single_stream_modulation.linear.weight", &[96, 32]),
+        k("transformer_blocks.0.attn.to_q.weight", &[32, 32]),
+        k("transformer_blocks.0.attn.norm_q.weight", &[128]),
+        k("transformer_blocks.0.ff.linear_in.weight", &[96, 32]),
+        k(
+            "single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight",
+            &[96, 32],
+        ),
+        k("norm_out.linear.weight", &[64, 32]),
+        k("proj_out.weight", &[128, 32]),
+    ]
+}
+
+/// ERNIE-Image's transformer as Comfy-Org ships it (one file, the diffusers names): hidden
+/// 4096 and 128 latent channels at patch size 1 in `x_embedder.proj`; the text projection,
+/// model-level adaLN, final norm and layers cut to width 32.
+pub fn ernie_image_keys() -> Keys {
+    vec![
+        k("x_embedder.proj.weight", &[4096, 128, 1, 1]),
+        k("x_embedder.proj.bias", &[4096]),
+        k("text_proj.weight", &[32, 48]),
+        k("time_embedding.linear_1.weight", &[32, 32]),
+        k("adaLN_modulation.1.weight", &[192, 32]),
+        k("adaLN_modulation.1.bias", &[192]),
+        k("layers.0.self_attention.to_q.weight", &[32, 32]),
+        k("final_norm.linear.weight", &[64, 32]),
+        k("final_norm.linear.bias", &[64]),
+        k("final_linear.weight", &[128, 32]),
+        k("final_linear.bias", &[128]),
+    ]
+}
+
 /// The single files of the parity families: (case, variant).
 pub fn parity_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
     let p = |n: &str| root.join(n);
@@ -3499,6 +3569,41 @@ pub fn parity_corpus(root: &Path) -> Vec<(RealCase, Option<&'static str>)> {
         "control_lora",
         "sdxl",
         "lycoris",
+        None,
+    );
+    add(
+        sdnq_spec(p("flux1-dev-SDNQ-int8.safetensors"), flux1_main_keys("")),
+        "FLUX.1 dev SDNQ int8 file",
+        "main",
+        "flux",
+        "sdnq_quantized",
+        Some("dev"),
+    );
+    add(
+        sdnq_spec(p("z-image-turbo-SDNQ-int8.safetensors"), z_image_keys()),
+        "Z-Image SDNQ int8 file",
+        "main",
+        "z-image",
+        "sdnq_quantized",
+        Some("turbo"),
+    );
+    add(
+        sdnq_spec(
+            p("flux2-klein-4b-SDNQ-int8.safetensors"),
+            flux2_klein4b_diffusers_keys(),
+        ),
+        "FLUX.2 klein 4B SDNQ int8 file (diffusers names)",
+        "main",
+        "flux2",
+        "sdnq_quantized",
+        Some("klein_4b"),
+    );
+    add(
+        Spec::safetensors(p("ernie-image-turbo.safetensors"), ernie_image_keys()),
+        "ERNIE-Image transformer file",
+        "main",
+        "ernie-image",
+        "checkpoint",
         None,
     );
     add(
@@ -3872,6 +3977,197 @@ pub fn parity_folders(root: &Path) -> Vec<ParityFolder> {
         specs.push(Spec::safetensors(d.join("text_encoder_2").join(file), keys));
         out.push((name, d, "t5_encoder", "any", format, None));
     }
+    // SDNQ pipelines (Disty0's exports): the marker file, the marker inside config.json, and
+    // none at all (the weight/scale pair split across two shards).
+    let flux_index = json!({"_class_name": "FluxPipeline", "_diffusers_version": "0.35.1",
+        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]});
+    let sdnq_marker = json!({"quant_method": "sdnq", "weights_dtype": "int8", "group_size": 0,
+        "use_svd": false, "quant_conv": false});
+    let d = root.join("FLUX.1-dev-SDNQ-int8");
+    write_json(&d.join("model_index.json"), &flux_index);
+    write_json(
+        &d.join("transformer").join("config.json"),
+        &json!({"_class_name": "FluxTransformer2DModel", "guidance_embeds": true, "in_channels": 64,
+                "num_layers": 19, "num_single_layers": 38}),
+    );
+    write_json(
+        &d.join("transformer").join("quantization_config.json"),
+        &sdnq_marker,
+    );
+    specs.push(sdnq_spec(
+        d.join("transformer")
+            .join("diffusion_pytorch_model.safetensors"),
+        vec![
+            k("x_embedder.weight", &[3072, 64]),
+            k("transformer_blocks.0.attn.to_q.weight", &[32, 32]),
+            k("proj_out.weight", &[64, 32]),
+        ],
+    ));
+    out.push((
+        "FLUX.1 SDNQ pipeline (quantization_config.json)",
+        d,
+        "main",
+        "flux",
+        "sdnq_quantized",
+        Some("dev"),
+    ));
+    // Another method's quantization_config and weights without SDNQ scales: plain diffusers.
+    let d = root.join("FLUX.1-dev-bnb-nf4");
+    write_json(&d.join("model_index.json"), &flux_index);
+    write_json(
+        &d.join("transformer").join("config.json"),
+        &json!({"_class_name": "FluxTransformer2DModel", "guidance_embeds": true, "in_channels": 64,
+                "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}),
+    );
+    specs.push(Spec::safetensors(
+        d.join("transformer")
+            .join("diffusion_pytorch_model.safetensors"),
+        vec![
+            k("x_embedder.weight", &[3072, 64]),
+            k("transformer_blocks.0.attn.norm_q.weight", &[128]),
+        ],
+    ));
+    out.push((
+        "FLUX.1 pipeline quantized another way",
+        d,
+        "main",
+        "flux",
+        "diffusers",
+        Some("dev"),
+    ));
+    let d = root.join("FLUX.2-klein-4B-SDNQ-uint4");
+    write_json(
+        &d.join("model_index.json"),
+        &json!({"_class_name": "Flux2KleinPipeline", "_diffusers_version": "0.36.0",
+                "transformer": ["diffusers", "Flux2Transformer2DModel"], "vae": ["diffusers", "AutoencoderKLFlux2"]}),
+    );
+    write_json(
+        &d.join("transformer").join("config.json"),
+        &json!({"_class_name": "Flux2Transformer2DModel", "in_channels": 128, "joint_attention_dim": 7680,
+                "quantization_config": {"quant_method": "sdnq", "weights_dtype": "uint4"}}),
+    );
+    specs.push(weights(
+        &d.join("transformer"),
+        "diffusion_pytorch_model.safetensors",
+    ));
+    out.push((
+        "FLUX.2 SDNQ pipeline (quantization_config in config.json)",
+        d,
+        "main",
+        "flux2",
+        "sdnq_quantized",
+        None,
+    ));
+    for (name, dir, class, base, format, variant) in [
+        (
+            "Z-Image SDNQ pipeline (sharded, no marker)",
+            "Z-Image-Turbo-SDNQ-int8",
+            "ZImagePipeline",
+            "z-image",
+            "sdnq_quantized",
+            Some("turbo"),
+        ),
+        (
+            "Qwen-Image SDNQ pipeline (no InvokeAI class)",
+            "Qwen-Image-SDNQ-int8",
+            "QwenImagePipeline",
+            "unknown",
+            "sdnq_quantized",
+            None,
+        ),
+    ] {
+        let d = root.join(dir);
+        let transformer = format!("{}Transformer2DModel", class.trim_end_matches("Pipeline"));
+        write_json(
+            &d.join("model_index.json"),
+            &json!({"_class_name": class, "_diffusers_version": "0.36.0",
+                    "transformer": ["diffusers", transformer], "vae": ["diffusers", "AutoencoderKL"]}),
+        );
+        write_json(
+            &d.join("transformer").join("config.json"),
+            &json!({"_class_name": transformer}),
+        );
+        write_json(
+            &d.join("scheduler").join("scheduler_config.json"),
+            &json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}),
+        );
+        let mut tensors = sdnq_int8(vec![k("layers.0.attention.to_q.weight", &[32, 32])]);
+        let scale = tensors.remove(0);
+        specs.push(Spec {
+            path: d
+                .join("transformer")
+                .join("diffusion_pytorch_model-00001-of-00002.safetensors"),
+            kind: Kind::Safetensors(None),
+            tensors,
+        });
+        specs.push(Spec {
+            path: d
+                .join("transformer")
+                .join("diffusion_pytorch_model-00002-of-00002.safetensors"),
+            kind: Kind::Safetensors(None),
+            tensors: vec![scale],
+        });
+        out.push((
+            name,
+            d,
+            if base == "unknown" { "unknown" } else { "main" },
+            base,
+            format,
+            variant,
+        ));
+    }
+    // An SDNQ T5 encoder (text_encoder_2/ + tokenizer_2/, InvokeAI's layout) and an SDNQ Qwen3
+    // text encoder (text_encoder/ + tokenizer/, no marker).
+    let d = root.join("t5-v1_1-xxl-SDNQ-int8");
+    write_json(
+        &d.join("text_encoder_2").join("config.json"),
+        &json!({"architectures": ["T5EncoderModel"], "model_type": "t5", "d_model": 4096, "num_layers": 24}),
+    );
+    write_json(
+        &d.join("text_encoder_2").join("quantization_config.json"),
+        &sdnq_marker,
+    );
+    write_json(
+        &d.join("tokenizer_2").join("tokenizer_config.json"),
+        &json!({}),
+    );
+    specs.push(sdnq_spec(
+        d.join("text_encoder_2").join("model.safetensors"),
+        vec![k(
+            "encoder.block.0.layer.0.SelfAttention.q.weight",
+            &[32, 32],
+        )],
+    ));
+    out.push((
+        "T5 SDNQ folder",
+        d,
+        "t5_encoder",
+        "any",
+        "sdnq_quantized",
+        None,
+    ));
+    let d = root.join("z-image-qwen3-encoder-SDNQ");
+    write_json(
+        &d.join("text_encoder").join("config.json"),
+        &json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 2560,
+                "num_hidden_layers": 36, "head_dim": 128}),
+    );
+    write_json(
+        &d.join("tokenizer").join("tokenizer_config.json"),
+        &json!({}),
+    );
+    specs.push(sdnq_spec(
+        d.join("text_encoder").join("model.safetensors"),
+        vec![k("model.layers.0.self_attn.q_proj.weight", &[32, 32])],
+    ));
+    out.push((
+        "Qwen3 SDNQ text_encoder folder",
+        d,
+        "qwen3_encoder",
+        "any",
+        "sdnq_quantized",
+        Some("qwen3_4b"),
+    ));
     // MiniMaxAI/MiniMax-H3 (Modular Diffusers layout)
     let d = root.join("MiniMax-H3");
     write_json(
