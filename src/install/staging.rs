@@ -284,15 +284,18 @@ fn roll_back(
     report: &mut RecoveryReport,
 ) -> Result<(), InstallError> {
     let target = &intent.target;
-    if fs::symlink_metadata(target).is_err() {
-        return Ok(());
-    }
     // Only ever touch what lies inside models_dir, whatever the intent file says.
     let inside = target.starts_with(models_dir)
         && !target
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir));
     if !inside {
+        return Ok(());
+    }
+    if fs::symlink_metadata(target).is_err() {
+        // Killed between creating the target's `<key>/` folder and the rename: only the
+        // empty folder is left.
+        remove_empty_parents(models_dir, target);
         return Ok(());
     }
     let back = staging.dir.join(&intent.moved_from);
@@ -358,6 +361,34 @@ mod tests {
         assert_ne!(a, staging_id("o/n:fp16", &[]));
         assert_ne!(a, staging_id("o/n", &["*.json"]));
         assert_ne!(staging_id("o/n", &["a", "b"]), staging_id("o/n", &["ab"]));
+    }
+
+    /// A kill between creating a single-file model's `<key>/` folder and the rename into it:
+    /// recovery removes the empty folder, so no orphan is left for `status` to report.
+    #[test]
+    fn recovery_removes_the_empty_key_folder_of_a_rename_that_never_happened() {
+        let d = tempfile::tempdir().unwrap();
+        let models = d.path().join("models");
+        let store =
+            crate::store::sqlite::SqliteStore::from_db_file(&models.join("modelsync.db")).unwrap();
+        let s = Staging::new(&models, "x");
+        s.prepare("o/n", StagingKind::Hf, Some("c1")).unwrap();
+        fs::write(s.files().join("m.safetensors"), b"weights").unwrap();
+        let key_dir = models.join("0123456789abcdef0123456789abcdef");
+        s.write_intent(&Intent {
+            key: "0123456789abcdef0123456789abcdef".into(),
+            target: key_dir.join("m.safetensors"),
+            moved_from: "files/m.safetensors".into(),
+            files: Vec::new(),
+        })
+        .unwrap();
+        fs::create_dir_all(&key_dir).unwrap();
+        recover(&models, &store, Duration::from_secs(3600)).unwrap();
+        assert!(!key_dir.exists(), "the empty <key>/ folder is left behind");
+        assert!(
+            s.files().join("m.safetensors").exists(),
+            "the staged file is kept"
+        );
     }
 
     #[test]
