@@ -383,7 +383,7 @@ mod tests {
         })
         .unwrap();
         fs::create_dir_all(&key_dir).unwrap();
-        recover(&models, &store, Duration::from_secs(3600)).unwrap();
+        recover(&models, &store, Duration::from_hours(1)).unwrap();
         assert!(!key_dir.exists(), "the empty <key>/ folder is left behind");
         assert!(
             s.files().join("m.safetensors").exists(),
