@@ -331,6 +331,21 @@ pub(crate) fn remove_empty_parents(models_dir: &Path, path: &Path) {
     }
 }
 
+/// The latest modification time of `path` or anything below it (links not followed; depth
+/// bounded, as staging and download-cache folders are shallow).
+pub(crate) fn newest_change(path: &Path, depth: u8) -> Option<SystemTime> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    let mut newest = md.modified().ok();
+    if md.is_dir() && depth < 16 {
+        for e in std::fs::read_dir(path).ok()?.flatten() {
+            if let Some(t) = newest_change(&e.path(), depth + 1) {
+                newest = Some(newest.map_or(t, |n| n.max(t)));
+            }
+        }
+    }
+    newest
+}
+
 /// The newest modification time of any file under `dir`.
 fn newest_file(dir: &Path) -> Option<SystemTime> {
     let mut newest: Option<SystemTime> = None;

@@ -223,7 +223,7 @@ impl DownloadCache {
                     complete.push((used, m.bytes, name, dir));
                 }
                 None if name != keep
-                    && crate::reconcile::gc::newest_change(&dir, 0).is_some_and(|t| {
+                    && crate::install::staging::newest_change(&dir, 0).is_some_and(|t| {
                         now.duration_since(t).unwrap_or(Duration::ZERO)
                             >= self.config.abandoned_after
                     })

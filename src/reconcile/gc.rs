@@ -7,7 +7,7 @@
 //! record owns (including a symlink a record's path goes through), and never what a symlink
 //! points at — an orphan symlink is unlinked, its target left alone.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -72,7 +72,7 @@ pub fn collect(
                 continue;
             }
             if kind == GarbageKind::Partial
-                && newest_change(&path, 0)
+                && crate::install::staging::newest_change(&path, 0)
                     .is_some_and(|t| now.duration_since(t).unwrap_or(Duration::ZERO) < min_age)
             {
                 spared += 1;
@@ -94,21 +94,6 @@ pub fn collect(
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((out, spared))
-}
-
-/// The latest modification time of `path` or anything below it (links not followed; depth
-/// bounded, as staging and download-cache folders are shallow).
-pub(crate) fn newest_change(path: &Path, depth: u8) -> Option<SystemTime> {
-    let md = std::fs::symlink_metadata(path).ok()?;
-    let mut newest = md.modified().ok();
-    if md.is_dir() && depth < 16 {
-        for e in std::fs::read_dir(path).ok()?.flatten() {
-            if let Some(t) = newest_change(&e.path(), depth + 1) {
-                newest = Some(newest.map_or(t, |n| n.max(t)));
-            }
-        }
-    }
-    newest
 }
 
 /// Removes what [`collect`] listed; returns the failures (path, why) and keeps going. A
