@@ -813,14 +813,8 @@ fn gc_spares_the_partials_of_a_running_apply() {
             .into_iter()
             .find(|p| p.to_string_lossy().ends_with(".part"))
     };
-    let deadline = std::time::Instant::now() + Duration::from_mins(1);
-    let part = loop {
-        if let Some(p) = partial() {
-            break p;
-        }
-        assert!(std::time::Instant::now() < deadline, "no partial appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let part =
+        crate::support::wait_for(Duration::from_mins(1), partial).expect("no partial appeared");
     let o = w.run(&["gc", "--yes", "--min-age", "0s", "--lock-timeout", "0s"]);
     let _ = child.kill();
     let _ = child.wait();
@@ -871,18 +865,16 @@ fn a_killed_repair_resumes_its_partial() {
         .spawn()
         .expect("apply starts");
     let tmp = w.models().join(".tmp");
-    let deadline = std::time::Instant::now() + Duration::from_mins(1);
-    loop {
-        let started = walk(&tmp).into_iter().any(|p| {
-            p.to_string_lossy().ends_with("lora.safetensors.part")
-                && std::fs::metadata(&p).is_ok_and(|m| m.len() >= 1 << 20)
-        });
-        if started {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no partial appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::support::wait_for(Duration::from_mins(1), || {
+        walk(&tmp)
+            .into_iter()
+            .any(|p| {
+                p.to_string_lossy().ends_with("lora.safetensors.part")
+                    && std::fs::metadata(&p).is_ok_and(|m| m.len() >= 1 << 20)
+            })
+            .then_some(())
+    })
+    .expect("no partial appeared");
     child.kill().unwrap();
     child.wait().unwrap();
 

@@ -6,7 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::hub_server::FakeRepo;
 use crate::support::reconcile::{Work, assert_exit, lora_bytes};
@@ -64,17 +64,10 @@ fn spawn_apply(w: &Work, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("modelsync apply did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::support::wait_for(LIMIT, || child.try_wait().expect("try_wait")).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("modelsync apply did not exit")
+    })
 }
 
 fn stderr_of(child: &mut Child) -> String {
@@ -110,27 +103,26 @@ fn ctrl_c_mid_download_keeps_the_partial_says_what_finished_exits_130_and_the_re
 
     // Wait for the local entry's line and for the download to have written into its `.part`.
     let tmp = w.models().join(".tmp");
-    let deadline = Instant::now() + LIMIT;
     let mut seen = Vec::new();
-    loop {
-        while let Ok(l) = lines.try_recv() {
-            seen.push(l);
-        }
+    let got_going = crate::support::wait_for(LIMIT, || {
+        seen.extend(lines.try_iter());
         let small_done = seen.iter().any(|l| l.contains("small: installed"));
         let part_started = files_named(&tmp, ".part")
             .iter()
             .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
         if small_done && part_started {
-            break;
+            Some(true)
+        } else {
+            // An apply that ended early will never get there.
+            child.try_wait().ok().flatten().map(|_| false)
         }
-        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-            let _ = child.kill();
-            panic!(
-                "the download never got going: {seen:?} {}",
-                stderr_of(&mut child)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    });
+    if got_going != Some(true) {
+        let _ = child.kill();
+        panic!(
+            "the download never got going: {seen:?} {}",
+            stderr_of(&mut child)
+        );
     }
     signal(&child, libc::SIGINT);
     let status = wait_exit(&mut child);

@@ -7,7 +7,7 @@ use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use modelsync::manifest::LockFile;
 
@@ -82,21 +82,22 @@ fn the_daemonset_on_a_read_only_configmap_converges_and_turns_ready() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("modelsync watch starts");
-    let deadline = Instant::now() + LIMIT;
     let mut last = None;
-    loop {
-        last = http_get(addr, "/readyz").or(last);
+    let ready = crate::support::wait_for(LIMIT, || {
+        last = http_get(addr, "/readyz").or(last.take());
         if last.as_ref().is_some_and(|r| r.0 == 200) {
-            break;
+            Some(true)
+        } else {
+            // A watch that exited will never be ready.
+            child.try_wait().ok().flatten().map(|_| false)
         }
-        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let mut err = String::new();
-            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-            panic!("never ready (last /readyz {last:?}): {err}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    });
+    if ready != Some(true) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut err = String::new();
+        let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        panic!("never ready (last /readyz {last:?}): {err}");
     }
     let (_, status) = http_get(addr, "/status").expect("/status");
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits");

@@ -95,3 +95,19 @@ pub fn listing(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Waits until `probe` returns `Some`: state another process makes observable (a partial file,
+/// an HTTP status, its exit), checked every 10 ms. `None` once `limit` has passed — a bound for
+/// a hung process, never a timing assumption; the caller says what never happened.
+pub fn wait_for<T>(limit: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
