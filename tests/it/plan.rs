@@ -638,3 +638,55 @@ fn action_kind_names_are_the_json_names() {
         assert_eq!(serde_json::to_value(k).unwrap(), k.as_str(), "{k:?}");
     }
 }
+
+/// The JSON rows of every kind, byte for byte: the shape `diff -o json`, `status -o json`
+/// and `apply -o json` print, whatever the types behind it.
+#[test]
+fn json_rows_are_pinned_byte_for_byte() {
+    let m = standard();
+    let mut recs = installed(&m);
+    // sd15: no record (install); vae: a file missing (repair); lora: inplace source gone
+    // (error with a key); a departed entry's record (orphaned, or delete with prune).
+    recs.remove(0);
+    recs[0].files[1].status = FileStatus::Missing;
+    recs[1].path_exists = false;
+    let gone_manifest = manifest("  - name: old\n    source: owner/old\n");
+    recs.push(record("k9", &gone_manifest, "old"));
+    let inv = inventory(recs);
+    let p = plan(&m, &inv, &PlanOptions::default()).unwrap();
+    let rows = serde_json::to_string(&p.actions).unwrap();
+    let spec = |n: &str| m.entry(n).unwrap().spec_hash.to_string();
+    let want = format!(
+        concat!(
+            r#"[{{"action":"install","name":"sd15","source":"runwayml/stable-diffusion-v1-5:fp16","key":null,"reason":"not installed","fetch_bytes":null,"files":[],"spec_hash":"{sd15}"}},"#,
+            r#"{{"action":"repair","name":"vae","source":"owner/vae","key":"k2","reason":"1 file missing","fetch_bytes":200,"files":["b.safetensors"],"spec_hash":"{vae}"}},"#,
+            r#"{{"action":"error","name":"lora","source":"/data/lora.safetensors","key":"k3","reason":"inplace source /data/lora.safetensors is gone: restore it or remove the entry","fetch_bytes":0,"files":[],"spec_hash":"{lora}"}},"#,
+            r#"{{"action":"orphaned","name":"old","source":"owner/old","key":"k9","reason":"entry `old` left the manifest; kept (apply --prune deletes it)","fetch_bytes":0,"files":[],"spec_hash":null}}]"#
+        ),
+        sd15 = spec("sd15"),
+        vae = spec("vae"),
+        lora = spec("lora"),
+    );
+    assert_eq!(rows, want);
+    let p = plan(
+        &m,
+        &inv,
+        &PlanOptions {
+            prune: true,
+            unresolvable: BTreeMap::from([("vae".to_owned(), "no such repo".to_owned())]),
+            ..PlanOptions::default()
+        },
+    )
+    .unwrap();
+    let rows = serde_json::to_string(&p.actions[1..]).unwrap();
+    let want = format!(
+        concat!(
+            r#"[{{"action":"error","name":"vae","source":"owner/vae","key":"k2","reason":"no such repo","fetch_bytes":0,"files":[],"spec_hash":"{vae}"}},"#,
+            r#"{{"action":"error","name":"lora","source":"/data/lora.safetensors","key":"k3","reason":"inplace source /data/lora.safetensors is gone: restore it or remove the entry","fetch_bytes":0,"files":[],"spec_hash":"{lora}"}},"#,
+            r#"{{"action":"delete","name":"old","source":"owner/old","key":"k9","reason":"entry `old` left the manifest","fetch_bytes":0,"files":[],"spec_hash":null}}]"#
+        ),
+        vae = spec("vae"),
+        lora = spec("lora"),
+    );
+    assert_eq!(rows, want);
+}
