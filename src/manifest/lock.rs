@@ -154,6 +154,8 @@ impl LockFile {
 
     /// Reads a lock file; `Ok(None)` when there is none.
     pub fn read(path: &Path) -> Result<Option<Self>, LockError> {
+        #[cfg(test)]
+        test_reads::count(path);
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             // A path under a non-directory cannot hold a lock either.
@@ -177,27 +179,38 @@ impl LockFile {
 
     /// Parses lock text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, LockError> {
-        let lock: Self = serde_saphyr::from_str_with_options(text, super::yaml_options(text.len()))
-            .map_err(|e| {
-                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-                LockError::Parse {
-                    path: path.to_path_buf(),
-                    line,
-                    column,
-                    message: serde_saphyr::MessageFormatter::format_message(
-                        &serde_saphyr::DefaultMessageFormatter,
-                        e.without_snippet(),
-                    )
-                    .into_owned(),
-                }
-            })?;
+        let mut lock: Self =
+            serde_saphyr::from_str_with_options(text, super::yaml_options(text.len())).map_err(
+                |e| {
+                    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                    LockError::Parse {
+                        path: path.to_path_buf(),
+                        line,
+                        column,
+                        message: serde_saphyr::MessageFormatter::format_message(
+                            &serde_saphyr::DefaultMessageFormatter,
+                            e.without_snippet(),
+                        )
+                        .into_owned(),
+                    }
+                },
+            )?;
         if lock.version != LOCK_VERSION {
             return Err(LockError::Version {
                 path: path.to_path_buf(),
                 found: lock.version,
             });
         }
+        lock.normalize();
         Ok(lock)
+    }
+
+    /// Puts each entry's files in path order, the order [`write`](Self::write) uses, so that
+    /// two locks that would write the same file compare equal.
+    pub fn normalize(&mut self) {
+        for e in self.entries.values_mut() {
+            e.files.sort_by(|a, b| a.path.cmp(&b.path));
+        }
     }
 
     /// The text [`write`](Self::write) puts in the file.
@@ -267,6 +280,35 @@ impl LockFile {
     /// source.
     pub fn entry_for(&self, entry: &ModelEntry) -> Option<&LockEntry> {
         self.entries.get(&entry.name).filter(|l| l.matches(entry))
+    }
+}
+
+/// How often each lock path was read, for tests that count reads (paths are unique per test,
+/// so tests running at once do not disturb each other).
+#[cfg(test)]
+pub(crate) mod test_reads {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static READS: Mutex<BTreeMap<PathBuf, usize>> = Mutex::new(BTreeMap::new());
+
+    pub(super) fn count(path: &Path) {
+        *READS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(path.to_path_buf())
+            .or_default() += 1;
+    }
+
+    /// Reads of `path` so far.
+    pub(crate) fn of(path: &Path) -> usize {
+        READS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            .copied()
+            .unwrap_or_default()
     }
 }
 

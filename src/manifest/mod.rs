@@ -367,6 +367,19 @@ pub struct Manifest {
     pub broken: Vec<BrokenEntry>,
 }
 
+/// A manifest's entries by name: [`Manifest::index`].
+#[derive(Debug, Clone)]
+pub struct EntryIndex<'a> {
+    by_name: std::collections::HashMap<&'a str, &'a ModelEntry>,
+}
+
+impl<'a> EntryIndex<'a> {
+    /// The entry with this name (among those indexed).
+    pub fn get(&self, name: &str) -> Option<&'a ModelEntry> {
+        self.by_name.get(name).copied()
+    }
+}
+
 /// A manifest entry that cannot be expanded here: see [`Manifest::broken`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BrokenEntry {
@@ -384,6 +397,27 @@ impl Manifest {
     /// The entry with this name.
     pub fn entry(&self, name: &str) -> Option<&ModelEntry> {
         self.models.iter().find(|e| e.name == name)
+    }
+
+    /// The entries by name, for a caller that looks up many (apply looks up each action's
+    /// entry): one pass now, then each look-up is a hash probe where [`entry`](Self::entry)
+    /// walks the list. `only` non-empty: just those names (apply's `--only`, watch's
+    /// one-entry runs), so building it costs no more than the names asked for. A name twice
+    /// (the parser refuses that; a manifest built in code may not) finds the first entry, as
+    /// [`entry`](Self::entry) does.
+    pub fn index(&self, only: &[String]) -> EntryIndex<'_> {
+        let only: std::collections::HashSet<&str> = only.iter().map(String::as_str).collect();
+        let mut by_name = std::collections::HashMap::with_capacity(if only.is_empty() {
+            self.models.len()
+        } else {
+            only.len()
+        });
+        for e in &self.models {
+            if only.is_empty() || only.contains(e.name.as_str()) {
+                by_name.entry(e.name.as_str()).or_insert(e);
+            }
+        }
+        EntryIndex { by_name }
     }
 
     /// Whether an entry of this name is in the manifest, expandable or not.
@@ -424,5 +458,31 @@ pub(crate) fn yaml_options(len: usize) -> serde_saphyr::Options {
     serde_saphyr::options! {
         strict_booleans: true,
         budget: Some(yaml_budget(len)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index answers as `entry` does, the first of a duplicated name included, and holds
+    /// only the names asked for.
+    #[test]
+    fn index_finds_what_entry_finds() {
+        let text =
+            "version: 1\nmodels:\n  - name: a\n    source: o/a\n  - name: b\n    source: o/b\n";
+        let mut m = parse_str(text, Path::new("/p/models.yaml"), &|_| None).unwrap();
+        let mut dup = m.models[1].clone();
+        dup.name = "a".into();
+        m.models.push(dup);
+        let all = m.index(&[]);
+        assert!(std::ptr::eq(all.get("a").unwrap(), &m.models[0]));
+        assert!(std::ptr::eq(all.get("a").unwrap(), m.entry("a").unwrap()));
+        assert!(std::ptr::eq(all.get("b").unwrap(), &m.models[1]));
+        assert!(all.get("c").is_none());
+        let only = m.index(&["b".to_owned(), "c".to_owned()]);
+        assert!(only.get("a").is_none());
+        assert!(std::ptr::eq(only.get("b").unwrap(), &m.models[1]));
+        assert!(only.get("c").is_none());
     }
 }

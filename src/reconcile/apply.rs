@@ -31,15 +31,17 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 
-use super::inventory::{Inventory, InventoryError, observe};
-use super::plan::{ActionKind, Plan, PlanError, PlanOptions, PlannedAction, Totals, plan};
+use super::inventory::{DirState, InventoryError, observe};
+use super::plan::{ActionKind, Plan, PlanError, PlanOptions, PlannedAction, Step, Totals, plan};
 use super::remote::{self, RemoteWarning};
 use crate::config::{AnyModelConfig, Managed};
 use crate::events::{Event, Reporter};
 use crate::hub::{HubClient, HubEnv, LocalModelSource, ModelSource};
 use crate::install::{InstallOptions, InstallOutcome, InstallRequest};
 use crate::manager::ModelManager;
-use crate::manifest::{LockEntry, LockError, LockFile, LockedFile, Manifest, ModelEntry};
+use crate::manifest::{
+    EntryIndex, LockEntry, LockError, LockFile, LockedFile, Manifest, ModelEntry,
+};
 use crate::retry::{Class, Classify, Failure, FailureKind};
 use crate::store::{ConfigChange, RecordStore, StoreError};
 use crate::watch::CancelToken;
@@ -322,17 +324,29 @@ impl ApplyReport {
 
 /// Refuses to go on when models_dir is missing or empty while the store has records in it (an
 /// unmounted volume). Call before [`ModelManager::open`]: its recovery must not run there.
-pub fn check_volume(store: &dyn RecordStore, models_dir: &Path) -> Result<Inventory, ApplyError> {
-    let inv = observe(store, models_dir)?;
-    if inv.volume_suspect() {
+///
+/// Cheap: a models_dir with something in it passes without a look at the store; otherwise
+/// only the records' paths are read. The full observation is [`apply`]'s, once.
+pub fn check_volume(store: &dyn RecordStore, models_dir: &Path) -> Result<(), ApplyError> {
+    let state = super::inventory::dir_state(models_dir, store.location())?;
+    if state == DirState::Present {
+        return Ok(());
+    }
+    let records = store
+        .all_models()
+        .map_err(InventoryError::Store)?
+        .iter()
+        .filter(|c| c.resolved_path(models_dir).starts_with(models_dir))
+        .count();
+    if records > 0 {
         return Err(PlanError::VolumeNotMounted {
-            models_dir: inv.models_dir.clone(),
-            missing: inv.models_dir_state == super::inventory::DirState::Missing,
-            records: inv.records.iter().filter(|r| r.in_models_dir).count(),
+            models_dir: models_dir.to_path_buf(),
+            missing: state == DirState::Missing,
+            records,
         }
         .into());
     }
-    Ok(inv)
+    Ok(())
 }
 
 /// Everything apply needs besides the manifest.
@@ -389,14 +403,16 @@ pub async fn apply(
         }
         popts.upstream_commits = commits;
     }
+    // Every look-up of an action's entry below goes through this.
+    let entries = manifest.index(&opts.only);
     let mut the_plan = plan(manifest, &inventory, &popts)?;
     if opts.locked {
-        locked_preflight(manifest, &the_plan, &lock)?;
+        locked_preflight(&entries, &the_plan, &lock)?;
     }
     let unknown: Vec<&ModelEntry> = the_plan
         .changes()
         .filter(|a| a.fetch_bytes.is_none())
-        .filter_map(|a| manifest.entry(&a.name))
+        .filter_map(|a| entries.get(&a.name))
         .collect();
     if !unknown.is_empty() {
         let urls = remote::lookup_budget(cx.manager.download_queue().size_probe());
@@ -440,7 +456,8 @@ pub async fn apply(
     }
     let mut results: Vec<(usize, ActionResult)> = {
         let locked_ref = locked_entries.as_ref();
-        let (lock_ref, upstream_ref, kinds_ref) = (&lock, &upstream, &error_kinds);
+        let (lock_ref, upstream_ref, kinds_ref, entries_ref) =
+            (&lock, &upstream, &error_kinds, &entries);
         // Collected before they become a stream, so that no closure is held across the await:
         // that keeps `apply`'s future `Send` for callers that spawn it (watch mode).
         let actions: Vec<_> = the_plan
@@ -448,12 +465,13 @@ pub async fn apply(
             .iter()
             .enumerate()
             // Superseded records wait for their entry (below).
-            .filter(|(_, a)| !is_superseded(manifest, a))
+            .filter(|(_, a)| !is_superseded(&entries, a))
             .map(|(i, a)| async move {
-                if opts.cancel.is_cancelled() && a.action.is_change() {
+                if opts.cancel.is_cancelled() && a.kind().is_change() {
                     return (i, not_started(a));
                 }
                 let known = Known {
+                    entries: entries_ref,
                     locked: locked_ref,
                     lock: lock_ref,
                     upstream: upstream_ref,
@@ -471,15 +489,15 @@ pub async fn apply(
     };
     // Records superseded by a converged entry go now (an interrupted replace).
     for (i, a) in the_plan.actions.iter().enumerate() {
-        if !is_superseded(manifest, a) {
+        let Some(key) = a.step.leftover_key().filter(|_| is_superseded(&entries, a)) else {
             continue;
-        }
+        };
         let entry_ok = results
             .iter()
             .any(|(_, r)| r.name == a.name && r.ok() && r.action != ActionKind::Orphaned);
         let r = if entry_ok {
             start(cx, a);
-            let res = delete(cx, a.key.as_deref()).map(|()| None);
+            let res = delete(cx, key).map(|()| None);
             finish(cx, a, res.map(|k| (k, 0, None)))
         } else {
             skipped(a)
@@ -506,7 +524,7 @@ pub async fn apply(
     // per entry, concurrently) may have written it meanwhile.
     let (update, lock_dropped) = update_lock_file(&lock_path, |lock| {
         for r in &results {
-            let Some(entry) = manifest.entry(&r.name) else {
+            let Some(entry) = entries.get(&r.name) else {
                 continue;
             };
             if !r.ok() || is_leftover(r.action) {
@@ -531,7 +549,7 @@ pub async fn apply(
             .iter()
             .filter(|r| r.ok())
             .filter_map(|r| {
-                let entry = manifest.entry(&r.name).filter(|e| e.preload)?;
+                let entry = entries.get(&r.name).filter(|e| e.preload)?;
                 Some((entry, r.key.as_ref()?))
             })
             .collect();
@@ -612,14 +630,17 @@ pub fn prune_departed(
         ..PlanOptions::default()
     };
     let the_plan = plan(manifest, &inventory, &popts)?;
+    let entries = manifest.index(&[]);
     let mut results = Vec::new();
-    for a in the_plan
-        .actions
-        .iter()
-        .filter(|a| a.action == ActionKind::Delete && manifest.entry(&a.name).is_none())
-    {
+    for a in &the_plan.actions {
+        let Step::Delete { key } = &a.step else {
+            continue;
+        };
+        if entries.get(&a.name).is_some() {
+            continue;
+        }
         start(cx, a);
-        let r = delete(cx, a.key.as_deref()).map(|()| (None, 0, None));
+        let r = delete(cx, key).map(|()| (None, 0, None));
         results.push(finish(cx, a, r));
     }
     let lock_path = manifest.lock_path();
@@ -628,18 +649,77 @@ pub fn prune_departed(
     Ok(results)
 }
 
-/// Serialises the read-modify-write of lock files within this process, and holds the locks
-/// that could not be written. Other processes are kept out by the store lock; applies of one
-/// process (watch mode) run concurrently, and each must merge into what the others wrote
-/// rather than overwrite it with a stale copy. One mutex for every lock path: the section is
-/// short and never awaits.
+/// Serialises the read-modify-write of lock files within this process, and remembers each lock
+/// as this process last read or wrote it. Other processes are kept out by the store lock;
+/// applies of one process (watch mode) run concurrently, and each must merge into what the
+/// others wrote rather than overwrite it with a stale copy. One mutex for every lock path: the
+/// section is short and never awaits.
+///
+/// The memory copy is used while the file is as this process left it (same [`Stamp`]), so an
+/// apply parses `models.lock` once, at the start; a file changed from outside (an edit, a
+/// `git checkout`) is read again.
 ///
 /// A lock path that cannot be written (a manifest on a read-only ConfigMap mount) is kept in
 /// memory from then on: later applies of this process (watch mode) read and merge the memory
 /// copy, and each write is tried again (a remount may have made the place writable). Nothing
 /// about converging depends on the lock; only `apply --locked` and `verify` read it.
-static LOCK_FILE_UPDATE: std::sync::Mutex<BTreeMap<PathBuf, LockFile>> =
+static LOCK_FILE_UPDATE: std::sync::Mutex<BTreeMap<PathBuf, Remembered>> =
     std::sync::Mutex::new(BTreeMap::new());
+
+/// A lock as this process last knew it.
+struct Remembered {
+    lock: LockFile,
+    stamp: Stamp,
+}
+
+/// What the lock file looked like when this process last read or wrote it. Renames change
+/// the inode (every write of ours is one), edits in place the size or the mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// There was no file.
+    Absent,
+    /// The file's identity and metadata.
+    File {
+        dev: u64,
+        ino: u64,
+        len: u64,
+        mtime: Option<std::time::SystemTime>,
+    },
+    /// The memory copy is newer than the file: it could not be written.
+    Unwritten,
+}
+
+impl Stamp {
+    /// The file now; `None` when that cannot be told (then it is read again).
+    fn of(path: &Path) -> Option<Self> {
+        match std::fs::metadata(path) {
+            Ok(md) => {
+                #[cfg(unix)]
+                let (dev, ino) = {
+                    use std::os::unix::fs::MetadataExt;
+                    (md.dev(), md.ino())
+                };
+                #[cfg(not(unix))]
+                let (dev, ino) = (0, 0);
+                Some(Self::File {
+                    dev,
+                    ino,
+                    len: md.len(),
+                    mtime: md.modified().ok(),
+                })
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Some(Self::Absent)
+            }
+            Err(_) => None,
+        }
+    }
+}
 
 /// What [`update_lock_file`] did.
 #[derive(Debug)]
@@ -659,48 +739,86 @@ impl LockUpdate {
     }
 }
 
-fn lock_memory() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, LockFile>> {
+fn lock_memory() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, Remembered>> {
     LOCK_FILE_UPDATE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The lock as this process knows it: the memory copy of a lock that could not be written,
-/// else the file (empty if none).
-fn current_lock(path: &Path) -> Result<LockFile, LockError> {
-    if let Some(l) = lock_memory().get(path) {
-        return Ok(l.clone());
+/// The lock at `path` as this process knows it (empty if none): the memory copy while the
+/// file is as this process left it (or could not write it), else the file, read and
+/// remembered. Returns whether the copy is one that could not be written.
+fn known_lock(
+    memory: &mut BTreeMap<PathBuf, Remembered>,
+    path: &Path,
+) -> Result<(LockFile, bool), LockError> {
+    let now = Stamp::of(path);
+    if let Some(r) = memory.get(path)
+        && (r.stamp == Stamp::Unwritten || Some(r.stamp) == now)
+    {
+        return Ok((r.lock.clone(), r.stamp == Stamp::Unwritten));
     }
-    Ok(LockFile::read(path)?.unwrap_or_default())
+    // Stamped before the read: a change in between is seen as a change next time.
+    let lock = LockFile::read(path)?.unwrap_or_default();
+    match now {
+        Some(stamp) => {
+            memory.insert(
+                path.to_path_buf(),
+                Remembered {
+                    lock: lock.clone(),
+                    stamp,
+                },
+            );
+        }
+        None => {
+            memory.remove(path);
+        }
+    }
+    Ok((lock, false))
 }
 
-/// Reads the lock at `path` (empty if none), lets `edit` change it, and writes it back when the
-/// text changed. A read that fails is an error (a lock that does not parse must be fixed); a
-/// write that fails is not: the lock is kept in memory (see [`LOCK_FILE_UPDATE`]).
+/// The lock as this process knows it (see [`known_lock`]).
+fn current_lock(path: &Path) -> Result<LockFile, LockError> {
+    known_lock(&mut lock_memory(), path).map(|(l, _)| l)
+}
+
+/// Takes the lock at `path` as this process knows it (empty if none), lets `edit` change it,
+/// and writes it back when it changed (compared as data, files in path order). A read that
+/// fails is an error (a lock that does not parse must be fixed); a write that fails is not:
+/// the lock is kept in memory (see [`LOCK_FILE_UPDATE`]).
 fn update_lock_file<T>(
     path: &Path,
     edit: impl FnOnce(&mut LockFile) -> T,
 ) -> Result<(LockUpdate, T), LockError> {
     let mut memory = lock_memory();
-    let in_memory = memory.get(path).cloned();
-    let was_unwritable = in_memory.is_some();
-    let mut lock = match in_memory {
-        Some(l) => l,
-        None => LockFile::read(path)?.unwrap_or_default(),
-    };
-    let before = lock.to_yaml(path)?;
+    let (mut lock, was_unwritable) = known_lock(&mut memory, path)?;
+    let before = lock.clone();
     let out = edit(&mut lock);
-    let changed = lock.to_yaml(path)? != before;
+    lock.normalize();
+    let changed = lock != before;
     if !changed && !was_unwritable {
         return Ok((LockUpdate::Unchanged, out));
     }
     match lock.write(path) {
         Ok(()) => {
-            memory.remove(path);
+            match Stamp::of(path) {
+                Some(stamp) => {
+                    memory.insert(path.to_path_buf(), Remembered { lock, stamp });
+                }
+                None => {
+                    memory.remove(path);
+                }
+            }
             Ok((LockUpdate::Written, out))
         }
         Err(error @ LockError::Io { .. }) => {
-            memory.insert(path.to_path_buf(), lock);
+            memory.insert(
+                path.to_path_buf(),
+                Remembered {
+                    lock,
+                    stamp: Stamp::Unwritten,
+                },
+            );
             if was_unwritable && !changed {
                 return Ok((LockUpdate::Unchanged, out));
             }
@@ -763,24 +881,24 @@ fn is_leftover(kind: ActionKind) -> bool {
 }
 
 /// Another record of an entry that is still in the manifest.
-fn is_superseded(manifest: &Manifest, a: &PlannedAction) -> bool {
-    is_leftover(a.action) && manifest.entry(&a.name).is_some()
+fn is_superseded(entries: &EntryIndex<'_>, a: &PlannedAction) -> bool {
+    a.step.leftover_key().is_some() && entries.get(&a.name).is_some()
 }
 
 /// `--locked`: every selected entry must have a lock entry for its current source, and an
 /// unpinned Hub entry that must be fetched must have its resolved commit there. Nothing is
 /// asked upstream: the installs fetch exactly the lock's commits.
 fn locked_preflight(
-    manifest: &Manifest,
+    entries: &EntryIndex<'_>,
     the_plan: &Plan,
     lock: &LockFile,
 ) -> Result<(), ApplyError> {
     let mut problems = Vec::new();
     for a in &the_plan.actions {
-        let Some(entry) = manifest.entry(&a.name) else {
+        let Some(entry) = entries.get(&a.name) else {
             continue;
         };
-        if is_leftover(a.action) {
+        if a.step.leftover_key().is_some() {
             continue;
         }
         let Some(l) = lock.entry_for(entry) else {
@@ -796,7 +914,7 @@ fn locked_preflight(
             continue;
         };
         let fetches = matches!(
-            a.action,
+            a.kind(),
             ActionKind::Install | ActionKind::Replace | ActionKind::Repair | ActionKind::Upgrade
         );
         if fetches
@@ -823,8 +941,8 @@ fn start(cx: &ApplyContext<'_>, a: &PlannedAction) {
         cx,
         ReconcileEvent::ActionStarted {
             name: a.name.clone(),
-            action: a.action,
-            key: a.key.clone(),
+            action: a.kind(),
+            key: a.key().map(str::to_owned),
         },
     );
 }
@@ -834,12 +952,12 @@ type Done = (Option<String>, u64, Option<LockEntry>);
 fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) -> ActionResult {
     match r {
         Ok((key, downloaded_bytes, lock)) => {
-            if a.action != ActionKind::Unchanged && a.action != ActionKind::Orphaned {
+            if !matches!(a.kind(), ActionKind::Unchanged | ActionKind::Orphaned) {
                 report(
                     cx,
                     ReconcileEvent::ActionCompleted {
                         name: a.name.clone(),
-                        action: a.action,
+                        action: a.kind(),
                         key: key.clone(),
                         downloaded_bytes,
                     },
@@ -847,7 +965,7 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) ->
             }
             ActionResult {
                 name: a.name.clone(),
-                action: a.action,
+                action: a.kind(),
                 key,
                 error: None,
                 downloaded_bytes,
@@ -860,7 +978,7 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) ->
                 cx,
                 ReconcileEvent::ActionFailed {
                     name: a.name.clone(),
-                    action: a.action,
+                    action: a.kind(),
                     error: error.message.clone(),
                     causes: error.causes.clone(),
                     error_kind: error.kind,
@@ -868,8 +986,8 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) ->
             );
             ActionResult {
                 name: a.name.clone(),
-                action: a.action,
-                key: a.key.clone(),
+                action: a.kind(),
+                key: a.key().map(str::to_owned),
                 error: Some(error),
                 downloaded_bytes: 0,
                 interrupted: false,
@@ -882,8 +1000,8 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) ->
 fn skipped(a: &PlannedAction) -> ActionResult {
     ActionResult {
         name: a.name.clone(),
-        action: a.action,
-        key: a.key.clone(),
+        action: a.kind(),
+        key: a.key().map(str::to_owned),
         error: None,
         downloaded_bytes: 0,
         interrupted: false,
@@ -906,6 +1024,8 @@ fn not_started(a: &PlannedAction) -> ActionResult {
 /// What an action may need besides its plan row.
 #[derive(Clone, Copy)]
 struct Known<'a> {
+    /// The manifest's entries by name.
+    entries: &'a EntryIndex<'a>,
     /// The lock with `--locked`.
     locked: Option<&'a LockFile>,
     /// The lock as read at the start (the installed commits).
@@ -922,10 +1042,10 @@ async fn run_action(
     cx: &ApplyContext<'_>,
     known: Known<'_>,
 ) -> ActionResult {
-    let entry = manifest.entry(&a.name);
-    match (a.action, entry) {
-        (ActionKind::Unchanged | ActionKind::Orphaned, _) => skipped(a),
-        (ActionKind::Error, _) => {
+    let entry = known.entries.get(&a.name);
+    match (&a.step, entry) {
+        (Step::Unchanged { .. } | Step::Orphaned { .. }, _) => skipped(a),
+        (Step::Error { .. }, _) => {
             let kind = known
                 .error_kinds
                 .get(&a.name)
@@ -934,29 +1054,31 @@ async fn run_action(
             let r = Err(Failure::new(kind, a.reason.clone()));
             finish(cx, a, r)
         }
-        (ActionKind::Delete, _) => {
+        (Step::Delete { key }, _) => {
             start(cx, a);
-            let r = delete(cx, a.key.as_deref()).map(|()| (None, 0, None));
+            let r = delete(cx, key).map(|()| (None, 0, None));
             finish(cx, a, r)
         }
-        (ActionKind::Update | ActionKind::Adopt, Some(entry)) => {
+        (Step::Update { key, .. } | Step::Adopt { key, .. }, Some(entry)) => {
             start(cx, a);
-            let r = update_record(cx.manager.store().as_ref(), entry, a.key.as_deref())
-                .map(|k| (Some(k), 0, None));
+            let r =
+                update_record(cx.manager.store().as_ref(), entry, key).map(|k| (Some(k), 0, None));
             finish(cx, a, r)
         }
-        (ActionKind::Repair | ActionKind::Upgrade, Some(entry)) if a.key.is_some() => {
+        (Step::Repair { key, files, .. }, Some(entry)) => {
             start(cx, a);
-            let r = refit(manifest, entry, a, cx, known).await;
+            let r = refit(manifest, entry, Refit::Repair { key, files }, cx, known).await;
             finish(cx, a, r)
         }
-        (
-            ActionKind::Install | ActionKind::Replace | ActionKind::Repair | ActionKind::Upgrade,
-            Some(entry),
-        ) => {
+        (Step::Upgrade { key, .. }, Some(entry)) => {
+            start(cx, a);
+            let r = refit(manifest, entry, Refit::Upgrade { key }, cx, known).await;
+            finish(cx, a, r)
+        }
+        (Step::Install { .. } | Step::Replace { .. }, Some(entry)) => {
             start(cx, a);
             let lock_entry = known.locked.and_then(|l| l.entry_for(entry));
-            let r = reinstall(manifest, entry, a, cx, lock_entry).await;
+            let r = reinstall(manifest, entry, a.key(), cx, lock_entry).await;
             finish(cx, a, r)
         }
         (_, None) => finish(
@@ -970,14 +1092,14 @@ async fn run_action(
     }
 }
 
+/// Install, or replace the record `old`.
 async fn reinstall(
     manifest: &Manifest,
     entry: &ModelEntry,
-    a: &PlannedAction,
+    old: Option<&str>,
     cx: &ApplyContext<'_>,
     locked: Option<&LockEntry>,
 ) -> Result<Done, Failure> {
-    let old = a.key.as_deref();
     // A fixed dest (or an inplace path) is where the old model is: it must go first. Without
     // one, the new model lands beside the old, which goes only once the new one is in place.
     let old_first = old.is_some() && (entry.dest.is_some() || entry.inplace);
@@ -1022,20 +1144,33 @@ async fn reinstall(
     Ok((Some(outcome.key), outcome.downloaded_bytes, Some(lock)))
 }
 
+/// What [`refit`] does to which record.
+#[derive(Clone, Copy)]
+enum Refit<'a> {
+    /// Fetch the damaged files again, at the installed commit.
+    Repair { key: &'a str, files: &'a [String] },
+    /// Fetch the commit `--refresh` saw upstream.
+    Upgrade { key: &'a str },
+}
+
 /// Repair or upgrade in place: the record keeps its key; see the module docs.
 async fn refit(
     manifest: &Manifest,
     entry: &ModelEntry,
-    a: &PlannedAction,
+    what: Refit<'_>,
     cx: &ApplyContext<'_>,
     known: Known<'_>,
 ) -> Result<Done, Failure> {
-    let key = a.key.clone().unwrap_or_default();
+    let (key, damaged, upgrade) = match what {
+        Refit::Repair { key, files } => (key, files.to_vec(), false),
+        Refit::Upgrade { key } => (key, Vec::new(), true),
+    };
+    let key = key.to_owned();
     let store = cx.manager.store();
     let mut request = install_request(manifest, entry);
     let lock_entry = known.lock.entry_for(entry);
     if !entry.is_pinned() && matches!(entry.source, ModelSource::Hf(_)) {
-        request.options.revision = if a.action == ActionKind::Upgrade && known.locked.is_none() {
+        request.options.revision = if upgrade && known.locked.is_none() {
             known.upstream.get(&entry.name).cloned()
         } else {
             // Restore what is installed: the lock's commit, else the record's.
@@ -1060,7 +1195,7 @@ async fn refit(
         .unwrap_or_default();
     request.options.in_place = Some(crate::install::InPlace {
         key: key.clone(),
-        damaged: a.files.clone(),
+        damaged,
         locked_sha256,
     });
     let outcome = cx
@@ -1078,7 +1213,7 @@ async fn refit(
         ));
     }
     // The record-level fields and ownership, as an update writes them.
-    update_record(store.as_ref(), entry, Some(&key))?;
+    update_record(store.as_ref(), entry, &key)?;
     let lock = lock_from_outcome(entry, &outcome);
     Ok((Some(key), outcome.downloaded_bytes, Some(lock)))
 }
@@ -1125,8 +1260,8 @@ fn remove_empty_parents(path: &Path, models_dir: &Path) {
     }
 }
 
-fn delete(cx: &ApplyContext<'_>, key: Option<&str>) -> Result<(), Failure> {
-    remove_old(cx, key, false)
+fn delete(cx: &ApplyContext<'_>, key: &str) -> Result<(), Failure> {
+    remove_old(cx, Some(key), false)
 }
 
 /// The install request for an entry: its source (token included, never stored), the
@@ -1184,14 +1319,8 @@ fn record_fields(entry: &ModelEntry) -> serde_json::Map<String, serde_json::Valu
 fn update_record(
     store: &dyn RecordStore,
     entry: &ModelEntry,
-    key: Option<&str>,
+    key: &str,
 ) -> Result<String, Failure> {
-    let key = key.ok_or_else(|| {
-        Failure::new(
-            FailureKind::Other,
-            format!("entry `{}`: no record to update", entry.name),
-        )
-    })?;
     let mut fields = record_fields(entry);
     // Cleared in the manifest → cleared on the record.
     fields
@@ -1352,4 +1481,150 @@ fn check_against_lock(o: &InstallOutcome, l: &LockEntry) -> Result<(), String> {
         return Err(format!("file `{extra}` is not in the lock"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::AnyModelConfig;
+    use crate::store::ModelFile;
+    use crate::taxonomy::{BaseModelType, ModelType};
+
+    /// The real SQLite store, counting its whole-store reads: one per observation.
+    struct Counting {
+        inner: Box<dyn RecordStore>,
+        all_models: AtomicUsize,
+    }
+
+    impl RecordStore for Counting {
+        fn add_model(&self, key: &str, c: AnyModelConfig) -> Result<AnyModelConfig, StoreError> {
+            self.inner.add_model(key, c)
+        }
+        fn update_model(&self, key: &str, c: ConfigChange) -> Result<AnyModelConfig, StoreError> {
+            self.inner.update_model(key, c)
+        }
+        fn del_model(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.del_model(key)
+        }
+        fn get_model(&self, key: &str) -> Result<AnyModelConfig, StoreError> {
+            self.inner.get_model(key)
+        }
+        fn exists(&self, key: &str) -> Result<bool, StoreError> {
+            self.inner.exists(key)
+        }
+        fn search_by_path(&self, path: &str) -> Result<Vec<AnyModelConfig>, StoreError> {
+            self.inner.search_by_path(path)
+        }
+        fn search_by_name(
+            &self,
+            name: Option<&str>,
+            base: Option<BaseModelType>,
+            model_type: Option<ModelType>,
+        ) -> Result<Vec<AnyModelConfig>, StoreError> {
+            self.inner.search_by_name(name, base, model_type)
+        }
+        fn search_by_tag(&self, tags: &[String]) -> Result<Vec<AnyModelConfig>, StoreError> {
+            self.inner.search_by_tag(tags)
+        }
+        fn search_by_hash(&self, hash: &str) -> Result<Vec<AnyModelConfig>, StoreError> {
+            self.inner.search_by_hash(hash)
+        }
+        fn all_models(&self) -> Result<Vec<AnyModelConfig>, StoreError> {
+            self.all_models.fetch_add(1, Ordering::SeqCst);
+            self.inner.all_models()
+        }
+        fn set_model_files(&self, key: &str, files: &[ModelFile]) -> Result<(), StoreError> {
+            self.inner.set_model_files(key, files)
+        }
+        fn model_files(&self, key: &str) -> Result<Vec<ModelFile>, StoreError> {
+            self.inner.model_files(key)
+        }
+        fn location(&self) -> &Path {
+            self.inner.location()
+        }
+    }
+
+    /// A converged apply, run as the CLI runs it (volume check, then apply), observes the
+    /// store once and parses `models.lock` once; a later apply of the same process (watch)
+    /// parses it not at all while the file is as it left it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_no_op_apply_observes_once_and_reads_the_lock_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/weights");
+        let mut text = String::from("version: 1\nsettings:\n  models_dir: models\nmodels:\n");
+        for (name, file) in [
+            ("detail", "loras/detail-sd15.safetensors"),
+            ("ti", "embeddings/tiny-ti-sd15.safetensors"),
+        ] {
+            let src = dir.path().join(format!("{name}.safetensors"));
+            std::fs::copy(weights.join(file), &src).unwrap();
+            text.push_str(&format!(
+                "  - name: {name}\n    source: {}\n",
+                src.display()
+            ));
+        }
+        let m =
+            crate::manifest::parse_str(&text, &dir.path().join("models.yaml"), &|_| None).unwrap();
+        let counting = Arc::new(Counting {
+            inner: crate::store::open(&m.settings.database_path()).unwrap(),
+            all_models: AtomicUsize::new(0),
+        });
+        let store: Arc<dyn RecordStore> = counting.clone();
+        let models_dir = &m.settings.models_dir;
+        std::fs::create_dir_all(models_dir).unwrap();
+        let reporter: Arc<dyn Reporter> = Arc::new(crate::events::NullReporter);
+        let services = super::super::Services::open(
+            &m.settings,
+            store.clone(),
+            HubEnv::empty(),
+            reporter.clone(),
+        )
+        .unwrap();
+        let cx = services.context(reporter, None);
+        let opts = ApplyOptions::default();
+        let first = apply(&m, &cx, &opts).await.unwrap();
+        assert!(first.converged(), "{:?}", first.results);
+        assert_eq!(first.changed(), 2);
+        assert!(first.lock_written);
+
+        let lock_path = m.lock_path();
+        // As a new process starts: nothing of the lock in memory.
+        lock_memory().remove(&lock_path);
+        let (observed, reads) = (
+            counting.all_models.load(Ordering::SeqCst),
+            crate::manifest::lock::test_reads::of(&lock_path),
+        );
+        check_volume(store.as_ref(), models_dir).unwrap();
+        let again = apply(&m, &cx, &opts).await.unwrap();
+        assert_eq!((again.changed(), again.plan.totals.unchanged), (0, 2));
+        assert!(!again.lock_written);
+        assert_eq!(counting.all_models.load(Ordering::SeqCst) - observed, 1);
+        assert_eq!(
+            crate::manifest::lock::test_reads::of(&lock_path) - reads,
+            1,
+            "models.lock parsed once"
+        );
+
+        let reads = crate::manifest::lock::test_reads::of(&lock_path);
+        let warm = apply(&m, &cx, &opts).await.unwrap();
+        assert_eq!(warm.changed(), 0);
+        assert_eq!(crate::manifest::lock::test_reads::of(&lock_path), reads);
+        // A lock changed from outside is read again.
+        let mut edited = LockFile::read(&lock_path).unwrap().unwrap();
+        edited.entries.remove("ti");
+        edited.write(&lock_path).unwrap();
+        let reads = crate::manifest::lock::test_reads::of(&lock_path);
+        let healed = apply(&m, &cx, &opts).await.unwrap();
+        assert_eq!(crate::manifest::lock::test_reads::of(&lock_path) - reads, 1);
+        assert!(healed.lock_written, "the lost entry is written back");
+        assert!(
+            LockFile::read(&lock_path)
+                .unwrap()
+                .unwrap()
+                .entries
+                .contains_key("ti")
+        );
+    }
 }

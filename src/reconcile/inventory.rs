@@ -254,7 +254,8 @@ fn compare(path: &Path, f: &ModelFile) -> FileStatus {
     }
 }
 
-fn dir_state(models_dir: &Path, store_file: &Path) -> Result<DirState, InventoryError> {
+/// models_dir's state (see [`observe`]), without reading the store.
+pub(crate) fn dir_state(models_dir: &Path, store_file: &Path) -> Result<DirState, InventoryError> {
     let entries = match std::fs::read_dir(models_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirState::Missing),

@@ -137,26 +137,225 @@ impl ActionKind {
     }
 }
 
+/// What happens to one entry or record, with the data only that kind has: every kind but
+/// install names its record, a repair its damaged files; the entry's spec hash is there for
+/// the entry's actions and absent for a record whose entry left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// No record for the entry: fetch and install.
+    Install {
+        /// The spec hash the new record carries.
+        spec_hash: String,
+    },
+    /// The unmanaged record `key` (same source) becomes the entry's.
+    Adopt {
+        /// The record taken over.
+        key: String,
+        /// The spec hash it carries afterwards.
+        spec_hash: String,
+    },
+    /// Record, spec and files as wanted.
+    Unchanged {
+        /// The entry's record.
+        key: String,
+        /// Its spec hash.
+        spec_hash: String,
+    },
+    /// Only record-level fields changed: rewrite the record.
+    Update {
+        /// The record rewritten.
+        key: String,
+        /// The spec hash it carries afterwards.
+        spec_hash: String,
+    },
+    /// Source-level fields changed: install anew, then remove `key`.
+    Replace {
+        /// The record replaced.
+        key: String,
+        /// The new record's spec hash.
+        spec_hash: String,
+    },
+    /// Files missing or changed: fetch them again (inplace: re-hash).
+    Repair {
+        /// The record repaired in place.
+        key: String,
+        /// The recorded files (relative paths) that are missing or changed; empty when the
+        /// model's path itself is gone.
+        files: Vec<String>,
+        /// The spec hash it carries afterwards.
+        spec_hash: String,
+    },
+    /// The unpinned revision moved upstream: fetch the new commit into `key`.
+    Upgrade {
+        /// The record upgraded in place.
+        key: String,
+        /// The spec hash it carries afterwards.
+        spec_hash: String,
+    },
+    /// A managed record whose entry left the manifest, with prune: remove it and its files.
+    Delete {
+        /// The record removed.
+        key: String,
+    },
+    /// The same without prune: reported, kept.
+    Orphaned {
+        /// The record kept.
+        key: String,
+    },
+    /// Cannot converge without the user; the record (if any) stays as it is.
+    Error {
+        /// The entry's record, when it has one.
+        key: Option<String>,
+        /// The entry's spec hash (`None` for an entry that cannot be expanded).
+        spec_hash: Option<String>,
+    },
+}
+
+impl Step {
+    /// The kind.
+    pub const fn kind(&self) -> ActionKind {
+        match self {
+            Self::Install { .. } => ActionKind::Install,
+            Self::Adopt { .. } => ActionKind::Adopt,
+            Self::Unchanged { .. } => ActionKind::Unchanged,
+            Self::Update { .. } => ActionKind::Update,
+            Self::Replace { .. } => ActionKind::Replace,
+            Self::Repair { .. } => ActionKind::Repair,
+            Self::Upgrade { .. } => ActionKind::Upgrade,
+            Self::Delete { .. } => ActionKind::Delete,
+            Self::Orphaned { .. } => ActionKind::Orphaned,
+            Self::Error { .. } => ActionKind::Error,
+        }
+    }
+
+    /// The existing record involved (all but install and some errors).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Install { .. } => None,
+            Self::Adopt { key, .. }
+            | Self::Unchanged { key, .. }
+            | Self::Update { key, .. }
+            | Self::Replace { key, .. }
+            | Self::Repair { key, .. }
+            | Self::Upgrade { key, .. }
+            | Self::Delete { key }
+            | Self::Orphaned { key } => Some(key),
+            Self::Error { key, .. } => key.as_deref(),
+        }
+    }
+
+    /// The spec hash the record must carry afterwards (`None` for delete/orphaned and for
+    /// entries that cannot be expanded).
+    pub fn spec_hash(&self) -> Option<&str> {
+        match self {
+            Self::Install { spec_hash }
+            | Self::Adopt { spec_hash, .. }
+            | Self::Unchanged { spec_hash, .. }
+            | Self::Update { spec_hash, .. }
+            | Self::Replace { spec_hash, .. }
+            | Self::Repair { spec_hash, .. }
+            | Self::Upgrade { spec_hash, .. } => Some(spec_hash),
+            Self::Delete { .. } | Self::Orphaned { .. } => None,
+            Self::Error { spec_hash, .. } => spec_hash.as_deref(),
+        }
+    }
+
+    /// A repair's damaged files; empty for every other kind.
+    pub fn files(&self) -> &[String] {
+        match self {
+            Self::Repair { files, .. } => files,
+            _ => &[],
+        }
+    }
+
+    /// The record of a delete or orphaned row (a record whose entry left, or another record
+    /// of a present entry).
+    pub fn leftover_key(&self) -> Option<&str> {
+        match self {
+            Self::Delete { key } | Self::Orphaned { key } => Some(key),
+            _ => None,
+        }
+    }
+}
+
 /// One line of the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Serialised flat, the same row for every kind (see [`Plan`]): `action`, `name`, `source`,
+/// `key` (`null` when none), `reason`, `fetch_bytes`, `files` (`[]` but for a repair),
+/// `spec_hash` (`null` for delete/orphaned).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedAction {
-    /// What happens.
-    pub action: ActionKind,
+    /// What happens, with the data of that kind.
+    pub step: Step,
     /// The entry name (for delete/orphaned: the entry that once owned the record).
     pub name: String,
     /// The canonical source: the entry's, or for delete/orphaned the record's.
     pub source: String,
-    /// The existing record involved (all but install).
-    pub key: Option<String>,
     /// Why, in words.
     pub reason: String,
     /// Bytes to fetch; `None`: unknown (no lock entry and no hub metadata).
     pub fetch_bytes: Option<u64>,
-    /// Repair: the recorded files (relative paths) that are missing or changed.
-    pub files: Vec<String>,
-    /// The spec hash the record must carry afterwards (entry actions; `None` for
-    /// delete/orphaned).
-    pub spec_hash: Option<String>,
+}
+
+impl PlannedAction {
+    /// The kind.
+    pub const fn kind(&self) -> ActionKind {
+        self.step.kind()
+    }
+
+    /// The existing record involved.
+    pub fn key(&self) -> Option<&str> {
+        self.step.key()
+    }
+
+    /// A repair's damaged files; empty for every other kind.
+    pub fn files(&self) -> &[String] {
+        self.step.files()
+    }
+
+    /// The spec hash the record must carry afterwards.
+    pub fn spec_hash(&self) -> Option<&str> {
+        self.step.spec_hash()
+    }
+
+    /// Turns the row into an error saying `reason`: nothing is fetched, the record (if any)
+    /// stays as it is.
+    fn fail(&mut self, reason: String) {
+        self.step = Step::Error {
+            key: self.key().map(str::to_owned),
+            spec_hash: self.spec_hash().map(str::to_owned),
+        };
+        self.reason = reason;
+        self.fetch_bytes = Some(0);
+    }
+}
+
+impl Serialize for PlannedAction {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// The wire row, fields in the documented order.
+        #[derive(Serialize)]
+        struct Row<'a> {
+            action: ActionKind,
+            name: &'a str,
+            source: &'a str,
+            key: Option<&'a str>,
+            reason: &'a str,
+            fetch_bytes: Option<u64>,
+            files: &'a [String],
+            spec_hash: Option<&'a str>,
+        }
+        Row {
+            action: self.kind(),
+            name: &self.name,
+            source: &self.source,
+            key: self.key(),
+            reason: &self.reason,
+            fetch_bytes: self.fetch_bytes,
+            files: self.files(),
+            spec_hash: self.spec_hash(),
+        }
+        .serialize(s)
+    }
 }
 
 /// A record no manifest entry owns (from `import`): listed, never touched.
@@ -221,7 +420,7 @@ pub struct Totals {
 
 impl Totals {
     fn count(&mut self, a: &PlannedAction) {
-        let slot = match a.action {
+        let slot = match a.kind() {
             ActionKind::Install => &mut self.install,
             ActionKind::Adopt => &mut self.adopt,
             ActionKind::Unchanged => &mut self.unchanged,
@@ -301,7 +500,7 @@ pub struct Plan {
 impl Plan {
     /// Whether `apply` would change anything.
     pub fn has_changes(&self) -> bool {
-        self.actions.iter().any(|a| a.action.is_change())
+        self.actions.iter().any(|a| a.kind().is_change())
     }
 
     /// Whether some entry cannot converge.
@@ -340,22 +539,19 @@ impl Plan {
             let Some(bytes) = a.fetch_bytes.filter(|b| *b > 0) else {
                 continue;
             };
-            if !a.action.is_change() {
+            if !a.kind().is_change() {
                 continue;
             }
             if bytes <= left {
                 left -= bytes;
                 continue;
             }
-            a.reason = format!(
+            a.fail(format!(
                 "does not fit on disk: needs {}, {} left for it (of {} free)",
                 crate::units::HumanBytes(bytes),
                 crate::units::HumanBytes(left),
                 crate::units::HumanBytes(free)
-            );
-            a.action = ActionKind::Error;
-            a.fetch_bytes = Some(0);
-            a.files.clear();
+            ));
             refused.push(a.name.clone());
         }
         let mut totals = Totals {
@@ -376,7 +572,7 @@ impl Plan {
 
     /// The actions that change something, in plan order.
     pub fn changes(&self) -> impl Iterator<Item = &PlannedAction> {
-        self.actions.iter().filter(|a| a.action.is_change())
+        self.actions.iter().filter(|a| a.kind().is_change())
     }
 }
 
@@ -470,12 +666,9 @@ pub fn plan(
             None => plan_new(entry, &unmanaged_by_source, &mut adopted, opts),
         };
         if let Some(why) = opts.unresolvable.get(&entry.name)
-            && action.action != ActionKind::Adopt
+            && action.kind() != ActionKind::Adopt
         {
-            action.action = ActionKind::Error;
-            action.reason.clone_from(why);
-            action.fetch_bytes = Some(0);
-            action.files.clear();
+            action.fail(why.clone());
         }
         actions.push(action);
     }
@@ -540,17 +733,17 @@ pub fn plan(
 /// The error row of an entry that cannot be expanded; its record (if any) stays as it is.
 fn broken_row(b: &BrokenEntry, managed: &HashMap<&str, Vec<&InventoryRecord>>) -> PlannedAction {
     PlannedAction {
-        action: ActionKind::Error,
+        step: Step::Error {
+            key: managed
+                .get(b.name.as_str())
+                .and_then(|rs| rs.iter().find(|r| r.is_intact()).or(rs.first()))
+                .map(|r| r.key.clone()),
+            spec_hash: None,
+        },
         name: b.name.clone(),
         source: b.source.clone(),
-        key: managed
-            .get(b.name.as_str())
-            .and_then(|rs| rs.iter().find(|r| r.is_intact()).or(rs.first()))
-            .map(|r| r.key.clone()),
         reason: b.reason.clone(),
         fetch_bytes: Some(0),
-        files: Vec::new(),
-        spec_hash: None,
     }
 }
 
@@ -561,16 +754,19 @@ fn spec_matches(r: &InventoryRecord, e: &ModelEntry) -> bool {
         .is_some_and(|s| s.source == e.spec_hash.source)
 }
 
-fn action(entry: &ModelEntry, kind: ActionKind, reason: impl Into<String>) -> PlannedAction {
+/// An entry's row: `step` built from the entry's spec hash; nothing fetched unless the caller
+/// says so.
+fn action(
+    entry: &ModelEntry,
+    step: impl FnOnce(String) -> Step,
+    reason: impl Into<String>,
+) -> PlannedAction {
     PlannedAction {
-        action: kind,
+        step: step(entry.spec_hash.to_string()),
         name: entry.name.clone(),
         source: entry.canonical_source(),
-        key: None,
         reason: reason.into(),
         fetch_bytes: Some(0),
-        files: Vec::new(),
-        spec_hash: Some(entry.spec_hash.to_string()),
     }
 }
 
@@ -598,23 +794,23 @@ fn plan_new<'r>(
         rs.iter()
             .find(|r| r.is_intact() && !adopted.contains(r.key.as_str()))
     });
+    let install = |spec_hash| Step::Install { spec_hash };
     if let Some(r) = candidate {
         if opts.adopt {
             adopted.insert(r.key.as_str());
-            let mut a = action(
+            let key = r.key.clone();
+            return action(
                 entry,
-                ActionKind::Adopt,
+                |spec_hash| Step::Adopt { key, spec_hash },
                 format!(
                     "unmanaged record `{}` has the same source; taking it over",
                     r.name
                 ),
             );
-            a.key = Some(r.key.clone());
-            return a;
         }
         let mut a = action(
             entry,
-            ActionKind::Install,
+            install,
             format!(
                 "not installed (unmanaged record `{}` has the same source; --adopt takes it over)",
                 r.name
@@ -623,15 +819,16 @@ fn plan_new<'r>(
         a.fetch_bytes = full_size(entry, opts);
         return a;
     }
-    let mut a = action(entry, ActionKind::Install, "not installed");
+    let mut a = action(entry, install, "not installed");
     a.fetch_bytes = full_size(entry, opts);
     a
 }
 
 fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>) -> PlannedAction {
-    let with_key = |mut a: PlannedAction| {
-        a.key = Some(r.key.clone());
-        a
+    let key = || r.key.clone();
+    let replace = |spec_hash| Step::Replace {
+        key: key(),
+        spec_hash,
     };
     let stored = r
         .managed
@@ -640,11 +837,11 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
     let Some(stored) = stored else {
         let mut a = action(
             entry,
-            ActionKind::Replace,
+            replace,
             "the record's spec hash is unreadable (written by another version?)",
         );
         a.fetch_bytes = full_size(entry, opts);
-        return with_key(a);
+        return a;
     };
     let canonical = entry.canonical_source();
     if stored.source != entry.spec_hash.source {
@@ -654,9 +851,9 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
         } else {
             format!("source changed: {} → {canonical}", r.source)
         };
-        let mut a = action(entry, ActionKind::Replace, reason);
+        let mut a = action(entry, replace, reason);
         a.fetch_bytes = full_size(entry, opts);
-        return with_key(a);
+        return a;
     }
     let missing: Vec<&str> = r
         .missing_files()
@@ -667,14 +864,17 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
         .map(|f| f.recorded.relative_path.as_str())
         .collect();
     if entry.inplace && !r.path_exists {
-        return with_key(action(
+        return action(
             entry,
-            ActionKind::Error,
+            |spec_hash| Step::Error {
+                key: Some(key()),
+                spec_hash: Some(spec_hash),
+            },
             format!(
                 "inplace source {} is gone: restore it or remove the entry",
                 r.resolved_path.display()
             ),
-        ));
+        );
     }
     let damage = damage_words(r, missing.len(), changed.len());
     if !entry.is_pinned()
@@ -697,18 +897,36 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
                 reason.push_str("; also ");
                 reason.push_str(d);
             }
-            let mut a = action(entry, ActionKind::Upgrade, reason);
+            let mut a = action(
+                entry,
+                |spec_hash| Step::Upgrade {
+                    key: key(),
+                    spec_hash,
+                },
+                reason,
+            );
             a.fetch_bytes = opts.remote_sizes.get(&entry.name).copied();
-            return with_key(a);
+            return a;
         }
     }
-    if let Some(d) = damage {
-        let mut a = action(entry, ActionKind::Repair, d);
-        a.files = missing
+    if let Some(mut d) = damage {
+        let files = missing
             .iter()
             .chain(&changed)
             .map(|s| (*s).to_owned())
             .collect();
+        if entry.inplace {
+            d.push_str(" (inplace: re-hash, nothing to fetch)");
+        }
+        let mut a = action(
+            entry,
+            |spec_hash| Step::Repair {
+                key: key(),
+                files,
+                spec_hash,
+            },
+            d,
+        );
         a.fetch_bytes = if entry.inplace {
             Some(0)
         } else if r.files.is_empty() {
@@ -722,10 +940,7 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
                     .sum(),
             )
         };
-        if entry.inplace {
-            a.reason.push_str(" (inplace: re-hash, nothing to fetch)");
-        }
-        return with_key(a);
+        return a;
     }
     if stored.record != entry.spec_hash.record {
         let changed = changed_fields(entry, r);
@@ -736,9 +951,23 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
         } else {
             format!("{} changed", changed.join(", "))
         };
-        return with_key(action(entry, ActionKind::Update, reason));
+        return action(
+            entry,
+            |spec_hash| Step::Update {
+                key: key(),
+                spec_hash,
+            },
+            reason,
+        );
     }
-    with_key(action(entry, ActionKind::Unchanged, "in sync"))
+    action(
+        entry,
+        |spec_hash| Step::Unchanged {
+            key: key(),
+            spec_hash,
+        },
+        "in sync",
+    )
 }
 
 /// The record-level fields whose values the record does not have: `name`, `description`,
@@ -795,23 +1024,21 @@ fn damage_words(r: &InventoryRecord, missing: usize, changed: usize) -> Option<S
 }
 
 fn leftover(r: &InventoryRecord, prune: bool, why: &str) -> PlannedAction {
-    let (kind, reason) = if prune {
-        (ActionKind::Delete, why.to_owned())
+    let key = r.key.clone();
+    let (step, reason) = if prune {
+        (Step::Delete { key }, why.to_owned())
     } else {
         (
-            ActionKind::Orphaned,
+            Step::Orphaned { key },
             format!("{why}; kept (apply --prune deletes it)"),
         )
     };
     PlannedAction {
-        action: kind,
+        step,
         name: r.entry().unwrap_or(&r.name).to_owned(),
         source: r.source.clone(),
-        key: Some(r.key.clone()),
         reason,
         fetch_bytes: Some(0),
-        files: Vec::new(),
-        spec_hash: None,
     }
 }
 
@@ -835,4 +1062,174 @@ pub fn unidentified_records(inventory: &Inventory) -> Vec<UnidentifiedRecord> {
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name).then(a.key.cmp(&b.key)));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Managed;
+    use crate::reconcile::inventory::FileState;
+    use crate::store::ModelFile;
+
+    fn manifest() -> Manifest {
+        crate::manifest::parse_str(
+            "version: 1\nmodels:\n  - name: same\n    source: o/same\n  - name: new\n    source: o/new\n  - name: hurt\n    source: o/hurt\n",
+            Path::new("/p/models.yaml"),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    fn record(key: &str, entry: &str, spec_hash: String) -> InventoryRecord {
+        let file = |rel: &str| FileState {
+            recorded: ModelFile {
+                relative_path: rel.into(),
+                size: 10,
+                mtime_ns: 1,
+                sha256: None,
+            },
+            status: FileStatus::Ok,
+        };
+        InventoryRecord {
+            key: key.into(),
+            name: entry.into(),
+            model_type: ModelType::Lora,
+            format: ModelFormat::Lycoris,
+            managed: Some(Managed {
+                entry: entry.into(),
+                spec_hash,
+            }),
+            source: format!("o/{entry}"),
+            source_type: crate::config::ModelSourceType::HfRepoId,
+            path: key.into(),
+            resolved_path: Path::new("/srv/models").join(key),
+            in_models_dir: true,
+            path_exists: true,
+            hash: "blake3:00".into(),
+            file_size: 20,
+            files: vec![file("a.safetensors"), file("b.safetensors")],
+            fields: serde_json::json!({"name": entry, "tags": []})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            source_tags: Vec::new(),
+        }
+    }
+
+    /// `same` in sync, `new` not installed, `hurt` with a file missing, and the record of an
+    /// entry that left.
+    fn inventory(m: &Manifest) -> Inventory {
+        let spec = |n: &str| m.entry(n).unwrap().spec_hash.to_string();
+        let mut hurt = record("k-hurt", "hurt", spec("hurt"));
+        hurt.files[1].status = FileStatus::Missing;
+        Inventory {
+            models_dir: "/srv/models".into(),
+            models_dir_state: DirState::Present,
+            records: vec![
+                record("k-same", "same", spec("same")),
+                hurt,
+                record("k-gone", "gone", "src:x;rec:y".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn each_step_carries_the_data_of_its_kind() {
+        let m = manifest();
+        let spec = |n: &str| m.entry(n).unwrap().spec_hash.to_string();
+        let opts = PlanOptions {
+            prune: true,
+            ..PlanOptions::default()
+        };
+        let p = plan(&m, &inventory(&m), &opts).unwrap();
+        let step = |n: &str| p.action(n).unwrap().step.clone();
+        assert_eq!(
+            step("same"),
+            Step::Unchanged {
+                key: "k-same".into(),
+                spec_hash: spec("same")
+            }
+        );
+        assert_eq!(
+            step("new"),
+            Step::Install {
+                spec_hash: spec("new")
+            }
+        );
+        assert_eq!(
+            step("hurt"),
+            Step::Repair {
+                key: "k-hurt".into(),
+                files: vec!["b.safetensors".into()],
+                spec_hash: spec("hurt")
+            }
+        );
+        assert_eq!(
+            step("gone"),
+            Step::Delete {
+                key: "k-gone".into()
+            }
+        );
+        let gone = p.action("gone").unwrap();
+        assert_eq!(
+            (gone.kind(), gone.key(), gone.spec_hash(), gone.files()),
+            (ActionKind::Delete, Some("k-gone"), None, &[][..])
+        );
+        assert_eq!(gone.step.leftover_key(), Some("k-gone"));
+        assert_eq!(p.action("hurt").unwrap().step.leftover_key(), None);
+        let p = plan(&m, &inventory(&m), &PlanOptions::default()).unwrap();
+        assert_eq!(
+            step_of(&p, "gone"),
+            Step::Orphaned {
+                key: "k-gone".into()
+            }
+        );
+    }
+
+    fn step_of(p: &Plan, name: &str) -> Step {
+        p.action(name).unwrap().step.clone()
+    }
+
+    /// A row that becomes an error (unresolvable, or refused for space) keeps its record and
+    /// spec hash, fetches nothing and names no files.
+    #[test]
+    fn an_error_row_keeps_the_record_and_drops_the_rest() {
+        let m = manifest();
+        let spec = |n: &str| m.entry(n).unwrap().spec_hash.to_string();
+        let opts = PlanOptions {
+            unresolvable: BTreeMap::from([("hurt".to_owned(), "no such repo".to_owned())]),
+            ..PlanOptions::default()
+        };
+        let p = plan(&m, &inventory(&m), &opts).unwrap();
+        let hurt = p.action("hurt").unwrap();
+        assert_eq!(
+            hurt.step,
+            Step::Error {
+                key: Some("k-hurt".into()),
+                spec_hash: Some(spec("hurt"))
+            }
+        );
+        assert_eq!(
+            (hurt.reason.as_str(), hurt.fetch_bytes),
+            ("no such repo", Some(0))
+        );
+
+        let opts = PlanOptions {
+            free_bytes: Some(5),
+            ..PlanOptions::default()
+        };
+        let mut p = plan(&m, &inventory(&m), &opts).unwrap();
+        assert_eq!(p.refuse_what_does_not_fit(), ["hurt"]);
+        assert_eq!(
+            step_of(&p, "hurt"),
+            Step::Error {
+                key: Some("k-hurt".into()),
+                spec_hash: Some(spec("hurt"))
+            }
+        );
+        assert!(p.action("hurt").unwrap().files().is_empty());
+        assert_eq!((p.totals.repair, p.totals.error), (0, 1));
+    }
 }

@@ -16,7 +16,7 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
     let rows: Vec<&PlannedAction> = plan
         .actions
         .iter()
-        .filter(|a| verbose || a.action != ActionKind::Unchanged)
+        .filter(|a| verbose || a.kind() != ActionKind::Unchanged)
         .collect();
     let mut out = String::new();
     if !rows.is_empty() {
@@ -24,7 +24,7 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
             .iter()
             .map(|a| {
                 [
-                    a.action.symbol().to_owned(),
+                    a.kind().symbol().to_owned(),
                     a.name.clone(),
                     a.source.clone(),
                     a.reason.clone(),

@@ -92,7 +92,7 @@ pub fn status(
     let drift: Vec<PlannedAction> = p
         .actions
         .iter()
-        .filter(|a| a.action != ActionKind::Unchanged)
+        .filter(|a| a.kind() != ActionKind::Unchanged)
         .cloned()
         .collect();
     let missing_paths: Vec<MissingPath> = inventory

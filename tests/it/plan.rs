@@ -92,7 +92,7 @@ fn installed(m: &Manifest) -> Vec<InventoryRecord> {
 fn kinds(p: &modelsync::reconcile::Plan) -> Vec<(String, ActionKind)> {
     p.actions
         .iter()
-        .map(|a| (a.name.clone(), a.action))
+        .map(|a| (a.name.clone(), a.kind()))
         .collect()
 }
 
@@ -154,7 +154,7 @@ fn fresh_machine_installs_everything_with_sizes_from_the_lock() {
     assert_eq!(p.actions[1].fetch_bytes, None);
     assert_eq!(p.actions[2].fetch_bytes, Some(0), "inplace fetches nothing");
     assert_eq!(
-        p.actions[0].spec_hash.as_deref(),
+        p.actions[0].spec_hash(),
         Some(m.models[0].spec_hash.to_string().as_str())
     );
     assert_eq!(p.totals.install, 3);
@@ -177,10 +177,10 @@ Plan: 3 to install, 0 to update, 0 to repair, 0 to delete — 4.2 GB to fetch (+
 fn converged_state_is_unchanged() {
     let m = standard();
     let p = plan(&m, &inventory(installed(&m)), &PlanOptions::default()).unwrap();
-    assert!(p.actions.iter().all(|a| a.action == ActionKind::Unchanged));
+    assert!(p.actions.iter().all(|a| a.kind() == ActionKind::Unchanged));
     assert!(!p.has_changes());
     assert_eq!(p.totals.unchanged, 3);
-    assert_eq!(p.actions[1].key.as_deref(), Some("k2"));
+    assert_eq!(p.actions[1].key(), Some("k2"));
     assert_eq!(render_text(&p, false), "No changes: 3 model(s) in sync.\n");
     let verbose = render_text(&p, true);
     assert!(
@@ -226,7 +226,7 @@ fn record_level_change_updates_and_source_level_change_replaces() {
         p.actions[2].reason,
         "source changed: /data/lora.safetensors → /data/lora-v2.safetensors"
     );
-    assert_eq!(p.actions[1].key.as_deref(), Some("k2"));
+    assert_eq!(p.actions[1].key(), Some("k2"));
     assert_eq!(p.totals.update, 1);
     assert_eq!(p.totals.replace, 2);
     // A variant change is a source change too.
@@ -234,7 +234,7 @@ fn record_level_change_updates_and_source_level_change_replaces() {
         "  - name: sd15\n    source: runwayml/stable-diffusion-v1-5\n    variant: fp32\n  - name: vae\n    source: owner/vae\n  - name: lora\n    source: /data/lora.safetensors\n    inplace: true\n",
     );
     let p = plan(&fp32, &inv, &PlanOptions::default()).unwrap();
-    assert_eq!(p.actions[0].action, ActionKind::Replace);
+    assert_eq!(p.actions[0].kind(), ActionKind::Replace);
     assert_eq!(p.actions[0].fetch_bytes, None);
     assert!(
         p.actions[0]
@@ -264,7 +264,7 @@ fn missing_or_changed_files_are_repaired_and_a_vanished_inplace_source_is_an_err
         ])
     );
     assert_eq!(p.actions[0].reason, "1 file missing");
-    assert_eq!(p.actions[0].files, ["a.safetensors"]);
+    assert_eq!(p.actions[0].files(), ["a.safetensors"]);
     assert_eq!(p.actions[0].fetch_bytes, Some(100));
     assert_eq!(p.actions[1].reason, "1 file changed");
     assert_eq!(p.actions[1].fetch_bytes, Some(200));
@@ -297,7 +297,7 @@ fn changed_inplace_files_are_rehashed_not_fetched() {
     };
     let p = plan(&m, &inventory(recs), &PlanOptions::default()).unwrap();
     let a = p.action("lora").unwrap();
-    assert_eq!(a.action, ActionKind::Repair);
+    assert_eq!(a.kind(), ActionKind::Repair);
     assert_eq!(a.fetch_bytes, Some(0));
     assert_eq!(
         a.reason,
@@ -380,8 +380,8 @@ fn entries_that_left_are_orphaned_or_deleted_with_prune_and_unmanaged_are_listed
 
     let p = plan(&m, &inv, &PlanOptions::default()).unwrap();
     let old = p.action("old").unwrap();
-    assert_eq!(old.action, ActionKind::Orphaned);
-    assert_eq!(old.key.as_deref(), Some("k9"));
+    assert_eq!(old.kind(), ActionKind::Orphaned);
+    assert_eq!(old.key(), Some("k9"));
     assert_eq!(
         old.reason,
         "entry `old` left the manifest; kept (apply --prune deletes it)"
@@ -411,10 +411,10 @@ No changes: 3 model(s) in sync. 1 orphaned record(s) kept (apply --prune deletes
         },
     )
     .unwrap();
-    assert_eq!(p.action("old").unwrap().action, ActionKind::Delete);
+    assert_eq!(p.action("old").unwrap().kind(), ActionKind::Delete);
     assert_eq!(p.totals.delete, 1);
     // Prune never touches the unmanaged record.
-    assert!(p.actions.iter().all(|a| a.key.as_deref() != Some("k8")));
+    assert!(p.actions.iter().all(|a| a.key() != Some("k8")));
     assert_eq!(p.totals.unmanaged, 1);
 }
 
@@ -426,7 +426,7 @@ fn adopt_takes_over_an_intact_unmanaged_record_with_the_same_source() {
     let inv = inventory(vec![imported]);
     let p = plan(&m, &inv, &PlanOptions::default()).unwrap();
     let vae = p.action("vae").unwrap();
-    assert_eq!(vae.action, ActionKind::Install);
+    assert_eq!(vae.kind(), ActionKind::Install);
     assert!(
         vae.reason.contains("--adopt takes it over"),
         "{}",
@@ -444,8 +444,8 @@ fn adopt_takes_over_an_intact_unmanaged_record_with_the_same_source() {
     )
     .unwrap();
     let vae = p.action("vae").unwrap();
-    assert_eq!(vae.action, ActionKind::Adopt);
-    assert_eq!(vae.key.as_deref(), Some("k7"));
+    assert_eq!(vae.kind(), ActionKind::Adopt);
+    assert_eq!(vae.key(), Some("k7"));
     assert_eq!(vae.fetch_bytes, Some(0));
     assert!(p.unmanaged.is_empty());
     assert!(render_text(&p, false).contains("1 to adopt"));
@@ -491,7 +491,7 @@ fn an_unmounted_volume_plans_nothing() {
         ..inventory(vec![installed(&m).remove(2)])
     };
     let p = plan(&m, &inv, &PlanOptions::default()).unwrap();
-    assert_eq!(p.action("lora").unwrap().action, ActionKind::Unchanged);
+    assert_eq!(p.action("lora").unwrap().kind(), ActionKind::Unchanged);
 }
 
 #[test]
@@ -536,16 +536,16 @@ fn duplicate_records_of_one_entry_keep_the_best_and_the_spec_hash_must_be_readab
     stale.managed.as_mut().unwrap().spec_hash = "garbage".into();
     recs.push(stale);
     let p = plan(&m, &inventory(recs), &PlanOptions::default()).unwrap();
-    assert_eq!(p.action("sd15").unwrap().action, ActionKind::Unchanged);
+    assert_eq!(p.action("sd15").unwrap().kind(), ActionKind::Unchanged);
     let extra = p.actions.last().unwrap();
-    assert_eq!(extra.action, ActionKind::Orphaned);
-    assert_eq!(extra.key.as_deref(), Some("k0"));
+    assert_eq!(extra.kind(), ActionKind::Orphaned);
+    assert_eq!(extra.key(), Some("k0"));
     assert!(extra.reason.starts_with("another record of entry `sd15`"));
 
     let mut recs = installed(&m);
     recs[0].managed.as_mut().unwrap().spec_hash = "v0:whatever".into();
     let p = plan(&m, &inventory(recs), &PlanOptions::default()).unwrap();
-    assert_eq!(p.actions[0].action, ActionKind::Replace);
+    assert_eq!(p.actions[0].kind(), ActionKind::Replace);
 }
 
 #[test]

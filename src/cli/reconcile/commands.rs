@@ -443,12 +443,12 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<Status> {
             writeln!(
                 out,
                 "{} {}: {} — {}",
-                d.action.symbol(),
+                d.kind().symbol(),
                 d.name,
-                action_name(d.action),
+                action_name(d.kind()),
                 d.reason
             )?;
-            for f in d.files.iter().filter(|f| !f.is_empty()) {
+            for f in d.files().iter().filter(|f| !f.is_empty()) {
                 writeln!(out, "    {f}")?;
             }
         }
