@@ -476,13 +476,18 @@ mod tests {
         dup.name = "a".into();
         m.models.push(dup);
         let all = m.index(&[]);
-        assert!(std::ptr::eq(all.get("a").unwrap(), &m.models[0]));
-        assert!(std::ptr::eq(all.get("a").unwrap(), m.entry("a").unwrap()));
-        assert!(std::ptr::eq(all.get("b").unwrap(), &m.models[1]));
+        let source = |e: Option<&ModelEntry>| e.map(ModelEntry::canonical_source);
+        assert_eq!(
+            source(all.get("a")),
+            Some("o/a".to_owned()),
+            "the first `a`"
+        );
+        assert_eq!(source(all.get("a")), source(m.entry("a")));
+        assert_eq!(source(all.get("b")), Some("o/b".to_owned()));
         assert!(all.get("c").is_none());
         let only = m.index(&["b".to_owned(), "c".to_owned()]);
         assert!(only.get("a").is_none());
-        assert!(std::ptr::eq(only.get("b").unwrap(), &m.models[1]));
+        assert_eq!(source(only.get("b")), Some("o/b".to_owned()));
         assert!(only.get("c").is_none());
     }
 }

@@ -1485,6 +1485,7 @@ fn check_against_lock(o: &InstallOutcome, l: &LockEntry) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
@@ -1560,10 +1561,7 @@ mod tests {
         ] {
             let src = dir.path().join(format!("{name}.safetensors"));
             std::fs::copy(weights.join(file), &src).unwrap();
-            text.push_str(&format!(
-                "  - name: {name}\n    source: {}\n",
-                src.display()
-            ));
+            let _ = writeln!(text, "  - name: {name}\n    source: {}", src.display());
         }
         let m =
             crate::manifest::parse_str(&text, &dir.path().join("models.yaml"), &|_| None).unwrap();
