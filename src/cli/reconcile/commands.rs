@@ -80,10 +80,11 @@ async fn plan_with_lookups(
     let p = reconcile::plan(m, inv, &opts)?;
     // Answers saying an entry names nothing (no such repo, revision, file, path or URL) make
     // it an error row; the rest stay warnings with unknown values.
+    let entries = m.index(&[]);
     let unknown: Vec<&ModelEntry> = p
         .changes()
         .filter(|a| a.fetch_bytes.is_none())
-        .filter_map(|a| m.entry(&a.name))
+        .filter_map(|a| entries.get(&a.name))
         .collect();
     if unknown.is_empty() {
         return Ok((p, warnings));
