@@ -179,29 +179,26 @@ impl LockFile {
 
     /// Parses lock text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, LockError> {
-        let mut lock: Self =
-            serde_saphyr::from_str_with_options(text, super::yaml_options(text.len())).map_err(
-                |e| {
-                    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-                    LockError::Parse {
-                        path: path.to_path_buf(),
-                        line,
-                        column,
-                        message: serde_saphyr::MessageFormatter::format_message(
-                            &serde_saphyr::DefaultMessageFormatter,
-                            e.without_snippet(),
-                        )
-                        .into_owned(),
-                    }
-                },
-            )?;
+        let lock: Self = serde_saphyr::from_str_with_options(text, super::yaml_options(text.len()))
+            .map_err(|e| {
+                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                LockError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: serde_saphyr::MessageFormatter::format_message(
+                        &serde_saphyr::DefaultMessageFormatter,
+                        e.without_snippet(),
+                    )
+                    .into_owned(),
+                }
+            })?;
         if lock.version != LOCK_VERSION {
             return Err(LockError::Version {
                 path: path.to_path_buf(),
                 found: lock.version,
             });
         }
-        lock.normalize();
         Ok(lock)
     }
 

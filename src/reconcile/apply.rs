@@ -792,6 +792,7 @@ fn update_lock_file<T>(
 ) -> Result<(LockUpdate, T), LockError> {
     let mut memory = lock_memory();
     let (mut lock, was_unwritable) = known_lock(&mut memory, path)?;
+    lock.normalize();
     let before = lock.clone();
     let out = edit(&mut lock);
     lock.normalize();
