@@ -571,6 +571,16 @@ pub async fn apply(
         }
     }
 
+    if let Err(message) = write_comfyui_paths(manifest) {
+        report(
+            cx,
+            ReconcileEvent::Warning {
+                name: crate::install::layout::COMFYUI_PATHS_FILE.to_owned(),
+                message,
+            },
+        );
+    }
+
     let report_ = ApplyReport {
         plan: the_plan,
         results,
@@ -591,6 +601,28 @@ pub async fn apply(
         },
     );
     Ok(report_)
+}
+
+/// When an entry uses the comfyui layout, writes `models_dir/extra_model_paths.yaml` (see
+/// [`crate::install::layout::comfyui_extra_model_paths`]), only when its text changes.
+fn write_comfyui_paths(manifest: &Manifest) -> Result<(), String> {
+    if !manifest
+        .models
+        .iter()
+        .any(|e| e.layout == crate::install::Layout::ComfyUi)
+    {
+        return Ok(());
+    }
+    let dir = &manifest.settings.models_dir;
+    let path = dir.join(crate::install::layout::COMFYUI_PATHS_FILE);
+    let text = crate::install::layout::comfyui_extra_model_paths(dir);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, &text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("could not write {}: {e}", path.display()))
 }
 
 /// Deletes the managed records whose entries left `manifest` (the `delete` actions of a full
@@ -945,7 +977,13 @@ async fn run_action(
                 .map(|k| (Some(k), 0, None));
             finish(cx, a, r)
         }
-        (ActionKind::Repair | ActionKind::Upgrade, Some(entry)) if a.key.is_some() => {
+        // An hf-cache snapshot is named by its commit: an upgrade is a new snapshot (a new
+        // install beside the old, which then goes; shared blobs stay), not a refit in place.
+        (ActionKind::Repair | ActionKind::Upgrade, Some(entry))
+            if a.key.is_some()
+                && !(a.action == ActionKind::Upgrade
+                    && entry.layout == crate::install::Layout::HfCache) =>
+        {
             start(cx, a);
             let r = refit(manifest, entry, a, cx, known).await;
             finish(cx, a, r)
@@ -980,7 +1018,13 @@ async fn reinstall(
     let old = a.key.as_deref();
     // A fixed dest (or an inplace path) is where the old model is: it must go first. Without
     // one, the new model lands beside the old, which goes only once the new one is in place.
-    let old_first = old.is_some() && (entry.dest.is_some() || entry.inplace);
+    // So is a flat or hf-cache layout's path, unless an upgrade moves to another snapshot.
+    let fixed_layout = match entry.layout {
+        crate::install::Layout::InvokeAi => false,
+        crate::install::Layout::HfCache => a.action != ActionKind::Upgrade,
+        crate::install::Layout::ComfyUi | crate::install::Layout::A1111 => true,
+    };
+    let old_first = old.is_some() && (entry.dest.is_some() || entry.inplace || fixed_layout);
     if old_first {
         remove_old(cx, old, entry.inplace)?;
     }
@@ -1153,6 +1197,7 @@ pub fn install_request(manifest: &Manifest, entry: &ModelEntry) -> InstallReques
         access_token: entry.token().cloned(),
         sha256_for_lock: true,
         unknown_models: manifest.settings.unknown_models,
+        layout: entry.layout,
         ..InstallOptions::default()
     })
 }
