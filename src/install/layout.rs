@@ -276,7 +276,10 @@ fn hf_target(w: &Wanted<'_>) -> Result<HfTarget, InstallError> {
         });
     };
     let commit = w.commit.map(str::to_owned).ok_or_else(|| {
-        InstallError::Setup(format!("{}: no resolved commit for the hf-cache layout", w.source))
+        InstallError::Setup(format!(
+            "{}: no resolved commit for the hf-cache layout",
+            w.source
+        ))
     })?;
     let mut folder = String::from("models");
     for part in h.repo_id.split('/') {
@@ -311,8 +314,11 @@ fn hf_target(w: &Wanted<'_>) -> Result<HfTarget, InstallError> {
 pub(crate) fn hf_snapshot_of(models_dir: &Path, path: &Path) -> Option<(PathBuf, PathBuf)> {
     let rel = path.strip_prefix(models_dir).ok()?;
     let mut comps = rel.components();
-    let (Some(Component::Normal(repo)), Some(Component::Normal(snaps)), Some(Component::Normal(commit))) =
-        (comps.next(), comps.next(), comps.next())
+    let (
+        Some(Component::Normal(repo)),
+        Some(Component::Normal(snaps)),
+        Some(Component::Normal(commit)),
+    ) = (comps.next(), comps.next(), comps.next())
     else {
         return None;
     };
@@ -353,10 +359,11 @@ pub(crate) fn place_blob(
     let blobs = repo_dir.join("blobs");
     fs::create_dir_all(&blobs).map_err(|e| InstallError::io("creating folder", &blobs, e))?;
     let blob = blobs.join(id);
-    let same = !replace && match (fs::metadata(&blob), fs::metadata(from)) {
-        (Ok(b), Ok(f)) => b.is_file() && b.len() == f.len(),
-        _ => false,
-    };
+    let same = !replace
+        && match (fs::metadata(&blob), fs::metadata(from)) {
+            (Ok(b), Ok(f)) => b.is_file() && b.len() == f.len(),
+            _ => false,
+        };
     if !same {
         let tmp = blobs.join(format!("{id}.modelsync.tmp"));
         let _ = fs::remove_file(&tmp);
@@ -377,7 +384,10 @@ pub(crate) fn place_blob(
 
 /// Writes `refs/<revision>` (the commit, no newline, as `huggingface_hub` writes it).
 pub(crate) fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<(), InstallError> {
-    if revision.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+    if revision
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+    {
         return Ok(());
     }
     let path = repo_dir.join("refs").join(revision);
@@ -448,7 +458,9 @@ fn walk_files(
     for e in rd {
         let e = e.map_err(|e| InstallError::io("reading", dir, e))?;
         let p = e.path();
-        let ft = e.file_type().map_err(|err| InstallError::io("reading", &p, err))?;
+        let ft = e
+            .file_type()
+            .map_err(|err| InstallError::io("reading", &p, err))?;
         if ft.is_dir() {
             walk_files(root, &p, out)?;
         } else {
@@ -540,7 +552,9 @@ pub(crate) fn remove_hf(models_dir: &Path, path: &Path) -> Result<bool, InstallE
         cur = d.parent();
     }
     if !snapshot.exists()
-        && let Some(commit) = snapshot.file_name().map(|c| c.to_string_lossy().into_owned())
+        && let Some(commit) = snapshot
+            .file_name()
+            .map(|c| c.to_string_lossy().into_owned())
     {
         for r in refs_to(&repo_dir, &commit) {
             let _ = fs::remove_file(&r);
@@ -588,18 +602,27 @@ mod tests {
         use ModelFormat as F;
         use ModelType as T;
         let c = |t, f, b| folder_for(Layout::ComfyUi, t, f, b).unwrap();
-        assert_eq!(c(T::Main, F::Checkpoint, B::StableDiffusionXL), "checkpoints");
+        assert_eq!(
+            c(T::Main, F::Checkpoint, B::StableDiffusionXL),
+            "checkpoints"
+        );
         assert_eq!(c(T::Main, F::Checkpoint, B::Flux), "diffusion_models");
         assert_eq!(c(T::Main, F::Diffusers, B::StableDiffusion1), "diffusers");
         assert_eq!(c(T::Lora, F::Lycoris, B::StableDiffusion1), "loras");
         assert_eq!(c(T::T5Encoder, F::T5Encoder, B::Any), "text_encoders");
         assert_eq!(c(T::Unknown, F::Checkpoint, B::Unknown), OTHER_FOLDER);
         let a = |t, f, b| folder_for(Layout::A1111, t, f, b).unwrap();
-        assert_eq!(a(T::Main, F::Checkpoint, B::StableDiffusion1), "Stable-diffusion");
+        assert_eq!(
+            a(T::Main, F::Checkpoint, B::StableDiffusion1),
+            "Stable-diffusion"
+        );
         assert_eq!(a(T::Lora, F::Lycoris, B::StableDiffusion1), "Lora");
         assert_eq!(a(T::Vae, F::Checkpoint, B::StableDiffusion1), "VAE");
         assert_eq!(a(T::SpandrelImageToImage, F::Checkpoint, B::Any), "ESRGAN");
-        assert_eq!(folder_for(Layout::HfCache, T::Lora, F::Lycoris, B::Any), None);
+        assert_eq!(
+            folder_for(Layout::HfCache, T::Lora, F::Lycoris, B::Any),
+            None
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub mod staging;
 pub mod sync;
 
 pub use error::InstallError;
-pub use layout::Layout;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
+pub use layout::Layout;
 pub use local::{LocalSelection, selected_size};
 pub use promote::UNSAFE_PICKLE;
 pub(crate) use refit::merged_tags;

@@ -34,8 +34,8 @@ use crate::hub::{
 use crate::store::{ConfigChange, ModelFile};
 
 use super::error::InstallError;
-use super::layout;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus};
+use super::layout;
 use super::local::{LocalSelection, link_or_copy};
 use super::promote::{Staged, check_expected_hash, fingerprints};
 use super::remote::{Want, access, len_of, part_of, run_downloads, url_destination};

@@ -1056,10 +1056,7 @@ impl<'a> Cx<'a> {
                 }
             }
         }
-        let layout = raw
-            .layout
-            .as_ref()
-            .map_or(settings.layout, |l| *l.value());
+        let layout = raw.layout.as_ref().map_or(settings.layout, |l| *l.value());
         if layout == crate::install::Layout::HfCache
             && !inplace
             && let Some(d) = &raw.dest
@@ -1149,7 +1146,11 @@ impl<'a> Cx<'a> {
             description,
             config,
             unsafe_pickle,
-            layout: if inplace { crate::install::Layout::InvokeAi } else { layout },
+            layout: if inplace {
+                crate::install::Layout::InvokeAi
+            } else {
+                layout
+            },
             spec_hash,
             loc: sp.loc(),
         })
