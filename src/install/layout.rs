@@ -23,6 +23,7 @@
 //!   snapshot is gone, and the blobs no other snapshot links to.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
@@ -150,12 +151,14 @@ pub fn comfyui_extra_model_paths(models_dir: &Path) -> String {
          # into ComfyUI's own extra_model_paths.yaml.\n\
          modelsync:\n",
     );
-    s.push_str(&format!(
-        "  base_path: {}\n",
+    // A JSON string is a YAML double-quoted scalar: any path survives the quoting.
+    let _ = writeln!(
+        s,
+        "  base_path: {}",
         serde_json::Value::from(base.to_string_lossy().into_owned())
-    ));
+    );
     for f in COMFYUI_FOLDERS {
-        s.push_str(&format!("  {f}: {f}/\n"));
+        let _ = writeln!(s, "  {f}: {f}/");
     }
     s
 }

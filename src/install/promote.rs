@@ -203,9 +203,8 @@ pub(crate) fn promote(
         }
         match &hf {
             Some(t) => place_hf(t, path, &|rel, abs| hf_blob_id(staged, &files, rel, abs))
-                .map_err(|e| {
+                .inspect_err(|_| {
                     let _ = remove_hf(ctx.models_dir, &target);
-                    e
                 })?,
             None => fs::rename(path, &target)
                 .map_err(|e| InstallError::io("moving into place", &target, e))?,

@@ -3,6 +3,7 @@
 //! with the real `huggingface_hub` package, the ComfyUI paths file with PyYAML (ComfyUI's own
 //! loader).
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -126,10 +127,7 @@ fn hf_cache_layout_is_what_huggingface_hub_reads() {
         if with_single {
             m.push_str("  - name: single\n    source: owner/single::lora.safetensors\n");
         }
-        m.push_str(&format!(
-            "  - name: local-lora\n    source: {}\n",
-            local.display()
-        ));
+        let _ = writeln!(m, "  - name: local-lora\n    source: {}", local.display());
         m
     };
     let settings = "  layout: hf-cache\n  database: state/modelsync.db\n";
@@ -293,12 +291,9 @@ fn flat_layout(layout: &str, loras: &str, embeddings: &str) -> Work {
         let mut m =
             String::from("  - name: hub-lora\n    source: owner/hub-lora::lora.safetensors\n");
         if with_local {
-            m.push_str(&format!(
-                "  - name: local-lora\n    source: {}\n",
-                local.display()
-            ));
+            let _ = writeln!(m, "  - name: local-lora\n    source: {}", local.display());
         }
-        m.push_str(&format!("  - name: emb\n    source: {}\n", emb.display()));
+        let _ = writeln!(m, "  - name: emb\n    source: {}", emb.display());
         m
     };
     let settings = format!("  layout: {layout}\n");
@@ -314,7 +309,7 @@ fn flat_layout(layout: &str, loras: &str, embeddings: &str) -> Work {
     // The first installed keeps the name, the second gets `-<key prefix>`.
     let mut names = [hub_path.clone(), local_path.clone()]
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned());
-    names.sort_by_key(|n| n.len());
+    names.sort_by_key(String::len);
     assert_eq!(names[0], "lora.safetensors", "{names:?}");
     assert!(
         names[1].starts_with("lora-") && names[1].ends_with(".safetensors") && names[1].len() == 25,
