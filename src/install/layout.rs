@@ -628,6 +628,52 @@ mod tests {
         );
     }
 
+    /// A placement rolled back (a kill after the links were made, before the record): the
+    /// staged files stay (they were hard-linked), the repo folder goes, a blob another
+    /// snapshot links to stays.
+    #[test]
+    fn placing_and_removing_keeps_staging_and_shared_blobs() {
+        let d = tempfile::tempdir().unwrap();
+        let models = d.path().join("models");
+        let staged = d.path().join("staged");
+        fs::create_dir_all(staged.join("unet")).unwrap();
+        fs::write(staged.join("unet/w.safetensors"), b"weights").unwrap();
+        fs::write(staged.join("config.json"), b"{}").unwrap();
+        let repo_dir = models.join("models--o--n");
+        let t = |commit: &str| HfTarget {
+            repo_dir: repo_dir.clone(),
+            commit: commit.to_owned(),
+            revision: Some(format!("rev-{commit}")),
+            model_path: repo_dir.join("snapshots").join(commit),
+        };
+        let id = |rel: &str, abs: &Path| blob_id(abs, None, rel.ends_with(".json"));
+        place_hf(&t("c1"), &staged, &id).unwrap();
+        place_hf(&t("c2"), &staged, &id).unwrap();
+        let link = repo_dir.join("snapshots/c1/unet/w.safetensors");
+        assert_eq!(fs::read(&link).unwrap(), b"weights");
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            PathBuf::from(format!(
+                "../../../blobs/{}",
+                hex::encode(sha2::Sha256::digest(b"weights"))
+            ))
+        );
+        assert_eq!(
+            fs::read_to_string(repo_dir.join("refs/rev-c1")).unwrap(),
+            "c1"
+        );
+
+        assert!(remove_hf(&models, &repo_dir.join("snapshots/c2")).unwrap());
+        assert!(!repo_dir.join("refs/rev-c2").exists());
+        assert_eq!(fs::read(&link).unwrap(), b"weights", "c1's blobs stay");
+        assert!(remove_hf(&models, &repo_dir.join("snapshots/c1")).unwrap());
+        assert!(!repo_dir.exists());
+        assert_eq!(
+            fs::read(staged.join("unet/w.safetensors")).unwrap(),
+            b"weights"
+        );
+    }
+
     #[test]
     fn links_are_relative_to_the_repo() {
         let r = Path::new("/m/models--o--n");
