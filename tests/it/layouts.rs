@@ -88,7 +88,11 @@ fn record_path(w: &Work, store: &dyn modelsync::RecordStore, entry: &str) -> Pat
     r.resolved_path(&w.models())
 }
 
+/// Orphans as `status` reports them; `sync` (InvokeAI's model search) agrees there is
+/// nothing unrecorded.
 fn status_orphans(w: &Work) -> Vec<Value> {
+    let o = w.run(&["sync", "--exit-code"]);
+    assert_exit(&o, 0);
     let o = w.run(&["status", "-o", "json"]);
     let v: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("status JSON: {e}\n{}", String::from_utf8_lossy(&o.stderr)));
@@ -196,8 +200,10 @@ fn hf_cache_layout_is_what_huggingface_hub_reads() {
 
     assert!(status_orphans(&w).is_empty());
 
-    // Repair: a deleted link and a blob corrupted through its link.
+    // Repair: a deleted link, a small file's blob and a single file's blob corrupted through
+    // their links.
     std::fs::remove_file(snap.join("lora.safetensors")).unwrap();
+    std::fs::write(snap.join("config.json"), b"{\"note\": \"edited by hand\"}").unwrap();
     let single_path = record_path(&w, store.as_ref(), "single");
     let mut bad = single_bytes.clone();
     bad[200] ^= 0xff;
@@ -208,6 +214,11 @@ fn hf_cache_layout_is_what_huggingface_hub_reads() {
     assert_eq!(
         link_of(&snap.join("lora.safetensors")),
         format!("../../blobs/{}", sha256(&weights))
+    );
+    assert_eq!(std::fs::read(snap.join("config.json")).unwrap(), readme);
+    assert_eq!(
+        link_of(&snap.join("config.json")),
+        format!("../../blobs/{}", git_sha1(&readme))
     );
     assert_eq!(std::fs::read(&single_path).unwrap(), single_bytes);
     assert!(single_path.is_symlink());
@@ -265,6 +276,47 @@ fn hf_cache_prune_keeps_a_blob_another_snapshot_links() {
     assert!(!repo.join("refs/v2").exists());
     let got = hf_read(&w.models(), "owner/shared", "main", "lora.safetensors");
     assert_eq!(got["files"]["lora.safetensors"], sha256(&weights));
+    assert!(status_orphans(&w).is_empty());
+}
+
+/// `apply --refresh` after the branch moved: the new commit is a new snapshot, `refs/main`
+/// names it, the old snapshot goes, the blob both commits share stays.
+#[test]
+fn hf_cache_upgrade_is_a_new_snapshot() {
+    let w = Work::new();
+    let weights = lora_bytes(7, 2);
+    let repo_at = |note: &str| {
+        FakeRepo::new("owner/moving")
+            .file("config.json", format!("{{\"note\": \"{note}\"}}"))
+            .file("lora.safetensors", weights.clone())
+    };
+    w.hub.add_repo(repo_at("one"));
+    let settings = "  layout: hf-cache\n  database: state/modelsync.db\n";
+    w.manifest(settings, "  - name: moving\n    source: owner/moving\n");
+    assert_exit(&w.run(&["apply"]), 0);
+    let c1 = w.hub.commit("owner/moving", "main");
+    w.hub.add_repo(repo_at("two"));
+    let c2 = w.hub.commit("owner/moving", "main");
+    assert_ne!(c1, c2);
+    let o = w.run(&["apply", "--refresh"]);
+    assert_exit(&o, 0);
+    let repo = w.models().join("models--owner--moving");
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), c2);
+    assert!(!repo.join("snapshots").join(&c1).exists());
+    let store = state_store(&w);
+    assert_eq!(
+        record_path(&w, store.as_ref(), "moving"),
+        repo.join("snapshots").join(&c2)
+    );
+    let got = hf_read(&w.models(), "owner/moving", "main", "config.json");
+    assert_eq!(got["files"]["config.json"], sha256(br#"{"note": "two"}"#));
+    assert_eq!(got["files"]["lora.safetensors"], sha256(&weights));
+    let blobs: Vec<_> = std::fs::read_dir(repo.join("blobs")).unwrap().collect();
+    assert_eq!(
+        blobs.len(),
+        2,
+        "the old config.json blob goes, the shared LoRA stays"
+    );
     assert!(status_orphans(&w).is_empty());
 }
 
