@@ -646,7 +646,7 @@ mod tests {
             revision: Some(format!("rev-{commit}")),
             model_path: repo_dir.join("snapshots").join(commit),
         };
-        let id = |rel: &str, abs: &Path| blob_id(abs, None, rel.ends_with(".json"));
+        let id = |rel: &str, abs: &Path| blob_id(abs, None, rel == "config.json");
         place_hf(&t("c1"), &staged, &id).unwrap();
         place_hf(&t("c2"), &staged, &id).unwrap();
         let link = repo_dir.join("snapshots/c1/unet/w.safetensors");
