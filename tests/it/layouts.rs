@@ -466,3 +466,35 @@ fn dest_with_the_hf_cache_layout_is_refused_at_its_line() {
     assert!(err.contains("models.yaml:8:11"), "{err}");
     assert!(err.contains("hf-cache"), "{err}");
 }
+
+/// `import --layout` lays one model out as the manifest's `layout` would.
+#[test]
+fn import_takes_a_layout() {
+    let w = Work::new();
+    let lora = w.local_lora("detail.safetensors", 8);
+    let o = w.run(&[
+        "import",
+        lora.to_str().unwrap(),
+        "--layout",
+        "a1111",
+        "--models-dir",
+        "models",
+        "--database",
+        "models/modelsync.db",
+    ]);
+    assert_exit(&o, 0);
+    let store = w.store();
+    let r = &store.all_models().unwrap()[0];
+    assert_eq!(r.common().path, "Lora/detail.safetensors");
+    assert_eq!(
+        std::fs::read(w.models().join("Lora/detail.safetensors")).unwrap(),
+        std::fs::read(&lora).unwrap()
+    );
+    let o = w.run(&["import", lora.to_str().unwrap(), "--layout", "nowhere"]);
+    assert_exit(&o, 1);
+    let err = crate::support::stderr(&o);
+    assert!(
+        err.contains("invalid layout `nowhere`: expected one of invokeai, hf-cache"),
+        "{err}"
+    );
+}
