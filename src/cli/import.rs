@@ -43,6 +43,10 @@ pub struct ImportArgs {
     /// as JSON are taken as JSON (`--config 'tags=["a","b"]'`), others as strings.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
+    /// Where the model goes in models_dir: `invokeai` (`<key>/…`), `hf-cache`, `comfyui` or
+    /// `a1111` (as the manifest's `layout`).
+    #[arg(long, value_name = "LAYOUT", default_value = "invokeai")]
+    pub layout: crate::install::Layout,
 }
 
 /// Parses `--config k=v` pairs: JSON values when they parse, else strings.
@@ -219,6 +223,7 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
         let request = crate::install::InstallRequest::new(source, config).with_options(
             crate::install::InstallOptions {
                 force: a.force,
+                layout: a.layout,
                 ..crate::install::InstallOptions::default()
             },
         );

@@ -10,11 +10,14 @@
 //!   records whose files are gone.
 //! - `remote` / `local` / `promote`: fetching, copying, and the serial probe → hash → rename →
 //!   record half.
+//! - [`layout`]: where a model lands (`invokeai`, `hf-cache`, `comfyui`, `a1111`), the
+//!   hf-cache's blobs, symlinks and refs, and their removal.
 //! - `refit`: repairs and upgrades in place (same key and path; only the files that differ
 //!   are fetched).
 
 mod error;
 mod job;
+pub mod layout;
 mod local;
 mod promote;
 mod refit;
@@ -26,6 +29,7 @@ pub mod sync;
 
 pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
+pub use layout::Layout;
 pub use local::{LocalSelection, selected_size};
 pub use promote::UNSAFE_PICKLE;
 pub(crate) use refit::merged_tags;

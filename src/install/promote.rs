@@ -15,6 +15,7 @@ use crate::store::{ModelFile, RecordStore};
 use crate::taxonomy::ModelType;
 
 use super::error::InstallError;
+use super::layout::{HfTarget, Layout, Wanted, blob_id, destination, place_hf, remove_hf};
 use super::request::{InstallOptions, InstallOutcome, InstalledFile, UnknownModels};
 use super::staging::{Intent, Staging, remove_empty_parents, sync_dir};
 
@@ -155,12 +156,13 @@ pub(crate) fn promote(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let target = match &staged.staging {
-        None => path.clone(),
+    let (target, hf) = match &staged.staging {
+        None => (path.clone(), None),
         Some(_) => match &opts.dest {
-            Some(dest) => ctx.models_dir.join(check_dest(dest)?),
-            None if staged.single_file => ctx.models_dir.join(&key).join(&file_name),
-            None => ctx.models_dir.join(&key),
+            Some(dest) if opts.layout != Layout::HfCache => {
+                (ctx.models_dir.join(check_dest(dest)?), None)
+            }
+            _ => destination_of(ctx, staged, &config, &probed, opts.layout, &key, &file_name)?,
         },
     };
     if staged.staging.is_some() && fs::symlink_metadata(&target).is_ok() {
@@ -173,7 +175,7 @@ pub(crate) fn promote(
         ))
         .into());
     }
-    let (files, installed) = fingerprints(path, staged, opts, algo, &content_hash)?;
+    let (mut files, installed) = fingerprints(path, staged, opts, algo, &content_hash)?;
     let record = build_record(
         &probed,
         &config,
@@ -199,13 +201,26 @@ pub(crate) fn promote(
             fs::create_dir_all(parent)
                 .map_err(|e| InstallError::io("creating folder", parent, e))?;
         }
-        fs::rename(path, &target).map_err(|e| InstallError::io("moving into place", &target, e))?;
+        match &hf {
+            Some(t) => place_hf(t, path, &|rel, abs| hf_blob_id(staged, &files, rel, abs))
+                .inspect_err(|_| {
+                    let _ = remove_hf(ctx.models_dir, &target);
+                })?,
+            None => fs::rename(path, &target)
+                .map_err(|e| InstallError::io("moving into place", &target, e))?,
+        }
         if let Some(parent) = target.parent() {
             sync_dir(parent);
         }
+        if hf.is_some() {
+            // A blob another snapshot holds already was kept: the fingerprints are its.
+            refresh_fingerprints(&target, &mut files);
+        }
     }
     let undo = |e: InstallError| -> InstallError {
-        if staged.staging.is_some() && fs::rename(&target, path).is_ok() {
+        if hf.is_some() {
+            let _ = remove_hf(ctx.models_dir, &target);
+        } else if staged.staging.is_some() && fs::rename(&target, path).is_ok() {
             remove_empty_parents(ctx.models_dir, &target);
         }
         e
@@ -233,6 +248,85 @@ pub(crate) fn promote(
         existing: false,
         warnings,
     })
+}
+
+/// Where a staged model goes in `layout` (no `dest`): see [`super::layout`]. A flat layout's
+/// name that a file or a record holds already gets the key's first characters.
+fn destination_of(
+    ctx: &PromoteCtx<'_>,
+    staged: &Staged,
+    config: &Map<String, Value>,
+    probed: &ProbeResult,
+    layout: Layout,
+    key: &str,
+    file_name: &str,
+) -> Result<(PathBuf, Option<HfTarget>), InstallError> {
+    let name = config
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or(&probed.name);
+    let wanted = Wanted {
+        layout,
+        models_dir: ctx.models_dir,
+        key,
+        name,
+        file_name,
+        single_file: staged.single_file,
+        source: &staged.source,
+        source_type: staged.source_type,
+        commit: staged.commit.as_deref(),
+        model_type: probed.model_type,
+        format: probed.format,
+        base: probed.base,
+    };
+    let taken = |p: &Path| {
+        fs::symlink_metadata(p).is_ok()
+            || ctx
+                .store
+                .search_by_path(&stored_path(ctx.models_dir, p))
+                .is_ok_and(|r| !r.is_empty())
+    };
+    destination(&wanted, &taken)
+}
+
+/// Size and mtime of each file as it is now at `target` (through its symlink).
+fn refresh_fingerprints(target: &Path, files: &mut [ModelFile]) {
+    for f in files {
+        let p = if f.relative_path.is_empty() {
+            target.to_path_buf()
+        } else {
+            target.join(&f.relative_path)
+        };
+        if let Ok(now) = ModelFile::fingerprint(&p, f.relative_path.clone()) {
+            f.size = now.size;
+            f.mtime_ns = now.mtime_ns;
+        }
+    }
+}
+
+/// The blob name of a staged file in the hf-cache layout: the Hub's ETag (the LFS sha256, else
+/// the git blob sha1 of a small file), or for other sources the sha256.
+fn hf_blob_id(
+    staged: &Staged,
+    files: &[ModelFile],
+    rel: &str,
+    abs: &Path,
+) -> Result<String, InstallError> {
+    if staged.source_type == ModelSourceType::HfRepoId {
+        let lock_name = if rel.is_empty() {
+            abs.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            rel.to_owned()
+        };
+        return blob_id(abs, staged.sha256.get(&lock_name).map(String::as_str), true);
+    }
+    let known = files
+        .iter()
+        .find(|f| f.relative_path == rel)
+        .and_then(|f| f.sha256.as_deref());
+    blob_id(abs, known, false)
 }
 
 /// The name of a record nothing names, for a staged folder: the probe would take the staging

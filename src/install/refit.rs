@@ -35,6 +35,7 @@ use crate::store::{ConfigChange, ModelFile};
 
 use super::error::InstallError;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus};
+use super::layout;
 use super::local::{LocalSelection, link_or_copy};
 use super::promote::{Staged, check_expected_hash, fingerprints};
 use super::remote::{Want, access, len_of, part_of, run_downloads, url_destination};
@@ -489,15 +490,34 @@ fn settle(
     staging: &Staging,
 ) -> Result<InstallOutcome, InstallError> {
     let opts = &req.options;
+    let models_dir = &inner.cfg.models_dir;
+    // hf-cache: a fetched file becomes its blob again and the snapshot's link points at it.
+    let hf_repo = layout::hf_snapshot_of(models_dir, target).map(|(repo, _)| repo);
+    let hub = matches!(req.source, ModelSource::Hf(_));
     for (from, to) in &fetched.moves {
         if let Some(parent) = to.parent() {
             fs::create_dir_all(parent)
                 .map_err(|e| InstallError::io("creating folder", parent, e))?;
         }
-        fs::rename(from, to).map_err(|e| InstallError::io("moving into place", to, e))?;
+        match &hf_repo {
+            Some(repo) => {
+                let lock_name = match to.strip_prefix(target) {
+                    Ok(rel) if !rel.as_os_str().is_empty() => slash(rel),
+                    _ => file_name(target),
+                };
+                let known = fetched.sha256.get(&lock_name).map(String::as_str);
+                let id = layout::blob_id(from, known, hub)?;
+                layout::place_blob(repo, from, to, &id, true)?;
+            }
+            None => {
+                fs::rename(from, to).map_err(|e| InstallError::io("moving into place", to, e))?;
+            }
+        }
     }
     for p in &fetched.remove {
-        if fs::remove_file(p).is_ok() {
+        if hf_repo.is_some() {
+            layout::remove_hf(models_dir, p)?;
+        } else if fs::remove_file(p).is_ok() {
             super::staging::remove_empty_parents(target, p);
         }
     }

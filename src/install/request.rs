@@ -60,6 +60,9 @@ pub struct InstallOptions {
     pub force: bool,
     /// Repair or upgrade this existing record where it is instead of installing a new one.
     pub in_place: Option<InPlace>,
+    /// How the model is laid out in `models_dir` (the manifest's `layout`); `dest` wins over
+    /// it except in the hf-cache layout, whose paths are fixed.
+    pub layout: super::layout::Layout,
 }
 
 /// A repair or upgrade in place: the record keeps its key, path and every field the

@@ -700,8 +700,16 @@ impl ModelInstallService {
         self.inner.store.del_model(key)?;
         pause_point("delete");
         let mut deleted = None;
+        // An hf-cache model takes its refs and the blobs no other snapshot links to along.
+        let remove = |p: &Path| {
+            if inside && super::layout::hf_snapshot_of(models_dir, p).is_some() {
+                super::layout::remove_hf(models_dir, p)
+            } else {
+                remove_path(p)
+            }
+        };
         if (inside || anywhere)
-            && remove_path(&target).map_err(|e| match e {
+            && remove(&target).map_err(|e| match e {
                 InstallError::Io { path, source, .. } => InstallError::Io {
                     op: "the record is removed and `modelsync gc` collects what is left; could not delete",
                     path,

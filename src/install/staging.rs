@@ -292,6 +292,14 @@ fn roll_back(
     if !inside {
         return Ok(());
     }
+    if super::layout::hf_snapshot_of(models_dir, target).is_some() {
+        // hf-cache: the staged files were hard-linked into `blobs/`, so staging still holds
+        // them; the snapshot's links, the blobs no other snapshot uses and a stale ref go.
+        if super::layout::remove_hf(models_dir, target)? {
+            report.rolled_back.push(target.clone());
+        }
+        return Ok(());
+    }
     if fs::symlink_metadata(target).is_err() {
         // Killed between creating the target's `<key>/` folder and the rename: only the
         // empty folder is left.

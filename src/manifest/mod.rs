@@ -241,6 +241,8 @@ pub struct Settings {
     pub unknown_models: UnknownModels,
     /// What `watch` does with `sync_to_config` at each resync (default `report`).
     pub sync: crate::install::SyncMode,
+    /// How models are laid out in models_dir (default `invokeai`); entries may say otherwise.
+    pub layout: crate::install::Layout,
 }
 
 /// Default `settings.max_parallel_downloads`.
@@ -267,6 +269,7 @@ impl Settings {
             cache: CacheSettings::default(),
             unknown_models: UnknownModels::default(),
             sync: crate::install::SyncMode::default(),
+            layout: crate::install::Layout::default(),
         }
     }
 
@@ -311,6 +314,9 @@ pub struct ModelEntry {
     pub config: ConfigOverrides,
     /// Whether unsafe pickles may be installed.
     pub unsafe_pickle: UnsafePickle,
+    /// Where the model lands in models_dir (`settings.layout` unless the entry says; always
+    /// `invokeai` for an inplace model, which stays where it is).
+    pub layout: crate::install::Layout,
     /// Hash of the normalised spec, as stored in `Managed.spec_hash`.
     pub spec_hash: SpecHash,
     /// Where the entry starts in the manifest (for messages that point at it).

@@ -213,6 +213,11 @@ pub struct SettingsFile {
     /// `register` the orphans in place (default report; dead records are only reported).
     #[serde(default)]
     pub sync: Option<crate::install::SyncMode>,
+    /// How models are laid out in models_dir, for the program that reads them: `invokeai`
+    /// (`<key>/…`, the default), `hf-cache` (the Hugging Face cache: `models--owner--name/…`),
+    /// `comfyui` (`checkpoints/`, `loras/` …) or `a1111` (`Stable-diffusion/`, `Lora/` …).
+    #[serde(default)]
+    pub layout: Option<crate::install::Layout>,
 }
 
 /// `settings.cache:`.
@@ -323,6 +328,10 @@ pub struct EntryFile {
     #[serde(default)]
     #[schemars(schema_with = "precision_schema")]
     pub precision: Option<Sp<Text>>,
+    /// This model's layout in models_dir (default `settings.layout`). Changing it on an
+    /// installed model replaces it: installed anew in the new layout, then the old files go.
+    #[serde(default)]
+    pub layout: Option<Sp<crate::install::Layout>>,
 }
 
 // The schemas below carry the checks `Cx::entry` makes, so that an editor refuses what the
@@ -736,6 +745,7 @@ impl<'a> Cx<'a> {
         }
         s.unknown_models = raw.unknown_models.unwrap_or_default();
         s.sync = raw.sync.unwrap_or_default();
+        s.layout = raw.layout.unwrap_or_default();
         s
     }
 
@@ -1046,6 +1056,16 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+        let layout = raw.layout.as_ref().map_or(settings.layout, |l| *l.value());
+        if layout == crate::install::Layout::HfCache
+            && !inplace
+            && let Some(d) = &raw.dest
+        {
+            self.err(
+                d.loc(),
+                "`dest` cannot be combined with the hf-cache layout (its paths are the Hugging Face cache's: models--owner--name/snapshots/<commit>/…)",
+            );
+        }
         let mut hash = None;
         if let Some(h) = &raw.hash
             && let Some(text) = self.text(h, "hash")
@@ -1101,6 +1121,7 @@ impl<'a> Cx<'a> {
                 dest: dest_str.as_deref(),
                 hash: hash.as_deref(),
                 unsafe_pickle,
+                layout: (!inplace && layout != crate::install::Layout::InvokeAi).then_some(layout),
             },
             &RecordSpec {
                 v: 1,
@@ -1125,6 +1146,11 @@ impl<'a> Cx<'a> {
             description,
             config,
             unsafe_pickle,
+            layout: if inplace {
+                crate::install::Layout::InvokeAi
+            } else {
+                layout
+            },
             spec_hash,
             loc: sp.loc(),
         })

@@ -6,7 +6,8 @@
 //!
 //! - `src` (a change means **replace**: the files must be fetched again):
 //!   `{"v":1,"source":<canonical source incl. variant, subfolder, revision>,"inplace":…,
-//!   "include":[…],"exclude":[…],"dest":…,"hash":…,"unsafe_pickle":…}`
+//!   "include":[…],"exclude":[…],"dest":…,"hash":…,"unsafe_pickle":…[,"layout":…]}` (`layout`
+//!   only when it is not the default `invokeai`)
 //! - `rec` (a change means **update**: only the record changes):
 //!   `{"v":1,"name":…,"description":…,"tags":[…],"config":{overrides},"preload":…}`
 //!
@@ -59,6 +60,10 @@ pub(super) struct SourceSpec<'a> {
     pub dest: Option<&'a str>,
     pub hash: Option<&'a str>,
     pub unsafe_pickle: UnsafePickle,
+    /// Left out for the default layout, so specs written before layouts existed keep their
+    /// hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<crate::install::Layout>,
 }
 
 #[derive(Serialize)]

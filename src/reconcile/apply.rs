@@ -589,6 +589,16 @@ pub async fn apply(
         }
     }
 
+    if let Err(message) = write_comfyui_paths(manifest) {
+        report(
+            cx,
+            ReconcileEvent::Warning {
+                name: crate::install::layout::COMFYUI_PATHS_FILE.to_owned(),
+                message,
+            },
+        );
+    }
+
     let report_ = ApplyReport {
         plan: the_plan,
         results,
@@ -609,6 +619,28 @@ pub async fn apply(
         },
     );
     Ok(report_)
+}
+
+/// When an entry uses the comfyui layout, writes `models_dir/extra_model_paths.yaml` (see
+/// [`crate::install::layout::comfyui_extra_model_paths`]), only when its text changes.
+fn write_comfyui_paths(manifest: &Manifest) -> Result<(), String> {
+    if !manifest
+        .models
+        .iter()
+        .any(|e| e.layout == crate::install::Layout::ComfyUi)
+    {
+        return Ok(());
+    }
+    let dir = &manifest.settings.models_dir;
+    let path = dir.join(crate::install::layout::COMFYUI_PATHS_FILE);
+    let text = crate::install::layout::comfyui_extra_model_paths(dir);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, &text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("could not write {}: {e}", path.display()))
 }
 
 /// Deletes the managed records whose entries left `manifest` (the `delete` actions of a full
@@ -1071,15 +1103,20 @@ async fn run_action(
             let r = refit(manifest, entry, Refit::Repair { key, files }, cx, known).await;
             finish(cx, a, r)
         }
-        (Step::Upgrade { key, .. }, Some(entry)) => {
+        // An hf-cache snapshot is named by its commit: an upgrade is a new snapshot (a new
+        // install beside the old, which then goes; shared blobs stay), not a refit in place.
+        (Step::Upgrade { key, .. }, Some(entry))
+            if entry.layout != crate::install::Layout::HfCache =>
+        {
             start(cx, a);
             let r = refit(manifest, entry, Refit::Upgrade { key }, cx, known).await;
             finish(cx, a, r)
         }
-        (Step::Install { .. } | Step::Replace { .. }, Some(entry)) => {
+        (Step::Install { .. } | Step::Replace { .. } | Step::Upgrade { .. }, Some(entry)) => {
             start(cx, a);
             let lock_entry = known.locked.and_then(|l| l.entry_for(entry));
-            let r = reinstall(manifest, entry, a.key(), cx, lock_entry).await;
+            let upgrade = matches!(a.step, Step::Upgrade { .. });
+            let r = reinstall(manifest, entry, a.key(), upgrade, cx, lock_entry).await;
             finish(cx, a, r)
         }
         (_, None) => finish(
@@ -1098,12 +1135,19 @@ async fn reinstall(
     manifest: &Manifest,
     entry: &ModelEntry,
     old: Option<&str>,
+    upgrade: bool,
     cx: &ApplyContext<'_>,
     locked: Option<&LockEntry>,
 ) -> Result<Done, Failure> {
     // A fixed dest (or an inplace path) is where the old model is: it must go first. Without
     // one, the new model lands beside the old, which goes only once the new one is in place.
-    let old_first = old.is_some() && (entry.dest.is_some() || entry.inplace);
+    // So is a flat or hf-cache layout's path, unless an upgrade moves to another snapshot.
+    let fixed_layout = match entry.layout {
+        crate::install::Layout::InvokeAi => false,
+        crate::install::Layout::HfCache => !upgrade,
+        crate::install::Layout::ComfyUi | crate::install::Layout::A1111 => true,
+    };
+    let old_first = old.is_some() && (entry.dest.is_some() || entry.inplace || fixed_layout);
     if old_first {
         remove_old(cx, old, entry.inplace)?;
     }
@@ -1289,6 +1333,7 @@ pub fn install_request(manifest: &Manifest, entry: &ModelEntry) -> InstallReques
         access_token: entry.token().cloned(),
         sha256_for_lock: true,
         unknown_models: manifest.settings.unknown_models,
+        layout: entry.layout,
         ..InstallOptions::default()
     })
 }

@@ -213,7 +213,8 @@ fn resolve_dir(path: &Path) -> PathBuf {
 }
 
 /// Files and folders in models_dir that no record owns. Skips modelsync's own: dot-entries at
-/// the top (`.tmp`, `.cache`, temp files), `models.lock`, and whatever `keep` names (the store
+/// the top (`.tmp`, `.cache`, temp files), `models.lock`, `extra_model_paths.yaml` (written for
+/// ComfyUI), and whatever `keep` names (the store
 /// and its companions, the manifest, its lock file) wherever in models_dir they sit. A folder
 /// that holds an owned or kept path is descended into; any other unowned entry is reported
 /// whole.
@@ -221,7 +222,9 @@ fn resolve_dir(path: &Path) -> PathBuf {
 /// A symlink is owned when a record's path goes through it (`models/big` → `/mnt/disk2/big`
 /// with the record at `models/big/...`) or when it points at a record's path or a folder
 /// holding one; gc unlinks an orphan symlink and never touches what it points at. Symlinked
-/// folders are not descended into.
+/// folders are not descended into. In an hf-cache repo (`models--*/`), a record owns its
+/// snapshot path, the blobs its links point at and the refs naming its commit; other blobs,
+/// refs and snapshots there are orphans.
 pub fn orphan_paths(inventory: &Inventory, keep: &Keep) -> Result<Vec<OrphanPath>, InventoryError> {
     let root = &inventory.models_dir;
     let mut out = Vec::new();
@@ -238,6 +241,8 @@ pub fn orphan_paths(inventory: &Inventory, keep: &Keep) -> Result<Vec<OrphanPath
 struct Owned<'a> {
     lexical: HashSet<&'a Path>,
     resolved: Vec<PathBuf>,
+    /// hf-cache: the blobs a record's snapshot links to and the refs naming its commit.
+    hf: HashSet<PathBuf>,
 }
 
 impl<'a> Owned<'a> {
@@ -251,17 +256,38 @@ impl<'a> Owned<'a> {
             .iter()
             .filter_map(|p| std::fs::canonicalize(p).ok())
             .collect();
-        Self { lexical, resolved }
+        let mut hf = HashSet::new();
+        for p in &lexical {
+            if let Some((repo, snapshot)) =
+                crate::install::layout::hf_snapshot_of(&inventory.models_dir, p)
+            {
+                hf.extend(crate::install::layout::linked_blobs(p));
+                if let Some(commit) = snapshot.file_name() {
+                    hf.extend(crate::install::layout::refs_to(
+                        &repo,
+                        &commit.to_string_lossy(),
+                    ));
+                }
+            }
+        }
+        Self {
+            lexical,
+            resolved,
+            hf,
+        }
     }
 
     /// Whether `path` is owned; `real` is it with symlinks resolved.
     fn owns(&self, path: &Path, real: Option<&Path>) -> bool {
-        self.lexical.contains(path) || real.is_some_and(|r| self.resolved.iter().any(|o| o == r))
+        self.lexical.contains(path)
+            || self.hf.contains(path)
+            || real.is_some_and(|r| self.resolved.iter().any(|o| o == r))
     }
 
     /// Whether an owned path lies strictly under `path`.
     fn holds(&self, path: &Path, real: Option<&Path>) -> bool {
         self.lexical.iter().any(|o| o.starts_with(path))
+            || self.hf.iter().any(|o| o.starts_with(path))
             || real.is_some_and(|r| self.resolved.iter().any(|o| o.starts_with(r)))
     }
 }
@@ -282,7 +308,11 @@ fn walk(
         let entry = entry.map_err(io)?;
         let path = entry.path();
         let name = entry.file_name();
-        if dir == root && (name.as_encoded_bytes().starts_with(b".") || name == "models.lock") {
+        if dir == root
+            && (name.as_encoded_bytes().starts_with(b".")
+                || name == "models.lock"
+                || name == crate::install::layout::COMFYUI_PATHS_FILE)
+        {
             continue;
         }
         // The entry itself, not what it points at: `real_dir/name`.

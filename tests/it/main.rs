@@ -16,6 +16,7 @@ mod hash;
 mod hub;
 mod install;
 mod invocation;
+mod layouts;
 mod load;
 mod manifest;
 mod plan;
