@@ -333,7 +333,8 @@ async fn refit_hf(
         });
         out.moves.push((staged, final_path));
     }
-    out.downloaded = run_downloads(inner, id, &source_str, staging, wants, cancel).await?;
+    out.downloaded =
+        run_downloads(&inner.fetch_ctx(id), &source_str, staging, wants, cancel).await?;
     Ok(out)
 }
 
@@ -379,7 +380,14 @@ async fn refit_url(
     let (dest, done) = url_destination(&files);
     let token = opts.access_token.as_ref().or(u.access_token.as_ref());
     let want = Want::url(&u.url, &dest, done, token, want);
-    let downloaded = run_downloads(inner, id, &source_str, staging, vec![want], cancel).await?;
+    let downloaded = run_downloads(
+        &inner.fetch_ctx(id),
+        &source_str,
+        staging,
+        vec![want],
+        cancel,
+    )
+    .await?;
     let (staged, done) = url_destination(&files);
     if !done {
         return Err(InstallError::NotFound(staged));

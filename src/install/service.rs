@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -28,7 +28,7 @@ use super::error::InstallError;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
 use super::local::{LocalSelection, is_inside, link_or_copy_selected, remove_path};
 use super::promote::{PromoteCtx, Staged, absolute, check_config, check_dest, promote};
-use super::remote;
+use super::remote::{self, FetchCtx, FetchSink};
 use super::request::{InstallOptions, InstallOutcome, InstallRequest};
 use super::staging::{
     DEFAULT_STALE_AFTER, RecoveryReport, Staging, StagingKind, recover, staging_id,
@@ -728,7 +728,14 @@ impl ModelInstallService {
         access_token: Option<Token>,
         timeout: Option<Duration>,
     ) -> Result<PathBuf, InstallError> {
-        remote::download_and_cache(&self.inner, source, access_token, timeout).await
+        remote::download_and_cache(
+            &self.inner.cfg.models_dir,
+            &self.inner.queue,
+            source,
+            access_token,
+            timeout,
+        )
+        .await
     }
 }
 
@@ -880,11 +887,11 @@ async fn run_job(
         }
         ModelSource::Hf(h) => {
             let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
-            remote::fetch_hf(inner, id, h, &req.options, staging, cancel).await?
+            remote::fetch_hf(&inner.fetch_ctx(id), h, &req.options, staging, cancel).await?
         }
         ModelSource::Url(u) => {
             let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
-            remote::fetch_url(inner, id, u, &req.options, staging, cancel).await?
+            remote::fetch_url(&inner.fetch_ctx(id), u, &req.options, staging, cancel).await?
         }
     };
     if cancel.is_set() {
@@ -922,7 +929,44 @@ async fn run_job(
     result
 }
 
+/// Where the downloads of one install job report: that job in the service's table. Weak, so
+/// a download outliving the service keeps nothing alive.
+struct JobSink {
+    inner: Weak<Inner>,
+    id: InstallJobId,
+}
+
+impl FetchSink for JobSink {
+    fn parts(&self, local_path: PathBuf, parts: Vec<InstallPart>, done_bytes: u64) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.set_parts(self.id, local_path, parts, done_bytes);
+        }
+    }
+    fn linked(&self, download: JobId, part: usize) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.link_download(self.id, download, part);
+        }
+    }
+    fn progress(&self, part: usize, download: &DownloadJob) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.on_download(self.id, part, download);
+        }
+    }
+}
+
 impl Inner {
+    /// What the fetch half of job `id` works with.
+    pub(crate) fn fetch_ctx(self: &Arc<Self>, id: InstallJobId) -> FetchCtx<'_> {
+        FetchCtx {
+            cfg: &self.cfg,
+            queue: &self.queue,
+            sink: Arc::new(JobSink {
+                inner: Arc::downgrade(self),
+                id,
+            }),
+        }
+    }
+
     /// The lane: held while records are written, one install at a time.
     pub(crate) fn lane(&self) -> MutexGuard<'_, ()> {
         lock(&self.lane)
@@ -961,7 +1005,7 @@ impl Inner {
     }
 
     /// Registers the download parts of a job before they start.
-    pub(crate) fn set_parts(
+    fn set_parts(
         &self,
         id: InstallJobId,
         local_path: PathBuf,
@@ -979,14 +1023,14 @@ impl Inner {
     }
 
     /// Links a download job to a part of an install job (for cancel and progress).
-    pub(crate) fn link_download(&self, id: InstallJobId, download: JobId, part: usize) {
+    fn link_download(&self, id: InstallJobId, download: JobId, part: usize) {
         if let Some(e) = lock(&self.jobs).map.get_mut(&id) {
             e.downloads.insert(download, part);
         }
     }
 
     /// Progress of one download of an install job.
-    pub(crate) fn on_download(&self, id: InstallJobId, part: usize, dj: &DownloadJob) {
+    fn on_download(&self, id: InstallJobId, part: usize, dj: &DownloadJob) {
         self.update(id, |job| {
             if job.status != InstallStatus::Downloading {
                 return None;
