@@ -10,9 +10,12 @@
 //!   records whose files are gone.
 //! - `remote` / `local` / `promote`: fetching, copying, and the serial probe → hash → rename →
 //!   record half.
+//! - [`blobs`]: adopt instead of download — the same bytes found in the store, the Hugging
+//!   Face cache or `settings.adopt_from`, hard-linked or copied, and checked.
 //! - `refit`: repairs and upgrades in place (same key and path; only the files that differ
 //!   are fetched).
 
+pub mod blobs;
 mod error;
 mod job;
 mod local;
@@ -24,6 +27,7 @@ pub mod service;
 pub mod staging;
 pub mod sync;
 
+pub use blobs::{AdoptSources, AdoptedFile, Origin};
 pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
 pub use local::{LocalSelection, selected_size};

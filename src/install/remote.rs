@@ -23,6 +23,9 @@ use crate::hub::{
     ExpectedHash, FileFilter, HfModelSource, ModelSource, Token, UrlModelSource, resolve_token,
 };
 
+use crate::store::RecordStore;
+
+use super::blobs::{AdoptedFile, BlobIndex};
 use super::error::InstallError;
 use super::job::InstallPart;
 use super::promote::Staged;
@@ -31,10 +34,11 @@ use super::service::{Cancel, InstallConfig, record_source};
 use super::staging::{CACHE_DIR, Staging, StagingKind, staging_id};
 
 /// What fetching needs from the service: its settings (Hub client, token environment,
-/// `models_dir`, the disk check), the download queue, and where one job's
-/// progress goes.
+/// `models_dir`, the disk check, where to adopt from), the record store (whose files may be
+/// adopted), the download queue, and where one job's progress goes.
 pub(crate) struct FetchCtx<'a> {
     pub(crate) cfg: &'a InstallConfig,
+    pub(crate) store: Arc<dyn RecordStore>,
     pub(crate) queue: &'a DownloadQueue,
     pub(crate) sink: Arc<dyn FetchSink>,
 }
@@ -136,6 +140,7 @@ pub(crate) async fn fetch_hf(
     let files = staging.files();
     let mut wants = Vec::new();
     let mut sha256 = HashMap::new();
+    let mut adoptable = Vec::new();
     for spec in &plan.downloads {
         let dest = files.join(&spec.dest);
         let rel = spec
@@ -150,6 +155,12 @@ pub(crate) async fn fetch_hf(
             .with_preserve_partial_downloads(true);
         match &spec.expected {
             ExpectedHash::Sha256(h) => {
+                adoptable.push(Adoptable {
+                    want: wants.len(),
+                    sha256: h.clone(),
+                    size: spec.size,
+                    rel: rel.clone(),
+                });
                 sha256.insert(rel, h.clone());
                 job = job.with_sha256(Some(h.clone()));
             }
@@ -180,6 +191,7 @@ pub(crate) async fn fetch_hf(
         ),
         _ => (files.clone(), "files".to_owned()),
     };
+    let adopted = adopt_into_staging(ctx, &mut wants, adoptable).await?;
     let downloaded = run_downloads(ctx, &source_str, &staging, wants, cancel).await?;
     Ok(Staged {
         model_path,
@@ -193,6 +205,7 @@ pub(crate) async fn fetch_hf(
         commit: Some(plan.commit.clone()),
         sha256,
         downloaded,
+        adopted,
     })
 }
 
@@ -215,8 +228,21 @@ pub(crate) async fn fetch_url(
         .as_deref()
         .and_then(|h| h.strip_prefix("sha256:"))
         .map(str::to_ascii_lowercase);
-    let want = Want::url(&src.url, &dest, done, token, sha256);
-    let downloaded = run_downloads(ctx, &source_str, &staging, vec![want], cancel).await?;
+    let mut adoptable = Vec::new();
+    if let Some(h) = &sha256
+        && !done
+        && let Some(name) = url_file_name(&src.url, &dest, &files)
+    {
+        adoptable.push(Adoptable {
+            want: 0,
+            sha256: h.clone(),
+            size: 0,
+            rel: name,
+        });
+    }
+    let mut wants = vec![Want::url(&src.url, &dest, done, token, sha256)];
+    let adopted = adopt_into_staging(ctx, &mut wants, adoptable).await?;
+    let downloaded = run_downloads(ctx, &source_str, &staging, wants, cancel).await?;
     let (model_path, done) = url_destination(&files);
     if !done {
         return Err(InstallError::Download {
@@ -243,7 +269,96 @@ pub(crate) async fn fetch_url(
         commit: None,
         sha256: HashMap::new(),
         downloaded,
+        adopted,
     })
+}
+
+/// A file whose bytes may be on this machine already: `wants[want]`, `size` bytes (0: any
+/// size) of `sha256`, at `rel` in the model.
+pub(super) struct Adoptable {
+    pub(super) want: usize,
+    pub(super) sha256: String,
+    pub(super) size: u64,
+    pub(super) rel: String,
+}
+
+/// The name a URL download gets when nothing names it yet: the `.part`'s or the URL path's
+/// last segment. `None` when the URL has none (or an encoded one).
+fn url_file_name(url: &reqwest::Url, dest: &Path, dir: &Path) -> Option<String> {
+    if dest != dir {
+        return dest.file_name().map(|n| n.to_string_lossy().into_owned());
+    }
+    let name = url.path_segments()?.next_back()?;
+    (!name.is_empty() && !name.contains(['%', '\\']) && name != "." && name != "..")
+        .then(|| name.to_owned())
+}
+
+/// Looks for the bytes of each `adoptable` file on this machine ([`super::blobs`]) and puts
+/// what it finds in place of its download: those wants are done, with nothing to fetch.
+/// A URL want whose destination is still the folder gets the adoptable's name.
+pub(super) async fn adopt_into_staging(
+    ctx: &FetchCtx<'_>,
+    wants: &mut [Want],
+    adoptable: Vec<Adoptable>,
+) -> Result<Vec<AdoptedFile>, InstallError> {
+    let todo: Vec<(Adoptable, PathBuf)> = adoptable
+        .into_iter()
+        .filter_map(|a| {
+            let w = wants.get(a.want).filter(|w| !w.done)?;
+            let dest = if w.part.local_path.is_dir() {
+                w.part.local_path.join(&a.rel)
+            } else {
+                w.part.local_path.clone()
+            };
+            Some((a, dest))
+        })
+        .collect();
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sources = ctx.cfg.adopt.clone();
+    let store = ctx.store.clone();
+    let models_dir = ctx.cfg.models_dir.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let ix = BlobIndex::gather(&sources, Some((store.as_ref(), &models_dir)));
+        if ix.is_empty() {
+            return Vec::new();
+        }
+        todo.into_iter()
+            .filter_map(|(a, dest)| {
+                let name = a.rel.rsplit('/').next().unwrap_or(&a.rel).to_owned();
+                let size = if a.size == 0 {
+                    ix.size_of(&a.sha256, &name)?
+                } else {
+                    a.size
+                };
+                let (origin, linked) = ix.adopt(&a.sha256, size, &name, &dest)?;
+                Some((
+                    a.want,
+                    dest,
+                    AdoptedFile {
+                        path: a.rel,
+                        size,
+                        origin,
+                        linked,
+                    },
+                ))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| InstallError::Setup(format!("adopting worker failed: {e}")))?;
+    let mut out = Vec::with_capacity(found.len());
+    for (i, dest, f) in found {
+        if let Some(w) = wants.get_mut(i) {
+            w.done = true;
+            w.part.local_path = dest;
+            w.part.bytes = f.size;
+            w.part.total_bytes = f.size;
+        }
+        out.push(f);
+    }
+    Ok(out)
 }
 
 /// Where a URL download goes in `dir`: the finished file if there is one (`true`), else the

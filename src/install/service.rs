@@ -24,6 +24,7 @@ use crate::retry::Failure;
 use crate::store::RecordStore;
 use crate::taxonomy::ModelRepoVariant;
 
+use super::blobs::AdoptSources;
 use super::error::InstallError;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
 use super::local::{LocalSelection, is_inside, link_or_copy_selected, remove_path};
@@ -53,6 +54,9 @@ pub struct InstallConfig {
     pub check_disk_space: bool,
     /// Staging dirs untouched for longer are removed at start-up (default 7 days).
     pub stale_after: Duration,
+    /// Where files with a known sha256 are looked for before they are downloaded, besides
+    /// the store ([`super::blobs`]). [`Self::new`] takes the HF cache from `hub_env`.
+    pub adopt: AdoptSources,
 }
 
 impl InstallConfig {
@@ -74,6 +78,10 @@ impl InstallConfig {
 
     /// Settings with an explicit Hub client and environment.
     pub fn new(models_dir: impl Into<PathBuf>, hub: HubClient, hub_env: HubEnv) -> Self {
+        let adopt = AdoptSources {
+            hf_cache: hub_env.hf_hub_cache(),
+            ..AdoptSources::default()
+        };
         Self {
             models_dir: models_dir.into(),
             hash_algorithm: HashAlgorithm::default(),
@@ -82,6 +90,7 @@ impl InstallConfig {
             default_variant: None,
             check_disk_space: true,
             stale_after: DEFAULT_STALE_AFTER,
+            adopt,
         }
     }
 }
@@ -471,6 +480,7 @@ impl ModelInstallService {
             commit,
             files,
             downloaded_bytes: 0,
+            adopted: Vec::new(),
             existing: true,
             warnings: Vec::new(),
         }))
@@ -835,6 +845,7 @@ pub(crate) fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Stag
         commit: None,
         sha256: HashMap::new(),
         downloaded: 0,
+        adopted: Vec::new(),
     })
 }
 
@@ -959,6 +970,7 @@ impl Inner {
     pub(crate) fn fetch_ctx(self: &Arc<Self>, id: InstallJobId) -> FetchCtx<'_> {
         FetchCtx {
             cfg: &self.cfg,
+            store: self.store.clone(),
             queue: &self.queue,
             sink: Arc::new(JobSink {
                 inner: Arc::downgrade(self),

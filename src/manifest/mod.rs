@@ -241,6 +241,9 @@ pub struct Settings {
     pub unknown_models: UnknownModels,
     /// What `watch` does with `sync_to_config` at each resync (default `report`).
     pub sync: crate::install::SyncMode,
+    /// Folders searched for a file's bytes before it is downloaded, after the store and the
+    /// HF cache ([`crate::install::blobs`]).
+    pub adopt_from: Vec<PathBuf>,
 }
 
 /// Default `settings.max_parallel_downloads`.
@@ -267,6 +270,7 @@ impl Settings {
             cache: CacheSettings::default(),
             unknown_models: UnknownModels::default(),
             sync: crate::install::SyncMode::default(),
+            adopt_from: Vec::new(),
         }
     }
 
