@@ -7,7 +7,8 @@
 //!    without a sha256 are not candidates: hashing the whole store to find a donor would make
 //!    every install read every model;
 //! 2. the Hugging Face cache ([`crate::hub::HubEnv::hf_hub_cache`]): `models--*/blobs/<sha256>`
-//!    of every repo, not only the entry's (fine-tunes share files);
+//!    of every repo, not only the entry's (fine-tunes share files); a repo's small (git) files
+//!    are there too, named by their git blob sha1, which the Hub's listing gives as well;
 //! 3. the folders of `settings.adopt_from`: any file named by its sha256 (`<hex>`,
 //!    `sha256-<hex>` as Ollama names blobs, `sha256:<hex>`; another HF cache is found this
 //!    way), and any file with the wanted file's name and size.
@@ -30,7 +31,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::hub::{ExpectedHash, git_blob_sha1};
 use crate::store::{ModelFile, RecordStore};
+
+/// Small (git) files above this size are not read to check them (they are downloaded).
+const MAX_GIT_FILE: u64 = 64 << 20;
 
 /// Folders deeper than this under an `adopt_from` folder are not searched.
 const MAX_DEPTH: usize = 8;
@@ -110,13 +115,31 @@ fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The sha256 a file's name says it holds, if it is named by one.
+/// The digest a file's name says it holds, if it is named by one: a sha256 (`<hex>`,
+/// `sha256-<hex>`, `sha256:<hex>`) or, as the HF cache names small files, a git blob sha1.
 fn sha_of_name(name: &str) -> Option<String> {
     let hex = name
         .strip_prefix("sha256-")
         .or_else(|| name.strip_prefix("sha256:"))
         .unwrap_or(name);
-    is_hex64(hex).then(|| hex.to_ascii_lowercase())
+    let git = hex.len() == 40 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    (is_hex64(hex) || git).then(|| hex.to_ascii_lowercase())
+}
+
+/// Whether `path` holds `size` bytes with the digest `want`.
+fn holds(path: &Path, size: u64, want: &ExpectedHash) -> bool {
+    if !fs::metadata(path).is_ok_and(|m| m.len() == size) {
+        return false;
+    }
+    match want {
+        ExpectedHash::Sha256(h) => {
+            crate::hash::sha256_file(path).is_ok_and(|s| s.eq_ignore_ascii_case(h))
+        }
+        ExpectedHash::GitBlobSha1(h) => {
+            size <= MAX_GIT_FILE
+                && fs::read(path).is_ok_and(|b| git_blob_sha1(&b).eq_ignore_ascii_case(h))
+        }
+    }
 }
 
 impl BlobIndex {
@@ -250,7 +273,7 @@ impl BlobIndex {
         }
     }
 
-    /// The candidates for `size` bytes of `sha256` named `name` (its last path component),
+    /// The candidates for `size` bytes of digest `sha256` named `name` (its last path component),
     /// best first: the store, then the HF cache, then the folders; among those, ones on the
     /// file system of `dest_dir` (a hard link) before the others (a copy). Only files of the
     /// right size (by metadata); their content is checked when adopted.
@@ -305,13 +328,13 @@ impl BlobIndex {
         })
     }
 
-    /// Puts the bytes of `sha256` (`size` bytes, named `name`) at `dest` from the first
+    /// Puts the bytes of digest `want` (`size` bytes, named `name`) at `dest` from the first
     /// candidate whose content checks: hard-linked when on one file system, else copied, into
     /// `dest.adopt` first, then renamed over `dest`. `None` when no candidate holds them (the
     /// caller downloads). Never writes to a candidate.
     pub fn adopt(
         &self,
-        sha256: &str,
+        want: &ExpectedHash,
         size: u64,
         name: &str,
         dest: &Path,
@@ -319,7 +342,8 @@ impl BlobIndex {
         let parent = dest.parent()?;
         fs::create_dir_all(parent).ok()?;
         let tmp = with_suffix(dest, ".adopt");
-        for donor in self.find(sha256, size, name, parent) {
+        let digest = want.hex();
+        for donor in self.find(digest, size, name, parent) {
             let _ = fs::remove_file(&tmp);
             let linked = !self.force_copy && fs::hard_link(&donor.path, &tmp).is_ok();
             if !linked && let Err(e) = fs::copy(&donor.path, &tmp) {
@@ -327,11 +351,9 @@ impl BlobIndex {
                 let _ = fs::remove_file(&tmp);
                 continue;
             }
-            let good = fs::metadata(&tmp).is_ok_and(|m| m.len() == size)
-                && crate::hash::sha256_file(&tmp).is_ok_and(|s| s.eq_ignore_ascii_case(sha256));
-            if !good {
+            if !holds(&tmp, size, want) {
                 tracing::warn!(
-                    "{} in {} does not hold sha256 {sha256}; not adopted",
+                    "{} in {} does not hold {digest}; not adopted",
                     donor.path.display(),
                     donor.origin
                 );
@@ -400,6 +422,7 @@ mod tests {
         assert_eq!(sha_of_name(&format!("sha256:{}", h.to_uppercase())), Some(h));
         assert_eq!(sha_of_name("model.safetensors"), None);
         assert_eq!(sha_of_name(&"g".repeat(64)), None);
+        assert_eq!(sha_of_name(&"b".repeat(40)), Some("b".repeat(40)));
     }
 
     #[test]
@@ -421,7 +444,8 @@ mod tests {
         };
         let ix = BlobIndex::gather(&sources, None);
         let dest = d.path().join("out/w.bin");
-        let (origin, linked) = ix.adopt(&h, good.len() as u64, "w.bin", &dest).unwrap();
+        let want = ExpectedHash::Sha256(h.clone());
+        let (origin, linked) = ix.adopt(&want, good.len() as u64, "w.bin", &dest).unwrap();
         assert!(!linked, "forced copy");
         assert_eq!(origin, Origin::Folder { path: folder.clone() });
         assert_eq!(fs::read(&dest).unwrap(), good);
@@ -445,7 +469,7 @@ mod tests {
         let dest2 = d.path().join("out2/w.bin");
         assert!(
             only_liar
-                .adopt(&h, good.len() as u64, "w.bin", &dest2)
+                .adopt(&want, good.len() as u64, "w.bin", &dest2)
                 .is_none()
         );
         assert!(!dest2.exists() && !with_suffix(&dest2, ".adopt").exists());

@@ -317,16 +317,14 @@ async fn refit_hf(
             .with_expected_size(Some(spec.size))
             .with_access_token(access(spec.access_token.as_ref()))
             .with_preserve_partial_downloads(true);
+        adoptable.push(Adoptable {
+            want: wants.len(),
+            hash: spec.expected.clone(),
+            size: spec.size,
+            rel: slash(&spec.dest),
+        });
         job = match &spec.expected {
-            ExpectedHash::Sha256(h) => {
-                adoptable.push(Adoptable {
-                    want: wants.len(),
-                    sha256: h.clone(),
-                    size: spec.size,
-                    rel: slash(&spec.dest),
-                });
-                job.with_sha256(Some(h.clone()))
-            }
+            ExpectedHash::Sha256(h) => job.with_sha256(Some(h.clone())),
             ExpectedHash::GitBlobSha1(h) => job.with_git_sha1(Some(h.clone())),
         };
         // Only the queue writes whole files into staging, and only after verifying them.

@@ -153,14 +153,14 @@ pub(crate) async fn fetch_hf(
             .with_expected_size(Some(spec.size))
             .with_access_token(access(spec.access_token.as_ref()))
             .with_preserve_partial_downloads(true);
+        adoptable.push(Adoptable {
+            want: wants.len(),
+            hash: spec.expected.clone(),
+            size: spec.size,
+            rel: rel.clone(),
+        });
         match &spec.expected {
             ExpectedHash::Sha256(h) => {
-                adoptable.push(Adoptable {
-                    want: wants.len(),
-                    sha256: h.clone(),
-                    size: spec.size,
-                    rel: rel.clone(),
-                });
                 sha256.insert(rel, h.clone());
                 job = job.with_sha256(Some(h.clone()));
             }
@@ -235,7 +235,7 @@ pub(crate) async fn fetch_url(
     {
         adoptable.push(Adoptable {
             want: 0,
-            sha256: h.clone(),
+            hash: ExpectedHash::Sha256(h.clone()),
             size: 0,
             rel: name,
         });
@@ -274,10 +274,10 @@ pub(crate) async fn fetch_url(
 }
 
 /// A file whose bytes may be on this machine already: `wants[want]`, `size` bytes (0: any
-/// size) of `sha256`, at `rel` in the model.
+/// size) with digest `hash`, at `rel` in the model.
 pub(super) struct Adoptable {
     pub(super) want: usize,
-    pub(super) sha256: String,
+    pub(super) hash: ExpectedHash,
     pub(super) size: u64,
     pub(super) rel: String,
 }
@@ -328,11 +328,11 @@ pub(super) async fn adopt_into_staging(
             .filter_map(|(a, dest)| {
                 let name = a.rel.rsplit('/').next().unwrap_or(&a.rel).to_owned();
                 let size = if a.size == 0 {
-                    ix.size_of(&a.sha256, &name)?
+                    ix.size_of(a.hash.hex(), &name)?
                 } else {
                     a.size
                 };
-                let (origin, linked) = ix.adopt(&a.sha256, size, &name, &dest)?;
+                let (origin, linked) = ix.adopt(&a.hash, size, &name, &dest)?;
                 Some((
                     a.want,
                     dest,

@@ -28,12 +28,31 @@ pub struct PlanOptions<'a> {
     /// Entry name → why the entry cannot be resolved (no such repo, revision, file or local
     /// path), from the caller's look-ups: the entry's row becomes an error with this reason.
     pub unresolvable: BTreeMap<String, String>,
+    /// Entry name → what of its fetch is on this machine already (the store's files, the HF
+    /// cache, `settings.adopt_from`), from the caller's look-up
+    /// ([`super::remote::adoptable`]): those bytes are not fetched.
+    pub adoptable: BTreeMap<String, Adoptable>,
     /// Free bytes on models_dir's file system, when the caller measured them.
     pub free_bytes: Option<u64>,
     /// Headroom the fetch needs besides the files themselves. Downloads stage in
     /// `models_dir/.tmp/` on the same file system and are renamed into place, so a finished
     /// file costs nothing extra; this covers what the caller wants kept free.
     pub staging_bytes: u64,
+}
+
+/// What of one entry's fetch is on this machine already.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Adoptable {
+    /// Bytes found.
+    pub bytes: u64,
+    /// Files found.
+    pub files: usize,
+    /// Files the fetch has in all.
+    pub of_files: usize,
+    /// Bytes still to fetch, when the whole file list was known.
+    pub rest: Option<u64>,
+    /// Where, in words (`the HF cache`, a folder, `the store (model …)`), best first.
+    pub from: Vec<String>,
 }
 
 /// Why no plan could be made.
@@ -154,9 +173,21 @@ pub struct PlannedAction {
     pub fetch_bytes: Option<u64>,
     /// Repair: the recorded files (relative paths) that are missing or changed.
     pub files: Vec<String>,
+    /// Bytes the action takes from this machine instead of fetching them (not counted in
+    /// `fetch_bytes`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub adopt_bytes: u64,
     /// The spec hash the record must carry afterwards (entry actions; `None` for
     /// delete/orphaned).
     pub spec_hash: Option<String>,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A record no manifest entry owns (from `import`): listed, never touched.
@@ -469,6 +500,9 @@ pub fn plan(
             Some(r) => plan_existing(entry, r, opts),
             None => plan_new(entry, &unmanaged_by_source, &mut adopted, opts),
         };
+        if let Some(found) = opts.adoptable.get(&entry.name) {
+            take_adoptable(&mut action, found);
+        }
         if let Some(why) = opts.unresolvable.get(&entry.name)
             && action.action != ActionKind::Adopt
         {
@@ -550,6 +584,7 @@ fn broken_row(b: &BrokenEntry, managed: &HashMap<&str, Vec<&InventoryRecord>>) -
         reason: b.reason.clone(),
         fetch_bytes: Some(0),
         files: Vec::new(),
+        adopt_bytes: 0,
         spec_hash: None,
     }
 }
@@ -570,8 +605,41 @@ fn action(entry: &ModelEntry, kind: ActionKind, reason: impl Into<String>) -> Pl
         reason: reason.into(),
         fetch_bytes: Some(0),
         files: Vec::new(),
+        adopt_bytes: 0,
         spec_hash: Some(entry.spec_hash.to_string()),
     }
+}
+
+/// A fetching action takes what is on this machine already: fewer bytes to fetch, and the
+/// reason says from where — "adopt from the HF cache (2.1 GB, no download)", or "adopt 2 of 5
+/// files from …" when only some are there.
+fn take_adoptable(a: &mut PlannedAction, found: &Adoptable) {
+    let fetches = matches!(
+        a.action,
+        ActionKind::Install | ActionKind::Replace | ActionKind::Repair | ActionKind::Upgrade
+    );
+    if !fetches || found.files == 0 || a.fetch_bytes == Some(0) {
+        return;
+    }
+    a.adopt_bytes = found.bytes;
+    a.fetch_bytes = found
+        .rest
+        .or_else(|| a.fetch_bytes.map(|b| b.saturating_sub(found.bytes)));
+    let which = if found.files == found.of_files {
+        String::new()
+    } else {
+        format!(" {} of {} files", found.files, found.of_files)
+    };
+    let from = found
+        .from
+        .first()
+        .map_or_else(|| "this machine".to_owned(), Clone::clone);
+    let more = if found.from.len() > 1 { " and elsewhere" } else { "" };
+    a.reason = format!(
+        "{}; adopt{which} from {from}{more} ({}, no download)",
+        a.reason,
+        crate::units::HumanBytes(found.bytes)
+    );
 }
 
 /// Bytes the entry would fetch in full: the caller's measurement, else the lock's sizes (when
@@ -811,6 +879,7 @@ fn leftover(r: &InventoryRecord, prune: bool, why: &str) -> PlannedAction {
         reason,
         fetch_bytes: Some(0),
         files: Vec::new(),
+        adopt_bytes: 0,
         spec_hash: None,
     }
 }
