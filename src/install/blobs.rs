@@ -419,7 +419,10 @@ mod tests {
         let h = "a".repeat(64);
         assert_eq!(sha_of_name(&h), Some(h.clone()));
         assert_eq!(sha_of_name(&format!("sha256-{h}")), Some(h.clone()));
-        assert_eq!(sha_of_name(&format!("sha256:{}", h.to_uppercase())), Some(h));
+        assert_eq!(
+            sha_of_name(&format!("sha256:{}", h.to_uppercase())),
+            Some(h)
+        );
         assert_eq!(sha_of_name("model.safetensors"), None);
         assert_eq!(sha_of_name(&"g".repeat(64)), None);
         assert_eq!(sha_of_name(&"b".repeat(40)), Some("b".repeat(40)));
@@ -447,7 +450,12 @@ mod tests {
         let want = ExpectedHash::Sha256(h.clone());
         let (origin, linked) = ix.adopt(&want, good.len() as u64, "w.bin", &dest).unwrap();
         assert!(!linked, "forced copy");
-        assert_eq!(origin, Origin::Folder { path: folder.clone() });
+        assert_eq!(
+            origin,
+            Origin::Folder {
+                path: folder.clone()
+            }
+        );
         assert_eq!(fs::read(&dest).unwrap(), good);
         #[cfg(unix)]
         {

@@ -926,6 +926,7 @@ async fn run_job(
     let staged2 = staged.clone();
     let result = tokio::task::spawn_blocking(move || {
         let _lane = lock(&inner2.lane);
+        share_with_store(&inner2, &staged2);
         let cancelled = || cancel2.is_set();
         promote(&inner2.promote_ctx(&cancelled), &staged2, &config, &opts)
     })
@@ -961,6 +962,42 @@ impl FetchSink for JobSink {
     fn progress(&self, part: usize, download: &DownloadJob) {
         if let Some(inner) = self.inner.upgrade() {
             inner.on_download(self.id, part, download);
+        }
+    }
+}
+
+/// Under the lane, before promotion: a staged file whose sha256 the store already holds in
+/// another model on the same file system (an install of the same files that ran beside this
+/// one) is replaced by a hard link to it, once its content checks, so one model kept under two
+/// entries is stored once even when both were downloaded at the same time. Best effort.
+fn share_with_store(inner: &Inner, staged: &Staged) {
+    if staged.staging.is_none() || staged.sha256.is_empty() {
+        return;
+    }
+    let sources = AdoptSources::default();
+    let ix = super::blobs::BlobIndex::gather(
+        &sources,
+        Some((inner.store.as_ref(), &inner.cfg.models_dir)),
+    );
+    if ix.is_empty() {
+        return;
+    }
+    for (rel, sha) in &staged.sha256 {
+        let path = if staged.single_file {
+            staged.model_path.clone()
+        } else {
+            staged.model_path.join(rel)
+        };
+        let Ok(md) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let Some(found) = ix.lookup(sha, md.len(), name, &path) else {
+            continue;
+        };
+        if found.linkable {
+            let want = crate::hub::ExpectedHash::Sha256(sha.clone());
+            let _ = ix.adopt(&want, md.len(), name, &path);
         }
     }
 }

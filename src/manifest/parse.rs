@@ -745,7 +745,10 @@ impl<'a> Cx<'a> {
         for sp in raw.adopt_from.iter().flatten() {
             if let Some(v) = self.text(sp, "adopt_from") {
                 if v.trim().is_empty() {
-                    self.err(sp.loc(), "`adopt_from` has an empty entry: expected a folder path");
+                    self.err(
+                        sp.loc(),
+                        "`adopt_from` has an empty entry: expected a folder path",
+                    );
                 } else {
                     s.adopt_from.push(self.resolve(&v));
                 }

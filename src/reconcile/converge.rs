@@ -340,11 +340,7 @@ impl Fixed {
                 let items: Vec<String> = v.iter().map(|p| p.display().to_string()).collect();
                 format!("[{}]", items.join(", "))
             };
-            (
-                "adopt_from",
-                list(&self.adopt_from),
-                list(&new.adopt_from),
-            )
+            ("adopt_from", list(&self.adopt_from), list(&new.adopt_from))
         } else {
             return None;
         };

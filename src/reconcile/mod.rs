@@ -33,8 +33,8 @@ pub use inventory::{
     DirState, FileState, FileStatus, Inventory, InventoryError, InventoryRecord, observe,
 };
 pub use plan::{
-    ActionKind, Adoptable, DiskCheck, Plan, PlanError, PlanOptions, PlannedAction, Totals, UnidentifiedRecord,
-    UnmanagedRecord, plan, unidentified_records,
+    ActionKind, Adoptable, DiskCheck, Plan, PlanError, PlanOptions, PlannedAction, Totals,
+    UnidentifiedRecord, UnmanagedRecord, plan, unidentified_records,
 };
 pub use remote::RemoteWarning;
 pub use render::{render_text, render_unidentified};

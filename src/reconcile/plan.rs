@@ -634,7 +634,11 @@ fn take_adoptable(a: &mut PlannedAction, found: &Adoptable) {
         .from
         .first()
         .map_or_else(|| "this machine".to_owned(), Clone::clone);
-    let more = if found.from.len() > 1 { " and elsewhere" } else { "" };
+    let more = if found.from.len() > 1 {
+        " and elsewhere"
+    } else {
+        ""
+    };
     a.reason = format!(
         "{}; adopt{which} from {from}{more} ({}, no download)",
         a.reason,

@@ -6,6 +6,9 @@
 //! server cannot be reached at all (DNS, connection refused) makes the entry an error row;
 //! what may pass (timeouts, 5xx after retries, no length) leaves the size unknown, with a
 //! warning.
+//!
+//! And what is on this machine already ([`adoptable`]): the files a fetch wants whose bytes
+//! the store, the HF cache or `settings.adopt_from` hold, found by name and metadata only.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,19 +17,19 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 
+use super::inventory::Inventory;
+use super::plan::{ActionKind, Adoptable, Plan};
 use crate::download::{AccessToken, DownloadError, DownloadQueueConfig, SizeProbe};
+use crate::hub::ExpectedHash;
 use crate::hub::{
     FileFilter, HubClient, HubEnv, HubError, HubOptions, ModelSource, resolve_endpoint,
     resolve_token,
 };
-use super::inventory::Inventory;
-use super::plan::{ActionKind, Adoptable, Plan};
-use crate::hub::ExpectedHash;
 use crate::install::AdoptSources;
 use crate::install::blobs::BlobIndex;
 use crate::manifest::{LockFile, Manifest, ModelEntry, Settings};
-use crate::store::RecordStore;
 use crate::retry::{Failure, FailureKind, RetryPolicy};
+use crate::store::RecordStore;
 
 /// Hub requests at once while measuring.
 const CONCURRENCY: usize = 8;
@@ -470,7 +473,11 @@ pub async fn adoptable(
 
 /// A repair's damaged files, by the sha256 their fingerprints recorded.
 fn repair_files(inventory: &Inventory, key: Option<&str>, damaged: &[String]) -> Vec<WantedFile> {
-    let Some(r) = inventory.records.iter().find(|r| Some(r.key.as_str()) == key) else {
+    let Some(r) = inventory
+        .records
+        .iter()
+        .find(|r| Some(r.key.as_str()) == key)
+    else {
         return Vec::new();
     };
     r.files
@@ -540,7 +547,11 @@ async fn install_files(
         ModelSource::Url(u) => {
             let sha = entry.hash.as_deref()?.strip_prefix("sha256:")?;
             let name = u.url.path_segments()?.next_back()?.to_owned();
-            Some(vec![(ExpectedHash::Sha256(sha.to_ascii_lowercase()), 0, name)])
+            Some(vec![(
+                ExpectedHash::Sha256(sha.to_ascii_lowercase()),
+                0,
+                name,
+            )])
         }
         ModelSource::Local(_) => None,
     }

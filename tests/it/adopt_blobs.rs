@@ -102,7 +102,11 @@ fn hf_cache_made_by_huggingface_hub_is_adopted_with_no_file_download() {
     );
     // The cache is as huggingface_hub left it: the snapshot still resolves to the blob.
     assert_eq!(blob_of(&snap, "lora.safetensors"), blob);
-    assert!(w.path().join(".hf/hub/models--owner--lora/refs/main").is_file());
+    assert!(
+        w.path()
+            .join(".hf/hub/models--owner--lora/refs/main")
+            .is_file()
+    );
 
     // Deleting the model unlinks modelsync's name only: the cache keeps its bytes.
     let yaml = "  []\n";
@@ -138,7 +142,11 @@ fn a_cache_blob_whose_bytes_do_not_match_its_name_is_not_adopted() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names.len(), 2, "README.md's blob and the weights' only: {names:?}");
+    assert_eq!(
+        names.len(),
+        2,
+        "README.md's blob and the weights' only: {names:?}"
+    );
 }
 
 #[test]
@@ -177,6 +185,24 @@ fn two_entries_sharing_a_blob_are_stored_once() {
     assert_eq!(std::fs::read(&b).unwrap(), lora_bytes(4, 4));
 }
 
+/// Both entries new in one run: both download at once, and the second to be promoted links to
+/// the first's file.
+#[test]
+fn two_new_entries_in_one_apply_share_one_file() {
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/lora", 7, 4));
+    w.manifest(
+        "",
+        "  - name: first\n    source: owner/lora\n  - name: second\n    source: owner/lora\n    description: the same weights again\n",
+    );
+    assert_exit(&w.run(&["apply"]), 0);
+    let a = installed(&w, "first", "lora.safetensors");
+    let b = installed(&w, "second", "lora.safetensors");
+    assert_ne!(a, b);
+    assert_eq!(a.metadata().unwrap().ino(), b.metadata().unwrap().ino());
+    assert_eq!(std::fs::read(&b).unwrap(), lora_bytes(7, 4));
+}
+
 #[test]
 fn settings_adopt_from_folder_is_searched_by_name_and_size() {
     let w = Work::new();
@@ -190,7 +216,10 @@ fn settings_adopt_from_folder_is_searched_by_name_and_size() {
     );
     let diff = w.run(&["diff"]);
     let text = String::from_utf8_lossy(&diff.stdout);
-    assert!(text.contains("stash (") && text.contains("no download)"), "{text}");
+    assert!(
+        text.contains("stash (") && text.contains("no download)"),
+        "{text}"
+    );
     assert_exit(&w.run(&["apply"]), 0);
     assert_eq!(lora_gets(&w), Vec::<String>::new());
     let file = installed(&w, "lora", "lora.safetensors");
@@ -216,11 +245,22 @@ fn across_file_systems_the_cache_is_copied() {
     let blob = blob_of(&snap, "lora.safetensors");
     w.hub.clear_log();
     w.manifest("", "  - name: lora\n    source: owner/lora\n");
-    let out = w.command(&["apply"]).env("HF_HUB_CACHE", shm.path()).output().unwrap();
+    let out = w
+        .command(&["apply"])
+        .env("HF_HUB_CACHE", shm.path())
+        .output()
+        .unwrap();
     assert_exit(&out, 0);
     assert_eq!(body_requests(&w.hub), Vec::<String>::new());
     let file = installed(&w, "lora", "lora.safetensors");
     assert_eq!(std::fs::read(&file).unwrap(), lora_bytes(6, 4));
-    assert_ne!(file.metadata().unwrap().dev(), blob.metadata().unwrap().dev());
-    assert_eq!(blob.metadata().unwrap().nlink(), 1, "the cache's file is its own");
+    assert_ne!(
+        file.metadata().unwrap().dev(),
+        blob.metadata().unwrap().dev()
+    );
+    assert_eq!(
+        blob.metadata().unwrap().nlink(),
+        1,
+        "the cache's file is its own"
+    );
 }

@@ -174,14 +174,13 @@ pub fn diff(ctx: &Context, a: DiffArgs) -> anyhow::Result<Status> {
     let m = ctx.load_manifest()?;
     let (store, inv) = read_inventory(&m)?;
     let lock = LockFile::read(&m.lock_path())?;
-    let (p, warnings) =
-        runtime()?.block_on(plan_with_lookups(
-            &m,
-            &inv,
-            store.as_deref(),
-            lock.as_ref(),
-            a.refresh,
-        ))?;
+    let (p, warnings) = runtime()?.block_on(plan_with_lookups(
+        &m,
+        &inv,
+        store.as_deref(),
+        lock.as_ref(),
+        a.refresh,
+    ))?;
     warn(ctx, &warnings);
     if ctx.output == OutputFormat::Json {
         print_json(&serde_json::to_value(&p)?)?;
