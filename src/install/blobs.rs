@@ -255,7 +255,8 @@ impl BlobIndex {
                 }
                 continue;
             }
-            if !ft.is_file() || name.ends_with(".incomplete") || name.ends_with(".part") {
+            let ext = Path::new(&name).extension().and_then(|e| e.to_str());
+            if !ft.is_file() || matches!(ext, Some("incomplete" | "part")) {
                 continue;
             }
             let donor = Donor {
@@ -312,7 +313,7 @@ impl BlobIndex {
         self.by_sha
             .get(&sha256.to_ascii_lowercase())?
             .iter()
-            .find_map(|d| fs::metadata(&d.path).ok().filter(|m| m.is_file()))
+            .find_map(|d| fs::metadata(&d.path).ok().filter(fs::Metadata::is_file))
             .map(|m| m.len())
     }
 

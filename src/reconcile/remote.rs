@@ -441,13 +441,11 @@ pub async fn adoptable(
         let mut sizes_known = true;
         for (hash, size, file) in &files {
             let size = if *size == 0 {
-                match ix.size_of(hash.hex(), file) {
-                    Some(n) => n,
-                    None => {
-                        sizes_known = false;
-                        continue;
-                    }
-                }
+                let Some(n) = ix.size_of(hash.hex(), file) else {
+                    sizes_known = false;
+                    continue;
+                };
+                n
             } else {
                 *size
             };
