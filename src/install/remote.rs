@@ -283,14 +283,19 @@ pub(super) struct Adoptable {
 }
 
 /// The name a URL download gets when nothing names it yet: the `.part`'s or the URL path's
-/// last segment. `None` when the URL has none (or an encoded one).
+/// last segment. `None` when the URL has none that looks like a file name.
 fn url_file_name(url: &reqwest::Url, dest: &Path, dir: &Path) -> Option<String> {
     if dest != dir {
         return dest.file_name().map(|n| n.to_string_lossy().into_owned());
     }
     let name = url.path_segments()?.next_back()?;
-    (!name.is_empty() && !name.contains(['%', '\\']) && name != "." && name != "..")
-        .then(|| name.to_owned())
+    // Only what looks like a file name (`model.safetensors`): a URL such as Civitai's
+    // `/api/download/models/123` names its file in `Content-Disposition`, which only the
+    // download learns.
+    let looks_like_file = name
+        .rsplit_once('.')
+        .is_some_and(|(stem, ext)| !stem.is_empty() && !ext.is_empty());
+    (looks_like_file && !name.contains(['%', '\\'])).then(|| name.to_owned())
 }
 
 /// Looks for the bytes of each `adoptable` file on this machine ([`super::blobs`]) and puts

@@ -424,6 +424,25 @@ pub async fn apply(
         popts.remote_sizes = sizes;
         the_plan = plan(manifest, &inventory, &popts)?;
     }
+    // What is on this machine already is not fetched, so the disk check does not count it:
+    // as far as the lock and the fingerprints tell (no Hub request beyond the ones above; the
+    // install finds the rest by the Hub's listing).
+    let sources = cx.manager.install().app_config().adopt.clone();
+    let found = remote::adoptable(
+        &the_plan,
+        manifest,
+        &inventory,
+        Some(&lock),
+        None,
+        cx.hub_env,
+        &sources,
+        Some(store.as_ref()),
+    )
+    .await;
+    if !found.is_empty() {
+        popts.adoptable = found;
+        the_plan = plan(manifest, &inventory, &popts)?;
+    }
     for w in &warnings {
         report(
             cx,

@@ -545,6 +545,9 @@ async fn install_files(
         ModelSource::Url(u) => {
             let sha = entry.hash.as_deref()?.strip_prefix("sha256:")?;
             let name = u.url.path_segments()?.next_back()?.to_owned();
+            if !name.contains('.') {
+                return None;
+            }
             Some(vec![(
                 ExpectedHash::Sha256(sha.to_ascii_lowercase()),
                 0,

@@ -229,6 +229,39 @@ fn settings_adopt_from_folder_is_searched_by_name_and_size() {
     );
 }
 
+/// A URL entry with `hash: sha256:…` and a folder of blobs named by their sha256, as Ollama
+/// names them (`sha256-<hex>`).
+#[test]
+fn a_url_entry_with_a_hash_adopts_a_blob_named_by_its_sha256() {
+    use sha2::Digest as _;
+    let w = Work::new();
+    w.hub.add_repo(lora_repo("owner/lora", 8, 4));
+    let bytes = lora_bytes(8, 4);
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let blobs = w.path().join("ollama/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("sha256-{sha}")), &bytes).unwrap();
+    let url = format!(
+        "{}/owner/lora/resolve/main/lora.safetensors",
+        w.hub.endpoint()
+    );
+    w.manifest(
+        "  adopt_from: [ollama]\n",
+        &format!("  - name: lora\n    source: {url}\n    hash: sha256:{sha}\n"),
+    );
+    let diff = w.run(&["diff"]);
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        text.contains("ollama (") && text.contains("no download)"),
+        "{text}"
+    );
+    assert_exit(&w.run(&["apply"]), 0);
+    assert_eq!(lora_gets(&w), Vec::<String>::new());
+    let file = installed(&w, "lora", "lora.safetensors");
+    assert!(file.ends_with("lora.safetensors"), "{}", file.display());
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+}
+
 /// Across file systems the bytes are copied: the HF cache on `/dev/shm` (tmpfs), the models
 /// on the temp dir's file system.
 #[test]
