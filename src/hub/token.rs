@@ -31,6 +31,8 @@ pub struct HubEnv {
     pub xdg_cache_home: Option<PathBuf>,
     /// `HOME`.
     pub home: Option<PathBuf>,
+    /// `HF_HUB_CACHE` (or the older `HUGGINGFACE_HUB_CACHE`): the hub cache's folder.
+    pub hub_cache: Option<PathBuf>,
     /// `HF_HUB_OFFLINE` is true (`1`, `true`, `yes`, `on`).
     pub offline: bool,
 }
@@ -51,6 +53,7 @@ impl HubEnv {
             hf_home: path("HF_HOME"),
             xdg_cache_home: path("XDG_CACHE_HOME"),
             home: path("HOME"),
+            hub_cache: path("HF_HUB_CACHE").or_else(|| path("HUGGINGFACE_HUB_CACHE")),
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_true(&v)),
         }
     }
@@ -65,13 +68,25 @@ impl HubEnv {
         if let Some(p) = &self.token_path {
             return Some(p.clone());
         }
-        let hf_home = self.hf_home.clone().or_else(|| {
+        Some(self.hf_home_dir()?.join("token"))
+    }
+
+    /// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+    fn hf_home_dir(&self) -> Option<PathBuf> {
+        self.hf_home.clone().or_else(|| {
             self.xdg_cache_home
                 .clone()
                 .or_else(|| self.home.as_ref().map(|h| h.join(".cache")))
                 .map(|c| c.join("huggingface"))
-        })?;
-        Some(hf_home.join("token"))
+        })
+    }
+
+    /// The Hugging Face hub cache, as `huggingface_hub` finds it: `HF_HUB_CACHE`, else
+    /// `HF_HOME/hub` (with `HF_HOME`'s own defaults). `None` when no home is known.
+    pub fn hf_hub_cache(&self) -> Option<PathBuf> {
+        self.hub_cache
+            .clone()
+            .or_else(|| Some(self.hf_home_dir()?.join("hub")))
     }
 }
 

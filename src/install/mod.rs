@@ -12,9 +12,12 @@
 //!   record half.
 //! - [`layout`]: where a model lands (`invokeai`, `hf-cache`, `comfyui`, `a1111`), the
 //!   hf-cache's blobs, symlinks and refs, and their removal.
+//! - [`blobs`]: adopt instead of download — the same bytes found in the store, the Hugging
+//!   Face cache or `settings.adopt_from`, hard-linked or copied, and checked.
 //! - `refit`: repairs and upgrades in place (same key and path; only the files that differ
 //!   are fetched).
 
+pub mod blobs;
 mod error;
 mod job;
 pub mod layout;
@@ -27,6 +30,7 @@ pub mod service;
 pub mod staging;
 pub mod sync;
 
+pub use blobs::{AdoptSources, AdoptedFile, Origin};
 pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
 pub use layout::Layout;

@@ -99,6 +99,8 @@ pub(crate) struct Staged {
     pub sha256: HashMap<String, String>,
     /// Bytes downloaded.
     pub downloaded: u64,
+    /// Files placed from bytes already on this machine (not downloaded).
+    pub adopted: Vec<super::blobs::AdoptedFile>,
 }
 
 /// The service-level settings promotion needs.
@@ -245,6 +247,7 @@ pub(crate) fn promote(
         commit: staged.commit.clone(),
         files: installed,
         downloaded_bytes: staged.downloaded,
+        adopted: staged.adopted.clone(),
         existing: false,
         warnings,
     })

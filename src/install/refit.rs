@@ -33,12 +33,15 @@ use crate::hub::{
 };
 use crate::store::{ConfigChange, ModelFile};
 
+use super::blobs::AdoptedFile;
 use super::error::InstallError;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus};
 use super::layout;
 use super::local::{LocalSelection, link_or_copy};
 use super::promote::{Staged, check_expected_hash, fingerprints};
-use super::remote::{Want, access, len_of, part_of, run_downloads, url_destination};
+use super::remote::{
+    Adoptable, Want, access, adopt_into_staging, len_of, part_of, run_downloads, url_destination,
+};
 use super::request::{InPlace, InstallOutcome, InstallRequest};
 use super::service::{Cancel, Inner, lock, record_source};
 use super::staging::{Staging, StagingKind, staging_id};
@@ -63,6 +66,8 @@ struct Fetched {
     commit: Option<String>,
     /// Bytes fetched by this run.
     downloaded: u64,
+    /// Files whose bytes were found on this machine instead ([`super::blobs`]).
+    adopted: Vec<AdoptedFile>,
 }
 
 /// The staging folder of a repair or upgrade of `key`.
@@ -298,6 +303,7 @@ async fn refit_hf(
     staging.prepare(&source_str, StagingKind::Hf, Some(&plan.commit))?;
     let files = staging.files();
     let mut wants = Vec::new();
+    let mut adoptable = Vec::new();
     for (i, spec) in plan.downloads.iter().enumerate() {
         if present.contains(&i) {
             continue;
@@ -312,6 +318,12 @@ async fn refit_hf(
             .with_expected_size(Some(spec.size))
             .with_access_token(access(spec.access_token.as_ref()))
             .with_preserve_partial_downloads(true);
+        adoptable.push(Adoptable {
+            want: wants.len(),
+            hash: spec.expected.clone(),
+            size: spec.size,
+            rel: slash(&spec.dest),
+        });
         job = match &spec.expected {
             ExpectedHash::Sha256(h) => job.with_sha256(Some(h.clone())),
             ExpectedHash::GitBlobSha1(h) => job.with_git_sha1(Some(h.clone())),
@@ -334,7 +346,9 @@ async fn refit_hf(
         });
         out.moves.push((staged, final_path));
     }
-    out.downloaded = run_downloads(inner, id, &source_str, staging, wants, cancel).await?;
+    let ctx = inner.fetch_ctx(id);
+    out.adopted = adopt_into_staging(&ctx, &mut wants, adoptable).await?;
+    out.downloaded = run_downloads(&ctx, &source_str, staging, wants, cancel).await?;
     Ok(out)
 }
 
@@ -380,7 +394,14 @@ async fn refit_url(
     let (dest, done) = url_destination(&files);
     let token = opts.access_token.as_ref().or(u.access_token.as_ref());
     let want = Want::url(&u.url, &dest, done, token, want);
-    let downloaded = run_downloads(inner, id, &source_str, staging, vec![want], cancel).await?;
+    let downloaded = run_downloads(
+        &inner.fetch_ctx(id),
+        &source_str,
+        staging,
+        vec![want],
+        cancel,
+    )
+    .await?;
     let (staged, done) = url_destination(&files);
     if !done {
         return Err(InstallError::NotFound(staged));
@@ -551,6 +572,7 @@ fn settle(
         commit: fetched.commit.clone(),
         sha256: fetched.sha256,
         downloaded: fetched.downloaded,
+        adopted: Vec::new(),
     };
     let (files, installed) = fingerprints(target, &staged, opts, algo, &content_hash)?;
     let mut fields = Map::new();
@@ -584,6 +606,7 @@ fn settle(
         commit: fetched.commit,
         files: installed,
         downloaded_bytes: fetched.downloaded,
+        adopted: fetched.adopted,
         existing: false,
         warnings: Vec::new(),
     })

@@ -1,10 +1,14 @@
 //! Remote sources: Hugging Face repos (through [`crate::hub::HubClient::plan_source`]) and
 //! URLs, downloaded in parallel through the queue into a staging dir; and
 //! `download_and_cache`.
+//!
+//! This half knows nothing of the service: it works through a [`FetchCtx`] (the settings,
+//! the store, the queue) and reports a job's parts and progress to a [`FetchSink`], which the
+//! service implements over its job table.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -12,17 +16,45 @@ use futures_util::stream::FuturesUnordered;
 
 use crate::config::ModelSourceType;
 use crate::download::names::redact_url_str;
-use crate::download::{AccessToken, DownloadError, DownloadEventHandler, DownloadJob, JobId};
+use crate::download::{
+    AccessToken, DownloadError, DownloadEventHandler, DownloadJob, DownloadQueue, JobId,
+};
 use crate::hub::{
     ExpectedHash, FileFilter, HfModelSource, ModelSource, Token, UrlModelSource, resolve_token,
 };
 
+use crate::store::RecordStore;
+
+use super::blobs::{AdoptedFile, BlobIndex};
 use super::error::InstallError;
-use super::job::{InstallJobId, InstallPart};
+use super::job::InstallPart;
 use super::promote::Staged;
 use super::request::InstallOptions;
-use super::service::{Cancel, Inner, record_source};
+use super::service::{Cancel, InstallConfig, record_source};
 use super::staging::{CACHE_DIR, Staging, StagingKind, staging_id};
+
+/// What fetching needs from the service: its settings (Hub client, token environment,
+/// `models_dir`, the disk check, where to adopt from), the record store (whose files may be
+/// adopted), the download queue, and where one job's progress goes.
+pub(crate) struct FetchCtx<'a> {
+    pub(crate) cfg: &'a InstallConfig,
+    pub(crate) store: Arc<dyn RecordStore>,
+    pub(crate) queue: &'a DownloadQueue,
+    pub(crate) sink: Arc<dyn FetchSink>,
+}
+
+/// Where one install job's download parts and progress go. The download queue's handlers hold
+/// it for as long as their downloads live, so an implementation must not keep the service
+/// alive (the service's holds it weakly).
+pub(crate) trait FetchSink: Send + Sync {
+    /// The job's files are known (before any starts): its parts, the folder they go to, and
+    /// the bytes already there.
+    fn parts(&self, local_path: PathBuf, parts: Vec<InstallPart>, done_bytes: u64);
+    /// Download `download` fetches part `part` (for cancel and progress).
+    fn linked(&self, download: JobId, part: usize);
+    /// Progress of part `part`.
+    fn progress(&self, part: usize, download: &DownloadJob);
+}
 
 pub(super) fn access(t: Option<&Token>) -> Option<AccessToken> {
     t.map(|t| AccessToken::new(t.expose()))
@@ -79,8 +111,7 @@ impl Want {
 }
 
 pub(crate) async fn fetch_hf(
-    inner: &Arc<Inner>,
-    id: InstallJobId,
+    ctx: &FetchCtx<'_>,
     src: &HfModelSource,
     opts: &InstallOptions,
     staging: Staging,
@@ -93,7 +124,7 @@ pub(crate) async fn fetch_hf(
     };
     let token = resolve_token(
         opts.access_token.as_ref().or(src.access_token.as_ref()),
-        &inner.cfg.hub_env,
+        &ctx.cfg.hub_env,
     );
     let mut at = src.clone();
     if let Some(rev) = &opts.revision {
@@ -102,13 +133,14 @@ pub(crate) async fn fetch_hf(
     let filter =
         FileFilter::from_source(&at).with_globs(opts.include.clone(), opts.exclude.clone());
     let plan = tokio::select! {
-        p = inner.cfg.hub.plan_source(&at, &filter, &token) => p.map_err(hub_err)?,
+        p = ctx.cfg.hub.plan_source(&at, &filter, &token) => p.map_err(hub_err)?,
         () = cancel.wait() => return Err(InstallError::Cancelled(source_str)),
     };
     staging.prepare(&source_str, StagingKind::Hf, Some(&plan.commit))?;
     let files = staging.files();
     let mut wants = Vec::new();
     let mut sha256 = HashMap::new();
+    let mut adoptable = Vec::new();
     for spec in &plan.downloads {
         let dest = files.join(&spec.dest);
         let rel = spec
@@ -121,6 +153,12 @@ pub(crate) async fn fetch_hf(
             .with_expected_size(Some(spec.size))
             .with_access_token(access(spec.access_token.as_ref()))
             .with_preserve_partial_downloads(true);
+        adoptable.push(Adoptable {
+            want: wants.len(),
+            hash: spec.expected.clone(),
+            size: spec.size,
+            rel: rel.clone(),
+        });
         match &spec.expected {
             ExpectedHash::Sha256(h) => {
                 sha256.insert(rel, h.clone());
@@ -153,7 +191,8 @@ pub(crate) async fn fetch_hf(
         ),
         _ => (files.clone(), "files".to_owned()),
     };
-    let downloaded = run_downloads(inner, id, &source_str, &staging, wants, cancel).await?;
+    let adopted = adopt_into_staging(ctx, &mut wants, adoptable).await?;
+    let downloaded = run_downloads(ctx, &source_str, &staging, wants, cancel).await?;
     Ok(Staged {
         model_path,
         staging: Some(staging),
@@ -166,12 +205,12 @@ pub(crate) async fn fetch_hf(
         commit: Some(plan.commit.clone()),
         sha256,
         downloaded,
+        adopted,
     })
 }
 
 pub(crate) async fn fetch_url(
-    inner: &Arc<Inner>,
-    id: InstallJobId,
+    ctx: &FetchCtx<'_>,
     src: &UrlModelSource,
     opts: &InstallOptions,
     staging: Staging,
@@ -189,8 +228,21 @@ pub(crate) async fn fetch_url(
         .as_deref()
         .and_then(|h| h.strip_prefix("sha256:"))
         .map(str::to_ascii_lowercase);
-    let want = Want::url(&src.url, &dest, done, token, sha256);
-    let downloaded = run_downloads(inner, id, &source_str, &staging, vec![want], cancel).await?;
+    let mut adoptable = Vec::new();
+    if let Some(h) = &sha256
+        && !done
+        && let Some(name) = url_file_name(&src.url, &dest, &files)
+    {
+        adoptable.push(Adoptable {
+            want: 0,
+            hash: ExpectedHash::Sha256(h.clone()),
+            size: 0,
+            rel: name,
+        });
+    }
+    let mut wants = vec![Want::url(&src.url, &dest, done, token, sha256)];
+    let adopted = adopt_into_staging(ctx, &mut wants, adoptable).await?;
+    let downloaded = run_downloads(ctx, &source_str, &staging, wants, cancel).await?;
     let (model_path, done) = url_destination(&files);
     if !done {
         return Err(InstallError::Download {
@@ -217,7 +269,101 @@ pub(crate) async fn fetch_url(
         commit: None,
         sha256: HashMap::new(),
         downloaded,
+        adopted,
     })
+}
+
+/// A file whose bytes may be on this machine already: `wants[want]`, `size` bytes (0: any
+/// size) with digest `hash`, at `rel` in the model.
+pub(super) struct Adoptable {
+    pub(super) want: usize,
+    pub(super) hash: ExpectedHash,
+    pub(super) size: u64,
+    pub(super) rel: String,
+}
+
+/// The name a URL download gets when nothing names it yet: the `.part`'s or the URL path's
+/// last segment. `None` when the URL has none that looks like a file name.
+fn url_file_name(url: &reqwest::Url, dest: &Path, dir: &Path) -> Option<String> {
+    if dest != dir {
+        return dest.file_name().map(|n| n.to_string_lossy().into_owned());
+    }
+    let name = url.path_segments()?.next_back()?;
+    // Only what looks like a file name (`model.safetensors`): a URL such as Civitai's
+    // `/api/download/models/123` names its file in `Content-Disposition`, which only the
+    // download learns.
+    let looks_like_file = name
+        .rsplit_once('.')
+        .is_some_and(|(stem, ext)| !stem.is_empty() && !ext.is_empty());
+    (looks_like_file && !name.contains(['%', '\\'])).then(|| name.to_owned())
+}
+
+/// Looks for the bytes of each `adoptable` file on this machine ([`super::blobs`]) and puts
+/// what it finds in place of its download: those wants are done, with nothing to fetch.
+/// A URL want whose destination is still the folder gets the adoptable's name.
+pub(super) async fn adopt_into_staging(
+    ctx: &FetchCtx<'_>,
+    wants: &mut [Want],
+    adoptable: Vec<Adoptable>,
+) -> Result<Vec<AdoptedFile>, InstallError> {
+    let todo: Vec<(Adoptable, PathBuf)> = adoptable
+        .into_iter()
+        .filter_map(|a| {
+            let w = wants.get(a.want).filter(|w| !w.done)?;
+            let dest = if w.part.local_path.is_dir() {
+                w.part.local_path.join(&a.rel)
+            } else {
+                w.part.local_path.clone()
+            };
+            Some((a, dest))
+        })
+        .collect();
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sources = ctx.cfg.adopt.clone();
+    let store = ctx.store.clone();
+    let models_dir = ctx.cfg.models_dir.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let ix = BlobIndex::gather(&sources, Some((store.as_ref(), &models_dir)));
+        if ix.is_empty() {
+            return Vec::new();
+        }
+        todo.into_iter()
+            .filter_map(|(a, dest)| {
+                let name = a.rel.rsplit('/').next().unwrap_or(&a.rel).to_owned();
+                let size = if a.size == 0 {
+                    ix.size_of(a.hash.hex(), &name)?
+                } else {
+                    a.size
+                };
+                let (origin, linked) = ix.adopt(&a.hash, size, &name, &dest)?;
+                Some((
+                    a.want,
+                    dest,
+                    AdoptedFile {
+                        path: a.rel,
+                        size,
+                        origin,
+                        linked,
+                    },
+                ))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| InstallError::Setup(format!("adopting worker failed: {e}")))?;
+    let mut out = Vec::with_capacity(found.len());
+    for (i, dest, f) in found {
+        if let Some(w) = wants.get_mut(i) {
+            w.done = true;
+            w.part.local_path = dest;
+            w.part.bytes = f.size;
+            w.part.total_bytes = f.size;
+        }
+        out.push(f);
+    }
+    Ok(out)
 }
 
 /// Where a URL download goes in `dir`: the finished file if there is one (`true`), else the
@@ -247,8 +393,7 @@ pub(super) fn url_destination(dir: &Path) -> (PathBuf, bool) {
 /// resume). Returns the bytes downloaded by this run: a resumed file counts only what came
 /// after its partial, a file already complete counts nothing.
 pub(super) async fn run_downloads(
-    inner: &Arc<Inner>,
-    id: InstallJobId,
+    ctx: &FetchCtx<'_>,
     source_str: &str,
     staging: &Staging,
     wants: Vec<Want>,
@@ -259,7 +404,7 @@ pub(super) async fn run_downloads(
         .filter(|w| !w.done)
         .map(|w| w.part.total_bytes.saturating_sub(w.part.bytes))
         .sum();
-    if inner.cfg.check_disk_space && needed > 0 {
+    if ctx.cfg.check_disk_space && needed > 0 {
         let available = crate::download::available_space(&staging.files())
             .map_err(|e| InstallError::io("checking free space in", staging.files(), e))?;
         if available < needed {
@@ -272,13 +417,11 @@ pub(super) async fn run_downloads(
         }
     }
     let already: u64 = wants.iter().map(|w| w.part.bytes).sum();
-    inner.set_parts(
-        id,
+    ctx.sink.parts(
         staging.files(),
         wants.iter().map(|w| w.part.clone()).collect(),
         already,
     );
-    let weak: Weak<Inner> = Arc::downgrade(inner);
     let mut ids: Vec<JobId> = Vec::new();
     // Download job → the bytes its partial already held when this run began.
     let mut resumed_from: HashMap<JobId, u64> = HashMap::new();
@@ -287,40 +430,37 @@ pub(super) async fn run_downloads(
             continue;
         }
         let start = w.part.bytes;
-        let weak = weak.clone();
+        let sink = ctx.sink.clone();
         let job = w
             .job
             .with_handler(DownloadEventHandler::infallible(move |dj: &DownloadJob| {
-                if let Some(inner) = weak.upgrade() {
-                    inner.on_download(id, i, dj);
-                }
+                sink.progress(i, dj);
             }));
         if cancel.is_set() {
             break;
         }
         let submitted =
-            inner
-                .queue
+            ctx.queue
                 .submit_download_job(job, false)
                 .map_err(|e| InstallError::Download {
                     source_str: source_str.to_owned(),
                     error: Arc::new(e),
                 })?;
-        inner.link_download(id, submitted.id, i);
+        ctx.sink.linked(submitted.id, i);
         resumed_from.insert(submitted.id, start);
         ids.push(submitted.id);
     }
     for d in &ids {
-        let _ = inner.queue.start_job(*d);
+        let _ = ctx.queue.start_job(*d);
     }
     let cancel_all = |ids: &[JobId]| {
         for d in ids {
-            let _ = inner.queue.cancel_job(*d);
+            let _ = ctx.queue.cancel_job(*d);
         }
     };
     let mut pending: FuturesUnordered<_> = ids
         .iter()
-        .map(|d| inner.queue.wait_for_job(*d, None))
+        .map(|d| ctx.queue.wait_for_job(*d, None))
         .collect();
     let mut downloaded = 0u64;
     let mut first_err: Option<InstallError> = None;
@@ -364,7 +504,8 @@ pub(super) async fn run_downloads(
 }
 
 pub(crate) async fn download_and_cache(
-    inner: &Arc<Inner>,
+    models_dir: &Path,
+    queue: &DownloadQueue,
     source: &str,
     access_token: Option<Token>,
     timeout: Option<Duration>,
@@ -373,9 +514,7 @@ pub(crate) async fn download_and_cache(
     let ModelSource::Url(u) = &src else {
         return Err(InstallError::NotRemote(source.to_owned()));
     };
-    let dir = inner
-        .cfg
-        .models_dir
+    let dir = models_dir
         .join(CACHE_DIR)
         .join(staging_id(&src.canonical(), &[]));
     std::fs::create_dir_all(&dir).map_err(|e| InstallError::io("creating folder", &dir, e))?;
@@ -391,8 +530,8 @@ pub(crate) async fn download_and_cache(
         source_str: record_source(&src),
         error: Arc::new(e),
     };
-    let job = inner.queue.submit_download_job(job, true).map_err(err)?;
-    match inner.queue.wait_for_job(job.id, timeout).await {
+    let job = queue.submit_download_job(job, true).map_err(err)?;
+    match queue.wait_for_job(job.id, timeout).await {
         Ok(done) => done
             .result()
             .map(Path::to_path_buf)
@@ -401,7 +540,7 @@ pub(crate) async fn download_and_cache(
                 error: e,
             }),
         Err(DownloadError::Timeout { timeout, .. }) => {
-            let _ = inner.queue.cancel_job(job.id);
+            let _ = queue.cancel_job(job.id);
             Err(InstallError::Timeout {
                 what: format!("the download of {}", record_source(&src)),
                 timeout,

@@ -142,6 +142,10 @@ pub struct InstallOutcome {
     /// Bytes downloaded by this install (0 for local sources; a resumed download counts only
     /// what this run fetched).
     pub downloaded_bytes: u64,
+    /// Files not downloaded because their bytes were on this machine already (the store, the
+    /// HF cache, `settings.adopt_from`): hard-linked or copied, then checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<super::blobs::AdoptedFile>,
     /// The source was installed already and this is that record (an idempotent import).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub existing: bool,

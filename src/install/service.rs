@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -24,11 +24,12 @@ use crate::retry::Failure;
 use crate::store::RecordStore;
 use crate::taxonomy::ModelRepoVariant;
 
+use super::blobs::AdoptSources;
 use super::error::InstallError;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
 use super::local::{LocalSelection, is_inside, link_or_copy_selected, remove_path};
 use super::promote::{PromoteCtx, Staged, absolute, check_config, check_dest, promote};
-use super::remote;
+use super::remote::{self, FetchCtx, FetchSink};
 use super::request::{InstallOptions, InstallOutcome, InstallRequest};
 use super::staging::{
     DEFAULT_STALE_AFTER, RecoveryReport, Staging, StagingKind, recover, staging_id,
@@ -53,6 +54,9 @@ pub struct InstallConfig {
     pub check_disk_space: bool,
     /// Staging dirs untouched for longer are removed at start-up (default 7 days).
     pub stale_after: Duration,
+    /// Where files with a known sha256 are looked for before they are downloaded, besides
+    /// the store ([`super::blobs`]). [`Self::new`] takes the HF cache from `hub_env`.
+    pub adopt: AdoptSources,
 }
 
 impl InstallConfig {
@@ -74,6 +78,10 @@ impl InstallConfig {
 
     /// Settings with an explicit Hub client and environment.
     pub fn new(models_dir: impl Into<PathBuf>, hub: HubClient, hub_env: HubEnv) -> Self {
+        let adopt = AdoptSources {
+            hf_cache: hub_env.hf_hub_cache(),
+            ..AdoptSources::default()
+        };
         Self {
             models_dir: models_dir.into(),
             hash_algorithm: HashAlgorithm::default(),
@@ -82,6 +90,7 @@ impl InstallConfig {
             default_variant: None,
             check_disk_space: true,
             stale_after: DEFAULT_STALE_AFTER,
+            adopt,
         }
     }
 }
@@ -471,6 +480,7 @@ impl ModelInstallService {
             commit,
             files,
             downloaded_bytes: 0,
+            adopted: Vec::new(),
             existing: true,
             warnings: Vec::new(),
         }))
@@ -736,7 +746,14 @@ impl ModelInstallService {
         access_token: Option<Token>,
         timeout: Option<Duration>,
     ) -> Result<PathBuf, InstallError> {
-        remote::download_and_cache(&self.inner, source, access_token, timeout).await
+        remote::download_and_cache(
+            &self.inner.cfg.models_dir,
+            &self.inner.queue,
+            source,
+            access_token,
+            timeout,
+        )
+        .await
     }
 }
 
@@ -836,6 +853,7 @@ pub(crate) fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Stag
         commit: None,
         sha256: HashMap::new(),
         downloaded: 0,
+        adopted: Vec::new(),
     })
 }
 
@@ -888,11 +906,11 @@ async fn run_job(
         }
         ModelSource::Hf(h) => {
             let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
-            remote::fetch_hf(inner, id, h, &req.options, staging, cancel).await?
+            remote::fetch_hf(&inner.fetch_ctx(id), h, &req.options, staging, cancel).await?
         }
         ModelSource::Url(u) => {
             let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
-            remote::fetch_url(inner, id, u, &req.options, staging, cancel).await?
+            remote::fetch_url(&inner.fetch_ctx(id), u, &req.options, staging, cancel).await?
         }
     };
     if cancel.is_set() {
@@ -916,6 +934,7 @@ async fn run_job(
     let staged2 = staged.clone();
     let result = tokio::task::spawn_blocking(move || {
         let _lane = lock(&inner2.lane);
+        share_with_store(&inner2, &staged2);
         let cancelled = || cancel2.is_set();
         promote(&inner2.promote_ctx(&cancelled), &staged2, &config, &opts)
     })
@@ -930,7 +949,81 @@ async fn run_job(
     result
 }
 
+/// Where the downloads of one install job report: that job in the service's table. Weak, so
+/// a download outliving the service keeps nothing alive.
+struct JobSink {
+    inner: Weak<Inner>,
+    id: InstallJobId,
+}
+
+impl FetchSink for JobSink {
+    fn parts(&self, local_path: PathBuf, parts: Vec<InstallPart>, done_bytes: u64) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.set_parts(self.id, local_path, parts, done_bytes);
+        }
+    }
+    fn linked(&self, download: JobId, part: usize) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.link_download(self.id, download, part);
+        }
+    }
+    fn progress(&self, part: usize, download: &DownloadJob) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.on_download(self.id, part, download);
+        }
+    }
+}
+
+/// Under the lane, before promotion: a staged file whose sha256 the store already holds in
+/// another model on the same file system (an install of the same files that ran beside this
+/// one) is replaced by a hard link to it, once its content checks, so one model kept under two
+/// entries is stored once even when both were downloaded at the same time. Best effort.
+fn share_with_store(inner: &Inner, staged: &Staged) {
+    if staged.staging.is_none() || staged.sha256.is_empty() {
+        return;
+    }
+    let sources = AdoptSources::default();
+    let ix = super::blobs::BlobIndex::gather(
+        &sources,
+        Some((inner.store.as_ref(), &inner.cfg.models_dir)),
+    );
+    if ix.is_empty() {
+        return;
+    }
+    for (rel, sha) in &staged.sha256 {
+        let path = if staged.single_file {
+            staged.model_path.clone()
+        } else {
+            staged.model_path.join(rel)
+        };
+        let Ok(md) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let Some(found) = ix.lookup(sha, md.len(), name, &path) else {
+            continue;
+        };
+        if found.linkable {
+            let want = crate::hub::ExpectedHash::Sha256(sha.clone());
+            let _ = ix.adopt(&want, md.len(), name, &path);
+        }
+    }
+}
+
 impl Inner {
+    /// What the fetch half of job `id` works with.
+    pub(crate) fn fetch_ctx(self: &Arc<Self>, id: InstallJobId) -> FetchCtx<'_> {
+        FetchCtx {
+            cfg: &self.cfg,
+            store: self.store.clone(),
+            queue: &self.queue,
+            sink: Arc::new(JobSink {
+                inner: Arc::downgrade(self),
+                id,
+            }),
+        }
+    }
+
     /// The lane: held while records are written, one install at a time.
     pub(crate) fn lane(&self) -> MutexGuard<'_, ()> {
         lock(&self.lane)
@@ -969,7 +1062,7 @@ impl Inner {
     }
 
     /// Registers the download parts of a job before they start.
-    pub(crate) fn set_parts(
+    fn set_parts(
         &self,
         id: InstallJobId,
         local_path: PathBuf,
@@ -987,14 +1080,14 @@ impl Inner {
     }
 
     /// Links a download job to a part of an install job (for cancel and progress).
-    pub(crate) fn link_download(&self, id: InstallJobId, download: JobId, part: usize) {
+    fn link_download(&self, id: InstallJobId, download: JobId, part: usize) {
         if let Some(e) = lock(&self.jobs).map.get_mut(&id) {
             e.downloads.insert(download, part);
         }
     }
 
     /// Progress of one download of an install job.
-    pub(crate) fn on_download(&self, id: InstallJobId, part: usize, dj: &DownloadJob) {
+    fn on_download(&self, id: InstallJobId, part: usize, dj: &DownloadJob) {
         self.update(id, |job| {
             if job.status != InstallStatus::Downloading {
                 return None;

@@ -243,6 +243,9 @@ pub struct Settings {
     pub sync: crate::install::SyncMode,
     /// How models are laid out in models_dir (default `invokeai`); entries may say otherwise.
     pub layout: crate::install::Layout,
+    /// Folders searched for a file's bytes before it is downloaded, after the store and the
+    /// HF cache ([`crate::install::blobs`]).
+    pub adopt_from: Vec<PathBuf>,
 }
 
 /// Default `settings.max_parallel_downloads`.
@@ -270,6 +273,7 @@ impl Settings {
             unknown_models: UnknownModels::default(),
             sync: crate::install::SyncMode::default(),
             layout: crate::install::Layout::default(),
+            adopt_from: Vec::new(),
         }
     }
 

@@ -218,6 +218,12 @@ pub struct SettingsFile {
     /// `comfyui` (`checkpoints/`, `loras/` …) or `a1111` (`Stable-diffusion/`, `Lora/` …).
     #[serde(default)]
     pub layout: Option<crate::install::Layout>,
+    /// Folders searched for a file's bytes before it is downloaded, after the store and the
+    /// Hugging Face cache: files named by their sha256 (`<hex>`, `sha256-<hex>`; another HF
+    /// cache's `blobs/`) and files with the wanted name and size. What matches is hard-linked
+    /// (same file system) or copied, and checked; nothing in these folders is changed.
+    #[serde(default)]
+    pub adopt_from: Option<Vec<Sp<Text>>>,
 }
 
 /// `settings.cache:`.
@@ -746,6 +752,18 @@ impl<'a> Cx<'a> {
         s.unknown_models = raw.unknown_models.unwrap_or_default();
         s.sync = raw.sync.unwrap_or_default();
         s.layout = raw.layout.unwrap_or_default();
+        for sp in raw.adopt_from.iter().flatten() {
+            if let Some(v) = self.text(sp, "adopt_from") {
+                if v.trim().is_empty() {
+                    self.err(
+                        sp.loc(),
+                        "`adopt_from` has an empty entry: expected a folder path",
+                    );
+                } else {
+                    s.adopt_from.push(self.resolve(&v));
+                }
+            }
+        }
         s
     }
 

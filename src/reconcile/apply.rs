@@ -51,6 +51,7 @@ use crate::watch::CancelToken;
 /// ```json
 /// {"kind":"reconcile","event":{"event":"action_started","name":"sd15","action":"install","key":null}}
 /// {"kind":"reconcile","event":{"event":"action_completed","name":"sd15","action":"install","key":"3f2a…","downloaded_bytes":2132856404}}
+/// {"kind":"reconcile","event":{"event":"action_completed","name":"vae","action":"install","key":"9b1c…","downloaded_bytes":0,"adopted_bytes":334643238,"adopted_from":["the HF cache"]}}
 /// {"kind":"reconcile","event":{"event":"action_failed","name":"gated","action":"install","error":"…"}}
 /// {"kind":"reconcile","event":{"event":"finished","converged":false,"changed":1,"failed":1,"unchanged":3}}
 /// ```
@@ -92,6 +93,13 @@ pub enum ReconcileEvent {
         key: Option<String>,
         /// Bytes downloaded.
         downloaded_bytes: u64,
+        /// Bytes not downloaded because they were on this machine already (hard-linked or
+        /// copied from the store, the HF cache or `settings.adopt_from`, then checked).
+        #[serde(skip_serializing_if = "is_zero")]
+        adopted_bytes: u64,
+        /// Where the adopted bytes came from (`the HF cache`, a folder, `the store (model …)`).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        adopted_from: Vec<String>,
     },
     /// An action failed; the entry did not converge.
     ActionFailed {
@@ -264,6 +272,9 @@ pub struct ActionResult {
     pub error: Option<Failure>,
     /// Bytes downloaded.
     pub downloaded_bytes: u64,
+    /// Bytes adopted instead of downloaded (see [`ReconcileEvent::ActionCompleted`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub adopted_bytes: u64,
     /// It failed because the run was cancelled ([`ApplyOptions::cancel`]): stopped half-way
     /// (partial downloads kept) or never started.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -429,6 +440,25 @@ pub async fn apply(
         popts.remote_sizes = sizes;
         the_plan = plan(manifest, &inventory, &popts)?;
     }
+    // What is on this machine already is not fetched, so the disk check does not count it:
+    // as far as the lock and the fingerprints tell (no Hub request beyond the ones above; the
+    // install finds the rest by the Hub's listing).
+    let sources = cx.manager.install().app_config().adopt.clone();
+    let found = remote::adoptable(
+        &the_plan,
+        manifest,
+        &inventory,
+        Some(&lock),
+        None,
+        cx.hub_env,
+        &sources,
+        Some(store.as_ref()),
+    )
+    .await;
+    if !found.is_empty() {
+        popts.adoptable = found;
+        the_plan = plan(manifest, &inventory, &popts)?;
+    }
     for w in &warnings {
         report(
             cx,
@@ -498,7 +528,7 @@ pub async fn apply(
         let r = if entry_ok {
             start(cx, a);
             let res = delete(cx, key).map(|()| None);
-            finish(cx, a, res.map(|k| (k, 0, None)))
+            finish(cx, a, res.map(|k| (k, Moved::default(), None)))
         } else {
             skipped(a)
         };
@@ -672,7 +702,7 @@ pub fn prune_departed(
             continue;
         }
         start(cx, a);
-        let r = delete(cx, key).map(|()| (None, 0, None));
+        let r = delete(cx, key).map(|()| (None, Moved::default(), None));
         results.push(finish(cx, a, r));
     }
     let lock_path = manifest.lock_path();
@@ -980,19 +1010,50 @@ fn start(cx: &ApplyContext<'_>, a: &PlannedAction) {
     );
 }
 
-type Done = (Option<String>, u64, Option<LockEntry>);
+/// What an action moved: bytes downloaded, and files adopted instead.
+#[derive(Debug, Default)]
+struct Moved {
+    downloaded: u64,
+    adopted: Vec<crate::install::AdoptedFile>,
+}
+
+impl Moved {
+    fn of(outcome: &InstallOutcome) -> Self {
+        Self {
+            downloaded: outcome.downloaded_bytes,
+            adopted: outcome.adopted.clone(),
+        }
+    }
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+type Done = (Option<String>, Moved, Option<LockEntry>);
 
 fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) -> ActionResult {
     match r {
-        Ok((key, downloaded_bytes, lock)) => {
+        Ok((key, moved, lock)) => {
+            let adopted_bytes = moved.adopted.iter().map(|f| f.size).sum();
             if !matches!(a.kind(), ActionKind::Unchanged | ActionKind::Orphaned) {
+                let mut from: Vec<&crate::install::Origin> =
+                    moved.adopted.iter().map(|f| &f.origin).collect();
+                from.sort();
+                from.dedup();
                 report(
                     cx,
                     ReconcileEvent::ActionCompleted {
                         name: a.name.clone(),
                         action: a.kind(),
                         key: key.clone(),
-                        downloaded_bytes,
+                        downloaded_bytes: moved.downloaded,
+                        adopted_bytes,
+                        adopted_from: from.iter().map(ToString::to_string).collect(),
                     },
                 );
             }
@@ -1001,7 +1062,8 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) ->
                 action: a.kind(),
                 key,
                 error: None,
-                downloaded_bytes,
+                downloaded_bytes: moved.downloaded,
+                adopted_bytes,
                 interrupted: false,
                 lock,
             }
@@ -1023,6 +1085,7 @@ fn finish(cx: &ApplyContext<'_>, a: &PlannedAction, r: Result<Done, Failure>) ->
                 key: a.key().map(str::to_owned),
                 error: Some(error),
                 downloaded_bytes: 0,
+                adopted_bytes: 0,
                 interrupted: false,
                 lock: None,
             }
@@ -1037,6 +1100,7 @@ fn skipped(a: &PlannedAction) -> ActionResult {
         key: a.key().map(str::to_owned),
         error: None,
         downloaded_bytes: 0,
+        adopted_bytes: 0,
         interrupted: false,
         lock: None,
     }
@@ -1089,13 +1153,13 @@ async fn run_action(
         }
         (Step::Delete { key }, _) => {
             start(cx, a);
-            let r = delete(cx, key).map(|()| (None, 0, None));
+            let r = delete(cx, key).map(|()| (None, Moved::default(), None));
             finish(cx, a, r)
         }
         (Step::Update { key, .. } | Step::Adopt { key, .. }, Some(entry)) => {
             start(cx, a);
-            let r =
-                update_record(cx.manager.store().as_ref(), entry, key).map(|k| (Some(k), 0, None));
+            let r = update_record(cx.manager.store().as_ref(), entry, key)
+                .map(|k| (Some(k), Moved::default(), None));
             finish(cx, a, r)
         }
         (Step::Repair { key, files, .. }, Some(entry)) => {
@@ -1186,7 +1250,8 @@ async fn reinstall(
         );
     }
     let lock = lock_from_outcome(entry, &outcome);
-    Ok((Some(outcome.key), outcome.downloaded_bytes, Some(lock)))
+    let moved = Moved::of(&outcome);
+    Ok((Some(outcome.key), moved, Some(lock)))
 }
 
 /// What [`refit`] does to which record.
@@ -1260,7 +1325,7 @@ async fn refit(
     // The record-level fields and ownership, as an update writes them.
     update_record(store.as_ref(), entry, &key)?;
     let lock = lock_from_outcome(entry, &outcome);
-    Ok((Some(key), outcome.downloaded_bytes, Some(lock)))
+    Ok((Some(key), Moved::of(&outcome), Some(lock)))
 }
 
 fn remove_old(cx: &ApplyContext<'_>, key: Option<&str>, inplace: bool) -> Result<(), Failure> {

@@ -14,7 +14,7 @@
 //!   unmounted volume), every entry fails with the reason and is retried with its backoff;
 //!   nothing is repaired or deleted meanwhile.
 //! - **Settings read once.** `models_dir`, `database`, `hf_endpoint`, `variant`,
-//!   `hash_algorithm` and `max_parallel_downloads` shape the services; a manifest that changes
+//!   `hash_algorithm`, `max_parallel_downloads` and `adopt_from` shape the services; a manifest that changes
 //!   them is rejected (the previous desired state stays in force) with a message asking for a
 //!   restart. `prune` is read at every sweep.
 //! - **`models.lock`.** Concurrent applies merge their results into the lock file as it is on
@@ -179,6 +179,7 @@ impl Services {
         let mut icfg = InstallConfig::new(&settings.models_dir, hub, env.clone());
         icfg.hash_algorithm = settings.hash_algorithm;
         icfg.default_variant = settings.variant;
+        icfg.adopt.folders.clone_from(&settings.adopt_from);
         let queue = DownloadQueue::new(
             DownloadQueueConfig {
                 max_parallel_dl: settings.max_parallel_downloads.max(1),
@@ -268,6 +269,7 @@ struct Fixed {
     hash_algorithm: crate::hash::HashAlgorithm,
     max_parallel_downloads: usize,
     download_timeout: Duration,
+    adopt_from: Vec<PathBuf>,
 }
 
 impl Fixed {
@@ -280,6 +282,7 @@ impl Fixed {
             hash_algorithm: s.hash_algorithm,
             max_parallel_downloads: s.max_parallel_downloads,
             download_timeout: s.download_timeout,
+            adopt_from: s.adopt_from.clone(),
         }
     }
 
@@ -332,6 +335,12 @@ impl Fixed {
                 dur(self.download_timeout),
                 dur(new.download_timeout),
             )
+        } else if self.adopt_from != new.adopt_from {
+            let list = |v: &[PathBuf]| {
+                let items: Vec<String> = v.iter().map(|p| p.display().to_string()).collect();
+                format!("[{}]", items.join(", "))
+            };
+            ("adopt_from", list(&self.adopt_from), list(&new.adopt_from))
         } else {
             return None;
         };

@@ -33,7 +33,7 @@ pub use inventory::{
     DirState, FileState, FileStatus, Inventory, InventoryError, InventoryRecord, observe,
 };
 pub use plan::{
-    ActionKind, DiskCheck, Plan, PlanError, PlanOptions, PlannedAction, Step, Totals,
+    ActionKind, Adoptable, DiskCheck, Plan, PlanError, PlanOptions, PlannedAction, Step, Totals,
     UnidentifiedRecord, UnmanagedRecord, plan, unidentified_records,
 };
 pub use remote::RemoteWarning;

@@ -28,12 +28,31 @@ pub struct PlanOptions<'a> {
     /// Entry name → why the entry cannot be resolved (no such repo, revision, file or local
     /// path), from the caller's look-ups: the entry's row becomes an error with this reason.
     pub unresolvable: BTreeMap<String, String>,
+    /// Entry name → what of its fetch is on this machine already (the store's files, the HF
+    /// cache, `settings.adopt_from`), from the caller's look-up
+    /// ([`super::remote::adoptable`]): those bytes are not fetched.
+    pub adoptable: BTreeMap<String, Adoptable>,
     /// Free bytes on models_dir's file system, when the caller measured them.
     pub free_bytes: Option<u64>,
     /// Headroom the fetch needs besides the files themselves. Downloads stage in
     /// `models_dir/.tmp/` on the same file system and are renamed into place, so a finished
     /// file costs nothing extra; this covers what the caller wants kept free.
     pub staging_bytes: u64,
+}
+
+/// What of one entry's fetch is on this machine already.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Adoptable {
+    /// Bytes found.
+    pub bytes: u64,
+    /// Files found.
+    pub files: usize,
+    /// Files the fetch has in all.
+    pub of_files: usize,
+    /// Bytes still to fetch, when the whole file list was known.
+    pub rest: Option<u64>,
+    /// Where, in words (`the HF cache`, a folder, `the store (model …)`), best first.
+    pub from: Vec<String>,
 }
 
 /// Why no plan could be made.
@@ -295,6 +314,9 @@ pub struct PlannedAction {
     pub reason: String,
     /// Bytes to fetch; `None`: unknown (no lock entry and no hub metadata).
     pub fetch_bytes: Option<u64>,
+    /// Bytes the action takes from this machine instead of fetching them (not counted in
+    /// `fetch_bytes`; serialised only when not zero).
+    pub adopt_bytes: u64,
 }
 
 impl PlannedAction {
@@ -342,6 +364,8 @@ impl Serialize for PlannedAction {
             reason: &'a str,
             fetch_bytes: Option<u64>,
             files: &'a [String],
+            #[serde(skip_serializing_if = "is_zero")]
+            adopt_bytes: u64,
             spec_hash: Option<&'a str>,
         }
         Row {
@@ -352,10 +376,19 @@ impl Serialize for PlannedAction {
             reason: &self.reason,
             fetch_bytes: self.fetch_bytes,
             files: self.files(),
+            adopt_bytes: self.adopt_bytes,
             spec_hash: self.spec_hash(),
         }
         .serialize(s)
     }
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A record no manifest entry owns (from `import`): listed, never touched.
@@ -665,6 +698,9 @@ pub fn plan(
             Some(r) => plan_existing(entry, r, opts),
             None => plan_new(entry, &unmanaged_by_source, &mut adopted, opts),
         };
+        if let Some(found) = opts.adoptable.get(&entry.name) {
+            take_adoptable(&mut action, found);
+        }
         if let Some(why) = opts.unresolvable.get(&entry.name)
             && action.kind() != ActionKind::Adopt
         {
@@ -744,6 +780,7 @@ fn broken_row(b: &BrokenEntry, managed: &HashMap<&str, Vec<&InventoryRecord>>) -
         source: b.source.clone(),
         reason: b.reason.clone(),
         fetch_bytes: Some(0),
+        adopt_bytes: 0,
     }
 }
 
@@ -767,7 +804,44 @@ fn action(
         source: entry.canonical_source(),
         reason: reason.into(),
         fetch_bytes: Some(0),
+        adopt_bytes: 0,
     }
+}
+
+/// A fetching action takes what is on this machine already: fewer bytes to fetch, and the
+/// reason says from where — "adopt from the HF cache (2.1 GB, no download)", or "adopt 2 of 5
+/// files from …" when only some are there.
+fn take_adoptable(a: &mut PlannedAction, found: &Adoptable) {
+    let fetches = matches!(
+        a.kind(),
+        ActionKind::Install | ActionKind::Replace | ActionKind::Repair | ActionKind::Upgrade
+    );
+    if !fetches || found.files == 0 || a.fetch_bytes == Some(0) {
+        return;
+    }
+    a.adopt_bytes = found.bytes;
+    a.fetch_bytes = found
+        .rest
+        .or_else(|| a.fetch_bytes.map(|b| b.saturating_sub(found.bytes)));
+    let which = if found.files == found.of_files {
+        String::new()
+    } else {
+        format!(" {} of {} files", found.files, found.of_files)
+    };
+    let from = found
+        .from
+        .first()
+        .map_or_else(|| "this machine".to_owned(), Clone::clone);
+    let more = if found.from.len() > 1 {
+        " and elsewhere"
+    } else {
+        ""
+    };
+    a.reason = format!(
+        "{}; adopt{which} from {from}{more} ({}, no download)",
+        a.reason,
+        crate::units::HumanBytes(found.bytes)
+    );
 }
 
 /// Bytes the entry would fetch in full: the caller's measurement, else the lock's sizes (when
@@ -1039,6 +1113,7 @@ fn leftover(r: &InventoryRecord, prune: bool, why: &str) -> PlannedAction {
         source: r.source.clone(),
         reason,
         fetch_bytes: Some(0),
+        adopt_bytes: 0,
     }
 }
 

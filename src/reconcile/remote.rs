@@ -6,6 +6,9 @@
 //! server cannot be reached at all (DNS, connection refused) makes the entry an error row;
 //! what may pass (timeouts, 5xx after retries, no length) leaves the size unknown, with a
 //! warning.
+//!
+//! And what is on this machine already ([`adoptable`]): the files a fetch wants whose bytes
+//! the store, the HF cache or `settings.adopt_from` hold, found by name and metadata only.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,13 +17,19 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 
+use super::inventory::Inventory;
+use super::plan::{Adoptable, Plan, Step};
 use crate::download::{AccessToken, DownloadError, DownloadQueueConfig, SizeProbe};
+use crate::hub::ExpectedHash;
 use crate::hub::{
     FileFilter, HubClient, HubEnv, HubError, HubOptions, ModelSource, resolve_endpoint,
     resolve_token,
 };
-use crate::manifest::{ModelEntry, Settings};
+use crate::install::AdoptSources;
+use crate::install::blobs::BlobIndex;
+use crate::manifest::{LockFile, Manifest, ModelEntry, Settings};
 use crate::retry::{Failure, FailureKind, RetryPolicy};
+use crate::store::RecordStore;
 
 /// Hub requests at once while measuring.
 const CONCURRENCY: usize = 8;
@@ -366,4 +375,185 @@ pub fn local_size(path: &Path) -> std::io::Result<u64> {
         total = total.saturating_add(local_size(&entry?.path())?);
     }
     Ok(total)
+}
+
+/// One file a fetch wants: its digest, size and name.
+type WantedFile = (ExpectedHash, u64, String);
+
+fn last_component(p: &str) -> String {
+    p.rsplit('/').next().unwrap_or(p).to_owned()
+}
+
+/// What of each fetching action's files is on this machine already
+/// ([`crate::install::blobs`]: the store's files, the HF cache, `settings.adopt_from`), for
+/// [`super::PlanOptions::adoptable`]. A repair's files are known by the sha256 their
+/// fingerprints recorded; an install's by the lock's sha256s, else by the Hub's listing (LFS
+/// sha256s and git blob sha1s; `hub` `None` or a Hub that does not answer leaves the entry
+/// out); a URL's by its entry's `hash: sha256:…`. Reads names and metadata only: what is
+/// found is checked when it is adopted.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the facts diff already holds, passed as they are"
+)]
+pub async fn adoptable(
+    plan: &Plan,
+    manifest: &Manifest,
+    inventory: &Inventory,
+    lock: Option<&LockFile>,
+    hub: Option<&HubClient>,
+    env: &HubEnv,
+    sources: &AdoptSources,
+    store: Option<&dyn RecordStore>,
+) -> BTreeMap<String, Adoptable> {
+    let mut wanted: Vec<(String, Vec<WantedFile>)> = Vec::new();
+    for a in plan.changes() {
+        let Some(entry) = manifest.entry(&a.name) else {
+            continue;
+        };
+        if entry.inplace {
+            continue;
+        }
+        let files = match &a.step {
+            Step::Repair { key, files, .. } => repair_files(inventory, Some(key), files),
+            Step::Install { .. } | Step::Replace { .. } => {
+                match install_files(entry, lock, hub, env).await {
+                    Some(f) => f,
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        if !files.is_empty() {
+            wanted.push((a.name.clone(), files));
+        }
+    }
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
+    let ix = BlobIndex::gather(sources, store.map(|s| (s, inventory.models_dir.as_path())));
+    let mut out = BTreeMap::new();
+    for (name, files) in wanted {
+        let mut found = Adoptable {
+            of_files: files.len(),
+            ..Adoptable::default()
+        };
+        let mut rest = 0u64;
+        let mut sizes_known = true;
+        for (hash, size, file) in &files {
+            let size = if *size == 0 {
+                let Some(n) = ix.size_of(hash.hex(), file) else {
+                    sizes_known = false;
+                    continue;
+                };
+                n
+            } else {
+                *size
+            };
+            match ix.lookup(hash.hex(), size, file, &inventory.models_dir) {
+                Some(f) => {
+                    found.bytes += size;
+                    found.files += 1;
+                    let label = f.origin.to_string();
+                    if !found.from.contains(&label) {
+                        found.from.push(label);
+                    }
+                }
+                None => rest += size,
+            }
+        }
+        found.rest = sizes_known.then_some(rest);
+        if found.files > 0 {
+            out.insert(name, found);
+        }
+    }
+    out
+}
+
+/// A repair's damaged files, by the sha256 their fingerprints recorded.
+fn repair_files(inventory: &Inventory, key: Option<&str>, damaged: &[String]) -> Vec<WantedFile> {
+    let Some(r) = inventory
+        .records
+        .iter()
+        .find(|r| Some(r.key.as_str()) == key)
+    else {
+        return Vec::new();
+    };
+    r.files
+        .iter()
+        .filter(|f| damaged.contains(&f.recorded.relative_path))
+        .filter_map(|f| {
+            let sha = f.recorded.sha256.clone()?;
+            let name = if f.recorded.relative_path.is_empty() {
+                r.resolved_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            } else {
+                last_component(&f.recorded.relative_path)
+            };
+            Some((ExpectedHash::Sha256(sha), f.recorded.size, name))
+        })
+        .collect()
+}
+
+/// An install's files: the lock's when it has a sha256 for each, else the Hub's listing, else
+/// (URL) the entry's `hash: sha256:…`. `None`: not known.
+async fn install_files(
+    entry: &ModelEntry,
+    lock: Option<&LockFile>,
+    hub: Option<&HubClient>,
+    env: &HubEnv,
+) -> Option<Vec<WantedFile>> {
+    if let Some(l) = lock.and_then(|l| l.entry_for(entry))
+        && !l.files.is_empty()
+        && l.files.iter().all(|f| f.sha256.is_some())
+    {
+        return Some(
+            l.files
+                .iter()
+                .filter_map(|f| {
+                    Some((
+                        ExpectedHash::Sha256(f.sha256.clone()?),
+                        f.size,
+                        last_component(&f.path),
+                    ))
+                })
+                .collect(),
+        );
+    }
+    match &entry.source {
+        ModelSource::Hf(src) => {
+            let hub = hub.filter(|h| !h.is_offline())?;
+            let auth = resolve_token(entry.token(), env);
+            let filter = FileFilter::from_source(src)
+                .with_globs(entry.include.clone(), entry.exclude.clone());
+            let plan = hub.plan_source(src, &filter, &auth).await.ok()?;
+            Some(
+                plan.downloads
+                    .iter()
+                    .map(|d| {
+                        let name = d
+                            .dest
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        (d.expected.clone(), d.size, name)
+                    })
+                    .collect(),
+            )
+        }
+        ModelSource::Url(u) => {
+            let sha = entry.hash.as_deref()?.strip_prefix("sha256:")?;
+            let name = u.url.path_segments()?.next_back()?.to_owned();
+            if !name.contains('.') {
+                return None;
+            }
+            Some(vec![(
+                ExpectedHash::Sha256(sha.to_ascii_lowercase()),
+                0,
+                name,
+            )])
+        }
+        ModelSource::Local(_) => None,
+    }
 }

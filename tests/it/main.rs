@@ -3,6 +3,7 @@
 mod support;
 
 mod adopt;
+mod adopt_blobs;
 mod apply;
 mod cli_apply;
 mod cli_records;

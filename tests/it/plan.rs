@@ -690,3 +690,57 @@ fn json_rows_are_pinned_byte_for_byte() {
     );
     assert_eq!(rows, want);
 }
+
+/// What the caller found on this machine is not fetched: the bytes leave `fetch_bytes` and
+/// the totals, the reason says from where, and a partial find says how many files.
+#[test]
+fn adoptable_bytes_are_not_fetched_and_the_reason_says_from_where() {
+    let m = standard();
+    let inv = inventory(Vec::new());
+    let mut opts = PlanOptions {
+        remote_sizes: BTreeMap::from([("sd15".into(), 3_000_000_000), ("vae".into(), 400)]),
+        ..PlanOptions::default()
+    };
+    opts.adoptable.insert(
+        "sd15".into(),
+        modelsync::reconcile::Adoptable {
+            bytes: 2_100_000_000,
+            files: 2,
+            of_files: 2,
+            rest: Some(0),
+            from: vec!["the HF cache".into()],
+        },
+    );
+    opts.adoptable.insert(
+        "vae".into(),
+        modelsync::reconcile::Adoptable {
+            bytes: 300,
+            files: 1,
+            of_files: 3,
+            rest: None,
+            from: vec!["/stash".into(), "the HF cache".into()],
+        },
+    );
+    let p = plan(&m, &inv, &opts).unwrap();
+    let sd = p.action("sd15").unwrap();
+    assert_eq!(sd.kind(), ActionKind::Install);
+    assert_eq!(sd.fetch_bytes, Some(0));
+    assert_eq!(sd.adopt_bytes, 2_100_000_000);
+    assert_eq!(
+        sd.reason,
+        "not installed; adopt from the HF cache (2.1 GB, no download)"
+    );
+    let vae = p.action("vae").unwrap();
+    assert_eq!(vae.fetch_bytes, Some(100));
+    assert_eq!(
+        vae.reason,
+        "not installed; adopt 1 of 3 files from /stash and elsewhere (300 B, no download)"
+    );
+    assert_eq!(p.totals.fetch_bytes, 100);
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["actions"][0]["adopt_bytes"], 2_100_000_000u64);
+    assert!(
+        json["actions"][2].get("adopt_bytes").is_none(),
+        "absent when 0"
+    );
+}

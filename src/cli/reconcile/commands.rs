@@ -57,6 +57,7 @@ fn warn(ctx: &Context, warnings: &[RemoteWarning]) {
 async fn plan_with_lookups(
     m: &Manifest,
     inv: &Inventory,
+    store: Option<&dyn RecordStore>,
     lock: Option<&LockFile>,
     refresh: bool,
 ) -> anyhow::Result<(Plan, Vec<RemoteWarning>)> {
@@ -87,7 +88,13 @@ async fn plan_with_lookups(
         .filter_map(|a| entries.get(&a.name))
         .collect();
     if unknown.is_empty() {
-        return Ok((p, warnings));
+        let client = hub.or_else(|| remote::lookup_client(&m.settings, &env).ok());
+        let found = adoptable(m, inv, store, lock, client.as_ref(), &env, &p).await;
+        if found.is_empty() {
+            return Ok((p, warnings));
+        }
+        opts.adoptable = found;
+        return Ok((reconcile::plan(m, inv, &opts)?, warnings));
     }
     let client = match hub {
         Some(c) => c,
@@ -115,7 +122,32 @@ async fn plan_with_lookups(
     let (sizes, w) = remote::entry_sizes(&client, &urls, &env, &unknown).await;
     split_unresolvable(w, &mut opts, &mut warnings);
     opts.remote_sizes = sizes;
+    let p = reconcile::plan(m, inv, &opts)?;
+    let found = adoptable(m, inv, store, lock, Some(&client), &env, &p).await;
+    if found.is_empty() {
+        return Ok((p, warnings));
+    }
+    opts.adoptable = found;
     Ok((reconcile::plan(m, inv, &opts)?, warnings))
+}
+
+/// What of the plan's fetches is on this machine already (the store, the HF cache,
+/// `settings.adopt_from`).
+async fn adoptable(
+    m: &Manifest,
+    inv: &Inventory,
+    store: Option<&dyn RecordStore>,
+    lock: Option<&LockFile>,
+    hub: Option<&HubClient>,
+    env: &HubEnv,
+    p: &Plan,
+) -> BTreeMap<String, reconcile::Adoptable> {
+    let sources = crate::install::AdoptSources {
+        hf_cache: env.hf_hub_cache(),
+        folders: m.settings.adopt_from.clone(),
+        force_copy: false,
+    };
+    remote::adoptable(p, m, inv, lock, hub, env, &sources, store).await
 }
 
 /// Look-up failures that say the entry cannot be resolved go to the plan as error rows; the
@@ -141,10 +173,15 @@ fn split_unresolvable(
 )]
 pub fn diff(ctx: &Context, a: DiffArgs) -> anyhow::Result<Status> {
     let m = ctx.load_manifest()?;
-    let (_store, inv) = read_inventory(&m)?;
+    let (store, inv) = read_inventory(&m)?;
     let lock = LockFile::read(&m.lock_path())?;
-    let (p, warnings) =
-        runtime()?.block_on(plan_with_lookups(&m, &inv, lock.as_ref(), a.refresh))?;
+    let (p, warnings) = runtime()?.block_on(plan_with_lookups(
+        &m,
+        &inv,
+        store.as_deref(),
+        lock.as_ref(),
+        a.refresh,
+    ))?;
     warn(ctx, &warnings);
     if ctx.output == OutputFormat::Json {
         print_json(&serde_json::to_value(&p)?)?;

@@ -130,6 +130,8 @@ impl ApplyUi {
                 action,
                 key,
                 downloaded_bytes,
+                adopted_bytes,
+                adopted_from,
             } => {
                 if self.quiet {
                     return;
@@ -150,6 +152,14 @@ impl ApplyUi {
                 }
                 if *downloaded_bytes > 0 {
                     let _ = write!(line, ", {} downloaded", HumanBytes(*downloaded_bytes));
+                }
+                if *adopted_bytes > 0 {
+                    let _ = write!(
+                        line,
+                        ", {} adopted from {} (no download)",
+                        HumanBytes(*adopted_bytes),
+                        adopted_from.join(", ")
+                    );
                 }
                 self.println(&line);
             }
