@@ -71,10 +71,8 @@ impl Reporter for Bar {
 }
 
 pub fn fetch(ctx: &Context, a: FetchArgs) -> anyhow::Result<Status> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let reporter: Arc<dyn Reporter> = if ctx.progress {
+    let rt = ctx.runtime()?;
+    let reporter: Arc<dyn Reporter> = if ctx.printer.progress() {
         let bar = indicatif::ProgressBar::hidden();
         bar.set_style(super::reconcile::progress::total_style());
         bar.set_prefix("total");

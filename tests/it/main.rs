@@ -5,6 +5,7 @@ mod support;
 mod adopt;
 mod apply;
 mod cli_apply;
+mod cli_context;
 mod cli_records;
 mod deploy;
 mod diff;

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::cli::{OutputFormat, Printer};
 use crate::events::{Event, Reporter};
 use crate::install::InstallEvent;
 use crate::reconcile::{ActionKind, ReconcileEvent};
@@ -52,9 +53,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ApplyUi {
-    /// `json`: JSON Lines; `bars`: draw progress bars; `quiet`: only failures.
-    pub fn new(json: bool, bars: bool, quiet: bool) -> Self {
-        Self::with_target(json, bars, quiet, ProgressDrawTarget::stderr())
+    /// JSON Lines with `-o json`; bars when the printer draws them; with `-q` only failures.
+    pub fn new(output: OutputFormat, printer: Printer) -> Self {
+        Self::with_target(
+            output == OutputFormat::Json,
+            printer.progress(),
+            !printer.talks(),
+            ProgressDrawTarget::stderr(),
+        )
     }
 
     /// Bars name the entry of each source in `entries` (else the source).
