@@ -14,11 +14,12 @@ use serde_json::{Map, Value};
 
 use super::output::{OutputFormat, print_json};
 use super::{Context, Status};
+use crate::download::DownloadEvent;
 use crate::download::DownloadQueueConfig;
-use crate::events::{Event, NullReporter, Reporter};
+use crate::events::{NullReporter, Reporter};
 use crate::hub::ModelSource;
 use crate::install::{InstallConfig, InstallEvent, job_outcome};
-use crate::manager::ModelManager;
+use crate::manager::{ManagerReporter, ModelManager};
 
 /// `import`.
 #[derive(Debug, Args)]
@@ -93,9 +94,13 @@ impl Bars {
     }
 }
 
-impl Reporter for Bars {
-    fn report(&self, event: &Event) {
-        let Event::Install(ev) = event else { return };
+/// The queue's events: what they say, install events say per model.
+impl Reporter<DownloadEvent> for Bars {
+    fn report(&self, _: &DownloadEvent) {}
+}
+
+impl Reporter<InstallEvent> for Bars {
+    fn report(&self, ev: &InstallEvent) {
         let mut st = self
             .state
             .lock()
@@ -183,7 +188,7 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
         .with_context(|| format!("cannot create {}", models_dir.display()))?;
     let _lock = ctx.lock_store("import a model")?;
     let rt = ctx.runtime()?;
-    let reporter: Arc<dyn Reporter> = if ctx.printer.progress() {
+    let reporter: Arc<dyn ManagerReporter> = if ctx.printer.progress() {
         Arc::new(Bars::new())
     } else {
         Arc::new(NullReporter)

@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{Context, OutputFormat, Status};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 use crate::reconcile::{ManifestConverger, ReconcileEvent};
+use crate::report::Event;
 use crate::watch::WatchConfig;
 
 /// `watch`.
@@ -36,7 +37,7 @@ pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
     let m = ctx.manifest()?;
     let config = watch_config(ctx, a, m.settings.watch_interval)?;
     let lock = ctx.lock_store("watch the manifest")?;
-    let reporter: Arc<dyn Reporter> = Arc::new(LogReporter {
+    let reporter = Arc::new(LogReporter {
         json: ctx.output == OutputFormat::Json,
     });
     // The load service keeps `preload: true` entries warm; /readyz waits for them and
@@ -85,13 +86,14 @@ struct LogReporter {
     json: bool,
 }
 
-impl Reporter for LogReporter {
-    fn report(&self, event: &Event) {
-        let Event::Reconcile(e) = event else {
+/// Only the reconciler's events; the others are what it says per entry.
+impl<E: Clone + Into<Event>> Reporter<E> for LogReporter {
+    fn report(&self, event: &E) {
+        let Event::Reconcile(e) = event.clone().into() else {
             return;
         };
         if self.json {
-            if let Ok(line) = serde_json::to_string(event) {
+            if let Ok(line) = serde_json::to_string(&Event::Reconcile(e)) {
                 use std::io::Write as _;
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
@@ -99,7 +101,7 @@ impl Reporter for LogReporter {
             }
             return;
         }
-        match e {
+        match &e {
             ReconcileEvent::ActionStarted { name, action, .. } => {
                 tracing::info!("{name}: {} started", super::reconcile::action_name(*action));
             }

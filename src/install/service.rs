@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::{AnyModelConfig, ModelSourceType};
 use crate::download::{DownloadJob, DownloadQueue, JobId};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 use crate::hash::HashAlgorithm;
 use crate::hub::{HubClient, HubEnv, ModelSource, Token};
 use crate::retry::Failure;
@@ -130,7 +130,7 @@ pub(crate) struct Inner {
     pub(crate) cfg: InstallConfig,
     pub(crate) store: Arc<dyn RecordStore>,
     pub(crate) queue: DownloadQueue,
-    reporter: Arc<dyn Reporter>,
+    reporter: Arc<dyn Reporter<InstallEvent>>,
     jobs: Mutex<Jobs>,
     changed: watch::Sender<u64>,
     pub(crate) lane: Mutex<()>,
@@ -173,7 +173,7 @@ impl ModelInstallService {
         cfg: InstallConfig,
         store: Arc<dyn RecordStore>,
         queue: DownloadQueue,
-        reporter: Arc<dyn Reporter>,
+        reporter: Arc<dyn Reporter<InstallEvent>>,
     ) -> Result<Self, InstallError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             InstallError::Setup(format!(
@@ -231,7 +231,7 @@ impl ModelInstallService {
     }
 
     /// The reporter events go to (the seed's `event_bus`).
-    pub fn event_bus(&self) -> &Arc<dyn Reporter> {
+    pub fn event_bus(&self) -> &Arc<dyn Reporter<InstallEvent>> {
         &self.inner.reporter
     }
 
@@ -336,12 +336,12 @@ impl ModelInstallService {
                     .unwrap_or_default();
                 self.inner
                     .reporter
-                    .report(&Event::Install(InstallEvent::ModelInstallCompleted {
+                    .report(&InstallEvent::ModelInstallCompleted {
                         id,
                         source: source_str,
                         total_bytes: 0,
                         key,
-                    }));
+                    });
                 jobs.map.insert(
                     id,
                     Entry {
@@ -954,7 +954,7 @@ impl Inner {
                 return;
             };
             if let Some(ev) = f(&mut e.job) {
-                self.reporter.report(&Event::Install(ev));
+                self.reporter.report(&ev);
             }
         }
         self.bump();
@@ -1019,12 +1019,11 @@ impl Inner {
                 .map(|e| e.job.source.clone())
                 .unwrap_or_default();
             for message in &outcome.warnings {
-                self.reporter
-                    .report(&Event::Install(InstallEvent::ModelInstallWarning {
-                        id,
-                        source: source.clone(),
-                        message: message.clone(),
-                    }));
+                self.reporter.report(&InstallEvent::ModelInstallWarning {
+                    id,
+                    source: source.clone(),
+                    message: message.clone(),
+                });
             }
         }
         self.update(id, |job| match result {

@@ -35,7 +35,7 @@ use super::inventory::{Inventory, InventoryError, observe};
 use super::plan::{ActionKind, Plan, PlanError, PlanOptions, PlannedAction, Totals, plan};
 use super::remote::{self, RemoteWarning};
 use crate::config::{AnyModelConfig, Managed};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 use crate::hub::{HubClient, HubEnv, LocalModelSource, ModelSource};
 use crate::install::{InstallOptions, InstallOutcome, InstallRequest};
 use crate::manager::ModelManager;
@@ -344,7 +344,7 @@ pub struct ApplyContext<'a> {
     /// Token environment.
     pub hub_env: &'a HubEnv,
     /// Where events go.
-    pub reporter: Arc<dyn Reporter>,
+    pub reporter: Arc<dyn Reporter<ReconcileEvent>>,
     /// The load service hook (`None`: preload entries are reported as skipped).
     pub preloader: Option<&'a dyn Preloader>,
 }
@@ -754,8 +754,12 @@ fn report_lock_update(
     }
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "callers build the event in the call"
+)]
 fn report(cx: &ApplyContext<'_>, e: ReconcileEvent) {
-    cx.reporter.report(&Event::Reconcile(e));
+    cx.reporter.report(&e);
 }
 
 fn is_leftover(kind: ActionKind) -> bool {

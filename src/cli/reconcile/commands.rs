@@ -12,7 +12,6 @@ use super::{ApplyArgs, DiffArgs, GcArgs, StatusArgs, VerifyArgs};
 use crate::cli::output::print_json;
 use crate::cli::{Context, OutputFormat, Status};
 use crate::download::available_space;
-use crate::events::Reporter;
 use crate::hub::{HubClient, HubEnv};
 use crate::manifest::{LockFile, Manifest, ModelEntry};
 use crate::reconcile::{
@@ -175,7 +174,7 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         })
         .collect();
     let ui = Arc::new(ApplyUi::new(ctx.output, ctx.printer).with_entries(entries));
-    let reporter: Arc<dyn Reporter> = ui.clone();
+    let reporter = ui.clone();
     let (stop, cancel) = CancelSource::new();
     let opts = ApplyOptions {
         prune: a.prune || settings.prune,

@@ -17,9 +17,10 @@ use std::sync::Mutex;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{OutputFormat, Printer};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 use crate::install::InstallEvent;
 use crate::reconcile::{ActionKind, ReconcileEvent};
+use crate::report::Event;
 use crate::units::HumanBytes;
 
 /// The apply reporter.
@@ -382,8 +383,10 @@ pub(crate) fn total_style() -> ProgressStyle {
     )
 }
 
-impl Reporter for ApplyUi {
-    fn report(&self, event: &Event) {
+/// Every module's events, through [`Event`].
+impl<E: Clone + Into<Event>> Reporter<E> for ApplyUi {
+    fn report(&self, event: &E) {
+        let event = &event.clone().into();
         if self.json {
             // Download events repeat what install events say, with whole job snapshots.
             if matches!(event, Event::Download(_)) {
