@@ -24,6 +24,7 @@ mod preload;
 mod probe;
 mod readme;
 mod scan;
+mod shape;
 mod status;
 mod store;
 mod sync;
