@@ -2,8 +2,9 @@
 //!
 //! The crate follows InvokeAI's Model Manager V2 (record store, installer, download queue,
 //! loader), made declarative by [`manifest`] + [`reconcile`]. See ARCHITECTURE.md for the map.
-//! The library never prints: long operations report [`events::Event`]s to a
-//! [`events::Reporter`]; only [`cli`] knows about terminals.
+//! The library never prints: each long operation reports its own events to an
+//! [`events::Reporter`]; [`report::Event`] gathers them for reporters that see all; only
+//! [`cli`] knows about terminals.
 
 pub mod adopt;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod manager;
 pub mod manifest;
 pub mod probe;
 pub mod reconcile;
+pub mod report;
 pub mod retry;
 pub mod scan;
 pub mod store;

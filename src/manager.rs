@@ -15,12 +15,19 @@ pub use download_cache::{
 };
 
 use crate::config::AnyModelConfig;
-use crate::download::{DownloadQueue, DownloadQueueConfig};
+use crate::download::{DownloadEvent, DownloadQueue, DownloadQueueConfig};
 use crate::events::Reporter;
-use crate::install::{InstallConfig, InstallError, ModelInstallService, RecoveryReport};
+use crate::install::{
+    InstallConfig, InstallError, InstallEvent, ModelInstallService, RecoveryReport,
+};
 use crate::load::{LoadError, LoadedModel, LoadedModelWithoutConfig, ModelLoadService, PathLoader};
 use crate::store::{self, RecordStore, StoreError};
 use crate::taxonomy::{BaseModelType, ModelType, SubModelType};
+
+/// What a manager reports: its download queue's events and its install service's.
+pub trait ManagerReporter: Reporter<DownloadEvent> + Reporter<InstallEvent> {}
+
+impl<R: Reporter<DownloadEvent> + Reporter<InstallEvent> + ?Sized> ManagerReporter for R {}
 
 /// The services of one models folder + store.
 #[derive(Clone)]
@@ -53,7 +60,7 @@ impl ModelManager {
         install: InstallConfig,
         database: &Path,
         queue: DownloadQueueConfig,
-        reporter: Arc<dyn Reporter>,
+        reporter: Arc<dyn ManagerReporter>,
     ) -> Result<Self, InstallError> {
         let store: Arc<dyn RecordStore> = Arc::from(store::open(database)?);
         let queue = DownloadQueue::new(queue, reporter.clone())
@@ -67,7 +74,7 @@ impl ModelManager {
         install: InstallConfig,
         store: Arc<dyn RecordStore>,
         queue: DownloadQueue,
-        reporter: Arc<dyn Reporter>,
+        reporter: Arc<dyn Reporter<InstallEvent>>,
     ) -> Result<Self, InstallError> {
         let database = store.location().to_path_buf();
         let install = ModelInstallService::new(install, store.clone(), queue.clone(), reporter)?;

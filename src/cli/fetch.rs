@@ -9,7 +9,7 @@ use clap::Args;
 use crate::download::{
     AccessToken, DownloadEvent, DownloadJob, DownloadQueue, DownloadQueueConfig,
 };
-use crate::events::{Event, NullReporter, Reporter};
+use crate::events::{NullReporter, Reporter};
 
 use super::{Context, Status};
 
@@ -47,34 +47,30 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// Draws one progress bar from running events.
 struct Bar(indicatif::ProgressBar);
 
-impl Reporter for Bar {
-    fn report(&self, event: &Event) {
-        if let Event::Download(ev) = event {
-            let job = ev.job();
-            if job.total_bytes > 0 {
-                // Drawn only once there is something to show (no empty bar).
-                if self.0.is_hidden() && !self.0.is_finished() {
-                    self.0
-                        .set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                }
-                self.0.set_length(job.total_bytes);
+impl Reporter<DownloadEvent> for Bar {
+    fn report(&self, ev: &DownloadEvent) {
+        let job = ev.job();
+        if job.total_bytes > 0 {
+            // Drawn only once there is something to show (no empty bar).
+            if self.0.is_hidden() && !self.0.is_finished() {
+                self.0
+                    .set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
-            self.0.set_position(job.bytes);
-            if !matches!(
-                ev,
-                DownloadEvent::Running { .. } | DownloadEvent::Enqueued { .. }
-            ) {
-                self.0.finish_and_clear();
-            }
+            self.0.set_length(job.total_bytes);
+        }
+        self.0.set_position(job.bytes);
+        if !matches!(
+            ev,
+            DownloadEvent::Running { .. } | DownloadEvent::Enqueued { .. }
+        ) {
+            self.0.finish_and_clear();
         }
     }
 }
 
 pub fn fetch(ctx: &Context, a: FetchArgs) -> anyhow::Result<Status> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let reporter: Arc<dyn Reporter> = if ctx.progress {
+    let rt = ctx.runtime()?;
+    let reporter: Arc<dyn Reporter<DownloadEvent>> = if ctx.printer.progress() {
         let bar = indicatif::ProgressBar::hidden();
         bar.set_style(super::reconcile::progress::total_style());
         bar.set_prefix("total");

@@ -14,15 +14,12 @@ use serde_json::{Map, Value};
 
 use super::output::{OutputFormat, print_json};
 use super::{Context, Status};
+use crate::download::DownloadEvent;
 use crate::download::DownloadQueueConfig;
-use crate::events::{Event, NullReporter, Reporter};
+use crate::events::{NullReporter, Reporter};
 use crate::hub::ModelSource;
 use crate::install::{InstallConfig, InstallEvent, job_outcome};
-use crate::manager::ModelManager;
-use crate::store::lock::StoreLock;
-
-/// How long `import` waits for another process that is changing the store.
-const LOCK_TIMEOUT: Duration = Duration::from_mins(5);
+use crate::manager::{ManagerReporter, ModelManager};
 
 /// `import`.
 #[derive(Debug, Args)]
@@ -101,9 +98,13 @@ impl Bars {
     }
 }
 
-impl Reporter for Bars {
-    fn report(&self, event: &Event) {
-        let Event::Install(ev) = event else { return };
+/// The queue's events: what they say, install events say per model.
+impl Reporter<DownloadEvent> for Bars {
+    fn report(&self, _: &DownloadEvent) {}
+}
+
+impl Reporter<InstallEvent> for Bars {
+    fn report(&self, ev: &InstallEvent) {
         let mut st = self
             .state
             .lock()
@@ -189,18 +190,9 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
     }
     std::fs::create_dir_all(&models_dir)
         .with_context(|| format!("cannot create {}", models_dir.display()))?;
-    let _lock = StoreLock::acquire(&database, LOCK_TIMEOUT, |holder| {
-        if !ctx.quiet {
-            eprintln!(
-                "waiting for the lock on {} held by {holder}",
-                database.display()
-            );
-        }
-    })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let reporter: Arc<dyn Reporter> = if ctx.progress {
+    let _lock = ctx.lock_store("import a model")?;
+    let rt = ctx.runtime()?;
+    let reporter: Arc<dyn ManagerReporter> = if ctx.printer.progress() {
         Arc::new(Bars::new())
     } else {
         Arc::new(NullReporter)
@@ -237,7 +229,7 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
     }
-    if outcome.existing && !ctx.quiet {
+    if outcome.existing && ctx.printer.talks() {
         eprintln!(
             "{} is installed already as {}; nothing was fetched (--force installs another copy)",
             outcome.source, outcome.key

@@ -20,8 +20,8 @@ mod records;
 mod sync;
 mod watchcmd;
 
-pub use context::Context;
-pub use output::OutputFormat;
+pub use context::{Context, Overrides};
+pub use output::{OutputFormat, Printer};
 
 /// Exit statuses with a meaning (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,15 +87,23 @@ pub struct GlobalArgs {
     /// Print only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// More log output (-v info, -vv debug, -vvv trace).
+    /// More detail and log output (-v info, -vv debug, -vvv trace); no progress bars.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// No progress bars.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// Give up waiting for another process's store lock after this long (every command that
+    /// changes the store; default: settings.lock_timeout, 5m).
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
     /// When to use colour (NO_COLOR is honoured with auto).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// `--color`.

@@ -13,20 +13,72 @@ pub enum OutputFormat {
     Json,
 }
 
+/// How a command talks on stderr (uv's `Printer`), resolved once from `-q`, `-v`,
+/// `--no-progress`, `-o` and whether stderr is a terminal. What stdout carries is
+/// [`OutputFormat`]'s, apart from this, so `-o json -q` prints its JSON and, on stderr,
+/// nothing but errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Printer {
+    /// `-q`: errors only.
+    Quiet,
+    /// Warnings and progress lines; bars while stderr is a terminal and stdout is text.
+    Default,
+    /// `-v`: as `Default` with more detail (`diff`'s files, `status`'s unmanaged records, log
+    /// lines at info and below) and no bars, which those log lines would tear (as uv does).
+    Verbose,
+    /// `--no-progress`, `-o json`, or stderr is not a terminal: as `Default` without bars.
+    NoProgress,
+}
+
+impl Printer {
+    /// The printer of these flags; `terminal`: stderr is a terminal.
+    pub fn new(
+        quiet: bool,
+        verbose: u8,
+        no_progress: bool,
+        output: OutputFormat,
+        terminal: bool,
+    ) -> Self {
+        if quiet {
+            Self::Quiet
+        } else if verbose > 0 {
+            Self::Verbose
+        } else if no_progress || output == OutputFormat::Json || !terminal {
+            Self::NoProgress
+        } else {
+            Self::Default
+        }
+    }
+
+    /// Whether anything but errors goes to stderr (and summaries meant for people to stdout).
+    pub fn talks(self) -> bool {
+        self != Self::Quiet
+    }
+
+    /// Whether progress bars are drawn.
+    pub fn progress(self) -> bool {
+        self == Self::Default
+    }
+
+    /// Whether commands show their extra detail (`-v`).
+    pub fn verbose(self) -> bool {
+        self == Self::Verbose
+    }
+
+    /// Says `line` on stderr, unless `-q`.
+    pub fn say(self, line: impl std::fmt::Display) {
+        if self.talks() {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// Logs go to stderr through tracing; `RUST_LOG` overrides `-q`/`-v`.
 pub fn init_logging(ctx: &Context) {
-    let level = if ctx.quiet {
-        "error"
-    } else {
-        match ctx.verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        }
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("modelsync={level}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("modelsync={}", ctx.log_level()))
+    });
+    // A second initialisation (tests calling `run` twice) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -139,6 +191,25 @@ pub fn print_json(value: &serde_json::Value) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_printer_is_one_choice_made_from_every_flag() {
+        use OutputFormat::{Json, Text};
+        let p = Printer::new;
+        // On a terminal, text output draws bars; every other flag turns them off.
+        assert_eq!(p(false, 0, false, Text, true), Printer::Default);
+        assert!(p(false, 0, false, Text, true).progress());
+        assert_eq!(p(false, 0, true, Text, true), Printer::NoProgress);
+        assert_eq!(p(false, 0, false, Json, true), Printer::NoProgress);
+        assert_eq!(p(false, 0, false, Text, false), Printer::NoProgress);
+        // -v: detail without bars, even on a terminal; -q wins over everything and says
+        // nothing but errors, also with -o json (whose stdout is the output format's).
+        assert_eq!(p(false, 2, false, Text, true), Printer::Verbose);
+        assert!(p(false, 1, false, Json, false).verbose());
+        assert!(!p(false, 1, false, Text, true).progress());
+        assert_eq!(p(true, 0, false, Json, true), Printer::Quiet);
+        assert!(!Printer::Quiet.talks() && Printer::NoProgress.talks());
+    }
 
     #[test]
     fn table_columns_align_on_the_widest_cell() {

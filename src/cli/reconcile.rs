@@ -12,7 +12,6 @@ use crate::manifest;
 mod commands;
 pub(crate) mod progress;
 
-pub(crate) use commands::acquire_store_lock;
 pub use commands::{apply, diff, gc, status, verify};
 pub(crate) use progress::action_name;
 
@@ -61,10 +60,6 @@ pub struct ApplyArgs {
     /// Take over unmanaged records whose source equals an entry's instead of installing.
     #[arg(long)]
     pub adopt: bool,
-    /// Give up waiting for another process's store lock after this long (default:
-    /// settings.lock_timeout, 5m).
-    #[arg(long, value_name = "DUR")]
-    pub lock_timeout: Option<String>,
 }
 
 /// `status`.
@@ -88,9 +83,6 @@ pub struct GcArgs {
     /// Really delete (default is a dry run).
     #[arg(long)]
     pub yes: bool,
-    /// Give up waiting for another process's store lock after this long (with --yes).
-    #[arg(long, value_name = "DUR", default_value = "30s")]
-    pub lock_timeout: String,
     /// Spare partial downloads changed more recently than this (a running or interrupted
     /// download resumes from them); `0s` collects every partial.
     #[arg(long, value_name = "DUR", default_value = "1h")]
@@ -165,7 +157,7 @@ pub fn init(ctx: &Context, a: InitArgs) -> anyhow::Result<Status> {
     if ctx.output == OutputFormat::Json {
         let doc = serde_json::json!({"manifest": path, "schema": schema_path});
         writeln!(std::io::stdout(), "{doc}")?;
-    } else if !ctx.quiet {
+    } else if ctx.printer.talks() {
         writeln!(
             std::io::stdout(),
             "Wrote {} and {}.\nNext: add models to it, then run `modelsync diff` and `modelsync apply`.",
@@ -186,15 +178,7 @@ fn init_from_store(ctx: &Context, path: &Path, schema_path: &Path) -> anyhow::Re
             database.display()
         );
     }
-    let _lock = commands::acquire_store_lock(
-        ctx,
-        &{
-            let mut s = manifest::Settings::defaults(Path::new("."));
-            s.database = Some(database.clone());
-            s
-        },
-        manifest::DEFAULT_INTERVAL,
-    )?;
+    let _lock = ctx.lock_store("declare its records in a manifest")?;
     let store = crate::store::open(&database)?;
     let records = store.all_models()?;
     let default_db = models_dir.join("modelsync.db");
@@ -210,7 +194,7 @@ fn init_from_store(ctx: &Context, path: &Path, schema_path: &Path) -> anyhow::Re
     if ctx.output == OutputFormat::Json {
         let doc = serde_json::json!({"manifest": path, "schema": schema_path, "entries": n});
         writeln!(std::io::stdout(), "{doc}")?;
-    } else if !ctx.quiet {
+    } else if ctx.printer.talks() {
         writeln!(
             std::io::stdout(),
             "Wrote {} with {n} entr{} (one per record, in place) and {}; the records are now managed by it.\nNext: `modelsync diff` shows nothing to do; edit the manifest to change what this machine holds.",

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -10,12 +9,8 @@ use clap::Args;
 use super::output::{OutputFormat, print_json, write_table};
 use super::{Context, Status};
 use crate::config::AnyModelConfig;
-use crate::store::lock::StoreLock;
 use crate::store::{self, RecordStore, StoreError};
 use crate::taxonomy::{BaseModelType, ModelFormat, ModelType};
-
-/// How long `remove` waits for another process that is changing the store.
-const LOCK_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Characters of the key shown in tables; `show` and `remove` accept any unique prefix.
 const SHORT_KEY: usize = 8;
@@ -65,12 +60,7 @@ type QueryStore = (PathBuf, PathBuf, Option<Box<dyn RecordStore>>);
 
 fn open_for_query(ctx: &Context) -> anyhow::Result<QueryStore> {
     let (models_dir, database) = ctx.store_paths()?;
-    if !database.exists() {
-        tracing::info!("no record store at {} yet", database.display());
-        return Ok((models_dir, database, None));
-    }
-    let store = store::open_read_only(&database)?;
-    Ok((models_dir, database, Some(store)))
+    Ok((models_dir, database, ctx.read_store()?))
 }
 
 /// `list`: the records matching every filter, as a table or a JSON array.
@@ -123,9 +113,8 @@ pub fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<Status> {
         return Ok(Status::Success);
     }
     if records.is_empty() {
-        if !ctx.quiet {
-            eprintln!("no matching models in {}", database.display());
-        }
+        ctx.printer
+            .say(format_args!("no matching models in {}", database.display()));
         return Ok(Status::Success);
     }
     let rows: Vec<Vec<String>> = records
@@ -152,7 +141,7 @@ pub fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<Status> {
         .iter()
         .filter(|m| m.model_type() == ModelType::Unknown)
         .count();
-    if unknown > 0 && !ctx.quiet {
+    if unknown > 0 && ctx.printer.talks() {
         eprintln!(
             "{unknown} model(s) of type `unknown`: no probe rule identified them and `load` refuses them; {}",
             crate::config::IDENTIFY_HINT
@@ -225,14 +214,7 @@ pub fn remove(ctx: &Context, a: RemoveArgs) -> anyhow::Result<Status> {
             database.display()
         );
     }
-    let _lock = StoreLock::acquire(&database, LOCK_TIMEOUT, |holder| {
-        if !ctx.quiet {
-            eprintln!(
-                "waiting for the lock on {} held by {holder}",
-                database.display()
-            );
-        }
-    })?;
+    let _lock = ctx.lock_store("remove a record")?;
     let store = store::open(&database)?;
     let record = find(store.as_ref(), &a.key)?;
     // Checks first, then the record, then the files: a kill in between leaves an orphan that

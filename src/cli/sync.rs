@@ -4,7 +4,6 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -17,11 +16,8 @@ use crate::events::NullReporter;
 use crate::install::sync::{SyncOptions, SyncReport, plan_sync, volume_suspect};
 use crate::install::{InstallConfig, UnknownModels};
 use crate::manager::ModelManager;
-use crate::store::{self, lock::StoreLock};
+use crate::store;
 use crate::units::HumanBytes;
-
-/// How long `sync --yes` and `adopt --yes` wait for another process's store lock.
-const LOCK_TIMEOUT: Duration = Duration::from_mins(5);
 
 /// `sync`.
 #[derive(Debug, Args)]
@@ -70,10 +66,8 @@ fn skip_list(ctx: &Context) -> Vec<PathBuf> {
         ctx.manifest_path.clone(),
         crate::manifest::lock::lock_path_for(&ctx.manifest_path),
     ];
-    v.extend(ctx.lock_file_flag.clone());
-    if ctx.manifest_path.is_file()
-        && let Ok(m) = ctx.load_manifest()
-    {
+    v.extend(ctx.overrides.lock_file.clone());
+    if let Ok(Some(m)) = ctx.manifest_if_present() {
         v.push(m.lock_path());
         v.extend(m.models.iter().filter_map(|e| match &e.source {
             crate::hub::ModelSource::Local(l) => Some(l.path.clone()),
@@ -83,14 +77,6 @@ fn skip_list(ctx: &Context) -> Vec<PathBuf> {
     v
 }
 
-/// The manifest's settings when there is a manifest (`unknown_models`, `hash_algorithm`).
-fn settings(ctx: &Context) -> Option<crate::manifest::Settings> {
-    ctx.manifest_path
-        .is_file()
-        .then(|| crate::manifest::load_settings(&ctx.manifest_path).ok())
-        .flatten()
-}
-
 /// `sync`: dry run by default; `--yes` registers (and with `--prune-missing` unregisters).
 #[allow(
     clippy::needless_pass_by_value,
@@ -98,7 +84,8 @@ fn settings(ctx: &Context) -> Option<crate::manifest::Settings> {
 )]
 pub fn sync(ctx: &Context, a: SyncArgs) -> anyhow::Result<Status> {
     let (models_dir, database) = ctx.store_paths()?;
-    let settings = settings(ctx);
+    // The manifest's `unknown_models` and `hash_algorithm`, when there is a readable one.
+    let settings = ctx.settings().ok().flatten();
     let opts = SyncOptions {
         register: a.yes,
         prune_missing: a.prune_missing,
@@ -108,28 +95,17 @@ pub fn sync(ctx: &Context, a: SyncArgs) -> anyhow::Result<Status> {
             .map_or_else(UnknownModels::default, |s| s.unknown_models),
         previous: None,
     };
-    let records = if database.exists() {
-        store::open_read_only(&database)?.all_models()?
-    } else {
-        Vec::new()
+    let records = match ctx.read_store()? {
+        Some(store) => store.all_models()?,
+        None => Vec::new(),
     };
     let report = if a.yes && !volume_suspect(&models_dir, &database, &records) {
         std::fs::create_dir_all(&models_dir)
             .with_context(|| format!("cannot create {}", models_dir.display()))?;
-        let _lock = StoreLock::acquire(&database, LOCK_TIMEOUT, |holder| {
-            if !ctx.quiet {
-                eprintln!(
-                    "waiting for the lock on {} held by {holder}",
-                    database.display()
-                );
-            }
-        })?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
+        let _lock = ctx.lock_store("register the models no record owns")?;
+        ctx.runtime()?.block_on(async {
             let mut cfg = InstallConfig::from_env(&models_dir, None)?;
-            if let Some(s) = &settings {
+            if let Some(s) = settings {
                 cfg.hash_algorithm = s.hash_algorithm;
             }
             let manager = ModelManager::open(
@@ -225,7 +201,7 @@ fn print_sync(ctx: &Context, r: &SyncReport, yes: bool) -> std::io::Result<()> {
             "Sync complete: {} registered, {} failed, {} unregistered, {kept} dead record(s) kept.",
             t.registered, t.failed, t.unregistered
         )?;
-    } else if !ctx.quiet {
+    } else if ctx.printer.talks() {
         let to_register = t.orphans - t.failed;
         let hint = if yes {
             "nothing written (volume not mounted?)"
@@ -245,10 +221,9 @@ fn print_sync(ctx: &Context, r: &SyncReport, yes: bool) -> std::io::Result<()> {
 pub fn adopt(ctx: &Context, a: AdoptArgs) -> anyhow::Result<Status> {
     let AdoptWhat::Invokeai(a) = a.what;
     let (models_dir, database) = ctx.store_paths()?;
-    let existing = if database.exists() {
-        store::open_read_only(&database)?.all_models()?
-    } else {
-        Vec::new()
+    let existing = match ctx.read_store()? {
+        Some(store) => store.all_models()?,
+        None => Vec::new(),
     };
     let opts = AdoptOptions {
         models_dir: models_dir.clone(),
@@ -259,14 +234,7 @@ pub fn adopt(ctx: &Context, a: AdoptArgs) -> anyhow::Result<Status> {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        let _lock = StoreLock::acquire(&database, LOCK_TIMEOUT, |holder| {
-            if !ctx.quiet {
-                eprintln!(
-                    "waiting for the lock on {} held by {holder}",
-                    database.display()
-                );
-            }
-        })?;
+        let _lock = ctx.lock_store("adopt the install")?;
         let store = store::open(&database)?;
         crate::adopt::adopt_invokeai(&a.root, store.as_ref(), &opts, true)?
     } else {
@@ -317,7 +285,7 @@ fn print_adopt(ctx: &Context, r: &AdoptReport) -> std::io::Result<()> {
             t.missing,
             t.conflicts
         )?;
-    } else if !ctx.quiet {
+    } else if ctx.printer.talks() {
         writeln!(
             out,
             "Adopt: {} to import, {} already there, {} with files missing (not imported), {} conflict(s) — dry run: `modelsync adopt invokeai {} --yes` writes them.",

@@ -1,6 +1,7 @@
 //! `watch`: converge continuously (issue #7). The loop is [`crate::watch`]; the work is
-//! [`ManifestConverger`]. Logs go to stderr (`RUST_LOG` filters them; default `info`, `-q`
-//! `warn`); with `-o json`, reconcile events are also written to stdout as JSON Lines.
+//! [`ManifestConverger`]. Logs go to stderr (`RUST_LOG` filters them; `-v` shows each
+//! action's start and end at info); with `-o json`, reconcile events are also written to
+//! stdout as JSON Lines.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{Context, OutputFormat, Status};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 use crate::reconcile::{ManifestConverger, ReconcileEvent};
+use crate::report::Event;
 use crate::watch::WatchConfig;
 
 /// `watch`.
@@ -27,15 +29,15 @@ pub struct WatchArgs {
 }
 
 /// Runs until SIGTERM or SIGINT, then exits 0 after a bounded shutdown (running downloads
-/// stop with their partial files kept). A manifest that does not load at start is an error;
+/// stop with their partial files kept). A manifest that does not load at start is an error,
+/// and so is an address it cannot listen on, before the line that says where it listens;
 /// later bad edits are reported in `/status` and the metrics while the last good one stays in
 /// force.
 pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
-    init_logging(ctx);
-    let m = ctx.load_manifest()?;
+    let m = ctx.manifest()?;
     let config = watch_config(ctx, a, m.settings.watch_interval)?;
-    let lock = super::reconcile::acquire_store_lock(ctx, &m.settings, m.settings.lock_timeout)?;
-    let reporter: Arc<dyn Reporter> = Arc::new(LogReporter {
+    let lock = ctx.lock_store("watch the manifest")?;
+    let reporter = Arc::new(LogReporter {
         json: ctx.output == OutputFormat::Json,
     });
     // The load service keeps `preload: true` entries warm; /readyz waits for them and
@@ -44,9 +46,12 @@ pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
         crate::load::service_for(&m.settings.models_dir, &m.settings.cache, reporter.clone())?,
     ));
     let usage = preloader.clone();
-    let converger = ManifestConverger::new(&m, lock, reporter)
-        .with_path_overrides(ctx.models_dir_flag.clone(), ctx.database_flag.clone())
-        .with_lock_file(ctx.lock_file_flag.clone())
+    let converger = ManifestConverger::new(m, lock, reporter)
+        .with_path_overrides(
+            ctx.overrides.models_dir.clone(),
+            ctx.overrides.database.clone(),
+        )
+        .with_lock_file(ctx.overrides.lock_file.clone())
         .with_cache_usage(move || {
             usage
                 .service()
@@ -58,38 +63,22 @@ pub fn watch(ctx: &Context, a: WatchArgs) -> anyhow::Result<Status> {
                 .collect()
         })
         .with_preloader(Some(preloader));
-    if !ctx.quiet {
-        for name in converger.unpreloadable(&m) {
-            eprintln!(
-                "warning: entry `{name}` has preload: true, but this build has no load service wired into watch: it is not preloaded and /readyz does not wait for it"
-            );
-        }
-        eprintln!(
-            "modelsync watch: manifest {}, models in {}, listening on http://{} (/healthz /readyz /status /metrics), resync every {}",
-            config.manifest_path.display(),
+    for name in converger.unpreloadable(m) {
+        ctx.printer.say(format_args!(
+            "warning: entry `{name}` has preload: true, but this build has no load service wired into watch: it is not preloaded and /readyz does not wait for it"
+        ));
+    }
+    let (manifest_path, interval) = (config.manifest_path.clone(), config.interval);
+    crate::watch::block_on_watch(config, Arc::new(converger), |listen| {
+        ctx.printer.say(format_args!(
+            "modelsync watch: manifest {}, models in {}, listening on http://{listen} (/healthz /readyz /status /metrics), resync every {}",
+            manifest_path.display(),
             m.settings.models_dir.display(),
-            config.listen,
-            crate::units::HumanDuration(config.interval)
-        );
-    }
-    crate::watch::block_on_watch(config, Arc::new(converger))?;
-    if !ctx.quiet {
-        eprintln!("modelsync watch: stopped");
-    }
+            crate::units::HumanDuration(interval)
+        ));
+    })?;
+    ctx.printer.say("modelsync watch: stopped");
     Ok(Status::Success)
-}
-
-/// Logs to stderr through `tracing` (the watch loop logs there too); `RUST_LOG` wins.
-fn init_logging(ctx: &Context) {
-    let default = if ctx.quiet { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // A second initialisation (tests calling `run` twice) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ctx.color)
-        .try_init();
 }
 
 /// What the reconciler does, as log lines (text) or JSON Lines on stdout (`-o json`).
@@ -97,13 +86,14 @@ struct LogReporter {
     json: bool,
 }
 
-impl Reporter for LogReporter {
-    fn report(&self, event: &Event) {
-        let Event::Reconcile(e) = event else {
+/// Only the reconciler's events; the others are what it says per entry.
+impl<E: Clone + Into<Event>> Reporter<E> for LogReporter {
+    fn report(&self, event: &E) {
+        let Event::Reconcile(e) = event.clone().into() else {
             return;
         };
         if self.json {
-            if let Ok(line) = serde_json::to_string(event) {
+            if let Ok(line) = serde_json::to_string(&Event::Reconcile(e)) {
                 use std::io::Write as _;
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
@@ -111,7 +101,7 @@ impl Reporter for LogReporter {
             }
             return;
         }
-        match e {
+        match &e {
             ReconcileEvent::ActionStarted { name, action, .. } => {
                 tracing::info!("{name}: {} started", super::reconcile::action_name(*action));
             }

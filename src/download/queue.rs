@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::Url;
 use tokio::sync::{broadcast, watch};
 
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 
 use super::DownloadEvent;
 use super::error::DownloadError;
@@ -120,7 +120,7 @@ struct State {
 struct Inner {
     cfg: Arc<DownloadQueueConfig>,
     client: reqwest::Client,
-    reporter: Arc<dyn Reporter>,
+    reporter: Arc<dyn Reporter<DownloadEvent>>,
     events: broadcast::Sender<DownloadEvent>,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
@@ -152,7 +152,7 @@ impl DownloadQueue {
     /// jobs run on it.
     pub fn new(
         config: DownloadQueueConfig,
-        reporter: Arc<dyn Reporter>,
+        reporter: Arc<dyn Reporter<DownloadEvent>>,
     ) -> Result<Self, DownloadError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| DownloadError::Setup {
             what: format!("the download queue must be created inside a tokio runtime: {e}"),
@@ -567,7 +567,7 @@ impl Inner {
     /// Reports an event, then runs the job's handlers and the queue's. Never called with the
     /// state lock held, so handlers may call back into the queue.
     fn emit(&self, event: &DownloadEvent, handlers: &[DownloadEventHandler]) {
-        self.reporter.report(&Event::Download(event.clone()));
+        self.reporter.report(event);
         let _ = self.events.send(event.clone());
         let job = event.job();
         for h in handlers.iter().chain(self.cfg.event_handlers.iter()) {

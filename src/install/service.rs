@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::{AnyModelConfig, ModelSourceType};
 use crate::download::{DownloadJob, DownloadQueue, JobId};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 use crate::hash::HashAlgorithm;
 use crate::hub::{HubClient, HubEnv, ModelSource, Token};
 use crate::retry::Failure;
@@ -139,7 +139,7 @@ pub(crate) struct Inner {
     pub(crate) cfg: InstallConfig,
     pub(crate) store: Arc<dyn RecordStore>,
     pub(crate) queue: DownloadQueue,
-    reporter: Arc<dyn Reporter>,
+    reporter: Arc<dyn Reporter<InstallEvent>>,
     jobs: Mutex<Jobs>,
     changed: watch::Sender<u64>,
     pub(crate) lane: Mutex<()>,
@@ -182,7 +182,7 @@ impl ModelInstallService {
         cfg: InstallConfig,
         store: Arc<dyn RecordStore>,
         queue: DownloadQueue,
-        reporter: Arc<dyn Reporter>,
+        reporter: Arc<dyn Reporter<InstallEvent>>,
     ) -> Result<Self, InstallError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             InstallError::Setup(format!(
@@ -240,7 +240,7 @@ impl ModelInstallService {
     }
 
     /// The reporter events go to (the seed's `event_bus`).
-    pub fn event_bus(&self) -> &Arc<dyn Reporter> {
+    pub fn event_bus(&self) -> &Arc<dyn Reporter<InstallEvent>> {
         &self.inner.reporter
     }
 
@@ -345,12 +345,12 @@ impl ModelInstallService {
                     .unwrap_or_default();
                 self.inner
                     .reporter
-                    .report(&Event::Install(InstallEvent::ModelInstallCompleted {
+                    .report(&InstallEvent::ModelInstallCompleted {
                         id,
                         source: source_str,
                         total_bytes: 0,
                         key,
-                    }));
+                    });
                 jobs.map.insert(
                     id,
                     Entry {
@@ -1055,7 +1055,7 @@ impl Inner {
                 return;
             };
             if let Some(ev) = f(&mut e.job) {
-                self.reporter.report(&Event::Install(ev));
+                self.reporter.report(&ev);
             }
         }
         self.bump();
@@ -1120,12 +1120,11 @@ impl Inner {
                 .map(|e| e.job.source.clone())
                 .unwrap_or_default();
             for message in &outcome.warnings {
-                self.reporter
-                    .report(&Event::Install(InstallEvent::ModelInstallWarning {
-                        id,
-                        source: source.clone(),
-                        message: message.clone(),
-                    }));
+                self.reporter.report(&InstallEvent::ModelInstallWarning {
+                    id,
+                    source: source.clone(),
+                    message: message.clone(),
+                });
             }
         }
         self.update(id, |job| match result {

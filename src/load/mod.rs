@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::AnyModelConfig;
-use crate::events::{Event, NullReporter, Reporter};
+use crate::events::{NullReporter, Reporter};
 use crate::taxonomy::{BaseModelType, ModelFormat, ModelType, SubModelType};
 
 pub mod backends;
@@ -296,7 +296,7 @@ pub struct ModelLoadService {
     registry: Arc<LoaderRegistry>,
     cache: ModelCache,
     pickle_gate: Arc<dyn PickleGate>,
-    reporter: Arc<dyn Reporter>,
+    reporter: Arc<dyn Reporter<LoadEvent>>,
     precision: Precision,
     pin_preloaded: bool,
 }
@@ -352,7 +352,7 @@ impl ModelLoadService {
 
     /// Reports `model_load_started` / `model_load_completed` to `reporter`.
     #[must_use]
-    pub fn with_reporter(mut self, reporter: Arc<dyn Reporter>) -> Self {
+    pub fn with_reporter(mut self, reporter: Arc<dyn Reporter<LoadEvent>>) -> Self {
         self.reporter = reporter;
         self
     }
@@ -448,7 +448,7 @@ impl ModelLoadService {
             precision,
         };
         self.reporter
-            .report(&Event::Load(LoadEvent::ModelLoadStarted(info.clone())));
+            .report(&LoadEvent::ModelLoadStarted(info.clone()));
         let loader = self
             .registry
             .get(config.base(), config.model_type(), config.format())?;
@@ -465,13 +465,12 @@ impl ModelLoadService {
             },
             || loader.load(&req),
         )?;
-        self.reporter
-            .report(&Event::Load(LoadEvent::ModelLoadCompleted {
-                bytes: model.bytes(),
-                info,
-                cache_hit,
-                seconds: start.elapsed().as_secs_f64(),
-            }));
+        self.reporter.report(&LoadEvent::ModelLoadCompleted {
+            bytes: model.bytes(),
+            info,
+            cache_hit,
+            seconds: start.elapsed().as_secs_f64(),
+        });
         Ok(LoadedModel::new(
             config.clone(),
             submodel,
@@ -512,7 +511,7 @@ impl ModelLoadService {
             precision: self.precision,
         };
         self.reporter
-            .report(&Event::Load(LoadEvent::ModelLoadStarted(info.clone())));
+            .report(&LoadEvent::ModelLoadStarted(info.clone()));
         let gate = self.pickle_gate.as_ref();
         let (model, cache_hit) = self.cache.get_or_load(
             &key,
@@ -522,13 +521,12 @@ impl ModelLoadService {
                 None => backends::mmap::load_path(&path, gate),
             },
         )?;
-        self.reporter
-            .report(&Event::Load(LoadEvent::ModelLoadCompleted {
-                bytes: model.bytes(),
-                info,
-                cache_hit,
-                seconds: start.elapsed().as_secs_f64(),
-            }));
+        self.reporter.report(&LoadEvent::ModelLoadCompleted {
+            bytes: model.bytes(),
+            info,
+            cache_hit,
+            seconds: start.elapsed().as_secs_f64(),
+        });
         Ok(LoadedModelWithoutConfig {
             path,
             cache_key: key,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{LoadError, LoadSettings, ModelLoadService, Precision};
+use super::{LoadError, LoadEvent, LoadSettings, ModelLoadService, Precision};
 use crate::config::AnyModelConfig;
 use crate::events::Reporter;
 use crate::manifest::{CacheSettings, ModelEntry};
@@ -70,7 +70,7 @@ impl super::PickleGate for ScanGate {
 pub fn service_for(
     models_dir: &Path,
     cache: &CacheSettings,
-    reporter: Arc<dyn Reporter>,
+    reporter: Arc<dyn Reporter<LoadEvent>>,
 ) -> Result<ModelLoadService, LoadError> {
     Ok(
         ModelLoadService::new(models_dir, &LoadSettings::from_cache_settings(cache)?)?

@@ -224,7 +224,8 @@ pub struct Settings {
     pub max_parallel_downloads: usize,
     /// Hugging Face endpoint (`None`: env `HF_ENDPOINT`, else `https://huggingface.co`).
     pub hf_endpoint: Option<String>,
-    /// How long `apply` waits for another process's store lock (default 5m).
+    /// How long a command that changes the store waits for another process's store lock
+    /// (default 5m; `--lock-timeout` overrides it).
     pub lock_timeout: Duration,
     /// How often `watch` resyncs without a manifest change (default 5m).
     pub watch_interval: Duration,

@@ -183,7 +183,7 @@ pub struct SettingsFile {
     /// Hugging Face endpoint (default env HF_ENDPOINT, else https://huggingface.co).
     #[serde(default)]
     pub hf_endpoint: Option<Sp<Text>>,
-    /// How long apply waits for another process's store lock (default 5m).
+    /// How long a command that changes the store waits for its lock (default 5m).
     #[serde(default)]
     #[schemars(schema_with = "duration_schema")]
     pub lock_timeout: Option<Sp<String>>,

@@ -35,7 +35,7 @@ use super::inventory::{DirState, InventoryError, observe};
 use super::plan::{ActionKind, Plan, PlanError, PlanOptions, PlannedAction, Step, Totals, plan};
 use super::remote::{self, RemoteWarning};
 use crate::config::{AnyModelConfig, Managed};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 use crate::hub::{HubClient, HubEnv, LocalModelSource, ModelSource};
 use crate::install::{InstallOptions, InstallOutcome, InstallRequest};
 use crate::manager::ModelManager;
@@ -369,7 +369,7 @@ pub struct ApplyContext<'a> {
     /// Token environment.
     pub hub_env: &'a HubEnv,
     /// Where events go.
-    pub reporter: Arc<dyn Reporter>,
+    pub reporter: Arc<dyn Reporter<ReconcileEvent>>,
     /// The load service hook (`None`: preload entries are reported as skipped).
     pub preloader: Option<&'a dyn Preloader>,
 }
@@ -935,8 +935,12 @@ fn report_lock_update(
     }
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "callers build the event in the call"
+)]
 fn report(cx: &ApplyContext<'_>, e: ReconcileEvent) {
-    cx.reporter.report(&Event::Reconcile(e));
+    cx.reporter.report(&e);
 }
 
 fn is_leftover(kind: ActionKind) -> bool {
@@ -1683,7 +1687,7 @@ mod tests {
         let store: Arc<dyn RecordStore> = counting.clone();
         let models_dir = &m.settings.models_dir;
         std::fs::create_dir_all(models_dir).unwrap();
-        let reporter: Arc<dyn Reporter> = Arc::new(crate::events::NullReporter);
+        let reporter: Arc<dyn crate::reconcile::converge::ConvergeReporter> = Arc::new(crate::events::NullReporter);
         let services = super::super::Services::open(
             &m.settings,
             store.clone(),

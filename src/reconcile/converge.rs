@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::ReconcileEvent;
 use super::apply::{
     ActionResult, ApplyContext, ApplyError, ApplyOptions, ApplyReport, Preloader, apply,
     check_volume, prune_departed,
@@ -59,11 +60,11 @@ use super::apply::{
 use super::plan::ActionKind;
 use super::remote;
 use crate::download::{DownloadError, DownloadEvent, DownloadQueue, DownloadQueueConfig};
-use crate::events::{Event, Reporter};
+use crate::events::Reporter;
 use crate::hub::{HubClient, HubEnv, HubError};
 use crate::install::sync::{SyncMode, SyncOptions, SyncReport};
-use crate::install::{InstallConfig, InstallError};
-use crate::manager::ModelManager;
+use crate::install::{InstallConfig, InstallError, InstallEvent};
+use crate::manager::{ManagerReporter, ModelManager};
 use crate::manifest::{Manifest, Settings};
 use crate::retry::{Class, Classify, Failure, FailureKind};
 use crate::store::lock::StoreLock;
@@ -172,7 +173,7 @@ impl Services {
         settings: &Settings,
         store: Arc<dyn RecordStore>,
         env: HubEnv,
-        reporter: Arc<dyn Reporter>,
+        reporter: Arc<dyn ManagerReporter>,
     ) -> Result<Self, ConvergeError> {
         let hub = HubClient::from_env(settings.hf_endpoint.as_deref(), &env)
             .map_err(|e| ConvergeError::Hub(Box::new(e)))?;
@@ -203,7 +204,7 @@ impl Services {
     /// The context [`apply`] takes.
     pub fn context<'a>(
         &'a self,
-        reporter: Arc<dyn Reporter>,
+        reporter: Arc<dyn Reporter<ReconcileEvent>>,
         preloader: Option<&'a dyn Preloader>,
     ) -> ApplyContext<'a> {
         ApplyContext {
@@ -244,18 +245,35 @@ impl Services {
     }
 }
 
+/// What a converger reports: its manager's events (downloads, installs) and its own.
+pub trait ConvergeReporter: ManagerReporter + Reporter<ReconcileEvent> {}
+
+impl<R: ManagerReporter + Reporter<ReconcileEvent> + ?Sized> ConvergeReporter for R {}
+
 /// Forwards events to the caller's reporter and counts download failures.
 struct CountingReporter {
-    inner: Arc<dyn Reporter>,
+    inner: Arc<dyn ConvergeReporter>,
     download_errors: AtomicU64,
 }
 
-impl Reporter for CountingReporter {
-    fn report(&self, event: &Event) {
-        if let Event::Download(DownloadEvent::Error { .. }) = event {
+impl Reporter<DownloadEvent> for CountingReporter {
+    fn report(&self, event: &DownloadEvent) {
+        if let DownloadEvent::Error { .. } = event {
             self.download_errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.inner.report(event);
+        Reporter::<DownloadEvent>::report(&*self.inner, event);
+    }
+}
+
+impl Reporter<InstallEvent> for CountingReporter {
+    fn report(&self, event: &InstallEvent) {
+        Reporter::<InstallEvent>::report(&*self.inner, event);
+    }
+}
+
+impl Reporter<ReconcileEvent> for CountingReporter {
+    fn report(&self, event: &ReconcileEvent) {
+        Reporter::<ReconcileEvent>::report(&*self.inner, event);
     }
 }
 
@@ -398,7 +416,7 @@ impl ManifestConverger {
     /// A converger for the store of `manifest`'s settings, holding `lock` (taken by the caller
     /// on `manifest.settings.database_path()`) until dropped. Events go to `reporter`. Nothing
     /// is opened yet: the first reconcile does that, inside the watch runtime.
-    pub fn new(manifest: &Manifest, lock: StoreLock, reporter: Arc<dyn Reporter>) -> Self {
+    pub fn new(manifest: &Manifest, lock: StoreLock, reporter: Arc<dyn ConvergeReporter>) -> Self {
         Self {
             fixed: Fixed::of(&manifest.settings),
             settings: manifest.settings.clone(),
@@ -494,7 +512,7 @@ impl ManifestConverger {
             .map_err(|e: ConvergeError| EntryError::from(Failure::from_error(&e)))
     }
 
-    fn reporter(&self) -> Arc<dyn Reporter> {
+    fn reporter(&self) -> Arc<dyn Reporter<ReconcileEvent>> {
         self.reporter.clone()
     }
 

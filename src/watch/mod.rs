@@ -389,12 +389,15 @@ pub async fn run_watch<C: Converger>(
     Watch::bind(config, converger).await?.run(shutdown).await
 }
 
-/// What `modelsync watch` calls: builds a runtime, runs until SIGTERM or SIGINT, and returns
-/// `Ok` after a clean shutdown (the CLI exits 0). Blocking work still running at the end
-/// (a hash on a blocking thread) gets two more seconds, then is abandoned.
+/// What `modelsync watch` calls: builds a runtime, binds, calls `on_listening` with the bound
+/// address (so "listening on" is said only once it is true; a bind failure is an error
+/// before it), runs until SIGTERM or SIGINT, and returns `Ok` after a clean shutdown (the CLI
+/// exits 0). Blocking work still running at the end (a hash on a blocking thread) gets two
+/// more seconds, then is abandoned.
 pub fn block_on_watch<C: Converger>(
     config: WatchConfig,
     converger: Arc<C>,
+    on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), WatchError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -403,7 +406,9 @@ pub fn block_on_watch<C: Converger>(
         .map_err(WatchError::Runtime)?;
     let result = rt.block_on(async move {
         let shutdown = CancelToken::on_termination_signals().map_err(WatchError::Runtime)?;
-        run_watch(config, converger, shutdown).await
+        let watch = Watch::bind(config, converger).await?;
+        on_listening(watch.local_addr());
+        watch.run(shutdown).await
     });
     rt.shutdown_timeout(Duration::from_secs(2));
     result

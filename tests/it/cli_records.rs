@@ -392,7 +392,7 @@ fn remove_waits_for_the_store_lock_and_names_the_holder() {
         .read_line(&mut first)
         .unwrap();
     assert!(
-        first.contains("waiting for the lock on models/modelsync.db held by pid")
+        first.contains("waiting for the store lock on models/modelsync.db (up to 5m) to remove a record: held by pid")
             && first.contains(&std::process::id().to_string()),
         "{first}"
     );

@@ -9,7 +9,7 @@ use modelsync::download::{
     AccessToken, DownloadError, DownloadEvent, DownloadEventHandler, DownloadJob,
     DownloadJobStatus, DownloadQueue, DownloadQueueConfig, RetryPolicy,
 };
-use modelsync::events::{Event, Recorder};
+use modelsync::report::{Event, Recorder};
 use sha2::Digest as _;
 
 use crate::support::fileserver::{FileServer, FileSpec, RawMode, RawServer, Seen};

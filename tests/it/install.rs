@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use modelsync::config::{AnyModelConfig, Managed, ModelSourceType};
 use modelsync::download::{DownloadQueue, DownloadQueueConfig, RetryPolicy};
-use modelsync::events::{Event, Recorder};
 use modelsync::hub::{HubClient, HubEnv, HubOptions, ModelSource, Token};
 use modelsync::install::{
     InstallConfig, InstallError, InstallEvent, InstallOptions, InstallRequest, InstallStatus,
     ModelInstallJob,
 };
 use modelsync::manager::ModelManager;
+use modelsync::report::{Event, Recorder};
 use modelsync::store::{self, RecordStore};
 use modelsync::taxonomy::{BaseModelType, ModelFormat, ModelType};
 use serde_json::{Map, Value, json};

@@ -8,12 +8,12 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use modelsync::AnyModelConfig;
-use modelsync::events::{Event, Recorder};
 use modelsync::load::{
     AnyModel, BackendKind, DeviceSpec, HostBackend, LoadError, LoadEvent, LoadRequest,
     LoadSettings, LoaderKey, LoaderRegistry, ModelCache, ModelLoadService, ModelLoader, Precision,
     cache_key,
 };
+use modelsync::report::{Event, Recorder};
 use modelsync::taxonomy::{BaseModelType, ModelFormat, ModelType, SubModelType};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;

@@ -613,9 +613,8 @@ fn store_paths_read_the_manifest_and_flags_win() {
     let cli =
         modelsync::cli::Cli::try_parse_from(["modelsync", "-f", path.to_str().unwrap(), "diff"])
             .unwrap();
-    let m = modelsync::cli::Context::new(&cli.global)
-        .load_manifest()
-        .unwrap();
+    let ctx = modelsync::cli::Context::new(&cli.global);
+    let m = ctx.manifest().unwrap();
     assert!(
         m.broken[0].reason.contains("MODELSYNC_TEST_NEVER_SET"),
         "{m:?}"
@@ -637,7 +636,7 @@ fn store_paths_read_the_manifest_and_flags_win() {
         )
     );
     assert!(
-        ctx.load_manifest()
+        ctx.manifest()
             .unwrap_err()
             .to_string()
             .contains("modelsync init")

@@ -285,7 +285,7 @@ async fn watch_reports_orphans_and_with_sync_register_registers_a_dropped_in_fil
     let conv = modelsync::reconcile::ManifestConverger::new(
         &m,
         lock,
-        Arc::new(modelsync::events::Recorder::new()),
+        Arc::new(modelsync::report::Recorder::new()),
     );
     let mut config = WatchConfig::new(&manifest_path);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -362,7 +362,7 @@ async fn with_a_previous_sync_only_orphans_seen_unchanged_are_registered() {
         Arc::from(modelsync::store::open(&models.join("modelsync.db")).unwrap());
     let hub = modelsync::hub::HubClient::from_env(None, &modelsync::hub::HubEnv::empty()).unwrap();
     let cfg = InstallConfig::new(&models, hub, modelsync::hub::HubEnv::empty());
-    let rec = Arc::new(modelsync::events::Recorder::new());
+    let rec = Arc::new(modelsync::report::Recorder::new());
     let queue = modelsync::download::DownloadQueue::new(
         modelsync::download::DownloadQueueConfig::default(),
         rec.clone(),

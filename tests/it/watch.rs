@@ -719,7 +719,8 @@ fn sigterm_stops_block_on_watch_cleanly() {
     config.listen = SocketAddr::from(([127, 0, 0, 1], port));
     let fake = Arc::new(Fake::new(tmp.path().join("models")));
     let runner_fake = Arc::clone(&fake);
-    let runner = std::thread::spawn(move || modelsync::watch::block_on_watch(config, runner_fake));
+    let runner =
+        std::thread::spawn(move || modelsync::watch::block_on_watch(config, runner_fake, |_| {}));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modelsync::events::Recorder;
 use modelsync::hub::HubEnv;
 use modelsync::reconcile::ManifestConverger;
+use modelsync::report::Recorder;
 use modelsync::retry::FailureKind;
 use modelsync::store::lock::StoreLock;
 use modelsync::watch::{

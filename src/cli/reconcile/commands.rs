@@ -12,42 +12,30 @@ use super::{ApplyArgs, DiffArgs, GcArgs, StatusArgs, VerifyArgs};
 use crate::cli::output::print_json;
 use crate::cli::{Context, OutputFormat, Status};
 use crate::download::available_space;
-use crate::events::Reporter;
 use crate::hub::{HubClient, HubEnv};
 use crate::manifest::{LockFile, Manifest, ModelEntry};
 use crate::reconcile::{
     self, ApplyOptions, Inventory, Plan, PlanOptions, RemoteWarning, gc as gcmod, remote,
     render_text, status as statusmod, verify as verifymod,
 };
-use crate::store::{self, RecordStore, lock::StoreLock};
+use crate::store::{self, RecordStore};
 use crate::units::HumanBytes;
 use crate::watch::CancelSource;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 /// The store and what it holds, for commands that only read. A store that does not exist yet
 /// is an empty inventory (and is not created).
-fn read_inventory(m: &Manifest) -> anyhow::Result<(Option<Box<dyn RecordStore>>, Inventory)> {
-    let db = m.settings.database_path();
-    if !db.exists() {
-        return Ok((None, Inventory::empty(&m.settings.models_dir)));
-    }
-    let store = store::open_read_only(&db)?;
-    let inv = reconcile::observe(store.as_ref(), &m.settings.models_dir)?;
+fn read_inventory(ctx: &Context) -> anyhow::Result<(Option<Box<dyn RecordStore>>, Inventory)> {
+    let (models_dir, _) = ctx.store_paths()?;
+    let Some(store) = ctx.read_store()? else {
+        return Ok((None, Inventory::empty(&models_dir)));
+    };
+    let inv = reconcile::observe(store.as_ref(), &models_dir)?;
     Ok((Some(store), inv))
 }
 
 fn warn(ctx: &Context, warnings: &[RemoteWarning]) {
-    if ctx.quiet {
-        return;
-    }
     for w in warnings {
-        eprintln!("warning: {w}");
+        ctx.printer.say(format_args!("warning: {w}"));
     }
 }
 
@@ -172,11 +160,11 @@ fn split_unresolvable(
     reason = "every command takes its parsed arguments by value"
 )]
 pub fn diff(ctx: &Context, a: DiffArgs) -> anyhow::Result<Status> {
-    let m = ctx.load_manifest()?;
-    let (store, inv) = read_inventory(&m)?;
+    let m = ctx.manifest()?;
+    let (store, inv) = read_inventory(ctx)?;
     let lock = LockFile::read(&m.lock_path())?;
-    let (p, warnings) = runtime()?.block_on(plan_with_lookups(
-        &m,
+    let (p, warnings) = ctx.runtime()?.block_on(plan_with_lookups(
+        m,
         &inv,
         store.as_deref(),
         lock.as_ref(),
@@ -186,7 +174,7 @@ pub fn diff(ctx: &Context, a: DiffArgs) -> anyhow::Result<Status> {
     if ctx.output == OutputFormat::Json {
         print_json(&serde_json::to_value(&p)?)?;
     } else {
-        std::io::stdout().write_all(render_text(&p, ctx.verbose > 0).as_bytes())?;
+        std::io::stdout().write_all(render_text(&p, ctx.printer.verbose()).as_bytes())?;
     }
     Ok(if !p.fits() {
         Status::DoesNotFit
@@ -207,16 +195,10 @@ pub fn diff(ctx: &Context, a: DiffArgs) -> anyhow::Result<Status> {
     reason = "every command takes its parsed arguments by value"
 )]
 pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
-    let m = ctx.load_manifest()?;
+    let m = ctx.manifest()?;
     let settings = &m.settings;
-    let timeout = match &a.lock_timeout {
-        Some(s) => {
-            crate::units::parse_duration(s).with_context(|| format!("--lock-timeout {s}"))?
-        }
-        None => settings.lock_timeout,
-    };
     let json = ctx.output == OutputFormat::Json;
-    let _lock = acquire_store_lock(ctx, settings, timeout)?;
+    let _lock = ctx.lock_store("apply the manifest")?;
     let store = reconcile::Services::open_store(settings)?;
 
     let entries = m
@@ -224,12 +206,12 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         .iter()
         .rev()
         .map(|e| {
-            let source = reconcile::apply::install_request(&m, e).source;
+            let source = reconcile::apply::install_request(m, e).source;
             (crate::install::record_source(&source), e.name.clone())
         })
         .collect();
-    let ui = Arc::new(ApplyUi::new(json, ctx.progress, ctx.quiet).with_entries(entries));
-    let reporter: Arc<dyn Reporter> = ui.clone();
+    let ui = Arc::new(ApplyUi::new(ctx.output, ctx.printer).with_entries(entries));
+    let reporter = ui.clone();
     let (stop, cancel) = CancelSource::new();
     let opts = ApplyOptions {
         prune: a.prune || settings.prune,
@@ -242,7 +224,7 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         refresh: a.refresh,
         cancel: cancel.clone(),
     };
-    let result = runtime()?.block_on(async {
+    let result = ctx.runtime()?.block_on(async {
         let services =
             reconcile::Services::open(settings, store, HubEnv::from_process(), reporter.clone())?;
         stop_on_signals(ui.clone(), stop).context("listening for Ctrl-C")?;
@@ -262,7 +244,7 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         );
         anyhow::Ok(
             services
-                .unless_cancelled(reconcile::apply(&m, &cx, &opts), &cancel)
+                .unless_cancelled(reconcile::apply(m, &cx, &opts), &cancel)
                 .await,
         )
     })?;
@@ -272,7 +254,7 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         print_interrupted(ctx, json, &report)?;
         return Ok(Status::Interrupted);
     }
-    if !json && !ctx.quiet {
+    if !json && ctx.printer.talks() {
         let failed: Vec<_> = report.failures().collect();
         let mut out = std::io::stdout().lock();
         if failed.is_empty() {
@@ -312,7 +294,7 @@ pub fn apply(ctx: &Context, a: ApplyArgs) -> anyhow::Result<Status> {
         }
     }
     Ok(if !report.did_not_fit.is_empty() {
-        if !json && !ctx.quiet {
+        if !json && ctx.printer.talks() {
             eprintln!(
                 "error: not enough free disk for {}; the other entries were applied",
                 report
@@ -414,7 +396,7 @@ fn print_interrupted(
             )
         })
         .collect();
-    if json || ctx.quiet {
+    if json || !ctx.printer.talks() {
         eprintln!("{line}");
         for f in &failed {
             eprintln!("{f}");
@@ -429,50 +411,27 @@ fn print_interrupted(
     Ok(())
 }
 
-/// Takes the store lock of `settings`' database, saying (unless `-q`) whom it waits for.
-/// Shared by `apply` and `watch`.
-pub(crate) fn acquire_store_lock(
-    ctx: &Context,
-    settings: &crate::manifest::Settings,
-    timeout: std::time::Duration,
-) -> anyhow::Result<StoreLock> {
-    let db = settings.database_path();
-    Ok(StoreLock::acquire(&db, timeout, |holder| {
-        if !ctx.quiet {
-            eprintln!(
-                "waiting for the store lock on {} (up to {}): held by {holder}",
-                db.display(),
-                crate::units::HumanDuration(timeout)
-            );
-        }
-    })?)
-}
-
 /// `status`: drift between manifest, store and disk.
 #[allow(
     clippy::needless_pass_by_value,
     reason = "every command takes its parsed arguments by value"
 )]
 pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<Status> {
-    let m = ctx.load_manifest()?;
-    let (_store, inv) = read_inventory(&m)?;
+    let m = ctx.manifest()?;
+    let (_store, inv) = read_inventory(ctx)?;
     let lock = LockFile::read(&m.lock_path())?;
     let mut commits = BTreeMap::new();
     if a.refresh {
         let env = HubEnv::from_process();
         let client = remote::lookup_client(&m.settings, &env)?;
         let entries: Vec<&ModelEntry> = m.models.iter().collect();
-        let (c, w) = runtime()?.block_on(remote::upstream_commits(&client, &env, &entries));
+        let (c, w) = ctx
+            .runtime()?
+            .block_on(remote::upstream_commits(&client, &env, &entries));
         warn(ctx, &w);
         commits = c;
     }
-    let r = statusmod::status(
-        &m,
-        &inv,
-        lock.as_ref(),
-        commits,
-        &m.settings.database_path(),
-    )?;
+    let r = statusmod::status(m, &inv, lock.as_ref(), commits, &m.settings.database_path())?;
     if ctx.output == OutputFormat::Json {
         print_json(&serde_json::to_value(&r)?)?;
     } else {
@@ -511,7 +470,7 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<Status> {
                 HumanBytes(o.bytes)
             )?;
         }
-        if !r.unmanaged.is_empty() && (ctx.verbose > 0 || r.drifted) {
+        if !r.unmanaged.is_empty() && (ctx.printer.verbose() || r.drifted) {
             writeln!(
                 out,
                 "Unmanaged records (never touched): {}",
@@ -550,22 +509,14 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<Status> {
     reason = "every command takes its parsed arguments by value"
 )]
 pub fn verify(ctx: &Context, a: VerifyArgs) -> anyhow::Result<Status> {
-    let (models_dir, db, lock) = if ctx.manifest_path.is_file() {
-        let m = ctx.load_manifest()?;
-        let lock = LockFile::read(&m.lock_path())?;
-        (
-            m.settings.models_dir.clone(),
-            m.settings.database_path(),
-            lock,
-        )
-    } else {
-        let (d, db) = ctx.store_paths()?;
-        (d, db, None)
+    let lock = match ctx.manifest_if_present()? {
+        Some(m) => LockFile::read(&m.lock_path())?,
+        None => None,
     };
-    if !db.exists() {
+    let (models_dir, db) = ctx.store_paths()?;
+    let Some(store) = ctx.read_store()? else {
         anyhow::bail!("no record store at {}", db.display());
-    }
-    let store = store::open_read_only(&db)?;
+    };
     let verdicts = verifymod::verify(store.as_ref(), &models_dir, lock.as_ref(), &a.names)?;
     let bad = verdicts.iter().filter(|v| !v.ok()).count();
     if ctx.output == OutputFormat::Json {
@@ -574,7 +525,7 @@ pub fn verify(ctx: &Context, a: VerifyArgs) -> anyhow::Result<Status> {
         let mut out = std::io::stdout().lock();
         for v in &verdicts {
             if v.ok() {
-                if !ctx.quiet {
+                if ctx.printer.talks() {
                     writeln!(
                         out,
                         "ok  {} ({}): {} file(s) checked",
@@ -588,7 +539,7 @@ pub fn verify(ctx: &Context, a: VerifyArgs) -> anyhow::Result<Status> {
                 }
             }
         }
-        if !ctx.quiet {
+        if ctx.printer.talks() {
             writeln!(
                 out,
                 "{} model(s) verified, {bad} with problems.",
@@ -609,18 +560,10 @@ pub fn verify(ctx: &Context, a: VerifyArgs) -> anyhow::Result<Status> {
     reason = "every command takes its parsed arguments by value"
 )]
 pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
-    let (models_dir, db) = if ctx.manifest_path.is_file() {
-        let m = ctx.load_manifest()?;
-        (m.settings.models_dir.clone(), m.settings.database_path())
-    } else {
-        ctx.store_paths()?
-    };
+    let manifest = ctx.manifest_if_present()?;
+    let (models_dir, db) = ctx.store_paths()?;
     let _lock = if a.yes {
-        let timeout = crate::units::parse_duration(&a.lock_timeout)
-            .with_context(|| format!("--lock-timeout {}", a.lock_timeout))?;
-        Some(StoreLock::acquire(&db, timeout, |holder| {
-            eprintln!("waiting for the store lock: held by {holder}");
-        })?)
+        Some(ctx.lock_store("collect garbage")?)
     } else {
         None
     };
@@ -638,16 +581,14 @@ pub fn gc(ctx: &Context, a: GcArgs) -> anyhow::Result<Status> {
         Inventory::empty(&models_dir)
     };
     let mut keep = gcmod::Keep::default().store(&db);
-    if ctx.manifest_path.is_file() {
+    if manifest.is_some() {
         keep = keep.manifest(&ctx.manifest_path);
         // A lock kept elsewhere (settings.lock_file, maybe inside models_dir) is no orphan.
-        if let Ok(s) = crate::manifest::load_settings(&ctx.manifest_path)
-            && let Some(l) = &s.lock_file
-        {
+        if let Some(l) = ctx.settings()?.and_then(|s| s.lock_file.as_ref()) {
             keep = keep.file(l);
         }
     }
-    if let Some(l) = &ctx.lock_file_flag {
+    if let Some(l) = &ctx.overrides.lock_file {
         keep = keep.file(l);
     }
     let min_age = crate::units::parse_duration(&a.min_age)

@@ -16,9 +16,11 @@ use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::events::{Event, Reporter};
+use crate::cli::{OutputFormat, Printer};
+use crate::events::Reporter;
 use crate::install::InstallEvent;
 use crate::reconcile::{ActionKind, ReconcileEvent};
+use crate::report::Event;
 use crate::units::HumanBytes;
 
 /// The apply reporter.
@@ -52,9 +54,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ApplyUi {
-    /// `json`: JSON Lines; `bars`: draw progress bars; `quiet`: only failures.
-    pub fn new(json: bool, bars: bool, quiet: bool) -> Self {
-        Self::with_target(json, bars, quiet, ProgressDrawTarget::stderr())
+    /// JSON Lines with `-o json`; bars when the printer draws them; with `-q` only failures.
+    pub fn new(output: OutputFormat, printer: Printer) -> Self {
+        Self::with_target(
+            output == OutputFormat::Json,
+            printer.progress(),
+            !printer.talks(),
+            ProgressDrawTarget::stderr(),
+        )
     }
 
     /// Bars name the entry of each source in `entries` (else the source).
@@ -386,8 +393,10 @@ pub(crate) fn total_style() -> ProgressStyle {
     )
 }
 
-impl Reporter for ApplyUi {
-    fn report(&self, event: &Event) {
+/// Every module's events, through [`Event`].
+impl<E: Clone + Into<Event>> Reporter<E> for ApplyUi {
+    fn report(&self, event: &E) {
+        let event = &event.clone().into();
         if self.json {
             // Download events repeat what install events say, with whole job snapshots.
             if matches!(event, Event::Download(_)) {
