@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Response, Url};
@@ -18,14 +19,63 @@ use sha1::Digest as _;
 use super::error::DownloadError;
 use super::job::AccessToken;
 use super::names::{content_disposition_filename, redact_url, sanitize_file_name, url_file_name};
-use super::queue::DownloadQueueConfig;
-use super::state::{RangedState, part_path, state_path};
+use super::state::{RangedState, file_len, part_path, remove_quietly, state_path};
 use crate::retry::{RetryPolicy, RetryState, parse_retry_after};
 
 const MAX_REDIRECTS: usize = 10;
 /// Bytes buffered per stream before a write: fewer syscalls, and a pause loses nothing because
 /// the writers flush on drop.
 const WRITE_BUF: usize = 1 << 20;
+
+/// How one file is fetched: the settings of a single download, embedded in the queue's
+/// [`DownloadQueueConfig::transfer`].
+#[derive(Debug, Clone)]
+pub struct TransferConfig {
+    /// Connections for one large file (default 8); 1 disables parallel ranges.
+    pub connections_per_file: u32,
+    /// Files at least this large download in parallel ranges when the server supports
+    /// ranges (default 64 MiB).
+    pub parallel_threshold: u64,
+    /// Smallest range a large file is split into (default 1 MiB).
+    pub min_range_size: u64,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// No bytes for this long → that stream is retried (default 30 s).
+    pub stall_timeout: Duration,
+    /// TCP/TLS connect timeout (default 30 s).
+    pub connect_timeout: Duration,
+    /// From sending a request to its response headers (default 60 s); then the attempt fails
+    /// and is retried, so a server that accepts and never answers cannot hang a download.
+    pub response_timeout: Duration,
+    /// How often a multi-range download saves its range state (default 1 s; completed ranges
+    /// are saved at once).
+    pub state_save_interval: Duration,
+    /// fsync the file before the rename, so a power cut cannot promote a file whose bytes
+    /// never reached the disk (default true).
+    pub sync_before_rename: bool,
+    /// Check free disk space before writing (default true).
+    pub check_disk_space: bool,
+    /// `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            connections_per_file: 8,
+            parallel_threshold: 64 << 20,
+            min_range_size: 1 << 20,
+            retry: RetryPolicy::default(),
+            stall_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_mins(1),
+            state_save_interval: Duration::from_secs(1),
+            sync_before_rename: true,
+            check_disk_space: true,
+            user_agent: concat!("modelsync/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
 
 /// Progress shared between a running download and the queue's job driver.
 #[derive(Debug, Default)]
@@ -51,7 +101,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Everything one download needs.
 pub(crate) struct Fetch {
     pub client: reqwest::Client,
-    pub cfg: Arc<DownloadQueueConfig>,
+    pub cfg: Arc<TransferConfig>,
     pub url: Url,
     pub token: Option<AccessToken>,
     pub destination: PathBuf,
@@ -953,7 +1003,7 @@ async fn send_request(
 }
 
 /// The HTTP client of the download path (the queue's, and [`SizeProbe::new`]'s).
-pub(crate) fn http_client(cfg: &DownloadQueueConfig) -> Result<reqwest::Client, DownloadError> {
+pub(crate) fn http_client(cfg: &TransferConfig) -> Result<reqwest::Client, DownloadError> {
     reqwest::Client::builder()
         // Redirects are followed by hand so the token never leaves the source's host.
         .redirect(reqwest::redirect::Policy::none())
@@ -984,12 +1034,12 @@ pub struct SizeProbe {
 impl SizeProbe {
     /// A probe with its own client, built as the queue builds its own, with `config`'s
     /// timeouts and retry policy.
-    pub fn new(config: &DownloadQueueConfig) -> Result<Self, DownloadError> {
+    pub fn new(config: &TransferConfig) -> Result<Self, DownloadError> {
         Ok(Self::with_client(http_client(config)?, config))
     }
 
     /// A probe over an existing client (the queue's).
-    pub(crate) fn with_client(client: reqwest::Client, config: &DownloadQueueConfig) -> Self {
+    pub(crate) fn with_client(client: reqwest::Client, config: &TransferConfig) -> Self {
         Self {
             client,
             response_timeout: config.response_timeout,
@@ -1139,32 +1189,6 @@ fn parent_dir(p: &Path) -> PathBuf {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-fn file_len(p: &Path) -> Option<u64> {
-    std::fs::metadata(p).ok().map(|m| m.len())
-}
-
-fn remove_quietly(p: &Path) {
-    if let Err(e) = std::fs::remove_file(p)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!("could not remove {}: {e}", p.display());
-    }
-}
-
-/// Removes a destination's partial file and range state.
-pub(crate) fn remove_partial(dest: &Path) {
-    remove_quietly(&part_path(dest));
-    remove_quietly(&state_path(dest));
-}
-
-/// Bytes on disk for a destination's partial download.
-pub(crate) fn partial_len(dest: &Path) -> u64 {
-    if let Some(s) = RangedState::load(&state_path(dest)) {
-        return s.done_bytes();
-    }
-    file_len(&part_path(dest)).unwrap_or(0)
 }
 
 enum HashKind {

@@ -4,6 +4,7 @@
 //! - [`job`]: [`DownloadJob`] (what to fetch, where, what it must hash to) and its status.
 //! - [`queue`]: [`DownloadQueue`], which schedules jobs on tokio, at most
 //!   [`DownloadQueueConfig::max_parallel_dl`] at a time, lowest priority first.
+//! - `http`: [`TransferConfig`], the settings of one download (embedded in the queue's).
 //! - `http`: one download: `.part` file beside the destination, resume with `Range`, parallel
 //!   byte ranges for large files (progress in a `.part.state` sidecar), retries with backoff,
 //!   verification before an atomic rename.
@@ -24,7 +25,7 @@ pub mod queue;
 mod state;
 
 pub use error::DownloadError;
-pub use http::SizeProbe;
+pub use http::{SizeProbe, TransferConfig};
 pub use job::{
     AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, HandlerError, JobId,
 };

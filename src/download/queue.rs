@@ -15,8 +15,9 @@ use crate::events::{Event, Reporter};
 
 use super::DownloadEvent;
 use super::error::DownloadError;
-use super::http::{self, Fetch, Progress};
+use super::http::{Fetch, Progress, TransferConfig};
 use super::job::{AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, JobId};
+use super::state::{partial_len, remove_partial};
 pub use crate::retry::RetryPolicy;
 
 use super::names::{check_caller_file_name, redact_url, redact_url_str};
@@ -31,22 +32,8 @@ pub const DEFAULT_FILE_TIMEOUT: Duration = Duration::from_hours(24);
 pub struct DownloadQueueConfig {
     /// Jobs running at once (default 5).
     pub max_parallel_dl: usize,
-    /// Connections for one large file (default 8); 1 disables parallel ranges.
-    pub connections_per_file: u32,
-    /// Files at least this large download in parallel ranges when the server supports
-    /// ranges (default 64 MiB).
-    pub parallel_threshold: u64,
-    /// Smallest range a large file is split into (default 1 MiB).
-    pub min_range_size: u64,
-    /// Retries.
-    pub retry: RetryPolicy,
-    /// No bytes for this long → that stream is retried (default 30 s).
-    pub stall_timeout: Duration,
-    /// TCP/TLS connect timeout (default 30 s).
-    pub connect_timeout: Duration,
-    /// From sending a request to its response headers (default 60 s); then the attempt fails
-    /// and is retried, so a server that accepts and never answers cannot hang a download.
-    pub response_timeout: Duration,
+    /// How each file is fetched: connections, ranges, retries, timeouts, fsync.
+    pub transfer: TransferConfig,
     /// Total time for one file, every attempt and wait included (default 24 h; `None`: no
     /// limit). The manifest's `settings.download_timeout`.
     pub file_timeout: Option<Duration>,
@@ -55,16 +42,6 @@ pub struct DownloadQueueConfig {
     pub progress_interval: Duration,
     /// Upper bound between running events (default 2 s).
     pub running_event_interval: Duration,
-    /// How often a multi-range download saves its range state (default 1 s; completed ranges
-    /// are saved at once).
-    pub state_save_interval: Duration,
-    /// fsync the file before the rename, so a power cut cannot promote a file whose bytes
-    /// never reached the disk (default true).
-    pub sync_before_rename: bool,
-    /// Check free disk space before writing (default true).
-    pub check_disk_space: bool,
-    /// `User-Agent` header.
-    pub user_agent: String,
     /// Handlers run for every job, after the job's own.
     pub event_handlers: Vec<DownloadEventHandler>,
 }
@@ -73,20 +50,10 @@ impl Default for DownloadQueueConfig {
     fn default() -> Self {
         Self {
             max_parallel_dl: 5,
-            connections_per_file: 8,
-            parallel_threshold: 64 << 20,
-            min_range_size: 1 << 20,
-            retry: RetryPolicy::default(),
-            stall_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(30),
-            response_timeout: Duration::from_mins(1),
+            transfer: TransferConfig::default(),
             file_timeout: Some(DEFAULT_FILE_TIMEOUT),
             progress_interval: Duration::from_millis(100),
             running_event_interval: Duration::from_secs(2),
-            state_save_interval: Duration::from_secs(1),
-            sync_before_rename: true,
-            check_disk_space: true,
-            user_agent: concat!("modelsync/", env!("CARGO_PKG_VERSION")).to_owned(),
             event_handlers: Vec::new(),
         }
     }
@@ -119,6 +86,8 @@ struct State {
 
 struct Inner {
     cfg: Arc<DownloadQueueConfig>,
+    /// `cfg.transfer`, shared with every running download.
+    transfer: Arc<TransferConfig>,
     client: reqwest::Client,
     reporter: Arc<dyn Reporter>,
     events: broadcast::Sender<DownloadEvent>,
@@ -157,11 +126,12 @@ impl DownloadQueue {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| DownloadError::Setup {
             what: format!("the download queue must be created inside a tokio runtime: {e}"),
         })?;
-        let client = super::http::http_client(&config)?;
+        let client = super::http::http_client(&config.transfer)?;
         let (events, _) = broadcast::channel(1024);
         let (changed, _) = watch::channel(0);
         Ok(Self {
             inner: Arc::new(Inner {
+                transfer: Arc::new(config.transfer.clone()),
                 cfg: Arc::new(config),
                 client,
                 reporter,
@@ -178,7 +148,7 @@ impl DownloadQueue {
 
     /// A [`SizeProbe`] over the queue's client, timeouts and retry policy.
     pub fn size_probe(&self) -> super::SizeProbe {
-        super::SizeProbe::with_client(self.inner.client.clone(), &self.inner.cfg)
+        super::SizeProbe::with_client(self.inner.client.clone(), &self.inner.cfg.transfer)
     }
 
     /// The settings.
@@ -392,7 +362,7 @@ impl DownloadQueue {
                     if !e.job.preserve_partial_downloads
                         && let Some(p) = partial_target(&e.job)
                     {
-                        http::remove_partial(&p);
+                        remove_partial(&p);
                         e.job.bytes = 0;
                     }
                     Some((
@@ -641,7 +611,7 @@ impl Inner {
                 progress.total.store(j.total_bytes, Ordering::Relaxed);
                 let fetch = Url::parse(&j.source).map(|url| Fetch {
                     client: self.client.clone(),
-                    cfg: self.cfg.clone(),
+                    cfg: self.transfer.clone(),
                     url,
                     token: j.access_token.clone(),
                     destination: j.destination.clone(),
@@ -695,7 +665,7 @@ impl Inner {
                     Err(_) => Err(DownloadError::FileTimeout {
                         url: redact_url(&fetch.url),
                         timeout: t,
-                        received: progress.path().as_deref().map_or(0, http::partial_len),
+                        received: progress.path().as_deref().map_or(0, partial_len),
                     }),
                 },
             }
@@ -780,15 +750,15 @@ impl Inner {
                     j.job_ended = Some(SystemTime::now());
                     j.error = Some(Arc::new(err));
                     if let (false, Some(p)) = (j.preserve_partial_downloads, &path) {
-                        http::remove_partial(p);
+                        remove_partial(p);
                     }
-                    j.bytes = path.as_deref().map_or(0, http::partial_len);
+                    j.bytes = path.as_deref().map_or(0, partial_len);
                     DownloadEvent::Error {
                         job: Box::new(j.snapshot()),
                     }
                 }
                 Outcome::Paused => {
-                    j.bytes = path.as_deref().map_or(0, http::partial_len);
+                    j.bytes = path.as_deref().map_or(0, partial_len);
                     if e.restart_after_stop {
                         e.restart_after_stop = false;
                         j.status = DownloadJobStatus::Enqueued;
@@ -803,9 +773,9 @@ impl Inner {
                     j.status = DownloadJobStatus::Cancelled;
                     j.job_ended = Some(SystemTime::now());
                     if let (false, Some(p)) = (j.preserve_partial_downloads, &path) {
-                        http::remove_partial(p);
+                        remove_partial(p);
                     }
-                    j.bytes = path.as_deref().map_or(0, http::partial_len);
+                    j.bytes = path.as_deref().map_or(0, partial_len);
                     DownloadEvent::Cancelled {
                         job: Box::new(j.snapshot()),
                     }

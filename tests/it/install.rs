@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modelsync::config::{AnyModelConfig, Managed, ModelSourceType};
-use modelsync::download::{DownloadQueue, DownloadQueueConfig, RetryPolicy};
+use modelsync::download::{DownloadQueue, DownloadQueueConfig, RetryPolicy, TransferConfig};
 use modelsync::events::{Event, Recorder};
 use modelsync::hub::{HubClient, HubEnv, HubOptions, ModelSource, Token};
 use modelsync::install::{
@@ -176,14 +176,17 @@ fn hub_env(home: &Path) -> HubEnv {
 
 fn queue_config() -> DownloadQueueConfig {
     DownloadQueueConfig {
-        retry: RetryPolicy {
-            max_attempts: 2,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-            max_retry_after: Duration::from_millis(20),
+        transfer: TransferConfig {
+            retry: RetryPolicy {
+                max_attempts: 2,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+                max_retry_after: Duration::from_millis(20),
+            },
+            sync_before_rename: false,
+            ..TransferConfig::default()
         },
         progress_interval: Duration::from_millis(10),
-        sync_before_rename: false,
         ..DownloadQueueConfig::default()
     }
 }
