@@ -102,6 +102,10 @@ pub fn fetch(ctx: &Context, a: FetchArgs) -> anyhow::Result<Status> {
                 ..defaults.transfer.clone()
             },
             max_parallel_dl: a.parallel.unwrap_or(defaults.max_parallel_dl),
+            // `--connections` for one file is not cut down by the default budget.
+            max_connections: defaults
+                .max_connections
+                .max(a.connections.unwrap_or(0) as usize),
             ..defaults
         };
         let queue = DownloadQueue::new(cfg, reporter)?;

@@ -15,6 +15,7 @@ use crate::events::{Event, Reporter};
 
 use super::DownloadEvent;
 use super::error::DownloadError;
+use super::digest::Digests;
 use super::http::{Fetch, Progress, TransferConfig};
 use super::job::{AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, JobId};
 use super::state::{partial_len, remove_partial};
@@ -32,6 +33,11 @@ pub const DEFAULT_FILE_TIMEOUT: Duration = Duration::from_hours(24);
 pub struct DownloadQueueConfig {
     /// Jobs running at once (default 5).
     pub max_parallel_dl: usize,
+    /// Connections open at once across every job (default [`default_max_connections`]): each
+    /// running job has one; a large file takes more for parallel ranges, up to this budget's
+    /// share of each job in flight and `transfer.connections_per_file`. The manifest's
+    /// `settings.max_connections`.
+    pub max_connections: usize,
     /// How each file is fetched: connections, ranges, retries, timeouts, fsync.
     pub transfer: TransferConfig,
     /// Total time for one file, every attempt and wait included (default 24 h; `None`: no
@@ -50,6 +56,7 @@ impl Default for DownloadQueueConfig {
     fn default() -> Self {
         Self {
             max_parallel_dl: 5,
+            max_connections: default_max_connections(),
             transfer: TransferConfig::default(),
             file_timeout: Some(DEFAULT_FILE_TIMEOUT),
             progress_interval: Duration::from_millis(100),
@@ -57,6 +64,15 @@ impl Default for DownloadQueueConfig {
             event_handlers: Vec::new(),
         }
     }
+}
+
+/// The default connection budget: four per CPU core, at least 8 and at most 32. A download
+/// stream costs CPU (TLS, hashing, copying), and a CDN serves a few connections per file well:
+/// eight is where `hf download`'s workers and aria2c's usual `-x` stop gaining, and a large
+/// machine may run several such files at once.
+pub fn default_max_connections() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    (4 * cores).clamp(8, 32)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +104,8 @@ struct Inner {
     cfg: Arc<DownloadQueueConfig>,
     /// `cfg.transfer`, shared with every running download.
     transfer: Arc<TransferConfig>,
+    /// The connection budget (`cfg.max_connections` permits).
+    connections: Arc<tokio::sync::Semaphore>,
     client: reqwest::Client,
     reporter: Arc<dyn Reporter>,
     events: broadcast::Sender<DownloadEvent>,
@@ -111,7 +129,7 @@ impl std::fmt::Debug for DownloadQueue {
 }
 
 enum Outcome {
-    Done(Result<std::path::PathBuf, DownloadError>),
+    Done(Result<(std::path::PathBuf, Digests), DownloadError>),
     Paused,
     Cancelled,
 }
@@ -132,6 +150,9 @@ impl DownloadQueue {
         Ok(Self {
             inner: Arc::new(Inner {
                 transfer: Arc::new(config.transfer.clone()),
+                connections: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_connections.max(1),
+                )),
                 cfg: Arc::new(config),
                 client,
                 reporter,
@@ -523,6 +544,24 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The connections one download may use now: the budget divided among the jobs that are
+    /// running or waiting to run (at least 1).
+    fn connection_share(&self) -> u32 {
+        let active = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.job.status,
+                    DownloadJobStatus::Enqueued | DownloadJobStatus::Running
+                )
+            })
+            .count()
+            .max(1);
+        u32::try_from((self.cfg.max_connections / active).max(1)).unwrap_or(u32::MAX)
+    }
+
     fn settle(&self, id: JobId) {
         if let Some(e) = self.lock().jobs.get_mut(&id) {
             e.settled = true;
@@ -566,7 +605,13 @@ impl Inner {
         let mut starts = Vec::new();
         {
             let mut st = self.lock();
-            while st.running < self.cfg.max_parallel_dl.max(1) {
+            // A job beyond the connection budget would only wait for a connection.
+            let slots = self
+                .cfg
+                .max_parallel_dl
+                .min(self.cfg.max_connections)
+                .max(1);
+            while st.running < slots {
                 let Some(id) = st
                     .jobs
                     .values()
@@ -609,6 +654,9 @@ impl Inner {
                 let j = &e.job;
                 progress.bytes.store(j.bytes, Ordering::Relaxed);
                 progress.total.store(j.total_bytes, Ordering::Relaxed);
+                let weak = Arc::downgrade(&self);
+                let share: Arc<dyn Fn() -> u32 + Send + Sync> =
+                    Arc::new(move || weak.upgrade().map_or(1, |i| i.connection_share()));
                 let fetch = Url::parse(&j.source).map(|url| Fetch {
                     client: self.client.clone(),
                     cfg: self.transfer.clone(),
@@ -619,7 +667,11 @@ impl Inner {
                     expected_size: j.expected_size,
                     expected_sha256: j.expected_sha256.clone(),
                     expected_git_sha1: j.expected_git_sha1.clone(),
+                    hash_algorithms: j.hash_algorithms.clone(),
                     progress: progress.clone(),
+                    connections: self.connections.clone(),
+                    share,
+                    resolved: Mutex::new(None),
                 });
                 (fetch, j.snapshot(), j.event_handlers.clone())
             })
@@ -733,9 +785,10 @@ impl Inner {
             }
             j.total_bytes = progress.total.load(Ordering::Relaxed);
             let ev = match outcome {
-                Outcome::Done(Ok(p)) => {
+                Outcome::Done(Ok((p, digests))) => {
                     j.status = DownloadJobStatus::Completed;
                     j.download_path = Some(p);
+                    j.digests = digests.content();
                     j.bytes = progress.bytes.load(Ordering::Relaxed);
                     j.total_bytes = j.bytes;
                     j.job_ended = Some(SystemTime::now());

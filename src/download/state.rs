@@ -79,6 +79,20 @@ impl RangedState {
             .sum()
     }
 
+    /// Bytes from the start of the file that are on disk without a gap: the completed
+    /// ranges in order, then what the first incomplete one holds.
+    pub fn contiguous_done(&self) -> u64 {
+        let mut n = 0;
+        for r in &self.ranges {
+            let done = r.done.min(r.end - r.start);
+            n += done;
+            if r.start + done < r.end {
+                break;
+            }
+        }
+        n
+    }
+
     /// Ranges must tile `[0, total)` in order, with `done` inside each.
     fn is_consistent(&self) -> bool {
         let mut at = 0;

@@ -333,7 +333,9 @@ async fn refit_hf(
         });
         out.moves.push((staged, final_path));
     }
-    out.downloaded = run_downloads(inner, id, &source_str, staging, wants, cancel).await?;
+    out.downloaded = run_downloads(inner, id, &source_str, staging, wants, cancel)
+        .await?
+        .bytes;
     Ok(out)
 }
 
@@ -379,7 +381,9 @@ async fn refit_url(
     let (dest, done) = url_destination(&files);
     let token = opts.access_token.as_ref().or(u.access_token.as_ref());
     let want = Want::url(&u.url, &dest, done, token, want);
-    let downloaded = run_downloads(inner, id, &source_str, staging, vec![want], cancel).await?;
+    let downloaded = run_downloads(inner, id, &source_str, staging, vec![want], cancel)
+        .await?
+        .bytes;
     let (staged, done) = url_destination(&files);
     if !done {
         return Err(InstallError::NotFound(staged));
@@ -516,7 +520,7 @@ fn settle(
         error: Box::new(error),
     })?;
     if let Some(expected) = &opts.expected_hash {
-        check_expected_hash(target, expected, algo, &content_hash)?;
+        check_expected_hash(target, expected, algo, &content_hash, None)?;
     }
     let record = inner.store.get_model(key)?;
     let staged = Staged {
@@ -530,6 +534,7 @@ fn settle(
         tags: fetched.tags.clone(),
         commit: fetched.commit.clone(),
         sha256: fetched.sha256,
+        digests: HashMap::new(),
         downloaded: fetched.downloaded,
     };
     let (files, installed) = fingerprints(target, &staged, opts, algo, &content_hash)?;

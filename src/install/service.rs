@@ -827,6 +827,7 @@ pub(crate) fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Stag
         tags: Vec::new(),
         commit: None,
         sha256: HashMap::new(),
+        digests: HashMap::new(),
         downloaded: 0,
     })
 }
