@@ -414,6 +414,19 @@ impl DownloadQueue {
             .collect()
     }
 
+    /// Enqueues these idle or paused jobs, then starts what fits, so that every one of them
+    /// counts when the first one takes its share of the connection budget.
+    pub fn start_jobs(&self, ids: &[JobId]) -> Result<(), DownloadError> {
+        let mut result = Ok(());
+        for id in ids {
+            if let Err(e) = self.enqueue(*id) {
+                result = result.and(Err(e));
+            }
+        }
+        self.inner.schedule();
+        result
+    }
+
     /// Starts every idle or paused job.
     pub fn start_all(&self) {
         for id in self.non_terminal_ids() {

@@ -344,9 +344,8 @@ pub(super) async fn run_downloads(
         resumed_from.insert(submitted.id, start);
         ids.push(submitted.id);
     }
-    for d in &ids {
-        let _ = inner.queue.start_job(*d);
-    }
+    // All at once: the files in flight share the connection budget.
+    let _ = inner.queue.start_jobs(&ids);
     let cancel_all = |ids: &[JobId]| {
         for d in ids {
             let _ = inner.queue.cancel_job(*d);

@@ -1105,6 +1105,11 @@ fn cli_import_killed_mid_download_resumes_cleanly() {
     assert_eq!(all.len(), 1);
     let path = all[0].resolved_path(&dir.path().join("models"));
     assert_eq!(fs::read(path).unwrap(), big);
+    // The resumed download hashed the earlier run's prefix once and the rest as it came.
+    assert_eq!(
+        all[0].common().hash,
+        format!("blake3:{}", blake3::hash(&big).to_hex())
+    );
     assert!(
         Env::files_under(&tmp).is_empty(),
         "{:?}",

@@ -26,6 +26,7 @@ mod scan;
 mod status;
 mod store;
 mod sync;
+mod transfer;
 mod unknown;
 mod watch;
 mod watch_real;
