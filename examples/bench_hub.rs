@@ -27,7 +27,7 @@ fn main() -> std::io::Result<()> {
     hub.add_repo(repo);
     println!("listening on {}", hub.endpoint());
     loop {
-        std::thread::sleep(std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_mins(1));
         // The request log is not needed here; keep it from growing.
         hub.clear_log();
     }

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
 use sha1::Digest as _;
@@ -199,8 +199,8 @@ pub(crate) struct HashTask {
 
 impl HashTask {
     /// Starts hashing `part` (which must exist) from its first byte.
-    pub fn start(part: PathBuf, want: Want) -> io::Result<Self> {
-        let file = File::open(&part)?;
+    pub fn start(part: &Path, want: Want) -> io::Result<Self> {
+        let file = File::open(part)?;
         let feed = Arc::new(Feed::default());
         let f2 = feed.clone();
         let handle = tokio::task::spawn_blocking(move || follow(&file, &f2, &want));
@@ -323,7 +323,11 @@ mod tests {
     fn want_maps_content_algorithms() {
         let w = Want::new(false, None, &[HashAlgorithm::Blake3Single]);
         assert!(w.blake3 && !w.sha256);
-        let w = Want::new(false, None, &[HashAlgorithm::Sha256, HashAlgorithm::Imohash]);
+        let w = Want::new(
+            false,
+            None,
+            &[HashAlgorithm::Sha256, HashAlgorithm::Imohash],
+        );
         assert!(w.sha256 && !w.blake3);
         assert!(Want::new(false, None, &[HashAlgorithm::Imohash]).is_empty());
     }

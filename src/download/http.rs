@@ -180,7 +180,7 @@ impl Fetch {
         if want.is_empty() {
             return Ok(None);
         }
-        HashTask::start(part.to_path_buf(), want)
+        HashTask::start(part, want)
             .map(Some)
             .map_err(|e| DownloadError::io("hashing", part, e))
     }
@@ -650,12 +650,7 @@ impl Fetch {
                 } else {
                     part_len.filter(|&n| n <= total).unwrap_or(0)
                 };
-                RangedState::split(
-                    total,
-                    prefix,
-                    streams as u32,
-                    self.cfg.min_range_size,
-                )
+                RangedState::split(total, prefix, streams as u32, self.cfg.min_range_size)
             }
         };
         self.progress.total.store(total, Ordering::Relaxed);
@@ -1379,12 +1374,10 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     };
     // SAFETY: the descriptor is open for the duration of the call; sync_file_range only
     // schedules writeback of the file's pages and touches no memory of ours.
-    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+    let rc =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
     if rc != 0 {
-        tracing::trace!(
-            "sync_file_range: {}",
-            std::io::Error::last_os_error()
-        );
+        tracing::trace!("sync_file_range: {}", std::io::Error::last_os_error());
     }
 }
 

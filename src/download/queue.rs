@@ -14,8 +14,8 @@ use tokio::sync::{broadcast, watch};
 use crate::events::{Event, Reporter};
 
 use super::DownloadEvent;
-use super::error::DownloadError;
 use super::digest::Digests;
+use super::error::DownloadError;
 use super::http::{Fetch, Progress, TransferConfig};
 use super::job::{AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, JobId};
 use super::state::{partial_len, remove_partial};
@@ -150,9 +150,7 @@ impl DownloadQueue {
         Ok(Self {
             inner: Arc::new(Inner {
                 transfer: Arc::new(config.transfer.clone()),
-                connections: Arc::new(tokio::sync::Semaphore::new(
-                    config.max_connections.max(1),
-                )),
+                connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1))),
                 cfg: Arc::new(config),
                 client,
                 reporter,

@@ -83,7 +83,12 @@ impl MetadataCache {
     }
 
     /// The key of a look-up.
-    pub(crate) fn key(endpoint: &str, repo: &str, revision: Option<&str>, auth: &ResolvedToken) -> String {
+    pub(crate) fn key(
+        endpoint: &str,
+        repo: &str,
+        revision: Option<&str>,
+        auth: &ResolvedToken,
+    ) -> String {
         let token = auth.token.as_ref().map_or_else(String::new, |t| {
             blake3::hash(t.expose().as_bytes()).to_hex()[..16].to_owned()
         });
@@ -170,7 +175,11 @@ mod tests {
             assert_eq!(calls.load(Ordering::Relaxed), 3);
             drop(run);
             let _next = cache.run();
-            assert_eq!(get("e").await.sha.as_deref(), Some("e"), "a new run asks again");
+            assert_eq!(
+                get("e").await.sha.as_deref(),
+                Some("e"),
+                "a new run asks again"
+            );
             // A failure is not kept.
             let failed = cache
                 .info("f".into(), async { Err::<ModelInfo, _>("offline") })

@@ -137,7 +137,12 @@ async fn files_in_flight_share_the_connection_budget_and_resolve_once() {
     assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
     assert_eq!(fs::read(dir.path().join("lone.safetensors")).unwrap(), lone);
     let (resolves, cdn) = requests_for(&hub, "lone.safetensors", &sha256_hex(&lone));
-    assert_eq!(resolves, 1, "one redirect for the file: {:?}", hub.hub_requests());
+    assert_eq!(
+        resolves,
+        1,
+        "one redirect for the file: {:?}",
+        hub.hub_requests()
+    );
     let mut ranges: Vec<&str> = cdn.iter().filter_map(|r| r.header("range")).collect();
     ranges.sort_unstable();
     assert_eq!(ranges.len(), 5, "a probe and 4 ranges: {ranges:?}");
@@ -173,7 +178,11 @@ async fn promote_takes_the_record_hash_from_the_download_without_reading_again()
         if job.status == DownloadJobStatus::Completed
             && let Some(p) = &job.download_path
         {
-            let f = fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .unwrap();
             let len = f.metadata().unwrap().len();
             let mut b = [0u8];
             f.read_exact_at(&mut b, len - 1).unwrap();
@@ -208,7 +217,7 @@ async fn promote_takes_the_record_hash_from_the_download_without_reading_again()
                 .heuristic_import(source, serde_json::Map::new(), None)
                 .unwrap();
             let job = svc
-                .wait_for_job(job.id, Some(Duration::from_secs(60)))
+                .wait_for_job(job.id, Some(Duration::from_mins(1)))
                 .await
                 .unwrap();
             assert!(job.complete(), "{source}: {:?}", job.error);
@@ -223,7 +232,10 @@ async fn promote_takes_the_record_hash_from_the_download_without_reading_again()
         format!("blake3:{}", blake3::hash(&big).to_hex())
     );
     let on_disk = fs::read(rec.resolved_path(&models)).unwrap();
-    assert_ne!(on_disk, big, "the handler changed the file after its download");
+    assert_ne!(
+        on_disk, big,
+        "the handler changed the file after its download"
+    );
 
     // A folder: the folder hash over each weight file's downloaded bytes, as `hash_path`
     // computes it from those bytes.
@@ -242,7 +254,12 @@ async fn promote_takes_the_record_hash_from_the_download_without_reading_again()
         want,
         "the files on disk were changed after their downloads"
     );
-    assert_eq!(fs::read(installed.join("b/small.safetensors")).unwrap().len(), small.len());
+    assert_eq!(
+        fs::read(installed.join("b/small.safetensors"))
+            .unwrap()
+            .len(),
+        small.len()
+    );
 }
 
 /// The first apply of a Hub entry asks for its info and its tree once each: the plan's size
