@@ -105,11 +105,29 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HashError + '_ {
 
 /// Hashes a file or folder; returns `algo:hex`.
 pub fn hash_path(path: &Path, algo: HashAlgorithm) -> Result<String, HashError> {
+    hash_path_with(path, algo, &|_| None)
+}
+
+/// A file's digest (lowercase hex) under the algorithm being computed, when it is already
+/// known (computed as the file was downloaded), by path relative to the hashed folder (`""`
+/// for a file hashed on its own).
+pub type KnownDigest<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// [`hash_path`], taking each file's digest from `known` instead of reading the file when it
+/// is there. The result is the same as [`hash_path`]'s for the same bytes.
+pub fn hash_path_with(
+    path: &Path,
+    algo: HashAlgorithm,
+    known: &KnownDigest<'_>,
+) -> Result<String, HashError> {
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
     let hex = if meta.is_dir() {
-        hash_folder(path, algo)?
+        hash_folder(path, algo, known)?
     } else {
-        hex::encode(file_digest(path, algo)?)
+        match known("") {
+            Some(h) => h,
+            None => hex::encode(file_digest(path, algo)?),
+        }
     };
     Ok(format!("{}:{hex}", algo.prefix()))
 }
@@ -194,7 +212,11 @@ fn imohash_digest(msg: &[u8], size: u64) -> [u8; 16] {
     out
 }
 
-fn hash_folder(root: &Path, algo: HashAlgorithm) -> Result<String, HashError> {
+fn hash_folder(
+    root: &Path,
+    algo: HashAlgorithm,
+    known: &KnownDigest<'_>,
+) -> Result<String, HashError> {
     let mut files = Vec::new();
     weight_files(root, root, &mut files)?;
     if files.is_empty() {
@@ -203,10 +225,13 @@ fn hash_folder(root: &Path, algo: HashAlgorithm) -> Result<String, HashError> {
     files.sort();
     let mut lines = String::new();
     for rel in &files {
-        let d = file_digest(&root.join(rel), algo)?;
+        let d = match known(rel) {
+            Some(h) => h,
+            None => hex::encode(file_digest(&root.join(rel), algo)?),
+        };
         lines.push_str(rel);
         lines.push('\0');
-        lines.push_str(&hex::encode(d));
+        lines.push_str(&d);
         lines.push('\n');
     }
     Ok(match algo {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use crate::download::{
-    AccessToken, DownloadEvent, DownloadJob, DownloadQueue, DownloadQueueConfig,
+    AccessToken, DownloadEvent, DownloadJob, DownloadQueue, DownloadQueueConfig, TransferConfig,
 };
 use crate::events::{NullReporter, Reporter};
 
@@ -89,10 +89,19 @@ pub fn fetch(ctx: &Context, a: FetchArgs) -> anyhow::Result<Status> {
     let paths = rt.block_on(async {
         let defaults = DownloadQueueConfig::default();
         let cfg = DownloadQueueConfig {
-            connections_per_file: a.connections.unwrap_or(defaults.connections_per_file),
-            parallel_threshold: a.threshold.unwrap_or(defaults.parallel_threshold),
-            sync_before_rename: !a.no_sync,
+            transfer: TransferConfig {
+                connections_per_file: a
+                    .connections
+                    .unwrap_or(defaults.transfer.connections_per_file),
+                parallel_threshold: a.threshold.unwrap_or(defaults.transfer.parallel_threshold),
+                sync_before_rename: !a.no_sync,
+                ..defaults.transfer.clone()
+            },
             max_parallel_dl: a.parallel.unwrap_or(defaults.max_parallel_dl),
+            // `--connections` for one file is not cut down by the default budget.
+            max_connections: defaults
+                .max_connections
+                .max(a.connections.unwrap_or(0) as usize),
             ..defaults
         };
         let queue = DownloadQueue::new(cfg, reporter)?;

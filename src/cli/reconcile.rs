@@ -105,6 +105,7 @@ settings:
   # unknown_models: allow            # allow | deny: install models no probe rule names
   # sync: report                     # watch: off | report | register models no record owns
   # max_parallel_downloads: 5
+  # max_connections: 8               # across all downloads (default 4 per core, 8 to 32)
   # download_timeout: 24h            # longest one file may take, retries included
   # cache: { ram: 8GiB, vram: 16GiB, device: auto }
 models:

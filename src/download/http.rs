@@ -10,22 +10,74 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Response, Url};
 use sha1::Digest as _;
 
+use super::digest::{Digests, Feed, HashTask, Want};
 use super::error::DownloadError;
 use super::job::AccessToken;
 use super::names::{content_disposition_filename, redact_url, sanitize_file_name, url_file_name};
-use super::queue::DownloadQueueConfig;
-use super::state::{RangedState, part_path, state_path};
+use super::state::{RangedState, file_len, part_path, remove_quietly, state_path};
+use crate::hash::HashAlgorithm;
 use crate::retry::{RetryPolicy, RetryState, parse_retry_after};
 
 const MAX_REDIRECTS: usize = 10;
 /// Bytes buffered per stream before a write: fewer syscalls, and a pause loses nothing because
 /// the writers flush on drop.
 const WRITE_BUF: usize = 1 << 20;
+
+/// How one file is fetched: the settings of a single download, embedded in the queue's
+/// [`DownloadQueueConfig::transfer`].
+#[derive(Debug, Clone)]
+pub struct TransferConfig {
+    /// Connections for one large file (default 8); 1 disables parallel ranges.
+    pub connections_per_file: u32,
+    /// Files at least this large download in parallel ranges when the server supports
+    /// ranges (default 64 MiB).
+    pub parallel_threshold: u64,
+    /// Smallest range a large file is split into (default 1 MiB).
+    pub min_range_size: u64,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// No bytes for this long → that stream is retried (default 30 s).
+    pub stall_timeout: Duration,
+    /// TCP/TLS connect timeout (default 30 s).
+    pub connect_timeout: Duration,
+    /// From sending a request to its response headers (default 60 s); then the attempt fails
+    /// and is retried, so a server that accepts and never answers cannot hang a download.
+    pub response_timeout: Duration,
+    /// How often a multi-range download saves its range state (default 1 s; completed ranges
+    /// are saved at once).
+    pub state_save_interval: Duration,
+    /// fsync the file before the rename, so a power cut cannot promote a file whose bytes
+    /// never reached the disk (default true).
+    pub sync_before_rename: bool,
+    /// Check free disk space before writing (default true).
+    pub check_disk_space: bool,
+    /// `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            connections_per_file: 8,
+            parallel_threshold: 64 << 20,
+            min_range_size: 1 << 20,
+            retry: RetryPolicy::default(),
+            stall_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_mins(1),
+            state_save_interval: Duration::from_secs(1),
+            sync_before_rename: true,
+            check_disk_space: true,
+            user_agent: concat!("modelsync/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
 
 /// Progress shared between a running download and the queue's job driver.
 #[derive(Debug, Default)]
@@ -51,7 +103,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Everything one download needs.
 pub(crate) struct Fetch {
     pub client: reqwest::Client,
-    pub cfg: Arc<DownloadQueueConfig>,
+    pub cfg: Arc<TransferConfig>,
     pub url: Url,
     pub token: Option<AccessToken>,
     pub destination: PathBuf,
@@ -59,7 +111,18 @@ pub(crate) struct Fetch {
     pub expected_size: Option<u64>,
     pub expected_sha256: Option<String>,
     pub expected_git_sha1: Option<String>,
+    /// Content hashes to compute while the bytes arrive.
+    pub hash_algorithms: Vec<HashAlgorithm>,
     pub progress: Arc<Progress>,
+    /// The queue's connection budget: a download holds one permit while it runs, and a
+    /// multi-range one as many as it has ranges in flight.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// The connections this download may use now: the budget's share of each job in flight.
+    pub share: Arc<dyn Fn() -> u32 + Send + Sync>,
+    /// Where the source redirected to (and whether the token may go there), once a request
+    /// was answered: every later request of this file goes there directly, so a `/resolve`
+    /// URL is resolved once per file, not once per range.
+    pub resolved: Mutex<Option<(Url, bool)>>,
 }
 
 /// Headers of a final (non-redirect) answer that matter to us.
@@ -81,8 +144,9 @@ enum Probe {
 
 /// How a single-stream attempt ended well.
 enum Attempt {
-    /// The `.part` holds the whole file: destination, size, streamed sha256.
-    Complete(PathBuf, u64, Option<String>),
+    /// The `.part` holds the whole file: destination, size, and the hashing task that
+    /// followed the bytes (none when no bytes came in this attempt).
+    Complete(PathBuf, u64, Option<HashTask>),
     /// The `.part` holds a whole body, but nothing confirmed that the body is the whole file.
     Unconfirmed,
 }
@@ -101,8 +165,36 @@ impl Fetch {
         *lock(&self.progress.path) = Some(p.to_path_buf());
     }
 
-    /// Runs the download to the end; returns the promoted file.
-    pub async fn run(&self) -> Result<PathBuf, DownloadError> {
+    /// What this download hashes, for a file of `len` bytes when known.
+    fn want(&self, len: Option<u64>) -> Want {
+        Want::new(
+            self.expected_sha256.is_some(),
+            len.filter(|_| self.expected_git_sha1.is_some()),
+            &self.hash_algorithms,
+        )
+    }
+
+    /// Starts hashing `part` when something is to be hashed.
+    fn hasher(&self, part: &Path, len: Option<u64>) -> Result<Option<HashTask>, DownloadError> {
+        let want = self.want(len);
+        if want.is_empty() {
+            return Ok(None);
+        }
+        HashTask::start(part, want)
+            .map(Some)
+            .map_err(|e| DownloadError::io("hashing", part, e))
+    }
+
+    /// Runs the download to the end; returns the promoted file and its digests.
+    pub async fn run(&self) -> Result<(PathBuf, Digests), DownloadError> {
+        // One connection is this download's own while it runs.
+        let _own = self
+            .connections
+            .acquire()
+            .await
+            .map_err(|e| DownloadError::Setup {
+                what: format!("the connection budget is closed: {e}"),
+            })?;
         let dest_is_dir = self.destination.is_dir();
         if let Some(size) = self.expected_size {
             let dir = if dest_is_dir {
@@ -136,7 +228,10 @@ impl Fetch {
                 };
             }
         }
+        // A file shares the budget with every job in flight: several files get one stream
+        // each, a lone large file several ranges.
         let small = self.cfg.connections_per_file <= 1
+            || (self.share)() <= 1
             || self
                 .expected_size
                 .is_some_and(|s| s < self.cfg.parallel_threshold);
@@ -192,12 +287,32 @@ impl Fetch {
         }
     }
 
-    /// GET with our own redirect handling ([`send_request`]).
+    /// GET with our own redirect handling ([`send_request`]), at the URL the source resolved
+    /// to when an earlier request of this file learnt it. A resolved URL that answers 401,
+    /// 403, 404 or 410 (a signed CDN URL that expired) is forgotten and the source asked again.
     async fn send(
         &self,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<(Response, Meta), DownloadError> {
-        send_request(
+        let cached = lock(&self.resolved).clone();
+        if let Some((url, token_ok)) = cached {
+            let token = self.token.as_ref().filter(|_| token_ok);
+            let (resp, meta) = send_request(
+                &self.client,
+                self.cfg.response_timeout,
+                reqwest::Method::GET,
+                &url,
+                token,
+                range,
+            )
+            .await?;
+            if !matches!(resp.status().as_u16(), 401 | 403 | 404 | 410) {
+                return Ok((resp, meta));
+            }
+            tracing::debug!(url = %redact_url(&url), status = resp.status().as_u16(), "the resolved URL stopped answering; resolving again");
+            *lock(&self.resolved) = None;
+        }
+        let (resp, meta) = send_request(
             &self.client,
             self.cfg.response_timeout,
             reqwest::Method::GET,
@@ -205,7 +320,11 @@ impl Fetch {
             self.token.as_ref(),
             range,
         )
-        .await
+        .await?;
+        if matches!(resp.status().as_u16(), 200 | 206 | 416) && meta.url != self.url {
+            *lock(&self.resolved) = Some((meta.url.clone(), meta.token_sent));
+        }
+        Ok((resp, meta))
     }
 
     fn content_range(h: &HeaderMap, url: &Url) -> Result<ContentRange, DownloadError> {
@@ -294,7 +413,7 @@ impl Fetch {
         &self,
         mut path: Option<PathBuf>,
         mut first: Option<(Response, Meta)>,
-    ) -> Result<PathBuf, DownloadError> {
+    ) -> Result<(PathBuf, Digests), DownloadError> {
         let mut attempts = Attempts::new(&self.cfg.retry);
         let on_disk = |path: &Option<PathBuf>| {
             path.as_deref()
@@ -308,7 +427,7 @@ impl Fetch {
         let mut confirm = false;
         loop {
             match self.single_attempt(&mut path, first.take(), confirm).await {
-                Ok(Attempt::Complete(p, len, sha)) => return self.finish(&p, len, sha).await,
+                Ok(Attempt::Complete(p, len, h)) => return self.finish(&p, len, h).await,
                 Ok(Attempt::Unconfirmed) => {
                     // The body ended, but nothing says it was the whole file: ask for the
                     // bytes after it (416 confirms the size, 206 sends the rest). A server
@@ -445,22 +564,22 @@ impl Fetch {
             std::fs::OpenOptions::new().append(true).open(&part)
         }
         .map_err(|e| DownloadError::io("opening", &part, e))?;
-        let mut sha = match (&self.expected_sha256, start) {
-            (None, _) => None,
-            (Some(_), 0) => Some(sha2::Sha256::new()),
-            (Some(_), n) => Some(hash_prefix(part.clone(), n).await?),
-        };
+        // The bytes a resumed partial already holds are hashed once, while the rest arrives.
+        let hasher = self.hasher(&part, total.or(self.expected_size))?;
+        if let Some(h) = &hasher {
+            h.feed().advance(start);
+        }
         self.progress.bytes.store(start, Ordering::Relaxed);
         let mut writer = PartWriter {
             file,
             path: part.clone(),
             buf: Vec::with_capacity(WRITE_BUF),
+            offset: start,
+            feed: hasher.as_ref().map(|h| h.feed().clone()),
+            writeback: self.cfg.sync_before_rename,
         };
         let mut got = 0u64;
         while let Some(chunk) = self.next_chunk(&mut resp, &meta.url).await? {
-            if let Some(h) = &mut sha {
-                h.update(&chunk);
-            }
             writer.write(&chunk)?;
             got += chunk.len() as u64;
             self.progress
@@ -485,11 +604,7 @@ impl Fetch {
         if !claimed && !sized && !chunked {
             return Ok(Attempt::Unconfirmed);
         }
-        Ok(Attempt::Complete(
-            p,
-            len,
-            sha.map(|h| hex::encode(h.finalize())),
-        ))
+        Ok(Attempt::Complete(p, len, hasher))
     }
 
     async fn next_chunk(
@@ -509,8 +624,19 @@ impl Fetch {
 
     // ---------------------------------------------------------------- parallel ranges
 
-    async fn ranged(&self, p: &Path, total: u64) -> Result<PathBuf, DownloadError> {
+    async fn ranged(&self, p: &Path, total: u64) -> Result<(PathBuf, Digests), DownloadError> {
         self.check_expected_size(p, total)?;
+        // Connections beyond this download's own, as far as its share and the free budget
+        // allow now (never waited for: a download does not hold its own while waiting).
+        let share = (self.share)().min(self.cfg.connections_per_file).max(1) as usize;
+        let mut extra = Vec::new();
+        while extra.len() + 1 < share {
+            match self.connections.clone().try_acquire_owned() {
+                Ok(permit) => extra.push(permit),
+                Err(_) => break,
+            }
+        }
+        let streams = extra.len() + 1;
         let part = part_path(p);
         let sp = state_path(p);
         let part_len = file_len(&part);
@@ -524,12 +650,7 @@ impl Fetch {
                 } else {
                     part_len.filter(|&n| n <= total).unwrap_or(0)
                 };
-                RangedState::split(
-                    total,
-                    prefix,
-                    self.cfg.connections_per_file,
-                    self.cfg.min_range_size,
-                )
+                RangedState::split(total, prefix, streams as u32, self.cfg.min_range_size)
             }
         };
         self.progress.total.store(total, Ordering::Relaxed);
@@ -549,19 +670,34 @@ impl Fetch {
         self.progress
             .bytes
             .store(state.done_bytes(), Ordering::Relaxed);
-        let todo: Vec<usize> = (0..state.ranges.len())
+        let todo: std::collections::VecDeque<usize> = (0..state.ranges.len())
             .filter(|&i| !state.ranges[i].is_complete())
             .collect();
+        let hasher = self.hasher(&part, Some(total))?;
+        if let Some(h) = &hasher {
+            h.feed().advance(state.contiguous_done());
+        }
         let shared = Arc::new(Ranged {
             file,
             part,
             state_path: sp,
             state: Mutex::new(state),
+            feed: hasher.as_ref().map(|h| h.feed().clone()),
+            writeback: self.cfg.sync_before_rename,
         });
+        let todo = Mutex::new(todo);
         shared.save()?;
         let guard = SaveOnDrop(Some(shared.clone()));
         {
-            let workers = todo.into_iter().map(|i| self.range_worker(&shared, i));
+            // Each stream takes the next range nobody has taken yet.
+            let workers = (0..streams).map(|_| async {
+                loop {
+                    let next = lock(&todo).pop_front();
+                    let Some(i) = next else { break };
+                    self.range_worker(&shared, i).await?;
+                }
+                Ok::<(), DownloadError>(())
+            });
             let all = futures_util::future::try_join_all(workers);
             tokio::pin!(all);
             let mut tick = tokio::time::interval(self.cfg.state_save_interval);
@@ -580,7 +716,8 @@ impl Fetch {
         shared.save()?;
         drop(guard);
         drop(shared);
-        self.finish(p, total, None).await
+        drop(extra);
+        self.finish(p, total, hasher).await
     }
 
     async fn range_worker(&self, shared: &Arc<Ranged>, i: usize) -> Result<(), DownloadError> {
@@ -674,8 +811,8 @@ impl Fetch {
         &self,
         p: &Path,
         len: u64,
-        streamed_sha256: Option<String>,
-    ) -> Result<PathBuf, DownloadError> {
+        hasher: Option<HashTask>,
+    ) -> Result<(PathBuf, Digests), DownloadError> {
         let part = part_path(p);
         let reject = |e: DownloadError| {
             remove_quietly(&part);
@@ -694,8 +831,20 @@ impl Fetch {
         if let Err(e) = self.check_expected_size(p, len) {
             return Err(reject(e));
         }
+        // A part that was whole before this run (no bytes came) is hashed here, once.
+        let hasher = match hasher {
+            Some(h) => Some(h),
+            None => self.hasher(&part, Some(len))?,
+        };
+        let mut digests = match hasher {
+            Some(h) => h
+                .finish(len)
+                .await
+                .map_err(|e| DownloadError::io("hashing", &part, e))?,
+            None => Digests::default(),
+        };
         if let Some(expected) = &self.expected_sha256 {
-            let actual = match streamed_sha256 {
+            let actual = match digests.sha256.clone() {
                 Some(s) => s,
                 None => hash_file(part.clone(), HashKind::Sha256).await?,
             };
@@ -710,7 +859,11 @@ impl Fetch {
             }
         }
         if let Some(expected) = &self.expected_git_sha1 {
-            let actual = hash_file(part.clone(), HashKind::GitSha1(len)).await?;
+            // Hashed on the way unless the size was unknown when the bytes started.
+            let actual = match digests.git_sha1.take() {
+                Some(s) => s,
+                None => hash_file(part.clone(), HashKind::GitSha1(len)).await?,
+            };
             if &actual != expected {
                 return Err(reject(DownloadError::HashMismatch {
                     url: self.url_str(),
@@ -721,6 +874,7 @@ impl Fetch {
                 }));
             }
         }
+        // Writeback started as the bytes were written: this waits for the tail only.
         if self.cfg.sync_before_rename {
             let part2 = part.clone();
             tokio::task::spawn_blocking(move || File::open(&part2).and_then(|f| f.sync_all()))
@@ -732,7 +886,7 @@ impl Fetch {
         remove_quietly(&state_path(p));
         self.progress.bytes.store(len, Ordering::Relaxed);
         self.progress.total.store(len, Ordering::Relaxed);
-        Ok(p.to_path_buf())
+        Ok((p.to_path_buf(), digests))
     }
 }
 
@@ -742,6 +896,12 @@ struct PartWriter {
     file: File,
     path: PathBuf,
     buf: Vec<u8>,
+    /// Where the next write goes (the file is opened for appending).
+    offset: u64,
+    /// The hashing task following the file.
+    feed: Option<Arc<Feed>>,
+    /// Start writeback of what was written (when the file is synced before the rename).
+    writeback: bool,
 }
 
 impl PartWriter {
@@ -758,6 +918,14 @@ impl PartWriter {
             self.file
                 .write_all(&self.buf)
                 .map_err(|e| DownloadError::io("writing", &self.path, e))?;
+            let n = self.buf.len() as u64;
+            if self.writeback {
+                start_writeback(&self.file, self.offset, n);
+            }
+            self.offset += n;
+            if let Some(f) = &self.feed {
+                f.advance(self.offset);
+            }
             self.buf.clear();
         }
         Ok(())
@@ -776,6 +944,10 @@ struct Ranged {
     part: PathBuf,
     state_path: PathBuf,
     state: Mutex<RangedState>,
+    /// The hashing task following the completed prefix.
+    feed: Option<Arc<Feed>>,
+    /// Start writeback of what was written (when the file is synced before the rename).
+    writeback: bool,
 }
 
 impl Ranged {
@@ -826,8 +998,18 @@ impl RangeWriter {
             .write_all_at(&self.buf, self.offset)
             .map_err(|e| DownloadError::io("writing", &self.shared.part, e))?;
         let n = self.buf.len() as u64;
+        if self.shared.writeback {
+            start_writeback(&self.shared.file, self.offset, n);
+        }
         self.offset += n;
-        lock(&self.shared.state).ranges[self.index].done += n;
+        let prefix = {
+            let mut st = lock(&self.shared.state);
+            st.ranges[self.index].done += n;
+            st.contiguous_done()
+        };
+        if let Some(f) = &self.shared.feed {
+            f.advance(prefix);
+        }
         self.buf.clear();
         Ok(())
     }
@@ -953,7 +1135,7 @@ async fn send_request(
 }
 
 /// The HTTP client of the download path (the queue's, and [`SizeProbe::new`]'s).
-pub(crate) fn http_client(cfg: &DownloadQueueConfig) -> Result<reqwest::Client, DownloadError> {
+pub(crate) fn http_client(cfg: &TransferConfig) -> Result<reqwest::Client, DownloadError> {
     reqwest::Client::builder()
         // Redirects are followed by hand so the token never leaves the source's host.
         .redirect(reqwest::redirect::Policy::none())
@@ -984,12 +1166,12 @@ pub struct SizeProbe {
 impl SizeProbe {
     /// A probe with its own client, built as the queue builds its own, with `config`'s
     /// timeouts and retry policy.
-    pub fn new(config: &DownloadQueueConfig) -> Result<Self, DownloadError> {
+    pub fn new(config: &TransferConfig) -> Result<Self, DownloadError> {
         Ok(Self::with_client(http_client(config)?, config))
     }
 
     /// A probe over an existing client (the queue's).
-    pub(crate) fn with_client(client: reqwest::Client, config: &DownloadQueueConfig) -> Self {
+    pub(crate) fn with_client(client: reqwest::Client, config: &TransferConfig) -> Self {
         Self {
             client,
             response_timeout: config.response_timeout,
@@ -1141,32 +1323,6 @@ fn parent_dir(p: &Path) -> PathBuf {
     }
 }
 
-fn file_len(p: &Path) -> Option<u64> {
-    std::fs::metadata(p).ok().map(|m| m.len())
-}
-
-fn remove_quietly(p: &Path) {
-    if let Err(e) = std::fs::remove_file(p)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!("could not remove {}: {e}", p.display());
-    }
-}
-
-/// Removes a destination's partial file and range state.
-pub(crate) fn remove_partial(dest: &Path) {
-    remove_quietly(&part_path(dest));
-    remove_quietly(&state_path(dest));
-}
-
-/// Bytes on disk for a destination's partial download.
-pub(crate) fn partial_len(dest: &Path) -> u64 {
-    if let Some(s) = RangedState::load(&state_path(dest)) {
-        return s.done_bytes();
-    }
-    file_len(&part_path(dest)).unwrap_or(0)
-}
-
 enum HashKind {
     Sha256,
     GitSha1(u64),
@@ -1208,27 +1364,25 @@ async fn hash_file(path: PathBuf, kind: HashKind) -> Result<String, DownloadErro
     .map_err(|e| DownloadError::io("hashing", &path, e))
 }
 
-/// sha256 state after the first `n` bytes of a partial file (to continue a resumed stream).
-async fn hash_prefix(path: PathBuf, len: u64) -> Result<sha2::Sha256, DownloadError> {
-    let p2 = path.clone();
-    tokio::task::spawn_blocking(move || -> std::io::Result<sha2::Sha256> {
-        let f = File::open(&p2)?;
-        let mut h = sha2::Sha256::new();
-        let mut r = f.take(len);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let k = r.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-        }
-        Ok(h)
-    })
-    .await
-    .map_err(|e| DownloadError::io("hashing", &path, std::io::Error::other(e)))?
-    .map_err(|e| DownloadError::io("hashing", &path, e))
+/// Asks the kernel to start writing `len` bytes at `offset` back to disk now, without
+/// waiting, so the fsync before the rename finds little left to write.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd as _;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the duration of the call; sync_file_range only
+    // schedules writeback of the file's pages and touches no memory of ours.
+    let rc =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc != 0 {
+        tracing::trace!("sync_file_range: {}", std::io::Error::last_os_error());
+    }
 }
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 #[cfg(test)]
 mod tests {

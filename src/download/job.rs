@@ -9,6 +9,7 @@ use serde::Serializer;
 
 use super::error::DownloadError;
 use super::names::redact_url_str;
+use crate::hash::HashAlgorithm;
 
 /// A job's id, unique within its queue.
 pub type JobId = u64;
@@ -162,6 +163,15 @@ pub struct DownloadJob {
     /// The git blob sha1 (hex, `sha1("blob {len}\0" + content)`) the file must have: the
     /// check for small, non-LFS Hub files.
     pub expected_git_sha1: Option<String>,
+    /// Content hashes to compute while the bytes arrive (the installer's record hash), given
+    /// in [`Self::digests`] once the job completes. `imohash` is not computed (it samples the
+    /// finished file).
+    #[serde(skip)]
+    pub hash_algorithms: Vec<HashAlgorithm>,
+    /// The completed file's content hashes, `algo:hex` (`blake3:…`, `sha256:…`): those of
+    /// [`Self::hash_algorithms`], and the sha256 when one was checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<String>,
     /// Keep the partial file when the job fails or is cancelled.
     pub preserve_partial_downloads: bool,
     /// This job's handlers; the queue's default handlers run after them.
@@ -189,6 +199,8 @@ impl DownloadJob {
             expected_size: None,
             expected_sha256: None,
             expected_git_sha1: None,
+            hash_algorithms: Vec::new(),
+            digests: Vec::new(),
             preserve_partial_downloads: false,
             event_handlers: Vec::new(),
         }
@@ -227,6 +239,23 @@ impl DownloadJob {
     pub fn with_git_sha1(mut self, sha1: Option<String>) -> Self {
         self.expected_git_sha1 = sha1.map(|s| s.to_ascii_lowercase());
         self
+    }
+
+    /// Computes these content hashes while the bytes arrive ([`Self::digests`]).
+    #[must_use]
+    pub fn with_hash_algorithms(mut self, algorithms: Vec<HashAlgorithm>) -> Self {
+        self.hash_algorithms = algorithms;
+        self
+    }
+
+    /// A content hash of the completed file (`algo:hex`) under `algorithm`'s prefix, when the
+    /// download computed it.
+    pub fn digest(&self, algorithm: HashAlgorithm) -> Option<&str> {
+        let prefix = format!("{}:", algorithm.prefix());
+        self.digests
+            .iter()
+            .find(|d| d.starts_with(&prefix))
+            .map(String::as_str)
     }
 
     /// Keeps partial files on error and cancel.
@@ -294,6 +323,7 @@ impl fmt::Debug for DownloadJob {
             .field("expected_size", &self.expected_size)
             .field("expected_sha256", &self.expected_sha256)
             .field("expected_git_sha1", &self.expected_git_sha1)
+            .field("digests", &self.digests)
             .field(
                 "preserve_partial_downloads",
                 &self.preserve_partial_downloads,

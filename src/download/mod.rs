@@ -4,18 +4,25 @@
 //! - [`job`]: [`DownloadJob`] (what to fetch, where, what it must hash to) and its status.
 //! - [`queue`]: [`DownloadQueue`], which schedules jobs on tokio, at most
 //!   [`DownloadQueueConfig::max_parallel_dl`] at a time, lowest priority first.
+//! - `http`: [`TransferConfig`], the settings of one download (embedded in the queue's).
 //! - `http`: one download: `.part` file beside the destination, resume with `Range`, parallel
 //!   byte ranges for large files (progress in a `.part.state` sidecar), retries with backoff,
 //!   verification before an atomic rename.
 //! - [`SizeProbe`]: a file's size from a HEAD (or a one-byte ranged GET), for `diff`.
 //! - [`names`]: file names from `Content-Disposition` / URL paths, and URL redaction.
 //!
-//! Hashing: a single-stream download hashes sha256 while it streams (a resumed one re-reads only
-//! the prefix it already had). A multi-range download hashes the assembled `.part` once after
-//! the last range lands, before the rename: the ranges arrive out of order, so there is no single
-//! stream to hash. The git blob sha1 of small Hub files is computed from the `.part` after the
-//! download (those files are small).
+//! - `digest`: hashing while the bytes arrive (sha256, the git blob sha1 of small Hub files,
+//!   the content hashes a job asks for in [`DownloadJob::hash_algorithms`]): a blocking task
+//!   follows the contiguous prefix of the `.part` on disk, so a multi-range download is hashed
+//!   as its ranges land and only the last bytes are left after the last range.
+//!
+//! Connections: the queue holds a budget ([`DownloadQueueConfig::max_connections`]). Each
+//! running download holds one connection; a large file takes more for parallel ranges, up to
+//! the budget's share of each job in flight (several files: a stream each; a lone file:
+//! several ranges). A file's `/resolve`-style redirect is followed once, by its first request;
+//! its ranges go to where it led.
 
+mod digest;
 mod error;
 mod http;
 pub mod job;
@@ -24,11 +31,13 @@ pub mod queue;
 mod state;
 
 pub use error::DownloadError;
-pub use http::SizeProbe;
+pub use http::{SizeProbe, TransferConfig};
 pub use job::{
     AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, HandlerError, JobId,
 };
-pub use queue::{DEFAULT_FILE_TIMEOUT, DownloadQueue, DownloadQueueConfig, RetryPolicy};
+pub use queue::{
+    DEFAULT_FILE_TIMEOUT, DownloadQueue, DownloadQueueConfig, RetryPolicy, default_max_connections,
+};
 
 use std::io;
 use std::path::Path;

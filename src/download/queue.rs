@@ -14,9 +14,11 @@ use tokio::sync::{broadcast, watch};
 use crate::events::Reporter;
 
 use super::DownloadEvent;
+use super::digest::Digests;
 use super::error::DownloadError;
-use super::http::{self, Fetch, Progress};
+use super::http::{Fetch, Progress, TransferConfig};
 use super::job::{AccessToken, DownloadEventHandler, DownloadJob, DownloadJobStatus, JobId};
+use super::state::{partial_len, remove_partial};
 pub use crate::retry::RetryPolicy;
 
 use super::names::{check_caller_file_name, redact_url, redact_url_str};
@@ -31,22 +33,13 @@ pub const DEFAULT_FILE_TIMEOUT: Duration = Duration::from_hours(24);
 pub struct DownloadQueueConfig {
     /// Jobs running at once (default 5).
     pub max_parallel_dl: usize,
-    /// Connections for one large file (default 8); 1 disables parallel ranges.
-    pub connections_per_file: u32,
-    /// Files at least this large download in parallel ranges when the server supports
-    /// ranges (default 64 MiB).
-    pub parallel_threshold: u64,
-    /// Smallest range a large file is split into (default 1 MiB).
-    pub min_range_size: u64,
-    /// Retries.
-    pub retry: RetryPolicy,
-    /// No bytes for this long → that stream is retried (default 30 s).
-    pub stall_timeout: Duration,
-    /// TCP/TLS connect timeout (default 30 s).
-    pub connect_timeout: Duration,
-    /// From sending a request to its response headers (default 60 s); then the attempt fails
-    /// and is retried, so a server that accepts and never answers cannot hang a download.
-    pub response_timeout: Duration,
+    /// Connections open at once across every job (default [`default_max_connections`]): each
+    /// running job has one; a large file takes more for parallel ranges, up to this budget's
+    /// share of each job in flight and `transfer.connections_per_file`. The manifest's
+    /// `settings.max_connections`.
+    pub max_connections: usize,
+    /// How each file is fetched: connections, ranges, retries, timeouts, fsync.
+    pub transfer: TransferConfig,
     /// Total time for one file, every attempt and wait included (default 24 h; `None`: no
     /// limit). The manifest's `settings.download_timeout`.
     pub file_timeout: Option<Duration>,
@@ -55,16 +48,6 @@ pub struct DownloadQueueConfig {
     pub progress_interval: Duration,
     /// Upper bound between running events (default 2 s).
     pub running_event_interval: Duration,
-    /// How often a multi-range download saves its range state (default 1 s; completed ranges
-    /// are saved at once).
-    pub state_save_interval: Duration,
-    /// fsync the file before the rename, so a power cut cannot promote a file whose bytes
-    /// never reached the disk (default true).
-    pub sync_before_rename: bool,
-    /// Check free disk space before writing (default true).
-    pub check_disk_space: bool,
-    /// `User-Agent` header.
-    pub user_agent: String,
     /// Handlers run for every job, after the job's own.
     pub event_handlers: Vec<DownloadEventHandler>,
 }
@@ -73,23 +56,23 @@ impl Default for DownloadQueueConfig {
     fn default() -> Self {
         Self {
             max_parallel_dl: 5,
-            connections_per_file: 8,
-            parallel_threshold: 64 << 20,
-            min_range_size: 1 << 20,
-            retry: RetryPolicy::default(),
-            stall_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(30),
-            response_timeout: Duration::from_mins(1),
+            max_connections: default_max_connections(),
+            transfer: TransferConfig::default(),
             file_timeout: Some(DEFAULT_FILE_TIMEOUT),
             progress_interval: Duration::from_millis(100),
             running_event_interval: Duration::from_secs(2),
-            state_save_interval: Duration::from_secs(1),
-            sync_before_rename: true,
-            check_disk_space: true,
-            user_agent: concat!("modelsync/", env!("CARGO_PKG_VERSION")).to_owned(),
             event_handlers: Vec::new(),
         }
     }
+}
+
+/// The default connection budget: four per CPU core, at least 8 and at most 32. A download
+/// stream costs CPU (TLS, hashing, copying), and a CDN serves a few connections per file well:
+/// eight is where `hf download`'s workers and aria2c's usual `-x` stop gaining, and a large
+/// machine may run several such files at once.
+pub fn default_max_connections() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    (4 * cores).clamp(8, 32)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +102,10 @@ struct State {
 
 struct Inner {
     cfg: Arc<DownloadQueueConfig>,
+    /// `cfg.transfer`, shared with every running download.
+    transfer: Arc<TransferConfig>,
+    /// The connection budget (`cfg.max_connections` permits).
+    connections: Arc<tokio::sync::Semaphore>,
     client: reqwest::Client,
     reporter: Arc<dyn Reporter<DownloadEvent>>,
     events: broadcast::Sender<DownloadEvent>,
@@ -142,7 +129,7 @@ impl std::fmt::Debug for DownloadQueue {
 }
 
 enum Outcome {
-    Done(Result<std::path::PathBuf, DownloadError>),
+    Done(Result<(std::path::PathBuf, Digests), DownloadError>),
     Paused,
     Cancelled,
 }
@@ -157,11 +144,13 @@ impl DownloadQueue {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| DownloadError::Setup {
             what: format!("the download queue must be created inside a tokio runtime: {e}"),
         })?;
-        let client = super::http::http_client(&config)?;
+        let client = super::http::http_client(&config.transfer)?;
         let (events, _) = broadcast::channel(1024);
         let (changed, _) = watch::channel(0);
         Ok(Self {
             inner: Arc::new(Inner {
+                transfer: Arc::new(config.transfer.clone()),
+                connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1))),
                 cfg: Arc::new(config),
                 client,
                 reporter,
@@ -178,7 +167,7 @@ impl DownloadQueue {
 
     /// A [`SizeProbe`] over the queue's client, timeouts and retry policy.
     pub fn size_probe(&self) -> super::SizeProbe {
-        super::SizeProbe::with_client(self.inner.client.clone(), &self.inner.cfg)
+        super::SizeProbe::with_client(self.inner.client.clone(), &self.inner.cfg.transfer)
     }
 
     /// The settings.
@@ -392,7 +381,7 @@ impl DownloadQueue {
                     if !e.job.preserve_partial_downloads
                         && let Some(p) = partial_target(&e.job)
                     {
-                        http::remove_partial(&p);
+                        remove_partial(&p);
                         e.job.bytes = 0;
                     }
                     Some((
@@ -421,6 +410,19 @@ impl DownloadQueue {
             .filter(|e| !e.job.status.is_terminal())
             .map(|e| e.job.id)
             .collect()
+    }
+
+    /// Enqueues these idle or paused jobs, then starts what fits, so that every one of them
+    /// counts when the first one takes its share of the connection budget.
+    pub fn start_jobs(&self, ids: &[JobId]) -> Result<(), DownloadError> {
+        let mut result = Ok(());
+        for id in ids {
+            if let Err(e) = self.enqueue(*id) {
+                result = result.and(Err(e));
+            }
+        }
+        self.inner.schedule();
+        result
     }
 
     /// Starts every idle or paused job.
@@ -553,6 +555,24 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The connections one download may use now: the budget divided among the jobs that are
+    /// running or waiting to run (at least 1).
+    fn connection_share(&self) -> u32 {
+        let active = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.job.status,
+                    DownloadJobStatus::Enqueued | DownloadJobStatus::Running
+                )
+            })
+            .count()
+            .max(1);
+        u32::try_from((self.cfg.max_connections / active).max(1)).unwrap_or(u32::MAX)
+    }
+
     fn settle(&self, id: JobId) {
         if let Some(e) = self.lock().jobs.get_mut(&id) {
             e.settled = true;
@@ -596,7 +616,13 @@ impl Inner {
         let mut starts = Vec::new();
         {
             let mut st = self.lock();
-            while st.running < self.cfg.max_parallel_dl.max(1) {
+            // A job beyond the connection budget would only wait for a connection.
+            let slots = self
+                .cfg
+                .max_parallel_dl
+                .min(self.cfg.max_connections)
+                .max(1);
+            while st.running < slots {
                 let Some(id) = st
                     .jobs
                     .values()
@@ -639,9 +665,12 @@ impl Inner {
                 let j = &e.job;
                 progress.bytes.store(j.bytes, Ordering::Relaxed);
                 progress.total.store(j.total_bytes, Ordering::Relaxed);
+                let weak = Arc::downgrade(&self);
+                let share: Arc<dyn Fn() -> u32 + Send + Sync> =
+                    Arc::new(move || weak.upgrade().map_or(1, |i| i.connection_share()));
                 let fetch = Url::parse(&j.source).map(|url| Fetch {
                     client: self.client.clone(),
-                    cfg: self.cfg.clone(),
+                    cfg: self.transfer.clone(),
                     url,
                     token: j.access_token.clone(),
                     destination: j.destination.clone(),
@@ -649,7 +678,11 @@ impl Inner {
                     expected_size: j.expected_size,
                     expected_sha256: j.expected_sha256.clone(),
                     expected_git_sha1: j.expected_git_sha1.clone(),
+                    hash_algorithms: j.hash_algorithms.clone(),
                     progress: progress.clone(),
+                    connections: self.connections.clone(),
+                    share,
+                    resolved: Mutex::new(None),
                 });
                 (fetch, j.snapshot(), j.event_handlers.clone())
             })
@@ -695,7 +728,7 @@ impl Inner {
                     Err(_) => Err(DownloadError::FileTimeout {
                         url: redact_url(&fetch.url),
                         timeout: t,
-                        received: progress.path().as_deref().map_or(0, http::partial_len),
+                        received: progress.path().as_deref().map_or(0, partial_len),
                     }),
                 },
             }
@@ -763,9 +796,10 @@ impl Inner {
             }
             j.total_bytes = progress.total.load(Ordering::Relaxed);
             let ev = match outcome {
-                Outcome::Done(Ok(p)) => {
+                Outcome::Done(Ok((p, digests))) => {
                     j.status = DownloadJobStatus::Completed;
                     j.download_path = Some(p);
+                    j.digests = digests.content();
                     j.bytes = progress.bytes.load(Ordering::Relaxed);
                     j.total_bytes = j.bytes;
                     j.job_ended = Some(SystemTime::now());
@@ -780,15 +814,15 @@ impl Inner {
                     j.job_ended = Some(SystemTime::now());
                     j.error = Some(Arc::new(err));
                     if let (false, Some(p)) = (j.preserve_partial_downloads, &path) {
-                        http::remove_partial(p);
+                        remove_partial(p);
                     }
-                    j.bytes = path.as_deref().map_or(0, http::partial_len);
+                    j.bytes = path.as_deref().map_or(0, partial_len);
                     DownloadEvent::Error {
                         job: Box::new(j.snapshot()),
                     }
                 }
                 Outcome::Paused => {
-                    j.bytes = path.as_deref().map_or(0, http::partial_len);
+                    j.bytes = path.as_deref().map_or(0, partial_len);
                     if e.restart_after_stop {
                         e.restart_after_stop = false;
                         j.status = DownloadJobStatus::Enqueued;
@@ -803,9 +837,9 @@ impl Inner {
                     j.status = DownloadJobStatus::Cancelled;
                     j.job_ended = Some(SystemTime::now());
                     if let (false, Some(p)) = (j.preserve_partial_downloads, &path) {
-                        http::remove_partial(p);
+                        remove_partial(p);
                     }
-                    j.bytes = path.as_deref().map_or(0, http::partial_len);
+                    j.bytes = path.as_deref().map_or(0, partial_len);
                     DownloadEvent::Cancelled {
                         job: Box::new(j.snapshot()),
                     }

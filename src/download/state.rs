@@ -79,6 +79,20 @@ impl RangedState {
             .sum()
     }
 
+    /// Bytes from the start of the file that are on disk without a gap: the completed
+    /// ranges in order, then what the first incomplete one holds.
+    pub fn contiguous_done(&self) -> u64 {
+        let mut n = 0;
+        for r in &self.ranges {
+            let done = r.done.min(r.end - r.start);
+            n += done;
+            if r.start + done < r.end {
+                break;
+            }
+        }
+        n
+    }
+
     /// Ranges must tile `[0, total)` in order, with `done` inside each.
     fn is_consistent(&self) -> bool {
         let mut at = 0;
@@ -123,6 +137,34 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
 /// The range-state sidecar of a destination.
 pub(crate) fn state_path(dest: &Path) -> PathBuf {
     sibling(dest, ".part.state")
+}
+
+/// Length of a file, `None` when it cannot be read.
+pub(crate) fn file_len(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+/// Removes a file; a missing one is fine, another failure is logged.
+pub(crate) fn remove_quietly(p: &Path) {
+    if let Err(e) = std::fs::remove_file(p)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("could not remove {}: {e}", p.display());
+    }
+}
+
+/// Removes a destination's partial file and range state.
+pub(crate) fn remove_partial(dest: &Path) {
+    remove_quietly(&part_path(dest));
+    remove_quietly(&state_path(dest));
+}
+
+/// Bytes on disk for a destination's partial download.
+pub(crate) fn partial_len(dest: &Path) -> u64 {
+    if let Some(s) = RangedState::load(&state_path(dest)) {
+        return s.done_bytes();
+    }
+    file_len(&part_path(dest)).unwrap_or(0)
 }
 
 #[cfg(test)]

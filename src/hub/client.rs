@@ -14,6 +14,7 @@ use reqwest::{Method, StatusCode, Url};
 
 use crate::retry::{Class, Classify, FailureKind, RetryPolicy, RetryState, parse_retry_after};
 
+use super::cache::{MetadataCache, MetadataRun};
 use super::info::{ModelInfo, RepoFile, WireError, tree_page_from_wire};
 use super::metadata::HuggingFaceMetadata;
 use super::paths::{UnsafePath, repo_path_to_local, validate_repo_path};
@@ -328,6 +329,8 @@ impl RepoPlan {
 pub struct HubClient {
     http: reqwest::Client,
     opts: HubOptions,
+    /// Model info and trees shared with other clients for a run ([`MetadataCache`]).
+    cache: MetadataCache,
     /// The endpoint as a string without a trailing `/`.
     base: String,
 }
@@ -467,7 +470,12 @@ impl HubClient {
             .build()
             .map_err(HubError::Client)?;
         let base = opts.endpoint.as_str().trim_end_matches('/').to_owned();
-        Ok(Self { http, opts, base })
+        Ok(Self {
+            http,
+            opts,
+            base,
+            cache: MetadataCache::new(),
+        })
     }
 
     /// A client configured from `settings.hf_endpoint` and the environment
@@ -476,6 +484,20 @@ impl HubClient {
         let mut opts = HubOptions::new(resolve_endpoint(settings_endpoint, env)?);
         opts.offline = env.offline;
         Self::with_options(opts)
+    }
+
+    /// The same client sharing `cache` (with the other clients given it): while a run of it
+    /// is in progress ([`Self::metadata_run`]), model info and trees are fetched once.
+    #[must_use]
+    pub fn with_metadata_cache(mut self, cache: MetadataCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Starts a run of this client's metadata cache: until it is dropped, every client sharing
+    /// the cache fetches a repository's info at a revision, and its tree at a commit, once.
+    pub fn metadata_run(&self) -> MetadataRun {
+        self.cache.run()
     }
 
     /// The endpoint.
@@ -524,6 +546,18 @@ impl HubClient {
     ) -> Result<ModelInfo, HubError> {
         self.check_online(|| format!("fetch the model info of `{repo_id}`"))?;
         validate_repo_id(repo_id)?;
+        let key = MetadataCache::key(&self.base, repo_id, revision, auth);
+        self.cache
+            .info(key, self.fetch_model_info(repo_id, revision, auth))
+            .await
+    }
+
+    async fn fetch_model_info(
+        &self,
+        repo_id: &str,
+        revision: Option<&str>,
+        auth: &ResolvedToken,
+    ) -> Result<ModelInfo, HubError> {
         let url = match revision {
             Some(rev) => self.url(&format!(
                 "/api/models/{repo_id}/revision/{}?blobs=true",
@@ -550,6 +584,18 @@ impl HubClient {
     ) -> Result<Vec<RepoFile>, HubError> {
         self.check_online(|| format!("list the files of `{repo_id}` at `{revision}`"))?;
         validate_repo_id(repo_id)?;
+        let key = MetadataCache::key(&self.base, repo_id, Some(revision), auth);
+        self.cache
+            .tree(key, self.fetch_files(repo_id, revision, auth))
+            .await
+    }
+
+    async fn fetch_files(
+        &self,
+        repo_id: &str,
+        revision: &str,
+        auth: &ResolvedToken,
+    ) -> Result<Vec<RepoFile>, HubError> {
         let mut url = self.url(&format!(
             "/api/models/{repo_id}/tree/{}?recursive=true",
             encode(revision, false)

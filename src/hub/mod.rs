@@ -10,6 +10,7 @@
 //! - [`metadata`]: the seed's `HuggingFaceMetadata`.
 //! - [`paths`]: validation of repo file paths (never trust a name from the server).
 
+pub mod cache;
 pub mod client;
 pub mod info;
 pub mod metadata;
@@ -19,6 +20,7 @@ pub mod source;
 pub mod spec;
 pub mod token;
 
+pub use cache::{MetadataCache, MetadataRun};
 pub use client::{
     FileHead, HubClient, HubError, HubOptions, RepoPlan, resolve_endpoint, validate_repo_id,
 };

@@ -97,10 +97,35 @@ pub(crate) struct Staged {
     pub commit: Option<String>,
     /// Known sha256 by path relative to the model folder (single file: its name).
     pub sha256: HashMap<String, String>,
+    /// Content hashes (`algo:hex`) the download computed as the bytes arrived, by the same
+    /// paths: promotion takes a file's digest from here instead of reading the file again.
+    pub digests: HashMap<String, Vec<String>>,
     /// Bytes downloaded.
     pub downloaded: u64,
     /// Files placed from bytes already on this machine (not downloaded).
     pub adopted: Vec<super::blobs::AdoptedFile>,
+}
+
+impl Staged {
+    /// A file's known digest (hex) under `algo`, by path relative to `model_path` (`""`: the
+    /// single file itself): what the download computed, or the sha256 it verified.
+    pub(crate) fn known_digest(&self, rel: &str, algo: HashAlgorithm) -> Option<String> {
+        let key = if rel.is_empty() {
+            self.model_path.file_name()?.to_string_lossy().into_owned()
+        } else {
+            rel.to_owned()
+        };
+        let prefix = format!("{}:", algo.prefix());
+        let computed = self
+            .digests
+            .get(&key)
+            .and_then(|ds| ds.iter().find_map(|d| d.strip_prefix(&prefix)))
+            .map(str::to_owned);
+        match algo {
+            HashAlgorithm::Sha256 => computed.or_else(|| self.sha256.get(&key).cloned()),
+            _ => computed,
+        }
+    }
 }
 
 /// The service-level settings promotion needs.
@@ -139,12 +164,14 @@ pub(crate) fn promote(
             path: path.clone(),
             error: Box::new(error),
         })?;
-        let content_hash = hash::hash_path(path, algo).map_err(|error| InstallError::Hash {
-            path: path.clone(),
-            error: Box::new(error),
-        })?;
+        // The digests the download computed stand for the bytes: nothing is read again.
+        let content_hash = hash::hash_path_with(path, algo, &|rel| staged.known_digest(rel, algo))
+            .map_err(|error| InstallError::Hash {
+                path: path.clone(),
+                error: Box::new(error),
+            })?;
         if let Some(expected) = &opts.expected_hash {
-            check_expected_hash(path, expected, algo, &content_hash)?;
+            check_expected_hash(path, expected, algo, &content_hash, Some(staged))?;
         }
         Ok((probed, warnings, content_hash))
     };
@@ -539,6 +566,7 @@ pub(super) fn check_expected_hash(
     expected: &str,
     algo: HashAlgorithm,
     actual: &str,
+    staged: Option<&Staged>,
 ) -> Result<(), InstallError> {
     let Some((prefix, _)) = expected.split_once(':') else {
         return Err(InstallError::InvalidOption {
@@ -553,7 +581,8 @@ pub(super) fn check_expected_hash(
             option: "hash",
             reason: format!("`{expected}`: {e}"),
         })?;
-        hash::hash_path(path, other).map_err(|error| InstallError::Hash {
+        let known = |rel: &str| staged.and_then(|s| s.known_digest(rel, other));
+        hash::hash_path_with(path, other, &known).map_err(|error| InstallError::Hash {
             path: path.to_path_buf(),
             error: Box::new(error),
         })?
@@ -662,10 +691,13 @@ pub(super) fn fingerprints(
             sha = content_hash.strip_prefix("sha256:").map(str::to_owned);
         }
         if sha.is_none() && opts.sha256_for_lock {
-            sha = Some(hash::sha256_file(&abs).map_err(|error| InstallError::Hash {
-                path: abs.clone(),
-                error: Box::new(error),
-            })?);
+            sha = match staged.known_digest(&rel, HashAlgorithm::Sha256) {
+                Some(h) => Some(h),
+                None => Some(hash::sha256_file(&abs).map_err(|error| InstallError::Hash {
+                    path: abs.clone(),
+                    error: Box::new(error),
+                })?),
+            };
         }
         fp.sha256.clone_from(&sha);
         installed.push(InstalledFile {

@@ -348,7 +348,9 @@ async fn refit_hf(
     }
     let ctx = inner.fetch_ctx(id);
     out.adopted = adopt_into_staging(&ctx, &mut wants, adoptable).await?;
-    out.downloaded = run_downloads(&ctx, &source_str, staging, wants, cancel).await?;
+    out.downloaded = run_downloads(&ctx, &source_str, staging, wants, cancel)
+        .await?
+        .bytes;
     Ok(out)
 }
 
@@ -401,7 +403,8 @@ async fn refit_url(
         vec![want],
         cancel,
     )
-    .await?;
+    .await?
+    .bytes;
     let (staged, done) = url_destination(&files);
     if !done {
         return Err(InstallError::NotFound(staged));
@@ -557,7 +560,7 @@ fn settle(
         error: Box::new(error),
     })?;
     if let Some(expected) = &opts.expected_hash {
-        check_expected_hash(target, expected, algo, &content_hash)?;
+        check_expected_hash(target, expected, algo, &content_hash, None)?;
     }
     let record = inner.store.get_model(key)?;
     let staged = Staged {
@@ -571,6 +574,7 @@ fn settle(
         tags: fetched.tags.clone(),
         commit: fetched.commit.clone(),
         sha256: fetched.sha256,
+        digests: HashMap::new(),
         downloaded: fetched.downloaded,
         adopted: Vec::new(),
     };

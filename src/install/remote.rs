@@ -132,6 +132,8 @@ pub(crate) async fn fetch_hf(
     }
     let filter =
         FileFilter::from_source(&at).with_globs(opts.include.clone(), opts.exclude.clone());
+    // The record hash is computed as the bytes arrive (promote takes it from the download).
+    let algo = opts.hash_algorithm.unwrap_or(ctx.cfg.hash_algorithm);
     let plan = tokio::select! {
         p = ctx.cfg.hub.plan_source(&at, &filter, &token) => p.map_err(hub_err)?,
         () = cancel.wait() => return Err(InstallError::Cancelled(source_str)),
@@ -150,6 +152,7 @@ pub(crate) async fn fetch_hf(
             .collect::<Vec<_>>()
             .join("/");
         let mut job = DownloadJob::new(spec.url.to_string(), dest.clone())
+            .with_hash_algorithms(vec![algo])
             .with_expected_size(Some(spec.size))
             .with_access_token(access(spec.access_token.as_ref()))
             .with_preserve_partial_downloads(true);
@@ -192,7 +195,20 @@ pub(crate) async fn fetch_hf(
         _ => (files.clone(), "files".to_owned()),
     };
     let adopted = adopt_into_staging(ctx, &mut wants, adoptable).await?;
-    let downloaded = run_downloads(ctx, &source_str, &staging, wants, cancel).await?;
+    let fetched = run_downloads(ctx, &source_str, &staging, wants, cancel).await?;
+    let digests = fetched
+        .digests
+        .into_iter()
+        .filter_map(|(path, d)| {
+            let rel = path.strip_prefix(&files).ok()?;
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            Some((rel, d))
+        })
+        .collect();
     Ok(Staged {
         model_path,
         staging: Some(staging),
@@ -204,7 +220,8 @@ pub(crate) async fn fetch_hf(
         tags: plan.metadata.tags.iter().cloned().collect(),
         commit: Some(plan.commit.clone()),
         sha256,
-        downloaded,
+        digests,
+        downloaded: fetched.bytes,
         adopted,
     })
 }
@@ -240,9 +257,11 @@ pub(crate) async fn fetch_url(
             rel: name,
         });
     }
-    let mut wants = vec![Want::url(&src.url, &dest, done, token, sha256)];
+    let mut want = Want::url(&src.url, &dest, done, token, sha256);
+    want.job.hash_algorithms = vec![opts.hash_algorithm.unwrap_or(ctx.cfg.hash_algorithm)];
+    let mut wants = vec![want];
     let adopted = adopt_into_staging(ctx, &mut wants, adoptable).await?;
-    let downloaded = run_downloads(ctx, &source_str, &staging, wants, cancel).await?;
+    let fetched = run_downloads(ctx, &source_str, &staging, wants, cancel).await?;
     let (model_path, done) = url_destination(&files);
     if !done {
         return Err(InstallError::Download {
@@ -257,6 +276,12 @@ pub(crate) async fn fetch_url(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let digests = fetched
+        .digests
+        .into_iter()
+        .filter(|(p, _)| *p == model_path)
+        .map(|(_, d)| (name.clone(), d))
+        .collect();
     Ok(Staged {
         model_path,
         staging: Some(staging),
@@ -268,7 +293,8 @@ pub(crate) async fn fetch_url(
         tags: Vec::new(),
         commit: None,
         sha256: HashMap::new(),
-        downloaded,
+        digests,
+        downloaded: fetched.bytes,
         adopted,
     })
 }
@@ -388,6 +414,15 @@ pub(super) fn url_destination(dir: &Path) -> (PathBuf, bool) {
     (part.unwrap_or_else(|| dir.to_path_buf()), false)
 }
 
+/// What [`run_downloads`] fetched.
+pub(super) struct Fetched {
+    /// Bytes downloaded by this run.
+    pub(super) bytes: u64,
+    /// Each downloaded file's content hashes (`algo:hex`), computed as its bytes arrived, by
+    /// its path. A file that was complete before this run has none.
+    pub(super) digests: HashMap<PathBuf, Vec<String>>,
+}
+
 /// Checks free space, submits every download not already complete, reports progress and
 /// waits; on the first failure the others are cancelled (their partial files kept for a
 /// resume). Returns the bytes downloaded by this run: a resumed file counts only what came
@@ -398,7 +433,7 @@ pub(super) async fn run_downloads(
     staging: &Staging,
     wants: Vec<Want>,
     cancel: &Arc<Cancel>,
-) -> Result<u64, InstallError> {
+) -> Result<Fetched, InstallError> {
     let needed: u64 = wants
         .iter()
         .filter(|w| !w.done)
@@ -450,9 +485,8 @@ pub(super) async fn run_downloads(
         resumed_from.insert(submitted.id, start);
         ids.push(submitted.id);
     }
-    for d in &ids {
-        let _ = ctx.queue.start_job(*d);
-    }
+    // All at once: the files in flight share the connection budget.
+    let _ = ctx.queue.start_jobs(&ids);
     let cancel_all = |ids: &[JobId]| {
         for d in ids {
             let _ = ctx.queue.cancel_job(*d);
@@ -463,6 +497,7 @@ pub(super) async fn run_downloads(
         .map(|d| ctx.queue.wait_for_job(*d, None))
         .collect();
     let mut downloaded = 0u64;
+    let mut digests = HashMap::new();
     let mut first_err: Option<InstallError> = None;
     loop {
         let next = tokio::select! {
@@ -475,9 +510,12 @@ pub(super) async fn run_downloads(
         let Some(r) = next else { break };
         let err = match r {
             Ok(job) => match job.result() {
-                Ok(_) => {
+                Ok(path) => {
                     let from = resumed_from.get(&job.id).copied().unwrap_or(0);
                     downloaded += job.bytes.saturating_sub(from);
+                    if !job.digests.is_empty() {
+                        digests.insert(path.to_path_buf(), job.digests.clone());
+                    }
                     None
                 }
                 Err(e) => Some(e),
@@ -500,7 +538,10 @@ pub(super) async fn run_downloads(
     if let Some(e) = first_err {
         return Err(e);
     }
-    Ok(downloaded)
+    Ok(Fetched {
+        bytes: downloaded,
+        digests,
+    })
 }
 
 pub(crate) async fn download_and_cache(

@@ -852,6 +852,7 @@ pub(crate) fn local_staged(path: &Path, staging: Option<Staging>) -> Result<Stag
         tags: Vec::new(),
         commit: None,
         sha256: HashMap::new(),
+        digests: HashMap::new(),
         downloaded: 0,
         adopted: Vec::new(),
     })

@@ -222,6 +222,10 @@ pub struct Settings {
     pub prune: bool,
     /// Downloads at once (≥ 1).
     pub max_parallel_downloads: usize,
+    /// Connections open at once across every download (≥ 1; default
+    /// [`crate::download::default_max_connections`]: 4 per CPU core, 8 to 32). Several files
+    /// in flight share it, a stream each; a lone large file takes several ranges.
+    pub max_connections: usize,
     /// Hugging Face endpoint (`None`: env `HF_ENDPOINT`, else `https://huggingface.co`).
     pub hf_endpoint: Option<String>,
     /// How long a command that changes the store waits for another process's store lock
@@ -265,6 +269,7 @@ impl Settings {
             hash_algorithm: HashAlgorithm::default(),
             prune: false,
             max_parallel_downloads: DEFAULT_PARALLEL_DOWNLOADS,
+            max_connections: crate::download::default_max_connections(),
             hf_endpoint: None,
             lock_timeout: DEFAULT_INTERVAL,
             watch_interval: DEFAULT_INTERVAL,

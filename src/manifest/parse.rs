@@ -180,6 +180,12 @@ pub struct SettingsFile {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_parallel_downloads: Option<Sp<u32>>,
+    /// Connections open at once across every download (default 4 per CPU core, at least 8,
+    /// at most 32): several files in flight get a stream each, a lone large file several
+    /// ranges.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<Sp<u32>>,
     /// Hugging Face endpoint (default env HF_ENDPOINT, else https://huggingface.co).
     #[serde(default)]
     pub hf_endpoint: Option<Sp<Text>>,
@@ -694,6 +700,13 @@ impl<'a> Cx<'a> {
                 self.err(sp.loc(), "`max_parallel_downloads` must be at least 1");
             } else {
                 s.max_parallel_downloads = *sp.value() as usize;
+            }
+        }
+        if let Some(sp) = &raw.max_connections {
+            if *sp.value() == 0 {
+                self.err(sp.loc(), "`max_connections` must be at least 1");
+            } else {
+                s.max_connections = *sp.value() as usize;
             }
         }
         if let Some(sp) = &raw.hf_endpoint

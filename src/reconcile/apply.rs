@@ -380,6 +380,9 @@ pub async fn apply(
     cx: &ApplyContext<'_>,
     opts: &ApplyOptions,
 ) -> Result<ApplyReport, ApplyError> {
+    // Hub metadata is fetched once for the whole run: the size look-ups and the installs
+    // share it (when the services share a cache, as `Services::open` builds them).
+    let _metadata = cx.hub.metadata_run();
     let store = cx.manager.store().clone();
     let models_dir = manifest.settings.models_dir.clone();
     let inventory = observe(store.as_ref(), &models_dir)?;

@@ -14,7 +14,8 @@
 //!   unmounted volume), every entry fails with the reason and is retried with its backoff;
 //!   nothing is repaired or deleted meanwhile.
 //! - **Settings read once.** `models_dir`, `database`, `hf_endpoint`, `variant`,
-//!   `hash_algorithm`, `max_parallel_downloads` and `adopt_from` shape the services; a manifest that changes
+//!   `hash_algorithm`, `max_parallel_downloads`, `max_connections` and `adopt_from` shape the
+//!   services; a manifest that changes
 //!   them is rejected (the previous desired state stays in force) with a message asking for a
 //!   restart. `prune` is read at every sweep.
 //! - **`models.lock`.** Concurrent applies merge their results into the lock file as it is on
@@ -61,7 +62,7 @@ use super::plan::ActionKind;
 use super::remote;
 use crate::download::{DownloadError, DownloadEvent, DownloadQueue, DownloadQueueConfig};
 use crate::events::Reporter;
-use crate::hub::{HubClient, HubEnv, HubError};
+use crate::hub::{HubClient, HubEnv, HubError, MetadataCache};
 use crate::install::sync::{SyncMode, SyncOptions, SyncReport};
 use crate::install::{InstallConfig, InstallError, InstallEvent};
 use crate::manager::{ManagerReporter, ModelManager};
@@ -175,8 +176,11 @@ impl Services {
         env: HubEnv,
         reporter: Arc<dyn ManagerReporter>,
     ) -> Result<Self, ConvergeError> {
+        // The look-ups and the installer share Hub metadata for the length of an apply.
+        let metadata = MetadataCache::new();
         let hub = HubClient::from_env(settings.hf_endpoint.as_deref(), &env)
-            .map_err(|e| ConvergeError::Hub(Box::new(e)))?;
+            .map_err(|e| ConvergeError::Hub(Box::new(e)))?
+            .with_metadata_cache(metadata.clone());
         let mut icfg = InstallConfig::new(&settings.models_dir, hub, env.clone());
         icfg.hash_algorithm = settings.hash_algorithm;
         icfg.default_variant = settings.variant;
@@ -184,6 +188,7 @@ impl Services {
         let queue = DownloadQueue::new(
             DownloadQueueConfig {
                 max_parallel_dl: settings.max_parallel_downloads.max(1),
+                max_connections: settings.max_connections.max(1),
                 file_timeout: Some(settings.download_timeout),
                 ..DownloadQueueConfig::default()
             },
@@ -192,8 +197,9 @@ impl Services {
         .map_err(|e| ConvergeError::Queue(Box::new(e)))?;
         let manager = ModelManager::from_parts(icfg, store, queue, reporter)
             .map_err(|e| ConvergeError::Install(Box::new(e)))?;
-        let lookup =
-            remote::lookup_client(settings, &env).map_err(|e| ConvergeError::Hub(Box::new(e)))?;
+        let lookup = remote::lookup_client(settings, &env)
+            .map_err(|e| ConvergeError::Hub(Box::new(e)))?
+            .with_metadata_cache(metadata);
         Ok(Self {
             manager,
             lookup,
@@ -286,6 +292,7 @@ struct Fixed {
     variant: Option<crate::taxonomy::ModelRepoVariant>,
     hash_algorithm: crate::hash::HashAlgorithm,
     max_parallel_downloads: usize,
+    max_connections: usize,
     download_timeout: Duration,
     adopt_from: Vec<PathBuf>,
 }
@@ -299,6 +306,7 @@ impl Fixed {
             variant: s.variant,
             hash_algorithm: s.hash_algorithm,
             max_parallel_downloads: s.max_parallel_downloads,
+            max_connections: s.max_connections,
             download_timeout: s.download_timeout,
             adopt_from: s.adopt_from.clone(),
         }
@@ -346,6 +354,12 @@ impl Fixed {
                 "max_parallel_downloads",
                 self.max_parallel_downloads.to_string(),
                 new.max_parallel_downloads.to_string(),
+            )
+        } else if self.max_connections != new.max_connections {
+            (
+                "max_connections",
+                self.max_connections.to_string(),
+                new.max_connections.to_string(),
             )
         } else if self.download_timeout != new.download_timeout {
             (

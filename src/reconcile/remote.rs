@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::inventory::Inventory;
 use super::plan::{Adoptable, Plan, Step};
-use crate::download::{AccessToken, DownloadError, DownloadQueueConfig, SizeProbe};
+use crate::download::{AccessToken, DownloadError, SizeProbe, TransferConfig};
 use crate::hub::ExpectedHash;
 use crate::hub::{
     FileFilter, HubClient, HubEnv, HubError, HubOptions, ModelSource, resolve_endpoint,
@@ -129,7 +129,7 @@ pub fn lookup_budget(probe: SizeProbe) -> SizeProbe {
 /// A [`SizeProbe`] for the commands that have no download queue (`diff`): the download
 /// path's client with the look-ups' budget ([`lookup_budget`]).
 pub fn lookup_probe() -> Result<SizeProbe, DownloadError> {
-    SizeProbe::new(&DownloadQueueConfig::default()).map(lookup_budget)
+    SizeProbe::new(&TransferConfig::default()).map(lookup_budget)
 }
 
 /// For each unpinned Hugging Face entry, the commit its revision points at upstream now.

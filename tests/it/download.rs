@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use modelsync::download::{
     AccessToken, DownloadError, DownloadEvent, DownloadEventHandler, DownloadJob,
-    DownloadJobStatus, DownloadQueue, DownloadQueueConfig, RetryPolicy,
+    DownloadJobStatus, DownloadQueue, DownloadQueueConfig, RetryPolicy, TransferConfig,
 };
 use modelsync::report::{Event, Recorder};
 use sha2::Digest as _;
@@ -33,26 +33,32 @@ fn sha256_hex(b: &[u8]) -> String {
 
 fn cfg() -> DownloadQueueConfig {
     DownloadQueueConfig {
-        connections_per_file: 1,
-        min_range_size: 16 * 1024,
-        retry: RetryPolicy {
-            max_attempts: 4,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-            max_retry_after: Duration::from_secs(2),
+        transfer: TransferConfig {
+            connections_per_file: 1,
+            min_range_size: 16 * 1024,
+            retry: RetryPolicy {
+                max_attempts: 4,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+                max_retry_after: Duration::from_secs(2),
+            },
+            stall_timeout: Duration::from_secs(20),
+            state_save_interval: Duration::from_millis(20),
+            sync_before_rename: false,
+            ..TransferConfig::default()
         },
-        stall_timeout: Duration::from_secs(20),
         progress_interval: Duration::from_millis(10),
-        state_save_interval: Duration::from_millis(20),
-        sync_before_rename: false,
         ..DownloadQueueConfig::default()
     }
 }
 
 fn ranged_cfg() -> DownloadQueueConfig {
     DownloadQueueConfig {
-        connections_per_file: 4,
-        parallel_threshold: 100 * 1024,
+        transfer: TransferConfig {
+            connections_per_file: 4,
+            parallel_threshold: 100 * 1024,
+            ..cfg().transfer
+        },
         ..cfg()
     }
 }
@@ -492,7 +498,10 @@ async fn a_stalled_stream_is_retried_from_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("s.bin");
     let (q, _) = queue(DownloadQueueConfig {
-        stall_timeout: Duration::from_millis(300),
+        transfer: TransferConfig {
+            stall_timeout: Duration::from_millis(300),
+            ..cfg().transfer
+        },
         ..cfg()
     });
     let job = run_one(&q, DownloadJob::new(srv.url("/s.bin"), &dest)).await;
@@ -970,10 +979,13 @@ async fn a_silent_server_fails_after_bounded_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("s.bin");
     let (q, _) = queue(DownloadQueueConfig {
-        response_timeout: Duration::from_millis(100),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            ..cfg().retry
+        transfer: TransferConfig {
+            response_timeout: Duration::from_millis(100),
+            retry: RetryPolicy {
+                max_attempts: 3,
+                ..cfg().transfer.retry
+            },
+            ..cfg().transfer
         },
         ..cfg()
     });
@@ -1308,9 +1320,12 @@ async fn a_huge_retry_after_is_capped() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("r.bin");
     let (q, _) = queue(DownloadQueueConfig {
-        retry: RetryPolicy {
-            max_retry_after: Duration::from_millis(20),
-            ..cfg().retry
+        transfer: TransferConfig {
+            retry: RetryPolicy {
+                max_retry_after: Duration::from_millis(20),
+                ..cfg().transfer.retry
+            },
+            ..cfg().transfer
         },
         ..cfg()
     });

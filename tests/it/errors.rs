@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelsync::download::{DownloadJob, DownloadQueue, DownloadQueueConfig, RetryPolicy};
+use modelsync::download::{
+    DownloadJob, DownloadQueue, DownloadQueueConfig, RetryPolicy, TransferConfig,
+};
 use modelsync::events::NullReporter;
 use modelsync::retry::{Failure, FailureKind};
 
@@ -248,15 +250,18 @@ async fn a_stall_gives_up_with_the_stall_as_the_cause() {
     let dir = crate::support::tmp();
     let q = DownloadQueue::new(
         DownloadQueueConfig {
-            connections_per_file: 1,
-            retry: RetryPolicy {
-                max_attempts: 2,
-                initial_backoff: Duration::from_millis(5),
-                max_backoff: Duration::from_millis(5),
-                max_retry_after: Duration::from_millis(5),
+            transfer: TransferConfig {
+                connections_per_file: 1,
+                retry: RetryPolicy {
+                    max_attempts: 2,
+                    initial_backoff: Duration::from_millis(5),
+                    max_backoff: Duration::from_millis(5),
+                    max_retry_after: Duration::from_millis(5),
+                },
+                stall_timeout: Duration::from_millis(200),
+                sync_before_rename: false,
+                ..TransferConfig::default()
             },
-            stall_timeout: Duration::from_millis(200),
-            sync_before_rename: false,
             ..DownloadQueueConfig::default()
         },
         Arc::new(NullReporter),

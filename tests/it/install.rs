@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modelsync::config::{AnyModelConfig, Managed, ModelSourceType};
-use modelsync::download::{DownloadQueue, DownloadQueueConfig, RetryPolicy};
+use modelsync::download::{DownloadQueue, DownloadQueueConfig, RetryPolicy, TransferConfig};
 use modelsync::hub::{HubClient, HubEnv, HubOptions, ModelSource, Token};
 use modelsync::install::{
     InstallConfig, InstallError, InstallEvent, InstallOptions, InstallRequest, InstallStatus,
@@ -176,14 +176,17 @@ fn hub_env(home: &Path) -> HubEnv {
 
 fn queue_config() -> DownloadQueueConfig {
     DownloadQueueConfig {
-        retry: RetryPolicy {
-            max_attempts: 2,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-            max_retry_after: Duration::from_millis(20),
+        transfer: TransferConfig {
+            retry: RetryPolicy {
+                max_attempts: 2,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+                max_retry_after: Duration::from_millis(20),
+            },
+            sync_before_rename: false,
+            ..TransferConfig::default()
         },
         progress_interval: Duration::from_millis(10),
-        sync_before_rename: false,
         ..DownloadQueueConfig::default()
     }
 }
@@ -1102,6 +1105,11 @@ fn cli_import_killed_mid_download_resumes_cleanly() {
     assert_eq!(all.len(), 1);
     let path = all[0].resolved_path(&dir.path().join("models"));
     assert_eq!(fs::read(path).unwrap(), big);
+    // The resumed download hashed the earlier run's prefix once and the rest as it came.
+    assert_eq!(
+        all[0].common().hash,
+        format!("blake3:{}", blake3::hash(&big).to_hex())
+    );
     assert!(
         Env::files_under(&tmp).is_empty(),
         "{:?}",

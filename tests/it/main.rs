@@ -30,6 +30,7 @@ mod shape;
 mod status;
 mod store;
 mod sync;
+mod transfer;
 mod unknown;
 mod watch;
 mod watch_real;

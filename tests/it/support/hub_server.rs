@@ -138,6 +138,8 @@ pub struct FakeFile {
     pub content: Vec<u8>,
     /// Stored in LFS.
     pub lfs: bool,
+    /// The sha256 once computed (`scripts/bench-download` serves GiB-sized files).
+    sha256_memo: std::sync::OnceLock<String>,
 }
 
 impl FakeFile {
@@ -164,6 +166,7 @@ impl FakeFile {
             path: path.to_owned(),
             content: content.into(),
             lfs,
+            sha256_memo: std::sync::OnceLock::new(),
         }
     }
 
@@ -173,6 +176,7 @@ impl FakeFile {
             path: path.to_owned(),
             content: content.into(),
             lfs: false,
+            sha256_memo: std::sync::OnceLock::new(),
         }
     }
 
@@ -182,12 +186,15 @@ impl FakeFile {
             path: path.to_owned(),
             content: content.into(),
             lfs: true,
+            sha256_memo: std::sync::OnceLock::new(),
         }
     }
 
     /// sha256 of the content.
     pub fn sha256(&self) -> String {
-        hex::encode(sha2::Sha256::digest(&self.content))
+        self.sha256_memo
+            .get_or_init(|| hex::encode(sha2::Sha256::digest(&self.content)))
+            .clone()
     }
 
     /// The LFS pointer text.
