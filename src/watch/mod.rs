@@ -21,6 +21,7 @@
 //! calls: own runtime, SIGTERM/SIGINT), or [`Watch::bind`] + [`Watch::run`] when the caller
 //! needs the bound address or a [`WatchHandle`] first (tests).
 
+use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ mod cancel;
 mod fswatch;
 mod metrics;
 mod runner;
+mod scheduler;
 mod server;
 mod state;
 
@@ -174,6 +176,30 @@ pub trait Converger: Send + Sync + 'static {
         entry: &'a str,
         cancel: CancelToken,
     ) -> BoxFuture<'a, Result<EntryOutcome, EntryError>>;
+
+    /// One look at every entry at once, when a resync or a manifest change asks for all of
+    /// them: the names of the entries found converged, which are then not dispatched (one
+    /// observe per resync instead of one per entry, as kube-rs reads its reflector store).
+    /// It must find an entry converged only where
+    /// [`reconcile_entry`](Self::reconcile_entry) would do nothing; whatever it is unsure of it
+    /// leaves out, and that entry is reconciled. The default finds nothing: every entry is
+    /// reconciled. An error is logged and every entry is reconciled.
+    fn survey<'a>(
+        &'a self,
+        desired: &'a Self::Desired,
+        cancel: CancelToken,
+    ) -> BoxFuture<'a, Result<HashSet<String>, EntryError>> {
+        let _ = (desired, cancel);
+        Box::pin(async { Ok(HashSet::new()) })
+    }
+
+    /// A batch is over: no reconcile runs or waits to start. Writes what the reconciles kept
+    /// in memory (the reconciler's `models.lock`), once per batch. Called on the loop before
+    /// the batch's last result shows in `/status` and `/readyz`, so keep it short (one file
+    /// write).
+    fn settle(&self, desired: &Self::Desired) {
+        let _ = desired;
+    }
 
     /// Warms a `preload` entry into the load cache; called after a successful reconcile when
     /// the entry changed or was never preloaded. `/readyz` waits for it.
