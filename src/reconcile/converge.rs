@@ -556,7 +556,8 @@ impl ManifestConverger {
             .refreshed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.get(entry).is_none_or(|t| now.duration_since(*t) >= every)
+        last.get(entry)
+            .is_none_or(|t| now.duration_since(*t) >= every)
     }
 
     fn sync_slot(&self) -> std::sync::MutexGuard<'_, Option<SyncStatus>> {

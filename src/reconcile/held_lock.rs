@@ -122,7 +122,10 @@ impl HeldLock {
         };
         let lock = Arc::make_mut(held);
         let names: Vec<&str> = touched.into_iter().collect();
-        let before: Vec<_> = names.iter().map(|n| lock.entries.get(*n).cloned()).collect();
+        let before: Vec<_> = names
+            .iter()
+            .map(|n| lock.entries.get(*n).cloned())
+            .collect();
         let len = lock.entries.len();
         let out = edit(lock);
         let changed = lock.entries.len() != len

@@ -29,8 +29,8 @@ pub use apply::{
     ActionResult, ApplyContext, ApplyError, ApplyOptions, ApplyReport, Preloader, ReconcileEvent,
     apply, check_volume, install_request, prune_departed, survey,
 };
-pub use held_lock::HeldLock;
 pub use converge::{ConvergeError, ManifestConverger, Services, SettingsChanged};
+pub use held_lock::HeldLock;
 pub use inventory::{
     DirState, FileState, FileStatus, Inventory, InventoryError, InventoryRecord, observe,
 };

@@ -1,8 +1,8 @@
 //! Watch mode (issue #7): keep converging while running in a container.
 //!
-//! The loop follows kube-rs's controller runtime: reconcile every entry at start, when the
+//! The loop follows kube-rs's controller runtime: look at every entry at start, when the
 //! manifest changes and on every interval (a full resync even while file events arrive,
-//! because events can be missed); a failed entry is retried with its own exponential backoff
+//! because events can be missed), and reconcile those not converged; a failed entry is retried with its own exponential backoff
 //! and jitter, so one broken entry neither blocks the others nor hammers the hub; one entry is
 //! never reconciled twice at once. Health, readiness, status and Prometheus metrics are served
 //! over HTTP.
@@ -10,11 +10,14 @@
 //! The work itself is done by a [`Converger`] — the reconciler implements it; tests use fakes.
 //!
 //! ```text
-//! manifest dir ──notify+debounce──┐
-//! interval tick ──────────────────┼─▶ re-read, hash, parse ─▶ queue entries ─▶ Converger::reconcile_entry
-//! retry timers (backoff) ─────────┘                                 │               (≤ concurrency at once)
-//!                                                                   ▼
-//!                                        shared state ─▶ /healthz /readyz /status /metrics
+//! manifest dir ──notify+debounce──┐                            Converger::survey (one look at all)
+//! interval tick ──────────────────┴─▶ re-read, hash, parse ─▶        │ entries not converged
+//!                                                                    ▼
+//! retry/requeue times (backoff) ───────────────────────────▶ scheduler ─▶ Converger::reconcile_entry
+//!                                                                    │     (≤ concurrency at once)
+//!                                  batch over: Converger::settle ◀───┤
+//!                                                                    ▼
+//!                                     status (no scheduling state) ─▶ /healthz /readyz /status /metrics
 //! ```
 //!
 //! Entry points: [`run_watch`] (bind + run until `shutdown`), [`block_on_watch`] (what the CLI

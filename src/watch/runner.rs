@@ -308,9 +308,9 @@ impl<C: Converger> Runner<C> {
             let d = Arc::clone(&desired);
             let cancel = self.work.token();
             let span = tracing::info_span!("survey", reason = reason.as_str());
-            let h = self.tasks.spawn(
-                async move { Done::Survey(conv.survey(&d, cancel).await) }.instrument(span),
-            );
+            let h = self
+                .tasks
+                .spawn(async move { Done::Survey(conv.survey(&d, cancel).await) }.instrument(span));
             self.keys.insert(
                 h.id(),
                 TaskKey::Survey {
@@ -605,7 +605,7 @@ fn record_survey(
             && generations.get(name) == Some(&sched.generation(name))
             && !sched.is_running(name)
             && e.failures == 0
-            && !(e.spec.preload && !e.preloaded)
+            && (e.preloaded || !e.spec.preload)
             && sched.due_at(name).is_none_or(|t| t > now);
         if settled {
             e.converged_once = true;
@@ -763,7 +763,12 @@ mod tests {
         let mut st = WatchState::new("/m/models.yaml".into());
         let mut sched = Scheduler::new();
         let now = Instant::now();
-        apply_entries(&mut st, &mut sched, vec![spec("a"), spec("b"), spec("c")], now);
+        apply_entries(
+            &mut st,
+            &mut sched,
+            vec![spec("a"), spec("b"), spec("c")],
+            now,
+        );
         for name in ["a", "b", "c"] {
             sched.request(name, now, Reason::Resync);
             assert!(sched.pop_due(now).is_some());
@@ -806,7 +811,12 @@ mod tests {
         let mut st = WatchState::new("/m/models.yaml".into());
         let mut sched: Scheduler<Instant> = Scheduler::new();
         let now = Instant::now();
-        apply_entries(&mut st, &mut sched, vec![spec("a"), spec("b"), spec("c")], now);
+        apply_entries(
+            &mut st,
+            &mut sched,
+            vec![spec("a"), spec("b"), spec("c")],
+            now,
+        );
         let generations: HashMap<String, u64> = ["a", "b", "c"].map(|n| (n.to_owned(), 0)).into();
         // `c`'s spec changed after the survey started: its verdict is not taken.
         sched.reset("c");
@@ -827,7 +837,10 @@ mod tests {
         started.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(
             started,
-            [("b".to_owned(), Reason::Resync), ("c".to_owned(), Reason::Resync)]
+            [
+                ("b".to_owned(), Reason::Resync),
+                ("c".to_owned(), Reason::Resync)
+            ]
         );
     }
 }

@@ -330,26 +330,41 @@ async fn a_resync_plans_once_for_all_entries_and_a_batch_writes_the_lock_once() 
     let written = |e: &ReconcileEvent| matches!(e, ReconcileEvent::LockWritten { .. });
     assert_eq!(count(&events, written), 1, "one batch, one lock write");
     assert_eq!(w.lock().entries.len(), names.len());
-    let runs: Vec<u64> = names.iter().map(|n| r.entry(n).expect("entry").runs).collect();
+    let runs: Vec<u64> = names
+        .iter()
+        .map(|n| r.entry(n).expect("entry").runs)
+        .collect();
     let planned_before = count(&events, planned);
 
     // A manifest edit that changes no entry: a survey of all of them, nothing reconciled.
     let mark = modelsync::watch::rfc3339_now();
     write_manifest(&w, &format!("# edited\n{}", manifest_text(&s, &models)));
     r.eventually("every entry is seen converged after the edit", |st| {
-        st.entries
-            .iter()
-            .all(|e| e.last_success.as_deref().is_some_and(|t| t >= mark.as_str()))
+        st.entries.iter().all(|e| {
+            e.last_success
+                .as_deref()
+                .is_some_and(|t| t >= mark.as_str())
+        })
     })
     .await;
     assert_eq!(count(&events, planned), planned_before + 1, "one plan");
-    let after: Vec<u64> = names.iter().map(|n| r.entry(n).expect("entry").runs).collect();
+    let after: Vec<u64> = names
+        .iter()
+        .map(|n| r.entry(n).expect("entry").runs)
+        .collect();
     assert_eq!(after, runs, "no entry was reconciled");
-    assert_eq!(count(&events, written), 1, "nothing changed, nothing written");
+    assert_eq!(
+        count(&events, written),
+        1,
+        "nothing changed, nothing written"
+    );
 
     // The lock lost: the next resync rewrites it, once.
     std::fs::remove_file(w.path().join("models.lock")).expect("remove the lock");
-    write_manifest(&w, &format!("# edited again\n{}", manifest_text(&s, &models)));
+    write_manifest(
+        &w,
+        &format!("# edited again\n{}", manifest_text(&s, &models)),
+    );
     r.eventually("the lock is back", |_| count(&events, written) == 2)
         .await;
     assert_eq!(w.lock().entries.len(), names.len());
@@ -396,7 +411,10 @@ async fn a_broken_entry_backs_off_while_the_good_one_converges() {
     let resyncs = |r: &Running| {
         prom::parse(&r.handle.metrics_text())
             .expect("metrics")
-            .value("modelsync_manifest_reloads_total", &[("result", "unchanged")])
+            .value(
+                "modelsync_manifest_reloads_total",
+                &[("result", "unchanged")],
+            )
             .unwrap_or_default()
     };
     let (before, runs) = (resyncs(&r), r.entry("good").expect("good").runs);
