@@ -12,7 +12,8 @@
 //!    answers 200, with its CPU time; then a manifest edit that changes no entry (a resync of
 //!    all of them) and the CPU time until `/status` shows every entry seen converged after it.
 //!    An optional peer binary (the previous build) runs the same rounds, alternated, each
-//!    bounded by `BENCH_WATCH_LIMIT` seconds (default 120).
+//!    bounded by `BENCH_WATCH_LIMIT` seconds (default 120); `BENCH_WATCH_ROUNDS` rounds
+//!    (default 3 up to 1,000 models, else 1).
 //!
 //! Usage: `bench_reconcile <path to the modelsync binary>`, or
 //! `bench_reconcile <binary> watch <N>… [--peer <binary>]`.
@@ -230,12 +231,10 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // After the `)`: state, ppid, …; utime and stime are fields 14 and 15 of the line.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the `)`: state (field 3), ppid, …; utime and stime are fields 14 and 15.
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
     ticks as f64 / 100.0
 }
 
@@ -359,7 +358,10 @@ fn bench_watch(bin: &Path, peer: Option<&Path>, sizes: &[u32]) {
             t.elapsed().as_secs_f64(),
             load_average()
         );
-        let rounds = if n <= 1000 { 3 } else { 1 };
+        let rounds = std::env::var("BENCH_WATCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if n <= 1000 { 3 } else { 1 });
         for round in 0..rounds {
             let ours = watch_round(bin, dir.path(), n, limit, 2 * round);
             println!("  ours:     {}", show(&ours));
@@ -377,13 +379,17 @@ fn main() {
     let bin = args
         .first()
         .map_or_else(|| PathBuf::from("target/release/modelsync"), PathBuf::from);
+    // The watch rounds run in temp dirs.
+    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
     if args.get(1).map(String::as_str) == Some("watch") {
         let mut sizes = Vec::new();
         let mut peer = None;
         let mut rest = args[2..].iter();
         while let Some(a) = rest.next() {
             if a == "--peer" {
-                peer = rest.next().map(PathBuf::from);
+                peer = rest
+                    .next()
+                    .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p)));
             } else {
                 sizes.push(a.parse().expect("a number of models"));
             }
