@@ -724,9 +724,10 @@ fn lock_entry_complete(lock: &LockFile, entry: &ModelEntry) -> bool {
 }
 
 /// Serialises the read-modify-write of lock files within this process, and holds the locks
-/// that could not be written. Other processes are kept out by the store lock; applies of one
-/// process (watch mode) run concurrently, and each must merge into what the others wrote
-/// rather than overwrite it with a stale copy. One mutex for every lock path: the section is
+/// that could not be written, for applies without a [`HeldLock`] (watch mode holds its own).
+/// Other processes are kept out by the store lock; applies of one process that run
+/// concurrently must each merge into what the others wrote rather than overwrite it with a
+/// stale copy. One mutex for every lock path: the section is
 /// short and never awaits.
 ///
 /// A lock path that cannot be written (a manifest on a read-only ConfigMap mount) is kept in
