@@ -8,9 +8,20 @@
 //!    sources make no HTTP requests at all; the Hub path's zero requests on a converged state
 //!    is asserted by the integration tests (`tests/it/apply.rs`).
 //!
-//! Usage: `bench_reconcile <path to the modelsync binary>`.
+//! 3. `watch` ready on N converged models (issue #17: 1,000 ≤ 3 s, 10,000 ≤ 30 s): N local
+//!    LoRA files installed by `apply`, then `modelsync watch` started and timed until `/readyz`
+//!    answers 200, with its CPU time; then a manifest edit that changes no entry (a resync of
+//!    all of them) and the CPU time until `/status` shows every entry seen converged after it.
+//!    An optional peer binary (the previous build) runs the same rounds, alternated, each
+//!    bounded by `BENCH_WATCH_LIMIT` seconds (default 120); `BENCH_WATCH_ROUNDS` rounds
+//!    (default 3 up to 1,000 models, else 1).
+//!
+//! Usage: `bench_reconcile <path to the modelsync binary>`, or
+//! `bench_reconcile <binary> watch <N>… [--peer <binary>]`.
 
 use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -203,10 +214,226 @@ fn machine() -> String {
     format!("{cores} cores, load average {}", load.join(" "))
 }
 
+/// A manifest of `n` local LoRA files in a temp dir.
+fn local_loras(n: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let mut text = String::from("version: 1\nsettings:\n  models_dir: models\nmodels:\n");
+    for i in 0..n {
+        let p = src.join(format!("lora-{i:05}.safetensors"));
+        std::fs::write(&p, lora(i)).expect("write lora");
+        let _ = write!(
+            text,
+            "  - name: lora-{i:05}\n    source: {}\n    config: {{ type: lora, base: sd-1 }}\n",
+            p.display()
+        );
+    }
+    std::fs::write(dir.path().join("models.yaml"), text).expect("write manifest");
+    dir
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_mins(1))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some((code, body.to_owned()));
+    }
+    let (mut rest, mut out) = (body, String::new());
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    Some((code, out))
+}
+
+/// utime + stime of `pid`, in seconds (Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the `)`: state (field 3), ppid, …; utime and stime are fields 14 and 15.
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    ticks as f64 / 100.0
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+struct WatchRound {
+    ready: Option<Duration>,
+    ready_cpu: f64,
+    resync_cpu: Option<f64>,
+}
+
+/// Starts `bin watch` in `dir`, times `/readyz`, then one resync. `None`s: past `limit`.
+fn watch_round(bin: &Path, dir: &Path, n: u32, limit: Duration, round: u32) -> WatchRound {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let t = Instant::now();
+    let mut child = std::process::Command::new(bin)
+        .args(["watch", "--interval", "1h", "--listen", &port.to_string()])
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("watch starts");
+    let pid = child.id();
+    let mut out = WatchRound {
+        ready: None,
+        ready_cpu: 0.0,
+        resync_cpu: None,
+    };
+    while t.elapsed() < limit {
+        if http_get(port, "/readyz").is_some_and(|(c, _)| c == 200) {
+            out.ready = Some(t.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    out.ready_cpu = cpu_seconds(pid);
+    if out.ready.is_some() {
+        // An edit that changes no entry: every entry is looked at again.
+        let m = dir.join("models.yaml");
+        let text = std::fs::read_to_string(&m).expect("manifest");
+        let mut body = String::new();
+        for l in text.lines().filter(|l| !l.starts_with("# round")) {
+            body.push_str(l);
+            body.push('\n');
+        }
+        std::fs::write(&m, format!("# round {round}\n{body}")).expect("edit");
+        let mark = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let before = cpu_seconds(pid);
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(250));
+            let Some((200, body)) = http_get(port, "/status") else {
+                continue;
+            };
+            let Ok(st) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let entries = st["entries"].as_array().map_or(&[][..], Vec::as_slice);
+            let done = entries.len() == n as usize
+                && entries.iter().all(|e| {
+                    e["state"] == "converged"
+                        && e["last_success"]
+                            .as_str()
+                            .is_some_and(|s| s >= mark.as_str())
+                });
+            if done {
+                out.resync_cpu = Some(cpu_seconds(pid) - before);
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+fn bench_watch(bin: &Path, peer: Option<&Path>, sizes: &[u32]) {
+    let limit = Duration::from_secs(
+        std::env::var("BENCH_WATCH_LIMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(120),
+    );
+    let show = |r: &WatchRound| {
+        let ready = r.ready.map_or_else(
+            || format!("> {} s", limit.as_secs()),
+            |d| format!("{:.2} s", d.as_secs_f64()),
+        );
+        let resync = r
+            .resync_cpu
+            .map_or_else(|| "—".to_owned(), |c| format!("{c:.2} s"));
+        format!(
+            "ready {ready} (CPU {:.2} s), resync CPU {resync}",
+            r.ready_cpu
+        )
+    };
+    for &n in sizes {
+        let dir = local_loras(n);
+        let t = Instant::now();
+        let o = std::process::Command::new(bin)
+            .args(["apply", "-q", "--no-progress"])
+            .current_dir(dir.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .expect("modelsync runs");
+        assert!(
+            o.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        println!(
+            "watch {n}: installed {n} local models in {:.1} s (setup); load average {}",
+            t.elapsed().as_secs_f64(),
+            load_average()
+        );
+        let rounds = std::env::var("BENCH_WATCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if n <= 1000 { 3 } else { 1 });
+        for round in 0..rounds {
+            let ours = watch_round(bin, dir.path(), n, limit, 2 * round);
+            println!("  ours:     {}", show(&ours));
+            if let Some(peer) = peer {
+                let theirs = watch_round(peer, dir.path(), n, limit, 2 * round + 1);
+                println!("  peer:     {}", show(&theirs));
+            }
+        }
+        println!("  load average after: {}", load_average());
+    }
+}
+
 fn main() {
-    let bin = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bin = args
+        .first()
         .map_or_else(|| PathBuf::from("target/release/modelsync"), PathBuf::from);
+    // The watch rounds run in temp dirs.
+    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
+    if args.get(1).map(String::as_str) == Some("watch") {
+        let mut sizes = Vec::new();
+        let mut peer = None;
+        let mut rest = args[2..].iter();
+        while let Some(a) = rest.next() {
+            if a == "--peer" {
+                peer = rest
+                    .next()
+                    .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p)));
+            } else {
+                sizes.push(a.parse().expect("a number of models"));
+            }
+        }
+        bench_watch(&bin, peer.as_deref(), &sizes);
+        return;
+    }
     println!("machine: {}", machine());
     bench_plan(10_000);
     bench_noop_apply(&bin);

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 
+use super::held_lock::HeldLock;
 use super::inventory::{DirState, InventoryError, observe};
 use super::plan::{ActionKind, Plan, PlanError, PlanOptions, PlannedAction, Step, Totals, plan};
 use super::remote::{self, RemoteWarning};
@@ -372,6 +373,9 @@ pub struct ApplyContext<'a> {
     pub reporter: Arc<dyn Reporter<ReconcileEvent>>,
     /// The load service hook (`None`: preload entries are reported as skipped).
     pub preloader: Option<&'a dyn Preloader>,
+    /// `models.lock` held in memory (watch mode): read and merged there, written by its
+    /// owner once per batch. `None`: read from and written to the file by each run.
+    pub held_lock: Option<&'a HeldLock>,
 }
 
 /// Observes, plans and converges. See the module docs.
@@ -387,13 +391,17 @@ pub async fn apply(
     let models_dir = manifest.settings.models_dir.clone();
     let inventory = observe(store.as_ref(), &models_dir)?;
     let lock_path = manifest.lock_path();
-    let lock = current_lock(&lock_path)?;
+    let lock_copy = match cx.held_lock {
+        Some(held) => held.snapshot()?,
+        None => Arc::new(current_lock(&lock_path)?),
+    };
+    let lock: &LockFile = &lock_copy;
     let free_bytes = crate::download::available_space(&models_dir).ok();
     let mut popts = PlanOptions {
         prune: opts.prune,
         adopt: opts.adopt,
         only: opts.only.clone(),
-        lock: Some(&lock),
+        lock: Some(lock),
         free_bytes,
         staging_bytes: opts.staging_bytes,
         ..PlanOptions::default()
@@ -421,7 +429,7 @@ pub async fn apply(
     let entries = manifest.index(&opts.only);
     let mut the_plan = plan(manifest, &inventory, &popts)?;
     if opts.locked {
-        locked_preflight(&entries, &the_plan, &lock)?;
+        locked_preflight(&entries, &the_plan, lock)?;
     }
     let unknown: Vec<&ModelEntry> = the_plan
         .changes()
@@ -490,7 +498,7 @@ pub async fn apply(
     let mut results: Vec<(usize, ActionResult)> = {
         let locked_ref = locked_entries.as_ref();
         let (lock_ref, upstream_ref, kinds_ref, entries_ref) =
-            (&lock, &upstream, &error_kinds, &entries);
+            (lock, &upstream, &error_kinds, &entries);
         // Collected before they become a stream, so that no closure is held across the await:
         // that keeps `apply`'s future `Send` for callers that spawn it (watch mode).
         let actions: Vec<_> = the_plan
@@ -552,10 +560,11 @@ pub async fn apply(
         }
     }
 
-    // models.lock: what each converged entry resolved to. Merged into the lock as it is on
-    // disk now, not as read at the start: another apply of this process (watch mode runs one
-    // per entry, concurrently) may have written it meanwhile.
-    let (update, lock_dropped) = update_lock_file(&lock_path, |lock| {
+    // models.lock: what each converged entry resolved to. Merged into the lock as it is now,
+    // not as read at the start: another apply of this process (watch mode runs one per entry,
+    // concurrently) may have changed it meanwhile.
+    drop(lock_copy);
+    let edit = |lock: &mut LockFile| {
         for r in &results {
             let Some(entry) = entries.get(&r.name) else {
                 continue;
@@ -572,7 +581,14 @@ pub async fn apply(
             }
         }
         lock.retain_manifest(manifest)
-    })?;
+    };
+    let (update, lock_dropped) = match cx.held_lock {
+        Some(held) => (
+            LockUpdate::Unchanged,
+            held.edit(results.iter().map(|r| r.name.as_str()), edit)?,
+        ),
+        None => update_lock_file(&lock_path, edit)?,
+    };
     let lock_written = update.written();
     let lock_error = report_lock_update(cx, update, &lock_path, &lock_dropped);
 
@@ -709,13 +725,93 @@ pub fn prune_departed(
         results.push(finish(cx, a, r));
     }
     let lock_path = manifest.lock_path();
-    let (update, dropped) = update_lock_file(&lock_path, |lock| lock.retain_manifest(manifest))?;
+    let retain = |lock: &mut LockFile| lock.retain_manifest(manifest);
+    let (update, dropped) = match cx.held_lock {
+        Some(held) => (LockUpdate::Unchanged, held.edit([], retain)?),
+        None => update_lock_file(&lock_path, retain)?,
+    };
     report_lock_update(cx, update, &lock_path, &dropped);
     Ok(results)
 }
 
+/// One look at every entry for watch mode's resync ([`crate::watch::Converger::survey`]): one
+/// observe, one plan of the whole manifest (no Hub request: sizes and upstream commits are not
+/// needed to tell that nothing is to be done), the lock looked at once. Returns the entries
+/// whose plan is `unchanged` with nothing else to do for them (no older record of theirs to
+/// delete); their lock entries are healed from the store in memory, as [`apply`] heals those
+/// of unchanged entries (a missing entry, or one without its files, record hash or commit).
+/// Reports the plan as [`ReconcileEvent::Planned`].
+pub fn survey(
+    manifest: &Manifest,
+    cx: &ApplyContext<'_>,
+    held: &HeldLock,
+) -> Result<Vec<String>, ApplyError> {
+    let store = cx.manager.store().clone();
+    let inventory = observe(store.as_ref(), &manifest.settings.models_dir)?;
+    let lock = held.reload()?;
+    let popts = PlanOptions {
+        lock: Some(&lock),
+        ..PlanOptions::default()
+    };
+    let the_plan = plan(manifest, &inventory, &popts)?;
+    report(
+        cx,
+        ReconcileEvent::Planned {
+            totals: the_plan.totals.clone(),
+            free_bytes: None,
+        },
+    );
+    let busy: std::collections::HashSet<&str> = the_plan
+        .actions
+        .iter()
+        .filter(|a| a.kind() != ActionKind::Unchanged)
+        .map(|a| a.name.as_str())
+        .collect();
+    let by_name: BTreeMap<&str, &ModelEntry> = manifest
+        .models
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let mut converged = Vec::new();
+    let mut heal = Vec::new();
+    for a in &the_plan.actions {
+        if a.kind() != ActionKind::Unchanged || busy.contains(a.name.as_str()) {
+            continue;
+        }
+        let Some(entry) = by_name.get(a.name.as_str()) else {
+            continue;
+        };
+        converged.push(a.name.clone());
+        if let Some(key) = a.key()
+            && !lock_entry_complete(&lock, entry)
+            && let Ok(l) = lock_from_store(store.as_ref(), entry, key)
+        {
+            heal.push((*entry, l));
+        }
+    }
+    drop(lock);
+    let names: Vec<&str> = heal.iter().map(|(e, _)| e.name.as_str()).collect();
+    held.edit(names, |lock| {
+        for (entry, l) in heal {
+            heal_lock_entry(lock, entry, l);
+        }
+    })?;
+    Ok(converged)
+}
+
+/// Whether `entry`'s lock entry has everything [`heal_lock_entry`] would add from the store
+/// (file hashes aside: those are healed by the entry's next apply).
+fn lock_entry_complete(lock: &LockFile, entry: &ModelEntry) -> bool {
+    lock.entry_for(entry).is_some_and(|l| {
+        l.record_hash.is_some()
+            && !l.files.is_empty()
+            && (l.resolved_commit.is_some() || !matches!(entry.source, ModelSource::Hf(_)))
+    })
+}
+
 /// Serialises the read-modify-write of lock files within this process, and remembers each lock
-/// as this process last read or wrote it. Other processes are kept out by the store lock;
+/// as this process last read or wrote it, for applies without a [`HeldLock`] (watch mode holds
+/// its own). Other processes are kept out by the store lock;
 /// applies of one process (watch mode) run concurrently, and each must merge into what the
 /// others wrote rather than overwrite it with a stale copy. One mutex for every lock path: the
 /// section is short and never awaits.

@@ -18,9 +18,16 @@
 //!   services; a manifest that changes
 //!   them is rejected (the previous desired state stays in force) with a message asking for a
 //!   restart. `prune` is read at every sweep.
-//! - **`models.lock`.** Concurrent applies merge their results into the lock file as it is on
-//!   disk, under a process-wide mutex in [`apply`](mod@super::apply), so none loses another's
-//!   entries.
+//! - **Observe once per resync.** A resync (or manifest change) first
+//!   [`survey`](Converger::survey)s: one observe of the store and disk, one plan of the whole
+//!   manifest, the lock looked at once ([`super::apply::survey`]). Entries whose plan is
+//!   `unchanged` are not dispatched; only the others (and those whose
+//!   `settings.refresh_interval` is due) get a reconcile. So a resync over N converged entries
+//!   costs one observe, not N.
+//! - **`models.lock`.** The lock lives in the converger's memory ([`HeldLock`]): concurrent
+//!   applies merge their results into the memory copy, and the file is written once per batch
+//!   ([`Converger::settle`]), atomically, and at shutdown. A resync takes the file again when
+//!   someone else changed it and rewrites it when it was lost.
 //! - **Cancellation.** When the token fires, every running install job of the manager is
 //!   cancelled: its downloads stop with their `.part` files kept (Hub and URL downloads are
 //!   submitted with `preserve_partial_downloads`) and its staging folder stays, so the next
@@ -48,6 +55,7 @@
 //!   queue's `error` events, counted by a reporter wrapped around the caller's, and attributed
 //!   to the next reconcile that finishes (the metric is a process total).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +66,7 @@ use super::apply::{
     ActionResult, ApplyContext, ApplyError, ApplyOptions, ApplyReport, Preloader, apply,
     check_volume, prune_departed,
 };
+use super::held_lock::HeldLock;
 use super::plan::ActionKind;
 use super::remote;
 use crate::download::{DownloadError, DownloadEvent, DownloadQueue, DownloadQueueConfig};
@@ -219,6 +228,7 @@ impl Services {
             hub_env: &self.env,
             reporter,
             preloader,
+            held_lock: None,
         }
     }
 
@@ -410,6 +420,8 @@ pub struct ManifestConverger {
     /// The orphans the last sync saw, for `register`'s "unchanged since" rule.
     sync_seen:
         std::sync::Mutex<std::collections::HashMap<String, crate::install::sync::Fingerprint>>,
+    /// `models.lock` of the manifest in force (replaced when `settings.lock_file` moves it).
+    held_lock: std::sync::Mutex<Option<Arc<HeldLock>>>,
     /// Entry → when its reconcile last asked the Hub for the upstream commit.
     refreshed: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     // Declared last: released after the services are dropped.
@@ -447,6 +459,7 @@ impl ManifestConverger {
             sync: std::sync::Mutex::new(None),
             sync_seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             refreshed: std::sync::Mutex::default(),
+            held_lock: std::sync::Mutex::new(None),
             _lock: lock,
         }
     }
@@ -550,6 +563,42 @@ impl ManifestConverger {
                 (true, Some(every))
             }
         }
+    }
+
+    /// The held lock of `desired`'s lock path; a new path (an edited `settings.lock_file`)
+    /// writes out the old one and starts holding the new one.
+    fn held_lock(&self, desired: &Manifest) -> Arc<HeldLock> {
+        let path = desired.lock_path();
+        let mut slot = self
+            .held_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(h) if h.path() == path => Arc::clone(h),
+            _ => {
+                if let Some(old) = slot.take() {
+                    old.flush(self.reporter.as_ref());
+                }
+                let h = Arc::new(HeldLock::new(path));
+                *slot = Some(Arc::clone(&h));
+                h
+            }
+        }
+    }
+
+    /// Whether `entry`'s next reconcile will ask upstream ([`Self::refresh_due`] without
+    /// taking the turn).
+    fn refresh_pending(&self, settings: &Settings, entry: &str) -> bool {
+        let Some(every) = settings.refresh_interval else {
+            return false;
+        };
+        let now = tokio::time::Instant::now();
+        let last = self
+            .refreshed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.get(entry)
+            .is_none_or(|t| now.duration_since(*t) >= every)
     }
 
     fn sync_slot(&self) -> std::sync::MutexGuard<'_, Option<SyncStatus>> {
@@ -695,7 +744,9 @@ impl Converger for ManifestConverger {
                 cancel: cancel.clone(),
                 ..ApplyOptions::default()
             };
-            let cx = svc.context(self.reporter(), None);
+            let held = self.held_lock(desired);
+            let mut cx = svc.context(self.reporter(), None);
+            cx.held_lock = Some(&held);
             let result = svc
                 .unless_cancelled(apply(desired, &cx, &opts), &cancel)
                 .await;
@@ -711,6 +762,29 @@ impl Converger for ManifestConverger {
                 }),
             }
         })
+    }
+
+    fn survey<'a>(
+        &'a self,
+        desired: &'a Manifest,
+        _cancel: CancelToken,
+    ) -> BoxFuture<'a, Result<HashSet<String>, EntryError>> {
+        Box::pin(async move {
+            let svc = self.services().await?;
+            let held = self.held_lock(desired);
+            let mut cx = svc.context(self.reporter(), None);
+            cx.held_lock = Some(&held);
+            let converged = super::apply::survey(desired, &cx, &held)
+                .map_err(|e| EntryError::from(Failure::from_error(&e)))?;
+            Ok(converged
+                .into_iter()
+                .filter(|name| !self.refresh_pending(&desired.settings, name))
+                .collect())
+        })
+    }
+
+    fn settle(&self, desired: &Manifest) {
+        self.held_lock(desired).flush(self.reporter.as_ref());
     }
 
     fn preload_entry<'a>(
@@ -781,7 +855,9 @@ impl ManifestConverger {
                 return Ok(());
             }
             let svc = self.services().await?;
-            let cx = svc.context(self.reporter(), None);
+            let held = self.held_lock(desired);
+            let mut cx = svc.context(self.reporter(), None);
+            cx.held_lock = Some(&held);
             // Deletions are quick and not interruptible half-way; no cancel point needed.
             let results = prune_departed(desired, &cx)
                 .map_err(|e| EntryError::from(Failure::from_error(&e)))?;

@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod converge;
 pub mod gc;
+pub mod held_lock;
 pub mod inventory;
 pub mod plan;
 pub mod remote;
@@ -26,9 +27,10 @@ pub mod verify;
 
 pub use apply::{
     ActionResult, ApplyContext, ApplyError, ApplyOptions, ApplyReport, Preloader, ReconcileEvent,
-    apply, check_volume, install_request, prune_departed,
+    apply, check_volume, install_request, prune_departed, survey,
 };
 pub use converge::{ConvergeError, ManifestConverger, Services, SettingsChanged};
+pub use held_lock::HeldLock;
 pub use inventory::{
     DirState, FileState, FileStatus, Inventory, InventoryError, InventoryRecord, observe,
 };

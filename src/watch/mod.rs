@@ -1,8 +1,8 @@
 //! Watch mode (issue #7): keep converging while running in a container.
 //!
-//! The loop follows kube-rs's controller runtime: reconcile every entry at start, when the
+//! The loop follows kube-rs's controller runtime: look at every entry at start, when the
 //! manifest changes and on every interval (a full resync even while file events arrive,
-//! because events can be missed); a failed entry is retried with its own exponential backoff
+//! because events can be missed), and reconcile those not converged; a failed entry is retried with its own exponential backoff
 //! and jitter, so one broken entry neither blocks the others nor hammers the hub; one entry is
 //! never reconciled twice at once. Health, readiness, status and Prometheus metrics are served
 //! over HTTP.
@@ -10,17 +10,21 @@
 //! The work itself is done by a [`Converger`] — the reconciler implements it; tests use fakes.
 //!
 //! ```text
-//! manifest dir ──notify+debounce──┐
-//! interval tick ──────────────────┼─▶ re-read, hash, parse ─▶ queue entries ─▶ Converger::reconcile_entry
-//! retry timers (backoff) ─────────┘                                 │               (≤ concurrency at once)
-//!                                                                   ▼
-//!                                        shared state ─▶ /healthz /readyz /status /metrics
+//! manifest dir ──notify+debounce──┐                            Converger::survey (one look at all)
+//! interval tick ──────────────────┴─▶ re-read, hash, parse ─▶        │ entries not converged
+//!                                                                    ▼
+//! retry/requeue times (backoff) ───────────────────────────▶ scheduler ─▶ Converger::reconcile_entry
+//!                                                                    │     (≤ concurrency at once)
+//!                                  batch over: Converger::settle ◀───┤
+//!                                                                    ▼
+//!                                     status (no scheduling state) ─▶ /healthz /readyz /status /metrics
 //! ```
 //!
 //! Entry points: [`run_watch`] (bind + run until `shutdown`), [`block_on_watch`] (what the CLI
 //! calls: own runtime, SIGTERM/SIGINT), or [`Watch::bind`] + [`Watch::run`] when the caller
 //! needs the bound address or a [`WatchHandle`] first (tests).
 
+use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +38,7 @@ mod cancel;
 mod fswatch;
 mod metrics;
 mod runner;
+mod scheduler;
 mod server;
 mod state;
 
@@ -174,6 +179,30 @@ pub trait Converger: Send + Sync + 'static {
         entry: &'a str,
         cancel: CancelToken,
     ) -> BoxFuture<'a, Result<EntryOutcome, EntryError>>;
+
+    /// One look at every entry at once, when a resync or a manifest change asks for all of
+    /// them: the names of the entries found converged, which are then not dispatched (one
+    /// observe per resync instead of one per entry, as kube-rs reads its reflector store).
+    /// It must find an entry converged only where
+    /// [`reconcile_entry`](Self::reconcile_entry) would do nothing; whatever it is unsure of it
+    /// leaves out, and that entry is reconciled. The default finds nothing: every entry is
+    /// reconciled. An error is logged and every entry is reconciled.
+    fn survey<'a>(
+        &'a self,
+        desired: &'a Self::Desired,
+        cancel: CancelToken,
+    ) -> BoxFuture<'a, Result<HashSet<String>, EntryError>> {
+        let _ = (desired, cancel);
+        Box::pin(async { Ok(HashSet::new()) })
+    }
+
+    /// A batch is over: no reconcile runs or waits to start. Writes what the reconciles kept
+    /// in memory (the reconciler's `models.lock`), once per batch. Called on the loop before
+    /// the batch's last result shows in `/status` and `/readyz`, so keep it short (one file
+    /// write).
+    fn settle(&self, desired: &Self::Desired) {
+        let _ = desired;
+    }
 
     /// Warms a `preload` entry into the load cache; called after a successful reconcile when
     /// the entry changed or was never preloaded. `/readyz` waits for it.

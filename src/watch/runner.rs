@@ -1,7 +1,13 @@
-//! The loop: schedules reconciles from file events, the resync interval and retry timers;
-//! records results; shuts down in bounded time.
+//! The loop: turns file events, the resync interval and retry timers into requests for the
+//! [`Scheduler`], starts what it says is due (at most `concurrency` at once), records results
+//! in the status the HTTP handlers read, and shuts down in bounded time.
+//!
+//! A resync or manifest change first runs the converger's [`survey`](Converger::survey) (one
+//! look at every entry); only the entries it does not find converged are dispatched. When a
+//! batch is over (nothing runs or waits to start) the converger [`settle`](Converger::settle)s
+//! once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,10 +15,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout_at};
+use tracing::Instrument as _;
 
 use super::cancel::{CancelSource, CancelToken};
 use super::fswatch::{ManifestWatch, content_hash};
 use super::metrics::{ReloadResult, RunResult};
+use super::scheduler::{Next, Reason, Scheduler};
 use super::server;
 use super::state::{EntryState, Shared, WatchState};
 use super::{Converger, EntryError, EntryOutcome, EntrySpec, WatchConfig, WatchError};
@@ -26,8 +34,14 @@ const ABORT_GRACE: Duration = Duration::from_secs(1);
 enum TaskKey {
     Entry {
         name: String,
-        spec_gen: u64,
+        generation: u64,
         started: Instant,
+    },
+    Survey {
+        reason: Reason,
+        /// Each entry's spec generation when the survey started: a verdict on an older spec
+        /// is not taken.
+        generations: HashMap<String, u64>,
     },
     Sweep,
 }
@@ -38,6 +52,7 @@ enum Done {
         preload: Option<Result<(), EntryError>>,
         took: Duration,
     },
+    Survey(Result<HashSet<String>, EntryError>),
     Sweep(Result<(), EntryError>),
 }
 
@@ -58,7 +73,11 @@ pub(crate) struct Runner<C: Converger> {
     desired: Option<Arc<C::Desired>>,
     /// Hash of the content read last, valid or not: equal content is a no-op.
     last_seen: Option<String>,
-    queue: VecDeque<String>,
+    sched: Scheduler<Instant>,
+    /// A survey is asked for (with the reason its dispatches will carry).
+    survey_pending: Option<Reason>,
+    survey_running: bool,
+    sweep_pending: bool,
     tasks: JoinSet<Done>,
     keys: HashMap<Id, TaskKey>,
     work: CancelSource,
@@ -109,7 +128,10 @@ impl<C: Converger> Runner<C> {
                 shared,
                 desired: None,
                 last_seen: None,
-                queue: VecDeque::new(),
+                sched: Scheduler::new(),
+                survey_pending: None,
+                survey_running: false,
+                sweep_pending: false,
                 tasks: JoinSet::new(),
                 keys: HashMap::new(),
                 work,
@@ -132,8 +154,11 @@ impl<C: Converger> Runner<C> {
         let mut interval = tokio::time::interval(self.config.interval);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            self.start_queued();
-            let retry_at = self.earliest_retry();
+            self.start_work();
+            // With every slot taken, a finishing task is what wakes the loop, not a timer.
+            let retry_at = (self.running_entries() < self.config.concurrency)
+                .then(|| self.sched.next_due())
+                .flatten();
             let has_tasks = !self.tasks.is_empty();
             let wake = tokio::select! {
                 biased;
@@ -150,16 +175,17 @@ impl<C: Converger> Runner<C> {
                     // One re-read covers every burst already queued.
                     while self.fs_rx.try_recv().is_ok() {}
                     if self.reload_manifest().await == ReloadResult::Changed {
-                        self.request_all();
+                        self.request_all(Reason::FileEvent);
                     }
                 }
                 Wake::Tick => {
                     // A full resync even while events arrive: events can be missed, and
                     // drift (a deleted file, a removed record) makes none.
                     self.reload_manifest().await;
-                    self.request_all();
+                    self.request_all(Reason::Resync);
                 }
-                Wake::RetryDue => self.fire_due(),
+                // `start_work` takes what is due.
+                Wake::RetryDue => {}
             }
         }
         self.shutdown().await;
@@ -209,8 +235,8 @@ impl<C: Converger> Runner<C> {
                 st.manifest.error = None;
                 st.manifest.error_at = None;
                 st.counters.record_reload(ReloadResult::Changed);
-                apply_entries(&mut st, specs);
-                st.sweep.pending = true;
+                apply_entries(&mut st, &mut self.sched, specs, Instant::now());
+                self.sweep_pending = true;
                 tracing::info!("manifest {} loaded", path.display());
                 ReloadResult::Changed
             }
@@ -226,41 +252,14 @@ impl<C: Converger> Runner<C> {
         ReloadResult::Error
     }
 
-    /// Asks for a reconcile of every entry (backing-off entries wait for their timer) and
-    /// a sweep.
-    fn request_all(&mut self) {
-        let now = Instant::now();
-        let mut st = self.shared.lock();
-        if self.desired.is_some() {
-            st.sweep.pending = true;
+    /// Asks for a survey of every entry (which then dispatches those it does not find
+    /// converged, `reason` in their spans) and a sweep.
+    fn request_all(&mut self, reason: Reason) {
+        if self.desired.is_none() {
+            return;
         }
-        let names: Vec<String> = st.visible().iter().map(|e| e.spec.name.clone()).collect();
-        for name in names {
-            if let Some(e) = st.entries.get_mut(&name) {
-                request(e, &mut self.queue, now);
-            }
-        }
-    }
-
-    /// Queues entries whose retry or requeue time has come.
-    fn fire_due(&mut self) {
-        let now = Instant::now();
-        let mut st = self.shared.lock();
-        for e in st.entries.values_mut() {
-            if e.next_retry.is_some_and(|t| t <= now) {
-                e.next_retry = None;
-                request(e, &mut self.queue, now);
-            }
-        }
-    }
-
-    fn earliest_retry(&self) -> Option<Instant> {
-        let st = self.shared.lock();
-        st.entries
-            .values()
-            .filter(|e| !e.removed && !e.running && !e.queued)
-            .filter_map(|e| e.next_retry)
-            .min()
+        self.sweep_pending = true;
+        self.survey_pending.get_or_insert(reason);
     }
 
     fn running_entries(&self) -> usize {
@@ -270,17 +269,22 @@ impl<C: Converger> Runner<C> {
             .count()
     }
 
-    fn start_queued(&mut self) {
+    /// Whether a batch is over: no reconcile runs, none is due to start, no survey is out.
+    fn batch_over(&self, now: Instant) -> bool {
+        self.running_entries() == 0
+            && !self.survey_running
+            && self.sched.next_due().is_none_or(|t| t > now)
+    }
+
+    /// Starts the sweep and the survey when asked for, and the entries that are due, up to
+    /// the concurrency.
+    fn start_work(&mut self) {
         let Some(desired) = self.desired.clone() else {
             return;
         };
-        let mut st = self.shared.lock();
-        if st.shutting_down {
-            return;
-        }
-        if st.sweep.pending && !st.sweep.running {
-            st.sweep.pending = false;
-            st.sweep.running = true;
+        if self.sweep_pending && !self.shared.lock().sweep.running {
+            self.sweep_pending = false;
+            self.shared.lock().sweep.running = true;
             let conv = Arc::clone(&self.conv);
             let d = Arc::clone(&desired);
             let cancel = self.work.token();
@@ -289,54 +293,100 @@ impl<C: Converger> Runner<C> {
                 .spawn(async move { Done::Sweep(conv.sweep(&d, cancel).await) });
             self.keys.insert(h.id(), TaskKey::Sweep);
         }
+        if !self.survey_running
+            && let Some(reason) = self.survey_pending.take()
+        {
+            self.survey_running = true;
+            let generations = {
+                let st = self.shared.lock();
+                st.entries
+                    .keys()
+                    .map(|n| (n.clone(), self.sched.generation(n)))
+                    .collect()
+            };
+            let conv = Arc::clone(&self.conv);
+            let d = Arc::clone(&desired);
+            let cancel = self.work.token();
+            let span = tracing::info_span!("survey", reason = reason.as_str());
+            let h = self
+                .tasks
+                .spawn(async move { Done::Survey(conv.survey(&d, cancel).await) }.instrument(span));
+            self.keys.insert(
+                h.id(),
+                TaskKey::Survey {
+                    reason,
+                    generations,
+                },
+            );
+        }
+        let now = Instant::now();
         let mut running = self.running_entries();
         while running < self.config.concurrency {
-            let Some(name) = self.queue.pop_front() else {
+            let Some(started) = self.sched.pop_due(now) else {
                 break;
             };
-            let Some(e) = st.entries.get_mut(&name) else {
-                continue;
+            let name = started.name;
+            let (want_preload, preloaded) = {
+                let mut st = self.shared.lock();
+                let Some(e) = st.entries.get_mut(&name) else {
+                    self.sched.finish(&name, Next::Nothing);
+                    continue;
+                };
+                e.reconciling = true;
+                e.next_retry = None;
+                e.last_attempt = Some(SystemTime::now());
+                (e.spec.preload, e.preloaded)
             };
-            e.queued = false;
-            if e.removed || e.running {
-                continue;
-            }
-            e.running = true;
-            e.next_retry = None;
-            e.last_attempt = Some(SystemTime::now());
-            let want_preload = e.spec.preload;
-            let preloaded = e.preloaded;
-            let spec_gen = e.spec_gen;
             let conv = Arc::clone(&self.conv);
             let d = Arc::clone(&desired);
             let cancel = self.work.token();
             let task_name = name.clone();
-            let h = self.tasks.spawn(async move {
-                let started = Instant::now();
-                let result = conv.reconcile_entry(&d, &task_name, cancel.clone()).await;
-                let preload = match &result {
-                    Ok(o)
-                        if want_preload && (o.changed || !preloaded) && !cancel.is_cancelled() =>
-                    {
-                        Some(conv.preload_entry(&d, &task_name, cancel.clone()).await)
+            let span = tracing::info_span!(
+                "reconcile",
+                entry = %name,
+                reason = started.reason.as_str()
+            );
+            let h = self.tasks.spawn(
+                async move {
+                    let started = Instant::now();
+                    let result = conv.reconcile_entry(&d, &task_name, cancel.clone()).await;
+                    let preload = match &result {
+                        Ok(o)
+                            if want_preload
+                                && (o.changed || !preloaded)
+                                && !cancel.is_cancelled() =>
+                        {
+                            Some(conv.preload_entry(&d, &task_name, cancel.clone()).await)
+                        }
+                        _ => None,
+                    };
+                    Done::Entry {
+                        result,
+                        preload,
+                        took: started.elapsed(),
                     }
-                    _ => None,
-                };
-                Done::Entry {
-                    result,
-                    preload,
-                    took: started.elapsed(),
                 }
-            });
+                .instrument(span),
+            );
             self.keys.insert(
                 h.id(),
                 TaskKey::Entry {
                     name,
-                    spec_gen,
+                    generation: started.generation,
                     started: Instant::now(),
                 },
             );
             running += 1;
+        }
+    }
+
+    /// Lets the converger settle when the batch is over. Called with the status locked, so
+    /// that what it writes is there before the result that ends the batch is shown.
+    fn settle_if_over(&self, now: Instant) {
+        if let Some(d) = &self.desired
+            && self.batch_over(now)
+        {
+            self.conv.settle(d);
         }
     }
 
@@ -360,10 +410,12 @@ impl<C: Converger> Runner<C> {
             TaskKey::Sweep => {
                 let result = match done {
                     Ok(Done::Sweep(r)) => r,
-                    Ok(Done::Entry { .. }) => Ok(()),
+                    Ok(_) => Ok(()),
                     Err(e) => Err(join_error(&e)),
                 };
-                let mut st = self.shared.lock();
+                let shared = Arc::clone(&self.shared);
+                let mut st = shared.lock();
+                self.settle_if_over(Instant::now());
                 st.sweep.running = false;
                 match result {
                     Ok(()) => st.sweep.last_success = Some(SystemTime::now()),
@@ -374,9 +426,42 @@ impl<C: Converger> Runner<C> {
                     }
                 }
             }
+            TaskKey::Survey {
+                reason,
+                generations,
+            } => {
+                self.survey_running = false;
+                let converged = match done {
+                    Ok(Done::Survey(Ok(names))) => names,
+                    Ok(Done::Survey(Err(e))) => {
+                        tracing::warn!("survey failed, reconciling every entry: {e}");
+                        HashSet::new()
+                    }
+                    Ok(_) => HashSet::new(),
+                    Err(e) => {
+                        tracing::warn!("survey failed, reconciling every entry: {e}");
+                        HashSet::new()
+                    }
+                };
+                if cancelled {
+                    return;
+                }
+                let shared = Arc::clone(&self.shared);
+                let mut st = shared.lock();
+                let now = Instant::now();
+                record_survey(
+                    &mut st,
+                    &mut self.sched,
+                    &converged,
+                    &generations,
+                    reason,
+                    now,
+                );
+                self.settle_if_over(now);
+            }
             TaskKey::Entry {
                 name,
-                spec_gen,
+                generation,
                 started,
             } => {
                 let (result, preload, took) = match done {
@@ -385,7 +470,7 @@ impl<C: Converger> Runner<C> {
                         preload,
                         took,
                     }) => (result, preload, took),
-                    Ok(Done::Sweep(_)) => return,
+                    Ok(_) => return,
                     Err(e) => {
                         if e.is_panic() {
                             tracing::error!("reconcile of {name} panicked");
@@ -393,22 +478,26 @@ impl<C: Converger> Runner<C> {
                         (Err(join_error(&e)), None, started.elapsed())
                     }
                 };
-                let mut st = self.shared.lock();
+                let shared = Arc::clone(&self.shared);
+                let mut st = shared.lock();
                 let unit = self.jitter.next_unit();
                 record_entry(
                     &mut st,
-                    &mut self.queue,
+                    &mut self.sched,
                     &self.config,
                     unit,
                     EntryResult {
                         name,
-                        spec_gen,
+                        generation,
                         result,
                         preload,
                         took,
                         cancelled,
                     },
                 );
+                if !cancelled {
+                    self.settle_if_over(Instant::now());
+                }
             }
         }
     }
@@ -416,14 +505,9 @@ impl<C: Converger> Runner<C> {
     /// Stops taking work, cancels running reconciles, waits for them (bounded), then stops
     /// the file watch and the server.
     async fn shutdown(mut self) {
-        {
-            let mut st = self.shared.lock();
-            st.shutting_down = true;
-            for e in st.entries.values_mut() {
-                e.queued = false;
-            }
-        }
-        self.queue.clear();
+        self.shared.lock().shutting_down = true;
+        self.sched.clear_waiting();
+        self.survey_pending = None;
         self.work.cancel();
         let deadline = Instant::now() + self.config.shutdown_timeout;
         while !self.tasks.is_empty() {
@@ -446,6 +530,10 @@ impl<C: Converger> Runner<C> {
                 }
             }
         }
+        // What the interrupted batch kept in memory is written now.
+        if let Some(d) = &self.desired {
+            self.conv.settle(d);
+        }
         self.fs_watch = None;
         self.server_stop.cancel();
         if let Some(mut server) = self.server.take()
@@ -459,17 +547,23 @@ impl<C: Converger> Runner<C> {
     }
 }
 
-/// Merges a new entry list into the state: new entries appear pending, entries whose spec
-/// hash changed start over (backoff reset, must converge again), vanished entries go (or are
-/// marked removed while their reconcile finishes).
-fn apply_entries(st: &mut WatchState, specs: Vec<EntrySpec>) {
+/// Merges a new entry list into the state: new entries appear pending (the survey that
+/// follows decides whether they need a reconcile), entries whose spec hash changed start over
+/// (backoff reset, must converge again) and are asked for at once, vanished entries go (a
+/// running one's result is dropped when it ends).
+fn apply_entries(
+    st: &mut WatchState,
+    sched: &mut Scheduler<Instant>,
+    specs: Vec<EntrySpec>,
+    now: Instant,
+) {
     let names: HashSet<String> = specs.iter().map(|s| s.name.clone()).collect();
     for (order, spec) in specs.into_iter().enumerate() {
         if let Some(e) = st.entries.get_mut(&spec.name) {
             e.order = order;
-            if e.removed || e.spec.spec_hash != spec.spec_hash {
-                e.removed = false;
-                e.spec_gen += 1;
+            if e.spec.spec_hash != spec.spec_hash {
+                sched.reset(&spec.name);
+                sched.request(&spec.name, now, Reason::SpecChange);
                 e.failures = 0;
                 e.next_retry = None;
                 e.converged_once = false;
@@ -477,39 +571,50 @@ fn apply_entries(st: &mut WatchState, specs: Vec<EntrySpec>) {
             }
             e.spec = spec;
         } else {
+            sched.add(&spec.name);
             st.entries
                 .insert(spec.name.clone(), EntryState::new(spec, order));
         }
     }
-    st.entries.retain(|name, e| {
-        if names.contains(name) {
-            return true;
+    st.entries.retain(|name, _| {
+        let keep = names.contains(name);
+        if !keep {
+            sched.remove(name);
         }
-        e.removed = true;
-        e.queued = false;
-        e.rerun = false;
-        e.running
+        keep
     });
 }
 
-/// Asks for one reconcile of `e`: coalesced with a queued one, deferred behind a running
-/// one, skipped while the entry backs off (its retry timer will queue it).
-fn request(e: &mut EntryState, queue: &mut VecDeque<String>, now: Instant) {
-    if e.removed {
-        return;
+/// Takes a survey's verdicts: an entry found converged is converged now (nothing runs) when
+/// nothing else is pending for it — same spec as surveyed, not running, not failing, no
+/// preload owed, no request due; every other entry is asked for (backing-off ones wait for
+/// their retry time).
+fn record_survey(
+    st: &mut WatchState,
+    sched: &mut Scheduler<Instant>,
+    converged: &HashSet<String>,
+    generations: &HashMap<String, u64>,
+    reason: Reason,
+    now: Instant,
+) {
+    let wall = SystemTime::now();
+    let mut order: Vec<(&String, &mut EntryState)> = st.entries.iter_mut().collect();
+    order.sort_by_key(|(_, e)| e.order);
+    for (name, e) in order {
+        let settled = converged.contains(name)
+            && generations.get(name) == Some(&sched.generation(name))
+            && !sched.is_running(name)
+            && e.failures == 0
+            && (e.preloaded || !e.spec.preload)
+            && sched.due_at(name).is_none_or(|t| t > now);
+        if settled {
+            e.converged_once = true;
+            e.last_success = Some(wall);
+            e.last_action = Some("unchanged".to_owned());
+        } else {
+            sched.request(name, now, reason);
+        }
     }
-    if e.running {
-        e.rerun = true;
-        return;
-    }
-    if e.queued {
-        return;
-    }
-    if e.failures > 0 && e.next_retry.is_some_and(|t| t > now) {
-        return;
-    }
-    e.queued = true;
-    queue.push_back(e.spec.name.clone());
 }
 
 /// How a finished reconcile (with its preload) counts.
@@ -522,7 +627,7 @@ enum Verdict {
 
 struct EntryResult {
     name: String,
-    spec_gen: u64,
+    generation: u64,
     result: Result<EntryOutcome, EntryError>,
     preload: Option<Result<(), EntryError>>,
     took: Duration,
@@ -531,7 +636,7 @@ struct EntryResult {
 
 fn record_entry(
     st: &mut WatchState,
-    queue: &mut VecDeque<String>,
+    sched: &mut Scheduler<Instant>,
     config: &WatchConfig,
     jitter_unit: f64,
     r: EntryResult,
@@ -551,17 +656,16 @@ fn record_entry(
     };
     st.counters.record_run(run_result, r.took);
 
+    // A result for a spec that changed meanwhile says nothing about the new spec (the
+    // change's own request, held while this ran, runs next).
+    let stale = sched.generation(&r.name) != r.generation;
     let Some(e) = st.entries.get_mut(&r.name) else {
+        // Left the manifest while it ran.
+        sched.finish(&r.name, Next::Nothing);
         return;
     };
-    e.running = false;
+    e.reconciling = false;
     e.runs += 1;
-    if e.removed {
-        st.entries.remove(&r.name);
-        return;
-    }
-    // A result for a spec that changed meanwhile says nothing about the new spec.
-    let stale = e.spec_gen != r.spec_gen;
     let verdict = match (r.result, r.preload) {
         (Ok(outcome), preload) => {
             e.last_action = Some(outcome.action);
@@ -587,33 +691,35 @@ fn record_entry(
             Verdict::Failure(err)
         }
     };
-    match verdict {
+    let next = match verdict {
         Verdict::Success(requeue_after) => {
             e.failures = 0;
             e.last_success = Some(wall);
             e.next_retry = requeue_after.map(|d| now + d);
+            e.next_retry.map_or(Next::Nothing, Next::Requeue)
         }
         Verdict::Failure(err) if run_result == RunResult::Cancelled => {
             e.last_error = Some(err.failure.context("interrupted by shutdown"));
             e.last_error_at = Some(wall);
+            Next::Nothing
         }
         Verdict::Failure(err) => {
             tracing::warn!("entry {}: {:#}", r.name, err.failure);
+            let mut next = Next::Nothing;
             if !stale {
                 e.failures = e.failures.saturating_add(1);
                 let delay = config
                     .backoff
                     .wait(e.failures, jitter_unit, err.failure.retry_after);
                 e.next_retry = Some(now + delay);
+                next = Next::Backoff(now + delay);
             }
             e.last_error = Some(err.failure);
             e.last_error_at = Some(wall);
+            next
         }
-    }
-    if (e.rerun || stale) && !r.cancelled {
-        e.rerun = false;
-        request(e, queue, now);
-    }
+    };
+    sched.finish(&r.name, if r.cancelled { Next::Nothing } else { next });
 }
 
 #[cfg(test)]
@@ -632,7 +738,7 @@ mod tests {
     fn failed(name: &str, retry_after: Option<Duration>) -> EntryResult {
         EntryResult {
             name: name.to_owned(),
-            spec_gen: 0,
+            generation: 0,
             result: Err(EntryError::from(Failure {
                 retry_after,
                 ..Failure::new(FailureKind::RateLimited, "rate limited")
@@ -644,7 +750,8 @@ mod tests {
     }
 
     /// On tokio's paused clock: the next attempt is due at the server's `Retry-After` when it
-    /// is longer than the backoff, at the backoff otherwise, and never later than `max`.
+    /// is longer than the backoff, at the backoff otherwise, and never later than `max`; a
+    /// resync meanwhile does not start it earlier.
     #[tokio::test(start_paused = true)]
     async fn the_next_attempt_is_due_at_the_retry_after_capped() {
         let mut config = WatchConfig::new("/m/models.yaml");
@@ -654,24 +761,86 @@ mod tests {
             jitter: 0.0,
         };
         let mut st = WatchState::new("/m/models.yaml".into());
-        apply_entries(&mut st, vec![spec("a"), spec("b"), spec("c")]);
-        let mut queue = VecDeque::new();
+        let mut sched = Scheduler::new();
         let now = Instant::now();
+        apply_entries(
+            &mut st,
+            &mut sched,
+            vec![spec("a"), spec("b"), spec("c")],
+            now,
+        );
+        for name in ["a", "b", "c"] {
+            sched.request(name, now, Reason::Resync);
+            assert!(sched.pop_due(now).is_some());
+        }
         for (name, ra) in [
             ("a", Some(Duration::from_mins(5))),
             ("b", None),
             ("c", Some(Duration::from_hours(3))),
         ] {
-            st.entries.get_mut(name).unwrap().running = true;
-            record_entry(&mut st, &mut queue, &config, 0.5, failed(name, ra));
+            st.entries.get_mut(name).unwrap().reconciling = true;
+            record_entry(&mut st, &mut sched, &config, 0.5, failed(name, ra));
         }
         let due = |n: &str| st.entries[n].next_retry.map(|t| t - now);
         assert_eq!(due("a"), Some(Duration::from_mins(5)));
         assert_eq!(due("b"), Some(Duration::from_secs(2)));
         assert_eq!(due("c"), Some(Duration::from_mins(30)));
+        assert_eq!(sched.due_at("a"), Some(now + Duration::from_mins(5)));
         assert_eq!(
             st.entries["a"].last_error.as_ref().map(|f| f.kind),
             Some(FailureKind::RateLimited)
+        );
+        // A survey that finds `a` converged does not settle it while it backs off, nor run it.
+        let converged: HashSet<String> = ["a".to_owned()].into();
+        let generations = ["a", "b", "c"].map(|n| (n.to_owned(), 0)).into();
+        record_survey(
+            &mut st,
+            &mut sched,
+            &converged,
+            &generations,
+            Reason::Resync,
+            now,
+        );
+        assert!(!st.entries["a"].converged_once);
+        assert_eq!(sched.pop_due(now), None);
+        assert_eq!(sched.next_due(), Some(now + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_survey_settles_converged_entries_and_asks_for_the_rest() {
+        let mut st = WatchState::new("/m/models.yaml".into());
+        let mut sched: Scheduler<Instant> = Scheduler::new();
+        let now = Instant::now();
+        apply_entries(
+            &mut st,
+            &mut sched,
+            vec![spec("a"), spec("b"), spec("c")],
+            now,
+        );
+        let generations: HashMap<String, u64> = ["a", "b", "c"].map(|n| (n.to_owned(), 0)).into();
+        // `c`'s spec changed after the survey started: its verdict is not taken.
+        sched.reset("c");
+        let converged: HashSet<String> = ["a".to_owned(), "c".to_owned()].into();
+        record_survey(
+            &mut st,
+            &mut sched,
+            &converged,
+            &generations,
+            Reason::Resync,
+            now,
+        );
+        assert!(st.entries["a"].converged_once);
+        assert_eq!(st.entries["a"].runs, 0, "nothing ran");
+        let mut started: Vec<(String, Reason)> = std::iter::from_fn(|| sched.pop_due(now))
+            .map(|s| (s.name, s.reason))
+            .collect();
+        started.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            started,
+            [
+                ("b".to_owned(), Reason::Resync),
+                ("c".to_owned(), Reason::Resync)
+            ]
         );
     }
 }

@@ -170,23 +170,19 @@ pub struct StatusReport {
     pub sync: Option<SyncStatus>,
 }
 
+/// One entry as `/status`, `/readyz` and `/metrics` show it: status only. When it runs next
+/// and why is the runner's [`Scheduler`](super::scheduler::Scheduler)'s business.
 #[derive(Debug, Clone)]
 pub(crate) struct EntryState {
     pub spec: EntrySpec,
     /// Position in the manifest.
     pub order: usize,
-    /// Bumped when the spec changes, so a result computed for an old spec is recognised.
-    pub spec_gen: u64,
-    /// Left the manifest while a reconcile was running; dropped when it ends.
-    pub removed: bool,
-    pub running: bool,
-    pub queued: bool,
-    /// Another reconcile was requested while one ran.
-    pub rerun: bool,
+    /// A reconcile (or its preload) is running.
+    pub reconciling: bool,
     pub converged_once: bool,
     pub preloaded: bool,
     pub failures: u32,
-    /// A scheduled retry (after failure) or requeue (after success).
+    /// When the scheduled retry (after failure) or requeue (after success) is due.
     pub next_retry: Option<Instant>,
     pub last_action: Option<String>,
     pub last_error: Option<Failure>,
@@ -201,11 +197,7 @@ impl EntryState {
         Self {
             spec,
             order,
-            spec_gen: 0,
-            removed: false,
-            running: false,
-            queued: false,
-            rerun: false,
+            reconciling: false,
             converged_once: false,
             preloaded: false,
             failures: 0,
@@ -220,7 +212,7 @@ impl EntryState {
     }
 
     pub(crate) fn phase(&self) -> EntryPhase {
-        if self.running {
+        if self.reconciling {
             EntryPhase::Reconciling
         } else if self.failures > 0 {
             EntryPhase::Failed
@@ -244,7 +236,6 @@ pub(crate) struct ManifestState {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SweepState {
     pub running: bool,
-    pub pending: bool,
     pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
     pub last_error_at: Option<SystemTime>,
@@ -272,9 +263,9 @@ impl WatchState {
         }
     }
 
-    /// Entries still in the manifest, in manifest order.
+    /// The manifest's entries, in manifest order.
     pub(crate) fn visible(&self) -> Vec<&EntryState> {
-        let mut v: Vec<&EntryState> = self.entries.values().filter(|e| !e.removed).collect();
+        let mut v: Vec<&EntryState> = self.entries.values().collect();
         v.sort_by_key(|e| e.order);
         v
     }
@@ -466,12 +457,6 @@ mod tests {
         }
         assert!(st.readiness().ready);
 
-        // Removed entries do not count.
-        let mut gone = EntryState::new(spec("gone", false), 2);
-        gone.removed = true;
-        st.entries.insert("gone".into(), gone);
-        assert!(st.readiness().ready);
-
         st.shutting_down = true;
         assert_eq!(st.readiness().reasons, ["shutting down"]);
     }
@@ -480,9 +465,9 @@ mod tests {
     fn phase_follows_flags() {
         let mut e = EntryState::new(spec("a", false), 0);
         assert_eq!(e.phase(), EntryPhase::Pending);
-        e.running = true;
+        e.reconciling = true;
         assert_eq!(e.phase(), EntryPhase::Reconciling);
-        e.running = false;
+        e.reconciling = false;
         e.failures = 2;
         assert_eq!(e.phase(), EntryPhase::Failed);
         e.failures = 0;

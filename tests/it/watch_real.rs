@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modelsync::hub::HubEnv;
-use modelsync::reconcile::ManifestConverger;
-use modelsync::report::Recorder;
+use modelsync::reconcile::{ManifestConverger, ReconcileEvent};
+use modelsync::report::{Event, Recorder};
 use modelsync::retry::FailureKind;
 use modelsync::store::lock::StoreLock;
 use modelsync::watch::{
@@ -46,6 +46,15 @@ fn entry(name: &str, source: &str) -> String {
 
 /// Starts watch mode in-process over `w`'s manifest, with a real converger.
 async fn start(w: &Work, tweak: impl FnOnce(&mut WatchConfig)) -> Running {
+    start_recording(w, Recorder::new(), tweak).await
+}
+
+/// [`start`], with the converger's events going to `events`.
+async fn start_recording(
+    w: &Work,
+    events: Recorder,
+    tweak: impl FnOnce(&mut WatchConfig),
+) -> Running {
     let manifest_path = w.path().join("models.yaml");
     let m = modelsync::manifest::load(&manifest_path).expect("manifest loads");
     let lock = StoreLock::acquire(&m.settings.database_path(), Duration::ZERO, |_| {})
@@ -54,7 +63,7 @@ async fn start(w: &Work, tweak: impl FnOnce(&mut WatchConfig)) -> Running {
         hf_home: Some(w.path().join(".hf")),
         ..HubEnv::empty()
     };
-    let conv = ManifestConverger::new(&m, lock, Arc::new(Recorder::new())).with_hub_env(env);
+    let conv = ManifestConverger::new(&m, lock, Arc::new(events)).with_hub_env(env);
     let mut config = WatchConfig::new(&manifest_path);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.interval = Duration::from_millis(300);
@@ -285,6 +294,83 @@ async fn converges_serves_status_picks_up_edits_heals_and_prunes() {
     assert!(lock.is_ok(), "the store lock was not released");
 }
 
+/// How many events of the reconciler's `kind` were recorded.
+fn count(events: &Recorder, kind: fn(&ReconcileEvent) -> bool) -> usize {
+    events
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Reconcile(r) if kind(r)))
+        .count()
+}
+
+/// Watch is linear in the number of entries (issue #17): a resync over converged entries is
+/// one observe and one plan (one `planned` event), not one per entry, and reconciles none of
+/// them; the lock is written once per batch, not once per entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_plans_once_for_all_entries_and_a_batch_writes_the_lock_once() {
+    let w = Work::new();
+    let names = ["a", "b", "c", "d"];
+    let mut models = String::new();
+    for (seed, name) in (1..).zip(names) {
+        let id = format!("owner/{name}");
+        w.hub.add_repo(lora_repo(&id, seed, 2));
+        models.push_str(&entry(name, &format!("{id}::lora.safetensors")));
+    }
+    let s = settings(&w, "");
+    w.manifest(&s, &models);
+    let events = Recorder::new();
+    let r = start_recording(&w, events.clone(), |c| {
+        // One resync (at start); the next one is the edit below.
+        c.interval = Duration::from_hours(1);
+        c.concurrency = names.len();
+    })
+    .await;
+    r.eventually("all converge", |st| st.ready).await;
+    let planned = |e: &ReconcileEvent| matches!(e, ReconcileEvent::Planned { .. });
+    let written = |e: &ReconcileEvent| matches!(e, ReconcileEvent::LockWritten { .. });
+    assert_eq!(count(&events, written), 1, "one batch, one lock write");
+    assert_eq!(w.lock().entries.len(), names.len());
+    let runs: Vec<u64> = names
+        .iter()
+        .map(|n| r.entry(n).expect("entry").runs)
+        .collect();
+    let planned_before = count(&events, planned);
+
+    // A manifest edit that changes no entry: a survey of all of them, nothing reconciled.
+    let mark = modelsync::watch::rfc3339_now();
+    write_manifest(&w, &format!("# edited\n{}", manifest_text(&s, &models)));
+    r.eventually("every entry is seen converged after the edit", |st| {
+        st.entries.iter().all(|e| {
+            e.last_success
+                .as_deref()
+                .is_some_and(|t| t >= mark.as_str())
+        })
+    })
+    .await;
+    assert_eq!(count(&events, planned), planned_before + 1, "one plan");
+    let after: Vec<u64> = names
+        .iter()
+        .map(|n| r.entry(n).expect("entry").runs)
+        .collect();
+    assert_eq!(after, runs, "no entry was reconciled");
+    assert_eq!(
+        count(&events, written),
+        1,
+        "nothing changed, nothing written"
+    );
+
+    // The lock lost: the next resync rewrites it, once.
+    std::fs::remove_file(w.path().join("models.lock")).expect("remove the lock");
+    write_manifest(
+        &w,
+        &format!("# edited again\n{}", manifest_text(&s, &models)),
+    );
+    r.eventually("the lock is back", |_| count(&events, written) == 2)
+        .await;
+    assert_eq!(w.lock().entries.len(), names.len());
+    r.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_entry_backs_off_while_the_good_one_converges() {
     let w = Work::new();
@@ -320,14 +406,22 @@ async fn a_broken_entry_backs_off_while_the_good_one_converges() {
     let after_first = asked(&w);
     assert!(after_first >= 1);
 
-    // Several resyncs go by (the good entry is reconciled at each) while the broken one waits
-    // for its backoff: not one more request for it.
-    let runs = r.entry("good").expect("good").runs;
-    r.eventually("five more resyncs of good", |_| {
-        r.entry("good").is_some_and(|e| e.runs >= runs + 5)
-    })
-    .await;
+    // Several resyncs go by while the broken one waits for its backoff: not one more request
+    // for it. The good one is found converged by each resync's survey, not reconciled again.
+    let resyncs = |r: &Running| {
+        prom::parse(&r.handle.metrics_text())
+            .expect("metrics")
+            .value(
+                "modelsync_manifest_reloads_total",
+                &[("result", "unchanged")],
+            )
+            .unwrap_or_default()
+    };
+    let (before, runs) = (resyncs(&r), r.entry("good").expect("good").runs);
+    r.eventually("five more resyncs", |_| resyncs(&r) >= before + 5.0)
+        .await;
     assert_eq!(asked(&w), after_first, "{:?}", w.hub.requests());
+    assert_eq!(r.entry("good").expect("good").runs, runs);
     let broken = r.entry("broken").expect("broken");
     assert_eq!(broken.consecutive_failures, 1, "{broken:?}");
     assert!(broken.next_retry_in_seconds.is_some_and(|s| s > 60.0));
