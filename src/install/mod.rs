@@ -16,6 +16,7 @@
 mod error;
 mod job;
 mod local;
+pub mod oci;
 mod promote;
 mod refit;
 mod remote;

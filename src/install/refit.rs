@@ -95,6 +95,7 @@ pub(super) async fn refit(
         ModelSource::Url(u) => {
             refit_url(inner, id, u, req, ip, &target, &recorded, &staging, cancel).await?
         }
+        ModelSource::Oci(_) => return Err(InstallError::NotRemote(source_str)),
         ModelSource::Local(l) if l.inplace => Fetched::default(),
         ModelSource::Local(l) => {
             let (src, target2, staging2) = (l.path.clone(), target.clone(), staging.clone());

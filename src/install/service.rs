@@ -53,6 +53,8 @@ pub struct InstallConfig {
     pub check_disk_space: bool,
     /// Staging dirs untouched for longer are removed at start-up (default 7 days).
     pub stale_after: Duration,
+    /// OCI registries' settings (`settings.registries`: plain HTTP hosts).
+    pub registries: crate::oci::Registries,
 }
 
 impl InstallConfig {
@@ -82,6 +84,7 @@ impl InstallConfig {
             default_variant: None,
             check_disk_space: true,
             stale_after: DEFAULT_STALE_AFTER,
+            registries: crate::oci::Registries::new(),
         }
     }
 }
@@ -161,7 +164,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn record_source(source: &ModelSource) -> String {
     match source {
         ModelSource::Local(l) => absolute(&l.path).display().to_string(),
-        ModelSource::Url(_) | ModelSource::Hf(_) => source.canonical(),
+        ModelSource::Url(_) | ModelSource::Hf(_) | ModelSource::Oci(_) => source.canonical(),
     }
 }
 
@@ -885,6 +888,10 @@ async fn run_job(
         ModelSource::Url(u) => {
             let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
             remote::fetch_url(inner, id, u, &req.options, staging, cancel).await?
+        }
+        ModelSource::Oci(o) => {
+            let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
+            super::oci::fetch_oci(inner, id, o, &req.options, staging, cancel).await?
         }
     };
     if cancel.is_set() {

@@ -52,6 +52,8 @@ pub enum StagingKind {
     Url,
     /// A copy of a local model.
     Local,
+    /// An OCI artifact's blobs (`commit`: the manifest digest).
+    Oci,
 }
 
 /// `staging.json`.

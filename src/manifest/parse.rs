@@ -1136,6 +1136,7 @@ fn kind_of(s: &ModelSource) -> &'static str {
         ModelSource::Local(_) => "local path",
         ModelSource::Url(_) => "URL",
         ModelSource::Hf(_) => "Hugging Face repo",
+        ModelSource::Oci(_) => "OCI artifact",
     }
 }
 

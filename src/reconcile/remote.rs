@@ -223,6 +223,7 @@ pub async fn entry_sizes(
             },
             ModelSource::Hf(_) => hf.push(*e),
             ModelSource::Url(_) => url.push(*e),
+            ModelSource::Oci(_) => {}
         }
     }
     if hub.is_offline() {
