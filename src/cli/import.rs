@@ -168,6 +168,7 @@ impl Reporter for Bars {
 )]
 pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
     let (models_dir, database) = ctx.store_paths()?;
+    let registries = ctx.registries()?;
     let mut config = parse_config(&a.config)?;
     if let Some(n) = &a.name {
         config.insert("name".into(), Value::String(n.clone()));
@@ -202,7 +203,8 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
         Arc::new(NullReporter)
     };
     let outcome = rt.block_on(async {
-        let cfg = InstallConfig::from_env(&models_dir, None)?;
+        let mut cfg = InstallConfig::from_env(&models_dir, None)?;
+        cfg.registries = registries;
         let manager = ModelManager::open(
             cfg,
             &database,

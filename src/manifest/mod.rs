@@ -241,6 +241,8 @@ pub struct Settings {
     pub unknown_models: UnknownModels,
     /// What `watch` does with `sync_to_config` at each resync (default `report`).
     pub sync: crate::install::SyncMode,
+    /// OCI registries' settings by host (`settings.registries`).
+    pub registries: crate::oci::Registries,
 }
 
 /// Default `settings.max_parallel_downloads`.
@@ -267,6 +269,7 @@ impl Settings {
             cache: CacheSettings::default(),
             unknown_models: UnknownModels::default(),
             sync: crate::install::SyncMode::default(),
+            registries: crate::oci::Registries::new(),
         }
     }
 
@@ -337,9 +340,11 @@ impl ModelEntry {
     }
 
     /// Whether the revision pins a commit (40 hex digits), so upstream can never move it.
-    /// Non-hub sources count as pinned: there is nothing to refresh.
+    /// An `oci://` source is pinned by a digest; other sources count as pinned: there is
+    /// nothing to refresh.
     pub fn is_pinned(&self) -> bool {
         match &self.source {
+            ModelSource::Oci(o) => o.reference.is_pinned(),
             ModelSource::Hf(h) => h
                 .revision
                 .as_deref()

@@ -213,6 +213,19 @@ pub struct SettingsFile {
     /// `register` the orphans in place (default report; dead records are only reported).
     #[serde(default)]
     pub sync: Option<crate::install::SyncMode>,
+    /// OCI registries by host (`host` or `host:port`): `insecure: true` speaks plain HTTP
+    /// to it (a test or in-cluster registry; https is the default).
+    #[serde(default)]
+    pub registries: Option<std::collections::BTreeMap<String, RegistryFile>>,
+}
+
+/// `settings.registries.HOST:`.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// Plain HTTP instead of https (default false).
+    #[serde(default)]
+    pub insecure: Option<Sp<Flag>>,
 }
 
 /// `settings.cache:`.
@@ -289,9 +302,17 @@ pub struct EntryFile {
     /// Globs over the repo's (or local folder's) files to leave out.
     #[serde(default)]
     pub exclude: Option<Vec<Sp<Text>>>,
-    /// Access token, usually `${HF_TOKEN}`. Kept in memory only, never stored.
+    /// Access token, usually `${HF_TOKEN}` (for an `oci://` source, a registry token sent as
+    /// `Bearer`). Kept in memory only, never stored.
     #[serde(default)]
     pub token: Option<Sp<Text>>,
+    /// `oci://` sources: the registry user (with `password`), usually `${REGISTRY_USER}`.
+    #[serde(default)]
+    pub username: Option<Sp<Text>>,
+    /// `oci://` sources: the registry password or access token, usually `${REGISTRY_PASSWORD}`.
+    /// Kept in memory only, never stored.
+    #[serde(default)]
+    pub password: Option<Sp<Text>>,
     /// Local sources: register the file or folder where it is instead of copying it.
     #[serde(default)]
     pub inplace: Option<Sp<Flag>>,
@@ -736,6 +757,24 @@ impl<'a> Cx<'a> {
         }
         s.unknown_models = raw.unknown_models.unwrap_or_default();
         s.sync = raw.sync.unwrap_or_default();
+        for (host, r) in raw.registries.iter().flatten() {
+            let probe = format!("oci://{host}/x");
+            if host.contains('/') || crate::oci::OciReference::parse(&probe).is_err() {
+                self.err(
+                    r.insecure.as_ref().map_or(Loc::default(), Sp::loc),
+                    format!(
+                        "`registries` key `{host}` is not a registry host (`host` or `host:port`)"
+                    ),
+                );
+                continue;
+            }
+            s.registries.insert(
+                host.to_ascii_lowercase(),
+                crate::oci::RegistrySettings {
+                    insecure: r.insecure.as_ref().is_some_and(|v| v.value().0),
+                },
+            );
+        }
         s
     }
 
@@ -987,6 +1026,13 @@ impl<'a> Cx<'a> {
                     );
                     break;
                 }
+                if kind == Some("OCI artifact") {
+                    self.err(
+                        item.loc(),
+                        format!("`{field}` does not apply to an oci:// source (every layer of the artifact is pulled)"),
+                    );
+                    break;
+                }
                 if let Some(g) = self.text(item, field) {
                     match globset::Glob::new(&g) {
                         Ok(_) => globs[out].push(g),
@@ -1007,6 +1053,45 @@ impl<'a> Cx<'a> {
             } else if let Some(s) = &mut source {
                 s.set_access_token(Token::new(text));
             }
+        }
+        let username = raw.username.as_ref().and_then(|u| self.text(u, "username"));
+        let password = raw.password.as_ref().and_then(|p| self.text(p, "password"));
+        for (sp, field) in [(&raw.username, "username"), (&raw.password, "password")] {
+            if let Some(sp) = sp
+                && let Some(k) = kind
+                && k != "OCI artifact"
+            {
+                self.err(
+                    sp.loc(),
+                    format!("`{field}` applies to oci:// sources only, and this source is a {k}"),
+                );
+            }
+        }
+        match (&raw.username, username, password) {
+            (_, Some(u), Some(p)) if !u.is_empty() => {
+                if let Some(ModelSource::Oci(o)) = &mut source {
+                    if raw.token.is_some() {
+                        self.err(
+                            raw.token.as_ref().map_or(Loc::default(), Sp::loc),
+                            "`token` and `username`/`password` are two ways to log in: give one",
+                        );
+                    }
+                    // `${REGISTRY_PASSWORD:-}` unset: no entry credentials, so the Docker
+                    // config's are tried, as for an empty `token`.
+                    if let Some(password) = Token::new(p) {
+                        o.credentials = Some(crate::oci::Credentials::Basic {
+                            username: u,
+                            password,
+                        });
+                    }
+                }
+            }
+            (Some(sp), Some(_), None) => self.err(sp.loc(), "`username` needs a `password`"),
+            (None, None, Some(_)) => self.err(
+                raw.password.as_ref().map_or(Loc::default(), Sp::loc),
+                "`password` needs a `username`",
+            ),
+            _ => {}
         }
         let inplace = raw.inplace.as_ref().is_some_and(|v| v.value().0);
         if let Some(v) = &raw.inplace
