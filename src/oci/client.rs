@@ -626,10 +626,15 @@ async fn expect_ok(
         }),
         401 | 403 => {
             let e = error_of(resp, url).await;
+            let host = url.host_str().unwrap_or_default();
             Err(OciError::Unauthorized {
-                registry: url.host_str().unwrap_or_default().to_owned(),
+                registry: url
+                    .port()
+                    .map_or_else(|| host.to_owned(), |p| format!("{host}:{p}")),
                 repository: what(),
-                detail: e.to_string(),
+                detail: format!(
+                    "{e} (credentials: the entry's `username`/`password` or `token`, or `docker login`)"
+                ),
             })
         }
         _ => Err(error_of(resp, url).await),
