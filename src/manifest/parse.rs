@@ -307,13 +307,6 @@ pub struct EntryFile {
     /// `Bearer`). Kept in memory only, never stored.
     #[serde(default)]
     pub token: Option<Sp<Text>>,
-    /// `oci://` sources: the registry user (with `password`), usually `${REGISTRY_USER}`.
-    #[serde(default)]
-    pub username: Option<Sp<Text>>,
-    /// `oci://` sources: the registry password or access token, usually `${REGISTRY_PASSWORD}`.
-    /// Kept in memory only, never stored.
-    #[serde(default)]
-    pub password: Option<Sp<Text>>,
     /// Local sources: register the file or folder where it is instead of copying it.
     #[serde(default)]
     pub inplace: Option<Sp<Flag>>,
@@ -345,6 +338,13 @@ pub struct EntryFile {
     #[serde(default)]
     #[schemars(schema_with = "precision_schema")]
     pub precision: Option<Sp<Text>>,
+    /// `oci://` sources: the registry user (with `password`), usually `${REGISTRY_USER}`.
+    #[serde(default)]
+    pub username: Option<Sp<Text>>,
+    /// `oci://` sources: the registry password or access token, usually `${REGISTRY_PASSWORD}`.
+    /// Kept in memory only, never stored.
+    #[serde(default)]
+    pub password: Option<Sp<Text>>,
 }
 
 // The schemas below carry the checks `Cx::entry` makes, so that an editor refuses what the

@@ -543,3 +543,182 @@ fn a_killed_pull_resumes_the_blob_with_range() {
         big
     );
 }
+
+/// Pushes with raw distribution-API requests from Python (`requests`): `blobs` (base64,
+/// uploaded monolithically) and `manifests` (`[ref, media_type, json]`, in order, serialised
+/// compactly). Prints the digest of each manifest, one per line.
+const RAW_PUSH: &str = r#"
+import base64, hashlib, json, sys, requests
+spec = json.loads(sys.argv[1])
+base = "http://%s/v2/%s" % (spec["host"], spec["repo"])
+for b in spec["blobs"]:
+    data = base64.b64decode(b)
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = requests.post(base + "/blobs/uploads/")
+    r.raise_for_status()
+    loc = r.headers["Location"]
+    if loc.startswith("/"):
+        loc = "http://%s%s" % (spec["host"], loc)
+    r = requests.put(loc + ("&" if "?" in loc else "?") + "digest=" + d, data=data,
+                     headers={"Content-Type": "application/octet-stream"})
+    r.raise_for_status()
+for ref, media, body in spec["manifests"]:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    r = requests.put(base + "/manifests/" + ref, data=data, headers={"Content-Type": media})
+    r.raise_for_status()
+    print("sha256:" + hashlib.sha256(data).hexdigest())
+"#;
+
+fn desc(media: &str, data: &[u8], annotations: Value) -> Value {
+    json!({
+        "mediaType": media,
+        "digest": format!("sha256:{}", sha256_hex(data)),
+        "size": data.len(),
+        "annotations": annotations,
+    })
+}
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// An image index: with two model manifests the entry fails listing both (digest, name
+/// annotation) and says to pin one; with one model manifest beside a non-model one that one
+/// is taken; a digest pins a manifest of the index directly.
+#[test]
+fn image_indexes_take_their_one_model_or_list_the_choices() {
+    let reg = Registry::start(Auth::Open);
+    let (cfg, w16, w32) = (b"{}".to_vec(), lora_bytes(8, 2), lora_bytes(9, 2));
+    let manifest = |weights: &[u8]| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+            "config": desc("application/vnd.cncf.model.config.v1+json", &cfg, json!({})),
+            "layers": [desc(
+                "application/vnd.cncf.model.weight.v1.raw",
+                weights,
+                json!({"org.cncf.model.filepath": "lora.safetensors"}),
+            )],
+        })
+    };
+    let (m16, m32) = (manifest(&w16), manifest(&w32));
+    let d16 = format!("sha256:{}", sha256_hex(m16.to_string().as_bytes()));
+    let entry = |m: &Value, name: &str, artifact: &str| {
+        let body = m.to_string();
+        json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha256_hex(body.as_bytes())),
+            "size": body.len(),
+            "artifactType": artifact,
+            "annotations": {"org.opencontainers.image.ref.name": name},
+        })
+    };
+    let model = "application/vnd.cncf.model.manifest.v1+json";
+    let index = |entries: Vec<Value>| json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+    // Python's compact `json.dumps` of these values gives the bytes hashed here.
+    let out = registry::python(
+        RAW_PUSH,
+        &[&json!({
+            "host": reg.host(), "repo": "team/multi",
+            "blobs": [b64(&cfg), b64(&w16), b64(&w32)],
+            "manifests": [
+                [d16.clone(), "application/vnd.oci.image.manifest.v1+json", m16],
+                ["m32", "application/vnd.oci.image.manifest.v1+json", m32],
+                ["both", "application/vnd.oci.image.index.v1+json",
+                    index(vec![entry(&m16, "fp16", model), entry(&m32, "fp32", model)])],
+                ["one", "application/vnd.oci.image.index.v1+json",
+                    index(vec![entry(&m16, "fp16", model), entry(&m32, "sig", "application/vnd.example.signature")])],
+            ],
+        })
+        .to_string()],
+    );
+    assert!(out.lines().next() == Some(d16.as_str()), "{out} vs {d16}");
+
+    let w = Work::new();
+    w.manifest(
+        &insecure(&reg.host()),
+        &format!(
+            "  - name: both\n    source: {}\n  - name: one\n    source: {}\n  - name: pinned\n    source: {}\n",
+            reg.oci("team/multi:both"),
+            reg.oci("team/multi:one"),
+            reg.oci(&format!("team/multi@{d16}")),
+        ),
+    );
+    let o = run(&w, &["apply"], &[]);
+    assert_exit(&o, 1);
+    let err = stderr(&o) + &stdout(&o);
+    assert!(
+        err.contains("several manifests") && err.contains("name=fp16") && err.contains("name=fp32"),
+        "{err}"
+    );
+    let got: Vec<(String, Vec<u8>)> = records(&w)
+        .iter()
+        .map(|r| {
+            let entry = r.common().managed.as_ref().unwrap().entry.clone();
+            (entry, std::fs::read(r.resolved_path(&w.models())).unwrap())
+        })
+        .collect();
+    let mut got = got;
+    got.sort();
+    assert_eq!(
+        got,
+        [("one".to_owned(), w16.clone()), ("pinned".to_owned(), w16)]
+    );
+}
+
+/// The manifest's checks of `oci://` entries: credentials only on `oci://` sources, a
+/// `username` with its `password`, one way to log in, no `include`, and a bad reference.
+#[test]
+fn oci_entries_are_checked_by_the_manifest_parser() {
+    let dir = crate::support::tmp();
+    let path = dir.path().join("models.yaml");
+    let parse = |models: &str| {
+        modelsync::manifest::parse_str(
+            &format!("version: 1\nmodels:\n{models}"),
+            &path,
+            &|_: &str| None,
+        )
+    };
+    for (models, want) in [
+        (
+            "  - name: a\n    source: owner/name\n    username: u\n    password: p\n",
+            "applies to oci:// sources only",
+        ),
+        (
+            "  - name: a\n    source: oci://r.example/team/m:v1\n    username: u\n",
+            "`username` needs a `password`",
+        ),
+        (
+            "  - name: a\n    source: oci://r.example/team/m:v1\n    username: u\n    password: p\n    token: t\n",
+            "two ways to log in",
+        ),
+        (
+            "  - name: a\n    source: oci://r.example/team/m:v1\n    include: ['*.json']\n",
+            "does not apply to an oci:// source",
+        ),
+        (
+            "  - name: a\n    source: oci://r.example/../m\n",
+            "invalid OCI reference",
+        ),
+    ] {
+        let e = parse(models).expect_err(models).to_string();
+        assert!(e.contains(want), "{models}: {e}");
+    }
+    let m = parse(
+        "  - name: a\n    source: oci://r.example/team/m:v1\n    username: u\n    password: p\n",
+    )
+    .unwrap();
+    match &m.models[0].source {
+        modelsync::hub::ModelSource::Oci(o) => {
+            assert!(matches!(
+                o.credentials,
+                Some(modelsync::oci::Credentials::Basic { .. })
+            ));
+            assert!(!o.insecure);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!m.models[0].is_pinned());
+}
