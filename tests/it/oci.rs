@@ -569,7 +569,7 @@ for ref, media, body in spec["manifests"]:
     print("sha256:" + hashlib.sha256(data).hexdigest())
 "#;
 
-fn desc(media: &str, data: &[u8], annotations: Value) -> Value {
+fn desc(media: &str, data: &[u8], annotations: &Value) -> Value {
     json!({
         "mediaType": media,
         "digest": format!("sha256:{}", sha256_hex(data)),
@@ -595,11 +595,11 @@ fn image_indexes_take_their_one_model_or_list_the_choices() {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "artifactType": "application/vnd.cncf.model.manifest.v1+json",
-            "config": desc("application/vnd.cncf.model.config.v1+json", &cfg, json!({})),
+            "config": desc("application/vnd.cncf.model.config.v1+json", &cfg, &json!({})),
             "layers": [desc(
                 "application/vnd.cncf.model.weight.v1.raw",
                 weights,
-                json!({"org.cncf.model.filepath": "lora.safetensors"}),
+                &json!({"org.cncf.model.filepath": "lora.safetensors"}),
             )],
         })
     };
