@@ -66,8 +66,8 @@ pub struct ManifestBody {
     pub parsed: Fetched,
 }
 
-/// A client for any number of registries. Cheap to clone? No: share it behind an `Arc`; it
-/// caches the `Authorization` each repository settled on.
+/// A client for any number of registries. Share one (behind an `Arc`) across the requests of
+/// a pull or push: it caches the `Authorization` each repository and access settled on.
 #[derive(Debug)]
 pub struct RegistryClient {
     http: reqwest::Client,
