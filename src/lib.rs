@@ -17,6 +17,7 @@ pub mod install;
 pub mod load;
 pub mod manager;
 pub mod manifest;
+pub mod oci;
 pub mod probe;
 pub mod reconcile;
 pub mod report;

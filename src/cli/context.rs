@@ -92,6 +92,17 @@ impl Context {
         self.log_level
     }
 
+    /// `settings.registries` of the manifest when the file exists (for `import oci://…` of a
+    /// plain-HTTP registry), else none.
+    pub fn registries(&self) -> anyhow::Result<crate::oci::Registries> {
+        if !self.manifest_path.is_file() {
+            return Ok(crate::oci::Registries::new());
+        }
+        let settings = manifest::load_settings(&self.manifest_path)
+            .with_context(|| format!("reading settings from {}", self.manifest_path.display()))?;
+        Ok(settings.registries)
+    }
+
     /// The manifest (`-f`), validated, with `--models-dir` / `--database` / `--lock-file`
     /// applied over its settings; loaded on the first call. A missing file is an error with a
     /// hint to run `modelsync init`.

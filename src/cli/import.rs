@@ -173,11 +173,15 @@ impl Reporter<InstallEvent> for Bars {
 )]
 pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
     let (models_dir, database) = ctx.store_paths()?;
+    let registries = ctx.registries()?;
     let mut config = parse_config(&a.config)?;
     if let Some(n) = &a.name {
         config.insert("name".into(), Value::String(n.clone()));
     }
     let mut source = ModelSource::parse(&a.source)?;
+    if let ModelSource::Oci(o) = &mut source {
+        o.apply_settings(&registries);
+    }
     match &mut source {
         ModelSource::Local(l) => l.inplace = a.inplace,
         _ if a.inplace => {

@@ -1085,7 +1085,13 @@ async fn send_request(
         }
         let token_sent = same_origin && token.is_some();
         if let (true, Some(t)) = (token_sent, token) {
-            req = req.bearer_auth(t.expose());
+            let mut v = header::HeaderValue::from_str(t.header_value()).map_err(|_| {
+                DownloadError::Setup {
+                    what: "the access token holds characters a header cannot".into(),
+                }
+            })?;
+            v.set_sensitive(true);
+            req = req.header(header::AUTHORIZATION, v);
         }
         let resp = tokio::time::timeout(response_timeout, req.send())
             .await

@@ -41,18 +41,25 @@ impl DownloadJobStatus {
     }
 }
 
-/// A bearer token. It is never serialised, and its `Debug` does not show it.
+/// What a download sends as `Authorization` to the source's origin: a bearer token (the Hub's,
+/// a URL entry's) or, for registry blobs, the header a registry settled on (`Basic …`, a token
+/// service's `Bearer …`). It is never serialised, and its `Debug` does not show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken(String);
 
 impl AccessToken {
-    /// Wraps a token.
+    /// Wraps a bearer token.
     pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
+        Self(format!("Bearer {}", token.into()))
     }
 
-    /// The token itself, for the `Authorization` header.
-    pub(crate) fn expose(&self) -> &str {
+    /// Wraps a whole `Authorization` value (`Basic …`, `Bearer …`).
+    pub fn from_header_value(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The `Authorization` header value.
+    pub(crate) fn header_value(&self) -> &str {
         &self.0
     }
 }
@@ -71,7 +78,7 @@ impl From<&str> for AccessToken {
 
 impl From<String> for AccessToken {
     fn from(s: String) -> Self {
-        Self(s)
+        Self::new(s)
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `owner/name::path/to/file.safetensors` | one file of the repo |
 //! | `owner/name@revision…` | any of the above at a branch, tag or commit (modelsync's extension) |
 //! | `http://…`, `https://…` | URL (HF `/blob/` URLs become `/resolve/`) |
+//! | `oci://HOST[:PORT]/REPO[:TAG][@sha256:…]` | an artifact in an OCI registry ([`crate::oci`]) |
 //!
 //! Formatting a parsed source and parsing it again gives the same source (`inplace` and tokens
 //! are not part of the string form). InvokeAI's own formatter drops the subfolder when a variant
@@ -29,12 +30,15 @@ pub enum SourceError {
     Empty,
     /// Not a path, repo id or URL.
     #[error(
-        "`{0}` is not a model source: expected an existing local path, a Hugging Face repo id (owner/name, owner/name:fp16, owner/name:fp16:vae, owner/name::vae, owner/name::path/file.safetensors) or an http(s) URL"
+        "`{0}` is not a model source: expected an existing local path, a Hugging Face repo id (owner/name, owner/name:fp16, owner/name:fp16:vae, owner/name::vae, owner/name::path/file.safetensors), an http(s) URL or an oci:// reference"
     )]
     Unrecognised(String),
     /// A bad part of a repo id.
     #[error("invalid Hugging Face source `{source_str}`: {reason}")]
     BadRepo { source_str: String, reason: String },
+    /// An `oci://` reference that does not parse.
+    #[error(transparent)]
+    BadOci(#[from] crate::oci::ReferenceError),
     /// A URL that does not parse.
     #[error("invalid URL `{url}`: {reason}")]
     BadUrl { url: String, reason: String },
@@ -158,6 +162,8 @@ pub enum ModelSource {
     Url(UrlModelSource),
     /// A Hugging Face repo id.
     Hf(HfModelSource),
+    /// An artifact in an OCI registry.
+    Oci(crate::oci::OciModelSource),
 }
 
 impl ModelSource {
@@ -185,6 +191,13 @@ impl ModelSource {
             });
         }
         let lower = s.to_ascii_lowercase();
+        if lower.starts_with(crate::oci::reference::SCHEME) {
+            return Ok(Self::Oci(crate::oci::OciModelSource {
+                reference: crate::oci::OciReference::parse(s)?,
+                credentials: None,
+                insecure: false,
+            }));
+        }
         if lower.starts_with("http://") || lower.starts_with("https://") {
             return parse_url(s).map(|url| {
                 Self::Url(UrlModelSource {
@@ -229,6 +242,10 @@ impl ModelSource {
             Self::Local(_) => None,
             Self::Url(u) => u.access_token.as_ref(),
             Self::Hf(h) => h.access_token.as_ref(),
+            Self::Oci(o) => match &o.credentials {
+                Some(crate::oci::Credentials::Bearer(t)) => Some(t),
+                _ => None,
+            },
         }
     }
 
@@ -238,6 +255,9 @@ impl ModelSource {
             Self::Local(_) => {}
             Self::Url(u) => u.access_token = token,
             Self::Hf(h) => h.access_token = token,
+            Self::Oci(o) => {
+                o.credentials = token.map(crate::oci::Credentials::Bearer);
+            }
         }
     }
 
@@ -245,7 +265,8 @@ impl ModelSource {
     pub fn source_type(&self) -> crate::config::ModelSourceType {
         match self {
             Self::Local(_) => crate::config::ModelSourceType::Path,
-            Self::Url(_) => crate::config::ModelSourceType::Url,
+            // InvokeAI knows path, url and hf_repo_id only; an `oci://` reference is a URL.
+            Self::Url(_) | Self::Oci(_) => crate::config::ModelSourceType::Url,
             Self::Hf(_) => crate::config::ModelSourceType::HfRepoId,
         }
     }
@@ -430,6 +451,7 @@ impl fmt::Display for ModelSource {
                 &u.url,
                 &u.secret_params,
             )),
+            Self::Oci(o) => write!(f, "{}", o.reference),
             Self::Hf(h) => {
                 f.write_str(&h.repo_id)?;
                 if let Some(rev) = &h.revision {
@@ -476,6 +498,7 @@ mod tests {
             "owner/name@0123abcd",
             "https://example.invalid/api/download/models/123?type=Model",
             "/abs/path/model.safetensors",
+            "oci://127.0.0.1:5000/team/sdxl:v1",
         ] {
             let parsed = ModelSource::parse_in(s, Path::new("/nonexistent-base")).unwrap();
             assert_eq!(parsed.to_string(), s);

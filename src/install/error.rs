@@ -48,6 +48,15 @@ pub enum InstallError {
         #[source]
         error: Box<HubError>,
     },
+    /// A registry refused or failed (the cause names the registry, reference or blob).
+    #[error("registry request failed")]
+    Registry {
+        /// The source.
+        source_str: String,
+        /// The registry error.
+        #[source]
+        error: Box<crate::oci::OciError>,
+    },
     /// A download failed (the cause names the URL).
     #[error("download failed")]
     Download {
@@ -207,6 +216,7 @@ impl InstallError {
             Self::NotFound(_) => "NotFound",
             Self::Hub { .. } => "HubError",
             Self::Download { .. } => "DownloadError",
+            Self::Registry { .. } => "RegistryError",
             Self::InsufficientSpace { .. } => "InsufficientSpace",
             Self::Probe { .. } => "ProbeError",
             Self::UnknownModel { .. } => "UnknownModel",
@@ -232,6 +242,7 @@ impl Classify for InstallError {
         match self {
             Self::Hub { error, .. } => error.classify(),
             Self::Download { error, .. } => error.classify(),
+            Self::Registry { error, .. } => error.classify(),
             Self::JobFailed(e) => e.classify(),
             Self::InsufficientSpace { .. } => Class::of(FailureKind::DiskFull),
             Self::HashMismatch { .. } => Class::of(FailureKind::Integrity),

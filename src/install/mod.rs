@@ -22,6 +22,7 @@ mod error;
 mod job;
 pub mod layout;
 mod local;
+pub mod oci;
 mod promote;
 mod refit;
 mod remote;

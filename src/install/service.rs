@@ -170,7 +170,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn record_source(source: &ModelSource) -> String {
     match source {
         ModelSource::Local(l) => absolute(&l.path).display().to_string(),
-        ModelSource::Url(_) | ModelSource::Hf(_) => source.canonical(),
+        ModelSource::Url(_) | ModelSource::Hf(_) | ModelSource::Oci(_) => source.canonical(),
     }
 }
 
@@ -912,6 +912,10 @@ async fn run_job(
         ModelSource::Url(u) => {
             let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
             remote::fetch_url(&inner.fetch_ctx(id), u, &req.options, staging, cancel).await?
+        }
+        ModelSource::Oci(o) => {
+            let staging = Staging::new(&inner.cfg.models_dir, &stage_id(&req.source, &req.options));
+            super::oci::fetch_oci(inner, id, o, &req.options, staging, cancel).await?
         }
     };
     if cancel.is_set() {

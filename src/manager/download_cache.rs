@@ -281,7 +281,7 @@ async fn fetch(
             let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             Ok((path, bytes))
         }
-        ModelSource::Local(_) => Err(InstallError::NotRemote(source_str)),
+        ModelSource::Local(_) | ModelSource::Oci(_) => Err(InstallError::NotRemote(source_str)),
     }
 }
 

@@ -251,6 +251,8 @@ pub struct Settings {
     /// Folders searched for a file's bytes before it is downloaded, after the store and the
     /// HF cache ([`crate::install::blobs`]).
     pub adopt_from: Vec<PathBuf>,
+    /// OCI registries' settings by host (`settings.registries`).
+    pub registries: crate::oci::Registries,
 }
 
 /// Default `settings.max_parallel_downloads`.
@@ -280,6 +282,7 @@ impl Settings {
             sync: crate::install::SyncMode::default(),
             layout: crate::install::Layout::default(),
             adopt_from: Vec::new(),
+            registries: crate::oci::Registries::new(),
         }
     }
 
@@ -344,18 +347,21 @@ impl ModelEntry {
         self.source.access_token()
     }
 
-    /// The requested revision when this is a Hugging Face source.
+    /// The requested revision when this is a Hugging Face source (an `oci://` source's tag).
     pub fn revision(&self) -> Option<&str> {
         match &self.source {
             ModelSource::Hf(h) => h.revision.as_deref(),
+            ModelSource::Oci(o) => o.reference.tag.as_deref(),
             _ => None,
         }
     }
 
     /// Whether the revision pins a commit (40 hex digits), so upstream can never move it.
-    /// Non-hub sources count as pinned: there is nothing to refresh.
+    /// An `oci://` source is pinned by a digest; other sources count as pinned: there is
+    /// nothing to refresh.
     pub fn is_pinned(&self) -> bool {
         match &self.source {
+            ModelSource::Oci(o) => o.reference.is_pinned(),
             ModelSource::Hf(h) => h
                 .revision
                 .as_deref()

@@ -230,6 +230,19 @@ pub struct SettingsFile {
     /// (same file system) or copied, and checked; nothing in these folders is changed.
     #[serde(default)]
     pub adopt_from: Option<Vec<Sp<Text>>>,
+    /// OCI registries by host (`host` or `host:port`): `insecure: true` speaks plain HTTP
+    /// to it (a test or in-cluster registry; https is the default).
+    #[serde(default)]
+    pub registries: Option<std::collections::BTreeMap<String, RegistryFile>>,
+}
+
+/// `settings.registries.HOST:`.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// Plain HTTP instead of https (default false).
+    #[serde(default)]
+    pub insecure: Option<Sp<Flag>>,
 }
 
 /// `settings.cache:`.
@@ -286,7 +299,8 @@ pub struct EntryFile {
     pub name: Sp<Text>,
     /// A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`,
     /// `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`,
-    /// `owner/name@revision`) or an http(s) URL.
+    /// `owner/name@revision`), an http(s) URL, or an OCI artifact
+    /// (`oci://HOST[:PORT]/REPO[:TAG][@sha256:DIGEST]`).
     #[schemars(schema_with = "source_schema")]
     pub source: Sp<Text>,
     /// Hugging Face repo file variant ("" for the default files).
@@ -306,7 +320,8 @@ pub struct EntryFile {
     /// Globs over the repo's (or local folder's) files to leave out.
     #[serde(default)]
     pub exclude: Option<Vec<Sp<Text>>>,
-    /// Access token, usually `${HF_TOKEN}`. Kept in memory only, never stored.
+    /// Access token, usually `${HF_TOKEN}` (for an `oci://` source, a registry token sent as
+    /// `Bearer`). Kept in memory only, never stored.
     #[serde(default)]
     pub token: Option<Sp<Text>>,
     /// Local sources: register the file or folder where it is instead of copying it.
@@ -344,6 +359,13 @@ pub struct EntryFile {
     /// installed model replaces it: installed anew in the new layout, then the old files go.
     #[serde(default)]
     pub layout: Option<Sp<crate::install::Layout>>,
+    /// `oci://` sources: the registry user (with `password`), usually `${REGISTRY_USER}`.
+    #[serde(default)]
+    pub username: Option<Sp<Text>>,
+    /// `oci://` sources: the registry password or access token, usually `${REGISTRY_PASSWORD}`.
+    /// Kept in memory only, never stored.
+    #[serde(default)]
+    pub password: Option<Sp<Text>>,
 }
 
 // The schemas below carry the checks `Cx::entry` makes, so that an editor refuses what the
@@ -361,7 +383,7 @@ fn name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 fn source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "description": "A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`, `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`, `owner/name@revision`) or an http(s) URL.",
+        "description": "A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`, `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`, `owner/name@revision`), an http(s) URL, or an OCI artifact (`oci://HOST[:PORT]/REPO[:TAG][@sha256:DIGEST]`).",
         "pattern": "\\S"
     })
 }
@@ -777,6 +799,24 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+        for (host, r) in raw.registries.iter().flatten() {
+            let probe = format!("oci://{host}/x");
+            if host.contains('/') || crate::oci::OciReference::parse(&probe).is_err() {
+                self.err(
+                    r.insecure.as_ref().map_or(Loc::default(), Sp::loc),
+                    format!(
+                        "`registries` key `{host}` is not a registry host (`host` or `host:port`)"
+                    ),
+                );
+                continue;
+            }
+            s.registries.insert(
+                host.to_ascii_lowercase(),
+                crate::oci::RegistrySettings {
+                    insecure: r.insecure.as_ref().is_some_and(|v| v.value().0),
+                },
+            );
+        }
         s
     }
 
@@ -936,6 +976,9 @@ impl<'a> Cx<'a> {
         if let Some(ModelSource::Url(u)) = &mut source {
             u.secret_params = interpolated_query_params(raw.source.value());
         }
+        if let Some(ModelSource::Oci(o)) = &mut source {
+            o.apply_settings(&settings.registries);
+        }
         let kind = source.as_ref().map(kind_of);
         let hf_only = |cx: &mut Self, loc: Loc, field: &str| {
             if let Some(k) = kind
@@ -1028,6 +1071,13 @@ impl<'a> Cx<'a> {
                     );
                     break;
                 }
+                if kind == Some("OCI artifact") {
+                    self.err(
+                        item.loc(),
+                        format!("`{field}` does not apply to an oci:// source (every layer of the artifact is pulled)"),
+                    );
+                    break;
+                }
                 if let Some(g) = self.text(item, field) {
                     match globset::Glob::new(&g) {
                         Ok(_) => globs[out].push(g),
@@ -1048,6 +1098,45 @@ impl<'a> Cx<'a> {
             } else if let Some(s) = &mut source {
                 s.set_access_token(Token::new(text));
             }
+        }
+        let username = raw.username.as_ref().and_then(|u| self.text(u, "username"));
+        let password = raw.password.as_ref().and_then(|p| self.text(p, "password"));
+        for (sp, field) in [(&raw.username, "username"), (&raw.password, "password")] {
+            if let Some(sp) = sp
+                && let Some(k) = kind
+                && k != "OCI artifact"
+            {
+                self.err(
+                    sp.loc(),
+                    format!("`{field}` applies to oci:// sources only, and this source is a {k}"),
+                );
+            }
+        }
+        match (&raw.username, username, password) {
+            (_, Some(u), Some(p)) if !u.is_empty() => {
+                if let Some(ModelSource::Oci(o)) = &mut source {
+                    if raw.token.is_some() {
+                        self.err(
+                            raw.token.as_ref().map_or(Loc::default(), Sp::loc),
+                            "`token` and `username`/`password` are two ways to log in: give one",
+                        );
+                    }
+                    // `${REGISTRY_PASSWORD:-}` unset: no entry credentials, so the Docker
+                    // config's are tried, as for an empty `token`.
+                    if let Some(password) = Token::new(p) {
+                        o.credentials = Some(crate::oci::Credentials::Basic {
+                            username: u,
+                            password,
+                        });
+                    }
+                }
+            }
+            (Some(sp), Some(_), None) => self.err(sp.loc(), "`username` needs a `password`"),
+            (None, None, Some(_)) => self.err(
+                raw.password.as_ref().map_or(Loc::default(), Sp::loc),
+                "`password` needs a `username`",
+            ),
+            _ => {}
         }
         let inplace = raw.inplace.as_ref().is_some_and(|v| v.value().0);
         if let Some(v) = &raw.inplace
@@ -1193,6 +1282,7 @@ fn kind_of(s: &ModelSource) -> &'static str {
         ModelSource::Local(_) => "local path",
         ModelSource::Url(_) => "URL",
         ModelSource::Hf(_) => "Hugging Face repo",
+        ModelSource::Oci(_) => "OCI artifact",
     }
 }
 

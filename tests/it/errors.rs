@@ -146,7 +146,7 @@ fn a_manifest_error_points_at_the_line() {
     assert_eq!(
         stderr(&o),
         "error: models.yaml:4:5: unknown field `sauce`, expected one of name, source, variant, subfolder, revision, include, exclude, \
-         token, inplace, dest, hash, preload, tags, description, config, unsafe_pickle, precision, layout; did you mean `source`?\n"
+         token, inplace, dest, hash, preload, tags, description, config, unsafe_pickle, precision, layout, username, password; did you mean `source`?\n"
     );
     let o = w.run(&["apply", "-o", "json"]);
     assert_exit(&o, 1);
@@ -155,7 +155,7 @@ fn a_manifest_error_points_at_the_line() {
         doc,
         serde_json::json!({
             "error": "models.yaml:4:5: unknown field `sauce`, expected one of name, source, variant, subfolder, revision, include, exclude, \
-                      token, inplace, dest, hash, preload, tags, description, config, unsafe_pickle, precision, layout; did you mean `source`?",
+                      token, inplace, dest, hash, preload, tags, description, config, unsafe_pickle, precision, layout, username, password; did you mean `source`?",
             "causes": [],
         })
     );

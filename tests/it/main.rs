@@ -21,6 +21,7 @@ mod invocation;
 mod layouts;
 mod load;
 mod manifest;
+mod oci;
 mod plan;
 mod preload;
 mod probe;

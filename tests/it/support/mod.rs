@@ -7,6 +7,7 @@ pub mod hub_server;
 pub mod probe_fixtures;
 pub mod pyfix;
 pub mod reconcile;
+pub mod registry;
 pub mod rofs;
 
 use std::path::{Path, PathBuf};
