@@ -17,6 +17,8 @@ pub enum Event {
     Load(crate::load::LoadEvent),
     /// Reconciler events.
     Reconcile(crate::reconcile::ReconcileEvent),
+    /// Registry push events.
+    Push(crate::oci::push::PushEvent),
 }
 
 /// Receives events. Implementations must be cheap and must not block: they are called on the

@@ -393,7 +393,7 @@ impl Reporter for ApplyUi {
         match event {
             Event::Reconcile(e) => self.text(e),
             Event::Install(e) => self.install(e),
-            Event::Download(_) | Event::Load(_) => {}
+            Event::Download(_) | Event::Load(_) | Event::Push(_) => {}
         }
     }
 }
