@@ -100,8 +100,8 @@ fn reporter(ctx: &Context) -> Box<dyn Reporter> {
 }
 
 fn options(a: &UploadArgs) -> anyhow::Result<PushOptions> {
-    let chunk_size =
-        crate::units::parse_size(&a.chunk_size).map_err(|e| anyhow::anyhow!("--chunk-size: {e}"))?;
+    let chunk_size = crate::units::parse_size(&a.chunk_size)
+        .map_err(|e| anyhow::anyhow!("--chunk-size: {e}"))?;
     if chunk_size == 0 {
         bail!("--chunk-size must be more than 0");
     }
@@ -253,7 +253,11 @@ pub fn publish(ctx: &Context, a: PublishArgs) -> anyhow::Result<Status> {
             missing.join(", ")
         );
     }
-    let client = client(manifest.settings.registries.clone(), &prefix, a.upload.plain_http)?;
+    let client = client(
+        manifest.settings.registries.clone(),
+        &prefix,
+        a.upload.plain_http,
+    )?;
     let creds = docker_credentials(&prefix.registry);
     let reporter = reporter(ctx);
     let outcomes = runtime()?.block_on(async {

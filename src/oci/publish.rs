@@ -97,7 +97,10 @@ pub fn fleet_manifest(
         let Value::Object(mut entry) = m else {
             continue;
         };
-        let name = entry.get("name").and_then(Value::as_str).unwrap_or_default();
+        let name = entry
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let Some((_, source)) = pinned.iter().find(|(n, _)| n == name) else {
             continue;
         };
@@ -189,8 +192,7 @@ fn scalar(v: &Value) -> String {
 
 fn key(k: &str) -> String {
     let plain = !k.is_empty()
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         && !k.starts_with(['-', '.']);
     if plain {
@@ -230,13 +232,12 @@ models:
   - name: not-pushed
     source: x/y
 "#;
-        let src = format!("oci://reg:5000/fleet/sdxl-vae:latest@sha256:{}", "a".repeat(64));
-        let out = fleet_manifest(
-            text,
-            &[("sdxl-vae".into(), src.clone())],
-            Some("reg:5000"),
-        )
-        .unwrap();
+        let src = format!(
+            "oci://reg:5000/fleet/sdxl-vae:latest@sha256:{}",
+            "a".repeat(64)
+        );
+        let out =
+            fleet_manifest(text, &[("sdxl-vae".into(), src.clone())], Some("reg:5000")).unwrap();
         let v: Value = serde_saphyr::from_str(&out).unwrap();
         let models = v["models"].as_array().unwrap();
         assert_eq!(models.len(), 1, "{out}");

@@ -198,7 +198,11 @@ pub fn media_type_of(path: &str) -> &'static str {
     let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
     let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
     let stem = name.split('.').next().unwrap_or_default();
-    if matches!(stem, "readme" | "license" | "licence" | "notice" | "copying") || ext == "md" {
+    if matches!(
+        stem,
+        "readme" | "license" | "licence" | "notice" | "copying"
+    ) || ext == "md"
+    {
         "application/vnd.cncf.model.doc.v1.raw"
     } else if ext == "py" {
         "application/vnd.cncf.model.code.v1.raw"
@@ -241,10 +245,11 @@ pub fn model_files(root: &Path) -> Result<Vec<ModelFile>, PushError> {
     for (local, path) in found {
         crate::hub::validate_repo_path(&root.display().to_string(), &path)
             .map_err(|e| PushError::Model(e.to_string()))?;
-        let size = std::fs::metadata(&local).map_err(|e| read(&local, e))?.len();
-        let hex = crate::hash::sha256_file(&local).map_err(|e| {
-            PushError::Model(format!("hashing {}: {e}", local.display()))
-        })?;
+        let size = std::fs::metadata(&local)
+            .map_err(|e| read(&local, e))?
+            .len();
+        let hex = crate::hash::sha256_file(&local)
+            .map_err(|e| PushError::Model(format!("hashing {}: {e}", local.display())))?;
         out.push(ModelFile {
             local,
             path,
@@ -300,7 +305,10 @@ pub fn record_annotations(record: &AnyModelConfig) -> BTreeMap<String, String> {
     put("hash", c.hash.clone());
     a.insert(ANNOTATION_TITLE.to_owned(), c.name.clone());
     if let Some(d) = c.description.as_deref().filter(|d| !d.is_empty()) {
-        a.insert("org.opencontainers.image.description".to_owned(), d.to_owned());
+        a.insert(
+            "org.opencontainers.image.description".to_owned(),
+            d.to_owned(),
+        );
     }
     a
 }
@@ -428,8 +436,10 @@ impl<'a> Pusher<'a> {
                 continue;
             }
             let blob = Blob::File(f.local.clone());
-            self.put_blob(&target, &f.path, &f.digest, f.size, blob, &from, opts, &mut out)
-                .await?;
+            self.put_blob(
+                &target, &f.path, &f.digest, f.size, blob, &from, opts, &mut out,
+            )
+            .await?;
         }
         let config = Bytes::from(modelpack_config(record, &layers));
         let config_digest = sha256_digest(&config);
