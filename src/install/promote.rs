@@ -240,9 +240,7 @@ pub(crate) fn promote(
 /// component, or the repo's name (`owner/name` → `name`) is used, as `hf download` names its
 /// folders. Files keep the probe's name (their stem); inplace models their folder's name.
 fn default_name(staged: &Staged) -> Option<String> {
-    if staged.staging.is_none() {
-        return None;
-    }
+    staged.staging.as_ref()?;
     // An artifact `modelsync push` made carries its record's name: pulled back, the record
     // is named the same (a file's too). Another artifact's folder takes its repository's
     // last component.

@@ -547,7 +547,7 @@ impl<'a> Pusher<'a> {
                 .append_pair("mount", digest)
                 .append_pair("from", m);
         }
-        let resp = self
+        let mut resp = self
             .client
             .send(
                 target,
@@ -559,6 +559,22 @@ impl<'a> Pusher<'a> {
                 Some(Bytes::new()),
             )
             .await?;
+        if mount.is_some() && matches!(resp.status().as_u16(), 401 | 403) {
+            // A token for this repository may not cover pulling from the other one: upload.
+            start.set_query(None);
+            resp = self
+                .client
+                .send(
+                    target,
+                    Access::Push,
+                    creds.as_ref(),
+                    Method::POST,
+                    &start,
+                    &HeaderMap::new(),
+                    Some(Bytes::new()),
+                )
+                .await?;
+        }
         if resp.status() == StatusCode::CREATED
             && let Some(m) = mount
         {

@@ -371,9 +371,10 @@ fn a_second_push_uploads_nothing_and_another_repository_mounts() {
     );
 }
 
-#[test]
-fn push_logs_in_with_the_docker_config() {
-    let reg = Registry::start(Auth::Htpasswd);
+/// Pushes with the Docker config's credentials to a registry in `auth` mode (anonymous is
+/// refused first); returns the registry.
+fn push_with_login(auth: Auth) -> Registry {
+    let reg = Registry::start(auth);
     let src = tmp();
     let lora = import(src.path(), &lora_file(src.path()));
     let key = lora["key"].as_str().unwrap();
@@ -383,13 +384,13 @@ fn push_logs_in_with_the_docker_config() {
     assert!(!anonymous.status.success());
     let err = stderr(&anonymous);
     assert!(
-        err.contains("refused access") || err.contains("user name"),
-        "{err}"
+        err.contains("refused") || err.contains("user name"),
+        "{auth:?}: {err}"
     );
 
     let cfg = src.path().join("docker");
     std::fs::create_dir_all(&cfg).unwrap();
-    let auth = {
+    let login = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
@@ -399,11 +400,11 @@ fn push_logs_in_with_the_docker_config() {
     };
     std::fs::write(
         cfg.join("config.json"),
-        json!({"auths": {reg.host(): {"auth": auth}}}).to_string(),
+        json!({"auths": {reg.host(): {"auth": login}}}).to_string(),
     )
     .unwrap();
     let o = run(src.path(), &args, &[("DOCKER_CONFIG", &cfg)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.status.success(), "{auth:?}: {}", stderr(&o));
     assert!(!stderr(&o).contains(registry::PASSWORD));
     let out = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
@@ -420,6 +421,24 @@ fn push_logs_in_with_the_docker_config() {
     assert_eq!(
         m["layers"][0]["annotations"]["org.cncf.model.filepath"],
         "detail-lora.safetensors"
+    );
+    reg
+}
+
+#[test]
+fn push_logs_in_with_the_docker_config_to_htpasswd_and_token_registries() {
+    push_with_login(Auth::Htpasswd);
+    let reg = push_with_login(Auth::Token);
+    let seen = reg.token_server().unwrap().seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|(q, authed)| {
+            let url = reqwest::Url::parse(&format!("http://x/?{q}")).unwrap();
+            *authed
+                && url
+                    .query_pairs()
+                    .any(|(k, v)| k == "scope" && v == "repository:private/detail-lora:pull,push")
+        }),
+        "{seen:?}"
     );
 }
 
@@ -512,5 +531,25 @@ models:
         assert_eq!(fields(twin), fields(orig));
         assert_eq!(twin["tags"], orig["tags"]);
         assert_eq!(twin["description"], orig["description"]);
+    }
+}
+
+#[test]
+fn the_fleet_configmap_example_is_a_manifest_of_pinned_oci_sources() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/k8s/configmap-oci.yaml");
+    let doc: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let text = doc["data"]["models.yaml"]
+        .as_str()
+        .expect("data.models.yaml");
+    let m =
+        modelsync::manifest::parse_str(text, &path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!m.models.is_empty());
+    for e in &m.models {
+        match &e.source {
+            modelsync::hub::ModelSource::Oci(o) => {
+                assert!(o.reference.is_pinned(), "{}: {}", e.name, o.reference);
+            }
+            other => panic!("{}: not an oci:// source: {other}", e.name),
+        }
     }
 }
