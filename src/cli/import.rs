@@ -174,6 +174,9 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
         config.insert("name".into(), Value::String(n.clone()));
     }
     let mut source = ModelSource::parse(&a.source)?;
+    if let ModelSource::Oci(o) = &mut source {
+        o.apply_settings(&registries);
+    }
     match &mut source {
         ModelSource::Local(l) => l.inplace = a.inplace,
         _ if a.inplace => {
@@ -203,8 +206,7 @@ pub fn import(ctx: &Context, a: ImportArgs) -> anyhow::Result<Status> {
         Arc::new(NullReporter)
     };
     let outcome = rt.block_on(async {
-        let mut cfg = InstallConfig::from_env(&models_dir, None)?;
-        cfg.registries = registries;
+        let cfg = InstallConfig::from_env(&models_dir, None)?;
         let manager = ModelManager::open(
             cfg,
             &database,

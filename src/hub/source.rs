@@ -195,6 +195,7 @@ impl ModelSource {
             return Ok(Self::Oci(crate::oci::OciModelSource {
                 reference: crate::oci::OciReference::parse(s)?,
                 credentials: None,
+                insecure: false,
             }));
         }
         if lower.starts_with("http://") || lower.starts_with("https://") {

@@ -95,7 +95,7 @@ pub(crate) async fn fetch_oci(
     let source_str = record_source(&ModelSource::Oci(src.clone()));
     let source_for_err = source_str.clone();
     let err = oci_err(&source_for_err);
-    let client = RegistryClient::new(inner.cfg.registries.clone()).map_err(&err)?;
+    let client = src.client().map_err(&err)?;
     let creds = src.resolve_credentials();
     // `--locked` and repairs pass the digest to pull again.
     let reference = match opts.revision.as_deref() {
@@ -117,33 +117,18 @@ pub(crate) async fn fetch_oci(
         if !seen.insert(d.digest.clone()) {
             continue;
         }
-        let dest = blob_path(&staging, &d.digest);
-        let (url, token) = client
-            .blob_download(&reference, &d.digest, creds.as_ref())
+        wants.push(
+            blob_want(
+                &client,
+                &reference,
+                &resolved.digest,
+                &staging,
+                d,
+                creds.as_ref(),
+            )
             .await
-            .map_err(&err)?;
-        let hex = d.digest.trim_start_matches("sha256:").to_owned();
-        let job = crate::download::DownloadJob::new(url.to_string(), dest.clone())
-            .with_expected_size(Some(d.size))
-            .with_sha256(Some(hex))
-            .with_access_token(token)
-            .with_preserve_partial_downloads(true);
-        // Only the queue writes whole blobs, and only after checking their digest.
-        let done = dest.is_file() && len_of(&dest) == d.size;
-        wants.push(Want {
-            job,
-            part: InstallPart {
-                source: format!("{}@{}", reference.at_digest(&resolved.digest), d.digest),
-                local_path: dest.clone(),
-                bytes: if done {
-                    d.size
-                } else {
-                    len_of(&part_of(&dest)).min(d.size)
-                },
-                total_bytes: d.size,
-            },
-            done,
-        });
+            .map_err(&err)?,
+        );
     }
     let downloaded = run_downloads(inner, id, &source_str, &staging, wants, cancel).await?;
     let files = staging.files();
@@ -185,6 +170,16 @@ fn build_files(
     staging: &Staging,
     artifact: &Artifact,
 ) -> Result<HashMap<String, String>, OciError> {
+    build_files_as(staging, artifact, artifact.single_file())
+}
+
+/// [`build_files`] of some of an artifact's layers; `single` names the file of a one-file
+/// artifact (its sha256 is keyed by the file name).
+fn build_files_as(
+    staging: &Staging,
+    artifact: &Artifact,
+    single: Option<&str>,
+) -> Result<HashMap<String, String>, OciError> {
     let files = staging.files();
     let io = |digest: &str, source: std::io::Error| OciError::Unpack {
         digest: digest.to_owned(),
@@ -195,7 +190,7 @@ fn build_files(
     }
     std::fs::create_dir_all(&files).map_err(|e| io("-", e))?;
     let mut sha256 = HashMap::new();
-    let single = artifact.single_file().is_some();
+    let single = single.is_some();
     for layer in &artifact.layers {
         let d = &layer.descriptor;
         let blob = blob_path(staging, &d.digest);
@@ -228,4 +223,253 @@ fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     std::fs::copy(from, to).map(|_| ())
+}
+
+/// A repair or upgrade in place of an `oci://` record: the artifact at the digest to restore
+/// (the lock's, or the moved tag's for an upgrade), raw layers checked where they are (size
+/// and sha256, the recorded fingerprint trusted unless the plan saw damage) and fetched only
+/// when not right, tar layers fetched and unpacked again; files the artifact no longer has
+/// are removed.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces are the job's"
+)]
+pub(super) async fn refit_oci(
+    inner: &Arc<Inner>,
+    id: InstallJobId,
+    src: &OciModelSource,
+    req: &super::request::InstallRequest,
+    ip: &super::request::InPlace,
+    target: &Path,
+    recorded: &HashMap<String, crate::store::ModelFile>,
+    staging: &Staging,
+    cancel: &Arc<Cancel>,
+) -> Result<super::refit::Fetched, InstallError> {
+    use super::refit::{Fetched as Refit, file_name, is_present};
+    let opts = &req.options;
+    let source_str = record_source(&ModelSource::Oci(src.clone()));
+    let source_for_err = source_str.clone();
+    let err = oci_err(&source_for_err);
+    let client = src.client().map_err(&err)?;
+    let creds = src.resolve_credentials();
+    let reference = match opts.revision.as_deref() {
+        Some(d) if d.starts_with("sha256:") => src.reference.at_digest(d),
+        _ => src.reference.clone(),
+    };
+    let resolved = tokio::select! {
+        r = resolve(&client, &reference, creds.as_ref()) => r.map_err(&err)?,
+        () = cancel.wait() => return Err(InstallError::Cancelled(source_str)),
+    };
+    let single = resolved.artifact.single_file().is_some();
+    let mut out = Refit {
+        commit: Some(resolved.digest.clone()),
+        metadata: Some(serde_json::json!({
+            "registry": src.reference.registry,
+            "repository": src.reference.repository,
+            "digest": resolved.digest,
+            "artifact": resolved.artifact.kind,
+            "annotations": resolved.manifest.annotations,
+        })),
+        ..Refit::default()
+    };
+    // Which layers must be fetched: raw ones not right where they are, every tar layer.
+    let mut checks = Vec::new();
+    for (i, layer) in resolved.artifact.layers.iter().enumerate() {
+        let d = &layer.descriptor;
+        let hex = d.digest.trim_start_matches("sha256:").to_owned();
+        if let Packing::Raw(path) = &layer.packing {
+            crate::hub::validate_repo_path(&source_str, path)
+                .map_err(|e| err(OciError::UnsafePath(e)))?;
+            let (rel, lock_name, at) = if single {
+                (String::new(), file_name(target), target.to_path_buf())
+            } else {
+                (path.clone(), path.clone(), target.join(path))
+            };
+            if let Some(locked) = ip.locked_sha256.get(&lock_name)
+                && !locked.eq_ignore_ascii_case(&hex)
+            {
+                return Err(InstallError::InvalidOption {
+                    option: "models.lock",
+                    reason: format!(
+                        "`{lock_name}` is locked at sha256 {locked}, but {source_str} at {} has {hex}",
+                        resolved.digest
+                    ),
+                });
+            }
+            out.sha256.insert(lock_name, hex.clone());
+            let trusted = recorded
+                .get(&rel)
+                .filter(|_| !ip.damaged.contains(&rel))
+                .cloned();
+            checks.push((i, at, d.size, hex, trusted));
+        }
+    }
+    let present: std::collections::HashSet<usize> = tokio::task::spawn_blocking(move || {
+        checks
+            .into_iter()
+            .filter(|(_, p, size, hex, fp)| {
+                is_present(
+                    p,
+                    *size,
+                    &crate::hub::ExpectedHash::Sha256(hex.clone()),
+                    fp.as_ref(),
+                )
+            })
+            .map(|(i, ..)| i)
+            .collect()
+    })
+    .await
+    .map_err(|e| InstallError::Setup(format!("checking worker failed: {e}")))?;
+    let fetch: Vec<&crate::oci::Layer> = resolved
+        .artifact
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !present.contains(i))
+        .map(|(_, l)| l)
+        .collect();
+    let has_tar = resolved
+        .artifact
+        .layers
+        .iter()
+        .any(|l| !matches!(l.packing, Packing::Raw(_)));
+    if fetch.is_empty() && !has_tar {
+        if !single {
+            let listed: std::collections::HashSet<&str> = resolved
+                .artifact
+                .layers
+                .iter()
+                .filter_map(|l| match &l.packing {
+                    Packing::Raw(p) => Some(p.as_str()),
+                    _ => None,
+                })
+                .collect();
+            out.remove = recorded
+                .keys()
+                .filter(|r| !r.is_empty() && !listed.contains(r.as_str()))
+                .map(|r| target.join(r))
+                .collect();
+        }
+        return Ok(out);
+    }
+    staging.prepare(&source_str, StagingKind::Oci, Some(&resolved.digest))?;
+    let blobs_dir = staging.dir.join("blobs");
+    std::fs::create_dir_all(&blobs_dir)
+        .map_err(|e| InstallError::io("creating staging folder", &blobs_dir, e))?;
+    let mut wants = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for layer in &fetch {
+        let d = &layer.descriptor;
+        if !seen.insert(d.digest.clone()) {
+            continue;
+        }
+        wants.push(
+            blob_want(
+                &client,
+                &reference,
+                &resolved.digest,
+                &staging,
+                d,
+                creds.as_ref(),
+            )
+            .await
+            .map_err(&err)?,
+        );
+    }
+    out.downloaded = run_downloads(inner, id, &source_str, staging, wants, cancel).await?;
+    let partial = Artifact {
+        kind: resolved.artifact.kind,
+        layers: fetch.into_iter().cloned().collect(),
+    };
+    let staging2 = staging.clone();
+    let single_name = resolved.artifact.single_file().map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        build_files_as(&staging2, &partial, single_name.as_deref())
+    })
+    .await
+    .map_err(|e| InstallError::Setup(format!("unpack worker failed: {e}")))?
+    .map_err(&err)?;
+    // Every file now in staging replaces its counterpart; what the artifact no longer has
+    // goes (the artifact's files: its raw paths and what its tar layers unpacked).
+    let files = staging.files();
+    let mut staged = Vec::new();
+    walk(&files, &files, &mut staged).map_err(|e| InstallError::io("reading", &files, e))?;
+    let mut listed: std::collections::HashSet<String> = resolved
+        .artifact
+        .layers
+        .iter()
+        .filter_map(|l| match &l.packing {
+            Packing::Raw(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    for (abs, rel) in staged {
+        let dest = if single {
+            target.to_path_buf()
+        } else {
+            target.join(&rel)
+        };
+        listed.insert(rel);
+        out.moves.push((abs, dest));
+    }
+    if !single {
+        out.remove = recorded
+            .keys()
+            .filter(|r| !r.is_empty() && !listed.contains(*r))
+            .map(|r| target.join(r))
+            .collect();
+    }
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            walk(root, &p, out)?;
+        } else {
+            let rel = p
+                .strip_prefix(root)
+                .map(super::refit::slash)
+                .unwrap_or_default();
+            out.push((p, rel));
+        }
+    }
+    Ok(())
+}
+
+/// The download of one blob into `staging/blobs/`.
+async fn blob_want(
+    client: &RegistryClient,
+    reference: &OciReference,
+    manifest_digest: &str,
+    staging: &Staging,
+    d: &crate::oci::Descriptor,
+    creds: Option<&Credentials>,
+) -> Result<Want, OciError> {
+    let dest = blob_path(staging, &d.digest);
+    let (url, token) = client.blob_download(reference, &d.digest, creds).await?;
+    let hex = d.digest.trim_start_matches("sha256:").to_owned();
+    let job = crate::download::DownloadJob::new(url.to_string(), dest.clone())
+        .with_expected_size(Some(d.size))
+        .with_sha256(Some(hex))
+        .with_access_token(token)
+        .with_preserve_partial_downloads(true);
+    // Only the queue writes whole blobs, and only after checking their digest.
+    let done = dest.is_file() && len_of(&dest) == d.size;
+    Ok(Want {
+        job,
+        part: InstallPart {
+            source: format!("{}@{}", reference.at_digest(manifest_digest), d.digest),
+            local_path: dest.clone(),
+            bytes: if done {
+                d.size
+            } else {
+                len_of(&part_of(&dest)).min(d.size)
+            },
+            total_bytes: d.size,
+        },
+        done,
+    })
 }

@@ -47,21 +47,21 @@ const MAX_GIT_FILE_CHECK: u64 = 64 << 20;
 
 /// What the fetch half produced.
 #[derive(Default)]
-struct Fetched {
+pub(super) struct Fetched {
     /// Verified file in staging → the path it replaces.
-    moves: Vec<(PathBuf, PathBuf)>,
+    pub(super) moves: Vec<(PathBuf, PathBuf)>,
     /// Files the listing no longer has.
-    remove: Vec<PathBuf>,
+    pub(super) remove: Vec<PathBuf>,
     /// sha256 by lock path, as the listing says.
-    sha256: HashMap<String, String>,
+    pub(super) sha256: HashMap<String, String>,
     /// The source's metadata for `source_api_response` (Hub sources).
-    metadata: Option<Value>,
+    pub(super) metadata: Option<Value>,
     /// The source's tags.
-    tags: Vec<String>,
+    pub(super) tags: Vec<String>,
     /// The commit the files come from.
-    commit: Option<String>,
+    pub(super) commit: Option<String>,
     /// Bytes fetched by this run.
-    downloaded: u64,
+    pub(super) downloaded: u64,
 }
 
 /// The staging folder of a repair or upgrade of `key`.
@@ -95,7 +95,10 @@ pub(super) async fn refit(
         ModelSource::Url(u) => {
             refit_url(inner, id, u, req, ip, &target, &recorded, &staging, cancel).await?
         }
-        ModelSource::Oci(_) => return Err(InstallError::NotRemote(source_str)),
+        ModelSource::Oci(o) => {
+            super::oci::refit_oci(inner, id, o, req, ip, &target, &recorded, &staging, cancel)
+                .await?
+        }
         ModelSource::Local(l) if l.inplace => Fetched::default(),
         ModelSource::Local(l) => {
             let (src, target2, staging2) = (l.path.clone(), target.clone(), staging.clone());
@@ -145,7 +148,7 @@ pub(super) async fn refit(
 }
 
 /// Whether `path` holds the file a listing describes. See the module docs.
-fn is_present(
+pub(super) fn is_present(
     path: &Path,
     size: u64,
     expected: &ExpectedHash,
@@ -175,14 +178,14 @@ fn is_present(
     }
 }
 
-fn slash(p: &Path) -> String {
+pub(super) fn slash(p: &Path) -> String {
     p.components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("/")
 }
 
-fn file_name(p: &Path) -> String {
+pub(super) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()

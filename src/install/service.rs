@@ -53,8 +53,6 @@ pub struct InstallConfig {
     pub check_disk_space: bool,
     /// Staging dirs untouched for longer are removed at start-up (default 7 days).
     pub stale_after: Duration,
-    /// OCI registries' settings (`settings.registries`: plain HTTP hosts).
-    pub registries: crate::oci::Registries,
 }
 
 impl InstallConfig {
@@ -84,7 +82,6 @@ impl InstallConfig {
             default_variant: None,
             check_disk_space: true,
             stale_after: DEFAULT_STALE_AFTER,
-            registries: crate::oci::Registries::new(),
         }
     }
 }

@@ -266,8 +266,14 @@ pub fn recover(
             // An unreadable intent: the rename never happened (the intent is synced first).
             let _ = fs::remove_file(staging.intent_path());
         }
-        let resumable = staging.meta().is_some_and(|m| m.kind != StagingKind::Local)
-            && newest_file(&staging.files())
+        let meta = staging.meta();
+        // An OCI pull's partial downloads are its blobs (`files/` is built from them last).
+        let downloads = match &meta {
+            Some(m) if m.kind == StagingKind::Oci => staging.dir.join("blobs"),
+            _ => staging.files(),
+        };
+        let resumable = meta.is_some_and(|m| m.kind != StagingKind::Local)
+            && newest_file(&downloads)
                 .is_some_and(|t| t.elapsed().unwrap_or_default() <= stale_after);
         if resumable {
             report.kept.push(path);

@@ -331,10 +331,11 @@ impl ModelEntry {
         self.source.access_token()
     }
 
-    /// The requested revision when this is a Hugging Face source.
+    /// The requested revision when this is a Hugging Face source (an `oci://` source's tag).
     pub fn revision(&self) -> Option<&str> {
         match &self.source {
             ModelSource::Hf(h) => h.revision.as_deref(),
+            ModelSource::Oci(o) => o.reference.tag.as_deref(),
             _ => None,
         }
     }

@@ -934,6 +934,9 @@ impl<'a> Cx<'a> {
         if let Some(ModelSource::Url(u)) = &mut source {
             u.secret_params = interpolated_query_params(raw.source.value());
         }
+        if let Some(ModelSource::Oci(o)) = &mut source {
+            o.apply_settings(&settings.registries);
+        }
         let kind = source.as_ref().map(kind_of);
         let hf_only = |cx: &mut Self, loc: Loc, field: &str| {
             if let Some(k) = kind

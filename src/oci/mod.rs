@@ -34,6 +34,8 @@ pub struct OciModelSource {
     pub reference: OciReference,
     /// The entry's credentials; `None`: the Docker config's, else anonymous.
     pub credentials: Option<Credentials>,
+    /// Plain HTTP (`settings.registries.HOST.insecure`).
+    pub insecure: bool,
 }
 
 impl OciModelSource {
@@ -42,6 +44,28 @@ impl OciModelSource {
         self.credentials
             .clone()
             .or_else(|| docker_credentials(&self.reference.registry))
+    }
+
+    /// A client for this source's registry (plain HTTP when `insecure`).
+    pub fn client(&self) -> Result<RegistryClient, OciError> {
+        let mut registries = Registries::new();
+        if self.insecure {
+            registries.insert(
+                self.reference.registry.clone(),
+                RegistrySettings { insecure: true },
+            );
+        }
+        RegistryClient::new(registries)
+    }
+
+    /// Marks the source insecure when `registries` says so for its host.
+    pub fn apply_settings(&mut self, registries: &Registries) {
+        if registries
+            .get(&self.reference.registry)
+            .is_some_and(|r| r.insecure)
+        {
+            self.insecure = true;
+        }
     }
 }
 

@@ -801,7 +801,7 @@ fn locked_preflight(
         );
         if fetches
             && !entry.is_pinned()
-            && matches!(entry.source, ModelSource::Hf(_))
+            && matches!(entry.source, ModelSource::Hf(_) | ModelSource::Oci(_))
             && l.resolved_commit.is_none()
         {
             problems.push(format!(
@@ -1034,7 +1034,7 @@ async fn refit(
     let store = cx.manager.store();
     let mut request = install_request(manifest, entry);
     let lock_entry = known.lock.entry_for(entry);
-    if !entry.is_pinned() && matches!(entry.source, ModelSource::Hf(_)) {
+    if !entry.is_pinned() && matches!(entry.source, ModelSource::Hf(_) | ModelSource::Oci(_)) {
         request.options.revision = if a.action == ActionKind::Upgrade && known.locked.is_none() {
             known.upstream.get(&entry.name).cloned()
         } else {
@@ -1248,13 +1248,19 @@ fn lock_from_store(
     let rec = store.get_model(key)?;
     let files = store.model_files(key)?;
     let root = PathBuf::from(&rec.common().path);
-    // Hub records keep the commit their files came from in `source_api_response`.
-    let resolved_commit = rec
-        .common()
-        .source_api_response
-        .as_ref()
-        .and_then(|v| crate::hub::HuggingFaceMetadata::from_json_value(v).ok())
-        .and_then(|m| m.commit);
+    // Hub records keep the commit their files came from in `source_api_response`; `oci://`
+    // records the digest (`crate::install::oci`).
+    let response = rec.common().source_api_response.as_ref();
+    let resolved_commit = if matches!(entry.source, ModelSource::Oci(_)) {
+        response
+            .and_then(|v| v.get("digest"))
+            .and_then(|d| d.as_str())
+            .map(str::to_owned)
+    } else {
+        response
+            .and_then(|v| crate::hub::HuggingFaceMetadata::from_json_value(v).ok())
+            .and_then(|m| m.commit)
+    };
     Ok(LockEntry {
         source: entry.canonical_source(),
         revision: entry.revision().map(str::to_owned),

@@ -179,7 +179,6 @@ impl Services {
         let mut icfg = InstallConfig::new(&settings.models_dir, hub, env.clone());
         icfg.hash_algorithm = settings.hash_algorithm;
         icfg.default_variant = settings.variant;
-        icfg.registries.clone_from(&settings.registries);
         let queue = DownloadQueue::new(
             DownloadQueueConfig {
                 max_parallel_dl: settings.max_parallel_downloads.max(1),

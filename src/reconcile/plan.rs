@@ -685,7 +685,10 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
             .and_then(|l| l.entry_for(entry))
             .and_then(|l| l.resolved_commit.as_deref());
         if locked != Some(now.as_str()) {
-            let rev = entry.revision().unwrap_or("main");
+            let rev = match &entry.source {
+                crate::hub::ModelSource::Oci(o) => o.reference.tag_or_default().unwrap_or("latest"),
+                _ => entry.revision().unwrap_or("main"),
+            };
             let mut reason = match locked {
                 Some(old) => format!("{rev} moved upstream: {} → {}", short(old), short(now)),
                 None => format!(
@@ -816,7 +819,11 @@ fn leftover(r: &InventoryRecord, prune: bool, why: &str) -> PlannedAction {
 }
 
 fn short(commit: &str) -> &str {
-    commit.get(..7).unwrap_or(commit)
+    // `sha256:` digests show their first 12 hex digits, as `docker images` does.
+    match commit.strip_prefix("sha256:") {
+        Some(hex) => hex.get(..12).unwrap_or(hex),
+        None => commit.get(..7).unwrap_or(commit),
+    }
 }
 
 /// The records of type `unknown`, by name.

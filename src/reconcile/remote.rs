@@ -133,14 +133,22 @@ pub async fn upstream_commits(
     let wanted: Vec<&ModelEntry> = entries
         .iter()
         .copied()
-        .filter(|e| !e.is_pinned() && matches!(e.source, ModelSource::Hf(_)))
+        .filter(|e| !e.is_pinned() && matches!(e.source, ModelSource::Hf(_) | ModelSource::Oci(_)))
         .collect();
     if wanted.is_empty() {
         return (BTreeMap::new(), Vec::new());
     }
-    if hub.is_offline() {
-        return (BTreeMap::new(), offline(&wanted, "upstream revision"));
-    }
+    // `HF_HUB_OFFLINE` keeps Hub look-ups off the network; registries are not the Hub.
+    let mut offline_warnings = Vec::new();
+    let wanted = if hub.is_offline() {
+        let (oci, hf): (Vec<&ModelEntry>, Vec<&ModelEntry>) = wanted
+            .into_iter()
+            .partition(|e| matches!(e.source, ModelSource::Oci(_)));
+        offline_warnings = offline(&hf, "upstream revision");
+        oci
+    } else {
+        wanted
+    };
     // The futures are collected before they become a stream: a stream holding the closure
     // across the await makes the caller's future fail `Send` checks (higher-ranked lifetimes),
     // which watch mode needs.
@@ -153,7 +161,7 @@ pub async fn upstream_commits(
         .collect()
         .await;
     let mut commits = BTreeMap::new();
-    let mut warnings = Vec::new();
+    let mut warnings = offline_warnings;
     for (name, r) in results {
         match r {
             Ok(c) => {
@@ -166,8 +174,12 @@ pub async fn upstream_commits(
     (commits, warnings)
 }
 
-/// The commit an entry's revision points at upstream (Hugging Face sources only).
+/// The commit an entry's revision points at upstream (Hugging Face sources), or the digest
+/// an `oci://` source's tag points at now (a manifest `HEAD`).
 pub async fn upstream_commit(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) -> Lookup<String> {
+    if let ModelSource::Oci(o) = &entry.source {
+        return oci_digest(o).await;
+    }
     let ModelSource::Hf(src) = &entry.source else {
         return Err((
             false,
@@ -204,6 +216,7 @@ pub async fn entry_sizes(
     let mut warnings = Vec::new();
     let mut hf = Vec::new();
     let mut url = Vec::new();
+    let mut oci = Vec::new();
     for e in entries {
         match &e.source {
             ModelSource::Local(l) => match local_entry_size(e, &l.path) {
@@ -223,18 +236,20 @@ pub async fn entry_sizes(
             },
             ModelSource::Hf(_) => hf.push(*e),
             ModelSource::Url(_) => url.push(*e),
-            ModelSource::Oci(_) => {}
+            ModelSource::Oci(_) => oci.push(*e),
         }
     }
     if hub.is_offline() {
         warnings.extend(offline(&hf, "size"));
         warnings.extend(offline(&url, "size"));
-        return (sizes, warnings);
+        hf.clear();
+        url.clear();
     }
     // Collected first: see `upstream_commits`.
     let lookups: Vec<_> = hf
         .into_iter()
         .chain(url)
+        .chain(oci)
         .map(|e| async move { (e.name.clone(), remote_size(hub, urls, env, e).await) })
         .collect();
     let results: Vec<(String, Lookup<Option<u64>>)> = futures_util::stream::iter(lookups)
@@ -303,6 +318,7 @@ async fn remote_size(
 ) -> Lookup<Option<u64>> {
     match entry.source {
         ModelSource::Url(_) => url_size(hub, urls, entry).await,
+        ModelSource::Oci(_) => oci_size(entry).await.map(Some),
         _ => hub_size(hub, env, entry).await.map(Some),
     }
 }
@@ -322,6 +338,49 @@ async fn hub_size(hub: &HubClient, env: &HubEnv, entry: &ModelEntry) -> Lookup<u
         .await
         .map_err(|e| (is_unresolvable(&e), Failure::from_error(&e)))?;
     Ok(plan.total_bytes())
+}
+
+/// A registry failure as a look-up failure: not found and refused make the entry
+/// unresolvable, as for the Hub.
+fn oci_failure(e: &crate::oci::OciError) -> (bool, Failure) {
+    let f = Failure::from_error(e);
+    (
+        matches!(f.kind, FailureKind::NotFound | FailureKind::Unauthorized),
+        f,
+    )
+}
+
+/// The digest an `oci://` source's tag points at now.
+async fn oci_digest(o: &crate::oci::OciModelSource) -> Lookup<String> {
+    let client = o.client().map_err(|e| oci_failure(&e))?;
+    let creds = o.resolve_credentials();
+    match client.head_manifest(&o.reference, creds.as_ref()).await {
+        Ok(Some(d)) => Ok(d.digest),
+        Ok(None) => Err((
+            true,
+            Failure::new(
+                FailureKind::NotFound,
+                format!("{} not found in the registry", o.reference),
+            ),
+        )),
+        Err(e) => Err(oci_failure(&e)),
+    }
+}
+
+/// An `oci://` source's size: its layers' sizes from the manifest's descriptors.
+async fn oci_size(entry: &ModelEntry) -> Lookup<u64> {
+    let ModelSource::Oci(o) = &entry.source else {
+        return Err((
+            false,
+            Failure::new(FailureKind::Invalid, "not an oci:// source"),
+        ));
+    };
+    let client = o.client().map_err(|e| oci_failure(&e))?;
+    let creds = o.resolve_credentials();
+    let resolved = crate::install::oci::resolve(&client, &o.reference, creds.as_ref())
+        .await
+        .map_err(|e| oci_failure(&e))?;
+    Ok(resolved.artifact.size())
 }
 
 fn offline(entries: &[&ModelEntry], what: &str) -> Vec<RemoteWarning> {

@@ -18,6 +18,7 @@ mod install;
 mod invocation;
 mod load;
 mod manifest;
+mod oci;
 mod oci_push;
 mod plan;
 mod preload;

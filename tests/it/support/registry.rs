@@ -208,7 +208,8 @@ impl Drop for Registry {
 }
 
 /// A token service for [`Auth::Token`]: `GET /token?service=…&scope=…` with Basic
-/// [`USER`]/[`PASSWORD`] (or none: anonymous gets no access) answers `{"token": JWT}`.
+/// [`USER`]/[`PASSWORD`] answers `{"token": JWT}` granting pull and push on each scope's
+/// repository; without them (anonymous) the token grants nothing.
 pub struct TokenServer {
     port: u16,
     cert: PathBuf,
@@ -325,12 +326,13 @@ fn serve_token(
             if k == "scope" {
                 // repository:NAME:ACTIONS
                 let mut parts = v.splitn(3, ':');
-                if let (Some(kind), Some(name), Some(actions)) =
+                // The test user may pull and push everything: oras-py asks for a push
+                // scope only once and then reuses its first (pull) token.
+                if let (Some(kind), Some(name), Some(_)) =
                     (parts.next(), parts.next(), parts.next())
                 {
                     access.push(serde_json::json!({
-                        "type": kind, "name": name,
-                        "actions": actions.split(',').collect::<Vec<_>>(),
+                        "type": kind, "name": name, "actions": ["pull", "push"],
                     }));
                 }
             }
@@ -393,4 +395,113 @@ pub fn python(script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loopback TCP proxy in front of a registry: it logs each request's head (so a test sees
+/// the `Range` a resumed download sends) and, while throttled, passes answers on in
+/// `chunk`-byte pieces with a pause after each (so a pull is still running when a test kills
+/// it). The pause paces the transfer; no test asserts on time.
+pub struct Proxy {
+    port: u16,
+    throttle: Arc<Mutex<Option<(usize, Duration)>>>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// A proxy to 127.0.0.1:`upstream`.
+    pub fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let throttle = Arc::new(Mutex::new(None));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (t2, h2) = (throttle.clone(), heads.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (t3, h3) = (t2.clone(), h2.clone());
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut pending = Vec::new();
+                    while let Ok(n) = c_read.read(&mut buf) {
+                        if n == 0 || s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                            h3.lock().unwrap().push(head);
+                            pending.drain(..end + 4);
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 256 << 10];
+                    loop {
+                        let limit: Option<(usize, Duration)> = *t3.lock().unwrap();
+                        let size = limit.map_or(buf.len(), |(c, _)| c.min(buf.len()));
+                        match s_read.read(&mut buf[..size]) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if c_write.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        if let Some((_, pause)) = limit {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self {
+            port,
+            throttle,
+            heads,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Passes answers on `chunk` bytes per `pause`, or at full speed with `None`.
+    pub fn throttle(&self, t: Option<(usize, Duration)>) {
+        *self.throttle.lock().unwrap() = t;
+    }
+
+    /// Every request head seen so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// The `Range` values of requests whose first line contains `path_part`.
+    pub fn ranges_for(&self, path_part: &str) -> Vec<String> {
+        self.heads()
+            .iter()
+            .filter(|h| h.lines().next().is_some_and(|l| l.contains(path_part)))
+            .filter_map(|h| {
+                h.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
+                })
+            })
+            .collect()
+    }
+}
+
+impl Registry {
+    /// The registry's port (for a [`Proxy`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
