@@ -238,7 +238,9 @@ pub(crate) fn promote(
 /// The name of a record nothing names, for a staged folder: the probe would take the staging
 /// folder's own name (`files`), so the local folder's name, or the Hub subfolder's last
 /// component, or the repo's name (`owner/name` → `name`) is used, as `hf download` names its
-/// folders. Files keep the probe's name (their stem); inplace models their folder's name.
+/// folders. Files keep the probe's name (their stem); inplace models their folder's name. An
+/// `oci://` artifact takes the record name `modelsync push` wrote in it, else (a folder) its
+/// repository's last component.
 fn default_name(staged: &Staged) -> Option<String> {
     staged.staging.as_ref()?;
     // An artifact `modelsync push` made carries its record's name: pulled back, the record
