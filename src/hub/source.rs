@@ -30,7 +30,7 @@ pub enum SourceError {
     Empty,
     /// Not a path, repo id or URL.
     #[error(
-        "`{0}` is not a model source: expected an existing local path, a Hugging Face repo id (owner/name, owner/name:fp16, owner/name:fp16:vae, owner/name::vae, owner/name::path/file.safetensors) or an http(s) URL"
+        "`{0}` is not a model source: expected an existing local path, a Hugging Face repo id (owner/name, owner/name:fp16, owner/name:fp16:vae, owner/name::vae, owner/name::path/file.safetensors), an http(s) URL or an oci:// reference"
     )]
     Unrecognised(String),
     /// A bad part of a repo id.

@@ -368,7 +368,7 @@ pub(super) async fn refit_oci(
                 &client,
                 &reference,
                 &resolved.digest,
-                &staging,
+                staging,
                 d,
                 creds.as_ref(),
             )

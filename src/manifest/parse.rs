@@ -282,7 +282,8 @@ pub struct EntryFile {
     pub name: Sp<Text>,
     /// A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`,
     /// `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`,
-    /// `owner/name@revision`) or an http(s) URL.
+    /// `owner/name@revision`), an http(s) URL, or an OCI artifact
+    /// (`oci://HOST[:PORT]/REPO[:TAG][@sha256:DIGEST]`).
     #[schemars(schema_with = "source_schema")]
     pub source: Sp<Text>,
     /// Hugging Face repo file variant ("" for the default files).
@@ -361,7 +362,7 @@ fn name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 fn source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "description": "A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`, `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`, `owner/name@revision`) or an http(s) URL.",
+        "description": "A local path, a Hugging Face repo (`owner/name`, `owner/name:fp16`, `owner/name:fp16:vae`, `owner/name::vae`, `owner/name::path/file.safetensors`, `owner/name@revision`), an http(s) URL, or an OCI artifact (`oci://HOST[:PORT]/REPO[:TAG][@sha256:DIGEST]`).",
         "pattern": "\\S"
     })
 }

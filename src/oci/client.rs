@@ -484,6 +484,13 @@ impl RegistryClient {
         scope: &str,
         creds: Option<&Credentials>,
     ) -> Result<String, OciError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+        }
         let bad = |reason: String| OciError::TokenService {
             realm: crate::download::names::redact_url_str(realm),
             reason,
@@ -540,13 +547,6 @@ impl RegistryClient {
                 continue;
             }
             let body = read_capped(resp, MAX_TOKEN_BYTES, &url, "token answer").await?;
-            #[derive(serde::Deserialize)]
-            struct Answer {
-                #[serde(default)]
-                token: Option<String>,
-                #[serde(default)]
-                access_token: Option<String>,
-            }
             let a: Answer =
                 serde_json::from_slice(&body).map_err(|e| bad(format!("not JSON: {e}")))?;
             return a
@@ -626,10 +626,15 @@ async fn expect_ok(
         }),
         401 | 403 => {
             let e = error_of(resp, url).await;
+            let host = url.host_str().unwrap_or_default();
             Err(OciError::Unauthorized {
-                registry: url.host_str().unwrap_or_default().to_owned(),
+                registry: url
+                    .port()
+                    .map_or_else(|| host.to_owned(), |p| format!("{host}:{p}")),
                 repository: what(),
-                detail: e.to_string(),
+                detail: format!(
+                    "{e} (credentials: the entry's `username`/`password` or `token`, or `docker login`)"
+                ),
             })
         }
         _ => Err(error_of(resp, url).await),
@@ -638,15 +643,6 @@ async fn expect_ok(
 
 /// An error status as an [`OciError::Http`], with the registry's `errors[].code/message`.
 async fn error_of(resp: reqwest::Response, url: &Url) -> OciError {
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-    let body = read_capped(resp, MAX_ERROR_BODY, url, "error body")
-        .await
-        .unwrap_or_default();
     #[derive(serde::Deserialize)]
     struct Item {
         #[serde(default)]
@@ -659,6 +655,15 @@ async fn error_of(resp: reqwest::Response, url: &Url) -> OciError {
         #[serde(default)]
         errors: Vec<Item>,
     }
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+    let body = read_capped(resp, MAX_ERROR_BODY, url, "error body")
+        .await
+        .unwrap_or_default();
     let message = serde_json::from_slice::<Errors>(&body)
         .ok()
         .filter(|e| !e.errors.is_empty())

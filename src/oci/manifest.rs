@@ -14,6 +14,7 @@
 //! name does; tar entries are checked the same way when unpacked ([`super::unpack`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -330,16 +331,23 @@ fn packing_of(kind: ArtifactKind, d: &Descriptor) -> Result<Option<Packing>, Oci
             (Some(p), false) => Some(Packing::Raw(p)),
         });
     }
-    if mt.ends_with(".tar+zstd") || mt.ends_with(".tar.zstd") {
-        return Err(unsupported());
+    // The packing is the media type's last `.` part: `raw`, `tar`, `tar+gzip`, `tar+zstd`
+    // (KitOps also writes `v1+tar`, and `tar.gz`-style suffixes occur).
+    let lower = mt.to_ascii_lowercase();
+    let last = lower.rsplit('.').next().unwrap_or(&lower);
+    let before = lower
+        .strip_suffix(last)
+        .and_then(|s| s.strip_suffix('.'))
+        .map_or("", |s| s.rsplit('.').next().unwrap_or(s));
+    match last {
+        "tar+zstd" | "zstd" => return Err(unsupported()),
+        "tar+gzip" => return Ok(Some(Packing::TarGzip)),
+        "gz" | "gzip" if before == "tar" => return Ok(Some(Packing::TarGzip)),
+        "tar" => return Ok(Some(Packing::Tar)),
+        l if l.ends_with("+tar") => return Ok(Some(Packing::Tar)),
+        _ => {}
     }
-    if mt.ends_with(".tar+gzip") || mt.ends_with(".tar.gzip") || mt.ends_with(".tar.gz") {
-        return Ok(Some(Packing::TarGzip));
-    }
-    if mt.ends_with(".tar") || mt.ends_with("+tar") {
-        return Ok(Some(Packing::Tar));
-    }
-    if mt.ends_with(".raw") || !model_typed {
+    if last == "raw" || !model_typed {
         return match path {
             Some(p) => Ok(Some(Packing::Raw(p))),
             None => Err(OciError::BadManifest {
@@ -389,10 +397,7 @@ pub fn choose(index: &ImageIndex, what: &str) -> Result<Descriptor, OciError> {
                 ("platform", d.platform.as_ref().map(ToString::to_string)),
             ] {
                 if let Some(v) = v {
-                    s.push_str(&format!(
-                        " {label}={}",
-                        v.chars().take(120).collect::<String>()
-                    ));
+                    let _ = write!(s, " {label}={}", v.chars().take(120).collect::<String>());
                 }
             }
             s

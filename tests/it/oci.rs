@@ -280,7 +280,7 @@ fn a_corrupted_blob_is_refused_and_nothing_is_registered() {
     let o = run(&w, &["apply"], &[]);
     assert_ne!(o.status.code(), Some(0));
     let err = stderr(&o) + &stdout(&o);
-    assert!(err.contains("sha256"), "{err}");
+    assert!(err.contains("sha256 mismatch"), "{err}");
     assert!(records(&w).is_empty());
     let promoted: Vec<_> = walk(&w.models())
         .into_iter()
@@ -407,6 +407,11 @@ fn token_auth_follows_the_bearer_challenge() {
     );
     let o = run(&anon, &["apply"], &[]);
     assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o) + &stdout(&o);
+    assert!(
+        err.contains(&format!("registry {} refused access", reg.host())),
+        "{err}"
+    );
     assert!(records(&anon).is_empty());
 }
 
