@@ -1,15 +1,16 @@
 //! Every module's events in one enum, where the modules that report meet: the download
-//! queue's, the installer's, the load service's and the reconciler's. Reporters that see them
+//! queue's, the installer's, the load service's, the reconciler's and the registry push's. Reporters that see them
 //! all (the CLI's progress and `-o json` JSON Lines, a test's [`Recorder`]) take each module's
 //! event type through `Into<Event>`; the modules themselves only know [`crate::events`].
 
 use crate::download::DownloadEvent;
 use crate::install::InstallEvent;
 use crate::load::LoadEvent;
+use crate::oci::push::PushEvent;
 use crate::reconcile::ReconcileEvent;
 
 /// Anything the library reports. Serialised (`-o json`) as
-/// `{"kind": "download" | "install" | "load" | "reconcile", "event": {…}}`.
+/// `{"kind": "download" | "install" | "load" | "reconcile" | "push", "event": {…}}`.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "kind", content = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -21,6 +22,14 @@ pub enum Event {
     Load(LoadEvent),
     /// Reconciler events.
     Reconcile(ReconcileEvent),
+    /// Registry push events.
+    Push(PushEvent),
+}
+
+impl From<PushEvent> for Event {
+    fn from(e: PushEvent) -> Self {
+        Self::Push(e)
+    }
 }
 
 impl From<DownloadEvent> for Event {

@@ -15,6 +15,7 @@ mod identify;
 mod import;
 mod loadcmd;
 mod output;
+mod push;
 mod reconcile;
 mod records;
 mod sync;
@@ -157,6 +158,11 @@ pub enum Command {
     Sync(sync::SyncArgs),
     /// Take over another tool's install: its records and models, in place (dry run unless --yes).
     Adopt(sync::AdoptArgs),
+    /// Publish one record to an OCI registry as a ModelPack artifact.
+    Push(push::PushArgs),
+    /// Push every converged entry to an OCI registry and write the fleet's manifest, its
+    /// sources `oci://…` pinned by digest.
+    Publish(push::PublishArgs),
     /// Download one URL through the queue (for tests and benchmarks).
     #[command(hide = true)]
     Fetch(fetch::FetchArgs),
@@ -206,6 +212,8 @@ where
         Command::Gc(a) => reconcile::gc(&ctx, a),
         Command::Sync(a) => sync::sync(&ctx, a),
         Command::Adopt(a) => sync::adopt(&ctx, a),
+        Command::Push(a) => push::push(&ctx, a),
+        Command::Publish(a) => push::publish(&ctx, a),
         Command::Fetch(a) => fetch::fetch(&ctx, a),
     };
     match result {

@@ -316,7 +316,7 @@ fn check_inside(models_dir: &Path, target: &Path) -> anyhow::Result<()> {
 }
 
 /// Finds a record by exact key, then by name, then by unique key prefix.
-fn find(store: &dyn RecordStore, query: &str) -> anyhow::Result<AnyModelConfig> {
+pub(super) fn find(store: &dyn RecordStore, query: &str) -> anyhow::Result<AnyModelConfig> {
     let location = store.location().display().to_string();
     match store.get_model(query) {
         Ok(m) => return Ok(m),

@@ -362,9 +362,28 @@ fn hf_blob_id(
 /// The name of a record nothing names, for a staged folder: the probe would take the staging
 /// folder's own name (`files`), so the local folder's name, or the Hub subfolder's last
 /// component, or the repo's name (`owner/name` → `name`) is used, as `hf download` names its
-/// folders. Files keep the probe's name (their stem); inplace models their folder's name.
+/// folders. Files keep the probe's name (their stem); inplace models their folder's name. An
+/// `oci://` artifact takes the record name `modelsync push` wrote in it, else (a folder) its
+/// repository's last component.
 fn default_name(staged: &Staged) -> Option<String> {
-    if staged.staging.is_none() || staged.single_file {
+    staged.staging.as_ref()?;
+    // An artifact `modelsync push` made carries its record's name: pulled back, the record
+    // is named the same (a file's too). Another artifact's folder takes its repository's
+    // last component.
+    if staged.source.starts_with(crate::oci::reference::SCHEME) {
+        let pushed = staged
+            .metadata
+            .as_ref()
+            .and_then(|m| m["annotations"][crate::oci::push::ANNOTATION_NAME].as_str())
+            .filter(|n| !n.trim().is_empty())
+            .map(str::to_owned);
+        if pushed.is_some() || staged.single_file {
+            return pushed;
+        }
+        let r = crate::oci::OciReference::parse(&staged.source).ok()?;
+        return r.repository.rsplit('/').next().map(str::to_owned);
+    }
+    if staged.single_file {
         return None;
     }
     let last = |s: &str| {

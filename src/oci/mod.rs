@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod client;
 pub mod manifest;
+pub mod publish;
+pub mod push;
 pub mod reference;
 pub mod unpack;
 

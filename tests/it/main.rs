@@ -22,6 +22,7 @@ mod layouts;
 mod load;
 mod manifest;
 mod oci;
+mod oci_push;
 mod plan;
 mod preload;
 mod probe;

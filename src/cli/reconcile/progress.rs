@@ -412,7 +412,7 @@ impl<E: Clone + Into<Event>> Reporter<E> for ApplyUi {
         match event {
             Event::Reconcile(e) => self.text(e),
             Event::Install(e) => self.install(e),
-            Event::Download(_) | Event::Load(_) => {}
+            Event::Download(_) | Event::Load(_) | Event::Push(_) => {}
         }
     }
 }
