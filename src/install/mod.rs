@@ -18,6 +18,7 @@
 //!   are fetched).
 
 pub mod blobs;
+mod config;
 mod error;
 mod job;
 pub mod layout;
@@ -32,6 +33,7 @@ pub mod staging;
 pub mod sync;
 
 pub use blobs::{AdoptSources, AdoptedFile, Origin};
+pub use config::{InstallConfig, record_source};
 pub use error::InstallError;
 pub use job::{InstallEvent, InstallJobId, InstallPart, InstallStatus, ModelInstallJob};
 pub use layout::Layout;
@@ -41,6 +43,6 @@ pub(crate) use refit::merged_tags;
 pub use request::{
     InPlace, InstallOptions, InstallOutcome, InstallRequest, InstalledFile, UnknownModels,
 };
-pub use service::{InstallConfig, ModelInstallService, job_outcome, record_source};
+pub use service::{ModelInstallService, job_outcome};
 pub use staging::RecoveryReport;
 pub use sync::{SyncMode, SyncOptions, SyncReport};

@@ -17,12 +17,13 @@ use crate::oci::{
     Credentials, ImageManifest, OciError, OciModelSource, OciReference, Packing, RegistryClient,
 };
 
+use super::config::{Cancel, record_source};
 use super::error::InstallError;
 use super::job::{InstallJobId, InstallPart};
 use super::promote::Staged;
 use super::remote::{Want, len_of, part_of, run_downloads};
 use super::request::InstallOptions;
-use super::service::{Cancel, Inner, record_source};
+use super::service::Inner;
 use super::staging::{Staging, StagingKind};
 
 /// A resolved artifact: the digest the reference points at (an index's, when it is one),

@@ -34,6 +34,7 @@ use crate::hub::{
 use crate::store::{ConfigChange, ModelFile};
 
 use super::blobs::AdoptedFile;
+use super::config::{Cancel, record_source};
 use super::error::InstallError;
 use super::job::{InstallEvent, InstallJobId, InstallPart, InstallStatus};
 use super::layout;
@@ -43,7 +44,7 @@ use super::remote::{
     Adoptable, Want, access, adopt_into_staging, len_of, part_of, run_downloads, url_destination,
 };
 use super::request::{InPlace, InstallOutcome, InstallRequest};
-use super::service::{Cancel, Inner, lock, record_source};
+use super::service::{Inner, lock};
 use super::staging::{Staging, StagingKind, staging_id};
 
 /// Small (git) files above this size are fetched again rather than read to check them.

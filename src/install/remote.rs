@@ -26,11 +26,11 @@ use crate::hub::{
 use crate::store::RecordStore;
 
 use super::blobs::{AdoptedFile, BlobIndex};
+use super::config::{Cancel, InstallConfig, record_source};
 use super::error::InstallError;
 use super::job::InstallPart;
 use super::promote::Staged;
 use super::request::InstallOptions;
-use super::service::{Cancel, InstallConfig, record_source};
 use super::staging::{CACHE_DIR, Staging, StagingKind, staging_id};
 
 /// What fetching needs from the service: its settings (Hub client, token environment,

@@ -356,6 +356,15 @@ impl ModelEntry {
         }
     }
 
+    /// What moves upstream, by name: an `oci://` source's tag (`latest` by default), else the
+    /// revision (`main` by default).
+    pub fn moving_ref(&self) -> &str {
+        match &self.source {
+            ModelSource::Oci(o) => o.reference.tag_or_default().unwrap_or("latest"),
+            _ => self.revision().unwrap_or("main"),
+        }
+    }
+
     /// Whether the revision pins a commit (40 hex digits), so upstream can never move it.
     /// An `oci://` source is pinned by a digest; other sources count as pinned: there is
     /// nothing to refresh.

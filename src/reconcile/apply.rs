@@ -1792,7 +1792,8 @@ mod tests {
         let store: Arc<dyn RecordStore> = counting.clone();
         let models_dir = &m.settings.models_dir;
         std::fs::create_dir_all(models_dir).unwrap();
-        let reporter: Arc<dyn crate::reconcile::converge::ConvergeReporter> = Arc::new(crate::events::NullReporter);
+        let reporter: Arc<dyn crate::reconcile::converge::ConvergeReporter> =
+            Arc::new(crate::events::NullReporter);
         let services = super::super::Services::open(
             &m.settings,
             store.clone(),

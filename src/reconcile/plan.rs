@@ -959,10 +959,7 @@ fn plan_existing(entry: &ModelEntry, r: &InventoryRecord, opts: &PlanOptions<'_>
             .and_then(|l| l.entry_for(entry))
             .and_then(|l| l.resolved_commit.as_deref());
         if locked != Some(now.as_str()) {
-            let rev = match &entry.source {
-                crate::hub::ModelSource::Oci(o) => o.reference.tag_or_default().unwrap_or("latest"),
-                _ => entry.revision().unwrap_or("main"),
-            };
+            let rev = entry.moving_ref();
             let mut reason = match locked {
                 Some(old) => format!("{rev} moved upstream: {} → {}", short(old), short(now)),
                 None => format!(

@@ -12,11 +12,11 @@ use modelsync::download::{
     RetryPolicy, TransferConfig,
 };
 use modelsync::events::NullReporter;
-use modelsync::report::Recorder;
 use modelsync::hash::HashAlgorithm;
 use modelsync::hub::{HubClient, HubEnv, HubOptions};
 use modelsync::install::InstallConfig;
 use modelsync::manager::ModelManager;
+use modelsync::report::Recorder;
 use modelsync::store::{self, RecordStore};
 use sha2::Digest as _;
 
