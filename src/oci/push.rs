@@ -376,8 +376,8 @@ impl<'a> Pusher<'a> {
         }
     }
 
-    fn report(&self, e: PushEvent) {
-        self.reporter.report(&e);
+    fn report(&self, e: &PushEvent) {
+        self.reporter.report(e);
     }
 
     /// Pushes `record`, whose files are at `root`, to `target` (a tag; `latest` when none is
@@ -409,7 +409,7 @@ impl<'a> Pusher<'a> {
             from.insert(0, src.repository);
         }
         from.retain(|r| r != &target.repository);
-        self.report(PushEvent::PushStarted {
+        self.report(&PushEvent::PushStarted {
             reference: target.to_string(),
             files: files.len(),
             total_bytes: files.iter().map(|f| f.size).sum(),
@@ -492,7 +492,7 @@ impl<'a> Pusher<'a> {
         }
         out.reference = target.at_digest(&digest).to_string();
         out.digest = digest.clone();
-        self.report(PushEvent::PushCompleted {
+        self.report(&PushEvent::PushCompleted {
             reference: out.reference.clone(),
             digest,
             uploaded: out.uploaded.len(),
@@ -523,7 +523,7 @@ impl<'a> Pusher<'a> {
             .await?
             .is_some()
         {
-            self.report(PushEvent::BlobSkipped {
+            self.report(&PushEvent::BlobSkipped {
                 path: path.to_owned(),
                 digest: digest.to_owned(),
                 size,
@@ -578,7 +578,7 @@ impl<'a> Pusher<'a> {
         if resp.status() == StatusCode::CREATED
             && let Some(m) = mount
         {
-            self.report(PushEvent::BlobMounted {
+            self.report(&PushEvent::BlobMounted {
                 path: path.to_owned(),
                 digest: digest.to_owned(),
                 size,
@@ -639,7 +639,7 @@ impl<'a> Pusher<'a> {
                     location = upload_location(&resp, &location, target)?;
                     sent += n;
                     chunks += 1;
-                    self.report(PushEvent::BlobUploading {
+                    self.report(&PushEvent::BlobUploading {
                         path: path.to_owned(),
                         digest: digest.to_owned(),
                         bytes: sent,
@@ -668,7 +668,7 @@ impl<'a> Pusher<'a> {
             )
             .await?;
         expect(resp, StatusCode::CREATED, target, "closing an upload").await?;
-        self.report(PushEvent::BlobUploaded {
+        self.report(&PushEvent::BlobUploaded {
             path: path.to_owned(),
             digest: digest.to_owned(),
             size,

@@ -459,7 +459,7 @@ pub async fn apply(
         &the_plan,
         manifest,
         &inventory,
-        Some(&lock),
+        Some(lock),
         None,
         cx.hub_env,
         &sources,
