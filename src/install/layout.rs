@@ -434,7 +434,7 @@ pub(crate) fn place_hf(
 ) -> Result<(), InstallError> {
     if staged.is_dir() {
         let mut files = Vec::new();
-        walk_files(staged, staged, &mut files)?;
+        super::promote::walk(staged, staged, &mut files)?;
         for (abs, rel) in files {
             let id = id_of(&rel, &abs)?;
             place_blob(&t.repo_dir, &abs, &t.model_path.join(&rel), &id, false)?;
@@ -448,34 +448,6 @@ pub(crate) fn place_hf(
     }
     if let Some(rev) = &t.revision {
         write_ref(&t.repo_dir, rev, &t.commit)?;
-    }
-    Ok(())
-}
-
-fn walk_files(
-    root: &Path,
-    dir: &Path,
-    out: &mut Vec<(PathBuf, String)>,
-) -> Result<(), InstallError> {
-    let rd = fs::read_dir(dir).map_err(|e| InstallError::io("reading", dir, e))?;
-    for e in rd {
-        let e = e.map_err(|e| InstallError::io("reading", dir, e))?;
-        let p = e.path();
-        let ft = e
-            .file_type()
-            .map_err(|err| InstallError::io("reading", &p, err))?;
-        if ft.is_dir() {
-            walk_files(root, &p, out)?;
-        } else {
-            let rel = p
-                .strip_prefix(root)
-                .unwrap_or(&p)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            out.push((p, rel));
-        }
     }
     Ok(())
 }

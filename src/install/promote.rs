@@ -729,7 +729,12 @@ pub(super) fn fingerprints(
     Ok((files, installed))
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<(), InstallError> {
+/// Every file below `dir` (recursively), with its path relative to `root` in `/` form.
+pub(super) fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(PathBuf, String)>,
+) -> Result<(), InstallError> {
     let rd = fs::read_dir(dir).map_err(|e| InstallError::io("reading", dir, e))?;
     for e in rd {
         let e = e.map_err(|e| InstallError::io("reading", dir, e))?;
