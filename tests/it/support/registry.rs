@@ -48,8 +48,27 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The `docker-registry` binary, or a panic saying how to install it.
+/// The `docker-registry` binary, or a panic saying how to install it. When it is missing,
+/// `scripts/setup-apt` runs first (once per test process), as the venv's script does for the
+/// Python fixtures, so a plain `cargo test` works on a fresh Debian machine with root or sudo;
+/// it installs `skopeo` and `openssl` too.
 pub fn registry_binary() -> PathBuf {
+    static SETUP: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if let Some(p) = find_registry() {
+        return p;
+    }
+    SETUP.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-apt");
+        let _ = Command::new(script).status();
+    });
+    find_registry().unwrap_or_else(|| {
+        panic!(
+            "docker-registry (the CNCF Distribution registry) is not installed and scripts/setup-apt could not install it (Debian package docker-registry; needs root or sudo); the OCI tests need a real registry"
+        )
+    })
+}
+
+fn find_registry() -> Option<PathBuf> {
     for dir in std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
@@ -58,12 +77,10 @@ pub fn registry_binary() -> PathBuf {
     {
         let p = dir.join("docker-registry");
         if p.is_file() {
-            return p;
+            return Some(p);
         }
     }
-    panic!(
-        "docker-registry (the CNCF Distribution registry) is not installed: run scripts/setup-apt (Debian package docker-registry); the OCI tests need a real registry"
-    );
+    None
 }
 
 /// Status code of `GET path` on 127.0.0.1:port, if it answers.
