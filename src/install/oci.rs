@@ -19,9 +19,9 @@ use crate::oci::{
 
 use super::config::{Cancel, record_source};
 use super::error::InstallError;
-use super::job::{InstallJobId, InstallPart};
+use super::job::InstallJobId;
 use super::promote::Staged;
-use super::remote::{Want, len_of, part_of, run_downloads};
+use super::remote::{Want, run_downloads};
 use super::request::InstallOptions;
 use super::service::Inner;
 use super::staging::{Staging, StagingKind};
@@ -464,20 +464,10 @@ async fn blob_want(
         .with_sha256(Some(hex))
         .with_access_token(token)
         .with_preserve_partial_downloads(true);
-    // Only the queue writes whole blobs, and only after checking their digest.
-    let done = dest.is_file() && len_of(&dest) == d.size;
-    Ok(Want {
+    Ok(Want::sized(
         job,
-        part: InstallPart {
-            source: format!("{}@{}", reference.at_digest(manifest_digest), d.digest),
-            local_path: dest.clone(),
-            bytes: if done {
-                d.size
-            } else {
-                len_of(&part_of(&dest)).min(d.size)
-            },
-            total_bytes: d.size,
-        },
-        done,
-    })
+        format!("{}@{}", reference.at_digest(manifest_digest), d.digest),
+        &dest,
+        d.size,
+    ))
 }

@@ -80,6 +80,27 @@ pub(super) struct Want {
 }
 
 impl Want {
+    /// A file of known size fetched into `dest` by `job`; complete (no download) when `dest`
+    /// already has that size: only the queue writes whole files into staging, and only after
+    /// verifying them.
+    pub(super) fn sized(job: DownloadJob, source: String, dest: &Path, size: u64) -> Self {
+        let done = dest.is_file() && len_of(dest) == size;
+        Self {
+            job,
+            part: InstallPart {
+                source,
+                local_path: dest.to_path_buf(),
+                bytes: if done {
+                    size
+                } else {
+                    len_of(&part_of(dest)).min(size)
+                },
+                total_bytes: size,
+            },
+            done,
+        }
+    }
+
     /// The one file of a URL source, fetched into `dest` (already complete when `done`).
     pub(super) fn url(
         url: &reqwest::Url,
@@ -169,22 +190,12 @@ pub(crate) async fn fetch_hf(
             }
             ExpectedHash::GitBlobSha1(h) => job = job.with_git_sha1(Some(h.clone())),
         }
-        // Only the queue writes whole files into staging, and only after verifying them.
-        let done = len_of(&dest) == spec.size && dest.is_file();
-        wants.push(Want {
+        wants.push(Want::sized(
             job,
-            part: InstallPart {
-                source: redact_url_str(spec.url.as_str()),
-                local_path: dest.clone(),
-                bytes: if done {
-                    spec.size
-                } else {
-                    len_of(&part_of(&dest)).min(spec.size)
-                },
-                total_bytes: spec.size,
-            },
-            done,
-        });
+            redact_url_str(spec.url.as_str()),
+            &dest,
+            spec.size,
+        ));
     }
     let single_file = src.single_file().is_some() && plan.downloads.len() == 1;
     let (model_path, moved_from) = match plan.downloads.first() {
