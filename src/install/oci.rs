@@ -85,6 +85,46 @@ fn blob_path(staging: &Staging, digest: &str) -> PathBuf {
     staging.dir.join("blobs").join(digest.replace(':', "-"))
 }
 
+/// A pull's start, shared by installs and repairs: the source as records show it, a client
+/// and credentials for its registry, the reference to pull (`--locked` and repairs pass the
+/// digest to pull again) and what it resolved to.
+struct Pull {
+    source_str: String,
+    client: RegistryClient,
+    creds: Option<Credentials>,
+    reference: OciReference,
+    resolved: Resolved,
+}
+
+impl Pull {
+    async fn open(
+        src: &OciModelSource,
+        opts: &InstallOptions,
+        cancel: &Cancel,
+    ) -> Result<Self, InstallError> {
+        let source_str = record_source(&ModelSource::Oci(src.clone()));
+        let err = oci_err(&source_str);
+        let client = src.client().map_err(&err)?;
+        let creds = src.resolve_credentials();
+        let reference = match opts.revision.as_deref() {
+            Some(d) if d.starts_with("sha256:") => src.reference.at_digest(d),
+            _ => src.reference.clone(),
+        };
+        let resolved = tokio::select! {
+            r = resolve(&client, &reference, creds.as_ref()) => r.map_err(&err)?,
+            () = cancel.wait() => return Err(InstallError::Cancelled(source_str.clone())),
+        };
+        drop(err); // it borrows `source_str`, which moves below
+        Ok(Self {
+            source_str,
+            client,
+            creds,
+            reference,
+            resolved,
+        })
+    }
+}
+
 pub(crate) async fn fetch_oci(
     inner: &Arc<Inner>,
     id: InstallJobId,
@@ -93,20 +133,15 @@ pub(crate) async fn fetch_oci(
     staging: Staging,
     cancel: &Arc<Cancel>,
 ) -> Result<Staged, InstallError> {
-    let source_str = record_source(&ModelSource::Oci(src.clone()));
+    let Pull {
+        source_str,
+        client,
+        creds,
+        reference,
+        resolved,
+    } = Pull::open(src, opts, cancel).await?;
     let source_for_err = source_str.clone();
     let err = oci_err(&source_for_err);
-    let client = src.client().map_err(&err)?;
-    let creds = src.resolve_credentials();
-    // `--locked` and repairs pass the digest to pull again.
-    let reference = match opts.revision.as_deref() {
-        Some(d) if d.starts_with("sha256:") => src.reference.at_digest(d),
-        _ => src.reference.clone(),
-    };
-    let resolved = tokio::select! {
-        r = resolve(&client, &reference, creds.as_ref()) => r.map_err(&err)?,
-        () = cancel.wait() => return Err(InstallError::Cancelled(source_str)),
-    };
     staging.prepare(&source_str, StagingKind::Oci, Some(&resolved.digest))?;
     let blobs_dir = staging.dir.join("blobs");
     std::fs::create_dir_all(&blobs_dir)
@@ -253,19 +288,15 @@ pub(super) async fn refit_oci(
 ) -> Result<super::refit::Fetched, InstallError> {
     use super::refit::{Fetched as Refit, file_name, is_present};
     let opts = &req.options;
-    let source_str = record_source(&ModelSource::Oci(src.clone()));
+    let Pull {
+        source_str,
+        client,
+        creds,
+        reference,
+        resolved,
+    } = Pull::open(src, opts, cancel).await?;
     let source_for_err = source_str.clone();
     let err = oci_err(&source_for_err);
-    let client = src.client().map_err(&err)?;
-    let creds = src.resolve_credentials();
-    let reference = match opts.revision.as_deref() {
-        Some(d) if d.starts_with("sha256:") => src.reference.at_digest(d),
-        _ => src.reference.clone(),
-    };
-    let resolved = tokio::select! {
-        r = resolve(&client, &reference, creds.as_ref()) => r.map_err(&err)?,
-        () = cancel.wait() => return Err(InstallError::Cancelled(source_str)),
-    };
     let single = resolved.artifact.single_file().is_some();
     let mut out = Refit {
         commit: Some(resolved.digest.clone()),
