@@ -117,7 +117,7 @@ pub(crate) struct Fetch {
     /// The queue's connection budget: a download holds one permit while it runs, and a
     /// multi-range one as many as it has ranges in flight.
     pub connections: Arc<tokio::sync::Semaphore>,
-    /// The connections this download may use now: the budget's share of each job in flight.
+    /// The connections this download may use: its share of the budget, fixed when it started.
     pub share: Arc<dyn Fn() -> u32 + Send + Sync>,
     /// Where the source redirected to (and whether the token may go there), once a request
     /// was answered: every later request of this file goes there directly, so a `/resolve`

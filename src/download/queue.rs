@@ -90,6 +90,10 @@ struct Entry {
     /// False between a terminal status and the end of its event's delivery: waiters return
     /// only once the handlers of the final event have run.
     settled: bool,
+    /// The connections this download may use, fixed when it starts: the budget divided among
+    /// the jobs running or waiting to run then (at least 1). A batch started together
+    /// (`start_jobs`) shares it evenly; a file that starts alone takes the whole budget.
+    share: u32,
 }
 
 #[derive(Default)]
@@ -212,6 +216,7 @@ impl DownloadQueue {
                     control: None,
                     restart_after_stop: false,
                     settled: true,
+                    share: 1,
                 },
             );
             snap
@@ -555,24 +560,6 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The connections one download may use now: the budget divided among the jobs that are
-    /// running or waiting to run (at least 1).
-    fn connection_share(&self) -> u32 {
-        let active = self
-            .lock()
-            .jobs
-            .values()
-            .filter(|e| {
-                matches!(
-                    e.job.status,
-                    DownloadJobStatus::Enqueued | DownloadJobStatus::Running
-                )
-            })
-            .count()
-            .max(1);
-        u32::try_from((self.cfg.max_connections / active).max(1)).unwrap_or(u32::MAX)
-    }
-
     fn settle(&self, id: JobId) {
         if let Some(e) = self.lock().jobs.get_mut(&id) {
             e.settled = true;
@@ -622,6 +609,19 @@ impl Inner {
                 .max_parallel_dl
                 .min(self.cfg.max_connections)
                 .max(1);
+            let active = st
+                .jobs
+                .values()
+                .filter(|e| {
+                    matches!(
+                        e.job.status,
+                        DownloadJobStatus::Enqueued | DownloadJobStatus::Running
+                    )
+                })
+                .count()
+                .max(1);
+            let share =
+                u32::try_from((self.cfg.max_connections / active).max(1)).unwrap_or(u32::MAX);
             while st.running < slots {
                 let Some(id) = st
                     .jobs
@@ -637,6 +637,7 @@ impl Inner {
                 st.running += 1;
                 let Some(e) = st.jobs.get_mut(&id) else { break };
                 e.job.status = DownloadJobStatus::Running;
+                e.share = share;
                 e.job.job_started = Some(SystemTime::now());
                 e.job.job_sequence = Some(seq);
                 e.job.error = None;
@@ -665,9 +666,8 @@ impl Inner {
                 let j = &e.job;
                 progress.bytes.store(j.bytes, Ordering::Relaxed);
                 progress.total.store(j.total_bytes, Ordering::Relaxed);
-                let weak = Arc::downgrade(&self);
-                let share: Arc<dyn Fn() -> u32 + Send + Sync> =
-                    Arc::new(move || weak.upgrade().map_or(1, |i| i.connection_share()));
+                let fixed = e.share;
+                let share: Arc<dyn Fn() -> u32 + Send + Sync> = Arc::new(move || fixed);
                 let fetch = Url::parse(&j.source).map(|url| Fetch {
                     client: self.client.clone(),
                     cfg: self.transfer.clone(),
