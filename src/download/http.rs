@@ -40,6 +40,10 @@ pub struct TransferConfig {
     pub parallel_threshold: u64,
     /// Smallest range a large file is split into (default 1 MiB).
     pub min_range_size: u64,
+    /// Largest range (default 16 MiB): a large file becomes more ranges than streams, each
+    /// stream taking the next one in file order, so the completed prefix stays within about
+    /// streams x this of the newest byte and is hashed while the rest downloads.
+    pub max_range_size: u64,
     /// Retries.
     pub retry: RetryPolicy,
     /// No bytes for this long → that stream is retried (default 30 s).
@@ -67,6 +71,7 @@ impl Default for TransferConfig {
             connections_per_file: 8,
             parallel_threshold: 64 << 20,
             min_range_size: 1 << 20,
+            max_range_size: 16 << 20,
             retry: RetryPolicy::default(),
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
@@ -650,7 +655,13 @@ impl Fetch {
                 } else {
                     part_len.filter(|&n| n <= total).unwrap_or(0)
                 };
-                RangedState::split(total, prefix, streams as u32, self.cfg.min_range_size)
+                RangedState::split(
+                    total,
+                    prefix,
+                    streams as u32,
+                    self.cfg.min_range_size,
+                    self.cfg.max_range_size,
+                )
             }
         };
         self.progress.total.store(total, Ordering::Relaxed);

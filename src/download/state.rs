@@ -38,9 +38,12 @@ pub(crate) struct RangedState {
 }
 
 impl RangedState {
-    /// Splits `[prefix, total)` into at most `parts` ranges of at least `min_range` bytes; the
-    /// first `prefix` bytes (an earlier single-stream partial) count as done.
-    pub fn split(total: u64, prefix: u64, parts: u32, min_range: u64) -> Self {
+    /// Splits `[prefix, total)` into ranges for `parts` streams: `parts` ranges of at least
+    /// `min_range` bytes, or more of at most `max_range` bytes when the file is large, so
+    /// that streams taking them in order keep the completed prefix (what is hashed while the
+    /// file downloads) close behind the fastest stream. The first `prefix` bytes (an earlier
+    /// single-stream partial) count as done.
+    pub fn split(total: u64, prefix: u64, parts: u32, min_range: u64, max_range: u64) -> Self {
         let mut ranges = Vec::new();
         let prefix = prefix.min(total);
         if prefix > 0 {
@@ -54,7 +57,7 @@ impl RangedState {
         let n = u64::from(parts.max(1))
             .min(rest.div_ceil(min_range.max(1)))
             .max(1);
-        let size = rest.div_ceil(n);
+        let size = rest.div_ceil(n).min(max_range.max(min_range).max(1));
         let mut start = prefix;
         while start < total {
             let end = (start + size).min(total);
@@ -173,11 +176,11 @@ mod tests {
 
     #[test]
     fn split_tiles_the_file() {
-        let s = RangedState::split(1000, 0, 4, 1);
+        let s = RangedState::split(1000, 0, 4, 1, u64::MAX);
         assert_eq!(s.ranges.len(), 4);
         assert!(s.is_consistent());
         assert_eq!(s.ranges[3].end, 1000);
-        let s = RangedState::split(1000, 300, 4, 1);
+        let s = RangedState::split(1000, 300, 4, 1, u64::MAX);
         assert_eq!(
             s.ranges[0],
             RangeState {
@@ -188,7 +191,16 @@ mod tests {
         );
         assert!(s.is_consistent());
         assert_eq!(s.done_bytes(), 300);
-        let s = RangedState::split(1000, 0, 8, 400);
+        let s = RangedState::split(1000, 0, 8, 400, u64::MAX);
+        assert_eq!(s.ranges.len(), 3);
+        assert!(s.is_consistent());
+        // A large file: ranges of at most max_range, more of them than streams.
+        let s = RangedState::split(1000, 100, 2, 1, 128);
+        assert_eq!(s.ranges.len(), 1 + 900usize.div_ceil(128));
+        assert!(s.ranges[1..].iter().all(|r| r.end - r.start <= 128));
+        assert!(s.is_consistent());
+        // max_range never goes below min_range.
+        let s = RangedState::split(1000, 0, 2, 400, 100);
         assert_eq!(s.ranges.len(), 3);
         assert!(s.is_consistent());
     }
@@ -197,7 +209,7 @@ mod tests {
     fn save_load_roundtrip_and_rejects_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.part.state");
-        let mut s = RangedState::split(10_000, 0, 3, 1);
+        let mut s = RangedState::split(10_000, 0, 3, 1, u64::MAX);
         s.ranges[1].done = 17;
         s.save(&p).unwrap();
         assert_eq!(RangedState::load(&p), Some(s.clone()));

@@ -32,7 +32,7 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 
 use super::held_lock::HeldLock;
-use super::inventory::{DirState, InventoryError, observe};
+use super::inventory::{DirState, InventoryError, observe, observe_scope};
 use super::plan::{ActionKind, Plan, PlanError, PlanOptions, PlannedAction, Step, Totals, plan};
 use super::remote::{self, RemoteWarning};
 use crate::config::{AnyModelConfig, Managed};
@@ -389,7 +389,21 @@ pub async fn apply(
     let _metadata = cx.hub.metadata_run();
     let store = cx.manager.store().clone();
     let models_dir = manifest.settings.models_dir.clone();
-    let inventory = observe(store.as_ref(), &models_dir)?;
+    // `--only` (and each of watch mode's per-entry converges) looks at its entries' records
+    // alone: the others are neither planned nor listed.
+    let inventory = if opts.only.is_empty() {
+        observe(store.as_ref(), &models_dir)?
+    } else {
+        let sources: Vec<String> = manifest
+            .models
+            .iter()
+            .filter(|e| opts.only.contains(&e.name))
+            .map(ModelEntry::canonical_source)
+            .collect();
+        let names: Vec<&str> = opts.only.iter().map(String::as_str).collect();
+        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+        observe_scope(store.as_ref(), &models_dir, &names, &sources)?
+    };
     let lock_path = manifest.lock_path();
     let lock_copy = match cx.held_lock {
         Some(held) => held.snapshot()?,
@@ -1717,6 +1731,20 @@ mod tests {
     struct Counting {
         inner: Box<dyn RecordStore>,
         all_models: AtomicUsize,
+        /// Scoped reads, and the records they returned.
+        scopes: AtomicUsize,
+        scoped_records: AtomicUsize,
+    }
+
+    impl Counting {
+        fn new(inner: Box<dyn RecordStore>) -> Self {
+            Self {
+                inner,
+                all_models: AtomicUsize::new(0),
+                scopes: AtomicUsize::new(0),
+                scoped_records: AtomicUsize::new(0),
+            }
+        }
     }
 
     impl RecordStore for Counting {
@@ -1756,6 +1784,16 @@ mod tests {
             self.all_models.fetch_add(1, Ordering::SeqCst);
             self.inner.all_models()
         }
+        fn search_scope(
+            &self,
+            entries: &[&str],
+            sources: &[&str],
+        ) -> Result<Vec<AnyModelConfig>, StoreError> {
+            self.scopes.fetch_add(1, Ordering::SeqCst);
+            let found = self.inner.search_scope(entries, sources)?;
+            self.scoped_records.fetch_add(found.len(), Ordering::SeqCst);
+            Ok(found)
+        }
         fn set_model_files(&self, key: &str, files: &[ModelFile]) -> Result<(), StoreError> {
             self.inner.set_model_files(key, files)
         }
@@ -1785,10 +1823,9 @@ mod tests {
         }
         let m =
             crate::manifest::parse_str(&text, &dir.path().join("models.yaml"), &|_| None).unwrap();
-        let counting = Arc::new(Counting {
-            inner: crate::store::open(&m.settings.database_path()).unwrap(),
-            all_models: AtomicUsize::new(0),
-        });
+        let counting = Arc::new(Counting::new(
+            crate::store::open(&m.settings.database_path()).unwrap(),
+        ));
         let store: Arc<dyn RecordStore> = counting.clone();
         let models_dir = &m.settings.models_dir;
         std::fs::create_dir_all(models_dir).unwrap();
@@ -1845,5 +1882,70 @@ mod tests {
                 .entries
                 .contains_key("ti")
         );
+    }
+
+    /// `--only` (watch mode's per-entry converge) reads the records of its entries alone,
+    /// by the store's indexes, never the whole store; what it plans and lists is theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_apply_of_one_entry_reads_that_entrys_records_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/weights");
+        let mut text = String::from("version: 1\nsettings:\n  models_dir: models\nmodels:\n");
+        for (name, file) in [
+            ("detail", "loras/detail-sd15.safetensors"),
+            ("ti", "embeddings/tiny-ti-sd15.safetensors"),
+        ] {
+            let src = dir.path().join(format!("{name}.safetensors"));
+            std::fs::copy(weights.join(file), &src).unwrap();
+            let _ = writeln!(text, "  - name: {name}\n    source: {}", src.display());
+        }
+        let m =
+            crate::manifest::parse_str(&text, &dir.path().join("models.yaml"), &|_| None).unwrap();
+        let counting = Arc::new(Counting::new(
+            crate::store::open(&m.settings.database_path()).unwrap(),
+        ));
+        let store: Arc<dyn RecordStore> = counting.clone();
+        std::fs::create_dir_all(&m.settings.models_dir).unwrap();
+        let reporter: Arc<dyn crate::reconcile::converge::ConvergeReporter> =
+            Arc::new(crate::events::NullReporter);
+        let services = super::super::Services::open(
+            &m.settings,
+            store.clone(),
+            HubEnv::empty(),
+            reporter.clone(),
+        )
+        .unwrap();
+        let cx = services.context(reporter, None);
+        let first = apply(&m, &cx, &ApplyOptions::default()).await.unwrap();
+        assert_eq!(first.changed(), 2);
+        // Records nobody's entry owns, with other sources: a store bigger than the entry.
+        for i in 0..20 {
+            let mut c = store
+                .get_model(&first.results[0].key.clone().unwrap())
+                .unwrap();
+            let common = c.common_mut();
+            common.key = format!("other-{i}");
+            common.name = format!("other-{i}");
+            common.path = format!("/elsewhere/other-{i}.safetensors");
+            common.source = format!("/elsewhere/other-{i}.safetensors");
+            common.managed = None;
+            store.add_model(&format!("other-{i}"), c).unwrap();
+        }
+
+        let before = counting.all_models.load(Ordering::SeqCst);
+        let opts = ApplyOptions {
+            only: vec!["ti".to_owned()],
+            ..ApplyOptions::default()
+        };
+        let one = apply(&m, &cx, &opts).await.unwrap();
+        assert_eq!((one.changed(), one.plan.totals.unchanged), (0, 1));
+        assert_eq!(counting.all_models.load(Ordering::SeqCst), before);
+        assert_eq!(counting.scopes.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.scoped_records.load(Ordering::SeqCst), 1);
+        assert!(one.plan.unmanaged.is_empty(), "{:?}", one.plan.unmanaged);
+
+        // The whole apply still lists them.
+        let all = apply(&m, &cx, &ApplyOptions::default()).await.unwrap();
+        assert_eq!(all.plan.unmanaged.len(), 20);
     }
 }

@@ -176,8 +176,38 @@ impl Inventory {
 /// unmounted mount point looks exactly like that.
 pub fn observe(store: &dyn RecordStore, models_dir: &Path) -> Result<Inventory, InventoryError> {
     let models_dir_state = dir_state(models_dir, store.location())?;
+    let configs = store.all_models()?;
+    observe_records(store, models_dir, models_dir_state, configs)
+}
+
+/// [`observe`] of the records a plan of some entries alone looks at: those the entries own,
+/// and the unmanaged records with one of `sources` (their canonical sources, for adoption)
+/// ([`RecordStore::search_scope`]), so converging one entry costs that entry, not the store.
+/// When models_dir is missing or empty every record is observed, as [`observe`] does: telling
+/// an unmounted volume needs them all.
+pub fn observe_scope(
+    store: &dyn RecordStore,
+    models_dir: &Path,
+    entries: &[&str],
+    sources: &[&str],
+) -> Result<Inventory, InventoryError> {
+    let models_dir_state = dir_state(models_dir, store.location())?;
+    let configs = if models_dir_state == DirState::Present {
+        store.search_scope(entries, sources)?
+    } else {
+        store.all_models()?
+    };
+    observe_records(store, models_dir, models_dir_state, configs)
+}
+
+fn observe_records(
+    store: &dyn RecordStore,
+    models_dir: &Path,
+    models_dir_state: DirState,
+    configs: Vec<crate::config::AnyModelConfig>,
+) -> Result<Inventory, InventoryError> {
     let mut records = Vec::new();
-    for config in store.all_models()? {
+    for config in configs {
         let c = config.common();
         let resolved_path = config.resolved_path(models_dir);
         let recorded = store.model_files(&c.key)?;

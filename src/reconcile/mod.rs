@@ -33,6 +33,7 @@ pub use converge::{ConvergeError, ManifestConverger, Services, SettingsChanged};
 pub use held_lock::HeldLock;
 pub use inventory::{
     DirState, FileState, FileStatus, Inventory, InventoryError, InventoryRecord, observe,
+    observe_scope,
 };
 pub use plan::{
     ActionKind, Adoptable, DiskCheck, Plan, PlanError, PlanOptions, PlannedAction, Step, Totals,

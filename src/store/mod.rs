@@ -164,6 +164,24 @@ pub trait RecordStore: Send + Sync {
     fn all_models(&self) -> Result<Vec<AnyModelConfig>, StoreError> {
         self.search_by_name(None, None, None)
     }
+    /// The records manifest entries `entries` own, and the unmanaged records whose source is
+    /// one of `sources`, ordered by name then key: all a plan of those entries alone looks at
+    /// (`apply --only`, watch mode's per-entry converge), so its cost follows the entries, not
+    /// the store.
+    fn search_scope(
+        &self,
+        entries: &[&str],
+        sources: &[&str],
+    ) -> Result<Vec<AnyModelConfig>, StoreError> {
+        Ok(self
+            .all_models()?
+            .into_iter()
+            .filter(|c| match &c.common().managed {
+                Some(m) => entries.contains(&m.entry.as_str()),
+                None => sources.contains(&c.common().source.as_str()),
+            })
+            .collect())
+    }
     /// The unique record with this name, base and type: `DuplicateModel` if several,
     /// `UnknownModel` if none.
     fn model_info_by_name(

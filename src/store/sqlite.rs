@@ -681,6 +681,35 @@ impl RecordStore for SqliteStore {
         )
     }
 
+    fn search_scope(
+        &self,
+        entries: &[&str],
+        sources: &[&str],
+    ) -> Result<Vec<AnyModelConfig>, StoreError> {
+        // One indexed look-up per name (`models_managed_entry`, `models_source`).
+        let conn = self.conn();
+        let mut out = Vec::new();
+        for e in entries {
+            out.extend(self.query(
+                &conn,
+                &format!("SELECT {COLUMNS} FROM models WHERE managed_entry = ?1"),
+                [e],
+            )?);
+        }
+        for s in sources {
+            out.extend(self.query(
+                &conn,
+                &format!(
+                    "SELECT {COLUMNS} FROM models WHERE source = ?1 AND managed_entry IS NULL"
+                ),
+                [s],
+            )?);
+        }
+        out.sort_by(|a, b| (a.name(), a.key()).cmp(&(b.name(), b.key())));
+        out.dedup_by(|a, b| a.key() == b.key());
+        Ok(out)
+    }
+
     fn set_model_files(&self, key: &str, files: &[ModelFile]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;

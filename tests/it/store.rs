@@ -58,6 +58,11 @@ macro_rules! store_suite {
                 super::searches(&path(&d), $open);
             }
             #[test]
+            fn scope() {
+                let d = crate::support::tmp();
+                super::scope(&path(&d), $open);
+            }
+            #[test]
             fn info_by_name() {
                 let d = crate::support::tmp();
                 super::info_by_name(&path(&d), $open);
@@ -374,6 +379,37 @@ fn searches(p: &Path, open: Opener) {
     );
     assert!(s.search_by_path("a/JUG.safetensors").unwrap().is_empty());
     assert!(s.search_by_path("jug.safetensors").unwrap().is_empty());
+}
+
+/// `search_scope`: the records entries own, and the unmanaged ones with a given source.
+fn scope(p: &Path, open: Opener) {
+    let s = open(p);
+    populate(s.as_ref());
+    let own = |entry: &str| sparse(json!({"managed": {"entry": entry, "spec_hash": "h"}}));
+    s.update_model("k1", own("photo")).unwrap();
+    s.update_model("k4", own("lora")).unwrap();
+    // k2 and k3 share k1's source, unmanaged; k0 is an unmanaged lora.
+    let scoped = |entries: &[&str], sources: &[&str]| {
+        keys(&s.search_scope(entries, sources).unwrap())
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scoped(&["photo"], &[]), ["k1"]);
+    assert_eq!(
+        scoped(&["photo"], &["runwayml/stable-diffusion-v1-5"]),
+        ["k3", "k1", "k2"],
+        "ordered by name then key; the managed k1 once"
+    );
+    assert_eq!(
+        scoped(&["lora", "nobody"], &["b/alpha.safetensors"]),
+        ["k0", "k4"]
+    );
+    assert!(
+        scoped(&[], &["b/sd15-lora.safetensors"]).is_empty(),
+        "a managed record is found by its entry, not its source"
+    );
+    assert!(scoped(&[], &[]).is_empty());
 }
 
 fn info_by_name(p: &Path, open: Opener) {

@@ -355,7 +355,7 @@ struct StoredRepo {
 
 struct UrlDownload {
     filename: String,
-    content: Vec<u8>,
+    content: bytes::Bytes,
 }
 
 #[derive(Default)]
@@ -367,8 +367,8 @@ struct Emu {
     grants: HashMap<String, Vec<String>>,
     page_size: usize,
     faults: Vec<(Target, u32, Fault)>,
-    /// sha256 → content (CDN storage)
-    blobs: HashMap<String, Vec<u8>>,
+    /// sha256 → content (CDN storage; shared, so that a response never copies a blob)
+    blobs: HashMap<String, bytes::Bytes>,
     corrupt: Vec<String>,
     url_downloads: HashMap<String, UrlDownload>,
     html_pages: Vec<String>,
@@ -479,7 +479,8 @@ impl HubServer {
             let c = repo.commit_of(branch, files);
             refs.insert(branch.clone(), c.clone());
             for f in files.iter().filter(|f| f.lfs) {
-                st.blobs.insert(f.sha256(), f.content.clone());
+                st.blobs
+                    .insert(f.sha256(), bytes::Bytes::from(f.content.clone()));
             }
             commits.insert(c, files.clone());
         }
@@ -572,7 +573,7 @@ impl HubServer {
             id.to_owned(),
             UrlDownload {
                 filename: filename.to_owned(),
-                content: content.into(),
+                content: bytes::Bytes::from(content.into()),
             },
         );
         format!("{}/api/download/models/{id}", self.endpoint())
@@ -1220,7 +1221,8 @@ fn is_text(path: &str) -> bool {
 }
 
 fn serve_small(s: &Emu, f: &FakeFile, commit: &str, r: &Req) -> Response {
-    let mut resp = serve_bytes(&f.content, r, s.gzip && is_text(&f.path), None);
+    let content = bytes::Bytes::copy_from_slice(&f.content);
+    let mut resp = serve_bytes(&content, r, s.gzip && is_text(&f.path), None);
     let h = resp.headers_mut();
     h.insert(
         header::ETAG,
@@ -1235,7 +1237,7 @@ fn serve_small(s: &Emu, f: &FakeFile, commit: &str, r: &Req) -> Response {
 
 /// Serves `content` honouring `Range` and (when `gzip_ok` and asked) gzip, chunked.
 fn serve_bytes(
-    content: &[u8],
+    content: &bytes::Bytes,
     r: &Req,
     gzip_ok: bool,
     throttle: Option<(usize, std::time::Duration)>,
@@ -1263,7 +1265,7 @@ fn serve_bytes(
                 .expect("response");
         }
         let end = end.map_or(len - 1, |e| e.min(len - 1));
-        let slice = content[start as usize..=end as usize].to_vec();
+        let slice = content.slice(start as usize..=end as usize);
         return Response::builder()
             .status(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
@@ -1297,17 +1299,20 @@ fn serve_bytes(
         .body(if r.method == Method::HEAD {
             Body::empty()
         } else {
-            body_of(content.to_vec(), throttle)
+            body_of(content.clone(), throttle)
         })
         .expect("response")
 }
 
 /// A body, sent whole or (throttled) a chunk at a time.
-fn body_of(bytes: Vec<u8>, throttle: Option<(usize, std::time::Duration)>) -> Body {
+fn body_of(bytes: bytes::Bytes, throttle: Option<(usize, std::time::Duration)>) -> Body {
     let Some((chunk, delay)) = throttle else {
         return Body::from(bytes);
     };
-    let chunks: Vec<Vec<u8>> = bytes.chunks(chunk).map(<[u8]>::to_vec).collect();
+    let chunks: Vec<bytes::Bytes> = (0..bytes.len())
+        .step_by(chunk)
+        .map(|at| bytes.slice(at..(at + chunk).min(bytes.len())))
+        .collect();
     let stream = futures_util::stream::unfold(
         (chunks.into_iter(), true),
         move |(mut it, first)| async move {
@@ -1337,8 +1342,10 @@ fn route_cdn(st: &Shared, r: &Req) -> Response {
             };
             let mut body = content.clone();
             if s.corrupt.contains(sha) && !body.is_empty() {
-                let i = body.len() / 2;
-                body[i] ^= 0xff;
+                let mut bad = body.to_vec();
+                let i = bad.len() / 2;
+                bad[i] ^= 0xff;
+                body = bytes::Bytes::from(bad);
             }
             let mut resp = serve_bytes(&body, r, false, s.throttle);
             // A CDN ETag: not the sha256.
