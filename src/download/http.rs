@@ -28,6 +28,9 @@ const MAX_REDIRECTS: usize = 10;
 /// Bytes buffered per stream before a write: fewer syscalls, and a pause loses nothing because
 /// the writers flush on drop.
 const WRITE_BUF: usize = 1 << 20;
+/// A chunk at least this large arriving with the buffer empty is written as it is, not
+/// copied first (hyper hands over reads of up to about 400 KiB).
+const DIRECT_WRITE: usize = 256 << 10;
 
 /// How one file is fetched: the settings of a single download, embedded in the queue's
 /// [`DownloadQueueConfig::transfer`].
@@ -917,6 +920,9 @@ struct PartWriter {
 
 impl PartWriter {
     fn write(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+        if self.buf.is_empty() && data.len() >= DIRECT_WRITE {
+            return self.write_out(data);
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= WRITE_BUF {
             self.flush()?;
@@ -926,18 +932,26 @@ impl PartWriter {
 
     fn flush(&mut self) -> Result<(), DownloadError> {
         if !self.buf.is_empty() {
-            self.file
-                .write_all(&self.buf)
-                .map_err(|e| DownloadError::io("writing", &self.path, e))?;
-            let n = self.buf.len() as u64;
-            if self.writeback {
-                start_writeback(&self.file, self.offset, n);
-            }
-            self.offset += n;
-            if let Some(f) = &self.feed {
-                f.advance(self.offset);
-            }
+            let buf = std::mem::take(&mut self.buf);
+            let r = self.write_out(&buf);
+            self.buf = buf;
             self.buf.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+        self.file
+            .write_all(data)
+            .map_err(|e| DownloadError::io("writing", &self.path, e))?;
+        let n = data.len() as u64;
+        if self.writeback {
+            start_writeback(&self.file, self.offset, n);
+        }
+        self.offset += n;
+        if let Some(f) = &self.feed {
+            f.advance(self.offset);
         }
         Ok(())
     }
@@ -993,6 +1007,9 @@ struct RangeWriter {
 
 impl RangeWriter {
     fn push(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+        if self.buf.is_empty() && data.len() >= DIRECT_WRITE {
+            return self.write_out(data);
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= WRITE_BUF {
             self.flush()?;
@@ -1004,11 +1021,19 @@ impl RangeWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.write_out(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        r
+    }
+
+    fn write_out(&mut self, data: &[u8]) -> Result<(), DownloadError> {
         self.shared
             .file
-            .write_all_at(&self.buf, self.offset)
+            .write_all_at(data, self.offset)
             .map_err(|e| DownloadError::io("writing", &self.shared.part, e))?;
-        let n = self.buf.len() as u64;
+        let n = data.len() as u64;
         if self.shared.writeback {
             start_writeback(&self.shared.file, self.offset, n);
         }
@@ -1021,7 +1046,6 @@ impl RangeWriter {
         if let Some(f) = &self.shared.feed {
             f.advance(prefix);
         }
-        self.buf.clear();
         Ok(())
     }
 }

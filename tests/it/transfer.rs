@@ -155,6 +155,77 @@ async fn files_in_flight_share_the_connection_budget_and_resolve_once() {
     );
 }
 
+/// A large file becomes more ranges than streams, none over `max_range_size`, taken in file
+/// order: every range request goes to the resolved CDN URL (one `/resolve` for the file),
+/// the ranges tile the file, and the file and its digests are whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_is_fetched_as_small_ranges_in_file_order() {
+    let hub = HubServer::start();
+    let body = st_weights(5, 1_000_000);
+    hub.add_repo(FakeRepo::new("owner/big").file("big.safetensors", body.clone()));
+    let commit = hub.commit("owner/big", "main");
+    let dir = crate::support::tmp();
+    let q = DownloadQueue::new(
+        DownloadQueueConfig {
+            max_connections: 3,
+            transfer: TransferConfig {
+                max_range_size: 64 * 1024,
+                ..transfer()
+            },
+            progress_interval: Duration::from_millis(10),
+            ..DownloadQueueConfig::default()
+        },
+        Arc::new(NullReporter),
+    )
+    .unwrap();
+    let url = format!(
+        "{}/owner/big/resolve/{commit}/big.safetensors",
+        hub.endpoint()
+    );
+    let job = DownloadJob::new(url, dir.path().join("big.safetensors"))
+        .with_expected_size(Some(body.len() as u64))
+        .with_sha256(Some(sha256_hex(&body)))
+        .with_hash_algorithms(vec![HashAlgorithm::Blake3]);
+    let id = q.submit_download_job(job, true).unwrap().id;
+    let job = q.wait_for_job(id, None).await.unwrap();
+    assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
+    assert_eq!(fs::read(dir.path().join("big.safetensors")).unwrap(), body);
+    assert_eq!(
+        job.digest(HashAlgorithm::Blake3),
+        Some(format!("blake3:{}", blake3::hash(&body).to_hex()).as_str())
+    );
+    let (resolves, cdn) = requests_for(&hub, "big.safetensors", &sha256_hex(&body));
+    assert_eq!(resolves, 1, "{:?}", hub.hub_requests());
+    let ranges: Vec<(u64, u64)> = cdn
+        .iter()
+        .filter_map(|r| r.header("range"))
+        .filter(|r| *r != "bytes=0-0")
+        .map(|r| {
+            let (a, b) = r.trim_start_matches("bytes=").split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    let n = body.len().div_ceil(64 * 1024);
+    assert_eq!(ranges.len(), n, "{ranges:?}");
+    assert!(ranges.iter().all(|(a, b)| b - a < 64 * 1024), "{ranges:?}");
+    // Asked for in file order (three streams: each one starts after the one before).
+    let starts: Vec<u64> = ranges.iter().map(|r| r.0).collect();
+    let mut sorted = starts.clone();
+    sorted.sort_unstable();
+    let out_of_place = starts.iter().zip(&sorted).filter(|(a, b)| a != b).count();
+    assert!(out_of_place <= 2 * 3, "{starts:?}");
+    let mut at = 0;
+    for (a, b) in {
+        let mut r = ranges.clone();
+        r.sort_unstable();
+        r
+    } {
+        assert_eq!(a, at);
+        at = b + 1;
+    }
+    assert_eq!(at, body.len() as u64);
+}
+
 /// Promotion takes the record hash from the download: a handler that changes a byte of each
 /// file after its download completed (and before promotion) does not change the recorded
 /// hash, which equals the hash of the bytes that were downloaded. A promote that read the
