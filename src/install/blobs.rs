@@ -144,14 +144,19 @@ fn holds(path: &Path, size: u64, want: &ExpectedHash) -> bool {
 
 impl BlobIndex {
     /// Looks at the store's fingerprints (when `store` is given: the store and its
-    /// `models_dir`), the HF cache and the folders. Reads names and metadata only.
-    pub fn gather(sources: &AdoptSources, store: Option<(&dyn RecordStore, &Path)>) -> Self {
+    /// `models_dir`; only its files with a sha256 in `wanted`, found by one query), the HF
+    /// cache and the folders. Reads names and metadata only.
+    pub fn gather(
+        sources: &AdoptSources,
+        store: Option<(&dyn RecordStore, &Path)>,
+        wanted: &[&str],
+    ) -> Self {
         let mut ix = Self {
             force_copy: sources.force_copy,
             ..Self::default()
         };
         if let Some((store, models_dir)) = store {
-            ix.add_store(store, models_dir);
+            ix.add_store(store, models_dir, wanted);
         }
         if let Some(cache) = &sources.hf_cache {
             ix.add_hf_cache(cache);
@@ -171,37 +176,39 @@ impl BlobIndex {
         self.by_sha.is_empty() && self.by_name.is_empty()
     }
 
-    fn add_store(&mut self, store: &dyn RecordStore, models_dir: &Path) {
-        let Ok(records) = store.all_models() else {
+    fn add_store(&mut self, store: &dyn RecordStore, models_dir: &Path, wanted: &[&str]) {
+        let wanted: Vec<&str> = wanted.iter().copied().filter(|s| is_hex64(s)).collect();
+        let Ok(files) = store.files_by_sha256(&wanted) else {
             return;
         };
-        for r in records {
-            let key = r.key().to_owned();
-            let Ok(files) = store.model_files(&key) else {
+        let mut roots: HashMap<String, Option<PathBuf>> = HashMap::new();
+        for (key, f) in files {
+            let Some(sha) = f.sha256.as_deref().filter(|s| is_hex64(s)) else {
                 continue;
             };
-            let root = r.resolved_path(models_dir);
-            for f in files {
-                let Some(sha) = f.sha256.as_deref().filter(|s| is_hex64(s)) else {
-                    continue;
-                };
-                let path = if f.relative_path.is_empty() {
-                    root.clone()
-                } else {
-                    root.join(&f.relative_path)
-                };
-                // Only a file as it was when its sha256 was recorded.
-                let unchanged = ModelFile::fingerprint(&path, "")
-                    .is_ok_and(|now| now.size == f.size && now.mtime_ns == f.mtime_ns);
-                if unchanged {
-                    self.by_sha
-                        .entry(sha.to_ascii_lowercase())
-                        .or_default()
-                        .push(Donor {
-                            path,
-                            origin: Origin::Store { key: key.clone() },
-                        });
-                }
+            let root = roots.entry(key.clone()).or_insert_with(|| {
+                store
+                    .get_model(&key)
+                    .ok()
+                    .map(|r| r.resolved_path(models_dir))
+            });
+            let Some(root) = root else { continue };
+            let path = if f.relative_path.is_empty() {
+                root.clone()
+            } else {
+                root.join(&f.relative_path)
+            };
+            // Only a file as it was when its sha256 was recorded.
+            let unchanged = ModelFile::fingerprint(&path, "")
+                .is_ok_and(|now| now.size == f.size && now.mtime_ns == f.mtime_ns);
+            if unchanged {
+                self.by_sha
+                    .entry(sha.to_ascii_lowercase())
+                    .or_default()
+                    .push(Donor {
+                        path,
+                        origin: Origin::Store { key: key.clone() },
+                    });
             }
         }
     }
@@ -446,7 +453,7 @@ mod tests {
             folders: vec![liar.clone(), folder.clone()],
             force_copy: true,
         };
-        let ix = BlobIndex::gather(&sources, None);
+        let ix = BlobIndex::gather(&sources, None, &[]);
         let dest = d.path().join("out/w.bin");
         let want = ExpectedHash::Sha256(h.clone());
         let (origin, linked) = ix.adopt(&want, good.len() as u64, "w.bin", &dest).unwrap();
@@ -474,6 +481,7 @@ mod tests {
                 ..AdoptSources::default()
             },
             None,
+            &[],
         );
         let dest2 = d.path().join("out2/w.bin");
         assert!(

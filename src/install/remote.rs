@@ -362,7 +362,8 @@ pub(super) async fn adopt_into_staging(
     let store = ctx.store.clone();
     let models_dir = ctx.cfg.models_dir.clone();
     let found = tokio::task::spawn_blocking(move || {
-        let ix = BlobIndex::gather(&sources, Some((store.as_ref(), &models_dir)));
+        let wanted: Vec<&str> = todo.iter().map(|(a, _)| a.hash.hex()).collect();
+        let ix = BlobIndex::gather(&sources, Some((store.as_ref(), &models_dir)), &wanted);
         if ix.is_empty() {
             return Vec::new();
         }

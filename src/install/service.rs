@@ -891,9 +891,11 @@ fn share_with_store(inner: &Inner, staged: &Staged) {
         return;
     }
     let sources = AdoptSources::default();
+    let wanted: Vec<&str> = staged.sha256.values().map(String::as_str).collect();
     let ix = super::blobs::BlobIndex::gather(
         &sources,
         Some((inner.store.as_ref(), &inner.cfg.models_dir)),
+        &wanted,
     );
     if ix.is_empty() {
         return;

@@ -490,7 +490,15 @@ pub async fn adoptable(
     if wanted.is_empty() {
         return BTreeMap::new();
     }
-    let ix = BlobIndex::gather(sources, store.map(|s| (s, inventory.models_dir.as_path())));
+    let shas: Vec<&str> = wanted
+        .iter()
+        .flat_map(|(_, files)| files.iter().map(|(hash, _, _)| hash.hex()))
+        .collect();
+    let ix = BlobIndex::gather(
+        sources,
+        store.map(|s| (s, inventory.models_dir.as_path())),
+        &shas,
+    );
     let mut out = BTreeMap::new();
     for (name, files) in wanted {
         let mut found = Adoptable {

@@ -214,6 +214,27 @@ pub trait RecordStore: Send + Sync {
     fn set_model_files(&self, key: &str, files: &[ModelFile]) -> Result<(), StoreError>;
     /// The file fingerprints of a record (empty when none were recorded).
     fn model_files(&self, key: &str) -> Result<Vec<ModelFile>, StoreError>;
+    /// The recorded files whose sha256 is one of `sha256` (hex, any case), each with its
+    /// record's key, ordered by key then path: where bytes already on this machine are, found
+    /// without reading every record.
+    fn files_by_sha256(&self, sha256: &[&str]) -> Result<Vec<(String, ModelFile)>, StoreError> {
+        let mut out = Vec::new();
+        if sha256.is_empty() {
+            return Ok(out);
+        }
+        for c in self.all_models()? {
+            for f in self.model_files(c.key())? {
+                if f.sha256
+                    .as_deref()
+                    .is_some_and(|h| sha256.iter().any(|w| w.eq_ignore_ascii_case(h)))
+                {
+                    out.push((c.key().to_owned(), f));
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1.relative_path).cmp(&(&b.0, &b.1.relative_path)));
+        Ok(out)
+    }
     /// The file this store lives in.
     fn location(&self) -> &Path;
 }

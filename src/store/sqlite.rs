@@ -767,6 +767,37 @@ impl RecordStore for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
 
+    fn files_by_sha256(&self, sha256: &[&str]) -> Result<Vec<(String, ModelFile)>, StoreError> {
+        if sha256.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<String> = sha256.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let wanted = serde_json::Value::from(wanted).to_string();
+        let conn = self.conn();
+        // One pass over the fingerprints in SQLite (no record is decoded, no file looked at).
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key, relative_path, size, mtime_ns, sha256 FROM model_files
+                 WHERE lower(sha256) IN (SELECT value FROM json_each(?1))
+                 ORDER BY key, relative_path",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([wanted], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    ModelFile {
+                        relative_path: r.get(1)?,
+                        size: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        mtime_ns: i128::from(r.get::<_, i64>(3)?),
+                        sha256: r.get(4)?,
+                    },
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+
     fn location(&self) -> &Path {
         &self.path
     }

@@ -523,6 +523,28 @@ fn files(p: &Path, open: Opener) {
     let e = s.set_model_files("zz", &[f("a", 1)]).unwrap_err();
     assert!(matches!(e, StoreError::UnknownModel(_)), "{e}");
 
+    // Found by sha256, in any case, without the records that do not hold it.
+    let with = |rel: &str, sha: &str| ModelFile {
+        sha256: Some(sha.into()),
+        ..f(rel, 5)
+    };
+    let (a, b) = ("a".repeat(64), "B".repeat(64));
+    s.set_model_files("k", &[with("x", &a), with("y", &b), f("z", 1)])
+        .unwrap();
+    s.set_model_files("j", &[with("", &a)]).unwrap();
+    let found = s.files_by_sha256(&[&a.to_uppercase()]).unwrap();
+    assert_eq!(
+        found,
+        [
+            ("j".to_owned(), with("", &a)),
+            ("k".to_owned(), with("x", &a))
+        ]
+    );
+    let found = s.files_by_sha256(&[&"b".repeat(64), "nothing"]).unwrap();
+    assert_eq!(found, [("k".to_owned(), with("y", &b))]);
+    assert!(s.files_by_sha256(&[]).unwrap().is_empty());
+    s.set_model_files("k", &[]).unwrap();
+
     // Deleting the record deletes its fingerprints.
     s.del_model("j").unwrap();
     s.add_model("j", lora("other", "loras/other.safetensors"))

@@ -335,19 +335,30 @@ async fn promote_takes_the_record_hash_from_the_download_without_reading_again()
 }
 
 /// The first apply of a Hub entry asks for its info and its tree once each: the plan's size
-/// look-up and the install share them.
+/// look-up and the install share them. So does `diff` (its size look-up and its search for
+/// the files on this machine already), with or without `--refresh`.
 #[test]
 fn an_apply_fetches_hub_metadata_once_per_repo_and_revision() {
     let w = Work::new();
     w.hub.add_repo(lora_repo("owner/meta", 1, 4));
     w.manifest("", "  - name: meta\n    source: owner/meta\n");
+    let counts = |w: &Work| {
+        let reqs = w.hub.hub_requests();
+        let info = reqs
+            .iter()
+            .filter(|r| r.path.starts_with("/api/models/owner/meta") && !r.path.contains("/tree/"))
+            .count();
+        let tree = reqs.iter().filter(|r| r.path.contains("/tree/")).count();
+        w.hub.clear_log();
+        (info, tree, format!("{reqs:?}"))
+    };
+    for args in [&["diff"][..], &["diff", "--refresh"]] {
+        assert_exit(&w.run(args), 0);
+        let (info, tree, reqs) = counts(&w);
+        assert_eq!((info, tree), (1, 1), "{args:?}: {reqs}");
+    }
     assert_exit(&w.run(&["apply"]), 0);
-    let reqs = w.hub.hub_requests();
-    let info = reqs
-        .iter()
-        .filter(|r| r.path.starts_with("/api/models/owner/meta") && !r.path.contains("/tree/"))
-        .count();
-    let tree = reqs.iter().filter(|r| r.path.contains("/tree/")).count();
-    assert_eq!((info, tree), (1, 1), "{reqs:?}");
+    let (info, tree, reqs) = counts(&w);
+    assert_eq!((info, tree), (1, 1), "{reqs}");
     assert_eq!(w.store().all_models().unwrap().len(), 1);
 }

@@ -58,8 +58,12 @@ async fn plan_with_lookups(
     };
     let mut warnings = Vec::new();
     let mut hub: Option<HubClient> = None;
+    // Each look-up below (upstream commits, sizes, adoption) reads a repository's info and
+    // tree through the client's metadata run: one request each for the whole diff.
+    let mut run = None;
     if refresh {
         let client = remote::lookup_client(&m.settings, &env)?;
+        run = Some(client.metadata_run());
         let entries: Vec<&ModelEntry> = m.models.iter().collect();
         let (commits, w) = remote::upstream_commits(&client, &env, &entries).await;
         opts.upstream_commits = commits;
@@ -77,6 +81,7 @@ async fn plan_with_lookups(
         .collect();
     if unknown.is_empty() {
         let client = hub.or_else(|| remote::lookup_client(&m.settings, &env).ok());
+        let _run = run.or_else(|| client.as_ref().map(HubClient::metadata_run));
         let found = adoptable(m, inv, store, lock, client.as_ref(), &env, &p).await;
         if found.is_empty() {
             return Ok((p, warnings));
@@ -97,6 +102,7 @@ async fn plan_with_lookups(
             }
         },
     };
+    let _run = run.unwrap_or_else(|| client.metadata_run());
     let urls = match remote::lookup_probe() {
         Ok(p) => p,
         Err(e) => {
