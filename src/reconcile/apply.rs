@@ -406,7 +406,8 @@ pub async fn apply(
     };
     let lock_path = manifest.lock_path();
     let lock_copy = match cx.held_lock {
-        Some(held) => held.snapshot()?,
+        Some(held) if opts.only.is_empty() => held.snapshot()?,
+        Some(held) => held.subset(&opts.only)?,
         None => Arc::new(current_lock(&lock_path)?),
     };
     let lock: &LockFile = &lock_copy;
@@ -594,7 +595,13 @@ pub async fn apply(
                 heal_lock_entry(lock, entry, l);
             }
         }
-        lock.retain_manifest(manifest)
+        if cx.held_lock.is_some() && !opts.only.is_empty() {
+            // A per-entry apply of watch mode touches its entries alone: the sweep drops the
+            // departed ones, once per batch.
+            Vec::new()
+        } else {
+            lock.retain_manifest(manifest)
+        }
     };
     let (update, lock_dropped) = match cx.held_lock {
         Some(held) => (

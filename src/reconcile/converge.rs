@@ -850,12 +850,16 @@ impl ManifestConverger {
     /// The sweep's prune of departed entries (with `settings.prune`).
     async fn prune(&self, desired: &Manifest) -> Result<(), EntryError> {
         {
+            let held = self.held_lock(desired);
             if !desired.settings.prune {
-                // Records of departed entries are kept (and shown by `modelsync status`).
+                // Records of departed entries are kept (and shown by `modelsync status`); their
+                // lock entries go, here once per batch (the per-entry applies leave the rest
+                // of the lock alone).
+                held.edit([], |lock| lock.retain_manifest(desired))
+                    .map_err(|e| EntryError::from(Failure::from_error(&ApplyError::from(e))))?;
                 return Ok(());
             }
             let svc = self.services().await?;
-            let held = self.held_lock(desired);
             let mut cx = svc.context(self.reporter(), None);
             cx.held_lock = Some(&held);
             // Deletions are quick and not interruptible half-way; no cancel point needed.

@@ -65,6 +65,24 @@ impl HeldLock {
         self.read_into(&mut inner)
     }
 
+    /// A copy of the lock with only the entries `names` (read from the file on first use):
+    /// what a per-entry apply plans with. O(names), and holding it keeps no share of the memory
+    /// copy, so a later [`Self::edit`] changes that in place instead of copying every entry.
+    pub fn subset(&self, names: &[String]) -> Result<Arc<LockFile>, LockError> {
+        let mut inner = self.inner();
+        let lock = match &inner.lock {
+            Some(l) => Arc::clone(l),
+            None => self.read_into(&mut inner)?,
+        };
+        Ok(Arc::new(LockFile {
+            version: lock.version,
+            entries: names
+                .iter()
+                .filter_map(|n| Some((n.clone(), lock.entries.get(n)?.clone())))
+                .collect(),
+        }))
+    }
+
     /// Looks at the file once (a resync): text changed by someone else is taken (unless the
     /// memory copy has changes not yet written, which win); a lost file is marked to be
     /// written again. A file that does not parse is an error, here and at every use until it
@@ -218,6 +236,43 @@ mod tests {
             source: source.into(),
             ..LockEntry::default()
         }
+    }
+
+    /// A per-entry apply plans with a subset of the lock: its entries only, and no share of
+    /// the memory copy, so its edit changes that copy in place (a held snapshot makes the edit
+    /// copy every entry first).
+    #[test]
+    fn a_subset_holds_its_entries_alone_and_edits_copy_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = HeldLock::new(dir.path().join("models.lock"));
+        held.edit([], |l| {
+            for i in 0..100 {
+                l.entries.insert(format!("e{i}"), entry(&format!("s{i}")));
+            }
+        })
+        .unwrap();
+        let at = |held: &HeldLock| Arc::as_ptr(&held.snapshot().unwrap());
+        let before = at(&held);
+        let sub = held.subset(&["e7".into(), "missing".into()]).unwrap();
+        assert_eq!(sub.entries.keys().collect::<Vec<_>>(), ["e7"]);
+        assert_eq!(sub.entries["e7"], entry("s7"));
+        held.edit(["e7"], |l| {
+            l.entries.insert("e7".into(), entry("new"));
+        })
+        .unwrap();
+        assert_eq!(at(&held), before, "edited in place");
+        assert_eq!(sub.entries["e7"], entry("s7"), "the subset is a copy");
+        let snap = held.snapshot().unwrap();
+        held.edit(["e8"], |l| {
+            l.entries.insert("e8".into(), entry("new"));
+        })
+        .unwrap();
+        assert_ne!(
+            at(&held),
+            Arc::as_ptr(&snap),
+            "a held snapshot is left as it was"
+        );
+        assert_eq!(snap.entries["e8"], entry("s8"));
     }
 
     #[test]

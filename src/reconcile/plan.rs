@@ -632,12 +632,22 @@ pub fn plan(
             records: inventory.records.iter().filter(|r| r.in_models_dir).count(),
         });
     }
-    let names: HashSet<&str> = manifest
-        .models
-        .iter()
-        .map(|e| e.name.as_str())
-        .chain(manifest.broken.iter().map(|b| b.name.as_str()))
-        .collect();
+    // The entries in the manifest, as far as this plan looks: with `only`, those of its names
+    // that exist (no set of every name is built for a one-entry plan).
+    let names: HashSet<&str> = if opts.only.is_empty() {
+        manifest
+            .models
+            .iter()
+            .map(|e| e.name.as_str())
+            .chain(manifest.broken.iter().map(|b| b.name.as_str()))
+            .collect()
+    } else {
+        opts.only
+            .iter()
+            .map(String::as_str)
+            .filter(|n| manifest.has_entry(n))
+            .collect()
+    };
     let unknown: Vec<String> = opts
         .only
         .iter()

@@ -260,6 +260,22 @@ async fn converges_serves_status_picks_up_edits_heals_and_prunes() {
         lora_bytes(1, 2)
     );
 
+    // Without prune, an entry that leaves keeps its record and files; its lock entry goes
+    // (the sweep's, once per batch). Back in the manifest, it is converged as it was.
+    let c_path = model_path(&w, "c");
+    write_manifest(&w, &manifest_text(&s, &two));
+    r.eventually("c leaves the lock", |st| {
+        r.entry("c").is_none() && st.manifest.error.is_none() && !w.lock().entries.contains_key("c")
+    })
+    .await;
+    assert!(c_path.exists(), "c's file is kept without prune");
+    assert_eq!(w.lock().entries.len(), 2);
+    write_manifest(&w, &manifest_text(&s, &three));
+    r.eventually("c is back", |st| {
+        converged(st, "c") && w.lock().entries.contains_key("c")
+    })
+    .await;
+
     // With prune, an entry that leaves is deleted by the sweep (record, files, lock entry).
     let b_path = model_path(&w, "b");
     let without_b = format!(
