@@ -12,6 +12,8 @@
 //!    LoRA files installed by `apply`, then `modelsync watch` started and timed until `/readyz`
 //!    answers 200, with its CPU time; then a manifest edit that changes no entry (a resync of
 //!    all of them) and the CPU time until `/status` shows every entry seen converged after it.
+//!    Before that, the same N entries on a fresh folder: `watch` installs every one (each
+//!    entry dispatched), timed the same way.
 //!    An optional peer binary (the previous build) runs the same rounds, alternated, each
 //!    bounded by `BENCH_WATCH_LIMIT` seconds (default 120); `BENCH_WATCH_ROUNDS` rounds
 //!    (default 3 up to 1,000 models, else 1).
@@ -377,6 +379,21 @@ fn bench_watch(bin: &Path, peer: Option<&Path>, sizes: &[u32]) {
         )
     };
     for &n in sizes {
+        // Every entry dispatched: watch installs the N models itself (its per-entry work must
+        // follow the entry, not the store, or this grows as N squared).
+        let fresh = local_loras(n);
+        let ours = watch_round(bin, fresh.path(), n, limit, 0);
+        println!(
+            "watch {n}, installing every entry: ours {}; load average {}",
+            show(&ours),
+            load_average()
+        );
+        drop(fresh);
+        if let Some(peer) = peer {
+            let fresh = local_loras(n);
+            let theirs = watch_round(peer, fresh.path(), n, limit, 0);
+            println!("watch {n}, installing every entry: peer {}", show(&theirs));
+        }
         let dir = local_loras(n);
         let t = Instant::now();
         let o = std::process::Command::new(bin)

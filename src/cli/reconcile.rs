@@ -51,7 +51,7 @@ pub struct ApplyArgs {
     /// moved (in place: same record key).
     #[arg(long, conflicts_with = "locked")]
     pub refresh: bool,
-    /// Only these entries (repeatable).
+    /// Only these entries (repeatable): their records alone are looked at and planned.
     #[arg(long, num_args = 1..)]
     pub only: Vec<String>,
     /// Load preload entries into the cache afterwards.
