@@ -332,6 +332,22 @@ mod tests {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    /// `d` holds the sha256, blake3 and git blob sha1 of `body`, computed here independently.
+    fn assert_all_of(d: &Digests, body: &[u8]) {
+        assert_eq!(
+            d.sha256.as_deref(),
+            Some(hex::encode(sha2::Sha256::digest(body)).as_str())
+        );
+        assert_eq!(
+            d.blake3.as_deref(),
+            Some(blake3::hash(body).to_hex().as_str())
+        );
+        let mut s1 = sha1::Sha1::new();
+        s1.update(format!("blob {}\0", body.len()).as_bytes());
+        s1.update(body);
+        assert_eq!(d.git_sha1, Some(hex::encode(s1.finalize())));
+    }
+
     /// Ranges land out of order; the hasher only ever sees the contiguous completed prefix,
     /// and its digests equal those of the whole content.
     #[test]
@@ -371,18 +387,7 @@ mod tests {
         assert_eq!(prefixes[9], body.len() as u64);
         feed.close(body.len() as u64);
         let d = t.join().unwrap().unwrap().unwrap();
-        assert_eq!(
-            d.sha256.as_deref(),
-            Some(hex::encode(sha2::Sha256::digest(&body)).as_str())
-        );
-        assert_eq!(
-            d.blake3.as_deref(),
-            Some(blake3::hash(&body).to_hex().as_str())
-        );
-        let mut s1 = sha1::Sha1::new();
-        s1.update(format!("blob {}\0", body.len()).as_bytes());
-        s1.update(&body);
-        assert_eq!(d.git_sha1, Some(hex::encode(s1.finalize())));
+        assert_all_of(&d, &body);
         assert_eq!(
             d.content(),
             vec![
@@ -436,18 +441,7 @@ mod tests {
         file.write_all_at(&body[BUF..], BUF as u64).unwrap();
         task.feed().advance(2 * BUF as u64);
         let d = task.finish(body.len() as u64).await.unwrap();
-        assert_eq!(
-            d.sha256.as_deref(),
-            Some(hex::encode(sha2::Sha256::digest(&body)).as_str())
-        );
-        assert_eq!(
-            d.blake3.as_deref(),
-            Some(blake3::hash(&body).to_hex().as_str())
-        );
-        let mut s1 = sha1::Sha1::new();
-        s1.update(format!("blob {}\0", body.len()).as_bytes());
-        s1.update(&body);
-        assert_eq!(d.git_sha1, Some(hex::encode(s1.finalize())));
+        assert_all_of(&d, &body);
     }
 
     #[test]

@@ -1812,11 +1812,14 @@ mod tests {
         }
     }
 
-    /// A converged apply, run as the CLI runs it (volume check, then apply), observes the
-    /// store once and parses `models.lock` once; a later apply of the same process (watch)
-    /// parses it not at all while the file is as it left it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_no_op_apply_observes_once_and_reads_the_lock_once() {
+    /// A manifest of two local entries (a LoRA and an embedding from `examples/weights`), its
+    /// store behind [`Counting`], and the services over them.
+    fn two_local_entries() -> (
+        tempfile::TempDir,
+        Manifest,
+        Arc<Counting>,
+        super::super::Services,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/weights");
         let mut text = String::from("version: 1\nsettings:\n  models_dir: models\nmodels:\n");
@@ -1834,18 +1837,23 @@ mod tests {
             crate::store::open(&m.settings.database_path()).unwrap(),
         ));
         let store: Arc<dyn RecordStore> = counting.clone();
-        let models_dir = &m.settings.models_dir;
-        std::fs::create_dir_all(models_dir).unwrap();
+        std::fs::create_dir_all(&m.settings.models_dir).unwrap();
         let reporter: Arc<dyn crate::reconcile::converge::ConvergeReporter> =
             Arc::new(crate::events::NullReporter);
-        let services = super::super::Services::open(
-            &m.settings,
-            store.clone(),
-            HubEnv::empty(),
-            reporter.clone(),
-        )
-        .unwrap();
-        let cx = services.context(reporter, None);
+        let services =
+            super::super::Services::open(&m.settings, store, HubEnv::empty(), reporter).unwrap();
+        (dir, m, counting, services)
+    }
+
+    /// A converged apply, run as the CLI runs it (volume check, then apply), observes the
+    /// store once and parses `models.lock` once; a later apply of the same process (watch)
+    /// parses it not at all while the file is as it left it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_no_op_apply_observes_once_and_reads_the_lock_once() {
+        let (_dir, m, counting, services) = two_local_entries();
+        let store: Arc<dyn RecordStore> = counting.clone();
+        let models_dir = &m.settings.models_dir;
+        let cx = services.context(Arc::new(crate::events::NullReporter), None);
         let opts = ApplyOptions::default();
         let first = apply(&m, &cx, &opts).await.unwrap();
         assert!(first.converged(), "{:?}", first.results);
@@ -1895,34 +1903,9 @@ mod tests {
     /// by the store's indexes, never the whole store; what it plans and lists is theirs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_apply_of_one_entry_reads_that_entrys_records_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/weights");
-        let mut text = String::from("version: 1\nsettings:\n  models_dir: models\nmodels:\n");
-        for (name, file) in [
-            ("detail", "loras/detail-sd15.safetensors"),
-            ("ti", "embeddings/tiny-ti-sd15.safetensors"),
-        ] {
-            let src = dir.path().join(format!("{name}.safetensors"));
-            std::fs::copy(weights.join(file), &src).unwrap();
-            let _ = writeln!(text, "  - name: {name}\n    source: {}", src.display());
-        }
-        let m =
-            crate::manifest::parse_str(&text, &dir.path().join("models.yaml"), &|_| None).unwrap();
-        let counting = Arc::new(Counting::new(
-            crate::store::open(&m.settings.database_path()).unwrap(),
-        ));
+        let (_dir, m, counting, services) = two_local_entries();
         let store: Arc<dyn RecordStore> = counting.clone();
-        std::fs::create_dir_all(&m.settings.models_dir).unwrap();
-        let reporter: Arc<dyn crate::reconcile::converge::ConvergeReporter> =
-            Arc::new(crate::events::NullReporter);
-        let services = super::super::Services::open(
-            &m.settings,
-            store.clone(),
-            HubEnv::empty(),
-            reporter.clone(),
-        )
-        .unwrap();
-        let cx = services.context(reporter, None);
+        let cx = services.context(Arc::new(crate::events::NullReporter), None);
         let first = apply(&m, &cx, &ApplyOptions::default()).await.unwrap();
         assert_eq!(first.changed(), 2);
         // Records nobody's entry owns, with other sources: a store bigger than the entry.

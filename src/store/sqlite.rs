@@ -755,14 +755,7 @@ impl RecordStore for SqliteStore {
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([key], |r| {
-                Ok(ModelFile {
-                    relative_path: r.get(0)?,
-                    size: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                    mtime_ns: i128::from(r.get::<_, i64>(2)?),
-                    sha256: r.get(3)?,
-                })
-            })
+            .query_map([key], |r| file_row(r, 0))
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
@@ -783,17 +776,7 @@ impl RecordStore for SqliteStore {
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([wanted], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    ModelFile {
-                        relative_path: r.get(1)?,
-                        size: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                        mtime_ns: i128::from(r.get::<_, i64>(3)?),
-                        sha256: r.get(4)?,
-                    },
-                ))
-            })
+            .query_map([wanted], |r| Ok((r.get::<_, String>(0)?, file_row(r, 1)?)))
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
@@ -801,6 +784,16 @@ impl RecordStore for SqliteStore {
     fn location(&self) -> &Path {
         &self.path
     }
+}
+
+/// A `model_files` row's `relative_path, size, mtime_ns, sha256`, from column `at` on.
+fn file_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ModelFile> {
+    Ok(ModelFile {
+        relative_path: r.get(at)?,
+        size: u64::try_from(r.get::<_, i64>(at + 1)?).unwrap_or(0),
+        mtime_ns: i128::from(r.get::<_, i64>(at + 2)?),
+        sha256: r.get(at + 3)?,
+    })
 }
 
 #[cfg(test)]
