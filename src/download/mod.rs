@@ -19,8 +19,10 @@
 //! Connections: the queue holds a budget ([`DownloadQueueConfig::max_connections`]). Each
 //! running download holds one connection; a large file takes more for parallel ranges, up to
 //! the budget's share of each job in flight (several files: a stream each; a lone file:
-//! several ranges). A file's `/resolve`-style redirect is followed once, by its first request;
-//! its ranges go to where it led.
+//! several streams). Its ranges are at most [`TransferConfig::max_range_size`], more of them
+//! than streams, taken in file order, so the hashed prefix follows close behind. A file's
+//! `/resolve`-style redirect is followed once, by its first request; its ranges go to where
+//! it led.
 
 mod digest;
 mod error;
