@@ -575,6 +575,44 @@ async fn multi_range_resumes_a_dropped_range_and_a_single_stream_partial() {
     }
 }
 
+/// A file in more ranges than streams (ranges of at most `max_range_size`): two of them break
+/// part-way and resume where they stopped; every byte is sent once, the digests are the file's.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_small_ranges_resume_where_they_broke_and_send_each_byte_once() {
+    let srv = FileServer::start().await;
+    let body = data(1_000_000, 11);
+    let mut spec = FileSpec::new(body.clone());
+    // The probe is request 1; requests 2..=3 (the first two ranges) break after 10 kB.
+    spec.drop_after = Some((3, 10_000));
+    srv.add("/m.bin", spec);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("m.bin");
+    let mut config = ranged_cfg();
+    config.transfer.max_range_size = 64 * 1024;
+    let (q, _) = queue(config);
+    let job = run_one(
+        &q,
+        DownloadJob::new(srv.url("/m.bin"), &dest)
+            .with_sha256(Some(sha256_hex(&body)))
+            .with_hash_algorithms(vec![modelsync::hash::HashAlgorithm::Blake3]),
+    )
+    .await;
+    assert_eq!(job.status, DownloadJobStatus::Completed, "{job:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert_eq!(
+        job.digest(modelsync::hash::HashAlgorithm::Blake3),
+        Some(format!("blake3:{}", blake3::hash(&body).to_hex()).as_str())
+    );
+    assert!(leftovers(dir.path()).is_empty());
+    let seen = srv.seen("/m.bin");
+    let ranged = seen
+        .iter()
+        .filter(|s| s.range.as_deref() != Some("bytes=0-0"))
+        .count();
+    assert!(ranged >= 1_000_000usize.div_ceil(64 * 1024) + 2, "{seen:?}");
+    assert_eq!(srv.bytes_sent("/m.bin"), 1_000_001, "{seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_process_resumes_every_range_without_refetching() {
     let srv = FileServer::start().await;
