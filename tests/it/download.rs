@@ -1,6 +1,6 @@
 //! The download queue against a real HTTP server on 127.0.0.1 with injected faults.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -399,15 +399,26 @@ async fn cancel_removes_the_partial_unless_preserved() {
     }
 }
 
+/// A file server with `body` at `/NAME` whose requests up to number `drop_after.0` break
+/// after `drop_after.1` bytes, a temp dir, and the destination NAME in it.
+async fn dropping(
+    name: &str,
+    body: &[u8],
+    drop_after: (u32, u64),
+) -> (FileServer, tempfile::TempDir, PathBuf) {
+    let srv = FileServer::start().await;
+    let mut spec = FileSpec::new(body.to_vec());
+    spec.drop_after = Some(drop_after);
+    srv.add(&format!("/{name}"), spec);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join(name);
+    (srv, dir, dest)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resumes_after_a_dropped_connection() {
-    let srv = FileServer::start().await;
     let body = data(400_000, 5);
-    let mut spec = FileSpec::new(body.clone());
-    spec.drop_after = Some((1, 100_000));
-    srv.add("/d.bin", spec);
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("d.bin");
+    let (srv, _dir, dest) = dropping("d.bin", &body, (1, 100_000)).await;
     let (q, _) = queue(cfg());
     let job = run_one(
         &q,
@@ -548,14 +559,9 @@ async fn multi_range_download_equals_the_source() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn multi_range_resumes_a_dropped_range_and_a_single_stream_partial() {
-    let srv = FileServer::start().await;
     let body = data(1_000_000, 9);
-    let mut spec = FileSpec::new(body.clone());
     // The probe is request 1; requests 2..=3 (the first ranges) break after 10 kB.
-    spec.drop_after = Some((3, 10_000));
-    srv.add("/r.bin", spec);
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("r.bin");
+    let (srv, dir, dest) = dropping("r.bin", &body, (3, 10_000)).await;
     // A single-stream partial of the right bytes is kept as a done prefix.
     std::fs::write(dir.path().join("r.bin.part"), &body[..300_000]).unwrap();
     let (q, _) = queue(ranged_cfg());
@@ -579,14 +585,9 @@ async fn multi_range_resumes_a_dropped_range_and_a_single_stream_partial() {
 /// part-way and resume where they stopped; every byte is sent once, the digests are the file's.
 #[tokio::test(flavor = "multi_thread")]
 async fn many_small_ranges_resume_where_they_broke_and_send_each_byte_once() {
-    let srv = FileServer::start().await;
     let body = data(1_000_000, 11);
-    let mut spec = FileSpec::new(body.clone());
     // The probe is request 1; requests 2..=3 (the first two ranges) break after 10 kB.
-    spec.drop_after = Some((3, 10_000));
-    srv.add("/m.bin", spec);
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("m.bin");
+    let (srv, dir, dest) = dropping("m.bin", &body, (3, 10_000)).await;
     let mut config = ranged_cfg();
     config.transfer.max_range_size = 64 * 1024;
     let (q, _) = queue(config);
