@@ -144,21 +144,10 @@ struct Installed {
 
 impl Installed {
     fn new(bin: &Path, n: u32) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(&src).expect("mkdir");
-        let mut text = String::from("version: 1\nsettings:\n  models_dir: models\nmodels:\n");
-        for i in 0..n {
-            let p = src.join(format!("lora-{i:05}.safetensors"));
-            std::fs::write(&p, lora(i)).expect("write lora");
-            let _ = write!(
-                text,
-                "  - name: lora-{i:05}\n    source: {}\n    config: {{ type: lora, base: sd-1 }}\n",
-                p.display()
-            );
-        }
-        std::fs::write(dir.path().join("models.yaml"), text).expect("write manifest");
-        let me = Self { dir, n };
+        let me = Self {
+            dir: local_loras(n),
+            n,
+        };
         let first = me.apply(bin);
         println!(
             "apply: installed {n} local models in {:.2} s (setup)",

@@ -503,6 +503,26 @@ impl<'a> Pusher<'a> {
         Ok(out)
     }
 
+    /// The `POST` that starts an upload session (or, with `mount`/`from` in `url`, mounts).
+    async fn start_upload(
+        &self,
+        target: &OciReference,
+        url: &Url,
+    ) -> Result<reqwest::Response, PushError> {
+        Ok(self
+            .client
+            .send(
+                target,
+                Access::Push,
+                self.creds.as_ref(),
+                Method::POST,
+                url,
+                &HeaderMap::new(),
+                Some(Bytes::new()),
+            )
+            .await?)
+    }
+
     /// One blob: skipped, mounted or uploaded.
     #[allow(clippy::too_many_arguments, reason = "one blob's parts")]
     async fn put_blob(
@@ -547,33 +567,11 @@ impl<'a> Pusher<'a> {
                 .append_pair("mount", digest)
                 .append_pair("from", m);
         }
-        let mut resp = self
-            .client
-            .send(
-                target,
-                Access::Push,
-                creds.as_ref(),
-                Method::POST,
-                &start,
-                &HeaderMap::new(),
-                Some(Bytes::new()),
-            )
-            .await?;
+        let mut resp = self.start_upload(target, &start).await?;
         if mount.is_some() && matches!(resp.status().as_u16(), 401 | 403) {
             // A token for this repository may not cover pulling from the other one: upload.
             start.set_query(None);
-            resp = self
-                .client
-                .send(
-                    target,
-                    Access::Push,
-                    creds.as_ref(),
-                    Method::POST,
-                    &start,
-                    &HeaderMap::new(),
-                    Some(Bytes::new()),
-                )
-                .await?;
+            resp = self.start_upload(target, &start).await?;
         }
         if resp.status() == StatusCode::CREATED
             && let Some(m) = mount

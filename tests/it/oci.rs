@@ -44,6 +44,21 @@ fn push(spec: &Value) -> String {
         .to_owned()
 }
 
+/// Pushes `data` as `lora.safetensors` to `repo_tag` on `reg` with oras; `auth` adds the
+/// push's `user`, `password` and `backend`. Returns the manifest digest oras reports.
+fn push_lora(reg: &Registry, repo_tag: &str, data: &[u8], auth: &Value) -> String {
+    let src = crate::support::tmp();
+    std::fs::write(src.path().join("lora.safetensors"), data).unwrap();
+    let mut spec = json!({
+        "host": reg.host(), "target": format!("{}/{repo_tag}", reg.host()),
+        "dir": src.path(), "files": ["lora.safetensors"],
+    });
+    if let (Some(spec), Some(auth)) = (spec.as_object_mut(), auth.as_object()) {
+        spec.extend(auth.clone());
+    }
+    push(&spec)
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(data))
@@ -260,13 +275,8 @@ fn traversal_paths_in_annotations_are_refused() {
 #[test]
 fn a_corrupted_blob_is_refused_and_nothing_is_registered() {
     let reg = Registry::start(Auth::Open);
-    let src = crate::support::tmp();
     let data = lora_bytes(3, 8);
-    std::fs::write(src.path().join("lora.safetensors"), &data).unwrap();
-    push(&json!({
-        "host": reg.host(), "target": format!("{}/team/lora:v1", reg.host()),
-        "dir": src.path(), "files": ["lora.safetensors"],
-    }));
+    push_lora(&reg, "team/lora:v1", &data, &json!({}));
     let blob = reg.blob_data_path(&format!("sha256:{}", sha256_hex(&data)));
     let mut bad = data.clone();
     let mid = bad.len() / 2;
@@ -299,14 +309,13 @@ fn a_corrupted_blob_is_refused_and_nothing_is_registered() {
 #[test]
 fn basic_auth_takes_entry_credentials_or_the_docker_config_and_never_stores_them() {
     let reg = Registry::start(Auth::Htpasswd);
-    let src = crate::support::tmp();
     let data = lora_bytes(4, 4);
-    std::fs::write(src.path().join("lora.safetensors"), &data).unwrap();
-    push(&json!({
-        "host": reg.host(), "target": format!("{}/team/lora:v1", reg.host()),
-        "dir": src.path(), "files": ["lora.safetensors"],
-        "user": USER, "password": PASSWORD, "backend": "basic",
-    }));
+    push_lora(
+        &reg,
+        "team/lora:v1",
+        &data,
+        &json!({"user": USER, "password": PASSWORD, "backend": "basic"}),
+    );
     let source = reg.oci("team/lora:v1");
 
     let anon = Work::new();
@@ -368,14 +377,13 @@ fn basic_auth_takes_entry_credentials_or_the_docker_config_and_never_stores_them
 #[test]
 fn token_auth_follows_the_bearer_challenge() {
     let reg = Registry::start(Auth::Token);
-    let src = crate::support::tmp();
     let data = lora_bytes(5, 4);
-    std::fs::write(src.path().join("lora.safetensors"), &data).unwrap();
-    push(&json!({
-        "host": reg.host(), "target": format!("{}/team/lora:v1", reg.host()),
-        "dir": src.path(), "files": ["lora.safetensors"],
-        "user": USER, "password": PASSWORD, "backend": "token",
-    }));
+    push_lora(
+        &reg,
+        "team/lora:v1",
+        &data,
+        &json!({"user": USER, "password": PASSWORD, "backend": "token"}),
+    );
     let source = reg.oci("team/lora:v1");
     let ts = reg.token_server().expect("token mode");
     ts.seen.lock().unwrap().clear();
@@ -489,14 +497,9 @@ fn a_moved_tag_is_followed_by_refresh_and_locked_pulls_the_digest() {
 fn a_killed_pull_resumes_the_blob_with_range() {
     let reg = Registry::start(Auth::Open);
     let proxy = Proxy::start(reg.port());
-    let src = crate::support::tmp();
     // ~4.3 MB in one stream (below the parallel-range threshold).
     let big = lora_bytes(7, 2000);
-    std::fs::write(src.path().join("lora.safetensors"), &big).unwrap();
-    push(&json!({
-        "host": reg.host(), "target": format!("{}/team/big:v1", reg.host()),
-        "dir": src.path(), "files": ["lora.safetensors"],
-    }));
+    push_lora(&reg, "team/big:v1", &big, &json!({}));
     let digest = format!("sha256:{}", sha256_hex(&big));
     let w = Work::new();
     w.manifest(
