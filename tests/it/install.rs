@@ -48,21 +48,9 @@ fn lora_bytes() -> Vec<u8> {
     )
 }
 
-/// A real safetensors file of exactly `n` bytes: one U8 tensor whose data is `tag` repeated
-/// (installs check every header against its file's size).
+/// A real safetensors file of exactly `n` bytes: one U8 tensor whose data is `tag` repeated.
 fn st_weights(tag: &str, n: usize) -> Vec<u8> {
-    let header =
-        |m: usize| format!(r#"{{"w":{{"dtype":"U8","shape":[{m}],"data_offsets":[0,{m}]}}}}"#);
-    let room = header(n).len();
-    let m = n - 8 - room;
-    let mut h = header(m);
-    while h.len() < room {
-        h.push(' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(h.as_bytes());
-    out.extend(tag.bytes().cycle().take(m));
-    out
+    crate::support::st_exact(n, tag.bytes().cycle())
 }
 
 fn weights(tag: &str, n: usize) -> Vec<u8> {

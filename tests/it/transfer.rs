@@ -25,24 +25,16 @@ use crate::support::reconcile::{Work, assert_exit, lora_repo};
 
 /// A real safetensors file of exactly `n` bytes: one U8 tensor of pseudo-random data.
 fn st_weights(seed: u64, n: usize) -> Vec<u8> {
-    let header =
-        |m: usize| format!(r#"{{"w":{{"dtype":"U8","shape":[{m}],"data_offsets":[0,{m}]}}}}"#);
-    let room = header(n).len();
-    let m = n - 8 - room;
-    let mut h = header(m);
-    while h.len() < room {
-        h.push(' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(h.as_bytes());
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    out.extend((0..m).map(|_| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x as u8
-    }));
-    out
+    crate::support::st_exact(
+        n,
+        std::iter::repeat_with(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        }),
+    )
 }
 
 fn transfer() -> TransferConfig {

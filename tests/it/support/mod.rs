@@ -38,6 +38,23 @@ pub fn job_error(job: &modelsync::install::ModelInstallJob) -> String {
     s
 }
 
+/// A real safetensors file of exactly `n` bytes: one U8 tensor whose data comes from `fill`
+/// (installs check every header against its file's size).
+pub fn st_exact(n: usize, fill: impl Iterator<Item = u8>) -> Vec<u8> {
+    let header =
+        |m: usize| format!(r#"{{"w":{{"dtype":"U8","shape":[{m}],"data_offsets":[0,{m}]}}}}"#);
+    let room = header(n).len();
+    let m = n - 8 - room;
+    let mut h = header(m);
+    while h.len() < room {
+        h.push(' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend(fill.take(m));
+    out
+}
+
 /// A fresh temporary folder, removed on drop.
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temp dir")
